@@ -1,0 +1,19 @@
+"""Virtqueues: split (and later packed) rings, both the device side and the driver side.
+
+Sans-I/O: every operation takes the guest memory as an argument and returns data or decisions
+(``needs_notification``, ``kick_prepare``); nothing here touches a socket or an eventfd.
+"""
+
+from .chain import DescriptorChain
+from .event import vring_need_event
+from .layout import SplitRingLayout
+from .split_device import SplitDeviceQueue
+from .split_driver import SplitDriverQueue
+
+__all__ = [
+    "DescriptorChain",
+    "SplitDeviceQueue",
+    "SplitDriverQueue",
+    "SplitRingLayout",
+    "vring_need_event",
+]

@@ -1,0 +1,82 @@
+"""A descriptor chain as the device sees it: device-readable buffers, then device-writable ones."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+
+
+class DescriptorChain:
+    """One available buffer popped from a virtqueue.
+
+    ``readable`` and ``writable`` are zero-copy views into guest memory, in chain order (a buffer
+    that crosses guest memory regions gives several views).  ``head_index`` is what goes back in
+    the used ring.  ``written`` counts what :meth:`write` stored so far.
+    """
+
+    __slots__ = ("head_index", "readable", "writable", "readable_len", "writable_len", "written")
+
+    def __init__(self, head_index, readable, writable, readable_len, writable_len):
+        self.head_index = head_index
+        self.readable = readable
+        self.writable = writable
+        self.readable_len = readable_len
+        self.writable_len = writable_len
+        self.written = 0
+
+    def __repr__(self) -> str:
+        return (f"DescriptorChain(head={self.head_index}, readable={self.readable_len}, "
+                f"writable={self.writable_len})")
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """Copy device-readable bytes ``[offset, offset+length)`` out of the chain."""
+        if length is None:
+            length = self.readable_len - offset
+        if offset < 0 or length < 0 or offset + length > self.readable_len:
+            raise UsageError("read past the chain's device-readable bytes")
+        return b"".join(bytes(v) for v in _slice_views(self.readable, offset, length))
+
+    def readable_views(self, offset: int = 0, length: int | None = None) -> list[memoryview]:
+        if length is None:
+            length = self.readable_len - offset
+        return _slice_views(self.readable, offset, length)
+
+    def writable_views(self, offset: int = 0, length: int | None = None) -> list[memoryview]:
+        if length is None:
+            length = self.writable_len - offset
+        return _slice_views(self.writable, offset, length)
+
+    def write(self, data, offset: int | None = None) -> int:
+        """Copy ``data`` into the device-writable buffers at ``offset`` (default: after the last
+        write).  Returns the bytes written; raises UsageError rather than overflow the chain."""
+        if offset is None:
+            offset = self.written
+        n = len(data)
+        if offset < 0 or offset + n > self.writable_len:
+            raise UsageError(f"write of {n} bytes at {offset} overflows {self.writable_len} writable bytes")
+        pos = 0
+        src = memoryview(data).cast("B")
+        for view in _slice_views(self.writable, offset, n):
+            view[:] = src[pos:pos + len(view)]
+            pos += len(view)
+        self.written = max(self.written, offset + n)
+        return n
+
+
+def _slice_views(views: list[memoryview], offset: int, length: int) -> list[memoryview]:
+    out = []
+    for view in views:
+        size = len(view)
+        if offset >= size:
+            offset -= size
+            continue
+        take = min(size - offset, length)
+        if take <= 0:
+            break
+        out.append(view[offset:offset + take])
+        length -= take
+        offset = 0
+        if not length:
+            break
+    if length > 0:
+        raise UsageError("range runs past the chain's buffers")
+    return out

@@ -1,0 +1,59 @@
+"""Where the three parts of a split ring live in guest memory (VIRTIO 1.3, 2.7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..spec import ring
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) & ~(alignment - 1)
+
+
+def desc_table_size(size: int) -> int:
+    return ring.VIRTQ_DESC_SIZE * size
+
+
+def avail_ring_size(size: int) -> int:
+    return 6 + 2 * size  # flags, idx, ring[size], used_event
+
+
+def used_ring_size(size: int) -> int:
+    return 6 + ring.VIRTQ_USED_ELEM_SIZE * size  # flags, idx, ring[size], avail_event
+
+
+def is_valid_split_size(size: int) -> bool:
+    """Split queue sizes are powers of two, at most 32768 (2.7)."""
+    return 0 < size <= ring.SPLIT_QUEUE_MAX_SIZE and size & (size - 1) == 0
+
+
+@dataclass(frozen=True)
+class SplitRingLayout:
+    """Guest-physical addresses of a split ring's descriptor table, driver and device areas."""
+
+    size: int
+    desc_table: int
+    avail_ring: int
+    used_ring: int
+
+    @classmethod
+    def contiguous(cls, base: int, size: int, used_align: int = ring.VIRTQ_USED_ALIGN) -> "SplitRingLayout":
+        """Place the three parts one after another from ``base`` (16-byte aligned)."""
+        if not is_valid_split_size(size):
+            raise UsageError(f"split queue size {size} is not a power of two <= 32768")
+        if base % ring.VIRTQ_DESC_ALIGN:
+            raise UsageError("descriptor table must be 16-byte aligned")
+        avail = base + desc_table_size(size)
+        used = _align(avail + avail_ring_size(size), used_align)
+        return cls(size, base, avail, used)
+
+    @staticmethod
+    def bytes_needed(size: int, used_align: int = ring.VIRTQ_USED_ALIGN) -> int:
+        avail_end = desc_table_size(size) + avail_ring_size(size)
+        return _align(avail_end, used_align) + used_ring_size(size)
+
+    @property
+    def end(self) -> int:
+        return self.used_ring + used_ring_size(self.size)

@@ -1,0 +1,308 @@
+"""The device side of a split virtqueue (VIRTIO 1.3, 2.7), as a sans-I/O core.
+
+The device pops descriptor chains the driver made available, fills their buffers, returns them
+in the used ring, and decides whether the driver wants an interrupt.  The driver is untrusted:
+every index, descriptor and length is checked, and any violation raises
+:class:`~pyvirtio.errors.DriverFault` and marks the queue broken (every later call raises
+:class:`~pyvirtio.errors.QueueBroken` until :meth:`reset`).
+
+Host byte order: the ring views are native ``memoryview.cast`` arrays, which are little-endian
+on every host pyvirtio supports (x86-64, aarch64); an import-time check enforces it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Iterable
+
+from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
+from ..fence import full_fence
+from ..memory import GuestMemory
+from ..spec import ring
+from .chain import DescriptorChain
+from .event import vring_need_event
+from .layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
+
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("pyvirtio's ring views assume a little-endian host")
+
+_DESC = ring.VIRTQ_DESC
+_F_NEXT = ring.VIRTQ_DESC_F_NEXT
+_F_WRITE = ring.VIRTQ_DESC_F_WRITE
+_F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
+_CHAIN_BYTES_LIMIT = 1 << 32
+
+
+class SplitDeviceQueue:
+    """Device-side state of one split virtqueue: addresses, indices, notification state."""
+
+    def __init__(self, max_size: int = 256, *, index: int = 0):
+        if not is_valid_split_size(max_size):
+            raise UsageError(f"max queue size {max_size} is not a power of two <= 32768")
+        self.index = index
+        self.max_size = max_size
+        self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
+        self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        self.reset()
+
+    # --- configuration --------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Back to the state after device reset (2.7; queue_reset in 4.1.4.3.2)."""
+        self.size = self.max_size
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.ready = False
+        self.next_avail = 0
+        self.next_used = 0
+        self.signalled_used: int | None = None
+        self.notifications_enabled = True
+        self.broken = False
+        self.fault: Exception | None = None
+        self._drop_views()
+
+    def set_size(self, size: int) -> None:
+        if not is_valid_split_size(size) or size > self.max_size:
+            raise DriverFault(f"queue {self.index}: size {size} is not a power of two <= {self.max_size}")
+        self.size = size
+        self._drop_views()
+
+    def set_addresses(self, desc_table: int, avail_ring: int, used_ring: int) -> None:
+        self.desc_table, self.avail_ring, self.used_ring = desc_table, avail_ring, used_ring
+        self._drop_views()
+
+    def set_features(self, event_idx: bool, indirect: bool) -> None:
+        self.event_idx, self.indirect = event_idx, indirect
+
+    def activate(self, mem: GuestMemory) -> None:
+        """Check the ring fits guest memory and its alignment (2.7), then mark the queue ready.
+
+        Raises DriverFault for a ring the driver placed badly."""
+        if self.desc_table % ring.VIRTQ_DESC_ALIGN or self.avail_ring % ring.VIRTQ_AVAIL_ALIGN \
+                or self.used_ring % ring.VIRTQ_USED_ALIGN:
+            raise DriverFault(f"queue {self.index}: ring parts are misaligned (2.7)")
+        self._bind(mem)
+        self.ready = True
+
+    def set_base(self, next_avail: int) -> None:
+        """Where to start consuming the avail ring (vhost-user SET_VRING_BASE)."""
+        self.next_avail = next_avail & 0xFFFF
+
+    def sync_used_from_ring(self, mem: GuestMemory) -> None:
+        """Take ``next_used`` from the ring's used idx (a ring handed over mid-flight)."""
+        self._bind(mem)
+        self.next_used = self._used16[1]
+        self.signalled_used = None
+
+    # --- ring views ------------------------------------------------------------------------------
+
+    def _drop_views(self) -> None:
+        self._mem = None
+        self._gen = -1
+        self._desc = self._avail16 = self._used16 = self._used32 = None
+
+    def _bind(self, mem: GuestMemory) -> None:
+        if mem is self._mem and mem.generation == self._gen:
+            return
+        size = self.size
+        try:
+            desc = mem.view(self.desc_table, desc_table_size(size))
+            avail = mem.view(self.avail_ring, avail_ring_size(size))
+            used = mem.view(self.used_ring, used_ring_size(size))
+        except GuestMemoryError as exc:
+            self._break(DriverFault(f"queue {self.index}: ring outside guest memory: {exc}"))
+        self._desc = desc
+        self._avail16 = avail.cast("H")
+        self._used16 = used.cast("H")
+        self._used32 = used[:4 + 8 * size].cast("I")
+        self._mem, self._gen = mem, mem.generation
+
+    def _break(self, fault: Exception):
+        self.broken = True
+        self.fault = fault
+        raise fault
+
+    def _check(self, mem: GuestMemory) -> None:
+        if self.broken:
+            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
+        if not self.ready:
+            raise UsageError(f"queue {self.index} is not ready")
+        if mem is not self._mem or mem.generation != self._gen:
+            self._bind(mem)
+
+    # --- consuming available buffers ------------------------------------------------------------
+
+    def avail_idx(self, mem: GuestMemory) -> int:
+        self._check(mem)
+        return self._avail16[1]
+
+    def has_available(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        return self._avail16[1] != self.next_avail
+
+    def pop_descriptor_chain(self, mem: GuestMemory) -> DescriptorChain | None:
+        """Take the next available chain, or None when the driver has made nothing new available.
+
+        2.7.13.1: the avail idx may not move more than the queue size ahead of what we consumed;
+        the head must be a valid descriptor index."""
+        self._check(mem)
+        avail16 = self._avail16
+        avail_idx = avail16[1]
+        next_avail = self.next_avail
+        if avail_idx == next_avail:
+            return None
+        if (avail_idx - next_avail) & 0xFFFF > self.size:
+            self._break(DriverFault(
+                f"queue {self.index}: avail idx {avail_idx} is more than {self.size} ahead of {next_avail}"))
+        # x86-64 keeps these two loads in order; on weaker CPUs a read barrier belongs here.
+        head = avail16[2 + (next_avail & (self.size - 1))]
+        chain = self._walk(mem, head)
+        self.next_avail = (next_avail + 1) & 0xFFFF
+        return chain
+
+    def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
+        """Pop up to ``limit`` chains in one go (the batch of one kick)."""
+        out = []
+        while len(out) < limit:
+            chain = self.pop_descriptor_chain(mem)
+            if chain is None:
+                break
+            out.append(chain)
+        return out
+
+    def _walk(self, mem: GuestMemory, head: int) -> DescriptorChain:
+        """Follow a chain from ``head`` (2.7.5), entering at most one indirect table (2.7.5.3)."""
+        size = self.size
+        if head >= size:
+            self._break(DriverFault(f"queue {self.index}: head index {head} >= queue size {size}"))
+        table, limit = self._desc, size
+        idx, seen, in_indirect = head, 0, False
+        readable, writable = [], []
+        rlen = wlen = 0
+        try:
+            while True:
+                seen += 1
+                if seen > limit:
+                    raise DriverFault(f"chain from head {head} loops or exceeds {limit} descriptors")
+                addr, length, flags, nxt = _DESC.unpack_from(table, idx * 16)
+                if flags & _F_INDIRECT:
+                    if in_indirect:
+                        raise DriverFault("indirect descriptor inside an indirect table (2.7.5.3.1)")
+                    if not self.indirect:
+                        raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+                    if flags & _F_NEXT:
+                        raise DriverFault("descriptor sets both INDIRECT and NEXT (2.7.5.3.1)")
+                    if length == 0 or length % 16:
+                        raise DriverFault(f"indirect table length {length} is not a multiple of 16")
+                    table = mem.view(addr, length)
+                    limit, idx, seen, in_indirect = length // 16, 0, 0, True
+                    continue
+                if length:
+                    views = mem.views(addr, length)
+                    if flags & _F_WRITE:
+                        writable.extend(views)
+                        wlen += length
+                    else:
+                        if writable:
+                            raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
+                        readable.extend(views)
+                        rlen += length
+                    if rlen + wlen > _CHAIN_BYTES_LIMIT:
+                        raise DriverFault("chain is longer than 2**32 bytes")
+                if not flags & _F_NEXT:
+                    break
+                idx = nxt
+                if idx >= limit:
+                    raise DriverFault(f"next index {idx} >= table size {limit}")
+        except DriverFault as exc:
+            self._break(DriverFault(f"queue {self.index}: {exc}"))
+        except GuestMemoryError as exc:
+            self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+        return DescriptorChain(head, readable, writable, rlen, wlen)
+
+    # --- returning used buffers -----------------------------------------------------------------
+
+    def add_used(self, mem: GuestMemory, head_index: int, length: int) -> None:
+        """Put one chain in the used ring with the number of bytes the device wrote (2.7.8)."""
+        self._check(mem)
+        slot = (self.next_used & (self.size - 1)) * 2
+        used32 = self._used32
+        used32[1 + slot] = head_index
+        used32[2 + slot] = length
+        # Stores stay ordered on x86-64 (the element is visible before the index).
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        self._used16[1] = self.next_used
+
+    def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
+        """Put several chains in the used ring and publish them with one index update."""
+        self._check(mem)
+        used32, mask, n = self._used32, self.size - 1, self.next_used
+        for head_index, length in elems:
+            slot = (n & mask) * 2
+            used32[1 + slot] = head_index
+            used32[2 + slot] = length
+            n += 1
+        self.next_used = n & 0xFFFF
+        self._used16[1] = self.next_used
+
+    # --- notification suppression (2.7.7, 2.7.10) -----------------------------------------------
+
+    def needs_notification(self, mem: GuestMemory) -> bool:
+        """Whether the driver wants a used-buffer notification for what was added since the last
+        one.  Call after add_used; a True answer is remembered as sent."""
+        self._check(mem)
+        new = self.next_used
+        old = self.signalled_used
+        if old == new:
+            return False
+        full_fence()  # our used idx store must be visible before we read used_event / flags
+        self.signalled_used = new
+        if self.event_idx:
+            if old is None:
+                return True
+            used_event = self._avail16[2 + self.size]
+            return vring_need_event(used_event, new, old)
+        return not self._avail16[0] & ring.VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    def disable_notification(self, mem: GuestMemory) -> None:
+        """Ask the driver not to kick while we are draining the ring."""
+        self._check(mem)
+        self.notifications_enabled = False
+        if not self.event_idx:  # with EVENT_IDX, leaving avail_event behind suppresses kicks
+            self._used16[0] = ring.VIRTQ_USED_F_NO_NOTIFY
+
+    def enable_notification(self, mem: GuestMemory) -> bool:
+        """Ask the driver to kick again.  Returns True if buffers arrived meanwhile (then drain
+        again before sleeping)."""
+        self._check(mem)
+        self.notifications_enabled = True
+        if self.event_idx:
+            self._used16[2 + 4 * self.size] = self.next_avail  # avail_event
+        else:
+            self._used16[0] = 0
+        full_fence()  # publish avail_event/flags before re-reading the avail idx (lost wake-up)
+        return self._avail16[1] != self.next_avail
+
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:
+        """The one "disable, drain, re-enable, re-check" loop.
+
+        ``handle(chain)`` returns the bytes written into the chain to complete it now, or None if
+        the device completes it later with :meth:`add_used`.  Completed chains go to the used ring
+        in one batch per pass.  Returns whether the driver needs a notification."""
+        while True:
+            self.disable_notification(mem)
+            done = []
+            while (chain := self.pop_descriptor_chain(mem)) is not None:
+                written = handle(chain)
+                if written is not None:
+                    done.append((chain.head_index, written))
+            if done:
+                self.add_used_batch(mem, done)
+            if not self.enable_notification(mem):
+                break
+        return self.needs_notification(mem)
+
+    def in_flight(self) -> int:
+        """How many chains were popped but not yet returned."""
+        return (self.next_avail - self.next_used) & 0xFFFF

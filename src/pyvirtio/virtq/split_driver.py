@@ -1,0 +1,264 @@
+"""The driver side of a split virtqueue (VIRTIO 1.3, 2.7), as a sans-I/O core.
+
+Modelled on Linux ``virtio_ring.c``: :meth:`add` buffers with a caller token, :meth:`kick_prepare`
+decides whether to notify (the caller does the notifying), :meth:`get_buf` returns the caller's
+token with the bytes the device wrote, :meth:`enable_cb` tells whether work raced in.
+
+The device is untrusted too: a used idx that jumps more than the queue size, a used id that is
+not an outstanding head, or a used length above the chain's writable bytes raises
+:class:`~pyvirtio.errors.DeviceFault` and marks the queue broken.  The driver keeps shadow copies
+of everything it owns (free list, indices) and never re-reads them from shared memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..errors import DeviceFault, GuestMemoryError, QueueBroken, QueueFull, UsageError
+from ..fence import full_fence
+from ..memory import GuestMemory
+from ..spec import ring
+from .event import vring_need_event
+from .layout import SplitRingLayout, avail_ring_size, desc_table_size, used_ring_size
+
+_DESC = ring.VIRTQ_DESC
+_F_NEXT = ring.VIRTQ_DESC_F_NEXT
+_F_WRITE = ring.VIRTQ_DESC_F_WRITE
+_F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
+
+Buffer = tuple[int, int]  # (guest-physical address, length)
+
+
+class SplitDriverQueue:
+    """Driver-side state of one split virtqueue."""
+
+    def __init__(self, layout: SplitRingLayout, *, index: int = 0, event_idx: bool = False,
+                 indirect_area: int | None = None, max_indirect: int = 0):
+        self.index = index
+        self.layout = layout
+        self.size = layout.size
+        self.event_idx = event_idx
+        self.indirect_area = indirect_area
+        self.max_indirect = max_indirect if indirect_area is not None else 0
+        self.broken = False
+        self.fault: Exception | None = None
+        self._mem = None
+        self._gen = -1
+        self._init_state()
+
+    @staticmethod
+    def indirect_area_size(size: int, max_indirect: int) -> int:
+        """Guest memory an indirect area needs: one table of ``max_indirect`` entries per head."""
+        return size * max_indirect * ring.VIRTQ_DESC_SIZE
+
+    def _init_state(self) -> None:
+        size = self.size
+        self._next = [i + 1 for i in range(size)]  # shadow free list links
+        self.free_head = 0
+        self.num_free = size
+        self._tokens: list[Any] = [None] * size
+        self._chain_len = [0] * size  # ring descriptors a head holds
+        self._in_len = [0] * size  # device-writable bytes a head offers
+        self.avail_idx_shadow = 0
+        self.kicked_avail = 0
+        self.last_used = 0
+        self.callbacks_enabled = True
+        self.outstanding = 0  # chains added and not yet returned
+
+    def setup(self, mem: GuestMemory) -> None:
+        """Zero the ring's shared parts, ready to hand the addresses to the device."""
+        self._bind(mem)
+        self._avail[:] = b"\0" * len(self._avail)
+        self._used[:] = b"\0" * len(self._used)
+        self._init_state()
+
+    def _bind(self, mem: GuestMemory) -> None:
+        if mem is self._mem and mem.generation == self._gen:
+            return
+        lay = self.layout
+        try:
+            self._desc = mem.view(lay.desc_table, desc_table_size(self.size))
+            self._avail = mem.view(lay.avail_ring, avail_ring_size(self.size))
+            self._used = mem.view(lay.used_ring, used_ring_size(self.size))
+            if self.max_indirect:
+                self._indirect = mem.view(self.indirect_area,
+                                          self.indirect_area_size(self.size, self.max_indirect))
+        except GuestMemoryError as exc:
+            raise UsageError(f"queue {self.index}: ring is not in guest memory: {exc}") from None
+        self._avail16 = self._avail.cast("H")
+        self._used16 = self._used.cast("H")
+        self._used32 = self._used[:4 + 8 * self.size].cast("I")
+        self._mem, self._gen = mem, mem.generation
+
+    def _check(self, mem: GuestMemory) -> None:
+        if self.broken:
+            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
+        if mem is not self._mem or mem.generation != self._gen:
+            self._bind(mem)
+
+    def _break(self, fault: Exception):
+        self.broken = True
+        self.fault = fault
+        raise fault
+
+    # --- making buffers available ---------------------------------------------------------------
+
+    def add(self, mem: GuestMemory, out_bufs: Sequence[Buffer], in_bufs: Sequence[Buffer],
+            token: Any) -> int:
+        """Expose device-readable ``out_bufs`` then device-writable ``in_bufs`` as one chain.
+
+        Returns the head index; ``token`` (anything but None) comes back from :meth:`get_buf`."""
+        self._check(mem)
+        if token is None:
+            raise UsageError("token must not be None")
+        total = len(out_bufs) + len(in_bufs)
+        if total == 0:
+            raise UsageError("a chain needs at least one buffer")
+        in_len = sum(length for _, length in in_bufs)
+        if 1 < total <= self.max_indirect and self.num_free >= 1:
+            head = self._add_indirect(out_bufs, in_bufs)
+            used = 1
+        else:
+            if total > self.num_free:
+                raise QueueFull(f"queue {self.index}: {total} descriptors needed, {self.num_free} free")
+            head = self._add_direct(out_bufs, in_bufs, total)
+            used = total
+        self._tokens[head] = token
+        self.outstanding += 1
+        self._chain_len[head] = used
+        self._in_len[head] = in_len
+        avail16 = self._avail16
+        avail16[2 + (self.avail_idx_shadow & (self.size - 1))] = head
+        # x86-64 keeps the ring entry store before the idx store.
+        self.avail_idx_shadow = (self.avail_idx_shadow + 1) & 0xFFFF
+        avail16[1] = self.avail_idx_shadow
+        return head
+
+    def _take(self, n: int) -> list[int]:
+        ids, idx = [], self.free_head
+        nxt = self._next
+        for _ in range(n):
+            ids.append(idx)
+            idx = nxt[idx]
+        self.free_head = idx
+        self.num_free -= n
+        return ids
+
+    def _add_direct(self, out_bufs, in_bufs, total) -> int:
+        ids = self._take(total)
+        desc = self._desc
+        pos = 0
+        for bufs, wflag in ((out_bufs, 0), (in_bufs, _F_WRITE)):
+            for addr, length in bufs:
+                i = ids[pos]
+                pos += 1
+                if pos < total:
+                    _DESC.pack_into(desc, i * 16, addr, length, wflag | _F_NEXT, ids[pos])
+                else:
+                    _DESC.pack_into(desc, i * 16, addr, length, wflag, 0)
+        return ids[0]
+
+    def _add_indirect(self, out_bufs, in_bufs) -> int:
+        head = self._take(1)[0]
+        table_off = head * self.max_indirect * 16
+        table = self._indirect
+        total = len(out_bufs) + len(in_bufs)
+        pos = 0
+        for bufs, wflag in ((out_bufs, 0), (in_bufs, _F_WRITE)):
+            for addr, length in bufs:
+                pos += 1
+                flags = wflag | _F_NEXT if pos < total else wflag
+                _DESC.pack_into(table, table_off + (pos - 1) * 16, addr, length, flags, pos)
+        _DESC.pack_into(self._desc, head * 16, self.indirect_area + table_off, total * 16, _F_INDIRECT, 0)
+        return head
+
+    def kick_prepare(self, mem: GuestMemory) -> bool:
+        """Whether the device wants a notification for the buffers added since the last call."""
+        self._check(mem)
+        old, new = self.kicked_avail, self.avail_idx_shadow
+        self.kicked_avail = new
+        if old == new:
+            return False
+        full_fence()  # the avail idx store must be visible before we read avail_event / flags
+        if self.event_idx:
+            avail_event = self._used16[2 + 4 * self.size]
+            return vring_need_event(avail_event, new, old)
+        return not self._used16[0] & ring.VIRTQ_USED_F_NO_NOTIFY
+
+    # --- collecting used buffers ----------------------------------------------------------------
+
+    def has_used(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        return self._used16[1] != self.last_used
+
+    def get_buf(self, mem: GuestMemory) -> tuple[Any, int] | None:
+        """The next used chain as ``(token, bytes written)``, or None."""
+        self._check(mem)
+        used_idx = self._used16[1]
+        last = self.last_used
+        if used_idx == last:
+            return None
+        if (used_idx - last) & 0xFFFF > self.size:
+            self._break(DeviceFault(f"queue {self.index}: used idx {used_idx} jumped past {last} "
+                                    f"by more than {self.size}"))
+        slot = (last & (self.size - 1)) * 2
+        head, length = self._used32[1 + slot], self._used32[2 + slot]
+        if head >= self.size or self._tokens[head] is None:
+            self._break(DeviceFault(f"queue {self.index}: used id {head} is not an outstanding head"))
+        if length > self._in_len[head]:
+            self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[head]} "
+                                    f"writable bytes of head {head}"))
+        token = self._tokens[head]
+        self._free_chain(head)
+        self.last_used = (last + 1) & 0xFFFF
+        if self.event_idx and self.callbacks_enabled:
+            self._avail16[2 + self.size] = self.last_used  # used_event
+        return token, length
+
+    def get_bufs(self, mem: GuestMemory) -> list[tuple[Any, int]]:
+        out = []
+        while (item := self.get_buf(mem)) is not None:
+            out.append(item)
+        return out
+
+    def _free_chain(self, head: int) -> None:
+        n = self._chain_len[head]
+        nxt = self._next
+        tail = head
+        for _ in range(n - 1):  # a chain was taken from the free list in order: links still hold
+            tail = nxt[tail]
+        nxt[tail] = self.free_head
+        self.free_head = head
+        self.num_free += n
+        self._tokens[head] = None
+        self.outstanding -= 1
+
+    def detach_unused(self) -> list[Any]:
+        """Forget every outstanding chain (after a device reset); returns their tokens."""
+        tokens = [t for t in self._tokens if t is not None]
+        self._init_state()
+        self._mem, self._gen = None, -1
+        return tokens
+
+    # --- interrupt suppression ------------------------------------------------------------------
+
+    def disable_cb(self, mem: GuestMemory) -> None:
+        self._check(mem)
+        self.callbacks_enabled = False
+        if self.event_idx:
+            # Park used_event half the index space away: the device will not cross it.
+            self._avail16[2 + self.size] = (self.last_used + 0x8000) & 0xFFFF
+        else:
+            self._avail16[0] = ring.VIRTQ_AVAIL_F_NO_INTERRUPT
+
+    def enable_cb(self, mem: GuestMemory) -> bool:
+        """Re-enable used-buffer notifications.  Returns True if used buffers are already
+        pending (work raced in: poll again instead of sleeping)."""
+        self._check(mem)
+        self.callbacks_enabled = True
+        if self.event_idx:
+            self._avail16[2 + self.size] = self.last_used
+        else:
+            self._avail16[0] = 0
+        full_fence()  # publish used_event / flags before re-reading the used idx
+        return self._used16[1] != self.last_used
