@@ -164,6 +164,18 @@ class GuestMemory:
             remaining -= n
         return out
 
+    def uva_to_gpa(self, uva: int, length: int = 1) -> int:
+        """Translate a front-end virtual address (vhost-user ring addresses) to guest-physical."""
+        for region in self._regions:
+            off = uva - region.userspace_addr
+            if 0 <= off and off + length <= region.size:
+                return region.gpa + off
+        raise GuestMemoryError(uva, length, "is in no region's front-end address range")
+
+    def gpa_to_uva(self, gpa: int) -> int:
+        region = self.region_at(gpa)
+        return region.userspace_addr + (gpa - region.gpa)
+
     def check(self, addr: int, length: int) -> None:
         """Raise GuestMemoryError unless every byte of the range is mapped."""
         self.views(addr, length)

@@ -1,0 +1,1 @@
+"""Subcommands of the ``pyvirtio`` CLI, one module each."""

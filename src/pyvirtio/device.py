@@ -1,0 +1,196 @@
+"""The device side of the virtio device model (VIRTIO 1.3, 2 "Basic Facilities of a Virtio Device").
+
+A :class:`VirtioDevice` owns what every device has: a type, feature bits, a status field with the
+spec's rules, a config space with a generation counter, and virtqueues.  A device class (rng, blk,
+net …) subclasses it and implements :meth:`handle_chain` (and optionally :meth:`process_queue`
+for devices that need the whole batch).  Transports (loopback, vhost-user, PCI, MMIO) drive it
+through the methods here and receive interrupts through :attr:`interrupt`, a callback.
+
+Sans-I/O: the device is handed the guest memory on every call; the transport decides the threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import ClassVar
+
+from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, UsageError, VirtioError
+from .interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
+from .memory import GuestMemory
+from .spec.features import Feature
+from .spec.ids import DeviceType
+from .spec.status import DeviceStatus
+from .virtq import DescriptorChain, SplitDeviceQueue
+
+log = logging.getLogger(__name__)
+
+#: Reserved features a pyvirtio device offers unless told otherwise.
+COMMON_FEATURES = (1 << Feature.VERSION_1) | (1 << Feature.EVENT_IDX) | (1 << Feature.INDIRECT_DESC)
+
+
+def _ignore_interrupt(info: Interrupt) -> None:
+    pass
+
+
+class VirtioDevice:
+    """Base of every device: features, status, config space, queues."""
+
+    device_type: ClassVar[DeviceType]
+    #: Queues the device has at reset; subclasses may compute it in __init__.
+    num_queues: int = 1
+    queue_max_size: int = 256
+    #: Device-specific feature bits offered (a mask); COMMON_FEATURES are added.
+    device_specific_features: int = 0
+
+    def __init__(self) -> None:
+        self.device_features = COMMON_FEATURES | self.device_specific_features
+        self.driver_features = 0
+        self.status = DeviceStatus(0)
+        self.config_generation = 0
+        self.interrupt: InterruptHandler = _ignore_interrupt
+        self.queues = [SplitDeviceQueue(self.queue_max_size, index=i) for i in range(self.num_queues)]
+        self.lock = threading.RLock()  # transports that serve queues from threads take it
+
+    # --- features (2.2) -------------------------------------------------------------------------
+
+    def has_feature(self, bit: int) -> bool:
+        """Whether ``bit`` was negotiated (offered and accepted)."""
+        return bool(self.driver_features & self.device_features & (1 << bit))
+
+    def set_driver_features(self, features: int) -> None:
+        """The driver's accepted features; only before FEATURES_OK (2.2.1)."""
+        if self.status & DeviceStatus.FEATURES_OK:
+            raise DriverFault("driver features written after FEATURES_OK (2.2.1)")
+        self.driver_features = features
+
+    def features_acceptable(self, features: int) -> bool:
+        """May the device operate with ``features``?  (The FEATURES_OK check, 3.1.1.)"""
+        if features & ~self.device_features:
+            return False  # accepted something not offered
+        return bool(features & (1 << Feature.VERSION_1))
+
+    # --- status (2.1) ---------------------------------------------------------------------------
+
+    def set_status(self, value: int) -> None:
+        """The driver writes the status field.  Zero resets; bits may only be added (2.1.2)."""
+        value = DeviceStatus(value & 0xFF)
+        if value == 0:
+            self.reset()
+            return
+        old = self.status
+        if old & ~value & ~DeviceStatus.DEVICE_NEEDS_RESET:
+            raise DeviceStatusError(f"driver cleared status bits {old & ~value!r} without a reset (2.1.2)")
+        added = value & ~old
+        if added & DeviceStatus.FEATURES_OK:
+            if not self.features_acceptable(self.driver_features):
+                value &= ~DeviceStatus.FEATURES_OK  # the driver re-reads and sees it refused (3.1.1)
+            else:
+                self._apply_features()
+        if added & DeviceStatus.DRIVER_OK and not value & DeviceStatus.FEATURES_OK:
+            raise DeviceStatusError("DRIVER_OK without FEATURES_OK (3.1.1)")
+        self.status = (value & ~DeviceStatus.DEVICE_NEEDS_RESET) | (old & DeviceStatus.DEVICE_NEEDS_RESET)
+        if added & DeviceStatus.DRIVER_OK:
+            self.on_driver_ok()
+
+    def _apply_features(self) -> None:
+        event_idx = self.has_feature(Feature.EVENT_IDX)
+        indirect = self.has_feature(Feature.INDIRECT_DESC)
+        for q in self.queues:
+            q.set_features(event_idx, indirect)
+        self.on_features(self.driver_features & self.device_features)
+
+    def reset(self) -> None:
+        """Device reset (2.4): status, features, queues back to their initial state."""
+        self.status = DeviceStatus(0)
+        self.driver_features = 0
+        for q in self.queues:
+            q.reset()
+        self.on_reset()
+
+    def needs_reset(self, why: Exception) -> None:
+        """Enter DEVICE_NEEDS_RESET and tell the driver with a config interrupt (2.1.2)."""
+        log.warning("%s: device needs reset: %s", type(self).__name__, why)
+        self.status |= DeviceStatus.DEVICE_NEEDS_RESET
+        if self.status & DeviceStatus.DRIVER_OK:
+            self.interrupt(CONFIG_CHANGE)
+
+    @property
+    def driver_ok(self) -> bool:
+        return bool(self.status & DeviceStatus.DRIVER_OK) and not self.status & DeviceStatus.DEVICE_NEEDS_RESET
+
+    # --- config space (2.5) ---------------------------------------------------------------------
+
+    def config_bytes(self) -> bytes:
+        """The device-specific config space as it stands; subclasses build it from their state."""
+        return b""
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        data = self.config_bytes()
+        if offset < 0 or size < 0 or offset + size > len(data):
+            return bytes(size)  # reads outside the config space see zeros (no untyped error)
+        return data[offset:offset + size]
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """Driver writes to the config space; most fields are read-only and ignore writes."""
+
+    def config_changed(self) -> None:
+        """Bump the generation (2.5.1) and send a config change notification once running."""
+        self.config_generation = (self.config_generation + 1) & 0xFF
+        if self.status & DeviceStatus.DRIVER_OK:
+            self.interrupt(CONFIG_CHANGE)
+
+    # --- queues ---------------------------------------------------------------------------------
+
+    def queue_notify(self, mem: GuestMemory, index: int) -> None:
+        """The driver kicked queue ``index``: process it and interrupt if the driver wants it."""
+        if not 0 <= index < len(self.queues):
+            log.warning("%s: notify for queue %d that does not exist", type(self).__name__, index)
+            return
+        queue = self.queues[index]
+        if not queue.ready or not self.driver_ok or queue.broken:
+            return  # 2.1: no buffers are consumed before DRIVER_OK
+        try:
+            with self.lock:
+                notify = self.process_queue(mem, queue)
+        except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            self.needs_reset(exc)
+            return
+        if notify:
+            self.interrupt(Interrupt(index))
+
+    def process_queue(self, mem: GuestMemory, queue: SplitDeviceQueue) -> bool:
+        """Drain the queue through :meth:`handle_chain`; returns whether to interrupt."""
+        return queue.drain(mem, lambda chain: self.handle_chain(queue.index, chain))
+
+    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
+        """Handle one request; return the bytes written into the chain (or None to complete it
+        later with :meth:`complete`)."""
+        raise NotImplementedError
+
+    def complete(self, mem: GuestMemory, queue_index: int, head_index: int, written: int) -> None:
+        """Finish a request that :meth:`handle_chain` deferred."""
+        queue = self.queues[queue_index]
+        try:
+            with self.lock:
+                queue.add_used(mem, head_index, written)
+                notify = queue.needs_notification(mem)
+        except VirtioError as exc:
+            self.needs_reset(exc)
+            return
+        if notify:
+            self.interrupt(Interrupt(queue_index))
+
+    # --- hooks ----------------------------------------------------------------------------------
+
+    def on_features(self, features: int) -> None:
+        """Features are settled (FEATURES_OK accepted)."""
+
+    def on_driver_ok(self) -> None:
+        """The driver finished initialisation."""
+
+    def on_reset(self) -> None:
+        """The device was reset; drop per-driver state."""
+
+    def close(self) -> None:
+        """Release host resources (files, sockets)."""

@@ -1,0 +1,265 @@
+"""Block device (VIRTIO 1.3, 5.2) over a raw image file.
+
+Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES.  Data moves with ``os.preadv`` /
+``os.pwritev`` straight between the file and guest memory views (no copies).  Every request is
+checked: a request past the capacity, a length that is not a whole number of sectors, a write to
+a read-only disk, or an unknown type gets IOERR or UNSUPP in its status byte and the queue goes on.
+A chain with no room for the status byte is the driver's fault and is returned with 0 bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import struct
+
+from ..device import VirtioDevice
+from ..errors import UsageError
+from ..spec import blk as spec
+from ..spec.ids import DeviceType
+from ..virtq import DescriptorChain
+
+log = logging.getLogger(__name__)
+
+SECTOR = spec.SECTOR_SIZE
+_HDR = spec.BLK_REQ_HEADER
+_SEG = spec.BLK_DISCARD_WRITE_ZEROES
+_F = spec.BlkFeature
+_T = spec.BlkReqType
+_S = spec.BlkStatus
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class BlkDevice(VirtioDevice):
+    """A virtio-blk device backed by a raw image file (or block device)."""
+
+    device_type = DeviceType.BLOCK
+
+    def __init__(self, path: str, *, read_only: bool = False, serial: str | None = None,
+                 num_queues: int = 1, queue_max_size: int = 256, writeback: bool = True,
+                 discard: bool = True, write_zeroes: bool = True, size_max: int = 1 << 20):
+        if num_queues < 1 or num_queues > 64:
+            raise UsageError(f"num_queues {num_queues} is not in 1..64")
+        self.path = path
+        self.read_only = read_only
+        self.fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            size = os.lseek(self.fd, 0, os.SEEK_END)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.capacity = size // SECTOR
+        self.serial = (serial if serial is not None else os.path.basename(path))[:spec.BLK_ID_BYTES]
+        self.num_queues = num_queues
+        self.queue_max_size = queue_max_size
+        self.size_max = size_max
+        self.seg_max = max(1, queue_max_size - 2)  # header and status take two descriptors
+        self.max_discard_sectors = self.max_write_zeroes_sectors = 0x3FFFFF
+        self.max_discard_seg = self.max_write_zeroes_seg = 32
+        feats = (_F.SIZE_MAX, _F.SEG_MAX, _F.BLK_SIZE, _F.FLUSH, _F.TOPOLOGY, _F.CONFIG_WCE)
+        mask = sum(1 << f for f in feats)
+        if read_only:
+            mask |= 1 << _F.RO
+        if discard and not read_only:
+            mask |= 1 << _F.DISCARD
+        if write_zeroes and not read_only:
+            mask |= 1 << _F.WRITE_ZEROES
+        if num_queues > 1:
+            mask |= 1 << _F.MQ
+        self.device_specific_features = mask
+        self.default_writeback = writeback
+        super().__init__()
+        self.writeback = writeback
+        self.stats = {"read_bytes": 0, "write_bytes": 0, "requests": 0, "errors": 0}
+
+    # --- config space (5.2.4) -------------------------------------------------------------------
+
+    def config_bytes(self) -> bytes:
+        values = dict(
+            capacity=self.capacity, size_max=self.size_max, seg_max=self.seg_max,
+            blk_size=SECTOR, physical_block_exp=0, alignment_offset=0, min_io_size=1,
+            opt_io_size=0, writeback=int(self.writeback), num_queues=self.num_queues,
+            max_discard_sectors=self.max_discard_sectors, max_discard_seg=self.max_discard_seg,
+            discard_sector_alignment=1, max_write_zeroes_sectors=self.max_write_zeroes_sectors,
+            max_write_zeroes_seg=self.max_write_zeroes_seg, write_zeroes_may_unmap=1,
+        )
+        return spec.BLK_CONFIG.pack(*(values.get(name, 0) for name in spec.BLK_CONFIG_FIELDS))
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        # Only ``writeback`` is writable, and only with CONFIG_WCE (5.2.5).
+        if offset == spec.BlkConfigOffset.WRITEBACK and len(data) == 1 and self.has_feature(_F.CONFIG_WCE):
+            self.writeback = bool(data[0])
+
+    def on_features(self, features: int) -> None:
+        # 5.2.5.1: without CONFIG_WCE the writeback mode follows FLUSH.
+        if not self.has_feature(_F.CONFIG_WCE):
+            self.writeback = self.has_feature(_F.FLUSH)
+
+    def on_reset(self) -> None:
+        self.writeback = self.default_writeback
+
+    # --- requests (5.2.6) -----------------------------------------------------------------------
+
+    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int:
+        if chain.readable_len < _HDR.size or chain.writable_len < 1:
+            log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
+            return 0
+        rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR.size))
+        status, written = self._execute(rtype, sector, chain)
+        data_written = written
+        chain.write(bytes((status,)), offset=chain.writable_len - 1)
+        self.stats["requests"] += 1
+        if status != _S.OK:
+            self.stats["errors"] += 1
+            data_written = written if rtype == _T.IN else 0
+        return data_written + 1 if rtype in (_T.IN, _T.GET_ID) else 1
+
+    def _execute(self, rtype: int, sector: int, chain: DescriptorChain) -> tuple[int, int]:
+        """Run one request; returns (status, data bytes written into the chain)."""
+        try:
+            if rtype == _T.IN:
+                return self._read(sector, chain)
+            if rtype == _T.OUT:
+                return self._write(sector, chain), 0
+            if rtype == _T.FLUSH:
+                os.fdatasync(self.fd)
+                return _S.OK, 0
+            if rtype == _T.GET_ID:
+                return self._get_id(chain)
+            if rtype == _T.DISCARD and self.has_feature(_F.DISCARD):
+                return self._segments(chain, discard=True), 0
+            if rtype == _T.WRITE_ZEROES and self.has_feature(_F.WRITE_ZEROES):
+                return self._segments(chain, discard=False), 0
+            return _S.UNSUPP, 0
+        except OSError as exc:
+            log.warning("blk %s: request type %d at sector %d failed: %s", self.path, rtype, sector, exc)
+            return _S.IOERR, 0
+
+    def _range_ok(self, sector: int, length: int) -> bool:
+        return length % SECTOR == 0 and sector + length // SECTOR <= self.capacity
+
+    def _read(self, sector: int, chain: DescriptorChain) -> tuple[int, int]:
+        length = chain.writable_len - 1
+        if not self._range_ok(sector, length):
+            return _S.IOERR, 0
+        if length == 0:
+            return _S.OK, 0
+        views = chain.writable_views(0, length)
+        got = _preadv_all(self.fd, views, sector * SECTOR, length)
+        self.stats["read_bytes"] += got
+        return _S.OK, got
+
+    def _write(self, sector: int, chain: DescriptorChain) -> int:
+        length = chain.readable_len - _HDR.size
+        if self.read_only:
+            return _S.IOERR  # 5.2.6.1: writes to a read-only device fail with IOERR
+        if not self._range_ok(sector, length):
+            return _S.IOERR
+        if length:
+            _pwritev_all(self.fd, chain.readable_views(_HDR.size, length), sector * SECTOR, length)
+            self.stats["write_bytes"] += length
+        if not self.writeback:
+            os.fdatasync(self.fd)  # write-through: durable before the status says OK
+        return _S.OK
+
+    def _get_id(self, chain: DescriptorChain) -> tuple[int, int]:
+        room = chain.writable_len - 1
+        if room < spec.BLK_ID_BYTES:
+            return _S.IOERR, 0
+        ident = self.serial.encode()[:spec.BLK_ID_BYTES].ljust(spec.BLK_ID_BYTES, b"\0")
+        chain.write(ident, offset=0)
+        return _S.OK, len(ident)
+
+    def _segments(self, chain: DescriptorChain, *, discard: bool) -> int:
+        if self.read_only:
+            return _S.IOERR
+        payload = chain.readable_len - _HDR.size
+        if payload <= 0 or payload % _SEG.size:
+            return _S.UNSUPP
+        count = payload // _SEG.size
+        max_seg = self.max_discard_seg if discard else self.max_write_zeroes_seg
+        max_sectors = self.max_discard_sectors if discard else self.max_write_zeroes_sectors
+        if count > max_seg:
+            return _S.UNSUPP
+        data = chain.read(_HDR.size, payload)
+        segs = [_SEG.unpack_from(data, i * _SEG.size) for i in range(count)]
+        for sector, num, flags in segs:
+            if flags & ~spec.BLK_WRITE_ZEROES_FLAG_UNMAP or (discard and flags):
+                return _S.UNSUPP  # 5.2.6.1: unknown flags; discard with the unmap flag
+            if num > max_sectors or sector + num > self.capacity:
+                return _S.IOERR
+        for sector, num, flags in segs:
+            self._zero_range(sector * SECTOR, num * SECTOR, punch=discard or bool(flags))
+        return _S.OK
+
+    def _zero_range(self, offset: int, length: int, *, punch: bool) -> None:
+        if not length:
+            return
+        modes = [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE] if punch else []
+        modes.append(FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)
+        for mode in modes:
+            try:
+                fallocate(self.fd, mode, offset, length)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+        zeros = bytes(min(length, 1 << 20))
+        while length:
+            n = os.pwrite(self.fd, zeros[:min(length, len(zeros))], offset)
+            offset += n
+            length -= n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _preadv_all(fd: int, views: list[memoryview], offset: int, length: int) -> int:
+    done = 0
+    while done < length:
+        n = os.preadv(fd, views, offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "short read: image shorter than its capacity")
+        done += n
+        if done < length:
+            views = _advance(views, n)
+    return done
+
+
+def _pwritev_all(fd: int, views: list[memoryview], offset: int, length: int) -> None:
+    done = 0
+    while done < length:
+        n = os.pwritev(fd, views, offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        done += n
+        if done < length:
+            views = _advance(views, n)
+
+
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    out = []
+    for v in views:
+        if n >= len(v):
+            n -= len(v)
+            continue
+        out.append(v[n:])
+        n = 0
+    return out

@@ -1,0 +1,22 @@
+"""Interrupts as callbacks carrying what happened, not IRQ numbers (the seed thread's ask)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """A device-to-driver notification: a used buffer on ``queue``, or a config change."""
+
+    queue: Optional[int] = None  # the virtqueue with new used buffers; None for a config change
+
+    @property
+    def config_changed(self) -> bool:
+        return self.queue is None
+
+
+CONFIG_CHANGE = Interrupt(None)
+
+InterruptHandler = Callable[[Interrupt], None]

@@ -1,0 +1,102 @@
+"""The driver-side transport interface every transport implements (loopback, vhost-user, PCI, MMIO).
+
+A driver is written against :class:`DriverTransport` only, so the same rng or blk driver runs over
+any bus (the seed thread's ``virt_bus.transfer``).  A transport also hands the driver guest memory
+to place rings and buffers in (:attr:`memory`, :meth:`alloc`), because the driver side owns it.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+from .alloc import GuestAllocator
+from .interrupt import InterruptHandler
+from .memory import GuestMemory
+from .virtq.layout import SplitRingLayout
+
+
+class DriverTransport(abc.ABC):
+    """What a driver needs from whatever carries the device."""
+
+    #: The driver-side guest memory the rings and buffers live in.
+    memory: GuestMemory
+    allocator: GuestAllocator
+
+    # identity
+    @property
+    @abc.abstractmethod
+    def device_type(self) -> int: ...
+
+    @property
+    def vendor_id(self) -> int:
+        return 0
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}"
+
+    # status (2.1) and features (2.2)
+    @abc.abstractmethod
+    def get_status(self) -> int: ...
+
+    @abc.abstractmethod
+    def set_status(self, status: int) -> None: ...
+
+    def reset(self) -> None:
+        self.set_status(0)
+
+    @abc.abstractmethod
+    def get_device_features(self) -> int: ...
+
+    @abc.abstractmethod
+    def set_driver_features(self, features: int) -> None: ...
+
+    # config space (2.5)
+    @abc.abstractmethod
+    def read_config(self, offset: int, size: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def write_config(self, offset: int, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def config_generation(self) -> int: ...
+
+    # virtqueues
+    @abc.abstractmethod
+    def num_queues(self) -> int:
+        """How many queues the device offers (an upper bound where the bus cannot tell)."""
+
+    @abc.abstractmethod
+    def queue_max_size(self, index: int) -> int:
+        """The largest size queue ``index`` takes; 0 if it does not exist."""
+
+    @abc.abstractmethod
+    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+        """Tell the device where queue ``index`` lives and enable it."""
+
+    def reset_queue(self, index: int) -> None:  # pragma: no cover - optional (RING_RESET)
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def notify(self, index: int) -> None:
+        """Kick queue ``index`` (driver → device notification)."""
+
+    # interrupts (device → driver), as callbacks
+    @abc.abstractmethod
+    def set_interrupt_handler(self, handler: InterruptHandler) -> None: ...
+
+    @abc.abstractmethod
+    def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
+        """Block until at least one interrupt was delivered through the handler, or ``timeout``.
+
+        Returns False on timeout.  In-process transports deliver interrupts synchronously and
+        return at once."""
+
+    def alloc(self, size: int, align: int = 16) -> int:
+        return self.allocator.alloc(size, align)
+
+    def free(self, addr: int) -> None:
+        self.allocator.free(addr)
+
+    def close(self) -> None:
+        """Drop the connection or mapping to the device."""
