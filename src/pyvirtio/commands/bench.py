@@ -1,0 +1,39 @@
+"""``pyvirtio bench …``: benchmarks, each printed as a table (or JSON)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+#: Extra bench targets registered by other modules: name -> module with register(subparsers).
+BENCH_MODULES = ("pyvirtio.commands.bench_blk", "pyvirtio.commands.bench_net")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark", description="Benchmarks of pyvirtio against real peers.")
+    targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    vq = targets.add_parser("virtqueue", help="descriptor chains per second through the split ring cores",
+                            description="Driver adds, device drains, driver collects, over two mappings of "
+                                        "one memfd; 1 and 4 descriptors per chain, with and without EVENT_IDX.")
+    vq.add_argument("--duration", type=float, default=1.0, help="seconds per configuration (default 1)")
+    vq.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    vq.set_defaults(func=_virtqueue)
+    for name in BENCH_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(targets)
+
+
+def _virtqueue(args) -> int:
+    from ..bench.virtqueue import format_table, run_all
+
+    results = run_all(args.duration)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        print(format_table(results))
+    return 0
