@@ -1,0 +1,74 @@
+"""Shared fixtures: a real Linux guest kernel and a helper to boot it.
+
+``guest_kernel`` prepares a Debian kernel once per session (cached in $PYVIRTIO_CACHE or
+~/.cache/pyvirtio).  Without QEMU or busybox the guest tests are skipped — except when
+``CI`` is set, where a missing tool is a failure.  Tests that use these fixtures get the
+``guest`` marker automatically (deselect with ``-m "not guest"``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import sys
+
+import pytest
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if {"guest_kernel", "boot"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.guest)
+
+
+@pytest.fixture(scope="session")
+def guest_kernel():
+    from pyvirtio.guest import prepare_kernel
+    from pyvirtio.guest.initramfs import BUSYBOX_PATHS
+    from pyvirtio.guest.qemu import qemu_binary
+
+    missing = [name for name, ok in (
+        (qemu_binary(), shutil.which(qemu_binary())),
+        ("busybox-static", any(os.path.exists(p) for p in BUSYBOX_PATHS)
+         or os.environ.get("PYVIRTIO_BUSYBOX")),
+    ) if not ok]
+    if missing:
+        msg = "guest tests need " + ", ".join(missing)
+        if _ci():
+            pytest.fail(msg + " (CI is set: not skipping)")
+        pytest.skip(msg)
+    return prepare_kernel(progress=lambda m: print(f"[guest] {m}", file=sys.stderr))
+
+
+@pytest.fixture
+def boot(guest_kernel, tmp_path):
+    """``boot(script, **kw)`` runs a guest to completion (``boot_guest``);
+    ``boot.start(script, **kw)`` starts one in the background (``start_guest``), killed at
+    teardown.  Serial output goes to ``tmp_path/console-N.log``."""
+    from pyvirtio.guest import boot_guest, start_guest
+
+    counter = itertools.count()
+    started = []
+
+    def _kw(kw):
+        kw.setdefault("console_log", tmp_path / f"console-{next(counter)}.log")
+        return kw
+
+    def _boot(script, **kw):
+        return boot_guest(guest_kernel, script, **_kw(kw))
+
+    def _start(script, **kw):
+        g = start_guest(guest_kernel, script, **_kw(kw))
+        started.append(g)
+        return g
+
+    _boot.start = _start
+    _boot.kernel = guest_kernel
+    yield _boot
+    for g in started:
+        g.close()
