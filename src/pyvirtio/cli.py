@@ -19,6 +19,9 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.serve",
     "pyvirtio.commands.demo",
     "pyvirtio.commands.bench",
+    "pyvirtio.commands.probe",
+    "pyvirtio.commands.check",
+    "pyvirtio.commands.qtest_probe",
 )
 
 
