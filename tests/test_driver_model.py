@@ -29,12 +29,13 @@ class RecordingTransport(LoopbackTransport):
 
 
 def test_init_sequence_follows_the_spec_order():
-    t = RecordingTransport(MockDevice(features=1 << 3))
+    dev = MockDevice(features=1 << 3)
+    t = RecordingTransport(dev)
     drv = EchoDriver.probe(t)
     assert t.status_writes == [0, S.ACKNOWLEDGE, S.ACKNOWLEDGE | S.DRIVER,
                                S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK,
                                S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK]
-    assert drv.negotiated == (COMMON_DRIVER_FEATURES | 1 << 3)
+    assert drv.negotiated == (COMMON_DRIVER_FEATURES & dev.device_features) | 1 << 3
     assert drv.has_feature(3) and drv.has_feature(Feature.EVENT_IDX)
 
 

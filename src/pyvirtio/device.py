@@ -21,7 +21,7 @@ from .memory import GuestMemory
 from .spec.features import Feature
 from .spec.ids import DeviceType
 from .spec.status import DeviceStatus
-from .virtq import DescriptorChain, SplitDeviceQueue
+from .virtq import DescriptorChain, PackedDeviceQueue, SplitDeviceQueue
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,10 @@ class VirtioDevice:
         self.lock = threading.RLock()  # transports that serve queues from threads take it
 
     # --- features (2.2) -------------------------------------------------------------------------
+
+    def offer_packed_ring(self) -> None:
+        """Offer VIRTIO_F_RING_PACKED (for transports that carry packed rings end to end)."""
+        self.device_features |= 1 << Feature.RING_PACKED
 
     def has_feature(self, bit: int) -> bool:
         """Whether ``bit`` was negotiated (offered and accepted)."""
@@ -86,16 +90,20 @@ class VirtioDevice:
             if not self.features_acceptable(self.driver_features):
                 value &= ~DeviceStatus.FEATURES_OK  # the driver re-reads and sees it refused (3.1.1)
             else:
-                self._apply_features()
+                self.apply_features()
         if added & DeviceStatus.DRIVER_OK and not value & DeviceStatus.FEATURES_OK:
             raise DeviceStatusError("DRIVER_OK without FEATURES_OK (3.1.1)")
         self.status = (value & ~DeviceStatus.DEVICE_NEEDS_RESET) | (old & DeviceStatus.DEVICE_NEEDS_RESET)
         if added & DeviceStatus.DRIVER_OK:
             self.on_driver_ok()
 
-    def _apply_features(self) -> None:
+    def apply_features(self) -> None:
+        """Features are settled: tell the queues (EVENT_IDX, INDIRECT_DESC) and the device.
+        Transports without a status field (vhost-user) call it after setting driver features."""
         event_idx = self.has_feature(Feature.EVENT_IDX)
         indirect = self.has_feature(Feature.INDIRECT_DESC)
+        if self.has_feature(Feature.RING_PACKED):
+            self.queues = [PackedDeviceQueue(q.max_size, index=q.index) for q in self.queues]
         for q in self.queues:
             q.set_features(event_idx, indirect)
         self.on_features(self.driver_features & self.device_features)
@@ -104,6 +112,8 @@ class VirtioDevice:
         """Device reset (2.4): status, features, queues back to their initial state."""
         self.status = DeviceStatus(0)
         self.driver_features = 0
+        if any(getattr(q, "packed", False) for q in self.queues):
+            self.queues = [SplitDeviceQueue(q.max_size, index=q.index) for q in self.queues]
         for q in self.queues:
             q.reset()
         self.on_reset()

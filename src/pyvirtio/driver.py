@@ -19,12 +19,13 @@ from .interrupt import Interrupt
 from .spec.features import Feature
 from .spec.status import DeviceStatus
 from .transport import DriverTransport
-from .virtq import SplitDriverQueue, SplitRingLayout
+from .virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout
 
 log = logging.getLogger(__name__)
 
 #: Reserved features every pyvirtio driver accepts when offered.
-COMMON_DRIVER_FEATURES = (1 << Feature.VERSION_1) | (1 << Feature.EVENT_IDX) | (1 << Feature.INDIRECT_DESC)
+COMMON_DRIVER_FEATURES = ((1 << Feature.VERSION_1) | (1 << Feature.EVENT_IDX) | (1 << Feature.INDIRECT_DESC)
+                          | (1 << Feature.RING_PACKED))
 CONFIG_READ_RETRIES = 100
 
 
@@ -46,18 +47,18 @@ class DriverQueue:
     """A driver's virtqueue plus request bookkeeping over a transport."""
 
     def __init__(self, transport: DriverTransport, index: int, size: int, *, event_idx: bool,
-                 indirect: bool, max_indirect: int = 32):
+                 indirect: bool, max_indirect: int = 32, packed: bool = False):
         self.transport = transport
         self.index = index
         mem = transport.memory
-        self._ring_addr = transport.alloc(SplitRingLayout.bytes_needed(size), 4096)
-        layout = SplitRingLayout.contiguous(self._ring_addr, size)
+        layout_cls, queue_cls = (PackedRingLayout, PackedDriverQueue) if packed else (SplitRingLayout, SplitDriverQueue)
+        self._ring_addr = transport.alloc(layout_cls.bytes_needed(size), 4096)
+        layout = layout_cls.contiguous(self._ring_addr, size)
         ind_area, self._ind_addr = None, None
         if indirect and max_indirect:
-            self._ind_addr = ind_area = transport.alloc(
-                SplitDriverQueue.indirect_area_size(size, max_indirect), 16)
-        self.vq = SplitDriverQueue(layout, index=index, event_idx=event_idx,
-                                   indirect_area=ind_area, max_indirect=max_indirect if indirect else 0)
+            self._ind_addr = ind_area = transport.alloc(queue_cls.indirect_area_size(size, max_indirect), 16)
+        self.vq = queue_cls(layout, index=index, event_idx=event_idx,
+                            indirect_area=ind_area, max_indirect=max_indirect if indirect else 0)
         self.vq.setup(mem)
         self.mem = mem
 
@@ -237,7 +238,8 @@ class VirtioDriver:
         size = min(size or self.queue_size, max_size)
         size = 1 << (size.bit_length() - 1)  # a power of two not above the maximum
         queue = DriverQueue(t, index, size, event_idx=self.has_feature(Feature.EVENT_IDX),
-                            indirect=self.has_feature(Feature.INDIRECT_DESC))
+                            indirect=self.has_feature(Feature.INDIRECT_DESC),
+                            packed=self.has_feature(Feature.RING_PACKED))
         t.setup_queue(index, queue.vq.layout)
         return queue
 

@@ -3,8 +3,8 @@
 The driver side adds a batch of chains, decides whether to kick; the device side drains them
 (pop, handle, add used in one batch, decide whether to interrupt); the driver collects them.  Both
 sides work on their own mapping of one memfd (as two processes would), over the loopback
-transport's memory.  Configurations: 1 or 4 descriptors per chain, EVENT_IDX on or off, direct or
-indirect descriptors.
+transport's memory.  Configurations: split or packed ring, 1 or 4 descriptors per chain, EVENT_IDX
+on or off, direct or indirect descriptors.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass
 
 from ..devices.rng import RngDevice
 from ..loopback import LoopbackTransport
-from ..virtq import SplitDeviceQueue, SplitDriverQueue, SplitRingLayout
+from ..virtq import (PackedDeviceQueue, PackedDriverQueue, PackedRingLayout, SplitDeviceQueue,
+                     SplitDriverQueue, SplitRingLayout)
 
 
 @dataclass
 class VirtqueueResult:
     descriptors: int
+    packed: bool
     event_idx: bool
     indirect: bool
     batch: int
@@ -38,17 +40,19 @@ class VirtqueueResult:
         return d
 
 
-def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, size: int = 256,
-            batch: int = 64, duration: float = 1.0) -> VirtqueueResult:
+def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed: bool = False,
+            size: int = 256, batch: int = 64, duration: float = 1.0) -> VirtqueueResult:
     t = LoopbackTransport(RngDevice(), memory_size=8 << 20)
     try:
         mem, dmem = t.memory, t.device_memory
-        base = t.alloc(SplitRingLayout.bytes_needed(size), 4096)
-        layout = SplitRingLayout.contiguous(base, size)
-        ind = t.alloc(SplitDriverQueue.indirect_area_size(size, 8), 16) if indirect else None
-        drv = SplitDriverQueue(layout, event_idx=event_idx, indirect_area=ind, max_indirect=8 if indirect else 0)
+        layout_cls, drv_cls, dev_cls = ((PackedRingLayout, PackedDriverQueue, PackedDeviceQueue) if packed
+                                        else (SplitRingLayout, SplitDriverQueue, SplitDeviceQueue))
+        base = t.alloc(layout_cls.bytes_needed(size), 4096)
+        layout = layout_cls.contiguous(base, size)
+        ind = t.alloc(drv_cls.indirect_area_size(size, 8), 16) if indirect else None
+        drv = drv_cls(layout, event_idx=event_idx, indirect_area=ind, max_indirect=8 if indirect else 0)
         drv.setup(mem)
-        dev = SplitDeviceQueue(size)
+        dev = dev_cls(size)
         dev.set_features(event_idx, indirect)
         dev.set_size(size)
         dev.set_addresses(layout.desc_table, layout.avail_ring, layout.used_ring)
@@ -74,7 +78,7 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, size: 
             if time.perf_counter() >= deadline:
                 break
         seconds = time.perf_counter() - start
-        return VirtqueueResult(descriptors, event_idx, indirect, batch, chains, seconds, kicks, interrupts)
+        return VirtqueueResult(descriptors, packed, event_idx, indirect, batch, chains, seconds, kicks, interrupts)
     finally:
         t.close()
 
@@ -85,16 +89,17 @@ def _written_len(chain) -> int:
 
 def run_all(duration: float = 1.0) -> list[VirtqueueResult]:
     results = []
-    for descriptors in (1, 4):
-        for event_idx in (False, True):
-            results.append(run_one(descriptors, event_idx, duration=duration))
-        results.append(run_one(descriptors, True, indirect=True, duration=duration))
+    for packed in (False, True):
+        for descriptors in (1, 4):
+            for event_idx in (False, True):
+                results.append(run_one(descriptors, event_idx, packed=packed, duration=duration))
+            results.append(run_one(descriptors, True, indirect=True, packed=packed, duration=duration))
     return results
 
 
 def format_table(results: list[VirtqueueResult]) -> str:
-    lines = [f"{'descs/chain':>11} {'event_idx':>9} {'indirect':>8} {'chains/s':>10} {'kicks':>7} {'irqs':>7}"]
+    lines = [f"{'ring':>6} {'descs/chain':>11} {'event_idx':>9} {'indirect':>8} {'chains/s':>10} {'kicks':>7} {'irqs':>7}"]
     for r in results:
-        lines.append(f"{r.descriptors:>11} {str(r.event_idx):>9} {str(r.indirect):>8} "
+        lines.append(f"{'packed' if r.packed else 'split':>6} {r.descriptors:>11} {str(r.event_idx):>9} {str(r.indirect):>8} "
                      f"{r.chains_per_second:>10,.0f} {r.kicks:>7} {r.interrupts:>7}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Virtqueues: split (and later packed) rings, both the device side and the driver side.
+"""Virtqueues: split and packed rings, both the device side and the driver side.
 
 Sans-I/O: every operation takes the guest memory as an argument and returns data or decisions
 (``needs_notification``, ``kick_prepare``); nothing here touches a socket or an eventfd.
@@ -7,11 +7,16 @@ Sans-I/O: every operation takes the guest memory as an argument and returns data
 from .chain import DescriptorChain
 from .event import vring_need_event
 from .layout import SplitRingLayout
+from .packed_device import PackedDeviceQueue
+from .packed_driver import PackedDriverQueue, PackedRingLayout
 from .split_device import SplitDeviceQueue
 from .split_driver import SplitDriverQueue
 
 __all__ = [
     "DescriptorChain",
+    "PackedDeviceQueue",
+    "PackedDriverQueue",
+    "PackedRingLayout",
     "SplitDeviceQueue",
     "SplitDriverQueue",
     "SplitRingLayout",

@@ -20,6 +20,7 @@ from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
 from .chain import DescriptorChain
+from .drain import drain_queue
 from .event import vring_need_event
 from .layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
 
@@ -163,6 +164,7 @@ class SplitDeviceQueue:
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
         """Pop up to ``limit`` chains in one go (the batch of one kick)."""
+        self._check(mem)  # a broken queue refuses even an empty batch
         out = []
         while len(out) < limit:
             chain = self.pop_descriptor_chain(mem)
@@ -285,23 +287,8 @@ class SplitDeviceQueue:
         return self._avail16[1] != self.next_avail
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:
-        """The one "disable, drain, re-enable, re-check" loop.
-
-        ``handle(chain)`` returns the bytes written into the chain to complete it now, or None if
-        the device completes it later with :meth:`add_used`.  Completed chains go to the used ring
-        in one batch per pass.  Returns whether the driver needs a notification."""
-        while True:
-            self.disable_notification(mem)
-            done = []
-            while (chain := self.pop_descriptor_chain(mem)) is not None:
-                written = handle(chain)
-                if written is not None:
-                    done.append((chain.head_index, written))
-            if done:
-                self.add_used_batch(mem, done)
-            if not self.enable_notification(mem):
-                break
-        return self.needs_notification(mem)
+        """The "disable, drain, re-enable, re-check" loop (see :func:`drain_queue`)."""
+        return drain_queue(self, mem, handle)
 
     def in_flight(self) -> int:
         """How many chains were popped but not yet returned."""

@@ -1,0 +1,282 @@
+"""The device side of a packed virtqueue (VIRTIO 1.3, 2.8), as a sans-I/O core.
+
+Same calls as :class:`~pyvirtio.virtq.split_device.SplitDeviceQueue`, so devices and transports
+do not care which ring the driver negotiated (VIRTIO_F_RING_PACKED).  The three addresses are
+the descriptor ring, the driver event suppression area ("driver area") and the device event
+suppression area ("device area").  Positions run over ``[0, size)`` with a wrap counter each for
+avail and used; the queue size need not be a power of two (2.8).
+
+The driver is untrusted: a chain longer than the ring, a buffer id already in flight, a chain
+whose later descriptors are not available, nested indirect tables, or a buffer outside guest
+memory raise :class:`~pyvirtio.errors.DriverFault` and mark the queue broken.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Iterable
+
+from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
+from ..fence import full_fence
+from ..memory import GuestMemory
+from ..spec import ring
+from .chain import DescriptorChain
+from .drain import drain_queue
+from .event import vring_need_event
+
+_DESC = ring.PVIRTQ_DESC
+_F_NEXT = ring.VIRTQ_DESC_F_NEXT
+_F_WRITE = ring.VIRTQ_DESC_F_WRITE
+_F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
+_F_AVAIL = ring.VIRTQ_DESC_F_AVAIL
+_F_USED = ring.VIRTQ_DESC_F_USED
+_EV_ENABLE = ring.RING_EVENT_FLAGS_ENABLE
+_EV_DISABLE = ring.RING_EVENT_FLAGS_DISABLE
+_EV_DESC = ring.RING_EVENT_FLAGS_DESC
+_CHAIN_BYTES_LIMIT = 1 << 32
+_LEN_ID = struct.Struct("<IH")  # pvirtq_desc.len and .id, at offset 8
+
+
+def is_valid_packed_size(size: int) -> bool:
+    return 0 < size <= ring.PACKED_QUEUE_MAX_SIZE
+
+
+def packed_need_event(off_wrap: int, wrap: int, new: int, added: int, size: int) -> bool:
+    """Whether moving ``added`` positions up to ``new`` (at wrap counter ``wrap``) crossed the
+    other side's event ``off_wrap`` (2.8.10, as Linux computes it)."""
+    if added >= size:
+        return True  # the whole ring went by: certainly crossed
+    event = off_wrap & 0x7FFF
+    if off_wrap >> 15 != wrap:
+        event -= size
+    return vring_need_event(event & 0xFFFF, new, (new - added) & 0xFFFF)
+
+
+class PackedDeviceQueue:
+    """Device-side state of one packed virtqueue."""
+
+    packed = True
+
+    def __init__(self, max_size: int = 256, *, index: int = 0):
+        if not is_valid_packed_size(max_size):
+            raise UsageError(f"max queue size {max_size} is not in 1..32768")
+        self.index = index
+        self.max_size = max_size
+        self.event_idx = False
+        self.indirect = False
+        self.reset()
+
+    # --- configuration --------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.desc_table = self.avail_ring = self.used_ring = 0
+        self.ready = False
+        self.next_avail, self.avail_wrap = 0, 1
+        self.next_used, self.used_wrap = 0, 1
+        self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds
+        self._added_since_signal = 0
+        self._signalled_once = False
+        self.broken = False
+        self.fault: Exception | None = None
+        self._mem, self._gen = None, -1
+
+    def set_size(self, size: int) -> None:
+        if not is_valid_packed_size(size) or size > self.max_size:
+            raise DriverFault(f"queue {self.index}: packed size {size} is not in 1..{self.max_size}")
+        self.size = size
+        self._mem = None
+
+    def set_addresses(self, desc_ring: int, driver_area: int, device_area: int) -> None:
+        self.desc_table, self.avail_ring, self.used_ring = desc_ring, driver_area, device_area
+        self._mem = None
+
+    def set_features(self, event_idx: bool, indirect: bool) -> None:
+        self.event_idx, self.indirect = event_idx, indirect
+
+    def activate(self, mem: GuestMemory) -> None:
+        if self.desc_table % ring.PVIRTQ_DESC_ALIGN or self.avail_ring % 4 or self.used_ring % 4:
+            raise DriverFault(f"queue {self.index}: packed ring parts are misaligned (2.8.10)")
+        self._bind(mem)
+        self.ready = True
+
+    def set_base(self, base: int) -> None:
+        """vhost-user SET_VRING_BASE for packed rings: bits 0-14 position, bit 15 wrap counter."""
+        self.next_avail, self.avail_wrap = base & 0x7FFF, (base >> 15) & 1
+        self.next_used, self.used_wrap = self.next_avail, self.avail_wrap
+
+    def get_base(self) -> int:
+        return self.next_avail | (self.avail_wrap << 15)
+
+    def sync_used_from_ring(self, mem: GuestMemory) -> None:
+        self.next_used, self.used_wrap = self.next_avail, self.avail_wrap
+        self._pending.clear()
+
+    def _bind(self, mem: GuestMemory) -> None:
+        try:
+            desc = mem.view(self.desc_table, 16 * self.size)
+            driver = mem.view(self.avail_ring, 4)
+            device = mem.view(self.used_ring, 4)
+        except GuestMemoryError as exc:
+            self._break(DriverFault(f"queue {self.index}: ring outside guest memory: {exc}"))
+        self._desc, self._desc16 = desc, desc.cast("H")
+        self._driver16, self._device16 = driver.cast("H"), device.cast("H")
+        self._mem, self._gen = mem, mem.generation
+
+    def _break(self, fault: Exception):
+        self.broken = True
+        self.fault = fault
+        raise fault
+
+    def _check(self, mem: GuestMemory) -> None:
+        if self.broken:
+            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
+        if not self.ready:
+            raise UsageError(f"queue {self.index} is not ready")
+        if mem is not self._mem or mem.generation != self._gen:
+            self._bind(mem)
+
+    # --- consuming available buffers ------------------------------------------------------------
+
+    def _is_avail(self, flags: int, wrap: int) -> bool:
+        return bool(flags & _F_AVAIL) == bool(wrap) and bool(flags & _F_USED) != bool(wrap)
+
+    def has_available(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
+
+    def pop_descriptor_chain(self, mem: GuestMemory) -> DescriptorChain | None:
+        self._check(mem)
+        # Read the head's flags first, and the rest after: the driver writes the head flags last.
+        if not self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap):
+            return None
+        try:
+            chain, pos, wrap, count = self._walk(mem)
+        except DriverFault as exc:
+            self._break(DriverFault(f"queue {self.index}: {exc}"))
+        except GuestMemoryError as exc:
+            self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+        if chain.head_index in self._pending:
+            self._break(DriverFault(f"queue {self.index}: buffer id {chain.head_index} is already in flight"))
+        self._pending[chain.head_index] = count
+        self.next_avail, self.avail_wrap = pos, wrap
+        return chain
+
+    def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
+        self._check(mem)
+        out = []
+        while len(out) < limit and (chain := self.pop_descriptor_chain(mem)) is not None:
+            out.append(chain)
+        return out
+
+    def _walk(self, mem: GuestMemory):
+        size, desc16 = self.size, self._desc16
+        pos, wrap, count = self.next_avail, self.avail_wrap, 0
+        readable, writable, lens = [], [], [0, 0]
+        while True:
+            flags = desc16[pos * 8 + 7]
+            if count and not self._is_avail(flags, wrap):
+                raise DriverFault(f"descriptor {pos} of a chain is not available (2.8.6)")
+            addr, length, buf_id, _ = _DESC.unpack_from(self._desc, pos * 16)
+            count += 1
+            if count > size:
+                raise DriverFault(f"chain is longer than the ring ({size})")
+            pos += 1
+            if pos == size:
+                pos, wrap = 0, wrap ^ 1
+            if flags & _F_INDIRECT:
+                self._walk_indirect(mem, addr, length, flags, readable, writable, lens)
+            else:
+                self._add_buffer(mem, addr, length, flags & _F_WRITE, readable, writable, lens)
+            if not flags & _F_NEXT:
+                chain = DescriptorChain(buf_id, readable, writable, lens[0], lens[1])
+                return chain, pos, wrap, count
+
+    def _walk_indirect(self, mem, addr, length, flags, readable, writable, lens) -> None:
+        if not self.indirect:
+            raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+        if flags & _F_NEXT:
+            raise DriverFault("descriptor sets both INDIRECT and NEXT (2.8.7)")
+        if length == 0 or length % 16:
+            raise DriverFault(f"indirect table length {length} is not a multiple of 16")
+        table = mem.view(addr, length)
+        for i in range(length // 16):
+            a, n, _, f = _DESC.unpack_from(table, i * 16)
+            if f & _F_INDIRECT:
+                raise DriverFault("indirect descriptor inside an indirect table (2.8.7)")
+            self._add_buffer(mem, a, n, f & _F_WRITE, readable, writable, lens)
+
+    @staticmethod
+    def _add_buffer(mem, addr, length, write, readable, writable, lens) -> None:
+        if not length:
+            return
+        views = mem.views(addr, length)
+        if write:
+            writable.extend(views)
+            lens[1] += length
+        else:
+            if writable:
+                raise DriverFault("device-readable descriptor after a writable one (2.8.4)")
+            readable.extend(views)
+            lens[0] += length
+        if lens[0] + lens[1] > _CHAIN_BYTES_LIMIT:
+            raise DriverFault("chain is longer than 2**32 bytes")
+
+    # --- returning used buffers -----------------------------------------------------------------
+
+    def add_used(self, mem: GuestMemory, head_index: int, length: int) -> None:
+        """Write one used descriptor for buffer id ``head_index`` (2.8.9)."""
+        self._check(mem)
+        count = self._pending.pop(head_index, None)
+        if count is None:
+            raise UsageError(f"queue {self.index}: buffer id {head_index} is not in flight")
+        pos = self.next_used
+        _LEN_ID.pack_into(self._desc, pos * 16 + 8, length, head_index)  # flags untouched
+        used_flags = (_F_AVAIL | _F_USED) if self.used_wrap else 0
+        self._desc16[pos * 8 + 7] = used_flags  # flags last: publishes the element (x86 store order)
+        pos += count
+        if pos >= self.size:
+            pos -= self.size
+            self.used_wrap ^= 1
+        self.next_used = pos
+        self._added_since_signal += count
+
+    def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
+        for head_index, length in elems:
+            self.add_used(mem, head_index, length)
+
+    # --- notification suppression (2.8.10) ------------------------------------------------------
+
+    def needs_notification(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        added = self._added_since_signal
+        if not added:
+            return False
+        full_fence()  # used descriptors visible before reading the driver's event suppression
+        self._added_since_signal = 0
+        off_wrap, flags = self._driver16[0], self._driver16[1]
+        if flags == _EV_DISABLE:
+            return False
+        if flags == _EV_DESC and self.event_idx:
+            return packed_need_event(off_wrap, self.used_wrap, self.next_used, added, self.size)
+        return True
+
+    def disable_notification(self, mem: GuestMemory) -> None:
+        self._check(mem)
+        self._device16[1] = _EV_DISABLE
+
+    def enable_notification(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        if self.event_idx:
+            self._device16[0] = self.next_avail | (self.avail_wrap << 15)
+            self._device16[1] = _EV_DESC
+        else:
+            self._device16[1] = _EV_ENABLE
+        full_fence()  # publish the suppression change before re-checking for new buffers
+        return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
+
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:
+        return drain_queue(self, mem, handle)
+
+    def in_flight(self) -> int:
+        return len(self._pending)

@@ -1,0 +1,253 @@
+"""The driver side of a packed virtqueue (VIRTIO 1.3, 2.8), as a sans-I/O core.
+
+Same calls as :class:`~pyvirtio.virtq.split_driver.SplitDriverQueue` (``add``, ``kick_prepare``,
+``get_buf``, ``enable_cb`` …).  Buffer ids come from a free pool; a chain's descriptors are written
+tail first and the head's flags last, so the device never sees half a chain.  The device is
+untrusted: a used id that is not in flight or a used length above the chain's writable bytes
+raises :class:`~pyvirtio.errors.DeviceFault` and marks the queue broken.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..errors import DeviceFault, GuestMemoryError, QueueBroken, QueueFull, UsageError
+from ..fence import full_fence
+from ..memory import GuestMemory
+from ..spec import ring
+from .packed_device import is_valid_packed_size, packed_need_event
+
+_DESC = ring.PVIRTQ_DESC
+_ADDR_LEN_ID = struct.Struct("<QIH")
+_F_NEXT = ring.VIRTQ_DESC_F_NEXT
+_F_WRITE = ring.VIRTQ_DESC_F_WRITE
+_F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
+_F_AVAIL = ring.VIRTQ_DESC_F_AVAIL
+_F_USED = ring.VIRTQ_DESC_F_USED
+
+Buffer = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PackedRingLayout:
+    """Where a packed ring lives: descriptor ring, driver area, device area (2.8.10).
+
+    The attribute names match :class:`SplitRingLayout` so transports pass either the same way."""
+
+    size: int
+    desc_table: int
+    avail_ring: int  # the driver event suppression area
+    used_ring: int  # the device event suppression area
+
+    @classmethod
+    def contiguous(cls, base: int, size: int) -> "PackedRingLayout":
+        if not is_valid_packed_size(size):
+            raise UsageError(f"packed queue size {size} is not in 1..32768")
+        if base % 16:
+            raise UsageError("descriptor ring must be 16-byte aligned")
+        return cls(size, base, base + 16 * size, base + 16 * size + 4)
+
+    @staticmethod
+    def bytes_needed(size: int) -> int:
+        return 16 * size + 8
+
+
+def _avail_flags(wrap: int) -> int:
+    return _F_AVAIL if wrap else _F_USED
+
+
+class PackedDriverQueue:
+    packed = True
+
+    def __init__(self, layout: PackedRingLayout, *, index: int = 0, event_idx: bool = False,
+                 indirect_area: int | None = None, max_indirect: int = 0):
+        self.index = index
+        self.layout = layout
+        self.size = layout.size
+        self.event_idx = event_idx
+        self.indirect_area = indirect_area
+        self.max_indirect = max_indirect if indirect_area is not None else 0
+        self.broken = False
+        self.fault: Exception | None = None
+        self._mem, self._gen = None, -1
+        self._init_state()
+
+    @staticmethod
+    def indirect_area_size(size: int, max_indirect: int) -> int:
+        return size * max_indirect * 16
+
+    def _init_state(self) -> None:
+        self.next_avail, self.avail_wrap = 0, 1
+        self.last_used, self.used_wrap = 0, 1
+        self.num_free = self.size
+        self._free_ids = list(range(self.size - 1, -1, -1))
+        self._tokens: list[Any] = [None] * self.size
+        self._count = [0] * self.size
+        self._in_len = [0] * self.size
+        self._added = 0
+        self.callbacks_enabled = True
+        self.outstanding = 0
+
+    def setup(self, mem: GuestMemory) -> None:
+        self._bind(mem)
+        self._desc[:] = bytes(len(self._desc))
+        self._driver16[0] = self._driver16[1] = 0
+        self._device16[0] = self._device16[1] = 0
+        self._init_state()
+
+    def _bind(self, mem: GuestMemory) -> None:
+        lay = self.layout
+        try:
+            self._desc = mem.view(lay.desc_table, 16 * self.size)
+            self._driver16 = mem.view(lay.avail_ring, 4).cast("H")
+            self._device16 = mem.view(lay.used_ring, 4).cast("H")
+            if self.max_indirect:
+                self._indirect = mem.view(self.indirect_area,
+                                          self.indirect_area_size(self.size, self.max_indirect))
+        except GuestMemoryError as exc:
+            raise UsageError(f"queue {self.index}: ring is not in guest memory: {exc}") from None
+        self._desc16 = self._desc.cast("H")
+        self._mem, self._gen = mem, mem.generation
+
+    def _check(self, mem: GuestMemory) -> None:
+        if self.broken:
+            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
+        if mem is not self._mem or mem.generation != self._gen:
+            self._bind(mem)
+
+    def _break(self, fault: Exception):
+        self.broken = True
+        self.fault = fault
+        raise fault
+
+    # --- making buffers available ---------------------------------------------------------------
+
+    def add(self, mem: GuestMemory, out_bufs: Sequence[Buffer], in_bufs: Sequence[Buffer], token: Any) -> int:
+        self._check(mem)
+        if token is None:
+            raise UsageError("token must not be None")
+        bufs = [(a, n, 0) for a, n in out_bufs] + [(a, n, _F_WRITE) for a, n in in_bufs]
+        if not bufs:
+            raise UsageError("a chain needs at least one buffer")
+        if not self._free_ids:
+            raise QueueFull(f"queue {self.index}: no free buffer id")
+        use_indirect = 1 < len(bufs) <= self.max_indirect
+        count = 1 if use_indirect else len(bufs)
+        if count > self.num_free:
+            raise QueueFull(f"queue {self.index}: {count} descriptors needed, {self.num_free} free")
+        buf_id = self._free_ids.pop()
+        if use_indirect:
+            bufs = [self._write_indirect(buf_id, bufs)]
+        self._write_chain(buf_id, bufs)
+        self._tokens[buf_id] = token
+        self._count[buf_id] = count
+        self._in_len[buf_id] = sum(n for _, n in in_bufs)
+        self.num_free -= count
+        self._added += count
+        self.outstanding += 1
+        return buf_id
+
+    def _write_indirect(self, buf_id: int, bufs) -> tuple[int, int, int]:
+        off = buf_id * self.max_indirect * 16
+        for i, (addr, length, wflag) in enumerate(bufs):
+            _DESC.pack_into(self._indirect, off + i * 16, addr, length, 0, wflag)
+        return self.indirect_area + off, len(bufs) * 16, _F_INDIRECT
+
+    def _write_chain(self, buf_id: int, bufs) -> None:
+        size, desc, desc16 = self.size, self._desc, self._desc16
+        pos, wrap = self.next_avail, self.avail_wrap
+        head_pos, head_flags = pos, 0
+        last = len(bufs) - 1
+        for i, (addr, length, kind) in enumerate(bufs):
+            flags = kind | (_F_NEXT if i < last else 0) | _avail_flags(wrap)
+            _ADDR_LEN_ID.pack_into(desc, pos * 16, addr, length, buf_id)
+            if i == 0:
+                head_flags = flags
+            else:
+                desc16[pos * 8 + 7] = flags
+            pos += 1
+            if pos == size:
+                pos, wrap = 0, wrap ^ 1
+        desc16[head_pos * 8 + 7] = head_flags  # last: makes the whole chain available at once
+        self.next_avail, self.avail_wrap = pos, wrap
+
+    def kick_prepare(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        added, self._added = self._added, 0
+        if not added:
+            return False
+        full_fence()  # descriptors visible before reading the device's event suppression
+        off_wrap, flags = self._device16[0], self._device16[1]
+        if flags == ring.RING_EVENT_FLAGS_DISABLE:
+            return False
+        if flags == ring.RING_EVENT_FLAGS_DESC and self.event_idx:
+            return packed_need_event(off_wrap, self.avail_wrap, self.next_avail, added, self.size)
+        return True
+
+    # --- collecting used buffers ----------------------------------------------------------------
+
+    def _is_used(self, flags: int) -> bool:
+        w = bool(self.used_wrap)
+        return bool(flags & _F_AVAIL) == w and bool(flags & _F_USED) == w
+
+    def has_used(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        return self._is_used(self._desc16[self.last_used * 8 + 7])
+
+    def get_buf(self, mem: GuestMemory) -> tuple[Any, int] | None:
+        self._check(mem)
+        pos = self.last_used
+        if not self._is_used(self._desc16[pos * 8 + 7]):
+            return None
+        _, length, buf_id = _ADDR_LEN_ID.unpack_from(self._desc, pos * 16)
+        if buf_id >= self.size or self._tokens[buf_id] is None:
+            self._break(DeviceFault(f"queue {self.index}: used id {buf_id} is not in flight"))
+        if length > self._in_len[buf_id]:
+            self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[buf_id]} "
+                                    f"writable bytes of buffer {buf_id}"))
+        token = self._tokens[buf_id]
+        self._tokens[buf_id] = None
+        count = self._count[buf_id]
+        self.num_free += count
+        self._free_ids.append(buf_id)
+        self.outstanding -= 1
+        pos += count
+        if pos >= self.size:
+            pos -= self.size
+            self.used_wrap ^= 1
+        self.last_used = pos
+        if self.event_idx and self.callbacks_enabled:
+            self._driver16[0] = pos | (self.used_wrap << 15)
+        return token, length
+
+    def get_bufs(self, mem: GuestMemory) -> list[tuple[Any, int]]:
+        out = []
+        while (item := self.get_buf(mem)) is not None:
+            out.append(item)
+        return out
+
+    def detach_unused(self) -> list[Any]:
+        tokens = [t for t in self._tokens if t is not None]
+        self._init_state()
+        self._mem, self._gen = None, -1
+        return tokens
+
+    # --- interrupt suppression ------------------------------------------------------------------
+
+    def disable_cb(self, mem: GuestMemory) -> None:
+        self._check(mem)
+        self.callbacks_enabled = False
+        self._driver16[1] = ring.RING_EVENT_FLAGS_DISABLE
+
+    def enable_cb(self, mem: GuestMemory) -> bool:
+        self._check(mem)
+        self.callbacks_enabled = True
+        if self.event_idx:
+            self._driver16[0] = self.last_used | (self.used_wrap << 15)
+            self._driver16[1] = ring.RING_EVENT_FLAGS_DESC
+        else:
+            self._driver16[1] = ring.RING_EVENT_FLAGS_ENABLE
+        full_fence()  # publish the change before re-checking for used buffers
+        return self._is_used(self._desc16[self.last_used * 8 + 7])
