@@ -228,12 +228,16 @@ def test_chain_over_2_32_bytes(sparse_mem):
     assert_driver_fault(mock, q, "2\\*\\*32")
 
 
-def test_chain_of_exactly_2_32_bytes_is_fine(sparse_mem):
+def test_chain_just_under_2_32_bytes_is_fine_and_2_32_is_not(sparse_mem):
     mock = MockSplitDriver(4, mem=sparse_mem, data_addr=0x10000)
     q = make_device_queue(mock)
-    mock.add_chain([(0x10000, 0x8000_0000, 0), (0x10000, 0x8000_0000, F_WRITE)])
+    mock.add_chain([(0x10000, 0x8000_0000, 0), (0x10000, 0x7FFF_FFFF, F_WRITE)])
     chain = q.pop_descriptor_chain(mock.mem)
-    assert (chain.readable_len, chain.writable_len) == (1 << 31, 1 << 31)
+    assert (chain.readable_len, chain.writable_len) == (1 << 31, (1 << 31) - 1)
+    q.add_used(mock.mem, chain.head_index, chain.writable_len)  # the largest u32 length
+    mock.add_chain([(0x10000, 0x8000_0000, 0), (0x10000, 0x8000_0000, F_WRITE)])
+    with pytest.raises(DriverFault, match="2\\*\\*32"):
+        q.pop_descriptor_chain(mock.mem)
 
 
 # --- indirect tables ---------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ class RingPair(RuleBasedStateMachine):
         # the model
         self.avail = self.kicked = self.next_used = self.last_used = base
         self.next_avail = base
-        self.signalled = None
+        self.signalled = base  # used idx at the last decision
+        self.signalled_valid = False  # no decision yet: the first one with EVENT_IDX says yes
         self.cursor = DATA
         self.tokens = 0
         self.outstanding = {}  # token -> dict(head, ndesc, out, in_bufs, in_len)
@@ -242,7 +243,8 @@ class RingPair(RuleBasedStateMachine):
             return False
         self.signalled = new
         if self.event_idx:
-            return True if old is None else crossed(self.raw_used_event(), new, old)
+            first, self.signalled_valid = not self.signalled_valid, True
+            return True if first else crossed(self.raw_used_event(), new, old)
         return not self.raw_avail_flags() & ring.VIRTQ_AVAIL_F_NO_INTERRUPT
 
     @rule()

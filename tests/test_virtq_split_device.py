@@ -237,9 +237,8 @@ def test_drain_with_deferred_completion():
     reqs = [mock.add_request(in_lens=[4]) for _ in range(3)]
     q = make_device_queue(mock, event_idx=True)
     later = []
-    # nothing was completed, but the first check with EVENT_IDX always says yes (like vhost's
-    # signalled_used_valid): a spurious interrupt the driver must tolerate
-    assert q.drain(mock.mem, lambda c: later.append(c)) is True
+    # nothing was completed: no interrupt, even before the first EVENT_IDX decision
+    assert q.drain(mock.mem, lambda c: later.append(c)) is False
     assert len(later) == 3 and mock.used_idx == 0 and q.in_flight() == 3
     assert mock.avail_event == 3  # re-enabled at next_avail
     for chain in reversed(later):
@@ -411,7 +410,7 @@ def test_reset_returns_to_initial_state():
     q.reset()
     assert (q.ready, q.next_avail, q.next_used, q.broken, q.fault) == (False, 0, 0, False, None)
     assert (q.desc_table, q.avail_ring, q.used_ring) == (0, 0, 0)
-    assert q.size == q.max_size and q.signalled_used is None and q.notifications_enabled
+    assert q.size == q.max_size and q.signalled_used == 0 and q.notifications_enabled
     with pytest.raises(UsageError, match="not ready"):
         q.pop_descriptor_chain(mock.mem)
 

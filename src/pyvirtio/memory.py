@@ -44,6 +44,9 @@ class Region:
     fd: int = -1
     mmap_offset: int = 0
     _owner: object = field(default=None, repr=False)
+    #: whether closing the memory closes ``_owner`` (an mmap) and ``fd``; ``from_buffers`` sets it
+    #: False: buffers a caller handed in stay the caller's to close
+    owns: bool = True
 
     @property
     def end(self) -> int:
@@ -69,7 +72,7 @@ class GuestMemory:
         mem = cls()
         for gpa, buffer in layout:
             view = memoryview(buffer).cast("B")
-            mem.add_region(Region(gpa, len(view), view, userspace_addr=gpa, _owner=buffer))
+            mem.add_region(Region(gpa, len(view), view, userspace_addr=gpa, _owner=buffer, owns=False))
         return mem
 
     @classmethod
@@ -120,7 +123,7 @@ class GuestMemory:
         return tuple(self._regions)
 
     def close(self) -> None:
-        """Release the host buffers this memory created (memfds and their mappings)."""
+        """Drop every region; close the mappings and fds of regions that own them (``owns``)."""
         for region in self._regions:
             release_region(region)
         self._regions.clear()
@@ -140,7 +143,7 @@ class GuestMemory:
     def view(self, addr: int, length: int) -> memoryview:
         """A zero-copy view of ``[addr, addr+length)``, which must lie in one region."""
         if length < 0 or addr < 0 or addr + length > _U64_LIMIT:
-            raise GuestMemoryError(addr, length, "wraps past 2**64")
+            raise GuestMemoryError(addr, length, "is negative or wraps past 2**64")
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:
             region = self._regions[i]
@@ -152,7 +155,7 @@ class GuestMemory:
     def views(self, addr: int, length: int) -> list[memoryview]:
         """Zero-copy views of ``[addr, addr+length)``, one per region the range crosses."""
         if length < 0 or addr < 0 or addr + length > _U64_LIMIT:
-            raise GuestMemoryError(addr, length, "wraps past 2**64")
+            raise GuestMemoryError(addr, length, "is negative or wraps past 2**64")
         out = []
         start, remaining = addr, length
         while remaining:
@@ -227,6 +230,8 @@ def release_region(region: Region) -> None:
         region.buf.release()
     except BufferError:
         pass  # someone still holds a slice; the mapping goes when they let go
+    if not region.owns:
+        return
     owner = region._owner
     if isinstance(owner, mmap.mmap):
         try:

@@ -18,12 +18,14 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None]) -> 
     while True:
         queue.disable_notification(mem)
         done = []
-        while (chain := queue.pop_descriptor_chain(mem)) is not None:
-            written = handle(chain)
-            if written is not None:
-                done.append((chain.head_index, written))
-        if done:
-            queue.add_used_batch(mem, done)
+        try:
+            while (chain := queue.pop_descriptor_chain(mem)) is not None:
+                written = handle(chain)
+                if written is not None:
+                    done.append((chain.head_index, written))
+        finally:
+            if done and not queue.broken:  # what completed before a failure still goes back
+                queue.add_used_batch(mem, done)
         if not queue.enable_notification(mem):
             break
     return queue.needs_notification(mem)

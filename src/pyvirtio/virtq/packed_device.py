@@ -172,7 +172,7 @@ class PackedDeviceQueue:
     def _walk(self, mem: GuestMemory):
         size, desc16 = self.size, self._desc16
         pos, wrap, count = self.next_avail, self.avail_wrap, 0
-        readable, writable, lens = [], [], [0, 0]
+        readable, writable, lens = [], [], [0, 0, 0]  # readable, writable bytes; seen a writable
         while True:
             flags = desc16[pos * 8 + 7]
             if count and not self._is_avail(flags, wrap):
@@ -208,25 +208,27 @@ class PackedDeviceQueue:
 
     @staticmethod
     def _add_buffer(mem, addr, length, write, readable, writable, lens) -> None:
-        if not length:
-            return
-        views = mem.views(addr, length)
         if write:
-            writable.extend(views)
-            lens[1] += length
+            lens[2] = 1
+            if length:
+                writable.extend(mem.views(addr, length))
+                lens[1] += length
         else:
-            if writable:
+            if lens[2]:
                 raise DriverFault("device-readable descriptor after a writable one (2.8.4)")
-            readable.extend(views)
-            lens[0] += length
-        if lens[0] + lens[1] > _CHAIN_BYTES_LIMIT:
-            raise DriverFault("chain is longer than 2**32 bytes")
+            if length:
+                readable.extend(mem.views(addr, length))
+                lens[0] += length
+        if lens[0] + lens[1] >= _CHAIN_BYTES_LIMIT:
+            raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
 
     # --- returning used buffers -----------------------------------------------------------------
 
     def add_used(self, mem: GuestMemory, head_index: int, length: int) -> None:
         """Write one used descriptor for buffer id ``head_index`` (2.8.9)."""
         self._check(mem)
+        if not 0 <= length <= 0xFFFFFFFF:
+            raise UsageError(f"queue {self.index}: used length {length} out of range")
         count = self._pending.pop(head_index, None)
         if count is None:
             raise UsageError(f"queue {self.index}: buffer id {head_index} is not in flight")

@@ -91,6 +91,7 @@ class PackedDriverQueue:
         self.outstanding = 0
 
     def setup(self, mem: GuestMemory) -> None:
+        self.broken, self.fault = False, None
         self._bind(mem)
         self._desc[:] = bytes(len(self._desc))
         self._driver16[0] = self._driver16[1] = 0
@@ -131,6 +132,9 @@ class PackedDriverQueue:
         bufs = [(a, n, 0) for a, n in out_bufs] + [(a, n, _F_WRITE) for a, n in in_bufs]
         if not bufs:
             raise UsageError("a chain needs at least one buffer")
+        for addr, length, _ in bufs:
+            if not (0 <= addr <= 0xFFFFFFFFFFFFFFFF and 0 <= length <= 0xFFFFFFFF):
+                raise UsageError(f"queue {self.index}: buffer ({addr:#x}, {length:#x}) out of range")
         if not self._free_ids:
             raise QueueFull(f"queue {self.index}: no free buffer id")
         use_indirect = 1 < len(bufs) <= self.max_indirect
@@ -231,6 +235,7 @@ class PackedDriverQueue:
     def detach_unused(self) -> list[Any]:
         tokens = [t for t in self._tokens if t is not None]
         self._init_state()
+        self.broken, self.fault = False, None
         self._mem, self._gen = None, -1
         return tokens
 

@@ -57,7 +57,8 @@ class SplitDeviceQueue:
         self.ready = False
         self.next_avail = 0
         self.next_used = 0
-        self.signalled_used: int | None = None
+        self.signalled_used = 0  # used idx at the last notification decision
+        self._signalled_valid = False  # False until the first decision (then EVENT_IDX applies)
         self.notifications_enabled = True
         self.broken = False
         self.fault: Exception | None = None
@@ -94,7 +95,8 @@ class SplitDeviceQueue:
         """Take ``next_used`` from the ring's used idx (a ring handed over mid-flight)."""
         self._bind(mem)
         self.next_used = self._used16[1]
-        self.signalled_used = None
+        self.signalled_used = self.next_used
+        self._signalled_valid = False
 
     # --- ring views ------------------------------------------------------------------------------
 
@@ -182,6 +184,7 @@ class SplitDeviceQueue:
         idx, seen, in_indirect = head, 0, False
         readable, writable = [], []
         rlen = wlen = 0
+        seen_write = False
         try:
             while True:
                 seen += 1
@@ -200,18 +203,19 @@ class SplitDeviceQueue:
                     table = mem.view(addr, length)
                     limit, idx, seen, in_indirect = length // 16, 0, 0, True
                     continue
-                if length:
-                    views = mem.views(addr, length)
-                    if flags & _F_WRITE:
-                        writable.extend(views)
+                if flags & _F_WRITE:
+                    seen_write = True
+                    if length:
+                        writable.extend(mem.views(addr, length))
                         wlen += length
-                    else:
-                        if writable:
-                            raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
-                        readable.extend(views)
+                else:
+                    if seen_write:
+                        raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
+                    if length:
+                        readable.extend(mem.views(addr, length))
                         rlen += length
-                    if rlen + wlen > _CHAIN_BYTES_LIMIT:
-                        raise DriverFault("chain is longer than 2**32 bytes")
+                if rlen + wlen >= _CHAIN_BYTES_LIMIT:
+                    raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
                 if not flags & _F_NEXT:
                     break
                 idx = nxt
@@ -228,6 +232,8 @@ class SplitDeviceQueue:
     def add_used(self, mem: GuestMemory, head_index: int, length: int) -> None:
         """Put one chain in the used ring with the number of bytes the device wrote (2.7.8)."""
         self._check(mem)
+        if not (0 <= head_index < self.size and 0 <= length <= 0xFFFFFFFF):
+            raise UsageError(f"queue {self.index}: add_used({head_index}, {length}) out of range")
         slot = (self.next_used & (self.size - 1)) * 2
         used32 = self._used32
         used32[1 + slot] = head_index
@@ -239,8 +245,10 @@ class SplitDeviceQueue:
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
         """Put several chains in the used ring and publish them with one index update."""
         self._check(mem)
-        used32, mask, n = self._used32, self.size - 1, self.next_used
+        used32, mask, n, size = self._used32, self.size - 1, self.next_used, self.size
         for head_index, length in elems:
+            if not (0 <= head_index < size and 0 <= length <= 0xFFFFFFFF):
+                raise UsageError(f"queue {self.index}: add_used({head_index}, {length}) out of range")
             slot = (n & mask) * 2
             used32[1 + slot] = head_index
             used32[2 + slot] = length
@@ -257,12 +265,13 @@ class SplitDeviceQueue:
         new = self.next_used
         old = self.signalled_used
         if old == new:
-            return False
+            return False  # nothing added since the last decision
         full_fence()  # our used idx store must be visible before we read used_event / flags
         self.signalled_used = new
         if self.event_idx:
-            if old is None:
-                return True
+            if not self._signalled_valid:
+                self._signalled_valid = True
+                return True  # no earlier decision to measure used_event against
             used_event = self._avail16[2 + self.size]
             return vring_need_event(used_event, new, old)
         return not self._avail16[0] & ring.VIRTQ_AVAIL_F_NO_INTERRUPT

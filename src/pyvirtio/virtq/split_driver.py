@@ -67,6 +67,7 @@ class SplitDriverQueue:
 
     def setup(self, mem: GuestMemory) -> None:
         """Zero the ring's shared parts, ready to hand the addresses to the device."""
+        self.broken, self.fault = False, None
         self._bind(mem)
         self._avail[:] = b"\0" * len(self._avail)
         self._used[:] = b"\0" * len(self._used)
@@ -115,6 +116,10 @@ class SplitDriverQueue:
         if total == 0:
             raise UsageError("a chain needs at least one buffer")
         in_len = sum(length for _, length in in_bufs)
+        for bufs in (out_bufs, in_bufs):
+            for addr, length in bufs:
+                if not (0 <= addr <= 0xFFFFFFFFFFFFFFFF and 0 <= length <= 0xFFFFFFFF):
+                    raise UsageError(f"queue {self.index}: buffer ({addr:#x}, {length:#x}) out of range")
         if 1 < total <= self.max_indirect and self.num_free >= 1:
             head = self._add_indirect(out_bufs, in_bufs)
             used = 1
@@ -237,6 +242,7 @@ class SplitDriverQueue:
         """Forget every outstanding chain (after a device reset); returns their tokens."""
         tokens = [t for t in self._tokens if t is not None]
         self._init_state()
+        self.broken, self.fault = False, None
         self._mem, self._gen = None, -1
         return tokens
 
