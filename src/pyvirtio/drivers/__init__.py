@@ -1,7 +1,8 @@
 """Driver classes (the guest side): one per device class, written against any transport."""
 
 from .blk import BlkDriver
+from .console import ConsoleDriver
 from .rng import RngDriver
 
 #: Every driver pyvirtio ships, for bus binding.
-ALL_DRIVERS = (RngDriver, BlkDriver)
+ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver)
