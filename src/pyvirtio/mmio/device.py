@@ -1,0 +1,153 @@
+"""Virtio over MMIO version 2, device side (VIRTIO 1.3, 4.2): a register window over a VirtioDevice.
+
+The window is ``read(offset, size)`` / ``write(offset, size, value)``, offsets relative to its
+base.  The control registers (0x000-0x0ff) are 32 bits wide and the driver MUST access them with
+aligned 32-bit accesses (4.2.2.2); any other access to them reads 0 and is ignored.  The
+device-specific configuration space at 0x100 takes any width.  The interrupt line goes to a
+callback ``irq(level)``: it is raised while InterruptStatus is non-zero (4.2.3.4).
+
+Hostile drivers are handled as in :mod:`pyvirtio.pci.registers`: every access is accepted,
+forbidden writes are ignored, writes that break the device set DEVICE_NEEDS_RESET.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ..device import VirtioDevice
+from ..interrupt import Interrupt
+from ..memory import GuestMemory
+from ..pci.config import check_access
+from ..pci.registers import DeviceRegisters
+from ..spec.mmio import CONFIG_OFFSET, MAGIC_VALUE, SHM_NO_REGION, VERSION, MmioInterrupt, MmioReg
+
+#: VendorID pyvirtio's windows report ("PYVT" little-endian; the spec leaves the value open).
+PYVIRTIO_VENDOR_ID = 0x54565950
+#: The window size the spec's device-tree example uses and QEMU maps (4.2.1).
+WINDOW_SIZE = 0x200
+
+_ADDRESS_REGS = {
+    MmioReg.QUEUE_DESC_LOW: ("desc", False), MmioReg.QUEUE_DESC_HIGH: ("desc", True),
+    MmioReg.QUEUE_DRIVER_LOW: ("driver", False), MmioReg.QUEUE_DRIVER_HIGH: ("driver", True),
+    MmioReg.QUEUE_DEVICE_LOW: ("device", False), MmioReg.QUEUE_DEVICE_HIGH: ("device", True),
+}
+
+
+class VirtioMmioDevice:
+    """A virtio-mmio version 2 register window for one VirtioDevice."""
+
+    def __init__(self, device: VirtioDevice, memory: GuestMemory, *,
+                 irq: Optional[Callable[[bool], None]] = None, vendor_id: int = PYVIRTIO_VENDOR_ID,
+                 size: int = WINDOW_SIZE):
+        self.device = device
+        self.irq = irq or (lambda level: None)
+        self.vendor_id = vendor_id
+        self.size = size
+        self.interrupt_status = 0
+        self._level = False
+        self.shm_select = 0
+        self.regs = DeviceRegisters(device, memory, on_reset=self._on_reset)
+        device.interrupt = self._device_interrupt
+
+    # --- guest accesses -------------------------------------------------------------------------
+
+    def read(self, offset: int, size: int) -> int:
+        check_access(size)
+        with self.device.lock:
+            if offset >= CONFIG_OFFSET:
+                data = self.device.read_config(offset - CONFIG_OFFSET, size)
+                return int.from_bytes(data, "little")
+            if size != 4 or offset % 4 or offset < 0:
+                return 0
+            return self._read_reg(offset) & 0xFFFFFFFF
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        check_access(size)
+        value &= (1 << (8 * size)) - 1
+        with self.device.lock:
+            if offset >= CONFIG_OFFSET:
+                if offset + size <= self.size:
+                    self.device.write_config(offset - CONFIG_OFFSET, value.to_bytes(size, "little"))
+                return
+            if size != 4 or offset % 4 or offset < 0:
+                return
+            self._write_reg(offset, value)
+
+    # --- registers (4.2.2) ----------------------------------------------------------------------
+
+    def _read_reg(self, offset: int) -> int:
+        r = self.regs
+        q = r.selected
+        fixed = {
+            MmioReg.MAGIC_VALUE: MAGIC_VALUE,
+            MmioReg.VERSION: VERSION,
+            MmioReg.DEVICE_ID: int(self.device.device_type),
+            MmioReg.VENDOR_ID: self.vendor_id,
+            MmioReg.INTERRUPT_STATUS: self.interrupt_status,
+            MmioReg.CONFIG_GENERATION: self.device.config_generation,
+            # no shared memory regions: length and base read as -1 (4.2.2)
+            MmioReg.SHM_LEN_LOW: SHM_NO_REGION & 0xFFFFFFFF, MmioReg.SHM_LEN_HIGH: SHM_NO_REGION >> 32,
+            MmioReg.SHM_BASE_LOW: SHM_NO_REGION & 0xFFFFFFFF, MmioReg.SHM_BASE_HIGH: SHM_NO_REGION >> 32,
+        }
+        if offset in fixed:
+            return fixed[offset]
+        if offset == MmioReg.DEVICE_FEATURES:
+            return r.device_feature_window()
+        if offset == MmioReg.STATUS:
+            return r.status
+        if offset == MmioReg.QUEUE_SIZE_MAX:
+            return q.max_size if q is not None else 0  # 0: the queue is not available
+        if offset == MmioReg.QUEUE_READY:
+            return int(q is not None and q.enabled)
+        return 0  # write-only registers and holes; QueueReset completes at once (reads 0)
+
+    def _write_reg(self, offset: int, value: int) -> None:
+        r = self.regs
+        if offset == MmioReg.DEVICE_FEATURES_SEL:
+            r.device_feature_select = value
+        elif offset == MmioReg.DRIVER_FEATURES_SEL:
+            r.driver_feature_select = value
+        elif offset == MmioReg.DRIVER_FEATURES:
+            r.write_driver_features(value)
+        elif offset == MmioReg.QUEUE_SEL:
+            r.queue_select = value
+        elif offset == MmioReg.QUEUE_SIZE:
+            r.write_queue_size(value)
+        elif offset in _ADDRESS_REGS:
+            which, high = _ADDRESS_REGS[offset]
+            r.write_queue_address(which, high, value)
+        elif offset == MmioReg.QUEUE_READY:
+            r.enable_queue() if value == 1 else r.disable_queue() if value == 0 else None
+        elif offset == MmioReg.QUEUE_NOTIFY:
+            r.notify(value & 0xFFFF)  # the queue index (vqn in bits 0-15 with NOTIFICATION_DATA)
+        elif offset == MmioReg.INTERRUPT_ACK:
+            self.interrupt_status &= ~value
+            self._update_irq()
+        elif offset == MmioReg.STATUS:
+            r.write_status(value)
+        elif offset == MmioReg.SHM_SEL:
+            self.shm_select = value
+        elif offset == MmioReg.QUEUE_RESET:
+            if value == 1:
+                r.reset_queue()
+        # read-only registers: writes are ignored (the driver MUST NOT write them, 4.2.2.2)
+
+    # --- interrupts (4.2.3.4) -------------------------------------------------------------------
+
+    def _device_interrupt(self, info: Interrupt) -> None:
+        self.interrupt_status |= MmioInterrupt.CONFIG_CHANGE if info.config_changed else MmioInterrupt.USED_BUFFER
+        self._update_irq()
+
+    def _update_irq(self) -> None:
+        level = bool(self.interrupt_status)
+        if level != self._level:
+            self._level = level
+            self.irq(level)
+
+    def _on_reset(self) -> None:
+        self.interrupt_status = 0  # 4.2.2.1: reset clears InterruptStatus and every QueueReady
+        self.shm_select = 0
+        self._update_irq()
+
+    def close(self) -> None:
+        self.device.close()

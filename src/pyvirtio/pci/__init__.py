@@ -1,0 +1,67 @@
+"""Virtio over PCI (VIRTIO 1.3, 4.1), both sides.
+
+Device side: :class:`VirtioPciFunction` wraps any :class:`~pyvirtio.device.VirtioDevice` as a
+modern virtio PCI function (configuration space, capability list, BARs, MSI-X, INTx).
+Driver side: :func:`scan_pci` enumerates a platform's bus 0, assigns BARs the platform left
+unassigned, and returns a :class:`PciTransport` per virtio function, ready for
+:class:`pyvirtio.bus.Bus`.  :class:`InProcessMachine` is a platform whose devices are pyvirtio's
+own models; :mod:`pyvirtio.qtest` provides one whose devices are QEMU's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..errors import VirtioError
+from .function import VirtioPciFunction
+from .platform import Platform
+from .scan import (PciAddress, PciCapabilityError, PciFunction, ResourceAllocator, assign_resources,
+                   enumerate_bus, read_function)
+from .transport import PciTransport, VirtioPciLayoutError, virtio_device_type
+
+log = logging.getLogger(__name__)
+
+
+def __getattr__(name: str):
+    if name == "InProcessMachine":  # imported on use: the machine pulls in the MMIO models
+        from .machine import InProcessMachine
+        return InProcessMachine
+    raise AttributeError(name)
+
+__all__ = ["InProcessMachine", "PciAddress", "PciCapabilityError", "PciScan", "PciTransport",
+           "VirtioPciFunction", "VirtioPciLayoutError", "scan_pci"]
+
+
+@dataclass
+class PciScan:
+    """What a scan found: transports for usable virtio functions, and the ones it rejected."""
+
+    transports: list[PciTransport] = field(default_factory=list)
+    rejected: list[tuple[PciAddress, VirtioError]] = field(default_factory=list)
+    functions: list[PciFunction] = field(default_factory=list)  # every function on the bus
+
+
+def scan_pci(platform: Platform, *, bus: int = 0, assign: bool = True, interrupts: str = "auto") -> PciScan:
+    """Enumerate ``bus``, place unassigned BARs (``assign``), and open every virtio function.
+
+    A function whose capabilities lie (a looping list, a structure outside its BAR …) is listed
+    in ``rejected`` with its typed error; the others still come back."""
+    result = PciScan()
+    for addr in enumerate_bus(platform, bus):
+        try:
+            result.functions.append(read_function(platform, addr))
+        except VirtioError as exc:
+            log.warning("%s: %s", addr, exc)
+            result.rejected.append((addr, exc))
+    if assign:
+        assign_resources(platform, result.functions, ResourceAllocator(platform.mmio_window, platform.io_window))
+    for fn in result.functions:
+        if virtio_device_type(fn) is None:
+            continue
+        try:
+            result.transports.append(PciTransport(platform, fn, interrupts=interrupts))
+        except VirtioError as exc:
+            log.warning("%s: %s", fn.address, exc)
+            result.rejected.append((fn.address, exc))
+    return result
