@@ -156,6 +156,12 @@ class GuestMemory:
         """Zero-copy views of ``[addr, addr+length)``, one per region the range crosses."""
         if length < 0 or addr < 0 or addr + length > _U64_LIMIT:
             raise GuestMemoryError(addr, length, "is negative or wraps past 2**64")
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0:  # fast path: the whole range in one region
+            region = self._regions[i]
+            off = addr - region.gpa
+            if off + length <= region.size:
+                return [region.buf[off:off + length]] if length else []
         out = []
         start, remaining = addr, length
         while remaining:
