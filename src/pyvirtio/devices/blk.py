@@ -119,10 +119,14 @@ class BlkDevice(VirtioDevice):
         if chain.readable_len < _HDR.size or chain.writable_len < 1:
             log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
             return 0
-        rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR.size))
+        first = chain.readable[0]
+        if len(first) >= _HDR.size:  # the usual layout: the header in a descriptor of its own
+            rtype, _ioprio, sector = _HDR.unpack_from(first)
+        else:
+            rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR.size))
         status, written = self._execute(rtype, sector, chain)
         data_written = written
-        chain.write(bytes((status,)), offset=chain.writable_len - 1)
+        chain.writable[-1][-1] = status  # the status byte: the last writable byte (5.2.6)
         self.stats["requests"] += 1
         if status != _S.OK:
             self.stats["errors"] += 1
