@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""``pyvirtio serve blk`` against qemu-storage-daemon, measured by fio inside one Linux guest.
+
+One boot, two vhost-user-blk disks at fixed PCI slots: qemu-storage-daemon at 00:04 (vda) and
+``pyvirtio serve blk`` at 00:05 (vdb), each on its own copy of the same random-filled image (on
+/dev/shm when it exists, so host storage adds no noise).  fio (the host's binary and its
+libraries, copied into the initramfs) runs each test on one disk then the other, test by test,
+reversing the order every other round (PEERS.md: noise here is up to ±25%; compare only inside
+one run).  The report gives each back-end's median and the median of the per-round ratios
+pyvirtio / qemu-storage-daemon.
+
+    python benchmarks/blk_guest_fio.py [--rounds 5] [--runtime 3] [--size 256] [--json out.json]
+
+Needs qemu-system-x86_64, qemu-storage-daemon, busybox-static and fio on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from pyvirtio.bench.peers import start_pyvirtio, start_qsd
+from pyvirtio.guest import boot_guest, prepare_kernel
+
+TESTS = (
+    # name, fio arguments, metric
+    ("read 1M qd8", "--rw=read --bs=1M --iodepth=8", "bw"),
+    ("write 1M qd8", "--rw=write --bs=1M --iodepth=8", "bw"),
+    ("randread 4k qd1", "--rw=randread --bs=4k --iodepth=1", "iops"),
+    ("randread 4k qd16", "--rw=randread --bs=4k --iodepth=16", "iops"),
+)
+DISKS = (("qsd", "vda", "0x4"), ("pyvirtio", "vdb", "0x5"))
+
+
+def guest_script(rounds: int, runtime: int) -> str:
+    lines = [
+        "for d in vda vdb; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial)\"; done",
+    ]
+    for r in range(rounds):
+        order = DISKS if r % 2 == 0 else DISKS[::-1]
+        for t, (name, args, _) in enumerate(TESTS):
+            for backend, dev, _ in order:
+                lines.append(
+                    f"echo \"FIO {r} {t} {backend} $(fio --name=b --filename=/dev/{dev} {args} "
+                    f"--ioengine=libaio --direct=1 --time_based --runtime={runtime} "
+                    f"--output-format=json 2>/dev/null | tr -d '\\n ')\"")
+    return "\n".join(lines) + "\n"
+
+
+def metric(job: dict, kind: str, rw: str) -> float:
+    side = job["write" if rw.startswith("write") else "read"]
+    return side["bw"] / 1024 if kind == "bw" else side["iops"]  # MiB/s or IOPS
+
+
+def parse(lines: list[str]) -> dict:
+    results: dict = {}  # (test index, backend) -> [value per round]
+    for line in lines:
+        if not line.startswith("FIO "):
+            continue
+        _, r, t, backend, payload = line.split(" ", 4)
+        name, args, kind = TESTS[int(t)]
+        job = json.loads(payload)["jobs"][0]
+        value = metric(job, kind, args.split()[0].split("=")[1])
+        results.setdefault((int(t), backend), {})[int(r)] = value
+    return results
+
+
+def fill(path: str, size_mib: int) -> None:
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        for _ in range(size_mib):
+            f.write(chunk)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runtime", type=int, default=3, help="seconds per fio run")
+    ap.add_argument("--size", type=int, default=256, help="image size in MiB")
+    ap.add_argument("--cpus", type=int, default=1, help="guest CPUs (the host has few; the back-ends need some)")
+    ap.add_argument("--json", help="write the raw numbers here")
+    args = ap.parse_args(argv)
+    for tool in ("qemu-system-x86_64", "qemu-storage-daemon", "fio"):
+        if not shutil.which(tool):
+            print(f"blk_guest_fio: {tool} is not installed", file=sys.stderr)
+            return 2
+    kernel = prepare_kernel(progress=lambda m: print(f"kernel: {m}", file=sys.stderr))
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.TemporaryDirectory(prefix="pyvirtio-fio-", dir=base) as tmp:
+        images = {}
+        for backend, _, _ in DISKS:
+            images[backend] = os.path.join(tmp, f"{backend}.img")
+            fill(images[backend], args.size)
+        qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"])
+        pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"])
+        try:
+            qemu_args = []
+            for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
+                qemu_args += ["-chardev", f"socket,id={backend},path={peer.socket_path}",
+                              "-device", f"vhost-user-blk-pci,chardev={backend},num-queues=1,addr={slot}"]
+            budget = args.rounds * len(TESTS) * len(DISKS) * (args.runtime + 3) + 120
+            print(f"booting; {args.rounds} rounds of {len(TESTS)} tests on 2 disks "
+                  f"(about {budget - 120} s)", file=sys.stderr)
+            t0 = time.monotonic()
+            res = boot_guest(kernel, guest_script(args.rounds, args.runtime), qemu_args=qemu_args,
+                             cpus=args.cpus, timeout=budget, host_binaries=[shutil.which("fio")],
+                             console_log=os.path.join(tmp, "console.log")).check()
+            elapsed = time.monotonic() - t0
+        finally:
+            qsd.close()
+            pyv.close()
+    disks = {k: v for k, v in res.values().items() if k.startswith("disk_")}
+    results = parse(res.lines)
+    report(results, args, disks, elapsed)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "disks": disks,
+                       "results": {f"{TESTS[t][0]}|{b}": v for (t, b), v in results.items()}}, f, indent=1)
+    return 0
+
+
+def report(results: dict, args, disks: dict, elapsed: float) -> None:
+    print(f"guest: {args.cpus} vCPU (TCG), {args.rounds} rounds x {args.runtime} s, "
+          f"{args.size} MiB images; disks {disks}; {elapsed:.0f} s")
+    print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)")
+    for t, (name, _, kind) in enumerate(TESTS):
+        q, p = results.get((t, "qsd"), {}), results.get((t, "pyvirtio"), {})
+        rounds = sorted(set(q) & set(p))
+        if not rounds:
+            print(f"{name:18} (no result)")
+            continue
+        ratios = [p[r] / q[r] for r in rounds if q[r]]
+        unit = "MiB/s" if kind == "bw" else "IOPS"
+        print(f"{name:18} {statistics.median(q.values()):10.1f} {statistics.median(p.values()):10.1f}  "
+              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] ({unit})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Start reference vhost-user back-ends as subprocesses (for benchmarks and interop tests).
+
+Each ``start_*`` returns a :class:`Peer` once its socket is listening; :meth:`Peer.close` ends the
+process (SIGTERM, then SIGKILL) and removes the socket file.  Command lines follow
+/work/shared/PEERS.md: qemu-storage-daemon's vhost-user-blk export, ``pyvirtio serve``,
+DPDK's testpmd with a net_vhost port, and QEMU's C virtiofsd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import TransportError
+
+QSD = "qemu-storage-daemon"
+TESTPMD = "dpdk-testpmd"
+VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
+
+
+class PeerFailed(TransportError):
+    """A back-end program did not start (missing, exited, or never listened)."""
+
+
+@dataclass
+class Peer:
+    name: str
+    socket_path: str
+    process: subprocess.Popen
+    log_path: str
+    extra_cleanup: list = field(default_factory=list)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for path in [self.socket_path, *self.extra_cleanup]:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def __enter__(self) -> "Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def which(program: str) -> Optional[str]:
+    return shutil.which(program)
+
+
+def virtiofsd_path() -> Optional[str]:
+    return next((p for p in VIRTIOFSD_PATHS if os.access(p, os.X_OK)), None)
+
+
+def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir: Optional[str] = None,
+           settle: float = 0.05) -> Peer:
+    log_dir = log_dir or os.path.dirname(socket_path) or tempfile.gettempdir()
+    log_path = os.path.join(log_dir, f"{os.path.basename(socket_path)}.log")
+    log = open(log_path, "wb")
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except FileNotFoundError:
+        log.close()
+        raise PeerFailed(f"{name}: {argv[0]} is not installed") from None
+    log.close()
+    peer = Peer(name, socket_path, proc, log_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            peer.close()
+            raise PeerFailed(f"{name} exited with status {proc.returncode}: {peer.log()[-2000:]}")
+        try:
+            if stat.S_ISSOCK(os.stat(socket_path).st_mode):
+                time.sleep(settle)  # bind() made the file; give listen() a moment
+                return peer
+        except FileNotFoundError:
+            pass
+        if time.monotonic() > deadline:
+            peer.close()
+            raise PeerFailed(f"{name} did not listen on {socket_path} within {timeout}s: "
+                             f"{peer.log()[-2000:]}")
+        time.sleep(0.02)
+
+
+def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optional[int] = None,
+              writable: bool = True, num_queues: int = 1, discard: bool = True,
+              timeout: float = 10.0) -> Peer:
+    """qemu-storage-daemon exporting ``image`` (file driver) or a null-co device of
+    ``null_size`` bytes as vhost-user-blk."""
+    if (image is None) == (null_size is None):
+        raise ValueError("give exactly one of image and null_size")
+    if image is not None:
+        blockdev = f"driver=file,node-name=f0,filename={image}" + (",discard=unmap" if discard else "")
+    else:
+        blockdev = f"driver=null-co,node-name=f0,size={null_size}"
+    export = (f"type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={socket_path},"
+              f"writable={'on' if writable else 'off'}" + (f",num-queues={num_queues}" if num_queues > 1 else ""))
+    return _start("qemu-storage-daemon", [QSD, "--blockdev", blockdev, "--export", export],
+                  socket_path, timeout)
+
+
+def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = None,
+                   read_only: bool = False, num_queues: int = 1, timeout: float = 15.0) -> Peer:
+    """``pyvirtio serve blk|rng`` in a child interpreter."""
+    argv = [sys.executable, "-m", "pyvirtio.cli", "serve", kind, f"--socket-path={socket_path}"]
+    if kind == "blk":
+        argv += [f"--blk-file={blk_file}", f"--num-queues={num_queues}"]
+        if read_only:
+            argv.append("--read-only")
+    return _start(f"pyvirtio serve {kind}", argv, socket_path, timeout)
+
+
+def start_testpmd(socket_path: str, *, prefix: Optional[str] = None, mode: str = "icmpecho",
+                  timeout: float = 30.0) -> Peer:
+    """DPDK testpmd with one net_vhost port listening on ``socket_path`` (PEERS.md)."""
+    prefix = prefix or f"pyvirtio-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+    argv = [TESTPMD, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci", f"--file-prefix={prefix}",
+            "--vdev", f"net_vhost0,iface={socket_path},queues=1", "--",
+            "--total-num-mbufs=16384", f"--forward-mode={mode}", "-a", "--stats-period", "60"]
+    peer = _start("dpdk-testpmd", argv, socket_path, timeout)
+    peer.extra_cleanup.append(f"/var/run/dpdk/{prefix}")
+    return peer
+
+
+def start_virtiofsd(socket_path: str, source: str, *, timeout: float = 10.0) -> Peer:
+    """QEMU's C virtiofsd sharing ``source`` (it serves one front-end, then exits)."""
+    path = virtiofsd_path()
+    if path is None:
+        raise PeerFailed("virtiofsd is not installed")
+    return _start("virtiofsd", [path, f"--socket-path={socket_path}", "-o", f"source={source}"],
+                  socket_path, timeout)
+
+
+class InProcessBackend:
+    """A pyvirtio device served by :class:`~pyvirtio.vhost_user.server.VhostUserServer` on a
+    thread of this process (tests; the benchmark uses the ``pyvirtio serve`` program instead)."""
+
+    def __init__(self, device, socket_path: str, **options):
+        import threading
+
+        from ..vhost_user.server import VhostUserServer
+
+        self.device = device
+        self.socket_path = socket_path
+        self.server = VhostUserServer()
+        self.server.add(device, socket_path=socket_path, **options)
+        self.thread = threading.Thread(target=self.server.serve_forever, name=f"serve-{socket_path}",
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(5)
+        self.device.close()
+
+    def __enter__(self) -> "InProcessBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["Peer", "PeerFailed", "InProcessBackend", "start_qsd", "start_pyvirtio", "start_testpmd", "start_virtiofsd",
+           "which", "virtiofsd_path", "QSD", "TESTPMD"]

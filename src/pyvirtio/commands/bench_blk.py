@@ -1,0 +1,73 @@
+"""``pyvirtio bench blk --socket-path=PATH``: load a vhost-user-blk back-end from the host.
+
+Registered by :mod:`pyvirtio.commands.bench` (``register(targets)``).  The engine is
+:mod:`pyvirtio.bench.blk`; this module parses flags, prints fio-like text (or JSON) and a
+progress line on stderr while the run lasts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..errors import UsageError
+
+
+def register(targets) -> None:
+    p = targets.add_parser(
+        "blk", help="IOPS, bandwidth and latency of a vhost-user-blk back-end (fio-like)",
+        description="Connect to a vhost-user-blk back-end (qemu-storage-daemon, pyvirtio serve "
+                    "blk, …) as the guest's driver would, keep IODEPTH requests in flight on each "
+                    "queue for RUNTIME seconds, and report IOPS, MiB/s and completion-latency "
+                    "percentiles.  Buffers are allocated once and reused (zero copy); kicks and "
+                    "interrupts are suppressed with EVENT_IDX and batched.")
+    p.add_argument("--socket-path", metavar="PATH", required=True,
+                   help="the back-end's vhost-user UNIX socket")
+    p.add_argument("--rw", default="randread", choices=("randread", "randwrite", "read", "write"),
+                   help="access pattern (default randread); writes overwrite the disk's data")
+    p.add_argument("--bs", default="4k", metavar="SIZE",
+                   help="bytes per request, a multiple of 512, e.g. 4k, 64k, 1M (default 4k)")
+    p.add_argument("--iodepth", type=int, default=32, metavar="N",
+                   help="requests kept in flight on each queue (default 32)")
+    p.add_argument("--runtime", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to submit requests (default 10); in-flight ones are then drained")
+    p.add_argument("--queues", type=int, default=1, metavar="N",
+                   help="request queues to use, each with IODEPTH in flight (default 1; the "
+                        "back-end must offer that many)")
+    p.add_argument("--size", metavar="SIZE",
+                   help="use only the first SIZE bytes of the disk (default: all of it)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the random offsets (default 1)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="call the back-end hung after this long without an answer (default 5)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="do not print the progress line on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bench.blk import BlkBenchConfig, format_result, parse_size, progress_line
+    from ..bench.blk import run as run_bench
+
+    try:
+        cfg = BlkBenchConfig(args.socket_path, rw=args.rw, bs=parse_size(args.bs),
+                             iodepth=args.iodepth, runtime=args.runtime, queues=args.queues,
+                             size=parse_size(args.size) if args.size else None, seed=args.seed,
+                             timeout=args.timeout)
+        cfg.check()
+    except UsageError as exc:
+        from ..cli import CliError
+        raise CliError(str(exc)) from None
+    tty = sys.stderr.isatty()
+
+    def progress(elapsed, ios, interval):
+        line = progress_line(cfg, elapsed, ios, interval)
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    try:
+        result = run_bench(cfg, progress if args.progress else None)
+    finally:
+        if args.progress and tty:
+            print(file=sys.stderr)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_result(result))
+    return 0

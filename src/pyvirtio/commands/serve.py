@@ -1,0 +1,177 @@
+"""``pyvirtio serve TYPE``: a vhost-user back-end program (vhost-user.rst, "Backend program
+conventions").
+
+    pyvirtio serve blk --socket-path=PATH --blk-file=FILE [--read-only] [--num-queues=N] [--serial=ID]
+    pyvirtio serve rng --socket-path=PATH
+    pyvirtio serve blk --fd=FDNUM ...          # an inherited socket: listening (served until
+                                               # SIGTERM) or connected (served once, then exit)
+    pyvirtio serve blk --print-capabilities    # {"type": "block", "features": [...]}
+
+It never daemonizes, ends cleanly on SIGTERM/SIGINT, and refuses early (non-zero exit, one line
+on stderr) a bad flag, a missing or unreadable file, or a socket path a live back-end listens on
+(a stale socket file is replaced).  When a front-end hangs up it waits for the next one.
+
+Management software finds the program through the JSON files in ``pyvirtio/data``
+(``50-pyvirtio-blk.json``, ``50-pyvirtio-rng.json``, see docs/interop/vhost-user.json); their
+``binary`` names the ``pyvirtio-vhost-user-blk`` / ``-rng`` entry points (:func:`main_blk`,
+:func:`main_rng`), which packagers install and point ``binary`` at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from ..cli import CliError
+from ..errors import UsageError
+
+log = logging.getLogger("pyvirtio.serve")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Report a bad flag in one line (and refuse unknown ones here, not at the top level)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+
+@dataclass(frozen=True)
+class BackendType:
+    """One kind of back-end: its vhost-user.json type and features, and how to build it."""
+
+    json_type: str
+    features: tuple[str, ...]
+    build: Callable[[argparse.Namespace], object]
+    describe: Callable[[argparse.Namespace], str]
+
+    def capabilities(self) -> dict:
+        caps: dict = {"type": self.json_type}
+        if self.features:
+            caps["features"] = list(self.features)
+        return caps
+
+
+def _build_blk(args):
+    from ..devices.blk import BlkDevice
+    if not args.blk_file:
+        raise CliError("--blk-file=FILE is required")
+    if not 1 <= args.num_queues <= 64:
+        raise CliError(f"--num-queues={args.num_queues}: must be 1..64")
+    if args.serial is not None and len(args.serial.encode()) > 20:
+        raise CliError(f"--serial={args.serial!r}: at most 20 bytes")
+    path = args.blk_file
+    if not os.path.exists(path):
+        raise CliError(f"--blk-file={path}: no such file")
+    if os.path.isdir(path):
+        raise CliError(f"--blk-file={path}: is a directory")
+    try:
+        return BlkDevice(path, read_only=args.read_only, serial=args.serial,
+                         num_queues=args.num_queues)
+    except OSError as exc:
+        raise CliError(f"--blk-file={path}: {exc.strerror}") from None
+
+
+def _build_rng(args):
+    from ..devices.rng import RngDevice
+    return RngDevice()
+
+
+BACKENDS = {
+    "blk": BackendType("block", ("read-only", "blk-file"), _build_blk,
+                       lambda a: f"block device {a.blk_file}" + (" (read-only)" if a.read_only else "")),
+    "rng": BackendType("rng", (), _build_rng, lambda a: "entropy device"),
+    "net": BackendType("net", (), lambda a: _net_cli().build_device(a),
+                       lambda a: f"network device on {_net_cli().build_backend_name(a)}"),
+}
+
+
+def _net_cli():
+    from ..devices import net_cli
+    return net_cli
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run a vhost-user back-end (blk, rng) for QEMU",
+                       description="Serve a pyvirtio device over vhost-user on a UNIX socket, "
+                                   "following vhost-user.rst's back-end program conventions.")
+    types = p.add_subparsers(dest="backend", metavar="TYPE", parser_class=_OneLineParser)
+    blk = types.add_parser("blk", help="a virtio-blk disk backed by a raw image or block device")
+    _common(blk)
+    blk.add_argument("--blk-file", metavar="FILE", help="the raw image file or block device")
+    blk.add_argument("--read-only", action="store_true", help="refuse writes (VIRTIO_BLK_F_RO)")
+    blk.add_argument("--num-queues", type=int, default=1, metavar="N",
+                     help="request queues (default 1; QEMU's num-queues must not exceed it)")
+    blk.add_argument("--serial", metavar="ID", help="the disk's ID string (at most 20 bytes)")
+    rng = types.add_parser("rng", help="a virtio entropy device fed by the host's getrandom()")
+    _common(rng)
+    net = types.add_parser("net", help="a virtio-net device on a TAP, an in-daemon switch, a stream "
+                                       "socket, or nothing (--null)")
+    _common(net)
+    _net_cli().add_arguments(net)
+    p.set_defaults(func=run)
+
+
+def _common(p) -> None:
+    p.add_argument("--socket-path", metavar="PATH", help="listen on this UNIX socket")
+    p.add_argument("--fd", type=int, metavar="FDNUM",
+                   help="use this inherited socket (listening, or one connected front-end)")
+    p.add_argument("--print-capabilities", action="store_true",
+                   help="print the back-end's capabilities as JSON and exit")
+
+
+def run(args) -> int:
+    if not getattr(args, "backend", None):
+        raise CliError("say which back-end to serve: blk or rng")
+    kind = BACKENDS[args.backend]
+    if args.print_capabilities:
+        print(json.dumps(kind.capabilities()))
+        return 0
+    if (args.socket_path is None) == (args.fd is None):
+        raise CliError("give exactly one of --socket-path=PATH and --fd=FDNUM")
+    from ..vhost_user.server import VhostUserServer, inherited_socket
+    device = kind.build(args)
+    server = VhostUserServer()
+    try:
+        try:
+            if args.fd is not None:
+                server.add(device, sock=inherited_socket(args.fd))
+            else:
+                server.add(device, socket_path=args.socket_path)
+        except UsageError as exc:
+            raise CliError(str(exc)) from None
+        except OSError as exc:
+            raise CliError(f"{args.socket_path}: {exc.strerror}") from None
+        where = args.socket_path or f"inherited fd {args.fd}"
+        print(f"pyvirtio serve: {kind.describe(args)} on {where}", file=sys.stderr, flush=True)
+        server.install_signal_handlers()
+        server.serve_forever()
+    finally:
+        server.close()
+        device.close()
+    return 0
+
+
+def _main(backend: str, argv: list[str] | None) -> int:
+    from ..cli import main
+    return main(["serve", backend, *(sys.argv[1:] if argv is None else argv)])
+
+
+def main_blk(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-blk`` (what 50-pyvirtio-blk.json's binary runs)."""
+    return _main("blk", argv)
+
+
+def main_rng(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-rng`` (what 50-pyvirtio-rng.json's binary runs)."""
+    return _main("rng", argv)

@@ -1,0 +1,597 @@
+"""The vhost-user back-end connection, sans I/O.
+
+Feed it what the socket delivered — ``receive(data, fds)`` — and it returns what to send back
+(:class:`Reply`: bytes and fds) and what it refused (:class:`Rejected`).  It never touches a
+socket; it keeps the protocol state: negotiated (protocol) features, the memory table, and each
+vring's addresses, fds and started/enabled state.  The I/O shell (``server.py``) watches the kick
+fds, runs the queues through :meth:`BackendConnection.process_ring` and writes the call fds.
+
+Every message is checked before its handler runs (vhost-user.rst is the rulebook):
+
+* header: version 1 (else the stream is lost: :class:`FramingError`), no reserved flag bits, no
+  REPLY bit on a request;
+* the request is defined, implemented, and its protocol feature negotiated;
+* the payload size fits the request, and so does the number of fds (with the NOFD bit of
+  SET_VRING_KICK/CALL/ERR agreeing with them).
+
+A message that fails is dropped with one log line naming the request and the reason; the fds
+it brought are closed; with REPLY_ACK and NEED_REPLY the front-end gets a u64 1.  Only a broken
+stream, or a failed request whose reply the front-end must wait for, ends the connection
+(:class:`~pyvirtio.vhost_user.errors.ConnectionFatal`, raised).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from ..device import VirtioDevice
+from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
+from ..memory import GuestMemory, Region, release_region
+from ..spec.status import DeviceStatus
+from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
+from . import errors as E
+from .memmap import check_region, map_region
+from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS,
+                       VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, VRING_IDX_MASK,
+                       VRING_NOFD_MASK, FrontendReq, HeaderFlag, ProtocolFeature)
+from .vring import Vring
+from .wire import (U64, ConfigSpace, Framer, MemoryRegion, MemoryTable, Message,
+                   SingleMemoryRegion, VringAddr, VringState, encode_reply)
+
+log = logging.getLogger("pyvirtio.vhost_user")
+
+R = FrontendReq
+PF = ProtocolFeature
+
+#: Protocol features a pyvirtio back-end offers.
+DEFAULT_PROTOCOL_FEATURES = sum(1 << f for f in (
+    PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS))
+DEFAULT_MAX_MEM_SLOTS = 64
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Bytes (one whole message) to send to the front-end, with fds to pass along."""
+
+    data: bytes
+    fds: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A message that was dropped, and why."""
+
+    request: int
+    error: E.MessageRejected
+
+
+Output = Reply | Rejected
+
+
+def request_name(request: int) -> str:
+    try:
+        return FrontendReq(request).name
+    except ValueError:
+        return f"request {request}"
+
+
+# --- the request table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a request is checked before its handler runs.
+
+    ``size``: the exact payload size, or None when the handler's parser checks it.
+    ``fds``: how many fds it may carry (min, max), or None when the handler checks.
+    ``gate``: the protocol feature that must be negotiated.  ``replies``: the request is always
+    answered with a body (so it cannot simply be dropped)."""
+
+    handler: Callable[["BackendConnection", Message], bytes | None]
+    size: int | None = 0
+    fds: tuple[int, int] | None = (0, 0)
+    gate: ProtocolFeature | None = None
+    replies: bool = False
+
+
+_RULES: dict[int, Rule] = {}
+
+
+def _rule(request: FrontendReq, **kw):
+    def register(fn):
+        _RULES[request] = Rule(fn, **kw)
+        return fn
+    return register
+
+
+# --- the connection ----------------------------------------------------------------------------
+
+
+class BackendConnection:
+    """The back-end side of one vhost-user connection, for one :class:`VirtioDevice`."""
+
+    def __init__(self, device: VirtioDevice, *, name: str = "vhost-user",
+                 protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
+                 max_mem_slots: int = DEFAULT_MAX_MEM_SLOTS,
+                 map_region: Callable[[int, MemoryRegion], Region] = map_region):
+        self.device = device
+        self.name = name
+        self.offered_protocol_features = protocol_features
+        self.max_mem_slots = max_mem_slots
+        self._map_region = map_region
+        self._framer = Framer()
+        self.memory = GuestMemory()
+        self.vrings = [Vring(i, q) for i, q in enumerate(device.queues)]
+        self.acked_features: int | None = None  # None until SET_FEATURES
+        self.acked_protocol_features = 0
+        self.protocol_features_set = False  # SET_PROTOCOL_FEATURES was received
+        self.owner = False
+        self.status = 0  # the vhost-user device status (SET_STATUS/GET_STATUS)
+        self.error: E.ConnectionFatal | None = None
+        self.closed = False
+
+    # --- features ------------------------------------------------------------------------------
+
+    @property
+    def offered_features(self) -> int:
+        return self.device.device_features | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+
+    def has_protocol_feature(self, bit: ProtocolFeature) -> bool:
+        return bool(self.acked_protocol_features & (1 << bit))
+
+    @property
+    def protocol_features_negotiated(self) -> bool:
+        """VHOST_USER_F_PROTOCOL_FEATURES acked in SET_FEATURES (the ring-enable rule)."""
+        return self.acked_features is not None and bool(
+            self.acked_features & (1 << VHOST_USER_F_PROTOCOL_FEATURES))
+
+    # --- input ---------------------------------------------------------------------------------
+
+    def want(self) -> int:
+        """Bytes still missing from the message being assembled: an I/O shell that reads exactly
+        this much per ``recvmsg`` gets each message's fds with its own header."""
+        return self._framer.want()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete message held back (a front-end that hangs up mid-message)."""
+        return self._framer.pending_bytes
+
+    def receive(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> list[Output]:
+        """Take bytes (and the fds that came with them) from the front-end; handle every message
+        they complete; return the replies to send and the rejections.  Raises ConnectionFatal
+        (the connection is then broken: every later call raises ConnectionBroken)."""
+        if self.error is not None or self.closed:
+            _close_all(fds)
+            raise E.ConnectionBroken(f"{self.name}: connection is broken: {self.error or 'closed'}")
+        self._framer.push(data, fds)
+        out: list[Output] = []
+        while True:
+            try:
+                msg = self._framer.next_message()
+            except E.FramingError as exc:
+                self._fail(exc)
+            if msg is None:
+                return out
+            out += self._dispatch(msg)
+
+    def _fail(self, exc: E.ConnectionFatal):
+        self.error = exc
+        _close_all(self._framer.take_all_fds())
+        log.error("%s: connection broken: %s", self.name, exc)
+        raise exc
+
+    def _dispatch(self, msg: Message) -> list[Output]:
+        name = request_name(msg.request)
+        rule = _RULES.get(msg.request)
+        try:
+            body = self._run(msg, rule)
+        except E.MessageRejected as exc:
+            _close_all(msg.fds)
+            if msg.request == R.GET_CONFIG:  # the one request with an error reply of its own
+                log.warning("%s: GET_CONFIG refused (empty reply): %s", self.name, exc)
+                return [Rejected(msg.request, exc), Reply(encode_reply(msg.request))]
+            if rule is not None and rule.replies:
+                self._fail(E.ReplyImpossible(f"{name} must be answered but was refused: {exc}"))
+            log.warning("%s: rejected %s: %s", self.name, name, exc)
+            out: list[Output] = [Rejected(msg.request, exc)]
+            if self._ack_wanted(msg):
+                out.append(Reply(encode_reply(msg.request, U64(1).pack())))
+            return out
+        _close_all(msg.fds)  # fds the handler did not keep
+        log.debug("%s: %s ok", self.name, name)
+        if body is not None:
+            return [Reply(encode_reply(msg.request, body))]
+        if self._ack_wanted(msg):
+            return [Reply(encode_reply(msg.request, U64(0).pack()))]
+        return []
+
+    def _run(self, msg: Message, rule: Rule | None) -> bytes | None:
+        self._check(msg, rule)
+        try:
+            return rule.handler(self, msg)
+        except E.MessageRejected:
+            raise
+        except VirtioError as exc:  # the device refused (a hook raised): refuse the message
+            raise E.InvalidValue(f"the device refused it: {exc}") from exc
+
+    def _ack_wanted(self, msg: Message) -> bool:
+        return msg.need_reply and self.has_protocol_feature(PF.REPLY_ACK)
+
+    def _check(self, msg: Message, rule: Rule | None) -> None:
+        if msg.flags & ~KNOWN_FLAGS:
+            raise E.BadFlags(f"reserved header flag bits {msg.flags & ~KNOWN_FLAGS:#x} are set")
+        if msg.flags & HeaderFlag.REPLY:
+            raise E.BadFlags("a request has the REPLY flag set")
+        if len(msg.fds) > MAX_FDS:
+            raise E.BadFdCount(f"{len(msg.fds)} fds, more than any message may carry ({MAX_FDS})")
+        if rule is None:
+            if msg.request in FrontendReq._value2member_map_:
+                raise E.UnsupportedRequest("pyvirtio does not implement it (its feature is never offered)")
+            raise E.UnknownRequest(f"unknown request number {msg.request}")
+        if rule.gate is not None and not self.has_protocol_feature(rule.gate):
+            raise E.NotNegotiated(f"needs protocol feature {rule.gate.name}, not negotiated")
+        if rule.size is not None and len(msg.payload) != rule.size:
+            raise E.BadPayloadSize(f"payload is {len(msg.payload)} bytes, expected {rule.size}")
+        if rule.fds is not None and not rule.fds[0] <= len(msg.fds) <= rule.fds[1]:
+            raise E.BadFdCount(f"{len(msg.fds)} fds, expected {_range(rule.fds)}")
+
+    # --- helpers for handlers ------------------------------------------------------------------
+
+    def _ring(self, index: int) -> Vring:
+        if not 0 <= index < len(self.vrings):
+            raise E.InvalidValue(f"ring index {index}, but the device has {len(self.vrings)} queues")
+        return self.vrings[index]
+
+    def _translate(self, ring: Vring, addr: VringAddr) -> tuple[int, int, int]:
+        """Front-end addresses → guest-physical (desc, avail, used), checked against the table."""
+        size = ring.queue.size
+        mem = self.memory
+        try:
+            return (mem.uva_to_gpa(addr.desc, desc_table_size(size)),
+                    mem.uva_to_gpa(addr.avail, avail_ring_size(size)),
+                    mem.uva_to_gpa(addr.used, used_ring_size(size)))
+        except GuestMemoryError as exc:
+            raise E.BadRingAddress(f"ring {ring.index} (size {size}): {exc}") from None
+
+    def _bind(self, ring: Vring) -> None:
+        """Point the queue at the ring's guest-physical addresses (raises BadRingAddress)."""
+        desc, avail, used = self._translate(ring, ring.addr)
+        ring.queue.set_addresses(desc, avail, used)
+        try:
+            ring.queue.activate(self.memory)
+        except (DriverFault, GuestMemoryError) as exc:
+            raise E.BadRingAddress(str(exc)) from None
+        ring.mapped = True
+
+    def _rebind_started(self) -> None:
+        """After a memory change: re-translate the started rings (a ring whose addresses left the
+        table is paused until a later change maps them again)."""
+        for ring in self.vrings:
+            if ring.started:
+                try:
+                    self._bind(ring)
+                except E.BadRingAddress as exc:
+                    ring.mapped = False
+                    log.warning("%s: ring %d paused: %s", self.name, ring.index, exc)
+
+    def _start(self, ring: Vring) -> None:
+        if ring.addr is None:
+            raise E.WrongState(f"ring {ring.index} has no addresses (SET_VRING_ADDR) yet")
+        self._bind(ring)
+        ring.queue.set_base(ring.base)
+        ring.queue.sync_used_from_ring(self.memory)
+        ring.started = True
+        ring.fault = None
+        if not self.protocol_features_negotiated:
+            ring.enabled = True  # "the ring starts directly in the enabled state"
+
+    def _stop(self, ring: Vring) -> None:
+        ring.started = False
+        ring.base = ring.queue.next_avail  # a restart without SET_VRING_BASE resumes here
+        ring.set_fd("kick", -1)
+        ring.set_fd("call", -1)
+
+    def _stopped(self, ring: Vring, what: str) -> None:
+        if ring.started:
+            raise E.WrongState(f"{what} on ring {ring.index}, which is started")
+
+    # --- ring processing (called by the shell, one thread per ring at a time) -------------------
+
+    def process_ring(self, index: int) -> tuple[bool, str | None]:
+        """Drain ring ``index`` through the device if it is active.  Returns (whether to signal
+        the call fd, the fault that just broke the ring or None)."""
+        ring = self.vrings[index]
+        if not ring.active:
+            return False, None
+        before = ring.queue.next_avail
+        try:
+            return self.device.process_queue(self.memory, ring.queue), None
+        except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
+            ring.fault = str(exc)
+            log.error("%s: ring %d broken by the driver: %s", self.name, index, exc)
+            return False, ring.fault
+        finally:
+            ring.chains += (ring.queue.next_avail - before) & 0xFFFF
+
+    # --- teardown ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The front-end is gone: stop every ring, close every fd, unmap the memory, reset the
+        device (it serves the next connection from scratch).  Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for ring in self.vrings:
+            ring.reset()
+        _close_all(self._framer.take_all_fds())
+        self.memory.close()
+        self.device.reset()
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    @_rule(R.GET_FEATURES, replies=True)
+    def _get_features(self, msg: Message) -> bytes:
+        return U64(self.offered_features).pack()
+
+    @_rule(R.SET_FEATURES, size=8)
+    def _set_features(self, msg: Message) -> None:
+        features = U64.unpack(msg.payload).value
+        extra = features & ~self.offered_features
+        if extra:
+            raise E.InvalidValue(f"features {extra:#x} were not offered")
+        if any(r.started for r in self.vrings) and features != self.acked_features:
+            raise E.WrongState("features changed while rings are started")
+        self.acked_features = features
+        self.device.set_driver_features(features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES))
+        self.device.apply_features()
+        if not self.protocol_features_negotiated:
+            for ring in self.vrings:  # without protocol features every ring is enabled
+                ring.enabled = True
+
+    @_rule(R.GET_PROTOCOL_FEATURES, replies=True)
+    def _get_protocol_features(self, msg: Message) -> bytes:
+        return U64(self.offered_protocol_features).pack()
+
+    @_rule(R.SET_PROTOCOL_FEATURES, size=8)
+    def _set_protocol_features(self, msg: Message) -> None:
+        features = U64.unpack(msg.payload).value
+        extra = features & ~self.offered_protocol_features
+        if extra:
+            raise E.InvalidValue(f"protocol features {extra:#x} were not offered")
+        self.acked_protocol_features = features
+        self.protocol_features_set = True
+
+    @_rule(R.SET_OWNER)
+    def _set_owner(self, msg: Message) -> None:
+        self.owner = True
+
+    @_rule(R.RESET_OWNER)
+    def _reset_owner(self, msg: Message) -> None:
+        for ring in self.vrings:  # deprecated; vhost-user.rst: ignore it or disable all rings
+            ring.enabled = False
+
+    @_rule(R.RESET_DEVICE, gate=PF.RESET_DEVICE)
+    def _reset_device(self, msg: Message) -> None:
+        for ring in self.vrings:
+            ring.reset()
+        self.device.reset()
+        self.acked_features = None
+        self.status = 0
+
+    @_rule(R.GET_QUEUE_NUM, gate=PF.MQ, replies=True)
+    def _get_queue_num(self, msg: Message) -> bytes:
+        return U64(len(self.vrings)).pack()
+
+    # memory table
+
+    @_rule(R.SET_MEM_TABLE, size=None, fds=None)
+    def _set_mem_table(self, msg: Message) -> None:
+        table = MemoryTable.unpack(msg.payload)
+        if len(msg.fds) != len(table.regions):
+            raise E.BadFdCount(f"{len(msg.fds)} fds for {len(table.regions)} regions")
+        for r in table.regions:
+            check_region(r)
+        new = GuestMemory()
+        try:
+            for i, r in enumerate(table.regions):
+                region = self._map_region(msg.fds[i], r)
+                msg.take_fd(i)
+                _add(new, region)
+        except BaseException:
+            new.close()
+            raise
+        old, self.memory = self.memory, new
+        self._rebind_started()
+        old.close()
+
+    @_rule(R.GET_MAX_MEM_SLOTS, gate=PF.CONFIGURE_MEM_SLOTS, replies=True)
+    def _get_max_mem_slots(self, msg: Message) -> bytes:
+        return U64(self.max_mem_slots).pack()
+
+    @_rule(R.ADD_MEM_REG, size=SingleMemoryRegion.size(), fds=(1, 1), gate=PF.CONFIGURE_MEM_SLOTS)
+    def _add_mem_reg(self, msg: Message) -> None:
+        r = SingleMemoryRegion.unpack(msg.payload).region
+        if len(self.memory.regions) >= self.max_mem_slots:
+            raise E.BadMemoryRegion(f"all {self.max_mem_slots} memory slots are in use")
+        region = self._map_region(msg.fds[0], r)
+        msg.take_fd(0)
+        _add(self.memory, region)
+        self._rebind_started()
+
+    @_rule(R.REM_MEM_REG, size=SingleMemoryRegion.size(), fds=(0, 1), gate=PF.CONFIGURE_MEM_SLOTS)
+    def _rem_mem_reg(self, msg: Message) -> None:
+        r = SingleMemoryRegion.unpack(msg.payload).region  # an fd, if any, is closed unused
+        for region in self.memory.regions:
+            if (region.gpa, region.size, region.userspace_addr) == (
+                    r.guest_phys_addr, r.memory_size, r.userspace_addr):
+                self.memory.remove_region(region.gpa, region.size)
+                self._rebind_started()
+                release_region(region)
+                return
+        raise E.BadMemoryRegion(f"no region at gpa {r.guest_phys_addr:#x} size {r.memory_size:#x} "
+                                f"uva {r.userspace_addr:#x}")
+
+    # vrings
+
+    @_rule(R.SET_VRING_NUM, size=8)
+    def _set_vring_num(self, msg: Message) -> None:
+        state = VringState.unpack(msg.payload)
+        ring = self._ring(state.index)
+        self._stopped(ring, "SET_VRING_NUM")
+        if not is_valid_split_size(state.num) or state.num > ring.queue.max_size:
+            raise E.InvalidValue(f"ring {ring.index}: size {state.num} is not a power of two "
+                                 f"<= {ring.queue.max_size}")
+        ring.queue.set_size(state.num)
+        ring.mapped = False
+
+    @_rule(R.SET_VRING_ADDR, size=VringAddr.size())
+    def _set_vring_addr(self, msg: Message) -> None:
+        addr = VringAddr.unpack(msg.payload)
+        ring = self._ring(addr.index)
+        if addr.flags & ~VHOST_VRING_F_LOG:
+            raise E.InvalidValue(f"unknown vring address flags {addr.flags:#x}")
+        if addr.flags & VHOST_VRING_F_LOG:
+            raise E.InvalidValue("dirty logging (VHOST_VRING_F_LOG) was not offered")
+        if addr.desc % 16 or addr.avail % 2 or addr.used % 4:
+            raise E.BadRingAddress(f"ring {ring.index}: misaligned (desc {addr.desc:#x} needs 16, "
+                                   f"avail {addr.avail:#x} 2, used {addr.used:#x} 4)")
+        if not self.memory.regions:
+            raise E.BadRingAddress(f"ring {ring.index}: no memory table yet")
+        self._translate(ring, addr)
+        previous, ring.addr = ring.addr, addr
+        if ring.started:
+            try:
+                self._bind(ring)
+            except E.BadRingAddress:
+                ring.addr = previous
+                raise
+
+    @_rule(R.SET_VRING_BASE, size=8)
+    def _set_vring_base(self, msg: Message) -> None:
+        state = VringState.unpack(msg.payload)
+        ring = self._ring(state.index)
+        self._stopped(ring, "SET_VRING_BASE")
+        if state.num > 0xFFFF:
+            raise E.InvalidValue(f"ring {ring.index}: base {state.num:#x} does not fit a split ring")
+        ring.base = state.num
+        ring.queue.set_base(state.num)
+
+    @_rule(R.GET_VRING_BASE, size=8, replies=True)
+    def _get_vring_base(self, msg: Message) -> bytes:
+        ring = self._ring(VringState.unpack(msg.payload).index)
+        self._stop(ring)
+        return VringState(ring.index, ring.queue.next_avail).pack()
+
+    def _fd_request(self, msg: Message) -> tuple[Vring, int]:
+        value = U64.unpack(msg.payload).value
+        if value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
+            raise E.InvalidValue(f"unknown bits {value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):#x}")
+        nofd = bool(value & VRING_NOFD_MASK)
+        if len(msg.fds) != (0 if nofd else 1):
+            raise E.BadFdCount(f"{len(msg.fds)} fds with the NOFD bit {'set' if nofd else 'clear'}")
+        ring = self._ring(value & VRING_IDX_MASK)
+        return ring, (-1 if nofd else msg.fds[0])
+
+    @_rule(R.SET_VRING_KICK, size=8, fds=None)
+    def _set_vring_kick(self, msg: Message) -> None:
+        ring, fd = self._fd_request(msg)
+        if not ring.started:
+            self._start(ring)
+        ring.set_fd("kick", msg.take_fd() if fd >= 0 else -1)
+        ring.polling = fd < 0
+
+    @_rule(R.SET_VRING_CALL, size=8, fds=None)
+    def _set_vring_call(self, msg: Message) -> None:
+        ring, fd = self._fd_request(msg)
+        ring.set_fd("call", msg.take_fd() if fd >= 0 else -1)
+
+    @_rule(R.SET_VRING_ERR, size=8, fds=None)
+    def _set_vring_err(self, msg: Message) -> None:
+        ring, fd = self._fd_request(msg)
+        ring.set_fd("err", msg.take_fd() if fd >= 0 else -1)
+
+    @_rule(R.SET_VRING_ENABLE, size=8)
+    def _set_vring_enable(self, msg: Message) -> None:
+        state = VringState.unpack(msg.payload)
+        ring = self._ring(state.index)
+        if not (self.protocol_features_negotiated or self.protocol_features_set):
+            raise E.NotNegotiated("needs VHOST_USER_F_PROTOCOL_FEATURES, not negotiated")
+        if state.num not in (0, 1):
+            raise E.InvalidValue(f"ring {ring.index}: enable value {state.num} is not 0 or 1")
+        ring.enabled = bool(state.num)
+
+    # config space and status
+
+    @_rule(R.GET_CONFIG, size=None, gate=PF.CONFIG, replies=True)
+    def _get_config(self, msg: Message) -> bytes:
+        cfg = self._config_request(ConfigSpace.unpack(msg.payload))
+        data = self.device.config_bytes()[cfg.offset:cfg.offset + cfg.size]
+        return ConfigSpace(cfg.offset, cfg.size, cfg.flags, data.ljust(cfg.size, b"\0")).pack()
+
+    @_rule(R.SET_CONFIG, size=None, gate=PF.CONFIG)
+    def _set_config(self, msg: Message) -> None:
+        cfg = self._config_request(ConfigSpace.unpack(msg.payload))
+        with self.device.lock:
+            self.device.write_config(cfg.offset, cfg.data)
+
+    @staticmethod
+    def _config_request(cfg: ConfigSpace) -> ConfigSpace:
+        if cfg.flags > CONFIG_FLAG_MIGRATION:
+            raise E.InvalidValue(f"config flags {cfg.flags:#x} are neither 0 nor 1")
+        if cfg.size == 0 or cfg.offset + cfg.size > MAX_CONFIG_SIZE:
+            raise E.InvalidValue(f"config access [{cfg.offset}, +{cfg.size}) is outside "
+                                 f"0..{MAX_CONFIG_SIZE}")
+        return cfg
+
+    @_rule(R.SET_STATUS, size=8, gate=PF.STATUS)
+    def _set_status(self, msg: Message) -> None:
+        # The vhost-user status is kept apart from the device's: QEMU sends SET_STATUS 0 *before*
+        # GET_VRING_BASE when it stops a device, so a reset here would lose the ring indices.
+        value = U64.unpack(msg.payload).value
+        if value > 0xFF:
+            raise E.InvalidValue(f"status {value:#x} does not fit 8 bits")
+        added = value & ~self.status
+        if added & DeviceStatus.FEATURES_OK:
+            features = (self.acked_features or 0) & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES)
+            if not self.device.features_acceptable(features):
+                value &= ~DeviceStatus.FEATURES_OK  # the front-end reads it back refused
+        self.status = value
+
+    @_rule(R.GET_STATUS, gate=PF.STATUS, replies=True)
+    def _get_status(self, msg: Message) -> bytes:
+        return U64(self.status).pack()
+
+
+def _add(memory: GuestMemory, region: Region) -> None:
+    """Add a mapped region (owning its fd); on overlap release it and refuse."""
+    try:
+        memory.add_region(region)
+    except UsageError as exc:
+        release_region(region)
+        raise E.BadMemoryRegion(str(exc)) from None
+
+
+def _close_all(fds) -> None:
+    for i, fd in enumerate(fds):
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if isinstance(fds, list):
+            fds[i] = -1
+
+
+def _range(r: tuple[int, int]) -> str:
+    return str(r[0]) if r[0] == r[1] else f"{r[0]}..{r[1]}"
+
+
+__all__ = ["BackendConnection", "Reply", "Rejected", "Rule", "DEFAULT_PROTOCOL_FEATURES",
+           "request_name"]

@@ -1,0 +1,485 @@
+"""The vhost-user daemon: the I/O shell around :class:`~.backend.BackendConnection`.
+
+One thread runs a ``selectors`` loop over every listening socket, every front-end connection and
+every kick eventfd, for any number of devices (an :class:`Endpoint` each).  Each vring gets a
+worker thread that drains it when the loop sees a kick, so a slow disk request on one queue never
+holds up another queue or another device.
+
+Locking: a control message may change a ring (GET_VRING_BASE stops it, SET_MEM_TABLE replaces the
+memory under it), so the loop takes every ring lock of that connection while the core handles the
+message, and a worker holds its ring's lock while it drains.  Kick fds are registered from the
+connection's state after each batch of messages (never tracked on the side), and every active ring
+is drained once after each batch, so a kick that came while a ring was disabled is not lost.
+
+When a front-end hangs up the rings are stopped (workers joined), the memory is unmapped, every fd
+is closed, the device is reset, and the endpoint accepts the next front-end — a rebooting guest or
+a restarted QEMU finds the daemon waiting.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import logging
+import os
+import select
+import selectors
+import signal
+import socket
+import stat
+import threading
+from contextlib import ExitStack
+from typing import Iterable
+
+from ..device import VirtioDevice
+from ..errors import TransportError, UsageError
+from ..interrupt import Interrupt
+from .backend import BackendConnection, Reply
+from .errors import ConnectionFatal
+from .protocol import MAX_FDS
+
+log = logging.getLogger("pyvirtio.vhost_user")
+
+#: fds accepted in one recvmsg; more are cut by the kernel (MSG_CTRUNC) and the message refused.
+_CMSG_FDS = 4 * MAX_FDS
+_SEND_TIMEOUT = 5.0
+#: How often a ring in polling mode (SET_VRING_KICK with NOFD) is looked at.
+POLL_INTERVAL = 0.001
+
+
+# --- listening sockets -------------------------------------------------------------------------
+
+
+class SocketInUse(UsageError):
+    """The socket path has a live listener (or is not a socket)."""
+
+
+def bind_unix(path: str, backlog: int = 1) -> socket.socket:
+    """Listen on ``path``.  A stale socket file (nobody listening) is replaced; a live one, or
+    a path that is not a socket, raises SocketInUse."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketInUse(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # stale: the daemon that made it is gone
+        except OSError as exc:
+            raise SocketInUse(f"{path}: {exc.strerror}") from None
+        else:
+            raise SocketInUse(f"{path} is in use: another back-end is listening on it")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The socket passed as ``--fd`` (listening, or already connected to a front-end)."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise UsageError(f"--fd={fd}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise UsageError(f"--fd={fd} is not a socket")
+    sock = socket.socket(fileno=fd)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise UsageError(f"--fd={fd} is not a UNIX stream socket")
+    return sock
+
+
+def is_listening(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+# --- one connection ----------------------------------------------------------------------------
+
+
+class RingWorker(threading.Thread):
+    """Drains one vring whenever it is kicked (or every POLL_INTERVAL in polling mode)."""
+
+    def __init__(self, session: "Session", index: int):
+        super().__init__(name=f"{session.name}-vring{index}", daemon=True)
+        self.session = session
+        self.index = index
+        self._wake = threading.Event()
+        self._stopping = False
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def run(self) -> None:
+        conn, ring = self.session.conn, self.session.conn.vrings[self.index]
+        lock = self.session.ring_locks[self.index]
+        while True:
+            self._wake.wait(POLL_INTERVAL if ring.polling and ring.active else None)
+            self._wake.clear()
+            if self._stopping:
+                return
+            with lock:
+                notify, fault = conn.process_ring(self.index)
+                if notify:
+                    _signal(ring.call_fd)
+                if fault:
+                    _signal(ring.err_fd)
+
+
+class Session:
+    """One front-end connection: the socket, the protocol core, the ring workers."""
+
+    def __init__(self, endpoint: "Endpoint", sock: socket.socket):
+        self.endpoint = endpoint
+        self.sock = sock
+        self.name = endpoint.name
+        self.conn = BackendConnection(endpoint.device, name=endpoint.name, **endpoint.options)
+        n = len(self.conn.vrings)
+        self.ring_locks = [threading.RLock() for _ in range(n)]
+        self.workers = [RingWorker(self, i) for i in range(n)]
+        self.kick_fds: dict[int, int] = {}  # registered kick fd -> ring index
+        endpoint.device.interrupt = self._interrupt
+        for w in self.workers:
+            w.start()
+
+    def _interrupt(self, info: Interrupt) -> None:
+        """Device-initiated notification (a deferred completion)."""
+        if info.queue is None:
+            log.info("%s: config change not sent (no back-end request channel)", self.name)
+            return
+        with self.ring_locks[info.queue]:
+            _signal(self.conn.vrings[info.queue].call_fd)
+
+    def handle(self, data: bytes, fds: list[int]) -> list[Reply]:
+        """Run the core on one chunk with every ring held still."""
+        with ExitStack() as stack:
+            for lock in self.ring_locks:
+                stack.enter_context(lock)
+            outputs = self.conn.receive(data, fds)
+        return [o for o in outputs if isinstance(o, Reply)]
+
+    def drain_active(self) -> None:
+        for ring, worker in zip(self.conn.vrings, self.workers):
+            if ring.active:
+                worker.kick()
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            if w is not threading.current_thread():
+                w.join()
+        self.conn.close()
+        self.sock.close()
+
+
+def _signal(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.eventfd_write(fd, 1)
+        except OSError as exc:  # a front-end may hand over a pipe or close its end
+            log.debug("notification fd %d: %s", fd, exc)
+
+
+# --- one device --------------------------------------------------------------------------------
+
+
+class Endpoint:
+    """A device served on one listening socket (or one inherited connected socket)."""
+
+    def __init__(self, device: VirtioDevice, sock: socket.socket, *, name: str,
+                 path: str | None = None, options: dict | None = None):
+        self.device = device
+        self.name = name
+        self.path = path  # a socket file we created (unlinked at shutdown)
+        self.options = options or {}
+        self.session: Session | None = None
+        self.connections = 0  # front-ends served so far
+        self.listening = False  # the listener is registered with the loop
+        if is_listening(sock):
+            self.listener: socket.socket | None = sock
+            sock.setblocking(False)
+            self._connected = None
+        else:
+            self.listener = None
+            self._connected = sock  # --fd handed us a connected socket: serve it once
+
+    @property
+    def done(self) -> bool:
+        return self.listener is None and self.session is None and self._connected is None
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+class VhostUserServer:
+    """Serve any number of devices, each on its own socket, from one event loop."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.endpoints: list[Endpoint] = []
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.selector.register(self._wake_fd, selectors.EVENT_READ, ("wake", None))
+        self._stopping = False
+        self._closed = False
+        self.running = threading.Event()
+
+    # set-up
+
+    def add(self, device: VirtioDevice, *, socket_path: str | None = None,
+            sock: socket.socket | None = None, name: str | None = None, **options) -> Endpoint:
+        """Serve ``device`` on ``socket_path`` (created; a stale file is replaced) or on an
+        already made ``sock``.  ``options`` go to BackendConnection (protocol_features …)."""
+        if (socket_path is None) == (sock is None):
+            raise UsageError("give exactly one of socket_path and sock")
+        path = None
+        if sock is None:
+            sock = bind_unix(socket_path)
+            path = socket_path
+        ep = Endpoint(device, sock, name=name or socket_path or f"fd{sock.fileno()}", path=path,
+                      options=options)
+        self.endpoints.append(ep)
+        if ep.listener is not None:
+            self._listen(ep, True)
+        else:
+            self._open_session(ep, ep._connected)
+            ep._connected = None
+        return ep
+
+    # control from other threads and signal handlers
+
+    def shutdown(self) -> None:
+        """Ask the loop to end (safe from any thread and from a signal handler)."""
+        self._stopping = True
+        if self._wake_fd >= 0:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass
+
+    def install_signal_handlers(self) -> None:
+        """End cleanly on SIGTERM and SIGINT (vhost-user.rst: "must end ... on SIGTERM")."""
+        def handler(signum, frame):
+            log.info("signal %d: shutting down", signum)
+            self.shutdown()
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # the loop
+
+    def serve_forever(self) -> None:
+        self.running.set()
+        try:
+            while not self._stopping and not all(ep.done for ep in self.endpoints):
+                for key, _ in self.selector.select():
+                    kind, obj = key.data
+                    if kind == "wake":
+                        _drain_eventfd(self._wake_fd)
+                    elif kind == "listen":
+                        self._accept(obj)
+                    elif kind == "conn":
+                        self._readable(obj)
+                    elif kind == "kick":
+                        self._kicked(*obj, key.fd)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop every session, close the listeners, remove the socket files (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        for ep in self.endpoints:
+            if ep.session is not None:
+                self._end_session(ep.session, "daemon shutting down")
+            if ep.listener is not None:
+                self._listen(ep, False)
+                ep.listener.close()
+                ep.listener = None
+            if ep.path:
+                try:
+                    os.unlink(ep.path)
+                except FileNotFoundError:
+                    pass
+                ep.path = None
+        if self._wake_fd >= 0:
+            self.selector.unregister(self._wake_fd)
+            os.close(self._wake_fd)
+            self._wake_fd = -1
+        self.selector.close()
+        self.running.clear()
+
+    def _accept(self, ep: Endpoint) -> None:
+        try:
+            sock, _ = ep.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        self._open_session(ep, sock)
+
+    def _open_session(self, ep: Endpoint, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        ep.session = Session(ep, sock)
+        ep.connections += 1
+        log.info("%s: front-end connected", ep.name)
+        self._listen(ep, False)  # one front-end at a time; the next waits in the backlog
+        self.selector.register(sock, selectors.EVENT_READ, ("conn", ep.session))
+
+    def _end_session(self, session: Session, why: str) -> None:
+        ep = session.endpoint
+        served = ", ".join(f"ring {r.index}: {r.chains}" for r in session.conn.vrings)
+        log.info("%s: front-end gone (%s); rings stopped, memory unmapped; requests served: %s",
+                 ep.name, why, served)
+        for fd in session.kick_fds:
+            self.selector.unregister(fd)
+        session.kick_fds.clear()
+        self.selector.unregister(session.sock)
+        session.close()
+        ep.session = None
+        if not self._stopping:
+            self._listen(ep, True)
+
+    def _listen(self, ep: Endpoint, on: bool) -> None:
+        if ep.listener is None or ep.listening == on:
+            return
+        if on:
+            self.selector.register(ep.listener, selectors.EVENT_READ, ("listen", ep))
+        else:
+            self.selector.unregister(ep.listener)
+        ep.listening = on
+
+    def _readable(self, session: Session) -> None:
+        for _ in range(64):  # a busy front-end cannot starve the other devices
+            try:
+                data, fds, truncated = _recv(session.sock, session.conn.want())
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._end_session(session, exc.strerror or str(exc))
+                return
+            if not data:
+                _close_fds(fds)
+                pending = session.conn.pending_bytes
+                self._end_session(session, "hung up" + (
+                    f" in the middle of a message ({pending} bytes of it arrived)" if pending else ""))
+                return
+            if truncated:
+                log.warning("%s: a message carried more than %d fds; the kernel dropped the "
+                            "rest", session.name, _CMSG_FDS)
+            if not self._process(session, data, fds):
+                return
+
+    def _process(self, session: Session, data: bytes, fds: list[int]) -> bool:
+        for fd in session.kick_fds:  # re-derived from the state after the message
+            self.selector.unregister(fd)
+        session.kick_fds.clear()
+        try:
+            replies = session.handle(data, fds)
+            for reply in replies:
+                _send(session.sock, reply)
+        except ConnectionFatal as exc:
+            self._end_session(session, f"protocol error: {exc}")
+            return False
+        except (OSError, TransportError) as exc:
+            self._end_session(session, f"cannot reply: {getattr(exc, 'strerror', None) or exc}")
+            return False
+        except Exception:  # a bug of ours: drop this front-end, keep serving the others
+            log.exception("%s: internal error while handling a message", session.name)
+            self._end_session(session, "internal error")
+            return False
+        for ring in session.conn.vrings:
+            for fd in (ring.call_fd, ring.err_fd):  # a full pipe must not block a worker
+                if fd >= 0:
+                    _nonblocking(fd)
+            if ring.started and ring.kick_fd >= 0:
+                _nonblocking(ring.kick_fd)
+                self.selector.register(ring.kick_fd, selectors.EVENT_READ,
+                                       ("kick", (session, ring.index)))
+                session.kick_fds[ring.kick_fd] = ring.index
+        session.drain_active()
+        return True
+
+    def _kicked(self, session: Session, index: int, fd: int) -> None:
+        if session.kick_fds.get(fd) != index:
+            return  # a stale event: a message earlier in this batch re-derived the kick fds
+        try:
+            if not os.read(fd, 8):
+                raise OSError(errno.EPIPE, "end of file")
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # not an eventfd that QEMU writes: stop watching it
+            log.warning("%s: kick fd of ring %d unusable (%s); ignoring it", session.name, index,
+                        exc.strerror)
+            self.selector.unregister(fd)
+            del session.kick_fds[fd]
+            return
+        session.workers[index].kick()
+
+
+# --- socket helpers ----------------------------------------------------------------------------
+
+
+def _recv(sock: socket.socket, want: int) -> tuple[bytes, list[int], bool]:
+    data, ancdata, flags, _ = sock.recvmsg(max(want, 1), socket.CMSG_SPACE(_CMSG_FDS * 4),
+                                           socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
+            fds.extend(arr)
+    return data, fds, bool(flags & socket.MSG_CTRUNC)
+
+
+def _send(sock: socket.socket, reply: Reply) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", reply.fds))] if reply.fds else []
+    view = memoryview(reply.data)
+    while view:
+        try:
+            n = sock.sendmsg([view], anc)
+        except (BlockingIOError, InterruptedError):
+            _, writable, _ = select.select([], [sock], [], _SEND_TIMEOUT)
+            if not writable:
+                raise TransportError("the front-end does not read its replies") from None
+            continue
+        view, anc = view[n:], []
+
+
+def _nonblocking(fd: int) -> None:
+    try:
+        os.set_blocking(fd, False)
+    except OSError:
+        pass
+
+
+def _drain_eventfd(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except (BlockingIOError, OSError):
+        pass
+
+
+def _close_fds(fds: Iterable[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+__all__ = ["VhostUserServer", "Endpoint", "Session", "RingWorker", "bind_unix",
+           "inherited_socket", "is_listening", "SocketInUse", "POLL_INTERVAL"]

@@ -1,0 +1,498 @@
+"""The vhost-user driver-side transport: pyvirtio's drivers over a vhost-user back-end process.
+
+The driver side owns everything a VMM would: guest memory (memfd-backed regions, shared with the
+back-end through the memory table), the rings in it, and the kick/call/err eventfds.  The
+back-end process does the device work.  How the virtio device model (VIRTIO 1.3, 2 and 3.1.1)
+maps onto vhost-user:
+
+========================  =======================================================================
+virtio                    vhost-user
+========================  =======================================================================
+device type               none on the wire: given by the caller, else :func:`.identify.
+                          infer_device_type` (a documented heuristic)
+device features           GET_FEATURES, without vhost's own bits (PROTOCOL_FEATURES, LOG_ALL)
+driver features           SET_FEATURES when the driver sets FEATURES_OK, with
+                          VHOST_USER_F_PROTOCOL_FEATURES added when the back-end offers it
+status                    kept here; mirrored with SET_STATUS when STATUS is negotiated, and
+                          FEATURES_OK read back with GET_STATUS (else it stands unless REPLY_ACK
+                          refuses SET_FEATURES).  A lost back-end or an err eventfd sets
+                          DEVICE_NEEDS_RESET
+reset (status 0)          GET_VRING_BASE on every started ring (stops it), RESET_DEVICE when
+                          negotiated, SET_STATUS 0 when STATUS was used
+config space              GET_CONFIG / SET_CONFIG (CONFIG protocol feature).  Reads always start
+                          at offset 0 (as QEMU's do; some back-ends ignore the offset).  A read
+                          past the end of the back-end's config space reads zeros (its size is
+                          found once by bisection when a read is refused).  No generation
+                          counter: always 0
+queue count               GET_QUEUE_NUM (MQ), else the device type's fixed queue count
+queue maximum size        not on the wire either: the largest power of two up to
+                          ``max_queue_size`` that SET_VRING_NUM accepts (REPLY_ACK), else the cap
+setup_queue               SET_VRING_NUM, SET_VRING_BASE 0, SET_VRING_ADDR (our virtual
+                          addresses), SET_VRING_CALL, SET_VRING_ERR, SET_VRING_KICK (starts the
+                          ring), SET_VRING_ENABLE 1 (with PROTOCOL_FEATURES)
+notify                    write the ring's kick eventfd
+interrupts                ``wait_for_interrupt`` polls the call and err eventfds and the socket,
+                          and calls the handler with ``Interrupt(queue)`` per signalled ring
+========================  =======================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import select
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..alloc import GuestAllocator
+from ..errors import Scope, TransportError, UsageError
+from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
+from ..memory import GuestMemory, Region, _buffer_address
+from ..spec.status import DeviceStatus
+from ..transport import DriverTransport
+from ..virtq.layout import SplitRingLayout
+from .client import DEFAULT_TIMEOUT, VhostUserClient
+from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, PROTOCOL_FEATURES_BIT
+from .frontend_errors import BackendError, ConfigReadFailed, RequestNacked
+from .identify import DEFAULT_QUEUES, infer_device_type
+from .protocol import VHOST_F_LOG_ALL, ProtocolFeature
+from .wire import MemoryRegion
+
+log = logging.getLogger("pyvirtio.vhost_user.transport")
+
+PF = ProtocolFeature
+S = DeviceStatus
+DEFAULT_MEMORY = 16 << 20
+DEFAULT_GPA = 0x1_0000_0000
+#: The largest queue size offered to drivers unless told otherwise (QEMU's virtio-net default;
+#: its and libvhost-user's VIRTQUEUE_MAX_SIZE is 1024).
+DEFAULT_MAX_QUEUE_SIZE = 256
+#: Bits of GET_FEATURES that are vhost's, not the device's.
+VHOST_ONLY_FEATURES = PROTOCOL_FEATURES_BIT | (1 << VHOST_F_LOG_ALL)
+#: GET_CONFIG's largest access (libvhost-user's VHOST_USER_MAX_CONFIG_SIZE).
+MAX_CONFIG_SIZE = 256
+
+
+# --- guest memory the driver side owns -----------------------------------------------------------
+
+
+def memfd_memory(sizes: Sequence[int], gpa: int = DEFAULT_GPA, hole: int = 1 << 20,
+                 name: str = "pyvirtio-vhost-user") -> GuestMemory:
+    """Guest memory of one memfd-backed region per size, at ``gpa`` upwards with ``hole`` bytes
+    unmapped between regions (so a back-end that confuses regions or offsets fails loudly)."""
+    mem = GuestMemory()
+    try:
+        for size in sizes:
+            size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+            fd = os.memfd_create(name, os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except BaseException:
+                os.close(fd)
+                raise
+            mem.add_region(Region(gpa, size, memoryview(m), userspace_addr=_buffer_address(m),
+                                  fd=fd, _owner=m))
+            gpa += size + hole
+    except BaseException:
+        mem.close()
+        raise
+    return mem
+
+
+class RegionAllocator:
+    """First-fit over several regions: one :class:`GuestAllocator` per region, tried in order, so
+    no allocation crosses a region boundary."""
+
+    def __init__(self, memory: GuestMemory):
+        self._parts = [GuestAllocator(r.gpa, r.size) for r in memory.regions]
+
+    def alloc(self, size: int, align: int = 16) -> int:
+        last: Optional[UsageError] = None
+        for part in self._parts:
+            try:
+                return part.alloc(size, align)
+            except UsageError as exc:
+                last = exc
+        raise last or UsageError("no guest memory")
+
+    def free(self, addr: int) -> None:
+        for part in self._parts:
+            if part.base <= addr < part.base + part.size:
+                part.free(addr)
+                return
+        raise UsageError(f"free of {addr:#x}, which is in no region")
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(p.free_bytes for p in self._parts)
+
+
+def probe_config_size(client: VhostUserClient, limit: int = MAX_CONFIG_SIZE) -> int:
+    """The longest GET_CONFIG from offset 0 the back-end answers (bisection; 0 if none).
+    Assumes a back-end that answers a read also answers every shorter one."""
+    lo, hi = 0, limit  # lo: answered (0 trivially); reads longer than hi are refused
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            client.get_config(0, mid)
+            lo = mid
+        except ConfigReadFailed:
+            hi = mid - 1
+    return lo
+
+
+def memory_region(region: Region) -> MemoryRegion:
+    return MemoryRegion(region.gpa, region.size, region.userspace_addr, region.mmap_offset)
+
+
+# --- the transport -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ring:
+    index: int
+    kick: int
+    call: int
+    err: int
+
+    def close(self) -> None:
+        for name in ("kick", "call", "err"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+def _eventfd() -> int:
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+class VhostUserTransport(DriverTransport):
+    """Driver-side transport to a vhost-user back-end listening on ``socket_path``."""
+
+    def __init__(self, socket_path: Optional[str] = None, *, client: Optional[VhostUserClient] = None,
+                 device_type: Optional[int] = None, memory_size: int = DEFAULT_MEMORY,
+                 regions: int | Sequence[int] = 1, gpa: int = DEFAULT_GPA,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, timeout: float = DEFAULT_TIMEOUT,
+                 protocol_features: int = DEFAULT_FRONTEND_PROTOCOL_FEATURES):
+        if (socket_path is None) == (client is None):
+            raise UsageError("give exactly one of socket_path and client")
+        self.path = socket_path or client.name
+        self.client = client or VhostUserClient.connect(socket_path, timeout=timeout,
+                                                        protocol_features=protocol_features)
+        self.conn = self.client.conn
+        sizes = _region_sizes(memory_size, regions)
+        try:
+            self.memory = memfd_memory(sizes, gpa)
+            self.allocator = RegionAllocator(self.memory)
+            self.client.handshake()
+        except BaseException:
+            self.close()
+            raise
+        self.max_queue_size = max_queue_size
+        self._rings: dict[int, _Ring] = {}
+        self._max_sizes: dict[int, int] = {}
+        self._status = 0
+        self._driver_features = 0
+        self._mem_sent = False
+        self._configured = False  # something to undo at reset
+        self._config_size: Optional[int] = None
+        self._needs_reset: Optional[str] = None
+        self._handler: Optional[InterruptHandler] = None
+        self._poller: Optional[select.poll] = None
+        self._fd_roles: dict[int, tuple[str, int]] = {}
+        if device_type is None:
+            device_type, self.device_type_reason = self._infer_type()
+        else:
+            self.device_type_reason = "given by the caller"
+        self._device_type = int(device_type) if device_type is not None else 0
+
+    # --- identity ------------------------------------------------------------------------------
+
+    @property
+    def device_type(self) -> int:
+        return self._device_type
+
+    def describe(self) -> str:
+        return f"vhost-user:{self.path}"
+
+    def _infer_type(self):
+        config_size = self.config_size() if self.conn.has_protocol_feature(PF.CONFIG) else None
+        return infer_device_type(self.conn.backend_features or 0,
+                                 self.conn.backend_protocol_features or 0, self.conn.queue_num,
+                                 config_size)
+
+    # --- status and features ------------------------------------------------------------------
+
+    def get_status(self) -> int:
+        return self._status | (S.DEVICE_NEEDS_RESET if self._needs_reset else 0)
+
+    def set_status(self, status: int) -> None:
+        status &= 0xFF
+        if status == 0:
+            self._reset()
+            return
+        added = status & ~self._status
+        if added & S.FEATURES_OK and not self._commit_features():
+            status &= ~S.FEATURES_OK
+        if self.conn.has_protocol_feature(PF.STATUS):
+            self._call(self.client.set_status, status & ~S.DEVICE_NEEDS_RESET)
+            if added & S.FEATURES_OK and status & S.FEATURES_OK:
+                if not self._call(self.client.get_status) & S.FEATURES_OK:
+                    status &= ~S.FEATURES_OK  # the back-end refused the features
+        self._status = status & ~S.DEVICE_NEEDS_RESET
+
+    def get_device_features(self) -> int:
+        return (self.conn.backend_features or 0) & ~VHOST_ONLY_FEATURES
+
+    def set_driver_features(self, features: int) -> None:
+        self._driver_features = features
+
+    def _commit_features(self) -> bool:
+        """SET_FEATURES with the driver's features (and PROTOCOL_FEATURES when offered), then
+        the memory table.  False if the back-end refused them (REPLY_ACK)."""
+        features = self._driver_features & ~VHOST_ONLY_FEATURES
+        if self.conn.offers_protocol_features:
+            features |= PROTOCOL_FEATURES_BIT
+        self._configured = True
+        try:
+            self._call(self.client.set_features, features)
+        except RequestNacked as exc:
+            log.warning("%s: features %#x refused: %s", self.path, features, exc)
+            return False
+        self._send_memory_table()
+        return True
+
+    def _send_memory_table(self) -> None:
+        if self._mem_sent:
+            return
+        regions = self.memory.regions
+        table = [memory_region(r) for r in regions]
+        slots = self.conn.max_mem_slots
+        if self.conn.has_protocol_feature(PF.CONFIGURE_MEM_SLOTS) and (slots is None or len(table) <= slots):
+            for region, r in zip(table, regions):
+                self._call(self.client.add_mem_reg, region, r.fd)
+        else:
+            self._call(self.client.set_mem_table, table, [r.fd for r in regions])
+        self._mem_sent = True
+
+    def _reset(self) -> None:
+        """Stop every ring (GET_VRING_BASE), reset the back-end, forget the negotiation."""
+        try:
+            for index in sorted(self._rings):
+                if self.conn.ring(index).started:
+                    self._call(self.client.get_vring_base, index)
+            if self._configured and self.conn.has_protocol_feature(PF.RESET_DEVICE):
+                self._call(self.client.reset_device)
+            if self.conn.status is not None:
+                self._call(self.client.set_status, 0)
+        finally:
+            for ring in self._rings.values():
+                ring.close()
+            self._rings.clear()
+            self._poller = None
+            self._status = 0
+            self._driver_features = 0
+            self._configured = False
+            self._config_size = None
+
+    # --- config space --------------------------------------------------------------------------
+
+    def read_config(self, offset: int, size: int) -> bytes:
+        if not self.conn.has_protocol_feature(PF.CONFIG):
+            raise TransportError(f"{self.path}: the back-end does not offer the CONFIG protocol "
+                                 "feature: it has no config space to read")
+        if size <= 0 or offset < 0:
+            return bytes(max(size, 0))
+        end = min(offset + size, MAX_CONFIG_SIZE)
+        data = b""
+        if end > offset:
+            try:  # from offset 0, as QEMU reads: qemu-storage-daemon 7.2 ignores the offset
+                data = self._call(self.client.get_config, 0, end)
+            except ConfigReadFailed:
+                known = self.config_size()
+                data = self._call(self.client.get_config, 0, known) if known else b""
+        return data[offset:offset + size].ljust(size, b"\0")
+
+    def config_size(self) -> int:
+        """The back-end's config space size: the longest read from offset 0 it answers (found
+        by bisection, cached until reset).  0 if it refuses every read."""
+        if self._config_size is None:
+            self._config_size = self._call(probe_config_size, self.client)
+        return self._config_size
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        if not self.conn.has_protocol_feature(PF.CONFIG):
+            raise TransportError(f"{self.path}: the back-end does not offer the CONFIG protocol "
+                                 "feature: its config space cannot be written")
+        self._call(self.client.set_config, offset, bytes(data))
+
+    def config_generation(self) -> int:
+        return 0  # vhost-user has no config generation counter
+
+    # --- queues --------------------------------------------------------------------------------
+
+    def num_queues(self) -> int:
+        if self.conn.queue_num is not None:
+            return self.conn.queue_num
+        return DEFAULT_QUEUES.get(self._device_type, 1)
+
+    def queue_max_size(self, index: int) -> int:
+        if not 0 <= index < self.num_queues():
+            return 0
+        if index not in self._max_sizes:
+            self._max_sizes[index] = self._probe_max_size(index)
+        return self._max_sizes[index]
+
+    def _probe_max_size(self, index: int) -> int:
+        """The largest power of two <= max_queue_size that SET_VRING_NUM accepts (needs
+        REPLY_ACK to tell; the ring is stopped, and setup_queue sets the real size later)."""
+        size = 1 << (self.max_queue_size.bit_length() - 1)
+        if not self.conn.has_protocol_feature(PF.REPLY_ACK) or self.conn.ring(index).started:
+            return size
+        while size > 1:
+            try:
+                self._call(self.client.set_vring_num, index, size)
+                return size
+            except RequestNacked:
+                size //= 2
+        return size
+
+    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+        c = self.client
+        self._send_memory_table()
+        if index in self._rings:
+            raise UsageError(f"queue {index} is already set up (reset first)")
+        ring = _Ring(index, _eventfd(), _eventfd(), _eventfd())
+        self._rings[index] = ring
+        self._poller = None
+        self._configured = True
+        uva = self.memory.gpa_to_uva
+        self._call(c.set_vring_num, index, layout.size)
+        self._call(c.set_vring_base, index, 0)
+        self._call(c.set_vring_addr, index, uva(layout.desc_table), uva(layout.used_ring),
+                   uva(layout.avail_ring))
+        self._call(c.set_vring_call, index, ring.call)
+        self._call(c.set_vring_err, index, ring.err)
+        self._call(c.set_vring_kick, index, ring.kick)
+        if self.conn.protocol_features_negotiated:
+            self._call(c.set_vring_enable, index, True)
+
+    def stop_queue(self, index: int) -> int:
+        """GET_VRING_BASE: stop ring ``index``; returns the next avail index it would process."""
+        base = self._call(self.client.get_vring_base, index)
+        ring = self._rings.pop(index, None)
+        if ring is not None:
+            ring.close()
+            self._poller = None
+        return base
+
+    def notify(self, index: int) -> None:
+        ring = self._rings.get(index)
+        if ring is None:
+            raise UsageError(f"queue {index} is not set up")
+        os.eventfd_write(ring.kick, 1)
+
+    # --- interrupts ----------------------------------------------------------------------------
+
+    def set_interrupt_handler(self, handler: InterruptHandler) -> None:
+        self._handler = handler
+
+    def _build_poller(self) -> select.poll:
+        poller = select.poll()
+        roles: dict[int, tuple[str, int]] = {self.client.fileno(): ("socket", -1)}
+        poller.register(self.client.fileno(), select.POLLIN)
+        for ring in self._rings.values():
+            for role, fd in (("call", ring.call), ("err", ring.err)):
+                poller.register(fd, select.POLLIN)
+                roles[fd] = (role, ring.index)
+        self._poller, self._fd_roles = poller, roles
+        return poller
+
+    def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
+        """Wait on the call and err eventfds; dispatch one Interrupt per signalled ring.  Raises
+        BackendHungUp (and sets DEVICE_NEEDS_RESET) when the back-end goes away."""
+        poller = self._poller or self._build_poller()
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        got = False
+        for fd, _events in poller.poll(ms):
+            role, index = self._fd_roles.get(fd, ("gone", -1))
+            if role == "socket":
+                self._call(self.client.check_alive)
+                continue
+            if role == "gone" or not _drain(fd):
+                continue
+            got = True
+            if role == "err":
+                self._needs_reset = f"the back-end signalled an error on ring {index}"
+                log.warning("%s: %s", self.path, self._needs_reset)
+                self._dispatch(CONFIG_CHANGE)
+            else:
+                self._dispatch(Interrupt(index))
+        return got
+
+    def _dispatch(self, info: Interrupt) -> None:
+        if self._handler is not None:
+            self._handler(info)
+
+    def ring_fds(self, index: int) -> tuple[int, int]:
+        """(kick, call) eventfds of a set-up ring, for callers that run their own loop (they then
+        kick and wait themselves instead of notify() and wait_for_interrupt())."""
+        ring = self._rings.get(index)
+        if ring is None:
+            raise UsageError(f"queue {index} is not set up")
+        return ring.kick, ring.call
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _call(self, method, *args):
+        """Run a request; a connection-scope failure marks the device DEVICE_NEEDS_RESET."""
+        try:
+            return method(*args)
+        except BackendError as exc:
+            if exc.scope is Scope.CONNECTION and not self._needs_reset:
+                self._needs_reset = str(exc)
+            raise
+
+    def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+        for ring in getattr(self, "_rings", {}).values():
+            ring.close()
+        if getattr(self, "memory", None) is not None:
+            self.memory.close()
+
+
+def _drain(fd: int) -> bool:
+    try:
+        os.eventfd_read(fd)
+        return True
+    except (BlockingIOError, InterruptedError):
+        return False
+
+
+def _region_sizes(memory_size: int, regions) -> list[int]:
+    if isinstance(regions, int):
+        if not 1 <= regions <= 64:
+            raise UsageError(f"regions={regions}: must be 1..64")
+        share = -(-memory_size // regions)
+        return [share] * regions
+    sizes = list(regions)
+    if not sizes or any(s <= 0 for s in sizes):
+        raise UsageError(f"bad region sizes {sizes}")
+    return sizes
+
+
+def open_transport(socket_path: str, type_name_or_id: Optional[str] = None, **kw) -> VhostUserTransport:
+    """A transport for a ``--socket-path`` / ``--type`` pair from the command line."""
+    from .identify import parse_type
+    device_type = parse_type(type_name_or_id) if type_name_or_id else None
+    return VhostUserTransport(socket_path, device_type=device_type, **kw)
+
+
+__all__ = ["VhostUserTransport", "memfd_memory", "RegionAllocator", "open_transport",
+           "probe_config_size", "memory_region",
+           "DEFAULT_MEMORY", "DEFAULT_MAX_QUEUE_SIZE"]
