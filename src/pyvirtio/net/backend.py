@@ -1,0 +1,115 @@
+"""The host side of a network device: where transmitted frames go, where received frames come from.
+
+A :class:`NetBackend` is part of the I/O shell.  The device (sans-I/O) only calls the methods
+below; none of them blocks:
+
+* :meth:`~NetBackend.recv_into` reads **one** frame into a list of writable views (guest memory
+  when it can: ``os.readv`` on a TAP fd lands straight in the guest's receive buffers);
+* :meth:`~NetBackend.send` takes one frame as a list of views (the guest's transmit buffers; a TAP
+  back-end hands them to ``os.writev`` as they are);
+* :meth:`~NetBackend.poll_fds` says which fds a host loop must watch, given what the device wants
+  (frames to read; room to write), and :meth:`~NetBackend.service` lets the back-end do its own
+  housekeeping (accept a connection, clear an eventfd) when one of them fires.
+
+``vnet_hdr`` says whether frames to and from the back-end start with the 12-byte
+``virtio_net_hdr``; only such back-ends can take the checksum and segmentation offloads they list
+in ``offload_features``.  ``can_wait`` says whether frames wait in the back-end (a kernel queue,
+a TCP window, a switch inbox) while the device is not reading; the device drops received frames
+only for back-ends that cannot wait.
+"""
+
+from __future__ import annotations
+
+import selectors
+from typing import Sequence
+
+from ..spec.net import NET_HDR_SIZE
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+#: The largest frame a back-end passes (a 64 KiB GSO frame plus headers); larger ones are errors.
+MAX_FRAME = 65536 + 64
+VNET_HDR_SIZE = NET_HDR_SIZE
+
+Views = Sequence[memoryview]
+
+
+class NetBackend:
+    """Base class with the defaults of a back-end that has no fd, no header and no offloads."""
+
+    kind = "backend"
+    vnet_hdr = False
+    offload_features = 0
+    can_wait = True
+    #: Discards every transmitted frame unread (the device then skips building views for it).
+    sink = False
+
+    def __init__(self) -> None:
+        self.stats = {"rx_frames": 0, "tx_frames": 0, "tx_dropped": 0}
+        self.closed = False
+
+    def describe(self) -> str:
+        return self.kind
+
+    # --- what a host loop watches ------------------------------------------------------------------
+
+    def poll_fds(self, read: bool, write: bool) -> list[tuple[int, int]]:
+        """``(fd, selectors events)`` pairs to watch while the device wants to ``read`` frames
+        and/or waits for room to ``write``.  Empty when there is nothing to watch."""
+        return []
+
+    def service(self) -> None:
+        """Called by the host loop when a watched fd fired, before the device reads or writes."""
+
+    # --- data path ---------------------------------------------------------------------------------
+
+    def recv_into(self, views: Views) -> int | None:
+        """Read one waiting frame into ``views``; returns its whole length (more than the views
+        hold if it was truncated), or None when no frame is waiting."""
+        return None
+
+    def send(self, views: Views) -> bool:
+        """Send one frame.  True: taken (sent, queued, or dropped on purpose).  False: would block;
+        nothing was taken — offer the same frame again once ``poll_fds(write=True)`` fires."""
+        raise NotImplementedError
+
+    @property
+    def link_up(self) -> bool:
+        """Whether the back-end has a peer (a stream back-end without one reports link down)."""
+        return not self.closed
+
+    def set_offloads(self, features: int) -> None:
+        """The virtio-net features the driver negotiated; a vnet_hdr back-end enables the
+        matching offloads (frames it may now pass with partial checksums or GSO)."""
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def views_len(views: Views) -> int:
+    return sum(len(v) for v in views)
+
+
+def copy_into(views: Views, data) -> int:
+    """Copy ``data`` into ``views`` in order; returns the bytes copied (at most their room)."""
+    src = memoryview(data).cast("B")
+    pos, n = 0, len(src)
+    for view in views:
+        if pos >= n:
+            break
+        take = min(len(view), n - pos)
+        view[:take] = src[pos:pos + take]
+        pos += take
+    return pos
+
+
+def join_views(views: Views) -> bytes:
+    if len(views) == 1:
+        return bytes(views[0])
+    return b"".join(views)
