@@ -50,6 +50,7 @@ from ..errors import Scope, TransportError, UsageError
 from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
 from ..memory import GuestMemory, Region, _buffer_address
 from ..spec.status import DeviceStatus
+from ..spec.features import Feature
 from ..transport import DriverTransport
 from ..virtq.layout import SplitRingLayout
 from .client import DEFAULT_TIMEOUT, VhostUserClient
@@ -245,7 +246,9 @@ class VhostUserTransport(DriverTransport):
         self._status = status & ~S.DEVICE_NEEDS_RESET
 
     def get_device_features(self) -> int:
-        return (self.conn.backend_features or 0) & ~VHOST_ONLY_FEATURES
+        # RING_PACKED is hidden: this front-end's ring setup (SET_VRING_BASE with wrap counters,
+        # GET_VRING_BASE decoding) is split-only for now, so the drivers must not pick it.
+        return (self.conn.backend_features or 0) & ~VHOST_ONLY_FEATURES & ~(1 << Feature.RING_PACKED)
 
     def set_driver_features(self, features: int) -> None:
         self._driver_features = features
