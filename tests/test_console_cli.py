@@ -6,7 +6,6 @@ import argparse
 import os
 import socket
 import threading
-import time
 
 import pytest
 

@@ -1,7 +1,6 @@
 """Block device and driver, both sides, over loopback with a real image file."""
 
 import os
-import struct
 
 import pytest
 
@@ -10,8 +9,6 @@ from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.errors import RequestError, UsageError
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.spec import blk as spec
-from pyvirtio.spec.status import DeviceStatus as S
-from pyvirtio.testing.mock_device import MockDevice
 
 MiB = 1 << 20
 

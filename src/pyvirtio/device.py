@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import ClassVar
 
-from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, UsageError, VirtioError
+from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, VirtioError
 from .interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
 from .memory import GuestMemory
 from .spec.features import Feature

@@ -83,17 +83,7 @@ class GuestMemory:
     @classmethod
     def memfd(cls, size: int, gpa: int = 0, name: str = "pyvirtio-guest") -> "GuestMemory":
         """A single region backed by a shareable memfd (for vhost-user front-ends)."""
-        fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, size)
-            m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        except BaseException:
-            os.close(fd)
-            raise
-        mem = cls()
-        mem.add_region(Region(gpa, size, memoryview(m), userspace_addr=_buffer_address(m) or gpa,
-                              fd=fd, _owner=m))
-        return mem
+        return cls([memfd_region(gpa, size, name)])
 
     def add_region(self, region: Region) -> None:
         if region.size <= 0 or region.gpa < 0 or region.end > _U64_LIMIT:
@@ -228,6 +218,20 @@ class GuestMemory:
 
     def store64(self, addr: int, value: int) -> None:
         _U64.pack_into(self._aligned(addr, 8), 0, value & 0xFFFFFFFFFFFFFFFF)
+
+
+def memfd_region(gpa: int, size: int, name: str = "pyvirtio-guest") -> Region:
+    """A region backed by a new memfd of ``size`` bytes (rounded up to whole pages), mapped
+    shared; its ``fd`` can be handed to another process (vhost-user SET_MEM_TABLE)."""
+    size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return Region(gpa, size, memoryview(m), userspace_addr=_buffer_address(m) or gpa, fd=fd, _owner=m)
 
 
 def release_region(region: Region) -> None:

@@ -14,7 +14,6 @@ import ctypes.util
 import errno
 import logging
 import os
-import struct
 
 from ..device import VirtioDevice
 from ..errors import UsageError

@@ -39,7 +39,6 @@ interrupts                ``wait_for_interrupt`` polls the call and err eventfds
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import select
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from typing import Optional, Sequence
 from ..alloc import GuestAllocator
 from ..errors import Scope, TransportError, UsageError
 from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
-from ..memory import GuestMemory, Region, _buffer_address
+from ..memory import GuestMemory, Region, memfd_region
 from ..spec.status import DeviceStatus
 from ..spec.features import Feature
 from ..transport import DriverTransport
@@ -85,17 +84,9 @@ def memfd_memory(sizes: Sequence[int], gpa: int = DEFAULT_GPA, hole: int = 1 << 
     mem = GuestMemory()
     try:
         for size in sizes:
-            size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-            fd = os.memfd_create(name, os.MFD_CLOEXEC)
-            try:
-                os.ftruncate(fd, size)
-                m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except BaseException:
-                os.close(fd)
-                raise
-            mem.add_region(Region(gpa, size, memoryview(m), userspace_addr=_buffer_address(m),
-                                  fd=fd, _owner=m))
-            gpa += size + hole
+            region = memfd_region(gpa, size, name)
+            mem.add_region(region)
+            gpa += region.size + hole
     except BaseException:
         mem.close()
         raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 import array
 import itertools
 import sys
+from operator import itemgetter
 from typing import Callable, Iterable
 
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
@@ -198,19 +199,26 @@ class SplitDeviceQueue:
             heads += avail16[2:2 + n - len(heads)].tolist()
         if heads and max(heads) >= size:
             self._break(DriverFault(f"queue {self.index}: head index {max(heads)} >= queue size {size}"))
-        d16 = self._desc.cast("H")
-        flags = [d16[h * 8 + 6] for h in heads]
+        if not heads:
+            return heads, [], [] if views else None
+        # One C-level gather per field (itemgetter over a strided view of the descriptor table:
+        # element h of ``desc.cast("H")[6::8]`` is descriptor h's flags), no bytecode per chain.
+        get = itemgetter(*heads) if len(heads) > 1 else (lambda seq: (seq[heads[0]],))
+        desc = self._desc
+        flags = get(desc.cast("H")[6::8])
+        lengths = list(get(desc.cast("I")[2::4]))
         if any(flags):
-            del heads[next(i for i, f in enumerate(flags) if f):]
-        d32 = self._desc.cast("I")
-        lengths = [d32[h * 4 + 2] for h in heads]
+            keep = next(i for i, f in enumerate(flags) if f)
+            del heads[keep:], lengths[keep:]
         bufs = None
-        if views:
-            d64 = self._desc.cast("Q")
+        if views and heads:
+            addrs = itemgetter(*heads)(desc.cast("Q")[0::2]) if len(heads) > 1 else (desc.cast("Q")[2 * heads[0]],)
             try:
-                bufs = list(map(mem.view, [d64[h * 2] for h in heads], lengths))
+                bufs = list(map(mem.view, addrs, lengths))
             except GuestMemoryError as exc:
                 self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+        elif views:
+            bufs = []
         self.next_avail = (next_avail + len(heads)) & 0xFFFF
         return heads, lengths, bufs
 
