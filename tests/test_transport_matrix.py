@@ -1,6 +1,7 @@
 """One driver suite, every transport: the rng and blk drivers against their device over loopback,
-pyvirtio's PCI and MMIO models, and QEMU's own devices over qtest (q35 PCI, modern and
-transitional, and microvm virtio-mmio).  The same tests, the same assertions.
+pyvirtio's PCI and MMIO models, pyvirtio's vhost-user daemon and qemu-storage-daemon over
+vhost-user, and QEMU's own devices over qtest (q35 PCI, modern and transitional, and microvm
+virtio-mmio).  The same tests, the same assertions.
 
 Adding a transport is one line in :data:`TRANSPORTS`: a name and a factory.  A factory is a
 context manager ``factory(spec, tmp_path)`` that yields a :class:`~pyvirtio.transport.DriverTransport`
@@ -123,9 +124,45 @@ def qemu_mmio(spec, tmp_path):
     return _qemu(spec, "microvm", "mmio")
 
 
+@contextlib.contextmanager
+def vhost_user(spec, tmp_path):
+    """pyvirtio's own vhost-user daemon (a thread here), driven through VhostUserTransport."""
+    from pyvirtio.bench.peers import InProcessBackend
+    from pyvirtio.vhost_user.transport import VhostUserTransport
+    sock = str(tmp_path / f"vu-{spec.kind}.sock")
+    device = _device(spec)
+    with InProcessBackend(device, sock):
+        t = VhostUserTransport(sock, device_type=device.device_type, memory_size=4 << 20)
+        try:
+            yield t
+        finally:
+            t.close()
+
+
+@contextlib.contextmanager
+def vhost_user_qsd(spec, tmp_path):
+    """qemu-storage-daemon's vhost-user-blk export (it has no entropy device)."""
+    from pyvirtio.bench.peers import QSD, start_qsd, which
+    from pyvirtio.spec.ids import DeviceType
+    from pyvirtio.vhost_user.transport import VhostUserTransport
+    if spec.kind != "blk":
+        pytest.skip("qemu-storage-daemon exports block devices only")
+    require(which(QSD) is not None, "qemu-storage-daemon")
+    sock = str(tmp_path / "qsd.sock")
+    spec.serial = "vhost_user_blk"  # qemu-storage-daemon's fixed serial (it has no option for it)
+    with start_qsd(sock, spec.image):
+        t = VhostUserTransport(sock, device_type=DeviceType.BLOCK, memory_size=4 << 20)
+        try:
+            yield t
+        finally:
+            t.close()
+
+
 #: name -> factory.  One line per transport.
 TRANSPORTS = {
     "loopback": loopback,
+    "vhost-user": vhost_user,
+    "vhost-user-qsd": vhost_user_qsd,
     "pci-model": pci_model,
     "mmio-model": mmio_model,
     "qemu-pci": qemu_pci,
@@ -133,7 +170,7 @@ TRANSPORTS = {
     "qemu-mmio": qemu_mmio,
 }
 
-QEMU = {"qemu-pci", "qemu-pci-transitional", "qemu-mmio"}
+QEMU = {"qemu-pci", "qemu-pci-transitional", "qemu-mmio", "vhost-user-qsd"}
 
 
 def _marks(name):
