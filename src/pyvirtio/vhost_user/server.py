@@ -150,6 +150,10 @@ class Session:
         self.conn = BackendConnection(endpoint.device, name=endpoint.name, **endpoint.options)
         n = len(self.conn.vrings)
         self.ring_locks = [threading.RLock() for _ in range(n)]
+        # Innermost lock: guards the call fds for device-initiated interrupts.  A ring worker may
+        # signal another ring (net rx completions from a tx worker); taking that ring's lock there
+        # could deadlock against handle(), which takes every ring lock in order.
+        self.signal_lock = threading.Lock()
         self.workers = [RingWorker(self, i) for i in range(n)]
         self.kick_fds: dict[int, int] = {}  # registered kick fd -> ring index
         endpoint.device.interrupt = self._interrupt
@@ -161,7 +165,7 @@ class Session:
         if info.queue is None:
             log.info("%s: config change not sent (no back-end request channel)", self.name)
             return
-        with self.ring_locks[info.queue]:
+        with self.signal_lock:
             _signal(self.conn.vrings[info.queue].call_fd)
 
     def handle(self, data: bytes, fds: list[int]) -> list[Reply]:
@@ -169,6 +173,7 @@ class Session:
         with ExitStack() as stack:
             for lock in self.ring_locks:
                 stack.enter_context(lock)
+            stack.enter_context(self.signal_lock)
             outputs = self.conn.receive(data, fds)
         return [o for o in outputs if isinstance(o, Reply)]
 
