@@ -46,7 +46,11 @@ class ConsoleHostLoop:
     # --- control --------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make the loop look at the device again (any thread; never blocks)."""
+        """Make the loop look at the device again (any thread; never blocks).  From the loop's
+        own thread it is a no-op: the loop re-derives what to watch on its next turn anyway, and
+        waking itself would turn it into a busy loop that starves the other threads."""
+        if threading.current_thread() is self._thread:
+            return
         try:
             os.write(self._wfd, b"\0")
         except (BlockingIOError, OSError):
