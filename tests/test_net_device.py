@@ -322,3 +322,50 @@ def test_a_removed_driver_refuses_politely(probe):
         drv.send(numbered_frame(PEER, MAC, 1))
     with pytest.raises(UsageError):
         drv.recv(0.1)
+
+
+def test_a_backend_that_cannot_wait_is_drained_and_drops_are_counted(probe):
+    backend = MockBackend(can_wait=False)
+    dev, drv = probe(backend, rx_buffers=4)
+    backend.incoming.extend(frames_to(MAC, 20))
+    dev.backend_ready()
+    assert not backend.incoming  # nothing left waiting in a back-end that cannot hold frames
+    assert dev.stats["rx_dropped"] == 16 and dev.wants_rx
+    assert [frame_seq(f)[0] for f in drv.recv_all()] == [0, 1, 2, 3]
+
+
+def test_a_backend_that_can_wait_keeps_its_frames(probe):
+    backend = MockBackend()
+    dev, drv = probe(backend, rx_buffers=4)
+    backend.incoming.extend(frames_to(MAC, 20))
+    dev.backend_ready()
+    assert len(backend.incoming) == 16 and dev.rx_starved and not dev.wants_rx
+    got = []
+    while len(got) < 20:
+        frame = drv.recv(1.0)  # reposting the buffers kicks the device, which reads on
+        assert frame is not None
+        got.append(frame_seq(frame)[0])
+    assert got == list(range(20)) and dev.stats["rx_dropped"] == 0
+
+
+def test_frames_for_another_pair_are_signalled_from_the_host_loop(probe):
+    import threading
+    import time
+    from pyvirtio.net.loop import NetLoop
+
+    dev, drv = probe(device=dict(queue_pairs=3), rx_buffers=2)
+    seen, orig = [], dev.interrupt
+    dev.interrupt = lambda info: (seen.append((info.queue, threading.current_thread().name)), orig(info))
+    candidates = [numbered_frame(MAC, mac_bytes(f"52:54:00:00:09:{i:02x}"), i) for i in range(64)]
+    to0 = [f for f in candidates if dev.flows.lookup(f, 3) == 0]
+    to2 = [f for f in candidates if dev.flows.lookup(f, 3) == 2]
+    with NetLoop("test-loop") as loop:
+        loop.add(dev)
+        assert dev.host_frames(to0[:3] + to2[:2]) == 5  # pair 0 has 2 buffers: 1 + 2 wait
+        assert len(dev.backlog) == 3
+        got = drv.recv_all(0.5)  # collecting reposts pair 0's buffers and kicks it
+        assert sorted(got) == sorted(to0[:3] + to2[:2]) and not dev.backlog
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not any(q == 4 for q, _ in seen):
+            time.sleep(0.01)
+        assert ("test-loop" in {name for q, name in seen if q == 4})

@@ -19,7 +19,6 @@ counted) only when the source cannot wait, when the link is down, or when the fi
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import deque
 from typing import Callable, Iterable, Optional
@@ -99,6 +98,7 @@ class NetDevice(ReceivePath, VirtioDevice):
         self.wakeup: Callable[[], None] = _noop
         self.last_error: Optional[Exception] = None
         self.closed = False
+        self._irq_later: set[int] = set()  # notifications the host loop's thread sends
         #: Called with the new state whenever the link the driver sees goes up or down.
         self.link_listeners: list[Callable[[bool], None]] = []
         self.stats = dict.fromkeys(("rx_packets", "rx_bytes", "rx_filtered", "rx_dropped", "rx_errors",
@@ -164,6 +164,11 @@ class NetDevice(ReceivePath, VirtioDevice):
         self.layout_pairs = self.max_pairs if self.has_feature(F.MQ) else 1
         self.filter.enabled = self.has_feature(F.CTRL_RX)
         self.set_guest_offloads(features & ctrl.GUEST_OFFLOADS)
+
+    def reset(self) -> None:
+        """Device reset, under the lock: the host loop's thread may be filling the rings."""
+        with self.lock:
+            super().reset()
 
     def on_reset(self) -> None:
         self._init_state()
@@ -261,13 +266,21 @@ class NetDevice(ReceivePath, VirtioDevice):
 
     def process_queue(self, mem: GuestMemory, queue: SplitDeviceQueue) -> bool:
         """Serve a kicked queue.  Transports call it from their own threads (vhost-user: one
-        per ring) without holding the device lock, so it takes the lock; notifications for other
-        queues go out only after the lock is released (a transport may take its ring locks in
-        the interrupt callback)."""
+        per ring, holding that ring's lock) without the device lock, so it takes the lock.
+        Notifications for *other* queues (frames for another pair) are not sent from here — a
+        transport may take their ring locks in the interrupt callback, and another ring's thread
+        may hold one while it waits for the device lock — but from the host loop's thread."""
+        deferred = False
         with self.lock:
             self.mem, self.live = mem, True
             notify, others = self._process(mem, queue)
-        self._interrupt(others)
+            if others and self.wakeup is not _noop:
+                self._irq_later |= others
+                deferred = True
+        if deferred:
+            self.wakeup()
+        elif others:
+            self._interrupt(others)  # no host loop: in-process transports take no ring locks
         return notify
 
     def _process(self, mem: GuestMemory, queue: SplitDeviceQueue) -> tuple[bool, set[int]]:
@@ -344,8 +357,14 @@ class NetDevice(ReceivePath, VirtioDevice):
         while True:
             if direct is not None and self.link_up and self.active_pairs == 1:
                 heads, lengths, views = direct(mem, TX_BATCH, views=not self.backend.sink)
-                if heads and not self._tx_direct(heads, lengths, views, pair, done):
-                    return False
+                if heads:
+                    if done:  # keep the used ring in the order the chains came
+                        queue.add_used_batch(mem, done)
+                        done.clear()
+                    taken = self._tx_direct(heads, lengths, views, pair)
+                    queue.add_used_heads(mem, heads[:taken] if taken < len(heads) else heads)
+                    if taken < len(heads):
+                        return False
                 if len(heads) == TX_BATCH:
                     continue
             chain = queue.pop_descriptor_chain(mem)
@@ -357,14 +376,13 @@ class NetDevice(ReceivePath, VirtioDevice):
             done.append((chain.head_index, 0))
 
     def _tx_direct(self, heads: list[int], lengths: list[int], views: Optional[list[memoryview]],
-                   pair: int, done: list[tuple[int, int]]) -> bool:
-        """Frames that are one buffer each (header included); False when the back-end is full
-        (the refused frame and the rest of the batch wait in ``tx_held``)."""
+                   pair: int) -> int:
+        """Frames that are one buffer each (header included).  Returns how many were taken;
+        the back-end refused the rest, which wait in ``tx_held``."""
         if views is None and HDR + ETH_HLEN <= min(lengths) and max(lengths) <= HDR + MAX_FRAME:
-            done.extend(zip(heads, itertools.repeat(0)))  # a sink: count them, all at once
-            self.stats["tx_packets"] += len(heads)
+            self.stats["tx_packets"] += len(heads)  # a sink: count them, all at once
             self.stats["tx_bytes"] += sum(lengths) - HDR * len(heads)
-            return True
+            return len(heads)
         send, skip = self.backend.send, 0 if self.backend.vnet_hdr else HDR
         packets = nbytes = 0
         try:
@@ -373,12 +391,11 @@ class NetDevice(ReceivePath, VirtioDevice):
                     self._count_error("tx_errors", NetFrameError(f"transmit chain {head}: {length} bytes"))
                 elif views is not None and not send([views[i][skip:]]):
                     self._tx_hold(heads[i:], lengths[i:], views[i:], pair)
-                    return False
+                    return i
                 else:
                     packets += 1
                     nbytes += length - HDR
-                done.append((head, 0))
-            return True
+            return len(heads)
         finally:
             self.stats["tx_packets"] += packets
             self.stats["tx_bytes"] += nbytes
@@ -414,6 +431,11 @@ class NetDevice(ReceivePath, VirtioDevice):
         return self._rx_ready(self.mem) and not self.rx_starved and not self.backlog
 
     @property
+    def wants_service(self) -> bool:
+        """Whether the host loop should call ``backend_ready`` even if no fd fired."""
+        return bool(self._irq_later)
+
+    @property
     def tx_waiting(self) -> bool:
         return any(self.tx_held)
 
@@ -424,11 +446,12 @@ class NetDevice(ReceivePath, VirtioDevice):
         """A watched back-end fd fired: service the back-end, read frames, resume transmits."""
         notify: set[int] = set()
         with self.lock:
+            notify, self._irq_later = self._irq_later, set()
             self.backend.service()
             mem = self.mem
             if self._rx_ready(mem):
                 try:
-                    notify = self._rx_pump(mem)
+                    notify |= self._rx_pump(mem)
                     for pair, held in enumerate(self.tx_held):
                         if held and self._tx_run(mem, pair):
                             notify.add(2 * pair + 1)

@@ -2,7 +2,8 @@
 
 from .blk import BlkDriver
 from .console import ConsoleDriver
+from .net import NetDriver
 from .rng import RngDriver
 
 #: Every driver pyvirtio ships, for bus binding.
-ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver)
+ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver, NetDriver)

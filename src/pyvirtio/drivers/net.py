@@ -26,6 +26,8 @@ F = spec.NetFeature
 HDR = spec.NET_HDR_SIZE
 MAX_FRAME = 65536 + 64
 WAIT_SLICE = 0.05
+#: Queue pairs used when the caller does not say (Linux uses one per CPU).
+DEFAULT_MAX_PAIRS = 8
 TX_SLOT = 2048
 
 WANTED = sum(1 << f for f in (F.MAC, F.STATUS, F.MTU, F.MRG_RXBUF, F.CTRL_VQ, F.CTRL_RX, F.CTRL_RX_EXTRA,
@@ -105,7 +107,7 @@ class NetDriver(VirtioDriver):
         self.mac = self.config["mac"] if self.has_feature(F.MAC) else (self.requested_mac or random_mac())
         self.mtu = self.config["mtu"] if self.has_feature(F.MTU) else None
         self.layout_pairs = max(1, self.config["max_virtqueue_pairs"]) if self.has_feature(F.MQ) else 1
-        self.pairs = min(self.layout_pairs, self.max_pairs or self.layout_pairs)
+        self.pairs = min(self.layout_pairs, self.max_pairs or DEFAULT_MAX_PAIRS)
         self.mrg = self.has_feature(F.MRG_RXBUF)
         self.link = self._read_link()
         self.queues = []

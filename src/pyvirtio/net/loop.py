@@ -91,21 +91,23 @@ class NetLoop:
     def run_once(self, timeout: Optional[float] = 1.0) -> int:
         """Wait for one batch of events and serve it; returns how many devices were served."""
         self._sync(self._wanted())
-        served = 0
+        ready = []
         for key, _mask in self._selector.select(timeout):
             if key.data is None:
                 try:
                     os.eventfd_read(self._wake_fd)
                 except BlockingIOError:
                     pass
+                with self._lock:
+                    ready += [d for d in self._devices if getattr(d, "wants_service", False)]
                 continue
-            for device in key.data:
-                served += 1
-                try:
-                    device.backend_ready()
-                except OSError as exc:
-                    log.warning("%s: back-end %s failed: %s", self.name, device.backend.describe(), exc)
-        return served
+            ready += [d for d in key.data if d not in ready]
+        for device in ready:
+            try:
+                device.backend_ready()
+            except OSError as exc:
+                log.warning("%s: back-end %s failed: %s", self.name, device.backend.describe(), exc)
+        return len(ready)
 
     # --- the thread ----------------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ class MockBackend(NetBackend):
     kind = "mock"
 
     def __init__(self, frames: Iterable[bytes] = (), *, vnet_hdr: bool = False, offload_features: int = 0,
-                 link_up: bool = True):
+                 link_up: bool = True, can_wait: bool = True):
         super().__init__()
+        self.can_wait = can_wait
         self.vnet_hdr = vnet_hdr
         self.offload_features = offload_features
         self.incoming: deque[bytes] = deque(frames)

@@ -140,18 +140,22 @@ class ReceivePath:
         return True
 
     def _starve(self, mem: GuestMemory, placer: RxPlacer) -> bool:
-        """No buffers: stop reading until the driver posts some (it will kick)."""
+        """No buffers: stop reading until the driver posts some (it will kick) — or, for a
+        back-end that cannot hold frames, read and drop (counted) one.  True: go on."""
         if placer.wait_for_buffers(mem):
-            return True  # buffers raced in: go on
+            return True  # buffers raced in
+        if not self.backend.can_wait:
+            return self._discard(1) == 1
         self.rx_starved = True
         return False
 
-    def _discard(self, budget: int) -> None:
-        """Link down: frames that arrive are lost, as on an unplugged cable."""
-        for _ in range(budget):
+    def _discard(self, budget: int) -> int:
+        """Read and drop up to ``budget`` frames (link down: lost, as on an unplugged cable)."""
+        for n in range(budget):
             if self.backend.recv_into([self._scratch]) is None:
-                return
+                return n
             self.stats["rx_dropped"] += 1
+        return budget
 
     def _scratch_header(self, skip: int) -> Optional[bytes]:
         if skip:

@@ -16,7 +16,7 @@ import array
 import itertools
 import sys
 from operator import itemgetter
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
 from ..fence import full_fence
@@ -298,6 +298,24 @@ class SplitDeviceQueue:
             flat = None
         if flat is None or len(flat) % 2 or (flat and max(flat[0::2]) >= self.size):
             raise UsageError(f"queue {self.index}: add_used_batch with an element out of range")
+        self._publish_used(flat)
+
+    def add_used_heads(self, mem: GuestMemory, heads: Sequence[int], length: int = 0) -> None:
+        """Put chains that each got ``length`` bytes written (a transmit queue's: 0) in the used
+        ring with one index update — ``add_used_batch`` without a tuple per chain."""
+        self._check(mem)
+        try:
+            ids = array.array("I", heads)
+            flat = array.array("I", (length,)) * (2 * len(ids))
+        except (OverflowError, TypeError):
+            ids = None
+        if ids is None or (ids and max(ids) >= self.size):
+            raise UsageError(f"queue {self.index}: add_used_heads with an element out of range")
+        flat[0::2] = ids
+        self._publish_used(flat)
+
+    def _publish_used(self, flat: array.array) -> None:
+        """Write ``id, len`` pairs at the used ring's next slots, then the index."""
         count, slot = len(flat) // 2, self.next_used & (self.size - 1)
         first = min(count, self.size - slot)
         self._used32[1 + 2 * slot:1 + 2 * (slot + first)] = flat[:2 * first]

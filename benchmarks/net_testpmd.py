@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Network device throughput: DPDK testpmd as a vhost-user front-end (virtio-user, ``txonly``)
+sending into ``pyvirtio serve net --null``, and into DPDK's own vhost back-end (testpmd with a
+``net_vhost`` port in ``rxonly``) — the two back-ends alternate in one run (PEERS.md).
+
+    python benchmarks/net_testpmd.py [--rounds 5] [--seconds 8] [--sizes 64,1500] [--json FILE]
+
+Each back-end's data path gets one CPU: ``pyvirtio serve`` is pinned to CPU 0 and DPDK's
+back-end forwards on lcore 0; the front-end forwards on lcore 1.  Both front-ends run with
+``in_order=0`` (pyvirtio does not offer VIRTIO_F_IN_ORDER), split rings, one queue pair.  A
+measurement is the median of testpmd's per-second Tx-pps after two warm-up seconds; the
+result per frame size is the median over rounds of each back-end, and the median of the
+per-round ratios (the order of the two back-ends flips every round).
+
+What each back-end does per frame: DPDK's rxonly copies it into an mbuf and frees it;
+``--null`` checks the descriptor chain and returns it without reading the frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TESTPMD = "dpdk-testpmd"
+_PPS = re.compile(r"Tx-pps:\s+(\d+)")
+
+
+def _wait_socket(path: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"back-end did not listen on {path} (exit {proc.poll()})")
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_backend(kind: str, sock: str, work: str) -> tuple[subprocess.Popen, str]:
+    log = os.path.join(work, f"{kind}.log")
+    if kind == "pyvirtio":
+        argv = ["taskset", "-c", "0", sys.executable, "-m", "pyvirtio.cli", "serve", "net", "--null",
+                f"--socket-path={sock}"]
+    else:
+        argv = [TESTPMD, "-l", "0,1", "--main-lcore", "1", "--no-huge", "-m", "1024", "--no-pci",
+                f"--file-prefix=pvnb-vh-{os.getpid()}", "--vdev", f"net_vhost0,iface={sock},queues=1", "--",
+                "--forward-mode=rxonly", "-a", "--stats-period", "60", "--nb-cores=1",
+                "--total-num-mbufs=16384"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    _wait_socket(sock, proc)
+    return proc, log
+
+
+def run_frontend(sock: str, size: int, seconds: float, work: str) -> list[int]:
+    """testpmd virtio-user txonly for ``seconds``; its per-second Tx-pps samples."""
+    argv = [TESTPMD, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "1024", "--no-pci",
+            f"--file-prefix=pvnb-vu-{os.getpid()}", "--vdev",
+            f"net_virtio_user0,path={sock},queues=1,in_order=0", "--", "--forward-mode=txonly", "-a",
+            "--stats-period", "1", "--nb-cores=1", f"--txpkts={size}"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    with open(os.path.join(work, "frontend.log"), "a") as f:
+        f.write(out)
+    return [int(m) for m in _PPS.findall(out)]
+
+
+def measure(kind: str, size: int, seconds: float, work: str) -> float:
+    sock = os.path.join(work, f"{kind}.sock")
+    proc, log = start_backend(kind, sock, work)
+    try:
+        samples = run_frontend(sock, size, seconds, work)
+    finally:
+        _stop(proc)
+        for path in (sock, f"/var/run/dpdk/pvnb-vh-{os.getpid()}", f"/var/run/dpdk/pvnb-vu-{os.getpid()}"):
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+    steady = [s for s in samples[2:] if s > 0]
+    if not steady:
+        raise RuntimeError(f"{kind}, {size} B: no traffic (samples {samples}); see {log}")
+    return statistics.median(steady)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--sizes", default="64,1500")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    if shutil.which(TESTPMD) is None or shutil.which("taskset") is None:
+        print(f"net_testpmd: needs {TESTPMD} (dpdk-dev) and taskset", file=sys.stderr)
+        return 2
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = tempfile.mkdtemp(prefix="pyvirtio-netbench-")
+    rows = []
+    for rnd in range(args.rounds):
+        order = ["pyvirtio", "dpdk"] if rnd % 2 == 0 else ["dpdk", "pyvirtio"]
+        for size in sizes:
+            pps = {kind: measure(kind, size, args.seconds, work) for kind in order}
+            rows.append({"round": rnd, "size": size, **pps, "ratio": pps["pyvirtio"] / pps["dpdk"]})
+            print(f"round {rnd} {size:5d} B  pyvirtio {pps['pyvirtio'] / 1e6:6.3f} Mpps  "
+                  f"dpdk {pps['dpdk'] / 1e6:6.3f} Mpps  ratio {rows[-1]['ratio']:.3f}", flush=True)
+    summary = {}
+    for size in sizes:
+        mine = [r for r in rows if r["size"] == size]
+        summary[size] = {k: statistics.median(r[k] for r in mine) for k in ("pyvirtio", "dpdk", "ratio")}
+        s = summary[size]
+        print(f"{size:5d} B: pyvirtio {s['pyvirtio'] / 1e6:.3f} Mpps, DPDK vhost {s['dpdk'] / 1e6:.3f} Mpps, "
+              f"median ratio {s['ratio']:.3f} (rounds: "
+              + ", ".join(f"{r['ratio']:.2f}" for r in mine) + ")")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "summary": summary, "seconds": args.seconds}, f, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
