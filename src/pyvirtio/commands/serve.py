@@ -93,6 +93,8 @@ BACKENDS = {
     "rng": BackendType("rng", (), _build_rng, lambda a: "entropy device"),
     "net": BackendType("net", (), lambda a: _net_cli().build_device(a),
                        lambda a: f"network device on {_net_cli().build_backend_name(a)}"),
+    "console": BackendType("console", (), lambda a: _console_cli().build_device(a),
+                           lambda a: _console_cli().describe(a)),
 }
 
 
@@ -101,8 +103,13 @@ def _net_cli():
     return net_cli
 
 
+def _console_cli():
+    from ..devices import console_cli
+    return console_cli
+
+
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run a vhost-user back-end (blk, rng) for QEMU",
+    p = sub.add_parser("serve", help="run a vhost-user back-end (blk, rng, net, console) for QEMU",
                        description="Serve a pyvirtio device over vhost-user on a UNIX socket, "
                                    "following vhost-user.rst's back-end program conventions.")
     types = p.add_subparsers(dest="backend", metavar="TYPE", parser_class=_OneLineParser)
@@ -119,6 +126,10 @@ def register(sub) -> None:
                                        "socket, or nothing (--null)")
     _common(net)
     _net_cli().add_arguments(net)
+    console = types.add_parser("console", help="a virtio-console device with named ports bridged to "
+                                               "UNIX sockets, ptys or stdio")
+    _common(console)
+    _console_cli().add_arguments(console)
     p.set_defaults(func=run)
 
 
@@ -132,7 +143,7 @@ def _common(p) -> None:
 
 def run(args) -> int:
     if not getattr(args, "backend", None):
-        raise CliError("say which back-end to serve: blk or rng")
+        raise CliError("say which back-end to serve: blk, rng, net or console")
     kind = BACKENDS[args.backend]
     if args.print_capabilities:
         print(json.dumps(kind.capabilities()))
@@ -142,12 +153,15 @@ def run(args) -> int:
     from ..vhost_user.server import VhostUserServer, inherited_socket
     device = kind.build(args)
     server = VhostUserServer()
+    host_loop = None
     try:
         try:
             if args.fd is not None:
-                server.add(device, sock=inherited_socket(args.fd))
+                endpoint = server.add(device, sock=inherited_socket(args.fd))
             else:
-                server.add(device, socket_path=args.socket_path)
+                endpoint = server.add(device, socket_path=args.socket_path)
+            if args.backend == "console":  # its ports' host ends need a loop of their own
+                host_loop = _console_cli().attach(device, endpoint)
         except UsageError as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -158,6 +172,8 @@ def run(args) -> int:
         server.serve_forever()
     finally:
         server.close()
+        if host_loop is not None:
+            host_loop.close()
         device.close()
     return 0
 
@@ -175,3 +191,8 @@ def main_blk(argv: list[str] | None = None) -> int:
 def main_rng(argv: list[str] | None = None) -> int:
     """Entry point ``pyvirtio-vhost-user-rng`` (what 50-pyvirtio-rng.json's binary runs)."""
     return _main("rng", argv)
+
+
+def main_net(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-net`` (what 50-pyvirtio-net.json's binary runs)."""
+    return _main("net", argv)
