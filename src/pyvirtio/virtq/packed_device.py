@@ -16,10 +16,11 @@ from __future__ import annotations
 import struct
 from typing import Callable, Iterable
 
-from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
+from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
+from .base import DeviceRingSide
 from .chain import DescriptorChain
 from .drain import drain_queue
 from .event import vring_need_event
@@ -52,7 +53,7 @@ def packed_need_event(off_wrap: int, wrap: int, new: int, added: int, size: int)
     return vring_need_event(event & 0xFFFF, new, (new - added) & 0xFFFF)
 
 
-class PackedDeviceQueue:
+class PackedDeviceQueue(DeviceRingSide):
     """Device-side state of one packed virtqueue."""
 
     packed = True
@@ -123,18 +124,7 @@ class PackedDeviceQueue:
         self._driver16, self._device16 = driver.cast("H"), device.cast("H")
         self._mem, self._gen = mem, mem.generation
 
-    def _break(self, fault: Exception):
-        self.broken = True
-        self.fault = fault
-        raise fault
 
-    def _check(self, mem: GuestMemory) -> None:
-        if self.broken:
-            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
-        if not self.ready:
-            raise UsageError(f"queue {self.index} is not ready")
-        if mem is not self._mem or mem.generation != self._gen:
-            self._bind(mem)
 
     # --- consuming available buffers ------------------------------------------------------------
 

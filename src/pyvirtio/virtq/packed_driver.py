@@ -13,10 +13,11 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import DeviceFault, GuestMemoryError, QueueBroken, QueueFull, UsageError
+from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
 from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
+from .base import RingSide
 from .packed_device import is_valid_packed_size, packed_need_event
 
 _DESC = ring.PVIRTQ_DESC
@@ -58,7 +59,7 @@ def _avail_flags(wrap: int) -> int:
     return _F_AVAIL if wrap else _F_USED
 
 
-class PackedDriverQueue:
+class PackedDriverQueue(RingSide):
     packed = True
 
     def __init__(self, layout: PackedRingLayout, *, index: int = 0, event_idx: bool = False,
@@ -112,16 +113,7 @@ class PackedDriverQueue:
         self._desc16 = self._desc.cast("H")
         self._mem, self._gen = mem, mem.generation
 
-    def _check(self, mem: GuestMemory) -> None:
-        if self.broken:
-            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
-        if mem is not self._mem or mem.generation != self._gen:
-            self._bind(mem)
 
-    def _break(self, fault: Exception):
-        self.broken = True
-        self.fault = fault
-        raise fault
 
     # --- making buffers available ---------------------------------------------------------------
 

@@ -18,10 +18,11 @@ import sys
 from operator import itemgetter
 from typing import Callable, Iterable, Sequence
 
-from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
+from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
+from .base import DeviceRingSide
 from .chain import DescriptorChain
 from .drain import drain_queue
 from .event import vring_need_event
@@ -37,7 +38,7 @@ _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 _CHAIN_BYTES_LIMIT = 1 << 32
 
 
-class SplitDeviceQueue:
+class SplitDeviceQueue(DeviceRingSide):
     """Device-side state of one split virtqueue: addresses, indices, notification state."""
 
     def __init__(self, max_size: int = 256, *, index: int = 0):
@@ -124,18 +125,7 @@ class SplitDeviceQueue:
         self._used32 = used[:4 + 8 * size].cast("I")
         self._mem, self._gen = mem, mem.generation
 
-    def _break(self, fault: Exception):
-        self.broken = True
-        self.fault = fault
-        raise fault
 
-    def _check(self, mem: GuestMemory) -> None:
-        if self.broken:
-            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
-        if not self.ready:
-            raise UsageError(f"queue {self.index} is not ready")
-        if mem is not self._mem or mem.generation != self._gen:
-            self._bind(mem)
 
     # --- consuming available buffers ------------------------------------------------------------
 

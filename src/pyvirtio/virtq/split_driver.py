@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import DeviceFault, GuestMemoryError, QueueBroken, QueueFull, UsageError
+from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
 from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
+from .base import RingSide
 from .event import vring_need_event
 from .layout import SplitRingLayout, avail_ring_size, desc_table_size, used_ring_size
 
@@ -29,7 +30,7 @@ _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 Buffer = tuple[int, int]  # (guest-physical address, length)
 
 
-class SplitDriverQueue:
+class SplitDriverQueue(RingSide):
     """Driver-side state of one split virtqueue."""
 
     def __init__(self, layout: SplitRingLayout, *, index: int = 0, event_idx: bool = False,
@@ -91,16 +92,7 @@ class SplitDriverQueue:
         self._used32 = self._used[:4 + 8 * self.size].cast("I")
         self._mem, self._gen = mem, mem.generation
 
-    def _check(self, mem: GuestMemory) -> None:
-        if self.broken:
-            raise QueueBroken(f"queue {self.index} is broken: {self.fault}")
-        if mem is not self._mem or mem.generation != self._gen:
-            self._bind(mem)
 
-    def _break(self, fault: Exception):
-        self.broken = True
-        self.fault = fault
-        raise fault
 
     # --- making buffers available ---------------------------------------------------------------
 
