@@ -14,10 +14,9 @@ import shutil
 import sys
 
 import pytest
+from pyvirtio.testing.env import in_ci as _ci
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def pytest_collection_modifyitems(items):

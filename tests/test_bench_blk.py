@@ -4,7 +4,6 @@ qemu-storage-daemon (short runs), its numbers' plumbing, and its errors."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,10 +15,9 @@ from pyvirtio.bench.blk import (BlkBenchConfig, bench_driver_class, latency_summ
 from pyvirtio.bench.peers import start_pyvirtio, start_qsd
 from pyvirtio.cli import main
 from pyvirtio.errors import UsageError
+from pyvirtio.testing.env import in_ci as _ci
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture

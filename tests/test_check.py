@@ -4,7 +4,6 @@ complete run whose findings are recorded (printed, and kept as test properties).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,10 +14,9 @@ from pyvirtio.bench.peers import PeerFailed, start_pyvirtio, start_qsd, start_te
 from pyvirtio.cli import main
 from pyvirtio.conformance.vhost_user import CHECKS, Status, run_checks
 from pyvirtio.spec.ids import DeviceType
+from pyvirtio.testing.env import in_ci as _ci
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture

@@ -29,12 +29,11 @@ from pyvirtio.net.switch import get_switch
 from pyvirtio.net.tap import TapBackend, tun_available
 from pyvirtio.net.vhost_link import VhostLinkControl
 from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.testing.env import in_ci as _ci
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 class Daemon:

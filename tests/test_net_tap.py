@@ -16,14 +16,13 @@ from pyvirtio.net import frame as fr
 from pyvirtio.net.loop import NetLoop
 from pyvirtio.net.tap import TapBackend, run_in_netns, tun_available
 from pyvirtio.spec import net as spec
+from pyvirtio.testing.env import in_ci as _ci
 
 F = spec.NetFeature
 HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
 GUEST_MAC = fr.mac_bytes("52:54:00:aa:00:02")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def _unavailable() -> str | None:

@@ -4,7 +4,6 @@ net_vhost and virtiofsd; and its one-line errors."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -18,10 +17,9 @@ from pyvirtio.bench.peers import (InProcessBackend, PeerFailed, start_qsd, start
 from pyvirtio.cli import main
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
+from pyvirtio.testing.env import in_ci as _ci
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 
 import pytest
 
@@ -22,6 +21,7 @@ from pyvirtio.spec.mmio import MAGIC_VALUE, MmioReg as R
 from pyvirtio.spec.pci import (VIRTIO_MSI_NO_VECTOR, CommonCfg as C, PciCapType, PciCfg, PciCommand,
                                VirtioPciCap)
 from pyvirtio.spec.status import DeviceStatus as S
+from pyvirtio.testing.env import in_ci as _ci
 
 pytestmark = pytest.mark.peer
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.peer
 def _need_qemu():
     if qemu_available():
         return
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+    if _ci():
         pytest.fail("qemu-system-x86_64 is required when CI is set")
     pytest.skip("qemu-system-x86_64 not found")
 

@@ -16,7 +16,6 @@ under ``CI=true``, where they fail.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import pytest
@@ -30,6 +29,7 @@ from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.errors import RequestError
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.spec.blk import BlkStatus
+from pyvirtio.testing.env import require
 
 
 @dataclass
@@ -40,17 +40,8 @@ class DeviceSpec:
     serial: str = "pyvirtio-matrix"
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-def require(program_ok: bool, what: str) -> None:
-    """Skip when an external program is missing — but fail under CI, where it must be there."""
-    if program_ok:
-        return
-    if _ci():
-        pytest.fail(f"{what} is required when CI is set")
-    pytest.skip(f"{what} not found")
 
 
 def _device(spec: DeviceSpec):

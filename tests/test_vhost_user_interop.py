@@ -19,13 +19,12 @@ from pyvirtio.errors import RequestError
 from pyvirtio.spec.blk import BlkFeature, BlkStatus
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.testing.env import in_ci as _ci
 
 pytestmark = pytest.mark.peer
 IMAGE_SIZE = 16 << 20
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="module")
