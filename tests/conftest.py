@@ -71,3 +71,12 @@ def boot(guest_kernel, tmp_path):
     yield _boot
     for g in started:
         g.close()
+
+
+@pytest.fixture
+def image(tmp_path):
+    """A fresh 32 MiB sparse raw disk image (tests that need another size define their own)."""
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(32 << 20)
+    return str(path)

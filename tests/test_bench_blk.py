@@ -20,12 +20,6 @@ from pyvirtio.testing.env import in_ci as _ci
 
 
 
-@pytest.fixture
-def image(tmp_path):
-    path = tmp_path / "disk.img"
-    with open(path, "wb") as f:
-        f.truncate(32 << 20)
-    return str(path)
 
 
 @pytest.fixture
