@@ -1,15 +1,15 @@
 """The vhost-user daemon: the I/O shell around :class:`~.backend.BackendConnection`.
 
-One thread runs a ``selectors`` loop over every listening socket, every front-end connection and
-every kick eventfd, for any number of devices (an :class:`Endpoint` each).  Each vring gets a
-worker thread that drains it when the loop sees a kick, so a slow disk request on one queue never
-holds up another queue or another device.
+One thread runs a ``selectors`` loop over every listening socket and every front-end connection,
+for any number of devices (an :class:`Endpoint` each).  Each vring gets a worker thread that waits
+on the ring's kick eventfd itself and drains the ring, so a slow disk request on one queue never
+holds up another queue or another device, and a kick reaches the drain in one thread hop.
 
 Locking: a control message may change a ring (GET_VRING_BASE stops it, SET_MEM_TABLE replaces the
 memory under it), so the loop takes every ring lock of that connection while the core handles the
-message, and a worker holds its ring's lock while it drains.  Kick fds are registered from the
-connection's state after each batch of messages (never tracked on the side), and every active ring
-is drained once after each batch, so a kick that came while a ring was disabled is not lost.
+message, and a worker holds its ring's lock while it drains.  Workers derive the kick fd to watch
+from the ring's state (never tracked on the side) and are woken after each batch of messages to
+re-derive it and drain once, so a kick that came while a ring was disabled is not lost.
 
 When a front-end hangs up the rings are stopped (workers joined), the memory is unmapped, every fd
 is closed, the device is reset, and the endpoint accepts the next front-end — a rebooting guest or
@@ -28,12 +28,11 @@ import signal
 import socket
 import stat
 import threading
-import time
 from contextlib import ExitStack
 from typing import Iterable
 
 from ..device import VirtioDevice
-from ..errors import TransportError, UsageError, VirtioError
+from ..errors import TransportError, UsageError
 from ..interrupt import Interrupt
 from .backend import BackendConnection, Reply
 from .errors import ConnectionFatal
@@ -46,8 +45,6 @@ _CMSG_FDS = 4 * MAX_FDS
 _SEND_TIMEOUT = 5.0
 #: How often a ring in polling mode (SET_VRING_KICK with NOFD) is looked at.
 POLL_INTERVAL = 0.001
-#: How long a ring worker keeps looking at its ring after a drain before it sleeps on the kick.
-BUSY_POLL = 200e-6
 
 
 # --- listening sockets -------------------------------------------------------------------------
@@ -111,56 +108,75 @@ def is_listening(sock: socket.socket) -> bool:
 
 
 class RingWorker(threading.Thread):
-    """Drains one vring whenever it is kicked (or every POLL_INTERVAL in polling mode)."""
+    """Drains one vring: it waits on the ring's kick eventfd itself (one thread hop from the
+    front-end's kick to the drain), on a wake eventfd of its own (control messages, stop), or
+    every POLL_INTERVAL in polling mode.  It re-derives the kick fd from the ring each turn and
+    reads it only under the ring lock after checking it is still the ring's, because control
+    messages replace and close kick fds under that lock."""
 
     def __init__(self, session: "Session", index: int):
         super().__init__(name=f"{session.name}-vring{index}", daemon=True)
         self.session = session
         self.index = index
-        self._wake = threading.Event()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._stopping = False
 
     def kick(self) -> None:
-        self._wake.set()
+        _signal(self._wake_fd)
 
     def stop(self) -> None:
         self._stopping = True
-        self._wake.set()
+        self.kick()
 
     def run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            os.close(self._wake_fd)
+
+    def _serve(self) -> None:
         conn, ring = self.session.conn, self.session.conn.vrings[self.index]
         lock = self.session.ring_locks[self.index]
+        poller = select.poll()
+        poller.register(self._wake_fd, select.POLLIN)
+        watched = dead = -1
         while True:
-            self._wake.wait(POLL_INTERVAL if ring.polling and ring.active else None)
-            self._wake.clear()
+            fd = ring.kick_fd if ring.started else -1
+            if fd != dead:
+                dead = -1
+            if fd != watched:
+                if watched >= 0:
+                    poller.unregister(watched)
+                watched = fd if fd != dead else -1
+                if watched >= 0:
+                    poller.register(watched, select.POLLIN)
+            polling = ring.polling and ring.active
+            events = poller.poll(POLL_INTERVAL * 1000 if polling else None)
             if self._stopping:
                 return
+            _drain_eventfd(self._wake_fd)
+            kicked = {f: e for f, e in events if f == watched}
             with lock:
+                if kicked and watched == ring.kick_fd and not self._take_kick(watched, kicked[watched]):
+                    dead = watched  # not a usable eventfd: stop watching it until it is replaced
                 notify, fault = conn.process_ring(self.index)
                 if notify:
                     _signal(ring.call_fd)
                 if fault:
                     _signal(ring.err_fd)
-            if not fault and self._work_arrives_soon(conn, ring, lock):
-                self._wake.set()
 
-    def _work_arrives_soon(self, conn, ring, lock) -> bool:
-        """Watch the ring for BUSY_POLL seconds after a drain: a synchronous front-end often
-        posts its next request within microseconds, and taking it from the ring saves the trip
-        through the kick eventfd, the event loop and this thread's wake-up (two thread switches).
-        Each look takes the ring lock (a control message may unmap the ring) and yields the GIL."""
-        deadline = time.perf_counter() + BUSY_POLL
-        while time.perf_counter() < deadline and not self._wake.is_set():
-            with lock:
-                if not ring.active:
-                    return False
-                try:
-                    if ring.queue.has_available(conn.memory):
-                        return True
-                except VirtioError:
-                    return False
-            time.sleep(0)
-        return False
+    def _take_kick(self, fd: int, revents: int) -> bool:
+        """Consume a kick; False if the fd is not one the front-end can kick us through."""
+        try:
+            if revents & (select.POLLNVAL | select.POLLERR) or not os.read(fd, 8):
+                raise OSError(errno.EPIPE, "closed or at end of file")
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as exc:
+            log.warning("%s: kick fd of ring %d unusable (%s); ignoring it", self.session.name,
+                        self.index, exc.strerror)
+            return False
+        return True
 
 
 class Session:
@@ -178,7 +194,6 @@ class Session:
         # could deadlock against handle(), which takes every ring lock in order.
         self.signal_lock = threading.Lock()
         self.workers = [RingWorker(self, i) for i in range(n)]
-        self.kick_fds: dict[int, int] = {}  # registered kick fd -> ring index
         endpoint.device.interrupt = self._interrupt
         for w in self.workers:
             w.start()
@@ -201,9 +216,9 @@ class Session:
         return [o for o in outputs if isinstance(o, Reply)]
 
     def drain_active(self) -> None:
-        for ring, worker in zip(self.conn.vrings, self.workers):
-            if ring.active:
-                worker.kick()
+        """After control messages: every worker re-derives its kick fd and drains if active."""
+        for worker in self.workers:
+            worker.kick()
 
     def close(self) -> None:
         for w in self.workers:
@@ -321,8 +336,6 @@ class VhostUserServer:
                         self._accept(obj)
                     elif kind == "conn":
                         self._readable(obj)
-                    elif kind == "kick":
-                        self._kicked(*obj, key.fd)
         finally:
             self.close()
 
@@ -372,9 +385,6 @@ class VhostUserServer:
         served = ", ".join(f"ring {r.index}: {r.chains}" for r in session.conn.vrings)
         log.info("%s: front-end gone (%s); rings stopped, memory unmapped; requests served: %s",
                  ep.name, why, served)
-        for fd in session.kick_fds:
-            self.selector.unregister(fd)
-        session.kick_fds.clear()
         self.selector.unregister(session.sock)
         session.close()
         ep.session = None
@@ -412,9 +422,6 @@ class VhostUserServer:
                 return
 
     def _process(self, session: Session, data: bytes, fds: list[int]) -> bool:
-        for fd in session.kick_fds:  # re-derived from the state after the message
-            self.selector.unregister(fd)
-        session.kick_fds.clear()
         try:
             replies = session.handle(data, fds)
             for reply in replies:
@@ -433,29 +440,10 @@ class VhostUserServer:
             for fd in (ring.call_fd, ring.err_fd):  # a full pipe must not block a worker
                 if fd >= 0:
                     _nonblocking(fd)
-            if ring.started and ring.kick_fd >= 0:
+            if ring.kick_fd >= 0:
                 _nonblocking(ring.kick_fd)
-                self.selector.register(ring.kick_fd, selectors.EVENT_READ,
-                                       ("kick", (session, ring.index)))
-                session.kick_fds[ring.kick_fd] = ring.index
         session.drain_active()
         return True
-
-    def _kicked(self, session: Session, index: int, fd: int) -> None:
-        if session.kick_fds.get(fd) != index:
-            return  # a stale event: a message earlier in this batch re-derived the kick fds
-        try:
-            if not os.read(fd, 8):
-                raise OSError(errno.EPIPE, "end of file")
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # not an eventfd that QEMU writes: stop watching it
-            log.warning("%s: kick fd of ring %d unusable (%s); ignoring it", session.name, index,
-                        exc.strerror)
-            self.selector.unregister(fd)
-            del session.kick_fds[fd]
-            return
-        session.workers[index].kick()
 
 
 # --- socket helpers ----------------------------------------------------------------------------
