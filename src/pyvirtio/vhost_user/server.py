@@ -154,8 +154,12 @@ class RingWorker(threading.Thread):
             events = poller.poll(POLL_INTERVAL * 1000 if polling else None)
             if self._stopping:
                 return
-            _drain_eventfd(self._wake_fd)
-            kicked = {f: e for f, e in events if f == watched}
+            kicked = {}
+            for f, e in events:
+                if f == watched:
+                    kicked[f] = e
+                elif f == self._wake_fd:
+                    _drain_eventfd(f)
             with lock:
                 if kicked and watched == ring.kick_fd and not self._take_kick(watched, kicked[watched]):
                     dead = watched  # not a usable eventfd: stop watching it until it is replaced
