@@ -3,6 +3,8 @@ memory object or its region set changes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import QueueBroken, UsageError
 from ..memory import GuestMemory
 
@@ -45,3 +47,30 @@ class DeviceRingSide(RingSide):
             raise UsageError(f"queue {self.index} is not ready")
         if mem is not self._mem or mem.generation != self._gen:
             self._bind(mem)
+
+
+class DriverRingSide(RingSide):
+    """What the split and packed driver sides share beyond the base."""
+
+    _tokens: list
+
+    def _init_state(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_buf(self, mem: GuestMemory):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_bufs(self, mem: GuestMemory) -> list[tuple[Any, int]]:
+        """Every used chain there is now, as ``(token, bytes written)``."""
+        out = []
+        while (item := self.get_buf(mem)) is not None:
+            out.append(item)
+        return out
+
+    def detach_unused(self) -> list[Any]:
+        """Forget every outstanding chain (after a device reset); returns their tokens."""
+        tokens = [t for t in self._tokens if t is not None]
+        self._init_state()
+        self.broken, self.fault = False, None
+        self._mem, self._gen = None, -1
+        return tokens

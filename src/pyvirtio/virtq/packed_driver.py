@@ -17,7 +17,7 @@ from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
 from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
-from .base import RingSide
+from .base import DriverRingSide
 from .packed_device import is_valid_packed_size, packed_need_event
 
 _DESC = ring.PVIRTQ_DESC
@@ -59,7 +59,7 @@ def _avail_flags(wrap: int) -> int:
     return _F_AVAIL if wrap else _F_USED
 
 
-class PackedDriverQueue(RingSide):
+class PackedDriverQueue(DriverRingSide):
     packed = True
 
     def __init__(self, layout: PackedRingLayout, *, index: int = 0, event_idx: bool = False,
@@ -218,18 +218,7 @@ class PackedDriverQueue(RingSide):
             self._driver16[0] = pos | (self.used_wrap << 15)
         return token, length
 
-    def get_bufs(self, mem: GuestMemory) -> list[tuple[Any, int]]:
-        out = []
-        while (item := self.get_buf(mem)) is not None:
-            out.append(item)
-        return out
 
-    def detach_unused(self) -> list[Any]:
-        tokens = [t for t in self._tokens if t is not None]
-        self._init_state()
-        self.broken, self.fault = False, None
-        self._mem, self._gen = None, -1
-        return tokens
 
     # --- interrupt suppression ------------------------------------------------------------------
 

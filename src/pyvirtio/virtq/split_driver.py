@@ -18,7 +18,7 @@ from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
 from ..fence import full_fence
 from ..memory import GuestMemory
 from ..spec import ring
-from .base import RingSide
+from .base import DriverRingSide
 from .event import vring_need_event
 from .layout import SplitRingLayout, avail_ring_size, desc_table_size, used_ring_size
 
@@ -30,7 +30,7 @@ _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 Buffer = tuple[int, int]  # (guest-physical address, length)
 
 
-class SplitDriverQueue(RingSide):
+class SplitDriverQueue(DriverRingSide):
     """Driver-side state of one split virtqueue."""
 
     def __init__(self, layout: SplitRingLayout, *, index: int = 0, event_idx: bool = False,
@@ -212,11 +212,6 @@ class SplitDriverQueue(RingSide):
             self._avail16[2 + self.size] = self.last_used  # used_event
         return token, length
 
-    def get_bufs(self, mem: GuestMemory) -> list[tuple[Any, int]]:
-        out = []
-        while (item := self.get_buf(mem)) is not None:
-            out.append(item)
-        return out
 
     def _free_chain(self, head: int) -> None:
         n = self._chain_len[head]
@@ -230,13 +225,6 @@ class SplitDriverQueue(RingSide):
         self._tokens[head] = None
         self.outstanding -= 1
 
-    def detach_unused(self) -> list[Any]:
-        """Forget every outstanding chain (after a device reset); returns their tokens."""
-        tokens = [t for t in self._tokens if t is not None]
-        self._init_state()
-        self.broken, self.fault = False, None
-        self._mem, self._gen = None, -1
-        return tokens
 
     # --- interrupt suppression ------------------------------------------------------------------
 
