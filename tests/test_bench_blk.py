@@ -4,6 +4,7 @@ qemu-storage-daemon (short runs), its numbers' plumbing, and its errors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pyvirtio.bench.peers import start_pyvirtio, start_qsd
 from pyvirtio.cli import main
 from pyvirtio.errors import UsageError
 from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 
 
@@ -138,3 +140,138 @@ def test_back_end_that_hangs_up_is_one_line(tmp_path, capsys):
         listener.close()
     err = capsys.readouterr().err.strip()
     assert "hung up" in err and "\n" not in err
+
+
+# --- --verify: stamps before the timed phase, every read checked ---------------------------------
+
+from pyvirtio.bench.blk import DataMismatch, Stamp  # noqa: E402
+from pyvirtio.bench.peers import InProcessBackend  # noqa: E402
+from pyvirtio.devices.blk import BlkDevice  # noqa: E402
+from pyvirtio.errors import RequestError  # noqa: E402
+from pyvirtio.spec import blk as blk_spec  # noqa: E402
+
+
+class _ReadHook(BlkDevice):
+    """A BlkDevice that hands each read's data views to ``spoil(block_sector, views)``."""
+
+    spoil = None  # (sector, views) -> None, or an int status to answer instead of reading
+
+    def handle_chain(self, queue_index, chain):
+        rtype, _, sector = blk_spec.BLK_REQ_HEADER.unpack_from(chain.readable[0])
+        if rtype != blk_spec.BlkReqType.IN or self.spoil is None:
+            return super().handle_chain(queue_index, chain)
+        status = self.spoil(sector, chain.writable_views(0, chain.writable_len - 1))
+        if status is None:
+            return super().handle_chain(queue_index, chain)
+        chain.writable[-1][-1] = status
+        return 1
+
+
+def _swap_sectors(sector, views):
+    return None if sector else "swap"
+
+
+@pytest.fixture
+def hooked(tmp_path, image):
+    with InProcessBackend(_ReadHook(image), str(tmp_path / "hook.sock")) as be:
+        yield be
+
+
+def test_stamp_checks_every_sector_and_names_the_first_wrong_one():
+    st = Stamp(4096)
+    buf = memoryview(bytearray(st.body)).cast("Q")
+    st.fill(buf, 7)
+    assert st.check(buf, 7) and not st.check(buf, 8)
+    buf[64 * 3 + 1] ^= 1  # sector 3's index word
+    assert not st.check(buf, 7)
+    assert "sector 3 (LBA 59)" in str(st.mismatch(buf, 7))
+    st.poison(buf, 7)
+    err = str(st.mismatch(buf, 7))
+    assert "block 7" in err and "sector 0 (LBA 56)" in err and "poison" in err
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("rw", ["randread", "read", "randwrite", "write"])
+def test_verify_passes_on_a_good_backend(hooked, rw):
+    r = run(BlkBenchConfig(hooked.socket_path, rw=rw, iodepth=8, runtime=0.5,
+                           size=1 << 20, verify=True))
+    assert r.verify and r.ios > 10
+    assert r.stamped_blocks == 256 if rw in ("read", "write") else 0 < r.stamped_blocks <= 256
+    assert r.verified == (r.ios if rw.endswith("read") else r.stamped_blocks)
+
+
+@pytest.mark.peer
+def test_verify_fails_when_the_image_changes_after_the_stamp(tmp_path, image):
+    def overwrite_block_3():  # block 5's stamp where block 3's belongs: a misplaced block
+        with open(image, "r+b") as f:
+            f.seek(5 * 4096)
+            five = f.read(4096)
+            f.seek(3 * 4096)
+            f.write(five)
+
+    with InProcessBackend(BlkDevice(image), str(tmp_path / "b.sock")) as be:
+        cfg = BlkBenchConfig(be.socket_path, rw="read", iodepth=4, runtime=0.5, size=64 << 10,
+                             verify=True)
+        with pytest.raises(DataMismatch) as info:
+            run(cfg, stamped=overwrite_block_3)
+    msg = str(info.value)
+    assert info.value.block == 3 and "sector 0 (LBA 24)" in msg
+    assert "expected the stamp of block 3 sector 0" in msg and "found the stamp of block 5 sector 0" in msg
+
+
+@pytest.mark.peer
+def test_verify_catches_misplaced_sectors_and_missing_copies(hooked):
+    def swap(sector, views):  # the device's copy puts sector 1 of every block where sector 0 goes
+        os.preadv(hooked.device.fd, views, sector * 512)
+        v = views[0]
+        v[:512], v[512:1024] = bytes(v[512:1024]), bytes(v[:512])
+        return blk_spec.BlkStatus.OK
+
+    cfg = BlkBenchConfig(hooked.socket_path, rw="randread", iodepth=4, runtime=0.5,
+                         size=64 << 10, verify=True)
+    hooked.device.spoil = swap
+    with pytest.raises(DataMismatch, match=r"sector 0 .*found the stamp of block \d+ sector 1"):
+        run(cfg)
+    hooked.device.spoil = lambda sector, views: blk_spec.BlkStatus.OK  # OK, but no data copied
+    with pytest.raises(DataMismatch, match="poison"):
+        run(cfg)
+    hooked.device.spoil = lambda sector, views: blk_spec.BlkStatus.IOERR
+    with pytest.raises(RequestError, match=r"a read request of block \d+ failed with status IOERR"):
+        run(cfg)
+
+
+@pytest.mark.peer
+def test_cli_verify_failure_is_exit_1_naming_the_block(hooked, capsys):
+    hooked.device.spoil = lambda sector, views: (
+        None if sector != 16 else blk_spec.BlkStatus.OK)  # block 2 (of 4 KiB) is never copied
+    sock = f"--socket-path={hooked.socket_path}"
+    assert main(["bench", "blk", sock, "--rw=read", "--size=32k", "--runtime=0.3", "--verify",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "verify: block 2 " in err and "expected the stamp of block 2" in err and "found" in err
+    hooked.device.spoil = None
+    assert main(["bench", "blk", sock, "--rw=read", "--size=32k", "--runtime=0.3", "--verify",
+                 "--json", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["verify"] is True and result["verified"] == result["ios"] > 0
+
+
+@pytest.mark.peer
+def test_verify_refuses_to_stamp_a_huge_disk_without_size(hooked, monkeypatch):
+    import pyvirtio.bench.blk as engine
+    monkeypatch.setattr(engine, "STAMP_LIMIT", 1 << 20)
+    with pytest.raises(UsageError, match="give --size"):
+        run(BlkBenchConfig(hooked.socket_path, rw="read", runtime=0.2, verify=True))
+
+
+@pytest.mark.peer
+def test_verify_against_qemu_storage_daemon(tmp_path, image):
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
+    with start_qsd(str(tmp_path / "q.sock"), image) as peer:
+        for rw, bs in (("randread", 4096), ("read", 1 << 20), ("randwrite", 4096)):
+            r = run(BlkBenchConfig(peer.socket_path, rw=rw, bs=bs, iodepth=8, runtime=0.4,
+                                   size=8 << 20, verify=True))
+            assert r.verify and r.ios > 0 and r.verified > 0
+    with start_qsd(str(tmp_path / "n.sock"), null_size=8 << 20) as peer:  # stores nothing
+        with pytest.raises(DataMismatch):
+            run(BlkBenchConfig(peer.socket_path, rw="read", iodepth=4, runtime=0.3, verify=True))

@@ -17,6 +17,20 @@ VhostUserTransport`; then this module drives the rings itself, the way a fast gu
 
 Latency is submit-to-harvest per request (``perf_counter_ns``), so at high depth it includes the
 time a completion waits for the loop to come round — as fio's clat does for a busy job.
+
+**Verification** (``verify=True``): before the timed phase every block the run will touch is
+*stamped* through the same connection (written at the same depth): each 512-byte sector of
+block ``b`` begins with the two 64-bit words ``nonce ^ b`` and ``nonce2 ^ i`` (``i`` its index in
+the block; the nonces are fresh random numbers per run) and ends with ``nonce ^ b``; the 480 bytes
+between are one random body.  Which blocks: the whole sequential range, or the distinct blocks of
+the random offset table (at most 65,536) — and at most ``STAMP_LIMIT`` bytes unless ``size`` is
+given.  In the timed phase a read poisons the first and last word of its buffer before it is
+submitted and, when it completes, the three words of every sector are compared with the expected
+ones as three strided ``memoryview`` comparisons (C loops; no copy); a mismatch raises
+:class:`DataMismatch` naming the block, the sector, what was expected and what was found.  So a
+misplaced block or sector, a stale one (another run's nonce), a torn or missing copy fails the
+run; a corruption inside a sector's body does not (the body is not compared).  Writes write the
+stamp of their block, and after a write run every touched block is read back and checked.
 """
 
 from __future__ import annotations
@@ -24,13 +38,14 @@ from __future__ import annotations
 import os
 import random
 import select
+import struct
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from ..drivers.blk import BlkDriver
-from ..errors import RequestError, UsageError
+from ..errors import DeviceFault, RequestError, UsageError
 from ..spec import blk as spec
 from ..spec.blk import BlkFeature as F
 from ..spec.ids import DeviceType
@@ -40,6 +55,8 @@ _HDR = spec.BLK_REQ_HEADER
 RW_MODES = ("randread", "randwrite", "read", "write")
 PERCENTILES = (1.0, 5.0, 10.0, 50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 _RANDOM_TABLE = 1 << 16
+STAMP_LIMIT = 4 << 30  # bytes --verify stamps without an explicit --size
+_WORDS = SECTOR // 8  # 64-bit words per sector
 
 
 def parse_size(text: str) -> int:
@@ -66,6 +83,7 @@ class BlkBenchConfig:
     size: Optional[int] = None  # bytes of the disk to use (default: all of it)
     seed: int = 1
     timeout: float = 5.0
+    verify: bool = False  # stamp the blocks first and check every read (module docstring)
 
     def check(self) -> None:
         if self.rw not in RW_MODES:
@@ -94,6 +112,10 @@ class BlkBenchResult:
     capacity: int  # bytes
     max_inflight: int = 0  # the most requests that were ever in flight at once
     lat_ns: dict = field(default_factory=dict)  # min, max, mean, p1 … p99.99
+    verify: bool = False
+    stamped_blocks: int = 0  # blocks written before the timed phase (verify)
+    stamp_seconds: float = 0.0
+    verified: int = 0  # completed requests whose data was checked (reads, and the read-back)
 
     @property
     def iops(self) -> float:
@@ -110,14 +132,82 @@ class BlkBenchResult:
         return d
 
 
+class DataMismatch(DeviceFault):
+    """A read under ``verify`` returned data other than the stamp of the block it asked for."""
+
+    def __init__(self, message: str, block: int):
+        self.block = block
+        super().__init__(message)
+
+
+class Stamp:
+    """The verify pattern of one run (see the module docstring), for blocks of ``bs`` bytes.
+
+    Words are native-endian 64-bit integers: the disk is written and read on one machine."""
+
+    def __init__(self, bs: int):
+        self.per_block = bs // SECTOR
+        self.nonce, self.nonce2 = struct.unpack("=QQ", os.urandom(16))
+        self.index = array("Q", (self.nonce2 ^ i for i in range(self.per_block)))
+        self.body = os.urandom(SECTOR) * self.per_block
+        self.poison_word = self.nonce ^ 0xFFFF_FFFF_FFFF_FFFF  # the stamp of no block
+
+    def fill(self, q: memoryview, block: int) -> None:
+        """Stamp ``q`` (the data buffer cast to ``"Q"``, its body already written) as ``block``."""
+        w = array("Q", (self.nonce ^ block,)) * self.per_block
+        q[0::_WORDS] = w
+        q[1::_WORDS] = self.index
+        q[_WORDS - 1::_WORDS] = w
+
+    def poison(self, q: memoryview, block: int) -> None:
+        """Spoil the first and the last word, so a read that writes nothing (or stops short)
+        cannot pass on what the buffer held before."""
+        q[0] = q[-1] = self.poison_word
+
+    def check(self, q: memoryview, block: int) -> bool:
+        w = array("Q", (self.nonce ^ block,)) * self.per_block
+        return q[0::_WORDS] == w and q[1::_WORDS] == self.index and q[_WORDS - 1::_WORDS] == w
+
+    def mismatch(self, q: memoryview, block: int) -> DataMismatch:
+        """Name the first wrong sector of ``block``: what was expected and what was found."""
+        first = block * self.per_block
+        for i in range(self.per_block):
+            found = (q[i * _WORDS], q[i * _WORDS + 1], q[(i + 1) * _WORDS - 1])
+            want = (self.nonce ^ block, self.nonce2 ^ i, self.nonce ^ block)
+            if found != want:
+                break
+        return DataMismatch(
+            f"verify: block {block} (bytes {first * SECTOR}-{(first + self.per_block) * SECTOR - 1}), "
+            f"sector {i} (LBA {first + i}): expected {self._describe(want)}, "
+            f"found {self._describe(found)}", block)
+
+    def _describe(self, words: tuple) -> str:
+        head = struct.pack("=QQ", *words[:2]).hex()
+        b, i, tail = words[0] ^ self.nonce, words[1] ^ self.nonce2, words[2] ^ self.nonce
+        if words[0] == self.poison_word or tail == 0xFFFF_FFFF_FFFF_FFFF:
+            return f"the poison the buffer held before the read (header {head}) — no data was copied"
+        if b < (1 << 48) and i < self.per_block:
+            torn = "" if tail == b else f", but its last word says block {tail} (torn)"
+            return f"the stamp of block {b} sector {i} (header {head}{torn})"
+        return f"header {head} (no stamp of this run)"
+
+
 class _Slot:
     """One request's buffers, reused for every request the slot carries."""
 
-    __slots__ = ("hdr", "out_bufs", "in_bufs", "status", "t0")
+    __slots__ = ("hdr", "out_bufs", "in_bufs", "status", "t0", "data", "block", "reading",
+                 "read_bufs", "write_bufs")
 
-    def __init__(self, hdr_view, out_bufs, in_bufs, status_view):
-        self.hdr, self.out_bufs, self.in_bufs, self.status = hdr_view, out_bufs, in_bufs, status_view
-        self.t0 = 0
+    def __init__(self, hdr_view, read_bufs, write_bufs, status_view, data_view):
+        self.hdr, self.status, self.data = hdr_view, status_view, data_view
+        self.read_bufs, self.write_bufs = read_bufs, write_bufs
+        self.out_bufs, self.in_bufs = read_bufs
+        self.t0 = self.block = 0
+        self.reading = True
+
+    def use(self, reading: bool) -> None:
+        self.reading = reading
+        self.out_bufs, self.in_bufs = self.read_bufs if reading else self.write_bufs
 
 
 class _Queue:
@@ -137,8 +227,10 @@ def bench_driver_class(iodepth: int) -> type[BlkDriver]:
     return type("BenchBlkDriver", (BlkDriver,), {"queue_size": min(size, 1024)})
 
 
-def run(cfg: BlkBenchConfig, progress: Optional[Callable[[float, int, int], None]] = None) -> BlkBenchResult:
-    """Run one benchmark.  ``progress(elapsed, ios_so_far, interval_ios)`` about once a second."""
+def run(cfg: BlkBenchConfig, progress: Optional[Callable[[float, int, int], None]] = None,
+        stamped: Optional[Callable[[], None]] = None) -> BlkBenchResult:
+    """Run one benchmark.  ``progress(elapsed, ios_so_far, interval_ios)`` about once a second;
+    ``stamped()`` once the verify stamps are written, before the timed phase."""
     from ..vhost_user.transport import VhostUserTransport
 
     cfg.check()
@@ -148,7 +240,7 @@ def run(cfg: BlkBenchConfig, progress: Optional[Callable[[float, int, int], None
     driver = None
     try:
         driver = bench_driver_class(cfg.iodepth).probe(t, max_queues=cfg.queues)
-        return _Bench(cfg, t, driver).run(progress)
+        return _Bench(cfg, t, driver).run(progress, stamped)
     finally:
         if driver is not None:
             try:
@@ -164,8 +256,10 @@ class _Bench:
         if len(driver.queues) < cfg.queues:
             raise UsageError(f"--queues={cfg.queues}: the back-end has {len(driver.queues)} "
                              f"request queue(s)")
-        if cfg.rw.endswith("write") and driver.read_only:
-            raise UsageError(f"--rw={cfg.rw}: the device is read-only (VIRTIO_BLK_F_RO)")
+        self.writing = cfg.rw.endswith("write")
+        if (self.writing or cfg.verify) and driver.read_only:
+            raise UsageError(f"--rw={cfg.rw}{' --verify' if cfg.verify else ''}: the device is "
+                             "read-only (VIRTIO_BLK_F_RO)")
         capacity = driver.capacity * SECTOR
         self.capacity = capacity
         span = min(cfg.size or capacity, capacity)
@@ -176,50 +270,131 @@ class _Bench:
         if size_max and cfg.bs > size_max:
             raise UsageError(f"--bs={cfg.bs}: the device takes at most {size_max} bytes per segment "
                              "(VIRTIO_BLK_F_SIZE_MAX)")
-        self.rtype = spec.BlkReqType.OUT if cfg.rw.endswith("write") else spec.BlkReqType.IN
+        self.rtype = spec.BlkReqType.OUT if self.writing else spec.BlkReqType.IN
+        self.per_block = cfg.bs // SECTOR
+        self.stamp = Stamp(cfg.bs) if cfg.verify else None
         self.queues = [_Queue(dq, *transport.ring_fds(dq.index)) for dq in driver.queues[:cfg.queues]]
         for q in self.queues:
             for _ in range(cfg.iodepth):
                 q.free.append(self._slot())
         rnd = random.Random(cfg.seed)
-        self.table = array("Q", (rnd.randrange(self.blocks) * (cfg.bs // SECTOR)
+        self.table = array("Q", (rnd.randrange(self.blocks)
                                  for _ in range(min(_RANDOM_TABLE, max(self.blocks, 1) * 4))))
         self.random = cfg.rw.startswith("rand")
         self.pos = 0
         self.lat = array("q")
-        self.kicks = self.wakeups = 0
+        self.kicks = self.wakeups = self.verified = 0
+        self.checking = False  # compare completed reads with their stamps
         self.idle_polls = 0  # one-second polls in a row with nothing completed
         self.max_inflight = 0
+        self.poller = select.poll()
+        for q in self.queues:
+            self.poller.register(q.call_fd, select.POLLIN)
 
     def _slot(self) -> _Slot:
         t, mem, bs = self.t, self.mem, self.cfg.bs
         hdr = t.alloc(_HDR.size, 16)
         data = t.alloc(bs, 4096)
         status = t.alloc(1, 1)
-        if self.rtype == spec.BlkReqType.OUT:
+        if self.stamp is not None:
+            mem.write(data, self.stamp.body)
+        elif self.writing:
             mem.write(data, os.urandom(min(bs, 1 << 16)) * (bs // min(bs, 1 << 16)))
-            out_bufs, in_bufs = [(hdr, _HDR.size), (data, bs)], [(status, 1)]
-        else:
-            out_bufs, in_bufs = [(hdr, _HDR.size)], [(data, bs), (status, 1)]
-        return _Slot(mem.view(hdr, _HDR.size), out_bufs, in_bufs, mem.view(status, 1))
+        read_bufs = ([(hdr, _HDR.size)], [(data, bs), (status, 1)])
+        write_bufs = ([(hdr, _HDR.size), (data, bs)], [(status, 1)])
+        slot = _Slot(mem.view(hdr, _HDR.size), read_bufs, write_bufs, mem.view(status, 1),
+                     mem.view(data, bs).cast("Q"))
+        slot.use(not self.writing)
+        return slot
 
-    def _next_sector(self) -> int:
+    def _next_block(self) -> int:
         self.pos += 1
         if self.random:
             return self.table[self.pos % len(self.table)]
-        return (self.pos % self.blocks) * (self.cfg.bs // SECTOR)
+        return self.pos % self.blocks
+
+    def touched_blocks(self) -> list[int]:
+        """The blocks the timed phase can touch: the sequential range, or the random table's."""
+        blocks = sorted(set(self.table)) if self.random else range(self.blocks)
+        if self.cfg.size is None and len(blocks) * self.cfg.bs > STAMP_LIMIT:
+            raise UsageError(f"--verify would stamp {len(blocks) * self.cfg.bs / (1 << 30):.1f} GiB "
+                             f"first; give --size (at most {STAMP_LIMIT >> 30} GiB without it)")
+        return blocks
 
     # the loop
 
-    def run(self, progress) -> BlkBenchResult:
+    def run(self, progress, stamped=None) -> BlkBenchResult:
+        cfg = self.cfg
+        stamp_seconds, touched = 0.0, []
+        if self.stamp is not None:
+            t0 = time.perf_counter()
+            touched = self.touched_blocks()
+            self.sweep(touched, reading=False)
+            stamp_seconds = time.perf_counter() - t0
+            if stamped is not None:
+                stamped()
+        seconds = self._timed(progress)
+        result = BlkBenchResult(cfg.socket_path, cfg.rw, cfg.bs, cfg.iodepth, len(self.queues),
+                                seconds, len(self.lat), self.kicks, self.wakeups, self.capacity,
+                                self.max_inflight, latency_summary(self.lat), cfg.verify,
+                                len(touched), stamp_seconds)
+        if self.stamp is not None and self.writing:
+            self.sweep(touched, reading=True)  # the writes landed where they were sent
+        result.verified = self.verified
+        return result
+
+    def sweep(self, blocks, *, reading: bool) -> None:
+        """Write the stamp of (or read back and check) every block of ``blocks``, at depth."""
+        saved = self.lat, self.kicks, self.wakeups, self.checking
+        self.checking, self.lat = reading, array("q")
+        it = iter(blocks)
+        more = True
+        for q in self.queues:
+            q.vq.disable_cb(self.mem)
+        while True:
+            for q in self.queues:
+                while more and q.free:
+                    block = next(it, None)
+                    if block is None:
+                        more = False
+                        break
+                    self._add(q, q.free.pop(), block, reading, 0)
+                self._kick(q)
+            if not self._harvest():
+                if not any(q.inflight for q in self.queues):
+                    break
+                self._sleep(self.poller)
+        for q in self.queues:
+            for slot in q.free:
+                slot.use(not self.writing)
+        self.lat, self.kicks, self.wakeups, self.checking = saved
+
+    def _add(self, q: _Queue, slot: _Slot, block: int, reading: bool, now: int) -> None:
+        if reading != slot.reading:
+            slot.use(reading)
+        slot.block = block
+        if reading:
+            self.stamp.poison(slot.data, block)
+        else:
+            self.stamp.fill(slot.data, block)
+        _HDR.pack_into(slot.hdr, 0, spec.BlkReqType.IN if reading else spec.BlkReqType.OUT, 0,
+                       block * self.per_block)
+        slot.t0 = now
+        q.vq.add(self.mem, slot.out_bufs, slot.in_bufs, slot)
+        q.inflight += 1
+
+    def _kick(self, q: _Queue) -> None:
+        if q.vq.kick_prepare(self.mem):
+            os.eventfd_write(q.kick_fd, 1)
+            self.kicks += 1
+
+    def _timed(self, progress) -> float:
         cfg = self.cfg
         clock = time.perf_counter_ns
+        self.checking = self.stamp is not None and not self.writing
         start = clock()
         end = start + int(cfg.runtime * 1e9)
         next_report, last_ios = start + 1_000_000_000, 0
-        poller = select.poll()
-        for q in self.queues:
-            poller.register(q.call_fd, select.POLLIN)
         mem = self.mem
         for q in self.queues:
             q.vq.disable_cb(mem)
@@ -237,40 +412,48 @@ class _Bench:
             if not self._harvest():
                 if not any(q.inflight for q in self.queues):
                     break
-                self._sleep(poller)
+                self._sleep(self.poller)
             if progress is not None and now >= next_report:
                 ios = len(self.lat)
                 progress((now - start) / 1e9, ios, ios - last_ios)
                 last_ios, next_report = ios, now + 1_000_000_000
-        seconds = (clock() - start) / 1e9
-        return BlkBenchResult(cfg.socket_path, cfg.rw, cfg.bs, cfg.iodepth, len(self.queues),
-                              seconds, len(self.lat), self.kicks, self.wakeups, self.capacity,
-                              self.max_inflight, latency_summary(self.lat))
+        self.checking = False
+        return (clock() - start) / 1e9
 
     def _submit(self, q: _Queue, now: int) -> None:
         if not q.free:
             return
         mem, add, rtype, pack = self.mem, q.vq.add, self.rtype, _HDR.pack_into
+        per_block, stamp = self.per_block, self.stamp
+        prepare = None if stamp is None else (stamp.fill if self.writing else stamp.poison)
         free = q.free
         while free:
             slot = free.pop()
-            pack(slot.hdr, 0, rtype, 0, self._next_sector())
+            block = self._next_block()
+            if prepare is not None:
+                prepare(slot.data, block)
+                slot.block = block
+            pack(slot.hdr, 0, rtype, 0, block * per_block)
             slot.t0 = now
             add(mem, slot.out_bufs, slot.in_bufs, slot)
             q.inflight += 1
-        if q.vq.kick_prepare(mem):
-            os.eventfd_write(q.kick_fd, 1)
-            self.kicks += 1
+        self._kick(q)
 
     def _harvest(self) -> int:
         mem, lat, clock = self.mem, self.lat, time.perf_counter_ns
+        check = self.stamp.check if self.checking else None
         n = 0
         for q in self.queues:
             get_buf = q.vq.get_buf
             while (item := get_buf(mem)) is not None:
                 slot = item[0]
                 if slot.status[0] != spec.BlkStatus.OK:
-                    raise _request_failed(self.cfg.rw, slot.status[0])
+                    raise _request_failed("read" if slot.reading else "write", slot.status[0],
+                                          slot.block if self.stamp is not None else None)
+                if check is not None:
+                    if not check(slot.data, slot.block):
+                        raise self.stamp.mismatch(slot.data, slot.block)
+                    self.verified += 1
                 lat.append(clock() - slot.t0)
                 q.free.append(slot)
                 q.inflight -= 1
@@ -305,12 +488,13 @@ class _Bench:
             q.vq.disable_cb(mem)
 
 
-def _request_failed(rw: str, status: int) -> RequestError:
+def _request_failed(op: str, status: int, block: Optional[int] = None) -> RequestError:
     try:
         name = spec.BlkStatus(status).name
     except ValueError:
         name = str(status)
-    return RequestError(f"a {rw} request failed with status {name}", status)
+    where = "" if block is None else f" of block {block}"
+    return RequestError(f"a {op} request{where} failed with status {name}", status)
 
 
 def latency_summary(lat_ns) -> dict:
@@ -357,6 +541,9 @@ def format_result(r: BlkBenchResult) -> str:
     per_wake = r.ios / r.wakeups if r.wakeups else float("inf")
     lines.append(f"  notifications: {r.kicks} kicks ({per_kick:.1f} requests each), "
                  f"{r.wakeups} wake-ups ({per_wake:.1f} completions each)")
+    if r.verify:
+        lines.append(f"  verify: on; {r.stamped_blocks} blocks stamped in {r.stamp_seconds:.2f}s, "
+                     f"{r.verified} reads checked, no mismatch")
     return "\n".join(lines)
 
 
@@ -370,4 +557,5 @@ def progress_line(cfg: BlkBenchConfig, elapsed: float, ios: int, interval_ios: i
 
 
 __all__ = ["BlkBenchConfig", "BlkBenchResult", "run", "format_result", "progress_line",
-           "parse_size", "latency_summary", "RW_MODES", "bench_driver_class"]
+           "parse_size", "latency_summary", "RW_MODES", "bench_driver_class", "DataMismatch", "Stamp",
+           "STAMP_LIMIT"]

@@ -39,6 +39,12 @@ def register(targets) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed of the random offsets (default 1)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="call the back-end hung after this long without an answer (default 5)")
+    p.add_argument("--verify", action="store_true",
+                   help="first write a stamp (block number and a per-run nonce in every 512-byte "
+                        "sector) to every block the run will touch, then check every read against "
+                        "it and fail on the first wrong block; writes write the stamp and are read "
+                        "back afterwards.  Overwrites the disk.  Stamps at most 4 GiB unless --size "
+                        "is given (random runs touch at most 65536 distinct blocks)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="do not print the progress line on stderr")
@@ -53,7 +59,7 @@ def run(args) -> int:
         cfg = BlkBenchConfig(args.socket_path, rw=args.rw, bs=parse_size(args.bs),
                              iodepth=args.iodepth, runtime=args.runtime, queues=args.queues,
                              size=parse_size(args.size) if args.size else None, seed=args.seed,
-                             timeout=args.timeout)
+                             timeout=args.timeout, verify=args.verify)
         cfg.check()
     except UsageError as exc:
         from ..cli import CliError
