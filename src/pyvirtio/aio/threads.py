@@ -29,10 +29,14 @@ _STOP = None
 
 
 def _readv(fd, iovecs, offset, _flag):
+    if offset == -1:  # the file position, as io_uring does (pipes, sockets, ttys)
+        return os.readv(fd, iovecs)
     return os.preadv(fd, iovecs, offset)
 
 
 def _writev(fd, iovecs, offset, dsync):
+    if offset == -1:
+        return os.pwritev(fd, iovecs, offset, os.RWF_DSYNC) if dsync else os.writev(fd, iovecs)
     if dsync:
         return os.pwritev(fd, iovecs, offset, os.RWF_DSYNC)
     return os.pwritev(fd, iovecs, offset)
@@ -79,8 +83,9 @@ class ThreadEngine(AioEngine):
                     result = func(file, iovecs, offset, flag)
                 except OSError as e:
                     result = _negative_errno(e)
-                except (TypeError, ValueError, OverflowError):
-                    result = -errno.EINVAL
+                except (TypeError, ValueError, OverflowError, BufferError):
+                    result = -errno.EINVAL  # a caller's bug (read into a read-only buffer …)
+                op = iovecs = None  # let go of guest memory before waiting for more work
                 if self._closed:
                     return  # abandoned at close: nobody reaps any more
                 done.append((token, result))

@@ -52,6 +52,7 @@ _PARAMS = struct.Struct("<10I 8I Q 8I Q")
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")  # opcode flags ioprio fd off addr len rw_flags user_data …
 _CQE = struct.Struct("<QiI")  # user_data res flags
 _U32 = struct.Struct("<I")
+_U64 = (1 << 64) - 1  # offset -1: the file position (pipes, sockets)
 _IOV = struct.Struct("<QQ")  # struct iovec { void *iov_base; size_t iov_len; }
 assert _SQE.size == 64 and _CQE.size == 16 and _PARAMS.size == 120
 
@@ -230,7 +231,7 @@ class IoUringEngine(AioEngine):
     def _push(self, opcode: int, fd: int, off: int, addr: int, length: int, rw_flags: int, slot: int) -> None:
         index = self._sq_tail & self._sq_mask
         flags = IOSQE_ASYNC if self.force_async else 0
-        _SQE.pack_into(self._sqes, index * 64, opcode, flags, 0, fd, off, addr, length, rw_flags,
+        _SQE.pack_into(self._sqes, index * 64, opcode, flags, 0, fd, off & _U64, addr, length, rw_flags,
                        slot, 0, 0, 0, 0, 0)
         self._sq_tail = (self._sq_tail + 1) & 0xFFFFFFFF
         self._to_submit += 1

@@ -1,0 +1,267 @@
+"""Both aio engines against real files and memfd-backed buffers (the way guest memory looks)."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import select
+import tempfile
+import time
+
+import pytest
+
+from pyvirtio.aio import AioQueueFull, io_uring_unavailable_reason, open_aio
+from pyvirtio.errors import UsageError
+
+BLOCK = 4096
+URING_REASON = io_uring_unavailable_reason()
+
+
+@pytest.fixture(params=["io_uring", "threads"])
+def engine(request, guest):  # after guest: the engine lets go of guest views before it unmaps
+    if request.param == "io_uring" and URING_REASON is not None:
+        pytest.skip(f"io_uring unavailable here: {URING_REASON}")
+    eng = open_aio(request.param, depth=128)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def guest():
+    """A memfd mapped like a guest memory region; yields a writable memoryview of 1 MiB."""
+    fd = os.memfd_create("aio-test-guest", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 1 << 20)
+    m = mmap.mmap(fd, 1 << 20)
+    view = memoryview(m)
+    yield view
+    view.release()
+    m.close()
+    os.close(fd)
+
+
+def _pattern(block: int) -> bytes:
+    return bytes((block * 7 + i) & 0xFF for i in range(256)) * (BLOCK // 256)
+
+
+@pytest.fixture
+def image(tmp_path):
+    """A 64-block file whose block b holds _pattern(b)."""
+    path = tmp_path / "image"
+    path.write_bytes(b"".join(_pattern(b) for b in range(64)))
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    yield fd
+    os.close(fd)
+
+
+def _drain(eng, count, timeout=10.0):
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        out += eng.wait(deadline - time.monotonic())
+    return out
+
+
+@pytest.mark.timeout(30)
+def test_readv_several_iovecs(engine, image, guest):
+    iovecs = [guest[0:100], guest[8192:8192 + 1000], guest[65536:65536 + 2996]]
+    engine.prep_readv(image, iovecs, BLOCK, token=42)
+    assert engine.inflight == 1 and engine.submit() == 1
+    assert _drain(engine, 1) == [(42, BLOCK)]
+    got = bytes(guest[0:100]) + bytes(guest[8192:9192]) + bytes(guest[65536:65536 + 2996])
+    assert got == _pattern(1)
+    assert engine.inflight == 0
+
+
+@pytest.mark.timeout(30)
+def test_writev_then_read_back(engine, image, guest):
+    guest[0:BLOCK] = b"\xab" * BLOCK
+    guest[BLOCK:2 * BLOCK] = b"\xcd" * BLOCK
+    engine.prep_writev(image, [guest[0:BLOCK], guest[BLOCK:2 * BLOCK]], 3 * BLOCK, token=1)
+    engine.prep_writev(image, [b"read-only bytes"], 10 * BLOCK, token=2, dsync=True)
+    engine.submit()
+    assert sorted(_drain(engine, 2)) == [(1, 2 * BLOCK), (2, 15)]
+    assert os.pread(image, 2 * BLOCK, 3 * BLOCK) == b"\xab" * BLOCK + b"\xcd" * BLOCK
+    assert os.pread(image, 15, 10 * BLOCK) == b"read-only bytes"
+
+
+@pytest.mark.timeout(30)
+def test_many_in_flight_one_submit(engine, image, guest):
+    for b in range(64):
+        engine.prep_readv(image, [guest[b * BLOCK:(b + 1) * BLOCK]], (63 - b) * BLOCK, token=1000 + b)
+    assert engine.inflight == 64 and engine.available == 64
+    assert engine.submit() == 64
+    done = _drain(engine, 64)
+    assert sorted(t for t, _ in done) == list(range(1000, 1064))  # each token once, any order
+    assert all(r == BLOCK for _, r in done)
+    for b in range(64):
+        assert bytes(guest[b * BLOCK:(b + 1) * BLOCK]) == _pattern(63 - b)
+    assert engine.inflight == 0 and engine.reap() == []
+
+
+@pytest.mark.timeout(30)
+def test_depth_is_a_hard_limit(image, guest):
+    for kind in ("io_uring", "threads"):
+        if kind == "io_uring" and URING_REASON is not None:
+            continue
+        with open_aio(kind, depth=4) as eng:
+            for t in range(4):
+                eng.prep_readv(image, [guest[0:512]], 0, t)
+            assert eng.available == 0
+            with pytest.raises(AioQueueFull) as info:
+                eng.prep_fsync(image, 99)
+            assert isinstance(info.value, UsageError)
+            eng.submit()
+            assert len(_drain(eng, 4)) == 4
+            assert eng.available == 4
+
+
+@pytest.mark.timeout(30)
+def test_errors_are_negative_errno(engine, image, guest):
+    ro = os.open("/dev/zero", os.O_RDONLY)
+    bad = os.open("/dev/null", os.O_RDONLY)
+    os.close(bad)  # a closed fd number (nothing reopens it during the test)
+    engine.prep_readv(bad, [guest[0:512]], 0, token=1)
+    engine.prep_readv(image, [guest[0:512]], 64 * BLOCK, token=2)  # at end of file
+    engine.prep_readv(image, [guest[0:BLOCK]], 63 * BLOCK + 100, token=3)  # short read
+    engine.prep_writev(ro, [guest[0:512]], 0, token=4)
+    engine.submit()
+    results = dict(_drain(engine, 4))
+    os.close(ro)
+    assert results == {1: -errno.EBADF, 2: 0, 3: BLOCK - 100, 4: -errno.EBADF}
+
+
+@pytest.mark.timeout(30)
+def test_readv_needs_writable_buffers(engine, image):
+    if engine.name == "threads":
+        engine.prep_readv(image, [b"immutable"], 0, token=1)  # checked by os.preadv on a worker
+        engine.submit()
+        assert _drain(engine, 1) == [(1, -errno.EINVAL)]
+    else:
+        with pytest.raises(UsageError):
+            engine.prep_readv(image, [b"immutable"], 0, token=1)
+        assert engine.inflight == 0
+
+
+@pytest.mark.timeout(30)
+def test_fsync_and_fallocate(engine, image):
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
+    engine.prep_fsync(image, token=1)
+    engine.prep_fsync(image, token=2, datasync=False)
+    engine.prep_fallocate(image, 0, 64 * BLOCK, 16 * BLOCK, token=3)  # grows the file
+    engine.submit()
+    assert sorted(_drain(engine, 3)) == [(1, 0), (2, 0), (3, 0)]
+    assert os.fstat(image).st_size == 80 * BLOCK
+    engine.prep_fallocate(image, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, BLOCK, token=4)
+    engine.submit()
+    (token, result), = _drain(engine, 1)
+    if result == -errno.EOPNOTSUPP:
+        pytest.skip("this filesystem cannot punch holes")
+    assert (token, result) == (4, 0)
+    assert os.pread(image, BLOCK, 0) == bytes(BLOCK)
+    engine.prep_fallocate(image, 0xFF, 0, BLOCK, token=5)  # unknown mode bits
+    engine.submit()
+    (token, result), = _drain(engine, 1)
+    assert token == 5 and result < 0
+
+
+@pytest.mark.timeout(30)
+def test_o_direct(engine, guest):
+    try:
+        fd, path = tempfile.mkstemp(dir="/var/tmp", prefix="pyvirtio-aio-")
+    except OSError as e:
+        pytest.skip(f"cannot create a file under /var/tmp: {e}")
+    try:
+        os.write(fd, b"".join(_pattern(b) for b in range(8)))
+        os.fsync(fd)
+        try:
+            dfd = os.open(path, os.O_RDWR | os.O_DIRECT)
+        except OSError as e:
+            pytest.skip(f"the filesystem of /var/tmp refuses O_DIRECT: {e}")
+        try:
+            guest[0:BLOCK] = b"\x5a" * BLOCK  # guest memory is page-aligned: so are these views
+            engine.prep_writev(dfd, [guest[0:BLOCK]], 7 * BLOCK, token=1, dsync=True)
+            engine.prep_readv(dfd, [guest[2 * BLOCK:3 * BLOCK], guest[5 * BLOCK:6 * BLOCK]], 2 * BLOCK, token=2)
+            engine.submit()
+            results = dict(_drain(engine, 2))
+            if results.get(2) == -errno.EINVAL:
+                pytest.skip("the filesystem of /var/tmp accepts O_DIRECT opens but not 4096-aligned I/O")
+            assert results == {1: BLOCK, 2: 2 * BLOCK}
+            assert bytes(guest[2 * BLOCK:3 * BLOCK]) == _pattern(2)
+            assert bytes(guest[5 * BLOCK:6 * BLOCK]) == _pattern(3)
+            assert os.pread(fd, BLOCK, 7 * BLOCK) == b"\x5a" * BLOCK
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+@pytest.mark.timeout(30)
+def test_eventfd_readable_while_completions_wait(engine, image, guest):
+    poller = select.poll()
+    poller.register(engine.fd, select.POLLIN)
+    assert poller.poll(0) == []
+    engine.prep_readv(image, [guest[0:BLOCK]], 0, token=5)
+    engine.submit()
+    assert poller.poll(5000) == [(engine.fd, select.POLLIN)]
+    assert engine.reap() == [(5, BLOCK)]
+    assert poller.poll(0) == []  # reaping cleared it
+
+
+@pytest.mark.timeout(30)
+def test_wait_times_out_empty(engine, guest):
+    r, w = os.pipe()  # a read from an empty pipe never finishes on its own
+    try:
+        assert engine.wait(0.05) == []  # nothing in flight at all
+        engine.prep_readv(r, [guest[0:16]], -1, token=9)  # offset -1: the current position
+        engine.submit()
+        start = time.monotonic()
+        assert engine.wait(0.2) == []
+        assert 0.15 <= time.monotonic() - start < 5
+        os.write(w, b"wake")
+        assert _drain(engine, 1) == [(9, 4)]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(30)
+def test_close_with_ops_in_flight(engine, image, guest):
+    for b in range(32):
+        engine.prep_readv(image, [guest[b * BLOCK:(b + 1) * BLOCK]], b * BLOCK, token=b)
+    engine.submit()
+    engine.prep_fsync(image, token=99)  # prepared, never submitted: dropped
+    engine.close()
+    assert engine.inflight == 0 and engine.fd == -1
+    assert bytes(guest[5 * BLOCK:6 * BLOCK]) == _pattern(5)  # submitted ops were waited for
+    engine.close()  # twice is fine
+    assert engine.reap() == []
+    with pytest.raises(Exception):
+        engine.prep_fsync(image, token=1)
+
+
+@pytest.mark.timeout(30)
+def test_close_is_bounded_when_an_op_never_ends(engine, guest):
+    r, w = os.pipe()
+    try:
+        engine.prep_readv(r, [guest[0:16]], -1, token=1)
+        engine.submit()
+        start = time.monotonic()
+        engine.close(timeout=0.3)
+        assert time.monotonic() - start < 5
+        assert engine.fd == -1 or engine.name == "threads"
+    finally:
+        os.write(w, b"x")  # lets an abandoned worker thread go
+        os.close(w)
+        time.sleep(0.05)
+        os.close(r)
+
+
+@pytest.mark.timeout(30)
+def test_auto_and_bad_arguments():
+    with open_aio("auto", depth=8) as eng:
+        assert eng.name == ("io_uring" if URING_REASON is None else "threads")
+    with pytest.raises(UsageError):
+        open_aio("aio-posix")
+    with pytest.raises(UsageError):
+        open_aio("threads", depth=0)
