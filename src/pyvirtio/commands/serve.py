@@ -2,14 +2,17 @@
 conventions").
 
     pyvirtio serve blk --socket-path=PATH --blk-file=FILE [--read-only] [--num-queues=N] [--serial=ID]
+                       [--direct] [--format=raw] [--aio=auto|io_uring|threads] [--locking=on|off]
     pyvirtio serve rng --socket-path=PATH
     pyvirtio serve blk --fd=FDNUM ...          # an inherited socket: listening (served until
                                                # SIGTERM) or connected (served once, then exit)
     pyvirtio serve blk --print-capabilities    # {"type": "block", "features": [...]}
 
 It never daemonizes, ends cleanly on SIGTERM/SIGINT, and refuses early (non-zero exit, one line
-on stderr) a bad flag, a missing or unreadable file, or a socket path a live back-end listens on
-(a stale socket file is replaced).  When a front-end hangs up it waits for the next one.
+on stderr) a bad flag, a missing or unreadable file, an image another process locks (QEMU's
+lock protocol, see :mod:`pyvirtio.devices.blk_image`), an empty or non-raw image, or a socket
+path a live back-end listens on (a stale socket file is replaced).  When a front-end hangs up it
+waits for the next one.
 
 Management software finds the program through the JSON files in ``pyvirtio/data``
 (``50-pyvirtio-blk.json``, ``50-pyvirtio-rng.json``, see docs/interop/vhost-user.json); their
@@ -64,12 +67,15 @@ class BackendType:
 
 def _build_blk(args):
     from ..devices.blk import BlkDevice
+    from ..devices.blk_image import ImageError
     if not args.blk_file:
         raise CliError("--blk-file=FILE is required")
     if not 1 <= args.num_queues <= 64:
         raise CliError(f"--num-queues={args.num_queues}: must be 1..64")
     if args.serial is not None and len(args.serial.encode()) > 20:
         raise CliError(f"--serial={args.serial!r}: at most 20 bytes")
+    if args.format is not None and args.format != "raw":
+        raise CliError(f"--format={args.format}: pyvirtio serves raw images only")
     path = args.blk_file
     if not os.path.exists(path):
         raise CliError(f"--blk-file={path}: no such file")
@@ -77,7 +83,12 @@ def _build_blk(args):
         raise CliError(f"--blk-file={path}: is a directory")
     try:
         return BlkDevice(path, read_only=args.read_only, serial=args.serial,
-                         num_queues=args.num_queues)
+                         num_queues=args.num_queues, direct=args.direct, aio=args.aio,
+                         image_format=args.format, locking=args.locking != "off")
+    except ImageError as exc:
+        raise CliError(f"--blk-file={exc.path}: {exc.why}") from None
+    except UsageError as exc:
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"--blk-file={path}: {exc.strerror}") from None
 
@@ -120,6 +131,18 @@ def register(sub) -> None:
     blk.add_argument("--num-queues", type=int, default=1, metavar="N",
                      help="request queues (default 1; QEMU's num-queues must not exceed it)")
     blk.add_argument("--serial", metavar="ID", help="the disk's ID string (at most 20 bytes)")
+    blk.add_argument("--format", metavar="raw",
+                     help="the image's format: only raw; saying so serves an image whose first "
+                          "bytes look like qcow2, vmdk, LUKS ... (refused otherwise)")
+    blk.add_argument("--direct", action="store_true",
+                     help="open the image O_DIRECT, bypassing the host page cache (like "
+                          "qemu-storage-daemon's cache.direct=on)")
+    blk.add_argument("--aio", choices=("auto", "io_uring", "threads"), default="auto",
+                     help="how requests reach the image: io_uring, a thread pool, or auto "
+                          "(the default) to let pyvirtio choose")
+    blk.add_argument("--locking", choices=("auto", "on", "off"), default="auto",
+                     help="lock the image as QEMU does, so that QEMU, qemu-storage-daemon and "
+                          "other pyvirtio processes cannot write it under us (default auto = on)")
     rng = types.add_parser("rng", help="a virtio entropy device fed by the host's getrandom()")
     _common(rng)
     net = types.add_parser("net", help="a virtio-net device on a TAP, an in-daemon switch, a stream "

@@ -126,10 +126,10 @@ class Image:
 
 def open_image(path: str, *, read_only: bool, direct: bool = False,
                image_format: str | None = None, lock: bool = True) -> Image:
-    """Open ``path`` as a raw disk image for a guest; raise :class:`ImageError` if it must not be."""
+    """Open ``path`` as a guest's raw disk image; raise :class:`ImageError` if it must not be."""
     if image_format not in (None, "raw"):
-        raise ImageError(path, f"format {image_format!r} is not supported; pyvirtio serves raw "
-                               "images only")
+        raise ImageError(path, f"format {image_format!r} is not supported; pyvirtio serves "
+                               "raw images only")
     fd = _open(path, read_only, direct)
     try:
         _check_kind(path, fd)
@@ -147,13 +147,15 @@ def open_image(path: str, *, read_only: bool, direct: bool = False,
 
 
 def _open(path: str, read_only: bool, direct: bool) -> int:
-    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+    flags = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+    flags |= os.O_DIRECT if direct else 0
     try:
         return os.open(path, flags)
     except OSError as exc:
         if direct and exc.errno == errno.EINVAL:
-            raise ImageError(path, "its file system refuses O_DIRECT (--direct); put the image on "
-                                   "a disk-backed file system (not tmpfs) or drop --direct") from None
+            why = ("its file system refuses O_DIRECT (--direct); put the image on a disk-backed "
+                   "file system (not tmpfs) or drop --direct")
+            raise ImageError(path, why) from None
         mode = "read-only" if read_only else "read-write"
         raise ImageError(path, f"cannot open {mode}: {exc.strerror}") from None
 
@@ -259,7 +261,8 @@ def probe_alignment(fd: int) -> int:
         view = memoryview(buf)
         try:
             req = next((a for a in _ALIGNMENTS if _read_ok(fd, view[:a])), _FALLBACK_ALIGN)
-            mem = next((a for a in _ALIGNMENTS if _read_ok(fd, view[a:a + req])), _FALLBACK_ALIGN)
+            mem = next((a for a in _ALIGNMENTS if _read_ok(fd, view[a:a + req])),
+                       _FALLBACK_ALIGN)
         finally:
             view.release()
     return max(req, mem)
@@ -274,7 +277,7 @@ def _read_ok(fd: int, buf: memoryview) -> bool:
 
 
 def read_aligned(fd: int, offset: int, length: int) -> bytes:
-    """Read ``length`` bytes at an aligned ``offset`` through page-aligned memory (O_DIRECT-safe)."""
+    """Read ``length`` bytes at an aligned ``offset`` into page-aligned memory (O_DIRECT-safe)."""
     size = -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
     with mmap.mmap(-1, size) as buf:
         view = memoryview(buf)
