@@ -50,6 +50,7 @@ RWF_DSYNC = 2
 # struct io_uring_params: 10 u32 (sq_entries … resv[3]), io_sqring_offsets, io_cqring_offsets.
 _PARAMS = struct.Struct("<10I 8I Q 8I Q")
 _SQE = struct.Struct("<BBHiQQIIQHHiQQ")  # opcode flags ioprio fd off addr len rw_flags user_data …
+_SQE_HEAD = struct.Struct("<BBHiQQIIQ")  # … up to user_data: all we ever write
 _CQE = struct.Struct("<QiI")  # user_data res flags
 _U32 = struct.Struct("<I")
 _U64 = (1 << 64) - 1  # offset -1: the file position (pipes, sockets)
@@ -57,6 +58,7 @@ _IOV = struct.Struct("<QQ")  # struct iovec { void *iov_base; size_t iov_len; }
 assert _SQE.size == 64 and _CQE.size == 16 and _PARAMS.size == 120
 
 IOV_PER_SLOT = 16  # iovecs kept in the engine's own table per slot; more get their own buffer
+_SLOT_BYTES = IOV_PER_SLOT * 16
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall
@@ -127,6 +129,7 @@ class IoUringEngine(AioEngine):
         self.depth = depth
         self.inflight = 0
         self.force_async = force_async  # IOSQE_ASYNC: never do the I/O inline in submit()
+        self._sqe_flags = IOSQE_ASYNC if force_async else 0
         self._closed = False
         self._maps: list[mmap.mmap] = []
         self.fd = -1
@@ -144,7 +147,7 @@ class IoUringEngine(AioEngine):
         self._free_slots = list(range(depth - 1, -1, -1))
         self._tokens: list = [None] * depth
         self._keep: list = [None] * depth  # memoryviews (and spill iovec buffers) per slot
-        self._sq_tail = self._sq_published = _U32.unpack_from(self._sq, self._sq_tail_off)[0]
+        self._sq_tail = _U32.unpack_from(self._sq, self._sq_tail_off)[0]  # free-running; masked on use
         self._to_submit = 0
         iov_table = bytearray(depth * IOV_PER_SLOT * _IOV.size)
         self._iov_table = iov_table
@@ -198,52 +201,57 @@ class IoUringEngine(AioEngine):
         self.inflight += 1
         return slot
 
-    def _slow_address(self, slot: int, view, writing: bool) -> tuple:
-        view = memoryview(view)
-        if not view.nbytes:
-            return view, 0
-        if not writing:
-            raise UsageError("prep_readv needs writable buffers")
-        copy = bytearray(view)  # a read-only buffer to write out: copied, the slow path
-        self._keep[slot] = (self._keep[slot], copy)
-        return copy, _addressof(_c_char_from_buffer(copy))
-
-    def _iovec_array(self, slot: int, iovecs: list, writing: bool) -> int:
-        """Write the iovecs' (address, length) pairs for ``slot``; return the array's address."""
-        n = len(iovecs)
-        if n <= IOV_PER_SLOT:
-            table, off = self._iov_table, slot * IOV_PER_SLOT * _IOV.size
-            base = self._iov_base + off
-        else:
-            table, off = bytearray(n * _IOV.size), 0
-            base = _addressof(_c_char_from_buffer(table))
-            self._keep[slot] = (self._keep[slot], table)
-        pack = _IOV.pack_into
-        for view in iovecs:
-            try:
-                address = _addressof(_c_char_from_buffer(view))
-            except (TypeError, ValueError):  # read-only, or empty
-                view, address = self._slow_address(slot, view, writing)
-            pack(table, off, address, len(view))
-            off += 16
-        return base
+    def _slow_iovecs(self, slot: int, iovecs: list, writing: bool) -> int:
+        """The iovec array for many, empty or read-only buffers (own buffer, copies)."""
+        table = bytearray(max(1, len(iovecs)) * _IOV.size)
+        keep = [iovecs, table]
+        for i, view in enumerate(iovecs):
+            view = memoryview(view)
+            if view.readonly and view.nbytes:
+                if not writing:
+                    raise UsageError("prep_readv needs writable buffers")
+                view = memoryview(bytearray(view))  # a read-only buffer to write out: copied
+                keep.append(view)
+            address = _addressof(_c_char_from_buffer(view)) if view.nbytes else 0
+            _IOV.pack_into(table, i * _IOV.size, address, view.nbytes)
+        self._keep[slot] = keep
+        return _addressof(_c_char_from_buffer(table))
 
     def _push(self, opcode: int, fd: int, off: int, addr: int, length: int, rw_flags: int, slot: int) -> None:
-        index = self._sq_tail & self._sq_mask
-        flags = IOSQE_ASYNC if self.force_async else 0
-        _SQE.pack_into(self._sqes, index * 64, opcode, flags, 0, fd, off & _U64, addr, length, rw_flags,
-                       slot, 0, 0, 0, 0, 0)
-        self._sq_tail = (self._sq_tail + 1) & 0xFFFFFFFF
+        # Only the first 40 bytes: the rest of every SQE (buf_index … addr3) stays zero as mapped.
+        _SQE_HEAD.pack_into(self._sqes, (self._sq_tail & self._sq_mask) << 6, opcode, self._sqe_flags,
+                            0, fd, off & _U64, addr, length, rw_flags, slot)
+        self._sq_tail += 1
         self._to_submit += 1
 
     def _rw(self, opcode: int, fd: int, iovecs: list, offset: int, token: int, rw_flags: int) -> None:
-        slot = self._take_slot(token, iovecs)  # the list (and so its views) lives until reaped
+        """The hot path, kept flat: one slot, the iovec pairs, one SQE."""
+        free = self._free_slots
+        if not free or self._closed:
+            self._take_slot(token, None)  # raises the right error
+        slot = free.pop()
+        self._keep[slot] = iovecs  # the list (and so its views) lives until reaped
         try:
-            addr = self._iovec_array(slot, iovecs, opcode == IORING_OP_WRITEV)
-        except BaseException:
-            self._release(slot)
-            raise
-        self._push(opcode, fd, offset, addr, len(iovecs), rw_flags, slot)
+            if len(iovecs) > IOV_PER_SLOT:
+                raise ValueError
+            table, off = self._iov_table, slot * _SLOT_BYTES
+            for view in iovecs:
+                _IOV.pack_into(table, off, _addressof(_c_char_from_buffer(view)), view.nbytes)
+                off += 16
+            addr = self._iov_base + slot * _SLOT_BYTES
+        except (TypeError, ValueError, AttributeError):  # too many, read-only, empty, not views
+            try:
+                addr = self._slow_iovecs(slot, iovecs, opcode == IORING_OP_WRITEV)
+            except BaseException:
+                self._keep[slot] = None
+                free.append(slot)
+                raise
+        self._tokens[slot] = token
+        self.inflight += 1
+        _SQE_HEAD.pack_into(self._sqes, (self._sq_tail & self._sq_mask) << 6, opcode, self._sqe_flags,
+                            0, fd, offset & _U64, addr, len(iovecs), rw_flags, slot)
+        self._sq_tail += 1
+        self._to_submit += 1
 
     def prep_readv(self, fd: int, iovecs: list, offset: int, token: int) -> None:
         self._rw(IORING_OP_READV, fd, iovecs, offset, token, 0)
@@ -266,7 +274,7 @@ class IoUringEngine(AioEngine):
         if not self._to_submit:
             return 0
         # Plain store after the SQE stores: enough on x86-64 (TSO), see the module docstring.
-        _U32.pack_into(self._sq, self._sq_tail_off, self._sq_tail)
+        _U32.pack_into(self._sq, self._sq_tail_off, self._sq_tail & 0xFFFFFFFF)
         done = 0
         deadline = None
         while self._to_submit:
@@ -318,11 +326,6 @@ class IoUringEngine(AioEngine):
         self.inflight -= len(out)
         _U32.pack_into(cq, self._cq_head_off, head)  # after the CQE loads: ordered on TSO
         return out
-
-    def _release(self, slot: int) -> None:
-        self._tokens[slot] = self._keep[slot] = None
-        self._free_slots.append(slot)
-        self.inflight -= 1
 
     def wait(self, timeout: float | None) -> list[tuple[int, int]]:
         """Block until at least one completion (or ``timeout`` seconds: then [])."""
