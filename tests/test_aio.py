@@ -73,6 +73,28 @@ def test_readv_several_iovecs(engine, image, guest):
 
 
 @pytest.mark.timeout(30)
+def test_many_small_and_empty_iovecs(engine, image, guest):
+    iovecs = [guest[i * 512:i * 512 + 200] for i in range(20)] + [guest[0:0]]  # > 16 per op
+    engine.prep_readv(image, iovecs, 2 * BLOCK, token=3)
+    engine.submit()
+    assert _drain(engine, 1) == [(3, 4000)]
+    assert b"".join(bytes(v) for v in iovecs) == _pattern(2)[:4000]
+
+
+@pytest.mark.timeout(30)
+def test_force_async_io_uring(image, guest):
+    if URING_REASON is not None:
+        pytest.skip(f"io_uring unavailable here: {URING_REASON}")
+    from pyvirtio.aio.uring import IoUringEngine
+
+    with IoUringEngine(8, force_async=True) as eng:
+        eng.prep_readv(image, [guest[0:BLOCK]], 5 * BLOCK, token=1)
+        eng.submit()
+        assert _drain(eng, 1) == [(1, BLOCK)]
+    assert bytes(guest[0:BLOCK]) == _pattern(5)
+
+
+@pytest.mark.timeout(30)
 def test_writev_then_read_back(engine, image, guest):
     guest[0:BLOCK] = b"\xab" * BLOCK
     guest[BLOCK:2 * BLOCK] = b"\xcd" * BLOCK

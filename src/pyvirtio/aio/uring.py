@@ -155,7 +155,7 @@ class IoUringEngine(AioEngine):
 
     def _map_rings(self, p: tuple) -> None:
         sq_entries, cq_entries, _flags, _cpu, _idle, features = p[0:6]
-        (sq_head, sq_tail, sq_mask, _sq_n, sq_flags, _dropped, sq_array, _r1, _ua) = p[10:19]
+        (_sq_head, sq_tail, sq_mask, _sq_n, sq_flags, _dropped, sq_array, _r1, _ua) = p[10:19]
         (cq_head, cq_tail, cq_mask, _cq_n, cq_overflow, cqes, _cq_flags, _r2, _ua2) = p[19:28]
         if not features & IORING_FEAT_NODROP:
             raise OSError(errno.ENOTSUP, "kernel lacks IORING_FEAT_NODROP (needs Linux 5.5+)")
@@ -180,7 +180,6 @@ class IoUringEngine(AioEngine):
         self._cq_overflow_off = cq_overflow
         for i in range(sq_entries):  # identity: SQ array slot i names SQE i, once and for all
             _U32.pack_into(sq, sq_array + 4 * i, i)
-        del sq_head
 
     def _register_eventfd(self) -> None:
         arg = ctypes.c_int(self.fd)
