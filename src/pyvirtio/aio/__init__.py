@@ -18,7 +18,12 @@ Rules the caller keeps (both back-ends):
   (short reads and writes included, 0 at end of file) or ``-errno``;
 * the iovecs are kept referenced until their op is reaped; the caller must not release or resize
   the memory under them while the op is in flight;
-* the engine is not thread-safe: one thread calls ``prep_*``/``submit``/``reap``/``wait``/``close``.
+* the engine is not thread-safe: one thread calls ``prep_*``/``submit``/``reap``/``wait``/``close``;
+* offset -1 means "at the file position" (pipes, sockets), as in io_uring;
+* reading into a read-only buffer is the caller's bug: io_uring raises ``UsageError`` at prep,
+  threads completes it with ``-EINVAL``; writing from one works (io_uring copies it first);
+* O_DIRECT files need buffers, offsets and lengths aligned as the file system says (4096 is
+  safe); guest memory views are page-aligned where the guest's buffers are.
 """
 
 from __future__ import annotations
