@@ -12,8 +12,7 @@ Sans-I/O: the device is handed the guest memory on every call; the transport dec
 from __future__ import annotations
 
 import logging
-import threading
-from typing import ClassVar
+from typing import Callable, ClassVar, Optional
 
 from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, VirtioError
 from .interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
@@ -33,6 +32,10 @@ def _ignore_interrupt(info: Interrupt) -> None:
     pass
 
 
+def _call_inline(fn: Callable[[], None], group: int = 0) -> None:
+    fn()
+
+
 class VirtioDevice:
     """Base of every device: features, status, config space, queues."""
 
@@ -49,8 +52,11 @@ class VirtioDevice:
         self.status = DeviceStatus(0)
         self.config_generation = 0
         self.interrupt: InterruptHandler = _ignore_interrupt
+        #: Set by the engine serving the device: ``host_call(fn, group)`` runs ``fn()`` in that
+        #: group's worker (under its lock) — how host code in another thread (set a link down,
+        #: hand in frames, add a port) changes the device.  Without an engine it runs inline.
+        self.host_call: Callable[[Callable[[], None], int], None] = _call_inline
         self.queues = [SplitDeviceQueue(self.queue_max_size, index=i) for i in range(self.num_queues)]
-        self.lock = threading.RLock()  # transports that serve queues from threads take it
 
     # --- features (2.2) -------------------------------------------------------------------------
 
@@ -152,8 +158,34 @@ class VirtioDevice:
 
     # --- queues ---------------------------------------------------------------------------------
 
+    # The engine (pyvirtio.engine) drives these from one worker per queue group; everything below
+    # runs in that group's worker thread or under its lock, so the device needs no lock of its own.
+
+    def queue_groups(self) -> list[tuple[int, ...]]:
+        """Which queues one worker serves together (default: all of them, one worker)."""
+        return [tuple(range(len(self.queues)))]
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        """Host fds to watch for ``group`` now, as (fd, select.POLLIN|POLLOUT); derived from the
+        device's state on every turn."""
+        return []
+
+    def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
+        """Watched host fds fired (``events``: (fd, revents)), or — with no events — the worker
+        asks the device to look at its host side anyway.  Returns the queues to notify."""
+        return set()
+
+    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+                timeout: float = 30.0) -> bool:
+        """Finish every request of queue ``index`` (all queues: None) that is still in flight
+        on the host, publishing its used entry when ``mem`` is given; called with the queue's
+        group held still, before a ring stops or its memory goes away.  False if some request
+        did not finish within ``timeout``."""
+        return True
+
     def queue_notify(self, mem: GuestMemory, index: int) -> None:
-        """The driver kicked queue ``index``: process it and interrupt if the driver wants it."""
+        """Process queue ``index`` inline and interrupt if the driver wants it (a single-threaded
+        helper for tests; transports go through :class:`pyvirtio.engine.LocalEngine`)."""
         if not 0 <= index < len(self.queues):
             log.warning("%s: notify for queue %d that does not exist", type(self).__name__, index)
             return
@@ -161,8 +193,7 @@ class VirtioDevice:
         if not queue.ready or not self.driver_ok or queue.broken:
             return  # 2.1: no buffers are consumed before DRIVER_OK
         try:
-            with self.lock:
-                notify = self.process_queue(mem, queue)
+            notify = self.process_queue(mem, queue)
         except (DriverFault, GuestMemoryError, QueueBroken) as exc:
             self.needs_reset(exc)
             return
@@ -179,12 +210,11 @@ class VirtioDevice:
         raise NotImplementedError
 
     def complete(self, mem: GuestMemory, queue_index: int, head_index: int, written: int) -> None:
-        """Finish a request that :meth:`handle_chain` deferred."""
+        """Finish a request that :meth:`handle_chain` deferred (in the queue's worker thread)."""
         queue = self.queues[queue_index]
         try:
-            with self.lock:
-                queue.add_used(mem, head_index, written)
-                notify = queue.needs_notification(mem)
+            queue.add_used(mem, head_index, written)
+            notify = queue.needs_notification(mem)
         except VirtioError as exc:
             self.needs_reset(exc)
             return

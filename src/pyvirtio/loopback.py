@@ -16,6 +16,7 @@ from typing import Optional
 
 from .alloc import GuestAllocator
 from .device import VirtioDevice
+from .engine import LocalEngine
 from .errors import VirtioError
 from .interrupt import Interrupt, InterruptHandler
 from .memory import GuestMemory, Region, _buffer_address
@@ -49,6 +50,8 @@ class LoopbackTransport(DriverTransport):
         self._interrupts = 0
         self._seen = 0
         device.interrupt = self._device_interrupt
+        self.engine = LocalEngine(device, lambda: self.device_memory, self._device_interrupt,
+                                  name=self.describe())
 
     @property
     def device_type(self) -> int:
@@ -69,7 +72,8 @@ class LoopbackTransport(DriverTransport):
         return int(self.device.status)
 
     def set_status(self, status: int) -> None:
-        self.device.set_status(status)
+        with self.engine.hold():
+            self.device.set_status(status)
 
     def get_device_features(self) -> int:
         return self.device.device_features
@@ -96,6 +100,10 @@ class LoopbackTransport(DriverTransport):
         return self.device.queues[index].max_size
 
     def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+        with self.engine.hold():
+            self._setup_queue(index, layout)
+
+    def _setup_queue(self, index: int, layout: SplitRingLayout) -> None:
         queue = self.device.queues[index]
         to_uva = self.memory.gpa_to_uva
         to_gpa = self.device_memory.uva_to_gpa
@@ -105,7 +113,7 @@ class LoopbackTransport(DriverTransport):
         queue.activate(self.device_memory)
 
     def notify(self, index: int) -> None:
-        self.device.queue_notify(self.device_memory, index)
+        self.engine.kick(index)
 
     # interrupts
     def set_interrupt_handler(self, handler: InterruptHandler) -> None:
@@ -120,6 +128,7 @@ class LoopbackTransport(DriverTransport):
             return got
 
     def close(self) -> None:
+        self.engine.stop()
         try:
             self.device.reset()
         except VirtioError:

@@ -1,10 +1,16 @@
 """Block device (VIRTIO 1.3, 5.2) over a raw image file.
 
-Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES.  Data moves with ``os.preadv`` /
-``os.pwritev`` straight between the file and guest memory views (no copies).  Every request is
-checked: a request past the capacity, a length that is not a whole number of sectors, a write to
-a read-only disk, or an unknown type gets IOERR or UNSUPP in its status byte and the queue goes on.
-A chain with no room for the status byte is the driver's fault and is returned with 0 bytes.
+Requests: IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES.  Every request is checked first: a
+request past the capacity, a length that is not a whole number of sectors, a write to a read-only
+disk, or an unknown type gets IOERR or UNSUPP in its status byte and the queue goes on.  A chain
+with no room for the status byte is the driver's fault and is returned with 0 bytes.
+
+Reads, writes and flushes are asynchronous (:mod:`.blk_io`): each queue is its own queue group
+(one engine worker), keeps up to a ring's worth of requests in flight in the kernel through
+io_uring or a thread pool, and completes them as they finish — zero copy between the image and
+guest memory, the used ring in completion order.  GET_ID, DISCARD and WRITE_ZEROES complete at
+once.  The image is opened, checked and locked as QEMU does (:mod:`.blk_image`), optionally
+``O_DIRECT`` (``direct=True``, like qemu-storage-daemon's ``cache.direct=on``).
 """
 
 from __future__ import annotations
@@ -15,11 +21,17 @@ import errno
 import logging
 import os
 
+import select
+from typing import Optional
+
 from ..device import VirtioDevice
 from ..errors import UsageError
+from ..memory import GuestMemory
 from ..spec import blk as spec
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain
+from .blk_image import open_image
+from .blk_io import FLUSH, READ, WRITE, QueueIO, Request
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +41,10 @@ _SEG = spec.BLK_DISCARD_WRITE_ZEROES
 _F = spec.BlkFeature
 _T = spec.BlkReqType
 _S = spec.BlkStatus
+
+#: The serial a guest sees unless told otherwise (never derived from the host file name).
+DEFAULT_SERIAL = "pyvirtio-blk"
+AIO_MODES = ("auto", "io_uring", "threads")
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -51,19 +67,23 @@ class BlkDevice(VirtioDevice):
 
     def __init__(self, path: str, *, read_only: bool = False, serial: str | None = None,
                  num_queues: int = 1, queue_max_size: int = 256, writeback: bool = True,
-                 discard: bool = True, write_zeroes: bool = True, size_max: int = 1 << 20):
+                 discard: bool = True, write_zeroes: bool = True, size_max: int = 1 << 20,
+                 direct: bool = False, aio: str = "auto", image_format: str | None = None,
+                 locking: bool = True):
         if num_queues < 1 or num_queues > 64:
             raise UsageError(f"num_queues {num_queues} is not in 1..64")
+        if aio not in AIO_MODES:
+            raise UsageError(f"aio {aio!r} is not one of {', '.join(AIO_MODES)}")
         self.path = path
         self.read_only = read_only
-        self.fd = os.open(path, (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC)
-        try:
-            size = os.lseek(self.fd, 0, os.SEEK_END)
-        except OSError:
-            os.close(self.fd)
-            raise
-        self.capacity = size // SECTOR
-        self.serial = (serial if serial is not None else os.path.basename(path))[:spec.BLK_ID_BYTES]
+        self.image = open_image(path, read_only=read_only, direct=direct, image_format=image_format,
+                                lock=locking)
+        self.fd = self.image.fd
+        self.direct = direct
+        self.aio = aio
+        self.capacity = self.image.size // SECTOR
+        #: A fixed default, as qemu-storage-daemon's: a guest must not learn host file names.
+        self.serial = (serial if serial is not None else DEFAULT_SERIAL)[:spec.BLK_ID_BYTES]
         self.num_queues = num_queues
         self.queue_max_size = queue_max_size
         self.size_max = size_max
@@ -85,6 +105,15 @@ class BlkDevice(VirtioDevice):
         super().__init__()
         self.writeback = writeback
         self.stats = {"read_bytes": 0, "write_bytes": 0, "requests": 0, "errors": 0}
+        self._io: dict[int, QueueIO] = {}  # per queue, made by the queue's worker on first use
+
+    @property
+    def aio_name(self) -> str:
+        """The I/O engine requests go through ("io_uring" or "threads")."""
+        from ..aio import io_uring_unavailable_reason
+        if self.aio != "auto":
+            return self.aio
+        return "threads" if io_uring_unavailable_reason() else "io_uring"
 
     # --- config space (5.2.4) -------------------------------------------------------------------
 
@@ -110,11 +139,66 @@ class BlkDevice(VirtioDevice):
             self.writeback = self.has_feature(_F.FLUSH)
 
     def on_reset(self) -> None:
+        self.quiesce(None)  # nothing of the old driver's may still be writing into its memory
         self.writeback = self.default_writeback
+
+    # --- the engine's doors: one queue group per queue ------------------------------------------
+
+    def queue_groups(self) -> list[tuple[int, ...]]:
+        return [(i,) for i in range(len(self.queues))]
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        io = self._io.get(group)
+        return [(io.completion_fd, select.POLLIN)] if io is not None else []
+
+    def process_queue(self, mem: GuestMemory, queue) -> bool:
+        notify = queue.drain(mem, lambda chain: self.handle_chain(queue.index, chain))
+        io = self._io.get(queue.index)
+        if io is not None:
+            io.submit()  # every request of this pass in one go
+        return notify
+
+    def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
+        """Completions arrived: status bytes, then one used-ring update for all of them."""
+        io = self._io.get(group)
+        if io is None or not io.inflight:
+            return set()
+        done: list[tuple[int, int]] = []
+        io.reap(lambda req, err: done.append(self._finish(req, err)))
+        return self._publish(mem, group, done)
+
+    def _publish(self, mem: Optional[GuestMemory], index: int, done: list[tuple[int, int]]) -> set[int]:
+        queue = self.queues[index]
+        if not done or mem is None or queue.broken or not queue.ready:
+            return set()
+        queue.add_used_batch(mem, done)
+        return {index} if queue.needs_notification(mem) else set()
+
+    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+                timeout: float = 30.0) -> bool:
+        ok = True
+        for i in ([index] if index is not None else list(self._io)):
+            io = self._io.get(i)
+            if io is None or not io.inflight:
+                continue
+            done: list[tuple[int, int]] = []
+            ok = io.wait_all(lambda req, err: done.append(self._finish(req, err)), timeout) and ok
+            try:
+                self._publish(mem, i, done)
+            except Exception as exc:  # the ring is going away; what matters is nothing is left
+                log.warning("blk %s: queue %d: completions not published: %s", self.path, i, exc)
+        return ok
+
+    def _queue_io(self, index: int) -> QueueIO:
+        io = self._io.get(index)
+        if io is None:
+            io = self._io[index] = QueueIO(self.fd, aio=self.aio, depth=max(q.max_size for q in self.queues),
+                                           align=self.image.align, direct=self.direct)
+        return io
 
     # --- requests (5.2.6) -----------------------------------------------------------------------
 
-    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int:
+    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
         if chain.readable_len < _HDR.size or chain.writable_len < 1:
             log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
             return 0
@@ -123,6 +207,46 @@ class BlkDevice(VirtioDevice):
             rtype, _ioprio, sector = _HDR.unpack_from(first)
         else:
             rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR.size))
+        req = self._async_request(rtype, sector, chain)
+        if req is not None:
+            self._queue_io(queue_index).start(req)
+            return None  # completed by host_ready, as the kernel finishes it
+        return self._complete_now(rtype, sector, chain)
+
+    def _async_request(self, rtype: int, sector: int, chain: DescriptorChain) -> Request | None:
+        """A read, write or flush that is valid goes to the kernel; anything else is None."""
+        if rtype == _T.IN:
+            length = chain.writable_len - 1
+            if length and self._range_ok(sector, length):
+                return Request(chain, READ, chain.writable_views(0, length), sector * SECTOR, length)
+        elif rtype == _T.OUT:
+            length = chain.readable_len - _HDR.size
+            if length and not self.read_only and self._range_ok(sector, length):
+                return Request(chain, WRITE, chain.readable_views(_HDR.size, length), sector * SECTOR,
+                               length, dsync=not self.writeback)
+        elif rtype == _T.FLUSH:
+            return Request(chain, FLUSH, [], 0, 0)
+        return None
+
+    def _finish(self, req: Request, error: Optional[OSError]) -> tuple[int, int]:
+        """A request the kernel finished: its status byte and (head, bytes written)."""
+        chain = req.chain
+        self.stats["requests"] += 1
+        if error is not None:
+            log.warning("blk %s: %s at byte %d failed: %s", self.path,
+                        ("read", "write", "flush")[req.kind], req.offset, error.strerror or error)
+            self.stats["errors"] += 1
+            chain.writable[-1][-1] = _S.IOERR
+            return chain.head_index, 1
+        chain.writable[-1][-1] = _S.OK
+        if req.kind == READ:
+            self.stats["read_bytes"] += req.length
+            return chain.head_index, req.length + 1
+        if req.kind == WRITE:
+            self.stats["write_bytes"] += req.length
+        return chain.head_index, 1
+
+    def _complete_now(self, rtype: int, sector: int, chain: DescriptorChain) -> int:
         status, written = self._execute(rtype, sector, chain)
         data_written = written
         chain.writable[-1][-1] = status  # the status byte: the last writable byte (5.2.6)
@@ -229,9 +353,12 @@ class BlkDevice(VirtioDevice):
             length -= n
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.quiesce(None)
+        for io in self._io.values():
+            io.close()
+        self._io.clear()
+        self.image.close()
+        self.fd = -1
 
 
 def _preadv_all(fd: int, views: list[memoryview], offset: int, length: int) -> int:

@@ -24,6 +24,7 @@ logged and counted while the device keeps serving every port.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
@@ -102,6 +103,7 @@ class ConsoleDevice(ControlQueues, VirtioDevice):
         self.device_specific_features = ((1 << _F.SIZE) | (multiport << _F.MULTIPORT)
                                          | (emerg_write << _F.EMERG_WRITE))
         super().__init__()
+        self.lock = threading.RLock()  # TODO(engine): goes when this device runs on one group worker
         self.cols, self.rows = size
         self.ports: dict[int, DevicePort] = {}
         self.multiport = False  # negotiated

@@ -20,6 +20,7 @@ counted) only when the source cannot wait, when the link is down, or when the fi
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from typing import Callable, Iterable, Optional
 
@@ -82,6 +83,7 @@ class NetDevice(ReceivePath, VirtioDevice):
         self.mtu = mtu
         self.device_specific_features = self._offer(offloads)
         super().__init__()
+        self.lock = threading.RLock()  # TODO(engine): goes when this device runs on one group worker
         self.default_mac = mac_bytes(mac) if mac is not None else random_mac()
         self.mac = self.default_mac
         self.admin_link = link_up

@@ -53,7 +53,7 @@ class VirtioMmioDevice:
 
     def read(self, offset: int, size: int) -> int:
         check_access(size)
-        with self.device.lock:
+        with self.regs.engine.hold():
             if offset >= CONFIG_OFFSET:
                 data = self.device.read_config(offset - CONFIG_OFFSET, size)
                 return int.from_bytes(data, "little")
@@ -64,7 +64,7 @@ class VirtioMmioDevice:
     def write(self, offset: int, size: int, value: int) -> None:
         check_access(size)
         value &= (1 << (8 * size)) - 1
-        with self.device.lock:
+        with self.regs.engine.hold():
             if offset >= CONFIG_OFFSET:
                 if offset + size <= self.size:
                     self.device.write_config(offset - CONFIG_OFFSET, value.to_bytes(size, "little"))

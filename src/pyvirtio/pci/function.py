@@ -216,7 +216,7 @@ class VirtioPciFunction:
         region = self._region(bar, offset, size)
         if region is None:
             return 0  # holes, straddling accesses, unimplemented BARs
-        with self.device.lock:
+        with self.regs.engine.hold():
             return region.read(offset - region.offset, size)
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
@@ -225,7 +225,7 @@ class VirtioPciFunction:
         if region is None:
             return
         value &= (1 << (8 * size)) - 1
-        with self.device.lock:
+        with self.regs.engine.hold():
             region.write(offset - region.offset, size, value)
 
     # --- common configuration (4.1.4.3) ---------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..device import VirtioDevice
+from ..engine import LocalEngine
 from ..errors import DeviceStatusError, DriverFault, VirtioError
 from ..memory import GuestMemory
 from ..spec.features import Feature
@@ -67,6 +68,9 @@ class DeviceRegisters:
                  on_reset: Callable[[], None] = lambda: None):
         self.device = device
         self.memory = memory
+        #: Serves the queues (inline on a notify write, plus a worker per queue group for the
+        #: device's host fds); register accesses hold it still with ``engine.hold()``.
+        self.engine = LocalEngine(device, lambda: self.memory, lambda info: self.device.interrupt(info))
         self.can_dma = can_dma
         self._on_reset = on_reset
         self.queues = [QueueRegs(q.max_size) for q in device.queues]
@@ -195,7 +199,7 @@ class DeviceRegisters:
         if not self.can_dma():
             log.info("%s: notify for queue %d ignored: no bus mastering", self._name, index)
             return
-        self.device.queue_notify(self.memory, index)
+        self.engine.kick(index)
 
     @property
     def _name(self) -> str:

@@ -31,7 +31,16 @@ def check_device(factory: Callable[[], VirtioDevice]) -> list[str]:
     """Run every check against devices made by ``factory``; returns the names that passed."""
     passed = []
     for check in CHECKS:
-        check(factory)
+        made: list[VirtioDevice] = []
+
+        def tracked() -> VirtioDevice:
+            made.append(factory())
+            return made[-1]
+        try:
+            check(tracked)
+        finally:
+            for dev in made:  # host resources (an image's lock) go with each check
+                dev.close()
         passed.append(check.__name__)
     return passed
 

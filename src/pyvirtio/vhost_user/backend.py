@@ -293,6 +293,7 @@ class BackendConnection:
             ring.enabled = True  # "the ring starts directly in the enabled state"
 
     def _stop(self, ring: Vring) -> None:
+        self._quiesce(ring.index)  # requests in flight on the host finish before the base is read
         ring.started = False
         ring.base = ring.queue.next_avail  # a restart without SET_VRING_BASE resumes here
         ring.set_fd("kick", -1)
@@ -320,6 +321,33 @@ class BackendConnection:
         finally:
             ring.chains += (ring.queue.next_avail - before) & 0xFFFF
 
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        """The host fds the device wants watched for ``group`` (none while no memory is mapped)."""
+        if not self.memory.regions:
+            return []
+        return self.device.host_fds(group)
+
+    def host_ready(self, group: int, events: list[tuple[int, int]]) -> set[int]:
+        """Let the device serve its host side (completions, a back-end); queues to notify.
+        Notifications for rings that cannot take them now (stopped, disabled) are dropped."""
+        if not self.memory.regions:
+            return set()
+        try:
+            notify = self.device.host_ready(self.memory, group, events)
+        except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            log.error("%s: queue group %d broken by the driver: %s", self.name, group, exc)
+            self.device.needs_reset(exc)
+            return set()
+        return {i for i in notify if 0 <= i < len(self.vrings) and self.vrings[i].started}
+
+    def _quiesce(self, index: int | None) -> None:
+        """Finish host I/O still in flight (one ring, or all) before a ring stops or the memory
+        under it changes; its used entries are published while the memory is still there."""
+        mem = self.memory if self.memory.regions else None
+        if not self.device.quiesce(mem, index):
+            log.error("%s: requests of %s still in flight after the timeout", self.name,
+                      "every ring" if index is None else f"ring {index}")
+
     # --- teardown ------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -328,6 +356,7 @@ class BackendConnection:
         if self.closed:
             return
         self.closed = True
+        self._quiesce(None)
         for ring in self.vrings:
             ring.reset()
         _close_all(self._framer.take_all_fds())
@@ -407,6 +436,7 @@ class BackendConnection:
         except BaseException:
             new.close()
             raise
+        self._quiesce(None)  # host I/O in flight may point into the old mappings
         old, self.memory = self.memory, new
         self._rebind_started()
         old.close()
@@ -431,6 +461,7 @@ class BackendConnection:
         for region in self.memory.regions:
             if (region.gpa, region.size, region.userspace_addr) == (
                     r.guest_phys_addr, r.memory_size, r.userspace_addr):
+                self._quiesce(None)
                 self.memory.remove_region(region.gpa, region.size)
                 self._rebind_started()
                 release_region(region)
@@ -538,8 +569,7 @@ class BackendConnection:
     @_rule(R.SET_CONFIG, size=None, gate=PF.CONFIG)
     def _set_config(self, msg: Message) -> None:
         cfg = self._config_request(ConfigSpace.unpack(msg.payload))
-        with self.device.lock:
-            self.device.write_config(cfg.offset, cfg.data)
+        self.device.write_config(cfg.offset, cfg.data)
 
     @staticmethod
     def _config_request(cfg: ConfigSpace) -> ConfigSpace:

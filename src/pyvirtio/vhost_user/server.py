@@ -1,15 +1,19 @@
 """The vhost-user daemon: the I/O shell around :class:`~.backend.BackendConnection`.
 
 One thread runs a ``selectors`` loop over every listening socket and every front-end connection,
-for any number of devices (an :class:`Endpoint` each).  Each vring gets a worker thread that waits
-on the ring's kick eventfd itself and drains the ring, so a slow disk request on one queue never
-holds up another queue or another device, and a kick reaches the drain in one thread hop.
+for any number of devices (an :class:`Endpoint` each).  The rings are served by the engine
+(:mod:`pyvirtio.engine`): one worker thread per queue group of the device (blk: one per queue;
+net and console: one for the device and its back-end), each polling its group's kick eventfds,
+the host fds the device asks for (a TAP, io_uring completions) and a wake fd — so a slow disk
+request on one queue never holds up another queue or another device, and a kick reaches the
+drain in one thread hop.
 
 Locking: a control message may change a ring (GET_VRING_BASE stops it, SET_MEM_TABLE replaces the
-memory under it), so the loop takes every ring lock of that connection while the core handles the
-message, and a worker holds its ring's lock while it drains.  Workers derive the kick fd to watch
-from the ring's state (never tracked on the side) and are woken after each batch of messages to
-re-derive it and drain once, so a kick that came while a ring was disabled is not lost.
+memory under it), so the loop holds every group of that connection still (their worker locks, in
+order) while the core handles the message; a worker holds its own lock for one turn.  Workers
+derive the fds to watch from the rings' state (never tracked on the side) and are woken after
+each batch of messages to re-derive them and serve once, so a kick that came while a ring was
+disabled is not lost.
 
 When a front-end hangs up the rings are stopped (workers joined), the memory is unmapped, every fd
 is closed, the device is reset, and the endpoint accepts the next front-end — a rebooting guest or
@@ -28,10 +32,10 @@ import signal
 import socket
 import stat
 import threading
-from contextlib import ExitStack
 from typing import Iterable
 
 from ..device import VirtioDevice
+from ..engine import POLL_INTERVAL, GroupWorker, hold, stop_all
 from ..errors import TransportError, UsageError
 from ..interrupt import Interrupt
 from .backend import BackendConnection, Reply
@@ -43,8 +47,6 @@ log = logging.getLogger("pyvirtio.vhost_user")
 #: fds accepted in one recvmsg; more are cut by the kernel (MSG_CTRUNC) and the message refused.
 _CMSG_FDS = 4 * MAX_FDS
 _SEND_TIMEOUT = 5.0
-#: How often a ring in polling mode (SET_VRING_KICK with NOFD) is looked at.
-POLL_INTERVAL = 0.001
 
 
 # --- listening sockets -------------------------------------------------------------------------
@@ -107,130 +109,86 @@ def is_listening(sock: socket.socket) -> bool:
 # --- one connection ----------------------------------------------------------------------------
 
 
-class RingWorker(threading.Thread):
-    """Drains one vring: it waits on the ring's kick eventfd itself (one thread hop from the
-    front-end's kick to the drain), on a wake eventfd of its own (control messages, stop), or
-    every POLL_INTERVAL in polling mode.  It re-derives the kick fd from the ring each turn and
-    reads it only under the ring lock after checking it is still the ring's, because control
-    messages replace and close kick fds under that lock."""
-
-    def __init__(self, session: "Session", index: int):
-        super().__init__(name=f"{session.name}-vring{index}", daemon=True)
-        self.session = session
-        self.index = index
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._stopping = False
-
-    def kick(self) -> None:
-        _signal(self._wake_fd)
-
-    def stop(self) -> None:
-        self._stopping = True
-        self.kick()
-
-    def run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            os.close(self._wake_fd)
-
-    def _serve(self) -> None:
-        conn, ring = self.session.conn, self.session.conn.vrings[self.index]
-        lock = self.session.ring_locks[self.index]
-        poller = select.poll()
-        poller.register(self._wake_fd, select.POLLIN)
-        watched = dead = -1
-        while True:
-            fd = ring.kick_fd if ring.started else -1
-            if fd != dead:
-                dead = -1
-            if fd != watched:
-                if watched >= 0:
-                    poller.unregister(watched)
-                watched = fd if fd != dead else -1
-                if watched >= 0:
-                    poller.register(watched, select.POLLIN)
-            polling = ring.polling and ring.active
-            events = poller.poll(POLL_INTERVAL * 1000 if polling else None)
-            if self._stopping:
-                return
-            kicked = {}
-            for f, e in events:
-                if f == watched:
-                    kicked[f] = e
-                elif f == self._wake_fd:
-                    _drain_eventfd(f)
-            with lock:
-                if kicked and watched == ring.kick_fd and not self._take_kick(watched, kicked[watched]):
-                    dead = watched  # not a usable eventfd: stop watching it until it is replaced
-                notify, fault = conn.process_ring(self.index)
-                if notify:
-                    _signal(ring.call_fd)
-                if fault:
-                    _signal(ring.err_fd)
-
-    def _take_kick(self, fd: int, revents: int) -> bool:
-        """Consume a kick; False if the fd is not one the front-end can kick us through."""
-        try:
-            if revents & (select.POLLNVAL | select.POLLERR) or not os.read(fd, 8):
-                raise OSError(errno.EPIPE, "closed or at end of file")
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError as exc:
-            log.warning("%s: kick fd of ring %d unusable (%s); ignoring it", self.session.name,
-                        self.index, exc.strerror)
-            return False
-        return True
-
-
 class Session:
-    """One front-end connection: the socket, the protocol core, the ring workers."""
+    """One front-end connection: the socket, the protocol core, and one
+    :class:`~pyvirtio.engine.GroupWorker` per queue group of the device (this class is their
+    :class:`~pyvirtio.engine.QueueHost`)."""
 
     def __init__(self, endpoint: "Endpoint", sock: socket.socket):
         self.endpoint = endpoint
         self.sock = sock
         self.name = endpoint.name
         self.conn = BackendConnection(endpoint.device, name=endpoint.name, **endpoint.options)
-        n = len(self.conn.vrings)
-        self.ring_locks = [threading.RLock() for _ in range(n)]
-        # Innermost lock: guards the call fds for device-initiated interrupts.  A ring worker may
-        # signal another ring (net rx completions from a tx worker); taking that ring's lock there
-        # could deadlock against handle(), which takes every ring lock in order.
+        # Innermost lock: guards the call fds while a notification is written, against handle()
+        # replacing or closing them.
         self.signal_lock = threading.Lock()
-        self.workers = [RingWorker(self, i) for i in range(n)]
-        endpoint.device.interrupt = self._interrupt
+        device = endpoint.device
+        idle = getattr(device, "idle_interval", None)
+        self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}", idle_interval=idle)
+                        for g, queues in enumerate(device.queue_groups())]
+        device.interrupt = self._interrupt
+        device.host_call = self._host_call
         for w in self.workers:
             w.start()
 
+    def _host_call(self, fn, group: int = 0) -> None:
+        if 0 <= group < len(self.workers) and self.workers[group].running:
+            self.workers[group].call_soon(fn)
+        else:
+            fn()
+
+    # --- QueueHost: what the workers ask -------------------------------------------------------
+
+    def kick_fd(self, index: int) -> int:
+        ring = self.conn.vrings[index]
+        return ring.kick_fd if ring.started else -1
+
+    def polling(self, index: int) -> bool:
+        ring = self.conn.vrings[index]
+        return ring.polling and ring.active
+
+    def process(self, index: int) -> bool:
+        notify, fault = self.conn.process_ring(index)
+        if fault:
+            with self.signal_lock:
+                _signal(self.conn.vrings[index].err_fd)
+        return notify
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        return self.conn.host_fds(group)
+
+    def host_ready(self, group: int, events: list[tuple[int, int]]) -> set[int]:
+        return self.conn.host_ready(group, events)
+
+    def notify(self, index: int) -> None:
+        with self.signal_lock:
+            _signal(self.conn.vrings[index].call_fd)
+
     def _interrupt(self, info: Interrupt) -> None:
-        """Device-initiated notification (a deferred completion)."""
+        """Device-initiated notification from outside a turn."""
         if info.queue is None:
             log.info("%s: config change not sent (no back-end request channel)", self.name)
             return
-        with self.signal_lock:
-            _signal(self.conn.vrings[info.queue].call_fd)
+        self.notify(info.queue)
+
+    # --- the control path ------------------------------------------------------------------------
 
     def handle(self, data: bytes, fds: list[int]) -> list[Reply]:
-        """Run the core on one chunk with every ring held still."""
-        with ExitStack() as stack:
-            for lock in self.ring_locks:
-                stack.enter_context(lock)
-            stack.enter_context(self.signal_lock)
+        """Run the core on one chunk with every queue group held still."""
+        with hold(self.workers), self.signal_lock:
             outputs = self.conn.receive(data, fds)
         return [o for o in outputs if isinstance(o, Reply)]
 
     def drain_active(self) -> None:
-        """After control messages: every worker re-derives its kick fd and drains if active."""
+        """After control messages: every worker re-derives what it watches and serves its queues."""
         for worker in self.workers:
-            worker.kick()
+            worker.wake()
 
     def close(self) -> None:
-        for w in self.workers:
-            w.stop()
-        for w in self.workers:
-            if w is not threading.current_thread():
-                w.join()
-        self.conn.close()
+        if not stop_all(self.workers):
+            log.error("%s: a queue worker did not stop; closing the connection anyway", self.name)
+        with hold(w for w in self.workers if not w.running):
+            self.conn.close()
         self.sock.close()
 
 
@@ -501,5 +459,5 @@ def _close_fds(fds: Iterable[int]) -> None:
             pass
 
 
-__all__ = ["VhostUserServer", "Endpoint", "Session", "RingWorker", "bind_unix",
+__all__ = ["VhostUserServer", "Endpoint", "Session", "bind_unix",
            "inherited_socket", "is_listening", "SocketInUse", "POLL_INTERVAL"]

@@ -1,0 +1,393 @@
+"""The host-side engine: one worker model for every device on every transport.
+
+A device declares **queue groups** (:meth:`VirtioDevice.queue_groups`): blk one group per
+queue, net and console one group for the whole device (its queues and its back-end), rng one
+group per queue.  For each group it may ask for host file descriptors to be watched
+(:meth:`VirtioDevice.host_fds`: a TAP, a socket, a console endpoint, an io_uring completion
+eventfd), derived from its state on every turn.  A :class:`GroupWorker` serves one group: it
+polls the group's kick fds, those host fds and a wake fd of its own, runs the device through its
+:class:`QueueHost` (the transport's adapter) and delivers the notifications the device asks for.
+
+Rules that replace the device lock and the old per-device loops:
+
+* Everything a group's device code does runs in that group's worker thread, or in a thread that
+  holds :attr:`GroupWorker.lock` (the transport's control path: a vhost-user message, a PCI/MMIO
+  register access, an inline kick).  The lock is held for one turn at a time, and the control
+  path takes the locks of all groups in index order — the only lock order there is.
+* The device never calls back into the transport to interrupt from a worker: a turn returns the
+  set of queues to notify and the worker notifies them after the turn.
+* Host code in another thread (set a link down, add a console port) hands the work to the
+  worker with :meth:`GroupWorker.call_soon`, or takes :meth:`hold` for a short change.
+* Stopping never loses the wake-up (the wake fd is drained *before* the stop flag is read) and
+  never blocks forever (the join is bounded; a worker that did not stop is logged).
+* A kick fd is read only after poll(2) reported it readable, so a front-end that hands over a
+  blocking fd cannot make a worker block; a kick fd at end of file or in error is logged once and
+  no longer watched until the transport replaces it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import threading
+from collections import deque
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+
+from .errors import DriverFault, GuestMemoryError, QueueBroken
+from .interrupt import Interrupt
+from .memory import GuestMemory
+
+log = logging.getLogger(__name__)
+
+POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
+_BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
+#: How often a queue in polling mode (no kick fd: vhost-user NOFD) is looked at.
+POLL_INTERVAL = 0.001
+#: How long stopping a worker may take before it is given up on (and logged).
+STOP_TIMEOUT = 5.0
+
+HostEvents = list[tuple[int, int]]
+
+
+class QueueHost(Protocol):
+    """What a transport gives a worker: kick fds, memory, and where notifications go."""
+
+    def kick_fd(self, index: int) -> int:
+        """The fd a kick of queue ``index`` arrives on (-1: none)."""
+
+    def polling(self, index: int) -> bool:
+        """Whether queue ``index`` must be looked at without kicks (every POLL_INTERVAL)."""
+
+    def process(self, index: int) -> bool:
+        """Run the device on queue ``index`` if it may run; whether to notify the driver."""
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        """The host fds the device wants watched for ``group`` now, (fd, POLLIN|POLLOUT)."""
+
+    def host_ready(self, group: int, events: HostEvents) -> set[int]:
+        """Watched host fds fired (or, with no events, a look was asked for); queues to notify."""
+
+    def notify(self, index: int) -> None:
+        """Send a used-buffer notification for queue ``index``."""
+
+
+class GroupWorker:
+    """Serves one queue group: one thread, one poll set, one lock held per turn."""
+
+    def __init__(self, host: QueueHost, group: int, queues: Sequence[int], *, name: str,
+                 idle_interval: Optional[float] = None):
+        self.host = host
+        self.group = group
+        self.queues = tuple(queues)
+        self.name = name
+        self.idle_interval = idle_interval
+        self.lock = threading.RLock()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._calls: deque[Callable[[], None]] = deque()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._dead: set[int] = set()  # kick fds found unusable (until the transport replaces them)
+        self.turns = 0
+
+    # --- control, from any thread ---------------------------------------------------------------
+
+    def start(self) -> "GroupWorker":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Make the worker re-derive what it watches and look at every queue of its group."""
+        fd = self._wake_fd
+        if fd >= 0:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the worker's thread, under its lock, before its next turn."""
+        self._calls.append(fn)
+        self.wake()
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
+        """Stop the thread (bounded); True if it stopped.  Idempotent; closes the wake fd."""
+        self._stopping = True
+        self.wake()
+        thread = self._thread
+        stopped = True
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            stopped = not thread.is_alive()
+            if not stopped:
+                log.error("%s: worker did not stop within %.1f s; left behind", self.name, timeout)
+        if stopped and self._wake_fd >= 0:
+            fd, self._wake_fd = self._wake_fd, -1
+            os.close(fd)
+        return stopped
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- one turn (the worker's thread, or inline under the lock) -------------------------------
+
+    def turn(self, kicked: Iterable[int] = (), events: HostEvents = (), *, everything: bool = False) -> None:
+        """Serve kicked queues (all of the group's with ``everything``) and fired host fds,
+        then send the notifications the device asked for."""
+        with self.lock:
+            self.turns += 1
+            notify: set[int] = set()
+            for index in (self.queues if everything else kicked):
+                if self.host.process(index):
+                    notify.add(index)
+            if events or everything:
+                notify |= self.host.host_ready(self.group, list(events))
+        for index in sorted(notify):
+            self.host.notify(index)
+
+    # --- the thread -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poller = select.poll()
+        watched: dict[int, tuple[int, int]] = {}  # fd -> (events, queue index or -1 for host fds)
+        poller.register(self._wake_fd, POLLIN)
+        while True:
+            try:
+                want = self._wanted()
+                _sync(poller, watched, want)
+                events = poller.poll(self._timeout())
+            except Exception:  # a bug of ours: log, keep the worker alive
+                log.exception("%s: poll failed", self.name)
+                events = []
+            woken = False
+            for fd, _ in events:
+                if fd == self._wake_fd:
+                    _drain(fd)
+                    woken = True
+            if self._stopping:  # read after draining the wake fd: a stop cannot be lost
+                return
+            try:
+                self._serve(events, watched, woken)
+            except Exception:
+                log.exception("%s: turn failed", self.name)
+
+    def _wanted(self) -> dict[int, tuple[int, int]]:
+        want: dict[int, tuple[int, int]] = {}
+        live = set()
+        for index in self.queues:
+            fd = self.host.kick_fd(index)
+            if fd >= 0:
+                live.add(fd)
+                if fd not in self._dead:
+                    want[fd] = (POLLIN, index)
+        self._dead &= live  # a replaced fd number may come back as a good one
+        for fd, mask in self.host.host_fds(self.group):
+            if fd >= 0 and fd not in want:
+                want[fd] = (mask, -1)
+            elif fd >= 0:
+                want[fd] = (want[fd][0] | mask, want[fd][1])
+        return want
+
+    def _timeout(self) -> Optional[float]:
+        if any(self.host.polling(i) for i in self.queues):
+            return POLL_INTERVAL * 1000
+        return self.idle_interval * 1000 if self.idle_interval is not None else None
+
+    def _serve(self, events: list[tuple[int, int]], watched: dict[int, tuple[int, int]],
+               woken: bool) -> None:
+        while self._calls:
+            fn = self._calls.popleft()
+            with self.lock:
+                fn()
+        kicked: list[int] = []
+        host_events: HostEvents = []
+        with self.lock:
+            for fd, revents in events:
+                entry = watched.get(fd)
+                if entry is None or fd == self._wake_fd:
+                    continue
+                if entry[1] < 0:
+                    host_events.append((fd, revents))
+                elif self.host.kick_fd(entry[1]) == fd and self._take_kick(fd, revents, entry[1]):
+                    kicked.append(entry[1])
+            polling = any(self.host.polling(i) for i in self.queues)
+            idle = not events and self.idle_interval is not None
+            self.turn(kicked, host_events, everything=woken or polling or idle)
+
+    def _take_kick(self, fd: int, revents: int, index: int) -> bool:
+        """Consume a kick (poll said readable, so the read cannot block); an fd at end of file
+        or in error is dropped from the watch list until it is replaced, with one log line."""
+        try:
+            if revents & _BAD and not revents & POLLIN:
+                raise OSError(errno.EPIPE, "hung up or in error")
+            if not os.read(fd, 8):
+                raise OSError(errno.EPIPE, "at end of file")
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as exc:
+            log.warning("%s: kick fd of queue %d unusable (%s); no longer watched until it is "
+                        "replaced", self.name, index, exc.strerror)
+            self._dead.add(fd)
+            return False
+        return True
+
+
+def _sync(poller, watched: dict[int, tuple[int, int]], want: dict[int, tuple[int, int]]) -> None:
+    for fd in [fd for fd in watched if fd not in want or watched[fd] != want[fd]]:
+        try:
+            poller.unregister(fd)
+        except KeyError:
+            pass
+        del watched[fd]
+    for fd, entry in want.items():
+        if fd not in watched:
+            poller.register(fd, entry[0])
+            watched[fd] = entry
+
+
+def _drain(fd: int) -> None:
+    try:
+        os.eventfd_read(fd)
+    except OSError:
+        pass
+
+
+@contextmanager
+def hold(workers: Iterable[GroupWorker]) -> Iterator[None]:
+    """Hold every group still (their locks, in index order): the control path's critical section."""
+    with ExitStack() as stack:
+        for w in workers:
+            stack.enter_context(w.lock)
+        yield
+
+
+def stop_all(workers: Iterable[GroupWorker], timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop several workers with one overall bound; True if all stopped."""
+    workers = list(workers)
+    for w in workers:
+        w._stopping = True
+        w.wake()
+    ok = True
+    for w in workers:
+        ok = w.stop(timeout) and ok
+    return ok
+
+
+# --- in-process transports: loopback, the PCI and MMIO register models -------------------------
+
+
+class LocalEngine:
+    """Runs a device's queue groups for an in-process transport.
+
+    A kick is served inline, in the kicking thread, under the group's lock (a register write in
+    the driver's thread, as a synchronous device would do it); each group also has a worker
+    thread that watches the device's host fds (io_uring completions, a TAP, a console endpoint)
+    and is woken when the device's wishes may have changed.  Interrupts go to ``interrupt``."""
+
+    def __init__(self, device, memory: Callable[[], Optional[GuestMemory]],
+                 interrupt: Callable[[Interrupt], None], *, name: Optional[str] = None):
+        self.device = device
+        self._memory = memory
+        self._interrupt = interrupt
+        self.name = name or type(device).__name__
+        self.workers: list[GroupWorker] = []
+        self._group_of: dict[int, GroupWorker] = {}
+        self._lock = threading.Lock()
+        device.host_call = self.host_call
+
+    # QueueHost
+
+    def kick_fd(self, index: int) -> int:
+        return -1
+
+    def polling(self, index: int) -> bool:
+        return False
+
+    def process(self, index: int) -> bool:
+        mem = self._memory()
+        dev = self.device
+        if mem is None or not 0 <= index < len(dev.queues):
+            return False
+        queue = dev.queues[index]
+        if not queue.ready or not dev.driver_ok or queue.broken:
+            return False  # 2.1: no buffers are consumed before DRIVER_OK
+        try:
+            return bool(dev.process_queue(mem, queue))
+        except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            dev.needs_reset(exc)
+            return False
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        if self._memory() is None:
+            return []
+        return self.device.host_fds(group)
+
+    def host_ready(self, group: int, events: HostEvents) -> set[int]:
+        mem = self._memory()
+        if mem is None:
+            return set()
+        try:
+            return self.device.host_ready(mem, group, events)
+        except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            self.device.needs_reset(exc)
+            return set()
+
+    def notify(self, index: int) -> None:
+        self._interrupt(Interrupt(index))
+
+    # the transport's side
+
+    def host_call(self, fn: Callable[[], None], group: int = 0) -> None:
+        """The device's ``host_call``: run ``fn`` in ``group``'s worker."""
+        workers = self._ensure()
+        if 0 <= group < len(workers):
+            workers[group].call_soon(fn)
+        else:
+            fn()
+
+    def _ensure(self) -> list[GroupWorker]:
+        with self._lock:
+            if not self.workers:
+                groups = self.device.queue_groups()
+                idle = getattr(self.device, "idle_interval", None)
+                self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}",
+                                            idle_interval=idle).start()
+                                for g, queues in enumerate(groups)]
+                self._group_of = {q: w for w in self.workers for q in w.queues}
+            return self.workers
+
+    def kick(self, index: int) -> None:
+        """The driver notified queue ``index``: serve it now, in this thread."""
+        self._ensure()
+        worker = self._group_of.get(index)
+        if worker is None:
+            log.warning("%s: notify for queue %d that does not exist", self.name, index)
+            return
+        before = self.host_fds(worker.group)
+        worker.turn((index,))
+        if self.host_fds(worker.group) != before:
+            worker.wake()  # the worker thread must watch something new (completions, a TAP)
+
+    def wake(self) -> None:
+        for w in self._ensure():
+            w.wake()
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold every group still while the transport changes the device (status, queues)."""
+        with hold(list(self.workers)):
+            yield
+
+    def stop(self) -> None:
+        with self._lock:
+            workers, self.workers, self._group_of = self.workers, [], {}
+        stop_all(workers)
+
+
+__all__ = ["GroupWorker", "LocalEngine", "QueueHost", "hold", "stop_all", "POLL_INTERVAL",
+           "STOP_TIMEOUT", "POLLIN", "POLLOUT"]
