@@ -178,11 +178,11 @@ def hooked(tmp_path, image):
 
 
 def test_stamp_checks_every_sector_and_names_the_first_wrong_one():
-    st = Stamp(4096)
-    buf = memoryview(bytearray(st.body)).cast("Q")
+    st = Stamp(4096, range(16))
+    buf = memoryview(bytearray(4096)).cast("Q")
     st.fill(buf, 7)
     assert st.check(buf, 7) and not st.check(buf, 8)
-    buf[64 * 3 + 1] ^= 1  # sector 3's index word
+    buf[64 * 3] ^= 1  # sector 3's first word
     assert not st.check(buf, 7)
     assert "sector 3 (LBA 59)" in str(st.mismatch(buf, 7))
     st.poison(buf, 7)
@@ -216,7 +216,8 @@ def test_verify_fails_when_the_image_changes_after_the_stamp(tmp_path, image):
             run(cfg, stamped=overwrite_block_3)
     msg = str(info.value)
     assert info.value.block == 3 and "sector 0 (LBA 24)" in msg
-    assert "expected the stamp of block 3 sector 0" in msg and "found the stamp of block 5 sector 0" in msg
+    assert "the stamp of block 3 sector 0 (LBA 24), found" in msg
+    assert msg.endswith("the stamp of block 5 sector 0 (LBA 40)")
 
 
 @pytest.mark.peer
@@ -230,7 +231,7 @@ def test_verify_catches_misplaced_sectors_and_missing_copies(hooked):
     cfg = BlkBenchConfig(hooked.socket_path, rw="randread", iodepth=4, runtime=0.5,
                          size=64 << 10, verify=True)
     hooked.device.spoil = swap
-    with pytest.raises(DataMismatch, match=r"sector 0 .*found the stamp of block \d+ sector 1"):
+    with pytest.raises(DataMismatch, match=r"sector 0 .*found .*the stamp of block \d+ sector 1"):
         run(cfg)
     hooked.device.spoil = lambda sector, views: blk_spec.BlkStatus.OK  # OK, but no data copied
     with pytest.raises(DataMismatch, match="poison"):
@@ -248,7 +249,8 @@ def test_cli_verify_failure_is_exit_1_naming_the_block(hooked, capsys):
     assert main(["bench", "blk", sock, "--rw=read", "--size=32k", "--runtime=0.3", "--verify",
                  "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "verify: block 2 " in err and "expected the stamp of block 2" in err and "found" in err
+    assert "verify: block 2 " in err and "the stamp of block 2 sector 0 (LBA 16), found" in err
+    assert "poison" in err
     hooked.device.spoil = None
     assert main(["bench", "blk", sock, "--rw=read", "--size=32k", "--runtime=0.3", "--verify",
                  "--json", "--no-progress"]) == 0
