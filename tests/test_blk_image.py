@@ -29,7 +29,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def disk_dir():
-    """A directory on a disk-backed file system (/tmp may be tmpfs elsewhere; O_DIRECT needs disk)."""
+    """A directory on a disk-backed file system (O_DIRECT needs one; /tmp may be tmpfs)."""
     path = tempfile.mkdtemp(prefix="pyvirtio-blk-image-", dir="/var/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -150,7 +150,7 @@ def test_other_formats_are_refused(tmp_path):
 
 
 def test_neither_file_nor_block_device_is_refused():
-    with pytest.raises(ImageError, match="^/dev/null: is neither a regular file nor a block device"):
+    with pytest.raises(ImageError, match="^/dev/null: is neither a regular file nor a block dev"):
         open_image("/dev/null", read_only=True)
 
 
@@ -381,7 +381,8 @@ def test_serve_refuses_an_image_qsd_writes(qsd, tmp_path):
         for flags in ((), ("--read-only",)):
             r = run_serve(tmp_path / "p.sock", img, *flags)
             assert r.returncode == 1 and 'Failed to get shared "write" lock' in one_line(r)
-        with running(serve_argv(tmp_path / "p.sock", img, "--locking=off"), str(tmp_path / "p.sock")):
+        p_sock = str(tmp_path / "p.sock")
+        with running(serve_argv(p_sock, img, "--locking=off"), p_sock):
             pass  # QEMU's locking=off: the caller takes the risk
 
 
@@ -431,3 +432,46 @@ def test_qcow2_image_is_refused_and_format_raw_serves_it(tmp_path):
 def test_bad_choice_is_one_line(tmp_path, flag):
     r = run_serve(tmp_path / "s.sock", make_image(tmp_path), flag)
     assert r.returncode == 2 and "invalid choice" in one_line(r)
+
+
+# --- the same bytes as QEMU's own virtio-blk (a plain -drive) -----------------------------------
+
+QEMU = "qemu-system-x86_64"
+
+
+def qemu_drive_argv(img, read_only):
+    return [QEMU, "-M", "q35", "-accel", "tcg", "-S", "-display", "none", "-nodefaults",
+            "-device", "virtio-blk-pci,drive=d0",
+            "-drive", f"if=none,id=d0,file={img},format=raw,"
+                      f"readonly={'on' if read_only else 'off'}"]
+
+
+@pytest.fixture
+def qemu():
+    require(shutil.which(QEMU) is not None, QEMU)
+
+
+@pytest.mark.parametrize("read_only,expected", [(False, [100, 101, 201]), (True, [100, 201])])
+def test_we_take_the_bytes_qemus_virtio_blk_takes(qemu, tmp_path, read_only, expected):
+    img = make_image(tmp_path)
+    proc = subprocess.Popen(qemu_drive_argv(img, read_only), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT  # QEMU takes its bytes in steps: wait for all
+        while other_holds(img) != expected and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        qemu_bytes = other_holds(img)  # and no more
+    finally:
+        proc.kill()
+        proc.communicate(timeout=TIMEOUT)
+    with open_image(img, read_only=read_only):
+        assert other_holds(img) == qemu_bytes == expected
+
+
+def test_qemu_refuses_an_image_we_hold(qemu, tmp_path):
+    img = make_image(tmp_path)
+    with open_image(img, read_only=True):
+        r = subprocess.run(qemu_drive_argv(img, False), capture_output=True, text=True,
+                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0 and 'Failed to get "write" lock' in r.stderr, r.stderr
