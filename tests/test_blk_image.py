@@ -25,6 +25,7 @@ from pyvirtio.errors import UsageError
 from pyvirtio.testing.env import require
 
 MiB = 1 << 20
+TIMEOUT = 20  # seconds, for every subprocess
 
 
 @pytest.fixture
@@ -154,27 +155,30 @@ def test_neither_file_nor_block_device_is_refused():
         open_image("/dev/null", read_only=True)
 
 
-def test_block_device_is_sized_by_lseek():
-    devs = [f"/dev/{d}" for d in ("loop0", "vda", "sda", "nvme0n1")
-            if os.path.exists(f"/dev/{d}") and stat.S_ISBLK(os.stat(f"/dev/{d}").st_mode)]
-    sized = [d for d in devs if _lseek_size(d)]
-    if not sized:
-        pytest.skip("no readable, non-empty block device here")
-    with open_image(sized[0], read_only=True, lock=False, image_format="raw") as img:
-        assert img.size == _lseek_size(sized[0]) and img.size % 512 == 0
-    with open_image(sized[0], read_only=True, lock=False, direct=True, image_format="raw") as img:
-        assert img.align in (512, 1024, 2048, 4096)
-
-
-def _lseek_size(path):
+@pytest.fixture
+def loop_device(disk_dir):
+    """A 4 MiB loop block device (root and losetup needed; skipped without them)."""
+    losetup = shutil.which("losetup")
+    if os.geteuid() != 0 or losetup is None:
+        pytest.skip("a loop device needs root and losetup")
+    backing = make_image(disk_dir, size=4 * MiB)
+    r = subprocess.run([losetup, "--find", "--show", backing], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    if r.returncode != 0:
+        pytest.skip(f"losetup: {r.stderr.strip()}")
+    dev = r.stdout.strip()
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return 0
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
+        yield dev
     finally:
-        os.close(fd)
+        subprocess.run([losetup, "-d", dev], timeout=TIMEOUT)
+
+
+def test_block_device_is_sized_by_lseek_and_locked(loop_device):
+    assert os.stat(loop_device).st_size == 0  # which is why the size comes from lseek
+    with open_image(loop_device, read_only=False) as img:
+        assert img.size == 4 * MiB and other_holds(loop_device) == [100, 101, 201]
+    with open_image(loop_device, read_only=True, direct=True) as img:
+        assert img.align in (512, 1024, 2048, 4096)  # BLKSSZGET
 
 
 # --- O_DIRECT -----------------------------------------------------------------------------------
@@ -305,7 +309,6 @@ def test_a_file_system_without_ofd_locks_says_how_to_go_on(tmp_path, monkeypatch
 # --- the program, against itself and qemu-storage-daemon ----------------------------------------
 
 QSD = "qemu-storage-daemon"
-TIMEOUT = 20
 
 
 def serve_argv(sock, img, *flags):
