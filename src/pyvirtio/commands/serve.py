@@ -2,7 +2,8 @@
 conventions").
 
     pyvirtio serve blk --socket-path=PATH --blk-file=FILE [--read-only] [--num-queues=N] [--serial=ID]
-                       [--direct] [--format=raw] [--aio=auto|io_uring|threads] [--locking=on|off]
+                       [--direct] [--format=raw] [--aio=auto|io_uring|threads]
+                       [--locking=auto|on|off]
     pyvirtio serve rng --socket-path=PATH
     pyvirtio serve blk --fd=FDNUM ...          # an inherited socket: listening (served until
                                                # SIGTERM) or connected (served once, then exit)

@@ -191,16 +191,16 @@ def take_qemu_locks(path: str, fd: int, perm: int, shared: int) -> None:
 
     On a conflict the caller closes ``fd``, which drops the bytes already taken."""
     unshared = BLK_PERM_ALL & ~shared
-    for bit in _bits(perm):
-        _lock_byte(path, fd, RAW_LOCK_PERM_BASE + bit.bit_length() - 1)
-    for bit in _bits(unshared):
-        _lock_byte(path, fd, RAW_LOCK_SHARED_BASE + bit.bit_length() - 1)
-    for bit in _bits(perm):  # someone refuses to share what we want
-        if byte_is_locked(path, fd, RAW_LOCK_SHARED_BASE + bit.bit_length() - 1):
-            raise _conflict(path, f'Failed to get "{PERM_NAMES[bit]}" lock')
-    for bit in _bits(unshared):  # someone holds what we refuse to share
-        if byte_is_locked(path, fd, RAW_LOCK_PERM_BASE + bit.bit_length() - 1):
-            raise _conflict(path, f'Failed to get shared "{PERM_NAMES[bit]}" lock')
+    for i in _bits(perm):
+        _lock_byte(path, fd, RAW_LOCK_PERM_BASE + i)
+    for i in _bits(unshared):
+        _lock_byte(path, fd, RAW_LOCK_SHARED_BASE + i)
+    for i in _bits(perm):  # someone refuses to share what we want
+        if byte_is_locked(path, fd, RAW_LOCK_SHARED_BASE + i):
+            raise _conflict(path, f'Failed to get "{PERM_NAMES[1 << i]}" lock')
+    for i in _bits(unshared):  # someone holds what we refuse to share
+        if byte_is_locked(path, fd, RAW_LOCK_PERM_BASE + i):
+            raise _conflict(path, f'Failed to get shared "{PERM_NAMES[1 << i]}" lock')
 
 
 def held_lock_bytes(fd: int) -> list[int]:
@@ -210,7 +210,8 @@ def held_lock_bytes(fd: int) -> list[int]:
 
 
 def _bits(mask: int) -> list[int]:
-    return [1 << i for i in range(BLK_PERM_ALL.bit_length()) if mask & (1 << i)]
+    """The BLK_PERM_* bit numbers set in ``mask`` (QEMU's PERM_FOREACH)."""
+    return [i for i in range(BLK_PERM_ALL.bit_length()) if mask >> i & 1]
 
 
 def _conflict(path: str, what: str) -> ImageError:
