@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
-from pyvirtio.bench.peers import start_pyvirtio, start_qsd
+from pyvirtio.bench.peers import fill_image, interleave, same_round_ratios, start_pyvirtio, start_qsd
 
 TESTS = (
     ("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1)),
@@ -28,13 +28,6 @@ TESTS = (
     ("1M read qd8", dict(rw="read", bs=1 << 20, iodepth=8)),
 )
 RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio", "qsd-null"), ("qsd-file", "qsd-null"))
-
-
-def fill(path: str, size: int) -> None:
-    chunk = os.urandom(1 << 20)
-    with open(path, "wb") as f:
-        for _ in range(size >> 20):
-            f.write(chunk)
 
 
 def main(argv=None) -> int:
@@ -47,7 +40,7 @@ def main(argv=None) -> int:
     size = parse_size(args.size)
     with tempfile.TemporaryDirectory(prefix="pyvirtio-bench-blk-") as tmp:
         image = os.path.join(tmp, "disk.img")
-        fill(image, size)
+        fill_image(image, size)
         peers = {
             "qsd-null": start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
             "qsd-file": start_qsd(os.path.join(tmp, "file.sock"), image),
@@ -66,18 +59,14 @@ def main(argv=None) -> int:
 
 
 def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
-    runs = []
-    names = list(peers)
-    for rnd in range(rounds):
-        order = names if rnd % 2 == 0 else names[::-1]
-        for test, params in TESTS:
-            for name in order:
-                cfg = BlkBenchConfig(peers[name].socket_path, runtime=runtime, **params)
-                r = run(cfg)
-                runs.append({"round": rnd, "test": test, "backend": name, **r.as_dict()})
-                print(f"round {rnd + 1}/{rounds} {test:<17} {name:<9} {r.iops:>9,.0f} IOPS "
-                      f"{r.bytes_per_second / (1 << 20):>8.1f} MiB/s", file=sys.stderr, flush=True)
-    return runs
+    def run_one(name, params):
+        return run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, **params)).as_dict()
+
+    def log(r):
+        print(f"round {r['round'] + 1}/{rounds} {r['test']:<17} {r['backend']:<9} {r['iops']:>9,.0f} IOPS "
+              f"{r['mib_per_second']:>8.1f} MiB/s", file=sys.stderr, flush=True)
+
+    return interleave(list(peers), TESTS, rounds, run_one, log)
 
 
 def report(runs: list[dict], rounds: int, runtime: float) -> None:
@@ -98,12 +87,7 @@ def report(runs: list[dict], rounds: int, runtime: float) -> None:
     for test, _ in TESTS:
         cells = []
         for a, b in RATIOS:
-            ratios = []
-            for rnd in range(rounds):
-                ra = [r for r in runs if (r["round"], r["test"], r["backend"]) == (rnd, test, a)]
-                rb = [r for r in runs if (r["round"], r["test"], r["backend"]) == (rnd, test, b)]
-                if ra and rb and rb[0]["iops"]:
-                    ratios.append(ra[0]["iops"] / rb[0]["iops"])
+            ratios = same_round_ratios(runs, test, a, b)
             if ratios:
                 cells.append(f"{a}/{b} {statistics.median(ratios):.2f} "
                              f"({min(ratios):.2f}-{max(ratios):.2f})")

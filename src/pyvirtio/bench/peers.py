@@ -114,13 +114,15 @@ def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir
 
 def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optional[int] = None,
               writable: bool = True, num_queues: int = 1, discard: bool = True,
-              timeout: float = 10.0) -> Peer:
-    """qemu-storage-daemon exporting ``image`` (file driver) or a null-co device of
-    ``null_size`` bytes as vhost-user-blk."""
+              direct: bool = False, aio: Optional[str] = None, timeout: float = 10.0) -> Peer:
+    """qemu-storage-daemon exporting ``image`` (file driver; ``direct``: ``cache.direct=on``,
+    ``aio``: ``io_uring``, ``threads`` or ``native``) or a null-co device of ``null_size`` bytes
+    as vhost-user-blk."""
     if (image is None) == (null_size is None):
         raise ValueError("give exactly one of image and null_size")
     if image is not None:
-        blockdev = f"driver=file,node-name=f0,filename={image}" + (",discard=unmap" if discard else "")
+        blockdev = (f"driver=file,node-name=f0,filename={image}" + (",discard=unmap" if discard else "")
+                    + (",cache.direct=on" if direct else "") + (f",aio={aio}" if aio else ""))
     else:
         blockdev = f"driver=null-co,node-name=f0,size={null_size}"
     export = (f"type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={socket_path},"
@@ -130,13 +132,14 @@ def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optio
 
 
 def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = None,
-                   read_only: bool = False, num_queues: int = 1, timeout: float = 15.0) -> Peer:
-    """``pyvirtio serve blk|rng`` in a child interpreter."""
+                   read_only: bool = False, num_queues: int = 1, direct: bool = False,
+                   aio: Optional[str] = None, timeout: float = 15.0) -> Peer:
+    """``pyvirtio serve blk|rng`` in a child interpreter (blk: ``--direct``, ``--aio=AIO``)."""
     argv = [sys.executable, "-m", "pyvirtio.cli", "serve", kind, f"--socket-path={socket_path}"]
     if kind == "blk":
         argv += [f"--blk-file={blk_file}", f"--num-queues={num_queues}"]
-        if read_only:
-            argv.append("--read-only")
+        argv += (["--read-only"] if read_only else []) + (["--direct"] if direct else [])
+        argv += [f"--aio={aio}"] if aio else []
     return _start(f"pyvirtio serve {kind}", argv, socket_path, timeout)
 
 
@@ -159,6 +162,43 @@ def start_virtiofsd(socket_path: str, source: str, *, timeout: float = 10.0) -> 
         raise PeerFailed("virtiofsd is not installed")
     return _start("virtiofsd", [path, f"--socket-path={socket_path}", "-o", f"source={source}"],
                   socket_path, timeout)
+
+
+def fill_image(path: str, size: int) -> None:
+    """A raw image of ``size`` bytes of real random data (no holes: reads reach the disk),
+    preallocated first and synced."""
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        os.posix_fallocate(f.fileno(), 0, size)
+        for _ in range(size >> 20):
+            f.write(chunk)
+        f.write(chunk[:size & ((1 << 20) - 1)])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def interleave(names: list, tests, rounds: int, run_one, log=None) -> list[dict]:
+    """Run every test of ``tests`` (``(name, params)`` pairs) on every back-end of ``names``,
+    test by test, ``rounds`` times, reversing the back-end order every other round (PEERS.md).
+    ``run_one(backend, params)`` returns a result dict; each is kept with its round, test and
+    back-end, and passed to ``log(row)`` when given."""
+    runs = []
+    for rnd in range(rounds):
+        order = names if rnd % 2 == 0 else names[::-1]
+        for test, params in tests:
+            for name in order:
+                row = {"round": rnd, "test": test, "backend": name, **run_one(name, params)}
+                runs.append(row)
+                if log is not None:
+                    log(row)
+    return runs
+
+
+def same_round_ratios(runs: list[dict], test: str, a: str, b: str, key: str = "iops") -> list[float]:
+    """``a``'s ``key`` over ``b``'s in each round where both ran ``test``."""
+    by = {(r["round"], r["backend"]): r[key] for r in runs if r["test"] == test}
+    rounds = sorted({rnd for rnd, _ in by})
+    return [by[rnd, a] / by[rnd, b] for rnd in rounds if (rnd, a) in by and by.get((rnd, b))]
 
 
 class InProcessBackend:
@@ -190,5 +230,5 @@ class InProcessBackend:
         self.close()
 
 
-__all__ = ["Peer", "PeerFailed", "InProcessBackend", "start_qsd", "start_pyvirtio", "start_testpmd", "start_virtiofsd",
+__all__ = ["Peer", "PeerFailed", "InProcessBackend", "fill_image", "interleave", "same_round_ratios", "start_qsd", "start_pyvirtio", "start_testpmd", "start_virtiofsd",
            "which", "virtiofsd_path", "QSD", "TESTPMD"]
