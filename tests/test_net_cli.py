@@ -7,7 +7,6 @@ import pytest
 from pyvirtio.devices import net_cli
 from pyvirtio.devices.net import NetDevice
 from pyvirtio.errors import UsageError
-from pyvirtio.net.loop import NetLoop
 from pyvirtio.net.null import NullBackend
 from pyvirtio.net.stream import StreamBackend
 from pyvirtio.net.switch import SwitchPort
@@ -16,20 +15,18 @@ from pyvirtio.spec import net as spec
 
 @pytest.fixture
 def build():
-    loop = NetLoop().start()
     made = []
 
     def _build(*argv):
         parser = argparse.ArgumentParser()
         net_cli.add_arguments(parser)
-        device = net_cli.build_device(parser.parse_args(argv), loop)
+        device = net_cli.build_device(parser.parse_args(argv))
         made.append(device)
         return device
 
     yield _build
     for device in made:
         device.close()
-    loop.stop()
 
 
 def test_null_with_settings(build):

@@ -87,7 +87,7 @@ def test_backend_frames_go_straight_into_guest_buffers(probe):
     backend = MockBackend()
     dev, drv = probe(backend)
     backend.incoming.extend(frames_to(MAC, 20, 1000))
-    dev.backend_ready()
+    dev.serve_backend()
     assert [frame_seq(f)[0] for f in drv.recv_all()] == list(range(20))
     assert not backend.incoming
 
@@ -107,7 +107,7 @@ def test_mrg_rxbuf_with_frames_from_a_backend(probe):
     backend = MockBackend()
     dev, drv = probe(backend, rx_buffer_size=128, rx_buffers=64)
     backend.incoming.extend(frames_to(MAC, 30, 1514))
-    dev.backend_ready()
+    dev.serve_backend()
     assert [frame_seq(f)[0] for f in drv.recv_all()] == list(range(30))
 
 
@@ -191,10 +191,10 @@ def test_backend_losing_its_peer_takes_the_link_down(probe):
     backend = MockBackend()
     dev, drv = probe(backend)
     backend.set_peer(False)
-    dev.backend_ready()
+    dev.serve_backend()
     assert not drv.link_up
     backend.set_peer(True)
-    dev.backend_ready()
+    dev.serve_backend()
     assert drv.link_up
 
 
@@ -215,15 +215,15 @@ def test_multiqueue_steers_a_flow_back_to_its_transmit_pair(probe):
     out = ipv4_udp(PEER, MAC, "10.0.0.1", "10.0.0.2", 4000, 53, b"question")
     drv.send(out, pair=2)
     answer = ipv4_udp(MAC, PEER, "10.0.0.2", "10.0.0.1", 53, 4000, b"answer")
-    used_before = [p.queue.next_used for p in dev.rx]
+    used_before = [p.queue.next_used for p in dev.rx.placers]
     backend.incoming.append(answer)
-    dev.backend_ready()
-    assert [p.queue.next_used - u for p, u in zip(dev.rx, used_before)] == [0, 0, 1]
+    dev.serve_backend()
+    assert [p.queue.next_used - u for p, u in zip(dev.rx.placers, used_before)] == [0, 0, 1]
     assert drv.recv(1.0) == answer
     drv.set_queue_pairs(1)
     backend.incoming.append(answer)
-    dev.backend_ready()
-    assert dev.rx[0].queue.next_used == used_before[0] + 1
+    dev.serve_backend()
+    assert dev.rx.placers[0].queue.next_used == used_before[0] + 1
     with pytest.raises(UsageError):
         drv.set_queue_pairs(4)
     ack = drv.ctrl_raw(spec.NetCtrlClass.MQ, spec.NetCtrlMq.VQ_PAIRS_SET, [spec.NET_CTRL_MQ_PAIRS_SET.pack(4)])
@@ -242,7 +242,7 @@ def test_pushed_frames_wait_in_a_bounded_backlog(probe):
     frames = frames_to(MAC, 30)
     taken = dev.host_frames(frames)
     assert taken == 14  # 4 in buffers, 10 in the backlog, the rest refused (the source can wait)
-    assert len(dev.backlog) == 10 and not dev.wants_rx
+    assert len(dev.rx.backlog) == 10 and not dev.wants_rx
     got = []
     while len(got) < taken:
         got.append(drv.recv(1.0))
@@ -251,7 +251,7 @@ def test_pushed_frames_wait_in_a_bounded_backlog(probe):
     assert dev.stats["rx_dropped"] == 0
     assert dev.host_frames(frames_to(MAC, 20), can_wait=False) == 20  # taken, but all dropped:
     assert dev.stats["rx_dropped"] == 20  # this source cannot wait, and there is no room
-    assert len(dev.backlog) == 10 and dev.backlog_bytes == 10 * 100
+    assert len(dev.rx.backlog) == 10 and dev.rx.backlog_bytes == 10 * 100
     assert [frame_seq(f)[0] for f in drv.recv_all()] == list(range(14, 28))
 
 
@@ -266,7 +266,7 @@ def test_guest_headers_pass_to_a_vnet_backend(probe):
     assert backend.sent == [hdr.pack() + frame]
     rx_hdr = NetHdr(flags=spec.NetHdrFlag.DATA_VALID)
     backend.incoming.append(rx_hdr.pack() + numbered_frame(MAC, PEER, 2, 200))
-    dev.backend_ready()
+    dev.serve_backend()
     got_hdr, got = drv.recv_with_header(1.0)
     assert got_hdr.flags == spec.NetHdrFlag.DATA_VALID and frame_seq(got) == (2, 0)
 
@@ -277,7 +277,7 @@ def test_header_flags_are_cleared_for_a_guest_without_checksum_offload(probe):
     backend.incoming.append(NetHdr(flags=spec.NetHdrFlag.DATA_VALID).pack() + numbered_frame(MAC, PEER, 1))
     backend.incoming.append(NetHdr(gso_type=spec.NetGsoType.TCPV4, gso_size=1448).pack()
                             + numbered_frame(MAC, PEER, 2))
-    dev.backend_ready()
+    dev.serve_backend()
     hdr, frame = drv.recv_with_header(1.0)
     assert hdr.flags == 0 and frame_seq(frame) == (1, 0)  # 5.1.6.4.2: flags zero without GUEST_CSUM
     assert drv.recv(0.1) is None and dev.stats["rx_errors"] == 1  # GSO it cannot take: dropped
@@ -290,7 +290,7 @@ def test_transmit_back_pressure_keeps_frames(probe):
     drv.send_batch(frames_to(PEER, 5, src=MAC))
     assert dev.tx_waiting and backend.sent == []
     backend.blocked = False
-    dev.backend_ready()
+    dev.serve_backend()
     assert [frame_seq(f)[0] for f in backend.sent] == list(range(5)) and not dev.tx_waiting
     drv.flush()
 
@@ -305,7 +305,7 @@ def test_packed_rings_carry_the_same_traffic():
         assert drv.has_feature(32 + 2)  # VIRTIO_F_RING_PACKED (34)
         big = frames_to(MAC, 40, 1514)
         backend.incoming.extend(big)
-        dev.backend_ready()
+        dev.serve_backend()
         assert drv.recv_all() == big  # zero-copy into merged buffers, then the copy path
         drv.send_batch(frames_to(PEER, 300, 64, src=MAC))
         assert len(backend.sent) == 300
@@ -328,7 +328,7 @@ def test_a_backend_that_cannot_wait_is_drained_and_drops_are_counted(probe):
     backend = MockBackend(can_wait=False)
     dev, drv = probe(backend, rx_buffers=4)
     backend.incoming.extend(frames_to(MAC, 20))
-    dev.backend_ready()
+    dev.serve_backend()
     assert not backend.incoming  # nothing left waiting in a back-end that cannot hold frames
     assert dev.stats["rx_dropped"] == 16 and dev.wants_rx
     assert [frame_seq(f)[0] for f in drv.recv_all()] == [0, 1, 2, 3]
@@ -338,8 +338,8 @@ def test_a_backend_that_can_wait_keeps_its_frames(probe):
     backend = MockBackend()
     dev, drv = probe(backend, rx_buffers=4)
     backend.incoming.extend(frames_to(MAC, 20))
-    dev.backend_ready()
-    assert len(backend.incoming) == 16 and dev.rx_starved and not dev.wants_rx
+    dev.serve_backend()
+    assert len(backend.incoming) == 16 and dev.rx.starved and not dev.wants_rx
     got = []
     while len(got) < 20:
         frame = drv.recv(1.0)  # reposting the buffers kicks the device, which reads on
@@ -348,24 +348,24 @@ def test_a_backend_that_can_wait_keeps_its_frames(probe):
     assert got == list(range(20)) and dev.stats["rx_dropped"] == 0
 
 
-def test_frames_for_another_pair_are_signalled_from_the_host_loop(probe):
+def test_frames_for_another_pair_are_signalled_from_the_worker(probe):
     import threading
     import time
-    from pyvirtio.net.loop import NetLoop
 
     dev, drv = probe(device=dict(queue_pairs=3), rx_buffers=2)
-    seen, orig = [], dev.interrupt
-    dev.interrupt = lambda info: (seen.append((info.queue, threading.current_thread().name)), orig(info))
+    t = drv.transport
+    seen, orig = [], t._handler
+    t.set_interrupt_handler(lambda info: (seen.append((info.queue, threading.current_thread().name)),
+                                          orig(info)))
+    worker = t.engine.name + "-g0"  # the engine's worker of the device's one group
     candidates = [numbered_frame(MAC, mac_bytes(f"52:54:00:00:09:{i:02x}"), i) for i in range(64)]
     to0 = [f for f in candidates if dev.flows.lookup(f, 3) == 0]
     to2 = [f for f in candidates if dev.flows.lookup(f, 3) == 2]
-    with NetLoop("test-loop") as loop:
-        loop.add(dev)
-        assert dev.host_frames(to0[:3] + to2[:2]) == 5  # pair 0 has 2 buffers: 1 + 2 wait
-        assert len(dev.backlog) == 3
-        got = drv.recv_all(0.5)  # collecting reposts pair 0's buffers and kicks it
-        assert sorted(got) == sorted(to0[:3] + to2[:2]) and not dev.backlog
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and not any(q == 4 for q, _ in seen):
-            time.sleep(0.01)
-        assert ("test-loop" in {name for q, name in seen if q == 4})
+    assert dev.host_frames(to0[:3] + to2[:2]) == 5  # pair 0 has 2 buffers: 1 + 2 wait
+    assert len(dev.rx.backlog) == 3
+    got = drv.recv_all(0.5)  # collecting reposts pair 0's buffers and kicks it
+    assert sorted(got) == sorted(to0[:3] + to2[:2]) and not dev.rx.backlog
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not any(q == 4 for q, _ in seen):
+        time.sleep(0.01)
+    assert (worker in {name for q, name in seen if q == 4})

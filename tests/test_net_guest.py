@@ -23,7 +23,6 @@ import pytest
 from pyvirtio.devices.net import NetDevice
 from pyvirtio.drivers.net import NetDriver
 from pyvirtio.loopback import LoopbackTransport
-from pyvirtio.net.loop import NetLoop
 from pyvirtio.net.responder import Responder
 from pyvirtio.net.switch import get_switch
 from pyvirtio.net.tap import TapBackend, tun_available
@@ -37,18 +36,17 @@ pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 
 
 class Daemon:
-    """A vhost-user server for network devices, served from a thread, with their back-end loop."""
+    """A vhost-user server for network devices, served from a thread (each connection's engine
+    workers serve the devices' back-ends)."""
 
     def __init__(self, tmp_path):
         self.tmp = tmp_path
-        self.loop = NetLoop().start()
         self.server = VhostUserServer()
         self.devices, self.endpoints, self.sockets = [], [], []
         self.thread = None
 
     def add(self, device: NetDevice):
         path = str(self.tmp / f"net{len(self.sockets)}.sock")
-        self.loop.add(device)
         self.endpoints.append(self.server.add(device, socket_path=path))
         self.devices.append(device)
         self.sockets.append(path)
@@ -64,7 +62,6 @@ class Daemon:
         if self.thread is not None:
             self.thread.join(10)
         self.server.close()
-        self.loop.stop()
         for device in self.devices:
             device.close()
 
@@ -175,7 +172,6 @@ def test_daemon_link_down_and_up_is_seen_by_the_guest(boot, daemon):
     sock = daemon.add(dev)
     link = VhostLinkControl(dev, daemon.endpoints[-1])
     host_dev = NetDevice(switch.port(), mac="52:54:00:80:00:01")
-    daemon.loop.add(host_dev)
     host_t = LoopbackTransport(host_dev)
     host = NetDriver.probe(host_t)
     responder, stop = Responder(host.mac, "10.80.0.1").start(host)

@@ -120,7 +120,7 @@ def test_bad_receive_buffers_are_returned_empty(pair):
     rxq.submit([], [4], kick=True)                     # shorter than the header
     dev.host_frames([numbered_frame(MAC, PEER, 1) for _ in range(200)])
     got = drv.recv_all()
-    assert got and dev.rx[0].bad_buffers == 2
+    assert got and dev.rx.placers[0].bad_buffers == 2
     assert drv.stats["rx_errors"] == 2  # the driver saw two empty buffers
     still_serves(dev, drv, backend)
 

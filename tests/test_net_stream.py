@@ -13,7 +13,6 @@ from pyvirtio.drivers.net import NetDriver
 from pyvirtio.errors import UsageError
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net.frame import frame_seq, mac_bytes, numbered_frame
-from pyvirtio.net.loop import NetLoop
 from pyvirtio.net.stream import StreamBackend, parse_address
 
 A, B = mac_bytes("52:54:00:00:02:01"), mac_bytes("52:54:00:00:02:02")
@@ -112,21 +111,18 @@ def test_partial_writes_keep_only_the_rest():
 
 @pytest.fixture
 def wire():
-    loop = NetLoop().start()
     transports = []
 
     def _attach(backend, mac, **driver_kw):
         dev = NetDevice(backend, mac=mac)
-        loop.add(dev)
         t = LoopbackTransport(dev)
         transports.append(t)
         return dev, NetDriver.probe(t, **driver_kw)
 
     yield _attach
     for t in transports:
-        t.device.close()
         t.close()
-    loop.stop()
+        t.device.close()
 
 
 def exchange(a, b, count, size=600):

@@ -1,4 +1,5 @@
-"""Devices on one in-process L2 switch, served by a NetLoop thread; and the switch on its own."""
+"""Devices on one in-process L2 switch, each served by its transport's engine worker; and the
+switch on its own."""
 
 import threading
 import time
@@ -9,7 +10,6 @@ from pyvirtio.devices.net import NetDevice
 from pyvirtio.drivers.net import NetDriver
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net.frame import BROADCAST, frame_seq, mac_bytes, numbered_frame
-from pyvirtio.net.loop import NetLoop
 from pyvirtio.net import switch as sw
 
 
@@ -19,8 +19,7 @@ def mac(i):
 
 @pytest.fixture
 def lan(request):
-    """``lan(n, **driver_kw)`` → (devices, drivers) on a fresh switch, with a running loop."""
-    loop = NetLoop().start()
+    """``lan(n, **driver_kw)`` → (devices, drivers) on a fresh switch."""
     transports = []
     name = f"test-{request.node.name}"
 
@@ -28,16 +27,14 @@ def lan(request):
         switch = sw.get_switch(name)
         devs = [NetDevice(switch.port(inbox), mac=mac(i)) for i in range(n)]
         for dev in devs:
-            loop.add(dev)
             transports.append(LoopbackTransport(dev))
         drvs = [NetDriver.probe(t, **driver_kw) for t in transports[-n:]]
         return switch, devs, drvs
 
     yield _lan
     for t in transports:
-        t.device.close()
         t.close()
-    loop.stop()
+        t.device.close()
 
 
 def receive(drv, count, timeout=5.0):
@@ -87,7 +84,7 @@ def test_slow_receiver_loses_nothing_and_memory_stays_bounded(lan):
 
     def slow_reader():
         while len(got) < count:
-            peak[0] = max(peak[0], len(port_b.inbox), len(db.backlog))
+            peak[0] = max(peak[0], len(port_b.inbox), len(db.rx.backlog))
             frame = b.recv(5.0)
             if frame is None:
                 return
@@ -101,7 +98,7 @@ def test_slow_receiver_loses_nothing_and_memory_stays_bounded(lan):
     reader.join(60)
     assert got == list(range(count))
     assert port_b.stats["dropped"] == 0 and db.stats["rx_dropped"] == 0
-    assert peak[0] <= 32 and len(db.backlog) == 0
+    assert peak[0] <= 32 and len(db.rx.backlog) == 0
 
 
 def test_flood_to_a_full_port_drops_there_only(lan):

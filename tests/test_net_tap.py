@@ -13,7 +13,6 @@ from pyvirtio.devices.net import NetDevice
 from pyvirtio.drivers.net import NetDriver, NetHdr
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net import frame as fr
-from pyvirtio.net.loop import NetLoop
 from pyvirtio.net.tap import TapBackend, run_in_netns, tun_available
 from pyvirtio.spec import net as spec
 from pyvirtio.testing.env import in_ci as _ci
@@ -59,16 +58,13 @@ def tap_guest(netns, request):
         subprocess.run(ip + ["link", "set", tap.name, "up"], check=True)
         subprocess.run(ip + ["neigh", "replace", GUEST_IP, "lladdr", fr.mac_str(GUEST_MAC), "dev", tap.name],
                        check=True)
-        loop = NetLoop().start()
         dev = NetDevice(tap, mac=GUEST_MAC)
-        loop.add(dev)
         t = LoopbackTransport(dev)
-        made.append((loop, dev, t))
+        made.append((dev, t))
         return tap, dev, NetDriver.probe(t, **driver_kw)
 
     yield _make
-    for loop, dev, t in made:
-        loop.stop()
+    for dev, t in made:
         t.close()
         dev.close()
 

@@ -1,18 +1,27 @@
 """Network device (VIRTIO 1.3, 5.1): receive/transmit queue pairs, a control queue, and a host
 back-end (``pyvirtio.net``: TAP, switch, stream socket, null).
 
-Sans-I/O.  The device is driven through four doors and never blocks:
+Sans-I/O, and one queue group: every queue pair, the control queue and the back-end are served
+by one worker of the engine (``pyvirtio.engine``), so the device takes no lock and never blocks.
+It is driven through three doors:
 
-* ``queue_notify(mem, i)`` — the driver kicked queue ``i`` (transmit: send its frames; receive:
-  new buffers; control: run commands);
-* :meth:`NetDevice.backend_ready` — the host loop saw the back-end's fd fire: read frames into the
-  guest's receive buffers (``os.readv`` straight into guest memory for a TAP), resume a blocked
-  transmit;
-* :meth:`NetDevice.host_frames` — frames handed in by the host program (tests, a bridge);
-* :meth:`NetDevice.set_link` / :meth:`NetDevice.announce` — link state and migration announce.
+* :meth:`NetDevice.process_queue` — the driver kicked a queue (transmit: send its frames;
+  receive: new buffers; control: run commands);
+* :meth:`NetDevice.host_ready` — a back-end fd the device asked for (:meth:`NetDevice.host_fds`)
+  fired, or the worker was woken: read frames into the guest's receive buffers (``os.readv``
+  straight into guest memory for a TAP), resume a blocked transmit;
+* the host API, callable from any thread, which runs in the worker and waits for it:
+  :meth:`NetDevice.host_frames` (frames handed in by the host program: tests, a bridge),
+  :meth:`NetDevice.set_link` / :meth:`NetDevice.announce` (link state, migration announce) and
+  :meth:`NetDevice.serve_backend` (serve a back-end without an fd, as if it had fired).
+
+Both entry points return the queues to notify; the worker sends the notifications.  Receive
+completions for *other* queues (a receive kick placed backlogged frames for another pair; frames
+pushed by the host) wait in ``_notify_later`` until the next ``host_ready``, which the device
+asks for by waking its worker.
 
 Back-pressure: when the driver has no receive buffers the device stops reading from the back-end
-(``poll_fds`` no longer asks for reads), so frames wait in the kernel, the TCP window or the switch
+(``host_fds`` no longer asks for reads), so frames wait in the kernel, the TCP window or the switch
 inbox; frames handed in by ``host_frames`` wait in a bounded backlog.  Frames are dropped (and
 counted) only when the source cannot wait, when the link is down, or when the filter rejects them.
 """
@@ -22,11 +31,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Callable, Iterable, Optional
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from ..device import VirtioDevice
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, Scope, UsageError
-from ..interrupt import Interrupt
 from ..memory import GuestMemory
 from ..spec import net as spec
 from ..spec.ids import DeviceType
@@ -35,7 +44,6 @@ from ..net import ctrl
 from ..net.backend import MAX_FRAME, NetBackend
 from ..net.frame import ETH_HLEN, mac_bytes, random_mac
 from ..net.null import NullBackend
-from ..net.rx import RxPlacer
 from ..net.rxpath import ReceivePath
 from ..net.steer import FlowTable
 
@@ -51,6 +59,10 @@ OFFLOAD_FEATURES = sum(1 << f for f in (F.CSUM, F.GUEST_CSUM, F.GUEST_TSO4, F.GU
 GSO_FRAME = 65589
 #: Transmit chains popped per fast-path batch.
 TX_BATCH = 256
+#: How long a host API call waits for the device's worker before it gives up.
+HOST_CALL_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 class NetFrameError(DriverFault):
@@ -64,7 +76,7 @@ def _noop() -> None:
     pass
 
 
-class NetDevice(ReceivePath, VirtioDevice):
+class NetDevice(VirtioDevice):
     """A virtio-net device in front of a :class:`~pyvirtio.net.backend.NetBackend`."""
 
     device_type = DeviceType.NET
@@ -83,30 +95,24 @@ class NetDevice(ReceivePath, VirtioDevice):
         self.mtu = mtu
         self.device_specific_features = self._offer(offloads)
         super().__init__()
-        self.lock = threading.RLock()  # TODO(engine): goes when this device runs on one group worker
         self.default_mac = mac_bytes(mac) if mac is not None else random_mac()
         self.mac = self.default_mac
         self.admin_link = link_up
         self.filter = ctrl.RxFilter()
-        self.rx: list[RxPlacer] = []
         self.flows = FlowTable()
-        self.backlog: deque[tuple[bytes, bytes]] = deque()  # (header, frame) waiting for buffers
-        self.backlog_limit = (backlog_frames, backlog_bytes)
-        self.backlog_bytes = 0
-        #: Per pair, popped transmit chains the back-end refused (sent first when it has room).
-        self.tx_held: list[deque[DescriptorChain]] = [deque() for _ in range(queue_pairs)]
-        self.mem: Optional[GuestMemory] = None
-        #: Set by a host loop: called when what ``poll_fds`` returns may have changed.
-        self.wakeup: Callable[[], None] = _noop
-        self.last_error: Optional[Exception] = None
-        self.closed = False
-        self._irq_later: set[int] = set()  # notifications the host loop's thread sends
-        #: Called with the new state whenever the link the driver sees goes up or down.
-        self.link_listeners: list[Callable[[bool], None]] = []
         self.stats = dict.fromkeys(("rx_packets", "rx_bytes", "rx_filtered", "rx_dropped", "rx_errors",
                                     "tx_packets", "tx_bytes", "tx_dropped", "tx_errors", "ctrl_ok",
                                     "ctrl_err"), 0)
-        self._scratch = memoryview(bytearray(HDR + MAX_FRAME))
+        self.rx = ReceivePath(self, backlog_frames, backlog_bytes)
+        #: Per pair, popped transmit chains the back-end refused (sent first when it has room).
+        self.tx_held: list[deque[DescriptorChain]] = [deque() for _ in range(queue_pairs)]
+        #: The guest memory the worker handed in last (host API calls place frames into it).
+        self.mem: Optional[GuestMemory] = None
+        self.last_error: Optional[Exception] = None
+        #: Called with the new state whenever the link the driver sees goes up or down.
+        self.link_listeners: list[Callable[[bool], None]] = []
+        self._notify_later: set[int] = set()  # queues the next host_ready returns
+        self._serving: Optional[int] = None  # the thread running the device's code now
         self._backend_link = self.backend.link_up
         self._init_state()
 
@@ -132,18 +138,12 @@ class NetDevice(ReceivePath, VirtioDevice):
         self.mrg = False
         self.guest_offloads = 0
         self.max_rx_frame = (self.mtu or 1500) + ETH_HLEN + 4
-        self.rx_starved = False
         self.live = False  # a transport has started running the queues
         self.mem = None
         self.flows.clear()
-        self._new_placers()
+        self.rx.reset()
         self.tx_held = [deque() for _ in range(self.max_pairs)]
-        self._drop_backlog()
-
-    def _new_placers(self) -> None:
-        """One RxPlacer per receive queue (the queue objects change when a packed ring is
-        negotiated, and back at reset)."""
-        self.rx = [RxPlacer(self.queues[2 * i]) for i in range(self.max_pairs)]
+        self._notify_later = set()
 
     # --- features and config (5.1.3, 5.1.4) ----------------------------------------------------
 
@@ -161,23 +161,14 @@ class NetDevice(ReceivePath, VirtioDevice):
         return True
 
     def on_features(self, features: int) -> None:
-        self._new_placers()
+        self.rx.new_placers()
         self.mrg = self.has_feature(F.MRG_RXBUF)
         self.layout_pairs = self.max_pairs if self.has_feature(F.MQ) else 1
         self.filter.enabled = self.has_feature(F.CTRL_RX)
         self.set_guest_offloads(features & ctrl.GUEST_OFFLOADS)
 
-    def reset(self) -> None:
-        """Device reset, under the lock: the host loop's thread may be filling the rings."""
-        with self.lock:
-            super().reset()
-
     def on_reset(self) -> None:
         self._init_state()
-        self.wakeup()
-
-    def on_driver_ok(self) -> None:
-        self.wakeup()
 
     @property
     def link_up(self) -> bool:
@@ -196,40 +187,109 @@ class NetDevice(ReceivePath, VirtioDevice):
         else:
             self.config_generation = (self.config_generation + 1) & 0xFF
 
-    # --- host API: link, announce, memory ------------------------------------------------------
+    # --- host API: from any thread, run in the device's worker ---------------------------------
 
     def set_link(self, up: bool) -> None:
         """Take the link up or down; the driver sees STATUS change with a config interrupt."""
-        with self.lock:
-            before = self.link_up
-            self.admin_link = bool(up)
-            changed = before != self.link_up
-        if changed:
+        self._in_worker(lambda: self._set_admin_link(up))
+
+    def _set_admin_link(self, up: bool) -> None:
+        before = self.link_up
+        self.admin_link = bool(up)
+        if before != self.link_up:
             self._link_changed()
 
     def _link_changed(self) -> None:
         """Tell the driver (STATUS, config interrupt) and the listeners (a vhost-user transport
         shows the link to QEMU by its connection: see ``pyvirtio.net.vhost_link``)."""
         self._status_changed()
-        self.wakeup()
         up = self.link_up
         for listener in list(self.link_listeners):
             listener(up)
 
     def announce(self) -> bool:
         """Ask the driver to announce itself (after a migration); False without GUEST_ANNOUNCE."""
+        return self._in_worker(self._announce)
+
+    def _announce(self) -> bool:
         if not self.has_feature(F.GUEST_ANNOUNCE):
             return False
-        with self.lock:
-            self.announce_pending = True
+        self.announce_pending = True
         self._status_changed()
         return True
 
-    def set_memory(self, mem: Optional[GuestMemory]) -> None:
-        """The guest memory host-side events write into (the transport calls this when its
-        memory table changes; every queue kick also refreshes it)."""
-        self.mem = mem
-        self.wakeup()
+    def host_frames(self, frames: Iterable[bytes], *, can_wait: bool = True,
+                    with_header: bool = False) -> int:
+        """Frames arriving from the host side (plain Ethernet, or with a 12-byte header if
+        ``with_header``).  Returns how many were taken (placed or backlogged).  When the backlog
+        is full the rest is refused — or dropped and counted if the source ``can_wait`` not."""
+        frames = list(frames)
+        return self._in_worker(lambda: self._host_frames(frames, can_wait, with_header))
+
+    def _host_frames(self, frames: list[bytes], can_wait: bool, with_header: bool) -> int:
+        taken, mem = 0, self.mem
+        with self._guard():
+            for raw in frames:
+                if not self.rx.host_frame(mem, raw, with_header, can_wait):
+                    break
+                taken += 1
+            self._notify_soon(self.rx.pump(mem, budget=0))
+        return taken
+
+    def serve_backend(self) -> None:
+        """Serve the back-end now, as if its fd had fired (for a back-end without an fd, such
+        as :class:`~pyvirtio.net.mock.MockBackend`)."""
+        self._in_worker(lambda: self._notify_soon(self._serve_host(self.mem)))
+
+    def _in_worker(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` where the device's code runs — in its worker, through ``host_call`` — and
+        wait for its result; inline when this thread is already running the device's code (a
+        link listener that sets the link, a call without an engine)."""
+        if self._serving == threading.get_ident():
+            return fn()
+        result: list[T] = []
+        error: list[BaseException] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                with self._running():
+                    result.append(fn())
+            except BaseException as exc:  # handed to the caller's thread
+                error.append(exc)
+            finally:
+                done.set()
+
+        self.host_call(run, 0)
+        if not done.wait(HOST_CALL_TIMEOUT):
+            raise TimeoutError(f"net: the device's worker did not run a host call within "
+                               f"{HOST_CALL_TIMEOUT:.0f} s")
+        if error:
+            raise error[0]
+        return result[0]
+
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """Mark this thread as the one running the device's code (for :meth:`_in_worker`)."""
+        before, self._serving = self._serving, threading.get_ident()
+        try:
+            yield
+        finally:
+            self._serving = before
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """A driver's mistake met by host-side work puts the device in DEVICE_NEEDS_RESET."""
+        try:
+            yield
+        except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            self.needs_reset(exc)
+
+    def _notify_soon(self, queues: set[int]) -> None:
+        """Queues to notify from the worker's next ``host_ready`` (woken for it)."""
+        if queues - self._notify_later:
+            self._notify_later |= queues
+            self.host_call(_noop, 0)  # a call wakes the worker, whose turn runs host_ready
 
     # --- control queue targets (ctrl.CtrlTarget) ----------------------------------------------
 
@@ -267,40 +327,26 @@ class NetDevice(ReceivePath, VirtioDevice):
         return "none", 0
 
     def process_queue(self, mem: GuestMemory, queue: SplitDeviceQueue) -> bool:
-        """Serve a kicked queue.  Transports call it from their own threads (vhost-user: one
-        per ring, holding that ring's lock) without the device lock, so it takes the lock.
-        Notifications for *other* queues (frames for another pair) are not sent from here — a
-        transport may take their ring locks in the interrupt callback, and another ring's thread
-        may hold one while it waits for the device lock — but from the host loop's thread."""
-        deferred = False
-        with self.lock:
-            self.mem, self.live = mem, True
-            notify, others = self._process(mem, queue)
-            if others and self.wakeup is not _noop:
-                self._irq_later |= others
-                deferred = True
-        if deferred:
-            self.wakeup()
-        elif others:
-            self._interrupt(others)  # no host loop: in-process transports take no ring locks
-        return notify
-
-    def _process(self, mem: GuestMemory, queue: SplitDeviceQueue) -> tuple[bool, set[int]]:
-        role, pair = self.queue_role(queue.index)
-        if role == "tx":
-            return self._tx_run(mem, pair), set()
-        if role == "rx":
-            notify = self._rx_pump(mem)  # backlogged frames may also go to other pairs
-            return queue.index in notify, notify - {queue.index}
-        if role == "ctrl":
-            return queue.drain(mem, self._ctrl_chain), set()
-        return False, set()
+        """Serve a kicked queue; whether to notify it.  A receive kick may also complete
+        backlogged frames of other pairs: those are notified from the next ``host_ready``."""
+        self.mem, self.live = mem, True
+        with self._running():
+            role, pair = self.queue_role(queue.index)
+            if role == "tx":
+                return self._tx_run(mem, pair)
+            if role == "rx":
+                notify = self.rx.pump(mem)
+                self._notify_soon(notify - {queue.index})
+                return queue.index in notify
+            if role == "ctrl":
+                return queue.drain(mem, self._ctrl_chain)
+            return False
 
     def _ctrl_chain(self, chain: DescriptorChain) -> int:
         if chain.writable_len < 1:
             self._count_error("ctrl_err", DriverFault("control command without room for the ack"))
             return 0
-        ack = spec.NetCtrlAck.ERR
+        ack: int = spec.NetCtrlAck.ERR
         try:
             if chain.readable_len < spec.NET_CTRL_HDR_SIZE:
                 raise ctrl.CtrlRejected(f"control command of {chain.readable_len} bytes has no class/command")
@@ -337,8 +383,7 @@ class NetDevice(ReceivePath, VirtioDevice):
                 break
         if done:
             queue.add_used_batch(mem, done)
-        if not emptied:
-            self.wakeup()  # kicks stay off until the back-end has room
+        # not emptied: kicks stay off, and host_fds asks for room in the back-end
         return queue.needs_notification(mem)
 
     def _tx_resend(self, pair: int, done: list[tuple[int, int]]) -> bool:
@@ -425,44 +470,44 @@ class NetDevice(ReceivePath, VirtioDevice):
         self.stats["tx_bytes"] += length
         return True
 
-    # --- the host loop's door --------------------------------------------------------------------
+    # --- the back-end's door (the engine's worker) -----------------------------------------------
 
     @property
     def wants_rx(self) -> bool:
-        """Whether a host loop should watch the back-end for frames now."""
-        return self._rx_ready(self.mem) and not self.rx_starved and not self.backlog
-
-    @property
-    def wants_service(self) -> bool:
-        """Whether the host loop should call ``backend_ready`` even if no fd fired."""
-        return bool(self._irq_later)
+        """Whether the back-end should be watched for frames now."""
+        return self.rx.wants_frames(self.mem)
 
     @property
     def tx_waiting(self) -> bool:
         return any(self.tx_held)
 
-    def poll_fds(self) -> list[tuple[int, int]]:
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        """The back-end's fds: readable while the guest has receive buffers, writable while a
+        transmit waits for room."""
         return self.backend.poll_fds(self.wants_rx, self.tx_waiting)
 
-    def backend_ready(self) -> None:
-        """A watched back-end fd fired: service the back-end, read frames, resume transmits."""
+    def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
+        """A back-end fd fired (or the worker was woken): serve the back-end, read frames,
+        resume held transmits; returns the queues to notify (with those left for later)."""
+        self.mem = mem
+        with self._running():
+            notify = self._serve_host(mem)
+        notify |= self._notify_later
+        self._notify_later = set()
+        return notify
+
+    def _serve_host(self, mem: Optional[GuestMemory]) -> set[int]:
+        self.backend.service()
         notify: set[int] = set()
-        with self.lock:
-            notify, self._irq_later = self._irq_later, set()
-            self.backend.service()
-            mem = self.mem
-            if self._rx_ready(mem):
-                try:
-                    notify |= self._rx_pump(mem)
-                    for pair, held in enumerate(self.tx_held):
-                        if held and self._tx_run(mem, pair):
-                            notify.add(2 * pair + 1)
-                except (DriverFault, GuestMemoryError, QueueBroken) as exc:
-                    self.needs_reset(exc)
-            link_changed = self._sync_backend_link()  # reading may have found the peer gone
-        self._interrupt(notify)
-        if link_changed:
+        if mem is not None:
+            with self._guard():
+                notify |= self.rx.pump(mem)
+                for pair, held in enumerate(self.tx_held):
+                    if held and self._tx_run(mem, pair):
+                        notify.add(2 * pair + 1)
+        if self._sync_backend_link():  # reading may have found the peer gone
             self._link_changed()
+        return notify
 
     def _sync_backend_link(self) -> bool:
         up = self.backend.link_up
@@ -472,15 +517,17 @@ class NetDevice(ReceivePath, VirtioDevice):
         self._backend_link = up
         return before != self.link_up
 
-    def _interrupt(self, queues: Iterable[int]) -> None:
-        for index in sorted(queues):
-            self.interrupt(Interrupt(index))
+    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+                timeout: float = 30.0) -> bool:
+        """Nothing of the device's is in flight on the host; before the memory changes (all
+        queues) forget the memory the host API would place frames into."""
+        if index is None:
+            self.mem = None
+        return True
 
     def close(self) -> None:
-        """Close the back-end; a host loop forgets the device on its next iteration."""
-        self.closed = True
+        """Close the back-end."""
         self.backend.close()
-        self.wakeup()
 
 
 def _frame_views(chain: DescriptorChain, skip: int) -> list[memoryview]:

@@ -1,9 +1,8 @@
 """Command-line options of ``pyvirtio serve net``: which back-end, and the device's settings.
 
 ``add_arguments(parser)`` adds the options; ``build_device(args)`` validates them, opens the
-back-end, builds the :class:`~pyvirtio.devices.net.NetDevice` and attaches it to the process's
-network loop (the thread that watches back-end fds), so the caller only has to serve the
-device's queues.
+back-end and builds the :class:`~pyvirtio.devices.net.NetDevice`.  The transport that serves the
+device's queues serves its back-end too (the engine's worker watches the back-end's fds).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import argparse
 from ..errors import UsageError
 from ..net.backend import NetBackend
 from ..net.frame import mac_bytes
-from ..net.loop import NetLoop, default_loop
 from ..net.null import NullBackend
 from ..net.stream import StreamBackend
 from ..net.switch import get_switch
@@ -62,8 +60,8 @@ def build_backend(args: argparse.Namespace) -> NetBackend:
     return NullBackend()
 
 
-def build_device(args: argparse.Namespace, loop: NetLoop | None = None) -> NetDevice:
-    """The device the options describe, attached to ``loop`` (default: the process's loop)."""
+def build_device(args: argparse.Namespace) -> NetDevice:
+    """The device the options describe, on its back-end."""
     try:
         mac = mac_bytes(args.mac) if args.mac else None
     except ValueError as exc:
@@ -76,7 +74,6 @@ def build_device(args: argparse.Namespace, loop: NetLoop | None = None) -> NetDe
     except BaseException:
         backend.close()
         raise
-    (loop or default_loop()).add(device)
     return device
 
 

@@ -4,8 +4,8 @@ Back-ends (``--tap``, ``--switch``, ``--socket``, ``--null`` on the command line
 :class:`~pyvirtio.net.tap.TapBackend`, :class:`~pyvirtio.net.switch.SwitchPort` (from
 :func:`~pyvirtio.net.switch.get_switch`), :class:`~pyvirtio.net.stream.StreamBackend`,
 :class:`~pyvirtio.net.null.NullBackend`, and :class:`~pyvirtio.net.mock.MockBackend` for tests.
-:class:`~pyvirtio.net.loop.NetLoop` is the small I/O shell that watches their fds for any number
-of devices.  Also here: the device's receive path (``rx``, ``rxpath``), control queue (``ctrl``),
+The engine's worker of the device that owns a back-end watches its fds (``pyvirtio.engine``).
+Also here: the device's receive path (``rx``, ``rxpath``), control queue (``ctrl``),
 receive steering (``steer``), link state over vhost-user (``vhost_link``), a frame builder
 (``frame``) and a tiny ARP/ping responder (``responder``).
 """

@@ -7,9 +7,9 @@ below; none of them blocks:
   when it can: ``os.readv`` on a TAP fd lands straight in the guest's receive buffers);
 * :meth:`~NetBackend.send` takes one frame as a list of views (the guest's transmit buffers; a TAP
   back-end hands them to ``os.writev`` as they are);
-* :meth:`~NetBackend.poll_fds` says which fds a host loop must watch, given what the device wants
-  (frames to read; room to write), and :meth:`~NetBackend.service` lets the back-end do its own
-  housekeeping (accept a connection, clear an eventfd) when one of them fires.
+* :meth:`~NetBackend.poll_fds` says which fds the device's worker must watch, given what the
+  device wants (frames to read; room to write), and :meth:`~NetBackend.service` lets the back-end
+  do its own housekeeping (accept a connection, clear an eventfd) when one of them fires.
 
 ``vnet_hdr`` says whether frames to and from the back-end start with the 12-byte
 ``virtio_net_hdr``; only such back-ends can take the checksum and segmentation offloads they list
@@ -20,13 +20,14 @@ only for back-ends that cannot wait.
 
 from __future__ import annotations
 
-import selectors
+import select
 from typing import Sequence
 
 from ..spec.net import NET_HDR_SIZE
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
+#: poll(2) events, as :meth:`NetBackend.poll_fds` returns them (the engine polls with these).
+READ = select.POLLIN
+WRITE = select.POLLOUT
 #: The largest frame a back-end passes (a 64 KiB GSO frame plus headers); larger ones are errors.
 MAX_FRAME = 65536 + 64
 VNET_HDR_SIZE = NET_HDR_SIZE
@@ -51,15 +52,16 @@ class NetBackend:
     def describe(self) -> str:
         return self.kind
 
-    # --- what a host loop watches ------------------------------------------------------------------
+    # --- what the device's worker watches -----------------------------------------------------------
 
     def poll_fds(self, read: bool, write: bool) -> list[tuple[int, int]]:
-        """``(fd, selectors events)`` pairs to watch while the device wants to ``read`` frames
-        and/or waits for room to ``write``.  Empty when there is nothing to watch."""
+        """``(fd, READ|WRITE)`` pairs to watch while the device wants to ``read`` frames and/or
+        waits for room to ``write``.  Empty when there is nothing to watch."""
         return []
 
     def service(self) -> None:
-        """Called by the host loop when a watched fd fired, before the device reads or writes."""
+        """Called by the device's worker when a watched fd fired (or it was woken), before the
+        device reads or writes."""
 
     # --- data path ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """An in-memory back-end for tests: frames to hand to the device, and the frames it sent.
 
-No fd: a test calls ``device.backend_ready()`` itself after queueing ``incoming`` frames.  With
+No fd: a test calls ``device.serve_backend()`` itself after queueing ``incoming`` frames.  With
 ``vnet_hdr`` the frames carry the 12-byte header both ways, as a TAP's do; ``blocked`` makes
 ``send`` refuse (would block), to exercise transmit back-pressure.
 """

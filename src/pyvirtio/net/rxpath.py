@@ -1,5 +1,7 @@
-"""The receive half of the network device (VIRTIO 1.3, 5.1.6.3 and 5.1.6.4), as a mixin of
-:class:`~pyvirtio.devices.net.NetDevice`.
+"""The receive half of the network device (VIRTIO 1.3, 5.1.6.3 and 5.1.6.4): a
+:class:`ReceivePath` is the ``rx`` part of a :class:`~pyvirtio.devices.net.NetDevice` and owns
+the receive queues' placers, the backlog and the scratch buffer; it reads the device's negotiated
+state (offloads, MRG_RXBUF, pairs in use, filter, link) and shares its counters.
 
 Frames reach the guest by three roads, in this order of preference:
 
@@ -12,25 +14,31 @@ Frames reach the guest by three roads, in this order of preference:
    as the buffers ran out) waits in a bounded queue; nothing is read from the back-end until the
    backlog is empty again, so frames keep their order.
 
-When the driver has no buffers the device stops reading and asks for a kick (``rx_starved``);
-the next receive kick starts it again.
+When the driver has no buffers the device stops reading and asks for a kick (``starved``);
+the next receive kick starts it again.  Like the rest of the device this runs in the device's
+worker (``pyvirtio.engine``) and takes no lock.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Optional
 
 from ..memory import GuestMemory
 from ..spec import net as spec
 from ..virtq import DescriptorChain
+from .backend import MAX_FRAME
 from .frame import ETH_HLEN
 from .rx import RxPlacer
+
+if TYPE_CHECKING:
+    from ..devices.net import NetDevice
 
 F = spec.NetFeature
 HDR = spec.NET_HDR_SIZE
 _HDR10 = spec.NET_HDR_LEGACY
 ZERO_HDR = bytes(HDR)
-#: Frames pulled from the back-end per call before yielding to the loop.
+#: Frames pulled from the back-end per call before the worker looks at its other work.
 RX_BUDGET = 256
 _GSO_ALLOWED = ((spec.NetGsoType.TCPV4, F.GUEST_TSO4), (spec.NetGsoType.TCPV6, F.GUEST_TSO6),
                 (spec.NetGsoType.UDP, F.GUEST_UFO), (spec.NetGsoType.UDP_L4, F.GUEST_USO4),
@@ -38,39 +46,68 @@ _GSO_ALLOWED = ((spec.NetGsoType.TCPV4, F.GUEST_TSO4), (spec.NetGsoType.TCPV6, F
 
 
 class ReceivePath:
-    """Receive-side methods of NetDevice (they use its queues, back-end, filter and stats)."""
+    """The receive side of one network device: its receive queues' placers, the backlog of
+    frames waiting for buffers, and the road a frame takes into the guest."""
 
-    def _rx_ready(self, mem: Optional[GuestMemory]) -> bool:
+    def __init__(self, device: "NetDevice", backlog_frames: int, backlog_bytes: int):
+        self.dev = device
+        self.backend = device.backend
+        self.stats = device.stats  # the device's counters (rx_*)
+        self.placers: list[RxPlacer] = []
+        self.backlog: deque[tuple[bytes, bytes]] = deque()  # (header, frame) waiting for buffers
+        self.backlog_limit = (backlog_frames, backlog_bytes)
+        self.backlog_bytes = 0
+        self.starved = False  # no buffers: not reading until the driver kicks
+        self._ran_dry = False  # a pump found no buffers (``starved`` once it ends)
+        self._scratch = memoryview(bytearray(HDR + MAX_FRAME))
+
+    def reset(self) -> None:
+        """As after a device reset: fresh placers, no backlog, not starved."""
+        self.new_placers()
+        self.starved = False
+        self.drop_backlog()
+
+    def new_placers(self) -> None:
+        """One RxPlacer per receive queue (the queue objects change when a packed ring is
+        negotiated, and back at reset)."""
+        dev = self.dev
+        self.placers = [RxPlacer(dev.queues[2 * i]) for i in range(dev.max_pairs)]
+
+    def ready(self, mem: Optional[GuestMemory]) -> bool:
         """Whether host-side events may use the queues: the driver is running (DRIVER_OK, or a
         transport without a status field has started serving queues), and the memory is live."""
-        return (mem is not None and (self.driver_ok or self.live) and bool(mem.regions)
-                and self.queues[0].ready and not self.queues[0].broken)
+        dev = self.dev
+        return (mem is not None and (dev.driver_ok or dev.live) and bool(mem.regions)
+                and dev.queues[0].ready and not dev.queues[0].broken)
 
-    def _rx_pump(self, mem: GuestMemory, budget: int = RX_BUDGET) -> set[int]:
+    def wants_frames(self, mem: Optional[GuestMemory]) -> bool:
+        """Whether the back-end should be watched for frames now."""
+        return self.ready(mem) and not self.starved and not self.backlog
+
+    def pump(self, mem: Optional[GuestMemory], budget: int = RX_BUDGET) -> set[int]:
         """Fill receive buffers: first the backlog, then frames read from the back-end.
         Returns the receive queues whose driver wants a notification."""
-        if not self._rx_ready(mem):
+        if mem is None or not self.ready(mem):
             return set()
-        was_starved = self.rx_starved
-        self.rx_starved = False
-        if self._drain_backlog(mem) and self.link_up:
-            self._pull(mem, budget)
-        elif not self.link_up:
-            self._discard(budget)
-        notify = {p.queue.index for p in self.rx if p.flush(mem)}
-        if was_starved != self.rx_starved:
-            self.wakeup()
-        return notify
+        self._ran_dry = False
+        try:
+            if self._drain_backlog(mem) and self.dev.link_up:
+                self._pull(mem, budget)
+            elif not self.dev.link_up:
+                self._discard(budget)
+        finally:
+            self.starved = self._ran_dry  # one change, seen whole from other threads
+        return {p.queue.index for p in self.placers if p.flush(mem)}
 
     def _pull(self, mem: GuestMemory, budget: int) -> None:
         """Read up to ``budget`` frames from the back-end (zero-copy when it can)."""
-        if self.active_pairs > 1:
+        if self.dev.active_pairs > 1:
             for _ in range(budget):
                 if not self._pull_copy(mem):
                     return
             return
-        placer = self.rx[0]
-        room, mrg = HDR + self.max_rx_frame, self.mrg
+        placer = self.placers[0]
+        room, mrg = HDR + self.dev.max_rx_frame, self.dev.mrg
         skip = 0 if self.backend.vnet_hdr else HDR  # where the back-end's bytes start
         recv, packets, nbytes = self.backend.recv_into, 0, 0
         for _ in range(budget):
@@ -112,13 +149,13 @@ class ReceivePath:
             return None
         if skip:
             return ZERO_HDR[:10]
-        header = _fix_header(bytes(v0[:10]) if len(v0) >= 10 else _peek(first, 0, 10), self.guest_offloads)
+        header = _fix_header(bytes(v0[:10]) if len(v0) >= 10 else _peek(first, 0, 10), self.dev.guest_offloads)
         if header is None:
             self.stats["rx_errors"] += 1
         return header
 
     def _pull_copy(self, mem: GuestMemory) -> bool:
-        """Read one frame into the device's scratch buffer, then place it (or backlog it)."""
+        """Read one frame into the scratch buffer, then place it (or backlog it)."""
         skip = 0 if self.backend.vnet_hdr else HDR
         n = self.backend.recv_into([self._scratch[skip:]])
         if n is None:
@@ -136,7 +173,7 @@ class ReceivePath:
         placed = self._place(mem, header, frame)
         if placed is None:
             self._backlog_add(header, bytes(frame))
-            return self._starve(mem, self.rx[self._steer(frame)])
+            return self._starve(mem, self.placers[self._steer(frame)])
         return True
 
     def _starve(self, mem: GuestMemory, placer: RxPlacer) -> bool:
@@ -146,7 +183,7 @@ class ReceivePath:
             return True  # buffers raced in
         if not self.backend.can_wait:
             return self._discard(1) == 1
-        self.rx_starved = True
+        self._ran_dry = True
         return False
 
     def _discard(self, budget: int) -> int:
@@ -160,37 +197,33 @@ class ReceivePath:
     def _scratch_header(self, skip: int) -> Optional[bytes]:
         if skip:
             return ZERO_HDR
-        header = _fix_header(bytes(self._scratch[:10]), self.guest_offloads)
+        header = _fix_header(bytes(self._scratch[:10]), self.dev.guest_offloads)
         if header is None:
             self.stats["rx_errors"] += 1
             return None
         return header + b"\0\0"
 
     def _accept(self, dst: bytes) -> bool:
-        if self.filter.accepts(dst, self.mac):
+        if self.dev.filter.accepts(dst, self.dev.mac):
             return True
         self.stats["rx_filtered"] += 1
         return False
 
-    def _count_rx(self, length: int) -> None:
-        self.stats["rx_packets"] += 1
-        self.stats["rx_bytes"] += length
-
     def _steer(self, frame) -> int:
-        if self.active_pairs == 1:
-            return 0
-        return self.flows.lookup(frame, self.active_pairs)
+        pairs = self.dev.active_pairs
+        return 0 if pairs == 1 else self.dev.flows.lookup(frame, pairs)
 
     def _place(self, mem: GuestMemory, header: bytes, frame) -> Optional[bool]:
-        placer = self.rx[self._steer(frame)]
-        placed = placer.place(mem, header, frame, self.mrg)
+        placer = self.placers[self._steer(frame)]
+        placed = placer.place(mem, header, frame, self.dev.mrg)
         if placed:
-            self._count_rx(len(frame))
+            self.stats["rx_packets"] += 1
+            self.stats["rx_bytes"] += len(frame)
         elif placed is False:
             self.stats["rx_dropped"] += 1  # 5.1.6.3.2: never more than one buffer without MRG
         return placed
 
-    # --- backlog and frames pushed by the host ---------------------------------------------------------------------------------
+    # --- backlog and frames pushed by the host -------------------------------------------------
 
     def _backlog_room(self, length: int) -> bool:
         frames, limit = self.backlog_limit
@@ -205,7 +238,7 @@ class ReceivePath:
         while self.backlog:
             header, frame = self.backlog[0]
             if self._place(mem, header, frame) is None:
-                placer = self.rx[self._steer(frame)]
+                placer = self.placers[self._steer(frame)]
                 if not self._starve(mem, placer):
                     return False
                 continue
@@ -213,46 +246,32 @@ class ReceivePath:
             self.backlog_bytes -= len(frame)
         return True
 
-    def _drop_backlog(self) -> None:
+    def drop_backlog(self) -> None:
         self.stats["rx_dropped"] += len(self.backlog)
         self.backlog.clear()
         self.backlog_bytes = 0
 
-    def host_frames(self, frames: Iterable[bytes], *, can_wait: bool = True,
-                    with_header: bool = False) -> int:
-        """Frames arriving from the host side (plain Ethernet, or with a 12-byte header if
-        ``with_header``).  Returns how many were taken (placed or backlogged).  When the backlog
-        is full the rest is refused — or dropped and counted if the source ``can_wait`` not."""
-        taken, notify = 0, set()
-        with self.lock:
-            mem = self.mem
-            for raw in frames:
-                if not self._host_frame(mem, raw, with_header, can_wait):
-                    break
-                taken += 1
-            if self._rx_ready(mem):
-                notify = self._rx_pump(mem, budget=0)
-        self._interrupt(notify)
-        return taken
-
-    def _host_frame(self, mem, raw: bytes, with_header: bool, can_wait: bool) -> bool:
-        """One pushed frame; False when it was refused (the backlog is full and it can wait)."""
+    def host_frame(self, mem: Optional[GuestMemory], raw: bytes, with_header: bool, can_wait: bool) -> bool:
+        """One frame pushed by the host (plain Ethernet, or behind a 12-byte header if
+        ``with_header``): placed or backlogged; False when it was refused (the backlog is full
+        and the source can wait) — dropped and counted if it cannot."""
         header, frame = (bytes(raw[:HDR]), bytes(raw[HDR:])) if with_header else (ZERO_HDR, bytes(raw))
         if len(frame) < ETH_HLEN or (with_header and len(header) < HDR):
             self.stats["rx_errors"] += 1
             return True
-        if not self.link_up:
+        if not self.dev.link_up:
             self.stats["rx_dropped"] += 1  # an unplugged cable loses what arrives
             return True
         if with_header:
-            fixed = _fix_header(header[:10], self.guest_offloads)
+            fixed = _fix_header(header[:10], self.dev.guest_offloads)
             if fixed is None:
                 self.stats["rx_errors"] += 1
                 return True
             header = fixed + b"\0\0"
         if not self._accept(frame[:6]):
             return True
-        if not self.backlog and self._rx_ready(mem) and self._place(mem, header, frame) is not None:
+        if not self.backlog and mem is not None and self.ready(mem) \
+                and self._place(mem, header, frame) is not None:
             return True
         if self._backlog_room(len(frame)):
             self._backlog_add(header, frame)

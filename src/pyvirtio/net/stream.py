@@ -109,6 +109,7 @@ class StreamBackend(NetBackend):
         if self.peer is None:
             return
         log.info("%s: peer gone: %s", self.describe(), why)
+        _shutdown(self.peer)
         self.peer.close()
         self.peer = None
         self._pending = b""
@@ -227,8 +228,18 @@ class StreamBackend(NetBackend):
         if self.listener is not None:
             if self.listener.family == socket.AF_UNIX and isinstance(self.address, str):
                 _unlink_stale(self.address)
+            _shutdown(self.listener)
             self.listener.close()
             self.listener = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """End the connection now: a close alone waits until no poll(2) (the device's worker, in
+    another thread) holds the socket any more, so the peer would not see the end."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected, or already gone
 
 
 def _unlink_stale(path: str) -> None:

@@ -4,7 +4,7 @@ Every device whose back-end names the same switch gets a :class:`SwitchPort`.  T
 which port each source MAC lives behind, sends a unicast frame to that port only, and floods
 broadcast, multicast and unknown destinations to every other port.
 
-Each port has a bounded inbox and two eventfds for the host loop: ``rx_event`` is readable while
+Each port has a bounded inbox and two eventfds for the device's worker to watch: ``rx_event`` is readable while
 the inbox holds frames, ``tx_event`` fires when a port this one was blocked on has room again.
 Back-pressure: a unicast frame to a port whose inbox is full is refused (``send`` returns False)
 and the sender retries when that inbox has drained to half — no frame is lost while the receiving
