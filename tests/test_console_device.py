@@ -43,7 +43,7 @@ def assert_port_works(dev, t, drv, pipe, name="p1"):
     handle.write(b"still here")
     assert pipe.take() == b"still here"
     pipe.feed(b"and back")
-    dev.poll(t.device_memory)
+    dev.poll()
     assert handle.read(100, timeout=2) == b"and back"
     assert not dev.status & DeviceStatus.DEVICE_NEEDS_RESET
 
@@ -153,7 +153,7 @@ def test_bad_control_message_is_dropped_and_other_ports_keep_working(what, caplo
     port = drv.open_port("p1")
     send_raw(drv, HOSTILE[what])
     assert dev.stats["control_errors"] == 1
-    assert dev.control_faults and "bad control message" in caplog.text
+    assert dev.control.faults and "bad control message" in caplog.text
     assert port.host_connected
     assert_port_works(dev, t, drv, pipe)
 
@@ -185,7 +185,7 @@ def test_control_flood_without_receive_buffers_stays_bounded():
     q = drv.queue(spec.CONTROL_TRANSMITQ)
     for _ in range(400):  # each PORT_READY makes the device answer; the driver reads none
         q.release(q.wait(q.submit([ctrl(1, E.PORT_READY, 1)], []), timeout=5))
-    assert len(dev._ctrl_out) <= 4 * dev.max_nr_ports + 64
+    assert len(dev.control.outbox) <= 4 * dev.max_nr_ports + 64
     assert dev.stats["control_dropped"] > 0
     drv.poll_events()  # the driver catches up; everything still works
     assert_port_works(dev, t, drv, pipe)
@@ -197,7 +197,7 @@ def test_device_readable_buffer_in_a_receiveq_is_returned_empty():
     rxq = drv.queue(spec.receiveq_index(1))
     bad = rxq.submit([b"device-readable"], [], kick=False)  # 5.3.6.1: the driver MUST NOT
     pipe.feed(b"data")
-    dev.poll(t.device_memory)
+    dev.poll()
     assert port.read(10, timeout=2) == b"data"
     assert bad.done and bad.written == 0
 
@@ -205,7 +205,7 @@ def test_device_readable_buffer_in_a_receiveq_is_returned_empty():
 def test_data_for_a_port_nobody_opened_waits_in_the_endpoint():
     dev, t, drv, (pipe,) = make()
     pipe.feed(b"early bytes")
-    dev.poll(t.device_memory)
+    dev.poll()
     assert pipe.pending_to_guest == len(b"early bytes")  # not delivered, not lost
     port = drv.open_port("p1")
     assert port.read(100, timeout=2) == b"early bytes"
@@ -213,7 +213,7 @@ def test_data_for_a_port_nobody_opened_waits_in_the_endpoint():
 
 def test_transmit_on_a_removed_port_is_consumed():
     dev, t, drv, (pipe,) = make()
-    dev.remove_port(1, mem=t.device_memory)
+    dev.remove_port(1)
     txq = drv.queue(spec.transmitq_index(1))
     req = txq.submit([b"to nowhere"], [])
     txq.wait(req, timeout=2)

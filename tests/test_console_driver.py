@@ -12,7 +12,6 @@ import pytest
 
 from pyvirtio.devices.console import ConsoleDevice, PortSpec
 from pyvirtio.devices.console_endpoints import MemoryEndpoint
-from pyvirtio.devices.console_host import ConsoleHostLoop
 from pyvirtio.drivers.console import ConsoleDriver, PortClosed
 from pyvirtio.drivers.console_aio import AsyncConsolePort
 from pyvirtio.errors import UsageError
@@ -35,20 +34,22 @@ def make(nports=1, **drv_kw):
 
 def inject(dev, t, raw: bytes):
     """Make the device send ``raw`` on the control receiveq, as a hostile device would."""
-    dev._ctrl_out.append(raw)
-    dev.poll(t.device_memory)
+    dev.control.outbox.append(raw)
+    dev.poll()
 
 
 def test_protocol_sequence_matches_linux():
     """DEVICE_READY after DRIVER_OK, PORT_READY per port, PORT_OPEN 1 for the console."""
     seen = []
 
-    class Recording(ConsoleDevice):
-        def _control(self, mem, data):
-            seen.append(tuple(spec.CONSOLE_CONTROL.unpack_from(data)))
-            super()._control(mem, data)
+    dev = ConsoleDevice(MemoryEndpoint(), [PortSpec(MemoryEndpoint(), "a")], max_nr_ports=2)
+    handle = dev.control.handle
 
-    dev = Recording(MemoryEndpoint(), [PortSpec(MemoryEndpoint(), "a")], max_nr_ports=2)
+    def recording(mem, data):
+        seen.append(tuple(spec.CONSOLE_CONTROL.unpack_from(data)))
+        handle(mem, data)
+
+    dev.control.handle = recording
     drv = ConsoleDriver.probe(LoopbackTransport(dev, memory_size=8 << 20))
     assert seen[0] == (spec.CONSOLE_BAD_ID, E.DEVICE_READY, 1)
     assert (0, E.PORT_READY, 1) in seen and (1, E.PORT_READY, 1) in seen
@@ -63,19 +64,19 @@ def test_listener_sees_hotplug_in_order_and_errors_in_listeners_are_contained():
     calls = []
     drv.add_listener(lambda ev: (_ for _ in ()).throw(RuntimeError("bad listener")))
     drv.add_listener(calls.append)
-    pid = dev.add_port(MemoryEndpoint(), "late", mem=t.device_memory)
+    pid = dev.add_port(MemoryEndpoint(), "late")
     drv.poll_events()
     assert [(e.kind, e.port_id) for e in calls] == [("add", pid), ("name", pid), ("open", pid)]
-    dev.remove_port(pid, mem=t.device_memory)
+    dev.remove_port(pid)
     drv.poll_events()
     assert calls[-1].kind == "remove" and calls[-1].name == "late"
 
 
 def test_wait_for_port_and_argument_checks():
     dev, t, drv, pipes, events = make()
-    with ConsoleHostLoop(dev, t.device_memory):  # the shell pushes the DEVICE_ADD
-        threading.Timer(0.2, lambda: dev.add_port(MemoryEndpoint(), "soon")).start()
-        assert drv.wait_for_port("soon", timeout=5).name == "soon"
+    # add_port from another thread: the engine's worker sends the DEVICE_ADD
+    threading.Timer(0.2, lambda: dev.add_port(MemoryEndpoint(), "soon")).start()
+    assert drv.wait_for_port("soon", timeout=5).name == "soon"
     with pytest.raises(UsageError):
         drv.open_port()
     with pytest.raises(UsageError):
@@ -96,13 +97,13 @@ def test_closed_port_refuses_io():
 def test_write_waits_for_a_host_peer_like_linux():
     dev, t, drv, (pipe,), _ = make()
     pipe.connected = False
-    dev.poll(t.device_memory)
+    dev.poll()
     port = drv.open_port("p1")
     assert not port.host_connected
     assert port.read(10, timeout=1) == b""  # no host: end of stream at once
     assert port.write_some(b"nobody", timeout=0.2) == 0
     pipe.connected = True
-    dev.poll(t.device_memory)
+    dev.poll()
     assert port.write(b"somebody", timeout=2) == 8
     assert pipe.take() == b"somebody"
 
@@ -136,7 +137,7 @@ def test_data_for_a_closed_port_is_dropped_and_buffers_come_back():
     dev.ports[1].guest_open = True  # a device that sends anyway
     pipe.feed(b"z" * 10000)
     for _ in range(5):
-        dev.poll(t.device_memory)
+        dev.poll()
         drv.poll_events()
     assert pipe.pending_to_guest == 0  # the driver kept re-posting its buffers
 
@@ -166,11 +167,10 @@ def test_async_ports_move_data_both_ways():
             await port.drain()
         return got
 
-    with ConsoleHostLoop(dev, t.device_memory, poll_interval=0.02):
-        host_thread = threading.Thread(target=host, daemon=True)
-        host_thread.start()
-        got_down = asyncio.run(guest())
-        host_thread.join(30)
+    host_thread = threading.Thread(target=host, daemon=True)  # the engine serves the port
+    host_thread.start()
+    got_down = asyncio.run(guest())
+    host_thread.join(30)
     assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
     assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
 

@@ -1,4 +1,4 @@
-"""Host endpoints of console ports, with the host loop: sockets, a listener, a pty, stdio."""
+"""Host endpoints of console ports, served by the engine: sockets, a listener, a pty, stdio."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pyvirtio.devices.console import ConsoleDevice, PortSpec
 from pyvirtio.devices.console_endpoints import (FdEndpoint, MemoryEndpoint, NullEndpoint,
                                                 PtyEndpoint, SocketEndpoint, StdioEndpoint,
                                                 UnixConnectEndpoint, UnixListenEndpoint)
-from pyvirtio.devices.console_host import ConsoleHostLoop
 from pyvirtio.drivers.console import ConsoleDriver
 from pyvirtio.errors import UsageError
 from pyvirtio.loopback import LoopbackTransport
@@ -26,8 +25,7 @@ def rig(endpoint, name="p", console=None):
     t = LoopbackTransport(dev, memory_size=8 << 20)
     events = []
     drv = ConsoleDriver.probe(t, listeners=[events.append])
-    loop = ConsoleHostLoop(dev, t.device_memory, poll_interval=0.05).start()
-    return dev, t, drv, loop, events
+    return dev, t, drv, events
 
 
 def recv_exactly(read, n, timeout=5.0):
@@ -121,12 +119,12 @@ def test_stdio_endpoint_leaves_the_fds_open_and_restores_blocking():
     os.close(w)
 
 
-# --- through the device, driven by the host loop ------------------------------------------------
+# --- through the device, served by the loopback transport's engine ------------------------------------------------
 
 
-def test_socketpair_port_with_the_host_loop():
+def test_socketpair_port_served_by_the_engine():
     ours, theirs = socket.socketpair()
-    dev, t, drv, loop, _ = rig(SocketEndpoint(ours))
+    dev, t, drv, _ = rig(SocketEndpoint(ours))
     try:
         port = drv.open_port("p")
         port.write(b"guest says hi")
@@ -134,14 +132,14 @@ def test_socketpair_port_with_the_host_loop():
         theirs.sendall(b"host says hi")
         assert port.read_exactly(12, timeout=5) == b"host says hi"
     finally:
-        loop.close()
+        t.close()
         theirs.close()
 
 
 def test_unix_listen_endpoint_accepts_reconnects_and_tells_the_guest(tmp_path):
     path = str(tmp_path / "port.sock")
     ep = UnixListenEndpoint(path)
-    dev, t, drv, loop, events = rig(ep)
+    dev, t, drv, events = rig(ep)
     try:
         port = drv.open_port("p")
         assert not port.host_connected
@@ -159,7 +157,7 @@ def test_unix_listen_endpoint_accepts_reconnects_and_tells_the_guest(tmp_path):
         opens = [e.value for e in events if e.kind == "open" and e.port_id == 1]
         assert opens == [True, False] * 3
     finally:
-        loop.close()
+        t.close()
         ep.close()
     assert not os.path.exists(path)
 
@@ -171,13 +169,13 @@ def test_unix_connect_endpoint(tmp_path):
     server.listen(1)
     ep = UnixConnectEndpoint(path)
     peer, _ = server.accept()
-    dev, t, drv, loop, _ = rig(ep)
+    dev, t, drv, _ = rig(ep)
     try:
         port = drv.open_port("p")
         port.write(b"over unix")
         assert recv_exactly(lambda: peer.recv(100), 9) == b"over unix"
     finally:
-        loop.close()
+        t.close()
         peer.close()
         server.close()
     with pytest.raises(OSError):
@@ -187,7 +185,7 @@ def test_unix_connect_endpoint(tmp_path):
 def test_pty_console():
     ep = PtyEndpoint()
     slave = os.open(ep.path, os.O_RDWR | os.O_NOCTTY)
-    dev, t, drv, loop, _ = rig(MemoryEndpoint(), console=ep)
+    dev, t, drv, _ = rig(MemoryEndpoint(), console=ep)
     try:
         console = drv.console
         console.write(b"Welcome\r\n")
@@ -196,6 +194,6 @@ def test_pty_console():
         os.write(slave, b"ls -l\n")
         assert console.read_exactly(6, timeout=5) == b"ls -l\n"  # raw mode: bytes as typed
     finally:
-        loop.close()
+        t.close()
         os.close(slave)
         ep.close()

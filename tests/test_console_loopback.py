@@ -12,7 +12,6 @@ import pytest
 
 from pyvirtio.devices.console import ConsoleDevice, PortSpec
 from pyvirtio.devices.console_endpoints import MemoryEndpoint, SocketEndpoint
-from pyvirtio.devices.console_host import ConsoleHostLoop
 from pyvirtio.drivers.console import ConsoleDriver, PortClosed, PortEvent
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.spec import console as spec
@@ -72,7 +71,7 @@ def test_console_port_both_ways_and_it_cannot_be_opened_as_a_pipe():
     c.write(b"login: ")
     assert con.take() == b"login: "
     con.feed(b"root\n")
-    dev.poll(t.device_memory)
+    dev.poll()
     assert c.read(100, timeout=2) == b"root\n"
     with pytest.raises(Exception, match="console"):
         drv.open_port(port_id=0)
@@ -85,7 +84,7 @@ def test_without_multiport_port0_is_the_console():
     drv.console.write(b"early")
     assert con.take() == b"early"
     con.feed(b"in")
-    dev.poll(t.device_memory)
+    dev.poll()
     assert drv.console.read(10, timeout=2) == b"in"
 
 
@@ -108,7 +107,7 @@ def test_resize_raises_a_config_interrupt_and_the_driver_sees_the_size():
     dev, t, drv, events = make(size=(80, 25))
     assert drv.console_size == (80, 25)
     before = drv.config_changes
-    dev.resize(132, 43, mem=t.device_memory)
+    dev.resize(132, 43)
     assert drv.config_changes == before + 1
     assert dev.config_generation > 0
     assert drv.console_size == (132, 43)
@@ -125,12 +124,11 @@ def test_resize_without_multiport_is_config_only():
 
 def test_resize_of_another_console_port_sends_a_resize_message():
     dev, t, drv, events = make([("c2", MemoryEndpoint())])
-    mem = t.device_memory
     dev.ports[1].console = True  # a second console port (5.3.6.2: there MAY be more than one)
-    dev.remove_port(1, mem=mem, close=False)
-    pid = dev.add_port(MemoryEndpoint(), "c2", console=True, mem=mem)
+    dev.remove_port(1, close=False)
+    pid = dev.add_port(MemoryEndpoint(), "c2", console=True)
     drv.poll_events()
-    dev.resize(40, 10, port_id=pid, mem=mem)
+    dev.resize(40, 10, port_id=pid)
     drv.poll_events()
     assert drv.ports[pid].size == (40, 10)
     assert drv.console_size == (80, 25)  # port 0 is unchanged
@@ -149,7 +147,7 @@ def test_emergency_write_reaches_the_console_endpoint():
 def test_large_transfer_guest_to_host_synchronously():
     ep = MemoryEndpoint(capacity=64 * 1024)
     dev, t, drv, _ = make([("big", ep)])
-    mem, data = t.device_memory, os.urandom(4 * MiB)
+    data = os.urandom(4 * MiB)
     view, sent, got = memoryview(data), 0, bytearray()
     with drv.open_port("big") as port:
         while len(got) < len(data):
@@ -157,7 +155,7 @@ def test_large_transfer_guest_to_host_synchronously():
                 sent += port.write_some(view[sent:])
             got += ep.take()
             assert dev.pending_bytes(1) <= drv.tx_chunk  # at most one chain held
-            dev.service_port(mem, 1)
+            dev.poll()
         port.drain(timeout=5)
     assert digest(got) == digest(data)
     assert ep.high_water <= ep.capacity
@@ -166,12 +164,12 @@ def test_large_transfer_guest_to_host_synchronously():
 def test_large_transfer_host_to_guest_synchronously():
     ep = MemoryEndpoint(capacity=32 * 1024)
     dev, t, drv, _ = make([("big", ep)])
-    mem, data = t.device_memory, os.urandom(4 * MiB)
+    data = os.urandom(4 * MiB)
     fed, got = 0, bytearray()
     with drv.open_port("big") as port:
         while len(got) < len(data):
             fed += ep.feed(data[fed:fed + 64 * 1024])
-            dev.service_port(mem, 1)
+            dev.poll()
             chunk = port.read_nowait(1 << 20)
             got += chunk or b""
     assert digest(got) == digest(data)
@@ -183,7 +181,7 @@ def test_host_hangup_is_end_of_stream_after_the_data():
     port = drv.open_port("p")
     ep.feed(b"last words")
     ep.hangup()
-    dev.poll(t.device_memory)
+    dev.poll()
     assert port.read(100, timeout=2) == b"last words"
     assert port.read(100, timeout=2) == b""
     assert not port.host_connected
@@ -194,7 +192,7 @@ def test_host_hangup_is_end_of_stream_after_the_data():
 
 
 class SocketRig:
-    """A console whose ports are socketpairs, with the host loop running in its own thread."""
+    """A console whose ports are socketpairs, served by the loopback transport's engine."""
 
     def __init__(self, nports: int, spare: int = 0, **kw):
         self.host_socks, eps = [], []
@@ -204,10 +202,9 @@ class SocketRig:
             eps.append(SocketEndpoint(ours))
         self.dev, self.t, self.drv, self.events = make(
             [(f"port{i}", ep) for i, ep in enumerate(eps)], max_nr_ports=nports + 1 + spare, **kw)
-        self.loop = ConsoleHostLoop(self.dev, self.t.device_memory, poll_interval=0.05).start()
 
     def close(self):
-        self.loop.close()
+        self.t.close()
         for s in self.host_socks:
             s.close()
 
@@ -306,7 +303,6 @@ def test_slow_guest_reader_pushes_back_into_the_host_socket():
 def test_slow_host_reader_holds_the_guest_writer_and_memory_stays_bounded():
     ep = MemoryEndpoint(capacity=16 * 1024)
     dev, t, drv, _ = make([("slow", ep)], driver_kw={"tx_chunk": 2048})
-    loop = ConsoleHostLoop(dev, t.device_memory, poll_interval=0.05).start()
     try:
         port = drv.open_port("slow")
         data, got = os.urandom(2 * MiB), bytearray()
@@ -324,7 +320,7 @@ def test_slow_host_reader_holds_the_guest_writer_and_memory_stays_bounded():
         assert worst <= 2048  # the device holds at most one chain, in guest memory
         assert ep.high_water <= 16 * 1024  # and the endpoint never went over its bound
     finally:
-        loop.close()
+        t.close()
 
 
 # --- hot-plug while data flows ------------------------------------------------------------------
@@ -351,7 +347,6 @@ def _recv_until(sock, done, sent, got):
 def test_hotplug_and_unplug_while_another_port_streams():
     rig = SocketRig(1, spare=2)
     try:
-        mem = rig.t.device_memory
         port, sock = rig.drv.open_port("port0"), rig.host_socks[0]
         stop, done, sent, got = threading.Event(), threading.Event(), bytearray(), bytearray()
         writer = threading.Thread(target=lambda: (_stream_until(port, stop, sent), done.set()),
@@ -361,7 +356,7 @@ def test_hotplug_and_unplug_while_another_port_streams():
         reader.start()
         for round_ in range(6):
             ep = MemoryEndpoint()
-            pid = rig.dev.add_port(ep, f"hot{round_}", mem=mem)
+            pid = rig.dev.add_port(ep, f"hot{round_}")
             hot = rig.drv.open_port(f"hot{round_}", timeout=5)
             hot.write(b"ping %d" % round_)
             deadline = time.monotonic() + 5
@@ -369,7 +364,7 @@ def test_hotplug_and_unplug_while_another_port_streams():
                 time.sleep(0.001)
             assert ep.take() == b"ping %d" % round_
             assert writer.is_alive()  # the other port is still streaming
-            rig.dev.remove_port(pid, mem=mem)
+            rig.dev.remove_port(pid)
             rig.drv.poll_events()
             with pytest.raises(PortClosed):
                 hot.write(b"after unplug", timeout=1)
@@ -386,16 +381,15 @@ def test_hotplug_and_unplug_while_another_port_streams():
 def test_unplug_with_a_held_chain_returns_it_and_port_id_is_reused():
     ep = MemoryEndpoint(capacity=1024)
     dev, t, drv, events = make([("p", ep)])
-    mem = t.device_memory
     port = drv.open_port("p")
     port.write_some(b"x" * 8192)  # more than the endpoint takes: a chain stays held
     assert dev.pending_bytes(1) > 0
-    dev.remove_port(1, mem=mem)
+    dev.remove_port(1)
     assert dev.pending_bytes(1) == 0
     port_tx = spec.transmitq_index(1)
     drv.poll_events()
     assert port_tx not in drv._tx_inflight  # every transmit buffer came back
-    pid = dev.add_port(MemoryEndpoint(), "again", mem=mem)
+    pid = dev.add_port(MemoryEndpoint(), "again")
     assert pid == 1
     again = drv.open_port("again")
     again.write(b"fresh")
@@ -419,18 +413,18 @@ def test_console_over_packed_rings():
     t = LoopbackTransport(dev, memory_size=32 * MiB)
     drv = ConsoleDriver.probe(t)
     assert dev.queues[0].packed
-    mem, data = t.device_memory, os.urandom(512 * 1024)
+    data = os.urandom(512 * 1024)
     view, sent, got, back = memoryview(data), 0, bytearray(), bytearray()
     with drv.open_port("p") as port:
         while len(got) < len(data):
             if sent < len(data):
                 sent += port.write_some(view[sent:])
             got += ep.take()
-            dev.service_port(mem, 1)
+            dev.poll()
         fed = 0
         while len(back) < len(data):
             fed += ep.feed(data[fed:fed + 8192])
-            dev.service_port(mem, 1)
+            dev.poll()
             back += port.read_nowait(1 << 20) or b""
     assert digest(got) == digest(data) and digest(back) == digest(data)
 
@@ -438,13 +432,12 @@ def test_console_over_packed_rings():
 def test_a_port_re_added_under_the_same_id_sees_none_of_the_old_data():
     old_ep, new_ep = MemoryEndpoint(), MemoryEndpoint()
     dev, t, drv, _ = make([("old", old_ep)])
-    mem = t.device_memory
     drv.open_port("old")
     old_ep.feed(b"stale bytes")
-    dev.poll(mem)  # delivered into a receive buffer the driver has not collected yet
-    dev.remove_port(1, mem=mem)
-    assert dev.add_port(new_ep, "new", port_id=1, mem=mem) == 1
+    dev.poll()  # delivered into a receive buffer the driver has not collected yet
+    dev.remove_port(1)
+    assert dev.add_port(new_ep, "new", port_id=1) == 1
     port = drv.open_port("new")
     new_ep.feed(b"fresh")
-    dev.poll(mem)
+    dev.poll()
     assert port.read(100, timeout=2) == b"fresh"

@@ -32,13 +32,12 @@ def served(tmp_path):
                         max_nr_ports=4)
     server = VhostUserServer()
     ep = server.add(dev, socket_path=path)
-    loop = attach(dev, ep, poll_interval=0.05)
+    attach(dev, ep)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield path, dev, host_sock, console, ep
     server.shutdown()
     thread.join(10)
-    loop.close()
     host_sock.close()
     dev.close()
 
@@ -93,7 +92,7 @@ def test_hotplug_reaches_a_vhost_user_driver_and_a_new_front_end_starts_clean(se
         try:
             drv = ConsoleDriver.probe(t)
             extra = MemoryEndpoint()
-            pid = dev.add_port(extra, f"hot{round_}")  # the host loop pushes the DEVICE_ADD
+            pid = dev.add_port(extra, f"hot{round_}")  # the session's worker sends the DEVICE_ADD
             port = drv.open_port(f"hot{round_}", timeout=10)
             port.write(b"plugged in")
             deadline = time.monotonic() + 10

@@ -177,15 +177,14 @@ def run(args) -> int:
     from ..vhost_user.server import VhostUserServer, inherited_socket
     device = kind.build(args)
     server = VhostUserServer()
-    host_loop = None
     try:
         try:
             if args.fd is not None:
                 endpoint = server.add(device, sock=inherited_socket(args.fd))
             else:
                 endpoint = server.add(device, socket_path=args.socket_path)
-            if args.backend == "console":  # its ports' host ends need a loop of their own
-                host_loop = _console_cli().attach(device, endpoint)
+            if args.backend == "console":  # its rings are gated by the vhost-user ring state
+                _console_cli().attach(device, endpoint)
         except UsageError as exc:
             raise CliError(str(exc)) from None
         except OSError as exc:
@@ -196,8 +195,6 @@ def run(args) -> int:
         server.serve_forever()
     finally:
         server.close()
-        if host_loop is not None:
-            host_loop.close()
         device.close()
     return 0
 

@@ -10,8 +10,9 @@ one instead), ``pty`` (a new pseudo-terminal, its path is printed), or ``stdio``
 ``id=N`` and ``console`` (a second console port).  ``--console`` is port 0.
 
 :func:`add_arguments` adds the options, :func:`build_device` validates them and builds the
-:class:`~pyvirtio.devices.console.ConsoleDevice` (endpoints opened), and :func:`attach` starts the
-host loop for a device that a :class:`~pyvirtio.vhost_user.server.VhostUserServer` serves.
+:class:`~pyvirtio.devices.console.ConsoleDevice` (endpoints opened), and :func:`attach` fits it to a
+:class:`~pyvirtio.vhost_user.server.VhostUserServer` that serves it (the server's engine serves
+the ports' endpoints too: no loop of our own).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,7 +28,6 @@ from ..errors import UsageError
 from .console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
 from .console_endpoints import (HostEndpoint, NullEndpoint, PtyEndpoint, StdioEndpoint,
                                 UnixConnectEndpoint, UnixListenEndpoint)
-from .console_host import ConsoleHostLoop
 
 log = logging.getLogger(__name__)
 _KEYS = {"name", "path", "id", "connect", "pty", "stdio", "console"}
@@ -151,47 +151,20 @@ def build_device(args: argparse.Namespace) -> ConsoleDevice:
 # --- serving over vhost-user -------------------------------------------------------------------
 
 
-class _VhostUserBinding:
-    """What the host loop needs from a vhost-user server endpoint: its current session's memory,
-    its ring locks (held while the loop touches queues), and which rings are active."""
-
-    def __init__(self, endpoint):
-        self.endpoint = endpoint
-        self._session = None
-
-    @contextmanager
-    def guard(self):
-        session = self.endpoint.session
-        with ExitStack() as stack:
-            if session is not None:
-                for lock in session.ring_locks:  # the order the server takes them in
-                    stack.enter_context(lock)
-            self._session = session
-            try:
-                yield
-            finally:
-                self._session = None
-
-    def memory(self):
-        session = self._session
-        if session is None or session.conn.closed:
-            return None
-        return session.conn.memory
-
-    def ring_active(self, index: int) -> bool:
-        session = self.endpoint.session
-        return session is not None and index < len(session.conn.vrings) and session.conn.vrings[index].active
+def attach(device: ConsoleDevice, endpoint) -> None:
+    """Fit ``device`` to ``endpoint`` (``VhostUserServer.add``'s result), which serves its queues
+    and, through the engine, its ports' endpoints.  vhost-user keeps the device status to itself
+    (no DRIVER_OK reaches the device), so the device touches a queue while its ring is active."""
+    device.requires_driver_ok = False
+    device.queue_gate = lambda index: _ring_active(endpoint, index)
 
 
-def attach(device: ConsoleDevice, endpoint, *, poll_interval: float = 0.5) -> ConsoleHostLoop:
-    """Serve ``device``'s host endpoints while ``endpoint`` (``VhostUserServer.add``'s result)
-    serves its queues.  Returns the started loop (``close()`` it after the server)."""
-    binding = _VhostUserBinding(endpoint)
-    device.requires_driver_ok = False  # vhost-user keeps the status to itself
-    device.defer_interrupts = True  # ring workers must not take other rings' locks
-    device.queue_gate = binding.ring_active
-    loop = ConsoleHostLoop(device, binding.memory, guard=binding.guard, poll_interval=poll_interval)
-    return loop.start()
+def _ring_active(endpoint, index: int) -> bool:
+    session = endpoint.session
+    if session is None:
+        return False
+    vrings = session.conn.vrings
+    return index < len(vrings) and vrings[index].active
 
 
 def describe(args: argparse.Namespace) -> str:
