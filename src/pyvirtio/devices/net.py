@@ -526,8 +526,13 @@ class NetDevice(VirtioDevice):
         return True
 
     def close(self) -> None:
-        """Close the back-end."""
-        self.backend.close()
+        """Close the back-end (in the worker, which may be using it)."""
+        try:
+            self._in_worker(self.backend.close)
+        except TimeoutError:
+            log.error("net: the device's worker is stuck; closing %s from this thread",
+                      self.backend.describe())
+            self.backend.close()
 
 
 def _frame_views(chain: DescriptorChain, skip: int) -> list[memoryview]:

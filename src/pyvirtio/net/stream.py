@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import struct
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import UsageError
 from .backend import MAX_FRAME, READ, WRITE, NetBackend, Views, copy_into
@@ -25,7 +25,7 @@ _LEN = struct.Struct("!I")
 READ_BUFFER = 256 * 1024
 
 
-def parse_address(address: str) -> tuple[int, object]:
+def parse_address(address: str) -> tuple[int, Union[str, tuple[str, int]]]:
     """``HOST:PORT`` / ``[V6]:PORT`` → an inet address; anything with a ``/`` or no ``:`` → a
     UNIX socket path.  Returns ``(family, sockaddr)``."""
     if "/" in address or ":" not in address:
@@ -74,7 +74,7 @@ class StreamBackend(NetBackend):
         family, addr = parse_address(address)
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            if family == socket.AF_UNIX:
+            if isinstance(addr, str):  # a UNIX socket path
                 _unlink_stale(addr)
             else:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -106,12 +106,12 @@ class StreamBackend(NetBackend):
         self.stats["connects"] += 1
 
     def _drop_peer(self, why: str) -> None:
-        if self.peer is None:
+        peer, self.peer = self.peer, None
+        if peer is None:
             return
         log.info("%s: peer gone: %s", self.describe(), why)
-        _shutdown(self.peer)
-        self.peer.close()
-        self.peer = None
+        _shutdown(peer)
+        peer.close()
         self._pending = b""
         self.stats["disconnects"] += 1
 
@@ -174,6 +174,8 @@ class StreamBackend(NetBackend):
             rest = self._end - self._start
             self._rbuf[:rest] = self._rbuf[self._start:self._end]
             self._start, self._end = 0, rest
+        if self.peer is None:
+            return False
         try:
             n = self.peer.recv_into(self._rview[self._end:])
         except (BlockingIOError, InterruptedError):
@@ -196,7 +198,7 @@ class StreamBackend(NetBackend):
         if self._pending and not self._flush():
             return False
         length = sum(len(v) for v in views)
-        parts = [_LEN.pack(length), *views]
+        parts: list[Union[bytes, memoryview]] = [_LEN.pack(length), *views]
         try:
             sent = self.peer.sendmsg(parts)
         except (BlockingIOError, InterruptedError):
@@ -212,6 +214,9 @@ class StreamBackend(NetBackend):
 
     def _flush(self) -> bool:
         """Write what is left of a partial frame; True once nothing is left."""
+        if self.peer is None:
+            self._pending = b""
+            return True
         try:
             sent = self.peer.send(self._pending)
         except (BlockingIOError, InterruptedError):
