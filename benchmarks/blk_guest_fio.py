@@ -9,7 +9,11 @@ reversing the order every other round (PEERS.md: noise here is up to ±25%; comp
 one run).  The report gives each back-end's median and the median of the per-round ratios
 pyvirtio / qemu-storage-daemon.
 
-    python benchmarks/blk_guest_fio.py [--rounds 5] [--runtime 3] [--size 256] [--json out.json]
+    python benchmarks/blk_guest_fio.py [--rounds 5] [--runtime 3] [--size 256] [--direct] [--json out.json]
+
+``--direct`` opens both images O_DIRECT on the host (``pyvirtio serve blk --direct --aio=io_uring``
+against qemu-storage-daemon's ``cache.direct=on,aio=io_uring``), with the images on a disk-backed
+file system (``--dir``, default /var/tmp) instead of /dev/shm.
 
 Needs qemu-system-x86_64, qemu-storage-daemon, busybox-static and fio on the host.
 """
@@ -25,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from pyvirtio.bench.peers import start_pyvirtio, start_qsd
+from pyvirtio.bench.peers import fill_image, start_pyvirtio, start_qsd
 from pyvirtio.guest import boot_guest, prepare_kernel
 
 TESTS = (
@@ -71,19 +75,16 @@ def parse(lines: list[str]) -> dict:
     return results
 
 
-def fill(path: str, size_mib: int) -> None:
-    chunk = os.urandom(1 << 20)
-    with open(path, "wb") as f:
-        for _ in range(size_mib):
-            f.write(chunk)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runtime", type=int, default=3, help="seconds per fio run")
     ap.add_argument("--size", type=int, default=256, help="image size in MiB")
     ap.add_argument("--cpus", type=int, default=1, help="guest CPUs (the host has few; the back-ends need some)")
+    ap.add_argument("--direct", action="store_true",
+                    help="both back-ends open their image O_DIRECT with io_uring (images on --dir)")
+    ap.add_argument("--dir", default="/var/tmp",
+                    help="where the images go with --direct: disk-backed, not tmpfs (default /var/tmp)")
     ap.add_argument("--json", help="write the raw numbers here")
     args = ap.parse_args(argv)
     for tool in ("qemu-system-x86_64", "qemu-storage-daemon", "fio"):
@@ -91,14 +92,16 @@ def main(argv=None) -> int:
             print(f"blk_guest_fio: {tool} is not installed", file=sys.stderr)
             return 2
     kernel = prepare_kernel(progress=lambda m: print(f"kernel: {m}", file=sys.stderr))
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    base = args.dir if args.direct else ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+    host_io = dict(direct=True, aio="io_uring") if args.direct else {}
     with tempfile.TemporaryDirectory(prefix="pyvirtio-fio-", dir=base) as tmp:
         images = {}
         for backend, _, _ in DISKS:
             images[backend] = os.path.join(tmp, f"{backend}.img")
-            fill(images[backend], args.size)
-        qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"])
-        pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"])
+            fill_image(images[backend], args.size << 20)
+        qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
+        pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
+                             **host_io)
         try:
             qemu_args = []
             for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
@@ -126,8 +129,9 @@ def main(argv=None) -> int:
 
 
 def report(results: dict, args, disks: dict, elapsed: float) -> None:
+    host = "O_DIRECT + io_uring on the host" if args.direct else "host page cache"
     print(f"guest: {args.cpus} vCPU (TCG), {args.rounds} rounds x {args.runtime} s, "
-          f"{args.size} MiB images; disks {disks}; {elapsed:.0f} s")
+          f"{args.size} MiB images ({host}); disks {disks}; {elapsed:.0f} s")
     print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)")
     for t, (name, _, kind) in enumerate(TESTS):
         q, p = results.get((t, "qsd"), {}), results.get((t, "pyvirtio"), {})
