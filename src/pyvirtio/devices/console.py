@@ -157,7 +157,7 @@ class ConsoleDevice(VirtioDevice):
         self._irq: set[int] = set()  # queues to notify at the end of the turn
         self._look_all = False  # the next host turn serves every port
         self._waiting: list[_HostCall] = []  # host calls waiting for the turn after them
-        self._worker: Optional[int] = None  # the thread that runs host turns
+        self._worker: Optional[threading.Thread] = None  # the thread of the last host turn
         #: The transport may veto touching a queue it has stopped (vhost-user ring enable).
         self.queue_gate: Callable[[int], bool] = lambda index: True
         #: vhost-user keeps the status apart (no DRIVER_OK here): its glue clears this flag and
@@ -255,7 +255,7 @@ class ConsoleDevice(VirtioDevice):
         """Run ``fn`` where the device's code runs (its worker; here when nothing serves the
         device or this is the worker) and return once the turn after it told the driver."""
         call = _HostCall(fn)
-        if threading.get_ident() == self._worker:
+        if threading.current_thread() is self._worker:
             call.run()
         else:
             self.host_call(lambda: self._begin(call), 0)
@@ -341,10 +341,15 @@ class ConsoleDevice(VirtioDevice):
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Endpoints' fds fired (serve those ports) or a look was asked for (serve every port,
         control messages out); returns the queues to notify."""
-        self._worker = threading.get_ident()
+        self._worker = threading.current_thread()
         look_all, self._look_all = self._look_all or not events, False
         pids = self._live_ids() if look_all else self._ports_of(events)
-        self._run(mem, lambda: self._serve(mem, pids))
+        try:
+            self._run(mem, lambda: self._serve(mem, pids))
+        finally:
+            waiting, self._waiting = self._waiting, []
+            for call in waiting:  # host calls that ran before this turn: the driver was told
+                call.done.set()
         irqs, self._irq = self._irq, set()
         return irqs
 
@@ -375,7 +380,7 @@ class ConsoleDevice(VirtioDevice):
 
         A fault ends the turn and goes to the engine, which marks the device (needs reset) or,
         over vhost-user, the kicked ring (its err fd); there a ring found broken in a host turn
-        is logged and the other rings go on.  Host calls waiting for a turn are done after it."""
+        is logged and the other rings go on."""
         try:
             if self._active():
                 step()
@@ -386,10 +391,6 @@ class ConsoleDevice(VirtioDevice):
             if self.requires_driver_ok or own is not None:
                 raise
             log.warning("console: a queue broke: %s", exc)
-        finally:
-            waiting, self._waiting = self._waiting, []
-            for call in waiting:
-                call.done.set()
 
     # --- kicks ----------------------------------------------------------------------------------
 
@@ -542,7 +543,9 @@ class ConsoleDevice(VirtioDevice):
         return port.endpoint.connected and (held or bool(port.emerg))
 
     def close(self) -> None:
+        """Close every endpoint (after the transport stopped serving the device)."""
         for port in list(self.ports.values()):
+            port.endpoint.waker = _nothing
             port.endpoint.close()
 
 

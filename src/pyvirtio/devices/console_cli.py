@@ -101,10 +101,10 @@ def parse_size(text: str) -> tuple[int, int]:
 def open_endpoint(kind: str, path: Optional[str], what: str) -> HostEndpoint:
     """The host side of a port; a pty's path is announced on stderr."""
     try:
-        if kind == "listen":
-            return UnixListenEndpoint(path)
-        if kind == "connect":
-            return UnixConnectEndpoint(path)
+        if kind in ("listen", "connect"):
+            if not path:
+                raise UsageError(f"{what}: a socket path is required")
+            return UnixListenEndpoint(path) if kind == "listen" else UnixConnectEndpoint(path)
         if kind == "stdio":
             return StdioEndpoint()
         if kind == "none":

@@ -255,14 +255,15 @@ class UnixListenEndpoint(SocketEndpoint):
 
     def __init__(self, path: str):
         self.path = path
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            self.listener.bind(path)
-            self.listener.listen(1)
+            listener.bind(path)
+            listener.listen(1)
         except OSError:
-            self.listener.close()
+            listener.close()
             raise
-        self.listener.setblocking(False)
+        listener.setblocking(False)
+        self.listener: Optional[socket.socket] = listener  # None once closed
         super().__init__(None, name=f"unix-listen:{path}")
 
     @property
