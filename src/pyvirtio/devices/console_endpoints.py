@@ -8,10 +8,10 @@ through four non-blocking calls, so the device core never waits and never buffer
 * ``write_from(views)`` — hand guest bytes to the host; returns how many it took (``0`` when it
   is full: the device keeps the rest in the guest's ring and tries again when told);
 * ``accept()`` — a listening endpoint takes a waiting client (True if it now has one);
-* ``read_fd`` / ``write_fd`` — the fds an event loop watches for the device (``-1``: none).
+* ``read_fd`` / ``write_fd`` — the fds the device's engine worker watches (``-1``: none).
 
 Endpoints without fds (:class:`MemoryEndpoint`) call :attr:`HostEndpoint.waker` when their host
-side acts, so the loop can service them.  Here: a connected socket (``socketpair`` or a connected
+side acts (the device makes it wake its worker).  Here: a connected socket (``socketpair`` or a connected
 UNIX socket), a listening or connecting UNIX socket, a pty, stdio, a pair of fds, and an in-memory
 pipe for tests.
 """
@@ -54,7 +54,7 @@ class HostEndpoint:
 
     @property
     def listening(self) -> bool:
-        """Waiting for a client: the loop watches :attr:`read_fd` and then calls :meth:`accept`."""
+        """Waiting for a client: the worker watches :attr:`read_fd` and then calls :meth:`accept`."""
         return False
 
     def accept(self) -> bool:
