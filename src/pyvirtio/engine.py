@@ -78,14 +78,19 @@ class GroupWorker:
     """Serves one queue group: one thread, one poll set, one lock held per turn."""
 
     def __init__(self, host: QueueHost, group: int, queues: Sequence[int], *, name: str,
-                 idle_interval: Optional[float] = None):
+                 idle_interval: Optional[float] = None, transient: bool = False):
         self.host = host
         self.group = group
         self.queues = tuple(queues)
         self.name = name
         self.idle_interval = idle_interval
+        #: A transient worker's thread runs only while there is something to watch (host fds, a
+        #: polling queue, an idle interval) and is started again by the next wake — in-process
+        #: transports serve kicks inline and need a thread only for the device's host side.
+        self.transient = transient
         self.lock = threading.RLock()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._life = threading.Lock()  # guards starting/ending the thread and the wake fd
+        self._wake_fd = -1
         self._calls: deque[Callable[[], None]] = deque()
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
@@ -95,19 +100,31 @@ class GroupWorker:
     # --- control, from any thread ---------------------------------------------------------------
 
     def start(self) -> "GroupWorker":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
+        with self._life:
+            if not self.transient:
+                self._start()
         return self
+
+    def _start(self) -> None:
+        """Start the thread (with ``_life`` held) unless it runs or the worker is stopping."""
+        if self._thread is None and not self._stopping:
+            if self._wake_fd < 0:
+                self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._thread = threading.Thread(target=self._run, args=(self._wake_fd,), name=self.name,
+                                            daemon=True)
+            self._thread.start()
 
     def wake(self) -> None:
         """Make the worker re-derive what it watches and look at every queue of its group."""
-        fd = self._wake_fd
-        if fd >= 0:
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError:
-                pass
+        with self._life:
+            if self.transient:
+                self._start()
+            fd = self._wake_fd
+            if fd >= 0:
+                try:
+                    os.eventfd_write(fd, 1)
+                except OSError:
+                    pass
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` in the worker's thread, under its lock, before its next turn."""
@@ -116,23 +133,49 @@ class GroupWorker:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """Stop the thread (bounded); True if it stopped.  Idempotent; closes the wake fd."""
-        self._stopping = True
-        self.wake()
-        thread = self._thread
+        thread = self._request_stop()
         stopped = True
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             stopped = not thread.is_alive()
             if not stopped:
                 log.error("%s: worker did not stop within %.1f s; left behind", self.name, timeout)
-        if stopped and self._wake_fd >= 0:
-            fd, self._wake_fd = self._wake_fd, -1
-            os.close(fd)
+        with self._life:
+            if stopped:
+                self._thread = None
+                if self._wake_fd >= 0:
+                    fd, self._wake_fd = self._wake_fd, -1
+                    os.close(fd)
         return stopped
+
+    def _request_stop(self) -> Optional[threading.Thread]:
+        with self._life:
+            self._stopping = True
+            if self._wake_fd >= 0:
+                os.eventfd_write(self._wake_fd, 1)
+            return self._thread
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _retire(self, wake_fd: int) -> bool:
+        """A transient worker with nothing to watch ends its thread, unless a wake or a call
+        came in meanwhile (both are looked at under ``_life``, which wake() writes under), or
+        a turn in another thread gave it something to watch (looked at under the turn lock, so a
+        kick's turn either sees this thread gone afterwards or happened before this look)."""
+        with self.lock, self._life:
+            if self._calls or self._stopping or self._wanted():
+                return False
+            pending = select.poll()
+            pending.register(wake_fd, POLLIN)
+            if pending.poll(0):
+                return False  # woken since the last poll: go round once more (the wake stays)
+            self._thread = None
+            self._wake_fd = -1
+            os.close(wake_fd)
+            return True
 
     # --- one turn (the worker's thread, or inline under the lock) -------------------------------
 
@@ -152,13 +195,15 @@ class GroupWorker:
 
     # --- the thread -----------------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _run(self, wake_fd: int) -> None:
         poller = select.poll()
         watched: dict[int, tuple[int, int]] = {}  # fd -> (events, queue index or -1 for host fds)
-        poller.register(self._wake_fd, POLLIN)
+        poller.register(wake_fd, POLLIN)
         while True:
             try:
                 want = self._wanted()
+                if self.transient and not want and self._timeout() is None and self._retire(wake_fd):
+                    return
                 _sync(poller, watched, want)
                 events = poller.poll(self._timeout())
             except Exception:  # a bug of ours: log, keep the worker alive
@@ -166,7 +211,7 @@ class GroupWorker:
                 events = []
             woken = False
             for fd, _ in events:
-                if fd == self._wake_fd:
+                if fd == wake_fd:
                     _drain(fd)
                     woken = True
             if self._stopping:  # read after draining the wake fd: a stop cannot be lost
@@ -209,7 +254,7 @@ class GroupWorker:
         with self.lock:
             for fd, revents in events:
                 entry = watched.get(fd)
-                if entry is None or fd == self._wake_fd:
+                if entry is None:
                     continue
                 if entry[1] < 0:
                     host_events.append((fd, revents))
@@ -270,8 +315,7 @@ def stop_all(workers: Iterable[GroupWorker], timeout: float = STOP_TIMEOUT) -> b
     """Stop several workers with one overall bound; True if all stopped."""
     workers = list(workers)
     for w in workers:
-        w._stopping = True
-        w.wake()
+        w._request_stop()
     ok = True
     for w in workers:
         ok = w.stop(timeout) and ok
@@ -298,6 +342,7 @@ class LocalEngine:
         self.workers: list[GroupWorker] = []
         self._group_of: dict[int, GroupWorker] = {}
         self._lock = threading.Lock()
+        self._stopped = False  # after stop(): kicks and host calls run inline, no thread starts
         device.host_call = self.host_call
 
     # QueueHost
@@ -345,18 +390,18 @@ class LocalEngine:
     def host_call(self, fn: Callable[[], None], group: int = 0) -> None:
         """The device's ``host_call``: run ``fn`` in ``group``'s worker."""
         workers = self._ensure()
-        if 0 <= group < len(workers):
+        if not self._stopped and 0 <= group < len(workers):
             workers[group].call_soon(fn)
         else:
             fn()
 
     def _ensure(self) -> list[GroupWorker]:
         with self._lock:
-            if not self.workers:
+            if not self.workers and not self._stopped:
                 groups = self.device.queue_groups()
                 idle = getattr(self.device, "idle_interval", None)
                 self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}",
-                                            idle_interval=idle).start()
+                                            idle_interval=idle, transient=True)
                                 for g, queues in enumerate(groups)]
                 self._group_of = {q: w for w in self.workers for q in w.queues}
             return self.workers
@@ -370,7 +415,8 @@ class LocalEngine:
             return
         before = self.host_fds(worker.group)
         worker.turn((index,))
-        if self.host_fds(worker.group) != before:
+        after = self.host_fds(worker.group)
+        if after != before or (after and not worker.running):
             worker.wake()  # the worker thread must watch something new (completions, a TAP)
 
     def wake(self) -> None:
@@ -385,6 +431,7 @@ class LocalEngine:
 
     def stop(self) -> None:
         with self._lock:
+            self._stopped = True
             workers, self.workers, self._group_of = self.workers, [], {}
         stop_all(workers)
 

@@ -85,7 +85,8 @@ class LoopbackTransport(DriverTransport):
         return self.device.read_config(offset, size)
 
     def write_config(self, offset: int, data: bytes) -> None:
-        self.device.write_config(offset, data)
+        with self.engine.hold():
+            self.device.write_config(offset, data)
 
     def config_generation(self) -> int:
         return self.device.config_generation

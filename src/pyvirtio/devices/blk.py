@@ -140,7 +140,13 @@ class BlkDevice(VirtioDevice):
 
     def on_reset(self) -> None:
         self.quiesce(None)  # nothing of the old driver's may still be writing into its memory
+        self._close_io()
         self.writeback = self.default_writeback
+
+    def _close_io(self) -> None:
+        for io in self._io.values():
+            io.close()
+        self._io.clear()
 
     # --- the engine's doors: one queue group per queue ------------------------------------------
 
@@ -149,7 +155,7 @@ class BlkDevice(VirtioDevice):
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         io = self._io.get(group)
-        return [(io.completion_fd, select.POLLIN)] if io is not None else []
+        return [(io.completion_fd, select.POLLIN)] if io is not None and io.inflight else []
 
     def process_queue(self, mem: GuestMemory, queue) -> bool:
         notify = queue.drain(mem, lambda chain: self.handle_chain(queue.index, chain))
@@ -354,9 +360,7 @@ class BlkDevice(VirtioDevice):
 
     def close(self) -> None:
         self.quiesce(None)
-        for io in self._io.values():
-            io.close()
-        self._io.clear()
+        self._close_io()
         self.image.close()
         self.fd = -1
 
