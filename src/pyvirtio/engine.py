@@ -166,7 +166,7 @@ class GroupWorker:
         a turn in another thread gave it something to watch (looked at under the turn lock, so a
         kick's turn either sees this thread gone afterwards or happened before this look)."""
         with self.lock, self._life:
-            if self._calls or self._stopping or self._wanted():
+            if self._calls or self._stopping or self._wanted() or self._polling():
                 return False
             pending = select.poll()
             pending.register(wake_fd, POLLIN)
@@ -199,13 +199,23 @@ class GroupWorker:
         poller = select.poll()
         watched: dict[int, tuple[int, int]] = {}  # fd -> (events, queue index or -1 for host fds)
         poller.register(wake_fd, POLLIN)
+        # The kick fds and polling modes change only on the control path, which wakes the
+        # worker afterwards: they are derived again after each wake; the device's host fds
+        # after every turn.
+        woken = True
+        kicks: dict[int, tuple[int, int]] = {}
+        polling = False
         while True:
             try:
-                want = self._wanted()
-                if self.transient and not want and self._timeout() is None and self._retire(wake_fd):
+                if woken:
+                    kicks, polling = self._kick_fds(), self._polling()
+                want = self._with_host_fds(kicks)
+                timeout = self._timeout(polling)
+                if self.transient and not want and timeout is None and self._retire(wake_fd):
                     return
-                _sync(poller, watched, want)
-                events = poller.poll(self._timeout())
+                if want != watched:
+                    _sync(poller, watched, want)
+                events = poller.poll(timeout)
             except Exception:  # a bug of ours: log, keep the worker alive
                 log.exception("%s: poll failed", self.name)
                 events = []
@@ -217,11 +227,17 @@ class GroupWorker:
             if self._stopping:  # read after draining the wake fd: a stop cannot be lost
                 return
             try:
-                self._serve(events, watched, woken)
+                dead = len(self._dead)
+                self._serve(events, watched,
+                            woken or polling or (not events and self.idle_interval is not None))
+                woken = woken or len(self._dead) != dead
             except Exception:
                 log.exception("%s: turn failed", self.name)
 
     def _wanted(self) -> dict[int, tuple[int, int]]:
+        return self._with_host_fds(self._kick_fds())
+
+    def _kick_fds(self) -> dict[int, tuple[int, int]]:
         want: dict[int, tuple[int, int]] = {}
         live = set()
         for index in self.queues:
@@ -231,20 +247,35 @@ class GroupWorker:
                 if fd not in self._dead:
                     want[fd] = (POLLIN, index)
         self._dead &= live  # a replaced fd number may come back as a good one
-        for fd, mask in self.host.host_fds(self.group):
+        return want
+
+    def _with_host_fds(self, kicks: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+        host = self.host.host_fds(self.group)
+        if not host:
+            return kicks
+        want = dict(kicks)
+        for fd, mask in host:
             if fd >= 0 and fd not in want:
                 want[fd] = (mask, -1)
             elif fd >= 0:
                 want[fd] = (want[fd][0] | mask, want[fd][1])
         return want
 
-    def _timeout(self) -> Optional[float]:
-        if any(self.host.polling(i) for i in self.queues):
+    def _polling(self) -> bool:
+        for index in self.queues:
+            if self.host.polling(index):
+                return True
+        return False
+
+    def _timeout(self, polling: bool) -> Optional[float]:
+        if polling:
             return POLL_INTERVAL * 1000
         return self.idle_interval * 1000 if self.idle_interval is not None else None
 
     def _serve(self, events: list[tuple[int, int]], watched: dict[int, tuple[int, int]],
-               woken: bool) -> None:
+               everything: bool) -> None:
+        """One turn after a poll: pending host calls, then the kicked queues and fired host fds
+        (every queue of the group when woken, polling, or idle)."""
         while self._calls:
             fn = self._calls.popleft()
             with self.lock:
@@ -260,9 +291,7 @@ class GroupWorker:
                     host_events.append((fd, revents))
                 elif self.host.kick_fd(entry[1]) == fd and self._take_kick(fd, revents, entry[1]):
                     kicked.append(entry[1])
-            polling = any(self.host.polling(i) for i in self.queues)
-            idle = not events and self.idle_interval is not None
-            self.turn(kicked, host_events, everything=woken or polling or idle)
+            self.turn(kicked, host_events, everything=everything)
 
     def _take_kick(self, fd: int, revents: int, index: int) -> bool:
         """Consume a kick (poll said readable, so the read cannot block); an fd at end of file

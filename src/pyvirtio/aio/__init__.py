@@ -68,11 +68,14 @@ class AioEngine:
         """How many more operations may be prepared before ``AioQueueFull``."""
         return self.depth - self.inflight
 
-    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int) -> None:
+    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *,
+                   offload: bool = False) -> None:
+        """``offload``: a hint that the op should not run inline in ``submit()`` (a large copy
+        from the page cache): io_uring hands it to its kernel workers; threads always do."""
         raise NotImplementedError
 
     def prep_writev(self, fd: int, iovecs: list, offset: int, token: int, *,
-                    dsync: bool = False) -> None:
+                    dsync: bool = False, offload: bool = False) -> None:
         raise NotImplementedError
 
     def prep_fsync(self, fd: int, token: int, *, datasync: bool = True) -> None:

@@ -223,7 +223,8 @@ class IoUringEngine(AioEngine):
         self._sq_tail += 1
         self._to_submit += 1
 
-    def _rw(self, opcode: int, fd: int, iovecs: list, offset: int, token: int, rw_flags: int) -> None:
+    def _rw(self, opcode: int, fd: int, iovecs: list, offset: int, token: int, rw_flags: int,
+            sqe_flags: int) -> None:
         """The hot path, kept flat: one slot, the iovec pairs, one SQE."""
         free = self._free_slots
         if not free or self._closed:
@@ -247,16 +248,19 @@ class IoUringEngine(AioEngine):
                 raise
         self._tokens[slot] = token
         self.inflight += 1
-        _SQE_HEAD.pack_into(self._sqes, (self._sq_tail & self._sq_mask) << 6, opcode, self._sqe_flags,
+        _SQE_HEAD.pack_into(self._sqes, (self._sq_tail & self._sq_mask) << 6, opcode, sqe_flags,
                             0, fd, offset & _U64, addr, len(iovecs), rw_flags, slot)
         self._sq_tail += 1
         self._to_submit += 1
 
-    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int) -> None:
-        self._rw(IORING_OP_READV, fd, iovecs, offset, token, 0)
+    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *, offload: bool = False) -> None:
+        self._rw(IORING_OP_READV, fd, iovecs, offset, token, 0,
+                 self._sqe_flags | IOSQE_ASYNC if offload else self._sqe_flags)
 
-    def prep_writev(self, fd: int, iovecs: list, offset: int, token: int, *, dsync: bool = False) -> None:
-        self._rw(IORING_OP_WRITEV, fd, iovecs, offset, token, RWF_DSYNC if dsync else 0)
+    def prep_writev(self, fd: int, iovecs: list, offset: int, token: int, *, dsync: bool = False,
+                    offload: bool = False) -> None:
+        self._rw(IORING_OP_WRITEV, fd, iovecs, offset, token, RWF_DSYNC if dsync else 0,
+                 self._sqe_flags | IOSQE_ASYNC if offload else self._sqe_flags)
 
     def prep_fsync(self, fd: int, token: int, *, datasync: bool = True) -> None:
         slot = self._take_slot(token, None)

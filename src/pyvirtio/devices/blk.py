@@ -41,6 +41,7 @@ _SEG = spec.BLK_DISCARD_WRITE_ZEROES
 _F = spec.BlkFeature
 _T = spec.BlkReqType
 _S = spec.BlkStatus
+_OK, _IOERR = int(_S.OK), int(_S.IOERR)
 
 #: The serial a guest sees unless told otherwise (never derived from the host file name).
 DEFAULT_SERIAL = "pyvirtio-blk"
@@ -160,8 +161,10 @@ class BlkDevice(VirtioDevice):
     def process_queue(self, mem: GuestMemory, queue) -> bool:
         notify = queue.drain(mem, lambda chain: self.handle_chain(queue.index, chain))
         io = self._io.get(queue.index)
-        if io is not None:
-            io.submit()  # every request of this pass in one go
+        if io is not None and io.inflight:
+            io.submit()  # what is left of this pass
+            # What finished inside the submit (cached data) goes back in this same turn.
+            notify = queue.index in self.host_ready(mem, queue.index, []) or notify
         return notify
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
@@ -215,7 +218,8 @@ class BlkDevice(VirtioDevice):
             rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR.size))
         req = self._async_request(rtype, sector, chain)
         if req is not None:
-            self._queue_io(queue_index).start(req)
+            if self._queue_io(queue_index).start(req):
+                return self._finish(req, None)[1]  # done at once (cached data)
             return None  # completed by host_ready, as the kernel finishes it
         return self._complete_now(rtype, sector, chain)
 
@@ -242,9 +246,9 @@ class BlkDevice(VirtioDevice):
             log.warning("blk %s: %s at byte %d failed: %s", self.path,
                         ("read", "write", "flush")[req.kind], req.offset, error.strerror or error)
             self.stats["errors"] += 1
-            chain.writable[-1][-1] = _S.IOERR
+            chain.writable[-1][-1] = _IOERR
             return chain.head_index, 1
-        chain.writable[-1][-1] = _S.OK
+        chain.writable[-1][-1] = _OK
         if req.kind == READ:
             self.stats["read_bytes"] += req.length
             return chain.head_index, req.length + 1

@@ -11,6 +11,10 @@ kernel finishes them, and so the used ring follows completion order, not submiss
 * FLUSH is an asynchronous ``fdatasync``: it covers every write that completed before it was
   received (what the guest was told is done), which is what 5.2.6 asks of a flush.
 * Write-through (``writeback`` off): each write carries ``RWF_DSYNC``.
+* Requests go to the kernel in small batches (``SUBMIT_EVERY``) while a ring is drained.
+* Page cache: a small read whose data is cached is copied at once (one ``preadv`` with
+  ``RWF_NOWAIT``, no round trip through the engine); large copies are offloaded to the
+  kernel's workers so several run in parallel.
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ from ..virtq import DescriptorChain
 log = logging.getLogger(__name__)
 
 READ, WRITE, FLUSH = 0, 1, 2
+#: Requests prepared before they go to the kernel while a ring is being drained.  Not the whole
+#: drain at once: the disk starts on the first ones while the rest are still popped, and the
+#: completions then come back spread out instead of as one convoy (measured at queue depth 32,
+#: O_DIRECT: every 1: 0.65x qemu-storage-daemon, every 4-8: 0.8-0.9x, every 32: 0.66x).
+SUBMIT_EVERY = 8
+#: Requests at least this large are offloaded (``AioEngine.prep_readv(offload=True)``) when they
+#: go through the page cache.
+OFFLOAD_BYTES = 128 << 10
 
 
 class Request:
@@ -49,23 +61,43 @@ class QueueIO:
         self.align = align
         self.direct = direct
         self.inflight: dict[int, Request] = {}  # token (the chain's head index) -> request
+        self._nowait = not direct and hasattr(os, "RWF_NOWAIT")
         self._prepared = 0
 
     @property
     def completion_fd(self) -> int:
         return self.engine.fd
 
-    def start(self, req: Request) -> None:
-        """Prepare ``req`` (sent to the kernel by the next :meth:`submit`)."""
+    def start(self, req: Request) -> bool:
+        """Prepare ``req`` (sent to the kernel by the next :meth:`submit`); True instead if it is
+        already done: a small read whose data is in the page cache is copied at once
+        (``RWF_NOWAIT`` fails rather than wait for the disk, and then the request goes on)."""
+        if req.kind == READ and self._nowait and req.length < OFFLOAD_BYTES:
+            try:
+                req.done = os.preadv(self.fd, req.views, req.offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EOPNOTSUPP:
+                    self._nowait = False
+            if req.done >= req.length:
+                return True
         token = req.chain.head_index
         self.inflight[token] = req
         self._prep(token, req)
+        if self._prepared >= SUBMIT_EVERY:
+            self.submit()
+        return False
 
     def _prep(self, token: int, req: Request) -> None:
+        # A large copy through the page cache goes to the kernel's workers, so that several run
+        # on several cores instead of one after another inside submit() (O_DIRECT never copies).
+        offload = not self.direct and req.length >= OFFLOAD_BYTES
         if req.kind == READ:
-            self.engine.prep_readv(self.fd, _rest(req), req.offset + req.done, token)
+            self.engine.prep_readv(self.fd, _rest(req), req.offset + req.done, token, offload=offload)
         elif req.kind == WRITE:
-            self.engine.prep_writev(self.fd, _rest(req), req.offset + req.done, token, dsync=req.dsync)
+            self.engine.prep_writev(self.fd, _rest(req), req.offset + req.done, token, dsync=req.dsync,
+                                    offload=offload)
         else:
             self.engine.prep_fsync(self.fd, token, datasync=True)
         self._prepared += 1
