@@ -167,3 +167,25 @@ def test_loopback_driver_sees_every_request_complete(tmp_path, aio):
     finally:
         drv.transport.close() if hasattr(drv, "transport") else None
         dev.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flags, expect", [
+    ((), "aio=io_uring, cache=page cache" if io_uring_unavailable_reason() is None
+     else "aio=threads, cache=page cache"),
+    (("--aio=threads", "--direct"), "aio=threads, cache=direct (O_DIRECT)"),
+])
+def test_serve_blk_startup_line_names_the_io_engine_and_cache_mode(tmp_path, flags, expect):
+    import subprocess
+    import sys
+    path = _disk(os.path.join("/var/tmp", f"pyvirtio-startup-{os.getpid()}.img"), 1 * MiB, pattern=False)
+    sock = str(tmp_path / "vu.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "pyvirtio.cli", "serve", "blk", f"--socket-path={sock}",
+                             f"--blk-file={path}", *flags], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert f"({expect})" in line, line
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        os.unlink(path)

@@ -190,7 +190,9 @@ def run(args) -> int:
         except OSError as exc:
             raise CliError(f"{args.socket_path}: {exc.strerror}") from None
         where = args.socket_path or f"inherited fd {args.fd}"
-        print(f"pyvirtio serve: {kind.describe(args)} on {where}", file=sys.stderr, flush=True)
+        io = getattr(device, "io_mode", "")
+        print(f"pyvirtio serve: {kind.describe(args)}{f' ({io})' if io else ''} on {where}",
+              file=sys.stderr, flush=True)
         server.install_signal_handlers()
         server.serve_forever()
     finally:

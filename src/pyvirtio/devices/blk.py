@@ -109,6 +109,11 @@ class BlkDevice(VirtioDevice):
         self._io: dict[int, QueueIO] = {}  # per queue, made by the queue's worker on first use
 
     @property
+    def io_mode(self) -> str:
+        """How requests reach the image, for the start-up line: engine and cache mode."""
+        return f"aio={self.aio_name}, cache={'direct (O_DIRECT)' if self.direct else 'page cache'}"
+
+    @property
     def aio_name(self) -> str:
         """The I/O engine requests go through ("io_uring" or "threads")."""
         from ..aio import io_uring_unavailable_reason
