@@ -216,6 +216,11 @@ class BlkDevice(VirtioDevice):
         if chain.readable_len < _HDR.size or chain.writable_len < 1:
             log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
             return 0
+        if chain.descriptors > self.seg_max + 2:  # header, data segments, status (5.2.4 seg_max)
+            chain.writable[-1][-1] = _IOERR
+            self.stats["requests"] += 1
+            self.stats["errors"] += 1
+            return 1
         first = chain.readable[0]
         if len(first) >= _HDR.size:  # the usual layout: the header in a descriptor of its own
             rtype, _ioprio, sector = _HDR.unpack_from(first)

@@ -10,13 +10,17 @@ class DescriptorChain:
 
     ``readable`` and ``writable`` are zero-copy views into guest memory, in chain order (a buffer
     that crosses guest memory regions gives several views).  ``head_index`` is what goes back in
-    the used ring.  ``written`` counts what :meth:`write` stored so far.
+    the used ring.  ``written`` counts what :meth:`write` stored so far.  ``descriptors`` is how
+    many descriptors the chain had (direct or in its indirect table, not the one pointing at the
+    table): what blk's ``seg_max`` is measured against.
     """
 
-    __slots__ = ("head_index", "readable", "writable", "readable_len", "writable_len", "written")
+    __slots__ = ("head_index", "readable", "writable", "readable_len", "writable_len", "written",
+                 "descriptors")
 
-    def __init__(self, head_index, readable, writable, readable_len, writable_len):
+    def __init__(self, head_index, readable, writable, readable_len, writable_len, descriptors=0):
         self.head_index = head_index
+        self.descriptors = descriptors or len(readable) + len(writable)
         self.readable = readable
         self.writable = writable
         self.readable_len = readable_len

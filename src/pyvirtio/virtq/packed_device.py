@@ -18,6 +18,7 @@ from typing import Callable, Iterable
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import full_fence
+from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DeviceRingSide
@@ -34,7 +35,6 @@ _F_USED = ring.VIRTQ_DESC_F_USED
 _EV_ENABLE = ring.RING_EVENT_FLAGS_ENABLE
 _EV_DISABLE = ring.RING_EVENT_FLAGS_DISABLE
 _EV_DESC = ring.RING_EVENT_FLAGS_DESC
-_CHAIN_BYTES_LIMIT = 1 << 32
 _LEN_ID = struct.Struct("<IH")  # pvirtq_desc.len and .id, at offset 8
 
 
@@ -160,9 +160,13 @@ class PackedDeviceQueue(DeviceRingSide):
         return out
 
     def _walk(self, mem: GuestMemory):
+        """Follow the chain at ``next_avail`` (2.8.6, 2.8.7).  It may not be longer than the ring
+        nor than MAX_CHAIN_SEGMENTS descriptors or buffers (:mod:`pyvirtio.limits`); an indirect
+        table too long is refused before it is mapped or walked."""
         size, desc16 = self.size, self._desc16
         pos, wrap, count = self.next_avail, self.avail_wrap, 0
-        readable, writable, lens = [], [], [0, 0, 0]  # readable, writable bytes; seen a writable
+        # readable bytes, writable bytes, seen a writable, descriptors (segments) so far
+        readable, writable, lens = [], [], [0, 0, 0, 0]
         while True:
             flags = desc16[pos * 8 + 7]
             if count and not self._is_avail(flags, wrap):
@@ -179,7 +183,7 @@ class PackedDeviceQueue(DeviceRingSide):
             else:
                 self._add_buffer(mem, addr, length, flags & _F_WRITE, readable, writable, lens)
             if not flags & _F_NEXT:
-                chain = DescriptorChain(buf_id, readable, writable, lens[0], lens[1])
+                chain = DescriptorChain(buf_id, readable, writable, lens[0], lens[1], lens[3])
                 return chain, pos, wrap, count
 
     def _walk_indirect(self, mem, addr, length, flags, readable, writable, lens) -> None:
@@ -189,6 +193,9 @@ class PackedDeviceQueue(DeviceRingSide):
             raise DriverFault("descriptor sets both INDIRECT and NEXT (2.8.7)")
         if length == 0 or length % 16:
             raise DriverFault(f"indirect table length {length} is not a multiple of 16")
+        if lens[3] + length // 16 > MAX_CHAIN_SEGMENTS:
+            raise DriverFault(f"indirect table of {length // 16} descriptors: the chain would "
+                              f"exceed {MAX_CHAIN_SEGMENTS}")
         table = mem.view(addr, length)
         for i in range(length // 16):
             a, n, _, f = _DESC.unpack_from(table, i * 16)
@@ -198,6 +205,9 @@ class PackedDeviceQueue(DeviceRingSide):
 
     @staticmethod
     def _add_buffer(mem, addr, length, write, readable, writable, lens) -> None:
+        lens[3] += 1
+        if lens[3] > MAX_CHAIN_SEGMENTS:
+            raise DriverFault(f"chain has more than {MAX_CHAIN_SEGMENTS} descriptors")
         if write:
             lens[2] = 1
             if length:
@@ -209,8 +219,10 @@ class PackedDeviceQueue(DeviceRingSide):
             if length:
                 readable.extend(mem.views(addr, length))
                 lens[0] += length
-        if lens[0] + lens[1] >= _CHAIN_BYTES_LIMIT:
+        if lens[0] + lens[1] > MAX_CHAIN_BYTES:
             raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+        if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+            raise DriverFault(f"chain maps to more than {MAX_CHAIN_SEGMENTS} buffers")
 
     # --- returning used buffers -----------------------------------------------------------------
 

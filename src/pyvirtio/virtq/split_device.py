@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import full_fence
+from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DeviceRingSide
@@ -35,7 +36,6 @@ _DESC = ring.VIRTQ_DESC
 _F_NEXT = ring.VIRTQ_DESC_F_NEXT
 _F_WRITE = ring.VIRTQ_DESC_F_WRITE
 _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
-_CHAIN_BYTES_LIMIT = 1 << 32
 
 
 class SplitDeviceQueue(DeviceRingSide):
@@ -213,12 +213,16 @@ class SplitDeviceQueue(DeviceRingSide):
         return heads, lengths, bufs
 
     def _walk(self, mem: GuestMemory, head: int) -> DescriptorChain:
-        """Follow a chain from ``head`` (2.7.5), entering at most one indirect table (2.7.5.3)."""
+        """Follow a chain from ``head`` (2.7.5), entering at most one indirect table (2.7.5.3).
+
+        A chain may not be longer than the queue size (2.7.5.3.1) nor than MAX_CHAIN_SEGMENTS
+        descriptors or buffers (:mod:`pyvirtio.limits`); an indirect table's length says how many
+        descriptors it holds, so a table too long is refused before it is mapped or walked."""
         size = self.size
         if head >= size:
             self._break(DriverFault(f"queue {self.index}: head index {head} >= queue size {size}"))
         table, limit = self._desc, size
-        idx, seen, in_indirect = head, 0, False
+        idx, seen, in_indirect, total = head, 0, False, 0
         readable, writable = [], []
         rlen = wlen = 0
         seen_write = False
@@ -227,6 +231,10 @@ class SplitDeviceQueue(DeviceRingSide):
                 seen += 1
                 if seen > limit:
                     raise DriverFault(f"chain from head {head} loops or exceeds {limit} descriptors")
+                total += 1
+                if total > MAX_CHAIN_SEGMENTS:
+                    raise DriverFault(f"chain from head {head} has more than {MAX_CHAIN_SEGMENTS} "
+                                      "descriptors")
                 addr, length, flags, nxt = _DESC.unpack_from(table, idx * 16)
                 if flags & _F_INDIRECT:
                     if in_indirect:
@@ -237,6 +245,10 @@ class SplitDeviceQueue(DeviceRingSide):
                         raise DriverFault("descriptor sets both INDIRECT and NEXT (2.7.5.3.1)")
                     if length == 0 or length % 16:
                         raise DriverFault(f"indirect table length {length} is not a multiple of 16")
+                    total -= 1  # the descriptor pointing at the table is not a segment
+                    if total + length // 16 > MAX_CHAIN_SEGMENTS:
+                        raise DriverFault(f"indirect table of {length // 16} descriptors: the chain "
+                                          f"would exceed {MAX_CHAIN_SEGMENTS}")
                     table = mem.view(addr, length)
                     limit, idx, seen, in_indirect = length // 16, 0, 0, True
                     continue
@@ -251,8 +263,11 @@ class SplitDeviceQueue(DeviceRingSide):
                     if length:
                         readable.extend(mem.views(addr, length))
                         rlen += length
-                if rlen + wlen >= _CHAIN_BYTES_LIMIT:
+                if rlen + wlen > MAX_CHAIN_BYTES:
                     raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+                if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                    raise DriverFault(f"chain from head {head} maps to more than "
+                                      f"{MAX_CHAIN_SEGMENTS} buffers")
                 if not flags & _F_NEXT:
                     break
                 idx = nxt
@@ -262,7 +277,7 @@ class SplitDeviceQueue(DeviceRingSide):
             self._break(DriverFault(f"queue {self.index}: {exc}"))
         except GuestMemoryError as exc:
             self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
-        return DescriptorChain(head, readable, writable, rlen, wlen)
+        return DescriptorChain(head, readable, writable, rlen, wlen, total)
 
     # --- returning used buffers -----------------------------------------------------------------
 

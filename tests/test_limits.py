@@ -1,0 +1,182 @@
+"""Issue 12, class 3: the peer-controlled sizes of :mod:`pyvirtio.limits`, enforced on the rings.
+
+A chain may hold at most MAX_CHAIN_SEGMENTS descriptors and buffers; an indirect table longer
+than that is refused from its length alone, before it is mapped or walked — so one descriptor
+costs neither memory nor time.  Also the rate-limited peer log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from pyvirtio.errors import DriverFault, QueueBroken
+from pyvirtio.limits import LOG_LINES_PER_SECOND, MAX_CHAIN_SEGMENTS, PeerLog
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec import ring
+from pyvirtio.testing import MockSplitDriver, make_device_queue
+from pyvirtio.testing.mock_driver import F_INDIRECT, F_NEXT
+from pyvirtio.virtq.packed_device import PackedDeviceQueue
+from pyvirtio.virtq.packed_driver import PackedRingLayout
+
+MiB = 1 << 20
+
+
+def _split(size=8, mem_size=32 * MiB):
+    mock = MockSplitDriver(size, regions=((0, mem_size),))
+    return mock, make_device_queue(mock, indirect=True)
+
+
+def _split_indirect(mock, entries: int, *, loop: bool = False) -> None:
+    """A ring descriptor pointing at an indirect table of ``entries`` 1-byte buffers."""
+    table = mock.alloc(16 * entries)
+    buf = mock.alloc(16)
+    raw = bytearray(16 * entries)
+    for i in range(entries):
+        nxt = (i + 1) % entries if loop else i + 1
+        flags = F_NEXT if loop or i + 1 < entries else 0
+        ring.VIRTQ_DESC.pack_into(raw, 16 * i, buf, 1, flags, nxt & 0xFFFF)
+    mock.write(table, bytes(raw))
+    mock.write_desc(0, table, 16 * entries, F_INDIRECT)
+    mock.add_head(0)
+
+
+def test_a_chain_of_exactly_max_segments_is_served():
+    mock, q = _split()
+    _split_indirect(mock, MAX_CHAIN_SEGMENTS)
+    chain = q.pop_descriptor_chain(mock.mem)
+    assert chain.descriptors == MAX_CHAIN_SEGMENTS and chain.readable_len == MAX_CHAIN_SEGMENTS
+
+
+@pytest.mark.parametrize("entries", [MAX_CHAIN_SEGMENTS + 1, 65535])
+def test_split_indirect_table_over_the_limit_is_refused_before_the_walk(entries):
+    mock, q = _split()
+    _split_indirect(mock, entries)
+    started = time.monotonic()
+    with pytest.raises(DriverFault, match=str(MAX_CHAIN_SEGMENTS)):
+        q.pop_descriptor_chain(mock.mem)
+    assert time.monotonic() - started < 0.5
+    assert q.broken and q.next_avail == 0
+    with pytest.raises(QueueBroken):
+        q.pop_descriptor_chain(mock.mem)
+
+
+def test_split_looping_16mib_indirect_table_costs_nothing():
+    """A 16 MiB table (1 Mi entries, each linked to the next, the last back to the first)."""
+    mock, q = _split(mem_size=20 * MiB)
+    table = mock.alloc(16 * MiB)
+    mock.write_desc(0, table, 16 * MiB, F_INDIRECT)
+    mock.add_head(0)
+    started = time.monotonic()
+    with pytest.raises(DriverFault):
+        q.pop_descriptor_chain(mock.mem)
+    assert time.monotonic() - started < 0.5
+
+
+def test_split_direct_chain_over_the_limit_in_a_big_queue():
+    size = 2 * MAX_CHAIN_SEGMENTS
+    mock = MockSplitDriver(size, regions=((0, 4 * MiB),))
+    q = make_device_queue(mock)
+    buf = mock.alloc(16)
+    mock.add_chain([(buf, 1, 0)] * (MAX_CHAIN_SEGMENTS + 1))
+    with pytest.raises(DriverFault, match="more than 1024 descriptors"):
+        q.pop_descriptor_chain(mock.mem)
+
+
+def test_split_chain_spread_over_regions_counts_buffers_not_descriptors():
+    """Descriptors that each cross a region boundary map to two buffers each: the buffer count
+    (what readv/writev takes) is what is capped."""
+    regions = [(i * 0x1000, 0x1000) for i in range(1, 2 * MAX_CHAIN_SEGMENTS)]
+    mock = MockSplitDriver(8, regions=[(0, 0x1000 * 64)] + [(gpa + 63 * 0x1000, n) for gpa, n in regions])
+    q = make_device_queue(mock, indirect=True)
+    entries = MAX_CHAIN_SEGMENTS // 2 + 1
+    table = mock.alloc(16 * entries)
+    raw = bytearray(16 * entries)
+    for i in range(entries):  # 16 bytes straddling the end of region i+1
+        addr = (64 + i) * 0x1000 - 8
+        ring.VIRTQ_DESC.pack_into(raw, 16 * i, addr, 16, F_NEXT if i + 1 < entries else 0, i + 1)
+    mock.write(table, bytes(raw))
+    mock.write_desc(0, table, 16 * entries, F_INDIRECT)
+    mock.add_head(0)
+    with pytest.raises(DriverFault, match="buffers"):
+        q.pop_descriptor_chain(mock.mem)
+
+
+# --- packed -------------------------------------------------------------------------------------
+
+
+def _packed(entries: int):
+    mem = GuestMemory.anonymous(4 * MiB)
+    lay = PackedRingLayout.contiguous(0x1000, 8)
+    dev = PackedDeviceQueue(8)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.set_features(False, True)
+    dev.activate(mem)
+    table, buf = 0x100000, 0x10000
+    raw = bytearray(16 * entries)
+    for i in range(entries):
+        ring.PVIRTQ_DESC.pack_into(raw, 16 * i, buf, 1, 0, 0)
+    mem.write(table, bytes(raw))
+    ring.PVIRTQ_DESC.pack_into(mem.view(lay.desc_table, 16), 0, table, 16 * entries, 0,
+                               ring.VIRTQ_DESC_F_AVAIL | ring.VIRTQ_DESC_F_INDIRECT)
+    return mem, dev
+
+
+def test_packed_indirect_at_the_limit_is_served():
+    mem, dev = _packed(MAX_CHAIN_SEGMENTS)
+    assert dev.pop_descriptor_chain(mem).descriptors == MAX_CHAIN_SEGMENTS
+
+
+@pytest.mark.parametrize("entries", [MAX_CHAIN_SEGMENTS + 1, 65535])
+def test_packed_indirect_over_the_limit_is_refused_before_the_walk(entries):
+    mem, dev = _packed(entries)
+    started = time.monotonic()
+    with pytest.raises(DriverFault, match=str(MAX_CHAIN_SEGMENTS)):
+        dev.pop_descriptor_chain(mem)
+    assert time.monotonic() - started < 0.5 and dev.broken
+
+
+# --- the rate-limited peer log --------------------------------------------------------------------
+
+
+def test_peer_log_caps_lines_per_second_and_reports_the_rest(caplog):
+    now = [100.0]
+    plog = PeerLog(logging.getLogger("pyvirtio.test.limits"), clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, "pyvirtio.test.limits"):
+        for i in range(1000):
+            plog.warning("bad thing %d", i)
+        assert len(caplog.records) == LOG_LINES_PER_SECOND
+        now[0] += 1.0
+        plog.warning("after a second")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[-2] == (f"{1000 - LOG_LINES_PER_SECOND} more log lines suppressed (more than "
+                            f"{LOG_LINES_PER_SECOND} a second from one peer)")
+    assert messages[-1] == "after a second"
+
+
+# --- blk: the advertised seg_max is enforced -------------------------------------------------------
+
+
+def test_blk_request_with_more_data_segments_than_seg_max_gets_ioerr(tmp_path):
+    """5.2.4: seg_max is the most data segments in a request; a chain with more gets IOERR in its
+    status byte (the request fails, the queue goes on) and nothing reaches the image."""
+    from pyvirtio.devices.blk import BlkDevice
+    from pyvirtio.spec import blk as spec
+    from pyvirtio.virtq.chain import DescriptorChain
+
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(1 << 20))
+    dev = BlkDevice(str(path), queue_max_size=8)
+    assert dev.seg_max == 6
+    header = bytearray(16)
+    spec.BLK_REQ_HEADER.pack_into(header, 0, spec.BlkReqType.OUT, 0, 0)
+    data = [memoryview(bytearray(b"x" * 512)) for _ in range(dev.seg_max + 1)]
+    status = memoryview(bytearray(1))
+    chain = DescriptorChain(0, [memoryview(header)] + data, [status], 16 + 512 * len(data), 1,
+                            2 + len(data))
+    assert dev.handle_chain(0, chain) == 1
+    assert status[0] == spec.BlkStatus.IOERR
+    assert path.read_bytes() == bytes(1 << 20)
+    dev.close()
