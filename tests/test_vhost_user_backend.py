@@ -35,6 +35,15 @@ def rng():
 
 
 @pytest.fixture
+def rng_any_fd():
+    """Like ``rng``, but taking any fd as kick/call/err fd (pipes show when an fd is closed)."""
+    conn = BackendConnection(RngDevice(), name="test-rng", check_notify_fd=lambda fd, what: None)
+    fe = TestFrontend.pair(conn)
+    yield fe, conn
+    fe.close()
+
+
+@pytest.fixture
 def blk(tmp_path):
     path = tmp_path / "disk.img"
     path.write_bytes(b"")
@@ -173,6 +182,33 @@ def test_fds_on_a_message_that_takes_none_are_closed(rng):
     os.close(w)
 
 
+def test_kick_call_err_fds_must_be_eventfds(rng):
+    """Issue 12, class 2: a pipe, a socket or a file as kick/call/err fd is refused with a
+    typed error (its blocking mode and end of file would be the front-end's), and closed."""
+    import socket as _socket
+    fe, conn = rng
+    fe.negotiate()
+    for i, req in enumerate((R.SET_VRING_KICK, R.SET_VRING_CALL, R.SET_VRING_ERR)):
+        r, w = sent_pipe()
+        fe.request(req, U64(0).pack(), [r])
+        os.close(r)
+        assert isinstance(rejections(fe)[-1].error, E.BadNotifyFd) and pipe_end_closed(w)
+        os.close(w)
+        a, b = _socket.socketpair()
+        fe.request(req, U64(0).pack(), [a.fileno()])
+        a.close()
+        assert isinstance(rejections(fe)[-1].error, E.BadNotifyFd)
+        b.close()
+        with open("/dev/null", "rb") as f:
+            fe.request(req, U64(0).pack(), [f.fileno()])
+        assert len(rejections(fe)) == 3 * (i + 1)
+    assert [v.kick_fd for v in conn.vrings] == [-1] * len(conn.vrings)
+    ev = os.eventfd(0)
+    fe.request(R.SET_VRING_CALL, U64(0).pack(), [ev])  # an eventfd: taken
+    os.close(ev)
+    assert len(rejections(fe)) == 9 and conn.vrings[0].call_fd >= 0
+
+
 def test_nofd_bit_must_agree_with_the_fds(rng):
     fe, conn = rng
     r, w = sent_pipe()
@@ -187,8 +223,8 @@ def test_nofd_bit_must_agree_with_the_fds(rng):
     os.close(w)
 
 
-def test_kept_fds_stay_open_until_replaced(rng):
-    fe, conn = rng
+def test_kept_fds_stay_open_until_replaced(rng_any_fd):
+    fe, conn = rng_any_fd
     r1, w1 = sent_pipe()
     fe.request(R.SET_VRING_ERR, U64(0).pack(), [r1])
     os.close(r1)
@@ -351,8 +387,8 @@ def test_get_vring_base_stops_the_ring_and_returns_next_avail(rng):
     assert len(fe.rings[0].queue.get_bufs(fe.memory)) == 4
 
 
-def test_ring_setup_checks(rng):
-    fe, conn = rng
+def test_ring_setup_checks(rng_any_fd):
+    fe, conn = rng_any_fd
     fe.negotiate()
     fe.request(R.SET_VRING_NUM, VringState(0, 100).pack())
     fe.request(R.SET_VRING_NUM, VringState(0, 512).pack())  # above the device's maximum

@@ -224,25 +224,63 @@ def test_config_requests_with_bad_ranges_get_the_empty_reply(daemon, caplog):
 
 
 def test_a_call_fd_nobody_reads_cannot_block_the_daemon(daemon, caplog):
-    """A pipe as call fd, never read: once it is full the notifications are dropped, nothing
-    blocks (the daemon makes kick/call/err fds non-blocking)."""
-    import fcntl
+    """Issue 12, class 2.  A pipe as call fd is refused (only eventfds are taken).  An eventfd
+    call fd whose counter the front-end pushed to its maximum, and whose O_NONBLOCK it cleared
+    again (the flag lives in the open file description it shares), cannot block the worker:
+    notifications are dropped, requests are still served, the control path still answers."""
     paths, _ = daemon
     fe = TestFrontend.connect(paths["rng"])
     fe.start(size=16)
     r, w = os.pipe()
-    fcntl.fcntl(w, 1031, 4096)  # F_SETPIPE_SZ: room for 512 notifications
     fe.request(R.SET_VRING_CALL, U64(0).pack(), [w])
     os.close(w)
+    wait_log(caplog, "rejected SET_VRING_CALL", "not an eventfd")
+    os.close(r)
+    call = os.eventfd(0)
+    os.eventfd_write(call, 0xFFFF_FFFF_FFFF_FFFE - 1)  # room for one more notification
+    fe.request(R.SET_VRING_CALL, U64(0).pack(), [call])
+    fe.get_u64(R.GET_FEATURES)  # handled (and the fd made non-blocking) before the kicks
+    os.set_blocking(call, True)  # the front-end takes the non-blocking mode away again
     q = fe.rings[0].queue
     buf = fe.alloc.alloc(8)
-    for i in range(700):
+    for i in range(50):
         q.add(fe.memory, [], [(buf, 8)], token=i + 1)
         fe.kick(0)
-        fe.wait_used(0)
-    os.set_blocking(r, False)
-    assert len(os.read(r, 1 << 16)) == 4096  # the pipe did fill up
-    assert fe.get_u64(R.GET_FEATURES)  # the control path still answers
+        fe.wait_used(0, timeout=5)
+    assert os.eventfd_read(call) == 0xFFFF_FFFF_FFFF_FFFE  # the first one went in, then full
+    assert fe.get_u64(R.GET_FEATURES)
     fe.close()
-    os.close(r)
+    os.close(call)
+    good_rng_session(paths["rng"])
+
+
+@pytest.mark.parametrize("kind", ["devnull", "closed-pipe", "file"])
+def test_a_dead_kick_fd_neither_floods_the_log_nor_spins(daemon, caplog, tmp_path, kind):
+    """Issue 12, class 4: a kick fd at end of file (/dev/null, a pipe whose writer is gone, a
+    regular file) is refused at SET_VRING_KICK with one log line; afterwards the daemon is idle
+    (no log flood, no busy worker) and still serves."""
+    paths, _ = daemon
+    fe = TestFrontend.connect(paths["rng"])
+    fe.start(size=16)
+    if kind == "devnull":
+        fd = os.open("/dev/null", os.O_RDONLY)
+    elif kind == "file":
+        (tmp_path / "f").write_bytes(b"")
+        fd = os.open(tmp_path / "f", os.O_RDONLY)
+    else:
+        fd, w = os.pipe()
+        os.close(w)
+    fe.request(R.SET_VRING_KICK, U64(0).pack(), [fd])
+    os.close(fd)
+    fe.get_u64(R.GET_FEATURES)
+    cpu = time.process_time()
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.5, "a worker spins on the dead kick fd"
+    kick_lines = [line for line in log_lines(caplog) if "kick" in line]
+    assert 1 <= len(kick_lines) <= 2, kick_lines
+    q = fe.rings[0].queue  # the ring keeps its good eventfd and still serves
+    q.add(fe.memory, [], [(fe.alloc.alloc(8), 8)], token=1)
+    fe.kick(0)
+    assert fe.wait_used(0, timeout=5)
+    fe.close()
     good_rng_session(paths["rng"])

@@ -34,6 +34,7 @@ from ..spec.status import DeviceStatus
 from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
 from . import errors as E
 from .memmap import check_region, map_region
+from .notifyfd import check_notify_fd
 from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS,
                        VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, VRING_IDX_MASK,
                        VRING_NOFD_MASK, FrontendReq, HeaderFlag, ProtocolFeature)
@@ -119,8 +120,10 @@ class BackendConnection:
     def __init__(self, device: VirtioDevice, *, name: str = "vhost-user",
                  protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
                  max_mem_slots: int = DEFAULT_MAX_MEM_SLOTS,
-                 map_region: Callable[[int, MemoryRegion], Region] = map_region):
+                 map_region: Callable[[int, MemoryRegion], Region] = map_region,
+                 check_notify_fd: Callable[[int, str], None] = check_notify_fd):
         self.device = device
+        self._check_notify_fd = check_notify_fd
         self.name = name
         self.offered_protocol_features = protocol_features
         self.max_mem_slots = max_mem_slots
@@ -520,7 +523,9 @@ class BackendConnection:
         self._stop(ring)
         return VringState(ring.index, ring.queue.next_avail).pack()
 
-    def _fd_request(self, msg: Message) -> tuple[Vring, int]:
+    def _fd_request(self, msg: Message, what: str) -> tuple[Vring, int]:
+        """The ring and the fd (-1: NOFD) of SET_VRING_KICK/CALL/ERR; the fd must be an eventfd
+        (:mod:`.notifyfd`)."""
         value = U64.unpack(msg.payload).value
         if value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
             raise E.InvalidValue(f"unknown bits {value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):#x}")
@@ -528,11 +533,13 @@ class BackendConnection:
         if len(msg.fds) != (0 if nofd else 1):
             raise E.BadFdCount(f"{len(msg.fds)} fds with the NOFD bit {'set' if nofd else 'clear'}")
         ring = self._ring(value & VRING_IDX_MASK)
+        if not nofd:
+            self._check_notify_fd(msg.fds[0], f"ring {ring.index}: {what}")
         return ring, (-1 if nofd else msg.fds[0])
 
     @_rule(R.SET_VRING_KICK, size=8, fds=None)
     def _set_vring_kick(self, msg: Message) -> None:
-        ring, fd = self._fd_request(msg)
+        ring, fd = self._fd_request(msg, "kick")
         if not ring.started:
             self._start(ring)
         ring.set_fd("kick", msg.take_fd() if fd >= 0 else -1)
@@ -540,12 +547,12 @@ class BackendConnection:
 
     @_rule(R.SET_VRING_CALL, size=8, fds=None)
     def _set_vring_call(self, msg: Message) -> None:
-        ring, fd = self._fd_request(msg)
+        ring, fd = self._fd_request(msg, "call")
         ring.set_fd("call", msg.take_fd() if fd >= 0 else -1)
 
     @_rule(R.SET_VRING_ERR, size=8, fds=None)
     def _set_vring_err(self, msg: Message) -> None:
-        ring, fd = self._fd_request(msg)
+        ring, fd = self._fd_request(msg, "err")
         ring.set_fd("err", msg.take_fd() if fd >= 0 else -1)
 
     @_rule(R.SET_VRING_ENABLE, size=8)

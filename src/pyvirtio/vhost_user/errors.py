@@ -80,6 +80,11 @@ class BadMemoryRegion(InvalidValue):
     """A memory region that cannot be mapped (overlap, size, fd type, offset past the file)."""
 
 
+class BadNotifyFd(InvalidValue):
+    """A kick, call or err fd that is not an eventfd (a pipe, a socket, a file …): its blocking
+    mode and end-of-file would be the front-end's to control."""
+
+
 class WrongState(MessageRejected):
     """A request that is not allowed in the ring's or device's current state."""
 

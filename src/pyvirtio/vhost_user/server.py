@@ -193,10 +193,19 @@ class Session:
 
 
 def _signal(fd: int) -> None:
+    """Write a call/err eventfd without ever blocking.  Only eventfds are accepted
+    (:mod:`.notifyfd`) and made non-blocking, but the front-end shares the open file description
+    and may clear O_NONBLOCK again; an eventfd write then blocks only when the counter is at its
+    maximum — poll(2) says whether it is (a notification the front-end made impossible is
+    dropped: the front-end stopped listening on purpose)."""
     if fd >= 0:
+        writable = select.poll()
+        writable.register(fd, select.POLLOUT)
+        if not writable.poll(0):
+            return
         try:
             os.eventfd_write(fd, 1)
-        except OSError as exc:  # a front-end may hand over a pipe or close its end
+        except OSError as exc:
             log.debug("notification fd %d: %s", fd, exc)
 
 
