@@ -102,9 +102,16 @@ class PackedDeviceQueue(DeviceRingSide):
         self.ready = True
 
     def set_base(self, base: int) -> None:
-        """vhost-user SET_VRING_BASE for packed rings: bits 0-14 position, bit 15 wrap counter."""
+        """vhost-user SET_VRING_BASE for packed rings: bits 0-14 position, bit 15 wrap counter.
+        A position past the ring is the front-end's fault (found by fuzz/virtq_packed.py)."""
         self.next_avail, self.avail_wrap = base & 0x7FFF, (base >> 15) & 1
         self.next_used, self.used_wrap = self.next_avail, self.avail_wrap
+        self._check_position()
+
+    def _check_position(self) -> None:
+        if self.next_avail >= self.size:
+            self._break(DriverFault(f"queue {self.index}: ring position {self.next_avail} is "
+                                    f"not below the queue size {self.size}"))
 
     def get_base(self) -> int:
         return self.next_avail | (self.avail_wrap << 15)
@@ -120,6 +127,7 @@ class PackedDeviceQueue(DeviceRingSide):
             device = mem.view(self.used_ring, 4)
         except GuestMemoryError as exc:
             self._break(DriverFault(f"queue {self.index}: ring outside guest memory: {exc}"))
+        self._check_position()  # the size may have shrunk since SET_VRING_BASE
         self._desc, self._desc16 = desc, desc.cast("H")
         self._driver16, self._device16 = driver.cast("H"), device.cast("H")
         self._mem, self._gen = mem, mem.generation
