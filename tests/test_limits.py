@@ -8,6 +8,7 @@ costs neither memory nor time.  Also the rate-limited peer log.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import pytest
@@ -180,3 +181,54 @@ def test_blk_request_with_more_data_segments_than_seg_max_gets_ioerr(tmp_path):
     assert status[0] == spec.BlkStatus.IOERR
     assert path.read_bytes() == bytes(1 << 20)
     dev.close()
+
+
+# --- class 6: memory the front-end could take away ----------------------------------------------
+
+
+def _memfd(size=1 << 16, flags=os.MFD_ALLOW_SEALING):
+    fd = os.memfd_create("guest", flags)
+    os.ftruncate(fd, size)
+    return fd
+
+
+def test_a_mapped_memfd_cannot_be_shrunk_by_the_front_end():
+    """Issue 12, class 6: a memfd without F_SEAL_SHRINK gets the seal when it is mapped, so the
+    front-end's ftruncate fails instead of the daemon dying of SIGBUS at the next access."""
+    from pyvirtio.memory import release_region
+    from pyvirtio.vhost_user.memmap import map_region
+    from pyvirtio.vhost_user.wire import MemoryRegion
+    fd = _memfd()
+    theirs = os.dup(fd)  # the front-end keeps its own copy
+    region = map_region(fd, MemoryRegion(0, 1 << 16, 1 << 40, 0))
+    with pytest.raises(PermissionError):
+        os.ftruncate(theirs, 0)
+    region.buf[-1] = 1  # still backed
+    os.ftruncate(theirs, 1 << 17)  # growing stays allowed (QEMU seals that too; harmless)
+    release_region(region)
+    os.close(theirs)
+
+
+def test_a_memfd_that_cannot_be_sealed_is_refused():
+    from pyvirtio.vhost_user.errors import BadMemoryRegion
+    from pyvirtio.vhost_user.memmap import map_region
+    from pyvirtio.vhost_user.wire import MemoryRegion
+    import fcntl
+    unsealable = _memfd(flags=0)  # no MFD_ALLOW_SEALING: F_SEAL_SEAL is set from the start
+    sealed_open = _memfd()
+    fcntl.fcntl(sealed_open, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL)
+    for fd in (unsealable, sealed_open):
+        with pytest.raises(BadMemoryRegion, match="F_SEAL_SHRINK"):
+            map_region(fd, MemoryRegion(0, 1 << 16, 1 << 40, 0))
+        os.close(fd)
+
+
+def test_qemus_sealed_memfd_is_taken_as_it_is():
+    """QEMU's memory-backend-memfd (seal=on): F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL."""
+    import fcntl
+    from pyvirtio.memory import release_region
+    from pyvirtio.vhost_user.memmap import map_region
+    from pyvirtio.vhost_user.wire import MemoryRegion
+    fd = _memfd()
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
+    release_region(map_region(fd, MemoryRegion(0, 1 << 16, 1 << 40, 0)))

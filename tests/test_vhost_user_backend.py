@@ -282,7 +282,7 @@ def test_set_mem_table_maps_and_replacement_unmaps(rng):
 def test_region_at_an_unaligned_mmap_offset_is_sliced_from_the_page(rng):
     fe, conn = rng
     fe.negotiate()
-    fd = os.memfd_create("t")
+    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 3 * mmap.PAGESIZE)
     m = mmap.mmap(fd, 3 * mmap.PAGESIZE)
     m[mmap.PAGESIZE + 0x800:mmap.PAGESIZE + 0x805] = b"hello"
@@ -304,7 +304,7 @@ def test_bad_regions_are_refused_and_their_fds_closed(rng, why):
         fd, w = os.pipe()
         region = MemoryRegion(0x1_0000_0000, 4096, 1 << 40, 0)
     else:
-        fd = os.memfd_create("t")
+        fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, 8192)
         w = None
         region = {"past-eof": MemoryRegion(0x1_0000_0000, 16384, 1 << 40, 0),

@@ -155,7 +155,7 @@ def test_region_past_the_end_of_its_file_is_refused(daemon, caplog):
     paths, _ = daemon
     fe = TestFrontend.connect(paths["blk"])
     fe.negotiate()
-    fd = os.memfd_create("short")
+    fd = os.memfd_create("short", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 4096)
     region = MemoryRegion(0, 1 << 20, 0x7f00_0000_0000, 0)
     assert fe.ack(R.ADD_MEM_REG, SingleMemoryRegion.of(region).pack(), [fd]) == 1

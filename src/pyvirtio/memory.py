@@ -15,6 +15,7 @@ runs over an mmap of a real guest, a test buffer, or a fuzzer's input.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import mmap
 import os
 import struct
@@ -222,11 +223,13 @@ class GuestMemory:
 
 def memfd_region(gpa: int, size: int, name: str = "pyvirtio-guest") -> Region:
     """A region backed by a new memfd of ``size`` bytes (rounded up to whole pages), mapped
-    shared; its ``fd`` can be handed to another process (vhost-user SET_MEM_TABLE)."""
+    shared; its ``fd`` can be handed to another process (vhost-user SET_MEM_TABLE).  Sealed as
+    QEMU's memory-backend-memfd seals (a back-end requires F_SEAL_SHRINK: issue 12)."""
     size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
         m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     except BaseException:
         os.close(fd)

@@ -4,12 +4,17 @@ A region is ``memory_size`` bytes at ``mmap_offset`` in the fd.  ``mmap`` wants 
 offset, so the mapping starts at the offset rounded down to the page and the region is a slice
 of it.  The fd must be a regular file (a memfd, a hugetlbfs or tmpfs file) that really holds
 ``mmap_offset + memory_size`` bytes: touching a mapping past the end of its file is a SIGBUS,
-which would kill the whole daemon.  (A front-end that *shrinks* the file after handing it over
-can still do that; nothing short of memfd seals prevents it.)
+which would kill the whole daemon.  A front-end could also *shrink* the file after handing it
+over; for a memfd (QEMU's memory-backend-memfd, the usual case) that is prevented with a seal:
+a memfd must carry F_SEAL_SHRINK — QEMU seals its memfds (seal=on, the default) — and one
+that does not but may still be sealed gets the seal from us, before its size is checked; a memfd
+that can be neither is refused.  A file on tmpfs or hugetlbfs (QEMU memory-backend-file, DPDK)
+cannot be sealed: a front-end that truncates one can still SIGBUS the daemon.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import stat
@@ -32,6 +37,32 @@ def check_region(r: MemoryRegion) -> None:
             raise BadMemoryRegion(f"region {name} range {base:#x}+{r.memory_size:#x} wraps past 2**64")
 
 
+def is_memfd(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+    except OSError:
+        return False
+
+
+def seal_against_shrinking(fd: int) -> None:
+    """Make sure a memfd can never shrink under our mapping (F_SEAL_SHRINK: adding it if it is
+    missing and the memfd allows it); raise BadMemoryRegion if it cannot be sealed.  Other files
+    are left alone (they have no seals)."""
+    if not is_memfd(fd):
+        return
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as exc:
+        raise BadMemoryRegion(f"memfd region: cannot read its seals: {exc.strerror}") from None
+    if seals & fcntl.F_SEAL_SHRINK:
+        return
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError as exc:
+        raise BadMemoryRegion("memfd region is not sealed against shrinking (F_SEAL_SHRINK) and "
+                              f"cannot be: {exc.strerror}") from None
+
+
 def map_region(fd: int, r: MemoryRegion) -> Region:
     """mmap ``r`` from ``fd`` (shared, read-write).  On success the Region owns ``fd`` and the
     mapping (``pyvirtio.memory.release_region`` closes both); on failure the caller still owns
@@ -43,6 +74,8 @@ def map_region(fd: int, r: MemoryRegion) -> Region:
         raise BadMemoryRegion(f"region fd {fd}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise BadMemoryRegion(f"region fd is not a memfd or regular file (mode {st.st_mode:#o})")
+    seal_against_shrinking(fd)
+    st = os.fstat(fd)  # the size once it can no longer shrink
     if r.mmap_offset + r.memory_size > st.st_size:
         raise BadMemoryRegion(f"region [{r.mmap_offset:#x}, +{r.memory_size:#x}) runs past the end "
                               f"of its {st.st_size:#x}-byte file")
