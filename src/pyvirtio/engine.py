@@ -179,7 +179,8 @@ class GroupWorker:
 
     # --- one turn (the worker's thread, or inline under the lock) -------------------------------
 
-    def turn(self, kicked: Iterable[int] = (), events: HostEvents = (), *, everything: bool = False) -> None:
+    def turn(self, kicked: Iterable[int] = (), events: Sequence[tuple[int, int]] = (), *,
+             everything: bool = False) -> None:
         """Serve kicked queues (all of the group's with ``everything``) and fired host fds,
         then send the notifications the device asked for."""
         with self.lock:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -111,6 +112,10 @@ def _rule(request: FrontendReq, **kw):
     return register
 
 
+#: Control messages remembered per connection for the log (see BackendConnection.history).
+HISTORY = 24
+
+
 # --- the connection ----------------------------------------------------------------------------
 
 
@@ -138,6 +143,8 @@ class BackendConnection:
         self.status = 0  # the vhost-user device status (SET_STATUS/GET_STATUS)
         self.error: E.ConnectionFatal | None = None
         self.closed = False
+        #: The last control messages handled, named in the log when a ring breaks.
+        self.history: deque[str] = deque(maxlen=HISTORY)
 
     # --- features ------------------------------------------------------------------------------
 
@@ -209,6 +216,7 @@ class BackendConnection:
             return out
         _close_all(msg.fds)  # fds the handler did not keep
         log.debug("%s: %s ok", self.name, name)
+        self.history.append(f"{name}{_brief(msg)}")
         if body is not None:
             return [Reply(encode_reply(msg.request, body))]
         if self._ack_wanted(msg):
@@ -319,7 +327,8 @@ class BackendConnection:
             return self.device.process_queue(self.memory, ring.queue), None
         except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
             ring.fault = str(exc)
-            log.error("%s: ring %d broken by the driver: %s", self.name, index, exc)
+            log.error("%s: ring %d broken by the driver: %s (ring %s; last messages: %s)", self.name,
+                      index, exc, ring.describe(), ", ".join(self.history))
             return False, ring.fault
         finally:
             ring.chains += (ring.queue.next_avail - before) & 0xFFFF
@@ -624,6 +633,13 @@ def _close_all(fds) -> None:
                 pass
         if isinstance(fds, list):
             fds[i] = -1
+
+
+def _brief(msg: Message) -> str:
+    """A message's ring index and value, for the history (8-byte ring/u64 payloads only)."""
+    if len(msg.payload) == 8:
+        return f"({int.from_bytes(msg.payload[:4], 'little')}, {int.from_bytes(msg.payload[4:], 'little'):#x})"
+    return ""
 
 
 def _range(r: tuple[int, int]) -> str:
