@@ -34,7 +34,7 @@ def test_every_check_has_a_section_level_and_unique_id():
 @pytest.mark.peer
 def test_pyvirtio_serve_blk_passes_every_check(tmp_path, image):
     with start_pyvirtio("blk", str(tmp_path / "b.sock"), blk_file=image, num_queues=2) as peer:
-        ctx, results = run_checks(peer.socket_path, timeout=3.0)
+        ctx, results = run_checks(peer.socket_path, timeout=10.0)  # a busy machine (issue 12)
     assert ctx.device_type == DeviceType.BLOCK
     assert len(results) == len(CHECKS)
     assert not _findings(results), "\n".join(_findings(results))

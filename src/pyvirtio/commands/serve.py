@@ -159,10 +159,23 @@ def register(sub) -> None:
 
 def _common(p) -> None:
     p.add_argument("--socket-path", metavar="PATH", help="listen on this UNIX socket")
+    p.add_argument("--socket-mode", type=_octal_mode, default=0o600, metavar="MODE",
+                   help="permissions of the socket --socket-path creates, octal (default 0600: "
+                        "only this user may connect)")
     p.add_argument("--fd", type=int, metavar="FDNUM",
                    help="use this inherited socket (listening, or one connected front-end)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the back-end's capabilities as JSON and exit")
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode such as 0600") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a permission mode (0..0777)")
+    return mode
 
 
 def run(args) -> int:
@@ -182,7 +195,8 @@ def run(args) -> int:
             if args.fd is not None:
                 endpoint = server.add(device, sock=inherited_socket(args.fd))
             else:
-                endpoint = server.add(device, socket_path=args.socket_path)
+                endpoint = server.add(device, socket_path=args.socket_path,
+                                      socket_mode=args.socket_mode)
             if args.backend == "console":  # its rings are gated by the vhost-user ring state
                 _console_cli().attach(device, endpoint)
         except UsageError as exc:

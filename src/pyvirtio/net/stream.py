@@ -17,6 +17,7 @@ import struct
 from typing import Optional, Union
 
 from ..errors import UsageError
+from ..sockets import bind_unix, inode_of, unlink_if_ours
 from .backend import MAX_FRAME, READ, WRITE, NetBackend, Views, copy_into
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class StreamBackend(NetBackend):
         super().__init__()
         self.address = address
         self.listener: Optional[socket.socket] = None
+        self._inode = -1  # the UNIX socket file we made (removed at close only if still ours)
         self.peer: Optional[socket.socket] = None
         self._rbuf = bytearray(READ_BUFFER)
         self._rview = memoryview(self._rbuf)
@@ -72,12 +74,15 @@ class StreamBackend(NetBackend):
 
     def _listen(self, address: str) -> None:
         family, addr = parse_address(address)
+        if isinstance(addr, str):  # a UNIX socket path: never another program's live socket
+            sock = bind_unix(addr, backlog=1)
+            self._inode = inode_of(addr)
+            sock.setblocking(False)
+            self.listener = sock
+            return
         sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            if isinstance(addr, str):  # a UNIX socket path
-                _unlink_stale(addr)
-            else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
             sock.listen(1)
             sock.setblocking(False)
@@ -232,7 +237,9 @@ class StreamBackend(NetBackend):
         self._drop_peer("closed")
         if self.listener is not None:
             if self.listener.family == socket.AF_UNIX and isinstance(self.address, str):
-                _unlink_stale(self.address)
+                family, addr = parse_address(self.address)
+                if isinstance(addr, str):
+                    unlink_if_ours(addr, self._inode)
             _shutdown(self.listener)
             self.listener.close()
             self.listener = None
@@ -245,10 +252,3 @@ def _shutdown(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # not connected, or already gone
-
-
-def _unlink_stale(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -41,6 +41,8 @@ from ..interrupt import Interrupt
 from .backend import BackendConnection, Reply
 from .errors import ConnectionFatal
 from .protocol import MAX_FDS
+from ..sockets import (DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials,
+                       unlink_if_ours)
 
 log = logging.getLogger("pyvirtio.vhost_user")
 
@@ -50,41 +52,6 @@ _SEND_TIMEOUT = 5.0
 
 
 # --- listening sockets -------------------------------------------------------------------------
-
-
-class SocketInUse(UsageError):
-    """The socket path has a live listener (or is not a socket)."""
-
-
-def bind_unix(path: str, backlog: int = 1) -> socket.socket:
-    """Listen on ``path``.  A stale socket file (nobody listening) is replaced; a live one, or
-    a path that is not a socket, raises SocketInUse."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise SocketInUse(f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # stale: the daemon that made it is gone
-        except OSError as exc:
-            raise SocketInUse(f"{path}: {exc.strerror}") from None
-        else:
-            raise SocketInUse(f"{path} is in use: another back-end is listening on it")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(path)
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def inherited_socket(fd: int) -> socket.socket:
@@ -219,7 +186,8 @@ class Endpoint:
                  path: str | None = None, options: dict | None = None):
         self.device = device
         self.name = name
-        self.path = path  # a socket file we created (unlinked at shutdown)
+        self.path = path  # a socket file we created (unlinked at shutdown if still ours)
+        self.inode = inode_of(path) if path else -1
         self.options = options or {}
         self.session: Session | None = None
         self.connections = 0  # front-ends served so far
@@ -255,14 +223,16 @@ class VhostUserServer:
     # set-up
 
     def add(self, device: VirtioDevice, *, socket_path: str | None = None,
-            sock: socket.socket | None = None, name: str | None = None, **options) -> Endpoint:
-        """Serve ``device`` on ``socket_path`` (created; a stale file is replaced) or on an
-        already made ``sock``.  ``options`` go to BackendConnection (protocol_features …)."""
+            sock: socket.socket | None = None, name: str | None = None,
+            socket_mode: int = DEFAULT_SOCKET_MODE, **options) -> Endpoint:
+        """Serve ``device`` on ``socket_path`` (created with permissions ``socket_mode``, without
+        a race; a stale socket is replaced, a live one refused) or on an already made ``sock``.
+        ``options`` go to BackendConnection (protocol_features …)."""
         if (socket_path is None) == (sock is None):
             raise UsageError("give exactly one of socket_path and sock")
         path = None
         if sock is None:
-            sock = bind_unix(socket_path)
+            sock = bind_unix(socket_path, mode=socket_mode)
             path = socket_path
         ep = Endpoint(device, sock, name=name or socket_path or f"fd{sock.fileno()}", path=path,
                       options=options)
@@ -324,10 +294,7 @@ class VhostUserServer:
                 ep.listener.close()
                 ep.listener = None
             if ep.path:
-                try:
-                    os.unlink(ep.path)
-                except FileNotFoundError:
-                    pass
+                unlink_if_ours(ep.path, ep.inode)
                 ep.path = None
         if self._wake_fd >= 0:
             self.selector.unregister(self._wake_fd)
@@ -347,7 +314,9 @@ class VhostUserServer:
         sock.setblocking(False)
         ep.session = Session(ep, sock)
         ep.connections += 1
-        log.info("%s: front-end connected", ep.name)
+        cred = peer_credentials(sock)
+        log.info("%s: front-end connected (%s)", ep.name,
+                 "pid %d, uid %d, gid %d" % cred if cred else "peer credentials unknown")
         self._listen(ep, False)  # one front-end at a time; the next waits in the backlog
         self.selector.register(sock, selectors.EVENT_READ, ("conn", ep.session))
 
