@@ -536,3 +536,23 @@ def test_blk_requests_through_the_connection(blk):
     with open(conn.device.path, "rb") as f:
         f.seek(8 * 512)
         assert f.read(512) == b"pyvirtio" * 64
+
+
+def test_a_broken_ring_set_up_again_after_a_stop_works(blk):
+    """Firmware (SeaBIOS) can leave a device running over a ring in memory the guest kernel then
+    reuses: the ring reads as garbage and breaks.  The kernel resets the device; the front-end
+    stops the ring and sets it up again; from then on it must work."""
+    fe, conn = blk
+    fe.start(size=32)
+    q = fe.rings[0].queue
+    fe.memory.write(q.layout.avail_ring + 2, (0x6BBF).to_bytes(2, "little"))  # avail idx: garbage
+    notify, fault = conn.process_ring(0)
+    assert fault and "ahead" in fault and conn.vrings[0].queue.broken
+    fe.get_vring_base(0)  # the front-end stops the ring (a device reset) ...
+    fe.setup_ring(0, 32)  # ... and the new driver sets it up again
+    q = fe.rings[0].queue
+    status = fe.buffer(1)
+    q.add(fe.memory, [fe.buffer(struct.pack("<IIQ", 8, 0, 0))], [fe.buffer(20), status], token="id")
+    notify, fault = conn.process_ring(0)
+    assert fault is None and notify
+    assert q.get_bufs(fe.memory) == [("id", 21)]

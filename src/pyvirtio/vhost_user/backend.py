@@ -295,6 +295,10 @@ class BackendConnection:
     def _start(self, ring: Vring) -> None:
         if ring.addr is None:
             raise E.WrongState(f"ring {ring.index} has no addresses (SET_VRING_ADDR) yet")
+        # A stopped ring that starts again was set up anew by the front-end (a guest reset, or
+        # firmware that left the device running over memory the kernel then reused): whatever
+        # broke it before is forgotten.
+        ring.queue.clear_fault()
         self._bind(ring)
         ring.queue.set_base(ring.base)
         ring.queue.sync_used_from_ring(self.memory)

@@ -31,6 +31,12 @@ class RingSide:
         if mem is not self._mem or mem.generation != self._gen:
             self._bind(mem)
 
+    def clear_fault(self) -> None:
+        """Forget the fault that broke the queue: the driver has set the ring up anew (a vhost-user
+        front-end restarting a stopped ring, after a guest reset)."""
+        self.broken = False
+        self.fault = None
+
     def _bind(self, mem: GuestMemory) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
