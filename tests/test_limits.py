@@ -232,3 +232,19 @@ def test_qemus_sealed_memfd_is_taken_as_it_is():
     fd = _memfd()
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
     release_region(map_region(fd, MemoryRegion(0, 1 << 16, 1 << 40, 0)))
+
+
+def test_a_front_end_sending_bad_messages_cannot_flood_the_log(caplog):
+    """Each rejected message is one log line, but one front-end gets LOG_LINES_PER_SECOND."""
+    from pyvirtio.devices.rng import RngDevice
+    from pyvirtio.vhost_user.backend import BackendConnection
+    from pyvirtio.vhost_user.testing import TestFrontend
+    from pyvirtio.vhost_user.wire import encode
+    conn = BackendConnection(RngDevice(), name="flood")
+    fe = TestFrontend.pair(conn)
+    with caplog.at_level(logging.INFO, "pyvirtio.vhost_user"):
+        for _ in range(2000):
+            fe.ch.send(encode(200, b""))  # an unknown request, no reply wanted
+    rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
+    assert len(rejected) <= LOG_LINES_PER_SECOND * 2  # at most two one-second windows
+    fe.close()

@@ -30,6 +30,7 @@ from typing import Callable
 
 from ..device import VirtioDevice
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
+from ..limits import PeerLog
 from ..memory import GuestMemory, Region, release_region
 from ..spec.status import DeviceStatus
 from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
@@ -142,6 +143,8 @@ class BackendConnection:
         self.owner = False
         self.status = 0  # the vhost-user device status (SET_STATUS/GET_STATUS)
         self.error: E.ConnectionFatal | None = None
+        #: Rejections are logged through this: one front-end, LOG_LINES_PER_SECOND at most.
+        self.log = PeerLog(log)
         self.closed = False
         #: The last control messages handled, named in the log when a ring breaks.
         self.history: deque[str] = deque(maxlen=HISTORY)
@@ -205,11 +208,11 @@ class BackendConnection:
         except E.MessageRejected as exc:
             _close_all(msg.fds)
             if msg.request == R.GET_CONFIG:  # the one request with an error reply of its own
-                log.warning("%s: GET_CONFIG refused (empty reply): %s", self.name, exc)
+                self.log.warning("%s: GET_CONFIG refused (empty reply): %s", self.name, exc)
                 return [Rejected(msg.request, exc), Reply(encode_reply(msg.request))]
             if rule is not None and rule.replies:
                 self._fail(E.ReplyImpossible(f"{name} must be answered but was refused: {exc}"))
-            log.warning("%s: rejected %s: %s", self.name, name, exc)
+            self.log.warning("%s: rejected %s: %s", self.name, name, exc)
             out: list[Output] = [Rejected(msg.request, exc)]
             if self._ack_wanted(msg):
                 out.append(Reply(encode_reply(msg.request, U64(1).pack())))
