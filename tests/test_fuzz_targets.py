@@ -67,3 +67,32 @@ def test_short_fuzz_run_finds_nothing(name, tmp_path):
     crashes = [p.name for p in tmp_path.iterdir() if p.name != "corpus"]
     assert proc.returncode == 0 and not crashes, (crashes, proc.stderr[-3000:])
     assert "Done" in proc.stderr or "DONE" in proc.stderr
+
+
+# --- findings, as unit tests (each also has a regression-* input in its target's corpus) -------
+
+
+def test_packed_set_base_past_the_ring_is_a_driver_fault():
+    """virtq_packed finding: SET_VRING_BASE's position >= the queue size raised IndexError at the
+    next pop; now the queue breaks with a DriverFault at once (and again if the size shrinks)."""
+    from pyvirtio.errors import DriverFault, QueueBroken
+    from pyvirtio.memory import GuestMemory
+    from pyvirtio.virtq import PackedDeviceQueue, PackedRingLayout
+
+    mem = GuestMemory.anonymous(1 << 16)
+    lay = PackedRingLayout.contiguous(0x1000, 4)
+    q = PackedDeviceQueue(8)
+    q.set_size(4)
+    q.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    q.activate(mem)
+    with pytest.raises(DriverFault):
+        q.set_base(4)
+    with pytest.raises(QueueBroken):
+        q.pop_descriptor_chain(mem)
+    q.reset()
+    q.set_size(8)
+    q.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    q.set_base(6)
+    q.set_size(4)
+    with pytest.raises(DriverFault):
+        q.activate(mem)
