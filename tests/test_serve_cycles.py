@@ -28,7 +28,7 @@ CYCLES = int(os.environ.get("PYVIRTIO_SERVE_CYCLES", "1000"))
 QUEUES = 8
 
 
-def _daemon(tmp_path, name="blk"):
+def _daemon(request, tmp_path, name="blk"):
     img = tmp_path / f"{name}.img"
     if not img.exists():
         with open(img, "wb") as f:
@@ -38,6 +38,7 @@ def _daemon(tmp_path, name="blk"):
         [sys.executable, "-m", "pyvirtio.cli", "serve", "blk", f"--socket-path={sock}",
          f"--blk-file={img}", f"--num-queues={QUEUES}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    request.addfinalizer(proc.stderr.close)
     deadline = time.monotonic() + 30
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -61,7 +62,7 @@ def _cycle(path: str, i: int) -> None:
             if i % 2:
                 fe.negotiate()
     finally:
-        fe.ch.sock.close()
+        fe.close()  # the socket, the ring eventfds and the memfd (no fd may leak per cycle)
 
 
 def _stop(proc: subprocess.Popen, within: float) -> float:
@@ -76,8 +77,9 @@ def _stop(proc: subprocess.Popen, within: float) -> float:
     return time.monotonic() - started
 
 
-def test_connect_hang_up_cycles_do_not_wedge_blk_with_8_queues(tmp_path):
-    proc, path = _daemon(tmp_path)
+def test_connect_hang_up_cycles_do_not_wedge_blk_with_8_queues(request, tmp_path):
+    fds = len(os.listdir("/proc/self/fd"))
+    proc, path = _daemon(request, tmp_path)
     try:
         for i in range(CYCLES):
             try:
@@ -89,12 +91,13 @@ def test_connect_hang_up_cycles_do_not_wedge_blk_with_8_queues(tmp_path):
         if proc.poll() is None:
             _stop(proc, 1.0)
     assert proc.returncode == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds + 4, "the test front-ends leak fds"
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_sigterm_stops_the_daemon_within_a_second_at_any_moment_of_the_cycles(tmp_path, seed):
+def test_sigterm_stops_the_daemon_within_a_second_at_any_moment_of_the_cycles(request, tmp_path, seed):
     """Cycles run in a thread; SIGTERM lands at a random moment (mid-handshake, mid-teardown)."""
-    proc, path = _daemon(tmp_path)
+    proc, path = _daemon(request, tmp_path)
     stop = threading.Event()
 
     def cycles():
