@@ -150,9 +150,9 @@ class BlkDevice(VirtioDevice):
         self.writeback = self.default_writeback
 
     def _close_io(self) -> None:
-        for io in self._io.values():
+        ios, self._io = list(self._io.values()), {}
+        for io in ios:
             io.close()
-        self._io.clear()
 
     # --- the engine's doors: one queue group per queue ------------------------------------------
 
