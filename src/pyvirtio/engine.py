@@ -46,6 +46,7 @@ POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
 _BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
 #: How often a queue in polling mode (no kick fd: vhost-user NOFD) is looked at.
 POLL_INTERVAL = 0.001
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 #: How long stopping a worker may take before it is given up on (and logged).
 STOP_TIMEOUT = 5.0
 
@@ -95,6 +96,7 @@ class GroupWorker:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._dead: set[int] = set()  # kick fds found unusable (until the transport replaces them)
+        self._kick_buf = bytearray(8)
         self.turns = 0
 
     # --- control, from any thread ---------------------------------------------------------------
@@ -295,12 +297,13 @@ class GroupWorker:
             self.turn(kicked, host_events, everything=everything)
 
     def _take_kick(self, fd: int, revents: int, index: int) -> bool:
-        """Consume a kick (poll said readable, so the read cannot block); an fd at end of file
-        or in error is dropped from the watch list until it is replaced, with one log line."""
+        """Consume a kick; an fd at end of file or in error is dropped from the watch list until
+        it is replaced, with one log line.  The read is ``RWF_NOWAIT``: it cannot block even if
+        the front-end cleared O_NONBLOCK and drained the eventfd between our poll and this read."""
         try:
             if revents & _BAD and not revents & POLLIN:
                 raise OSError(errno.EPIPE, "hung up or in error")
-            if not os.read(fd, 8):
+            if not os.preadv(fd, [self._kick_buf], -1, _RWF_NOWAIT):
                 raise OSError(errno.EPIPE, "at end of file")
         except (BlockingIOError, InterruptedError):
             return True
