@@ -87,8 +87,7 @@ def test_random_messages_give_only_typed_outcomes(set_up, msgs, chunk):
                 notify, fault = conn.process_ring(index)
                 assert isinstance(notify, bool)
     finally:
-        conn.close()
-        fe.memory.close()
+        fe.close()  # closes the connection, the ring eventfds and the memory
     for w in writers:
         assert _pipe_closed(w), "an fd the front-end sent is still open after close()"
         os.close(w)
