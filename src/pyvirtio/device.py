@@ -108,8 +108,13 @@ class VirtioDevice:
         Transports without a status field (vhost-user) call it after setting driver features."""
         event_idx = self.has_feature(Feature.EVENT_IDX)
         indirect = self.has_feature(Feature.INDIRECT_DESC)
-        if self.has_feature(Feature.RING_PACKED):
-            self.queues = [PackedDeviceQueue(q.max_size, index=q.index) for q in self.queues]
+        # The device owns its queue objects; the ring layout the driver chose decides their class
+        # (a queue already of that class is kept: it may be running, e.g. a vhost-user front-end
+        # repeating SET_FEATURES).
+        cls = PackedDeviceQueue if self.has_feature(Feature.RING_PACKED) else SplitDeviceQueue
+        if any(type(q) is not cls for q in self.queues):
+            self.queues = [q if type(q) is cls else cls(q.max_size, index=q.index)
+                           for q in self.queues]
         for q in self.queues:
             q.set_features(event_idx, indirect)
         self.on_features(self.driver_features & self.device_features)

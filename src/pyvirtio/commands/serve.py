@@ -166,6 +166,9 @@ def _common(p) -> None:
                    help="use this inherited socket (listening, or one connected front-end)")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the back-end's capabilities as JSON and exit")
+    p.add_argument("--split-only", action="store_true",
+                   help="do not offer VIRTIO_F_RING_PACKED (packed rings are offered by default; "
+                        "this forces split rings, e.g. for comparisons)")
 
 
 def _octal_mode(text: str) -> int:
@@ -189,6 +192,8 @@ def run(args) -> int:
         raise CliError("give exactly one of --socket-path=PATH and --fd=FDNUM")
     from ..vhost_user.server import VhostUserServer, inherited_socket
     device = kind.build(args)
+    if not args.split_only:
+        device.offer_packed_ring()
     server = VhostUserServer()
     try:
         try:

@@ -34,6 +34,7 @@ from ..limits import PeerLog
 from ..memory import GuestMemory, Region, release_region
 from ..spec.status import DeviceStatus
 from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
+from ..virtq.packed_device import is_valid_packed_size
 from . import errors as E
 from .memmap import check_region, map_region
 from .notifyfd import check_notify_fd
@@ -136,7 +137,7 @@ class BackendConnection:
         self._map_region = map_region
         self._framer = Framer()
         self.memory = GuestMemory()
-        self.vrings = [Vring(i, q) for i, q in enumerate(device.queues)]
+        self.vrings = [Vring(i, device) for i in range(len(device.queues))]
         self.acked_features: int | None = None  # None until SET_FEATURES
         self.acked_protocol_features = 0
         self.protocol_features_set = False  # SET_PROTOCOL_FEATURES was received
@@ -264,13 +265,16 @@ class BackendConnection:
         return self.vrings[index]
 
     def _translate(self, ring: Vring, addr: VringAddr) -> tuple[int, int, int]:
-        """Front-end addresses → guest-physical (desc, avail, used), checked against the table."""
+        """Front-end addresses → guest-physical (desc, avail, used), checked against the table.
+        Packed: the descriptor ring, the driver and the device event suppression areas (2.8.10)."""
         size = ring.queue.size
         mem = self.memory
+        sizes = ((desc_table_size(size), 4, 4) if _packed(ring.queue) else
+                 (desc_table_size(size), avail_ring_size(size), used_ring_size(size)))
         try:
-            return (mem.uva_to_gpa(addr.desc, desc_table_size(size)),
-                    mem.uva_to_gpa(addr.avail, avail_ring_size(size)),
-                    mem.uva_to_gpa(addr.used, used_ring_size(size)))
+            return (mem.uva_to_gpa(addr.desc, sizes[0]),
+                    mem.uva_to_gpa(addr.avail, sizes[1]),
+                    mem.uva_to_gpa(addr.used, sizes[2]))
         except GuestMemoryError as exc:
             raise E.BadRingAddress(f"ring {ring.index} (size {size}): {exc}") from None
 
@@ -313,7 +317,7 @@ class BackendConnection:
     def _stop(self, ring: Vring) -> None:
         self._quiesce(ring.index)  # requests in flight on the host finish before the base is read
         ring.started = False
-        ring.base = ring.queue.next_avail  # a restart without SET_VRING_BASE resumes here
+        ring.base = _base(ring.queue)  # a restart without SET_VRING_BASE resumes here
         ring.set_fd("kick", -1)
         ring.set_fd("call", -1)
 
@@ -398,7 +402,10 @@ class BackendConnection:
             raise E.WrongState("features changed while rings are started")
         self.acked_features = features
         self.device.set_driver_features(features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES))
-        self.device.apply_features()
+        self.device.apply_features()  # may replace the queue objects (split <-> packed)
+        for ring in self.vrings:  # what the front-end said about a ring holds for the new one
+            if ring.num is not None and ring.queue.size != ring.num:
+                ring.queue.set_size(ring.num)
         if not self.protocol_features_negotiated:
             for ring in self.vrings:  # without protocol features every ring is enabled
                 ring.enabled = True
@@ -495,10 +502,15 @@ class BackendConnection:
         state = VringState.unpack(msg.payload)
         ring = self._ring(state.index)
         self._stopped(ring, "SET_VRING_NUM")
-        if not is_valid_split_size(state.num) or state.num > ring.queue.max_size:
+        if _packed(ring.queue):  # any size up to the maximum (2.8)
+            if not is_valid_packed_size(state.num) or state.num > ring.queue.max_size:
+                raise E.InvalidValue(f"ring {ring.index}: packed size {state.num} is not in "
+                                     f"1..{ring.queue.max_size}")
+        elif not is_valid_split_size(state.num) or state.num > ring.queue.max_size:
             raise E.InvalidValue(f"ring {ring.index}: size {state.num} is not a power of two "
                                  f"<= {ring.queue.max_size}")
         ring.queue.set_size(state.num)
+        ring.num = state.num
         ring.mapped = False
 
     @_rule(R.SET_VRING_ADDR, size=VringAddr.size())
@@ -528,16 +540,22 @@ class BackendConnection:
         state = VringState.unpack(msg.payload)
         ring = self._ring(state.index)
         self._stopped(ring, "SET_VRING_BASE")
-        if state.num > 0xFFFF:
+        # vhost-user.rst, "vring descriptor index/indices": split rings take a 16-bit avail
+        # index; packed rings both positions and both wrap counters (PackedDeviceQueue.set_base).
+        if not _packed(ring.queue) and state.num > 0xFFFF:
             raise E.InvalidValue(f"ring {ring.index}: base {state.num:#x} does not fit a split ring")
+        try:
+            ring.queue.set_base(state.num)
+        except DriverFault as exc:
+            ring.queue.clear_fault()
+            raise E.InvalidValue(f"ring {ring.index}: base {state.num:#x}: {exc}") from None
         ring.base = state.num
-        ring.queue.set_base(state.num)
 
     @_rule(R.GET_VRING_BASE, size=8, replies=True)
     def _get_vring_base(self, msg: Message) -> bytes:
         ring = self._ring(VringState.unpack(msg.payload).index)
         self._stop(ring)
-        return VringState(ring.index, ring.queue.next_avail).pack()
+        return VringState(ring.index, ring.base).pack()
 
     def _fd_request(self, msg: Message, what: str) -> tuple[Vring, int]:
         """The ring and the fd (-1: NOFD) of SET_VRING_KICK/CALL/ERR; the fd must be an eventfd
@@ -620,6 +638,15 @@ class BackendConnection:
     @_rule(R.GET_STATUS, gate=PF.STATUS, replies=True)
     def _get_status(self, msg: Message) -> bytes:
         return U64(self.status).pack()
+
+
+def _packed(queue) -> bool:
+    return getattr(queue, "packed", False)
+
+
+def _base(queue) -> int:
+    """The GET_VRING_BASE value: split, the next avail index; packed, both positions and wraps."""
+    return queue.get_base() if _packed(queue) else queue.next_avail
 
 
 def _add(memory: GuestMemory, region: Region) -> None:

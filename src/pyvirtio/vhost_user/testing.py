@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..alloc import GuestAllocator
 from ..memory import GuestMemory
 from ..spec.features import Feature
-from ..virtq import SplitDriverQueue, SplitRingLayout
+from ..virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout
 from .backend import BackendConnection, Reply
 from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
 from .wire import (HEADER_SIZE, U64, ConfigSpace, Framer, Header, MemoryRegion, MemoryTable,
@@ -118,7 +118,7 @@ class DriverRing:
     """One ring as the test front-end set it up."""
 
     index: int
-    queue: SplitDriverQueue
+    queue: SplitDriverQueue | PackedDriverQueue
     kick_fd: int
     call_fd: int
 
@@ -134,6 +134,7 @@ class TestFrontend:
         self.alloc = GuestAllocator(gpa, memory_size)
         self.protocol_features = 0
         self.rings: dict[int, DriverRing] = {}
+        self.features = 0  # what SET_FEATURES sent (RING_PACKED there: rings are packed)
 
     @classmethod
     def pair(cls, conn: BackendConnection, **kw) -> "TestFrontend":
@@ -182,6 +183,7 @@ class TestFrontend:
         self.request(R.SET_OWNER)
         features = offered if features is None else features
         self.request(R.SET_FEATURES, U64(features).pack())
+        self.features = features
         return features
 
     def region(self) -> MemoryRegion:
@@ -198,15 +200,20 @@ class TestFrontend:
 
     def setup_ring(self, index: int, size: int = 64, *, event_idx: bool = True,
                    enable: bool = True) -> DriverRing:
-        """Lay out a ring in guest memory and hand it over (NUM, BASE, ADDR, CALL, KICK, ENABLE)."""
-        layout = SplitRingLayout.contiguous(self.alloc.alloc(SplitRingLayout.bytes_needed(size), 4096), size)
-        queue = SplitDriverQueue(layout, index=index, event_idx=event_idx)
+        """Lay out a ring in guest memory and hand it over (NUM, BASE, ADDR, CALL, KICK, ENABLE).
+        With RING_PACKED negotiated the ring is packed (any size; the base carries both wrap
+        counters, as QEMU sends it)."""
+        packed = bool(self.features & (1 << Feature.RING_PACKED))
+        kind = (PackedRingLayout, PackedDriverQueue) if packed else (SplitRingLayout, SplitDriverQueue)
+        layout = kind[0].contiguous(self.alloc.alloc(kind[0].bytes_needed(size), 4096), size)
+        queue = kind[1](layout, index=index, event_idx=event_idx)
         queue.setup(self.memory)
+        base = 0x8000_8000 if packed else 0
         uva = self.memory.gpa_to_uva
         kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         call = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.request(R.SET_VRING_NUM, VringState(index, size).pack())
-        self.request(R.SET_VRING_BASE, VringState(index, 0).pack())
+        self.request(R.SET_VRING_BASE, VringState(index, base).pack())
         self.request(R.SET_VRING_ADDR, VringAddr(index, 0, uva(layout.desc_table), uva(layout.used_ring),
                                                  uva(layout.avail_ring), 0).pack())
         self.request(R.SET_VRING_CALL, U64(index).pack(), [call])

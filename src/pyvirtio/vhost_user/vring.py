@@ -5,6 +5,12 @@ starts stopped (and disabled); it starts when it gets its kick fd (SET_VRING_KIC
 bit for polling) and stops on GET_VRING_BASE.  With VHOST_USER_F_PROTOCOL_FEATURES negotiated it
 is enabled only by SET_VRING_ENABLE; without it, it is enabled from the start.
 
+The queue object itself belongs to the device (``device.queues[index]``): negotiating
+VIRTIO_F_RING_PACKED replaces it with a packed one, and a device reset turns it back into a
+split one.  A Vring therefore never holds the queue; :attr:`Vring.queue` looks it up each time,
+and what the front-end told us about the ring (size, addresses, base) is kept here, so it can be
+applied to whichever queue object the device has when the ring starts.
+
 pyvirtio processes a ring only when it is started, enabled, mapped (its addresses translate in
 the current memory table) and not broken.  A started but disabled ring is left alone ("process
 without side effects" cannot be honoured by a disk: a write *is* its side effect); kicks that
@@ -16,8 +22,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..virtq import SplitDeviceQueue
+from typing import TYPE_CHECKING
+
 from .wire import VringAddr
+
+if TYPE_CHECKING:
+    from ..device import VirtioDevice
+    from ..virtq import PackedDeviceQueue, SplitDeviceQueue
 
 
 def _close(fd: int) -> None:
@@ -31,9 +42,10 @@ def _close(fd: int) -> None:
 @dataclass(eq=False)
 class Vring:
     index: int
-    queue: SplitDeviceQueue
+    device: "VirtioDevice"
+    num: int | None = None  # SET_VRING_NUM (None: the queue's maximum)
     addr: VringAddr | None = None  # front-end (user) addresses as sent by SET_VRING_ADDR
-    base: int = 0  # SET_VRING_BASE: where to start consuming the avail ring
+    base: int = 0  # SET_VRING_BASE: split: the next avail index; packed: both positions + wraps
     kick_fd: int = -1
     call_fd: int = -1
     err_fd: int = -1
@@ -43,6 +55,11 @@ class Vring:
     mapped: bool = False  # the addresses translate in the current memory table
     fault: str | None = field(default=None)  # why the ring stopped being processed
     chains: int = 0  # descriptor chains processed on this connection (statistics)
+
+    @property
+    def queue(self) -> "SplitDeviceQueue | PackedDeviceQueue":
+        """The device's queue object for this ring (the device owns it; see the module doc)."""
+        return self.device.queues[self.index]
 
     @property
     def active(self) -> bool:
@@ -65,7 +82,7 @@ class Vring:
         """Back to the state of a fresh connection (fds closed, queue reset)."""
         self.close_fds()
         self.queue.reset()
-        self.addr = None
+        self.addr = self.num = None
         self.base = 0
         self.polling = self.started = self.enabled = self.mapped = False
         self.fault = None

@@ -102,22 +102,34 @@ class PackedDeviceQueue(DeviceRingSide):
         self.ready = True
 
     def set_base(self, base: int) -> None:
-        """vhost-user SET_VRING_BASE for packed rings: bits 0-14 position, bit 15 wrap counter.
-        A position past the ring is the front-end's fault (found by fuzz/virtq_packed.py)."""
+        """vhost-user SET_VRING_BASE for packed rings ("vring descriptor indices for packed
+        virtqueues"): bits 0-14 the next avail position, bit 15 the driver's (avail) wrap counter,
+        bits 16-30 the next used position, bit 31 the device's (used) wrap counter.  Upper half
+        zero means "used = avail" (DPDK's virtio-user sends only 0x8000 at start, and our own
+        16-bit callers mean that).  A position past the ring is the front-end's fault (found by
+        fuzz/virtq_packed.py)."""
         self.next_avail, self.avail_wrap = base & 0x7FFF, (base >> 15) & 1
-        self.next_used, self.used_wrap = self.next_avail, self.avail_wrap
+        used = (base >> 16) & 0xFFFF
+        if used:
+            self.next_used, self.used_wrap = used & 0x7FFF, used >> 15
+        else:
+            self.next_used, self.used_wrap = self.next_avail, self.avail_wrap
         self._check_position()
 
     def _check_position(self) -> None:
-        if self.next_avail >= self.size:
-            self._break(DriverFault(f"queue {self.index}: ring position {self.next_avail} is "
-                                    f"not below the queue size {self.size}"))
+        for what, pos in (("ring", self.next_avail), ("used", self.next_used)):
+            if pos >= self.size:
+                self._break(DriverFault(f"queue {self.index}: {what} position {pos} is "
+                                        f"not below the queue size {self.size}"))
 
     def get_base(self) -> int:
-        return self.next_avail | (self.avail_wrap << 15)
+        """vhost-user GET_VRING_BASE: both positions with their wrap counters (see set_base)."""
+        return (self.next_avail | (self.avail_wrap << 15)
+                | (self.next_used | (self.used_wrap << 15)) << 16)
 
     def sync_used_from_ring(self, mem: GuestMemory) -> None:
-        self.next_used, self.used_wrap = self.next_avail, self.avail_wrap
+        """A packed ring has no used index in memory: the used position is the one SET_VRING_BASE
+        gave (:meth:`set_base`); only the in-flight book is forgotten."""
         self._pending.clear()
 
     def _bind(self, mem: GuestMemory) -> None:
