@@ -279,13 +279,12 @@ class BlkDevice(VirtioDevice):
     def _execute(self, rtype: int, sector: int, chain: DescriptorChain) -> tuple[int, int]:
         """Run one request; returns (status, data bytes written into the chain)."""
         try:
+            # Valid reads and writes with data, and every flush, went to the kernel
+            # (_async_request); what reaches here is refused, or carries no data.
             if rtype == _T.IN:
-                return self._read(sector, chain)
+                return (_S.OK if self._range_ok(sector, chain.writable_len - 1) else _S.IOERR), 0
             if rtype == _T.OUT:
-                return self._write(sector, chain), 0
-            if rtype == _T.FLUSH:
-                os.fdatasync(self.fd)
-                return _S.OK, 0
+                return self._empty_write(sector, chain), 0
             if rtype == _T.GET_ID:
                 return self._get_id(chain)
             if rtype == _T.DISCARD and self.has_feature(_F.DISCARD):
@@ -300,28 +299,11 @@ class BlkDevice(VirtioDevice):
     def _range_ok(self, sector: int, length: int) -> bool:
         return length % SECTOR == 0 and sector + length // SECTOR <= self.capacity
 
-    def _read(self, sector: int, chain: DescriptorChain) -> tuple[int, int]:
-        length = chain.writable_len - 1
-        if not self._range_ok(sector, length):
-            return _S.IOERR, 0
-        if length == 0:
-            return _S.OK, 0
-        views = chain.writable_views(0, length)
-        got = _preadv_all(self.fd, views, sector * SECTOR, length)
-        self.stats["read_bytes"] += got
-        return _S.OK, got
-
-    def _write(self, sector: int, chain: DescriptorChain) -> int:
-        length = chain.readable_len - _HDR.size
+    def _empty_write(self, sector: int, chain: DescriptorChain) -> int:
         if self.read_only:
             return _S.IOERR  # 5.2.6.1: writes to a read-only device fail with IOERR
-        if not self._range_ok(sector, length):
+        if not self._range_ok(sector, chain.readable_len - _HDR.size):
             return _S.IOERR
-        if length:
-            _pwritev_all(self.fd, chain.readable_views(_HDR.size, length), sector * SECTOR, length)
-            self.stats["write_bytes"] += length
-        if not self.writeback:
-            os.fdatasync(self.fd)  # write-through: durable before the status says OK
         return _S.OK
 
     def _get_id(self, chain: DescriptorChain) -> tuple[int, int]:
@@ -377,37 +359,3 @@ class BlkDevice(VirtioDevice):
         self._close_io()
         self.image.close()
         self.fd = -1
-
-
-def _preadv_all(fd: int, views: list[memoryview], offset: int, length: int) -> int:
-    done = 0
-    while done < length:
-        n = os.preadv(fd, views, offset + done)
-        if n <= 0:
-            raise OSError(errno.EIO, "short read: image shorter than its capacity")
-        done += n
-        if done < length:
-            views = _advance(views, n)
-    return done
-
-
-def _pwritev_all(fd: int, views: list[memoryview], offset: int, length: int) -> None:
-    done = 0
-    while done < length:
-        n = os.pwritev(fd, views, offset + done)
-        if n <= 0:
-            raise OSError(errno.EIO, "short write")
-        done += n
-        if done < length:
-            views = _advance(views, n)
-
-
-def _advance(views: list[memoryview], n: int) -> list[memoryview]:
-    out = []
-    for v in views:
-        if n >= len(v):
-            n -= len(v)
-            continue
-        out.append(v[n:])
-        n = 0
-    return out
