@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import time
 
 from ..errors import Scope, TransportError, UsageError
 
@@ -62,6 +64,7 @@ class AioEngine:
     fd: int
     depth: int
     inflight: int
+    _closed: bool
 
     @property
     def available(self) -> int:
@@ -91,6 +94,23 @@ class AioEngine:
         raise NotImplementedError
 
     def wait(self, timeout: float | None) -> list[tuple[int, int]]:
+        """Block until at least one completion (or ``timeout`` seconds: then []); at once when
+        nothing is in the kernel (or the pool) to wait for."""
+        done = self.reap()
+        if done or self._closed or not self._in_kernel():
+            return done
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            poller.poll(None if left is None else left * 1000)
+            done = self.reap()
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                return done
+
+    def _in_kernel(self) -> bool:
+        """Whether submitted ops are still running (what ``wait`` may wait for)."""
         raise NotImplementedError
 
     def close(self, timeout: float = 10.0) -> None:

@@ -18,7 +18,6 @@ import collections
 import errno
 import os
 import queue
-import select
 import threading
 import time
 
@@ -139,19 +138,8 @@ class ThreadEngine(AioEngine):
         self.inflight -= len(out)
         return out
 
-    def wait(self, timeout: float | None) -> list[tuple[int, int]]:
-        out = self.reap()
-        if out or self._closed or self.inflight == len(self._prepared):
-            return out
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            poller.poll(None if left is None else left * 1000)
-            out = self.reap()
-            if out or (deadline is not None and time.monotonic() >= deadline):
-                return out
+    def _in_kernel(self) -> bool:
+        return self.inflight > len(self._prepared)
 
     def close(self, timeout: float = 10.0) -> None:
         """Let the workers finish what was submitted (at most ``timeout`` s), then stop them.

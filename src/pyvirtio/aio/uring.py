@@ -27,7 +27,6 @@ import errno
 import mmap
 import os
 import platform
-import select
 import struct
 import time
 
@@ -330,20 +329,8 @@ class IoUringEngine(AioEngine):
         _U32.pack_into(cq, self._cq_head_off, head)  # after the CQE loads: ordered on TSO
         return out
 
-    def wait(self, timeout: float | None) -> list[tuple[int, int]]:
-        """Block until at least one completion (or ``timeout`` seconds: then [])."""
-        done = self.reap()
-        if done or self._closed or self.inflight == self._to_submit:
-            return done  # something came, or nothing is in the kernel to wait for
-        deadline = None if timeout is None else time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            poller.poll(None if left is None else left * 1000)
-            done = self.reap()
-            if done or (deadline is not None and time.monotonic() >= deadline):
-                return done
+    def _in_kernel(self) -> bool:
+        return self.inflight > self._to_submit
 
     def close(self, timeout: float = 10.0) -> None:
         """Wait (at most ``timeout`` s) for ops in the kernel, then free the ring; idempotent.
