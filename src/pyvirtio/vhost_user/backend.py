@@ -32,6 +32,7 @@ from ..device import VirtioDevice
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
 from ..limits import PeerLog
 from ..memory import GuestMemory, Region, release_region
+from ..spec.features import Feature
 from ..spec.status import DeviceStatus
 from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
 from ..virtq.packed_device import is_valid_packed_size
@@ -333,7 +334,7 @@ class BackendConnection:
         ring = self.vrings[index]
         if not ring.active:
             return False, None
-        before = ring.queue.next_avail
+        before = _popped(ring.queue)
         try:
             return self.device.process_queue(self.memory, ring.queue), None
         except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
@@ -342,7 +343,7 @@ class BackendConnection:
                       index, exc, ring.describe(), ", ".join(self.history))
             return False, ring.fault
         finally:
-            ring.chains += (ring.queue.next_avail - before) & 0xFFFF
+            ring.chains += (_popped(ring.queue) - before) & 0xFFFF
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         """The host fds the device wants watched for ``group`` (none while no memory is mapped)."""
@@ -400,6 +401,8 @@ class BackendConnection:
             raise E.InvalidValue(f"features {extra:#x} were not offered")
         if any(r.started for r in self.vrings) and features != self.acked_features:
             raise E.WrongState("features changed while rings are started")
+        if features != self.acked_features:
+            log.info("%s: features %#x negotiated (%s)", self.name, features, _ring_features(features))
         self.acked_features = features
         self.device.set_driver_features(features & ~(1 << VHOST_USER_F_PROTOCOL_FEATURES))
         self.device.apply_features()  # may replace the queue objects (split <-> packed)
@@ -640,8 +643,20 @@ class BackendConnection:
         return U64(self.status).pack()
 
 
+def _ring_features(features: int) -> str:
+    """The ring-related feature bits of ``features`` by name, for the log (split if not packed)."""
+    names = [f.name for f in (Feature.RING_PACKED, Feature.IN_ORDER, Feature.EVENT_IDX,
+                              Feature.INDIRECT_DESC, Feature.NOTIFICATION_DATA) if features >> f & 1]
+    return " ".join(names if features >> Feature.RING_PACKED & 1 else ["SPLIT", *names])
+
+
 def _packed(queue) -> bool:
     return getattr(queue, "packed", False)
+
+
+def _popped(queue) -> int:
+    """A counter of chains taken from the ring, modulo 2**16 (statistics)."""
+    return queue.chains_popped & 0xFFFF if _packed(queue) else queue.next_avail
 
 
 def _base(queue) -> int:

@@ -76,6 +76,7 @@ class PackedDeviceQueue(DeviceRingSide):
         self.next_avail, self.avail_wrap = 0, 1
         self.next_used, self.used_wrap = 0, 1
         self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds
+        self.chains_popped = 0  # statistics: positions wrap at the (any) ring size, this does not
         self._added_since_signal = 0
         self._signalled_once = False
         self.broken = False
@@ -170,6 +171,7 @@ class PackedDeviceQueue(DeviceRingSide):
             self._break(DriverFault(f"queue {self.index}: buffer id {chain.head_index} is already in flight"))
         self._pending[chain.head_index] = count
         self.next_avail, self.avail_wrap = pos, wrap
+        self.chains_popped += 1
         return chain
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
