@@ -189,3 +189,58 @@ def test_serve_blk_startup_line_names_the_io_engine_and_cache_mode(tmp_path, fla
         proc.terminate()
         proc.wait(10)
         os.unlink(path)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("aio", AIO)
+def test_get_vring_base_waits_for_requests_in_flight_on_the_host(tmp_path, aio):
+    """A ring stopped with O_DIRECT reads still in the kernel: GET_VRING_BASE answers only once
+    each is back in the used ring with its data — none lost, none completed twice."""
+    import threading
+    import struct as st
+
+    from pyvirtio.vhost_user.server import VhostUserServer
+    from pyvirtio.vhost_user.testing import TestFrontend
+
+    path = _disk(os.path.join("/var/tmp", f"pyvirtio-stop-{os.getpid()}-{aio}.img"), 16 * MiB)
+    try:
+        dev = BlkDevice(path, aio=aio, direct=True)
+    except Exception as exc:
+        os.unlink(path)
+        pytest.skip(f"O_DIRECT not available under /var/tmp: {exc}")
+    srv = VhostUserServer()
+    sock = str(tmp_path / "blk.sock")
+    srv.add(dev, socket_path=sock)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        fe = TestFrontend.connect(sock, memory_size=8 << 20)
+        fe.start(size=128)
+        q = fe.rings[0].queue
+        reqs = []
+        for i in range(40):  # 3 descriptors each, a 128-entry ring
+            block = (i * 37) % 4096
+            status, data = fe.buffer(1), fe.buffer(4096)
+            q.add(fe.memory, [fe.buffer(st.pack("<IIQ", 0, 0, block * 8))], [data, status], token=i)
+            reqs.append((block, data, status))
+        fe.kick(0)
+        deadline = time.monotonic() + 10
+        while dev.queues[0].next_avail != 40 and time.monotonic() < deadline:
+            time.sleep(0.0002)  # until the device has taken all 40 (most still in the kernel)
+        in_flight = len(dev._io[0].inflight)
+        assert in_flight > 0, "the stop must find requests still in the kernel"
+        base = fe.get_vring_base(0)
+        assert base == 40
+        got = q.get_bufs(fe.memory)
+        assert sorted(t for t, _ in got) == list(range(40))  # each exactly once
+        assert all(n == 4097 for _, n in got)
+        for block, data, status in reqs:
+            assert fe.memory.read(status[0], 1) == b"\0"
+            assert fe.memory.read(data[0], 8) == st.pack("<Q", block)
+        fe.close()
+    finally:
+        srv.shutdown()
+        thread.join(10)
+        srv.close()
+        dev.close()
+        os.unlink(path)
