@@ -1,8 +1,8 @@
 """The host-side engine: one worker model for every device on every transport.
 
 A device declares **queue groups** (:meth:`VirtioDevice.queue_groups`): blk one group per
-queue, net and console one group for the whole device (its queues and its back-end), rng one
-group per queue.  For each group it may ask for host file descriptors to be watched
+queue, net and console one group for the whole device (its queues and its back-end), rng (one
+queue) the default single group.  For each group it may ask for host file descriptors to be watched
 (:meth:`VirtioDevice.host_fds`: a TAP, a socket, a console endpoint, an io_uring completion
 eventfd), derived from its state on every turn.  A :class:`GroupWorker` serves one group: it
 polls the group's kick fds, those host fds and a wake fd of its own, runs the device through its
@@ -20,9 +20,11 @@ Rules that replace the device lock and the old per-device loops:
   worker with :meth:`GroupWorker.call_soon`, or takes :meth:`hold` for a short change.
 * Stopping never loses the wake-up (the wake fd is drained *before* the stop flag is read) and
   never blocks forever (the join is bounded; a worker that did not stop is logged).
-* A kick fd is read only after poll(2) reported it readable, so a front-end that hands over a
-  blocking fd cannot make a worker block; a kick fd at end of file or in error is logged once and
-  no longer watched until the transport replaces it.
+* A kick fd is read only after poll(2) reported it readable, and with RWF_NOWAIT, so a front-end
+  that hands over a blocking fd (or drains it behind our back) cannot make a worker block; a kick
+  fd at end of file or in error is logged once and no longer watched until it is replaced.
+* Kick fds and polling modes change only on the control path, which wakes the worker after each
+  batch of messages: they are derived again after a wake; the host fds after every turn.
 """
 
 from __future__ import annotations
