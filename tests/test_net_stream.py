@@ -171,3 +171,69 @@ def test_tcp_on_loopback(wire):
     _, client = wire(StreamBackend(f"127.0.0.1:{port}"), B)
     assert server.wait_link(True, 5)
     assert exchange(server, client, 300, size=1514) == list(range(300))
+
+
+# --- issue 12, class 5: a guest's bad frame never costs the stream peer ----------------------------
+
+
+class _BigRingDriver(NetDriver):
+    queue_size = 2048  # room for a direct chain longer than MAX_CHAIN_SEGMENTS
+
+
+def _segmented(frame: bytes, segments: int) -> list[bytes]:
+    """The header and ``frame`` as ``segments`` descriptors (the header shares the first)."""
+    return [bytes(12) + frame[:1]] + [frame[i:i + 1] for i in range(1, segments - 1)] + [frame[segments - 1:]]
+
+
+def test_a_transmit_of_max_segments_reaches_the_peer_and_keeps_it():
+    """1024 buffers plus our length prefix are more iovecs than sendmsg takes (EMSGSIZE): the
+    views are joined, and the peer is not dropped for a guest's frame."""
+    from pyvirtio.limits import MAX_CHAIN_SEGMENTS
+    ours, theirs = socket.socketpair()
+    backend = StreamBackend(sock=ours)
+    dev = NetDevice(backend, mac=A, queue_size=2048)
+    t = LoopbackTransport(dev)
+    drv = _BigRingDriver.probe(t)
+    try:
+        frame = numbered_frame(B, A, 1, 1500)
+        txq = drv.queues[1]
+        txq.wait(txq.submit(_segmented(frame, MAX_CHAIN_SEGMENTS), []), timeout=5)
+        theirs.settimeout(5)
+        assert theirs.recv(2000) == struct.pack("!I", len(frame)) + frame
+        assert backend.stats["disconnects"] == 0 and drv.link_up
+        drv.send(numbered_frame(B, A, 2, 100))
+        assert frame_seq(theirs.recv(2000)[4:]) == (2, 0)
+    finally:
+        t.close()
+        dev.close()
+        theirs.close()
+
+
+def test_a_transmit_over_max_segments_breaks_the_queue_not_the_peer():
+    """More than MAX_CHAIN_SEGMENTS descriptors is the driver's fault (VIRTIO 2.7.5.3.1; QEMU and
+    libvhost-user refuse the same): the device needs a reset, the peer stays, and after the reset
+    frames flow again."""
+    from pyvirtio.limits import MAX_CHAIN_SEGMENTS
+    from pyvirtio.spec.status import DeviceStatus as S
+    ours, theirs = socket.socketpair()
+    backend = StreamBackend(sock=ours)
+    dev = NetDevice(backend, mac=A, queue_size=2048)
+    t = LoopbackTransport(dev)
+    drv = _BigRingDriver.probe(t)
+    try:
+        txq = drv.queues[1]
+        txq.submit(_segmented(numbered_frame(B, A, 1, 1500), MAX_CHAIN_SEGMENTS + 1), [])
+        deadline = time.monotonic() + 5
+        while not dev.status & S.DEVICE_NEEDS_RESET and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dev.status & S.DEVICE_NEEDS_RESET
+        assert backend.peer is not None and backend.stats["disconnects"] == 0
+        drv.remove()
+        drv = _BigRingDriver.probe(t)
+        drv.send(numbered_frame(B, A, 2, 100))
+        theirs.settimeout(5)
+        assert frame_seq(theirs.recv(2000)[4:]) == (2, 0)
+    finally:
+        t.close()
+        dev.close()
+        theirs.close()

@@ -41,7 +41,7 @@ from ..spec import net as spec
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain, SplitDeviceQueue
 from ..net import ctrl
-from ..net.backend import MAX_FRAME, NetBackend
+from ..net.backend import MAX_FRAME, NetBackend, Views, fit_iov
 from ..net.frame import ETH_HLEN, mac_bytes, random_mac
 from ..net.null import NullBackend
 from ..net.rxpath import ReceivePath
@@ -535,11 +535,12 @@ class NetDevice(VirtioDevice):
             self.backend.close()
 
 
-def _frame_views(chain: DescriptorChain, skip: int) -> list[memoryview]:
-    """The chain's device-readable views from byte ``skip`` on (0: header included)."""
-    if not skip:
-        return chain.readable
+def _frame_views(chain: DescriptorChain, skip: int) -> Views:
+    """The chain's device-readable views from byte ``skip`` on (0: header included), never more
+    than one system call takes."""
     views = chain.readable
+    if not skip:
+        return fit_iov(views)
     if len(views) == 1:
         return [views[0][skip:]]
-    return chain.readable_views(skip)
+    return fit_iov(chain.readable_views(skip))

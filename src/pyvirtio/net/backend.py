@@ -31,6 +31,10 @@ WRITE = select.POLLOUT
 #: The largest frame a back-end passes (a 64 KiB GSO frame plus headers); larger ones are errors.
 MAX_FRAME = 65536 + 64
 VNET_HDR_SIZE = NET_HDR_SIZE
+#: iovecs one readv/writev/sendmsg takes (Linux's UIO_MAXIOV); more is EINVAL/EMSGSIZE.  A chain
+#: maps to at most ``limits.MAX_CHAIN_SEGMENTS`` (= this) buffers, but a back-end that adds its
+#: own iovec (a length prefix) or gathers several chains must check with :func:`fit_iov`.
+IOV_MAX = 1024
 
 Views = Sequence[memoryview]
 
@@ -109,6 +113,14 @@ def copy_into(views: Views, data) -> int:
         view[:take] = src[pos:pos + take]
         pos += take
     return pos
+
+
+def fit_iov(views: Views, reserve: int = 0) -> Views:
+    """``views`` as they are, or joined into one buffer when they and ``reserve`` more iovecs
+    would not fit one system call (a frame is at most MAX_FRAME bytes: the copy is cheap)."""
+    if len(views) + reserve <= IOV_MAX:
+        return views
+    return [memoryview(join_views(views))]
 
 
 def join_views(views: Views) -> bytes:

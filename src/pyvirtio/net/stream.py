@@ -10,6 +10,7 @@ the socket only partly took keeps its rest (and only that) until the socket is w
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -18,7 +19,7 @@ from typing import Optional, Union
 
 from ..errors import UsageError
 from ..sockets import bind_unix, inode_of, unlink_if_ours
-from .backend import MAX_FRAME, READ, WRITE, NetBackend, Views, copy_into
+from .backend import MAX_FRAME, READ, WRITE, NetBackend, Views, copy_into, fit_iov
 
 log = logging.getLogger(__name__)
 
@@ -203,14 +204,18 @@ class StreamBackend(NetBackend):
         if self._pending and not self._flush():
             return False
         length = sum(len(v) for v in views)
-        parts: list[Union[bytes, memoryview]] = [_LEN.pack(length), *views]
+        # a guest's frame of IOV_MAX buffers plus our length would be EMSGSIZE: one peer lost
+        parts: list[Union[bytes, memoryview]] = [_LEN.pack(length), *fit_iov(views, reserve=1)]
         try:
             sent = self.peer.sendmsg(parts)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            self._drop_peer(str(exc))
             self.stats["tx_dropped"] += 1
+            if exc.errno in (errno.EMSGSIZE, errno.EINVAL):  # this frame's fault, not the peer's
+                self.stats["errors"] += 1
+                return True
+            self._drop_peer(str(exc))
             return True
         if sent < _LEN.size + length:
             self._pending = b"".join(bytes(p) for p in parts)[sent:]
