@@ -2,15 +2,23 @@
 bad receive buffers.  Each fails alone (typed error, ERR ack, or a dropped frame) and the device
 goes on serving."""
 
+import logging
+import os
+import socket
+import time
+
 import pytest
 
 from pyvirtio.devices.net import NetDevice, NetFrameError
 from pyvirtio.drivers.net import NetDriver
 from pyvirtio.errors import DriverFault, Scope
+from pyvirtio.limits import PeerLog
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net.ctrl import CtrlRejected, parse_mac_table
 from pyvirtio.net.frame import frame_seq, mac_bytes, numbered_frame
+from pyvirtio.net.backend import NetBackend
 from pyvirtio.net.mock import MockBackend
+from pyvirtio.net.tap import TapBackend
 from pyvirtio.spec import net as spec
 from pyvirtio.spec.status import DeviceStatus as S
 
@@ -135,3 +143,90 @@ def test_a_broken_ring_needs_reset_and_reset_recovers(pair):
     drv.remove()
     drv2 = NetDriver.probe(drv.transport)
     still_serves(dev, drv2, backend)
+
+
+# --- issue 12, class 5: receive buffers a readv cannot take -------------------------------------
+
+
+class _SocketTap(TapBackend):
+    """A TAP back-end whose fd is one end of a datagram socketpair: the same ``os.readv`` into
+    guest memory, with the test as the kernel (frames carry the 12-byte vnet header)."""
+
+    def __init__(self, sock):
+        NetBackend.__init__(self)
+        sock.setblocking(False)
+        self.sock, self.fd, self.name = sock, sock.fileno(), "socketpair"
+        self.stats.update(errors=0)
+        self.log = PeerLog(logging.getLogger("pyvirtio.test.tap"))
+
+    def close(self) -> None:
+        NetBackend.close(self)
+        self.fd = -1
+        self.sock.close()
+
+
+class _BigRingDriver(NetDriver):
+    queue_size = 2048
+
+
+def _wait_used(rxq, pendings, timeout=5.0):
+    return [rxq.wait(p, timeout=timeout) for p in pendings]
+
+
+def test_receive_buffers_of_more_iovecs_than_readv_takes_do_not_spin_the_tap():
+    """Merged receive buffers of 700 two-byte segments each: together more iovecs than readv
+    takes (EINVAL).  The frame still arrives (copied), the read is not retried forever, and the
+    log is not flooded."""
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tap = _SocketTap(ours)
+    dev = NetDevice(tap, mac=MAC, queue_size=2048)
+    t = LoopbackTransport(dev)
+    drv = _BigRingDriver.probe(t, rx_buffers=1, rx_buffer_size=13)  # one 13-byte buffer first
+    try:
+        assert drv.mrg
+        rxq = drv.queues[0]
+        pendings = [rxq.submit([], [2] * 700, kick=True) for _ in range(2)]
+        frame = numbered_frame(MAC, PEER, 1, 1500)
+        kernel.send(bytes(12) + frame)
+        used = _wait_used(rxq, pendings)
+        assert [p.written for p in used] == [1400, 12 + len(frame) - 13 - 1400]
+        data = b"".join(t.memory.read(a, n) for p in used for a, n in p.in_bufs)
+        assert data[:12 + len(frame) - 13] == (bytes(12) + frame)[13:]
+        time.sleep(0.3)
+        assert tap.stats["errors"] == 0 and dev.stats["rx_packets"] == 1
+    finally:
+        t.close()
+        dev.close()
+        kernel.close()
+
+
+def test_a_receive_buffer_the_tap_refuses_is_retired_and_the_loop_goes_on(monkeypatch):
+    """Whatever buffer a readv refuses (EINVAL, EFAULT) is returned empty (counted), once, and the
+    next buffer takes the frame."""
+    import errno
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    tap = _SocketTap(ours)
+    real_readv, refused = os.readv, []
+
+    def readv(fd, views):
+        if not refused:
+            refused.append(len(views))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_readv(fd, views)
+
+    monkeypatch.setattr(os, "readv", readv)
+    dev = NetDevice(tap, mac=MAC)
+    t = LoopbackTransport(dev)
+    drv = NetDriver.probe(t, rx_buffers=4)
+    try:
+        kernel.send(bytes(12) + numbered_frame(MAC, PEER, 7))
+        assert frame_seq(drv.recv(5.0)) == (7, 0)
+        assert refused and drv.stats["rx_errors"] == 1 and dev.rx.placers[0].bad_buffers == 1
+        time.sleep(0.2)
+        assert tap.stats["errors"] == 1
+        kernel.send(bytes(12) + numbered_frame(MAC, PEER, 8))
+        assert frame_seq(drv.recv(5.0)) == (8, 0)
+    finally:
+        t.close()
+        dev.close()
+        kernel.close()

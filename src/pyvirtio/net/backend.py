@@ -23,6 +23,7 @@ from __future__ import annotations
 import select
 from typing import Sequence
 
+from ..errors import DriverFault, Scope
 from ..spec.net import NET_HDR_SIZE
 
 #: poll(2) events, as :meth:`NetBackend.poll_fds` returns them (the engine polls with these).
@@ -37,6 +38,13 @@ VNET_HDR_SIZE = NET_HDR_SIZE
 IOV_MAX = 1024
 
 Views = Sequence[memoryview]
+
+
+class BuffersRefused(DriverFault):
+    """The back-end's read refused the receive buffers it was handed (readv EINVAL or EFAULT):
+    they can never take a frame, so the device returns them empty and goes on."""
+
+    scope = Scope.REQUEST
 
 
 class NetBackend:
@@ -71,7 +79,8 @@ class NetBackend:
 
     def recv_into(self, views: Views) -> int | None:
         """Read one waiting frame into ``views``; returns its whole length (more than the views
-        hold if it was truncated), or None when no frame is waiting."""
+        hold if it was truncated), or None when no frame is waiting.  Raises
+        :class:`BuffersRefused` when the views can never take a frame (the frame stays)."""
         return None
 
     def send(self, views: Views) -> bool:

@@ -59,22 +59,32 @@ class RxPlacer:
             self.spare.append(chain)
         return self.spare[index]
 
-    def gather(self, mem: GuestMemory, room: int, mrg: bool) -> tuple[int, int]:
-        """Make spare chains with ``room`` writable bytes ready (one chain without MRG).
+    def gather(self, mem: GuestMemory, room: int, mrg: bool, max_views: int = 0) -> tuple[int, int]:
+        """Make spare chains with ``room`` writable bytes ready (one chain without MRG), and
+        with no more than ``max_views`` buffers together (if given: what one readv takes; the
+        first chain alone never has more, see ``limits.MAX_CHAIN_SEGMENTS``).
 
         Returns ``(chains, bytes)`` available at the front of ``spare`` — fewer than asked when
         the driver has not posted enough; ``(0, 0)`` when it posted none."""
         if not mrg:
             chain = self._next(mem, 0)
             return (1, chain.writable_len) if chain is not None else (0, 0)
-        count = total = 0
+        count = total = views = 0
         while total < room and count < MAX_CHAINS_PER_FRAME:
             chain = self._next(mem, count)
             if chain is None:
                 break
+            views += len(chain.writable)
+            if max_views and count and views > max_views:
+                break
             count += 1
             total += chain.writable_len
         return count, total
+
+    def retire_first(self) -> None:
+        """Return the first spare chain empty: a buffer the back-end could not read into."""
+        self.bad_buffers += 1
+        self.done.append((self.spare.popleft().head_index, 0))
 
     def views(self, chains: int, skip: int) -> list[memoryview]:
         """The writable views of the first ``chains`` spare chains, minus the first ``skip`` bytes."""

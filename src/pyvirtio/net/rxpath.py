@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Optional
 from ..memory import GuestMemory
 from ..spec import net as spec
 from ..virtq import DescriptorChain
-from .backend import MAX_FRAME
+from .backend import IOV_MAX, MAX_FRAME, BuffersRefused
 from .frame import ETH_HLEN
 from .rx import RxPlacer
 
@@ -111,7 +111,7 @@ class ReceivePath:
         skip = 0 if self.backend.vnet_hdr else HDR  # where the back-end's bytes start
         recv, packets, nbytes = self.backend.recv_into, 0, 0
         for _ in range(budget):
-            chains, have = placer.gather(mem, room, mrg)
+            chains, have = placer.gather(mem, room, mrg, IOV_MAX)
             if chains == 0:
                 if self._starve(mem, placer):
                     continue
@@ -122,7 +122,13 @@ class ReceivePath:
                 break
             placer.quiet(mem)
             views = placer.views(chains, skip)
-            n = recv(views)
+            try:
+                n = recv(views)
+            except BuffersRefused as exc:  # never retried: the buffer goes back empty
+                self.stats["rx_errors"] += 1
+                self.dev.last_error = exc
+                placer.retire_first()
+                continue
             if n is None:
                 break
             if n + skip > have:

@@ -25,8 +25,9 @@ import threading
 from typing import Optional
 
 from ..errors import UsageError
+from ..limits import PeerLog
 from ..spec.net import NetFeature as F
-from .backend import READ, WRITE, NetBackend, Views, VNET_HDR_SIZE
+from .backend import READ, WRITE, BuffersRefused, NetBackend, Views, VNET_HDR_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class TapBackend(NetBackend):
         self.name = self._ifname
         self.offload_features = TAP_OFFLOADS if vnet_hdr and self._probe_offloads() else 0
         self.stats.update(errors=0)
+        self.log = PeerLog(log)
 
     def describe(self) -> str:
         return f"tap:{self.name}"
@@ -127,7 +129,10 @@ class TapBackend(NetBackend):
             return None
         except OSError as exc:
             self.stats["errors"] += 1
-            log.warning("tap %s: read failed: %s", self.name, exc)
+            if exc.errno in (errno.EINVAL, errno.EFAULT):  # the buffers, not the TAP: retire them
+                raise BuffersRefused(f"tap {self.name}: readv refused {len(views)} buffers: "
+                                     f"{exc.strerror}") from None
+            self.log.warning("tap %s: read failed: %s", self.name, exc)
             return None
         self.stats["rx_frames"] += 1
         return n
