@@ -237,3 +237,18 @@ def test_a_transmit_over_max_segments_breaks_the_queue_not_the_peer():
         t.close()
         dev.close()
         theirs.close()
+
+
+def test_frames_a_peer_sends_as_it_connects_are_delivered(wire, tmp_path):
+    """Issue 12, class 5: the link went up only after the first read, which found the link down
+    and dropped what the new peer had sent with its connection."""
+    path = str(tmp_path / "net.sock")
+    _, server = wire(StreamBackend(path, listen=True), A)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        peer.connect(path)
+        peer.sendall(b"".join(struct.pack("!I", 64) + numbered_frame(A, B, i) for i in range(5)))
+        got = [frame_seq(server.recv(5.0)) for _ in range(5)]
+        assert got == [(i, 0) for i in range(5)]
+    finally:
+        peer.close()

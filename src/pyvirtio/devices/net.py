@@ -498,6 +498,8 @@ class NetDevice(VirtioDevice):
 
     def _serve_host(self, mem: Optional[GuestMemory]) -> set[int]:
         self.backend.service()
+        if self._sync_backend_link():  # a peer accepted just now: up before its frames are read
+            self._link_changed()
         notify: set[int] = set()
         if mem is not None:
             with self._guard():
