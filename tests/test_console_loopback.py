@@ -441,3 +441,55 @@ def test_a_port_re_added_under_the_same_id_sees_none_of_the_old_data():
     new_ep.feed(b"fresh")
     dev.poll()
     assert port.read(100, timeout=2) == b"fresh"
+
+
+# --- issue 12, class 5: a receive buffer over the segment limit --------------------------------
+
+
+class _BigRingConsoleDriver(ConsoleDriver):
+    queue_size = 2048  # room for a direct chain longer than MAX_CHAIN_SEGMENTS
+
+
+@pytest.mark.parametrize("segments", [1024, 1025])
+def test_a_receive_buffer_of_too_many_segments_does_not_kill_the_port(segments):
+    """A chain of 1025 descriptors breaks the queue (VIRTIO 2.7.5.3.1; the ring core refuses it);
+    once the driver resets the device the same port works both ways — its endpoint was not
+    disconnected.  1024 segments are served (one recvmsg takes them)."""
+    from pyvirtio.spec.status import DeviceStatus as S
+    ours, host = socket.socketpair()
+    dev, t, drv, _ = make([("p", SocketEndpoint(ours))], max_nr_ports=2, queue_max_size=2048)
+    drv.remove()
+    drv = _BigRingConsoleDriver.probe(t, rx_buffers=1)
+    try:
+        port = drv.open_port("p")
+        rxq = drv.queue(spec.receiveq_index(port.id))
+        rxq.submit([], [1] * segments, kick=True)  # behind the driver's one buffer
+        host.sendall(b"x" * (4096 + segments))
+        stats = dev.ports[port.id].stats
+        deadline = time.monotonic() + 5
+        while not (dev.status & S.DEVICE_NEEDS_RESET or stats["rx_bytes"] == 4096 + segments) \
+                and time.monotonic() < deadline:
+            try:
+                port.read(8192, timeout=0.05)
+            except TimeoutError:
+                pass
+        assert bool(dev.status & S.DEVICE_NEEDS_RESET) == (segments > 1024)
+        assert dev.ports[port.id].endpoint.connected
+        assert stats["rx_bytes"] == 4096 + (segments if segments <= 1024 else 0)
+        drv.remove()
+        drv = _BigRingConsoleDriver.probe(t)
+        port = drv.open_port("p")
+        host.sendall(b"after reset")
+        got = b""
+        while not got.endswith(b"after reset"):
+            chunk = port.read(4096, timeout=5)
+            assert chunk, got
+            got += chunk
+        port.write(b"and back")
+        host.settimeout(5)
+        assert host.recv(100) == b"and back"
+    finally:
+        drv.remove()
+        t.close()
+        dev.close()
+        host.close()
