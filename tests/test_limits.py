@@ -248,3 +248,22 @@ def test_a_front_end_sending_bad_messages_cannot_flood_the_log(caplog):
     rejected = [r for r in caplog.records if "rejected" in r.getMessage()]
     assert len(rejected) <= LOG_LINES_PER_SECOND * 2  # at most two one-second windows
     fe.close()
+
+
+# --- one place for each number ------------------------------------------------------------------
+
+
+def test_vhost_user_takes_its_limits_from_pyvirtio_limits():
+    """Changing a number in pyvirtio.limits changes what vhost-user enforces (GET_MAX_MEM_SLOTS,
+    fds per message) — no second copy of it."""
+    import subprocess
+    import sys
+    from pyvirtio.limits import MAX_FDS_PER_MESSAGE
+    from pyvirtio.vhost_user.protocol import MEMORY_BASELINE_NREGIONS
+    assert MAX_FDS_PER_MESSAGE >= MEMORY_BASELINE_NREGIONS  # SET_MEM_TABLE fits one message
+    code = ("import pyvirtio.limits as L; L.MAX_MEM_SLOTS = 3; L.MAX_FDS_PER_MESSAGE = 9\n"
+            "from pyvirtio.vhost_user import backend, protocol\n"
+            "assert (backend.DEFAULT_MAX_MEM_SLOTS, protocol.MAX_FDS) == (3, 9), "
+            "(backend.DEFAULT_MAX_MEM_SLOTS, protocol.MAX_FDS)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr

@@ -30,7 +30,7 @@ from typing import Callable
 
 from ..device import VirtioDevice
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
-from ..limits import PeerLog
+from ..limits import MAX_MEM_SLOTS, PeerLog
 from ..memory import GuestMemory, Region, release_region
 from ..spec.features import Feature
 from ..spec.status import DeviceStatus
@@ -54,7 +54,7 @@ PF = ProtocolFeature
 #: Protocol features a pyvirtio back-end offers.
 DEFAULT_PROTOCOL_FEATURES = sum(1 << f for f in (
     PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS))
-DEFAULT_MAX_MEM_SLOTS = 64
+DEFAULT_MAX_MEM_SLOTS = MAX_MEM_SLOTS  # GET_MAX_MEM_SLOTS (pyvirtio.limits)
 
 
 # --- outputs -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ byte order (vhost-user.rst, "Message Specification").
 
 from __future__ import annotations
 
+from ..limits import MAX_FDS_PER_MESSAGE
 from ..spec import vhost_user as _spec
 from ..spec.vhost_user import BackendReq, FrontendReq, HeaderFlag, ProtocolFeature
 
@@ -37,8 +38,8 @@ MEMORY_BASELINE_NREGIONS = _spec.VHOST_MEMORY_BASELINE_NREGIONS
 MAX_CONFIG_SIZE = _spec.VHOST_USER_MAX_CONFIG_SIZE
 #: Largest payload pyvirtio accepts; a header announcing more is a framing error.
 MAX_PAYLOAD_SIZE = 4096
-#: Most fds one message may carry (SET_MEM_TABLE's baseline).
-MAX_FDS = MEMORY_BASELINE_NREGIONS
+#: Most fds one message may carry (SET_MEM_TABLE's baseline; the number lives in pyvirtio.limits).
+MAX_FDS = MAX_FDS_PER_MESSAGE
 
 
 __all__ = ["BackendReq", "FrontendReq", "HeaderFlag", "ProtocolFeature", "VERSION", "VERSION_MASK",
