@@ -214,7 +214,7 @@ class BlkDevice(VirtioDevice):
 
     def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
         if chain.readable_len < _HDR.size or chain.writable_len < 1:
-            log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
+            self.guest_log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
             return 0
         if chain.descriptors > self.seg_max + 2:  # header, data segments, status (5.2.4 seg_max)
             chain.writable[-1][-1] = _IOERR
