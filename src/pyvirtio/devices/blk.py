@@ -238,12 +238,16 @@ class BlkDevice(VirtioDevice):
         if rtype == _T.IN:
             length = chain.writable_len - 1
             if length and self._range_ok(sector, length):
-                return Request(chain, READ, chain.writable_views(0, length), sector * SECTOR, length)
+                views = chain.writable
+                # The usual layout (the status byte in a descriptor of its own) needs no slicing.
+                views = views[:-1] if len(views[-1]) == 1 else chain.writable_views(0, length)
+                return Request(chain, READ, views, sector * SECTOR, length)
         elif rtype == _T.OUT:
             length = chain.readable_len - _HDR.size
             if length and not self.read_only and self._range_ok(sector, length):
-                return Request(chain, WRITE, chain.readable_views(_HDR.size, length), sector * SECTOR,
-                               length, dsync=not self.writeback)
+                views = chain.readable
+                views = views[1:] if len(views[0]) == _HDR.size else chain.readable_views(_HDR.size, length)
+                return Request(chain, WRITE, views, sector * SECTOR, length, dsync=not self.writeback)
         elif rtype == _T.FLUSH:
             return Request(chain, FLUSH, [], 0, 0)
         return None
