@@ -267,3 +267,38 @@ def test_vhost_user_takes_its_limits_from_pyvirtio_limits():
             "(backend.DEFAULT_MAX_MEM_SLOTS, protocol.MAX_FDS)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+def test_a_guest_repeating_a_bad_chain_cannot_flood_the_log(tmp_path, caplog):
+    """Per-chain warnings a guest can cause in a loop go through the device's PeerLog."""
+    from pyvirtio.devices.blk import BlkDevice
+    from pyvirtio.virtq.chain import DescriptorChain
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(1 << 16))
+    dev = BlkDevice(str(path))
+    with caplog.at_level(logging.WARNING, "pyvirtio.devices.blk"):
+        for head in range(2000):  # no request header
+            dev.handle_chain(0, DescriptorChain(head, [memoryview(bytearray(4))], [], 4, 0, 1))
+    dev.close()
+    lines = [r for r in caplog.records if "no request header" in r.getMessage()]
+    assert 0 < len(lines) <= 2 * LOG_LINES_PER_SECOND
+
+
+def test_a_guest_repeating_bad_console_messages_cannot_flood_the_log(caplog):
+    from pyvirtio.devices.console import ConsoleDevice
+    from pyvirtio.drivers.console import ConsoleDriver
+    from pyvirtio.loopback import LoopbackTransport
+    from pyvirtio.spec import console as cspec
+    dev = ConsoleDevice()
+    t = LoopbackTransport(dev)
+    drv = ConsoleDriver.probe(t)
+    ctrlq = drv.queue(cspec.CONTROL_TRANSMITQ)
+    with caplog.at_level(logging.WARNING, "pyvirtio.devices.console"):
+        for _ in range(300):  # too short to be a control message
+            ctrlq.wait(ctrlq.submit([b"\x01"], []), timeout=5)
+    assert dev.stats["control_errors"] == 300
+    lines = [r for r in caplog.records if "bad control message" in r.getMessage()]
+    assert 0 < len(lines) <= 2 * LOG_LINES_PER_SECOND
+    drv.remove()
+    t.close()
+    dev.close()

@@ -16,6 +16,7 @@ from typing import Callable, ClassVar, Optional
 
 from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, VirtioError
 from .interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
+from .limits import PeerLog
 from .memory import GuestMemory
 from .spec.features import Feature
 from .spec.ids import DeviceType
@@ -57,6 +58,9 @@ class VirtioDevice:
         #: hand in frames, add a port) changes the device.  Without an engine it runs inline.
         self.host_call: Callable[[Callable[[], None], int], None] = _call_inline
         self.queues = [SplitDeviceQueue(self.queue_max_size, index=i) for i in range(self.num_queues)]
+        #: For lines a guest can cause in a loop (a bad chain, a bad frame): its device's logger,
+        #: rate-limited per device (the guest is the peer; ``limits.LOG_LINES_PER_SECOND``).
+        self.guest_log = PeerLog(logging.getLogger(type(self).__module__))
 
     # --- features (2.2) -------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class VirtioDevice:
 
     def needs_reset(self, why: Exception) -> None:
         """Enter DEVICE_NEEDS_RESET and tell the driver with a config interrupt (2.1.2)."""
-        log.warning("%s: device needs reset: %s", type(self).__name__, why)
+        self.guest_log.warning("%s: device needs reset: %s", type(self).__name__, why)
         self.status |= DeviceStatus.DEVICE_NEEDS_RESET
         if self.status & DeviceStatus.DRIVER_OK:
             self.interrupt(CONFIG_CHANGE)
@@ -192,7 +196,7 @@ class VirtioDevice:
         """Process queue ``index`` inline and interrupt if the driver wants it (a single-threaded
         helper for tests; transports go through :class:`pyvirtio.engine.LocalEngine`)."""
         if not 0 <= index < len(self.queues):
-            log.warning("%s: notify for queue %d that does not exist", type(self).__name__, index)
+            self.guest_log.warning("%s: notify for queue %d that does not exist", type(self).__name__, index)
             return
         queue = self.queues[index]
         if not queue.ready or not self.driver_ok or queue.broken:

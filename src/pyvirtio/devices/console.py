@@ -390,7 +390,7 @@ class ConsoleDevice(VirtioDevice):
         except (DriverFault, GuestMemoryError, QueueBroken) as exc:
             if self.requires_driver_ok or own is not None:
                 raise
-            log.warning("console: a queue broke: %s", exc)
+            self.guest_log.warning("console: a queue broke: %s", exc)
 
     # --- kicks ----------------------------------------------------------------------------------
 
@@ -398,7 +398,7 @@ class ConsoleDevice(VirtioDevice):
         if index == spec.CONTROL_TRANSMITQ and self.multiport:
             self.control.receive(mem)
         elif index >= spec.CONTROL_RECEIVEQ and not self.multiport:
-            log.warning("console: kick on queue %d without MULTIPORT", index)
+            self.guest_log.warning("console: kick on queue %d without MULTIPORT", index)
         elif index != spec.CONTROL_RECEIVEQ:
             pid, tx = port_of_queue(index)
             (self._pump_tx if tx else self._pump_rx)(mem, pid)
@@ -466,7 +466,7 @@ class ConsoleDevice(VirtioDevice):
             if chain is None:
                 break  # no guest buffer: the bytes wait in the endpoint
             if not chain.writable_len:
-                log.warning("console: port %d receive buffer is not device-writable (5.3.6.1)", pid)
+                self.guest_log.warning("console: port %d receive buffer is not device-writable (5.3.6.1)", pid)
                 queue.add_used(mem, chain.head_index, 0)
                 filled = True
                 continue

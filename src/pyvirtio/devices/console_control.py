@@ -12,7 +12,6 @@ until the driver posts control receive buffers.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
@@ -23,7 +22,6 @@ from ..spec import console as spec
 if TYPE_CHECKING:
     from .console import ConsoleDevice, DevicePort
 
-log = logging.getLogger("pyvirtio.devices.console")
 
 _E = spec.ConsoleEvent
 _CTRL = spec.CONSOLE_CONTROL
@@ -91,7 +89,7 @@ class ControlQueues:
     def _fault(self, exc: ConsoleControlError) -> None:
         self.device.stats["control_errors"] += 1
         self.faults.append(str(exc))
-        log.warning("console: bad control message dropped: %s", exc)
+        self.device.guest_log.warning("console: bad control message dropped: %s", exc)
 
     def _port_for(self, msg: spec.ConsoleControl) -> DevicePort:
         dev = self.device
@@ -105,7 +103,7 @@ class ControlQueues:
     def _on_device_ready(self, mem: GuestMemory, msg: spec.ConsoleControl) -> None:
         dev = self.device
         if msg.value != 1:
-            log.warning("console: the driver failed to set up (DEVICE_READY %d)", msg.value)
+            self.device.guest_log.warning("console: the driver failed to set up (DEVICE_READY %d)", msg.value)
             return
         if dev.device_ready:
             raise ConsoleControlError("DEVICE_READY sent twice")
@@ -116,7 +114,7 @@ class ControlQueues:
     def _on_port_ready(self, mem: GuestMemory, msg: spec.ConsoleControl) -> None:
         port = self._port_for(msg)
         if msg.value != 1:
-            log.warning("console: the driver could not add port %d", port.id)
+            self.device.guest_log.warning("console: the driver could not add port %d", port.id)
             port.ready = False
             return
         port.ready = True
@@ -152,7 +150,7 @@ class ControlQueues:
     def send(self, pid: int, event: int, value: int = 0, payload: bytes = b"") -> None:
         if len(self.outbox) >= self.limit:
             self.device.stats["control_dropped"] += 1  # a driver that posts no control buffers
-            log.warning("console: control queue to the driver is full; event %d dropped", event)
+            self.device.guest_log.warning("console: control queue to the driver is full; event %d dropped", event)
             return
         self.outbox.append(_CTRL.pack(pid, event, value) + payload)
 
@@ -168,7 +166,7 @@ class ControlQueues:
         while self.outbox and (chain := dev.pop(mem, queue)) is not None:
             msg = self.outbox.popleft()
             if chain.writable_len < len(msg):
-                log.warning("console: control buffer of %d bytes is too small for %d; truncated",
+                self.device.guest_log.warning("console: control buffer of %d bytes is too small for %d; truncated",
                             chain.writable_len, len(msg))
                 msg = msg[:chain.writable_len]
             queue.add_used(mem, chain.head_index, chain.write(msg))

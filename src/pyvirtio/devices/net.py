@@ -363,7 +363,7 @@ class NetDevice(VirtioDevice):
     def _count_error(self, counter: str, exc: Exception) -> None:
         self.stats[counter] += 1
         self.last_error = exc
-        log.debug("net: %s", exc)
+        self.guest_log.debug("net: %s", exc)
 
     # --- transmit (5.1.6.2) --------------------------------------------------------------------
 

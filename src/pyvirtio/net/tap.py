@@ -147,7 +147,7 @@ class TapBackend(NetBackend):
             self.stats["tx_dropped"] += 1
             if exc.errno not in (errno.EIO,):
                 self.stats["errors"] += 1
-                log.info("tap %s: write failed: %s", self.name, exc)
+                self.log.info("tap %s: write failed: %s", self.name, exc)
             return True
         self.stats["tx_frames"] += 1
         return True
