@@ -27,7 +27,8 @@ config space              GET_CONFIG / SET_CONFIG (CONFIG protocol feature).  Re
 queue count               GET_QUEUE_NUM (MQ), else the device type's fixed queue count
 queue maximum size        not on the wire either: the largest power of two up to
                           ``max_queue_size`` that SET_VRING_NUM accepts (REPLY_ACK), else the cap
-setup_queue               SET_VRING_NUM, SET_VRING_BASE 0, SET_VRING_ADDR (our virtual
+setup_queue               SET_VRING_NUM, SET_VRING_BASE 0 (packed: 0x80008000, both
+                          wrap counters set), SET_VRING_ADDR (our virtual
                           addresses), SET_VRING_CALL, SET_VRING_ERR, SET_VRING_KICK (starts the
                           ring), SET_VRING_ENABLE 1 (with PROTOCOL_FEATURES)
 notify                    write the ring's kick eventfd
@@ -168,7 +169,8 @@ class VhostUserTransport(DriverTransport):
                  device_type: Optional[int] = None, memory_size: int = DEFAULT_MEMORY,
                  regions: int | Sequence[int] = 1, gpa: int = DEFAULT_GPA,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, timeout: float = DEFAULT_TIMEOUT,
-                 protocol_features: int = DEFAULT_FRONTEND_PROTOCOL_FEATURES):
+                 protocol_features: int = DEFAULT_FRONTEND_PROTOCOL_FEATURES,
+                 split_only: bool = False):
         if (socket_path is None) == (client is None):
             raise UsageError("give exactly one of socket_path and client")
         self.path = socket_path or client.name
@@ -184,6 +186,8 @@ class VhostUserTransport(DriverTransport):
             self.close()
             raise
         self.max_queue_size = max_queue_size
+        #: Hide VIRTIO_F_RING_PACKED from the drivers (split rings, e.g. for comparisons).
+        self.split_only = split_only
         self._rings: dict[int, _Ring] = {}
         self._max_sizes: dict[int, int] = {}
         self._status = 0
@@ -237,9 +241,8 @@ class VhostUserTransport(DriverTransport):
         self._status = status & ~S.DEVICE_NEEDS_RESET
 
     def get_device_features(self) -> int:
-        # RING_PACKED is hidden: this front-end's ring setup (SET_VRING_BASE with wrap counters,
-        # GET_VRING_BASE decoding) is split-only for now, so the drivers must not pick it.
-        return (self.conn.backend_features or 0) & ~VHOST_ONLY_FEATURES & ~(1 << Feature.RING_PACKED)
+        features = (self.conn.backend_features or 0) & ~VHOST_ONLY_FEATURES
+        return features & ~(1 << Feature.RING_PACKED) if self.split_only else features
 
     def set_driver_features(self, features: int) -> None:
         self._driver_features = features
@@ -365,7 +368,7 @@ class VhostUserTransport(DriverTransport):
         self._configured = True
         uva = self.memory.gpa_to_uva
         self._call(c.set_vring_num, index, layout.size)
-        self._call(c.set_vring_base, index, 0)
+        self._call(c.set_vring_base, index, self._start_base())
         self._call(c.set_vring_addr, index, uva(layout.desc_table), uva(layout.used_ring),
                    uva(layout.avail_ring))
         self._call(c.set_vring_call, index, ring.call)
@@ -374,8 +377,15 @@ class VhostUserTransport(DriverTransport):
         if self.conn.protocol_features_negotiated:
             self._call(c.set_vring_enable, index, True)
 
+    def _start_base(self) -> int:
+        """SET_VRING_BASE for a fresh ring: split, avail index 0; packed (vhost-user.rst, "vring
+        descriptor indices for packed virtqueues"), positions 0 with both wrap counters 1, as
+        QEMU sends it."""
+        return 0x8000_8000 if self._driver_features & (1 << Feature.RING_PACKED) else 0
+
     def stop_queue(self, index: int) -> int:
-        """GET_VRING_BASE: stop ring ``index``; returns the next avail index it would process."""
+        """GET_VRING_BASE: stop ring ``index``; returns the next avail index it would process
+        (packed: both positions and wrap counters, bits 0-15 avail and 16-31 used)."""
         base = self._call(self.client.get_vring_base, index)
         ring = self._rings.pop(index, None)
         if ring is not None:
