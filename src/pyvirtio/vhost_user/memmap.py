@@ -6,15 +6,18 @@ of it.  The fd must be a regular file (a memfd, a hugetlbfs or tmpfs file) that 
 ``mmap_offset + memory_size`` bytes: touching a mapping past the end of its file is a SIGBUS,
 which would kill the whole daemon.  A front-end could also *shrink* the file after handing it
 over; for a memfd (QEMU's memory-backend-memfd, the usual case) that is prevented with a seal:
-a memfd must carry F_SEAL_SHRINK — QEMU seals its memfds (seal=on, the default) — and one
-that does not but may still be sealed gets the seal from us, before its size is checked; a memfd
-that can be neither is refused.  A file on tmpfs or hugetlbfs (QEMU memory-backend-file, DPDK)
-cannot be sealed: a front-end that truncates one can still SIGBUS the daemon.
+QEMU seals its memfds (seal=on, the default) with F_SEAL_SHRINK; a memfd that lacks the seal but
+may still be sealed gets it from us, before its size is checked.  A memfd that cannot be sealed
+(DPDK's ``--no-huge`` memory is made without MFD_ALLOW_SEALING) is taken like a file on tmpfs or
+hugetlbfs (QEMU memory-backend-file, DPDK's hugepages), which have no seals at all: refusing
+them would refuse real front-ends, so the daemon logs once that such a front-end could still
+SIGBUS it by truncating the file, and serves it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import stat
@@ -22,6 +25,8 @@ import stat
 from ..memory import Region
 from .errors import BadMemoryRegion
 from .wire import MemoryRegion
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = mmap.ALLOCATIONGRANULARITY
 _U64 = 1 << 64
@@ -44,23 +49,19 @@ def is_memfd(fd: int) -> bool:
         return False
 
 
-def seal_against_shrinking(fd: int) -> None:
+def seal_against_shrinking(fd: int) -> bool:
     """Make sure a memfd can never shrink under our mapping (F_SEAL_SHRINK: adding it if it is
-    missing and the memfd allows it); raise BadMemoryRegion if it cannot be sealed.  Other files
-    are left alone (they have no seals)."""
+    missing and the memfd allows it).  True if the region cannot shrink; False for a memfd that
+    cannot be sealed and for other files (they have no seals)."""
     if not is_memfd(fd):
-        return
+        return False
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-    except OSError as exc:
-        raise BadMemoryRegion(f"memfd region: cannot read its seals: {exc.strerror}") from None
-    if seals & fcntl.F_SEAL_SHRINK:
-        return
-    try:
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-    except OSError as exc:
-        raise BadMemoryRegion("memfd region is not sealed against shrinking (F_SEAL_SHRINK) and "
-                              f"cannot be: {exc.strerror}") from None
+        if not seals & fcntl.F_SEAL_SHRINK:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError:
+        return False
+    return True
 
 
 def map_region(fd: int, r: MemoryRegion) -> Region:
@@ -74,8 +75,11 @@ def map_region(fd: int, r: MemoryRegion) -> Region:
         raise BadMemoryRegion(f"region fd {fd}: {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise BadMemoryRegion(f"region fd is not a memfd or regular file (mode {st.st_mode:#o})")
-    seal_against_shrinking(fd)
-    st = os.fstat(fd)  # the size once it can no longer shrink
+    if not seal_against_shrinking(fd):
+        log.warning("memory region at gpa %#x: its file cannot be sealed against shrinking; a "
+                    "front-end that truncates it can make this daemon fail (SIGBUS)",
+                    r.guest_phys_addr)
+    st = os.fstat(fd)  # the size once it can no longer shrink (when sealed)
     if r.mmap_offset + r.memory_size > st.st_size:
         raise BadMemoryRegion(f"region [{r.mmap_offset:#x}, +{r.memory_size:#x}) runs past the end "
                               f"of its {st.st_size:#x}-byte file")
