@@ -39,8 +39,9 @@ DIRECT_TESTS = (
     ("4k randwrite qd32", dict(rw="randwrite", bs=4096, iodepth=32)),
 )
 CACHE_TESTS = (
-    ("1M read qd8", dict(rw="read", bs=1 << 20, iodepth=8)),
+    ("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1)),
     ("4k randread qd32", dict(rw="randread", bs=4096, iodepth=32)),
+    ("1M read qd8", dict(rw="read", bs=1 << 20, iodepth=8)),
 )
 # key: (title, back-end options for both sides, tests)
 GROUPS = {
