@@ -244,3 +244,28 @@ def test_get_vring_base_waits_for_requests_in_flight_on_the_host(tmp_path, aio):
         srv.close()
         dev.close()
         os.unlink(path)
+
+
+@pytest.mark.timeout(60)
+def test_cached_small_reads_are_copied_at_once_on_disk_and_on_tmpfs(tmp_path):
+    """A small read of cached data completes inside process_queue (no trip through the engine):
+    with RWF_NOWAIT on a disk file system, and on tmpfs (no RWF_NOWAIT, but no disk to wait for)."""
+    for where in ("/var/tmp", "/dev/shm"):
+        if not os.path.isdir(where):
+            continue
+        path = _disk(os.path.join(where, f"pyvirtio-nowait-{os.getpid()}.img"), 1 * MiB)
+        try:
+            dev = BlkDevice(path, aio="io_uring" if io_uring_unavailable_reason() is None else "threads")
+            mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+            queue = make_device_queue(mock)
+            dev.queues[0] = queue
+            mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[4096, 1])
+            _run(dev, mock, queue)  # the first may find RWF_NOWAIT missing (tmpfs) and go async
+            r = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8)], in_lens=[4096, 1])
+            dev.process_queue(mock.mem, queue)
+            assert not dev._io[0].inflight, where
+            assert mock.read(*r.writable[0]) == struct.pack("<Q", 1) * 512
+            assert [h for h, _ in mock.used_elems(0)][-1] == r.head
+            dev.close()
+        finally:
+            os.unlink(path)

@@ -62,6 +62,7 @@ class QueueIO:
         self.direct = direct
         self.inflight: dict[int, Request] = {}  # token (the chain's head index) -> request
         self._nowait = not direct and hasattr(os, "RWF_NOWAIT")
+        self._nowait_flag = getattr(os, "RWF_NOWAIT", 0)
         self._prepared = 0
 
     @property
@@ -74,12 +75,14 @@ class QueueIO:
         (``RWF_NOWAIT`` fails rather than wait for the disk, and then the request goes on)."""
         if req.kind == READ and self._nowait and req.length < OFFLOAD_BYTES:
             try:
-                req.done = os.preadv(self.fd, req.views, req.offset, os.RWF_NOWAIT)
+                req.done = os.preadv(self.fd, req.views, req.offset, self._nowait_flag)
             except BlockingIOError:
                 pass
-            except OSError as exc:
+            except OSError as exc:  # any other error: the engine's attempt reports it
                 if exc.errno == errno.EOPNOTSUPP:
-                    self._nowait = False
+                    # No RWF_NOWAIT here: on a memory file system (tmpfs) a read never waits for
+                    # a disk, so it is still copied at once; elsewhere it goes to the engine.
+                    self._nowait, self._nowait_flag = in_memory_fs(self.fd), 0
             if req.done >= req.length:
                 return True
         token = req.chain.head_index
@@ -167,6 +170,21 @@ class QueueIO:
     def close(self) -> None:
         self.engine.close()
         self.inflight.clear()
+
+
+#: statfs f_type of file systems whose data lives in memory (linux/magic.h).
+_MEMORY_FS = {0x01021994, 0x858458F6}  # TMPFS_MAGIC, RAMFS_MAGIC
+
+
+def in_memory_fs(fd: int) -> bool:
+    """Whether ``fd``'s file lives on tmpfs or ramfs (a read of it never waits for a disk)."""
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = (ctypes.c_long * 32)()  # struct statfs: f_type first
+    if libc.fstatfs(fd, buf) != 0:
+        return False
+    return (buf[0] & 0xFFFFFFFF) in _MEMORY_FS
 
 
 def _rest(req: Request) -> list[memoryview]:
