@@ -276,7 +276,7 @@ def test_a_dead_kick_fd_neither_floods_the_log_nor_spins(daemon, caplog, tmp_pat
     cpu = time.process_time()
     time.sleep(1.0)
     assert time.process_time() - cpu < 0.5, "a worker spins on the dead kick fd"
-    kick_lines = [line for line in log_lines(caplog) if "kick" in line]
+    kick_lines = [line for line in log_lines(caplog) if "kick fd" in line]  # (the socket path has "kick" in it)
     assert 1 <= len(kick_lines) <= 2, kick_lines
     q = fe.rings[0].queue  # the ring keeps its good eventfd and still serves
     q.add(fe.memory, [], [(fe.alloc.alloc(8), 8)], token=1)

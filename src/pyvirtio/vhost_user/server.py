@@ -23,7 +23,6 @@ a restarted QEMU finds the daemon waiting.
 from __future__ import annotations
 
 import array
-import errno
 import logging
 import os
 import select
@@ -159,6 +158,9 @@ class Session:
         self.sock.close()
 
 
+_WRITABLE: dict[int, "select.poll"] = {}
+
+
 def _signal(fd: int) -> None:
     """Write a call/err eventfd without ever blocking.  Only eventfds are accepted
     (:mod:`.notifyfd`) and made non-blocking, but the front-end shares the open file description
@@ -166,8 +168,10 @@ def _signal(fd: int) -> None:
     maximum — poll(2) says whether it is (a notification the front-end made impossible is
     dropped: the front-end stopped listening on purpose)."""
     if fd >= 0:
-        writable = select.poll()
-        writable.register(fd, select.POLLOUT)
+        writable = _WRITABLE.get(fd)
+        if writable is None:  # one poll object per fd number (poll(2) looks the number up anew)
+            writable = _WRITABLE[fd] = select.poll()
+            writable.register(fd, select.POLLOUT)
         if not writable.poll(0):
             return
         try:
