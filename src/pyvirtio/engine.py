@@ -187,16 +187,16 @@ class GroupWorker:
              everything: bool = False) -> None:
         """Serve kicked queues (all of the group's with ``everything``) and fired host fds,
         then send the notifications the device asked for."""
+        host = self.host
         with self.lock:
             self.turns += 1
-            notify: set[int] = set()
-            for index in (self.queues if everything else kicked):
-                if self.host.process(index):
-                    notify.add(index)
+            notify = [i for i in (self.queues if everything else kicked) if host.process(i)]
             if events or everything:
-                notify |= self.host.host_ready(self.group, list(events))
-        for index in sorted(notify):
-            self.host.notify(index)
+                more = host.host_ready(self.group, list(events))
+                if more:
+                    notify = sorted(more.union(notify))
+        for index in notify:
+            host.notify(index)
 
     # --- the thread -----------------------------------------------------------------------------
 
