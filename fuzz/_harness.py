@@ -103,10 +103,10 @@ def check_fds(before: int) -> None:
     """An fd still open once the input's objects are gone (cycles collected too: an mmap keeps
     a dup of its fd until it is freed, and an exception's traceback can hold a view of it)."""
     after = open_fds()
-    if after != before:
+    if after > before:
         gc.collect()
         after = open_fds()
-    if after != before:
+    if after > before:  # fewer is not a leak: another thread of the process may close its own
         raise FdLeak(f"{after - before:+d} fds open after one input")
 
 

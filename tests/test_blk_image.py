@@ -391,8 +391,9 @@ def test_serve_refuses_an_image_qsd_writes(qsd, tmp_path):
 
 def test_qsd_refuses_an_image_serve_holds(qsd, tmp_path):
     img = make_image(tmp_path)
-    for flags in ((), ("--read-only",)):
-        with running(serve_argv(tmp_path / "p.sock", img, *flags), str(tmp_path / "p.sock")):
+    for i, flags in enumerate(((), ("--read-only",))):
+        sock = tmp_path / f"p{i}.sock"  # a fresh path: the last daemon's file cannot fool running()
+        with running(serve_argv(sock, img, *flags), str(sock)):
             r = run_qsd(tmp_path / "q.sock", img, writable=True)
             assert r.returncode != 0
             assert 'Failed to get "write" lock' in r.stderr, r.stderr
