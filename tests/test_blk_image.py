@@ -479,3 +479,12 @@ def test_qemu_refuses_an_image_we_hold(qemu, tmp_path):
         r = subprocess.run(qemu_drive_argv(img, False), capture_output=True, text=True,
                            timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     assert r.returncode != 0 and 'Failed to get "write" lock' in r.stderr, r.stderr
+
+
+def test_a_real_qcow2_file_is_named_as_qcow2_not_as_a_bad_size(tmp_path):
+    """qemu-img's fresh qcow2 is 196,616 bytes: the format is what the user must hear about."""
+    require(shutil.which("qemu-img") is not None, "qemu-img")
+    img = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(img), "64M"], check=True, timeout=30)
+    with pytest.raises(ImageError, match="looks like a qcow2 image"):
+        open_image(str(img), read_only=True)

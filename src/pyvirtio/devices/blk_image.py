@@ -136,10 +136,10 @@ def open_image(path: str, *, read_only: bool, direct: bool = False,
         if lock:
             perm = BLK_PERM_CONSISTENT_READ | (0 if read_only else BLK_PERM_WRITE)
             take_qemu_locks(path, fd, perm, GUEST_DISK_SHARED)
-        size = _check_size(path, fd)
         align = probe_alignment(fd) if direct else 1
-        if image_format is None:
+        if image_format is None:  # first: a qcow2 file's odd size is not the thing to report
             _check_not_a_format(path, fd, align)
+        size = _check_size(path, fd)
     except BaseException:
         os.close(fd)
         raise
