@@ -80,3 +80,21 @@ def image(tmp_path):
     with open(path, "wb") as f:
         f.truncate(32 << 20)
     return str(path)
+
+
+@pytest.fixture
+def server():
+    """A pyvirtio vhost-user daemon in this process: ``server.add(...)``, then ``server.start()``
+    runs its loop in a thread; shut down and closed after the test."""
+    import threading
+
+    from pyvirtio.vhost_user.server import VhostUserServer
+
+    srv = VhostUserServer()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    srv.start = thread.start
+    yield srv
+    srv.shutdown()
+    if thread.is_alive():
+        thread.join(10)
+    srv.close()

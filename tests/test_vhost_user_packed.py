@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import struct
-import threading
 
 import pytest
 
@@ -15,7 +14,6 @@ from pyvirtio.devices.rng import RngDevice
 from pyvirtio.spec.features import Feature
 from pyvirtio.vhost_user.backend import BackendConnection, Rejected
 from pyvirtio.vhost_user.protocol import FrontendReq as R
-from pyvirtio.vhost_user.server import VhostUserServer
 from pyvirtio.vhost_user.testing import TestFrontend
 from pyvirtio.vhost_user.wire import VringState
 from pyvirtio.virtq import PackedDeviceQueue, SplitDeviceQueue
@@ -108,18 +106,6 @@ def test_packed_base_past_the_ring_is_refused(pair):
 
 
 # --- through the engine, over a socket ------------------------------------------------------------
-
-
-@pytest.fixture
-def server():
-    srv = VhostUserServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    srv.start = thread.start
-    yield srv
-    srv.shutdown()
-    if thread.is_alive():
-        thread.join(10)
-    srv.close()
 
 
 def blk_request(fe, q, kind, sector, data_or_len, token):

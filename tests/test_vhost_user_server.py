@@ -11,29 +11,16 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
-from pyvirtio.vhost_user.server import SocketInUse, VhostUserServer, bind_unix
+from pyvirtio.vhost_user.server import SocketInUse, bind_unix
 from pyvirtio.vhost_user.testing import TestFrontend
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def server():
-    srv = VhostUserServer()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    srv.start = thread.start
-    yield srv
-    srv.shutdown()
-    if thread.is_alive():
-        thread.join(10)
-    srv.close()
 
 
 def image(tmp_path, size=4 << 20, name="disk.img"):
