@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from pyvirtio.bench.peers import run_virtio_user_txonly
+
 TESTPMD = "dpdk-testpmd"
 _PPS = re.compile(r"Tx-pps:\s+(\d+)")
 
@@ -72,21 +74,8 @@ def start_backend(kind: str, sock: str, work: str) -> tuple[subprocess.Popen, st
 
 def run_frontend(sock: str, size: int, seconds: float, work: str) -> list[int]:
     """testpmd virtio-user txonly for ``seconds``; its per-second Tx-pps samples."""
-    argv = [TESTPMD, "-l", "0,1", "--main-lcore", "0", "--no-huge", "-m", "1024", "--no-pci",
-            f"--file-prefix=pvnb-vu-{os.getpid()}", "--vdev",
-            f"net_virtio_user0,path={sock},queues=1,in_order=0", "--", "--forward-mode=txonly", "-a",
-            "--stats-period", "1", "--nb-cores=1", f"--txpkts={size}"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+    out = run_virtio_user_txonly(sock, prefix=f"pvnb-vu-{os.getpid()}", seconds=seconds,
+                                 txpkts=size, vdev_opts="in_order=0", main_lcore=0)
     with open(os.path.join(work, "frontend.log"), "a") as f:
         f.write(out)
     return [int(m) for m in _PPS.findall(out)]

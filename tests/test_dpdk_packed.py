@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+from pyvirtio.bench.peers import run_virtio_user_txonly
 from pyvirtio.spec.features import Feature
 from pyvirtio.testing.env import require
 
@@ -42,23 +43,7 @@ def serve_net(tmp_path, *extra):
 
 
 def run_testpmd(sock, prefix, vdev_opts, seconds=6.0) -> str:
-    argv = [TESTPMD, "-l", "0,1", "--no-huge", "-m", "1024", "--no-pci", f"--file-prefix={prefix}",
-            "--vdev", f"net_virtio_user0,path={sock},queues=1,{vdev_opts}", "--",
-            "--forward-mode=txonly", "-a", "--stats-period", "1", "--nb-cores=1", "--txpkts=64"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    finally:
-        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
-    return out
+    return run_virtio_user_txonly(sock, prefix=prefix, seconds=seconds, vdev_opts=vdev_opts)
 
 
 def negotiated(log_text: str) -> int:

@@ -143,6 +143,31 @@ def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = Non
     return _start(f"pyvirtio serve {kind}", argv, socket_path, timeout)
 
 
+def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txpkts: int = 64,
+                           vdev_opts: str = "", main_lcore: Optional[int] = None) -> str:
+    """DPDK testpmd as a vhost-user front-end (``net_virtio_user``, txonly) for ``seconds``, then
+    SIGINT (SIGKILL if it will not end); returns its output.  Its runtime directory is removed."""
+    argv = [TESTPMD, "-l", "0,1"] + (["--main-lcore", str(main_lcore)] if main_lcore is not None else [])
+    argv += ["--no-huge", "-m", "1024", "--no-pci", f"--file-prefix={prefix}", "--vdev",
+             f"net_virtio_user0,path={socket_path},queues=1" + (f",{vdev_opts}" if vdev_opts else ""),
+             "--", "--forward-mode=txonly", "-a", "--stats-period", "1", "--nb-cores=1",
+             f"--txpkts={txpkts}"]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    finally:
+        shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
+    return out
+
+
 def start_testpmd(socket_path: str, *, prefix: Optional[str] = None, mode: str = "icmpecho",
                   timeout: float = 30.0) -> Peer:
     """DPDK testpmd with one net_vhost port listening on ``socket_path`` (PEERS.md)."""
