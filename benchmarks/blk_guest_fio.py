@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 from pyvirtio.bench.peers import fill_image, start_pyvirtio, start_qsd
 from pyvirtio.guest import boot_guest, prepare_kernel
@@ -42,13 +43,14 @@ TESTS = (
 DISKS = (("qsd", "vda", "0x4"), ("pyvirtio", "vdb", "0x5"))
 
 
-def guest_script(rounds: int, runtime: int) -> str:
+def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TESTS))) -> str:
     lines = [
         "for d in vda vdb; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial)\"; done",
     ]
     for r in range(rounds):
         order = DISKS if r % 2 == 0 else DISKS[::-1]
-        for t, (name, args, _) in enumerate(TESTS):
+        for t in tests:
+            name, args, _ = TESTS[t]
             for backend, dev, _ in order:
                 lines.append(
                     f"echo \"FIO {r} {t} {backend} $(fio --name=b --filename=/dev/{dev} {args} "
@@ -86,7 +88,19 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default="/var/tmp",
                     help="where the images go with --direct: disk-backed, not tmpfs (default /var/tmp)")
     ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--pyvirtio-src", default=None, metavar="DIR",
+                    help="run pyvirtio serve from this src directory (another checkout: A/B against "
+                    "an earlier commit)")
+    ap.add_argument("--tests", default=None,
+                    help="comma-separated row numbers to run (0-based, default all): "
+                    + "; ".join(f"{i}={t[0]}" for i, t in enumerate(TESTS)))
     args = ap.parse_args(argv)
+    try:
+        tests = [int(t) for t in args.tests.split(",")] if args.tests else list(range(len(TESTS)))
+        if any(not 0 <= t < len(TESTS) for t in tests):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--tests: row numbers between 0 and {len(TESTS) - 1}, comma-separated")
     for tool in ("qemu-system-x86_64", "qemu-storage-daemon", "fio"):
         if not shutil.which(tool):
             print(f"blk_guest_fio: {tool} is not installed", file=sys.stderr)
@@ -101,31 +115,56 @@ def main(argv=None) -> int:
             fill_image(images[backend], args.size << 20)
         qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
         pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
-                             **host_io)
+                             src=args.pyvirtio_src, **host_io)
         try:
             qemu_args = []
             for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
                 qemu_args += ["-chardev", f"socket,id={backend},path={peer.socket_path}",
                               "-device", f"vhost-user-blk-pci,chardev={backend},num-queues=1,addr={slot}"]
-            budget = args.rounds * len(TESTS) * len(DISKS) * (args.runtime + 3) + 120
-            print(f"booting; {args.rounds} rounds of {len(TESTS)} tests on 2 disks "
+            budget = args.rounds * len(tests) * len(DISKS) * (args.runtime + 3) + 120
+            print(f"booting; {args.rounds} rounds of {len(tests)} tests on 2 disks "
                   f"(about {budget - 120} s)", file=sys.stderr)
             t0 = time.monotonic()
-            res = boot_guest(kernel, guest_script(args.rounds, args.runtime), qemu_args=qemu_args,
+            cpu0 = {name: cpu_seconds(peer.process.pid) for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
+            res = boot_guest(kernel, guest_script(args.rounds, args.runtime, tests), qemu_args=qemu_args,
                              cpus=args.cpus, timeout=budget, host_binaries=[shutil.which("fio")],
                              console_log=os.path.join(tmp, "console.log")).check()
             elapsed = time.monotonic() - t0
+            cpu = {name: cpu_seconds(peer.process.pid) - cpu0[name]
+                   for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
         finally:
             qsd.close()
             pyv.close()
     disks = {k: v for k, v in res.values().items() if k.startswith("disk_")}
     results = parse(res.lines)
     report(results, args, disks, elapsed)
+    print("back-end CPU over the whole run (user+system, all threads): "
+          + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
+          + (f"; per request: " + ", ".join(
+              f"{name} {cpu[name] / n * 1e6:.0f} us" for name, n in requests(results, args).items())
+             if all(TESTS[t][2] == "iops" for t in tests) else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "disks": disks,
-                       "results": {f"{TESTS[t][0]}|{b}": v for (t, b), v in results.items()}}, f, indent=1)
+                       "results": {f"{TESTS[t][0]}|{b}": v for (t, b), v in results.items()},
+                       "cpu_seconds": cpu}, f, indent=1)
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def requests(results: dict, args) -> dict:
+    """Requests each back-end served in the IOPS rows (IOPS x runtime, every round)."""
+    out: dict = {}
+    for (t, backend), per_round in results.items():
+        if TESTS[t][2] == "iops":
+            out[backend] = out.get(backend, 0) + sum(per_round.values()) * args.runtime
+    return out
 
 
 def report(results: dict, args, disks: dict, elapsed: float) -> None:
@@ -136,6 +175,8 @@ def report(results: dict, args, disks: dict, elapsed: float) -> None:
     for t, (name, _, kind) in enumerate(TESTS):
         q, p = results.get((t, "qsd"), {}), results.get((t, "pyvirtio"), {})
         rounds = sorted(set(q) & set(p))
+        if not q and not p:  # not run (--tests)
+            continue
         if not rounds:
             print(f"{name:18} (no result)")
             continue

@@ -82,13 +82,13 @@ def virtiofsd_path() -> Optional[str]:
 
 
 def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir: Optional[str] = None,
-           settle: float = 0.05) -> Peer:
+           settle: float = 0.05, env: Optional[dict] = None) -> Peer:
     log_dir = log_dir or os.path.dirname(socket_path) or tempfile.gettempdir()
     log_path = os.path.join(log_dir, f"{os.path.basename(socket_path)}.log")
     log = open(log_path, "wb")
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     except FileNotFoundError:
         log.close()
         raise PeerFailed(f"{name}: {argv[0]} is not installed") from None
@@ -133,14 +133,21 @@ def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optio
 
 def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = None,
                    read_only: bool = False, num_queues: int = 1, direct: bool = False,
-                   aio: Optional[str] = None, timeout: float = 15.0) -> Peer:
-    """``pyvirtio serve blk|rng`` in a child interpreter (blk: ``--direct``, ``--aio=AIO``)."""
+                   aio: Optional[str] = None, timeout: float = 15.0, src: Optional[str] = None) -> Peer:
+    """``pyvirtio serve blk|rng`` in a child interpreter (blk: ``--direct``, ``--aio=AIO``); with
+    ``src``, the package is imported from that directory (another checkout's ``src``: an A/B
+    against an earlier commit)."""
     argv = [sys.executable, "-m", "pyvirtio.cli", "serve", kind, f"--socket-path={socket_path}"]
     if kind == "blk":
         argv += [f"--blk-file={blk_file}", f"--num-queues={num_queues}"]
         argv += (["--read-only"] if read_only else []) + (["--direct"] if direct else [])
         argv += [f"--aio={aio}"] if aio else []
-    return _start(f"pyvirtio serve {kind}", argv, socket_path, timeout)
+    env = None
+    if src is not None:
+        if not os.path.isfile(os.path.join(src, "pyvirtio", "cli.py")):
+            raise PeerFailed(f"pyvirtio serve {kind}: {src} holds no pyvirtio package")
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    return _start(f"pyvirtio serve {kind}", argv, socket_path, timeout, env=env)
 
 
 def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txpkts: int = 64,
