@@ -187,16 +187,21 @@ class GroupWorker:
              everything: bool = False) -> None:
         """Serve kicked queues (all of the group's with ``everything``) and fired host fds,
         then send the notifications the device asked for."""
-        host = self.host
         with self.lock:
-            self.turns += 1
-            notify = [i for i in (self.queues if everything else kicked) if host.process(i)]
-            if events or everything:
-                more = host.host_ready(self.group, list(events))
-                if more:
-                    notify = sorted(more.union(notify))
+            notify = self._turn(kicked, events, everything)
         for index in notify:
-            host.notify(index)
+            self.host.notify(index)
+
+    def _turn(self, kicked: Iterable[int], events: Sequence[tuple[int, int]], everything: bool) -> list[int]:
+        """One turn with the lock held: the queues to notify."""
+        host = self.host
+        self.turns += 1
+        notify = [i for i in (self.queues if everything else kicked) if host.process(i)]
+        if events or everything:
+            more = host.host_ready(self.group, list(events))
+            if more:
+                notify = sorted(more.union(notify))
+        return notify
 
     # --- the thread -----------------------------------------------------------------------------
 
@@ -204,18 +209,21 @@ class GroupWorker:
         poller = select.poll()
         watched: dict[int, tuple[int, int]] = {}  # fd -> (events, queue index or -1 for host fds)
         poller.register(wake_fd, POLLIN)
+        host_fds, group = self.host.host_fds, self.group
         # The kick fds and polling modes change only on the control path, which wakes the
         # worker afterwards: they are derived again after each wake; the device's host fds
         # after every turn.
         woken = True
         kicks: dict[int, tuple[int, int]] = {}
         polling = False
+        timeout: Optional[float] = None
         while True:
             try:
                 if woken:
                     kicks, polling = self._kick_fds(), self._polling()
-                want = self._with_host_fds(kicks)
-                timeout = self._timeout(polling)
+                    timeout = self._timeout(polling)
+                extra = host_fds(group)
+                want = self._merge(kicks, extra) if extra else kicks
                 if self.transient and not want and timeout is None and self._retire(wake_fd):
                     return
                 if want != watched:
@@ -235,7 +243,8 @@ class GroupWorker:
                 dead = len(self._dead)
                 self._serve(events, watched,
                             woken or polling or (not events and self.idle_interval is not None))
-                woken = woken or len(self._dead) != dead
+                if len(self._dead) != dead:
+                    woken = True
             except Exception:
                 log.exception("%s: turn failed", self.name)
 
@@ -255,11 +264,13 @@ class GroupWorker:
         return want
 
     def _with_host_fds(self, kicks: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
-        host = self.host.host_fds(self.group)
-        if not host:
-            return kicks
+        extra = self.host.host_fds(self.group)
+        return self._merge(kicks, extra) if extra else kicks
+
+    @staticmethod
+    def _merge(kicks: dict[int, tuple[int, int]], extra: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
         want = dict(kicks)
-        for fd, mask in host:
+        for fd, mask in extra:
             if fd >= 0 and fd not in want:
                 want[fd] = (mask, -1)
             elif fd >= 0:
@@ -281,22 +292,28 @@ class GroupWorker:
                everything: bool) -> None:
         """One turn after a poll: pending host calls, then the kicked queues and fired host fds
         (every queue of the group when woken, polling, or idle)."""
-        while self._calls:
-            fn = self._calls.popleft()
+        calls = self._calls
+        while calls:
+            fn = calls.popleft()
             with self.lock:
                 fn()
         kicked: list[int] = []
         host_events: HostEvents = []
+        kick_fd = self.host.kick_fd
         with self.lock:
             for fd, revents in events:
                 entry = watched.get(fd)
                 if entry is None:
                     continue
-                if entry[1] < 0:
+                index = entry[1]
+                if index < 0:
                     host_events.append((fd, revents))
-                elif self.host.kick_fd(entry[1]) == fd and self._take_kick(fd, revents, entry[1]):
-                    kicked.append(entry[1])
-            self.turn(kicked, host_events, everything=everything)
+                elif kick_fd(index) == fd and self._take_kick(fd, revents, index):
+                    kicked.append(index)
+            # Notifications go out with the lock still held: a control message that stops or
+            # re-plumbs a ring never sees one of this turn arrive after it.
+            for index in self._turn(kicked, host_events, everything):
+                self.host.notify(index)
 
     def _take_kick(self, fd: int, revents: int, index: int) -> bool:
         """Consume a kick; an fd at end of file or in error is dropped from the watch list until

@@ -42,6 +42,10 @@ _F = spec.BlkFeature
 _T = spec.BlkReqType
 _S = spec.BlkStatus
 _OK, _IOERR = int(_S.OK), int(_S.IOERR)
+# Plain ints for the per-request path (an enum member lookup costs several times a global's).
+_T_IN, _T_OUT, _T_FLUSH = int(_T.IN), int(_T.OUT), int(_T.FLUSH)
+_HDR_SIZE = _HDR.size
+_unpack_hdr = _HDR.unpack_from
 
 #: The serial a guest sees unless told otherwise (never derived from the host file name).
 DEFAULT_SERIAL = "pyvirtio-blk"
@@ -213,7 +217,7 @@ class BlkDevice(VirtioDevice):
     # --- requests (5.2.6) -----------------------------------------------------------------------
 
     def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
-        if chain.readable_len < _HDR.size or chain.writable_len < 1:
+        if chain.readable_len < _HDR_SIZE or chain.writable_len < 1:
             self.guest_log.warning("blk: chain %d has no request header or no status byte", chain.head_index)
             return 0
         if chain.descriptors > self.seg_max + 2:  # header, data segments, status (5.2.4 seg_max)
@@ -222,40 +226,42 @@ class BlkDevice(VirtioDevice):
             self.stats["errors"] += 1
             return 1
         first = chain.readable[0]
-        if len(first) >= _HDR.size:  # the usual layout: the header in a descriptor of its own
-            rtype, _ioprio, sector = _HDR.unpack_from(first)
+        if len(first) >= _HDR_SIZE:  # the usual layout: the header in a descriptor of its own
+            rtype, _ioprio, sector = _unpack_hdr(first)
         else:
-            rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR.size))
+            rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR_SIZE))
         req = self._async_request(rtype, sector, chain)
         if req is not None:
-            if self._queue_io(queue_index).start(req):
+            io = self._io.get(queue_index) or self._queue_io(queue_index)
+            if io.start(req):
                 return self._finish(req, None)[1]  # done at once (cached data)
             return None  # completed by host_ready, as the kernel finishes it
         return self._complete_now(rtype, sector, chain)
 
     def _async_request(self, rtype: int, sector: int, chain: DescriptorChain) -> Request | None:
         """A read, write or flush that is valid goes to the kernel; anything else is None."""
-        if rtype == _T.IN:
+        if rtype == _T_IN:
             length = chain.writable_len - 1
-            if length and self._range_ok(sector, length):
+            if length and not length % SECTOR and sector + length // SECTOR <= self.capacity:
                 views = chain.writable
                 # The usual layout (the status byte in a descriptor of its own) needs no slicing.
                 views = views[:-1] if len(views[-1]) == 1 else chain.writable_views(0, length)
                 return Request(chain, READ, views, sector * SECTOR, length)
-        elif rtype == _T.OUT:
-            length = chain.readable_len - _HDR.size
+        elif rtype == _T_OUT:
+            length = chain.readable_len - _HDR_SIZE
             if length and not self.read_only and self._range_ok(sector, length):
                 views = chain.readable
-                views = views[1:] if len(views[0]) == _HDR.size else chain.readable_views(_HDR.size, length)
-                return Request(chain, WRITE, views, sector * SECTOR, length, dsync=not self.writeback)
-        elif rtype == _T.FLUSH:
+                views = views[1:] if len(views[0]) == _HDR_SIZE else chain.readable_views(_HDR_SIZE, length)
+                return Request(chain, WRITE, views, sector * SECTOR, length, not self.writeback)
+        elif rtype == _T_FLUSH:
             return Request(chain, FLUSH, [], 0, 0)
         return None
 
     def _finish(self, req: Request, error: Optional[OSError]) -> tuple[int, int]:
         """A request the kernel finished: its status byte and (head, bytes written)."""
         chain = req.chain
-        self.stats["requests"] += 1
+        stats = self.stats
+        stats["requests"] += 1
         if error is not None:
             log.warning("blk %s: %s at byte %d failed: %s", self.path,
                         ("read", "write", "flush")[req.kind], req.offset, error.strerror or error)
@@ -263,11 +269,12 @@ class BlkDevice(VirtioDevice):
             chain.writable[-1][-1] = _IOERR
             return chain.head_index, 1
         chain.writable[-1][-1] = _OK
-        if req.kind == READ:
-            self.stats["read_bytes"] += req.length
+        kind = req.kind
+        if kind == READ:
+            stats["read_bytes"] += req.length
             return chain.head_index, req.length + 1
-        if req.kind == WRITE:
-            self.stats["write_bytes"] += req.length
+        if kind == WRITE:
+            stats["write_bytes"] += req.length
         return chain.head_index, 1
 
     def _complete_now(self, rtype: int, sector: int, chain: DescriptorChain) -> int:

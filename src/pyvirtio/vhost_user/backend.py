@@ -334,16 +334,17 @@ class BackendConnection:
         ring = self.vrings[index]
         if not ring.active:
             return False, None
-        before = _popped(ring.queue)
+        queue = ring.queue
+        before = queue.chains_popped
         try:
-            return self.device.process_queue(self.memory, ring.queue), None
+            return self.device.process_queue(self.memory, queue), None
         except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
             ring.fault = str(exc)
             log.error("%s: ring %d broken by the driver: %s (ring %s; last messages: %s)", self.name,
                       index, exc, ring.describe(), ", ".join(self.history))
             return False, ring.fault
         finally:
-            ring.chains += (_popped(ring.queue) - before) & 0xFFFF
+            ring.chains += queue.chains_popped - before
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         """The host fds the device wants watched for ``group`` (none while no memory is mapped)."""
@@ -652,11 +653,6 @@ def _ring_features(features: int) -> str:
 
 def _packed(queue) -> bool:
     return getattr(queue, "packed", False)
-
-
-def _popped(queue) -> int:
-    """A counter of chains taken from the ring, modulo 2**16 (statistics)."""
-    return queue.chains_popped & 0xFFFF if _packed(queue) else queue.next_avail
 
 
 def _base(queue) -> int:

@@ -61,6 +61,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self.ready = False
         self.next_avail = 0
         self.next_used = 0
+        self.chains_popped = 0  # statistics (the avail index wraps at 2**16, this does not)
         self.signalled_used = 0  # used idx at the last notification decision
         self._signalled_valid = False  # False until the first decision (then EVENT_IDX applies)
         self.notifications_enabled = True
@@ -155,6 +156,7 @@ class SplitDeviceQueue(DeviceRingSide):
         head = avail16[2 + (next_avail & (self.size - 1))]
         chain = self._walk(mem, head)
         self.next_avail = (next_avail + 1) & 0xFFFF
+        self.chains_popped += 1
         return chain
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
@@ -210,6 +212,7 @@ class SplitDeviceQueue(DeviceRingSide):
         elif views:
             bufs = []
         self.next_avail = (next_avail + len(heads)) & 0xFFFF
+        self.chains_popped += len(heads)
         return heads, lengths, bufs
 
     def _walk(self, mem: GuestMemory, head: int) -> DescriptorChain:
@@ -222,10 +225,13 @@ class SplitDeviceQueue(DeviceRingSide):
         if head >= size:
             self._break(DriverFault(f"queue {self.index}: head index {head} >= queue size {size}"))
         table, limit = self._desc, size
-        idx, seen, in_indirect, total = head, 0, False, 0
-        readable, writable = [], []
+        entries = None  # the indirect table's descriptors, unpacked at once, once entered
+        idx, seen, total = head, 0, 0
+        readable: list = []
+        writable: list = []
         rlen = wlen = 0
         seen_write = False
+        views, unpack = mem.views, _DESC.unpack_from
         try:
             while True:
                 seen += 1
@@ -235,33 +241,33 @@ class SplitDeviceQueue(DeviceRingSide):
                 if total > MAX_CHAIN_SEGMENTS:
                     raise DriverFault(f"chain from head {head} has more than {MAX_CHAIN_SEGMENTS} "
                                       "descriptors")
-                addr, length, flags, nxt = _DESC.unpack_from(table, idx * 16)
+                addr, length, flags, nxt = entries[idx] if entries is not None else unpack(table, idx << 4)
                 if flags & _F_INDIRECT:
-                    if in_indirect:
+                    if entries is not None:
                         raise DriverFault("indirect descriptor inside an indirect table (2.7.5.3.1)")
                     if not self.indirect:
                         raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
                     if flags & _F_NEXT:
                         raise DriverFault("descriptor sets both INDIRECT and NEXT (2.7.5.3.1)")
-                    if length == 0 or length % 16:
+                    if length == 0 or length & 15:
                         raise DriverFault(f"indirect table length {length} is not a multiple of 16")
                     total -= 1  # the descriptor pointing at the table is not a segment
-                    if total + length // 16 > MAX_CHAIN_SEGMENTS:
-                        raise DriverFault(f"indirect table of {length // 16} descriptors: the chain "
+                    if total + (length >> 4) > MAX_CHAIN_SEGMENTS:
+                        raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain "
                                           f"would exceed {MAX_CHAIN_SEGMENTS}")
-                    table = mem.view(addr, length)
-                    limit, idx, seen, in_indirect = length // 16, 0, 0, True
+                    entries = list(_DESC.iter_unpack(mem.view(addr, length)))
+                    limit, idx, seen = length >> 4, 0, 0
                     continue
                 if flags & _F_WRITE:
                     seen_write = True
                     if length:
-                        writable.extend(mem.views(addr, length))
+                        writable += views(addr, length)
                         wlen += length
                 else:
                     if seen_write:
                         raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
                     if length:
-                        readable.extend(mem.views(addr, length))
+                        readable += views(addr, length)
                         rlen += length
                 if rlen + wlen > MAX_CHAIN_BYTES:
                     raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
@@ -297,6 +303,24 @@ class SplitDeviceQueue(DeviceRingSide):
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
         """Put several chains in the used ring and publish them with one index update."""
         self._check(mem)
+        if type(elems) is list and len(elems) <= 4:  # the usual few: no array built
+            size = self.size
+            try:
+                for head, length in elems:
+                    if not (0 <= head < size and 0 <= length <= 0xFFFFFFFF):
+                        raise TypeError
+            except (TypeError, ValueError):
+                raise UsageError(f"queue {self.index}: add_used_batch with an element out of range") from None
+            used32, next_used, mask = self._used32, self.next_used, size - 1
+            for head, length in elems:
+                slot = (next_used & mask) << 1
+                used32[1 + slot] = head
+                used32[2 + slot] = length
+                next_used = (next_used + 1) & 0xFFFF
+            # Stores stay ordered on x86-64 (the elements are visible before the index).
+            self.next_used = next_used
+            self._used16[1] = next_used
+            return
         try:
             flat = array.array("I", itertools.chain.from_iterable(elems))  # id, len, id, len ...
         except (OverflowError, TypeError):
