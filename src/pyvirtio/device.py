@@ -46,9 +46,15 @@ class VirtioDevice:
     queue_max_size: int = 256
     #: Device-specific feature bits offered (a mask); COMMON_FEATURES are added.
     device_specific_features: int = 0
+    #: Every queue returns its buffers in the order they were made available: the device offers
+    #: VIRTIO_F_IN_ORDER (2.7.9, 2.8.21), and a packed queue may then return a batch with one
+    #: used descriptor.
+    completes_in_order: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.device_features = COMMON_FEATURES | self.device_specific_features
+        if self.completes_in_order:
+            self.device_features |= 1 << Feature.IN_ORDER
         self.driver_features = 0
         self.status = DeviceStatus(0)
         self.config_generation = 0
@@ -119,8 +125,10 @@ class VirtioDevice:
         if any(type(q) is not cls for q in self.queues):
             self.queues = [q if type(q) is cls else cls(q.max_size, index=q.index)
                            for q in self.queues]
+        in_order = self.has_feature(Feature.IN_ORDER)
         for q in self.queues:
             q.set_features(event_idx, indirect)
+            q.in_order = in_order  # split queues write one used entry per chain either way
         self.on_features(self.driver_features & self.device_features)
 
     def reset(self) -> None:

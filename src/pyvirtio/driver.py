@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Reserved features every pyvirtio driver accepts when offered.
 COMMON_DRIVER_FEATURES = ((1 << Feature.VERSION_1) | (1 << Feature.EVENT_IDX) | (1 << Feature.INDIRECT_DESC)
-                          | (1 << Feature.RING_PACKED))
+                          | (1 << Feature.RING_PACKED) | (1 << Feature.IN_ORDER))
 CONFIG_READ_RETRIES = 100
 
 
@@ -47,7 +47,7 @@ class DriverQueue:
     """A driver's virtqueue plus request bookkeeping over a transport."""
 
     def __init__(self, transport: DriverTransport, index: int, size: int, *, event_idx: bool,
-                 indirect: bool, max_indirect: int = 32, packed: bool = False):
+                 indirect: bool, max_indirect: int = 32, packed: bool = False, in_order: bool = False):
         self.transport = transport
         self.index = index
         mem = transport.memory
@@ -57,7 +57,7 @@ class DriverQueue:
         ind_area, self._ind_addr = None, None
         if indirect and max_indirect:
             self._ind_addr = ind_area = transport.alloc(queue_cls.indirect_area_size(size, max_indirect), 16)
-        self.vq = queue_cls(layout, index=index, event_idx=event_idx,
+        self.vq = queue_cls(layout, index=index, event_idx=event_idx, in_order=in_order,
                             indirect_area=ind_area, max_indirect=max_indirect if indirect else 0)
         self.vq.setup(mem)
         self.mem = mem
@@ -239,7 +239,8 @@ class VirtioDriver:
         size = 1 << (size.bit_length() - 1)  # a power of two not above the maximum
         queue = DriverQueue(t, index, size, event_idx=self.has_feature(Feature.EVENT_IDX),
                             indirect=self.has_feature(Feature.INDIRECT_DESC),
-                            packed=self.has_feature(Feature.RING_PACKED))
+                            packed=self.has_feature(Feature.RING_PACKED),
+                            in_order=self.has_feature(Feature.IN_ORDER))
         t.setup_queue(index, queue.vq.layout)
         return queue
 

@@ -80,6 +80,9 @@ class NetDevice(VirtioDevice):
     """A virtio-net device in front of a :class:`~pyvirtio.net.backend.NetBackend`."""
 
     device_type = DeviceType.NET
+    #: Transmit chains (held ones resent first), receive buffers (a frame takes the oldest spare
+    #: buffers; a bad one goes back behind them) and control commands all complete in ring order.
+    completes_in_order = True
 
     def __init__(self, backend: Optional[NetBackend] = None, *, mac=None, mtu: Optional[int] = None,
                  queue_pairs: int = 1, queue_size: int = 256, link_up: bool = True,

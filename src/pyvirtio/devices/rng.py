@@ -1,6 +1,7 @@
 """Entropy device (VIRTIO 1.3, 5.4): fills device-writable buffers from the host's CSPRNG.
 
-One queue (requestq), no features, no config.  The entropy is private to the guest that asked
+One queue (requestq), no device-specific features, no config; requests complete in the order
+they came (VIRTIO_F_IN_ORDER is offered).  The entropy is private to the guest that asked
 (a fresh read per request; nothing is shared or replayed)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ MAX_REQUEST = 64 * 1024
 class RngDevice(VirtioDevice):
     device_type = DeviceType.ENTROPY
     num_queues = 1
+    completes_in_order = True
 
     def __init__(self, source=os.getrandom):
         super().__init__()

@@ -54,6 +54,13 @@ class RxPlacer:
             if chain.writable_len < NET_HDR_SIZE or chain.readable_len:
                 # 5.1.6.3.1: a receive buffer is device-writable and holds at least the header.
                 self.bad_buffers += 1
+                if self.spare and getattr(self.queue, "in_order", False):
+                    # IN_ORDER: nothing goes back ahead of the buffers popped before it, so
+                    # those go back (empty) first; the caller starts gathering anew.
+                    self.done.extend((c.head_index, 0) for c in self.spare)
+                    self.spare.clear()
+                    self.done.append((chain.head_index, 0))
+                    return None
                 self.done.append((chain.head_index, 0))
                 continue
             self.spare.append(chain)
@@ -73,6 +80,9 @@ class RxPlacer:
         while total < room and count < MAX_CHAINS_PER_FRAME:
             chain = self._next(mem, count)
             if chain is None:
+                if count > len(self.spare):  # the chains counted went back (IN_ORDER, above)
+                    count = total = views = 0
+                    continue
                 break
             views += len(chain.writable)
             if max_views and count and views > max_views:

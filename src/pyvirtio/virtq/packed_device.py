@@ -9,11 +9,19 @@ avail and used; the queue size need not be a power of two (2.8).
 The driver is untrusted: a chain longer than the ring, a buffer id already in flight, a chain
 whose later descriptors are not available, nested indirect tables, or a buffer outside guest
 memory raise :class:`~pyvirtio.errors.DriverFault` and mark the queue broken.
+
+With VIRTIO_F_IN_ORDER (``in_order``, set by the device once features are settled) buffers must
+come back in the order they were popped; :meth:`add_used_batch` then writes one used descriptor
+for each run of buffers the driver can account for without one (2.8.21: the id of the run's last
+buffer, where its first was; the used position skips the whole run).  A buffer is left inside a
+run only if the device filled all its writable bytes — what a driver reports for it (Linux does
+so; a transmit buffer has none) — so no length is lost.
 """
 
 from __future__ import annotations
 
 import struct
+from itertools import islice
 from typing import Callable, Iterable
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
@@ -65,6 +73,7 @@ class PackedDeviceQueue(DeviceRingSide):
         self.max_size = max_size
         self.event_idx = False
         self.indirect = False
+        self.in_order = False
         self.reset()
 
     # --- configuration --------------------------------------------------------------------------
@@ -75,7 +84,8 @@ class PackedDeviceQueue(DeviceRingSide):
         self.ready = False
         self.next_avail, self.avail_wrap = 0, 1
         self.next_used, self.used_wrap = 0, 1
-        self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds
+        self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds (pop order)
+        self._wlen: dict[int, int] = {}  # IN_ORDER: buffer id -> its device-writable bytes
         self.chains_popped = 0  # statistics: positions wrap at the (any) ring size, this does not
         self._added_since_signal = 0
         self._signalled_once = False
@@ -170,6 +180,8 @@ class PackedDeviceQueue(DeviceRingSide):
         if chain.head_index in self._pending:
             self._break(DriverFault(f"queue {self.index}: buffer id {chain.head_index} is already in flight"))
         self._pending[chain.head_index] = count
+        if self.in_order:
+            self._wlen[chain.head_index] = chain.writable_len
         self.next_avail, self.avail_wrap = pos, wrap
         self.chains_popped += 1
         return chain
@@ -253,9 +265,17 @@ class PackedDeviceQueue(DeviceRingSide):
         self._check(mem)
         if not 0 <= length <= 0xFFFFFFFF:
             raise UsageError(f"queue {self.index}: used length {length} out of range")
+        if self.in_order and self._pending and next(iter(self._pending)) != head_index:
+            raise UsageError(f"queue {self.index}: buffer id {head_index} used out of order "
+                             "with VIRTIO_F_IN_ORDER")
         count = self._pending.pop(head_index, None)
         if count is None:
             raise UsageError(f"queue {self.index}: buffer id {head_index} is not in flight")
+        self._wlen.pop(head_index, None)
+        self._write_used(head_index, length, count)
+
+    def _write_used(self, head_index: int, length: int, count: int) -> None:
+        """The used descriptor at ``next_used``; then skip ``count`` ring positions."""
         pos = self.next_used
         _LEN_ID.pack_into(self._desc, pos * 16 + 8, length, head_index)  # flags untouched
         used_flags = (_F_AVAIL | _F_USED) if self.used_wrap else 0
@@ -268,8 +288,26 @@ class PackedDeviceQueue(DeviceRingSide):
         self._added_since_signal += count
 
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
-        for head_index, length in elems:
-            self.add_used(mem, head_index, length)
+        if not self.in_order:
+            for head_index, length in elems:
+                self.add_used(mem, head_index, length)
+            return
+        self._check(mem)
+        elems = list(elems)
+        ids = [head for head, _ in elems]
+        if ids != list(islice(self._pending, len(ids))):
+            raise UsageError(f"queue {self.index}: buffers {ids[:8]} are not the oldest in flight "
+                             "(VIRTIO_F_IN_ORDER)")
+        if any(not 0 <= length <= 0xFFFFFFFF for _, length in elems):
+            raise UsageError(f"queue {self.index}: a used length out of range")
+        pending, wlen, run = self._pending, self._wlen, 0
+        last = len(elems) - 1
+        for i, (head, length) in enumerate(elems):
+            run += pending.pop(head)
+            if i == last or length != wlen.pop(head, -1):
+                wlen.pop(head, None)
+                self._write_used(head, length, run)  # closes the run (2.8.21)
+                run = 0
 
     # --- notification suppression (2.8.10) ------------------------------------------------------
 

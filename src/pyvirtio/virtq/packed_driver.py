@@ -5,11 +5,18 @@ Same calls as :class:`~pyvirtio.virtq.split_driver.SplitDriverQueue` (``add``, `
 tail first and the head's flags last, so the device never sees half a chain.  The device is
 untrusted: a used id that is not in flight or a used length above the chain's writable bytes
 raises :class:`~pyvirtio.errors.DeviceFault` and marks the queue broken.
+
+With VIRTIO_F_IN_ORDER (2.8.21, ``in_order=True``) the device may return a batch with one used
+descriptor carrying the buffer id of the batch's *last* buffer, written where the batch's first
+buffer was, and skip forward by the descriptors of the whole batch.  The driver keeps its buffers
+in the order it made them available, completes every one up to that id (each with all its
+device-writable bytes, as Linux counts them) and moves past their descriptors.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -63,11 +70,12 @@ class PackedDriverQueue(DriverRingSide):
     packed = True
 
     def __init__(self, layout: PackedRingLayout, *, index: int = 0, event_idx: bool = False,
-                 indirect_area: int | None = None, max_indirect: int = 0):
+                 indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
         self.index = index
         self.layout = layout
         self.size = layout.size
         self.event_idx = event_idx
+        self.in_order = in_order
         self.indirect_area = indirect_area
         self.max_indirect = max_indirect if indirect_area is not None else 0
         self.broken = False
@@ -87,6 +95,9 @@ class PackedDriverQueue(DriverRingSide):
         self._tokens: list[Any] = [None] * self.size
         self._count = [0] * self.size
         self._in_len = [0] * self.size
+        self._order: deque[int] = deque()  # IN_ORDER: buffer ids in flight, oldest first
+        self._batch_last = -1  # IN_ORDER: the id closing the batch being collected, else -1
+        self._batch_len = 0
         self._added = 0
         self.callbacks_enabled = True
         self.outstanding = 0
@@ -140,6 +151,8 @@ class PackedDriverQueue(DriverRingSide):
         self._tokens[buf_id] = token
         self._count[buf_id] = count
         self._in_len[buf_id] = sum(n for _, n in in_bufs)
+        if self.in_order:
+            self._order.append(buf_id)
         self.num_free -= count
         self._added += count
         self.outstanding += 1
@@ -190,11 +203,18 @@ class PackedDriverQueue(DriverRingSide):
 
     def has_used(self, mem: GuestMemory) -> bool:
         self._check(mem)
-        return self._is_used(self._desc16[self.last_used * 8 + 7])
+        return self._batch_last >= 0 or self._is_used(self._desc16[self.last_used * 8 + 7])
 
     def get_buf(self, mem: GuestMemory) -> tuple[Any, int] | None:
         self._check(mem)
         pos = self.last_used
+        if self._batch_last >= 0:  # IN_ORDER: inside a batch the used descriptor closed
+            buf_id = self._order.popleft()
+            if buf_id == self._batch_last:
+                self._batch_last, length = -1, self._batch_len
+            else:
+                length = self._in_len[buf_id]
+            return self._complete(buf_id, length, pos)
         if not self._is_used(self._desc16[pos * 8 + 7]):
             return None
         _, length, buf_id = _ADDR_LEN_ID.unpack_from(self._desc, pos * 16)
@@ -203,6 +223,14 @@ class PackedDriverQueue(DriverRingSide):
         if length > self._in_len[buf_id]:
             self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[buf_id]} "
                                     f"writable bytes of buffer {buf_id}"))
+        if self.in_order:
+            first = self._order.popleft()
+            if first != buf_id:  # a batch: ``first`` up to ``buf_id`` are all used
+                self._batch_last, self._batch_len = buf_id, length
+                buf_id, length = first, self._in_len[first]
+        return self._complete(buf_id, length, pos)
+
+    def _complete(self, buf_id: int, length: int, pos: int) -> tuple[Any, int]:
         token = self._tokens[buf_id]
         self._tokens[buf_id] = None
         count = self._count[buf_id]
@@ -217,8 +245,6 @@ class PackedDriverQueue(DriverRingSide):
         if self.event_idx and self.callbacks_enabled:
             self._driver16[0] = pos | (self.used_wrap << 15)
         return token, length
-
-
 
     # --- interrupt suppression ------------------------------------------------------------------
 
@@ -236,4 +262,4 @@ class PackedDriverQueue(DriverRingSide):
         else:
             self._driver16[1] = ring.RING_EVENT_FLAGS_ENABLE
         full_fence()  # publish the change before re-checking for used buffers
-        return self._is_used(self._desc16[self.last_used * 8 + 7])
+        return self._batch_last >= 0 or self._is_used(self._desc16[self.last_used * 8 + 7])

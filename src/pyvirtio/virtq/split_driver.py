@@ -8,10 +8,18 @@ The device is untrusted too: a used idx that jumps more than the queue size, a u
 not an outstanding head, or a used length above the chain's writable bytes raises
 :class:`~pyvirtio.errors.DeviceFault` and marks the queue broken.  The driver keeps shadow copies
 of everything it owns (free list, indices) and never re-reads them from shared memory.
+
+With VIRTIO_F_IN_ORDER (2.7.9, ``in_order=True``) the driver takes descriptors in ring order
+(from 0, wrapping at the end of the table; a chain's ``next`` is the following slot), and the
+device may return a batch of chains with one used entry: the id of the batch's *last* chain,
+written at the slot of its first, and the used idx moved by the batch size.  Every chain before
+that id is then complete, each with all its device-writable bytes (as Linux counts them); an id
+that is not outstanding, or a batch longer than the used idx moved, is a device fault.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
@@ -34,11 +42,12 @@ class SplitDriverQueue(DriverRingSide):
     """Driver-side state of one split virtqueue."""
 
     def __init__(self, layout: SplitRingLayout, *, index: int = 0, event_idx: bool = False,
-                 indirect_area: int | None = None, max_indirect: int = 0):
+                 indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
         self.index = index
         self.layout = layout
         self.size = layout.size
         self.event_idx = event_idx
+        self.in_order = in_order
         self.indirect_area = indirect_area
         self.max_indirect = max_indirect if indirect_area is not None else 0
         self.broken = False
@@ -55,6 +64,13 @@ class SplitDriverQueue(DriverRingSide):
     def _init_state(self) -> None:
         size = self.size
         self._next = [i + 1 for i in range(size)]  # shadow free list links
+        if self.in_order:
+            self._next[-1] = 0  # 2.7.9: descriptors are taken in ring order, wrapping at the end
+        self._order: deque[int] = deque()  # IN_ORDER: outstanding heads, oldest first
+        self._seq = [0] * size  # IN_ORDER: when each head was added (a running count)
+        self._added_total = 0
+        self._batch_last = -1  # IN_ORDER: the id closing the batch being collected, else -1
+        self._batch_len = 0  # ... and the bytes the device wrote into that last chain
         self.free_head = 0
         self.num_free = size
         self._tokens: list[Any] = [None] * size
@@ -123,6 +139,10 @@ class SplitDriverQueue(DriverRingSide):
         self._tokens[head] = token
         self.outstanding += 1
         self._chain_len[head] = used
+        if self.in_order:
+            self._order.append(head)
+            self._seq[head] = self._added_total
+            self._added_total += 1
         self._in_len[head] = in_len
         avail16 = self._avail16
         avail16[2 + (self.avail_idx_shadow & (self.size - 1))] = head
@@ -195,16 +215,16 @@ class SplitDriverQueue(DriverRingSide):
         last = self.last_used
         if used_idx == last:
             return None
-        if (used_idx - last) & 0xFFFF > self.size:
+        ahead = (used_idx - last) & 0xFFFF
+        if ahead > self.size:
             self._break(DeviceFault(f"queue {self.index}: used idx {used_idx} jumped past {last} "
                                     f"by more than {self.size}"))
-        slot = (last & (self.size - 1)) * 2
-        head, length = self._used32[1 + slot], self._used32[2 + slot]
-        if head >= self.size or self._tokens[head] is None:
-            self._break(DeviceFault(f"queue {self.index}: used id {head} is not an outstanding head"))
-        if length > self._in_len[head]:
-            self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[head]} "
-                                    f"writable bytes of head {head}"))
+        if self.in_order:
+            head, length = self._next_in_order(last, ahead)
+        else:
+            slot = (last & (self.size - 1)) * 2
+            head, length = self._used32[1 + slot], self._used32[2 + slot]
+            self._check_used(head, length)
         token = self._tokens[head]
         self._free_chain(head)
         self.last_used = (last + 1) & 0xFFFF
@@ -212,9 +232,40 @@ class SplitDriverQueue(DriverRingSide):
             self._avail16[2 + self.size] = self.last_used  # used_event
         return token, length
 
+    def _check_used(self, head: int, length: int) -> None:
+        if head >= self.size or self._tokens[head] is None:
+            self._break(DeviceFault(f"queue {self.index}: used id {head} is not an outstanding head"))
+        if length > self._in_len[head]:
+            self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[head]} "
+                                    f"writable bytes of head {head}"))
+
+    def _next_in_order(self, last: int, ahead: int) -> tuple[int, int]:
+        """IN_ORDER (2.7.9): the oldest outstanding head and what the device wrote into it.  A
+        used entry is read only where a batch starts; its id closes the batch."""
+        if self._batch_last < 0:
+            slot = (last & (self.size - 1)) * 2
+            head, length = self._used32[1 + slot], self._used32[2 + slot]
+            self._check_used(head, length)
+            if not self._order:  # pragma: no cover - an outstanding head is in the order
+                self._break(DeviceFault(f"queue {self.index}: used id {head} with nothing in flight"))
+            batch = self._seq[head] - self._seq[self._order[0]] + 1
+            if batch > ahead:
+                self._break(DeviceFault(f"queue {self.index}: used id {head} closes a batch of "
+                                        f"{batch} chains but the used idx moved by {ahead}"))
+            self._batch_last, self._batch_len = head, length
+        head = self._order.popleft()
+        if head != self._batch_last:
+            return head, self._in_len[head]  # inside a batch: the whole buffer was used
+        self._batch_last = -1
+        return head, self._batch_len
 
     def _free_chain(self, head: int) -> None:
         n = self._chain_len[head]
+        if self.in_order:  # the oldest chain: its descriptors follow the free ones in ring order
+            self.num_free += n
+            self._tokens[head] = None
+            self.outstanding -= 1
+            return
         nxt = self._next
         tail = head
         for _ in range(n - 1):  # a chain was taken from the free list in order: links still hold
