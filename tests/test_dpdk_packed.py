@@ -81,6 +81,34 @@ def test_dpdk_virtio_user_on_serve_net(tmp_path, mode):
     assert "Traceback" not in text and "broken" not in text, text[-3000:]
 
 
+@pytest.mark.parametrize("mode", ["packed", "split"])
+def test_dpdk_virtio_user_in_order_on_serve_net(tmp_path, mode):
+    """``in_order=1``: VIRTIO_F_IN_ORDER is negotiated with either ring, and frames move (with
+    packed rings the daemon returns each transmit batch as one used descriptor, which DPDK's
+    in-order cleanup walks back)."""
+    require(shutil.which(TESTPMD) is not None, f"{TESTPMD} (Debian: dpdk-dev)")
+    proc, sock, log = serve_net(tmp_path, *(["--split-only"] if mode == "split" else []))
+    packed_vq = int(mode == "packed")
+    try:
+        out = run_testpmd(sock, f"pvio-{os.getpid()}-{mode}", f"packed_vq={packed_vq},in_order=1,mrg_rxbuf=0")
+        deadline = time.monotonic() + 10
+        while "requests served" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    text = log.read_text()
+    features = negotiated(text)
+    assert features >> Feature.IN_ORDER & 1, hex(features)
+    assert bool(features >> Feature.RING_PACKED & 1) == (mode == "packed"), (hex(features), mode)
+    pps = [int(x) for x in re.findall(r"Tx-pps:\s+(\d+)", out)]
+    assert pps and max(pps) > 0, out[-3000:]
+    frames = tx_chains(text)
+    print(f"in-order {mode}: features {features:#x}, tx chains served {frames}, Tx-pps samples {pps}")
+    assert frames > 1000
+    assert "Traceback" not in text and "broken" not in text, text[-3000:]
+
+
 def test_dpdk_no_huge_memory_is_served_by_the_real_daemon(tmp_path):
     """DPDK's --no-huge memory is a memfd that cannot be sealed: the daemon serves it (with one
     warning) rather than refusing a real front-end."""
