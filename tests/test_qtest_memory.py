@@ -3,13 +3,15 @@
 The fake runs the "device" between every two qtest requests, as QEMU's main loop may: the tests
 check that the device never sees an avail index before the chain it covers, that the driver's
 unpublished writes survive an acquire, that device writes are never clobbered by a publish, and
-that the event-index kick decision reads a fresh avail_event."""
+that the event-index kick decision reads a fresh avail_event.  Packed rings, where the device
+writes in the descriptor ring itself, get the same checks."""
 
 import struct
 
 from pyvirtio.memory import GuestMemory
 from pyvirtio.qtest.memory import QtestMemory
-from pyvirtio.virtq import SplitDeviceQueue, SplitDriverQueue, SplitRingLayout
+from pyvirtio.virtq import (PackedDeviceQueue, PackedDriverQueue, PackedRingLayout, SplitDeviceQueue,
+                            SplitDriverQueue, SplitRingLayout)
 
 BASE, SIZE = 0x100_0000, 1 << 20
 
@@ -153,3 +155,110 @@ def test_event_idx_kick_decision_reads_a_fresh_avail_event():
 def test_generation_changes_on_every_read():
     _, mem, *_ = make()
     assert mem.generation != mem.generation
+
+
+# --- packed rings ---------------------------------------------------------------------------------
+
+def make_packed(event_idx=False, size=8):
+    qemu = FakeQemu()
+    mem = QtestMemory(qemu, BASE, SIZE)
+    ring = BASE + 0x1000
+    mem.fresh(ring, PackedRingLayout.bytes_needed(size))
+    layout = PackedRingLayout.contiguous(ring, size)
+    drv = PackedDriverQueue(layout, event_idx=event_idx)
+    drv.setup(mem)
+    mem.add_ring(layout)
+    mem.publish()
+    dev_mem = GuestMemory.from_buffers((BASE, qemu.ram))
+    dev = PackedDeviceQueue(size)
+    dev.set_features(event_idx, False)
+    dev.set_addresses(layout.desc_table, layout.avail_ring, layout.used_ring)
+    dev.activate(dev_mem)
+    return qemu, mem, drv, dev, dev_mem, layout
+
+
+def test_packed_device_never_sees_half_a_chain():
+    """Chains of three descriptors on a ring of 8 wrap around its end; a device that pops between
+    every two qtest writes must only ever find whole chains (a later descriptor still showing
+    last lap's flags would be a DriverFault in PackedDeviceQueue)."""
+    qemu, mem, drv, dev, dev_mem, layout = make_packed(size=8)
+    seen, bad = [], []
+
+    def device_polls():
+        while (chain := dev.pop_descriptor_chain(dev_mem)) is not None:
+            data = chain.read()
+            (n,) = struct.unpack_from("<I", data)
+            if data[4:] != bytes([n & 0xFF]) * (2 * n):
+                bad.append(n)
+            seen.append(n)
+            dev.add_used(dev_mem, chain.head_index, 0)
+
+    qemu.between = device_polls
+    for n in range(1, 41):
+        header = buffer(mem, BASE + 0x10000 + 0x400 * (n % 8), struct.pack("<I", n))
+        halves = [buffer(mem, BASE + 0x10100 + 0x400 * (n % 8) + 0x100 * i, bytes([n & 0xFF]) * n)
+                  for i in range(2)]
+        drv.add(mem, [header, *halves], [], n)
+        if n % 2 == 0:  # two chains per kick: six changed flags fields in one publish
+            drv.kick_prepare(mem)
+            drv.get_bufs(mem)
+    assert seen == list(range(1, 41)) and not bad
+    assert drv.avail_wrap == 0 and not dev.broken  # went round the ring (40 * 3 = 120 descriptors)
+
+
+def test_packed_head_flags_are_written_last():
+    """A publish writes the flags fields after everything else, backwards from the last
+    descriptor made available, so a chain's head is its last write — also for a chain that runs
+    over the end of the ring (positions 6, 7, 0: written 0, 7, 6)."""
+    qemu, mem, drv, dev, dev_mem, layout = make_packed(size=8)
+    a, b = buffer(mem, BASE + 0x20000, b"x" * 8), buffer(mem, BASE + 0x20100, b"y" * 8)
+    desc_end = layout.desc_table + 16 * layout.size
+    for slots in ([1, 0], [3, 2], [5, 4], [0, 7, 6]):
+        drv.add(mem, [a] * (len(slots) - 1), [b], "t")
+        qemu.log.clear()
+        drv.kick_prepare(mem)  # publishes the chain
+        flags = [(addr - layout.desc_table) // 16 for addr, n in qemu.log
+                 if layout.desc_table <= addr < desc_end and (addr - layout.desc_table) % 16 == 14]
+        assert flags == slots
+        assert [(addr - layout.desc_table) // 16 for addr, _ in qemu.log[-len(slots):]] == slots
+        chain = dev.pop_descriptor_chain(dev_mem)
+        dev.add_used(dev_mem, chain.head_index, 0)
+        assert drv.get_bufs(mem) == [("t", 0)]
+
+
+def test_packed_used_elements_written_in_place_are_acquired_in_any_order():
+    qemu, mem, drv, dev, dev_mem, layout = make_packed(size=8)
+    bufs = [buffer(mem, BASE + 0x30000 + 0x100 * i, bytes(16)) for i in range(3)]
+    for i, buf in enumerate(bufs):
+        drv.add(mem, [], [buf], f"tok{i}")
+    assert drv.kick_prepare(mem)
+    chains = [dev.pop_descriptor_chain(dev_mem) for _ in range(3)]
+    for chain, word in zip(reversed(chains), (b"third", b"second", b"first")):  # out of order
+        chain.write(word)
+        dev.add_used(dev_mem, chain.head_index, len(word))
+    assert drv.get_bufs(mem) == [("tok2", 5), ("tok1", 6), ("tok0", 5)]
+    assert mem.read(bufs[0][0], 5) == b"first" and mem.read(bufs[2][0], 5) == b"third"
+
+
+def test_packed_kick_decision_reads_a_fresh_device_area():
+    """The device's event suppression area is written by the device: kick_prepare must see the
+    offset it asked for after the chain was published (2.8.10)."""
+    qemu, mem, drv, dev, dev_mem, layout = make_packed(event_idx=True)
+    a = buffer(mem, BASE + 0x40000, b"a" * 8)
+    drv.add(mem, [a], [], 1)
+    assert drv.kick_prepare(mem)
+    assert dev.pop_descriptor_chain(dev_mem) is not None
+    dev.enable_notification(dev_mem)  # asks for a kick at position 1
+    b = buffer(mem, BASE + 0x40100, b"b" * 8)
+    drv.add(mem, [b], [], 2)
+    assert drv.kick_prepare(mem), "kick_prepare must see the event offset the device just wrote"
+    dev.disable_notification(dev_mem)
+    drv.add(mem, [a], [], 3)
+    assert not drv.kick_prepare(mem), "...and that the device turned kicks off"
+
+
+def test_packed_ring_parts_are_read_in_one_request():
+    qemu, mem, drv, dev, dev_mem, layout = make_packed(size=8)
+    before = mem.stats["acquires"]
+    drv.has_used(mem)  # binds the descriptor ring, the driver area and the device area
+    assert mem.stats["acquires"] - before == 1

@@ -5,22 +5,31 @@
 would over shared memory.  QEMU's RAM is only reachable through qtest requests, so the driver
 works on a local bytearray (the *shadow*) and the two are reconciled at well-defined points.
 
-**What the device may write.**  Only the used rings and device-writable buffers (2.7); the
-driver writes everything else.  A second bytearray, *synced*, holds what QEMU's RAM contained
+**What the device may write.**  Split rings: only the used rings and device-writable buffers
+(2.7).  Packed rings: the descriptor ring itself (the device writes used elements in place of the
+descriptors it consumed) and the device event suppression area (2.8.10).  The driver writes
+everything else.  A second bytearray, *synced*, holds what QEMU's RAM contained
 the last time a byte was exchanged.  ``shadow != synced`` marks bytes the driver changed locally
 and has not yet published.
 
 **Publishing (driver → QEMU)** writes exactly the locally changed byte runs of each live
 allocation, never a byte the driver did not change (it might be one QEMU is writing).  The
 ``idx`` field of every avail ring goes last, so QEMU cannot see a new index before the
-descriptors and data it covers — the ordering a write barrier gives on real memory.  Publishing
+descriptors and data it covers — the ordering a write barrier gives on real memory.  A packed
+ring has no index: a chain becomes available when its head descriptor's ``flags`` change (2.8.6).
+There the ``flags`` fields go last, in *reverse ring order* from where the previous publish
+stopped: every chain's later descriptors are complete before its head, and a chain whose
+predecessor's head is not yet written is simply not reached by the device (it consumes in ring
+order), so no chain is ever seen half-written.  Publishing
 happens before every MMIO or port write (the platform calls it: on x86 an uncached write is
 ordered after earlier stores), before waiting for an interrupt, and whenever the ring code looks
 at a used ring.
 
 **Acquiring (QEMU → driver)** reads a range back and takes QEMU's value for every bit the
 driver has not changed locally, keeping the driver's unpublished changes (a three-way merge
-against *synced*).  It happens for the used rings whenever the ring code looks at them, and for
+against *synced*).  It happens for the device-written ring parts (split: the used ring; packed: the
+descriptor ring and the device area, read in one request) whenever the ring code looks at them,
+and for
 any range the driver reads with :meth:`read` or :meth:`views` (the device-writable buffers of a
 completed request).  A used ring is acquired before the buffers it reports, the order in which
 QEMU wrote them.
@@ -43,27 +52,70 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Union
 
 from ..memory import GuestMemory, Region
+from ..spec import ring
 from ..virtq.layout import SplitRingLayout, used_ring_size
+from ..virtq.packed_driver import PackedRingLayout
 from .client import QtestClient
 
 _RUNS = re.compile(rb"[^\x00]+")
 
 
-@dataclass(frozen=True)
-class _Ring:
-    layout: SplitRingLayout
+#: A packed ring's device area is read together with its descriptor ring when the gap between
+#: them is at most this many bytes (one qtest request instead of two).
+_JOIN_GAP = 64
+_FLAGS = 14  # offset of ``flags`` in a packed descriptor (2.8.13)
 
-    @property
-    def used(self) -> tuple[int, int]:
-        return self.layout.used_ring, self.layout.used_ring + used_ring_size(self.layout.size)
+
+class _Ring:
+    """What the memory must know about one ring the driver handed to QEMU."""
+
+    def __init__(self, layout: Union[SplitRingLayout, PackedRingLayout]):
+        self.layout = layout
+        self.packed = isinstance(layout, PackedRingLayout)
+        lay = layout
+        if self.packed:
+            desc = (lay.desc_table, lay.desc_table + ring.PVIRTQ_DESC_SIZE * lay.size)
+            device = (lay.used_ring, lay.used_ring + ring.PVIRTQ_EVENT_SUPPRESS.size)
+            #: What the device writes (a view touching it syncs first) and what one acquire reads.
+            self.device_written = (desc, device)
+            if 0 <= device[0] - desc[1] <= _JOIN_GAP:
+                self.acquire_spans = ((desc[0], device[1]),)
+            else:
+                self.acquire_spans = self.device_written
+            self.next_flags = 0  # the ring position after the last flags field published
+        else:
+            used = (lay.used_ring, lay.used_ring + used_ring_size(lay.size))
+            self.device_written = self.acquire_spans = (used,)
+        self.acquired_at = -1  # the memory's epoch at the last acquire
 
     @property
     def avail_idx(self) -> tuple[int, int]:
         return self.layout.avail_ring + 2, self.layout.avail_ring + 4
+
+    def touches(self, lo: int, hi: int) -> bool:
+        return any(lo < d_hi and d_lo < hi for d_lo, d_hi in self.device_written)
+
+    def flags_slots(self, lo: int, hi: int) -> range:
+        """Ring positions whose ``flags`` field overlaps the absolute range ``[lo, hi)``."""
+        base, n = self.layout.desc_table, self.layout.size
+        first = max(0, (lo - base - 16) // 16 + 1)
+        last = min(n - 1, (hi - 1 - base - _FLAGS) // 16)
+        return range(first, last + 1)
+
+    def flags_order(self, slots: set[int]) -> list[int]:
+        """The order to publish changed ``flags`` fields in: slots outside the run that starts at
+        ``next_flags`` first (they make nothing available: a reset ring, a stray write), then
+        that run backwards, so each chain's head goes after the rest of the chain."""
+        n, pos, run = self.layout.size, self.next_flags, []
+        while pos in slots and len(run) < n:
+            run.append(pos)
+            pos = (pos + 1) % n
+        self.next_flags = pos
+        rest = sorted(slots.difference(run))
+        return rest + run[::-1]
 
 
 class QtestMemory(GuestMemory):
@@ -79,6 +131,10 @@ class QtestMemory(GuestMemory):
         self._fresh: dict[int, int] = {}  # allocations not yet published since they were handed out
         self._alloc_starts: list[int] = []
         self._rings: list[_Ring] = []
+        #: Moves at every ``generation`` read and every publish: a ring acquired in the same epoch
+        #: is not read again (the views of one ring operation share one snapshot, taken after the
+        #: operation's publish).
+        self._epoch = 0
         super().__init__([Region(base, size, memoryview(self._shadow), _owner=self._shadow)])
         self.stats = {"publish_runs": 0, "publish_bytes": 0, "acquires": 0, "acquire_bytes": 0}
 
@@ -87,6 +143,7 @@ class QtestMemory(GuestMemory):
     @property
     def generation(self) -> int:
         self._gen += 1
+        self._epoch += 1
         return self._gen
 
     @generation.setter
@@ -112,7 +169,7 @@ class QtestMemory(GuestMemory):
         self._fresh.pop(addr, None)
         self._rings = [r for r in self._rings if r.layout.desc_table != addr]
 
-    def add_ring(self, layout: SplitRingLayout) -> None:
+    def add_ring(self, layout: Union[SplitRingLayout, PackedRingLayout]) -> None:
         self._rings = [r for r in self._rings if r.layout.desc_table != layout.desc_table]
         self._rings.append(_Ring(layout))
 
@@ -126,7 +183,8 @@ class QtestMemory(GuestMemory):
         return [(lo + m.start(), lo + m.end()) for m in _RUNS.finditer(x)]
 
     def publish(self) -> int:
-        """Write every locally changed byte to QEMU, avail indexes last; returns bytes written."""
+        """Write every locally changed byte to QEMU, in the order that makes chains available
+        last (split: avail ``idx``; packed: head ``flags``); returns bytes written."""
         runs: list[tuple[int, int]] = []
         for start in self._alloc_starts:
             lo, hi = self._local(start, self._allocs[start])
@@ -134,10 +192,7 @@ class QtestMemory(GuestMemory):
         self._fresh.clear()
         if not runs:
             return 0
-        idx_fields = [(lo - self._base, hi - self._base) for lo, hi in (r.avail_idx for r in self._rings)]
-        first, last = [], []
-        for lo, hi in runs:
-            (last if any(lo < fhi and flo < hi for flo, fhi in idx_fields) else first).append((lo, hi))
+        first, last = self._order(runs)
         commands = [self._client.write_commands(self._base + lo, bytes(self._shadow[lo:hi]))
                     for lo, hi in first + last]
         self._client.pipeline(commands)
@@ -145,9 +200,46 @@ class QtestMemory(GuestMemory):
         for lo, hi in runs:
             self._synced[lo:hi] = self._shadow[lo:hi]
             written += hi - lo
+        self._epoch += 1
         self.stats["publish_runs"] += len(runs)
         self.stats["publish_bytes"] += written
         return written
+
+    def _order(self, runs: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """Split local ``runs`` into what may go first and what must go last, in order."""
+        base = self._base
+        idx_fields = [(lo - base, hi - base) for lo, hi in (r.avail_idx for r in self._rings if not r.packed)]
+        first, last = [], []
+        for lo, hi in runs:
+            (last if any(lo < fhi and flo < hi for flo, fhi in idx_fields) else first).append((lo, hi))
+        for r in self._rings:
+            if r.packed:
+                first, flags = self._carve_flags(r, first)
+                last.extend(flags)
+        return first, last
+
+    def _carve_flags(self, r: _Ring, runs: list[tuple[int, int]]):
+        """Take the ``flags`` fields of ``r``'s descriptors out of ``runs``; returns the runs left
+        and those fields as runs of their own, in :meth:`_Ring.flags_order`."""
+        base, desc = self._base, r.layout.desc_table
+        slots: set[int] = set()
+        for lo, hi in runs:
+            slots.update(r.flags_slots(lo + base, hi + base))
+        if not slots:
+            return runs, []
+        holes = sorted((desc - base + 16 * i + _FLAGS, desc - base + 16 * i + 16) for i in slots)
+        rest = []
+        for lo, hi in runs:
+            for h_lo, h_hi in holes:
+                if h_hi <= lo or h_lo >= hi:
+                    continue
+                if lo < h_lo:
+                    rest.append((lo, h_lo))
+                lo = max(lo, h_hi)
+            if lo < hi:
+                rest.append((lo, hi))
+        fields = [(desc - base + 16 * i + _FLAGS, desc - base + 16 * i + 16) for i in r.flags_order(slots)]
+        return rest, fields
 
     # --- acquiring -------------------------------------------------------------------------------
 
@@ -178,22 +270,25 @@ class QtestMemory(GuestMemory):
         return self._shadow[lo:hi] != shadow
 
     def acquire_rings(self, ranges: Iterable[tuple[int, int]] | None = None) -> bool:
-        """Acquire the used rings (those overlapping ``ranges`` if given); True if any moved."""
+        """Acquire what the device writes in the rings (those overlapping ``ranges`` if given,
+        unless acquired already in this epoch); True if any moved."""
         changed = False
-        for ring in self._rings:
-            u_lo, u_hi = ring.used
-            if ranges is not None and not any(lo < u_hi and u_lo < hi for lo, hi in ranges):
-                continue
-            changed |= self.acquire(u_lo, u_hi - u_lo)
+        for r in self._rings:
+            if ranges is not None:
+                if r.acquired_at == self._epoch or not any(r.touches(lo, hi) for lo, hi in ranges):
+                    continue
+            for lo, hi in r.acquire_spans:
+                changed |= self.acquire(lo, hi - lo)
+            r.acquired_at = self._epoch
         return changed
 
-    def _touches_used_ring(self, addr: int, length: int) -> bool:
-        return any(addr < r.used[1] and r.used[0] < addr + length for r in self._rings)
+    def _touches_device_written(self, addr: int, length: int) -> bool:
+        return any(r.touches(addr, addr + length) for r in self._rings)
 
     # --- the GuestMemory interface, with coherence points ---------------------------------------
 
     def view(self, addr: int, length: int) -> memoryview:
-        if self._touches_used_ring(addr, length):
+        if self._touches_device_written(addr, length):
             self.publish()
             self.acquire_rings([(addr, addr + length)])
         return super().view(addr, length)
