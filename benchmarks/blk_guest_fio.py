@@ -46,6 +46,10 @@ DISKS = (("qsd", "vda", "0x4"), ("pyvirtio", "vdb", "0x5"))
 def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TESTS))) -> str:
     lines = [
         "for d in vda vdb; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial)\"; done",
+        # Interrupts the disk's virtio device took so far (every CPU's column of /proc/interrupts).
+        "irqs() { v=$(basename $(readlink /sys/block/$1/device)); awk -v v=\"$v-\" "
+        "'index($0, v) { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' "
+        "/proc/interrupts; }",
     ]
     for r in range(rounds):
         order = DISKS if r % 2 == 0 else DISKS[::-1]
@@ -53,9 +57,10 @@ def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TES
             name, args, _ = TESTS[t]
             for backend, dev, _ in order:
                 lines.append(
-                    f"echo \"FIO {r} {t} {backend} $(fio --name=b --filename=/dev/{dev} {args} "
+                    f"a=$(irqs {dev}); out=$(fio --name=b --filename=/dev/{dev} {args} "
                     f"--ioengine=libaio --direct=1 --time_based --runtime={runtime} "
-                    f"--output-format=json 2>/dev/null | tr -d '\\n ')\"")
+                    f"--output-format=json 2>/dev/null | tr -d '\\n '); "
+                    f"echo \"FIO {r} {t} {backend} $(( $(irqs {dev}) - a )) $out\"")
     return "\n".join(lines) + "\n"
 
 
@@ -64,17 +69,22 @@ def metric(job: dict, kind: str, rw: str) -> float:
     return side["bw"] / 1024 if kind == "bw" else side["iops"]  # MiB/s or IOPS
 
 
-def parse(lines: list[str]) -> dict:
-    results: dict = {}  # (test index, backend) -> [value per round]
+def parse(lines: list[str]) -> tuple[dict, dict]:
+    """(results, interrupts): (test index, backend) -> {round: value}, and -> {round: the
+    guest's interrupts per request from that disk}."""
+    results: dict = {}
+    interrupts: dict = {}
     for line in lines:
         if not line.startswith("FIO "):
             continue
-        _, r, t, backend, payload = line.split(" ", 4)
+        _, r, t, backend, irqs, payload = line.split(" ", 5)
         name, args, kind = TESTS[int(t)]
         job = json.loads(payload)["jobs"][0]
         value = metric(job, kind, args.split()[0].split("=")[1])
         results.setdefault((int(t), backend), {})[int(r)] = value
-    return results
+        ios = job["read"]["total_ios"] + job["write"]["total_ios"]
+        interrupts.setdefault((int(t), backend), {})[int(r)] = int(irqs) / ios if ios else 0.0
+    return results, interrupts
 
 
 def main(argv=None) -> int:
@@ -136,8 +146,8 @@ def main(argv=None) -> int:
             qsd.close()
             pyv.close()
     disks = {k: v for k, v in res.values().items() if k.startswith("disk_")}
-    results = parse(res.lines)
-    report(results, args, disks, elapsed)
+    results, interrupts = parse(res.lines)
+    report(results, interrupts, args, disks, elapsed)
     print("back-end CPU over the whole run (user+system, all threads): "
           + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu.items())
           + (f"; per request: " + ", ".join(
@@ -147,6 +157,7 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "disks": disks,
                        "results": {f"{TESTS[t][0]}|{b}": v for (t, b), v in results.items()},
+                       "interrupts_per_request": {f"{TESTS[t][0]}|{b}": v for (t, b), v in interrupts.items()},
                        "cpu_seconds": cpu}, f, indent=1)
     return 0
 
@@ -167,11 +178,12 @@ def requests(results: dict, args) -> dict:
     return out
 
 
-def report(results: dict, args, disks: dict, elapsed: float) -> None:
+def report(results: dict, interrupts: dict, args, disks: dict, elapsed: float) -> None:
     host = "O_DIRECT + io_uring on the host" if args.direct else "host page cache"
     print(f"guest: {args.cpus} vCPU (TCG), {args.rounds} rounds x {args.runtime} s, "
           f"{args.size} MiB images ({host}); disks {disks}; {elapsed:.0f} s")
-    print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)")
+    print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)"
+          "   guest interrupts per request qsd/pyvirtio")
     for t, (name, _, kind) in enumerate(TESTS):
         q, p = results.get((t, "qsd"), {}), results.get((t, "pyvirtio"), {})
         rounds = sorted(set(q) & set(p))
@@ -182,8 +194,10 @@ def report(results: dict, args, disks: dict, elapsed: float) -> None:
             continue
         ratios = [p[r] / q[r] for r in rounds if q[r]]
         unit = "MiB/s" if kind == "bw" else "IOPS"
+        irq = [statistics.median(interrupts.get((t, b), {0: 0.0}).values()) for b in ("qsd", "pyvirtio")]
         print(f"{name:18} {statistics.median(q.values()):10.1f} {statistics.median(p.values()):10.1f}  "
-              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] ({unit})")
+              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] ({unit})"
+              f"   {irq[0]:.2f} / {irq[1]:.2f}")
 
 
 if __name__ == "__main__":
