@@ -217,3 +217,18 @@ def test_drivers_negotiate_packed_rings_over_loopback(tmp_path):
     assert all(blk.read(i * 8, 4096) == bytes([i]) * 4096 for i in range(100))
     blk.remove()
     assert not any(getattr(q, "packed", False) for q in blk_dev.queues)  # reset goes back to split
+
+
+def test_used_len_on_a_buffer_without_writable_bytes_reads_as_zero():
+    """DPDK's vhost leaves a transmit descriptor's len as the driver wrote it when it marks the
+    buffer used; with nothing writable there is nothing to read back, so it counts as 0 — a
+    buffer with writable bytes still may not be credited more than it has."""
+    mem, drv, dev = pair(size=4)
+    drv.add(mem, [(DATA, 76)], [], token="tx")
+    drv.add(mem, [], [(DATA, 8)], token="rx")
+    tx, rx = dev.pop_many(mem)
+    dev.add_used(mem, tx.head_index, 76)
+    assert drv.get_buf(mem) == ("tx", 0)
+    dev.add_used(mem, rx.head_index, 9)
+    with pytest.raises(DeviceFault, match="used len 9 > 8"):
+        drv.get_buf(mem)

@@ -7,10 +7,17 @@ all-multicast, MAC address and table, announce ack, queue pairs, guest offloads)
 control queue and raise :class:`~pyvirtio.errors.RequestError` when the device answers ERR.
 Link changes arrive as config interrupts; ``on_link`` / ``on_announce`` callbacks run in the
 interrupt's context (keep them short, and do not call the driver from them).
+
+A transport may have no config space at all (a vhost-user back-end without the CONFIG protocol
+feature, e.g. DPDK's net_vhost: QEMU keeps virtio-net's config itself).  The driver then does
+not take the features whose meaning is a config field (MAC, STATUS, MTU, MQ, GUEST_ANNOUNCE) and
+uses what the spec says a driver without them uses: its own MAC address, the link up, one queue
+pair, the default MTU — and logs that once.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -37,6 +44,11 @@ WANTED = sum(1 << f for f in (F.MAC, F.STATUS, F.MTU, F.MRG_RXBUF, F.CTRL_VQ, F.
 OFFLOADS = sum(1 << f for f in (F.CSUM, F.GUEST_CSUM, F.HOST_TSO4, F.HOST_TSO6, F.GUEST_TSO4,
                                 F.GUEST_TSO6, F.HOST_ECN, F.GUEST_ECN, F.CTRL_GUEST_OFFLOADS))
 _GUEST_GSO = sum(1 << f for f in (F.GUEST_TSO4, F.GUEST_TSO6, F.GUEST_UFO))
+#: Features a driver can only use with a config space (5.1.4: each names a field, or the status
+#: field's announce bit).
+CONFIG_FEATURES = sum(1 << f for f in (F.MAC, F.STATUS, F.MTU, F.MQ, F.GUEST_ANNOUNCE))
+
+log = logging.getLogger(__name__)
 
 
 class NetHdr(NamedTuple):
@@ -100,6 +112,12 @@ class NetDriver(VirtioDriver):
             accepted &= ~(1 << F.MRG_RXBUF)
         if not self.want_offloads:
             accepted &= ~OFFLOADS
+        if not getattr(self.transport, "has_config_space", True) and accepted & CONFIG_FEATURES:
+            names = [F(bit).name for bit in range(64) if (accepted & CONFIG_FEATURES) >> bit & 1]
+            log.warning("%s has no config space: not taking %s (the driver picks the MAC, assumes "
+                        "the link up, one queue pair, the default MTU)", self.transport.describe(),
+                        " ".join(names))
+            accepted &= ~CONFIG_FEATURES
         return drop_unmet(accepted)
 
     def setup(self) -> None:
@@ -122,10 +140,15 @@ class NetDriver(VirtioDriver):
             self.queues[2 * pair].kick()  # buffers posted before DRIVER_OK: tell the device now
         if self.pairs > 1:
             self.set_queue_pairs(self.pairs)
-        if self.requested_mac and self.requested_mac != self.mac and self.has_feature(F.CTRL_MAC_ADDR):
+        if self.has_feature(F.CTRL_MAC_ADDR) and not self.has_feature(F.MAC):
+            self.set_mac(self.mac)  # the device has no address of ours to filter on: tell it (as Linux)
+        elif self.requested_mac and self.requested_mac != self.mac and self.has_feature(F.CTRL_MAC_ADDR):
             self.set_mac(self.requested_mac)
 
     def refresh_config(self) -> dict:
+        if not getattr(self.transport, "has_config_space", True):
+            self.config = dict.fromkeys(spec.NET_CONFIG_FIELDS, 0)  # no field is used (negotiate)
+            return self.config
         raw = self.read_config(0, spec.NET_CONFIG.size)
         self.config = dict(zip(spec.NET_CONFIG_FIELDS, spec.NET_CONFIG.unpack(raw)))
         return self.config

@@ -313,6 +313,12 @@ class VhostUserTransport(DriverTransport):
                 data = self._call(self.client.get_config, 0, known) if known else b""
         return data[offset:offset + size].ljust(size, b"\0")
 
+    @property
+    def has_config_space(self) -> bool:
+        """Whether the back-end serves a config space (the CONFIG protocol feature).  Without it
+        a driver uses the defaults its device type allows (see ``drivers.net``)."""
+        return self.conn.has_protocol_feature(PF.CONFIG)
+
     def config_size(self) -> int:
         """The back-end's config space size: the longest read from offset 0 it answers (found
         by bisection, cached until reset).  0 if it refuses every read."""
