@@ -17,6 +17,7 @@ from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.mmio import MmioTransport, discover_mmio, parse_kernel_cmdline
 from pyvirtio.pci import InProcessMachine, PciAddress, scan_pci
 from pyvirtio.qtest import QemuMachine, qemu_available
+from pyvirtio.spec.features import Feature
 from pyvirtio.spec.mmio import MAGIC_VALUE, MmioReg as R
 from pyvirtio.spec.pci import (VIRTIO_MSI_NO_VECTOR, CommonCfg as C, PciCapType, PciCfg, PciCommand,
                                VirtioPciCap)
@@ -104,6 +105,77 @@ def test_queue_interrupts_reach_the_driver(machine, interrupts, image):
         assert drv.wait(request) == bytes(4096)
         if machine == "microvm":
             assert qemu.client.irq_epoch > 0  # the line really went up (and down)
+        drv.remove()
+
+
+# --- packed rings (issue 11) ------------------------------------------------------------------------
+
+class SmallBlk(BlkDriver):
+    queue_size = 16  # the ring wraps after a few requests
+
+
+def _packed_in_use(drv):
+    """RING_PACKED was negotiated and every queue is a packed ring (a device that does not offer
+    it would silently give split rings; QEMU's do only with ``packed=on``)."""
+    return drv.has_feature(Feature.RING_PACKED) and all(getattr(q.vq, "packed", False) for q in drv.queues)
+
+
+@pytest.mark.parametrize("machine, interrupts", [("q35", "msix"), ("q35", "intx"), ("microvm", "auto")])
+def test_drivers_on_qemu_devices_with_packed_rings(machine, interrupts, image):
+    suffix = "device" if machine == "microvm" else "pci"
+    args = ["-device", f"virtio-rng-{suffix},packed=on", *blk_args(image, f"virtio-blk-{suffix}", ",packed=on")]
+    with QemuMachine(args, machine=machine, interrupts=interrupts) as qemu:
+        by_type = {t.device_type: t for t in qemu.discover().transports}
+        rng = RngDriver.probe(by_type[4])
+        assert _packed_in_use(rng)
+        data = rng.read(3000)
+        assert len(data) == 3000 and data != bytes(3000) and rng.read(3000) != data
+        blk = SmallBlk.probe(by_type[2])
+        assert _packed_in_use(blk)
+        (q,) = blk.queues
+        assert q.vq.size == 16
+        for round_ in range(3):  # 3 x 12 requests of one descriptor each (indirect): wraps twice
+            writes = [blk.submit_write(8 * i, bytes([round_ * 16 + i + 1]) * 512) for i in range(12)]
+            for w in writes:
+                blk.wait(w)
+        reads = [blk.submit_read(8 * i, 512) for i in range(12)]
+        assert [blk.wait(r) for r in reads] == [bytes([32 + i + 1]) * 512 for i in range(12)]
+        assert q.vq.avail_wrap == 0 and q.vq.used_wrap == 0  # 48 descriptors on 16 slots: 3 laps
+        blk.flush()
+        blk.remove()
+        rng.remove()
+    with open(image, "rb") as f:
+        assert f.read(512) == bytes([33]) * 512
+
+
+@pytest.mark.parametrize("machine, device", [("q35", "virtio-rng-pci,packed=on"),
+                                             ("microvm", "virtio-rng-device,packed=on")])
+def test_split_only_gives_split_rings_on_a_device_offering_packed(machine, device):
+    with QemuMachine(["-device", device], machine=machine, split_only=True) as qemu:
+        (t,) = qemu.discover().transports
+        assert t.split_only
+        drv = RngDriver.probe(t)
+        assert not drv.has_feature(Feature.RING_PACKED)
+        assert not getattr(drv.queues[0].vq, "packed", False)
+        assert len(drv.read(100)) == 100
+        drv.remove()
+        t.split_only = False
+        assert t.get_device_features() >> Feature.RING_PACKED & 1, "QEMU offers it with packed=on"
+
+
+@pytest.mark.parametrize("machine, device", [("q35", "virtio-rng-pci,packed=on"),
+                                             ("microvm", "virtio-rng-device")])
+def test_notification_data_is_negotiated_only_when_qemu_offers_it(machine, device):
+    """Our drivers take VIRTIO_F_NOTIFICATION_DATA on PCI and MMIO; QEMU 7.2's devices do not
+    offer it (no ``notification_data`` property before QEMU 8.2), so the kicks stay 16-bit
+    queue indexes and QEMU serves them."""
+    with QemuMachine(["-device", device], machine=machine) as qemu:
+        (t,) = qemu.discover().transports
+        offered = bool(t.get_device_features() >> Feature.NOTIFICATION_DATA & 1)
+        drv = RngDriver.probe(t)
+        assert drv.has_feature(Feature.NOTIFICATION_DATA) == offered
+        assert drv.queues[0].notification_data == offered
+        assert len(drv.read(64)) == 64
         drv.remove()
 
 

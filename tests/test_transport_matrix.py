@@ -9,7 +9,8 @@ carrying the device ``spec`` describes (``spec.kind`` is ``"rng"`` or ``"blk"``;
 backed by the raw image ``spec.image`` of ``spec.sectors`` sectors, with serial ``spec.serial``),
 and cleans up on exit.  Factories that need an external program call :func:`require` first.
 
-QEMU transports run whenever ``qemu-system-x86_64`` exists; without it they are skipped, except
+QEMU transports (split, packed=on, and packed=on with the transport told to use split rings)
+run whenever ``qemu-system-x86_64`` exists; without it they are skipped, except
 under ``CI=true``, where they fail.
 """
 
@@ -39,6 +40,7 @@ class DeviceSpec:
     sectors: int = 0
     serial: str = "pyvirtio-matrix"
     packed: bool = False  # the device offers VIRTIO_F_RING_PACKED (a "-packed" column)
+    split_only: bool = False  # the transport hides RING_PACKED from the drivers (a "-split-only" column)
 
 
 
@@ -100,7 +102,7 @@ def _qemu_args(spec: DeviceSpec, bus: str, legacy: str) -> list[str]:
 def _qemu(spec, machine, bus, legacy="on"):
     from pyvirtio.qtest import QemuMachine, qemu_available
     require(qemu_available(), "qemu-system-x86_64")
-    with QemuMachine(_qemu_args(spec, bus, legacy), machine=machine) as qemu:
+    with QemuMachine(_qemu_args(spec, bus, legacy), machine=machine, split_only=spec.split_only) as qemu:
         found = qemu.discover()
         assert not found.rejected, found.rejected
         (t,) = found.transports
@@ -161,6 +163,14 @@ def packed(factory):
     return with_packed
 
 
+def split_only(factory):
+    """A device that offers packed rings behind a transport told to hide them (``split_only``)."""
+    def hiding_packed(spec, tmp_path):
+        spec.packed = spec.split_only = True
+        return factory(spec, tmp_path)
+    return hiding_packed
+
+
 #: name -> factory.  One line per transport.
 TRANSPORTS = {
     "loopback": loopback,
@@ -175,12 +185,17 @@ TRANSPORTS = {
     "vhost-user-packed": packed(vhost_user),
     "pci-model-packed": packed(pci_model),
     "mmio-model-packed": packed(mmio_model),
-    # No qemu-*-packed column yet: QEMU's devices negotiate packed=on with our drivers, but the
-    # qtest shadow memory (pyvirtio.qtest.memory) only acquires split used rings, so a packed
-    # driver never sees QEMU's used descriptors (issue 11, left).
+    "qemu-pci-packed": packed(qemu_pci),
+    "qemu-pci-transitional-packed": packed(qemu_pci_transitional),
+    "qemu-mmio-packed": packed(qemu_mmio),
+    "qemu-pci-split-only": split_only(qemu_pci),
 }
 
-QEMU = {"qemu-pci", "qemu-pci-transitional", "qemu-mmio", "vhost-user-qsd"}
+QEMU = {"qemu-pci", "qemu-pci-transitional", "qemu-mmio", "vhost-user-qsd", "qemu-pci-packed",
+        "qemu-pci-transitional-packed", "qemu-mmio-packed", "qemu-pci-split-only"}
+#: Columns whose transport carries VIRTIO_F_NOTIFICATION_DATA and whose device offers it
+#: (pyvirtio's PCI and MMIO models; QEMU 7.2's devices do not offer it).
+NOTIFICATION_DATA = {"pci-model", "mmio-model", "pci-model-packed", "mmio-model-packed"}
 
 
 def _marks(name):
@@ -223,6 +238,24 @@ def test_ring_layout_is_the_one_the_column_names(open_transport, transport_name)
         assert all(getattr(q.vq, "packed", False) == transport_name.endswith("-packed")
                    for q in drv.queues)
         drv.remove()
+        if transport_name.endswith("-split-only"):  # the device does offer packed rings
+            t.split_only = False
+            assert t.get_device_features() >> Feature.RING_PACKED & 1, kind
+            t.split_only = True
+
+
+def test_notification_data_where_the_transport_carries_it(open_transport, transport_name):
+    """Our PCI and MMIO models offer VIRTIO_F_NOTIFICATION_DATA and our drivers take it there,
+    with split and packed rings alike; nowhere else is it negotiated."""
+    from pyvirtio.spec.features import Feature
+    t, _ = open_transport("blk")
+    drv = BlkDriver.probe(t)
+    expected = transport_name in NOTIFICATION_DATA
+    assert drv.has_feature(Feature.NOTIFICATION_DATA) == expected
+    assert all(q.notification_data == expected for q in drv.queues)
+    drv.write(3, b"\x5a" * 1024)  # kicks carry the position where negotiated
+    assert drv.read(3, 1024) == b"\x5a" * 1024
+    drv.remove()
 
 
 def test_bus_binds_each_driver_by_its_id(open_transport):

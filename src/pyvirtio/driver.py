@@ -19,7 +19,7 @@ from .interrupt import Interrupt
 from .spec.features import Feature
 from .spec.status import DeviceStatus
 from .transport import DriverTransport
-from .virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout
+from .virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, notification
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ class Pending:
 
 class DriverQueue:
     """A driver's virtqueue plus request bookkeeping over a transport."""
+
+    #: VIRTIO_F_NOTIFICATION_DATA: every kick tells the device where the driver writes next (2.9).
+    notification_data = False
 
     def __init__(self, transport: DriverTransport, index: int, size: int, *, event_idx: bool,
                  indirect: bool, max_indirect: int = 32, packed: bool = False, in_order: bool = False):
@@ -102,7 +105,10 @@ class DriverQueue:
 
     def kick(self) -> None:
         if self.vq.kick_prepare(self.mem):
-            self.transport.notify(self.index)
+            if self.notification_data:
+                self.transport.notify(self.index, notification.driver_position(self.vq))
+            else:
+                self.transport.notify(self.index)
 
     # --- completing -----------------------------------------------------------------------------
 
@@ -206,7 +212,7 @@ class VirtioDriver:
         t.set_status(DeviceStatus.ACKNOWLEDGE)                      # 2.
         t.set_status(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER)  # 3.
         offered = t.get_device_features()                           # 4. negotiate
-        wanted = COMMON_DRIVER_FEATURES | self.features
+        wanted = COMMON_DRIVER_FEATURES | self.features | t.transport_features
         accepted = self.negotiate(offered, offered & wanted)
         if not accepted & (1 << Feature.VERSION_1):
             raise FeatureNegotiationError("device does not offer VIRTIO_F_VERSION_1 (legacy only)")
@@ -241,6 +247,7 @@ class VirtioDriver:
                             indirect=self.has_feature(Feature.INDIRECT_DESC),
                             packed=self.has_feature(Feature.RING_PACKED),
                             in_order=self.has_feature(Feature.IN_ORDER))
+        queue.notification_data = self.has_feature(Feature.NOTIFICATION_DATA)
         t.setup_queue(index, queue.vq.layout)
         return queue
 

@@ -22,6 +22,9 @@ class DriverTransport(abc.ABC):
     #: The driver-side guest memory the rings and buffers live in.
     memory: GuestMemory
     allocator: GuestAllocator
+    #: Reserved feature bits the transport itself carries, which drivers accept when the device
+    #: offers them (PCI and MMIO: VIRTIO_F_NOTIFICATION_DATA, a notification with a position).
+    transport_features: int = 0
 
     # identity
     @property
@@ -78,8 +81,10 @@ class DriverTransport(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def notify(self, index: int) -> None:
-        """Kick queue ``index`` (driver → device notification)."""
+    def notify(self, index: int, position: Optional[int] = None) -> None:
+        """Kick queue ``index`` (driver → device notification).  ``position`` is where the
+        driver writes next (:func:`pyvirtio.virtq.notification.driver_position`), given only when
+        VIRTIO_F_NOTIFICATION_DATA was negotiated (2.9)."""
 
     # interrupts (device → driver), as callbacks
     @abc.abstractmethod

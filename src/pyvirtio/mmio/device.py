@@ -19,6 +19,7 @@ from ..interrupt import Interrupt
 from ..memory import GuestMemory
 from ..pci.config import check_access
 from ..pci.registers import DeviceRegisters
+from ..spec.features import Feature
 from ..spec.mmio import CONFIG_OFFSET, MAGIC_VALUE, SHM_NO_REGION, VERSION, MmioInterrupt, MmioReg
 
 #: VendorID pyvirtio's windows report ("PYVT" little-endian; the spec leaves the value open).
@@ -38,8 +39,10 @@ class VirtioMmioDevice:
 
     def __init__(self, device: VirtioDevice, memory: GuestMemory, *,
                  irq: Optional[Callable[[bool], None]] = None, vendor_id: int = PYVIRTIO_VENDOR_ID,
-                 size: int = WINDOW_SIZE):
+                 size: int = WINDOW_SIZE, notification_data: bool = True):
         self.device = device
+        if notification_data:  # a transport feature: the notify write carries the position (2.9)
+            device.device_features |= 1 << Feature.NOTIFICATION_DATA
         self.irq = irq or (lambda level: None)
         self.vendor_id = vendor_id
         self.size = size
@@ -119,7 +122,7 @@ class VirtioMmioDevice:
         elif offset == MmioReg.QUEUE_READY:
             r.enable_queue() if value == 1 else r.disable_queue() if value == 0 else None
         elif offset == MmioReg.QUEUE_NOTIFY:
-            r.notify(value & 0xFFFF)  # the queue index (vqn in bits 0-15 with NOTIFICATION_DATA)
+            r.write_notify(value, 4)  # the queue index, or with NOTIFICATION_DATA the value of 2.9
         elif offset == MmioReg.INTERRUPT_ACK:
             self.interrupt_status &= ~value
             self._update_irq()

@@ -102,13 +102,14 @@ class MmioScan:
     empty: list[MmioWindow] = field(default_factory=list)  # DeviceID 0 placeholders
 
 
-def discover_mmio(platform: Platform, windows: Iterable[MmioWindow]) -> MmioScan:
-    """Open a transport on every window that holds a virtio-mmio version 2 device."""
+def discover_mmio(platform: Platform, windows: Iterable[MmioWindow], *, split_only: bool = False) -> MmioScan:
+    """Open a transport on every window that holds a virtio-mmio version 2 device
+    (``split_only``: hiding VIRTIO_F_RING_PACKED from the drivers)."""
     result = MmioScan()
     for window in windows:
         # 4.2.3.1.1: check magic and version first, then DeviceID; a 0 ends the probe quietly.
         try:
-            transport = MmioTransport(platform, window.base, window.size, window.irq)
+            transport = MmioTransport(platform, window.base, window.size, window.irq, split_only=split_only)
         except MmioPlaceholder:
             result.empty.append(window)
             continue

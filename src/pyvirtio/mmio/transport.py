@@ -18,6 +18,7 @@ from typing import Optional
 from ..errors import DeviceFault, Scope, UsageError, VirtioError
 from ..spec.features import Feature
 from ..spec.mmio import CONFIG_OFFSET, MAGIC_VALUE, VERSION, MmioInterrupt, MmioReg
+from ..virtq import notification
 from ..virtq.layout import SplitRingLayout
 from ..pci.platform import Platform, PlatformTransport, split_access
 
@@ -41,8 +42,9 @@ class MmioPlaceholder(VirtioMmioError):
 class MmioTransport(PlatformTransport):
     """The driver's side of one virtio-mmio window."""
 
-    def __init__(self, platform: Platform, base: int, size: int = 0x200, irq: Optional[int] = None):
-        super().__init__(platform)
+    def __init__(self, platform: Platform, base: int, size: int = 0x200, irq: Optional[int] = None, *,
+                 split_only: bool = False):
+        super().__init__(platform, split_only=split_only)
         self.base, self.size, self.irq = base, size, irq
         magic = self._reg(MmioReg.MAGIC_VALUE)
         if magic != MAGIC_VALUE:
@@ -102,7 +104,7 @@ class MmioTransport(PlatformTransport):
         for word in range(2):
             self._set(MmioReg.DEVICE_FEATURES_SEL, word)
             features |= self._reg(MmioReg.DEVICE_FEATURES) << (32 * word)
-        return features
+        return self._offered(features)
 
     def set_driver_features(self, features: int) -> None:
         for word in range(2):
@@ -164,8 +166,13 @@ class MmioTransport(PlatformTransport):
         self._set(MmioReg.QUEUE_READY, 1)
         self._active_queues.add(index)
 
-    def notify(self, index: int) -> None:
-        self._set(MmioReg.QUEUE_NOTIFY, index)
+    def notify(self, index: int, position: Optional[int] = None) -> None:
+        """4.2.3.3: the queue index; with VIRTIO_F_NOTIFICATION_DATA and a ``position``, the
+        32-bit value of 2.9."""
+        if position is not None and self._negotiated & (1 << Feature.NOTIFICATION_DATA):
+            self._set(MmioReg.QUEUE_NOTIFY, notification.encode(index, position))
+        else:
+            self._set(MmioReg.QUEUE_NOTIFY, index)
 
     def reset_queue(self, index: int) -> None:
         if not self._negotiated & (1 << Feature.RING_RESET):

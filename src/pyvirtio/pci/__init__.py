@@ -42,11 +42,13 @@ class PciScan:
     functions: list[PciFunction] = field(default_factory=list)  # every function on the bus
 
 
-def scan_pci(platform: Platform, *, bus: int = 0, assign: bool = True, interrupts: str = "auto") -> PciScan:
+def scan_pci(platform: Platform, *, bus: int = 0, assign: bool = True, interrupts: str = "auto",
+             split_only: bool = False) -> PciScan:
     """Enumerate ``bus``, place unassigned BARs (``assign``), and open every virtio function.
 
     A function whose capabilities lie (a looping list, a structure outside its BAR …) is listed
-    in ``rejected`` with its typed error; the others still come back."""
+    in ``rejected`` with its typed error; the others still come back.  ``split_only`` hides
+    VIRTIO_F_RING_PACKED on every transport (:class:`~pyvirtio.pci.platform.PlatformTransport`)."""
     result = PciScan()
     for addr in enumerate_bus(platform, bus):
         try:
@@ -60,7 +62,7 @@ def scan_pci(platform: Platform, *, bus: int = 0, assign: bool = True, interrupt
         if virtio_device_type(fn) is None:
             continue
         try:
-            result.transports.append(PciTransport(platform, fn, interrupts=interrupts))
+            result.transports.append(PciTransport(platform, fn, interrupts=interrupts, split_only=split_only))
         except VirtioError as exc:
             log.warning("%s: %s", fn.address, exc)
             result.rejected.append((fn.address, exc))

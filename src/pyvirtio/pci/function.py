@@ -29,6 +29,7 @@ from typing import Callable, Optional
 from ..device import VirtioDevice
 from ..interrupt import Interrupt
 from ..memory import GuestMemory
+from ..spec.features import Feature
 from ..spec.ids import (PCI_CLASS_CODE_DEFAULT, PCI_CLASS_CODES, PCI_MODERN_DEVICE_ID_BASE,
                         PCI_NON_TRANSITIONAL_MIN_REVISION, PCI_TRANSITIONAL_REVISION,
                         PCI_VENDOR_ID_REDHAT_QUMRANET, TRANSITIONAL_PCI_DEVICE_IDS)
@@ -82,8 +83,10 @@ class VirtioPciFunction:
                  subsystem_vendor_id: int = DEFAULT_SUBSYSTEM_VENDOR_ID,
                  subsystem_id: Optional[int] = None,
                  msi: Optional[Callable[[int, int], None]] = None,
-                 intx: Optional[Callable[[bool], None]] = None):
+                 intx: Optional[Callable[[bool], None]] = None, notification_data: bool = True):
         self.device = device
+        if notification_data:  # a transport feature: the notify write carries the position (2.9)
+            device.device_features |= 1 << Feature.NOTIFICATION_DATA
         self.msi = msi or (lambda address, data: None)
         self.intx = intx or (lambda level: None)
         self.isr = 0
@@ -121,7 +124,8 @@ class VirtioPciFunction:
 
     @property
     def notify_length(self) -> int:
-        return max(2, len(self.device.queues) * self.notify_off_multiplier)
+        # the last queue's notify address plus a 32-bit write (NOTIFICATION_DATA, 4.1.4.4)
+        return max(0, len(self.device.queues) - 1) * self.notify_off_multiplier + 4
 
     def _bars(self) -> tuple[BarSpec, ...]:
         bars = [BarSpec(VIRTIO_BAR, _pow2_at_least(NOTIFY_OFFSET + self.notify_length), BarKind.MEM64)]
@@ -335,8 +339,9 @@ class VirtioPciFunction:
     def _notify_write(self, offset: int, size: int, value: int) -> None:
         if size not in (2, 4):
             return
-        # 4.1.5.2: the driver writes the queue index (with NOTIFICATION_DATA: vqn in bits 0-15).
-        self.regs.notify(value & 0xFFFF)
+        # 4.1.5.2: the driver writes the queue index (with NOTIFICATION_DATA: the 32-bit value of
+        # 2.9, vqn in bits 0-15 and the queue's position above)
+        self.regs.write_notify(value, size)
 
     def _config_read(self, offset: int, size: int) -> int:
         return int.from_bytes(self.device.read_config(offset, size), "little")

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Protocol
 from ..alloc import GuestAllocator
 from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
 from ..memory import GuestMemory
+from ..spec.features import Feature
 from ..transport import DriverTransport
 from ..virtq.layout import SplitRingLayout
 
@@ -110,8 +111,14 @@ class Platform(Protocol):
 class PlatformTransport(DriverTransport):
     """Interrupt dispatch, waiting and allocation shared by the PCI and MMIO transports."""
 
-    def __init__(self, platform: Platform):
+    #: VIRTIO_F_NOTIFICATION_DATA: the notify write carries the queue's position (2.9).
+    transport_features = 1 << Feature.NOTIFICATION_DATA
+
+    def __init__(self, platform: Platform, *, split_only: bool = False):
         self.platform = platform
+        #: Hide VIRTIO_F_RING_PACKED from the drivers (split rings, e.g. for comparisons), as
+        #: :class:`~pyvirtio.vhost_user.transport.VhostUserTransport` does.
+        self.split_only = split_only
         self.memory = platform.memory
         self.allocator = platform.allocator
         self._handler: Optional[InterruptHandler] = None
@@ -119,6 +126,10 @@ class PlatformTransport(DriverTransport):
         self._delivered = 0
         self._seen = 0
         self._active_queues: set[int] = set()
+
+    def _offered(self, features: int) -> int:
+        """The device's features as the drivers see them (``split_only``: without RING_PACKED)."""
+        return features & ~(1 << Feature.RING_PACKED) if self.split_only else features
 
     # --- allocation -----------------------------------------------------------------------------
 

@@ -24,7 +24,9 @@ from ..errors import DeviceStatusError, DriverFault, VirtioError
 from ..memory import GuestMemory
 from ..spec.features import Feature
 from ..spec.pci import VIRTIO_MSI_NO_VECTOR
+from ..virtq import notification
 from ..virtq.layout import is_valid_split_size
+from ..virtq.packed_device import is_valid_packed_size
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class DeviceRegisters:
         self.device_feature_select = 0
         self.driver_feature_select = 0
         self.queue_select = 0
+        #: Notifications whose VIRTIO_F_NOTIFICATION_DATA position disagreed with the ring.
+        self.notification_faults = 0
 
     # --- features (2.2) -------------------------------------------------------------------------
 
@@ -137,9 +141,10 @@ class DeviceRegisters:
         q = self.selected
         if q is None or q.enabled:
             return  # no such queue, or configured already (the driver MUST NOT, 4.1.4.3.2 / 4.2.2.2)
-        if not is_valid_split_size(value) or value > q.max_size:
-            self.device.needs_reset(DriverFault(
-                f"queue {self.queue_select}: size {value} is not a power of two <= {q.max_size}"))
+        packed = self.device.has_feature(Feature.RING_PACKED)  # any size up to the maximum (2.8)
+        if not (is_valid_packed_size if packed else is_valid_split_size)(value) or value > q.max_size:
+            rule = f"in 1..{q.max_size}" if packed else f"a power of two <= {q.max_size}"
+            self.device.needs_reset(DriverFault(f"queue {self.queue_select}: size {value} is not {rule}"))
             return
         q.size = value
 
@@ -192,14 +197,36 @@ class DeviceRegisters:
         q.reset()
         self.device.queues[index].reset()
 
-    def notify(self, index: int) -> None:
-        """An available buffer notification for queue ``index`` (4.1.5.2, 4.2.3.3)."""
+    def notify(self, index: int, position: Optional[int] = None) -> None:
+        """An available buffer notification for queue ``index`` (4.1.5.2, 4.2.3.3); with
+        VIRTIO_F_NOTIFICATION_DATA, ``position`` is where the driver says it writes next (2.9)."""
         if not 0 <= index < len(self.queues) or not self.queues[index].enabled:
             return
         if not self.can_dma():
             log.info("%s: notify for queue %d ignored: no bus mastering", self._name, index)
             return
+        if position is not None:
+            self._check_position(index, position)
         self.engine.kick(index)
+
+    def write_notify(self, value: int, width: int) -> None:
+        """The driver wrote ``value`` to a notification register: with NOTIFICATION_DATA
+        negotiated a 32-bit write is the value of 2.9 (vqn and position), else the queue index."""
+        if width == 4 and self.device.has_feature(Feature.NOTIFICATION_DATA):
+            self.notify(*notification.decode(value))
+        else:
+            self.notify(value & 0xFFFF)
+
+    def _check_position(self, index: int, position: int) -> None:
+        """A position the ring does not bear out is the driver's fault: logged (rate-limited)
+        and counted; the ring, not the hint, decides what is served."""
+        try:
+            fault = notification.check_position(self.device.queues[index], self.memory, position)
+        except VirtioError as exc:  # the ring is outside guest memory: the queue finds out itself
+            fault = exc
+        if fault is not None:
+            self.notification_faults += 1
+            self.device.guest_log.warning("%s: %s", self._name, fault)
 
     @property
     def _name(self) -> str:

@@ -31,6 +31,7 @@ from ..spec.pci import (MSIX_BIR_MASK, MSIX_ENTRY,
                         MSIX_OFFSET_MASK, VIRTIO_PCI_CAP_SIZE,
                         VIRTIO_PCI_NOTIFY_CAP_SIZE, CommonCfg, IsrStatus, MsixCap, PciCapId,
                         PciCapType, VirtioPciCap)
+from ..virtq import notification
 from ..virtq.layout import SplitRingLayout
 from .platform import Platform, PlatformTransport, split_access
 from .scan import Bar, PciFunction
@@ -84,10 +85,11 @@ _REQUIRED = (PciCapType.COMMON_CFG, PciCapType.NOTIFY_CFG, PciCapType.ISR_CFG)
 class PciTransport(PlatformTransport):
     """The driver's side of one virtio PCI function."""
 
-    def __init__(self, platform: Platform, fn: PciFunction, *, interrupts: str = "auto"):
+    def __init__(self, platform: Platform, fn: PciFunction, *, interrupts: str = "auto",
+                 split_only: bool = False):
         if interrupts not in ("auto", "msix", "intx"):
             raise UsageError(f"interrupts={interrupts!r}: use auto, msix or intx")
-        super().__init__(platform)
+        super().__init__(platform, split_only=split_only)
         self.fn = fn
         dtype = virtio_device_type(fn)
         if dtype is None:
@@ -233,7 +235,7 @@ class PciTransport(PlatformTransport):
         for word in range(2):
             self._common_write(CommonCfg.DEVICE_FEATURE_SELECT, 4, word)
             features |= self._common_read(CommonCfg.DEVICE_FEATURE, 4) << (32 * word)
-        return features
+        return self._offered(features)
 
     def set_driver_features(self, features: int) -> None:
         for word in range(2):
@@ -300,7 +302,9 @@ class PciTransport(PlatformTransport):
                                        f"{cap.length:#x}-byte notify structure (4.1.4.4)")
         return where
 
-    def notify(self, index: int) -> None:
+    def notify(self, index: int, position: Optional[int] = None) -> None:
+        """4.1.5.2: the queue index (or its queue_notif_config_data) as 16 bits; with
+        VIRTIO_F_NOTIFICATION_DATA and a ``position``, the 32-bit value of 2.9."""
         where = self._notify_addr.get(index)
         if where is None:
             raise UsageError(f"queue {index} was not set up")
@@ -308,7 +312,10 @@ class PciTransport(PlatformTransport):
         if self._negotiated & (1 << Feature.NOTIF_CONFIG_DATA):
             self._common_write(CommonCfg.QUEUE_SELECT, 2, index)
             value = self._common_read(CommonCfg.QUEUE_NOTIF_CONFIG_DATA, 2)
-        self._write(self.notify_cap, where, 2, value)
+        if position is not None and self._negotiated & (1 << Feature.NOTIFICATION_DATA):
+            self._write(self.notify_cap, where, 4, notification.encode(value, position))
+        else:
+            self._write(self.notify_cap, where, 2, value)
 
     def reset_queue(self, index: int) -> None:
         if not self._negotiated & (1 << Feature.RING_RESET):

@@ -37,7 +37,8 @@ class QemuMachine:
     """A QEMU process under qtest plus the platform and discovery for its machine type."""
 
     def __init__(self, device_args: Sequence[str] = (), *, machine: str = "q35", memory: str = "256M",
-                 interrupts: str = "auto", qemu: Optional[str] = None, running: bool = True):
+                 interrupts: str = "auto", qemu: Optional[str] = None, running: bool = True,
+                 split_only: bool = False):
         self.kind = machine_type(machine)
         args = list(device_args)
         if self.kind == "microvm":
@@ -45,6 +46,9 @@ class QemuMachine:
             args = microvm_args(args)
         self.machine = machine
         self.interrupts = interrupts
+        #: Hide VIRTIO_F_RING_PACKED from the drivers on every transport (split rings even with
+        #: ``packed=on``), for comparisons; as ``VhostUserTransport(split_only=True)``.
+        self.split_only = split_only
         self.qemu = QemuQtest(args, machine=machine, memory=memory, qemu=qemu, running=running)
         self.platform: Optional[QtestPlatform] = None
 
@@ -69,11 +73,12 @@ class QemuMachine:
         found = Discovered()
         if self.kind == "microvm":
             layout = microvm_layout(self.machine)
-            scan = discover_mmio(self.platform, microvm_windows(self.client, **layout))
+            scan = discover_mmio(self.platform, microvm_windows(self.client, **layout),
+                                 split_only=self.split_only)
             found.transports.extend(scan.transports)
             found.rejected.extend((str(w), e) for w, e in scan.rejected)
         else:
-            scan = scan_pci(self.platform, interrupts=self.interrupts)
+            scan = scan_pci(self.platform, interrupts=self.interrupts, split_only=self.split_only)
             found.transports.extend(scan.transports)
             found.rejected.extend((str(a), e) for a, e in scan.rejected)
         return found
