@@ -286,6 +286,13 @@ def test_qtest_probe_json_on_microvm(image, capsys):
     assert all(d["ok"] and d["transport"].startswith("mmio@") for d in report["devices"])
 
 
+@pytest.mark.parametrize("split_only", [False, True])
+def test_qtest_probe_reports_the_ring_layout(capsys, split_only):
+    rc = _cli(["--json", *(["--split-only"] if split_only else []), "--", "-device", "virtio-rng-pci,packed=on"])
+    (row,) = json.loads(capsys.readouterr().out)["devices"]
+    assert rc == 0 and row["ok"] and row["ring"] == ("split" if split_only else "packed")
+
+
 # --- the net and console drivers fit the same transports ------------------------------------------
 
 @pytest.mark.parametrize("machine, device", [("q35", "virtio-net-pci,disable-legacy=on"),

@@ -18,6 +18,7 @@ from typing import Callable
 
 from ..bus import Binding, Bus
 from ..drivers import ALL_DRIVERS
+from ..spec.features import Feature
 from ..spec.ids import DeviceType
 
 
@@ -87,6 +88,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--interrupts", choices=("auto", "msix", "intx"), default="auto",
                    help="PCI interrupt mode (default: MSI-X where available)")
+    p.add_argument("--split-only", action="store_true",
+                   help="use split rings even where the device offers packed ones (packed=on)")
     p.add_argument("qemu_args", nargs=argparse.REMAINDER, metavar="-- QEMU ARGS",
                    help="QEMU arguments: devices, drives, optionally -M")
     p.set_defaults(func=run)
@@ -103,6 +106,8 @@ def _probe_row(binding: Binding) -> dict:
     if binding.error is not None:
         row["smoke"] = f"probe failed: {binding.error}"
         return row
+    if binding.driver is not None:
+        row["ring"] = "packed" if binding.driver.has_feature(Feature.RING_PACKED) else "split"
     if binding.driver is None:
         row["smoke"] = "no driver"
         row["ok"] = True  # nothing to drive is not a failure
@@ -130,7 +135,8 @@ def run(args, drivers=ALL_DRIVERS) -> int:
         qemu_args = qemu_args[1:]
     machine, rest = split_machine(qemu_args)
     rows, rejected = [], []
-    with QemuMachine(rest, machine=machine or "q35", interrupts=args.interrupts) as qemu:
+    with QemuMachine(rest, machine=machine or "q35", interrupts=args.interrupts,
+                     split_only=args.split_only) as qemu:
         found = qemu.discover()
         rejected = [{"where": where, "error": str(err)} for where, err in found.rejected]
         bus = Bus(drivers=tuple(drivers))
