@@ -296,7 +296,9 @@ def test_qtest_probe_reports_the_ring_layout(capsys, split_only):
 # --- the net and console drivers fit the same transports ------------------------------------------
 
 @pytest.mark.parametrize("machine, device", [("q35", "virtio-net-pci,disable-legacy=on"),
-                                             ("microvm", "virtio-net-device")])
+                                             ("microvm", "virtio-net-device"),
+                                             ("q35", "virtio-net-pci,disable-legacy=on,packed=on"),
+                                             ("microvm", "virtio-net-device,packed=on")])
 def test_net_driver_over_qemu(machine, device):
     import socket
     NetDriver = pytest.importorskip("pyvirtio.drivers.net").NetDriver
@@ -311,6 +313,7 @@ def test_net_driver_over_qemu(machine, device):
     with QemuMachine(["-netdev", netdev, "-device", f"{device},netdev=n0"], machine=machine) as qemu:
         (t,) = qemu.discover().transports
         drv = NetDriver.probe(t)
+        assert _packed_in_use(drv) == ("packed=on" in device)
         frame = b"\xff" * 6 + bytes(drv.config["mac"]) + b"\x08\x00" + b"to the host".ljust(46, b"\0")
         drv.send(frame)
         drv.flush()
@@ -323,7 +326,8 @@ def test_net_driver_over_qemu(machine, device):
 
 
 @pytest.mark.parametrize("machine, bus", [("q35", "virtio-serial-pci,disable-legacy=on"),
-                                          ("microvm", "virtio-serial-device")])
+                                          ("microvm", "virtio-serial-device"),
+                                          ("q35", "virtio-serial-pci,disable-legacy=on,packed=on")])
 def test_console_driver_over_qemu(machine, bus, tmp_path):
     import socket
     ConsoleDriver = pytest.importorskip("pyvirtio.drivers.console").ConsoleDriver
@@ -333,6 +337,7 @@ def test_console_driver_over_qemu(machine, bus, tmp_path):
     with QemuMachine(args, machine=machine) as qemu:
         (t,) = qemu.discover().transports
         drv = ConsoleDriver.probe(t)
+        assert _packed_in_use(drv) == ("packed=on" in bus)
         host = socket.socket(socket.AF_UNIX)
         host.connect(path)
         host.settimeout(5)
