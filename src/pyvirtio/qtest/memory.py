@@ -8,9 +8,9 @@ works on a local bytearray (the *shadow*) and the two are reconciled at well-def
 **What the device may write.**  Split rings: only the used rings and device-writable buffers
 (2.7).  Packed rings: the descriptor ring itself (the device writes used elements in place of the
 descriptors it consumed) and the device event suppression area (2.8.10).  The driver writes
-everything else.  A second bytearray, *synced*, holds what QEMU's RAM contained
-the last time a byte was exchanged.  ``shadow != synced`` marks bytes the driver changed locally
-and has not yet published.
+everything else.  A second bytearray, *synced*, holds what QEMU's RAM contained the last time a
+byte was exchanged.  ``shadow != synced`` marks bytes the driver changed locally and has not yet
+published.
 
 **Publishing (driver → QEMU)** writes exactly the locally changed byte runs of each live
 allocation, never a byte the driver did not change (it might be one QEMU is writing).  The
@@ -20,27 +20,27 @@ ring has no index: a chain becomes available when its head descriptor's ``flags`
 There the ``flags`` fields go last, in *reverse ring order* from where the previous publish
 stopped: every chain's later descriptors are complete before its head, and a chain whose
 predecessor's head is not yet written is simply not reached by the device (it consumes in ring
-order), so no chain is ever seen half-written.  Publishing
-happens before every MMIO or port write (the platform calls it: on x86 an uncached write is
-ordered after earlier stores), before waiting for an interrupt, and whenever the ring code looks
-at a used ring.
+order), so no chain is ever seen half-written.  Publishing happens before every MMIO or port
+write (the platform calls it: on x86 an uncached write is ordered after earlier stores), before
+waiting for an interrupt, and whenever the ring code looks at a part of a ring the device writes.
 
 **Acquiring (QEMU → driver)** reads a range back and takes QEMU's value for every bit the
 driver has not changed locally, keeping the driver's unpublished changes (a three-way merge
-against *synced*).  It happens for the device-written ring parts (split: the used ring; packed: the
-descriptor ring and the device area, read in one request) whenever the ring code looks at them,
-and for
-any range the driver reads with :meth:`read` or :meth:`views` (the device-writable buffers of a
-completed request).  A used ring is acquired before the buffers it reports, the order in which
-QEMU wrote them.
+against *synced*).  It happens for the device-written ring parts (split: the used ring; packed:
+the descriptor ring and the device area, read in one request) whenever the ring code looks at
+them, and for any range the driver reads with :meth:`read` or :meth:`views` (the device-writable
+buffers of a completed request).  A used ring is acquired before the buffers it reports, the
+order in which QEMU wrote them.
 
-**When the ring code looks.**  ``SplitDriverQueue`` re-resolves its cached views whenever
-``memory.generation`` changed since it last looked — the hook meant for memory whose layout
+**When the ring code looks.**  The driver-side queues re-resolve their cached views whenever
+``memory.generation`` changed since they last looked — the hook meant for memory whose layout
 moves.  This memory answers a new ``generation`` on every read, so each ring operation (``add``,
 ``kick_prepare``, ``get_buf``, ``enable_cb`` …) starts by asking for its views again, and the
-request for the used ring's view publishes and acquires.  ``kick_prepare`` therefore reads the
-device's ``avail_event`` fresh, after the new avail index was published: the store/fence/load
-sequence of the event-index protocol (2.7.10) holds, and no kick is lost.
+request for a device-written part's view publishes and acquires (once per operation: the views
+of one operation share one snapshot, taken after its publish).  ``kick_prepare`` therefore reads
+the device's ``avail_event`` (packed: its event suppression area) fresh, after the new chains
+were published: the store/fence/load sequence of the event-index protocol (2.7.10, 2.8.10)
+holds, and no kick is lost.
 
 **Fresh allocations.**  A range just handed out by the allocator may hold bytes QEMU wrote for
 an earlier owner that were never acquired, so "unchanged since the last sync" means nothing
