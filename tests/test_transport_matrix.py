@@ -156,10 +156,16 @@ def vhost_user_qsd(spec, tmp_path):
 
 
 def packed(factory):
-    """The same transport with a device that offers packed rings (QEMU's: ``packed=on``)."""
+    """The same transport with a device that offers packed rings (QEMU's: ``packed=on``).  Every
+    test of the column fails if the device does not offer VIRTIO_F_RING_PACKED (our drivers take
+    it whenever it is offered; test_ring_layout_is_the_one_the_column_names checks they did)."""
+    @contextlib.contextmanager
     def with_packed(spec, tmp_path):
+        from pyvirtio.spec.features import Feature
         spec.packed = True
-        return factory(spec, tmp_path)
+        with factory(spec, tmp_path) as t:
+            assert t.get_device_features() >> Feature.RING_PACKED & 1, "the device does not offer packed rings"
+            yield t
     return with_packed
 
 
