@@ -60,6 +60,8 @@ class GuestMemory:
     def __init__(self, regions: Iterable[Region] = ()):
         self._regions: list[Region] = []
         self._starts: list[int] = []
+        #: (gpa, size, buf) of the region the last lookup found: most accesses fall in it
+        self._hot: tuple[int, int, memoryview] | None = None
         #: bumped on every change of the region set, so cached ring views know to re-resolve
         self.generation = 0
         for region in regions:
@@ -98,6 +100,7 @@ class GuestMemory:
             raise UsageError(f"region at {region.gpa:#x} overlaps another")
         self._regions.insert(i, region)
         self._starts.insert(i, region.gpa)
+        self._hot = None
         self.generation += 1
 
     def remove_region(self, gpa: int, size: int) -> Region:
@@ -106,6 +109,7 @@ class GuestMemory:
         if i == len(self._regions) or self._regions[i].gpa != gpa or self._regions[i].size != size:
             raise UsageError(f"no region at {gpa:#x} of size {size:#x}")
         del self._starts[i]
+        self._hot = None
         self.generation += 1
         return self._regions.pop(i)
 
@@ -119,6 +123,7 @@ class GuestMemory:
             release_region(region)
         self._regions.clear()
         self._starts.clear()
+        self._hot = None
         self.generation += 1
 
     # --- address translation --------------------------------------------------------------------
@@ -133,6 +138,11 @@ class GuestMemory:
 
     def view(self, addr: int, length: int) -> memoryview:
         """A zero-copy view of ``[addr, addr+length)``, which must lie in one region."""
+        hot = self._hot
+        if hot is not None:
+            off = addr - hot[0]
+            if 0 <= off and 0 <= length and off + length <= hot[1]:
+                return hot[2][off:off + length]
         if length < 0 or addr < 0 or addr + length > _U64_LIMIT:
             raise GuestMemoryError(addr, length, "is negative or wraps past 2**64")
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -140,11 +150,17 @@ class GuestMemory:
             region = self._regions[i]
             off = addr - region.gpa
             if off + length <= region.size:
+                self._hot = (region.gpa, region.size, region.buf)
                 return region.buf[off:off + length]
         raise GuestMemoryError(addr, length)
 
     def views(self, addr: int, length: int) -> list[memoryview]:
         """Zero-copy views of ``[addr, addr+length)``, one per region the range crosses."""
+        hot = self._hot
+        if hot is not None:
+            off = addr - hot[0]
+            if 0 <= off and 0 < length and off + length <= hot[1]:
+                return [hot[2][off:off + length]]
         if length < 0 or addr < 0 or addr + length > _U64_LIMIT:
             raise GuestMemoryError(addr, length, "is negative or wraps past 2**64")
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -152,6 +168,7 @@ class GuestMemory:
             region = self._regions[i]
             off = addr - region.gpa
             if off + length <= region.size:
+                self._hot = (region.gpa, region.size, region.buf)
                 return [region.buf[off:off + length]] if length else []
         out = []
         start, remaining = addr, length
