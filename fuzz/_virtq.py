@@ -34,18 +34,20 @@ def memory() -> GuestMemory:
 def _queues(kind: str, r: Reader, mem: GuestMemory):
     mode = r.u8()
     event_idx, indirect, drv_indirect = bool(mode & 1), bool(mode & 2), bool(mode & 4)
+    in_order = bool(mode & 8)  # VIRTIO_F_IN_ORDER: both sides (packed devices batch used entries)
     if kind == "split":
         size = 1 << (r.u8() % 6)
         layout = SplitRingLayout.contiguous(RING, size)
         drv = SplitDriverQueue(layout, event_idx=event_idx, indirect_area=INDIRECT if drv_indirect else None,
-                               max_indirect=4 if drv_indirect else 0)
+                               max_indirect=4 if drv_indirect else 0, in_order=in_order)
         dev = SplitDeviceQueue(32)
     else:
         size = r.u8() % 32 + 1
         layout = PackedRingLayout.contiguous(RING, size)
         drv = PackedDriverQueue(layout, event_idx=event_idx, indirect_area=INDIRECT if drv_indirect else None,
-                                max_indirect=4 if drv_indirect else 0)
+                                max_indirect=4 if drv_indirect else 0, in_order=in_order)
         dev = PackedDeviceQueue(32)
+    dev.in_order = in_order
     drv.setup(mem)
     _configure(dev, layout, event_idx, indirect, mem)
     return drv, dev, layout, (event_idx, indirect)
