@@ -65,11 +65,14 @@ def test_kicks_carry_the_position_the_ring_agrees_with(bus, packed, tmp_path):
             drv.write(i % 64, bytes([i & 0xFF]) * 512)
             positions.append(driver_position(q.vq))
         assert drv.read(5, 512) == bytes([max(i for i in range(n) if i % 64 == 5) & 0xFF]) * 512
-        assert [p for _, p in seen][:len(positions)] == positions  # every kick, with its position
+        positions.append(driver_position(q.vq))
+        # every kick carried the position the driver had then (EVENT_IDX may skip some kicks)
+        kicked = iter(positions)
+        assert seen and all(any(p == k for k in kicked) for _, p in seen), (seen, positions)
         assert all(index == 0 for index, _ in seen)
         assert fn.regs.notification_faults == 0
         if packed:
-            assert any(p >> 15 == 0 for p in positions), "the wrap counter went round"
+            assert any(p >> 15 == 0 for _, p in seen), "the wrap counter went round"
         drv.remove()
 
 
