@@ -38,6 +38,13 @@ class DriverTransport(abc.ABC):
     def describe(self) -> str:
         return f"{type(self).__name__}"
 
+    @property
+    def has_config_space(self) -> bool:
+        """Whether the device's config space can be read (every bus transport: yes; a
+        vhost-user back-end without the CONFIG protocol feature: no — the driver then uses the
+        defaults its device type allows)."""
+        return True
+
     # status (2.1) and features (2.2)
     @abc.abstractmethod
     def get_status(self) -> int: ...

@@ -112,7 +112,7 @@ class NetDriver(VirtioDriver):
             accepted &= ~(1 << F.MRG_RXBUF)
         if not self.want_offloads:
             accepted &= ~OFFLOADS
-        if not getattr(self.transport, "has_config_space", True) and accepted & CONFIG_FEATURES:
+        if not self.transport.has_config_space and accepted & CONFIG_FEATURES:
             names = [F(bit).name for bit in range(64) if (accepted & CONFIG_FEATURES) >> bit & 1]
             log.warning("%s has no config space: not taking %s (the driver picks the MAC, assumes "
                         "the link up, one queue pair, the default MTU)", self.transport.describe(),
@@ -146,7 +146,7 @@ class NetDriver(VirtioDriver):
             self.set_mac(self.requested_mac)
 
     def refresh_config(self) -> dict:
-        if not getattr(self.transport, "has_config_space", True):
+        if not self.transport.has_config_space:
             self.config = dict.fromkeys(spec.NET_CONFIG_FIELDS, 0)  # no field is used (negotiate)
             return self.config
         raw = self.read_config(0, spec.NET_CONFIG.size)
