@@ -67,6 +67,19 @@ def test_randread_keeps_iodepth_in_flight(pyvirtio_blk):
 
 
 @pytest.mark.peer
+def test_ring_layout_is_chosen_and_reported(pyvirtio_blk, capsys):
+    # pyvirtio serve offers packed rings: auto takes them, split hides them; the result says which.
+    for ring, expected in (("auto", "packed"), ("split", "split"), ("packed", "packed")):
+        r = run(BlkBenchConfig(pyvirtio_blk.socket_path, iodepth=4, runtime=0.3, ring=ring))
+        assert r.ring == expected and r.ios > 10 and r.as_dict()["ring"] == expected
+    assert main(["bench", "blk", f"--socket-path={pyvirtio_blk.socket_path}", "--ring=split",
+                 "--runtime=0.2", "--iodepth=2", "--no-progress"]) == 0
+    assert "ring=split" in capsys.readouterr().out
+    with pytest.raises(UsageError):
+        BlkBenchConfig("x", ring="ring").check()
+
+
+@pytest.mark.peer
 def test_two_queues_sequential_write(pyvirtio_blk, image):
     r = run(BlkBenchConfig(pyvirtio_blk.socket_path, rw="write", bs=64 * 1024, iodepth=4,
                            queues=2, runtime=0.5, size=4 << 20))
@@ -107,6 +120,9 @@ def test_against_qemu_storage_daemon(tmp_path, capsys):
     with start_qsd(str(tmp_path / "q.sock"), null_size=64 << 20) as peer:
         r = run(BlkBenchConfig(peer.socket_path, iodepth=32, runtime=0.5))
         assert r.ios > 100 and r.max_inflight == 32
+        assert r.ring == "split"  # libvhost-user has no packed ring
+        with pytest.raises(UsageError, match="RING_PACKED"):
+            run(BlkBenchConfig(peer.socket_path, iodepth=2, runtime=0.2, ring="packed"))
         assert main(["bench", "blk", f"--socket-path={peer.socket_path}", "--bs=1M", "--rw=read",
                      "--iodepth=4", "--runtime=0.3", "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -50,10 +50,12 @@ from ..errors import DeviceFault, RequestError, UsageError
 from ..spec import blk as spec
 from ..spec.blk import BlkFeature as F
 from ..spec.ids import DeviceType
+from ..spec.features import Feature
 
 SECTOR = spec.SECTOR_SIZE
 _HDR = spec.BLK_REQ_HEADER
 RW_MODES = ("randread", "randwrite", "read", "write")
+RING_LAYOUTS = ("auto", "split", "packed")
 PERCENTILES = (1.0, 5.0, 10.0, 50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 _RANDOM_TABLE = 1 << 16
 STAMP_LIMIT = 4 << 30  # bytes --verify stamps without an explicit --size
@@ -85,8 +87,13 @@ class BlkBenchConfig:
     seed: int = 1
     timeout: float = 5.0
     verify: bool = False  # stamp the blocks first and check every read (module docstring)
+    #: "split" hides VIRTIO_F_RING_PACKED from the back-end; "packed" fails unless it is
+    #: negotiated; "auto" takes what the back-end offers (packed if it can)
+    ring: str = "auto"
 
     def check(self) -> None:
+        if self.ring not in RING_LAYOUTS:
+            raise UsageError(f"--ring={self.ring}: one of {', '.join(RING_LAYOUTS)}")
         if self.rw not in RW_MODES:
             raise UsageError(f"--rw={self.rw}: one of {', '.join(RW_MODES)}")
         if self.bs <= 0 or self.bs % SECTOR:
@@ -117,6 +124,7 @@ class BlkBenchResult:
     stamped_blocks: int = 0  # blocks written before the timed phase (verify)
     stamp_seconds: float = 0.0
     verified: int = 0  # completed requests whose data was checked (reads, and the read-back)
+    ring: str = "split"  # the ring layout negotiated
 
     @property
     def iops(self) -> float:
@@ -245,11 +253,16 @@ def run(cfg: BlkBenchConfig, progress: Optional[Callable[[float, int, int], None
     cfg.check()
     memory = cfg.queues * cfg.iodepth * (cfg.bs + 4096) + (8 << 20)
     t = VhostUserTransport(cfg.socket_path, device_type=DeviceType.BLOCK, memory_size=memory,
-                           max_queue_size=1024, timeout=cfg.timeout)
+                           max_queue_size=1024, timeout=cfg.timeout, split_only=cfg.ring == "split")
     driver = None
     try:
         driver = bench_driver_class(cfg.iodepth).probe(t, max_queues=cfg.queues)
-        return _Bench(cfg, t, driver).run(progress, stamped)
+        packed = driver.has_feature(Feature.RING_PACKED)
+        if cfg.ring == "packed" and not packed:
+            raise UsageError("--ring=packed: the back-end does not offer VIRTIO_F_RING_PACKED")
+        result = _Bench(cfg, t, driver).run(progress, stamped)
+        result.ring = "packed" if packed else "split"
+        return result
     finally:
         if driver is not None:
             try:
@@ -534,7 +547,8 @@ def format_result(r: BlkBenchResult) -> str:
     total = r.ios * r.bs / (1 << 20)
     op = "write" if r.rw.endswith("write") else "read"
     lines = [
-        f"blk: rw={r.rw}, bs={r.bs}B, ioengine=pyvirtio-vhost-user, iodepth={r.iodepth}, queues={r.queues}",
+        f"blk: rw={r.rw}, bs={r.bs}B, ioengine=pyvirtio-vhost-user, iodepth={r.iodepth}, queues={r.queues}, "
+        f"ring={r.ring}",
         f"  {r.socket_path}: {r.capacity / (1 << 20):.1f} MiB",
         f"  {op}: IOPS={_si(r.iops)}, BW={mib:.1f}MiB/s ({mb:.1f}MB/s)({total:.1f}MiB/{r.seconds * 1000:.0f}msec)",
     ]

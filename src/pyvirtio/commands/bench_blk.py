@@ -45,6 +45,9 @@ def register(targets) -> None:
                         "it and fail on the first wrong block; writes write the stamp and are read "
                         "back afterwards.  Overwrites the disk.  Stamps at most 4 GiB unless --size "
                         "is given (random runs touch at most 65536 distinct blocks)")
+    p.add_argument("--ring", default="auto", choices=("auto", "split", "packed"),
+                   help="ring layout: split hides VIRTIO_F_RING_PACKED from the back-end, packed "
+                        "fails unless it is negotiated, auto (default) takes packed if offered")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="do not print the progress line on stderr")
@@ -59,7 +62,7 @@ def run(args) -> int:
         cfg = BlkBenchConfig(args.socket_path, rw=args.rw, bs=parse_size(args.bs),
                              iodepth=args.iodepth, runtime=args.runtime, queues=args.queues,
                              size=parse_size(args.size) if args.size else None, seed=args.seed,
-                             timeout=args.timeout, verify=args.verify)
+                             timeout=args.timeout, verify=args.verify, ring=args.ring)
         cfg.check()
     except UsageError as exc:
         from ..cli import CliError
