@@ -12,6 +12,8 @@ disk and not holes):
 
 The load generator for every side is ``pyvirtio bench blk --verify`` (its engine): every block a
 run touches is stamped first, every read is checked, writes write the stamp and are read back.
+Both sides run split rings (qemu-storage-daemon's libvhost-user has no packed ring); ``--ring
+packed`` puts pyvirtio on packed rings instead (qemu-storage-daemon stays on split).
 Inside a group the two back-ends run test by test, interleaved, the order reversed every other
 round (PEERS.md); the report gives each side's median IOPS and the median [min, max] of the
 same-round ratios pyvirtio / qemu-storage-daemon.
@@ -61,6 +63,8 @@ def main(argv=None) -> int:
                    help="comma-separated, of: page, uring, threads (default all three)")
     p.add_argument("--dir", default="/var/tmp", help="where the images go: a disk-backed file "
                    "system, not tmpfs (default /var/tmp)")
+    p.add_argument("--ring", default="split", choices=("split", "packed"),
+                   help="pyvirtio's ring layout (default split, as qemu-storage-daemon's)")
     p.add_argument("--json", metavar="FILE", help="also write every run's result here")
     args = p.parse_args(argv)
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
@@ -76,9 +80,11 @@ def main(argv=None) -> int:
             fill_image(image, size)
         for key in groups:
             title, options, tests = GROUPS[key]
-            results[key] = measure_group(tmp, images, options, tests, args.rounds, args.runtime, title)
+            results[key] = measure_group(tmp, images, options, tests, args.rounds, args.runtime, title,
+                                         args.ring)
     print(f"\nvhost-user-blk, O_DIRECT and page cache; {args.rounds} rounds x {args.runtime:g} s per "
           f"run; images {size >> 20} MiB on {args.dir}; load: pyvirtio bench blk --verify; "
+          f"rings: pyvirtio {args.ring}, qsd split; "
           f"{time.monotonic() - t0:.0f} s\n")
     for key in groups:
         report(GROUPS[key][0], GROUPS[key][2], results[key])
@@ -89,7 +95,7 @@ def main(argv=None) -> int:
 
 
 def measure_group(tmp: str, images: dict, options: dict, tests, rounds: int, runtime: float,
-                  title: str) -> list[dict]:
+                  title: str, ring: str = "split") -> list[dict]:
     peers = {}
     try:
         peers["pyvirtio"] = start_pyvirtio("blk", os.path.join(tmp, "pv.sock"),
@@ -97,8 +103,9 @@ def measure_group(tmp: str, images: dict, options: dict, tests, rounds: int, run
         peers["qsd"] = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **options)
 
         def run_one(name, params):
+            layout = ring if name == "pyvirtio" else "split"
             return run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, verify=True,
-                                      timeout=30, **params)).as_dict()
+                                      timeout=30, ring=layout, **params)).as_dict()
 
         def log(r):
             print(f"{title}: round {r['round'] + 1}/{rounds} {r['test']:<17} {r['backend']:<8} "

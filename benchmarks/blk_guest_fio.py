@@ -45,7 +45,9 @@ DISKS = (("qsd", "vda", "0x4"), ("pyvirtio", "vdb", "0x5"))
 
 def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TESTS))) -> str:
     lines = [
-        "for d in vda vdb; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial)\"; done",
+        # size, serial, and bit 34 (VIRTIO_F_RING_PACKED) of the features the guest negotiated
+        "for d in vda vdb; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial) "
+        "packed=$(cut -c35 /sys/block/$d/device/features)\"; done",
         # Interrupts the disk's virtio device took so far (every CPU's column of /proc/interrupts).
         "irqs() { v=$(basename $(readlink /sys/block/$1/device)); awk -v v=\"$v-\" "
         "'index($0, v) { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i } END { print s + 0 }' "
@@ -98,6 +100,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", default="/var/tmp",
                     help="where the images go with --direct: disk-backed, not tmpfs (default /var/tmp)")
     ap.add_argument("--json", help="write the raw numbers here")
+    ap.add_argument("--packed", action="store_true",
+                    help="packed=on on both disks: pyvirtio serves packed rings; qemu-storage-daemon "
+                    "(libvhost-user, no packed ring) stays on split")
     ap.add_argument("--pyvirtio-src", default=None, metavar="DIR",
                     help="run pyvirtio serve from this src directory (another checkout: A/B against "
                     "an earlier commit)")
@@ -130,7 +135,8 @@ def main(argv=None) -> int:
             qemu_args = []
             for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
                 qemu_args += ["-chardev", f"socket,id={backend},path={peer.socket_path}",
-                              "-device", f"vhost-user-blk-pci,chardev={backend},num-queues=1,addr={slot}"]
+                              "-device", f"vhost-user-blk-pci,chardev={backend},num-queues=1,addr={slot}"
+                              + (",packed=on" if args.packed else "")]
             budget = args.rounds * len(tests) * len(DISKS) * (args.runtime + 3) + 120
             print(f"booting; {args.rounds} rounds of {len(tests)} tests on 2 disks "
                   f"(about {budget - 120} s)", file=sys.stderr)
