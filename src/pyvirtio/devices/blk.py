@@ -69,6 +69,10 @@ class BlkDevice(VirtioDevice):
     """A virtio-blk device backed by a raw image file (or block device)."""
 
     device_type = DeviceType.BLOCK
+    #: Requests complete out of order: a vhost-user back-end records those in flight in the
+    #: front-end's inflight buffer (pyvirtio.vhost_user.inflight), so a restarted daemon
+    #: resubmits them (reads and writes are idempotent; nothing is lost on kill -9).
+    inflight_tracking = True
 
     def __init__(self, path: str, *, read_only: bool = False, serial: str | None = None,
                  num_queues: int = 1, queue_max_size: int = 256, writeback: bool = True,

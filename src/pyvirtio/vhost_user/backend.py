@@ -37,13 +37,14 @@ from ..spec.status import DeviceStatus
 from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
 from ..virtq.packed_device import is_valid_packed_size
 from . import errors as E
-from .memmap import check_region, map_region
+from . import inflight as I
+from .memmap import InflightMapping, check_region, create_inflight, map_inflight, map_region
 from .notifyfd import check_notify_fd
 from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS,
                        VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, VRING_IDX_MASK,
                        VRING_NOFD_MASK, FrontendReq, HeaderFlag, ProtocolFeature)
 from .vring import Vring
-from .wire import (U64, ConfigSpace, Framer, MemoryRegion, MemoryTable, Message,
+from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
                    SingleMemoryRegion, VringAddr, VringState, encode_reply)
 
 log = logging.getLogger("pyvirtio.vhost_user")
@@ -55,6 +56,13 @@ PF = ProtocolFeature
 DEFAULT_PROTOCOL_FEATURES = sum(1 << f for f in (
     PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS))
 DEFAULT_MAX_MEM_SLOTS = MAX_MEM_SLOTS  # GET_MAX_MEM_SLOTS (pyvirtio.limits)
+
+
+def protocol_features_for(device: VirtioDevice) -> int:
+    """What a back-end offers for ``device``: the defaults, and INFLIGHT_SHMFD for a device that
+    completes requests out of order and can be resubmitted them (``device.inflight_tracking``)."""
+    extra = 1 << PF.INFLIGHT_SHMFD if getattr(device, "inflight_tracking", False) else 0
+    return DEFAULT_PROTOCOL_FEATURES | extra
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -126,14 +134,23 @@ class BackendConnection:
     """The back-end side of one vhost-user connection, for one :class:`VirtioDevice`."""
 
     def __init__(self, device: VirtioDevice, *, name: str = "vhost-user",
-                 protocol_features: int = DEFAULT_PROTOCOL_FEATURES,
+                 protocol_features: int | None = None,
                  max_mem_slots: int = DEFAULT_MAX_MEM_SLOTS,
                  map_region: Callable[[int, MemoryRegion], Region] = map_region,
-                 check_notify_fd: Callable[[int, str], None] = check_notify_fd):
+                 check_notify_fd: Callable[[int, str], None] = check_notify_fd,
+                 create_inflight: Callable[[int], tuple[int, InflightMapping]] = create_inflight,
+                 map_inflight: Callable[[int, int, int], InflightMapping] = map_inflight):
         self.device = device
         self._check_notify_fd = check_notify_fd
         self.name = name
-        self.offered_protocol_features = protocol_features
+        self.offered_protocol_features = (protocol_features if protocol_features is not None
+                                          else protocol_features_for(device))
+        self._create_inflight, self._map_inflight = create_inflight, map_inflight
+        #: The inflight buffer (GET/SET_INFLIGHT_FD) and its mapping, once the front-end gave one.
+        self.inflight: I.InflightRegion | None = None
+        self._inflight_map: InflightMapping | None = None
+        #: Chains resubmitted from the inflight buffer on this connection (statistics).
+        self.resubmitted = 0
         self.max_mem_slots = max_mem_slots
         self._map_region = map_region
         self._framer = Framer()
@@ -222,6 +239,8 @@ class BackendConnection:
         _close_all(msg.fds)  # fds the handler did not keep
         log.debug("%s: %s ok", self.name, name)
         self.history.append(f"{name}{_brief(msg)}")
+        if isinstance(body, tuple):  # a body with fds (owned by the Reply: the shell closes them)
+            return [Reply(encode_reply(msg.request, body[0]), body[1])]
         if body is not None:
             return [Reply(encode_reply(msg.request, body))]
         if self._ack_wanted(msg):
@@ -310,10 +329,39 @@ class BackendConnection:
         self._bind(ring)
         ring.queue.set_base(ring.base)
         ring.queue.sync_used_from_ring(self.memory)
+        self._track_inflight(ring)
         ring.started = True
         ring.fault = None
         if not self.protocol_features_negotiated:
             ring.enabled = True  # "the ring starts directly in the enabled state"
+
+    def _track_inflight(self, ring: Vring) -> None:
+        """Attach the ring's inflight region (if the front-end gave a buffer): a fresh one is
+        initialised; one a previous back-end filled says which chains to resubmit, oldest first,
+        and where the avail ring resumes (the used idx plus what is in flight: every chain popped
+        was either used or is still in flight — QEMU sends the used idx as the base after a
+        crash).  Raises InflightRegionError for a region that cannot be trusted."""
+        queue = ring.queue
+        queue.inflight, queue.resubmit = None, []
+        if self.inflight is None or ring.index >= self.inflight.num_queues:
+            return
+        if _packed(queue):
+            log.warning("%s: ring %d is packed: requests in flight are not tracked", self.name,
+                        ring.index)
+            return
+        tracker = self.inflight.tracker(ring.index, packed=False)
+        heads = tracker.start(queue.size, queue.next_used)
+        resume = (queue.next_used + len(heads)) & 0xFFFF
+        if heads or resume != queue.next_avail:
+            log.info("%s: ring %d: resubmitting %d requests in flight at the last disconnect "
+                     "(heads %s); avail ring resumes at %d (base sent: %d, used idx %d)", self.name,
+                     ring.index, len(heads), _short(heads), resume, queue.next_avail,
+                     queue.next_used)
+            ring.notify_once = True  # completions the old back-end published may be unsignalled
+        queue.next_avail = resume
+        queue.resubmit = heads
+        queue.inflight = tracker
+        self.resubmitted += len(heads)
 
     def _stop(self, ring: Vring) -> None:
         self._quiesce(ring.index)  # requests in flight on the host finish before the base is read
@@ -337,7 +385,10 @@ class BackendConnection:
         queue = ring.queue
         before = queue.chains_popped
         try:
-            return self.device.process_queue(self.memory, queue), None
+            notify = self.device.process_queue(self.memory, queue)
+            if ring.notify_once:
+                ring.notify_once, notify = False, True
+            return notify, None
         except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
             ring.fault = str(exc)
             log.error("%s: ring %d broken by the driver: %s (ring %s; last messages: %s)", self.name,
@@ -387,6 +438,17 @@ class BackendConnection:
         _close_all(self._framer.take_all_fds())
         self.memory.close()
         self.device.reset()
+        self._drop_inflight()
+
+    def _drop_inflight(self) -> None:
+        for ring in self.vrings:
+            ring.queue.inflight = None
+        if self.inflight is not None:
+            self.inflight.release()
+            self.inflight = None
+        if self._inflight_map is not None:
+            self._inflight_map.close()
+            self._inflight_map = None
 
     # --- handlers ------------------------------------------------------------------------------
 
@@ -639,6 +701,44 @@ class BackendConnection:
                 value &= ~DeviceStatus.FEATURES_OK  # the front-end reads it back refused
         self.status = value
 
+    # inflight I/O tracking ("Inflight I/O tracking")
+
+    @_rule(R.GET_INFLIGHT_FD, size=Inflight.size(), gate=PF.INFLIGHT_SHMFD, replies=True)
+    def _get_inflight_fd(self, msg: Message) -> tuple[bytes, tuple[int, ...]]:
+        want = Inflight.unpack(msg.payload)
+        I.check_description(want.num_queues, want.queue_size, len(self.vrings))
+        size = I.region_size(want.num_queues, want.queue_size)
+        try:
+            fd, mapping = self._create_inflight(size)
+        except OSError as exc:
+            raise I.InflightRegionError(f"cannot make an inflight buffer: {exc}") from None
+        self._use_inflight(mapping, want.num_queues, want.queue_size)
+        log.info("%s: inflight buffer made: %d queues of %d (%d bytes)", self.name,
+                 want.num_queues, want.queue_size, size)
+        return Inflight(size, 0, want.num_queues, want.queue_size).pack(), (fd,)
+
+    @_rule(R.SET_INFLIGHT_FD, size=Inflight.size(), fds=(1, 1), gate=PF.INFLIGHT_SHMFD)
+    def _set_inflight_fd(self, msg: Message) -> None:
+        info = Inflight.unpack(msg.payload)
+        if any(r.started for r in self.vrings):
+            raise E.WrongState("SET_INFLIGHT_FD while rings are started")
+        I.check_description(info.num_queues, info.queue_size, len(self.vrings))
+        need = I.region_size(info.num_queues, info.queue_size)
+        if info.mmap_size < need:
+            raise I.InflightRegionError(f"inflight buffer of {info.mmap_size} bytes; {info.num_queues} "
+                                        f"queues of {info.queue_size} need {need}")
+        mapping = self._map_inflight(msg.fds[0], info.mmap_size, info.mmap_offset)
+        self._use_inflight(mapping, info.num_queues, info.queue_size)
+
+    def _use_inflight(self, mapping: InflightMapping, num_queues: int, queue_size: int) -> None:
+        try:
+            region = I.InflightRegion(mapping.view, num_queues, queue_size, len(self.vrings))
+        except I.InflightRegionError:
+            mapping.close()
+            raise
+        self._drop_inflight()
+        self.inflight, self._inflight_map = region, mapping
+
     @_rule(R.GET_STATUS, gate=PF.STATUS, replies=True)
     def _get_status(self, msg: Message) -> bytes:
         return U64(self.status).pack()
@@ -685,6 +785,10 @@ def _brief(msg: Message) -> str:
     if len(msg.payload) == 8:
         return f"({int.from_bytes(msg.payload[:4], 'little')}, {int.from_bytes(msg.payload[4:], 'little'):#x})"
     return ""
+
+
+def _short(heads: list[int]) -> str:
+    return str(heads) if len(heads) <= 16 else f"{heads[:16]}..."
 
 
 def _range(r: tuple[int, int]) -> str:

@@ -94,3 +94,62 @@ def map_region(fd: int, r: MemoryRegion) -> Region:
     view = memoryview(m)[delta:delta + r.memory_size]
     return Region(r.guest_phys_addr, r.memory_size, view, userspace_addr=r.userspace_addr,
                   fd=fd, mmap_offset=r.mmap_offset, _owner=m)
+
+
+# --- the inflight buffer (GET_INFLIGHT_FD / SET_INFLIGHT_FD) --------------------------------------
+
+
+class InflightMapping:
+    """A mapped inflight buffer: ``view`` (``size`` bytes) over an mmap this object owns."""
+
+    def __init__(self, m: mmap.mmap, offset: int, size: int):
+        self._mmap = m
+        self.view = memoryview(m)[offset:offset + size]
+
+    def close(self) -> None:
+        """Unmap (every view derived from ``view`` must have been released first)."""
+        self.view.release()
+        try:
+            self._mmap.close()
+        except BufferError:  # a view still alive: the mapping goes with the last one
+            log.warning("inflight buffer still referenced; left mapped")
+
+
+def create_inflight(size: int) -> tuple[int, InflightMapping]:
+    """A new zeroed memfd of ``size`` bytes, sealed so that it can neither shrink nor grow (the
+    front-end maps it too), and its mapping.  Returns (the fd, which the caller owns; the mapping)."""
+    fd = os.memfd_create("pyvirtio-inflight", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, InflightMapping(m, 0, size)
+
+
+def map_inflight(fd: int, size: int, offset: int) -> InflightMapping:
+    """Map the inflight buffer a front-end handed back (SET_INFLIGHT_FD): ``size`` bytes at
+    ``offset`` of ``fd``, which must be a file that really holds them (sealed against shrinking
+    when it can be, as guest memory is).  The caller keeps ``fd``.  Raises BadMemoryRegion."""
+    try:
+        st = os.fstat(fd)
+    except OSError as exc:
+        raise BadMemoryRegion(f"inflight fd: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadMemoryRegion(f"inflight fd is not a memfd or regular file (mode {st.st_mode:#o})")
+    if not seal_against_shrinking(fd):
+        log.warning("inflight buffer: its file cannot be sealed against shrinking")
+    st = os.fstat(fd)
+    if size == 0 or offset + size > st.st_size:
+        raise BadMemoryRegion(f"inflight buffer [{offset:#x}, +{size:#x}) is empty or runs past the "
+                              f"end of its {st.st_size:#x}-byte file")
+    base = offset - offset % PAGE_SIZE
+    try:
+        m = mmap.mmap(fd, size + offset - base, mmap.MAP_SHARED,
+                      mmap.PROT_READ | mmap.PROT_WRITE, offset=base)
+    except (OSError, ValueError, OverflowError) as exc:
+        raise BadMemoryRegion(f"cannot map the inflight buffer: {exc}") from None
+    return InflightMapping(m, offset - base, size)

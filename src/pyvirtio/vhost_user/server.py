@@ -369,7 +369,10 @@ class VhostUserServer:
         try:
             replies = session.handle(data, fds)
             for reply in replies:
-                _send(session.sock, reply)
+                try:
+                    _send(session.sock, reply)
+                finally:
+                    _close_fds(reply.fds)  # a reply's fds are ours once sent (GET_INFLIGHT_FD)
         except ConnectionFatal as exc:
             self._end_session(session, f"protocol error: {exc}")
             return False

@@ -55,6 +55,7 @@ class Vring:
     mapped: bool = False  # the addresses translate in the current memory table
     fault: str | None = field(default=None)  # why the ring stopped being processed
     chains: int = 0  # descriptor chains processed on this connection (statistics)
+    notify_once: bool = False  # signal the call fd after the next drain (inflight recovery)
 
     @property
     def queue(self) -> "SplitDeviceQueue | PackedDeviceQueue":
@@ -84,7 +85,7 @@ class Vring:
         self.queue.reset()
         self.addr = self.num = None
         self.base = 0
-        self.polling = self.started = self.enabled = self.mapped = False
+        self.polling = self.started = self.enabled = self.mapped = self.notify_once = False
         self.fault = None
 
     def describe(self) -> str:

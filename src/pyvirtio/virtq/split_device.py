@@ -67,6 +67,10 @@ class SplitDeviceQueue(DeviceRingSide):
         self.notifications_enabled = True
         self.broken = False
         self.fault: Exception | None = None
+        #: vhost-user inflight tracking (pyvirtio.vhost_user.inflight): told of every pop and
+        #: every used-idx publish; ``resubmit`` heads are popped again before the avail ring.
+        self.inflight = None
+        self.resubmit: list[int] = []
         self._drop_views()
 
     def set_size(self, size: int) -> None:
@@ -144,6 +148,8 @@ class SplitDeviceQueue(DeviceRingSide):
         2.7.13.1: the avail idx may not move more than the queue size ahead of what we consumed;
         the head must be a valid descriptor index."""
         self._check(mem)
+        if self.resubmit:
+            return self._pop_resubmitted(mem)
         avail16 = self._avail16
         avail_idx = avail16[1]
         next_avail = self.next_avail
@@ -155,7 +161,15 @@ class SplitDeviceQueue(DeviceRingSide):
         # x86-64 keeps these two loads in order; on weaker CPUs a read barrier belongs here.
         head = avail16[2 + (next_avail & (self.size - 1))]
         chain = self._walk(mem, head)
+        if self.inflight is not None:
+            self.inflight.popped(head)
         self.next_avail = (next_avail + 1) & 0xFFFF
+        self.chains_popped += 1
+        return chain
+
+    def _pop_resubmitted(self, mem: GuestMemory) -> DescriptorChain:
+        """A chain a previous back-end had in flight (still marked in the inflight region)."""
+        chain = self._walk(mem, self.resubmit.pop(0))
         self.chains_popped += 1
         return chain
 
@@ -179,6 +193,8 @@ class SplitDeviceQueue(DeviceRingSide):
         before the first chain of another shape (``pop_descriptor_chain`` takes that one).
         Indices and buffers are checked as ``pop_descriptor_chain`` checks them."""
         self._check(mem)
+        if self.resubmit:  # those go first, through pop_descriptor_chain
+            return [], [], [] if views else None
         size, next_avail, avail16 = self.size, self.next_avail, self._avail16
         ahead = (avail16[1] - next_avail) & 0xFFFF
         if ahead > size:
@@ -211,6 +227,9 @@ class SplitDeviceQueue(DeviceRingSide):
                 self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
         elif views:
             bufs = []
+        if self.inflight is not None:
+            for head in heads:
+                self.inflight.popped(head)
         self.next_avail = (next_avail + len(heads)) & 0xFFFF
         self.chains_popped += len(heads)
         return heads, lengths, bufs
@@ -296,9 +315,14 @@ class SplitDeviceQueue(DeviceRingSide):
         used32 = self._used32
         used32[1 + slot] = head_index
         used32[2 + slot] = length
+        inflight = self.inflight
+        if inflight is not None:
+            inflight.batch((head_index,))
         # Stores stay ordered on x86-64 (the element is visible before the index).
         self.next_used = (self.next_used + 1) & 0xFFFF
         self._used16[1] = self.next_used
+        if inflight is not None:
+            inflight.published((head_index,), self.next_used)
 
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
         """Put several chains in the used ring and publish them with one index update."""
@@ -317,9 +341,14 @@ class SplitDeviceQueue(DeviceRingSide):
                 used32[1 + slot] = head
                 used32[2 + slot] = length
                 next_used = (next_used + 1) & 0xFFFF
+            inflight = self.inflight
+            if inflight is not None:
+                inflight.batch([head for head, _ in elems])
             # Stores stay ordered on x86-64 (the elements are visible before the index).
             self.next_used = next_used
             self._used16[1] = next_used
+            if inflight is not None:
+                inflight.published([head for head, _ in elems], next_used)
             return
         try:
             flat = array.array("I", itertools.chain.from_iterable(elems))  # id, len, id, len ...
@@ -350,9 +379,14 @@ class SplitDeviceQueue(DeviceRingSide):
         self._used32[1 + 2 * slot:1 + 2 * (slot + first)] = flat[:2 * first]
         if count > first:  # wrapped around the ring
             self._used32[1:1 + 2 * (count - first)] = flat[2 * first:]
+        inflight = self.inflight
+        if inflight is not None:
+            inflight.batch(flat[0::2])
         # Stores stay ordered on x86-64 (the elements are visible before the index).
         self.next_used = (self.next_used + count) & 0xFFFF
         self._used16[1] = self.next_used
+        if inflight is not None:
+            inflight.published(flat[0::2], self.next_used)
 
     # --- notification suppression (2.7.7, 2.7.10) -----------------------------------------------
 
