@@ -97,7 +97,7 @@ def test_cli_json_and_errors(pyvirtio_blk, capsys):
     assert result["bs"] == 1 << 20 and result["iops"] > 0 and "p99" in result["lat_ns"]
     assert main(["bench", "blk", sock, "--queues=3", "--runtime=0.2", "--no-progress"]) == 1
     assert "has 2 request queue(s)" in capsys.readouterr().err
-    assert main(["bench", "blk", sock, "--bs=1000"]) == 1
+    assert main(["bench", "blk", sock, "--bs=1000"]) == 2
     assert "multiple of 512" in capsys.readouterr().err
     assert main(["bench", "blk", "--socket-path=/nonexistent/x.sock"]) == 1
     assert "no such socket" in capsys.readouterr().err

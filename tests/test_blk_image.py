@@ -418,7 +418,7 @@ def test_read_only_serve_and_read_only_qsd_coexist(qsd, tmp_path):
 
 def test_format_other_than_raw_is_refused(tmp_path):
     r = run_serve(tmp_path / "s.sock", make_image(tmp_path), "--format=qcow2")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert one_line(r) == "pyvirtio serve: error: --format=qcow2: pyvirtio serves raw images only"
 
 

@@ -98,7 +98,7 @@ def test_check_cli_errors_and_help(tmp_path, capsys):
     assert main(["check", "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert len(listed) == len(CHECKS)
-    assert main(["check"]) == 1
+    assert main(["check"]) == 2
     assert "--socket-path=PATH is required" in capsys.readouterr().err
     out = subprocess.run([sys.executable, "-m", "pyvirtio.cli", "check", "--help"],
                          capture_output=True, text=True, check=True).stdout

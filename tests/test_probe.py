@@ -60,7 +60,7 @@ def test_probe_errors_are_one_line(tmp_path, capsys):
         assert "connection refused" in capsys.readouterr().err
     finally:
         stale.close()
-    assert main(["probe", f"--socket-path={tmp_path / 'stale.sock'}", "--type=nonsense"]) == 1
+    assert main(["probe", f"--socket-path={tmp_path / 'stale.sock'}", "--type=nonsense"]) == 2
     assert "unknown device type" in capsys.readouterr().err
 
 

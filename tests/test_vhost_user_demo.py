@@ -29,7 +29,7 @@ def test_missing_or_dynamic_busybox_names_busybox_static(monkeypatch, capsys, tm
 
 
 def test_bad_demo_flags(capsys):
-    assert cli.main(["demo", "--image-size=2"]) == 1
+    assert cli.main(["demo", "--image-size=2"]) == 2
     assert "--image-size must be at least 8" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         cli.main(["demo", "--bogus"])

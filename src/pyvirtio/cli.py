@@ -2,6 +2,10 @@
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; this file only wires
 them together, parses, and reports a typed error once, at the top, as one line.
+
+Exit status: 0 success; 1 a runtime failure (a back-end that is not there or misbehaves, a file
+that cannot be opened, a MUST requirement that failed); 2 a usage error (a bad flag or value,
+flags that do not go together) — see :data:`EPILOG`.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .errors import VirtioError
@@ -17,6 +22,7 @@ from .errors import VirtioError
 SUBCOMMAND_MODULES = (
     "pyvirtio.commands.loopback_demo",
     "pyvirtio.commands.serve",
+    "pyvirtio.commands.qemu_args",
     "pyvirtio.commands.demo",
     "pyvirtio.commands.bench",
     "pyvirtio.commands.probe",
@@ -24,16 +30,103 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.qtest_probe",
 )
 
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+logging options (-v, -q, --log-level) are accepted before and after the subcommand.
+
+exit status:
+  0  success
+  1  runtime failure: the back-end is not there or misbehaves, a file cannot be opened,
+     a requirement failed (check: a MUST requirement was not met or could not be checked)
+  2  usage error: a bad flag or value, or flags that do not go together
+"""
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 class CliError(VirtioError):
-    """A bad flag, a missing file, a socket in use: the user's input, reported in one line."""
+    """A runtime failure reported in one line: a missing file, a socket in use (exit status 1)."""
+
+    exit_code = EXIT_FAILURE
+
+
+class CliUsageError(CliError):
+    """The command line itself is wrong: a bad value, flags that do not go together (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags (``--sock=`` is not ``--socket-path=``); errors in one line, exit 2;
+    unknown flags refused by the subcommand that got them, naming it."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+
+def log_level_name(text: str) -> int:
+    name = text.lower()
+    if name not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return getattr(logging, name.upper())
+
+
+def _add_logging_options(p: argparse.ArgumentParser, prefix: str) -> None:
+    """-v/-q/--log-level; below the top level they go to ``sub_*`` and default to nothing, so
+    that a subparser does not overwrite what was given before the subcommand."""
+    default = argparse.SUPPRESS if prefix else None
+    g = p.add_argument_group("logging")
+    g.add_argument("-v", "--verbose", dest=prefix + "verbose", action="count", default=default or 0,
+                   help="more log output (-vv for debug)")
+    g.add_argument("-q", "--quiet", dest=prefix + "quiet", action="store_true", default=default or False,
+                   help="log errors only")
+    g.add_argument("--log-level", dest=prefix + "log_level", type=log_level_name, default=default,
+                   metavar="NAME", help=f"log at this level: {', '.join(LOG_LEVELS)} (default warning)")
+
+
+def _subparsers(p: argparse.ArgumentParser):
+    for action in p._actions:  # noqa: SLF001 - argparse has no public walk of its tree
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            seen = set()
+            for child in action.choices.values():
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    yield child
+
+
+def _walk(p: argparse.ArgumentParser):
+    for child in _subparsers(p):
+        yield child
+        yield from _walk(child)
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("pyvirtio")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pyvirtio",
+    parser = Parser(
+        prog="pyvirtio", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The standard virtual devices (virtio) in Python: devices, drivers, transports.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"pyvirtio {version()}")
+    _add_logging_options(parser, "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -43,25 +136,57 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # not built yet
             raise
         module.register(sub)
+    for child in _walk(parser):
+        _add_logging_options(child, "sub_")
     return parser
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """The level the flags ask for: --log-level wins, then --quiet, then -v counted everywhere."""
+    named = getattr(args, "sub_log_level", None) or args.log_level
+    if named is not None:
+        return named
+    if args.quiet or getattr(args, "sub_quiet", False):
+        return logging.ERROR
+    return logging.WARNING - 10 * min(args.verbose + getattr(args, "sub_verbose", 0), 2)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=log_level(args), format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
-        return args.func(args) or 0
-    except (VirtioError, OSError) as exc:
-        print(f"pyvirtio {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        code = args.func(args) or EXIT_OK
+        sys.stdout.flush()  # a reader that went away (| head) fails here, not at exit
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_FAILURE
+    except CliError as exc:
+        return _fail(args, exc, exc.exit_code)
+    except (VirtioError, OSError) as exc:  # a UsageError here came from the run, not the flags
+        return _fail(args, exc, EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    print(f"pyvirtio {args.command}: error: {exc}", file=sys.stderr)
+    return code
+
+
+def _stdout_to_devnull() -> None:
+    """The reader of our output went away: say nothing more there (Python's own advice)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+if __name__ == "__main__":  # python -m pyvirtio.cli: run the imported module, whose error
+    from pyvirtio.cli import main as _main  # classes the subcommands raise
+
+    sys.exit(_main())

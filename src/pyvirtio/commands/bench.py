@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 
+from .values import positive_seconds
+
 #: Extra bench targets registered by other modules: name -> module with register(subparsers).
 BENCH_MODULES = ("pyvirtio.commands.bench_blk", "pyvirtio.commands.bench_net")
 
@@ -15,7 +17,7 @@ def register(sub) -> None:
     vq = targets.add_parser("virtqueue", help="descriptor chains per second through the split ring cores",
                             description="Driver adds, device drains, driver collects, over two mappings of "
                                         "one memfd; 1 and 4 descriptors per chain, with and without EVENT_IDX.")
-    vq.add_argument("--duration", type=float, default=1.0, help="seconds per configuration (default 1)")
+    vq.add_argument("--duration", type=positive_seconds, default=1.0, help="seconds per configuration (default 1)")
     vq.add_argument("--json", action="store_true", help="print JSON instead of a table")
     vq.set_defaults(func=_virtqueue)
     for name in BENCH_MODULES:

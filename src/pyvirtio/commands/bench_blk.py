@@ -11,6 +11,7 @@ import json
 import sys
 
 from ..errors import UsageError
+from .values import positive_seconds, socket_path
 
 
 def register(targets) -> None:
@@ -21,7 +22,7 @@ def register(targets) -> None:
                     "queue for RUNTIME seconds, and report IOPS, MiB/s and completion-latency "
                     "percentiles.  Buffers are allocated once and reused (zero copy); kicks and "
                     "interrupts are suppressed with EVENT_IDX and batched.")
-    p.add_argument("--socket-path", metavar="PATH", required=True,
+    p.add_argument("--socket-path", metavar="PATH", required=True, type=socket_path,
                    help="the back-end's vhost-user UNIX socket")
     p.add_argument("--rw", default="randread", choices=("randread", "randwrite", "read", "write"),
                    help="access pattern (default randread); writes overwrite the disk's data")
@@ -29,7 +30,7 @@ def register(targets) -> None:
                    help="bytes per request, a multiple of 512, e.g. 4k, 64k, 1M (default 4k)")
     p.add_argument("--iodepth", type=int, default=32, metavar="N",
                    help="requests kept in flight on each queue (default 32)")
-    p.add_argument("--runtime", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--runtime", type=positive_seconds, default=10.0, metavar="SECONDS",
                    help="how long to submit requests (default 10); in-flight ones are then drained")
     p.add_argument("--queues", type=int, default=1, metavar="N",
                    help="request queues to use, each with IODEPTH in flight (default 1; the "
@@ -37,7 +38,7 @@ def register(targets) -> None:
     p.add_argument("--size", metavar="SIZE",
                    help="use only the first SIZE bytes of the disk (default: all of it)")
     p.add_argument("--seed", type=int, default=1, help="seed of the random offsets (default 1)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
                    help="call the back-end hung after this long without an answer (default 5)")
     p.add_argument("--verify", action="store_true",
                    help="first write a stamp (block number and a per-run nonce in every 512-byte "
@@ -65,8 +66,8 @@ def run(args) -> int:
                              timeout=args.timeout, verify=args.verify, ring=args.ring)
         cfg.check()
     except UsageError as exc:
-        from ..cli import CliError
-        raise CliError(str(exc)) from None
+        from ..cli import CliUsageError
+        raise CliUsageError(str(exc)) from None
     tty = sys.stderr.isatty()
 
     def progress(elapsed, ios, interval):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..cli import CliUsageError
 from ..vhost_user.identify import type_name
 from .probe import add_socket_args, device_type_arg
 
@@ -40,8 +41,8 @@ def run(args) -> int:
             print(f"{c.level:<6} {c.id:<28} [{c.section}] {c.text}")
         return 0
     if not args.socket_path:
-        from ..cli import CliError
-        raise CliError("--socket-path=PATH is required (or --list)")
+        raise CliUsageError("--socket-path=PATH is required (or --list)")
+    _check_only(args.only, CHECKS)
     print_line = None if args.json else (lambda r: print(r.line(), flush=True))
     ctx, results = run_checks(args.socket_path, device_type_arg(args), timeout=args.timeout,
                               only=args.only, on_result=print_line)
@@ -64,3 +65,10 @@ def run(args) -> int:
         print(f"pyvirtio check: error: {args.socket_path}: the back-end hung up on every "
               "connection", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _check_only(prefixes, checks) -> None:
+    """``--only=zzz`` that matches no check is a usage error, not "0 checks, all good"."""
+    for prefix in prefixes or ():
+        if not any(c.id.startswith(prefix) for c in checks):
+            raise CliUsageError(f"--only={prefix}: no check id starts with {prefix!r} (see --list)")

@@ -18,7 +18,8 @@ import tempfile
 import threading
 import time
 
-from ..cli import CliError
+from ..cli import CliError, CliUsageError
+from .values import positive_seconds
 
 APT_PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "busybox": "busybox-static"}
 
@@ -51,7 +52,7 @@ def register(sub) -> None:
                                    "and print what the guest saw.")
     p.add_argument("--image-size", type=int, default=64, metavar="MIB",
                    help="size of the sparse disk image in MiB (default 64)")
-    p.add_argument("--timeout", type=float, default=300, metavar="S", help="give up on the guest after S seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=300, metavar="S", help="give up on the guest after S seconds")
     p.add_argument("--keep", action="store_true", help="keep the work directory (image, sockets, console log)")
     p.set_defaults(func=run)
 
@@ -80,7 +81,7 @@ def check_host() -> None:
 
 def run(args) -> int:
     if args.image_size < 8:
-        raise CliError("--image-size must be at least 8 (MiB)")
+        raise CliUsageError("--image-size must be at least 8 (MiB)")
     check_host()
     work = tempfile.mkdtemp(prefix="pyvirtio-demo-")
     try:

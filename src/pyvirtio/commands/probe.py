@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from ..cli import CliError
+from ..cli import CliUsageError
 from ..spec.ids import DEVICE_NAMES
 from ..vhost_user.frontend import PROTOCOL_FEATURES_BIT
 from ..vhost_user.identify import (decode_config, feature_names, parse_type,
                                    protocol_feature_names, type_name)
 from ..vhost_user.protocol import ProtocolFeature as PF
+from .values import positive_seconds, socket_path
 
 #: Queue sizes are probed up to the split-ring maximum (VIRTIO 1.3, 2.7).
 PROBE_MAX_QUEUE_SIZE = 32768
@@ -27,12 +28,12 @@ PROBE_MAX_RINGS = 16
 
 def add_socket_args(p, *, type_help: str, timeout: float = 5.0, required: bool = True) -> None:
     """The flags every vhost-user front-end command shares."""
-    p.add_argument("--socket-path", metavar="PATH", required=required,
+    p.add_argument("--socket-path", metavar="PATH", required=required, type=socket_path,
                    help="the back-end's vhost-user UNIX socket")
     p.add_argument("--type", metavar="TYPE", dest="device_type",
                    help=type_help + " (blk, rng, net, fs, console, vsock, gpio, scsi, … or a "
                         "device ID); vhost-user does not say, so without it the type is guessed")
-    p.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, default=timeout, metavar="SECONDS",
                    help="how long to wait for each answer (and each request the device serves) "
                         f"before calling the back-end hung (default {timeout:g})")
 
@@ -43,7 +44,7 @@ def device_type_arg(args) -> Optional[int]:
     try:
         return int(parse_type(args.device_type))
     except ValueError as exc:
-        raise CliError(f"--type: {exc}") from None
+        raise CliUsageError(f"--type: {exc}") from None
 
 
 def register(sub) -> None:

@@ -24,6 +24,7 @@ Management software finds the program through the JSON files in ``pyvirtio/data`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -31,23 +32,11 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from ..cli import CliError
+from ..cli import CliError, CliUsageError, Parser
 from ..errors import UsageError
+from .values import socket_path
 
 log = logging.getLogger("pyvirtio.serve")
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Report a bad flag in one line (and refuse unknown ones here, not at the top level)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        ns, extra = super().parse_known_args(args, namespace)
-        if extra:
-            self.error(f"unrecognized arguments: {' '.join(extra)}")
-        return ns, extra
 
 
 @dataclass(frozen=True)
@@ -70,13 +59,13 @@ def _build_blk(args):
     from ..devices.blk import BlkDevice
     from ..devices.blk_image import ImageError
     if not args.blk_file:
-        raise CliError("--blk-file=FILE is required")
+        raise CliUsageError("--blk-file=FILE is required")
     if not 1 <= args.num_queues <= 64:
-        raise CliError(f"--num-queues={args.num_queues}: must be 1..64")
+        raise CliUsageError(f"--num-queues={args.num_queues}: must be 1..64")
     if args.serial is not None and len(args.serial.encode()) > 20:
-        raise CliError(f"--serial={args.serial!r}: at most 20 bytes")
+        raise CliUsageError(f"--serial={args.serial!r}: at most 20 bytes")
     if args.format is not None and args.format != "raw":
-        raise CliError(f"--format={args.format}: pyvirtio serves raw images only")
+        raise CliUsageError(f"--format={args.format}: pyvirtio serves raw images only")
     path = args.blk_file
     if not os.path.exists(path):
         raise CliError(f"--blk-file={path}: no such file")
@@ -89,7 +78,7 @@ def _build_blk(args):
     except ImageError as exc:
         raise CliError(f"--blk-file={exc.path}: {exc.why}") from None
     except UsageError as exc:
-        raise CliError(str(exc)) from None
+        raise CliUsageError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"--blk-file={path}: {exc.strerror}") from None
 
@@ -103,11 +92,26 @@ BACKENDS = {
     "blk": BackendType("block", ("read-only", "blk-file"), _build_blk,
                        lambda a: f"block device {a.blk_file}" + (" (read-only)" if a.read_only else "")),
     "rng": BackendType("rng", (), _build_rng, lambda a: "entropy device"),
-    "net": BackendType("net", (), lambda a: _net_cli().build_device(a),
+    "net": BackendType("net", (), lambda a: _build_net(a),
                        lambda a: f"network device on {_net_cli().build_backend_name(a)}"),
     "console": BackendType("console", (), lambda a: _console_cli().build_device(a),
                            lambda a: _console_cli().describe(a)),
 }
+
+
+def _build_net(args):
+    """The net device; a back-end the OS refuses is named by its flag, with the likely cause."""
+    try:
+        return _net_cli().build_device(args)
+    except OSError as exc:
+        flag = "--" + _net_cli().build_backend_name(args).replace(" ", "=", 1)
+        if args.tap_netns:
+            flag += f" --tap-netns={args.tap_netns}"
+        why = (exc.strerror or str(exc)) + (f": {exc.filename}" if exc.filename else "")
+        if args.tap and exc.errno in (errno.EPERM, errno.EACCES):
+            why += (" (creating or opening a TAP needs CAP_NET_ADMIN: run as root, or create it "
+                    f"first with 'ip tuntap add dev {args.tap} mode tap user $USER')")
+        raise CliError(f"{flag}: {why}") from None
 
 
 def _net_cli():
@@ -124,7 +128,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="run a vhost-user back-end (blk, rng, net, console) for QEMU",
                        description="Serve a pyvirtio device over vhost-user on a UNIX socket, "
                                    "following vhost-user.rst's back-end program conventions.")
-    types = p.add_subparsers(dest="backend", metavar="TYPE", parser_class=_OneLineParser)
+    types = p.add_subparsers(dest="backend", metavar="TYPE", parser_class=Parser)
     blk = types.add_parser("blk", help="a virtio-blk disk backed by a raw image or block device")
     _common(blk)
     blk.add_argument("--blk-file", metavar="FILE", help="the raw image file or block device")
@@ -158,7 +162,7 @@ def register(sub) -> None:
 
 
 def _common(p) -> None:
-    p.add_argument("--socket-path", metavar="PATH", help="listen on this UNIX socket")
+    p.add_argument("--socket-path", metavar="PATH", type=socket_path, help="listen on this UNIX socket")
     p.add_argument("--socket-mode", type=_octal_mode, default=0o600, metavar="MODE",
                    help="permissions of the socket --socket-path creates, octal (default 0600: "
                         "only this user may connect)")
@@ -183,15 +187,19 @@ def _octal_mode(text: str) -> int:
 
 def run(args) -> int:
     if not getattr(args, "backend", None):
-        raise CliError("say which back-end to serve: blk, rng, net or console")
+        raise CliUsageError("say which back-end to serve: blk, rng, net or console")
     kind = BACKENDS[args.backend]
     if args.print_capabilities:
         print(json.dumps(kind.capabilities()))
         return 0
     if (args.socket_path is None) == (args.fd is None):
-        raise CliError("give exactly one of --socket-path=PATH and --fd=FDNUM")
+        raise CliUsageError("give exactly one of --socket-path=PATH and --fd=FDNUM")
+    from ..sockets import SocketInUse
     from ..vhost_user.server import VhostUserServer, inherited_socket
-    device = kind.build(args)
+    try:
+        device = kind.build(args)
+    except UsageError as exc:  # net and console: a flag's value, or flags that do not go together
+        raise CliUsageError(str(exc)) from None
     if not args.split_only:
         device.offer_packed_ring()
     server = VhostUserServer()
@@ -204,10 +212,12 @@ def run(args) -> int:
                                       socket_mode=args.socket_mode)
             if args.backend == "console":  # its rings are gated by the vhost-user ring state
                 _console_cli().attach(device, endpoint)
-        except UsageError as exc:
+        except SocketInUse as exc:
             raise CliError(str(exc)) from None
+        except UsageError as exc:
+            raise CliUsageError(str(exc)) from None
         except OSError as exc:
-            raise CliError(f"{args.socket_path}: {exc.strerror}") from None
+            raise CliError(f"{args.socket_path}: {exc.strerror or exc}") from None
         where = args.socket_path or f"inherited fd {args.fd}"
         io = getattr(device, "io_mode", "")
         print(f"pyvirtio serve: {kind.describe(args)}{f' ({io})' if io else ''} on {where}",
