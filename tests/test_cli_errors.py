@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -228,3 +229,28 @@ def test_entry_point_takes_logging_flags(tmp_path):
             "sys.exit(main_rng(['--print-capabilities', '-vv', '--log-level=info']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == '{"type": "rng"}', r.stderr
+
+
+def test_probe_leaves_no_warning_in_the_daemon_log(server, tmp_path, image, caplog, capsys):
+    """A probe asks ring sizes from 32768 down (each refused with REPLY_ACK) and hangs up: none
+    of that is a fault, so the daemon logs it below WARNING."""
+    from pyvirtio.devices.blk import BlkDevice
+
+    path = str(tmp_path / "blk.sock")
+    disk = BlkDevice(image)
+    server.add(disk, socket_path=path)
+    server.start()
+    caplog.set_level(logging.DEBUG, logger="pyvirtio")
+    try:
+        code, out, _ = run(capsys, "probe", f"--socket-path={path}")
+        assert code == 0 and "max queue size" in out
+        deadline = time.monotonic() + 10
+        while not any("front-end gone" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "the daemon never saw the probe hang up"
+            time.sleep(0.02)
+    finally:
+        disk.close()
+    daemon = [r for r in caplog.records if r.name.startswith("pyvirtio.vhost_user")]
+    assert any("rejected SET_VRING_NUM" in r.getMessage() for r in daemon)
+    assert any("front-end gone (hung up)" in r.getMessage() for r in daemon)
+    assert [r.getMessage() for r in daemon if r.levelno >= logging.WARNING] == []

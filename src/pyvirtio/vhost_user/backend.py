@@ -231,7 +231,11 @@ class BackendConnection:
                 return [Rejected(msg.request, exc), Reply(encode_reply(msg.request))]
             if rule is not None and rule.replies:
                 self._fail(E.ReplyImpossible(f"{name} must be answered but was refused: {exc}"))
-            self.log.warning("%s: rejected %s: %s", self.name, name, exc)
+            # A size refused with REPLY_ACK is how a front-end learns the largest ring (pyvirtio
+            # probe asks 32768, 16384, ...): an answer, not a fault of the peer.
+            probing = msg.request == R.SET_VRING_NUM and self._ack_wanted(msg)
+            self.log.log(logging.INFO if probing else logging.WARNING, "%s: rejected %s: %s",
+                         self.name, name, exc)
             out: list[Output] = [Rejected(msg.request, exc)]
             if self._ack_wanted(msg):
                 out.append(Reply(encode_reply(msg.request, U64(1).pack())))
