@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from ..errors import UsageError
@@ -10,6 +11,21 @@ from ..spec import ring
 
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) & ~(alignment - 1)
+
+
+_TABLES: dict[int, struct.Struct] = {}
+
+
+def unpack_descriptor_table(table, count: int) -> list[tuple[int, int, int, int]]:
+    """The ``count`` 16-byte descriptors of an indirect table (split or packed: both are
+    ``<QIHH``), read at once as one tuple each.  (One Struct per table length, made on first use;
+    not ``struct.iter_unpack``, whose iterator, caught in a reference cycle while it holds the
+    table's buffer, crashed CPython 3.11's garbage collector.)"""
+    unpacker = _TABLES.get(count)
+    if unpacker is None:
+        unpacker = _TABLES[count] = struct.Struct("<" + "QIHH" * count)
+    fields = iter(unpacker.unpack_from(table))
+    return list(zip(fields, fields, fields, fields))
 
 
 def desc_table_size(size: int) -> int:

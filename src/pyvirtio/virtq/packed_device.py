@@ -33,6 +33,7 @@ from .base import DeviceRingSide
 from .chain import DescriptorChain
 from .drain import drain_queue
 from .event import vring_need_event
+from .layout import unpack_descriptor_table
 
 _DESC = ring.PVIRTQ_DESC
 _F_NEXT = ring.VIRTQ_DESC_F_NEXT
@@ -169,7 +170,8 @@ class PackedDeviceQueue(DeviceRingSide):
     def pop_descriptor_chain(self, mem: GuestMemory) -> DescriptorChain | None:
         self._check(mem)
         # Read the head's flags first, and the rest after: the driver writes the head flags last.
-        if not self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap):
+        flags, wrap = self._desc16[self.next_avail * 8 + 7], self.avail_wrap
+        if (not flags & _F_AVAIL) != (not wrap) or (not flags & _F_USED) == (not wrap):
             return None
         try:
             chain, pos, wrap, count = self._walk(mem)
@@ -197,15 +199,18 @@ class PackedDeviceQueue(DeviceRingSide):
         """Follow the chain at ``next_avail`` (2.8.6, 2.8.7).  It may not be longer than the ring
         nor than MAX_CHAIN_SEGMENTS descriptors or buffers (:mod:`pyvirtio.limits`); an indirect
         table too long is refused before it is mapped or walked."""
-        size, desc16 = self.size, self._desc16
+        size, desc16, desc = self.size, self._desc16, self._desc
         pos, wrap, count = self.next_avail, self.avail_wrap, 0
-        # readable bytes, writable bytes, seen a writable, descriptors (segments) so far
-        readable, writable, lens = [], [], [0, 0, 0, 0]
+        readable: list = []
+        writable: list = []
+        rlen = wlen = segs = 0  # readable bytes, writable bytes, descriptors (segments) so far
+        seen_write = False
+        views, unpack = mem.views, _DESC.unpack_from
         while True:
             flags = desc16[pos * 8 + 7]
-            if count and not self._is_avail(flags, wrap):
+            if count and ((not flags & _F_AVAIL) != (not wrap) or (not flags & _F_USED) == (not wrap)):
                 raise DriverFault(f"descriptor {pos} of a chain is not available (2.8.6)")
-            addr, length, buf_id, _ = _DESC.unpack_from(self._desc, pos * 16)
+            addr, length, buf_id, _ = unpack(desc, pos * 16)
             count += 1
             if count > size:
                 raise DriverFault(f"chain is longer than the ring ({size})")
@@ -213,50 +218,41 @@ class PackedDeviceQueue(DeviceRingSide):
             if pos == size:
                 pos, wrap = 0, wrap ^ 1
             if flags & _F_INDIRECT:
-                self._walk_indirect(mem, addr, length, flags, readable, writable, lens)
+                if not self.indirect:
+                    raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
+                if flags & _F_NEXT:
+                    raise DriverFault("descriptor sets both INDIRECT and NEXT (2.8.7)")
+                if length == 0 or length & 15:
+                    raise DriverFault(f"indirect table length {length} is not a multiple of 16")
+                if segs + (length >> 4) > MAX_CHAIN_SEGMENTS:
+                    raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain would "
+                                      f"exceed {MAX_CHAIN_SEGMENTS}")
+                entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
             else:
-                self._add_buffer(mem, addr, length, flags & _F_WRITE, readable, writable, lens)
+                entries = ((addr, length, buf_id, flags),)
+            for a, n, _, f in entries:
+                if f & _F_INDIRECT:  # only a table's entry gets here with it
+                    raise DriverFault("indirect descriptor inside an indirect table (2.8.7)")
+                segs += 1
+                if segs > MAX_CHAIN_SEGMENTS:
+                    raise DriverFault(f"chain has more than {MAX_CHAIN_SEGMENTS} descriptors")
+                if f & _F_WRITE:
+                    seen_write = True
+                    if n:
+                        writable += views(a, n)
+                        wlen += n
+                else:
+                    if seen_write:
+                        raise DriverFault("device-readable descriptor after a writable one (2.8.4)")
+                    if n:
+                        readable += views(a, n)
+                        rlen += n
+                if rlen + wlen > MAX_CHAIN_BYTES:
+                    raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+                if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                    raise DriverFault(f"chain maps to more than {MAX_CHAIN_SEGMENTS} buffers")
             if not flags & _F_NEXT:
-                chain = DescriptorChain(buf_id, readable, writable, lens[0], lens[1], lens[3])
-                return chain, pos, wrap, count
-
-    def _walk_indirect(self, mem, addr, length, flags, readable, writable, lens) -> None:
-        if not self.indirect:
-            raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
-        if flags & _F_NEXT:
-            raise DriverFault("descriptor sets both INDIRECT and NEXT (2.8.7)")
-        if length == 0 or length % 16:
-            raise DriverFault(f"indirect table length {length} is not a multiple of 16")
-        if lens[3] + length // 16 > MAX_CHAIN_SEGMENTS:
-            raise DriverFault(f"indirect table of {length // 16} descriptors: the chain would "
-                              f"exceed {MAX_CHAIN_SEGMENTS}")
-        table = mem.view(addr, length)
-        for i in range(length // 16):
-            a, n, _, f = _DESC.unpack_from(table, i * 16)
-            if f & _F_INDIRECT:
-                raise DriverFault("indirect descriptor inside an indirect table (2.8.7)")
-            self._add_buffer(mem, a, n, f & _F_WRITE, readable, writable, lens)
-
-    @staticmethod
-    def _add_buffer(mem, addr, length, write, readable, writable, lens) -> None:
-        lens[3] += 1
-        if lens[3] > MAX_CHAIN_SEGMENTS:
-            raise DriverFault(f"chain has more than {MAX_CHAIN_SEGMENTS} descriptors")
-        if write:
-            lens[2] = 1
-            if length:
-                writable.extend(mem.views(addr, length))
-                lens[1] += length
-        else:
-            if lens[2]:
-                raise DriverFault("device-readable descriptor after a writable one (2.8.4)")
-            if length:
-                readable.extend(mem.views(addr, length))
-                lens[0] += length
-        if lens[0] + lens[1] > MAX_CHAIN_BYTES:
-            raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
-        if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-            raise DriverFault(f"chain maps to more than {MAX_CHAIN_SEGMENTS} buffers")
+                return DescriptorChain(buf_id, readable, writable, rlen, wlen, segs), pos, wrap, count
 
     # --- returning used buffers -----------------------------------------------------------------
 
@@ -288,11 +284,19 @@ class PackedDeviceQueue(DeviceRingSide):
         self._added_since_signal += count
 
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
-        if not self.in_order:
-            for head_index, length in elems:
-                self.add_used(mem, head_index, length)
-            return
         self._check(mem)
+        if not self.in_order:
+            pending, wlen = self._pending, self._wlen
+            for head_index, length in elems:  # as add_used, one after another
+                if not 0 <= length <= 0xFFFFFFFF:
+                    raise UsageError(f"queue {self.index}: used length {length} out of range")
+                count = pending.pop(head_index, None)
+                if count is None:
+                    raise UsageError(f"queue {self.index}: buffer id {head_index} is not in flight")
+                if wlen:
+                    wlen.pop(head_index, None)
+                self._write_used(head_index, length, count)
+            return
         elems = list(elems)
         ids = [head for head, _ in elems]
         if ids != list(islice(self._pending, len(ids))):

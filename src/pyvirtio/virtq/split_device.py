@@ -27,7 +27,8 @@ from .base import DeviceRingSide
 from .chain import DescriptorChain
 from .drain import drain_queue
 from .event import vring_need_event
-from .layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
+from .layout import (avail_ring_size, desc_table_size, is_valid_split_size, unpack_descriptor_table,
+                     used_ring_size)
 
 if sys.byteorder != "little":  # pragma: no cover
     raise ImportError("pyvirtio's ring views assume a little-endian host")
@@ -274,7 +275,7 @@ class SplitDeviceQueue(DeviceRingSide):
                     if total + (length >> 4) > MAX_CHAIN_SEGMENTS:
                         raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain "
                                           f"would exceed {MAX_CHAIN_SEGMENTS}")
-                    entries = list(_DESC.iter_unpack(mem.view(addr, length)))
+                    entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
                     limit, idx, seen = length >> 4, 0, 0
                     continue
                 if flags & _F_WRITE:
