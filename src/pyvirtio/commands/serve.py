@@ -195,7 +195,7 @@ def run(args) -> int:
     if (args.socket_path is None) == (args.fd is None):
         raise CliUsageError("give exactly one of --socket-path=PATH and --fd=FDNUM")
     from ..sockets import SocketInUse
-    from ..vhost_user.server import VhostUserServer, inherited_socket
+    from ..vhost_user.server import VhostUserServer, inherited_socket, is_listening
     try:
         device = kind.build(args)
     except UsageError as exc:  # net and console: a flag's value, or flags that do not go together
@@ -206,8 +206,11 @@ def run(args) -> int:
     try:
         try:
             if args.fd is not None:
-                endpoint = server.add(device, sock=inherited_socket(args.fd))
+                sock = inherited_socket(args.fd)
+                listening_on = sock.getsockname() if is_listening(sock) else None
+                endpoint = server.add(device, sock=sock)
             else:
+                listening_on = args.socket_path
                 endpoint = server.add(device, socket_path=args.socket_path,
                                       socket_mode=args.socket_mode)
             if args.backend == "console":  # its rings are gated by the vhost-user ring state
@@ -222,12 +225,23 @@ def run(args) -> int:
         io = getattr(device, "io_mode", "")
         print(f"pyvirtio serve: {kind.describe(args)}{f' ({io})' if io else ''} on {where}",
               file=sys.stderr, flush=True)
+        for line in _qemu_banner(args, listening_on or None):
+            print(f"pyvirtio serve: {line}", file=sys.stderr, flush=True)
         server.install_signal_handlers()
         server.serve_forever()
     finally:
         server.close()
         device.close()
     return 0
+
+
+def _qemu_banner(args, socket_path) -> list[str]:
+    from ..spec.ids import DeviceType
+    from .qemu_args import serve_banner
+    dtype = {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
+             "console": DeviceType.CONSOLE}[args.backend]
+    queues = getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None) or 1
+    return serve_banner(dtype, socket_path, queues=queues)
 
 
 def _main(backend: str, argv: list[str] | None) -> int:
