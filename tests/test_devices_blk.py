@@ -159,3 +159,28 @@ def test_blk_stats_count_requests(image):
     drv.write(0, b"z" * 1024)
     drv.read(0, 1024)
     assert dev.stats["write_bytes"] == 1024 and dev.stats["read_bytes"] == 1024
+
+
+def test_failing_requests_a_guest_repeats_are_logged_at_a_bounded_rate(image, monkeypatch, caplog):
+    # Every DISCARD fails on the host (a failing disk under the image): the guest may send as
+    # many as it likes, each fails with IOERR, and the log takes only PeerLog's budget.
+    import errno
+    import logging
+
+    from pyvirtio.devices import blk as blk_module
+    from pyvirtio.limits import LOG_LINES_PER_SECOND
+
+    def refuse(fd, mode, offset, length):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(blk_module, "fallocate", refuse)
+    dev, drv = probe(image)
+    dev.guest_log._clock = lambda: 0.0  # one second that never ends
+    with caplog.at_level(logging.WARNING, logger="pyvirtio.devices.blk"):
+        for i in range(3 * LOG_LINES_PER_SECOND):
+            with pytest.raises(RequestError):
+                drv.discard(i * 8, 8)
+    lines = [r for r in caplog.records if "request type" in r.getMessage()]
+    assert len(lines) == LOG_LINES_PER_SECOND
+    assert dev.guest_log.suppressed == 2 * LOG_LINES_PER_SECOND
+    assert dev.stats["errors"] == 3 * LOG_LINES_PER_SECOND

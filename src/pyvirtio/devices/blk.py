@@ -267,7 +267,8 @@ class BlkDevice(VirtioDevice):
         stats = self.stats
         stats["requests"] += 1
         if error is not None:
-            log.warning("blk %s: %s at byte %d failed: %s", self.path,
+            # Per request, and the guest decides how many: rate-limited (PeerLog).
+            self.guest_log.warning("blk %s: %s at byte %d failed: %s", self.path,
                         ("read", "write", "flush")[req.kind], req.offset, error.strerror or error)
             self.stats["errors"] += 1
             chain.writable[-1][-1] = _IOERR
@@ -308,7 +309,8 @@ class BlkDevice(VirtioDevice):
                 return self._segments(chain, discard=False), 0
             return _S.UNSUPP, 0
         except OSError as exc:
-            log.warning("blk %s: request type %d at sector %d failed: %s", self.path, rtype, sector, exc)
+            self.guest_log.warning("blk %s: request type %d at sector %d failed: %s", self.path, rtype,
+                                   sector, exc)
             return _S.IOERR, 0
 
     def _range_ok(self, sector: int, length: int) -> bool:
