@@ -28,6 +28,8 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.probe",
     "pyvirtio.commands.check",
     "pyvirtio.commands.qtest_probe",
+    "pyvirtio.commands.proxy",
+    "pyvirtio.commands.fuzz",
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
