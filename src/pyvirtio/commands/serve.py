@@ -9,7 +9,12 @@ conventions").
                                                # SIGTERM) or connected (served once, then exit)
     pyvirtio serve blk --print-capabilities    # {"type": "block", "features": [...]}
 
-It never daemonizes, ends cleanly on SIGTERM/SIGINT, and refuses early (non-zero exit, one line
+Under systemd it takes the socket of its .socket unit (``LISTEN_FDS``/``LISTEN_PID``, the one
+named after the back-end type when ``LISTEN_FDNAMES`` lists several; see ``contrib/``) and
+reports ``READY=1`` / ``STOPPING=1`` on ``NOTIFY_SOCKET`` (:mod:`.systemd`).  At start it prints
+the QEMU arguments that attach it (:mod:`.qemu_args`).
+
+It never daemonizes, ends cleanly on SIGTERM/SIGINT/SIGHUP, and refuses early (non-zero exit, one line
 on stderr) a bad flag, a missing or unreadable file, an image another process locks (QEMU's
 lock protocol, see :mod:`pyvirtio.devices.blk_image`), an empty or non-raw image, or a socket
 path a live back-end listens on (a stale socket file is replaced).  When a front-end hangs up it
@@ -34,6 +39,7 @@ from typing import Callable
 
 from ..cli import CliError, CliUsageError, Parser
 from ..errors import UsageError
+from . import systemd
 from .values import socket_path
 
 log = logging.getLogger("pyvirtio.serve")
@@ -192,8 +198,13 @@ def run(args) -> int:
     if args.print_capabilities:
         print(json.dumps(kind.capabilities()))
         return 0
+    activated = False
+    if args.socket_path is None and args.fd is None:  # started by a systemd .socket unit?
+        args.fd = systemd.listen_fd(args.backend)
+        activated = args.fd is not None
     if (args.socket_path is None) == (args.fd is None):
-        raise CliUsageError("give exactly one of --socket-path=PATH and --fd=FDNUM")
+        raise CliUsageError("give exactly one of --socket-path=PATH and --fd=FDNUM "
+                            "(or start it from a systemd .socket unit)")
     from ..sockets import SocketInUse
     from ..vhost_user.server import VhostUserServer, inherited_socket, is_listening
     try:
@@ -221,14 +232,18 @@ def run(args) -> int:
             raise CliUsageError(str(exc)) from None
         except OSError as exc:
             raise CliError(f"{args.socket_path}: {exc.strerror or exc}") from None
-        where = args.socket_path or f"inherited fd {args.fd}"
+        where = args.socket_path or f"inherited fd {args.fd}" + (" (systemd)" if activated else "")
         io = getattr(device, "io_mode", "")
         print(f"pyvirtio serve: {kind.describe(args)}{f' ({io})' if io else ''} on {where}",
               file=sys.stderr, flush=True)
         for line in _qemu_banner(args, listening_on or None):
             print(f"pyvirtio serve: {line}", file=sys.stderr, flush=True)
         server.install_signal_handlers()
-        server.serve_forever()
+        systemd.notify("READY=1")  # listening: QEMU may connect now
+        try:
+            server.serve_forever()
+        finally:
+            systemd.notify("STOPPING=1")
     finally:
         server.close()
         device.close()

@@ -260,12 +260,14 @@ class VhostUserServer:
                 pass
 
     def install_signal_handlers(self) -> None:
-        """End cleanly on SIGTERM and SIGINT (vhost-user.rst: "must end ... on SIGTERM")."""
+        """End cleanly (socket files removed) on SIGTERM and SIGINT (vhost-user.rst: "must end
+        ... on SIGTERM"), and on SIGHUP: a closed terminal or a reload must not leave the file."""
         def handler(signum, frame):
             log.info("signal %d: shutting down", signum)
             self.shutdown()
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGHUP, handler)
 
     # the loop
 

@@ -93,6 +93,10 @@ class PackedDeviceQueue(DeviceRingSide):
         self.broken = False
         self.fault: Exception | None = None
         self._mem, self._gen = None, -1
+        #: vhost-user inflight tracking (pyvirtio.vhost_user.inflight): told of every pop and
+        #: used descriptor; ``resubmit`` chains, (buffer id, [(addr, len, flags)...]), go first.
+        self.inflight = None
+        self.resubmit: list = []
 
     def set_size(self, size: int) -> None:
         if not is_valid_packed_size(size) or size > self.max_size:
@@ -169,6 +173,8 @@ class PackedDeviceQueue(DeviceRingSide):
 
     def pop_descriptor_chain(self, mem: GuestMemory) -> DescriptorChain | None:
         self._check(mem)
+        if self.resubmit:
+            return self._pop_resubmitted(mem)
         # Read the head's flags first, and the rest after: the driver writes the head flags last.
         flags, wrap = self._desc16[self.next_avail * 8 + 7], self.avail_wrap
         if (not flags & _F_AVAIL) != (not wrap) or (not flags & _F_USED) == (not wrap):
@@ -184,7 +190,33 @@ class PackedDeviceQueue(DeviceRingSide):
         self._pending[chain.head_index] = count
         if self.in_order:
             self._wlen[chain.head_index] = chain.writable_len
+        if self.inflight is not None:
+            self.inflight.popped(self._desc, self.next_avail, count)
         self.next_avail, self.avail_wrap = pos, wrap
+        self.chains_popped += 1
+        return chain
+
+    def _pop_resubmitted(self, mem: GuestMemory) -> DescriptorChain:
+        """A chain a previous back-end had in flight, walked from the inflight region's copies of
+        its descriptors, laid out as a ring of their own (so every check of ``_walk`` applies)."""
+        buf_id, descs = self.resubmit.pop(0)
+        scratch = bytearray(16 * len(descs))
+        for i, (addr, length, flags) in enumerate(descs):
+            _DESC.pack_into(scratch, 16 * i, addr, length, buf_id, (flags | _F_AVAIL) & ~_F_USED)
+        saved = self._desc, self._desc16, self.size, self.next_avail, self.avail_wrap
+        self._desc = memoryview(scratch)
+        self._desc16, self.size, self.next_avail, self.avail_wrap = self._desc.cast("H"), len(descs), 0, 1
+        try:
+            chain = self._walk(mem)[0]
+        except (DriverFault, GuestMemoryError) as exc:
+            fault = exc
+        else:
+            fault = None if buf_id not in self._pending else f"buffer id {buf_id} is already in flight"
+        finally:
+            self._desc, self._desc16, self.size, self.next_avail, self.avail_wrap = saved
+        if fault is not None:
+            self._break(DriverFault(f"queue {self.index}: resubmitted chain: {fault}"))
+        self._pending[buf_id] = len(descs)
         self.chains_popped += 1
         return chain
 
@@ -273,9 +305,14 @@ class PackedDeviceQueue(DeviceRingSide):
     def _write_used(self, head_index: int, length: int, count: int) -> None:
         """The used descriptor at ``next_used``; then skip ``count`` ring positions."""
         pos = self.next_used
+        inflight = self.inflight
+        if inflight is not None:
+            inflight.batch(head_index, count)
         _LEN_ID.pack_into(self._desc, pos * 16 + 8, length, head_index)  # flags untouched
         used_flags = (_F_AVAIL | _F_USED) if self.used_wrap else 0
         self._desc16[pos * 8 + 7] = used_flags  # flags last: publishes the element (x86 store order)
+        if inflight is not None:
+            inflight.published(head_index)
         pos += count
         if pos >= self.size:
             pos -= self.size
