@@ -194,8 +194,10 @@ class HoldDevice(RngDevice):
     completes_in_order = False
     inflight_tracking = True
 
-    def __init__(self):
+    def __init__(self, packed=False):
         super().__init__()
+        if packed:
+            self.offer_packed_ring()
         self.seen: list[int] = []
         self.held = []
 
@@ -241,31 +243,40 @@ def test_blk_offers_inflight_shmfd_and_rng_does_not():
     assert not BackendConnection(RngDevice()).offered_protocol_features & (1 << PF.INFLIGHT_SHMFD)
 
 
-def test_a_killed_back_end_s_requests_are_resubmitted_first_in_pop_order():
-    dev1 = HoldDevice()
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_killed_back_end_s_requests_are_resubmitted_first_in_pop_order(packed):
+    dev1 = HoldDevice(packed)
     conn1 = BackendConnection(dev1, name="first")
     fe = TestFrontend.pair(conn1)
+    ring_bits = (1 << Feature.RING_PACKED) if packed else 0
     try:
-        fe.negotiate(features=(dev1.device_features | 1 << 30) & ~(1 << Feature.EVENT_IDX))
+        fe.negotiate(features=(dev1.device_features | 1 << 30 | ring_bits) & ~(1 << Feature.EVENT_IDX))
         info, fd = _get_inflight(conn1)
         assert info.mmap_size == I.region_size(1, SIZE) and info.mmap_offset == 0
         fe.request(R.SET_INFLIGHT_FD, info.pack(), [fd])
         fe.add_mem_reg()
         fe.setup_ring(0, SIZE, event_idx=False)
+        for _ in range(3):  # go round the ring more than once (packed: both wrap counters flip)
+            _submit(fe, 10)
+            conn1.process_ring(0)
+            dev1.complete(conn1.memory, dev1.seen[-10:])
+            fe.wait_used(0, 10)
+        dev1.seen.clear()
         _submit(fe, 6)
         conn1.process_ring(0)
         first = list(dev1.seen)
         assert len(first) == 6
         dev1.complete(conn1.memory, [first[4], first[1]])
-        # kill -9: conn1 is never closed; QEMU restores the base from the used idx (2)
-        dev2 = HoldDevice()
+        # kill -9: conn1 is never closed.  QEMU sends the used idx as the base of a split ring
+        # (32: 30 + 2), the base of its last start for a packed one (the region knows better).
+        dev2 = HoldDevice(packed)
         conn2 = BackendConnection(dev2, name="second")
         fe.ch = PairChannel(conn2)
         fe.negotiate(features=fe.features)
         fe.request(R.SET_INFLIGHT_FD, info.pack(), [fd])
         fe.add_mem_reg()
         _submit(fe, 2)  # made available while no back-end ran
-        _start_ring(fe, fe.rings[0], base=2)
+        _start_ring(fe, fe.rings[0], base=0x8000_8000 if packed else 32)
         notify, fault = conn2.process_ring(0)
         assert fault is None and notify  # completions the old back-end made are signalled
         assert dev2.seen[:4] == [first[0], first[2], first[3], first[5]]
@@ -274,6 +285,10 @@ def test_a_killed_back_end_s_requests_are_resubmitted_first_in_pop_order():
         dev2.complete(conn2.memory, dev2.seen)
         got = fe.wait_used(0, 8)
         assert len(got) == 8
+        _submit(fe, 3)  # the ring goes on where it should
+        conn2.process_ring(0)
+        dev2.complete(conn2.memory, dev2.seen[-3:])
+        assert len(fe.wait_used(0, 3)) == 3
         conn2.close()
         os.close(fd)
     finally:

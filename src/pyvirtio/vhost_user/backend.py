@@ -349,23 +349,48 @@ class BackendConnection:
         queue.inflight, queue.resubmit = None, []
         if self.inflight is None or ring.index >= self.inflight.num_queues:
             return
-        if _packed(queue):
-            log.warning("%s: ring %d is packed: requests in flight are not tracked", self.name,
-                        ring.index)
+        if getattr(queue, "in_order", False) and _packed(queue):
+            log.warning("%s: ring %d: IN_ORDER packed ring: requests in flight are not tracked",
+                        self.name, ring.index)
             return
-        tracker = self.inflight.tracker(ring.index, packed=False)
-        heads = tracker.start(queue.size, queue.next_used)
-        resume = (queue.next_used + len(heads)) & 0xFFFF
-        if heads or resume != queue.next_avail:
+        tracker = self.inflight.tracker(ring.index, packed=_packed(queue))
+        if _packed(queue):
+            resubmit, where = self._recover_packed(queue, tracker)
+        else:
+            resubmit = tracker.start(queue.size, queue.next_used)
+            resume = (queue.next_used + len(resubmit)) & 0xFFFF
+            where = resume != queue.next_avail and (
+                f"avail ring resumes at {resume} (base sent: {queue.next_avail}, used idx "
+                f"{queue.next_used})")
+            queue.next_avail = resume
+        if resubmit or where:
             log.info("%s: ring %d: resubmitting %d requests in flight at the last disconnect "
-                     "(heads %s); avail ring resumes at %d (base sent: %d, used idx %d)", self.name,
-                     ring.index, len(heads), _short(heads), resume, queue.next_avail,
-                     queue.next_used)
+                     "(buffers %s)%s", self.name, ring.index, len(resubmit),
+                     _short([r[0] if isinstance(r, tuple) else r for r in resubmit]),
+                     f"; {where}" if where else "")
             ring.notify_once = True  # completions the old back-end published may be unsignalled
-        queue.next_avail = resume
-        queue.resubmit = heads
+        queue.resubmit = resubmit
         queue.inflight = tracker
-        self.resubmitted += len(heads)
+        self.resubmitted += len(resubmit)
+
+    def _recover_packed(self, queue, tracker) -> tuple[list, str]:
+        """A packed ring has no used index in memory, and QEMU keeps no position after a crash:
+        both positions come from the region (used, and used + the ring slots in flight)."""
+        def flags_at(pos: int) -> int:
+            return int.from_bytes(self.memory.view(queue.desc_table + 16 * pos + 14, 2), "little")
+        try:
+            chains, used, wrap, slots = tracker.start(queue.size, queue.next_used, queue.used_wrap,
+                                                      flags_at)
+        except GuestMemoryError as exc:
+            raise E.BadRingAddress(str(exc)) from None
+        avail, avail_wrap = used + slots, wrap
+        if avail >= queue.size:
+            avail, avail_wrap = avail - queue.size, wrap ^ 1
+        before = queue.get_base()
+        queue.next_used, queue.used_wrap = used, wrap
+        queue.next_avail, queue.avail_wrap = avail, avail_wrap
+        after = queue.get_base()
+        return chains, after != before and f"base {after:#x} from the region (sent: {before:#x})"
 
     def _stop(self, ring: Vring) -> None:
         self._quiesce(ring.index)  # requests in flight on the host finish before the base is read

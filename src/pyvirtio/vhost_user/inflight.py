@@ -37,6 +37,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable
 
+from ..spec import ring as _ring
 from ..spec import vhost_user as _spec
 from .errors import InvalidValue
 
@@ -204,15 +205,147 @@ class SplitInflight:
 
 
 class PackedInflight:
-    """One packed queue's ``QueueRegionPacked`` (filled in for the packed layout)."""
+    """One packed queue's ``QueueRegionPacked``.  A used descriptor overwrites a ring slot that
+    may still describe a chain in flight, so every descriptor popped is copied into a free-list
+    entry (addr, len, id, flags); a chain's entries are linked by ``next`` from its head entry,
+    which holds inflight, counter, num and last.  Completions are recorded one chain at a time:
+    free the chain's entries and move ``used_idx`` (with its wrap counter), then the ring
+    publishes the used descriptor (its flags), then the head's inflight mark is cleared and the
+    ``old_*`` copies take the new values — a kill before the flags store rolls back to them."""
 
     packed = True
 
     def __init__(self, view: memoryview, queue_size: int):
-        raise InflightRegionError("inflight tracking of packed rings is not supported yet")
+        if len(view) < PACKED_HEADER_SIZE + PACKED_DESC.size * queue_size:
+            raise InflightRegionError("inflight queue region too small for its ring")
+        self.size = queue_size
+        self._view = view
+        hdr = view[:PACKED_HEADER_SIZE]
+        # [4] version [5] desc_num [6] free_head [7] old_free_head [8] used_idx [9] old_used_idx
+        self._h16, self._h8 = hdr.cast("H"), hdr.cast("B")  # [20] used wrap, [21] old used wrap
+        descs = view[PACKED_HEADER_SIZE:PACKED_HEADER_SIZE + PACKED_DESC.size * queue_size]
+        self._d8 = descs.cast("B")  # inflight [32 i]
+        self._d16 = descs.cast("H")  # next [16 i + 1] last [+2] num [+3] id [+8] flags [+9]
+        self._d32 = descs.cast("I")  # len [8 i + 5]
+        self._d64 = descs.cast("Q")  # counter [4 i + 1] addr [4 i + 3]
+        self._entry: dict[int, int] = {}  # buffer id -> its head entry (this back-end's book)
+        self.counter = 1
 
-    def release(self) -> None:  # pragma: no cover
-        pass
+    def release(self) -> None:
+        for v in (self._h16, self._h8, self._d8, self._d16, self._d32, self._d64, self._view):
+            v.release()
+
+    # --- the data path ---------------------------------------------------------------------------
+
+    def popped(self, ring: memoryview, pos: int, count: int) -> None:
+        """A chain of ``count`` descriptors was taken from ring positions ``pos``...: copy each
+        into the free entry at ``free_head``, in the spec's order."""
+        h16, d16, d64 = self._h16, self._d16, self._d64
+        head = h16[7]  # old_free_head: where this chain's head entry is
+        for k in range(count):
+            addr, length, buf_id, flags = _PVIRTQ_DESC.unpack_from(ring, ((pos + k) % self.size) * 16)
+            free = h16[6]
+            if k == 0:
+                d16[16 * head + 3] = 0
+                d64[4 * head + 1] = self.counter
+                self.counter += 1
+                self._d8[32 * head] = 1
+                self._entry[buf_id] = head
+            if k == count - 1:
+                d16[16 * head + 2] = free  # last
+            d16[16 * head + 3] += 1
+            d64[4 * free + 3], self._d32[8 * free + 5] = addr, length
+            d16[16 * free + 8], d16[16 * free + 9] = buf_id, flags
+            h16[6] = d16[16 * free + 1]  # free_head = next
+        h16[7] = h16[6]
+
+    def batch(self, buf_id: int, count: int) -> None:
+        """Before the used descriptor of ``buf_id`` (``count`` ring slots) is published."""
+        h16, d16 = self._h16, self._d16
+        entry = self._entry[buf_id]
+        d16[16 * d16[16 * entry + 2] + 1] = h16[6]  # desc[last].next = free_head
+        h16[6] = entry
+        used = h16[8] + count
+        if used >= self.size:
+            used -= self.size
+            self._h8[20] ^= 1
+        h16[8] = used
+
+    def published(self, buf_id: int) -> None:
+        """After the used descriptor's flags were stored."""
+        h16, h8 = self._h16, self._h8
+        self._d8[32 * self._entry.pop(buf_id)] = 0
+        h16[7], h16[9], h8[21] = h16[6], h16[8], h8[20]
+
+    # --- ring start ------------------------------------------------------------------------------
+
+    def start(self, ring_size: int, used: int, used_wrap: int, flags_at) -> tuple[
+            list[tuple[int, list[tuple[int, int, int]]]], int, int, int]:
+        """Check the region, finish or roll back a completion cut short, and return (chains to
+        resubmit oldest first as (buffer id, [(addr, len, flags)...]), used position, used wrap
+        counter, ring slots in flight).  ``flags_at(pos)`` reads a ring descriptor's flags.  A
+        fresh region (version 0) is initialised at ``used``/``used_wrap``."""
+        h16, h8, d16 = self._h16, self._h8, self._d16
+        n = self.size
+        if ring_size != n:
+            raise InflightRegionError(f"ring size {ring_size}, but its inflight region was made for {n}")
+        features = int.from_bytes(self._view[:8], "little")
+        if h16[4] == 0:
+            self._view[:PACKED_HEADER_SIZE + PACKED_DESC.size * n] = bytes(
+                PACKED_HEADER_SIZE + PACKED_DESC.size * n)
+            for i in range(n):
+                d16[16 * i + 1] = i + 1  # the free list: every entry, in order
+            h16[5], h16[8], h16[9] = n, used, used
+            h8[20] = h8[21] = used_wrap
+            h16[4] = VERSION
+            return [], used, used_wrap, 0
+        if h16[4] != VERSION or features:
+            raise InflightRegionError(f"inflight region version {h16[4]}, features {features:#x} "
+                                      f"(expected version {VERSION}, no features)")
+        if h16[5] != n:
+            raise InflightRegionError(f"inflight region desc_num {h16[5]} does not match the ring "
+                                      f"size {n}")
+        if max(h16[6], h16[7]) > n or max(h16[8], h16[9]) >= n or max(h8[20], h8[21]) > 1:
+            raise InflightRegionError("inflight region positions or wrap counters out of range")
+        if bytes(self._d8[0::32]).translate(None, b"\x00\x01"):
+            raise InflightRegionError("inflight region has inflight flags other than 0 and 1")
+        if h16[8] != h16[9] or h8[20] != h8[21]:  # a completion was cut short
+            old_wrap = h8[21]
+            if flags_at(h16[9]) & _USED_BITS == (_USED_BITS if old_wrap else 0):
+                h16[7], h16[9], h8[21] = h16[6], h16[8], h8[20]  # published: commit it
+        h16[6], h16[8], h8[20] = h16[7], h16[9], h8[21]  # roll back what was not
+        for entry in self._walk(h16[6], n, "free list"):
+            self._d8[32 * entry] = 0
+        heads = [i for i in range(n) if self._d8[32 * i]]
+        heads.sort(key=lambda i: (self._d64[4 * i + 1], i))
+        chains, slots = [], 0
+        for head in heads:
+            num = d16[16 * head + 3]
+            if not 1 <= num <= n - slots:
+                raise InflightRegionError(f"inflight entry {head} has {num} descriptors")
+            entries = list(self._walk(head, num, "chain"))
+            if len(entries) != num:
+                raise InflightRegionError(f"inflight entry {head}: chain shorter than its {num}")
+            slots += num
+            descs = [(self._d64[4 * e + 3], self._d32[8 * e + 5], d16[16 * e + 9]) for e in entries]
+            chains.append((d16[16 * entries[0] + 8], descs))
+            self._entry[d16[16 * entries[0] + 8]] = head
+        self.counter = max((self._d64[4 * i + 1] for i in heads), default=0) + 1
+        return chains, h16[8], h8[20], slots
+
+    def _walk(self, entry: int, limit: int, what: str):
+        """Entries linked by ``next`` from ``entry``: at most ``limit``, ending at one >= size."""
+        for _ in range(limit):
+            if entry >= self.size:
+                return
+            yield entry
+            entry = self._d16[16 * entry + 1]
+        if what == "free list" and entry < self.size:
+            raise InflightRegionError("inflight free list loops")
+
+
+_PVIRTQ_DESC = _ring.PVIRTQ_DESC  # addr, len, id, flags
+_USED_BITS = _ring.VIRTQ_DESC_F_AVAIL | _ring.VIRTQ_DESC_F_USED
 
 
 __all__ = ["InflightRegion", "InflightRegionError", "SplitInflight", "PackedInflight",
