@@ -95,6 +95,12 @@ def test_cli_json_and_errors(pyvirtio_blk, capsys):
                  "--json", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["bs"] == 1 << 20 and result["iops"] > 0 and "p99" in result["lat_ns"]
+    (job,) = result["jobs"]  # fio's --output-format=json layout, for fio's tools
+    read = job["read"]
+    assert read["iops"] == result["iops"] and read["total_ios"] == result["ios"] and job["write"]["iops"] == 0
+    assert read["bw"] == round(result["iops"] * (1 << 20) / 1024)
+    assert read["clat_ns"]["percentile"]["99.000000"] == result["lat_ns"]["p99"]
+    assert read["clat_ns"]["min"] == result["lat_ns"]["min"] and job["job options"]["rw"] == "read"
     assert main(["bench", "blk", sock, "--queues=3", "--runtime=0.2", "--no-progress"]) == 1
     assert "has 2 request queue(s)" in capsys.readouterr().err
     assert main(["bench", "blk", sock, "--bs=1000"]) == 2

@@ -2,7 +2,7 @@
 
 Registered by :mod:`pyvirtio.commands.bench` (``register(targets)``).  The engine is
 :mod:`pyvirtio.bench.blk`; this module parses flags, prints fio-like text (or JSON) and a
-progress line on stderr while the run lasts.
+progress line on stderr while the run lasts.  ``--json`` is fio's JSON layout (:func:`fio_json`).
 """
 
 from __future__ import annotations
@@ -79,5 +79,28 @@ def run(args) -> int:
     finally:
         if args.progress and tty:
             print(file=sys.stderr)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else format_result(result))
+    print(json.dumps(fio_json(result.as_dict()), indent=2) if args.json else format_result(result))
     return 0
+
+
+def fio_json(flat: dict) -> dict:
+    """The result in fio's ``--output-format=json`` layout (``jobs`` → ``read``/``write`` →
+    ``iops``, ``bw`` in KiB/s, ``clat_ns`` with ``percentile``), so fio's plotting and parsing
+    tools read it; our own keys (``iops``, ``ios``, ``lat_ns``, ``kicks`` …) stay at the top."""
+    lat = flat.get("lat_ns") or {}
+    percentiles = {f"{float(k[1:]):.6f}": v for k, v in lat.items() if k.startswith("p")}
+    done = {"io_bytes": flat["ios"] * flat["bs"], "io_kbytes": flat["ios"] * flat["bs"] // 1024,
+            "bw_bytes": round(flat["iops"] * flat["bs"]), "bw": round(flat["iops"] * flat["bs"] / 1024),
+            "iops": flat["iops"], "runtime": round(flat["seconds"] * 1000), "total_ios": flat["ios"],
+            "clat_ns": {"min": lat.get("min", 0), "max": lat.get("max", 0), "mean": lat.get("mean", 0.0),
+                        "N": flat["ios"], "percentile": percentiles}}
+    idle = {"io_bytes": 0, "io_kbytes": 0, "bw_bytes": 0, "bw": 0, "iops": 0.0, "runtime": 0,
+            "total_ios": 0, "clat_ns": {"min": 0, "max": 0, "mean": 0.0, "N": 0, "percentile": {}}}
+    writes = flat["rw"] in ("randwrite", "write")
+    job = {"jobname": f"pyvirtio-bench-blk-{flat['rw']}", "groupid": 0, "error": 0,
+           "job options": {"rw": flat["rw"], "bs": str(flat["bs"]), "iodepth": str(flat["iodepth"]),
+                           "numjobs": str(flat["queues"]), "runtime": str(flat["seconds"])},
+           "read": idle if writes else done, "write": done if writes else idle,
+           "trim": idle, "job_runtime": round(flat["seconds"] * 1000)}
+    return {"fio version": "pyvirtio-bench-blk", "global options": {"filename": flat["socket_path"]},
+            "jobs": [job], **flat}
