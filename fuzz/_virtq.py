@@ -122,8 +122,12 @@ def run(kind: str, data: bytes) -> None:
                 at = RING + r.u16() % (LOW_END - RING)
                 blob = r.blob(64)
                 mem.write(at, blob[:LOW_END - at])
-            elif op == DEV_POP_DIRECT and hasattr(dev, "pop_direct"):
-                dev.pop_direct(mem, r.u8(), views=r.flag())
+            elif op == DEV_POP_DIRECT:  # the batch pop (split and packed); flag: return it at once
+                heads, lengths, views = dev.pop_direct(mem, r.u8())
+                assert len(heads) == len(lengths) == len(views)
+                assert all(len(v) == n for v, n in zip(views, lengths))
+                if r.flag():
+                    dev.add_used_heads(mem, heads)
             elif op == DEV_DRAIN:
                 dev.drain(mem, _echo)
             elif op == DEV_SET_BASE:
@@ -157,5 +161,13 @@ def seeds() -> dict[str, bytes]:
             w.pick(DEV_ADD_USED).u8(0).u32(8).pick(DEV_NEEDS_NOTIFICATION).pick(DRV_GET_BUF)
             if i % 3 == 2:
                 w.pick(DRV_DISABLE_CB).pick(DEV_DRAIN).pick(DRV_ENABLE_CB).pick(DEV_ENABLE)
+        out[name] = w.bytes()
+    for name, mode in (("direct", 1), ("direct-in-order", 9)):  # transmit-like: pop_direct batches
+        w = Writer().u8(mode).u8(3)
+        for i in range(30):
+            w.pick(DRV_ADD).pick(1).pick(0).u16(0x80 * (i % 16)).flag(True).u16(60).pick(0)
+            if i % 3 == 2:
+                w.pick(DRV_KICK_PREPARE).pick(DEV_POP_DIRECT).u8(8).flag(True)
+                w.pick(DEV_NEEDS_NOTIFICATION).pick(DRV_GET_BUF).pick(DRV_GET_BUF).pick(DRV_GET_BUF)
         out[name] = w.bytes()
     return out

@@ -1,5 +1,13 @@
 """The transmit fast path: ``SplitDeviceQueue.pop_direct`` (one-descriptor chains in a batch,
-no DescriptorChain) and the vectorised ``add_used_batch``, on their own and under NetDevice."""
+no DescriptorChain, every descriptor checked and its buffer translated) and the vectorised
+``add_used_batch``/``add_used_heads``, on their own and under NetDevice (header checks, the null
+back-end's copy, ``pyvirtio serve net --null`` refusing a wild buffer)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -10,7 +18,11 @@ from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.memory import GuestMemory
 from pyvirtio.net.frame import frame_seq, mac_bytes, numbered_frame
 from pyvirtio.net.mock import MockBackend
+from pyvirtio.net.null import NullBackend
+from pyvirtio.spec.features import Feature
+from pyvirtio.spec.ids import DeviceType
 from pyvirtio.spec.status import DeviceStatus as S
+from pyvirtio.vhost_user.transport import VhostUserTransport
 from pyvirtio.virtq import SplitDeviceQueue, SplitDriverQueue, SplitRingLayout
 
 SIZE = 8
@@ -89,15 +101,72 @@ def test_a_head_out_of_range_breaks_the_queue(rings):
         dev.pop_direct(mem, 64)
 
 
-def test_a_buffer_outside_memory_breaks_the_queue_unless_never_touched(rings):
+def test_a_buffer_outside_memory_breaks_the_queue(rings):
     mem, drv, dev = rings
-    drv.add(mem, [(1 << 40, 64)], [], "wild")
-    heads, lengths, views = dev.pop_direct(mem, 64, views=False)  # a sink reads no address
-    assert lengths == [64] and views is None
-    drv.add(mem, [(1 << 40, 64)], [], "wild2")
+    add_frames(mem, drv, 2)
+    drv.add(mem, [(1 << 40, 64)], [], "wild")  # every buffer is translated: none passes unread
+    with pytest.raises(DriverFault, match="descriptor buffer"):
+        dev.pop_direct(mem, 64)
+    assert dev.broken and dev.next_avail == 0  # nothing of the batch was taken
+    with pytest.raises(QueueBroken):
+        dev.pop_direct(mem, 64)
+
+
+def test_a_buffer_running_past_memory_breaks_the_queue(rings):
+    mem, drv, dev = rings
+    drv.add(mem, [((1 << 20) - 10, 64)], [], "tail")  # starts inside, ends outside
     with pytest.raises(DriverFault):
         dev.pop_direct(mem, 64)
     assert dev.broken
+
+
+def test_a_buffer_across_two_regions_goes_to_the_general_path():
+    mem = GuestMemory.from_buffers((0, bytearray(0x8000)), (0x8000, bytearray(0x8000)))
+    layout = SplitRingLayout.contiguous(RING, SIZE)
+    drv = SplitDriverQueue(layout)
+    drv.setup(mem)
+    dev = SplitDeviceQueue(SIZE)
+    dev.set_addresses(layout.desc_table, layout.avail_ring, layout.used_ring)
+    dev.activate(mem)
+    add_frames(mem, drv, 1)
+    mem.write(0x8000 - 8, bytes(range(16)))
+    drv.add(mem, [(0x8000 - 8, 16)], [], "across")  # valid: mapped, but not one view
+    add_frames(mem, drv, 1, start=1)
+    heads, lengths, views = dev.pop_direct(mem, 64)
+    assert lengths == [20] and not dev.broken
+    assert dev.pop_direct(mem, 64) == ([], [], [])  # the next one still is not a direct chain
+    chain = dev.pop_descriptor_chain(mem)
+    assert chain.read(0, 16) == bytes(range(16))
+    assert bytes(dev.pop_direct(mem, 64)[2][0]) == bytes([1]) * 20
+
+
+def test_a_writable_or_flagged_descriptor_is_not_direct(rings):
+    mem, drv, dev = rings
+    drv.add(mem, [], [(BUFS, 64)], "rx-like")
+    assert dev.pop_direct(mem, 64) == ([], [], [])
+    chain = dev.pop_descriptor_chain(mem)
+    assert chain.writable_len == 64
+
+
+def test_in_order_returns_a_batch_with_one_used_entry():
+    mem = GuestMemory.anonymous(1 << 20)
+    layout = SplitRingLayout.contiguous(RING, SIZE)
+    drv = SplitDriverQueue(layout, in_order=True)
+    drv.setup(mem)
+    dev = SplitDeviceQueue(SIZE)
+    dev.in_order = True
+    dev.set_addresses(layout.desc_table, layout.avail_ring, layout.used_ring)
+    dev.activate(mem)
+    seen = 0
+    for round_ in range(7):  # 7 x 5 chains through a ring of 8: both rings wrap
+        add_frames(mem, drv, 5, start=seen)
+        heads, _, _ = dev.pop_direct(mem, 64)
+        used_slot = dev.next_used & (SIZE - 1)
+        dev.add_used_heads(mem, heads)
+        assert mem.load32(layout.used_ring + 4 + 8 * used_slot) == heads[-1]  # one entry: the last
+        assert dev.next_used == (seen + 5) & 0xFFFF
+        assert [t for t, _ in drv.get_bufs(mem)] == [("f", seen + i) for i in range(5)]
+        seen += 5
 
 
 def test_add_used_batch_checks_before_it_writes(rings):
@@ -164,3 +233,90 @@ def test_device_refuses_a_wild_fast_path_buffer_with_needs_reset():
         assert dev.status & S.DEVICE_NEEDS_RESET
     finally:
         t.close()
+
+
+def test_device_drops_frames_whose_header_asks_for_unnegotiated_offloads():
+    backend = MockBackend()
+    dev = NetDevice(backend, mac=MAC)
+    t = LoopbackTransport(dev)
+    try:
+        drv = NetDriver.probe(t)
+        txq = drv.queues[1]
+        csum = bytes([1, 0]) + bytes(10)  # NEEDS_CSUM without VIRTIO_NET_F_CSUM
+        gso = bytes([0, 1]) + bytes(10)  # GSO_TCPV4 without HOST_TSO4
+        frames = [numbered_frame(PEER, MAC, i, 80) for i in range(4)]
+        pendings = [txq.submit([hdr + f], [], kick=False)
+                    for hdr, f in zip((bytes(12), csum, gso, bytes(12)), frames)]
+        pendings.append(txq.submit([csum, frames[0]], [], kick=False))  # the general path checks it too
+        txq.kick()
+        for p in pendings:
+            txq.wait(p)
+        assert [frame_seq(f)[0] for f in backend.sent] == [0, 3]
+        assert dev.stats["tx_errors"] == 3 and dev.stats["tx_packets"] == 2
+        assert "NEEDS_CSUM" in str(dev.last_error)
+        assert not dev.status & S.DEVICE_NEEDS_RESET  # the driver's frames, not its ring
+    finally:
+        t.close()
+
+
+def test_null_backend_copies_every_frame_out_of_guest_memory():
+    backend = NullBackend()
+    dev = NetDevice(backend, mac=MAC)
+    t = LoopbackTransport(dev)
+    try:
+        drv = NetDriver.probe(t)
+        txq = drv.queues[1]
+        frames = [numbered_frame(PEER, MAC, i, 60 + i) for i in range(20)]
+        pendings = [txq.submit([bytes(12) + f], [], kick=False) for f in frames]
+        txq.kick()
+        for p in pendings:
+            txq.wait(p)
+        assert backend.frames == b"".join(frames)  # one batch, headers left out
+        assert backend.stats["tx_frames"] == 20 == dev.stats["tx_packets"]
+        assert dev.stats["tx_bytes"] == sum(map(len, frames))
+        p = txq.submit([bytes(12), frames[3][:20], frames[3][20:]], [], kick=True)  # general path
+        txq.wait(p)
+        assert backend.frames == frames[3] and backend.stats["tx_frames"] == 21
+    finally:
+        t.close()
+
+
+@pytest.mark.parametrize("ring", ["split", "packed"])
+def test_serve_net_null_flags_a_transmit_descriptor_outside_guest_memory(tmp_path, ring):
+    """The daemon, as the benchmark runs it, over vhost-user: frames go through; then a
+    descriptor at 1 << 40 breaks the transmit ring (the back-end signals the ring's error fd:
+    DEVICE_NEEDS_RESET for the driver) and the daemon names the bad buffer."""
+    sock = str(tmp_path / "net.sock")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pyvirtio.cli", "-v", "serve", "net", "--null",
+                                 f"--socket-path={sock}"], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    t = None
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        t = VhostUserTransport(sock, device_type=DeviceType.NET, split_only=ring == "split")
+        drv = NetDriver.probe(t)
+        assert bool(drv.negotiated >> Feature.RING_PACKED & 1) == (ring == "packed")
+        txq = drv.queues[1]
+        for i in range(3):
+            txq.wait(txq.submit([bytes(12) + numbered_frame(PEER, MAC, i, 80)], [], kick=True))
+        assert not t.get_status() & S.DEVICE_NEEDS_RESET
+        txq.vq.add(t.memory, [(1 << 40, 100)], [], "wild")
+        txq.kick()
+        deadline = time.monotonic() + 10
+        while not t.get_status() & S.DEVICE_NEEDS_RESET and time.monotonic() < deadline:
+            t.wait_for_interrupt(0.1)
+        assert t.get_status() & S.DEVICE_NEEDS_RESET
+        deadline = time.monotonic() + 10
+        while "descriptor buffer" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"{1 << 40:#x}" in log.read_text() or "0x10000000000" in log.read_text(), log.read_text()[-2000:]
+    finally:
+        if t is not None:
+            t.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

@@ -3,9 +3,9 @@
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from pyvirtio.errors import DeviceFault, DriverFault, QueueBroken, QueueFull, VirtioError
+from pyvirtio.errors import DeviceFault, DriverFault, QueueBroken, QueueFull, UsageError, VirtioError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec import ring
 from pyvirtio.virtq.packed_device import PackedDeviceQueue, packed_need_event
@@ -232,3 +232,159 @@ def test_used_len_on_a_buffer_without_writable_bytes_reads_as_zero():
     dev.add_used(mem, rx.head_index, 9)
     with pytest.raises(DeviceFault, match="used len 9 > 8"):
         drv.get_buf(mem)
+
+
+# --- the batch pop (pop_direct) and add_used_heads ------------------------------------------------
+
+SHAPES = st.sampled_from(["direct", "direct", "direct", "chained", "writable"])
+
+
+def add_shaped(mem, drv, shape, k, token):
+    """A chain of ``shape`` whose readable bytes are unique to ``k``; returns them."""
+    addr = DATA + (k % 64) * 256
+    data = bytes([k & 0xFF, k >> 8 & 0xFF]) * (4 + k % 9)
+    mem.write(addr, data)
+    if shape == "direct":
+        drv.add(mem, [(addr, len(data))], [], token)
+    elif shape == "chained":
+        drv.add(mem, [(addr, 3), (addr + 3, len(data) - 3)], [], token)
+    else:
+        drv.add(mem, [(addr, len(data))], [(addr + 128, 8)], token)
+    return data
+
+
+@given(size=st.integers(1, 12), in_order=st.booleans(), event_idx=st.booleans(),
+       rounds=st.lists(st.tuples(st.lists(SHAPES, max_size=12), st.integers(1, 16)), min_size=1, max_size=12))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_pop_direct_agrees_with_the_general_path(size, in_order, event_idx, rounds):
+    """Chains of any shape; the device takes one-descriptor ones in batches of up to ``limit``
+    and any other through pop_descriptor_chain: every chain comes out once, in ring order, with
+    the bytes the driver wrote, and the general path never gets a direct one.  Completed in
+    order (add_used_heads for a batch), the driver gets every token back in order and with
+    the right length, across many wraps of a ring of any size, with or without IN_ORDER."""
+    mem = GuestMemory.anonymous(1 << 20)
+    lay = PackedRingLayout.contiguous(0x1000, size)
+    drv = PackedDriverQueue(lay, event_idx=event_idx, in_order=in_order)
+    drv.setup(mem)
+    dev = PackedDeviceQueue(16)
+    dev.set_size(size)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.set_features(event_idx, False)
+    dev.in_order = in_order
+    dev.activate(mem)
+    k = 0
+    for shapes, limit in rounds:
+        expected, tokens = [], []
+        for shape in shapes:
+            if drv.num_free < (2 if shape != "direct" else 1):
+                break
+            expected.append((shape, add_shaped(mem, drv, shape, k, k)))
+            tokens.append(k)
+            k += 1
+        got = []
+        while True:
+            ids, lengths, views = dev.pop_direct(mem, limit)
+            assert len(ids) <= limit and lengths == [len(v) for v in views]
+            if ids:
+                got += [("direct", bytes(v)) for v in views]
+                dev.add_used_heads(mem, ids)
+                continue
+            chain = dev.pop_descriptor_chain(mem)
+            if chain is None:
+                break
+            got.append(("chained" if chain.writable_len == 0 else "writable", chain.read()))
+            dev.add_used_batch(mem, [(chain.head_index, chain.writable_len)])
+        assert got == expected
+        assert drv.get_bufs(mem) == [(t, 8 if shape == "writable" else 0)
+                                      for t, (shape, _) in zip(tokens, expected)]
+        assert dev.in_flight() == 0 and drv.num_free == size
+
+
+RAW_DESC = st.tuples(
+    st.one_of(*[st.integers(DATA, DATA + 0x1000)] * 6, st.integers((1 << 20) - 0x100, (1 << 20) + 0x100),
+              st.integers(0, (1 << 64) - 1)),
+    st.one_of(*[st.integers(0, 0x200)] * 3, st.integers(0, 0xFFFFFFFF)),
+    st.integers(0, 7),
+    st.one_of(*[st.sampled_from([AV, ring.VIRTQ_DESC_F_USED])] * 6,
+              st.sampled_from([AV | ring.VIRTQ_DESC_F_USED, 0, AV | ring.VIRTQ_DESC_F_NEXT, AV | ring.VIRTQ_DESC_F_WRITE]),
+              st.integers(0, 0xFFFF)))
+
+
+@given(st.lists(RAW_DESC, min_size=6, max_size=6), st.integers(1, 16), st.booleans(),
+       st.integers(0, 5), st.integers(0, 1))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_pop_direct_over_arbitrary_ring_bytes(descs, limit, in_order, pos, wrap):
+    """Any descriptor ring: pop_direct gives a DriverFault (and a broken queue) or chains each
+    of which was a descriptor marked available in its lap with no other flag, whose buffer is in
+    guest memory and is what the view shows, with ids never in flight twice."""
+    mem, lay, dev = hostile(size=6)
+    dev.in_order = in_order
+    dev.set_base(pos | wrap << 15)
+    for i, desc in enumerate(descs):
+        write_desc(mem, lay, i, *desc)
+    in_flight = set()
+    for _ in range(4):
+        pos, wrap = dev.next_avail, dev.avail_wrap
+        try:
+            ids, lengths, views = dev.pop_direct(mem, limit)
+        except DriverFault:
+            assert dev.broken
+            with pytest.raises(QueueBroken):
+                dev.pop_direct(mem, limit)
+            event("a fault broke the queue")
+            return
+        for i, (buf_id, n, view) in enumerate(zip(ids, lengths, views)):
+            p = pos + i
+            lap = wrap if p < 6 else wrap ^ 1
+            addr, length, desc_id, flags = ring.PVIRTQ_DESC.unpack_from(mem.view(lay.desc_table + 16 * (p % 6), 16))
+            assert flags == (AV if lap else ring.VIRTQ_DESC_F_USED)
+            assert (desc_id, length) == (buf_id, n) and bytes(view) == mem.read(addr, n)
+            assert buf_id not in in_flight
+            in_flight.add(buf_id)
+            event("popped a direct chain")
+        if not ids:
+            break
+
+
+def test_pop_direct_refuses_a_wild_buffer_and_a_duplicate_id():
+    mem, lay, dev = hostile()
+    write_desc(mem, lay, 0, DATA, 16, 0, AV)
+    write_desc(mem, lay, 1, 1 << 40, 16, 1, AV)
+    with pytest.raises(DriverFault, match="descriptor buffer"):
+        dev.pop_direct(mem, 8)
+    assert dev.broken and dev.next_avail == 0
+    mem, lay, dev = hostile()
+    write_desc(mem, lay, 0, DATA, 16, 5, AV)
+    write_desc(mem, lay, 1, DATA, 16, 5, AV)
+    with pytest.raises(DriverFault, match="already in flight"):
+        dev.pop_direct(mem, 8)
+    mem, lay, dev = hostile()
+    write_desc(mem, lay, 0, DATA, 16, 5, AV)
+    assert dev.pop_direct(mem, 8)[0] == [5]
+    write_desc(mem, lay, 1, DATA, 16, 5, AV)  # id 5 is still in flight
+    with pytest.raises(DriverFault, match="already in flight"):
+        dev.pop_direct(mem, 8)
+
+
+def test_add_used_heads_in_order_writes_one_used_descriptor():
+    mem = GuestMemory.anonymous(1 << 20)
+    lay = PackedRingLayout.contiguous(0x1000, 5)
+    drv = PackedDriverQueue(lay, in_order=True)
+    drv.setup(mem)
+    dev = PackedDeviceQueue(8)
+    dev.set_size(5)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.in_order = True
+    dev.activate(mem)
+    for rnd in range(6):  # 6 x 4 through a ring of 5: wraps
+        for i in range(4):
+            drv.add(mem, [(DATA + 64 * i, 20)], [], (rnd, i))
+        ids, _, _ = dev.pop_direct(mem, 8)
+        first = dev.next_used
+        dev.add_used_heads(mem, ids)
+        _, length, used_id, _ = ring.PVIRTQ_DESC.unpack_from(mem.view(lay.desc_table + 16 * first, 16))
+        assert used_id == ids[-1]  # one descriptor for the run: its last id, at its first position
+        assert dev.next_used == (first + 4) % 5
+        assert drv.get_bufs(mem) == [((rnd, i), 0) for i in range(4)]
+    with pytest.raises(UsageError):
+        dev.add_used_heads(mem, [0])  # not in flight

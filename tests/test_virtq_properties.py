@@ -450,6 +450,7 @@ def _prepare(mock, recipe):
 CALLS = st.lists(st.one_of(
     st.tuples(st.just("pop")),
     st.tuples(st.just("pop_many"), st.integers(0, 80)),
+    st.tuples(st.just("pop_direct"), st.integers(0, 80), st.booleans()),
     st.tuples(st.just("complete"), st.integers(0, 100), st.integers(0, 0xFFFFFFFF), st.booleans()),
     st.tuples(st.just("needs_notification")),
     st.tuples(st.just("enable_notification")),
@@ -477,6 +478,15 @@ def _run_call(q, mem, call, popped):
         return [chain] if chain is not None else []
     if name == "pop_many":
         return q.pop_many(mem, limit=call[1])
+    if name == "pop_direct":  # every chain it takes: one plain descriptor, its buffer mapped
+        heads, lengths, views = q.pop_direct(mem, call[1])
+        for head, length, view in zip(heads, lengths, views):
+            addr, n, flags, _ = ring.VIRTQ_DESC.unpack_from(mem.view(q.desc_table + 16 * head, 16))
+            assert flags == 0 and n == length == len(view) and bytes(view) == mem.read(addr, n)
+            event("pop_direct took a chain")
+        if call[2]:
+            q.add_used_heads(mem, heads)
+        return []
     if name == "complete":
         if not popped:
             q.add_used_batch(mem, [])  # nothing to return, but still an entry point
@@ -507,9 +517,10 @@ def _check_chain(chain, size):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(fuzz=fuzz_ring(), event_idx=st.booleans(), indirect=_mostly(st.just(True), st.just(False)),
-       calls=CALLS)
+       calls=CALLS, first=st.sampled_from([("pop_many", 1000), ("pop_direct", 1000, True),
+                                           ("pop_direct", 1000, False)]))
 def test_fuzzed_ring_only_typed_errors(counting_desc, per_example_alarm, fuzz, event_idx, indirect,
-                                       calls):
+                                       calls, first):
     per_example_alarm()
     size, recipe = fuzz
     mock = MockSplitDriver(size, regions=FUZZ_REGIONS, data_addr=FUZZ_DATA)
@@ -518,7 +529,7 @@ def test_fuzzed_ring_only_typed_errors(counting_desc, per_example_alarm, fuzz, e
     popped: list = []
     # a walk may read every ring descriptor once, then every entry of one indirect table
     bound = size + 1 + FUZZ_MEM_BYTES // 16
-    for call in [("pop_many", 1000)] + calls:
+    for call in [first] + calls:
         if call[0] == "reset":  # the driver resets the queue and sets it up again on the same ring
             q.reset()
             q = _fuzz_queue(mock, size, event_idx, indirect)
@@ -568,3 +579,66 @@ def test_fuzzed_descriptor_table_single_pop(size, data, indirect):
     else:
         assert chain is not None and not q.broken
         _check_chain(chain, size)
+
+
+SHAPES = st.sampled_from(["direct", "direct", "direct", "chained", "writable"])
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.sampled_from(SIZES[:5]), in_order=st.booleans(), base=st.integers(0, 0xFFFF),
+       rounds=st.lists(st.tuples(st.lists(SHAPES, max_size=16), st.integers(1, 20)), min_size=1, max_size=12))
+def test_pop_direct_agrees_with_the_general_path(size, in_order, base, rounds):
+    """Chains of any shape; the device takes one-descriptor ones with ``pop_direct`` in batches
+    of up to ``limit`` and any other through pop_descriptor_chain: every chain comes out once,
+    in ring order, with the bytes the driver wrote, and the general path never gets a direct
+    one.  Completed in order (``add_used_heads`` for a batch: one used entry with IN_ORDER), the
+    driver gets every token back in order with the right length, across the u16 wrap."""
+    mem = GuestMemory.anonymous(MEM_SIZE)
+    lay = SplitRingLayout.contiguous(0, size)
+    drv = SplitDriverQueue(lay, in_order=in_order)
+    drv.setup(mem)
+    dev = SplitDeviceQueue(64)
+    dev.set_size(size)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.in_order = in_order
+    dev.activate(mem)
+    drv.avail_idx_shadow = drv.kicked_avail = drv.last_used = base
+    mem.store16(lay.avail_ring + 2, base)
+    mem.store16(lay.used_ring + 2, base)
+    dev.set_base(base)
+    dev.sync_used_from_ring(mem)
+    k = 0
+    for shapes, limit in rounds:
+        expected, tokens = [], []
+        for shape in shapes:
+            if drv.num_free < (1 if shape == "direct" else 2):
+                break
+            addr = DATA + (k % 64) * 256
+            data = bytes([k & 0xFF, k >> 8 & 0xFF]) * (4 + k % 9)
+            mem.write(addr, data)
+            if shape == "direct":
+                drv.add(mem, [(addr, len(data))], [], k)
+            elif shape == "chained":
+                drv.add(mem, [(addr, 3), (addr + 3, len(data) - 3)], [], k)
+            else:
+                drv.add(mem, [(addr, len(data))], [(addr + 128, 8)], k)
+            expected.append((shape, data))
+            tokens.append(k)
+            k += 1
+        got = []
+        while True:
+            heads, lengths, views = dev.pop_direct(mem, limit)
+            assert len(heads) <= limit and lengths == [len(v) for v in views]
+            if heads:
+                got += [("direct", bytes(v)) for v in views]
+                dev.add_used_heads(mem, heads)
+                continue
+            chain = dev.pop_descriptor_chain(mem)
+            if chain is None:
+                break
+            got.append(("chained" if chain.writable_len == 0 else "writable", chain.read()))
+            dev.add_used_batch(mem, [(chain.head_index, chain.writable_len)])
+        assert got == expected
+        assert drv.get_bufs(mem) == [(t, 8 if shape == "writable" else 0)
+                                      for t, (shape, _) in zip(tokens, expected)]
+        assert dev.in_flight() == 0 and drv.num_free == size

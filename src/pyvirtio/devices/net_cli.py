@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                "QEMU's -netdev stream (4-byte length)")
     be.add_argument("--socket-listen", action="store_true", help="listen on --socket's address (server) "
                                                                  "instead of connecting to it")
-    be.add_argument("--null", action="store_true", help="drop every frame (benchmarks)")
+    be.add_argument("--null", action="store_true",
+                    help="a sink (benchmarks): read each transmitted frame's header, copy the frame into "
+                         "host memory, drop it; receive nothing")
     dev = parser.add_argument_group("network device")
     dev.add_argument("--mac", help="the device's MAC address (default: a random local one)")
     dev.add_argument("--mtu", type=int, help="offer VIRTIO_NET_F_MTU with this MTU")

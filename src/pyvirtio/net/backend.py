@@ -54,8 +54,6 @@ class NetBackend:
     vnet_hdr = False
     offload_features = 0
     can_wait = True
-    #: Discards every transmitted frame unread (the device then skips building views for it).
-    sink = False
 
     def __init__(self) -> None:
         self.stats = {"rx_frames": 0, "tx_frames": 0, "tx_dropped": 0}
@@ -87,6 +85,15 @@ class NetBackend:
         """Send one frame.  True: taken (sent, queued, or dropped on purpose).  False: would block;
         nothing was taken — offer the same frame again once ``poll_fds(write=True)`` fires."""
         raise NotImplementedError
+
+    def send_batch(self, views: Views, skip: int) -> int:
+        """Send a batch of frames, one per view, each after ``skip`` bytes (the virtio-net header,
+        for a back-end without ``vnet_hdr``).  Returns how many were taken, from the first; the
+        back-end would block on the next one (offer it again, as for :meth:`send`)."""
+        for i, view in enumerate(views):
+            if not self.send([view[skip:]]):
+                return i
+        return len(views)
 
     @property
     def link_up(self) -> bool:

@@ -20,9 +20,10 @@ so; a transmit buffer has none) — so no length is lost.
 
 from __future__ import annotations
 
+import array
 import struct
-from itertools import islice
-from typing import Callable, Iterable
+from itertools import islice, repeat, takewhile
+from typing import Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import full_fence
@@ -30,6 +31,7 @@ from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DeviceRingSide
+from .batch import readable_views
 from .chain import DescriptorChain
 from .drain import drain_queue
 from .event import vring_need_event
@@ -60,6 +62,13 @@ def packed_need_event(off_wrap: int, wrap: int, new: int, added: int, size: int)
     if off_wrap >> 15 != wrap:
         event -= size
     return vring_need_event(event & 0xFFFF, new, (new - added) & 0xFFFF)
+
+
+def _leading(flags: list[int], expected: int) -> int:
+    """How many of ``flags`` from the first are ``expected`` (C-level, no bytecode per item)."""
+    if flags.count(expected) == len(flags):
+        return len(flags)
+    return len(list(takewhile(expected.__eq__, flags)))
 
 
 class PackedDeviceQueue(DeviceRingSide):
@@ -227,6 +236,65 @@ class PackedDeviceQueue(DeviceRingSide):
             out.append(chain)
         return out
 
+    def pop_direct(self, mem: GuestMemory, limit: int) -> tuple[list[int], list[int], list[memoryview]]:
+        """Pop up to ``limit`` chains that are each one device-readable descriptor: the batch fast
+        path of a transmit queue, as :meth:`SplitDeviceQueue.pop_direct
+        <pyvirtio.virtq.split_device.SplitDeviceQueue.pop_direct>`.  Returns ``(ids, lengths,
+        views)``, a view of each chain's buffer.
+
+        Takes the run of descriptors from ``next_avail`` whose flags say "available in this lap"
+        and nothing else (no NEXT, WRITE or INDIRECT), across the ring's end (the wrap counter
+        flips there); stops before the first other one — not available yet, of another shape,
+        or with a buffer crossing from one memory region into the next — which
+        :meth:`pop_descriptor_chain` then takes or refuses.  All flags are read before any other
+        field (the driver writes each descriptor's flags last, 2.8.6).  Every descriptor is
+        checked as the general path checks it: its buffer id not in flight already (nor twice
+        in the batch), its buffer translated through guest memory; a violation breaks the queue."""
+        self._check(mem)
+        if self.resubmit:  # those go first, through pop_descriptor_chain
+            return [], [], []
+        size, desc16, pos, wrap = self.size, self._desc16, self.next_avail, self.avail_wrap
+        limit = min(limit, size)
+        first = min(limit, size - pos)
+        flags = desc16[8 * pos + 7:8 * (pos + first):8].tolist()
+        n = _leading(flags, _F_AVAIL if wrap else _F_USED)
+        n2 = 0
+        if n == first < limit:  # up to the ring's end: the next lap, with the other wrap counter
+            n2 = _leading(desc16[7:8 * (limit - n):8].tolist(), _F_USED if wrap else _F_AVAIL)
+        if not n:
+            return [], [], []
+        q64, d32 = self._desc.cast("Q"), self._desc.cast("I")
+        ids = desc16[8 * pos + 6:8 * (pos + n):8].tolist()
+        lengths = d32[4 * pos + 2:4 * (pos + n):4].tolist()
+        addrs = q64[2 * pos:2 * (pos + n):2].tolist()
+        if n2:
+            ids += desc16[6:8 * n2:8].tolist()
+            lengths += d32[2:4 * n2:4].tolist()
+            addrs += q64[0:2 * n2:2].tolist()
+        pending = self._pending
+        if len(set(ids)) != len(ids) or not pending.keys().isdisjoint(ids):
+            dup = next(i for k, i in enumerate(ids) if i in pending or i in ids[:k])
+            self._break(DriverFault(f"queue {self.index}: buffer id {dup} is already in flight"))
+        try:
+            bufs = readable_views(mem, addrs, lengths)
+        except GuestMemoryError as exc:
+            self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+        count = len(bufs)
+        if count < len(ids):
+            del ids[count:], lengths[count:]
+        pending.update(zip(ids, repeat(1)))
+        if self.in_order:
+            self._wlen.update(zip(ids, repeat(0)))
+        if self.inflight is not None:
+            for k in range(count):
+                self.inflight.popped(self._desc, (pos + k) % size, 1)
+        pos += count
+        if pos >= size:
+            pos, self.avail_wrap = pos - size, wrap ^ 1
+        self.next_avail = pos
+        self.chains_popped += count
+        return ids, lengths, bufs
+
     def _walk(self, mem: GuestMemory):
         """Follow the chain at ``next_avail`` (2.8.6, 2.8.7).  It may not be longer than the ring
         nor than MAX_CHAIN_SEGMENTS descriptors or buffers (:mod:`pyvirtio.limits`); an indirect
@@ -349,6 +417,67 @@ class PackedDeviceQueue(DeviceRingSide):
                 wlen.pop(head, None)
                 self._write_used(head, length, run)  # closes the run (2.8.21)
                 run = 0
+
+    def add_used_heads(self, mem: GuestMemory, heads: Sequence[int], length: int = 0) -> None:
+        """Return buffers that each got ``length`` bytes written (a transmit queue's: 0), as
+        :meth:`add_used_batch` would, without a tuple per buffer.  With VIRTIO_F_IN_ORDER,
+        buffers the driver can account for without a used descriptor (all their writable bytes
+        written: for :meth:`pop_direct`'s, none) share one (2.8.21); otherwise buffers of one
+        ring position each get their used descriptors written together."""
+        self._check(mem)
+        heads = list(heads)
+        if not heads:
+            return
+        if not 0 <= length <= 0xFFFFFFFF:
+            raise UsageError(f"queue {self.index}: used length {length} out of range")
+        pending, in_order = self._pending, self.in_order
+        if in_order:
+            if heads != list(islice(pending, len(heads))):
+                raise UsageError(f"queue {self.index}: buffers {heads[:8]} are not the oldest in "
+                                 "flight (VIRTIO_F_IN_ORDER)")
+        elif len(set(heads)) != len(heads) or not pending.keys() >= set(heads):
+            raise UsageError(f"queue {self.index}: add_used_heads with a buffer not in flight")
+        counts = list(map(pending.pop, heads))
+        if self.inflight is not None:  # it records one completion at a time
+            for head, count in zip(heads, counts):
+                self._wlen.pop(head, None)
+                self._write_used(head, length, count)
+        elif in_order:
+            filled = list(map(self._wlen.pop, heads, repeat(-1)))
+            if filled[:-1].count(length) == len(heads) - 1:
+                self._write_used(heads[-1], length, sum(counts))  # one for the run (2.8.21)
+                return
+            run = 0
+            for i, head in enumerate(heads):
+                run += counts[i]
+                if i == len(heads) - 1 or filled[i] != length:
+                    self._write_used(head, length, run)
+                    run = 0
+        elif counts.count(1) == len(counts):
+            self._write_used_ones(heads, length)
+        else:
+            for head, count in zip(heads, counts):
+                self._write_used(head, length, count)
+
+    def _write_used_ones(self, ids: list[int], length: int) -> None:
+        """Used descriptors for buffers of one ring position each, from ``next_used`` on: ids
+        and lengths first, then the flags that publish them (x86 store order), one strided
+        store per field — a second round past the ring's end, with the flipped wrap counter."""
+        pos, size, count = self.next_used, self.size, len(ids)
+        desc16, d32 = self._desc16, self._desc.cast("I")
+        first = min(count, size - pos)
+        for at, part, wrap in ((pos, ids[:first], self.used_wrap), (0, ids[first:], self.used_wrap ^ 1)):
+            if part:
+                n = len(part)
+                desc16[8 * at + 6:8 * (at + n):8] = array.array("H", part)
+                d32[4 * at + 2:4 * (at + n):4] = array.array("I", (length,)) * n
+                desc16[8 * at + 7:8 * (at + n):8] = array.array("H", ((_F_AVAIL | _F_USED) if wrap else 0,)) * n
+        pos += count
+        if pos >= size:
+            pos -= size
+            self.used_wrap ^= 1
+        self.next_used = pos
+        self._added_since_signal += count
 
     # --- notification suppression (2.8.10) ------------------------------------------------------
 

@@ -25,6 +25,7 @@ from ..memory import GuestMemory
 from ..spec import ring
 from .base import DeviceRingSide
 from .chain import DescriptorChain
+from .batch import readable_views
 from .drain import drain_queue
 from .event import vring_need_event
 from .layout import (avail_ring_size, desc_table_size, is_valid_split_size, unpack_descriptor_table,
@@ -41,6 +42,10 @@ _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 
 class SplitDeviceQueue(DeviceRingSide):
     """Device-side state of one split virtqueue: addresses, indices, notification state."""
+
+    #: VIRTIO_F_IN_ORDER negotiated (the device sets it once features are settled): only
+    #: :meth:`add_used_heads` uses it, to return a batch with one used entry.
+    in_order = False
 
     def __init__(self, max_size: int = 256, *, index: int = 0):
         if not is_valid_split_size(max_size):
@@ -185,17 +190,19 @@ class SplitDeviceQueue(DeviceRingSide):
             out.append(chain)
         return out
 
-    def pop_direct(self, mem: GuestMemory, limit: int, *, views: bool = True
-                   ) -> tuple[list[int], list[int], list[memoryview] | None]:
+    def pop_direct(self, mem: GuestMemory, limit: int) -> tuple[list[int], list[int], list[memoryview]]:
         """Pop up to ``limit`` chains that are each one device-readable descriptor (no NEXT,
         WRITE or INDIRECT flag): the batch fast path of a transmit queue, with no per-chain
-        DescriptorChain.  Returns ``(heads, lengths, views)``; ``views=False`` (a caller that
-        never touches the bytes, e.g. a sink) gives None and reads no buffer address.  Stops
-        before the first chain of another shape (``pop_descriptor_chain`` takes that one).
-        Indices and buffers are checked as ``pop_descriptor_chain`` checks them."""
+        DescriptorChain.  Returns ``(heads, lengths, views)``, a view of each chain's buffer.
+        Stops before the first chain of another shape, or whose buffer crosses from one memory
+        region into the next (``pop_descriptor_chain`` takes that one).
+
+        Every descriptor is checked as ``pop_descriptor_chain`` checks it (2.7.13.1, 2.7.5): the
+        avail idx, each head index, each buffer translated through guest memory
+        (:func:`~pyvirtio.virtq.batch.readable_views`); a violation breaks the queue."""
         self._check(mem)
         if self.resubmit:  # those go first, through pop_descriptor_chain
-            return [], [], [] if views else None
+            return [], [], []
         size, next_avail, avail16 = self.size, self.next_avail, self._avail16
         ahead = (avail16[1] - next_avail) & 0xFFFF
         if ahead > size:
@@ -206,28 +213,26 @@ class SplitDeviceQueue(DeviceRingSide):
         heads = avail16[2 + start:2 + min(start + n, size)].tolist()
         if len(heads) < n:  # the batch wraps around the ring
             heads += avail16[2:2 + n - len(heads)].tolist()
-        if heads and max(heads) >= size:
-            self._break(DriverFault(f"queue {self.index}: head index {max(heads)} >= queue size {size}"))
         if not heads:
-            return heads, [], [] if views else None
+            return heads, [], []
+        if max(heads) >= size:
+            self._break(DriverFault(f"queue {self.index}: head index {max(heads)} >= queue size {size}"))
         # One C-level gather per field (itemgetter over a strided view of the descriptor table:
         # element h of ``desc.cast("H")[6::8]`` is descriptor h's flags), no bytecode per chain.
         get = itemgetter(*heads) if len(heads) > 1 else (lambda seq: (seq[heads[0]],))
         desc = self._desc
         flags = get(desc.cast("H")[6::8])
         lengths = list(get(desc.cast("I")[2::4]))
-        if any(flags):
+        addrs = get(desc.cast("Q")[0::2])
+        if any(flags):  # another shape: the general path checks it
             keep = next(i for i, f in enumerate(flags) if f)
             del heads[keep:], lengths[keep:]
-        bufs = None
-        if views and heads:
-            addrs = itemgetter(*heads)(desc.cast("Q")[0::2]) if len(heads) > 1 else (desc.cast("Q")[2 * heads[0]],)
-            try:
-                bufs = list(map(mem.view, addrs, lengths))
-            except GuestMemoryError as exc:
-                self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
-        elif views:
-            bufs = []
+        try:
+            bufs = readable_views(mem, addrs[:len(heads)], lengths)
+        except GuestMemoryError as exc:
+            self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+        if len(bufs) < len(heads):
+            del heads[len(bufs):], lengths[len(bufs):]
         if self.inflight is not None:
             for head in heads:
                 self.inflight.popped(head)
@@ -361,7 +366,12 @@ class SplitDeviceQueue(DeviceRingSide):
 
     def add_used_heads(self, mem: GuestMemory, heads: Sequence[int], length: int = 0) -> None:
         """Put chains that each got ``length`` bytes written (a transmit queue's: 0) in the used
-        ring with one index update — ``add_used_batch`` without a tuple per chain."""
+        ring with one index update — ``add_used_batch`` without a tuple per chain.
+
+        With VIRTIO_F_IN_ORDER (``in_order``) and ``length`` 0 — chains with nothing
+        device-writable, as :meth:`pop_direct` returns them, popped in this order — one used
+        entry stands for the batch (2.7.9): the id of its last chain, at the slot of its first;
+        the used idx moves by the batch size."""
         self._check(mem)
         try:
             ids = array.array("I", heads)
@@ -370,8 +380,25 @@ class SplitDeviceQueue(DeviceRingSide):
             ids = None
         if ids is None or (ids and max(ids) >= self.size):
             raise UsageError(f"queue {self.index}: add_used_heads with an element out of range")
+        if self.in_order and length == 0 and len(ids) > 1:
+            self._publish_in_order(ids)
+            return
         flat[0::2] = ids
         self._publish_used(flat)
+
+    def _publish_in_order(self, ids: array.array) -> None:
+        """One used entry for the batch ``ids`` (IN_ORDER, nothing written), then the index."""
+        slot = (self.next_used & (self.size - 1)) * 2
+        self._used32[1 + slot] = ids[-1]
+        self._used32[2 + slot] = 0
+        inflight = self.inflight
+        if inflight is not None:
+            inflight.batch(ids)
+        # Stores stay ordered on x86-64 (the element is visible before the index).
+        self.next_used = (self.next_used + len(ids)) & 0xFFFF
+        self._used16[1] = self.next_used
+        if inflight is not None:
+            inflight.published(ids, self.next_used)
 
     def _publish_used(self, flat: array.array) -> None:
         """Write ``id, len`` pairs at the used ring's next slots, then the index."""
