@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""The kill -9 loop of tests/guest/test_guest_blk_kill.py against any vhost-user-blk back-end,
+for pass rates over many runs: qemu-storage-daemon (the reference) or ``pyvirtio serve blk``.
+
+Each run boots one Linux guest (QEMU 7.2, chardev ``reconnect=1``, vhost-user-blk with 2 queues)
+running fio ``--verify=crc32c`` rounds (the test's guest script), kills the back-end with SIGKILL
+at random moments and starts a new one on the same socket and image, CYCLES times, then waits
+for two more fio rounds.  A run fails when a fio round fails, when no round finishes within
+STALL seconds (a lost request hangs fio: the failing kill is reported), or when the guest logs
+an I/O error.
+
+    python benchmarks/blk_kill_loop.py --backend qsd --runs 10 [--cycles 20] [--packed] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+from pyvirtio.bench.peers import start_pyvirtio, start_qsd
+from pyvirtio.guest import prepare_kernel, start_guest
+from pyvirtio.guest.errors import GuestTimeout
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "guest"))
+from test_guest_blk_kill import SCRIPT, STOP  # noqa: E402 (the one guest script)
+
+MiB = 1 << 20
+STALL = 90.0
+
+
+def start(backend: str, sock: str, image: str, aio: str):
+    if backend == "qsd":
+        return start_qsd(sock, image, num_queues=2, aio=aio)
+    return start_pyvirtio("blk", sock, blk_file=image, num_queues=2, aio=aio)
+
+
+def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp: str) -> dict:
+    image, control, sock = (os.path.join(tmp, n) for n in ("disk.img", "control.img", "blk.sock"))
+    for path, size in ((image, 64 * MiB), (control, MiB)):
+        with open(path, "wb") as f:
+            f.truncate(size)
+    qemu_args = ["-chardev", f"socket,id=blk,path={sock},reconnect=1",
+                 "-device", "vhost-user-blk-pci,chardev=blk,num-queues=2,addr=0x4"
+                 + (",packed=on" if packed else ""),
+                 "-drive", f"if=none,id=ctl,file={control},format=raw",
+                 "-device", "virtio-blk-pci,drive=ctl,addr=0x5"]
+    peer = start(backend, sock, image, aio)
+    result = {"backend": backend, "cycles": 0, "ok": False, "why": ""}
+    t0 = time.monotonic()
+    with start_guest(kernel, SCRIPT, cpus=2, timeout=cycles * 10 + 400, qemu_args=qemu_args,
+                     host_binaries=[shutil.which("fio")],
+                     console_log=os.path.join(tmp, "console.log")) as guest:
+        try:
+            guest.expect(r"round_start=0", timeout=120)
+            seen = 0
+            for cycle in range(cycles):
+                time.sleep(rnd.uniform(0.2, 2.5))
+                peer.process.send_signal(signal.SIGKILL)
+                peer.process.wait(10)
+                if os.path.exists(sock):
+                    os.unlink(sock)
+                peer = start(backend, sock, image, aio)
+                result["cycles"] = cycle + 1
+                seen = len([line for line in guest.lines if line.startswith("round=")])
+            last = None
+            deadline = time.monotonic() + STALL
+            while last is None or len([ln for ln in guest.lines if ln.startswith("round=")]) < last + 2:
+                if last is None:
+                    last = seen
+                if time.monotonic() > deadline:
+                    raise GuestTimeout(f"no fio round finished within {STALL:.0f} s after the last kill")
+                time.sleep(0.5)
+            with open(control, "r+b") as f:
+                f.write(STOP)
+            res = guest.wait(timeout=120)
+            v = res.values()
+            rcs = [ln.split("rc=")[1] for ln in res.lines if ln.startswith("round=")]
+            bad = [rc for rc in rcs if rc != "0"]
+            result.update(rounds=len(rcs), io_errors=int(v.get("io_errors", -1)))
+            result["ok"] = not bad and v.get("io_errors") == "0" and v.get("hung") == "0"
+            result["why"] = "" if result["ok"] else f"fio rc {bad}, io_errors {v.get('io_errors')}"
+        except GuestTimeout as exc:
+            rounds = [ln for ln in guest.lines if ln.startswith("round")]
+            result["why"] = f"stalled: {exc}; last guest lines {rounds[-2:]}"
+        finally:
+            peer.close()
+    result["seconds"] = round(time.monotonic() - t0)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", choices=("qsd", "pyvirtio"), default="qsd")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--cycles", type=int, default=20)
+    ap.add_argument("--packed", action="store_true", help="packed rings (qsd does not offer them)")
+    ap.add_argument("--aio", choices=("io_uring", "threads"), default="threads")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    kernel = prepare_kernel()
+    rnd = random.Random(args.seed)
+    results = []
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="pyvirtio-kill-") as tmp:
+            r = one_run(kernel, args.backend, args.cycles, args.packed, args.aio, rnd, tmp)
+        results.append(r)
+        print(f"run {run}: {'pass' if r['ok'] else 'FAIL'} after {r['cycles']} kills, "
+              f"{r.get('rounds', '?')} fio rounds, {r['seconds']} s {r['why']}", flush=True)
+    passed = sum(r["ok"] for r in results)
+    print(f"{args.backend}: {passed} of {len(results)} runs passed")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
