@@ -3,17 +3,22 @@
 sending into ``pyvirtio serve net --null``, and into DPDK's own vhost back-end (testpmd with a
 ``net_vhost`` port in ``rxonly``) — the two back-ends alternate in one run (PEERS.md).
 
-    python benchmarks/net_testpmd.py [--rounds 5] [--seconds 8] [--sizes 64,1500] [--json FILE]
+    python benchmarks/net_testpmd.py [--rounds 5] [--seconds 8] [--sizes 64,1500]
+                                     [--rings split,packed] [--in-order 0] [--json FILE]
 
 Each back-end's data path gets one CPU: ``pyvirtio serve`` is pinned to CPU 0 and DPDK's
-back-end forwards on lcore 0; the front-end forwards on lcore 1.  Both front-ends run with
-``in_order=0`` (pyvirtio does not offer VIRTIO_F_IN_ORDER), split rings, one queue pair.  A
-measurement is the median of testpmd's per-second Tx-pps after two warm-up seconds; the
-result per frame size is the median over rounds of each back-end, and the median of the
-per-round ratios (the order of the two back-ends flips every round).
+back-end forwards on lcore 0; the front-end forwards on lcore 1.  Both front-ends run with the
+same ring layout (``--rings``: split, or packed with testpmd's ``packed_vq=1``) and
+``in_order`` setting, one queue pair.  A measurement is the median of testpmd's per-second
+Tx-pps after its first second of traffic; the result per ring and frame size is the median
+over rounds of each back-end, and the median of the per-round ratios (the order of the two back-ends flips
+every round).
 
-What each back-end does per frame: DPDK's rxonly copies it into an mbuf and frees it;
-``--null`` checks the descriptor chain and returns it without reading the frame.
+What each back-end does per frame: DPDK's vhost dequeue translates the buffer address, reads
+the virtio-net header (offloads negotiated) and copies the frame into an mbuf, which rxonly
+frees; ``pyvirtio serve net --null`` checks the descriptor and translates its buffer
+(``pop_direct``), checks the header's flags and GSO type against the negotiated features, and
+copies the frame into a host buffer (one per batch) before dropping it.
 """
 
 from __future__ import annotations
@@ -72,27 +77,32 @@ def start_backend(kind: str, sock: str, work: str) -> tuple[subprocess.Popen, st
     return proc, log
 
 
-def run_frontend(sock: str, size: int, seconds: float, work: str) -> list[int]:
+def vdev_opts(ring: str, in_order: int) -> str:
+    return f"packed_vq={int(ring == 'packed')},in_order={in_order}"
+
+
+def run_frontend(sock: str, size: int, seconds: float, work: str, opts: str) -> list[int]:
     """testpmd virtio-user txonly for ``seconds``; its per-second Tx-pps samples."""
     out = run_virtio_user_txonly(sock, prefix=f"pvnb-vu-{os.getpid()}", seconds=seconds,
-                                 txpkts=size, vdev_opts="in_order=0", main_lcore=0)
+                                 txpkts=size, vdev_opts=opts, main_lcore=0)
     with open(os.path.join(work, "frontend.log"), "a") as f:
         f.write(out)
     return [int(m) for m in _PPS.findall(out)]
 
 
-def measure(kind: str, size: int, seconds: float, work: str) -> float:
+def measure(kind: str, size: int, seconds: float, work: str, opts: str) -> float:
     sock = os.path.join(work, f"{kind}.sock")
     proc, log = start_backend(kind, sock, work)
     try:
-        samples = run_frontend(sock, size, seconds, work)
+        samples = run_frontend(sock, size, seconds, work, opts)
     finally:
         _stop(proc)
         for path in (sock, f"/var/run/dpdk/pvnb-vh-{os.getpid()}", f"/var/run/dpdk/pvnb-vu-{os.getpid()}"):
             shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
-    steady = [s for s in samples[2:] if s > 0]
+    traffic = [s for s in samples if s > 0]
+    steady = traffic[1:]  # the first second with traffic is warm-up (start-up time varies)
     if not steady:
-        raise RuntimeError(f"{kind}, {size} B: no traffic (samples {samples}); see {log}")
+        raise RuntimeError(f"{kind}, {opts}, {size} B: no traffic (samples {samples}); see {log}")
     return statistics.median(steady)
 
 
@@ -108,32 +118,41 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--sizes", default="64,1500")
+    ap.add_argument("--rings", default="split,packed", help="ring layouts to measure (split, packed)")
+    ap.add_argument("--in-order", type=int, choices=(0, 1), default=0,
+                    help="testpmd's in_order= for both back-ends (VIRTIO_F_IN_ORDER)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if shutil.which(TESTPMD) is None or shutil.which("taskset") is None:
         print(f"net_testpmd: needs {TESTPMD} (dpdk-dev) and taskset", file=sys.stderr)
         return 2
     sizes = [int(s) for s in args.sizes.split(",")]
+    rings = args.rings.split(",")
     work = tempfile.mkdtemp(prefix="pyvirtio-netbench-")
     rows = []
     for rnd in range(args.rounds):
         order = ["pyvirtio", "dpdk"] if rnd % 2 == 0 else ["dpdk", "pyvirtio"]
-        for size in sizes:
-            pps = {kind: measure(kind, size, args.seconds, work) for kind in order}
-            rows.append({"round": rnd, "size": size, **pps, "ratio": pps["pyvirtio"] / pps["dpdk"]})
-            print(f"round {rnd} {size:5d} B  pyvirtio {pps['pyvirtio'] / 1e6:6.3f} Mpps  "
-                  f"dpdk {pps['dpdk'] / 1e6:6.3f} Mpps  ratio {rows[-1]['ratio']:.3f}", flush=True)
+        for ring in rings:
+            opts = vdev_opts(ring, args.in_order)
+            for size in sizes:
+                pps = {kind: measure(kind, size, args.seconds, work, opts) for kind in order}
+                rows.append({"round": rnd, "ring": ring, "size": size, **pps,
+                             "ratio": pps["pyvirtio"] / pps["dpdk"]})
+                print(f"round {rnd} {ring:6s} {size:5d} B  pyvirtio {pps['pyvirtio'] / 1e6:6.3f} Mpps  "
+                      f"dpdk {pps['dpdk'] / 1e6:6.3f} Mpps  ratio {rows[-1]['ratio']:.3f}", flush=True)
     summary = {}
-    for size in sizes:
-        mine = [r for r in rows if r["size"] == size]
-        summary[size] = {k: statistics.median(r[k] for r in mine) for k in ("pyvirtio", "dpdk", "ratio")}
-        s = summary[size]
-        print(f"{size:5d} B: pyvirtio {s['pyvirtio'] / 1e6:.3f} Mpps, DPDK vhost {s['dpdk'] / 1e6:.3f} Mpps, "
-              f"median ratio {s['ratio']:.3f} (rounds: "
-              + ", ".join(f"{r['ratio']:.2f}" for r in mine) + ")")
+    for ring in rings:
+        for size in sizes:
+            mine = [r for r in rows if r["size"] == size and r["ring"] == ring]
+            s = summary[f"{ring}/{size}"] = {k: statistics.median(r[k] for r in mine)
+                                             for k in ("pyvirtio", "dpdk", "ratio")}
+            print(f"{ring:6s} {size:5d} B: pyvirtio {s['pyvirtio'] / 1e6:.3f} Mpps, DPDK vhost "
+                  f"{s['dpdk'] / 1e6:.3f} Mpps, median ratio {s['ratio']:.3f} (rounds: "
+                  + ", ".join(f"{r['ratio']:.2f}" for r in mine) + ")")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "summary": summary, "seconds": args.seconds}, f, indent=1)
+            json.dump({"rows": rows, "summary": summary, "seconds": args.seconds,
+                       "in_order": args.in_order}, f, indent=1)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
