@@ -231,7 +231,7 @@ class PackedDeviceQueue(DeviceRingSide):
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
         self._check(mem)
-        out = []
+        out: list[DescriptorChain] = []
         while len(out) < limit and (chain := self.pop_descriptor_chain(mem)) is not None:
             out.append(chain)
         return out
@@ -329,7 +329,7 @@ class PackedDeviceQueue(DeviceRingSide):
                                       f"exceed {MAX_CHAIN_SEGMENTS}")
                 entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
             else:
-                entries = ((addr, length, buf_id, flags),)
+                entries = [(addr, length, buf_id, flags)]
             for a, n, _, f in entries:
                 if f & _F_INDIRECT:  # only a table's entry gets here with it
                     raise DriverFault("indirect descriptor inside an indirect table (2.8.7)")

@@ -77,6 +77,7 @@ class PackedDriverQueue(DriverRingSide):
         self.event_idx = event_idx
         self.in_order = in_order
         self.indirect_area = indirect_area
+        self._indirect_base = indirect_area if indirect_area is not None else 0  # used when max_indirect
         self.max_indirect = max_indirect if indirect_area is not None else 0
         self.broken = False
         self.fault: Exception | None = None
@@ -117,7 +118,7 @@ class PackedDriverQueue(DriverRingSide):
             self._driver16 = mem.view(lay.avail_ring, 4).cast("H")
             self._device16 = mem.view(lay.used_ring, 4).cast("H")
             if self.max_indirect:
-                self._indirect = mem.view(self.indirect_area,
+                self._indirect = mem.view(self._indirect_base,
                                           self.indirect_area_size(self.size, self.max_indirect))
         except GuestMemoryError as exc:
             raise UsageError(f"queue {self.index}: ring is not in guest memory: {exc}") from None
@@ -162,7 +163,7 @@ class PackedDriverQueue(DriverRingSide):
         off = buf_id * self.max_indirect * 16
         for i, (addr, length, wflag) in enumerate(bufs):
             _DESC.pack_into(self._indirect, off + i * 16, addr, length, 0, wflag)
-        return self.indirect_area + off, len(bufs) * 16, _F_INDIRECT
+        return self._indirect_base + off, len(bufs) * 16, _F_INDIRECT
 
     def _write_chain(self, buf_id: int, bufs) -> None:
         size, desc, desc16 = self.size, self._desc, self._desc16

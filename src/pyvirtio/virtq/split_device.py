@@ -40,8 +40,16 @@ _F_WRITE = ring.VIRTQ_DESC_F_WRITE
 _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 
 
+_NO_VIEW = memoryview(bytearray(0))  # the ring views before _bind (never read: _check binds first)
+
+
 class SplitDeviceQueue(DeviceRingSide):
     """Device-side state of one split virtqueue: addresses, indices, notification state."""
+
+    _desc: memoryview
+    _avail16: memoryview
+    _used16: memoryview
+    _used32: memoryview
 
     #: VIRTIO_F_IN_ORDER negotiated (the device sets it once features are settled): only
     #: :meth:`add_used_heads` uses it, to return a batch with one used entry.
@@ -118,7 +126,7 @@ class SplitDeviceQueue(DeviceRingSide):
     def _drop_views(self) -> None:
         self._mem = None
         self._gen = -1
-        self._desc = self._avail16 = self._used16 = self._used32 = None
+        self._desc = self._avail16 = self._used16 = self._used32 = _NO_VIEW
 
     def _bind(self, mem: GuestMemory) -> None:
         if mem is self._mem and mem.generation == self._gen:
@@ -182,7 +190,7 @@ class SplitDeviceQueue(DeviceRingSide):
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
         """Pop up to ``limit`` chains in one go (the batch of one kick)."""
         self._check(mem)  # a broken queue refuses even an empty batch
-        out = []
+        out: list[DescriptorChain] = []
         while len(out) < limit:
             chain = self.pop_descriptor_chain(mem)
             if chain is None:

@@ -49,6 +49,7 @@ class SplitDriverQueue(DriverRingSide):
         self.event_idx = event_idx
         self.in_order = in_order
         self.indirect_area = indirect_area
+        self._indirect_base = indirect_area if indirect_area is not None else 0  # used when max_indirect
         self.max_indirect = max_indirect if indirect_area is not None else 0
         self.broken = False
         self.fault: Exception | None = None
@@ -99,7 +100,7 @@ class SplitDriverQueue(DriverRingSide):
             self._avail = mem.view(lay.avail_ring, avail_ring_size(self.size))
             self._used = mem.view(lay.used_ring, used_ring_size(self.size))
             if self.max_indirect:
-                self._indirect = mem.view(self.indirect_area,
+                self._indirect = mem.view(self._indirect_base,
                                           self.indirect_area_size(self.size, self.max_indirect))
         except GuestMemoryError as exc:
             raise UsageError(f"queue {self.index}: ring is not in guest memory: {exc}") from None
@@ -186,7 +187,7 @@ class SplitDriverQueue(DriverRingSide):
                 pos += 1
                 flags = wflag | _F_NEXT if pos < total else wflag
                 _DESC.pack_into(table, table_off + (pos - 1) * 16, addr, length, flags, pos)
-        _DESC.pack_into(self._desc, head * 16, self.indirect_area + table_off, total * 16, _F_INDIRECT, 0)
+        _DESC.pack_into(self._desc, head * 16, self._indirect_base + table_off, total * 16, _F_INDIRECT, 0)
         return head
 
     def kick_prepare(self, mem: GuestMemory) -> bool:
