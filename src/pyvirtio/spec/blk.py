@@ -5,8 +5,8 @@ Data only.  All fields are little-endian.  A request is the 16-byte out header, 
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum
+from typing import NamedTuple
 
 #: Queues: requestq1..requestqN at indices 0..N-1; N > 1 only with MQ (5.2.2).
 REQUESTQ = 0
@@ -50,37 +50,42 @@ LEGACY_FEATURES = frozenset({BlkFeature.BARRIER, BlkFeature.SCSI})
 #: struct virtio_blk_config, 96 bytes in 1.3 (1.2 stops at 72, before ``zoned``).  Padding bytes
 #: (unused0, unused1[3], zoned.unused2[3]) are ``x`` and do not appear in the field list.
 BLK_CONFIG = struct.Struct("<QIIHBBIBBHIBxHIIIIIB3xIIIIIIIIB3x")
-BLK_CONFIG_FIELDS = (
-    "capacity",
-    "size_max",
-    "seg_max",
-    "cylinders",  # geometry
-    "heads",
-    "sectors",
-    "blk_size",
-    "physical_block_exp",  # topology
-    "alignment_offset",
-    "min_io_size",
-    "opt_io_size",
-    "writeback",
-    "num_queues",
-    "max_discard_sectors",
-    "max_discard_seg",
-    "discard_sector_alignment",
-    "max_write_zeroes_sectors",
-    "max_write_zeroes_seg",
-    "write_zeroes_may_unmap",
-    "max_secure_erase_sectors",
-    "max_secure_erase_seg",
-    "secure_erase_sector_alignment",
-    "zone_sectors",  # zoned
-    "max_open_zones",
-    "max_active_zones",
-    "max_append_sectors",
-    "write_granularity",
-    "model",
-)
-BlkConfig = namedtuple("BlkConfig", BLK_CONFIG_FIELDS)
+
+
+class BlkConfig(NamedTuple):
+    """One ``BLK_CONFIG`` unpacked, field by field."""
+
+    capacity: int
+    size_max: int
+    seg_max: int
+    cylinders: int  # geometry
+    heads: int
+    sectors: int
+    blk_size: int
+    physical_block_exp: int  # topology
+    alignment_offset: int
+    min_io_size: int
+    opt_io_size: int
+    writeback: int
+    num_queues: int
+    max_discard_sectors: int
+    max_discard_seg: int
+    discard_sector_alignment: int
+    max_write_zeroes_sectors: int
+    max_write_zeroes_seg: int
+    write_zeroes_may_unmap: int
+    max_secure_erase_sectors: int
+    max_secure_erase_seg: int
+    secure_erase_sector_alignment: int
+    zone_sectors: int  # zoned
+    max_open_zones: int
+    max_active_zones: int
+    max_append_sectors: int
+    write_granularity: int
+    model: int
+
+
+BLK_CONFIG_FIELDS = BlkConfig._fields
 BLK_CONFIG_SIZE = 96
 BLK_CONFIG_SIZE_1_2 = 72
 
@@ -134,8 +139,17 @@ class BlkZonedModel(IntEnum):
 #: struct virtio_blk_req out header { le32 type; le32 reserved; le64 sector; }.  ``reserved`` was
 #: ``ioprio`` in the legacy interface.
 BLK_REQ_HEADER = struct.Struct("<IIQ")
-BLK_REQ_HEADER_FIELDS = ("type", "reserved", "sector")
-BlkReqHeader = namedtuple("BlkReqHeader", BLK_REQ_HEADER_FIELDS)
+
+
+class BlkReqHeader(NamedTuple):
+    """One ``BLK_REQ_HEADER`` unpacked, field by field."""
+
+    type: int
+    reserved: int
+    sector: int
+
+
+BLK_REQ_HEADER_FIELDS = BlkReqHeader._fields
 BLK_REQ_HEADER_SIZE = 16
 #: The device-writable status byte at the very end of every request.
 BLK_STATUS_SIZE = 1
@@ -183,8 +197,17 @@ class BlkStatus(IntEnum):
 #: struct virtio_blk_discard_write_zeroes { le64 sector; le32 num_sectors; le32 flags; } — one
 #: segment of DISCARD / WRITE_ZEROES / SECURE_ERASE data (5.2.6).
 BLK_DISCARD_WRITE_ZEROES = struct.Struct("<QII")
-BLK_DISCARD_WRITE_ZEROES_FIELDS = ("sector", "num_sectors", "flags")
-BlkDiscardWriteZeroes = namedtuple("BlkDiscardWriteZeroes", BLK_DISCARD_WRITE_ZEROES_FIELDS)
+
+
+class BlkDiscardWriteZeroes(NamedTuple):
+    """One ``BLK_DISCARD_WRITE_ZEROES`` unpacked, field by field."""
+
+    sector: int
+    num_sectors: int
+    flags: int
+
+
+BLK_DISCARD_WRITE_ZEROES_FIELDS = BlkDiscardWriteZeroes._fields
 BLK_DISCARD_WRITE_ZEROES_SIZE = 16
 #: flags bit 0: WRITE_ZEROES may unmap; other bits reserved.
 BLK_WRITE_ZEROES_FLAG_UNMAP = 0x1

@@ -8,8 +8,8 @@ port 1; 6, 7 for port 2 …).  Queues 2 and up exist only with MULTIPORT.
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum
+from typing import NamedTuple
 
 RECEIVEQ_PORT0 = 0
 TRANSMITQ_PORT0 = 1
@@ -40,8 +40,18 @@ class ConsoleFeature(IntEnum):
 #: struct virtio_console_config { le16 cols; le16 rows; le32 max_nr_ports; le32 emerg_wr; }
 #: (5.3.4)
 CONSOLE_CONFIG = struct.Struct("<HHII")
-CONSOLE_CONFIG_FIELDS = ("cols", "rows", "max_nr_ports", "emerg_wr")
-ConsoleConfig = namedtuple("ConsoleConfig", CONSOLE_CONFIG_FIELDS)
+
+
+class ConsoleConfig(NamedTuple):
+    """One ``CONSOLE_CONFIG`` unpacked, field by field."""
+
+    cols: int
+    rows: int
+    max_nr_ports: int
+    emerg_wr: int
+
+
+CONSOLE_CONFIG_FIELDS = ConsoleConfig._fields
 CONSOLE_CONFIG_SIZE = 12
 
 
@@ -56,8 +66,17 @@ class ConsoleConfigOffset(IntEnum):
 
 #: struct virtio_console_control { le32 id; le16 event; le16 value; }  (5.3.6.2)
 CONSOLE_CONTROL = struct.Struct("<IHH")
-CONSOLE_CONTROL_FIELDS = ("id", "event", "value")
-ConsoleControl = namedtuple("ConsoleControl", CONSOLE_CONTROL_FIELDS)
+
+
+class ConsoleControl(NamedTuple):
+    """One ``CONSOLE_CONTROL`` unpacked, field by field."""
+
+    id: int
+    event: int
+    value: int
+
+
+CONSOLE_CONTROL_FIELDS = ConsoleControl._fields
 CONSOLE_CONTROL_SIZE = 8
 
 

@@ -9,8 +9,8 @@ queue 1 and Linux and QEMU put the first request queue at index 1.
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum
+from typing import NamedTuple
 
 HIPRIOQ = 0
 NOTIFICATIONQ = 1
@@ -30,8 +30,17 @@ class FsFeature(IntEnum):
 #: (5.11.4).  tag is UTF-8, NUL-padded, not NUL-terminated when full.  notify_buf_size exists
 #: only with NOTIFICATION.
 FS_CONFIG = struct.Struct("<36sII")
-FS_CONFIG_FIELDS = ("tag", "num_request_queues", "notify_buf_size")
-FsConfig = namedtuple("FsConfig", FS_CONFIG_FIELDS)
+
+
+class FsConfig(NamedTuple):
+    """One ``FS_CONFIG`` unpacked, field by field."""
+
+    tag: bytes
+    num_request_queues: int
+    notify_buf_size: int
+
+
+FS_CONFIG_FIELDS = FsConfig._fields
 FS_CONFIG_SIZE = 44
 FS_TAG_SIZE = 36
 

@@ -5,8 +5,8 @@ Data only.  All fields are little-endian.  Queues: requestq (0); eventq (1) only
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum
+from typing import NamedTuple
 
 REQUESTQ = 0
 EVENTQ = 1
@@ -20,8 +20,16 @@ class GpioFeature(IntEnum):
 
 #: struct virtio_gpio_config { le16 ngpio; u8 padding[2]; le32 gpio_names_size; }  (5.18.4)
 GPIO_CONFIG = struct.Struct("<H2xI")
-GPIO_CONFIG_FIELDS = ("ngpio", "gpio_names_size")
-GpioConfig = namedtuple("GpioConfig", GPIO_CONFIG_FIELDS)
+
+
+class GpioConfig(NamedTuple):
+    """One ``GPIO_CONFIG`` unpacked, field by field."""
+
+    ngpio: int
+    gpio_names_size: int
+
+
+GPIO_CONFIG_FIELDS = GpioConfig._fields
 GPIO_CONFIG_SIZE = 8
 
 
@@ -35,8 +43,17 @@ class GpioConfigOffset(IntEnum):
 
 #: struct virtio_gpio_request { le16 type; le16 gpio; le32 value; }  (5.18.6)
 GPIO_REQUEST = struct.Struct("<HHI")
-GPIO_REQUEST_FIELDS = ("type", "gpio", "value")
-GpioRequest = namedtuple("GpioRequest", GPIO_REQUEST_FIELDS)
+
+
+class GpioRequest(NamedTuple):
+    """One ``GPIO_REQUEST`` unpacked, field by field."""
+
+    type: int
+    gpio: int
+    value: int
+
+
+GPIO_REQUEST_FIELDS = GpioRequest._fields
 GPIO_REQUEST_SIZE = 8
 
 #: struct virtio_gpio_response { u8 status; u8 value; }  (5.18.6); GET_LINE_NAMES answers with

@@ -6,8 +6,8 @@ A request is out_hdr, then an optional buffer, then the 1-byte in_hdr written by
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 REQUESTQ = 0
 I2C_CONFIG_SIZE = 0
@@ -22,8 +22,16 @@ class I2cFeature(IntEnum):
 #: struct virtio_i2c_out_hdr { le16 addr; le16 padding; le32 flags; }  (5.16.6.1)
 #: 7-bit addresses are stored as (addr << 1); 10-bit ones as described in 5.16.6.1.
 I2C_OUT_HDR = struct.Struct("<H2xI")
-I2C_OUT_HDR_FIELDS = ("addr", "flags")
-I2cOutHdr = namedtuple("I2cOutHdr", I2C_OUT_HDR_FIELDS)
+
+
+class I2cOutHdr(NamedTuple):
+    """One ``I2C_OUT_HDR`` unpacked, field by field."""
+
+    addr: int
+    flags: int
+
+
+I2C_OUT_HDR_FIELDS = I2cOutHdr._fields
 I2C_OUT_HDR_SIZE = 8
 
 #: struct virtio_i2c_in_hdr { u8 status; }  (5.16.6.1)

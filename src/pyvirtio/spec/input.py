@@ -6,8 +6,8 @@ Linux evdev ones (linux/input-event-codes.h).
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum
+from typing import NamedTuple
 
 EVENTQ = 0
 STATUSQ = 1
@@ -32,8 +32,18 @@ class InputConfigSelect(IntEnum):
 #: struct virtio_input_config { u8 select; u8 subsel; u8 size; u8 reserved[5]; union u[128]; }
 #: (5.8.4).  The driver writes select/subsel; the device answers with size and u.
 INPUT_CONFIG = struct.Struct("<BBB5x128s")
-INPUT_CONFIG_FIELDS = ("select", "subsel", "size", "u")
-InputConfig = namedtuple("InputConfig", INPUT_CONFIG_FIELDS)
+
+
+class InputConfig(NamedTuple):
+    """One ``INPUT_CONFIG`` unpacked, field by field."""
+
+    select: int
+    subsel: int
+    size: int
+    u: bytes
+
+
+INPUT_CONFIG_FIELDS = InputConfig._fields
 INPUT_CONFIG_SIZE = 136
 INPUT_CONFIG_U_SIZE = 128
 
@@ -62,6 +72,15 @@ INPUT_DEVIDS_SIZE = 8
 #: struct virtio_input_event { le16 type; le16 code; le32 value; }  (5.8.6).  ``value`` is
 #: packed as signed (evdev __s32: relative motion is negative).
 INPUT_EVENT = struct.Struct("<HHi")
-INPUT_EVENT_FIELDS = ("type", "code", "value")
-InputEvent = namedtuple("InputEvent", INPUT_EVENT_FIELDS)
+
+
+class InputEvent(NamedTuple):
+    """One ``INPUT_EVENT`` unpacked, field by field."""
+
+    type: int
+    code: int
+    value: int
+
+
+INPUT_EVENT_FIELDS = InputEvent._fields
 INPUT_EVENT_SIZE = 8

@@ -8,8 +8,8 @@ exists only with CTRL_VQ.
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 RECEIVEQ1 = 0
 TRANSMITQ1 = 1
@@ -103,19 +103,24 @@ FEATURE_REQUIRES: dict[NetFeature, tuple[frozenset[NetFeature], ...]] = {
 #: le32 speed; u8 duplex; u8 rss_max_key_size; le16 rss_max_indirection_table_length;
 #: le32 supported_hash_types; le32 supported_tunnel_types; }  28 bytes in 1.3, 24 in 1.2.
 NET_CONFIG = struct.Struct("<6sHHHIBBHII")
-NET_CONFIG_FIELDS = (
-    "mac",
-    "status",
-    "max_virtqueue_pairs",
-    "mtu",
-    "speed",
-    "duplex",
-    "rss_max_key_size",
-    "rss_max_indirection_table_length",
-    "supported_hash_types",
-    "supported_tunnel_types",
-)
-NetConfig = namedtuple("NetConfig", NET_CONFIG_FIELDS)
+
+
+class NetConfig(NamedTuple):
+    """One ``NET_CONFIG`` unpacked, field by field."""
+
+    mac: bytes
+    status: int
+    max_virtqueue_pairs: int
+    mtu: int
+    speed: int
+    duplex: int
+    rss_max_key_size: int
+    rss_max_indirection_table_length: int
+    supported_hash_types: int
+    supported_tunnel_types: int
+
+
+NET_CONFIG_FIELDS = NetConfig._fields
 NET_CONFIG_SIZE = 28
 NET_CONFIG_SIZE_1_2 = 24
 
@@ -158,8 +163,21 @@ ETH_ALEN = 6
 #: le16 csum_offset; le16 num_buffers; }  — 12 bytes, the header of every packet with
 #: VERSION_1 or MRG_RXBUF (5.1.6).
 NET_HDR = struct.Struct("<BBHHHHH")
-NET_HDR_FIELDS = ("flags", "gso_type", "hdr_len", "gso_size", "csum_start", "csum_offset", "num_buffers")
-NetHdr = namedtuple("NetHdr", NET_HDR_FIELDS)
+
+
+class NetHdr(NamedTuple):
+    """One ``NET_HDR`` unpacked, field by field."""
+
+    flags: int
+    gso_type: int
+    hdr_len: int
+    gso_size: int
+    csum_start: int
+    csum_offset: int
+    num_buffers: int
+
+
+NET_HDR_FIELDS = NetHdr._fields
 NET_HDR_SIZE = 12
 
 #: Legacy header without num_buffers (no VERSION_1 and no MRG_RXBUF), 10 bytes (5.1.6.1).

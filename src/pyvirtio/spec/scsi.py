@@ -6,8 +6,8 @@ Data only.  All fields are little-endian.  Queues: controlq (0), eventq (1), req
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 CONTROLQ = 0
 EVENTQ = 1
@@ -27,19 +27,24 @@ class ScsiFeature(IntEnum):
 #: le32 event_info_size; le32 sense_size; le32 cdb_size; le16 max_channel; le16 max_target;
 #: le32 max_lun; }  (5.6.4).  The driver may write only sense_size and cdb_size.
 SCSI_CONFIG = struct.Struct("<IIIIIIIHHI")
-SCSI_CONFIG_FIELDS = (
-    "num_queues",
-    "seg_max",
-    "max_sectors",
-    "cmd_per_lun",
-    "event_info_size",
-    "sense_size",
-    "cdb_size",
-    "max_channel",
-    "max_target",
-    "max_lun",
-)
-ScsiConfig = namedtuple("ScsiConfig", SCSI_CONFIG_FIELDS)
+
+
+class ScsiConfig(NamedTuple):
+    """One ``SCSI_CONFIG`` unpacked, field by field."""
+
+    num_queues: int
+    seg_max: int
+    max_sectors: int
+    cmd_per_lun: int
+    event_info_size: int
+    sense_size: int
+    cdb_size: int
+    max_channel: int
+    max_target: int
+    max_lun: int
+
+
+SCSI_CONFIG_FIELDS = ScsiConfig._fields
 SCSI_CONFIG_SIZE = 36
 
 
@@ -69,15 +74,37 @@ SCSI_LUN_SIZE = 8
 #: after cdb[]; Linux (virtio_scsi_cmd_req_pi) and QEMU put them before cdb[].  No struct is
 #: defined here for that variant.
 SCSI_REQ_CMD_HEAD = struct.Struct("<8sQBBB")
-SCSI_REQ_CMD_HEAD_FIELDS = ("lun", "id", "task_attr", "prio", "crn")
-ScsiReqCmdHead = namedtuple("ScsiReqCmdHead", SCSI_REQ_CMD_HEAD_FIELDS)
+
+
+class ScsiReqCmdHead(NamedTuple):
+    """One ``SCSI_REQ_CMD_HEAD`` unpacked, field by field."""
+
+    lun: bytes
+    id: int
+    task_attr: int
+    prio: int
+    crn: int
+
+
+SCSI_REQ_CMD_HEAD_FIELDS = ScsiReqCmdHead._fields
 SCSI_REQ_CMD_HEAD_SIZE = 19
 
 #: Device-writable head before sense[sense_size]: { le32 sense_len; le32 residual;
 #: le16 status_qualifier; u8 status; u8 response; }  (5.6.6.1)
 SCSI_RESP_CMD_HEAD = struct.Struct("<IIHBB")
-SCSI_RESP_CMD_HEAD_FIELDS = ("sense_len", "residual", "status_qualifier", "status", "response")
-ScsiRespCmdHead = namedtuple("ScsiRespCmdHead", SCSI_RESP_CMD_HEAD_FIELDS)
+
+
+class ScsiRespCmdHead(NamedTuple):
+    """One ``SCSI_RESP_CMD_HEAD`` unpacked, field by field."""
+
+    sense_len: int
+    residual: int
+    status_qualifier: int
+    status: int
+    response: int
+
+
+SCSI_RESP_CMD_HEAD_FIELDS = ScsiRespCmdHead._fields
 SCSI_RESP_CMD_HEAD_SIZE = 12
 
 
@@ -160,8 +187,17 @@ class ScsiAsyncEvent(IntFlag):
 
 #: struct virtio_scsi_event { le32 event; u8 lun[8]; le32 reason; }  (5.6.6.3)
 SCSI_EVENT = struct.Struct("<I8sI")
-SCSI_EVENT_FIELDS = ("event", "lun", "reason")
-ScsiEvent = namedtuple("ScsiEvent", SCSI_EVENT_FIELDS)
+
+
+class ScsiEvent(NamedTuple):
+    """One ``SCSI_EVENT`` unpacked, field by field."""
+
+    event: int
+    lun: bytes
+    reason: int
+
+
+SCSI_EVENT_FIELDS = ScsiEvent._fields
 SCSI_EVENT_SIZE = 16
 
 

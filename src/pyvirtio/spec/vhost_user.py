@@ -7,15 +7,24 @@ Where a C struct has implicit padding on the wire (IOTLB, inflight), the padding
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 # --- header ("Message Specification" / "Header") -------------------------------------------------
 
 #: { u32 request; u32 flags; u32 size; } then ``size`` bytes of payload.
 HEADER = struct.Struct("=III")
-HEADER_FIELDS = ("request", "flags", "size")
-Header = namedtuple("Header", HEADER_FIELDS)
+
+
+class Header(NamedTuple):
+    """One ``HEADER`` unpacked, field by field."""
+
+    request: int
+    flags: int
+    size: int
+
+
+HEADER_FIELDS = Header._fields
 HEADER_SIZE = 12
 
 
@@ -186,8 +195,16 @@ U64_SIZE = 8
 #: Vring state description { u32 index; u32 num; } (SET_VRING_NUM/BASE, GET_VRING_BASE,
 #: SET_VRING_ENABLE, SET_VRING_ENDIAN, VRING_KICK, BACKEND VRING_CALL/ERR).
 VRING_STATE = struct.Struct("=II")
-VRING_STATE_FIELDS = ("index", "num")
-VringState = namedtuple("VringState", VRING_STATE_FIELDS)
+
+
+class VringState(NamedTuple):
+    """One ``VRING_STATE`` unpacked, field by field."""
+
+    index: int  # type: ignore[assignment]  # vu.rst's name; shadows tuple.index, as before
+    num: int
+
+
+VRING_STATE_FIELDS = VringState._fields
 VRING_STATE_SIZE = 8
 
 #: Vring base ``num`` for split rings: bits 0-15 next avail index (free-running), 16-31 zero.
@@ -208,8 +225,20 @@ VHOST_VRING_BIG_ENDIAN = 1
 #: (Linux struct vhost_vring_addr).  The table in vu.rst also shows a "size" column that has no
 #: field; the wire struct is 40 bytes.
 VRING_ADDR = struct.Struct("=IIQQQQ")
-VRING_ADDR_FIELDS = ("index", "flags", "desc_user_addr", "used_user_addr", "avail_user_addr", "log_guest_addr")
-VringAddr = namedtuple("VringAddr", VRING_ADDR_FIELDS)
+
+
+class VringAddr(NamedTuple):
+    """One ``VRING_ADDR`` unpacked, field by field."""
+
+    index: int  # type: ignore[assignment]  # vu.rst's name; shadows tuple.index, as before
+    flags: int
+    desc_user_addr: int
+    used_user_addr: int
+    avail_user_addr: int
+    log_guest_addr: int
+
+
+VRING_ADDR_FIELDS = VringAddr._fields
 VRING_ADDR_SIZE = 40
 #: ``flags`` bit *number* for "log used-ring writes" (Linux vhost_types.h VHOST_VRING_F_LOG);
 #: the mask is 1 << VHOST_VRING_F_LOG.
@@ -223,8 +252,18 @@ VRING_NOFD_MASK = 0x100
 #: Memory region description { u64 guest_phys_addr; u64 memory_size; u64 userspace_addr;
 #: u64 mmap_offset; }
 MEMORY_REGION = struct.Struct("=QQQQ")
-MEMORY_REGION_FIELDS = ("guest_phys_addr", "memory_size", "userspace_addr", "mmap_offset")
-MemoryRegion = namedtuple("MemoryRegion", MEMORY_REGION_FIELDS)
+
+
+class MemoryRegion(NamedTuple):
+    """One ``MEMORY_REGION`` unpacked, field by field."""
+
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int
+    mmap_offset: int
+
+
+MEMORY_REGION_FIELDS = MemoryRegion._fields
 MEMORY_REGION_SIZE = 32
 #: ... with XEN_MMAP negotiated: + u32 xen_mmap_flags; u32 domid.
 MEMORY_REGION_XEN = struct.Struct("=QQQQII")
@@ -267,8 +306,19 @@ VHOST_LOG_PAGE = 0x1000
 #: IOTLB message, Linux struct vhost_iotlb_msg { u64 iova; u64 size; u64 uaddr; u8 perm;
 #: u8 type; } — 26 bytes of fields, 32 with the C struct's trailing padding, as sent.
 IOTLB_MSG = struct.Struct("=QQQBB6x")
-IOTLB_MSG_FIELDS = ("iova", "size", "uaddr", "perm", "type")
-IotlbMsg = namedtuple("IotlbMsg", IOTLB_MSG_FIELDS)
+
+
+class IotlbMsg(NamedTuple):
+    """One ``IOTLB_MSG`` unpacked, field by field."""
+
+    iova: int
+    size: int
+    uaddr: int
+    perm: int
+    type: int
+
+
+IOTLB_MSG_FIELDS = IotlbMsg._fields
 IOTLB_MSG_SIZE = 32
 
 
@@ -316,8 +366,18 @@ VRING_AREA_SIZE = 24
 #: Inflight description { u64 mmap_size; u64 mmap_offset; u16 num_queues; u16 queue_size; } —
 #: 20 bytes of fields, 24 with the C struct's trailing padding, as QEMU and rust-vmm send it.
 INFLIGHT = struct.Struct("=QQHH4x")
-INFLIGHT_FIELDS = ("mmap_size", "mmap_offset", "num_queues", "queue_size")
-Inflight = namedtuple("Inflight", INFLIGHT_FIELDS)
+
+
+class Inflight(NamedTuple):
+    """One ``INFLIGHT`` unpacked, field by field."""
+
+    mmap_size: int
+    mmap_offset: int
+    num_queues: int
+    queue_size: int
+
+
+INFLIGHT_FIELDS = Inflight._fields
 INFLIGHT_SIZE = 24
 
 #: VhostUserShared: a 16-byte UUID (first three components big-endian).

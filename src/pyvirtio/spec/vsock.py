@@ -5,8 +5,8 @@ Every packet is a 44-byte header followed by ``len`` bytes of payload (5.10.6).
 """
 
 import struct
-from collections import namedtuple
 from enum import IntEnum, IntFlag
+from typing import NamedTuple
 
 RXQ = 0
 TXQ = 1
@@ -34,10 +34,24 @@ VSOCK_RESERVED_CIDS = frozenset({0, 1, 2, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF})
 #: struct virtio_vsock_hdr { le64 src_cid; le64 dst_cid; le32 src_port; le32 dst_port; le32 len;
 #: le16 type; le16 op; le32 flags; le32 buf_alloc; le32 fwd_cnt; }  (5.10.6)
 VSOCK_HDR = struct.Struct("<QQIIIHHIII")
-VSOCK_HDR_FIELDS = (
-    "src_cid", "dst_cid", "src_port", "dst_port", "len", "type", "op", "flags", "buf_alloc", "fwd_cnt",
-)
-VsockHdr = namedtuple("VsockHdr", VSOCK_HDR_FIELDS)
+
+
+class VsockHdr(NamedTuple):
+    """One ``VSOCK_HDR`` unpacked, field by field."""
+
+    src_cid: int
+    dst_cid: int
+    src_port: int
+    dst_port: int
+    len: int
+    type: int
+    op: int
+    flags: int
+    buf_alloc: int
+    fwd_cnt: int
+
+
+VSOCK_HDR_FIELDS = VsockHdr._fields
 VSOCK_HDR_SIZE = 44
 
 
