@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..errors import UsageError

@@ -146,7 +146,8 @@ class ProxyServer:
         if not data:
             _close(fds)
             who = "front-end" if stream in (FE_BE, FE_BE_REQ) else "back-end"
-            return self._end(link, stream, f"the {who} closed {'the back-end request channel' if '*' in stream else 'the connection'}")
+            what = "the back-end request channel" if "*" in stream else "the connection"
+            return self._end(link, stream, f"the {who} closed {what}")
         try:
             passages = link.core.receive(stream, data, fds, time.monotonic())
         except FramingError as exc:
