@@ -21,7 +21,7 @@ from .memory import GuestMemory
 from .spec.features import Feature
 from .spec.ids import DeviceType
 from .spec.status import DeviceStatus
-from .virtq import DescriptorChain, PackedDeviceQueue, SplitDeviceQueue
+from .virtq import DescriptorChain, DeviceQueue, PackedDeviceQueue, SplitDeviceQueue
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class VirtioDevice:
         #: group's worker (under its lock) — how host code in another thread (set a link down,
         #: hand in frames, add a port) changes the device.  Without an engine it runs inline.
         self.host_call: Callable[[Callable[[], None], int], None] = _call_inline
-        self.queues = [SplitDeviceQueue(self.queue_max_size, index=i) for i in range(self.num_queues)]
+        self.queues: list[DeviceQueue] = [SplitDeviceQueue(self.queue_max_size, index=i)
+                                          for i in range(self.num_queues)]
         #: For lines a guest can cause in a loop (a bad chain, a bad frame): its device's logger,
         #: rate-limited per device (the guest is the peer; ``limits.LOG_LINES_PER_SECOND``).
         self.guest_log = PeerLog(logging.getLogger(type(self).__module__))
@@ -121,7 +122,7 @@ class VirtioDevice:
         # The device owns its queue objects; the ring layout the driver chose decides their class
         # (a queue already of that class is kept: it may be running, e.g. a vhost-user front-end
         # repeating SET_FEATURES).
-        cls = PackedDeviceQueue if self.has_feature(Feature.RING_PACKED) else SplitDeviceQueue
+        cls: type[SplitDeviceQueue | PackedDeviceQueue] = PackedDeviceQueue if self.has_feature(Feature.RING_PACKED) else SplitDeviceQueue
         if any(type(q) is not cls for q in self.queues):
             self.queues = [q if type(q) is cls else cls(q.max_size, index=q.index)
                            for q in self.queues]
@@ -135,7 +136,7 @@ class VirtioDevice:
         """Device reset (2.4): status, features, queues back to their initial state."""
         self.status = DeviceStatus(0)
         self.driver_features = 0
-        if any(getattr(q, "packed", False) for q in self.queues):
+        if any(q.packed for q in self.queues):
             self.queues = [SplitDeviceQueue(q.max_size, index=q.index) for q in self.queues]
         for q in self.queues:
             q.reset()
@@ -217,7 +218,7 @@ class VirtioDevice:
         if notify:
             self.interrupt(Interrupt(index))
 
-    def process_queue(self, mem: GuestMemory, queue: SplitDeviceQueue) -> bool:
+    def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
         """Drain the queue through :meth:`handle_chain`; returns whether to interrupt."""
         return queue.drain(mem, lambda chain: self.handle_chain(queue.index, chain))
 

@@ -38,7 +38,7 @@ from ..memory import GuestMemory
 from ..spec import console as spec
 from ..spec.ids import DeviceType
 from ..spec.status import DeviceStatus
-from ..virtq import DescriptorChain, SplitDeviceQueue
+from ..virtq import DescriptorChain, DeviceQueue
 from .console_control import ConsoleControlError, ControlQueues, parse_control
 from .console_endpoints import HostEndpoint, NullEndpoint
 
@@ -328,7 +328,7 @@ class ConsoleDevice(VirtioDevice):
                 want[ep.write_fd] = want.get(ep.write_fd, 0) | POLLOUT
         return list(want.items())
 
-    def process_queue(self, mem: GuestMemory, queue: SplitDeviceQueue) -> bool:
+    def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
         """The guest kicked ``queue``; returns whether to notify it.  Other queues the kick
         filled (control messages, a port opened) are notified by a host turn it asks for."""
         self._run(mem, lambda: self._on_kick(mem, queue.index), own=queue.index)
@@ -414,21 +414,21 @@ class ConsoleDevice(VirtioDevice):
         self._pump_tx(mem, pid)
         self._pump_rx(mem, pid)
 
-    def usable(self, index: int) -> Optional[SplitDeviceQueue]:
+    def usable(self, index: int) -> Optional[DeviceQueue]:
         """Queue ``index`` if the device may touch it now."""
         queue = self.queues[index] if index < len(self.queues) else None
         if queue is None or not queue.ready or queue.broken or not self.queue_gate(index):
             return None
         return queue
 
-    def pop(self, mem: GuestMemory, queue: SplitDeviceQueue) -> Optional[DescriptorChain]:
+    def pop(self, mem: GuestMemory, queue: DeviceQueue) -> Optional[DescriptorChain]:
         """Next chain; when the ring is empty, re-enable kicks and look once more (2.7.10)."""
         chain = queue.pop_descriptor_chain(mem)
         if chain is None and queue.enable_notification(mem):
             chain = queue.pop_descriptor_chain(mem)
         return chain
 
-    def signal(self, mem: GuestMemory, queue: SplitDeviceQueue) -> None:
+    def signal(self, mem: GuestMemory, queue: DeviceQueue) -> None:
         """Used entries were added to ``queue``: notify it at the end of the turn if wanted."""
         if queue.needs_notification(mem):
             self._irq.add(queue.index)

@@ -39,7 +39,7 @@ from ..errors import DriverFault, GuestMemoryError, QueueBroken, Scope, UsageErr
 from ..memory import GuestMemory
 from ..spec import net as spec
 from ..spec.ids import DeviceType
-from ..virtq import DescriptorChain, SplitDeviceQueue
+from ..virtq import DescriptorChain, DeviceQueue
 from ..net import ctrl, txhdr
 from ..net.backend import MAX_FRAME, NetBackend, Views, fit_iov
 from ..net.frame import ETH_HLEN, mac_bytes, random_mac
@@ -329,7 +329,7 @@ class NetDevice(VirtioDevice):
             return "ctrl", 0
         return "none", 0
 
-    def process_queue(self, mem: GuestMemory, queue: SplitDeviceQueue) -> bool:
+    def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
         """Serve a kicked queue; whether to notify it.  A receive kick may also complete
         backlogged frames of other pairs: those are notified from the next ``host_ready``."""
         self.mem, self.live = mem, True
@@ -398,7 +398,7 @@ class NetDevice(VirtioDevice):
             done.append((held.popleft().head_index, 0))
         return True
 
-    def _tx_batch(self, mem: GuestMemory, queue: SplitDeviceQueue, pair: int,
+    def _tx_batch(self, mem: GuestMemory, queue: DeviceQueue, pair: int,
                   done: list[tuple[int, int]]) -> bool:
         """Send every chain the driver made available; False when the back-end is full (the
         chain it refused waits in ``tx_held``).  Chains of one descriptor — what Linux and DPDK

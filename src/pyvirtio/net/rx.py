@@ -18,7 +18,7 @@ from typing import Optional
 
 from ..memory import GuestMemory
 from ..spec.net import NET_HDR_SIZE
-from ..virtq import DescriptorChain, SplitDeviceQueue
+from ..virtq import DescriptorChain, DeviceQueue
 from .backend import Views
 
 _NUM_BUFFERS = struct.Struct("<H")
@@ -31,7 +31,7 @@ MAX_CHAINS_PER_FRAME = 64
 class RxPlacer:
     """One receive queue's buffers, as the device sees them."""
 
-    def __init__(self, queue: SplitDeviceQueue):
+    def __init__(self, queue: DeviceQueue):
         self.queue = queue
         self.spare: deque[DescriptorChain] = deque()
         self.done: list[tuple[int, int]] = []

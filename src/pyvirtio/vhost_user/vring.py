@@ -28,7 +28,7 @@ from .wire import VringAddr
 
 if TYPE_CHECKING:
     from ..device import VirtioDevice
-    from ..virtq import PackedDeviceQueue, SplitDeviceQueue
+    from ..virtq import DeviceQueue
 
 
 def _close(fd: int) -> None:
@@ -58,7 +58,7 @@ class Vring:
     notify_once: bool = False  # signal the call fd after the next drain (inflight recovery)
 
     @property
-    def queue(self) -> "SplitDeviceQueue | PackedDeviceQueue":
+    def queue(self) -> DeviceQueue:
         """The device's queue object for this ring (the device owns it; see the module doc)."""
         return self.device.queues[self.index]
 

@@ -4,6 +4,7 @@ Sans-I/O: every operation takes the guest memory as an argument and returns data
 (``needs_notification``, ``kick_prepare``); nothing here touches a socket or an eventfd.
 """
 
+from .base import DeviceQueue
 from .chain import DescriptorChain
 from .event import vring_need_event
 from .layout import SplitRingLayout
@@ -14,6 +15,7 @@ from .split_driver import SplitDriverQueue
 
 __all__ = [
     "DescriptorChain",
+    "DeviceQueue",
     "PackedDeviceQueue",
     "PackedDriverQueue",
     "PackedRingLayout",

@@ -3,10 +3,11 @@ memory object or its region set changes."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from ..errors import QueueBroken, UsageError
 from ..memory import GuestMemory
+from .chain import DescriptorChain
 
 
 class RingSide:
@@ -53,6 +54,55 @@ class DeviceRingSide(RingSide):
             raise UsageError(f"queue {self.index} is not ready")
         if mem is not self._mem or mem.generation != self._gen:
             self._bind(mem)
+
+
+class DeviceQueue(Protocol):
+    """The device side of one virtqueue, split or packed: what a device and a transport may use
+    without knowing the layout (:class:`~.SplitDeviceQueue`, :class:`~.PackedDeviceQueue`).
+    Addresses and indices are the layout's own: split ring parts and 16-bit indices, or the
+    packed descriptor ring, driver/device event areas and ring positions."""
+
+    index: int
+    max_size: int
+    size: int
+    packed: bool
+    desc_table: int
+    avail_ring: int
+    used_ring: int
+    ready: bool
+    next_avail: int
+    next_used: int
+    event_idx: bool
+    indirect: bool
+    in_order: bool
+    broken: bool
+    fault: Exception | None
+    chains_popped: int
+    #: The layout's vhost-user inflight tracker (pyvirtio.vhost_user.inflight) or None.
+    inflight: Any
+    #: Chains to pop again before the ring's own (the layout's form; see the tracker).
+    resubmit: list[Any]
+
+    def reset(self) -> None: ...
+    def set_size(self, size: int, /) -> None: ...
+    def set_addresses(self, desc_table: int, avail_ring: int, used_ring: int, /) -> None: ...
+    def set_features(self, event_idx: bool, indirect: bool, /) -> None: ...
+    def activate(self, mem: GuestMemory, /) -> None: ...
+    def set_base(self, base: int, /) -> None: ...
+    def sync_used_from_ring(self, mem: GuestMemory, /) -> None: ...
+    def clear_fault(self) -> None: ...
+    def has_available(self, mem: GuestMemory, /) -> bool: ...
+    def pop_descriptor_chain(self, mem: GuestMemory, /) -> DescriptorChain | None: ...
+    def pop_many(self, mem: GuestMemory, limit: int = ..., /) -> list[DescriptorChain]: ...
+    def pop_direct(self, mem: GuestMemory, limit: int, /) -> tuple[list[int], list[int], list[memoryview]]: ...
+    def add_used(self, mem: GuestMemory, head_index: int, length: int, /) -> None: ...
+    def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]], /) -> None: ...
+    def add_used_heads(self, mem: GuestMemory, heads: Sequence[int], length: int = ..., /) -> None: ...
+    def needs_notification(self, mem: GuestMemory, /) -> bool: ...
+    def disable_notification(self, mem: GuestMemory, /) -> None: ...
+    def enable_notification(self, mem: GuestMemory, /) -> bool: ...
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None], /) -> bool: ...
+    def in_flight(self) -> int: ...
 
 
 class DriverRingSide(RingSide):

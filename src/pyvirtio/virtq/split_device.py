@@ -51,6 +51,7 @@ class SplitDeviceQueue(DeviceRingSide):
     _used16: memoryview
     _used32: memoryview
 
+    packed = False
     #: VIRTIO_F_IN_ORDER negotiated (the device sets it once features are settled): only
     #: :meth:`add_used_heads` uses it, to return a batch with one used entry.
     in_order = False
