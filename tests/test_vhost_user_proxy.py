@@ -289,3 +289,19 @@ def main_exit(argv) -> int:
         main(argv)
     return exc.value.code
 
+
+
+def test_a_delayed_request_arrives_late_and_in_order(server, tmp_path):
+    backend = str(tmp_path / "rng.sock")
+    server.add(RngDevice(), socket_path=backend)
+    server.start()
+    proxy = Proxy(tmp_path, backend, rules=[parse_rule("delay", "GET_QUEUE_NUM:300")])
+    fe = TestFrontend.connect(proxy.path)
+    fe.negotiate()
+    start = time.monotonic()
+    assert fe.get_u64(R.GET_QUEUE_NUM) == 1
+    assert fe.get_u64(R.GET_MAX_MEM_SLOTS) > 0
+    assert time.monotonic() - start >= 0.3
+    fe.close()
+    proxy.stop()
+    assert any(line.endswith("[delay]") and "GET_QUEUE_NUM" in line for line in proxy.lines)
