@@ -19,7 +19,7 @@ from .interrupt import Interrupt
 from .spec.features import Feature
 from .spec.status import DeviceStatus
 from .transport import DriverTransport
-from .virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, notification
+from .virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, driver_queue, notification
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class DriverQueue:
         ind_area, self._ind_addr = None, None
         if indirect and max_indirect:
             self._ind_addr = ind_area = transport.alloc(queue_cls.indirect_area_size(size, max_indirect), 16)
-        self.vq = queue_cls(layout, index=index, event_idx=event_idx, in_order=in_order,
+        self.vq = driver_queue(layout, index=index, event_idx=event_idx, in_order=in_order,
                             indirect_area=ind_area, max_indirect=max_indirect if indirect else 0)
         self.vq.setup(mem)
         self.mem = mem

@@ -21,7 +21,7 @@ from .errors import VirtioError
 from .interrupt import Interrupt, InterruptHandler
 from .memory import GuestMemory, Region, _buffer_address
 from .transport import DriverTransport
-from .virtq.layout import SplitRingLayout
+from .virtq.kinds import RingLayout
 
 DEFAULT_MEMORY = 16 << 20
 
@@ -100,11 +100,11 @@ class LoopbackTransport(DriverTransport):
             return 0
         return self.device.queues[index].max_size
 
-    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+    def setup_queue(self, index: int, layout: RingLayout) -> None:
         with self.engine.hold():
             self._setup_queue(index, layout)
 
-    def _setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+    def _setup_queue(self, index: int, layout: RingLayout) -> None:
         queue = self.device.queues[index]
         to_uva = self.memory.gpa_to_uva
         to_gpa = self.device_memory.uva_to_gpa

@@ -13,7 +13,7 @@ from typing import Optional
 from .alloc import GuestAllocator
 from .interrupt import InterruptHandler
 from .memory import GuestMemory
-from .virtq.layout import SplitRingLayout
+from .virtq.kinds import RingLayout
 
 
 class DriverTransport(abc.ABC):
@@ -81,7 +81,7 @@ class DriverTransport(abc.ABC):
         """The largest size queue ``index`` takes; 0 if it does not exist."""
 
     @abc.abstractmethod
-    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+    def setup_queue(self, index: int, layout: RingLayout) -> None:
         """Tell the device where queue ``index`` lives and enable it."""
 
     def reset_queue(self, index: int) -> None:  # pragma: no cover - optional (RING_RESET)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from ..devices.rng import RngDevice
 from ..loopback import LoopbackTransport
 from ..virtq import (PackedDeviceQueue, PackedDriverQueue, PackedRingLayout, SplitDeviceQueue,
-                     SplitDriverQueue, SplitRingLayout)
+                     SplitDriverQueue, SplitRingLayout, driver_queue)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
         base = t.alloc(layout_cls.bytes_needed(size), 4096)
         layout = layout_cls.contiguous(base, size)
         ind = t.alloc(drv_cls.indirect_area_size(size, 8), 16) if indirect else None
-        drv = drv_cls(layout, event_idx=event_idx, indirect_area=ind, max_indirect=8 if indirect else 0)
+        drv = driver_queue(layout, event_idx=event_idx, indirect_area=ind, max_indirect=8 if indirect else 0)
         drv.setup(mem)
         dev = dev_cls(size)
         dev.set_features(event_idx, indirect)

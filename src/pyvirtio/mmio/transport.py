@@ -19,7 +19,7 @@ from ..errors import DeviceFault, Scope, UsageError, VirtioError
 from ..spec.features import Feature
 from ..spec.mmio import CONFIG_OFFSET, MAGIC_VALUE, VERSION, MmioInterrupt, MmioReg
 from ..virtq import notification
-from ..virtq.layout import SplitRingLayout
+from ..virtq.kinds import RingLayout
 from ..pci.platform import Platform, PlatformTransport, split_access
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class MmioTransport(PlatformTransport):
         self._set(MmioReg.QUEUE_SEL, index)
         return self._reg(MmioReg.QUEUE_SIZE_MAX)
 
-    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+    def setup_queue(self, index: int, layout: RingLayout) -> None:
         self._set(MmioReg.QUEUE_SEL, index)
         if self._reg(MmioReg.QUEUE_READY):
             raise DeviceFault(f"{self.describe()}: queue {index} is ready before it was set up (4.2.3.2)")

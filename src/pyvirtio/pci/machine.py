@@ -28,7 +28,7 @@ from ..device import VirtioDevice
 from ..errors import UsageError
 from ..memory import GuestMemory, Region
 from ..mmio.device import WINDOW_SIZE, VirtioMmioDevice
-from ..virtq.layout import SplitRingLayout
+from ..virtq.kinds import RingLayout
 from ..spec.pci import PCI_HEADER_TYPE_MULTI_FUNCTION, PciCfg
 from .config import BarKind, check_access
 from .function import VirtioPciFunction
@@ -246,7 +246,7 @@ class InProcessMachine:
 
     # --- memory coherence: one shared RAM, nothing to do ----------------------------------------
 
-    def ring_added(self, layout: SplitRingLayout) -> None:
+    def ring_added(self, layout: RingLayout) -> None:
         pass
 
     def buffer_allocated(self, addr: int, size: int) -> None:

@@ -24,7 +24,7 @@ from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
 from ..memory import GuestMemory
 from ..spec.features import Feature
 from ..transport import DriverTransport
-from ..virtq.layout import SplitRingLayout
+from ..virtq.kinds import RingLayout
 
 #: Longest single sleep while polling for an interrupt that cannot wake us (seconds).
 POLL_INTERVAL = 0.005
@@ -94,7 +94,7 @@ class Platform(Protocol):
     def wait_event(self, epoch: int, timeout: float) -> None:
         """Sleep until the epoch moves past ``epoch`` or ``timeout`` passes."""
 
-    def ring_added(self, layout: SplitRingLayout) -> None:
+    def ring_added(self, layout: RingLayout) -> None:
         """A driver handed the device a ring at ``layout`` (the qtest memory keeps it coherent)."""
 
     def buffer_allocated(self, addr: int, size: int) -> None: ...

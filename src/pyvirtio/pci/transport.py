@@ -32,7 +32,7 @@ from ..spec.pci import (MSIX_BIR_MASK, MSIX_ENTRY,
                         VIRTIO_PCI_NOTIFY_CAP_SIZE, CommonCfg, IsrStatus, MsixCap, PciCapId,
                         PciCapType, VirtioPciCap)
 from ..virtq import notification
-from ..virtq.layout import SplitRingLayout
+from ..virtq.kinds import RingLayout
 from .platform import Platform, PlatformTransport, split_access
 from .scan import Bar, PciFunction
 
@@ -275,7 +275,7 @@ class PciTransport(PlatformTransport):
         self._common_write(CommonCfg.QUEUE_SELECT, 2, index)
         return self._common_read(CommonCfg.QUEUE_SIZE, 2)
 
-    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+    def setup_queue(self, index: int, layout: RingLayout) -> None:
         self._common_write(CommonCfg.QUEUE_SELECT, 2, index)
         if self._common_read(CommonCfg.QUEUE_SIZE, 2) == 0:
             raise DeviceFault(f"{self.fn.address}: queue {index} does not exist (queue_size 0)")

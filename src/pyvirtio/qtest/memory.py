@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import bisect
 import re
-from typing import Iterable, Union
+from typing import Iterable
 
 from ..memory import GuestMemory, Region
 from ..spec import ring
-from ..virtq.layout import SplitRingLayout, used_ring_size
+from ..virtq.kinds import RingLayout
+from ..virtq.layout import used_ring_size
 from ..virtq.packed_driver import PackedRingLayout
 from .client import QtestClient
 
@@ -72,7 +73,7 @@ _FLAGS = 14  # offset of ``flags`` in a packed descriptor (2.8.13)
 class _Ring:
     """What the memory must know about one ring the driver handed to QEMU."""
 
-    def __init__(self, layout: Union[SplitRingLayout, PackedRingLayout]):
+    def __init__(self, layout: RingLayout):
         self.layout = layout
         self.packed = isinstance(layout, PackedRingLayout)
         lay = layout
@@ -169,7 +170,7 @@ class QtestMemory(GuestMemory):
         self._fresh.pop(addr, None)
         self._rings = [r for r in self._rings if r.layout.desc_table != addr]
 
-    def add_ring(self, layout: Union[SplitRingLayout, PackedRingLayout]) -> None:
+    def add_ring(self, layout: RingLayout) -> None:
         self._rings = [r for r in self._rings if r.layout.desc_table != layout.desc_table]
         self._rings.append(_Ring(layout))
 

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 from ..alloc import GuestAllocator
 from ..errors import UsageError
@@ -29,8 +29,7 @@ from ..pci.config import check_access
 from ..pci.scan import PciAddress
 from ..spec.mmio import MAGIC_VALUE
 from ..spec.pci import PciCfg, PciStatus
-from ..virtq.layout import SplitRingLayout
-from ..virtq.packed_driver import PackedRingLayout
+from ..virtq.kinds import RingLayout
 from .client import QtestClient
 from .memory import QtestMemory
 
@@ -204,7 +203,7 @@ class QtestPlatform:
 
     # --- memory coherence -----------------------------------------------------------------------
 
-    def ring_added(self, layout: Union[SplitRingLayout, PackedRingLayout]) -> None:
+    def ring_added(self, layout: RingLayout) -> None:
         self.memory.add_ring(layout)
 
     def buffer_allocated(self, addr: int, size: int) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..alloc import GuestAllocator
 from ..memory import GuestMemory
 from ..spec.features import Feature
-from ..virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout
+from ..virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, driver_queue
 from .backend import BackendConnection, Reply
 from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
 from .wire import (HEADER_SIZE, U64, ConfigSpace, Framer, Header, MemoryRegion, MemoryTable,
@@ -206,7 +206,7 @@ class TestFrontend:
         packed = bool(self.features & (1 << Feature.RING_PACKED))
         kind = (PackedRingLayout, PackedDriverQueue) if packed else (SplitRingLayout, SplitDriverQueue)
         layout = kind[0].contiguous(self.alloc.alloc(kind[0].bytes_needed(size), 4096), size)
-        queue = kind[1](layout, index=index, event_idx=event_idx)
+        queue = driver_queue(layout, index=index, event_idx=event_idx)
         queue.setup(self.memory)
         base = 0x8000_8000 if packed else 0
         uva = self.memory.gpa_to_uva

@@ -52,7 +52,7 @@ from ..memory import GuestMemory, Region, memfd_region
 from ..spec.status import DeviceStatus
 from ..spec.features import Feature
 from ..transport import DriverTransport
-from ..virtq.layout import SplitRingLayout
+from ..virtq.kinds import RingLayout
 from .client import DEFAULT_TIMEOUT, VhostUserClient
 from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, PROTOCOL_FEATURES_BIT
 from .frontend_errors import BackendError, ConfigReadFailed, RequestNacked
@@ -363,7 +363,7 @@ class VhostUserTransport(DriverTransport):
                 size //= 2
         return size
 
-    def setup_queue(self, index: int, layout: SplitRingLayout) -> None:
+    def setup_queue(self, index: int, layout: RingLayout) -> None:
         c = self.client
         self._send_memory_table()
         if index in self._rings:

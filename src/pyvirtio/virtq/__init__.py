@@ -7,6 +7,7 @@ Sans-I/O: every operation takes the guest memory as an argument and returns data
 from .base import DeviceQueue
 from .chain import DescriptorChain
 from .event import vring_need_event
+from .kinds import DriverRing, RingLayout, driver_queue
 from .layout import SplitRingLayout
 from .packed_device import PackedDeviceQueue
 from .packed_driver import PackedDriverQueue, PackedRingLayout
@@ -16,11 +17,14 @@ from .split_driver import SplitDriverQueue
 __all__ = [
     "DescriptorChain",
     "DeviceQueue",
+    "DriverRing",
     "PackedDeviceQueue",
     "PackedDriverQueue",
     "PackedRingLayout",
+    "RingLayout",
     "SplitDeviceQueue",
     "SplitDriverQueue",
     "SplitRingLayout",
+    "driver_queue",
     "vring_need_event",
 ]
