@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import bisect
 import threading
+from typing import Protocol
 
 from .errors import UsageError
+
+
+class Allocator(Protocol):
+    """What a transport allocates guest memory with: :class:`GuestAllocator` over one range, or
+    one per region (vhost-user's ``RegionAllocator``)."""
+
+    def alloc(self, size: int, align: int = 16) -> int: ...
+    def free(self, addr: int) -> None: ...
+
+    @property
+    def free_bytes(self) -> int: ...
 
 
 class GuestAllocator:

@@ -113,7 +113,8 @@ class LoopbackTransport(DriverTransport):
                             to_gpa(to_uva(layout.used_ring)))
         queue.activate(self.device_memory)
 
-    def notify(self, index: int) -> None:
+    def notify(self, index: int, position: Optional[int] = None) -> None:
+        # ``position`` never comes: this transport does not carry VIRTIO_F_NOTIFICATION_DATA.
         self.engine.kick(index)
 
     # interrupts

@@ -20,9 +20,12 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .errors import GuestMemoryError, UsageError
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 _U64_LIMIT = 1 << 64
 _U16 = struct.Struct("<H")
@@ -70,7 +73,7 @@ class GuestMemory:
     # --- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_buffers(cls, *layout: tuple[int, object]) -> "GuestMemory":
+    def from_buffers(cls, *layout: tuple[int, Buffer]) -> "GuestMemory":
         """Build from ``(gpa, buffer)`` pairs; each buffer must be writable (bytearray, mmap...)."""
         mem = cls()
         for gpa, buffer in layout:
@@ -208,7 +211,7 @@ class GuestMemory:
     def read(self, addr: int, length: int) -> bytes:
         return b"".join(bytes(v) for v in self.views(addr, length))
 
-    def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         pos = 0
         for v in self.views(addr, len(data)):
             v[:] = data[pos:pos + len(v)]
@@ -273,7 +276,7 @@ def release_region(region: Region) -> None:
         region.fd = -1
 
 
-def _buffer_address(buffer: object) -> int:
+def _buffer_address(buffer: Buffer) -> int:
     """The host virtual address of a writable buffer (what a vhost-user front-end sends)."""
     import ctypes
 

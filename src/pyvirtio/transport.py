@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from typing import Optional
 
-from .alloc import GuestAllocator
+from .alloc import Allocator
 from .interrupt import InterruptHandler
 from .memory import GuestMemory
 from .virtq.kinds import RingLayout
@@ -21,7 +21,7 @@ class DriverTransport(abc.ABC):
 
     #: The driver-side guest memory the rings and buffers live in.
     memory: GuestMemory
-    allocator: GuestAllocator
+    allocator: Allocator
     #: Reserved feature bits the transport itself carries, which drivers accept when the device
     #: offers them (PCI and MMIO: VIRTIO_F_NOTIFICATION_DATA, a notification with a position).
     transport_features: int = 0

@@ -86,7 +86,7 @@ def _probe() -> str | None:
     try:
         fd, _ = _setup(2)
     except OSError as e:
-        name = errno.errorcode.get(e.errno, str(e.errno))
+        name = errno.errorcode.get(e.errno or 0, str(e.errno))
         why = f"io_uring_setup: {name}"
         if disabled != "0":
             why += f" (disabled by sysctl kernel.io_uring_disabled={disabled})"
@@ -202,7 +202,7 @@ class IoUringEngine(AioEngine):
     def _slow_iovecs(self, slot: int, iovecs: list, writing: bool) -> int:
         """The iovec array for many, empty or read-only buffers (own buffer, copies)."""
         table = bytearray(max(1, len(iovecs)) * _IOV.size)
-        keep = [iovecs, table]
+        keep: list[object] = [iovecs, table]  # alive until the slot is reaped
         for i, view in enumerate(iovecs):
             view = memoryview(view)
             if view.readonly and view.nbytes:

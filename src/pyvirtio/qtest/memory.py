@@ -70,8 +70,15 @@ _JOIN_GAP = 64
 _FLAGS = 14  # offset of ``flags`` in a packed descriptor (2.8.13)
 
 
+Span = tuple[int, int]  # [lo, hi) guest-physical
+
+
 class _Ring:
     """What the memory must know about one ring the driver handed to QEMU."""
+
+    #: What the device writes (a view touching it syncs first) and what one acquire reads.
+    device_written: tuple[Span, ...]
+    acquire_spans: tuple[Span, ...]
 
     def __init__(self, layout: RingLayout):
         self.layout = layout
@@ -80,7 +87,6 @@ class _Ring:
         if self.packed:
             desc = (lay.desc_table, lay.desc_table + ring.PVIRTQ_DESC_SIZE * lay.size)
             device = (lay.used_ring, lay.used_ring + ring.PVIRTQ_EVENT_SUPPRESS.size)
-            #: What the device writes (a view touching it syncs first) and what one acquire reads.
             self.device_written = (desc, device)
             if 0 <= device[0] - desc[1] <= _JOIN_GAP:
                 self.acquire_spans = ((desc[0], device[1]),)
@@ -110,7 +116,8 @@ class _Ring:
         """The order to publish changed ``flags`` fields in: slots outside the run that starts at
         ``next_flags`` first (they make nothing available: a reset ring, a stray write), then
         that run backwards, so each chain's head goes after the rest of the chain."""
-        n, pos, run = self.layout.size, self.next_flags, []
+        n, pos = self.layout.size, self.next_flags
+        run: list[int] = []
         while pos in slots and len(run) < n:
             run.append(pos)
             pos = (pos + 1) % n
@@ -210,7 +217,8 @@ class QtestMemory(GuestMemory):
         """Split local ``runs`` into what may go first and what must go last, in order."""
         base = self._base
         idx_fields = [(lo - base, hi - base) for lo, hi in (r.avail_idx for r in self._rings if not r.packed)]
-        first, last = [], []
+        first: list[tuple[int, int]] = []
+        last: list[tuple[int, int]] = []
         for lo, hi in runs:
             (last if any(lo < fhi and flo < hi for flo, fhi in idx_fields) else first).append((lo, hi))
         for r in self._rings:
@@ -302,7 +310,7 @@ class QtestMemory(GuestMemory):
         self.acquire(addr, length)
         return b"".join(bytes(v) for v in super().views(addr, length))
 
-    def write(self, addr: int, data: bytes) -> None:
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
         pos = 0
         for v in super().views(addr, len(data)):  # local only: published at the next sync point
             v[:] = data[pos:pos + len(v)]

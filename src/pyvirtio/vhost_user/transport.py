@@ -171,11 +171,14 @@ class VhostUserTransport(DriverTransport):
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, timeout: float = DEFAULT_TIMEOUT,
                  protocol_features: int = DEFAULT_FRONTEND_PROTOCOL_FEATURES,
                  split_only: bool = False):
-        if (socket_path is None) == (client is None):
+        if socket_path is not None and client is None:
+            self.path = socket_path
+            self.client = VhostUserClient.connect(socket_path, timeout=timeout,
+                                                  protocol_features=protocol_features)
+        elif client is not None and socket_path is None:
+            self.path, self.client = client.name, client
+        else:
             raise UsageError("give exactly one of socket_path and client")
-        self.path = socket_path or client.name
-        self.client = client or VhostUserClient.connect(socket_path, timeout=timeout,
-                                                        protocol_features=protocol_features)
         self.conn = self.client.conn
         sizes = _region_sizes(memory_size, regions)
         try:
@@ -399,7 +402,8 @@ class VhostUserTransport(DriverTransport):
             self._poller = None
         return base
 
-    def notify(self, index: int) -> None:
+    def notify(self, index: int, position: Optional[int] = None) -> None:
+        # ``position`` never comes: this transport does not carry VIRTIO_F_NOTIFICATION_DATA.
         ring = self._rings.get(index)
         if ring is None:
             raise UsageError(f"queue {index} is not set up")
