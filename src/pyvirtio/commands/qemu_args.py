@@ -25,7 +25,7 @@ from ..spec.ids import DeviceType
 from .probe import add_socket_args, device_type_arg
 
 #: QEMU's vhost-user PCI device for each device type whose front-end is one ``-device``.
-QEMU_DEVICES = {
+QEMU_DEVICES: dict[int, str] = {
     DeviceType.BLOCK: "vhost-user-blk-pci",
     DeviceType.ENTROPY: "vhost-user-rng-pci",
     DeviceType.SCSI: "vhost-user-scsi-pci",

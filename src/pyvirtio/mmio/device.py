@@ -27,7 +27,7 @@ PYVIRTIO_VENDOR_ID = 0x54565950
 #: The window size the spec's device-tree example uses and QEMU maps (4.2.1).
 WINDOW_SIZE = 0x200
 
-_ADDRESS_REGS = {
+_ADDRESS_REGS: dict[int, tuple[str, bool]] = {
     MmioReg.QUEUE_DESC_LOW: ("desc", False), MmioReg.QUEUE_DESC_HIGH: ("desc", True),
     MmioReg.QUEUE_DRIVER_LOW: ("driver", False), MmioReg.QUEUE_DRIVER_HIGH: ("driver", True),
     MmioReg.QUEUE_DEVICE_LOW: ("device", False), MmioReg.QUEUE_DEVICE_HIGH: ("device", True),
@@ -81,7 +81,7 @@ class VirtioMmioDevice:
     def _read_reg(self, offset: int) -> int:
         r = self.regs
         q = r.selected
-        fixed = {
+        fixed: dict[int, int] = {
             MmioReg.MAGIC_VALUE: MAGIC_VALUE,
             MmioReg.VERSION: VERSION,
             MmioReg.DEVICE_ID: int(self.device.device_type),

@@ -166,12 +166,12 @@ class VirtioPciFunction:
         data = self.pci_cfg + VirtioPciCap.PCI_CFG_DATA
         self.space.on_read(data, 4, lambda o, s: self._pci_cfg_access(write=False))
         self.space.on_write(data, 4, lambda o, s: self._pci_cfg_access(write=True))
-        if self.msix:
-            body = (self.msix.nvectors - 1).to_bytes(2, "little") + (0 | MSIX_BAR).to_bytes(4, "little") \
+        if msix := self.msix:
+            body = (msix.nvectors - 1).to_bytes(2, "little") + (0 | MSIX_BAR).to_bytes(4, "little") \
                 + (self.pba_offset | MSIX_BAR).to_bytes(4, "little")
             self.msix_cap = self.space.add_capability(
                 PciCapId.MSIX, body, wmask=(MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL).to_bytes(2, "little"))
-            self.space.on_write(self.msix_cap + MsixCap.MESSAGE_CONTROL, 2, lambda o, s: self._msix_control())
+            self.space.on_write(self.msix_cap + MsixCap.MESSAGE_CONTROL, 2, lambda o, s: self._msix_control(msix))
 
     # --- configuration space --------------------------------------------------------------------
 
@@ -203,8 +203,8 @@ class VirtioPciFunction:
         else:
             self.space.put(data, length, self.bar_read(bar, offset, length))
 
-    def _msix_control(self) -> None:
-        self.msix.set_control(self.space.get(self.msix_cap + MsixCap.MESSAGE_CONTROL, 2))
+    def _msix_control(self, msix: MsixTable) -> None:
+        msix.set_control(self.space.get(self.msix_cap + MsixCap.MESSAGE_CONTROL, 2))
         self._update_intx()
 
     # --- BARs -----------------------------------------------------------------------------------
@@ -356,17 +356,18 @@ class VirtioPciFunction:
         return self.msix is not None and self.msix.enabled
 
     def _device_interrupt(self, info: Interrupt) -> None:
-        if info.config_changed:
+        msix = self.msix if self.msix_enabled else None
+        if info.queue is None:  # a config change
             self.isr |= IsrStatus.CONFIG  # set before sending the notification (4.1.4.5.1)
             vector = self.config_vector
         else:
             q = self.regs.queues[info.queue] if 0 <= info.queue < len(self.regs.queues) else None
             vector = q.vector if q is not None else VIRTIO_MSI_NO_VECTOR
-            if not self.msix_enabled:
+            if msix is None:
                 self.isr |= IsrStatus.QUEUE
-        if self.msix_enabled:
+        if msix is not None:
             if vector != VIRTIO_MSI_NO_VECTOR:
-                self.msix.notify(vector)
+                msix.notify(vector)
         else:
             self._update_intx()
 

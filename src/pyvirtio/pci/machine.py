@@ -193,10 +193,10 @@ class InProcessMachine:
             for index, bar in fn.bars.items():
                 if (bar.kind is BarKind.IO) != io:
                     continue
-                base = fn.header.bar_address(index)
-                if base is not None and base <= addr and addr + size <= base + bar.size:
+                bar_base = fn.header.bar_address(index)
+                if bar_base is not None and bar_base <= addr and addr + size <= bar_base + bar.size:
                     return (lambda o, s, i=index, f=fn: f.bar_read(i, o, s),
-                            lambda o, s, v, i=index, f=fn: f.bar_write(i, o, s, v), addr - base)
+                            lambda o, s, v, i=index, f=fn: f.bar_write(i, o, s, v), addr - bar_base)
         return None
 
     def mmio_read(self, addr: int, size: int) -> int:

@@ -220,6 +220,7 @@ class DeviceRegisters:
     def _check_position(self, index: int, position: int) -> None:
         """A position the ring does not bear out is the driver's fault: logged (rate-limited)
         and counted; the ring, not the hint, decides what is served."""
+        fault: Optional[VirtioError]
         try:
             fault = notification.check_position(self.device.queues[index], self.memory, position)
         except VirtioError as exc:  # the ring is outside guest memory: the queue finds out itself

@@ -33,7 +33,7 @@ from ..spec.pci import (MSIX_BIR_MASK, MSIX_ENTRY,
                         PciCapType, VirtioPciCap)
 from ..virtq import notification
 from ..virtq.kinds import RingLayout
-from .platform import Platform, PlatformTransport, split_access
+from .platform import IrqLine, MsiController, Platform, PlatformTransport, split_access
 from .scan import Bar, PciFunction
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,10 @@ class Structure:
         return self.bar.address + self.offset
 
 
-_MIN_LENGTH = {PciCapType.COMMON_CFG: COMMON_MIN_LENGTH, PciCapType.NOTIFY_CFG: 2,
-               PciCapType.ISR_CFG: 1, PciCapType.DEVICE_CFG: 0}
-_ALIGN = {PciCapType.COMMON_CFG: 4, PciCapType.NOTIFY_CFG: 2, PciCapType.ISR_CFG: 1,
-          PciCapType.DEVICE_CFG: 4}
+_MIN_LENGTH: dict[int, int] = {PciCapType.COMMON_CFG: COMMON_MIN_LENGTH, PciCapType.NOTIFY_CFG: 2,
+                               PciCapType.ISR_CFG: 1, PciCapType.DEVICE_CFG: 0}
+_ALIGN: dict[int, int] = {PciCapType.COMMON_CFG: 4, PciCapType.NOTIFY_CFG: 2, PciCapType.ISR_CFG: 1,
+                          PciCapType.DEVICE_CFG: 4}
 _REQUIRED = (PciCapType.COMMON_CFG, PciCapType.NOTIFY_CFG, PciCapType.ISR_CFG)
 
 
@@ -101,15 +101,22 @@ class PciTransport(PlatformTransport):
         self.isr = self.structures[PciCapType.ISR_CFG]
         self.device_cfg = self.structures.get(PciCapType.DEVICE_CFG)
         self.msix = self._find_msix()
-        self.mode = "msix" if self.msix and self.msix[2] >= 2 and platform.msi is not None \
-            and interrupts != "intx" else "intx"
+        msi = platform.msi
+        #: MSI-X in use: the capability and the platform's MSI controller; None: INTx.
+        self._msix_in_use = (self.msix, msi) if self.msix and self.msix[2] >= 2 and msi is not None \
+            and interrupts != "intx" else None
         if interrupts == "msix" and self.mode != "msix":
             raise UsageError(f"{fn.address}: MSI-X requested but not available")
         self._messages: list[tuple[int, int]] = []  # (address, data) per vector, kept across resets
         self._vector_queues: dict[int, set[int]] = {}
         self._notify_addr: dict[int, int] = {}
-        self._line = None
+        self._line: Optional[IrqLine] = None
         self._negotiated = 0
+
+    @property
+    def mode(self) -> str:
+        """How interrupts arrive: ``"msix"`` or ``"intx"``."""
+        return "intx" if self._msix_in_use is None else "msix"
 
     # --- identity -------------------------------------------------------------------------------
 
@@ -198,10 +205,10 @@ class PciTransport(PlatformTransport):
         else:
             self.platform.mmio_write(s.address + offset, size, value)
 
-    def _common_read(self, field: CommonCfg, size: int) -> int:
+    def _common_read(self, field: int, size: int) -> int:
         return self._read(self.common, field, size)
 
-    def _common_write(self, field: CommonCfg, size: int, value: int) -> None:
+    def _common_write(self, field: int, size: int, value: int) -> None:
         self._write(self.common, field, size, value)
 
     def _write64(self, field: CommonCfg, value: int) -> None:
@@ -333,19 +340,19 @@ class PciTransport(PlatformTransport):
 
     def set_interrupt_handler(self, handler) -> None:
         super().set_interrupt_handler(handler)
-        if self.mode == "msix":
-            self._setup_msix()
+        if self._msix_in_use is not None:
+            self._setup_msix(*self._msix_in_use)
         if self.mode == "intx":
             self._setup_intx()
 
-    def _setup_msix(self) -> None:
+    def _setup_msix(self, msix: tuple[Structure, int, int], msi: MsiController) -> None:
         """Enable MSI-X (masked while the table is written), one vector for configuration changes
         and one per queue as far as the table reaches; queues share vectors beyond that."""
-        table, control, nvec = self.msix
+        table, control, nvec = msix
         want = min(nvec, 1 + max(1, self.num_queues()))
         while len(self._messages) < want:
             vector = len(self._messages)
-            self._messages.append(self.platform.msi.allocate(functools.partial(self._on_vector, vector)))
+            self._messages.append(msi.allocate(functools.partial(self._on_vector, vector)))
         ctrl = self._cfg(control, 2)
         write = functools.partial(self.platform.pci_config_write, self.fn.address, control, 2)
         write(ctrl | MSIX_FLAGS_ENABLE | MSIX_FLAGS_MASKALL)
@@ -358,7 +365,7 @@ class PciTransport(PlatformTransport):
         if self._common_read(CommonCfg.CONFIG_MSIX_VECTOR, 2) != 0:  # mapping failed (4.1.5.1.2)
             log.warning("%s: device refused MSI-X vector 0; using INTx", self.fn.address)
             write(ctrl & ~MSIX_FLAGS_ENABLE)
-            self.mode = "intx"
+            self._msix_in_use = None
 
     def _map_queue_vector(self, index: int) -> None:
         vector = 1 + index % (len(self._messages) - 1)
@@ -387,8 +394,8 @@ class PciTransport(PlatformTransport):
             self._deliver_queues()
 
     def _service(self) -> None:
-        if self.mode == "msix":
-            self.platform.msi.poll()
+        if self._msix_in_use is not None:
+            self._msix_in_use[1].poll()
         elif self._line is None or self._line.level():
             self._service_intx()
 

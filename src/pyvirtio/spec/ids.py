@@ -145,7 +145,7 @@ PCI_TRANSITIONAL_DEVICE_ID_MIN = 0x1000
 PCI_TRANSITIONAL_DEVICE_ID_MAX = 0x103F
 
 #: Transitional PCI device IDs, the table in 4.1.2.1.
-TRANSITIONAL_PCI_DEVICE_IDS: dict[DeviceType, int] = {
+TRANSITIONAL_PCI_DEVICE_IDS: dict[int, int] = {
     DeviceType.NET: 0x1000,
     DeviceType.BLOCK: 0x1001,
     DeviceType.BALLOON_TRADITIONAL: 0x1002,
@@ -182,7 +182,7 @@ PCI_CLASS_OTHERS = 0x00FF00
 PCI_CLASS_CODE_DEFAULT = PCI_CLASS_OTHERS
 
 #: Conventional PCI class code per device type (QEMU's choices; not spec).
-PCI_CLASS_CODES: dict[DeviceType, int] = {
+PCI_CLASS_CODES: dict[int, int] = {
     DeviceType.NET: PCI_CLASS_NETWORK_ETHERNET,
     DeviceType.BLOCK: PCI_CLASS_STORAGE_SCSI,
     DeviceType.SCSI: PCI_CLASS_STORAGE_SCSI,

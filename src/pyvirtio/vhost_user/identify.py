@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Optional
 
 from ..spec import blk as spec_blk
@@ -61,7 +62,7 @@ DEFAULT_QUEUES: dict[int, int] = {
 }
 
 #: Device-specific feature names per type (bit number → enum class).
-FEATURE_ENUMS = {
+FEATURE_ENUMS: dict[int, type[IntEnum]] = {
     T.BLOCK: spec_blk.BlkFeature, T.NET: spec_net.NetFeature, T.CONSOLE: spec_console.ConsoleFeature,
     T.FS: spec_fs.FsFeature, T.SCSI: spec_scsi.ScsiFeature, T.VSOCK: spec_vsock.VsockFeature,
     T.GPIO: spec_gpio.GpioFeature,
@@ -214,7 +215,7 @@ def decode_config(device_type: Optional[int], data: bytes, features: Optional[in
     """The config bytes as named fields of the type's layout.  Fields past ``data`` are left
     out, and so are fields whose feature is not in ``features`` (when given)."""
     layout = CONFIG_LAYOUTS.get(device_type) if device_type is not None else None
-    if layout is None or not data:
+    if layout is None or device_type is None or not data:
         return {}
     padded = data[:layout.struct.size].ljust(layout.struct.size, b"\0")
     values = dict(zip(layout.fields, layout.struct.unpack(padded)))
