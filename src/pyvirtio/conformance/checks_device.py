@@ -174,7 +174,7 @@ def _unoffered_bit(s: Session) -> int:
 def _reset_device(ctx: Context) -> str:
     with ctx.session() as s:
         need(s, PF.RESET_DEVICE)
-        need_workload(s)
+        workload = need_workload(s)
         s.start()
         s.submit(2)
         complete(s, 2)
@@ -183,7 +183,7 @@ def _reset_device(ctx: Context) -> str:
             ring.close()
         s.rings.clear()
         s.negotiate()
-        for index in s.workload.rings:
+        for index in workload.rings:
             s.setup_ring(index)
         s.driver_ok()
         s.submit(1)
@@ -254,10 +254,13 @@ def _bad_ring(ctx: Context) -> str:
     with ctx.session() as s:
         need(s, PF.REPLY_ACK)
         need(s, PF.MQ)
+        queue_num = s.conn.queue_num  # the handshake asked GET_QUEUE_NUM (MQ is negotiated)
+        if queue_num is None:
+            raise Skip("the back-end did not answer GET_QUEUE_NUM")
         # QEMU reads a net back-end's GET_QUEUE_NUM as queue *pairs* (two rings each).
-        index = s.conn.queue_num * (2 if s.device_type == DeviceType.NET else 1)
+        index = queue_num * (2 if s.device_type == DeviceType.NET else 1)
         if index > 255:
-            raise Skip(f"every ring index 0-255 is in range ({s.conn.queue_num} queues)")
+            raise Skip(f"every ring index 0-255 is in range ({queue_num} queues)")
         try:
             s.client.set_vring_num(index, 64)
             raise Fail(f"SET_VRING_NUM on ring {index} of {s.conn.queue_num} acknowledged with 0")

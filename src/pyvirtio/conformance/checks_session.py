@@ -24,11 +24,11 @@ from .session import VERSION_1, Session
        "a QEMU-style initialisation brings the device up and a request completes")
 def _init_sequence(ctx: Context) -> str:
     with ctx.session() as s:
-        need_workload(s)
+        workload = need_workload(s)
         s.start()
         s.submit(1)
         complete(s)
-        return f"{s.workload.describe} completed"
+        return f"{workload.describe} completed"
 
 
 @check("reply.header", "MUST", 'vu "Header"',
@@ -237,11 +237,11 @@ def _no_protocol_bit(ctx: Context) -> str:
        "a kick that arrives while the ring is disabled is not lost once it is enabled")
 def _kick_before_enable(ctx: Context) -> str:
     with ctx.session() as s:
-        need_workload(s)
+        workload = need_workload(s)
         if not s.conn.offers_protocol_features:
             raise Skip("VHOST_USER_F_PROTOCOL_FEATURES not offered (rings start enabled)")
         s.start(enable=False)
-        q = s.workload.queue
+        q = workload.queue
         s.submit(1)
         early = s.wait(1, timeout=QUIET_PERIOD)
         for index in s.rings:
@@ -256,12 +256,12 @@ def _kick_before_enable(ctx: Context) -> str:
        "GET_VRING_BASE stops the ring and answers the next avail index (5 after 5 requests)")
 def _base_after_traffic(ctx: Context) -> str:
     with ctx.session() as s:
-        need_workload(s)
+        workload = need_workload(s)
         s.start()
         for _ in range(5):
             s.submit(1)
             complete(s)
-        base = s.stop_ring(s.workload.queue)
+        base = s.stop_ring(workload.queue)
         expect(base == 5, f"GET_VRING_BASE answered {base}, not 5")
         return "answered 5"
 
@@ -270,11 +270,11 @@ def _base_after_traffic(ctx: Context) -> str:
        "with every ring stopped, the back-end neither writes guest memory nor signals")
 def _suspended(ctx: Context) -> str:
     with ctx.session() as s:
-        need_workload(s)
+        workload = need_workload(s)
         s.start()
         s.submit(1)
         complete(s)
-        q = s.workload.queue
+        q = workload.queue
         ring = s.rings[q]
         call = os.dup(ring.call)  # keep watching the eventfd the back-end was given
         try:
@@ -297,9 +297,9 @@ def _suspended(ctx: Context) -> str:
        "a ring stopped at N and restarted with SET_VRING_BASE N carries on where it stopped")
 def _base_resume(ctx: Context) -> str:
     with ctx.session() as s:
-        need_workload(s)
+        workload = need_workload(s)
         s.start()
-        q = s.workload.queue
+        q = workload.queue
         s.submit(3)
         complete(s, 3)
         base = s.stop_ring(q)
@@ -316,11 +316,11 @@ def _base_resume(ctx: Context) -> str:
        "a ring started at base 65533 processes requests across the 16-bit index wrap")
 def _base_wrap(ctx: Context) -> str:
     with ctx.session() as s:
-        need_workload(s)
+        workload = need_workload(s)
         s.negotiate()
         s.send_memory()
-        q = s.workload.queue
-        for index in s.workload.rings:
+        q = workload.queue
+        for index in workload.rings:
             s.setup_ring(index, base=65533 if index == q else 0)
         s.driver_ok()
         s.submit(6)

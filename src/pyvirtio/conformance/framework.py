@@ -19,7 +19,7 @@ from ..vhost_user.frontend_errors import BackendError, BackendUnreachable
 from ..vhost_user.identify import infer_device_type, type_name
 from ..vhost_user.protocol import VERSION, HeaderFlag, ProtocolFeature as PF
 from ..vhost_user.transport import probe_config_size
-from .session import Session
+from .session import Session, Workload
 
 log = logging.getLogger("pyvirtio.conformance")
 
@@ -115,9 +115,11 @@ class Context:
         s.device_type = self.device_type
 
 
-def need_workload(s: Session) -> None:
+def need_workload(s: Session) -> Workload:
+    """The session's workload; Skip when no request is known for its device type."""
     if s.workload is None:
         raise Skip(f"no request is known for device type {type_name(s.device_type)}")
+    return s.workload
 
 
 def need(s: Session, bit: PF) -> None:
@@ -127,7 +129,8 @@ def need(s: Session, bit: PF) -> None:
 
 def complete(s: Session, count: int = 1, index: Optional[int] = None, what: str = "") -> None:
     got = s.wait(count, index)
-    expect(got == count, f"{what or s.workload.describe}: {got} of {count} requests completed "
+    what = what or (s.workload.describe if s.workload else "requests")
+    expect(got == count, f"{what}: {got} of {count} requests completed "
                          f"within {s.timeout}s")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..alloc import GuestAllocator
+from ..errors import UsageError
 from ..spec import blk as spec_blk
 from ..spec.features import Feature
 from ..spec.ids import DeviceType
@@ -119,6 +120,11 @@ class Session:
     def workload(self) -> Optional[Workload]:
         return WORKLOADS.get(self.device_type) if self.device_type else None
 
+    def _known_workload(self) -> Workload:
+        if self.workload is None:
+            raise UsageError(f"no request is known for device type {self.device_type}: give index")
+        return self.workload
+
     def alloc(self, size: int, align: int = 16, region: Optional[int] = None) -> int:
         return self.allocators[self.buffer_region if region is None else region].alloc(size, align)
 
@@ -206,9 +212,10 @@ class Session:
     # --- traffic -------------------------------------------------------------------------------
 
     def submit(self, count: int = 1, index: Optional[int] = None, *, kick: bool = True) -> TestRing:
-        ring = self.rings[self.workload.queue if index is None else index]
+        workload = self._known_workload()
+        ring = self.rings[workload.queue if index is None else index]
         for _ in range(count):
-            out_bufs, in_bufs = self.workload.build(self)
+            out_bufs, in_bufs = workload.build(self)
             ring.tokens += 1
             ring.vq.add(self.memory, out_bufs, in_bufs, ring.tokens)
         if kick and ring.vq.kick_prepare(self.memory) and ring.kick >= 0:
@@ -220,7 +227,7 @@ class Session:
 
     def wait(self, count: int, index: Optional[int] = None, timeout: Optional[float] = None) -> int:
         """Collect used buffers until ``count`` more came back or ``timeout``; returns how many."""
-        ring = self.rings[self.workload.queue if index is None else index]
+        ring = self.rings[self._known_workload().queue if index is None else index]
         target = ring.completed + count
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
