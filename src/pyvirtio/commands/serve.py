@@ -174,6 +174,10 @@ def _common(p) -> None:
                         "only this user may connect)")
     p.add_argument("--fd", type=int, metavar="FDNUM",
                    help="use this inherited socket (listening, or one connected front-end)")
+    p.add_argument("--connect", action="store_true",
+                   help="client mode: connect to a front-end that listens on --socket-path (DPDK "
+                        "virtio-user server=1, QEMU -chardev socket,server=on) instead of "
+                        "listening, and connect again whenever it goes away")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the back-end's capabilities as JSON and exit")
     p.add_argument("--split-only", action="store_true",
@@ -205,6 +209,8 @@ def run(args) -> int:
     if (args.socket_path is None) == (args.fd is None):
         raise CliUsageError("give exactly one of --socket-path=PATH and --fd=FDNUM "
                             "(or start it from a systemd .socket unit)")
+    if args.connect and args.socket_path is None:
+        raise CliUsageError("--connect needs --socket-path=PATH (the front-end's socket)")
     from ..sockets import SocketInUse
     from ..vhost_user.server import VhostUserServer, inherited_socket, is_listening
     try:
@@ -220,6 +226,9 @@ def run(args) -> int:
                 sock = inherited_socket(args.fd)
                 listening_on = sock.getsockname() if is_listening(sock) else None
                 endpoint = server.add(device, sock=sock)
+            elif args.connect:
+                listening_on = None
+                endpoint = server.add(device, socket_path=args.socket_path, connect=True)
             else:
                 listening_on = args.socket_path
                 endpoint = server.add(device, socket_path=args.socket_path,
@@ -233,6 +242,8 @@ def run(args) -> int:
         except OSError as exc:
             raise CliError(f"{args.socket_path}: {exc.strerror or exc}") from None
         where = args.socket_path or f"inherited fd {args.fd}" + (" (systemd)" if activated else "")
+        if args.connect:
+            where = f"{args.socket_path} (client mode: connecting to the front-end)"
         io = getattr(device, "io_mode", "")
         print(f"pyvirtio serve: {kind.describe(args)}{f' ({io})' if io else ''} on {where}",
               file=sys.stderr, flush=True)

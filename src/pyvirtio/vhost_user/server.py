@@ -18,6 +18,11 @@ disabled is not lost.
 When a front-end hangs up the rings are stopped (workers joined), the memory is unmapped, every fd
 is closed, the device is reset, and the endpoint accepts the next front-end — a rebooting guest or
 a restarted QEMU finds the daemon waiting.
+
+Client mode (``add(..., connect=True)``, ``pyvirtio serve --connect``): for front-ends that listen
+(DPDK virtio-user ``server=1``, QEMU ``-chardev socket,server=on``) the daemon connects to the
+socket instead, and when the front-end goes away (or is not there yet) connects again, with a
+back-off from CONNECT_RETRY_MIN to CONNECT_RETRY_MAX seconds between attempts.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import signal
 import socket
 import stat
 import threading
+import time
 from typing import Iterable
 
 from ..device import VirtioDevice
@@ -48,6 +54,9 @@ log = logging.getLogger("pyvirtio.vhost_user")
 #: fds accepted in one recvmsg; more are cut by the kernel (MSG_CTRUNC) and the message refused.
 _CMSG_FDS = 4 * MAX_FDS
 _SEND_TIMEOUT = 5.0
+#: Client mode: the first retry after a failed connect or a hang-up, and the longest back-off.
+CONNECT_RETRY_MIN = 0.05
+CONNECT_RETRY_MAX = 2.0
 
 
 # --- listening sockets -------------------------------------------------------------------------
@@ -184,10 +193,11 @@ def _signal(fd: int) -> None:
 
 
 class Endpoint:
-    """A device served on one listening socket (or one inherited connected socket)."""
+    """A device served on one listening socket, one inherited connected socket, or (client mode,
+    ``connect_to``) the front-end's listening socket, connected to again whenever it is gone."""
 
-    def __init__(self, device: VirtioDevice, sock: socket.socket, *, name: str,
-                 path: str | None = None, options: dict | None = None):
+    def __init__(self, device: VirtioDevice, sock: socket.socket | None, *, name: str,
+                 path: str | None = None, options: dict | None = None, connect_to: str | None = None):
         self.device = device
         self.name = name
         self.path = path  # a socket file we created (unlinked at shutdown if still ours)
@@ -196,7 +206,14 @@ class Endpoint:
         self.session: Session | None = None
         self.connections = 0  # front-ends served so far
         self.listening = False  # the listener is registered with the loop
-        if is_listening(sock):
+        self.connect_to = connect_to  # client mode: the front-end's socket
+        self.retry_at = 0.0  # client mode: when to try connecting next (monotonic)
+        self.retry_delay = CONNECT_RETRY_MIN
+        self.waiting_logged = False  # "waiting for the front-end" said once per absence
+        if sock is None:  # client mode
+            self.listener: socket.socket | None = None
+            self._connected: socket.socket | None = None
+        elif is_listening(sock):
             self.listener: socket.socket | None = sock
             sock.setblocking(False)
             self._connected = None
@@ -206,7 +223,8 @@ class Endpoint:
 
     @property
     def done(self) -> bool:
-        return self.listener is None and self.session is None and self._connected is None
+        return (self.connect_to is None and self.listener is None and self.session is None
+                and self._connected is None)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -228,12 +246,21 @@ class VhostUserServer:
 
     def add(self, device: VirtioDevice, *, socket_path: str | None = None,
             sock: socket.socket | None = None, name: str | None = None,
-            socket_mode: int = DEFAULT_SOCKET_MODE, **options) -> Endpoint:
+            socket_mode: int = DEFAULT_SOCKET_MODE, connect: bool = False, **options) -> Endpoint:
         """Serve ``device`` on ``socket_path`` (created with permissions ``socket_mode``, without
-        a race; a stale socket is replaced, a live one refused) or on an already made ``sock``.
-        ``options`` go to BackendConnection (protocol_features …)."""
+        a race; a stale socket is replaced, a live one refused) or on an already made ``sock``;
+        with ``connect``, connect to the front-end listening on ``socket_path`` (again after
+        every hang-up).  ``options`` go to BackendConnection (protocol_features …)."""
         if (socket_path is None) == (sock is None):
             raise UsageError("give exactly one of socket_path and sock")
+        if connect:
+            if socket_path is None:
+                raise UsageError("client mode connects to a socket_path")
+            ep = Endpoint(device, None, name=name or socket_path, options=options,
+                          connect_to=socket_path)
+            self.endpoints.append(ep)
+            self._connect(ep)
+            return ep
         path = None
         if sock is None:
             sock = bind_unix(socket_path, mode=socket_mode)
@@ -275,7 +302,7 @@ class VhostUserServer:
         self.running.set()
         try:
             while not self._stopping and not all(ep.done for ep in self.endpoints):
-                for key, _ in self.selector.select():
+                for key, _ in self.selector.select(self._connect_due()):
                     kind, obj = key.data
                     if kind == "wake":
                         _drain_eventfd(self._wake_fd)
@@ -309,6 +336,41 @@ class VhostUserServer:
         self.selector.close()
         self.running.clear()
 
+    def _connect_due(self) -> float | None:
+        """Client mode: connect the endpoints whose retry time came; seconds until the next one
+        (None: nothing to wait for)."""
+        now, wait = time.monotonic(), None
+        for ep in self.endpoints:
+            if ep.connect_to is None or ep.session is not None or self._stopping:
+                continue
+            if ep.retry_at <= now:
+                self._connect(ep)
+            if ep.session is None:
+                left = max(0.0, ep.retry_at - now)
+                wait = left if wait is None else min(wait, left)
+        return wait
+
+    def _connect(self, ep: Endpoint) -> None:
+        """One connect attempt to a listening front-end; on failure, the next one is scheduled
+        (the delay doubles up to CONNECT_RETRY_MAX)."""
+        assert ep.connect_to is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)  # a full backlog is EAGAIN, not a wait
+            sock.connect(ep.connect_to)
+        except OSError as exc:
+            sock.close()
+            if not ep.waiting_logged:
+                log.info("%s: no front-end listening yet (%s); connecting again until one is",
+                         ep.name, exc.strerror or exc)
+                ep.waiting_logged = True
+            ep.retry_at = time.monotonic() + ep.retry_delay
+            ep.retry_delay = min(ep.retry_delay * 2, CONNECT_RETRY_MAX)
+            return
+        ep.waiting_logged = False
+        ep.retry_delay = CONNECT_RETRY_MIN
+        self._open_session(ep, sock)
+
     def _accept(self, ep: Endpoint) -> None:
         try:
             sock, _ = ep.listener.accept()
@@ -336,6 +398,8 @@ class VhostUserServer:
         ep.session = None
         if not self._stopping:
             self._listen(ep, True)
+            if ep.connect_to is not None:  # client mode: the front-end may come back
+                ep.retry_at = time.monotonic() + ep.retry_delay
 
     def _listen(self, ep: Endpoint, on: bool) -> None:
         if ep.listener is None or ep.listening == on:

@@ -1,0 +1,138 @@
+"""Client mode (``pyvirtio serve --connect``): the daemon connects to a front-end that listens
+(DPDK virtio-user ``server=1``, QEMU ``server=on``), waits for it when it is not there yet, and
+connects again after it goes away."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pyvirtio.bench.peers import run_virtio_user_txonly
+from pyvirtio.cli import main
+from pyvirtio.devices.rng import RngDevice
+from pyvirtio.testing.env import require
+from pyvirtio.vhost_user.server import VhostUserServer
+
+pytestmark = pytest.mark.timeout(120)
+GET_FEATURES, VERSION, REPLY = 1, 0x1, 0x4
+TESTPMD = "dpdk-testpmd"
+
+
+def listener(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(1)
+    sock.settimeout(10)
+    return sock
+
+
+def get_features(conn: socket.socket) -> int:
+    conn.sendall(struct.pack("<III", GET_FEATURES, VERSION, 0))
+    reply = b""
+    while len(reply) < 20:
+        chunk = conn.recv(20 - len(reply))
+        assert chunk, "the daemon hung up"
+        reply += chunk
+    request, flags, size, features = struct.unpack("<IIIQ", reply)
+    assert (request, flags & REPLY, size) == (GET_FEATURES, REPLY, 8)
+    return features
+
+
+@pytest.fixture
+def client_daemon(tmp_path):
+    """An in-process daemon serving an entropy device in client mode on tmp_path/fe.sock."""
+    path = str(tmp_path / "fe.sock")
+    server = VhostUserServer()
+    endpoint = server.add(RngDevice(), socket_path=path, connect=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield path, endpoint
+    server.shutdown()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_waits_for_the_front_end_then_connects_again_after_each_hang_up(client_daemon):
+    path, endpoint = client_daemon
+    time.sleep(0.3)  # the daemon is already trying: nothing listens yet
+    assert endpoint.session is None and endpoint.connections == 0
+    fe = listener(path)
+    try:
+        for round_ in range(3):  # a front-end that restarts: the daemon comes back each time
+            conn, _ = fe.accept()
+            with conn:
+                assert get_features(conn) & (1 << 32)  # VIRTIO_F_VERSION_1
+            deadline = time.monotonic() + 5
+            while endpoint.connections < round_ + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert endpoint.connections == round_ + 1
+    finally:
+        fe.close()
+
+
+def test_front_end_that_goes_away_for_a_while(client_daemon):
+    path, endpoint = client_daemon
+    fe = listener(path)
+    conn, _ = fe.accept()
+    with conn:
+        get_features(conn)
+    fe.close()
+    os.unlink(path)  # gone: the daemon retries with a back-off, quietly
+    time.sleep(1.0)
+    assert endpoint.session is None
+    fe = listener(path)
+    try:
+        conn, _ = fe.accept()  # back within the longest back-off
+        with conn:
+            get_features(conn)
+        assert endpoint.connections == 2
+    finally:
+        fe.close()
+
+
+def test_cli_connect_needs_a_socket_path(capsys):
+    assert main(["serve", "rng", "--fd=3", "--connect"]) == 2
+    assert "--connect needs --socket-path" in capsys.readouterr().err
+
+
+def test_dpdk_virtio_user_server_mode_restarts(tmp_path):
+    """testpmd listens (virtio-user server=1); `serve net --null --connect` connects, frames flow;
+    testpmd is stopped and started again; the daemon connects again and frames flow again."""
+    require(shutil.which(TESTPMD) is not None, f"{TESTPMD} (Debian: dpdk-dev)")
+    sock = str(tmp_path / "vu.sock")
+    log = tmp_path / "serve.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "pyvirtio.cli", "-v", "serve", "net", "--null",
+                                 f"--socket-path={sock}", "--connect"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        outputs = []
+        for run in range(2):
+            outputs.append(run_virtio_user_txonly(sock, prefix=f"pvconn-{os.getpid()}-{run}",
+                                                  seconds=6.0, vdev_opts="server=1"))
+            deadline = time.monotonic() + 10
+            while log.read_text().count("requests served") < run + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if os.path.exists(sock):
+                os.unlink(sock)  # testpmd may leave its socket file behind
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    text = log.read_text()
+    served = [int(m) for m in re.findall(r"requests served: ring 0: \d+, ring 1: (\d+)", text)]
+    print("tx chains per testpmd run:", served)
+    assert len(served) >= 2 and all(n > 1000 for n in served[:2]), text[-3000:]
+    for out in outputs:
+        pps = [int(x) for x in re.findall(r"Tx-pps:\s+(\d+)", out)]
+        assert pps and max(pps) > 0, out[-3000:]
