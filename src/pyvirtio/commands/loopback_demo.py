@@ -5,13 +5,20 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from typing import TypeVar
 
 from ..bus import Bus
+from ..cli import CliError
 from ..devices.blk import BlkDevice
 from ..devices.rng import RngDevice
+from ..driver import VirtioDriver
 from ..drivers import ALL_DRIVERS
+from ..drivers.blk import BlkDriver
+from ..drivers.rng import RngDriver
 from ..loopback import LoopbackTransport
 from ..spec.ids import DeviceType
+
+D = TypeVar("D", bound=VirtioDriver)
 
 
 def register(sub) -> None:
@@ -20,6 +27,14 @@ def register(sub) -> None:
                                    "on a loopback bus, bind the drivers by device ID, and exercise them.")
     p.add_argument("--image", help="block image to use (default: a fresh 64 MiB sparse file, deleted after)")
     p.set_defaults(func=run)
+
+
+def _bound(bus: Bus, device_type: int, cls: type[D]) -> D:
+    """The first driver of class ``cls`` bound to a device of ``device_type``."""
+    found = [d for d in bus.find(device_type) if isinstance(d, cls)]
+    if not found:
+        raise CliError(f"no {cls.__name__} is bound to a device of type {device_type}")
+    return found[0]
 
 
 def run(args) -> int:
@@ -34,10 +49,10 @@ def run(args) -> int:
         for b in bus.probe():
             state = f"bound to {type(b.driver).__name__}" if b.driver else f"not bound: {b.error}"
             print(f"bus: {b.transport.describe():28} type {b.device_type:2} ({b.type_name}) {state}")
-        rng = bus.find(DeviceType.ENTROPY)[0]
+        rng = _bound(bus, DeviceType.ENTROPY, RngDriver)
         sample = rng.read(32)
         print(f"rng: 32 bytes from the entropy device: {sample.hex()}")
-        disk = bus.find(DeviceType.BLOCK)[0]
+        disk = _bound(bus, DeviceType.BLOCK, BlkDriver)
         print(f"blk: id {disk.get_id()!r}, {disk.capacity} sectors ({disk.capacity * 512 >> 20} MiB), "
               f"{len(disk.queues)} queues, writeback={disk.writeback}")
         payload = rng.read(1 << 20)
@@ -53,6 +68,7 @@ def run(args) -> int:
         zeroed = disk.read(2048, 4096) == bytes(4096)
         print(f"blk: discarded 1 MiB: reads back as zeros: {zeroed}")
         for b in bus.bindings:
-            b.driver.remove()
+            if b.driver is not None:
+                b.driver.remove()
             b.transport.close()
         return 0 if same and zeroed else 1

@@ -439,10 +439,11 @@ class ConsoleDriver(VirtioDriver):
 
     def _discard_inbox(self, port: PortState) -> None:
         q = self._q.get(spec.receiveq_index(port.id))
+        if q is None:  # the port's receiveq was never set up: nothing came in
+            return
         while port.inbox:
             q.submit_buffers([], port.inbox.popleft()[0].in_bufs, kick=False)
-        if q is not None:
-            q.kick()
+        q.kick()
 
     def _take(self, port: PortState, n: int) -> bytes:
         q = self._q[spec.receiveq_index(port.id)]
@@ -483,7 +484,7 @@ class ConsoleDriver(VirtioDriver):
         return port.removed or port.host_connected or port.console
 
 
-_DEVICE_EVENTS = {
+_DEVICE_EVENTS: dict[int, Callable[[ConsoleDriver, PortState, int, bytes], None]] = {
     _E.DEVICE_REMOVE: ConsoleDriver._ctl_remove,
     _E.CONSOLE_PORT: ConsoleDriver._ctl_console,
     _E.RESIZE: ConsoleDriver._ctl_resize,

@@ -212,8 +212,8 @@ class NetDriver(VirtioDriver):
             for callback in list(self.on_link):
                 callback(link)
         if self.announce_requested:
-            for callback in list(self.on_announce):
-                callback()
+            for announce in list(self.on_announce):
+                announce()
 
     def wait_link(self, up: bool, timeout: float = 5.0) -> bool:
         """Block until the link is ``up`` (or not); False on timeout."""
