@@ -307,3 +307,30 @@ def test_a_guest_repeating_bad_console_messages_cannot_flood_the_log(caplog):
     drv.remove()
     t.close()
     dev.close()
+
+
+def test_a_guest_breaking_its_ring_again_and_again_cannot_flood_the_log(caplog, monkeypatch):
+    """A guest that breaks a ring, has it restarted, and breaks it again: each break is one
+    line, through the connection's PeerLog."""
+    from pyvirtio.devices.rng import RngDevice
+    from pyvirtio.errors import DriverFault
+    from pyvirtio.vhost_user.backend import BackendConnection
+    from pyvirtio.vhost_user.testing import TestFrontend
+    dev = RngDevice()
+    conn = BackendConnection(dev, name="breaker")
+    fe = TestFrontend.pair(conn)
+    fe.start(queues=1, size=16)
+
+    def broken(mem, queue):
+        raise DriverFault("descriptor loops")
+
+    monkeypatch.setattr(dev, "process_queue", broken)
+    conn.log._clock = lambda: 0.0  # one second that never ends
+    with caplog.at_level(logging.ERROR, "pyvirtio.vhost_user"):
+        for _ in range(3 * LOG_LINES_PER_SECOND):
+            notify, fault = conn.process_ring(0)
+            assert fault and not notify
+    lines = [r for r in caplog.records if "broken by the driver" in r.getMessage()]
+    assert len(lines) == LOG_LINES_PER_SECOND
+    assert conn.log.suppressed == 2 * LOG_LINES_PER_SECOND
+    fe.close()

@@ -321,7 +321,7 @@ class BackendConnection:
                     self._bind(ring)
                 except E.BadRingAddress as exc:
                     ring.mapped = False
-                    log.warning("%s: ring %d paused: %s", self.name, ring.index, exc)
+                    self.log.warning("%s: ring %d paused: %s", self.name, ring.index, exc)
 
     def _start(self, ring: Vring) -> None:
         if ring.addr is None:
@@ -420,7 +420,7 @@ class BackendConnection:
             return notify, None
         except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
             ring.fault = str(exc)
-            log.error("%s: ring %d broken by the driver: %s (ring %s; last messages: %s)", self.name,
+            self.log.error("%s: ring %d broken by the driver: %s (ring %s; last messages: %s)", self.name,
                       index, exc, ring.describe(), ", ".join(self.history))
             return False, ring.fault
         finally:
@@ -440,7 +440,7 @@ class BackendConnection:
         try:
             notify = self.device.host_ready(self.memory, group, events)
         except (DriverFault, GuestMemoryError, QueueBroken) as exc:
-            log.error("%s: queue group %d broken by the driver: %s", self.name, group, exc)
+            self.log.error("%s: queue group %d broken by the driver: %s", self.name, group, exc)
             self.device.needs_reset(exc)
             return set()
         return {i for i in notify if 0 <= i < len(self.vrings) and self.vrings[i].started}
