@@ -188,7 +188,7 @@ class ConsoleDevice(VirtioDevice):
     def _emergency(self, byte: int) -> None:
         port = self.ports.get(0)
         if port is None or not port.endpoint.connected:
-            log.info("console emergency write %r with no console attached", chr(byte))
+            self.guest_log.info("console emergency write %r with no console attached", chr(byte))
             return
         if len(port.emerg) >= EMERG_BUFFER:
             port.stats["emerg_dropped"] += 1
