@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar, Iterable, Optional, Sequence
+from typing import Any, ClassVar, Iterable, Optional, Self, Sequence
 
 from .errors import (ConfigGenerationError, DeviceFault, FeatureNegotiationError, QueueFull,
                      UsageError, VirtioError)
@@ -191,7 +191,7 @@ class VirtioDriver:
     # --- initialisation (3.1.1) -----------------------------------------------------------------
 
     @classmethod
-    def probe(cls, transport: DriverTransport, **kwargs) -> "VirtioDriver":
+    def probe(cls, transport: DriverTransport, **kwargs) -> Self:
         """Bind to the device behind ``transport`` and bring it to DRIVER_OK."""
         if not cls.matches(transport.device_type):
             raise UsageError(f"{cls.__name__} does not drive device type {transport.device_type}")

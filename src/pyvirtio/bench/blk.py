@@ -43,7 +43,7 @@ import struct
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from ..drivers.blk import BlkDriver
 from ..errors import DeviceFault, RequestError, UsageError
@@ -336,7 +336,7 @@ class _Bench:
             return self.table[self.pos % len(self.table)]
         return self.pos % self.blocks
 
-    def touched_blocks(self) -> list[int]:
+    def touched_blocks(self) -> Sequence[int]:
         """The blocks the timed phase can touch: the sequential range, or the random table's."""
         blocks = sorted(set(self.table)) if self.random else range(self.blocks)
         if self.cfg.size is None and len(blocks) * self.cfg.bs > STAMP_LIMIT:
@@ -367,6 +367,9 @@ class _Bench:
 
     def sweep(self, blocks, *, reading: bool) -> None:
         """Write the stamp of (or read back and check) every block of ``blocks``, at depth."""
+        stamp = self.stamp
+        if stamp is None:
+            raise UsageError("sweep: no stamps (the benchmark runs without --verify)")
         saved = self.lat, self.kicks, self.wakeups, self.checking
         self.checking, self.lat = reading, array("q")
         it = iter(blocks)
@@ -380,7 +383,7 @@ class _Bench:
                     if block is None:
                         more = False
                         break
-                    self._add(q, q.free.pop(), block, reading, 0)
+                    self._add(q, q.free.pop(), block, reading, 0, stamp)
                 self._kick(q)
             if not self._harvest():
                 if not any(q.inflight for q in self.queues):
@@ -391,14 +394,14 @@ class _Bench:
                 slot.use(not self.writing)
         self.lat, self.kicks, self.wakeups, self.checking = saved
 
-    def _add(self, q: _Queue, slot: _Slot, block: int, reading: bool, now: int) -> None:
+    def _add(self, q: _Queue, slot: _Slot, block: int, reading: bool, now: int, stamp: Stamp) -> None:
         if reading != slot.reading:
             slot.use(reading)
         slot.block = block
         if reading:
-            self.stamp.poison(slot.data, block)
+            stamp.poison(slot.data, block)
         else:
-            self.stamp.fill(slot.data, block)
+            stamp.fill(slot.data, block)
         _HDR.pack_into(slot.hdr, 0, spec.BlkReqType.IN if reading else spec.BlkReqType.OUT, 0,
                        block * self.per_block)
         slot.t0 = now
@@ -463,7 +466,7 @@ class _Bench:
 
     def _harvest(self) -> int:
         mem, lat, clock = self.mem, self.lat, time.perf_counter_ns
-        check = self.stamp.check if self.checking else None
+        check = self.stamp.check if self.checking and self.stamp is not None else None
         n = 0
         for q in self.queues:
             get_buf = q.vq.get_buf
@@ -474,6 +477,7 @@ class _Bench:
                                           slot.block if self.stamp is not None else None)
                 if check is not None:
                     if not check(slot.data, slot.block):
+                        assert self.stamp is not None  # check is self.stamp.check
                         raise self.stamp.mismatch(slot.data, slot.block)
                     self.verified += 1
                 lat.append(clock() - slot.t0)
