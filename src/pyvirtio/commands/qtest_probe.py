@@ -18,6 +18,7 @@ from typing import Callable
 
 from ..bus import Binding, Bus
 from ..drivers import ALL_DRIVERS
+from ..pci.transport import PciTransport
 from ..spec.features import Feature
 from ..spec.ids import DeviceType
 
@@ -100,7 +101,7 @@ def _probe_row(binding: Binding) -> dict:
     row = {"transport": t.describe(), "device_type": binding.device_type, "type": binding.type_name,
            "driver": type(binding.driver).__name__ if binding.driver else None,
            "smoke": None, "ok": False}
-    if hasattr(t, "fn"):
+    if isinstance(t, PciTransport):
         row["pci_id"] = f"{t.fn.vendor_id:04x}:{t.fn.device_id:04x}"
         row["interrupts"] = t.mode
     if binding.error is not None:

@@ -65,9 +65,14 @@ class MsiController(Protocol):
 
 
 class Platform(Protocol):
-    memory: GuestMemory
-    allocator: GuestAllocator
-    msi: Optional[MsiController]
+    # read-only to transports: a platform may hold a subclass (QtestMemory, QtestMsi)
+    @property
+    def memory(self) -> GuestMemory: ...
+    @property
+    def allocator(self) -> GuestAllocator: ...
+    @property
+    def msi(self) -> Optional[MsiController]: ...
+
     #: Where to put unassigned memory and I/O BARs: ``(start, end)``.
     mmio_window: tuple[int, int]
     io_window: tuple[int, int]

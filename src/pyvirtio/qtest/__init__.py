@@ -56,7 +56,7 @@ class QemuMachine:
         self.qemu.start()
         try:
             intercept = "ioapic" if self.kind == "microvm" else None
-            self.platform = QtestPlatform(self.qemu.client, mmio_window=Q35_MMIO_WINDOW, intercept=intercept)
+            self.platform = QtestPlatform(self.client, mmio_window=Q35_MMIO_WINDOW, intercept=intercept)
         except BaseException:
             self.qemu.close()
             raise
@@ -64,6 +64,8 @@ class QemuMachine:
 
     @property
     def client(self) -> QtestClient:
+        if self.qemu.client is None:
+            raise QemuStartError("QEMU is not started")
         return self.qemu.client
 
     def discover(self) -> Discovered:
@@ -73,14 +75,14 @@ class QemuMachine:
         found = Discovered()
         if self.kind == "microvm":
             layout = microvm_layout(self.machine)
-            scan = discover_mmio(self.platform, microvm_windows(self.client, **layout),
+            mmio = discover_mmio(self.platform, microvm_windows(self.client, **layout),
                                  split_only=self.split_only)
-            found.transports.extend(scan.transports)
-            found.rejected.extend((str(w), e) for w, e in scan.rejected)
+            found.transports.extend(mmio.transports)
+            found.rejected.extend((str(w), e) for w, e in mmio.rejected)
         else:
-            scan = scan_pci(self.platform, interrupts=self.interrupts, split_only=self.split_only)
-            found.transports.extend(scan.transports)
-            found.rejected.extend((str(a), e) for a, e in scan.rejected)
+            pci = scan_pci(self.platform, interrupts=self.interrupts, split_only=self.split_only)
+            found.transports.extend(pci.transports)
+            found.rejected.extend((str(a), e) for a, e in pci.rejected)
         return found
 
     def close(self) -> None:

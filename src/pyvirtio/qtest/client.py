@@ -30,7 +30,7 @@ class QtestClient:
         self.sock = sock
         self.timeout = timeout
         self._parser = p.QtestParser()
-        self._pending: list[p.Event] = []
+        self._pending: list[p.Reply] = []  # IRQ events are absorbed, not queued
         self._lock = threading.RLock()
         self.irq_levels: dict[int, bool] = {}
         self.irq_epoch = 0

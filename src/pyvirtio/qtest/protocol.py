@@ -51,7 +51,7 @@ class QtestParser:
 
     def feed(self, data: bytes) -> list[Event]:
         self._buf += data
-        events = []
+        events: list[Event] = []
         while True:
             nl = self._buf.find(b"\n")
             if nl < 0:

@@ -111,10 +111,10 @@ class QemuQtest:
     def start(self) -> "QemuQtest":
         if shutil.which(self.qemu) is None:
             raise QemuStartError(f"{self.qemu} not found")
-        self._tmp = tempfile.mkdtemp(prefix="pyvirtio-qtest-")
-        sock_path = os.path.join(self._tmp, "qtest.sock")
-        write_halt_bios(os.path.join(self._tmp, "halt.bin"))
-        with open(self.log_path, "wb") as log:
+        tmp = self._tmp = tempfile.mkdtemp(prefix="pyvirtio-qtest-")
+        sock_path = os.path.join(tmp, "qtest.sock")
+        write_halt_bios(os.path.join(tmp, "halt.bin"))
+        with open(os.path.join(tmp, "qemu.log"), "wb") as log:  # log_path
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
         deadline = time.monotonic() + self.startup_timeout
@@ -147,10 +147,13 @@ class QemuQtest:
         return self
 
     def log_tail(self, limit: int = 2000) -> str:
+        log_path = self.log_path
+        if log_path is None:  # not started
+            return ""
         try:
-            with open(self.log_path, "rb") as f:
+            with open(log_path, "rb") as f:
                 return f.read()[-limit:].decode(errors="replace").strip()
-        except (OSError, TypeError):
+        except OSError:
             return ""
 
     def close(self) -> None:
