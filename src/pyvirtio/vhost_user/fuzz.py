@@ -428,9 +428,12 @@ def _name(request: int) -> str:
 
 
 def minimise(steps: list[Step], fails: Callable[[list[Step]], bool], budget: int = 64) -> list[Step]:
-    """A smaller list of steps for which ``fails`` still holds: the shortest failing prefix
-    (binary search), then each step left out in turn from the end.  At most ``budget`` runs."""
-    runs = 0
+    """A smaller list of steps for which ``fails`` still holds: the last step alone (one bad
+    message is the common case), else the shortest failing prefix (binary search), then each
+    step left out in turn from the end.  At most ``budget`` runs."""
+    runs = 1
+    if len(steps) > 1 and fails(steps[-1:]):
+        return steps[-1:]
     lo, hi = 0, len(steps)  # steps[:hi] fails
     while lo + 1 < hi and runs < budget:
         mid = (lo + hi) // 2

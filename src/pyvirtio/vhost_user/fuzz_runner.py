@@ -23,6 +23,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -35,6 +36,8 @@ from .wire import U64, Framer, encode
 
 log = logging.getLogger("pyvirtio.vhost_user.fuzz")
 
+#: Earlier cases tried when a crash does not repeat on a fresh target.
+HISTORY = 4
 #: Replies longer than this break framing (no vhost-user reply comes near it).
 MAX_REPLY_PAYLOAD = 1 << 16
 
@@ -334,28 +337,41 @@ def fuzz(target: Target, *, seconds: float, seed: int, bound: float = 2.0,
     target.ensure_up()
     info = query_target(target, bound)
     seen: set[tuple] = set()
+    history: deque[Case] = deque(maxlen=HISTORY)  # cases the running target has seen
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and len(report.findings) < max_findings:
         rng = random.Random(f"{seed}:{report.cases}")
         case = Case(generate(rng, info), seed, report.cases)
         report.cases += 1
+        starts = target.starts
         try:
             case.finding = run_and_judge(target, case.steps, bound)
         except (TargetDown, OSError) as exc:
             report.stopped_early = str(exc)
             break
+        if target.starts != starts:
+            history.clear()  # a new process: what the old one saw does not matter
         if on_case:
             on_case(case)
         if case.finding is None:
+            history.append(case)
             continue
         key = _signature(case)
         if key in seen:
             continue
-        seen.add(key)
-        _minimise(target, case, bound, deadline + 0.5 * seconds)
-        if _signature(case) != key and _signature(case) in seen:
+        # each finding gets at most a quarter of the run (and the run half its time again)
+        until = min(deadline + 0.5 * seconds, time.monotonic() + max(3.0, 0.25 * seconds))
+        _minimise(target, case, bound, until)
+        if not case.finding.confirmed and case.finding.kind == "crash":
+            case = _blame_earlier(target, case, history, bound, until)
+        history.clear()
+        if not case.finding.confirmed:  # say so, but let a confirmed one of its kind come
+            key = ("unconfirmed", case.finding.kind)
+            if key in seen:
+                continue
+        elif _signature(case) in seen:
             continue  # minimised, it is one already reported
-        seen.add(_signature(case))
+        seen.update({key, _signature(case)} if case.finding.confirmed else {key})
         report.findings.append(case)
         if on_finding:
             on_finding(case)
@@ -364,6 +380,21 @@ def fuzz(target: Target, *, seconds: float, seed: int, bound: float = 2.0,
             break
     report.restarts = max(0, target.starts - 1)
     return report
+
+
+def _blame_earlier(target: Target, case: Case, history: deque, bound: float, until: float) -> Case:
+    """A crash that a fresh target does not repeat was often set up by an earlier case (a
+    write out of bounds that did not fault at once): the latest earlier case that crashes a
+    fresh target alone becomes the finding."""
+    for earlier in reversed(history):
+        if time.monotonic() > until:
+            break
+        trial = Case(list(earlier.steps), earlier.seed, earlier.number,
+                     Finding("crash", case.finding.detail, len(earlier.steps) - 1))
+        _minimise(target, trial, bound, until)
+        if trial.finding.confirmed:
+            return trial
+    return case
 
 
 def _signature(case: Case) -> tuple:
@@ -380,19 +411,22 @@ def _minimise(target: Target, case: Case, bound: float, deadline: float) -> None
         original.confirmed = False
         return
 
-    def fails(steps: list[Step]) -> bool:
-        for _ in range(2):  # a crash can depend on the heap's layout: one more try
-            if time.monotonic() > deadline:
+    def fails(steps: list[Step], *, confirming: bool = False) -> bool:
+        """Confirming: it fails in one of two runs (a crash can depend on the heap's layout).
+        Minimising: it fails twice in a row, so that a smaller case is no less reliable."""
+        for _ in range(2):
+            if time.monotonic() > deadline and not confirming:
                 return False
             try:
                 target.stop()  # a fresh target (a no-op unless we started it)
-                if original.same_as(run_and_judge(target, steps, bound)):
-                    return True
+                failed = original.same_as(run_and_judge(target, steps, bound))
             except (TargetDown, OSError):
                 return False
-        return False
+            if failed == confirming:
+                return confirming
+        return not confirming
 
-    if not fails(case.steps):
+    if not fails(case.steps, confirming=True):  # whatever the time: an unconfirmed crash misleads
         original.confirmed = False
         return
     budget = 8 if original.kind == "hang" else 64
