@@ -41,6 +41,8 @@ class SocketChannel:
     def __init__(self, path: str | None = None, *, sock: socket.socket | None = None,
                  timeout: float = 10.0, connect_timeout: float = 10.0):
         if sock is None:
+            if path is None:
+                raise FrontendError("give the socket path or a connected socket")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             deadline = time.monotonic() + connect_timeout
             while True:
@@ -163,12 +165,19 @@ class TestFrontend:
             return reply
         return None
 
+    def answer(self, req: int, payload: bytes = b"", fds=(), *, need_reply: bool = False) -> Message:
+        """Send a request that must be answered (GET_*, or REPLY_ACK asked); its reply."""
+        reply = self.request(req, payload, fds, need_reply=need_reply)
+        if reply is None:
+            raise FrontendError(f"{FrontendReq(req).name}: no reply is due (REPLY_ACK not negotiated?)")
+        return reply
+
     def ack(self, req: int, payload: bytes = b"", fds=()) -> int:
         """Send with NEED_REPLY (REPLY_ACK must be negotiated); the u64 status (0 = success)."""
-        return U64.unpack(self.request(req, payload, fds, need_reply=True).payload).value
+        return U64.unpack(self.answer(req, payload, fds, need_reply=True).payload).value
 
     def get_u64(self, req: int) -> int:
-        return U64.unpack(self.request(req).payload).value
+        return U64.unpack(self.answer(req).payload).value
 
     # --- set-up, as QEMU does it ----------------------------------------------------------------
 
@@ -236,10 +245,10 @@ class TestFrontend:
         return features
 
     def get_vring_base(self, index: int) -> int:
-        return VringState.unpack(self.request(R.GET_VRING_BASE, VringState(index, 0).pack()).payload).num
+        return VringState.unpack(self.answer(R.GET_VRING_BASE, VringState(index, 0).pack()).payload).num
 
     def get_config(self, offset: int, size: int) -> bytes:
-        reply = self.request(R.GET_CONFIG, ConfigSpace(offset, size, 0, bytes(size)).pack())
+        reply = self.answer(R.GET_CONFIG, ConfigSpace(offset, size, 0, bytes(size)).pack())
         return ConfigSpace.unpack(reply.payload).data if reply.payload else b""
 
     # --- using a ring ---------------------------------------------------------------------------
@@ -257,7 +266,8 @@ class TestFrontend:
 
     def wait_used(self, index: int, count: int = 1, timeout: float = 10.0) -> list[tuple[object, int]]:
         """Wait (polling the used ring) until ``count`` chains came back; return them."""
-        q, got = self.rings[index].queue, []
+        q = self.rings[index].queue
+        got: list[tuple[object, int]] = []
         deadline = time.monotonic() + timeout
         while len(got) < count:
             got += q.get_bufs(self.memory)

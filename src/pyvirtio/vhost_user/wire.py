@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..spec import vhost_user as _spec
 from .errors import BadPayloadSize, FramingError
@@ -35,7 +35,7 @@ class Header:
         return HEADER.pack(self.request, self.flags, self.size)
 
     @classmethod
-    def unpack(cls, data: bytes | memoryview) -> "Header":
+    def unpack(cls, data: bytes | bytearray | memoryview) -> "Header":
         return cls(*HEADER.unpack_from(data))
 
     @property
@@ -87,6 +87,7 @@ def encode_reply(request: int, payload: bytes = b"") -> bytes:
 
 class _Payload:
     STRUCT: ClassVar[struct.Struct]
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every payload is a dataclass (for fields())
 
     def pack(self) -> bytes:
         return self.STRUCT.pack(*(getattr(self, f.name) for f in fields(self)))
