@@ -190,7 +190,7 @@ def _value(name: str, value) -> str:
     return str(value)
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:g} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -11,7 +11,7 @@ import argparse
 import statistics
 import sys
 
-from .errors import GuestError
+from .errors import GuestBootError, GuestError
 from .kernel import prepare_kernel
 from .qemu import boot_guest
 
@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, image in images.items():
                 runs = [boot_guest(kernel, "true", kernel=image, qemu_args=qemu_args)
                         for _ in range(args.rounds)]
-                to_init = [r.boot_time for r in runs]
+                to_init = [r.boot_time for r in runs if r.boot_time is not None]
+                if len(to_init) < len(runs):
+                    raise GuestBootError(f"{name}: a guest ended without reaching /init")
                 total = [r.duration for r in runs]
                 print(f"{name:8} to /init: median {statistics.median(to_init):.2f} s "
                       f"(min {min(to_init):.2f}); whole run: median "

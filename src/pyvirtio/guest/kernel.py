@@ -301,5 +301,5 @@ def prepare_kernel(cache_dir: str | os.PathLike | None = None,
     # as fast.  A small margin keeps one noisy measurement from switching images.
     use_elf = pvh_ok and times["pvh"] <= times["bzimage"] * PVH_MARGIN
     return dataclasses.replace(bundle, elf=elf if pvh_ok else None,
-                               boot_image=elf if use_elf else vmlinuz,
+                               boot_image=elf if use_elf and elf else vmlinuz,
                                boot_times=dict(times))

@@ -106,14 +106,14 @@ class GuestProcess:
         self.insmod_failures: list[str] = []
         self.timed_out = False
         self._stderr = bytearray()
-        self._own_log = None
-        self._log = None
+        self._own_log: IO | None = None
+        self._log: IO | None = None
         if console_log is not None:
-            if hasattr(console_log, "write"):
-                self._log = console_log
-            else:
+            if isinstance(console_log, (str, os.PathLike)):
                 self._own_log = self._log = open(console_log, "w", encoding="utf-8",
                                                  errors="replace")
+            else:
+                self._log = console_log
         self._echo = echo
         self.start_time = time.monotonic()
         self.end_time: float | None = None
@@ -139,6 +139,7 @@ class GuestProcess:
 
     # -- readers
     def _read_serial(self) -> None:
+        assert self.popen.stdout is not None  # stdout=PIPE
         fd = self.popen.stdout.fileno()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         while True:
@@ -193,6 +194,7 @@ class GuestProcess:
             self._grace.start()
 
     def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None  # stderr=PIPE
         fd = self.popen.stderr.fileno()
         while True:
             try:
@@ -251,7 +253,8 @@ class GuestProcess:
         previous match; return the match.  On timeout the guest is killed and
         :class:`GuestTimeout` raised; if the guest ends first, :class:`GuestBootError`."""
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
-        end = None if self._remaining(timeout) is None else time.monotonic() + self._remaining(timeout)
+        remaining = self._remaining(timeout)
+        end = None if remaining is None else time.monotonic() + remaining
         with self._cond:
             while True:
                 while self._expect_pos < len(self._lines):
@@ -276,7 +279,8 @@ class GuestProcess:
     def iter_lines(self, timeout: float | None = None) -> Iterator[str]:
         """Yield the script's lines as they come, until the guest ends."""
         pos = 0
-        end = None if self._remaining(timeout) is None else time.monotonic() + self._remaining(timeout)
+        remaining = self._remaining(timeout)
+        end = None if remaining is None else time.monotonic() + remaining
         while True:
             with self._cond:
                 while pos >= len(self._lines) and self._reader.is_alive():
