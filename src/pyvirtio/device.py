@@ -123,7 +123,8 @@ class VirtioDevice:
         # The device owns its queue objects; the ring layout the driver chose decides their class
         # (a queue already of that class is kept: it may be running, e.g. a vhost-user front-end
         # repeating SET_FEATURES).
-        cls: type[SplitDeviceQueue | PackedDeviceQueue] = PackedDeviceQueue if self.has_feature(Feature.RING_PACKED) else SplitDeviceQueue
+        packed = self.has_feature(Feature.RING_PACKED)
+        cls: type[SplitDeviceQueue | PackedDeviceQueue] = PackedDeviceQueue if packed else SplitDeviceQueue
         if any(type(q) is not cls for q in self.queues):
             self.queues = [q if type(q) is cls else cls(q.max_size, index=q.index)
                            for q in self.queues]

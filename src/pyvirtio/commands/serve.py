@@ -35,12 +35,15 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..cli import CliError, CliUsageError, Parser
 from ..errors import UsageError
 from . import systemd
 from .values import socket_path
+
+if TYPE_CHECKING:
+    from ..device import VirtioDevice
 
 log = logging.getLogger("pyvirtio.serve")
 
@@ -51,7 +54,7 @@ class BackendType:
 
     json_type: str
     features: tuple[str, ...]
-    build: Callable[[argparse.Namespace], object]
+    build: Callable[[argparse.Namespace], VirtioDevice]
     describe: Callable[[argparse.Namespace], str]
 
     def capabilities(self) -> dict:
