@@ -37,6 +37,7 @@ class Peer:
     process: subprocess.Popen
     log_path: str
     extra_cleanup: list = field(default_factory=list)
+    kind: str = ""  # the device it serves (blk, rng, net …) when known
 
     def log(self) -> str:
         try:
@@ -127,8 +128,10 @@ def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optio
         blockdev = f"driver=null-co,node-name=f0,size={null_size}"
     export = (f"type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={socket_path},"
               f"writable={'on' if writable else 'off'}" + (f",num-queues={num_queues}" if num_queues > 1 else ""))
-    return _start("qemu-storage-daemon", [QSD, "--blockdev", blockdev, "--export", export],
+    peer = _start("qemu-storage-daemon", [QSD, "--blockdev", blockdev, "--export", export],
                   socket_path, timeout)
+    peer.kind = "blk"
+    return peer
 
 
 def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = None,
@@ -147,7 +150,9 @@ def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = Non
         if not os.path.isfile(os.path.join(src, "pyvirtio", "cli.py")):
             raise PeerFailed(f"pyvirtio serve {kind}: {src} holds no pyvirtio package")
         env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
-    return _start(f"pyvirtio serve {kind}", argv, socket_path, timeout, env=env)
+    peer = _start(f"pyvirtio serve {kind}", argv, socket_path, timeout, env=env)
+    peer.kind = kind
+    return peer
 
 
 def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txpkts: int = 64,
