@@ -30,7 +30,6 @@ NOT_YET = (
     "src/pyvirtio/engine.py",
     "src/pyvirtio/devices/blk.py",
     "src/pyvirtio/devices/blk_io.py",
-    "src/pyvirtio/pytest_plugin.py",
 )
 
 _ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+: error: ", re.M)

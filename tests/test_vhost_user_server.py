@@ -274,16 +274,22 @@ VHOST_USER_TYPES = {"9p", "balloon", "block", "caif", "console", "crypto", "gpu"
                     "rng", "rpmsg", "rproc-serial", "scsi", "vsock", "fs"}
 
 
-@pytest.mark.parametrize("backend,filename", [("blk", "50-pyvirtio-blk.json"), ("rng", "50-pyvirtio-rng.json")])
-def test_shipped_json_descriptions_match_the_program(backend, filename):
-    from importlib.resources import files
-    desc = json.loads((files("pyvirtio") / "data" / filename).read_text())
+@pytest.mark.parametrize("backend", ["blk", "rng", "net", "console"])
+def test_installed_json_descriptions_match_the_program(backend, tmp_path):
+    from pyvirtio.commands.descriptors import install
+    written = {p.name: p for p in install(tmp_path)}
+    desc = json.loads(written[f"50-pyvirtio-{backend}.json"].read_text())
     assert set(desc) <= {"description", "type", "binary", "tags"}
     assert {"description", "type", "binary"} <= set(desc)
     assert desc["type"] in VHOST_USER_TYPES and os.path.isabs(desc["binary"])
+    assert os.access(desc["binary"], os.X_OK)  # the installed entry point, not a guess
     assert all(isinstance(t, str) for t in desc.get("tags", []))
     caps = json.loads(run_serve(backend, "--print-capabilities").stdout)
     assert caps["type"] == desc["type"]
+    # the binary is the program: it answers --print-capabilities the same way
+    run = subprocess.run([desc["binary"], "--print-capabilities"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and json.loads(run.stdout)["type"] == desc["type"]
 
 
 def test_entry_points_run_serve(capsys):

@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.loopback_demo",
     "pyvirtio.commands.serve",
     "pyvirtio.commands.qemu_args",
+    "pyvirtio.commands.descriptors",
     "pyvirtio.commands.demo",
     "pyvirtio.commands.bench",
     "pyvirtio.commands.probe",

@@ -197,7 +197,7 @@ def pyvirtio_guest(pyvirtio_kernel, tmp_path) -> Any:
                 channel.connect(channel_path)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline or not process.running:
+                if time.monotonic() > deadline or not process.running():
                     channel.close()
                     process.close()
                     raise RuntimeError(f"the guest did not start: {process.output[-2000:]}")

@@ -20,10 +20,10 @@ lock protocol, see :mod:`pyvirtio.devices.blk_image`), an empty or non-raw image
 path a live back-end listens on (a stale socket file is replaced).  When a front-end hangs up it
 waits for the next one.
 
-Management software finds the program through the JSON files in ``pyvirtio/data``
-(``50-pyvirtio-blk.json``, ``50-pyvirtio-rng.json``, see docs/interop/vhost-user.json); their
-``binary`` names the ``pyvirtio-vhost-user-blk`` / ``-rng`` entry points (:func:`main_blk`,
-:func:`main_rng`), which packagers install and point ``binary`` at.
+Management software finds the program through the JSON descriptions of QEMU's
+docs/interop/vhost-user.json, which ``pyvirtio descriptors install`` writes (:mod:`.descriptors`);
+their ``binary`` is the absolute path of the installed ``pyvirtio-vhost-user-blk`` / ``-net`` /
+``-rng`` / ``-console`` entry point (:func:`main_blk` …).
 """
 
 from __future__ import annotations
@@ -279,15 +279,20 @@ def _main(backend: str, argv: list[str] | None) -> int:
 
 
 def main_blk(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-blk`` (what 50-pyvirtio-blk.json's binary runs)."""
+    """Entry point ``pyvirtio-vhost-user-blk`` (the ``binary`` of its vhost-user.json description)."""
     return _main("blk", argv)
 
 
 def main_rng(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-rng`` (what 50-pyvirtio-rng.json's binary runs)."""
+    """Entry point ``pyvirtio-vhost-user-rng`` (the ``binary`` of its vhost-user.json description)."""
     return _main("rng", argv)
 
 
 def main_net(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-net`` (what 50-pyvirtio-net.json's binary runs)."""
+    """Entry point ``pyvirtio-vhost-user-net`` (the ``binary`` of its vhost-user.json description)."""
     return _main("net", argv)
+
+
+def main_console(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-console`` (the ``binary`` of its vhost-user.json description)."""
+    return _main("console", argv)
