@@ -6,6 +6,8 @@ LICENSE, ``py.typed`` and the metadata inside the wheel."""
 from __future__ import annotations
 
 import email
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -52,7 +54,8 @@ def test_wheel_holds_license_py_typed_and_main(wheel):
         licenses = [n for n in names if n.startswith(dist_info) and n.endswith("/LICENSE")]
         assert licenses and b"MIT License" in z.read(licenses[0])
         assert "pyvirtio/py.typed" in names and "pyvirtio/__main__.py" in names
-        assert "pyvirtio/data/50-pyvirtio-blk.json" in names
+        entry_points = z.read(f"{dist_info}/entry_points.txt").decode()
+        assert "[pytest11]" in entry_points and "pyvirtio-vhost-user-console" in entry_points
         meta = email.message_from_bytes(z.read(f"{dist_info}/METADATA"))
     assert meta["License-Expression"] == "MIT"
     classifiers = meta.get_all("Classifier")
@@ -72,6 +75,14 @@ def test_installed_commands_run_from_the_fresh_venv(venv):
     r = subprocess.run([str(bin_dir / "pyvirtio-vhost-user-rng"), "--print-capabilities"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == '{"type": "rng"}', r.stderr
+    # descriptors for management software name this venv's programs, which exist
+    out = venv.parent / "descriptors"
+    r = subprocess.run([str(bin_dir / "pyvirtio"), "descriptors", "install", f"--dir={out}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for path in r.stdout.split():
+        binary = json.loads(open(path).read())["binary"]
+        assert binary.startswith(str(bin_dir)) and os.access(binary, os.X_OK), (path, binary)
 
 
 def test_the_installed_package_is_the_wheel_not_this_tree(venv):
