@@ -30,5 +30,5 @@ fi
 .venv/bin/python -m pip install -q -e '.[test]'
 
 echo "setup: preparing the guest kernel cache"
-.venv/bin/python -m pyvirtio.guest prepare
+.venv/bin/pyvirtio kernel prepare
 echo "setup: done (activate with: . .venv/bin/activate)"

@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.serve",
     "pyvirtio.commands.qemu_args",
     "pyvirtio.commands.descriptors",
+    "pyvirtio.commands.kernel",
     "pyvirtio.commands.demo",
     "pyvirtio.commands.bench",
     "pyvirtio.commands.probe",

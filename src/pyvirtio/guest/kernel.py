@@ -105,12 +105,22 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def package_sizes(package: str) -> tuple[int, int]:
+    """(download bytes, unpacked bytes) of ``package`` as apt knows them; (0, 0) if unknown."""
+    res = _run(["apt-cache", "show", "--no-all-versions", package])
+    size = re.search(r"^Size:\s*(\d+)", res.stdout, re.M)
+    installed = re.search(r"^Installed-Size:\s*(\d+)", res.stdout, re.M)  # KiB
+    return (int(size.group(1)) if size else 0, int(installed.group(1)) * 1024 if installed else 0)
+
+
 def _download_and_unpack(package: str, kdir: Path, progress) -> None:
     root = kdir / "root"
     if (root / ".complete").exists():
         return
     with tempfile.TemporaryDirectory(dir=kdir, prefix="dl-") as tmp:
-        progress(f"downloading {package}")
+        size, unpacked = package_sizes(package)
+        progress(f"downloading {package}" + (f" ({size / 1e6:.0f} MB; {unpacked / 1e6:.0f} MB "
+                                              "unpacked)" if size else ""))
         res = _run(["apt-get", "download", package], cwd=tmp)
         if res.returncode != 0:
             progress("apt-get download failed; running apt-get update and retrying")
@@ -303,3 +313,32 @@ def prepare_kernel(cache_dir: str | os.PathLike | None = None,
     return dataclasses.replace(bundle, elf=elf if pvh_ok else None,
                                boot_image=elf if use_elf and elf else vmlinuz,
                                boot_times=dict(times))
+
+
+def cached_kernels(cache_dir: str | os.PathLike | None = None) -> list[tuple[str, Path, int]]:
+    """The kernel packages unpacked in the cache: (package, directory, bytes on disk)."""
+    kroot = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "kernel"
+    out = []
+    for d in sorted(p for p in kroot.glob("linux-image-*") if p.is_dir()):
+        total = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+        out.append((d.name, d, total))
+    return out
+
+
+def prune_kernels(keep: str, cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """Remove every cached kernel package but ``keep``; one being prepared right now (its lock
+    is held) is left alone.  Returns the packages removed."""
+    removed = []
+    for package, directory, _ in cached_kernels(cache_dir):
+        if package == keep:
+            continue
+        lock_path = directory.parent / f"{package}.lock"
+        with open(lock_path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            shutil.rmtree(directory, ignore_errors=True)
+            os.unlink(lock_path)
+        removed.append(package)
+    return removed
