@@ -14,7 +14,8 @@ reply it will close the connection"):
 * every reply header must carry version 1 and the REPLY bit, no reserved bits, and the request
   number of the oldest request still waiting for an answer (:class:`WrongReplyType` …);
 * its payload must be exactly the size of that request's reply type (:class:`BadReplySize`);
-* a reply carries no fds (:class:`UnexpectedFds`; they are closed at once);
+* a reply carries no fds (:class:`UnexpectedFds`; they are closed at once), except
+  GET_INFLIGHT_FD's, which carries exactly one;
 * GET_VRING_BASE must answer for the ring that was asked (:class:`BadReplyValue`).
 
 Any of these ends the connection: every later call raises :class:`FrontendBroken`.  An orderly
@@ -26,6 +27,11 @@ breaks one): GET/SET_PROTOCOL_FEATURES only when the back-end offers
 VHOST_USER_F_PROTOCOL_FEATURES; every request gated by a protocol feature only once it is
 negotiated; SET_VRING_ENABLE only with VHOST_USER_F_PROTOCOL_FEATURES; SET_MEM_TABLE with at
 most 8 regions.  :meth:`raw` sends anything at all, for the conformance suite.
+
+Inflight I/O tracking (vhost-user.rst, "Inflight I/O tracking"): :meth:`get_inflight_fd` asks the
+back-end for the shared buffer (its answer's fd belongs to the caller, who keeps it for as long as
+the device lives); :meth:`set_inflight_fd` hands that buffer to a back-end — a restarted one
+reads from it which requests were in flight and resubmits them.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from .frontend_errors import (BadReplyHeader, BadReplySize, BadReplyValue, Backe
 from .protocol import (KNOWN_FLAGS, MEMORY_BASELINE_NREGIONS, VERSION, VERSION_MASK,
                        VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK, FrontendReq, HeaderFlag,
                        ProtocolFeature)
-from .wire import (U64, ConfigSpace, Framer, MemoryRegion, MemoryTable, Message,
+from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
                    SingleMemoryRegion, VringAddr, VringState, encode)
 
 R = FrontendReq
@@ -84,6 +90,7 @@ class Outgoing:
     expect: Expect
     parse: Callable[[Message], Any] = field(default=_raw, repr=False)  # the answer's decoder
     apply: Callable[[Any], None] | None = field(default=None, repr=False)
+    reply_fds: int = 0  # fds the answer carries (GET_INFLIGHT_FD: 1)
 
     @property
     def name(self) -> str:
@@ -430,6 +437,33 @@ class FrontendConnection:
         self._gate(PF.STATUS, "GET_STATUS")
         return self._body(R.GET_STATUS, parse=_u64)
 
+    # inflight I/O tracking
+
+    def get_inflight_fd(self, num_queues: int, queue_size: int) -> Outgoing:
+        """Ask for an inflight buffer for ``num_queues`` rings of ``queue_size``.  The answer is
+        (:class:`~.wire.Inflight`, fd): the fd is the caller's to keep and close."""
+        self._gate(PF.INFLIGHT_SHMFD, "GET_INFLIGHT_FD")
+        if not (1 <= num_queues <= 0xFFFF and 1 <= queue_size <= 0xFFFF):
+            raise FrontendUsageError(f"GET_INFLIGHT_FD for {num_queues} queues of {queue_size}")
+
+        def parse(msg: Message) -> tuple[Inflight, int]:
+            info = Inflight.unpack(_exact(msg, Inflight.size(), "an inflight description"))
+            if info.mmap_size == 0 or (info.num_queues, info.queue_size) != (num_queues, queue_size):
+                raise BadReplyValue(f"GET_INFLIGHT_FD for {num_queues} queues of {queue_size} "
+                                    f"answered {info}")
+            return info, msg.take_fd()
+        out = Outgoing(int(R.GET_INFLIGHT_FD),
+                       encode(R.GET_INFLIGHT_FD, Inflight(0, 0, num_queues, queue_size).pack()),
+                       (), Expect.BODY, parse, None, reply_fds=1)
+        self._check_open()
+        self._pending.append(out)
+        return out
+
+    def set_inflight_fd(self, info: Inflight, fd: int) -> Outgoing:
+        """Hand the inflight buffer ``fd`` (described by ``info``) to the back-end."""
+        self._gate(PF.INFLIGHT_SHMFD, "SET_INFLIGHT_FD")
+        return self._cmd(R.SET_INFLIGHT_FD, info.pack(), (fd,))
+
     # anything at all
 
     def raw(self, request: int, payload: bytes = b"", fds: Sequence[int] = (), *,
@@ -465,14 +499,19 @@ class FrontendConnection:
             self._match(msg)
 
     def _match(self, msg: Message) -> None:
-        if msg.fds:
-            _close_all(msg.fds)
-            self._fail(UnexpectedFds(f"{request_name(msg.request)} reply carried "
-                                     f"{len(msg.fds)} fds (closed)"))
+        try:
+            self._match_reply(msg)
+        finally:
+            _close_all(msg.fds)  # every fd the reply's parser did not take
+
+    def _match_reply(self, msg: Message) -> None:
         if not self._pending:
             self._fail(UnsolicitedReply(f"{request_name(msg.request)} message arrived while no "
                                         "request waits for an answer"))
         out = self._pending[0]
+        if len(msg.fds) != out.reply_fds:
+            self._fail(UnexpectedFds(f"{request_name(msg.request)} reply carried {len(msg.fds)} "
+                                     f"fds, not {out.reply_fds} (closed)"))
         if msg.flags & ~KNOWN_FLAGS or msg.flags & VERSION_MASK != VERSION:
             self._fail(BadReplyHeader(f"{out.name} reply has flags {msg.flags:#x}"))
         if not msg.flags & HeaderFlag.REPLY:

@@ -62,6 +62,11 @@ class BackendHungUp(BackendError, PeerDisconnected):
     """The back-end closed the connection (or reset it)."""
 
 
+class ReconnectFailed(BackendHungUp):
+    """The back-end went away and none answered at its socket path again within the reconnect
+    timeout (a transport made with ``reconnect=True`` gives up)."""
+
+
 class FrontendBroken(BackendError):
     """A call on a connection that an earlier fatal error (or a close) ended."""
 
@@ -92,5 +97,6 @@ class BackendUnreachable(TransportError):
 
 
 __all__ = ["BackendError", "BadReplyHeader", "WrongReplyType", "UnsolicitedReply", "BadReplySize",
-           "UnexpectedFds", "BadReplyValue", "ReplyTimeout", "BackendHungUp", "FrontendBroken",
+           "UnexpectedFds", "BadReplyValue", "ReplyTimeout", "BackendHungUp", "ReconnectFailed",
+           "FrontendBroken",
            "RequestNacked", "ConfigReadFailed", "FrontendUsageError", "BackendUnreachable"]

@@ -35,6 +35,26 @@ notify                    write the ring's kick eventfd
 interrupts                ``wait_for_interrupt`` polls the call and err eventfds and the socket,
                           and calls the handler with ``Interrupt(queue)`` per signalled ring
 ========================  =======================================================================
+
+**Reconnect** (``reconnect=True``, off by default).  The transport asks for
+VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD; when the back-end grants it, the first ``setup_queue`` gets
+the inflight buffer with GET_INFLIGHT_FD (``num_queues()`` rings of that ring's size: every ring
+must then have that size) and hands it back with SET_INFLIGHT_FD before the ring starts, as
+QEMU's vhost-user-blk does on every start.  The buffer's fd is kept until reset or close.  When
+the back-end goes away — the socket hangs up, or a request meets a hang-up, also while a driver
+waits in ``wait_for_interrupt`` — the transport connects to the same socket path again (50 ms
+back-off doubling to 1 s, up to ``reconnect_timeout`` seconds, then :class:`ReconnectFailed`)
+and replays the set-up: the handshake (features, protocol features, owner), SET_FEATURES, the
+memory table (the same memfd regions), SET_INFLIGHT_FD with the kept buffer, and per ring
+SET_VRING_NUM/BASE/ADDR/CALL/ERR/KICK (the same eventfds: they are ours) and ENABLE, then
+SET_STATUS.  The vring base is what QEMU 7.2 sends after a crash (hw/virtio/vhost.c,
+``vhost_virtqueue_stop``: GET_VRING_BASE cannot be asked, so ``virtio_queue_restore_last_avail_idx``):
+split, the used ring's idx read from memory (the back-end resumes at used idx + the requests it
+resubmits); packed, the base the ring was started with (QEMU's packed restore keeps its old
+value; the back-end takes both positions from the inflight buffer).  Then every ring is kicked
+(a kick the dead back-end consumed is not lost) and, in ``wait_for_interrupt``, every ring gets
+an ``Interrupt`` so drivers look at their used rings.  The back-end resubmits what was in
+flight, so the drivers' pending requests complete.
 """
 
 from __future__ import annotations
@@ -42,6 +62,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -55,10 +76,11 @@ from ..transport import DriverTransport
 from ..virtq.kinds import RingLayout
 from .client import DEFAULT_TIMEOUT, VhostUserClient
 from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, PROTOCOL_FEATURES_BIT
-from .frontend_errors import BackendError, ConfigReadFailed, RequestNacked
+from .frontend_errors import (BackendError, BackendHungUp, BackendUnreachable, ConfigReadFailed,
+                              FrontendBroken, ReconnectFailed, RequestNacked)
 from .identify import DEFAULT_QUEUES, infer_device_type
 from .protocol import VHOST_F_LOG_ALL, ProtocolFeature
-from .wire import MemoryRegion
+from .wire import Inflight, MemoryRegion
 
 log = logging.getLogger("pyvirtio.vhost_user.transport")
 
@@ -73,6 +95,9 @@ DEFAULT_MAX_QUEUE_SIZE = 256
 VHOST_ONLY_FEATURES = PROTOCOL_FEATURES_BIT | (1 << VHOST_F_LOG_ALL)
 #: GET_CONFIG's largest access (libvhost-user's VHOST_USER_MAX_CONFIG_SIZE).
 MAX_CONFIG_SIZE = 256
+#: How long a ``reconnect=True`` transport tries to reach a back-end again after a hang-up.
+DEFAULT_RECONNECT_TIMEOUT = 30.0
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0
 
 
 # --- guest memory the driver side owns -----------------------------------------------------------
@@ -149,6 +174,10 @@ class _Ring:
     kick: int
     call: int
     err: int
+    layout: Optional[RingLayout] = None
+    base: int = 0  # the SET_VRING_BASE it started with
+    packed: bool = False
+    ready: bool = False  # set up on the back-end (a reconnect replays it)
 
     def close(self) -> None:
         for name in ("kick", "call", "err"):
@@ -170,7 +199,20 @@ class VhostUserTransport(DriverTransport):
                  regions: int | Sequence[int] = 1, gpa: int = DEFAULT_GPA,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, timeout: float = DEFAULT_TIMEOUT,
                  protocol_features: int = DEFAULT_FRONTEND_PROTOCOL_FEATURES,
-                 split_only: bool = False):
+                 split_only: bool = False, reconnect: bool = False,
+                 reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT):
+        #: Survive a back-end restart (see the module docstring); needs ``socket_path``.
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        #: Successful reconnects so far.
+        self.reconnects = 0
+        self._timeout = timeout
+        self._inflight: Optional[tuple[Inflight, int]] = None  # GET_INFLIGHT_FD's answer
+        if reconnect:
+            if socket_path is None:
+                raise UsageError("reconnect=True needs a socket_path to connect to again")
+            protocol_features |= 1 << PF.INFLIGHT_SHMFD
+        self._protocol_features = protocol_features
         if socket_path is not None and client is None:
             self.path = socket_path
             self.client = VhostUserClient.connect(socket_path, timeout=timeout,
@@ -195,6 +237,7 @@ class VhostUserTransport(DriverTransport):
         self._max_sizes: dict[int, int] = {}
         self._status = 0
         self._driver_features = 0
+        self._committed_features: Optional[int] = None  # what SET_FEATURES sent
         self._mem_sent = False
         self._configured = False  # something to undo at reset
         self._config_size: Optional[int] = None
@@ -262,20 +305,23 @@ class VhostUserTransport(DriverTransport):
         except RequestNacked as exc:
             log.warning("%s: features %#x refused: %s", self.path, features, exc)
             return False
+        self._committed_features = features
         self._send_memory_table()
         return True
 
     def _send_memory_table(self) -> None:
-        if self._mem_sent:
-            return
+        if not self._mem_sent:
+            self._call(self._memory_table_to_backend)
+
+    def _memory_table_to_backend(self) -> None:
         regions = self.memory.regions
         table = [memory_region(r) for r in regions]
         slots = self.conn.max_mem_slots
         if self.conn.has_protocol_feature(PF.CONFIGURE_MEM_SLOTS) and (slots is None or len(table) <= slots):
             for region, r in zip(table, regions):
-                self._call(self.client.add_mem_reg, region, r.fd)
+                self.client.add_mem_reg(region, r.fd)
         else:
-            self._call(self.client.set_mem_table, table, [r.fd for r in regions])
+            self.client.set_mem_table(table, [r.fd for r in regions])
         self._mem_sent = True
 
     def _reset(self) -> None:
@@ -292,9 +338,11 @@ class VhostUserTransport(DriverTransport):
             for ring in self._rings.values():
                 ring.close()
             self._rings.clear()
+            self._drop_inflight()  # a reset device starts with no requests in flight
             self._poller = None
             self._status = 0
             self._driver_features = 0
+            self._committed_features = None
             self._configured = False
             self._config_size = None
 
@@ -367,24 +415,49 @@ class VhostUserTransport(DriverTransport):
         return size
 
     def setup_queue(self, index: int, layout: RingLayout) -> None:
-        c = self.client
         self._send_memory_table()
         if index in self._rings:
             raise UsageError(f"queue {index} is already set up (reset first)")
-        ring = _Ring(index, _eventfd(), _eventfd(), _eventfd())
+        if self._inflight is not None and layout.size != self._inflight[0].queue_size:
+            raise UsageError(f"queue {index} of size {layout.size}: with reconnect every ring has "
+                             f"the inflight buffer's size {self._inflight[0].queue_size}")
+        packed = bool(self._driver_features & (1 << Feature.RING_PACKED))
+        ring = _Ring(index, _eventfd(), _eventfd(), _eventfd(), layout, self._start_base(), packed)
         self._rings[index] = ring
         self._poller = None
         self._configured = True
-        uva = self.memory.gpa_to_uva
-        self._call(c.set_vring_num, index, layout.size)
-        self._call(c.set_vring_base, index, self._start_base())
-        self._call(c.set_vring_addr, index, uva(layout.desc_table), uva(layout.used_ring),
-                   uva(layout.avail_ring))
-        self._call(c.set_vring_call, index, ring.call)
-        self._call(c.set_vring_err, index, ring.err)
-        self._call(c.set_vring_kick, index, ring.kick)
+        if self.reconnect and self._inflight is None:
+            self._call(self._get_inflight, layout.size)
+        self._call(self._start_ring, ring)
+        ring.ready = True
+
+    def _get_inflight(self, queue_size: int) -> None:
+        """GET_INFLIGHT_FD (when negotiated), then SET_INFLIGHT_FD with it (as QEMU does)."""
+        if not self.conn.has_protocol_feature(PF.INFLIGHT_SHMFD):
+            log.warning("%s: the back-end does not offer INFLIGHT_SHMFD: requests in flight "
+                        "when it dies are lost", self.path)
+            return
+        self._inflight = self.client.request(self.conn.get_inflight_fd(self.num_queues(), queue_size))
+        self._set_inflight()
+
+    def _set_inflight(self) -> None:
+        if self._inflight is not None:
+            info, fd = self._inflight
+            self.client.request(self.conn.set_inflight_fd(info, fd))
+
+    def _start_ring(self, ring: _Ring, base: Optional[int] = None) -> None:
+        """The requests that set a ring up and start it (no retry inside: a unit for _call)."""
+        c, layout, uva = self.client, ring.layout, self.memory.gpa_to_uva
+        assert layout is not None
+        c.set_vring_num(ring.index, layout.size)
+        c.set_vring_base(ring.index, ring.base if base is None else base)
+        c.set_vring_addr(ring.index, uva(layout.desc_table), uva(layout.used_ring),
+                         uva(layout.avail_ring))
+        c.set_vring_call(ring.index, ring.call)
+        c.set_vring_err(ring.index, ring.err)
+        c.set_vring_kick(ring.index, ring.kick)
         if self.conn.protocol_features_negotiated:
-            self._call(c.set_vring_enable, index, True)
+            c.set_vring_enable(ring.index, True)
 
     def _start_base(self) -> int:
         """SET_VRING_BASE for a fresh ring: split, avail index 0; packed (vhost-user.rst, "vring
@@ -434,7 +507,12 @@ class VhostUserTransport(DriverTransport):
         for fd, _events in poller.poll(ms):
             role, index = self._fd_roles.get(fd, ("gone", -1))
             if role == "socket":
+                before = self.reconnects
                 self._call(self.client.check_alive)
+                if self.reconnects != before:  # a new back-end: the fds polled are stale
+                    for i in sorted(self._rings):
+                        self._dispatch(Interrupt(i))
+                    return True
                 continue
             if role == "gone" or not _drain(fd):
                 continue
@@ -462,18 +540,103 @@ class VhostUserTransport(DriverTransport):
     # --- plumbing ------------------------------------------------------------------------------
 
     def _call(self, method, *args):
-        """Run a request; a connection-scope failure marks the device DEVICE_NEEDS_RESET."""
+        """Run a request (or a unit of requests: a method of ours that uses ``self.client``).
+        With reconnect, a hang-up reconnects, replays the set-up and runs it again; else a
+        connection-scope failure marks the device DEVICE_NEEDS_RESET."""
+        while True:
+            try:
+                return method(*args)
+            except BackendError as exc:
+                if not self._hung_up(exc):
+                    if exc.scope is Scope.CONNECTION and not self._needs_reset:
+                        self._needs_reset = str(exc)
+                    raise
+                old = self.client
+                self._reconnect(exc)
+            if getattr(method, "__self__", None) is old:  # a client method: the new client's
+                method = getattr(self.client, method.__name__)
+            args = tuple(self.client if a is old else a for a in args)
+
+    def _hung_up(self, exc: BackendError) -> bool:
+        """Whether ``exc`` is a back-end gone away that a reconnect may cure."""
+        if not self.reconnect or isinstance(exc, ReconnectFailed):
+            return False
+        if isinstance(exc, FrontendBroken):
+            return isinstance(self.client.conn.error, BackendHungUp)
+        return isinstance(exc, BackendHungUp)
+
+    # --- reconnect -----------------------------------------------------------------------------
+
+    def _reconnect(self, why: BackendError) -> None:
+        """Connect to ``self.path`` again and replay the set-up; back off while nobody answers
+        (or the new back-end dies during the replay).  Raises ReconnectFailed after the timeout."""
+        log.warning("%s: %s; reconnecting", self.path, why)
+        self.client.close()
+        self._poller = None
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay, last = _BACKOFF_FIRST, str(why)
+        while True:
+            try:
+                self._replay(VhostUserClient.connect(self.path, timeout=self._timeout,
+                                                     protocol_features=self._protocol_features))
+                break
+            except (BackendUnreachable, BackendHungUp) as exc:
+                last = str(exc)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._needs_reset = f"no back-end at {self.path} for {self.reconnect_timeout:.0f}s"
+                raise ReconnectFailed(f"{self.path}: no back-end took over within "
+                                      f"{self.reconnect_timeout:.1f}s (last: {last})")
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, _BACKOFF_MAX)
+        self.reconnects += 1
+        for ring in self._rings.values():
+            if ring.ready:
+                os.eventfd_write(ring.kick, 1)  # the dead back-end may have eaten a kick
+        log.warning("%s: reconnected (%d so far)", self.path, self.reconnects)
+
+    def _replay(self, client: VhostUserClient) -> None:
+        """Bring a new back-end to where the old one was (module docstring, "Reconnect")."""
+        self.client, self.conn = client, client.conn
         try:
-            return method(*args)
-        except BackendError as exc:
-            if exc.scope is Scope.CONNECTION and not self._needs_reset:
-                self._needs_reset = str(exc)
+            client.handshake()
+            if self._committed_features is not None:
+                client.set_features(self._committed_features)
+            if self._mem_sent:
+                self._memory_table_to_backend()
+            if self._inflight is not None and not self.conn.has_protocol_feature(PF.INFLIGHT_SHMFD):
+                log.warning("%s: the new back-end does not offer INFLIGHT_SHMFD: requests in "
+                            "flight are lost", self.path)
+            elif self._rings:
+                self._set_inflight()
+            for index in sorted(self._rings):
+                ring = self._rings[index]
+                if ring.ready:
+                    self._start_ring(ring, self._resume_base(ring))
+            if self._status and self.conn.has_protocol_feature(PF.STATUS):
+                client.set_status(self._status)
+        except BaseException:
+            client.close()
             raise
+
+    def _resume_base(self, ring: _Ring) -> int:
+        """SET_VRING_BASE after a crash, as QEMU 7.2 sends it: split, the used idx (in memory);
+        packed, the base the ring started with."""
+        if ring.packed or ring.layout is None:
+            return ring.base
+        return int.from_bytes(self.memory.read(ring.layout.used_ring + 2, 2), "little")
+
+    def _drop_inflight(self) -> None:
+        if self._inflight is not None:
+            os.close(self._inflight[1])
+            self._inflight = None
 
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
+        if getattr(self, "_inflight", None) is not None:
+            self._drop_inflight()
         for ring in getattr(self, "_rings", {}).values():
             ring.close()
         if getattr(self, "memory", None) is not None:
@@ -509,4 +672,4 @@ def open_transport(socket_path: str, type_name_or_id: Optional[str] = None, **kw
 
 __all__ = ["VhostUserTransport", "memfd_memory", "RegionAllocator", "open_transport",
            "probe_config_size", "memory_region",
-           "DEFAULT_MEMORY", "DEFAULT_MAX_QUEUE_SIZE"]
+           "DEFAULT_MEMORY", "DEFAULT_MAX_QUEUE_SIZE", "DEFAULT_RECONNECT_TIMEOUT"]
