@@ -334,3 +334,58 @@ def test_no_lost_wakeup_between_driver_and_device_threads(event_idx, size):
         # suppression worked at least somewhat: fewer doorbells than requests in both directions
         # is typical but not guaranteed under arbitrary scheduling, so only bound them above
         assert pair.kicks <= REQUESTS and pair.irqs <= REQUESTS
+
+
+# --- the named barriers and where the rings call them -------------------------------------------
+
+
+def test_rmb_and_wmb_are_no_ops_only_where_the_cpu_orders_them():
+    assert fence.mb is fence.full_fence
+    if fence.WEAK_ORDERING:
+        assert fence.rmb is fence.full_fence and fence.wmb is fence.full_fence
+    else:  # x86-64: TSO keeps loads with loads and stores with stores in order
+        assert fence.rmb is not fence.full_fence and fence.wmb is not fence.full_fence
+    fence.rmb()
+    fence.wmb()
+
+
+def _ring_pair(packed: bool):
+    from pyvirtio.virtq import PackedDeviceQueue, PackedDriverQueue, PackedRingLayout
+    mem = GuestMemory.anonymous(1 << 20)
+    layout_cls, drv_cls, dev_cls = ((PackedRingLayout, PackedDriverQueue, PackedDeviceQueue) if packed
+                                    else (SplitRingLayout, SplitDriverQueue, SplitDeviceQueue))
+    lay = layout_cls.contiguous(0x1000, 8)
+    drv = drv_cls(lay, event_idx=True)
+    drv.setup(mem)
+    dev = dev_cls(8)
+    dev.set_size(8)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.set_features(True, False)
+    dev.activate(mem)
+    return mem, drv, dev
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_every_publish_and_every_consume_crosses_its_barrier(monkeypatch, packed):
+    """Each side, each layout: the publishing store comes after a wmb (driver: descriptors
+    before the avail idx / head flags; device: used element before the used idx / flags), and
+    the reads a consumer makes after seeing the publish come after an rmb."""
+    import importlib
+    calls: list[str] = []
+    for name in ("split_device", "split_driver", "packed_device", "packed_driver"):
+        module = importlib.import_module(f"pyvirtio.virtq.{name}")
+        monkeypatch.setattr(module, "rmb", lambda n=name: calls.append(f"{n}.rmb"))
+        monkeypatch.setattr(module, "wmb", lambda n=name: calls.append(f"{n}.wmb"))
+    mem, drv, dev = _ring_pair(packed)
+    side = "packed" if packed else "split"
+    drv.add(mem, [(0x20000, 16)], [(0x21000, 64)], token="t")
+    assert calls == [f"{side}_driver.wmb"]
+    calls.clear()
+    chain = dev.pop_descriptor_chain(mem)
+    assert chain is not None and calls == [f"{side}_device.rmb"]
+    calls.clear()
+    dev.add_used(mem, chain.head_index, 64)
+    assert calls == [f"{side}_device.wmb"]
+    calls.clear()
+    assert drv.get_buf(mem) == ("t", 64)
+    assert calls == [f"{side}_driver.rmb"]

@@ -22,6 +22,19 @@ is only touched on a thread switch).  So we execute one on purpose:
 
 ``full_fence()`` costs one ctypes call (~0.1-0.3 µs); the rings call it only on the slow path
 (re-enabling notifications, deciding to notify), never per descriptor.
+
+The three barriers the rings name, as Linux's ``virtio_ring.c`` does (``virtio_mb``,
+``virtio_rmb``, ``virtio_wmb``):
+
+* :func:`mb` — a store, then a load of another location (the lost-wake-up points): the full
+  fence everywhere.
+* :func:`rmb` — a load, then loads that depend on what it said (the avail idx, then the ring
+  entries and descriptors it covers; a packed descriptor's flags, then its body).
+* :func:`wmb` — stores, then the store that publishes them (used elements, then the used idx;
+  a packed descriptor's body, then its flags; an inflight record, then the ring write).
+
+On x86-64 (TSO) loads are not reordered with loads nor stores with stores, so ``rmb`` and ``wmb``
+are no-ops there (a plain call); on weakly ordered CPUs (aarch64 …) they are the full fence.
 """
 
 from __future__ import annotations
@@ -66,3 +79,15 @@ def _spinlock_fence():
 _fence, KIND = _machine_code_fence() or _spinlock_fence()
 full_fence = _fence
 full_fence.__doc__ = "Order every earlier load/store of this thread before every later one."
+
+#: Whether this CPU may reorder loads with loads or stores with stores (everything but x86).
+WEAK_ORDERING = platform.machine() not in ("x86_64", "AMD64", "i386", "i686")
+
+
+def _ordered() -> None:
+    """Nothing to do: the CPU keeps this kind of access in program order (x86 TSO)."""
+
+
+mb = full_fence
+rmb = full_fence if WEAK_ORDERING else _ordered
+wmb = full_fence if WEAK_ORDERING else _ordered

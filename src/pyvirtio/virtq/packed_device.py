@@ -26,7 +26,7 @@ from itertools import islice, repeat, takewhile
 from typing import Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
-from ..fence import full_fence
+from ..fence import mb, rmb, wmb
 from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
@@ -188,6 +188,7 @@ class PackedDeviceQueue(DeviceRingSide):
         flags, wrap = self._desc16[self.next_avail * 8 + 7], self.avail_wrap
         if (not flags & _F_AVAIL) != (not wrap) or (not flags & _F_USED) == (not wrap):
             return None
+        rmb()  # the head's flags, then the chain they made available (2.8.6)
         try:
             chain, pos, wrap, count = self._walk(mem)
         except DriverFault as exc:
@@ -263,6 +264,7 @@ class PackedDeviceQueue(DeviceRingSide):
             n2 = _leading(desc16[7:8 * (limit - n):8].tolist(), _F_USED if wrap else _F_AVAIL)
         if not n:
             return [], [], []
+        rmb()  # every flags word read, then the descriptors they made available (2.8.6)
         q64, d32 = self._desc.cast("Q"), self._desc.cast("I")
         ids = desc16[8 * pos + 6:8 * (pos + n):8].tolist()
         lengths = d32[4 * pos + 2:4 * (pos + n):4].tolist()
@@ -378,7 +380,8 @@ class PackedDeviceQueue(DeviceRingSide):
             inflight.batch(head_index, count)
         _LEN_ID.pack_into(self._desc, pos * 16 + 8, length, head_index)  # flags untouched
         used_flags = (_F_AVAIL | _F_USED) if self.used_wrap else 0
-        self._desc16[pos * 8 + 7] = used_flags  # flags last: publishes the element (x86 store order)
+        wmb()  # id and length before the flags that publish the used descriptor (2.8.9)
+        self._desc16[pos * 8 + 7] = used_flags
         if inflight is not None:
             inflight.published(head_index)
         pos += count
@@ -461,7 +464,7 @@ class PackedDeviceQueue(DeviceRingSide):
 
     def _write_used_ones(self, ids: list[int], length: int) -> None:
         """Used descriptors for buffers of one ring position each, from ``next_used`` on: ids
-        and lengths first, then the flags that publish them (x86 store order), one strided
+        and lengths first, then the flags that publish them, one strided
         store per field — a second round past the ring's end, with the flipped wrap counter."""
         pos, size, count = self.next_used, self.size, len(ids)
         desc16, d32 = self._desc16, self._desc.cast("I")
@@ -471,6 +474,7 @@ class PackedDeviceQueue(DeviceRingSide):
                 n = len(part)
                 desc16[8 * at + 6:8 * (at + n):8] = array.array("H", part)
                 d32[4 * at + 2:4 * (at + n):4] = array.array("I", (length,)) * n
+                wmb()  # ids and lengths before the flags that publish them (2.8.9)
                 desc16[8 * at + 7:8 * (at + n):8] = array.array("H", ((_F_AVAIL | _F_USED) if wrap else 0,)) * n
         pos += count
         if pos >= size:
@@ -486,7 +490,7 @@ class PackedDeviceQueue(DeviceRingSide):
         added = self._added_since_signal
         if not added:
             return False
-        full_fence()  # used descriptors visible before reading the driver's event suppression
+        mb()  # used descriptors visible before reading the driver's event suppression
         self._added_since_signal = 0
         off_wrap, flags = self._driver16[0], self._driver16[1]
         if flags == _EV_DISABLE:
@@ -506,7 +510,7 @@ class PackedDeviceQueue(DeviceRingSide):
             self._device16[1] = _EV_DESC
         else:
             self._device16[1] = _EV_ENABLE
-        full_fence()  # publish the suppression change before re-checking for new buffers
+        mb()  # publish the suppression change before re-checking for new buffers
         return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
-from ..fence import full_fence
+from ..fence import mb, rmb, wmb
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DriverRingSide
@@ -180,6 +180,7 @@ class PackedDriverQueue(DriverRingSide):
             pos += 1
             if pos == size:
                 pos, wrap = 0, wrap ^ 1
+        wmb()  # the whole chain (and its indirect table) before the head's flags (2.8.6)
         desc16[head_pos * 8 + 7] = head_flags  # last: makes the whole chain available at once
         self.next_avail, self.avail_wrap = pos, wrap
 
@@ -188,7 +189,7 @@ class PackedDriverQueue(DriverRingSide):
         added, self._added = self._added, 0
         if not added:
             return False
-        full_fence()  # descriptors visible before reading the device's event suppression
+        mb()  # descriptors visible before reading the device's event suppression
         off_wrap, flags = self._device16[0], self._device16[1]
         if flags == ring.RING_EVENT_FLAGS_DISABLE:
             return False
@@ -218,6 +219,7 @@ class PackedDriverQueue(DriverRingSide):
             return self._complete(buf_id, length, pos)
         if not self._is_used(self._desc16[pos * 8 + 7]):
             return None
+        rmb()  # the used flags, then the id and length they published (2.8.9)
         _, length, buf_id = _ADDR_LEN_ID.unpack_from(self._desc, pos * 16)
         if buf_id >= self.size or self._tokens[buf_id] is None:
             self._break(DeviceFault(f"queue {self.index}: used id {buf_id} is not in flight"))
@@ -267,5 +269,5 @@ class PackedDriverQueue(DriverRingSide):
             self._driver16[1] = ring.RING_EVENT_FLAGS_DESC
         else:
             self._driver16[1] = ring.RING_EVENT_FLAGS_ENABLE
-        full_fence()  # publish the change before re-checking for used buffers
+        mb()  # publish the change before re-checking for used buffers
         return self._batch_last >= 0 or self._is_used(self._desc16[self.last_used * 8 + 7])

@@ -19,7 +19,7 @@ from operator import itemgetter
 from typing import Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
-from ..fence import full_fence
+from ..fence import mb, rmb, wmb
 from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
@@ -173,7 +173,7 @@ class SplitDeviceQueue(DeviceRingSide):
         if (avail_idx - next_avail) & 0xFFFF > self.size:
             self._break(DriverFault(
                 f"queue {self.index}: avail idx {avail_idx} is more than {self.size} ahead of {next_avail}"))
-        # x86-64 keeps these two loads in order; on weaker CPUs a read barrier belongs here.
+        rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
         head = avail16[2 + (next_avail & (self.size - 1))]
         chain = self._walk(mem, head)
         if self.inflight is not None:
@@ -218,6 +218,7 @@ class SplitDeviceQueue(DeviceRingSide):
             self._break(DriverFault(
                 f"queue {self.index}: avail idx {avail16[1]} is more than {size} ahead of {next_avail}"))
         n = min(ahead, limit)
+        rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
         start = next_avail & (size - 1)
         heads = avail16[2 + start:2 + min(start + n, size)].tolist()
         if len(heads) < n:  # the batch wraps around the ring
@@ -333,7 +334,7 @@ class SplitDeviceQueue(DeviceRingSide):
         inflight = self.inflight
         if inflight is not None:
             inflight.batch((head_index,))
-        # Stores stay ordered on x86-64 (the element is visible before the index).
+        wmb()  # the used element before the used idx that publishes it (2.7.8)
         self.next_used = (self.next_used + 1) & 0xFFFF
         self._used16[1] = self.next_used
         if inflight is not None:
@@ -359,7 +360,7 @@ class SplitDeviceQueue(DeviceRingSide):
             inflight = self.inflight
             if inflight is not None:
                 inflight.batch([head for head, _ in elems])
-            # Stores stay ordered on x86-64 (the elements are visible before the index).
+            wmb()  # the used elements before the used idx that publishes them (2.7.8)
             self.next_used = next_used
             self._used16[1] = next_used
             if inflight is not None:
@@ -403,7 +404,7 @@ class SplitDeviceQueue(DeviceRingSide):
         inflight = self.inflight
         if inflight is not None:
             inflight.batch(ids)
-        # Stores stay ordered on x86-64 (the element is visible before the index).
+        wmb()  # the used element before the used idx that publishes it (2.7.8)
         self.next_used = (self.next_used + len(ids)) & 0xFFFF
         self._used16[1] = self.next_used
         if inflight is not None:
@@ -419,7 +420,7 @@ class SplitDeviceQueue(DeviceRingSide):
         inflight = self.inflight
         if inflight is not None:
             inflight.batch(flat[0::2])
-        # Stores stay ordered on x86-64 (the elements are visible before the index).
+        wmb()  # the used elements before the used idx that publishes them (2.7.8)
         self.next_used = (self.next_used + count) & 0xFFFF
         self._used16[1] = self.next_used
         if inflight is not None:
@@ -435,7 +436,7 @@ class SplitDeviceQueue(DeviceRingSide):
         old = self.signalled_used
         if old == new:
             return False  # nothing added since the last decision
-        full_fence()  # our used idx store must be visible before we read used_event / flags
+        mb()  # our used idx store must be visible before we read used_event / flags
         self.signalled_used = new
         if self.event_idx:
             if not self._signalled_valid:
@@ -461,7 +462,7 @@ class SplitDeviceQueue(DeviceRingSide):
             self._used16[2 + 4 * self.size] = self.next_avail  # avail_event
         else:
             self._used16[0] = 0
-        full_fence()  # publish avail_event/flags before re-reading the avail idx (lost wake-up)
+        mb()  # publish avail_event/flags before re-reading the avail idx (lost wake-up)
         return self._avail16[1] != self.next_avail
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:

@@ -23,7 +23,7 @@ from collections import deque
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
-from ..fence import full_fence
+from ..fence import mb, rmb, wmb
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DriverRingSide
@@ -147,7 +147,7 @@ class SplitDriverQueue(DriverRingSide):
         self._in_len[head] = in_len
         avail16 = self._avail16
         avail16[2 + (self.avail_idx_shadow & (self.size - 1))] = head
-        # x86-64 keeps the ring entry store before the idx store.
+        wmb()  # the descriptors and ring entry before the avail idx that publishes them (2.7.13)
         self.avail_idx_shadow = (self.avail_idx_shadow + 1) & 0xFFFF
         avail16[1] = self.avail_idx_shadow
         return head
@@ -197,7 +197,7 @@ class SplitDriverQueue(DriverRingSide):
         self.kicked_avail = new
         if old == new:
             return False
-        full_fence()  # the avail idx store must be visible before we read avail_event / flags
+        mb()  # the avail idx store must be visible before we read avail_event / flags
         if self.event_idx:
             avail_event = self._used16[2 + 4 * self.size]
             return vring_need_event(avail_event, new, old)
@@ -220,6 +220,7 @@ class SplitDriverQueue(DriverRingSide):
         if ahead > self.size:
             self._break(DeviceFault(f"queue {self.index}: used idx {used_idx} jumped past {last} "
                                     f"by more than {self.size}"))
+        rmb()  # the used idx, then the elements it published (2.7.8)
         if self.in_order:
             head, length = self._next_in_order(last, ahead)
         else:
@@ -298,5 +299,5 @@ class SplitDriverQueue(DriverRingSide):
             self._avail16[2 + self.size] = self.last_used
         else:
             self._avail16[0] = 0
-        full_fence()  # publish used_event / flags before re-reading the used idx
+        mb()  # publish used_event / flags before re-reading the used idx
         return self._used16[1] != self.last_used
