@@ -83,7 +83,8 @@ def _build_blk(args):
     try:
         return BlkDevice(path, read_only=args.read_only, serial=args.serial,
                          num_queues=args.num_queues, direct=args.direct, aio=args.aio,
-                         image_format=args.format, locking=args.locking != "off")
+                         image_format=args.format, locking=args.locking != "off",
+                         in_order=args.in_order)
     except ImageError as exc:
         raise CliError(f"--blk-file={exc.path}: {exc.why}") from None
     except UsageError as exc:
@@ -154,6 +155,9 @@ def register(sub) -> None:
     blk.add_argument("--aio", choices=("auto", "io_uring", "threads"), default="auto",
                      help="how requests reach the image: io_uring, a thread pool, or auto "
                           "(the default) to let pyvirtio choose")
+    blk.add_argument("--in-order", action="store_true",
+                     help="offer VIRTIO_F_IN_ORDER: requests still run concurrently, but go back "
+                          "to the driver in the order it made them available")
     blk.add_argument("--locking", choices=("auto", "on", "off"), default="auto",
                      help="lock the image as QEMU does, so that QEMU, qemu-storage-daemon and "
                           "other pyvirtio processes cannot write it under us (default auto = on)")

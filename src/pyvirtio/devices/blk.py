@@ -22,12 +22,14 @@ import logging
 import os
 
 import select
+from collections import deque
 from typing import Optional
 
 from ..device import VirtioDevice
 from ..errors import UsageError
 from ..memory import GuestMemory
 from ..spec import blk as spec
+from ..spec.features import Feature
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain
 from .blk_image import open_image
@@ -78,7 +80,7 @@ class BlkDevice(VirtioDevice):
                  num_queues: int = 1, queue_max_size: int = 256, writeback: bool = True,
                  discard: bool = True, write_zeroes: bool = True, size_max: int = 1 << 20,
                  direct: bool = False, aio: str = "auto", image_format: str | None = None,
-                 locking: bool = True):
+                 locking: bool = True, in_order: bool = False):
         if num_queues < 1 or num_queues > 64:
             raise UsageError(f"num_queues {num_queues} is not in 1..64")
         if aio not in AIO_MODES:
@@ -115,6 +117,12 @@ class BlkDevice(VirtioDevice):
         self.writeback = writeback
         self.stats = {"read_bytes": 0, "write_bytes": 0, "requests": 0, "errors": 0}
         self._io: dict[int, QueueIO] = {}  # per queue, made by the queue's worker on first use
+        if in_order:  # offered on request: completions then wait for the ones popped before them
+            self.device_features |= 1 << Feature.IN_ORDER
+        # With VIRTIO_F_IN_ORDER negotiated, per queue: heads in the order they were popped, and
+        # the used length of those already finished (published once all before them are).
+        self._order: dict[int, deque[int]] = {}
+        self._finished: dict[int, dict[int, int]] = {}
 
     @property
     def io_mode(self) -> str:
@@ -155,6 +163,8 @@ class BlkDevice(VirtioDevice):
     def on_reset(self) -> None:
         self.quiesce(None)  # nothing of the old driver's may still be writing into its memory
         self._close_io()
+        self._order.clear()
+        self._finished.clear()
         self.writeback = self.default_writeback
 
     def _close_io(self) -> None:
@@ -172,6 +182,8 @@ class BlkDevice(VirtioDevice):
         return [(io.completion_fd, select.POLLIN)] if io is not None and io.inflight else []
 
     def process_queue(self, mem: GuestMemory, queue) -> bool:
+        if queue.in_order:
+            return self._process_in_order(mem, queue)
         notify = queue.drain(mem, lambda chain: self.handle_chain(queue.index, chain))
         io = self._io.get(queue.index)
         if io is not None and io.inflight:
@@ -183,14 +195,43 @@ class BlkDevice(VirtioDevice):
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Completions arrived: status bytes, then one used-ring update for all of them."""
         io = self._io.get(group)
-        if io is None or not io.inflight:
-            return set()
         done: list[tuple[int, int]] = []
-        io.reap(lambda req, err: done.append(self._finish(req, err)))
+        if io is not None and io.inflight:
+            io.reap(lambda req, err: done.append(self._finish(req, err)))
+        elif not self._finished.get(group):
+            return set()
         return self._publish(mem, group, done)
+
+    def _process_in_order(self, mem: GuestMemory, queue) -> bool:
+        """VIRTIO_F_IN_ORDER: requests still run at once and finish in any order, but go back to
+        the driver in the order they were popped (2.7.9, 2.8.21) — a finished one waits for every
+        one popped before it."""
+        index = queue.index
+        order = self._order.setdefault(index, deque())
+        finished = self._finished.setdefault(index, {})
+
+        def handle(chain: DescriptorChain) -> None:
+            order.append(chain.head_index)
+            written = self.handle_chain(index, chain)
+            if written is not None:
+                finished[chain.head_index] = written
+            return None  # never published by the drain itself
+
+        queue.drain(mem, handle)
+        io = self._io.get(index)
+        if io is not None and io.inflight:
+            io.submit()
+        return index in self.host_ready(mem, index, [])
 
     def _publish(self, mem: Optional[GuestMemory], index: int, done: list[tuple[int, int]]) -> set[int]:
         queue = self.queues[index]
+        if queue.in_order and index in self._order:  # hold back what finished early
+            finished = self._finished[index]
+            finished.update(done)
+            order, done = self._order[index], []
+            while order and order[0] in finished:
+                head = order.popleft()
+                done.append((head, finished.pop(head)))
         if not done or mem is None or queue.broken or not queue.ready:
             return set()
         queue.add_used_batch(mem, done)
