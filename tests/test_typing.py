@@ -16,21 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-NOT_YET = (
-    "src/pyvirtio/vhost_user/backend.py",
-    "src/pyvirtio/vhost_user/server.py",
-    "src/pyvirtio/vhost_user/inflight.py",
-    "src/pyvirtio/vhost_user/fuzz.py",
-    "src/pyvirtio/vhost_user/fuzz_runner.py",
-    "src/pyvirtio/vhost_user/proxy.py",
-    "src/pyvirtio/vhost_user/proxy_server.py",
-    "src/pyvirtio/commands/fuzz.py",
-    "src/pyvirtio/commands/proxy.py",
-    "src/pyvirtio/virtq/packed_device.py",
-    "src/pyvirtio/engine.py",
-    "src/pyvirtio/devices/blk.py",
-    "src/pyvirtio/devices/blk_io.py",
-)
+NOT_YET: tuple[str, ...] = ()
 
 _ERROR = re.compile(r"^(?P<path>[^:\s]+\.py):\d+: error: ", re.M)
 

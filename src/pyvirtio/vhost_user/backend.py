@@ -38,6 +38,7 @@ from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size
 from ..virtq.packed_device import is_valid_packed_size
 from . import errors as E
 from . import inflight as I
+from .inflight import PackedInflight, SplitInflight
 from .memmap import InflightMapping, check_region, create_inflight, map_inflight, map_region
 from .notifyfd import check_notify_fd
 from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS,
@@ -252,7 +253,8 @@ class BackendConnection:
         return []
 
     def _run(self, msg: Message, rule: Rule | None) -> bytes | None:
-        self._check(msg, rule)
+        self._check(msg, rule)  # raises for a message no rule takes
+        assert rule is not None
         try:
             return rule.handler(self, msg)
         except E.MessageRejected:
@@ -304,6 +306,8 @@ class BackendConnection:
 
     def _bind(self, ring: Vring) -> None:
         """Point the queue at the ring's guest-physical addresses (raises BadRingAddress)."""
+        if ring.addr is None:  # only started rings are bound, and _start refuses one without
+            raise E.WrongState(f"ring {ring.index} has no addresses (SET_VRING_ADDR) yet")
         desc, avail, used = self._translate(ring, ring.addr)
         ring.queue.set_addresses(desc, avail, used)
         try:
@@ -353,15 +357,19 @@ class BackendConnection:
             log.warning("%s: ring %d: IN_ORDER packed ring: requests in flight are not tracked",
                         self.name, ring.index)
             return
-        tracker = self.inflight.tracker(ring.index, packed=_packed(queue))
+        resubmit: list
+        tracker: SplitInflight | PackedInflight
+        where = ""
         if _packed(queue):
-            resubmit, where = self._recover_packed(queue, tracker)
+            tracker = packed = self.inflight.packed_tracker(ring.index)
+            resubmit, where = self._recover_packed(queue, packed)
         else:
-            resubmit = tracker.start(queue.size, queue.next_used)
+            tracker = split = self.inflight.split_tracker(ring.index)
+            resubmit = split.start(queue.size, queue.next_used)
             resume = (queue.next_used + len(resubmit)) & 0xFFFF
-            where = resume != queue.next_avail and (
-                f"avail ring resumes at {resume} (base sent: {queue.next_avail}, used idx "
-                f"{queue.next_used})")
+            if resume != queue.next_avail:
+                where = (f"avail ring resumes at {resume} (base sent: {queue.next_avail}, used idx "
+                         f"{queue.next_used})")
             queue.next_avail = resume
         if resubmit or where:
             log.info("%s: ring %d: resubmitting %d requests in flight at the last disconnect "
@@ -373,7 +381,7 @@ class BackendConnection:
         queue.inflight = tracker
         self.resubmitted += len(resubmit)
 
-    def _recover_packed(self, queue, tracker) -> tuple[list, str]:
+    def _recover_packed(self, queue, tracker: PackedInflight) -> tuple[list, str]:
         """A packed ring has no used index in memory, and QEMU keeps no position after a crash:
         both positions come from the region (used, and used + the ring slots in flight)."""
         def flags_at(pos: int) -> int:
@@ -390,7 +398,7 @@ class BackendConnection:
         queue.next_used, queue.used_wrap = used, wrap
         queue.next_avail, queue.avail_wrap = avail, avail_wrap
         after = queue.get_base()
-        return chains, after != before and f"base {after:#x} from the region (sent: {before:#x})"
+        return chains, f"base {after:#x} from the region (sent: {before:#x})" if after != before else ""
 
     def _stop(self, ring: Vring) -> None:
         self._quiesce(ring.index)  # requests in flight on the host finish before the base is read

@@ -79,6 +79,9 @@ FEATURES_REFUSED = (1 << Feature.RING_PACKED) | (1 << spec.VHOST_F_LOG_ALL)
 ALWAYS_ANSWERED = {R.GET_FEATURES: 8, R.GET_PROTOCOL_FEATURES: 8, R.GET_VRING_BASE: 8,
                    R.GET_QUEUE_NUM: 8, R.GET_CONFIG: None, R.GET_MAX_MEM_SLOTS: 8,
                    R.GET_STATUS: 8, R.GET_INFLIGHT_FD: spec.INFLIGHT_SIZE}
+# The same tables keyed by plain request numbers (a fuzzed request need not be a FrontendReq).
+_ANSWERED: dict[int, int | None] = {int(k): v for k, v in ALWAYS_ANSWERED.items()}
+_PAYLOAD_SIZE: dict[int, int] = {int(k): v for k, v in spec.REQUEST_PAYLOAD_SIZE.items()}
 #: Requests a back-end may answer without NEED_REPLY (a protocol feature or postcopy decides).
 MAY_ANSWER = {R.SET_LOG_BASE, R.SET_MEM_TABLE, R.ADD_MEM_REG, R.IOTLB_MSG, R.POSTCOPY_ADVISE,
               R.POSTCOPY_END, R.SET_DEVICE_STATE_FD, R.CHECK_DEVICE_STATE}
@@ -233,7 +236,8 @@ def _ring(rng: random.Random, info: TargetInfo) -> int:
 def template(request: int, rng: random.Random, info: TargetInfo) -> Step:
     """A well-formed ``request`` (a random payload of the right size when it has no builder)."""
     i = _ring(rng, info)
-    state = {R.SET_VRING_NUM: RING_SIZE, R.SET_VRING_ENABLE: rng.randrange(2)}.get(request, 0)
+    states: dict[int, int] = {R.SET_VRING_NUM: RING_SIZE, R.SET_VRING_ENABLE: rng.randrange(2)}
+    state = states.get(request, 0)
     build: dict[int, Callable[[], tuple[bytes, tuple[str, ...]]]] = {
         R.SET_FEATURES: lambda: (U64(info.taken_features).pack(), ()),
         R.SET_PROTOCOL_FEATURES: lambda: (U64(info.taken_protocol).pack(), ()),
@@ -258,7 +262,7 @@ def template(request: int, rng: random.Random, info: TargetInfo) -> Step:
                      R.SET_VRING_ENDIAN, R.VRING_KICK):
         payload, fds = VringState(i, state).pack(), ()
     else:
-        payload, fds = rng.randbytes(spec.REQUEST_PAYLOAD_SIZE.get(request, 0)), ()
+        payload, fds = rng.randbytes(_PAYLOAD_SIZE.get(request, 0)), ()
     return Step(request=int(request), payload=payload, fds=fds)
 
 
@@ -373,7 +377,7 @@ def allowed_reply_size(step: Step) -> Optional[int] | str:
     if step.request in ALWAYS_ANSWERED:
         if step.request == R.GET_CONFIG and len(step.payload) >= 12 and not step.mutated:
             return 12 + struct.unpack_from("=I", step.payload, 4)[0]
-        return ALWAYS_ANSWERED[step.request]
+        return _ANSWERED[step.request]
     if step.flags & HeaderFlag.NEED_REPLY:
         return 8
     return None if step.request in MAY_ANSWER else "none"

@@ -41,6 +41,9 @@ HISTORY = 4
 #: Replies longer than this break framing (no vhost-user reply comes near it).
 MAX_REPLY_PAYLOAD = 1 << 16
 
+#: The least time a finding gets to be confirmed and minimised (seconds).
+MINIMISE_SECONDS = 10.0
+
 
 class TargetDown(TransportError):
     """The target does not accept connections and cannot be restarted."""
@@ -134,7 +137,8 @@ class _Guest:
 
     def fds(self, kinds) -> tuple[list[int], list[int]]:
         """The fds to send for ``kinds`` and those to close after sending."""
-        send, close = [], []
+        send: list[int] = []
+        close: list[int] = []
         for kind in kinds:
             fd = {"memory": self.memory_fd, "kick": self.kick, "call": self.call}.get(kind)
             if fd is None:
@@ -359,27 +363,36 @@ def fuzz(target: Target, *, seconds: float, seed: int, bound: float = 2.0,
         key = _signature(case)
         if key in seen:
             continue
-        # each finding gets at most a quarter of the run (and the run half its time again)
-        until = min(deadline + 0.5 * seconds, time.monotonic() + max(3.0, 0.25 * seconds))
+        # each finding gets a quarter of the run, at least MINIMISE_SECONDS (a restart of the
+        # target per trial is slow on a busy machine), and the run at most half its time again
+        until = min(deadline + max(0.5 * seconds, MINIMISE_SECONDS),
+                    time.monotonic() + max(MINIMISE_SECONDS, 0.25 * seconds))
         _minimise(target, case, bound, until)
-        if not case.finding.confirmed and case.finding.kind == "crash":
+        if not _finding(case).confirmed and _finding(case).kind == "crash":
             case = _blame_earlier(target, case, history, bound, until)
         history.clear()
-        if not case.finding.confirmed:  # say so, but let a confirmed one of its kind come
-            key = ("unconfirmed", case.finding.kind)
+        if not _finding(case).confirmed:  # say so, but let a confirmed one of its kind come
+            key = ("unconfirmed", _finding(case).kind)
             if key in seen:
                 continue
         elif _signature(case) in seen:
             continue  # minimised, it is one already reported
-        seen.update({key, _signature(case)} if case.finding.confirmed else {key})
+        seen.update({key, _signature(case)} if _finding(case).confirmed else {key})
         report.findings.append(case)
         if on_finding:
             on_finding(case)
-        if not target.restart_cmd and case.finding.kind == "crash":
+        if not target.restart_cmd and _finding(case).kind == "crash":
             report.stopped_early = "the target crashed and there is no --restart-cmd to restart it"
             break
     report.restarts = max(0, target.starts - 1)
     return report
+
+
+def _finding(case: Case) -> Finding:
+    """A case known to hold a finding (the loop only gets here with one)."""
+    if case.finding is None:
+        raise AssertionError("a case without a finding")
+    return case.finding
 
 
 def _blame_earlier(target: Target, case: Case, history: deque, bound: float, until: float) -> Case:
@@ -390,15 +403,15 @@ def _blame_earlier(target: Target, case: Case, history: deque, bound: float, unt
         if time.monotonic() > until:
             break
         trial = Case(list(earlier.steps), earlier.seed, earlier.number,
-                     Finding("crash", case.finding.detail, len(earlier.steps) - 1))
+                     Finding("crash", _finding(case).detail, len(earlier.steps) - 1))
         _minimise(target, trial, bound, until)
-        if trial.finding.confirmed:
+        if _finding(trial).confirmed:
             return trial
     return case
 
 
 def _signature(case: Case) -> tuple:
-    f = case.finding
+    f = _finding(case)
     step = case.steps[f.step] if 0 <= f.step < len(case.steps) else None
     return (f.kind, f.detail.split(":")[0], step.name() if f.kind != "violation" and step else "")
 
@@ -406,7 +419,7 @@ def _signature(case: Case) -> tuple:
 def _minimise(target: Target, case: Case, bound: float, deadline: float) -> None:
     """Confirm the finding on a fresh target, then minimise it (each run on a fresh target when
     we can restart it: an earlier case's stray write must not make a later one look guilty)."""
-    original = case.finding
+    original = _finding(case)
     if original.kind == "crash" and not target.restart_cmd:
         original.confirmed = False
         return

@@ -101,11 +101,22 @@ class InflightRegion:
 
     def tracker(self, index: int, *, packed: bool) -> "SplitInflight | PackedInflight":
         """The tracker of queue ``index`` (raises InflightRegionError when it has none)."""
-        if not 0 <= index < self.num_queues:
-            raise InflightRegionError(f"queue {index} has no inflight region ({self.num_queues})")
-        t = (PackedInflight if packed else SplitInflight)(self.queue_view(index), self.queue_size)
+        return self.packed_tracker(index) if packed else self.split_tracker(index)
+
+    def split_tracker(self, index: int) -> "SplitInflight":
+        t = SplitInflight(self._view_of(index), self.queue_size)
         self._trackers.append(t)
         return t
+
+    def packed_tracker(self, index: int) -> "PackedInflight":
+        t = PackedInflight(self._view_of(index), self.queue_size)
+        self._trackers.append(t)
+        return t
+
+    def _view_of(self, index: int) -> memoryview:
+        if not 0 <= index < self.num_queues:
+            raise InflightRegionError(f"queue {index} has no inflight region ({self.num_queues})")
+        return self.queue_view(index)
 
     def release(self) -> None:
         """Drop every view into the buffer (before the shell unmaps it)."""

@@ -222,8 +222,9 @@ class ProxyServer:
             self._write(event_record(t, conn, event, detail))
 
     def _write(self, obj: dict) -> None:
-        self.record.write(dumps(obj))
-        self.record.flush()
+        if self.record is not None:  # callers check too; --record is optional
+            self.record.write(dumps(obj))
+            self.record.flush()
 
     def _close_all(self) -> None:
         for link in list(self._links):

@@ -210,13 +210,13 @@ class Endpoint:
         self.retry_at = 0.0  # client mode: when to try connecting next (monotonic)
         self.retry_delay = CONNECT_RETRY_MIN
         self.waiting_logged = False  # "waiting for the front-end" said once per absence
+        self.listener: socket.socket | None = None
+        self._connected: socket.socket | None = None
         if sock is None:  # client mode
-            self.listener: socket.socket | None = None
-            self._connected: socket.socket | None = None
+            pass
         elif is_listening(sock):
-            self.listener: socket.socket | None = sock
+            self.listener = sock
             sock.setblocking(False)
-            self._connected = None
         else:
             self.listener = None
             self._connected = sock  # --fd handed us a connected socket: serve it once
@@ -263,6 +263,7 @@ class VhostUserServer:
             return ep
         path = None
         if sock is None:
+            assert socket_path is not None  # exactly one of the two, checked above
             sock = bind_unix(socket_path, mode=socket_mode)
             path = socket_path
         ep = Endpoint(device, sock, name=name or socket_path or f"fd{sock.fileno()}", path=path,
@@ -270,7 +271,7 @@ class VhostUserServer:
         self.endpoints.append(ep)
         if ep.listener is not None:
             self._listen(ep, True)
-        else:
+        elif ep._connected is not None:
             self._open_session(ep, ep._connected)
             ep._connected = None
         return ep
@@ -372,6 +373,8 @@ class VhostUserServer:
         self._open_session(ep, sock)
 
     def _accept(self, ep: Endpoint) -> None:
+        if ep.listener is None:  # closed meanwhile
+            return
         try:
             sock, _ = ep.listener.accept()
         except (BlockingIOError, InterruptedError):

@@ -219,7 +219,7 @@ class PackedDeviceQueue(DeviceRingSide):
         try:
             chain = self._walk(mem)[0]
         except (DriverFault, GuestMemoryError) as exc:
-            fault = exc
+            fault: str | None = str(exc)
         else:
             fault = None if buf_id not in self._pending else f"buffer id {buf_id} is already in flight"
         finally:
