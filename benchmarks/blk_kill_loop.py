@@ -38,7 +38,7 @@ STALL = 90.0
 def start(backend: str, sock: str, image: str, aio: str):
     if backend == "qsd":
         return start_qsd(sock, image, num_queues=2, aio=aio)
-    return start_pyvirtio("blk", sock, blk_file=image, num_queues=2, aio=aio)
+    return start_pyvirtio("blk", sock, blk_file=image, num_queues=2, aio=aio, extra_args=["-v"])
 
 
 def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp: str) -> dict:
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--aio", choices=("io_uring", "threads"), default="threads")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="copy a failed run's directory (console log, back-end logs) to DIR/run-N")
     args = ap.parse_args(argv)
     kernel = prepare_kernel()
     rnd = random.Random(args.seed)
@@ -111,6 +113,10 @@ def main(argv=None) -> int:
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="pyvirtio-kill-") as tmp:
             r = one_run(kernel, args.backend, args.cycles, args.packed, args.aio, rnd, tmp)
+            if not r["ok"] and args.keep:
+                kept = os.path.join(args.keep, f"run-{run}")
+                shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.img", "*.sock"))
+                r["kept"] = kept
         results.append(r)
         print(f"run {run}: {'pass' if r['ok'] else 'FAIL'} after {r['cycles']} kills, "
               f"{r.get('rounds', '?')} fio rounds, {r['seconds']} s {r['why']}", flush=True)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..errors import TransportError
 
@@ -86,7 +86,9 @@ def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir
            settle: float = 0.05, env: Optional[dict] = None) -> Peer:
     log_dir = log_dir or os.path.dirname(socket_path) or tempfile.gettempdir()
     log_path = os.path.join(log_dir, f"{os.path.basename(socket_path)}.log")
-    log = open(log_path, "wb")
+    log = open(log_path, "ab")  # a restarted peer on the same socket adds to the same log
+    log.write(f"--- {name} started: {' '.join(argv)}\n".encode())
+    log.flush()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
@@ -136,11 +138,13 @@ def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optio
 
 def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = None,
                    read_only: bool = False, num_queues: int = 1, direct: bool = False,
-                   aio: Optional[str] = None, timeout: float = 15.0, src: Optional[str] = None) -> Peer:
+                   aio: Optional[str] = None, timeout: float = 15.0, src: Optional[str] = None,
+                   extra_args: Sequence[str] = ()) -> Peer:
     """``pyvirtio serve blk|rng`` in a child interpreter (blk: ``--direct``, ``--aio=AIO``); with
     ``src``, the package is imported from that directory (another checkout's ``src``: an A/B
     against an earlier commit)."""
-    argv = [sys.executable, "-m", "pyvirtio.cli", "serve", kind, f"--socket-path={socket_path}"]
+    argv = [sys.executable, "-m", "pyvirtio.cli", "serve", kind, f"--socket-path={socket_path}",
+            *extra_args]
     if kind == "blk":
         argv += [f"--blk-file={blk_file}", f"--num-queues={num_queues}"]
         argv += (["--read-only"] if read_only else []) + (["--direct"] if direct else [])
