@@ -299,3 +299,29 @@ def test_verify_against_qemu_storage_daemon(tmp_path, image):
     with start_qsd(str(tmp_path / "n.sock"), null_size=8 << 20) as peer:  # stores nothing
         with pytest.raises(DataMismatch):
             run(BlkBenchConfig(peer.socket_path, rw="read", iodepth=4, runtime=0.3, verify=True))
+
+
+@pytest.mark.peer
+def test_plot_draws_a_latency_histogram(pyvirtio_blk, tmp_path, capsys):
+    png = tmp_path / "lat.png"
+    assert main(["bench", "blk", f"--socket-path={pyvirtio_blk.socket_path}", "--runtime=0.3",
+                 "--iodepth=4", "--no-progress", f"--plot={png}"]) == 0
+    data = png.read_bytes()
+    assert data.startswith(b"\x89PNG") and len(data) > 5000
+    assert "latency histogram" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_one_line_before_the_run(monkeypatch, capsys):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **kw):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    # no back-end listens on this socket: the refusal comes before any connection is tried
+    assert main(["bench", "blk", "--socket-path=/nonexistent.sock", "--plot=x.png"]) == 1
+    err = capsys.readouterr().err
+    assert "needs matplotlib" in err and "Traceback" not in err

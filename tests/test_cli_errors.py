@@ -52,6 +52,7 @@ USAGE_ERRORS = [
     (["bench", "blk", "--socket-path=/tmp/none.sock", "--runtime=nan"], "argument --runtime: 'nan'"),
     (["bench", "blk", "--socket-path=/tmp/none.sock", "--bs=1000"], "--bs=1000: a positive multiple of 512"),
     (["bench", "virtqueue", "--duration=-1"], "argument --duration: '-1' is not a positive"),
+    (["bench", "virtqueue", "--runtime=-1"], "argument --runtime: '-1' is not a positive"),
     (["check", "--socket-path=/tmp/none.sock", "--timeout=-1"], "argument --timeout: '-1'"),
     (["check", "--socket-path=/tmp/none.sock", "--only=zzz"], "--only=zzz: no check id starts with 'zzz'"),
     (["check"], "--socket-path=PATH is required"),

@@ -125,6 +125,8 @@ class BlkBenchResult:
     stamp_seconds: float = 0.0
     verified: int = 0  # completed requests whose data was checked (reads, and the read-back)
     ring: str = "split"  # the ring layout negotiated
+    #: every timed request's completion latency (ns), for --plot; not in as_dict()
+    samples: Optional[array] = field(default=None, repr=False, compare=False)
 
     @property
     def iops(self) -> float:
@@ -136,6 +138,7 @@ class BlkBenchResult:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d.pop("samples", None)
         d.update(iops=round(self.iops, 1), mib_per_second=round(self.bytes_per_second / (1 << 20), 2),
                  mb_per_second=round(self.bytes_per_second / 1e6, 2))
         return d
@@ -360,6 +363,7 @@ class _Bench:
                                 seconds, len(self.lat), self.kicks, self.wakeups, self.capacity,
                                 self.max_inflight, latency_summary(self.lat), cfg.verify,
                                 len(touched), stamp_seconds)
+        result.samples = self.lat
         if self.stamp is not None and self.writing:
             self.sweep(touched, reading=True)  # the writes landed where they were sent
         result.verified = self.verified

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 
@@ -17,7 +18,9 @@ def register(sub) -> None:
     vq = targets.add_parser("virtqueue", help="descriptor chains per second through the split ring cores",
                             description="Driver adds, device drains, driver collects, over two mappings of "
                                         "one memfd; 1 and 4 descriptors per chain, with and without EVENT_IDX.")
-    vq.add_argument("--duration", type=positive_seconds, default=1.0, help="seconds per configuration (default 1)")
+    vq.add_argument("--runtime", type=positive_seconds, default=1.0, metavar="SECONDS",
+                    help="seconds per configuration (default 1; fio's name, as bench blk)")
+    vq.add_argument("--duration", type=positive_seconds, dest="runtime", help=argparse.SUPPRESS)  # old name
     vq.add_argument("--json", action="store_true", help="print JSON instead of a table")
     vq.set_defaults(func=_virtqueue)
     for name in BENCH_MODULES:
@@ -33,7 +36,7 @@ def register(sub) -> None:
 def _virtqueue(args) -> int:
     from ..bench.virtqueue import format_table, run_all
 
-    results = run_all(args.duration)
+    results = run_all(args.runtime)
     if args.json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

@@ -49,6 +49,9 @@ def register(targets) -> None:
     p.add_argument("--ring", default="auto", choices=("auto", "split", "packed"),
                    help="ring layout: split hides VIRTIO_F_RING_PACKED from the back-end, packed "
                         "fails unless it is negotiated, auto (default) takes packed if offered")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="also draw a completion-latency histogram to FILE (needs matplotlib: "
+                        "pip install 'pyvirtio[plot]')")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="do not print the progress line on stderr")
@@ -69,6 +72,13 @@ def run(args) -> int:
         from ..cli import CliUsageError
         raise CliUsageError(str(exc)) from None
     tty = sys.stderr.isatty()
+    if args.plot:  # say it before a long run, not after it
+        from ..bench.plot import PlotUnavailable, latency_histogram
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            from ..cli import CliError
+            raise CliError("--plot needs matplotlib (pip install 'pyvirtio[plot]')") from None
 
     def progress(elapsed, ios, interval):
         line = progress_line(cfg, elapsed, ios, interval)
@@ -80,6 +90,14 @@ def run(args) -> int:
         if args.progress and tty:
             print(file=sys.stderr)
     print(json.dumps(fio_json(result.as_dict()), indent=2) if args.json else format_result(result))
+    if args.plot:
+        try:
+            latency_histogram(result.samples or [], args.plot,
+                              f"{cfg.rw} bs={cfg.bs} iodepth={cfg.iodepth} — {cfg.socket_path}")
+        except (PlotUnavailable, OSError, ValueError) as exc:
+            from ..cli import CliError
+            raise CliError(f"--plot={args.plot}: {exc}") from None
+        print(f"latency histogram: {args.plot}", file=sys.stderr)
     return 0
 
 
