@@ -41,7 +41,8 @@ def start(backend: str, sock: str, image: str, aio: str):
     return start_pyvirtio("blk", sock, blk_file=image, num_queues=2, aio=aio, extra_args=["-v"])
 
 
-def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp: str) -> dict:
+def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp: str,
+            restart_delay: float = 0.0) -> dict:
     image, control, sock = (os.path.join(tmp, n) for n in ("disk.img", "control.img", "blk.sock"))
     for path, size in ((image, 64 * MiB), (control, MiB)):
         with open(path, "wb") as f:
@@ -66,6 +67,7 @@ def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp:
                 peer.process.wait(10)
                 if os.path.exists(sock):
                     os.unlink(sock)
+                time.sleep(restart_delay)  # no back-end at all for a while (QEMU retries every 1 s)
                 peer = start(backend, sock, image, aio)
                 result["cycles"] = cycle + 1
                 seen = len([line for line in guest.lines if line.startswith("round=")])
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
     ap.add_argument("--aio", choices=("io_uring", "threads"), default="threads")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--restart-delay", type=float, default=0.0, metavar="SECONDS",
+                    help="wait this long after a kill before starting the next back-end")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy a failed run's directory (console log, back-end logs) to DIR/run-N")
     args = ap.parse_args(argv)
@@ -112,7 +116,8 @@ def main(argv=None) -> int:
     results = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="pyvirtio-kill-") as tmp:
-            r = one_run(kernel, args.backend, args.cycles, args.packed, args.aio, rnd, tmp)
+            r = one_run(kernel, args.backend, args.cycles, args.packed, args.aio, rnd, tmp,
+                        args.restart_delay)
             if not r["ok"] and args.keep:
                 kept = os.path.join(args.keep, f"run-{run}")
                 shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.img", "*.sock"))
