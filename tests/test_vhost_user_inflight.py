@@ -328,3 +328,39 @@ def test_hostile_inflight_messages_are_rejected_with_their_fds_closed(tmp_path):
             os.close(f)
     finally:
         fe.close()
+
+
+def test_a_completion_published_but_never_signalled_is_signalled_by_the_next_back_end():
+    """Killed after the used idx moved but before the call fd was written: nothing is in flight,
+    nothing is resubmitted, and still the restarted back-end interrupts the driver once (found by
+    the guest kill loop: fio waited for ever for a request already in the used ring)."""
+    dev1 = HoldDevice(False)
+    conn1 = BackendConnection(dev1, name="first")
+    fe = TestFrontend.pair(conn1)
+    try:
+        fe.negotiate(features=(dev1.device_features | 1 << 30) & ~(1 << Feature.EVENT_IDX))
+        info, fd = _get_inflight(conn1)
+        fe.request(R.SET_INFLIGHT_FD, info.pack(), [fd])
+        fe.add_mem_reg()
+        fe.setup_ring(0, SIZE, event_idx=False)
+        _submit(fe, 3)
+        conn1.process_ring(0)
+        dev1.complete(conn1.memory, dev1.seen)  # published in the used ring, never signalled
+        dev2 = HoldDevice(False)
+        conn2 = BackendConnection(dev2, name="second")
+        fe.ch = PairChannel(conn2)
+        fe.negotiate(features=fe.features)
+        fe.request(R.SET_INFLIGHT_FD, info.pack(), [fd])
+        fe.add_mem_reg()
+        _start_ring(fe, fe.rings[0], base=3)  # QEMU: the used idx
+        notify, fault = conn2.process_ring(0)
+        assert fault is None and conn2.resubmitted == 0 and not dev2.seen
+        assert notify  # the driver is told to look at its used ring
+        notify, _ = conn2.process_ring(0)
+        assert not notify  # once
+        assert len(fe.wait_used(0, 3)) == 3
+        conn2.close()
+        os.close(fd)
+    finally:
+        fe.ch = PairChannel(conn1)
+        fe.close()

@@ -376,7 +376,10 @@ class BackendConnection:
                      "(buffers %s)%s", self.name, ring.index, len(resubmit),
                      _short([r[0] if isinstance(r, tuple) else r for r in resubmit]),
                      f"; {where}" if where else "")
-            ring.notify_once = True  # completions the old back-end published may be unsignalled
+        # Always, even with nothing to resubmit: a back-end killed between publishing a used
+        # entry and signalling it left the driver waiting for an interrupt that never came (the
+        # guest's request would hang for ever).  A spurious interrupt costs the driver a look.
+        ring.notify_once = True
         queue.resubmit = resubmit
         queue.inflight = tracker
         self.resubmitted += len(resubmit)
