@@ -48,11 +48,15 @@ def test_qemu_storage_daemon_crashes_and_the_replay_crashes_a_fresh_one(tmp_path
                  f"--restart-cmd={qsd_cmd(tmp_path, sock)}"])
     text = capsys.readouterr().out
     crashes = sorted(out.glob("crash-*.json"), key=lambda p: len(json.loads(p.read_text())["steps"]))
-    assert code == 1 and crashes, text
-    assert "signal 11" in text  # SIGSEGV, not a clean exit
-    # A fresh daemon on a new socket, started by the replay itself.  An out-of-range ring index
-    # makes qsd write outside its ring array: whether that address is mapped depends on the
-    # heap's layout, so a crash that needs one is allowed a second fresh daemon.
+    assert code == 1 and "signal 11" in text, text  # it crashed qsd (SIGSEGV, not a clean exit)
+    if not crashes:
+        # Every crash this run found depended on qsd's heap layout (an out-of-range ring index
+        # writes outside its array): none repeated on a fresh daemon, so each was saved
+        # "unconfirmed" — the fuzzer says so rather than keep a replay that may not crash.
+        assert list(out.glob("unconfirmed-crash-*.json")) and "not confirmed" in text, text
+        return
+    # A fresh daemon on a new socket, started by the replay itself; a crash that needs a given
+    # heap layout is allowed a second fresh daemon.
     for attempt in range(2):
         fresh = str(tmp_path / f"fresh{attempt}.sock")
         code = main(["fuzz", "--replay", str(crashes[0]), f"--socket-path={fresh}",
