@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from ..errors import TransportError
-from ..sockets import bind_unix, inode_of, unlink_if_ours
+from ..sockets import bind_unix, inode_of, recv_with_fds, unlink_if_ours
 from .errors import FramingError
 from .proxy import (BE_FE, BE_FE_REQ, FE_BE, FE_BE_REQ, Passage, ProxySession, Rule, dumps,
                     event_record, record_header)
@@ -237,15 +237,7 @@ class ProxyServer:
 
 
 def _recv(sock: socket.socket, want: int) -> tuple[bytes, list[int], bool]:
-    data, ancdata, flags, _ = sock.recvmsg(max(want, 1), socket.CMSG_SPACE(MAX_FDS_RECEIVED * 4),
-                                           socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
-            fds.extend(arr)
-    return data, fds, bool(flags & socket.MSG_CTRUNC)
+    return recv_with_fds(sock, want, MAX_FDS_RECEIVED)
 
 
 def _sendmsg(sock: socket.socket, data: bytes, fds: list[int]) -> None:

@@ -47,7 +47,7 @@ from .backend import BackendConnection, Reply
 from .errors import ConnectionFatal
 from .protocol import MAX_FDS
 from ..sockets import (DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials,
-                       unlink_if_ours)
+                       recv_with_fds, unlink_if_ours)
 
 log = logging.getLogger("pyvirtio.vhost_user")
 
@@ -466,15 +466,7 @@ class VhostUserServer:
 
 
 def _recv(sock: socket.socket, want: int) -> tuple[bytes, list[int], bool]:
-    data, ancdata, flags, _ = sock.recvmsg(max(want, 1), socket.CMSG_SPACE(_CMSG_FDS * 4),
-                                           socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
-            fds.extend(arr)
-    return data, fds, bool(flags & socket.MSG_CTRUNC)
+    return recv_with_fds(sock, want, _CMSG_FDS)
 
 
 def _send(sock: socket.socket, reply: Reply) -> None:
