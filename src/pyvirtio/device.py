@@ -20,6 +20,7 @@ from .limits import PeerLog
 from .memory import GuestMemory
 from .spec.features import Feature
 from .spec.status import DeviceStatus
+from .stats import device_statistics
 from .virtq import DescriptorChain, DeviceQueue, PackedDeviceQueue, SplitDeviceQueue
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ class VirtioDevice:
         self.status = DeviceStatus(0)
         self.config_generation = 0
         self.interrupt: InterruptHandler = _ignore_interrupt
+        #: The transport keeps the driver's status to itself (vhost-user: the front-end has it,
+        #: and decides what the driver hears): config changes and DEVICE_NEEDS_RESET then always
+        #: go to :attr:`interrupt`, DRIVER_OK or not, and the transport passes them on.
+        self.status_elsewhere = False
         #: Set by the engine serving the device: ``host_call(fn, group)`` runs ``fn()`` in that
         #: group's worker (under its lock) — how host code in another thread (set a link down,
         #: hand in frames, add a port) changes the device.  Without an engine it runs inline.
@@ -69,6 +74,8 @@ class VirtioDevice:
         #: For lines a guest can cause in a loop (a bad chain, a bad frame): its device's logger,
         #: rate-limited per device (the guest is the peer; ``limits.LOG_LINES_PER_SECOND``).
         self.guest_log = PeerLog(logging.getLogger(type(self).__module__))
+        #: Config-change notifications sent (pyvirtio.stats; the queues count their own).
+        self.config_interrupts = 0
 
     # --- features (2.2) -------------------------------------------------------------------------
 
@@ -126,8 +133,7 @@ class VirtioDevice:
         packed = self.has_feature(Feature.RING_PACKED)
         cls: type[SplitDeviceQueue | PackedDeviceQueue] = PackedDeviceQueue if packed else SplitDeviceQueue
         if any(type(q) is not cls for q in self.queues):
-            self.queues = [q if type(q) is cls else cls(q.max_size, index=q.index)
-                           for q in self.queues]
+            self.queues = [q if type(q) is cls else _renew(cls, q) for q in self.queues]
         in_order = self.has_feature(Feature.IN_ORDER)
         for q in self.queues:
             q.set_features(event_idx, indirect)
@@ -139,7 +145,7 @@ class VirtioDevice:
         self.status = DeviceStatus(0)
         self.driver_features = 0
         if any(q.packed for q in self.queues):
-            self.queues = [SplitDeviceQueue(q.max_size, index=q.index) for q in self.queues]
+            self.queues = [_renew(SplitDeviceQueue, q) for q in self.queues]
         for q in self.queues:
             q.reset()
         self.on_reset()
@@ -148,7 +154,8 @@ class VirtioDevice:
         """Enter DEVICE_NEEDS_RESET and tell the driver with a config interrupt (2.1.2)."""
         self.guest_log.warning("%s: device needs reset: %s", type(self).__name__, why)
         self.status |= DeviceStatus.DEVICE_NEEDS_RESET
-        if self.status & DeviceStatus.DRIVER_OK:
+        if self.status & DeviceStatus.DRIVER_OK or self.status_elsewhere:
+            self.config_interrupts += 1
             self.interrupt(CONFIG_CHANGE)
 
     @property
@@ -173,7 +180,8 @@ class VirtioDevice:
     def config_changed(self) -> None:
         """Bump the generation (2.5.1) and send a config change notification once running."""
         self.config_generation = (self.config_generation + 1) & 0xFF
-        if self.status & DeviceStatus.DRIVER_OK:
+        if self.status & DeviceStatus.DRIVER_OK or self.status_elsewhere:
+            self.config_interrupts += 1
             self.interrupt(CONFIG_CHANGE)
 
     # --- queues ---------------------------------------------------------------------------------
@@ -215,9 +223,11 @@ class VirtioDevice:
         try:
             notify = self.process_queue(mem, queue)
         except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            queue.stats.errors += 1
             self.needs_reset(exc)
             return
         if notify:
+            queue.stats.interrupts += 1
             self.interrupt(Interrupt(index))
 
     def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
@@ -236,10 +246,19 @@ class VirtioDevice:
             queue.add_used(mem, head_index, written)
             notify = queue.needs_notification(mem)
         except VirtioError as exc:
+            queue.stats.errors += 1
             self.needs_reset(exc)
             return
         if notify:
+            queue.stats.interrupts += 1
             self.interrupt(Interrupt(queue_index))
+
+    # --- statistics (pyvirtio.stats) ------------------------------------------------------------
+
+    def statistics(self) -> dict:
+        """The device's state and its queues' counters as plain data (from any thread: a
+        snapshot, exact per counter).  Transports add their own part (a connection's state)."""
+        return device_statistics(self)
 
     # --- hooks ----------------------------------------------------------------------------------
 
@@ -254,3 +273,10 @@ class VirtioDevice:
 
     def close(self) -> None:
         """Release host resources (files, sockets)."""
+
+
+def _renew(cls, queue):
+    """A fresh queue of ``cls`` in place of ``queue``, keeping its counters."""
+    new = cls(queue.max_size, index=queue.index)
+    new.stats = queue.stats
+    return new

@@ -41,6 +41,7 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 from .errors import DriverFault, GuestMemoryError, QueueBroken
 from .interrupt import Interrupt
 from .memory import GuestMemory
+from .stats import QueueCounters
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ class GroupWorker:
     """Serves one queue group: one thread, one poll set, one lock held per turn."""
 
     def __init__(self, host: QueueHost, group: int, queues: Sequence[int], *, name: str,
-                 idle_interval: Optional[float] = None, transient: bool = False):
+                 idle_interval: Optional[float] = None, transient: bool = False,
+                 counters: Sequence[QueueCounters] = ()):
         self.host = host
         self.group = group
         self.queues = tuple(queues)
@@ -100,6 +102,9 @@ class GroupWorker:
         self._dead: set[int] = set()  # kick fds found unusable (until the transport replaces them)
         self._kick_buf = bytearray(8)
         self.turns = 0
+        #: The device's per-queue counters, by queue index (pyvirtio.stats): kicks served and
+        #: notifications sent are counted here, for every transport.
+        self.counters = counters
 
     # --- control, from any thread ---------------------------------------------------------------
 
@@ -191,6 +196,8 @@ class GroupWorker:
             notify = self._turn(kicked, events, everything)
         for index in notify:
             self.host.notify(index)
+            if self.counters:
+                self.counters[index].interrupts += 1
 
     def _turn(self, kicked: Iterable[int], events: Sequence[tuple[int, int]], everything: bool) -> list[int]:
         """One turn with the lock held: the queues to notify."""
@@ -310,10 +317,14 @@ class GroupWorker:
                     host_events.append((fd, revents))
                 elif kick_fd(index) == fd and self._take_kick(fd, revents, index):
                     kicked.append(index)
+                    if self.counters:
+                        self.counters[index].kicks += 1
             # Notifications go out with the lock still held: a control message that stops or
             # re-plumbs a ring never sees one of this turn arrive after it.
             for index in self._turn(kicked, host_events, everything):
                 self.host.notify(index)
+                if self.counters:
+                    self.counters[index].interrupts += 1
 
     def _take_kick(self, fd: int, revents: int, index: int) -> bool:
         """Consume a kick; an fd at end of file or in error is dropped from the watch list until
@@ -416,6 +427,7 @@ class LocalEngine:
         try:
             return bool(dev.process_queue(mem, queue))
         except (DriverFault, GuestMemoryError, QueueBroken) as exc:
+            queue.stats.errors += 1
             dev.needs_reset(exc)
             return False
 
@@ -452,8 +464,9 @@ class LocalEngine:
             if not self.workers and not self._stopped:
                 groups = self.device.queue_groups()
                 idle = getattr(self.device, "idle_interval", None)
+                counters = [q.stats for q in self.device.queues]
                 self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}",
-                                            idle_interval=idle, transient=True)
+                                            idle_interval=idle, transient=True, counters=counters)
                                 for g, queues in enumerate(groups)]
                 self._group_of = {q: w for w in self.workers for q in w.queues}
             return self.workers
@@ -465,6 +478,7 @@ class LocalEngine:
         if worker is None:
             log.warning("%s: notify for queue %d that does not exist", self.name, index)
             return
+        self.device.queues[index].stats.kicks += 1
         before = self.host_fds(worker.group)
         worker.turn((index,))
         after = self.host_fds(worker.group)

@@ -423,19 +423,20 @@ class BackendConnection:
         if not ring.active:
             return False, None
         queue = ring.queue
-        before = queue.chains_popped
+        before = queue.stats.chains
         try:
             notify = self.device.process_queue(self.memory, queue)
             if ring.notify_once:
                 ring.notify_once, notify = False, True
             return notify, None
         except (DriverFault, GuestMemoryError, QueueBroken, UsageError) as exc:
+            queue.stats.errors += 1
             ring.fault = str(exc)
             self.log.error("%s: ring %d broken by the driver: %s (ring %s; last messages: %s)", self.name,
                       index, exc, ring.describe(), ", ".join(self.history))
             return False, ring.fault
         finally:
-            ring.chains += queue.chains_popped - before
+            ring.chains += queue.stats.chains - before
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         """The host fds the device wants watched for ``group`` (none while no memory is mapped)."""

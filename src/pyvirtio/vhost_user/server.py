@@ -99,7 +99,9 @@ class Session:
         self.signal_lock = threading.Lock()
         device = endpoint.device
         idle = getattr(device, "idle_interval", None)
-        self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}", idle_interval=idle)
+        counters = [q.stats for q in device.queues]
+        self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}", idle_interval=idle,
+                                    counters=counters)
                         for g, queues in enumerate(device.queue_groups())]
         device.interrupt = self._interrupt
         device.host_call = self._host_call

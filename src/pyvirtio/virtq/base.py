@@ -77,7 +77,8 @@ class DeviceQueue(Protocol):
     in_order: bool
     broken: bool
     fault: Exception | None
-    chains_popped: int
+    #: Counters (:class:`pyvirtio.stats.QueueCounters`), kept across resets by the device.
+    stats: Any
     #: The layout's vhost-user inflight tracker (pyvirtio.vhost_user.inflight) or None.
     inflight: Any
     #: Chains to pop again before the ring's own (the layout's form; see the tracker).

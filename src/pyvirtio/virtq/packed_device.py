@@ -30,6 +30,7 @@ from ..fence import mb, rmb, wmb
 from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
+from ..stats import QueueCounters
 from .base import DeviceRingSide
 from .batch import readable_views
 from .chain import DescriptorChain
@@ -84,6 +85,8 @@ class PackedDeviceQueue(DeviceRingSide):
         self.event_idx = False
         self.indirect = False
         self.in_order = False
+        #: Counters (pyvirtio.stats); not reset with the ring: the device carries them over.
+        self.stats = QueueCounters()
         self.reset()
 
     # --- configuration --------------------------------------------------------------------------
@@ -96,7 +99,6 @@ class PackedDeviceQueue(DeviceRingSide):
         self.next_used, self.used_wrap = 0, 1
         self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds (pop order)
         self._wlen: dict[int, int] = {}  # IN_ORDER: buffer id -> its device-writable bytes
-        self.chains_popped = 0  # statistics: positions wrap at the (any) ring size, this does not
         self._added_since_signal = 0
         self._signalled_once = False
         self.broken = False
@@ -203,7 +205,9 @@ class PackedDeviceQueue(DeviceRingSide):
         if self.inflight is not None:
             self.inflight.popped(self._desc, self.next_avail, count)
         self.next_avail, self.avail_wrap = pos, wrap
-        self.chains_popped += 1
+        stats = self.stats
+        stats.chains += 1
+        stats.bytes_read += chain.readable_len
         return chain
 
     def _pop_resubmitted(self, mem: GuestMemory) -> DescriptorChain:
@@ -227,7 +231,8 @@ class PackedDeviceQueue(DeviceRingSide):
         if fault is not None:
             self._break(DriverFault(f"queue {self.index}: resubmitted chain: {fault}"))
         self._pending[buf_id] = len(descs)
-        self.chains_popped += 1
+        self.stats.chains += 1
+        self.stats.bytes_read += chain.readable_len
         return chain
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
@@ -294,7 +299,9 @@ class PackedDeviceQueue(DeviceRingSide):
         if pos >= size:
             pos, self.avail_wrap = pos - size, wrap ^ 1
         self.next_avail = pos
-        self.chains_popped += count
+        stats = self.stats
+        stats.chains += count
+        stats.bytes_read += sum(lengths)
         return ids, lengths, bufs
 
     def _walk(self, mem: GuestMemory):
@@ -390,6 +397,7 @@ class PackedDeviceQueue(DeviceRingSide):
             self.used_wrap ^= 1
         self.next_used = pos
         self._added_since_signal += count
+        self.stats.bytes_written += length
 
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
         self._check(mem)
@@ -482,6 +490,7 @@ class PackedDeviceQueue(DeviceRingSide):
             self.used_wrap ^= 1
         self.next_used = pos
         self._added_since_signal += count
+        self.stats.bytes_written += length * count
 
     # --- notification suppression (2.8.10) ------------------------------------------------------
 

@@ -23,6 +23,7 @@ from ..fence import mb, rmb, wmb
 from ..limits import MAX_CHAIN_BYTES, MAX_CHAIN_SEGMENTS
 from ..memory import GuestMemory
 from ..spec import ring
+from ..stats import QueueCounters
 from .base import DeviceRingSide
 from .chain import DescriptorChain
 from .batch import readable_views
@@ -63,6 +64,8 @@ class SplitDeviceQueue(DeviceRingSide):
         self.max_size = max_size
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        #: Counters (pyvirtio.stats); not reset with the ring: the device carries them over.
+        self.stats = QueueCounters()
         self.reset()
 
     # --- configuration --------------------------------------------------------------------------
@@ -76,7 +79,6 @@ class SplitDeviceQueue(DeviceRingSide):
         self.ready = False
         self.next_avail = 0
         self.next_used = 0
-        self.chains_popped = 0  # statistics (the avail index wraps at 2**16, this does not)
         self.signalled_used = 0  # used idx at the last notification decision
         self._signalled_valid = False  # False until the first decision (then EVENT_IDX applies)
         self.notifications_enabled = True
@@ -179,13 +181,16 @@ class SplitDeviceQueue(DeviceRingSide):
         if self.inflight is not None:
             self.inflight.popped(head)
         self.next_avail = (next_avail + 1) & 0xFFFF
-        self.chains_popped += 1
+        stats = self.stats
+        stats.chains += 1
+        stats.bytes_read += chain.readable_len
         return chain
 
     def _pop_resubmitted(self, mem: GuestMemory) -> DescriptorChain:
         """A chain a previous back-end had in flight (still marked in the inflight region)."""
         chain = self._walk(mem, self.resubmit.pop(0))
-        self.chains_popped += 1
+        self.stats.chains += 1
+        self.stats.bytes_read += chain.readable_len
         return chain
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
@@ -247,7 +252,9 @@ class SplitDeviceQueue(DeviceRingSide):
             for head in heads:
                 self.inflight.popped(head)
         self.next_avail = (next_avail + len(heads)) & 0xFFFF
-        self.chains_popped += len(heads)
+        stats = self.stats
+        stats.chains += len(heads)
+        stats.bytes_read += sum(lengths)
         return heads, lengths, bufs
 
     def _walk(self, mem: GuestMemory, head: int) -> DescriptorChain:
@@ -337,6 +344,7 @@ class SplitDeviceQueue(DeviceRingSide):
         wmb()  # the used element before the used idx that publishes it (2.7.8)
         self.next_used = (self.next_used + 1) & 0xFFFF
         self._used16[1] = self.next_used
+        self.stats.bytes_written += length
         if inflight is not None:
             inflight.published((head_index,), self.next_used)
 
@@ -352,11 +360,14 @@ class SplitDeviceQueue(DeviceRingSide):
             except (TypeError, ValueError):
                 raise UsageError(f"queue {self.index}: add_used_batch with an element out of range") from None
             used32, next_used, mask = self._used32, self.next_used, size - 1
+            written = 0
             for head, length in elems:
                 slot = (next_used & mask) << 1
                 used32[1 + slot] = head
                 used32[2 + slot] = length
                 next_used = (next_used + 1) & 0xFFFF
+                written += length
+            self.stats.bytes_written += written
             inflight = self.inflight
             if inflight is not None:
                 inflight.batch([head for head, _ in elems])
@@ -423,6 +434,7 @@ class SplitDeviceQueue(DeviceRingSide):
         wmb()  # the used elements before the used idx that publishes them (2.7.8)
         self.next_used = (self.next_used + count) & 0xFFFF
         self._used16[1] = self.next_used
+        self.stats.bytes_written += sum(flat[1::2])
         if inflight is not None:
             inflight.published(flat[0::2], self.next_used)
 
