@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar, Iterable, Optional, Self, Sequence
+from typing import Any, ClassVar, Optional, Self, Sequence
 
 from .errors import (ConfigGenerationError, DeviceFault, FeatureNegotiationError, QueueFull,
                      UsageError, VirtioError)
@@ -293,9 +293,3 @@ class VirtioDriver:
                 q.close()
             self.queues = []
 
-
-def find_driver(drivers: Iterable[type[VirtioDriver]], device_type: int) -> Optional[type[VirtioDriver]]:
-    for drv in drivers:
-        if drv.matches(device_type):
-            return drv
-    return None

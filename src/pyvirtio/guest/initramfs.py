@@ -229,13 +229,6 @@ class FileSet:
     def add_symlink(self, guest_path: str, target: str) -> None:
         self._links[guest_path] = target
 
-    def add_host_file(self, host_path: str | os.PathLike, guest_path: str | None = None,
-                      mode: int | None = None) -> None:
-        host = Path(host_path)
-        if not host.exists():
-            raise InitramfsError(f"host file {host} does not exist")
-        self.add_file(guest_path or str(host), host, mode)
-
     def add_host_binary(self, host_path: str | os.PathLike,
                         guest_path: str | None = None) -> list[str]:
         """Add an executable and its shared libraries (from ``ldd``) plus the loader.
@@ -617,6 +610,8 @@ def _is_static(path: Path) -> bool:
 @functools.lru_cache(maxsize=8)
 def _base_archive(modules_dir: str, modules: tuple[str, ...], busybox: str,
                   busybox_mtime: float) -> tuple[bytes, tuple[str, ...]]:
+    # ``busybox_mtime`` is read by nobody: it is part of the cache key, so an upgraded busybox
+    # is not served from a stale cached archive.
     w = CpioWriter()
     for d in ("bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run",
               "mnt", "root", "etc", "lib/modules/pyvirtio", GUEST_DIR.lstrip("/")):

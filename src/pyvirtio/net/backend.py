@@ -114,10 +114,6 @@ class NetBackend:
         self.close()
 
 
-def views_len(views: Views) -> int:
-    return sum(len(v) for v in views)
-
-
 def copy_into(views: Views, data) -> int:
     """Copy ``data`` into ``views`` in order; returns the bytes copied (at most their room)."""
     src = memoryview(data).cast("B")

@@ -149,9 +149,6 @@ class RxPlacer:
         self.done = []
         return self.queue.needs_notification(mem)
 
-    def has_buffers(self, mem: GuestMemory) -> bool:
-        return bool(self.spare) or self.queue.has_available(mem)
-
     def wait_for_buffers(self, mem: GuestMemory) -> bool:
         """Out of buffers: ask the driver to kick when it posts more.  True if some raced in."""
         self.kicks_wanted = True
