@@ -15,6 +15,7 @@ import logging
 from typing import Callable, ClassVar, Optional
 
 from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, VirtioError
+from .faults import FaultSet
 from .interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
 from .limits import PeerLog
 from .memory import GuestMemory
@@ -30,6 +31,10 @@ COMMON_FEATURES = (1 << Feature.VERSION_1) | (1 << Feature.EVENT_IDX) | (1 << Fe
 
 
 def _ignore_interrupt(info: Interrupt) -> None:
+    pass
+
+
+def _nothing() -> None:
     pass
 
 
@@ -74,6 +79,10 @@ class VirtioDevice:
         #: For lines a guest can cause in a loop (a bad chain, a bad frame): its device's logger,
         #: rate-limited per device (the guest is the peer; ``limits.LOG_LINES_PER_SECOND``).
         self.guest_log = PeerLog(logging.getLogger(type(self).__module__))
+        #: Fault injection rules (:mod:`pyvirtio.faults`), changed from any thread; the device
+        #: and the engine ask them on their slow paths (an empty set: one attribute test).
+        self.faults = FaultSet(getattr(self, "device_type", None), name=type(self).__name__)
+        self.faults.listeners.append(self.faults_changed)
         #: Config-change notifications sent (pyvirtio.stats; the queues count their own).
         self.config_interrupts = 0
 
@@ -261,6 +270,12 @@ class VirtioDevice:
         return device_statistics(self)
 
     # --- hooks ----------------------------------------------------------------------------------
+
+    def faults_changed(self) -> None:
+        """A fault rule came or went (any thread): every worker looks again at what it watches
+        (a rule may need a timer, or end one)."""
+        for group in range(len(self.queue_groups())):
+            self.host_call(_nothing, group)
 
     def on_features(self, features: int) -> None:
         """Features are settled (FEATURES_OK accepted)."""

@@ -39,7 +39,9 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
 from .errors import DriverFault, GuestMemoryError, QueueBroken
+from .faults import FaultSet
 from .interrupt import Interrupt
+from .irq_faults import IrqFaults
 from .memory import GuestMemory
 from .stats import QueueCounters
 
@@ -54,6 +56,7 @@ _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 STOP_TIMEOUT = 5.0
 
 HostEvents = list[tuple[int, int]]
+_NO_FAULTS = FaultSet()  # the rules of a worker without a device: always empty
 
 
 class QueueHost(Protocol):
@@ -83,7 +86,7 @@ class GroupWorker:
 
     def __init__(self, host: QueueHost, group: int, queues: Sequence[int], *, name: str,
                  idle_interval: Optional[float] = None, transient: bool = False,
-                 counters: Sequence[QueueCounters] = ()):
+                 counters: Sequence[QueueCounters] = (), device=None):
         self.host = host
         self.group = group
         self.queues = tuple(queues)
@@ -105,6 +108,11 @@ class GroupWorker:
         #: The device's per-queue counters, by queue index (pyvirtio.stats): kicks served and
         #: notifications sent are counted here, for every transport.
         self.counters = counters
+        #: The device's fault rules: notification rules apply to what every turn sends
+        #: (:mod:`pyvirtio.irq_faults`; an empty set costs one attribute test per turn).
+        self.device = device
+        self.faults: FaultSet = device.faults if device is not None else _NO_FAULTS
+        self._irq: Optional[IrqFaults] = None
 
     # --- control, from any thread ---------------------------------------------------------------
 
@@ -152,6 +160,9 @@ class GroupWorker:
         with self._life:
             if stopped:
                 self._thread = None
+                if self._irq is not None:
+                    self._irq.close()
+                    self._irq = None
                 if self._wake_fd >= 0:
                     fd, self._wake_fd = self._wake_fd, -1
                     os.close(fd)
@@ -208,7 +219,18 @@ class GroupWorker:
             more = host.host_ready(self.group, list(events))
             if more:
                 notify = sorted(more.union(notify))
+        if self.faults.irq and notify:
+            notify = self._irq_faults().filter(notify)
         return notify
+
+    def _irq_faults(self) -> IrqFaults:
+        if self._irq is None:
+            self._irq = IrqFaults(self.device, self.faults, self.queues)
+        return self._irq
+
+    def timer_fd(self) -> int:
+        """The notification faults' timer while one is pending (-1: none)."""
+        return self._irq.fd if self._irq is not None else -1
 
     # --- the thread -----------------------------------------------------------------------------
 
@@ -229,7 +251,11 @@ class GroupWorker:
                 if woken:
                     kicks, polling = self._kick_fds(), self._polling()
                     timeout = self._timeout(polling)
+                    if self.faults.irq:
+                        self._irq_faults().sync()
                 extra = host_fds(group)
+                if self._irq is not None and self._irq.fd >= 0:
+                    extra = extra + [(self._irq.fd, POLLIN)]
                 want = self._merge(kicks, extra) if extra else kicks
                 if self.transient and not want and timeout is None and self._retire(wake_fd):
                     return
@@ -272,6 +298,8 @@ class GroupWorker:
 
     def _with_host_fds(self, kicks: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
         extra = self.host.host_fds(self.group)
+        if self.timer_fd() >= 0:
+            extra = extra + [(self.timer_fd(), POLLIN)]
         return self._merge(kicks, extra) if extra else kicks
 
     @staticmethod
@@ -307,13 +335,19 @@ class GroupWorker:
         kicked: list[int] = []
         host_events: HostEvents = []
         kick_fd = self.host.kick_fd
+        timer = self.timer_fd()
         with self.lock:
             for fd, revents in events:
                 entry = watched.get(fd)
                 if entry is None:
                     continue
                 index = entry[1]
-                if index < 0:
+                if fd == timer and self._irq is not None:
+                    for index in self._irq.due():  # delayed and spurious notifications
+                        self.host.notify(index)
+                        if self.counters:
+                            self.counters[index].interrupts += 1
+                elif index < 0:
                     host_events.append((fd, revents))
                 elif kick_fd(index) == fd and self._take_kick(fd, revents, index):
                     kicked.append(index)
@@ -466,7 +500,8 @@ class LocalEngine:
                 idle = getattr(self.device, "idle_interval", None)
                 counters = [q.stats for q in self.device.queues]
                 self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}",
-                                            idle_interval=idle, transient=True, counters=counters)
+                                            idle_interval=idle, transient=True, counters=counters,
+                                            device=self.device)
                                 for g, queues in enumerate(groups)]
                 self._group_of = {q: w for w in self.workers for q in w.queues}
             return self.workers
@@ -482,7 +517,7 @@ class LocalEngine:
         before = self.host_fds(worker.group)
         worker.turn((index,))
         after = self.host_fds(worker.group)
-        if after != before or (after and not worker.running):
+        if after != before or ((after or worker.timer_fd() >= 0) and not worker.running):
             worker.wake()  # the worker thread must watch something new (completions, a TAP)
 
     def wake(self) -> None:

@@ -101,7 +101,7 @@ class Session:
         idle = getattr(device, "idle_interval", None)
         counters = [q.stats for q in device.queues]
         self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}", idle_interval=idle,
-                                    counters=counters)
+                                    counters=counters, device=device)
                         for g, queues in enumerate(device.queue_groups())]
         device.interrupt = self._interrupt
         device.host_call = self._host_call
