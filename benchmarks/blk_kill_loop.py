@@ -41,23 +41,35 @@ def start(backend: str, sock: str, image: str, aio: str):
     return start_pyvirtio("blk", sock, blk_file=image, num_queues=2, aio=aio, extra_args=["-v"])
 
 
-def qemu_connections(sock: str) -> int:
-    """Connected UNIX sockets bound to ``sock`` (/proc/net/unix: a back-end's accepted
-    connections carry its listening path; state 03 is SS_CONNECTED) — how the loop sees that
-    QEMU reached a back-end it cannot look into (qemu-storage-daemon logs nothing)."""
+def qemu_connections(pid: int) -> int:
+    """Connected UNIX sockets the back-end process ``pid`` holds — how the loop sees that QEMU
+    reached a back-end it cannot look into (qemu-storage-daemon logs nothing).  Its fds name
+    socket inodes; /proc/net/unix gives each one's state (03: SS_CONNECTED).  The socket file's
+    path does not help: pyvirtio binds under a temporary name and renames it into place."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        return 0
     n = 0
     with open("/proc/net/unix") as f:
         next(f)
         for line in f:
             parts = line.split()
-            if len(parts) >= 8 and parts[7] == sock and parts[5] == "03":
+            if len(parts) >= 7 and parts[5] == "03" and parts[6] in inodes:
                 n += 1
     return n
 
 
-def wait_connected(sock: str, guest, timeout: float = 30.0) -> None:
+def wait_connected(peer, guest, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while qemu_connections(sock) < 1:
+    while qemu_connections(peer.process.pid) < 1:
         if time.monotonic() > deadline or not guest.running:
             raise GuestTimeout(f"QEMU did not reconnect to the new back-end within {timeout:.0f} s")
         time.sleep(0.02)
@@ -92,7 +104,7 @@ def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp:
                 time.sleep(restart_delay)  # no back-end at all for a while (QEMU retries every 1 s)
                 peer = start(backend, sock, image, aio)
                 if wait:  # the CI test's regime: the next kill comes 0.2-2.5 s after QEMU is back
-                    wait_connected(sock, guest)
+                    wait_connected(peer, guest)
                 result["cycles"] = cycle + 1
                 seen = len([line for line in guest.lines if line.startswith("round=")])
             last = None
