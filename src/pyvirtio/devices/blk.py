@@ -32,6 +32,7 @@ from ..spec import blk as spec
 from ..spec.features import Feature
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain
+from .blk_faults import Holding, faulty_request
 from .blk_image import open_image
 from .blk_io import FLUSH, READ, WRITE, QueueIO, Request
 
@@ -123,6 +124,8 @@ class BlkDevice(VirtioDevice):
         # the used length of those already finished (published once all before them are).
         self._order: dict[int, deque[int]] = {}
         self._finished: dict[int, dict[int, int]] = {}
+        #: Completions held back by fault rules (``latency``: pyvirtio.devices.blk_faults).
+        self.holding = Holding()
 
     @property
     def io_mode(self) -> str:
@@ -163,6 +166,7 @@ class BlkDevice(VirtioDevice):
     def on_reset(self) -> None:
         self.quiesce(None)  # nothing of the old driver's may still be writing into its memory
         self._close_io()
+        self.holding.close()
         self._order.clear()
         self._finished.clear()
         self.writeback = self.default_writeback
@@ -179,7 +183,10 @@ class BlkDevice(VirtioDevice):
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         io = self._io.get(group)
-        return [(io.completion_fd, select.POLLIN)] if io is not None and io.inflight else []
+        fds = [(io.completion_fd, select.POLLIN)] if io is not None and io.inflight else []
+        if self.holding.queues and self.holding.fd(group) >= 0:  # completions a fault rule holds back
+            fds.append((self.holding.fd(group), select.POLLIN))
+        return fds
 
     def process_queue(self, mem: GuestMemory, queue) -> bool:
         if queue.in_order:
@@ -198,8 +205,10 @@ class BlkDevice(VirtioDevice):
         done: list[tuple[int, int]] = []
         if io is not None and io.inflight:
             io.reap(lambda req, err: done.append(self._finish(req, err)))
-        elif not self._finished.get(group):
+        elif not self._finished.get(group) and not self.holding.queues:
             return set()
+        if self.holding.queues:
+            done += self.holding.due(group)
         return self._publish(mem, group, done)
 
     def _process_in_order(self, mem: GuestMemory, queue) -> bool:
@@ -225,6 +234,8 @@ class BlkDevice(VirtioDevice):
 
     def _publish(self, mem: Optional[GuestMemory], index: int, done: list[tuple[int, int]]) -> set[int]:
         queue = self.queues[index]
+        if self.holding.late and done:  # a fault rule's latency: not before its time
+            done = self.holding.divert(index, done)
         if queue.in_order and index in self._order:  # hold back what finished early
             finished = self._finished[index]
             finished.update(done)
@@ -240,11 +251,14 @@ class BlkDevice(VirtioDevice):
     def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
                 timeout: float = 30.0) -> bool:
         ok = True
-        for i in ([index] if index is not None else list(self._io)):
+        for i in ([index] if index is not None else sorted(set(self._io) | set(self.holding.queues))):
+            held = self.holding.release(i) if self.holding.queues or self.holding.late else []  # a fault's latency ends now
             io = self._io.get(i)
             if io is None or not io.inflight:
+                if held:
+                    self._publish(mem, i, held)
                 continue
-            done: list[tuple[int, int]] = []
+            done: list[tuple[int, int]] = held
             ok = io.wait_all(lambda req, err: done.append(self._finish(req, err)), timeout) and ok
             try:
                 self._publish(mem, i, done)
@@ -275,6 +289,12 @@ class BlkDevice(VirtioDevice):
             rtype, _ioprio, sector = _unpack_hdr(first)
         else:
             rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR_SIZE))
+        if self.faults.rules:
+            return faulty_request(self, queue_index, rtype, sector, chain)
+        return self.request(queue_index, rtype, sector, chain)
+
+    def request(self, queue_index: int, rtype: int, sector: int, chain: DescriptorChain) -> int | None:
+        """Start a checked request: the bytes written if it is done at once, else None."""
         req = self._async_request(rtype, sector, chain)
         if req is not None:
             io = self._io.get(queue_index) or self._queue_io(queue_index)
@@ -415,5 +435,6 @@ class BlkDevice(VirtioDevice):
     def close(self) -> None:
         self.quiesce(None)
         self._close_io()
+        self.holding.close()
         self.image.close()
         self.fd = -1
