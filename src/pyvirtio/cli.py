@@ -22,6 +22,8 @@ from .errors import VirtioError
 SUBCOMMAND_MODULES = (
     "pyvirtio.commands.loopback_demo",
     "pyvirtio.commands.serve",
+    "pyvirtio.commands.ctl",
+    "pyvirtio.commands.top",
     "pyvirtio.commands.qemu_args",
     "pyvirtio.commands.descriptors",
     "pyvirtio.commands.kernel",

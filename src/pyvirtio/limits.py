@@ -18,6 +18,13 @@ MAX_FDS_PER_MESSAGE            8           vhost-user message checks (SET_MEM_TA
 MAX_PENDING_CONNECTIONS        16          the listen(2) backlog of a vhost-user socket; one
                                            front-end is served at a time per socket
 LOG_LINES_PER_SECOND           20          :class:`PeerLog`, per peer (connection or device)
+MAX_CONTROL_LINE               65536       the control socket (:mod:`pyvirtio.control`): one
+                                           request line; a longer one gets an error reply and
+                                           is skipped up to its newline
+MAX_CONTROL_CLIENTS            16          the control socket: clients connected at once (more
+                                           are accepted, told so in one reply, and closed)
+MAX_CONTROL_PENDING            1 MiB       the control socket: replies a client has not read
+                                           yet; past that the client is dropped
 =============================  ==========  ==================================================
 
 libvhost-user and QEMU cap a chain at VIRTQUEUE_MAX_SIZE = 1024 elements (and Linux's
@@ -44,6 +51,12 @@ MAX_FDS_PER_MESSAGE = 8
 MAX_PENDING_CONNECTIONS = 16
 #: Log lines one peer may cause per second; the rest are counted and reported in one line.
 LOG_LINES_PER_SECOND = 20
+#: Bytes in one control-socket request line (JSON), the newline excluded.
+MAX_CONTROL_LINE = 64 * 1024
+#: Control-socket clients served at once.
+MAX_CONTROL_CLIENTS = 16
+#: Reply bytes queued for one control-socket client that does not read them.
+MAX_CONTROL_PENDING = 1 << 20
 
 
 class PeerLog:
@@ -93,4 +106,5 @@ class PeerLog:
 
 
 __all__ = ["MAX_CHAIN_SEGMENTS", "MAX_CHAIN_BYTES", "MAX_MEM_SLOTS", "MAX_FDS_PER_MESSAGE",
-           "MAX_PENDING_CONNECTIONS", "LOG_LINES_PER_SECOND", "PeerLog"]
+           "MAX_PENDING_CONNECTIONS", "LOG_LINES_PER_SECOND", "MAX_CONTROL_LINE",
+           "MAX_CONTROL_CLIENTS", "MAX_CONTROL_PENDING", "PeerLog"]

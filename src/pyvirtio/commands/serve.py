@@ -187,9 +187,15 @@ def _common(p) -> None:
                         "listening, and connect again whenever it goes away")
     p.add_argument("--print-capabilities", action="store_true",
                    help="print the back-end's capabilities as JSON and exit")
+    p.add_argument("--control", metavar="PATH", type=socket_path,
+                   help="also listen on this UNIX socket (mode 0600) for live control: "
+                        "'pyvirtio ctl PATH stats|resize|link|port|fault|reset', 'pyvirtio top PATH'")
     p.add_argument("--split-only", action="store_true",
                    help="do not offer VIRTIO_F_RING_PACKED (packed rings are offered by default; "
                         "this forces split rings, e.g. for comparisons)")
+    p.add_argument("--fault", action="append", default=[], metavar="RULE",
+                   help="inject a fault from the start, e.g. ioerr:sectors=2048-4095, "
+                        "latency:ms=20, drop:rate=0.5 (repeatable; README 'Fault injection')")
 
 
 def _octal_mode(text: str) -> int:
@@ -220,13 +226,17 @@ def run(args) -> int:
         raise CliUsageError("--connect needs --socket-path=PATH (the front-end's socket)")
     from ..sockets import SocketInUse
     from ..vhost_user.server import VhostUserServer, inherited_socket, is_listening
+    faults = _fault_rules(args)  # refused before anything is opened
     try:
         device = kind.build(args)
     except UsageError as exc:  # net and console: a flag's value, or flags that do not go together
         raise CliUsageError(str(exc)) from None
+    for rule in faults:
+        device.faults.add(rule)
     if not args.split_only:
         device.offer_packed_ring()
     server = VhostUserServer()
+    undo: list[Callable[[], None]] = []  # the control socket's parts, closed before the server
     try:
         try:
             if args.fd is not None:
@@ -242,6 +252,8 @@ def run(args) -> int:
                                       socket_mode=args.socket_mode)
             if args.backend == "console":  # its rings are gated by the vhost-user ring state
                 _console_cli().attach(device, endpoint)
+            if args.control:
+                undo.append(_serve_control(args, device, endpoint, server))
         except SocketInUse as exc:
             raise CliError(str(exc)) from None
         except UsageError as exc:
@@ -263,16 +275,64 @@ def run(args) -> int:
         finally:
             systemd.notify("STOPPING=1")
     finally:
+        for close in reversed(undo):
+            close()
         server.close()
         device.close()
     return 0
 
 
-def _qemu_banner(args, socket_path) -> list[str]:
+def _serve_control(args, device, endpoint, server) -> Callable[[], None]:
+    """The control socket for ``device`` on ``args.control``; for a net device served on a
+    socket path, ``link down/up`` is also shown to the front-end by the connection (QEMU takes
+    a vhost-user net's link state only from that: :mod:`pyvirtio.net.vhost_link`).  Returns
+    what closes both."""
+    from ..control import ControlServer, ControlTarget
+    from ..sockets import SocketInUse
+    try:
+        control = ControlServer(args.control, ControlTarget(device, endpoint), server)
+    except SocketInUse as exc:
+        raise CliError(f"--control={args.control}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"--control={args.control}: {exc.strerror or exc}") from None
+    link = None
+    if args.backend == "net" and endpoint.path and not args.connect:
+        from ..net.vhost_link import VhostLinkControl
+        link = VhostLinkControl(device, endpoint)
+    print(f"pyvirtio serve: control socket on {args.control} (pyvirtio ctl {args.control} help)",
+          file=sys.stderr, flush=True)
+
+    def close() -> None:
+        control.close()
+        if link is not None:
+            link.close()
+    return close
+
+
+def _device_type(backend: str) -> int:
     from ..spec.ids import DeviceType
+    return {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
+            "console": DeviceType.CONSOLE}[backend]
+
+
+def _fault_rules(args) -> list:
+    """The ``--fault`` rules, each parsed and checked against the device type."""
+    from ..faults import FaultRuleError, FaultSet, parse_rule
+    check = FaultSet(_device_type(args.backend), name=args.backend)
+    rules = []
+    for text in args.fault:
+        try:
+            rule = parse_rule(text)
+            check.add(rule)
+        except FaultRuleError as exc:
+            raise CliUsageError(f"--fault={text}: {exc}") from None
+        rules.append(parse_rule(text))
+    return rules
+
+
+def _qemu_banner(args, socket_path) -> list[str]:
     from .qemu_args import serve_banner
-    dtype = {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
-             "console": DeviceType.CONSOLE}[args.backend]
+    dtype = _device_type(args.backend)
     queues = getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None) or 1
     return serve_banner(dtype, socket_path, queues=queues)
 

@@ -37,7 +37,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..device import VirtioDevice
 from ..engine import POLL_INTERVAL, GroupWorker, hold, stop_all
@@ -278,6 +278,34 @@ class VhostUserServer:
             ep._connected = None
         return ep
 
+    # other fds served by the loop (the control socket, pyvirtio.control)
+
+    def watch(self, fileobj, callback: Callable[[int], None],
+              events: int = selectors.EVENT_READ) -> None:
+        """Call ``callback(mask)`` in the loop's thread whenever ``fileobj`` is ready for
+        ``events``; watching it again changes the events.  From the loop's thread (or before
+        :meth:`serve_forever`).  A callback that raises is logged and unwatched."""
+        try:
+            self.selector.modify(fileobj, events, ("watch", (fileobj, callback)))
+        except KeyError:
+            self.selector.register(fileobj, events, ("watch", (fileobj, callback)))
+
+    def unwatch(self, fileobj) -> None:
+        """Stop watching ``fileobj`` (not watched, or the loop closed: nothing happens)."""
+        if not self._closed:
+            try:
+                self.selector.unregister(fileobj)
+            except (KeyError, ValueError):
+                pass
+
+    def _watched(self, entry, mask: int) -> None:
+        fileobj, callback = entry
+        try:
+            callback(mask)
+        except Exception:  # a bug of ours: that fd goes, the devices keep being served
+            log.exception("watched fd %r: callback failed; no longer watched", fileobj)
+            self.unwatch(fileobj)
+
     # control from other threads and signal handlers
 
     def shutdown(self) -> None:
@@ -305,7 +333,7 @@ class VhostUserServer:
         self.running.set()
         try:
             while not self._stopping and not all(ep.done for ep in self.endpoints):
-                for key, _ in self.selector.select(self._connect_due()):
+                for key, mask in self.selector.select(self._connect_due()):
                     kind, obj = key.data
                     if kind == "wake":
                         _drain_eventfd(self._wake_fd)
@@ -313,6 +341,8 @@ class VhostUserServer:
                         self._accept(obj)
                     elif kind == "conn":
                         self._readable(obj)
+                    elif kind == "watch":
+                        self._watched(obj, mask)
         finally:
             self.close()
 
