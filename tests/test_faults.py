@@ -280,3 +280,36 @@ def test_needs_reset_at_the_chosen_notification(rng):
     assert dev.status & DeviceStatus.DEVICE_NEEDS_RESET
     assert any(q is None for _, q in got)  # a config change interrupt told the driver
     assert drv.transport.get_status() & DeviceStatus.DEVICE_NEEDS_RESET
+
+
+# --- pyvirtio serve --fault ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule, words", [
+    ("ioerr:sector=1", ["--fault=ioerr:sector=1", "unknown key 'sector'", "sectors"]),
+    ("drop:rate=0.5", ["--fault=drop:rate=0.5", "a net fault", "blk device", "ioerr"]),
+    ("bogus", ["--fault=bogus", "unknown fault kind", "latency"]),
+])
+def test_serve_refuses_a_bad_fault_rule_at_start(tmp_path, capsys, rule, words):
+    from pyvirtio import cli
+    image = tmp_path / "d.img"
+    image.write_bytes(bytes(1 << 20))
+    try:
+        code = cli.main(["serve", "blk", f"--socket-path={tmp_path / 's'}", f"--blk-file={image}",
+                         "--fault=latency:ms=1", f"--fault={rule}"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    for word in words:
+        assert word in err
+    assert not (tmp_path / "s").exists()  # refused before the socket was made
+
+
+def test_serve_fault_rules_reach_the_device(tmp_path):
+    from pyvirtio.commands import serve
+    image = tmp_path / "d.img"
+    image.write_bytes(bytes(1 << 20))
+    args = type("Args", (), {"backend": "blk", "fault": ["ioerr:sectors=8-15", "irq-drop:rate=0.5"]})()
+    rules = serve._fault_rules(args)
+    assert [r.describe() for r in rules] == ["ioerr:sectors=8-15", "irq-drop:rate=0.5"]
