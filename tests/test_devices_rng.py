@@ -32,3 +32,43 @@ def test_device_never_writes_more_than_asked():
 def test_huge_request_is_capped_and_the_driver_asks_again():
     drv = RngDriver.probe(LoopbackTransport(RngDevice(), memory_size=4 << 20))
     assert len(drv.read(MAX_REQUEST * 2 + 3, chunk=MAX_REQUEST * 2)) == MAX_REQUEST * 2 + 3
+
+
+# --- fault rules (pyvirtio.faults): short reads and stalls ---------------------------------------
+
+
+def _rng_loopback():
+    import time  # noqa: F401
+    from pyvirtio.drivers.rng import RngDriver
+    from pyvirtio.loopback import LoopbackTransport
+    dev = RngDevice()
+    t = LoopbackTransport(dev, memory_size=1 << 20)
+    return dev, t, RngDriver.probe(t)
+
+
+def test_short_rule_serves_at_most_its_bytes_per_request():
+    dev, t, drv = _rng_loopback()
+    try:
+        rule = dev.faults.add("short:bytes=3,count=2")
+        assert len(drv.requestq.call([], [64])) == 3
+        assert len(drv.requestq.call([], [64])) == 3
+        assert len(drv.requestq.call([], [64])) == 64  # count=2 spent
+        assert rule.fired == 2
+    finally:
+        t.close()
+
+
+def test_stall_rule_holds_the_queue_without_blocking_the_worker():
+    import time
+    dev, t, drv = _rng_loopback()
+    try:
+        dev.faults.add("stall:ms=150,count=1")
+        start = time.monotonic()
+        pending = drv.requestq.submit([], [16])
+        assert time.monotonic() - start < 0.1  # the kick returned at once
+        drv.requestq.wait(pending)
+        assert time.monotonic() - start >= 0.15
+        start = time.monotonic()
+        assert len(drv.read(16)) == 16 and time.monotonic() - start < 0.1
+    finally:
+        t.close()

@@ -2,18 +2,29 @@
 
 One queue (requestq), no device-specific features, no config; requests complete in the order
 they came (VIRTIO_F_IN_ORDER is offered).  The entropy is private to the guest that asked
-(a fresh read per request; nothing is shared or replayed)."""
+(a fresh read per request; nothing is shared or replayed).
+
+Fault rules (:mod:`pyvirtio.faults`): ``short`` serves at most ``bytes`` bytes to a request;
+``stall`` stops serving the queue for the delay (requests wait in the ring, in order) and a
+timerfd returned from :meth:`RngDevice.host_fds` wakes the worker when it ends."""
 
 from __future__ import annotations
 
 import os
+import select
+import time
+from typing import Optional
 
 from ..device import VirtioDevice
+from ..faults import RNG_KINDS
+from ..memory import GuestMemory
 from ..spec.ids import DeviceType
-from ..virtq import DescriptorChain
+from ..timerfd import TimerFd
+from ..virtq import DescriptorChain, DeviceQueue
 
 #: Bytes served per request at most (the Linux driver asks for up to a page or so).
 MAX_REQUEST = 64 * 1024
+_STALL = frozenset({"stall"})
 
 
 class RngDevice(VirtioDevice):
@@ -24,9 +35,57 @@ class RngDevice(VirtioDevice):
     def __init__(self, source=os.getrandom):
         super().__init__()
         self._source = source
+        self._stall: Optional[TimerFd] = None  # armed while a ``stall`` rule holds the queue
 
     def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int:
         want = min(chain.writable_len, MAX_REQUEST)  # 5.4.6: the device MUST NOT write more than
         if want == 0:
             return 0
+        if self.faults.rules:
+            for rule in self.faults.firing(frozenset({"short"}), queue_index):
+                want = min(want, rule.bytes)
         return chain.write(self._source(want))
+
+    # --- fault rules: a stalled queue -----------------------------------------------------------
+
+    def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
+        if self.faults.rules and self._stalled(queue):
+            return False
+        return super().process_queue(mem, queue)
+
+    def _stalled(self, queue: DeviceQueue) -> bool:
+        """A ``stall`` rule holds the queue (or starts to, for this kick)."""
+        timer = self._stall
+        if timer is not None and timer.deadline is not None:
+            return timer.deadline > time.monotonic()
+        fired = self.faults.firing(_STALL, queue.index) if self.faults.has(RNG_KINDS) else []
+        delays = [r.sample_delay() for r in fired]
+        if not delays or max(delays) <= 0:
+            return False
+        if timer is None:
+            timer = self._stall = TimerFd()
+        timer.arm(time.monotonic() + max(delays))
+        return True
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        timer = self._stall
+        return [(timer.fd, select.POLLIN)] if timer is not None and timer.deadline is not None else []
+
+    def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
+        timer = self._stall
+        if timer is None or timer.deadline is None or timer.deadline > time.monotonic():
+            return set()
+        timer.drain()  # the stall is over: serve what waited
+        queue = self.queues[0]
+        if not queue.ready or not self.driver_ok or queue.broken:
+            return set()
+        return {0} if super().process_queue(mem, queue) else set()
+
+    def on_reset(self) -> None:
+        if self._stall is not None:
+            self._stall.disarm()
+
+    def close(self) -> None:
+        if self._stall is not None:
+            self._stall.close()
+            self._stall = None
