@@ -46,6 +46,7 @@ from ..net.frame import ETH_HLEN, mac_bytes, random_mac
 from ..net.null import NullBackend
 from ..net.rxpath import ReceivePath
 from ..net.steer import FlowTable
+from .net_faults import NetFaults
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class NetDevice(VirtioDevice):
         self.mtu = mtu
         self.device_specific_features = self._offer(offloads)
         super().__init__()
+        #: Frames and link flaps of fault rules (pyvirtio.faults), used while rules exist.
+        self.net_faults = NetFaults(self)
         self.default_mac = mac_bytes(mac) if mac is not None else random_mac()
         self.mac = self.default_mac
         self.admin_link = link_up
@@ -172,11 +175,12 @@ class NetDevice(VirtioDevice):
 
     def on_reset(self) -> None:
         self._init_state()
+        self.net_faults.reset()
 
     @property
     def link_up(self) -> bool:
         """The link the driver sees: up unless the host took it down or the back-end lost its peer."""
-        return self.admin_link and self._backend_link
+        return self.admin_link and self._backend_link and not self.net_faults.link_down
 
     def config_bytes(self) -> bytes:
         status = (spec.NetStatus.LINK_UP if self.link_up else 0) | \
@@ -406,7 +410,7 @@ class NetDevice(VirtioDevice):
         descriptor checked and its buffer translated as the general path does); any other shape
         through the general one."""
         while True:
-            if self.link_up and self.active_pairs == 1:
+            if self.link_up and self.active_pairs == 1 and not self.faults.rules:
                 heads, lengths, views = queue.pop_direct(mem, TX_BATCH)
                 if heads:
                     if done:  # keep the used ring in the order the chains came
@@ -479,6 +483,9 @@ class NetDevice(VirtioDevice):
             return True
         if self.active_pairs > 1:
             self.flows.learn(chain.readable_views(HDR, min(length, 64)), pair)
+        if self.faults.rules:  # a copy of the frame through the rules (pyvirtio.devices.net_faults)
+            skip = 0 if self.backend.vnet_hdr else HDR
+            return self.net_faults.tx(b"".join(_frame_views(chain, skip)), pair, skip)
         if not self.backend.send(_frame_views(chain, 0 if self.backend.vnet_hdr else HDR)):
             return False
         self.stats["tx_packets"] += 1
@@ -499,13 +506,19 @@ class NetDevice(VirtioDevice):
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         """The back-end's fds: readable while the guest has receive buffers, writable while a
         transmit waits for room."""
-        return self.backend.poll_fds(self.wants_rx, self.tx_waiting)
+        fds = self.backend.poll_fds(self.wants_rx, self.tx_waiting)
+        if self.faults.rules or self.net_faults.due:  # delayed frames, link flaps
+            fds = fds + self.net_faults.fds()
+        return fds
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """A back-end fd fired (or the worker was woken): serve the back-end, read frames,
         resume held transmits; returns the queues to notify (with those left for later)."""
         self.mem = mem
         with self._running():
+            if self.faults.rules or self.net_faults.due or self.net_faults.link_down:
+                with self._guard():
+                    self.net_faults.service(mem)
             notify = self._serve_host(mem)
         notify |= self._notify_later
         self._notify_later = set()
@@ -550,6 +563,7 @@ class NetDevice(VirtioDevice):
             log.error("net: the device's worker is stuck; closing %s from this thread",
                       self.backend.describe())
             self.backend.close()
+        self.net_faults.close()
 
 
 def _frame_views(chain: DescriptorChain, skip: int) -> Views:

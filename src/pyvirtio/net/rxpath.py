@@ -101,7 +101,7 @@ class ReceivePath:
 
     def _pull(self, mem: GuestMemory, budget: int) -> None:
         """Read up to ``budget`` frames from the back-end (zero-copy when it can)."""
-        if self.dev.active_pairs > 1:
+        if self.dev.active_pairs > 1 or self.dev.faults.rules:  # rules see every frame as a copy
             for _ in range(budget):
                 if not self._pull_copy(mem):
                     return
@@ -176,6 +176,8 @@ class ReceivePath:
         frame = self._scratch[HDR:total]
         if not self._accept(bytes(frame[:6])):
             return True
+        if self.dev.faults.rules:
+            return self.dev.net_faults.rx(mem, self, header, bytes(frame))
         placed = self._place(mem, header, frame)
         if placed is None:
             self._backlog_add(header, bytes(frame))
@@ -252,6 +254,18 @@ class ReceivePath:
             self.backlog_bytes -= len(frame)
         return True
 
+    def deliver(self, mem: Optional[GuestMemory], header: bytes, frame: bytes) -> bool:
+        """Place a frame now, or backlog it behind the others (dropped and counted when the
+        backlog is full); False when it had to wait (stop reading)."""
+        if not self.backlog and mem is not None and self.ready(mem):
+            if self._place(mem, header, frame) is not None:
+                return True
+        if self._backlog_room(len(frame)):
+            self._backlog_add(header, frame)
+        else:
+            self.stats["rx_dropped"] += 1
+        return False
+
     def drop_backlog(self) -> None:
         self.stats["rx_dropped"] += len(self.backlog)
         self.backlog.clear()
@@ -275,6 +289,9 @@ class ReceivePath:
                 return True
             header = fixed + b"\0\0"
         if not self._accept(frame[:6]):
+            return True
+        if self.dev.faults.rules:
+            self.dev.net_faults.rx(mem, self, header, frame)
             return True
         if not self.backlog and mem is not None and self.ready(mem) \
                 and self._place(mem, header, frame) is not None:
