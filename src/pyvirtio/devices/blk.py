@@ -22,6 +22,9 @@ import logging
 import os
 
 import select
+import stat
+import threading
+import time
 from collections import deque
 from typing import Optional
 
@@ -33,7 +36,7 @@ from ..spec.features import Feature
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain
 from .blk_faults import Holding, faulty_request
-from .blk_image import open_image
+from .blk_image import ImageError, open_image
 from .blk_io import FLUSH, READ, WRITE, QueueIO, Request
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,15 @@ FALLOC_FL_ZERO_RANGE = 0x10
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+#: How long a shrink waits for requests in flight past the new end to finish.
+SHRINK_TIMEOUT = 30.0
+
+
+class ResizeError(ImageError):
+    """A resize that cannot be done as asked (read-only image, a host block device of another
+    size, a shrink without ``shrink=True``, requests that kept running past the new end)."""
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
@@ -431,6 +443,81 @@ class BlkDevice(VirtioDevice):
             n = os.pwrite(self.fd, zeros[:min(length, len(zeros))], offset)
             offset += n
             length -= n
+
+    # --- live resize (host API, any thread) ------------------------------------------------------
+
+    def resize(self, size_bytes: int, *, shrink: bool = False) -> None:
+        """Give the running disk a new size of ``size_bytes`` (a multiple of 512, > 0) and tell
+        the driver (config change: a config interrupt, or CONFIG_CHANGE_MSG over vhost-user).
+
+        An image file is grown with ftruncate (sparse: nothing is written).  A host block device
+        cannot be grown from here: resize it first (lvextend, ...), then call this with its new
+        size.  Shrinking discards data, so it needs ``shrink=True``: new requests past the new
+        end fail with IOERR at once, the ones already in flight there are waited for (at most
+        SHRINK_TIMEOUT), then the file is cut.  Growing needs no waiting: ``capacity`` is one
+        value the queue workers read per request, and the file is grown before it changes.
+        Raises :class:`ResizeError` (the device is left as it was)."""
+        if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes <= 0 \
+                or size_bytes % SECTOR:
+            raise ResizeError(self.path, f"size {size_bytes!r} is not a positive multiple of {SECTOR} bytes")
+        if self.read_only:
+            raise ResizeError(self.path, "the image is served read-only: it cannot be resized")
+        if self.fd < 0:
+            raise ResizeError(self.path, "the device is closed")
+        new, old = size_bytes // SECTOR, self.capacity
+        if new < old and not shrink:
+            raise ResizeError(self.path, f"{size_bytes} bytes is smaller than the disk "
+                              f"({old * SECTOR} bytes): shrinking discards data (pass shrink=True)")
+        if stat.S_ISBLK(os.fstat(self.fd).st_mode):
+            self._resize_block_device(size_bytes)
+        elif new > old:
+            os.ftruncate(self.fd, size_bytes)
+            self.capacity = new
+        elif new < old:
+            self.capacity = new  # from now on requests past the new end fail
+            try:
+                self._settle(size_bytes)
+                os.ftruncate(self.fd, size_bytes)
+            except BaseException:
+                self.capacity = old
+                raise
+        if new == old:
+            return
+        self.image.size = size_bytes
+        log.info("blk %s: resized from %d to %d bytes", self.path, old * SECTOR, size_bytes)
+        self.config_changed()
+
+    def _resize_block_device(self, size_bytes: int) -> None:
+        actual = os.lseek(self.fd, 0, os.SEEK_END)
+        if actual != size_bytes:
+            raise ResizeError(self.path, f"a host block device ({actual} bytes) cannot be resized "
+                              f"by pyvirtio; resize it first, then give its new size")
+        self.capacity = size_bytes // SECTOR
+
+    def _settle(self, end: int, timeout: float = SHRINK_TIMEOUT) -> None:
+        """Wait until no request in flight reaches past byte ``end`` (each queue's requests are
+        looked at in the queue's own worker, through ``host_call``)."""
+        deadline = time.monotonic() + timeout
+        for index in range(len(self.queues)):
+            while self._busy_past(index, end, deadline):
+                if time.monotonic() >= deadline:
+                    raise ResizeError(self.path, f"requests of queue {index} past the new end "
+                                      f"still in flight after {timeout:.0f} s: not shrunk")
+                time.sleep(0.01)
+
+    def _busy_past(self, index: int, end: int, deadline: float) -> bool:
+        answer: list[bool] = []
+        done = threading.Event()
+
+        def look() -> None:
+            io = self._io.get(index)
+            answer.append(io is not None and any(r.offset + r.length > end
+                                                 for r in io.inflight.values()))
+            done.set()
+        self.host_call(look, index)
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise ResizeError(self.path, f"queue {index}'s worker did not answer: not shrunk")
+        return answer[0]
 
     def close(self) -> None:
         self.quiesce(None)

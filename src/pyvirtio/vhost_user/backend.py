@@ -18,6 +18,22 @@ A message that fails is dropped with one log line naming the request and the rea
 it brought are closed; with REPLY_ACK and NEED_REPLY the front-end gets a u64 1.  Only a broken
 stream, or a failed request whose reply the front-end must wait for, ends the connection
 (:class:`~pyvirtio.vhost_user.errors.ConnectionFatal`, raised).
+
+The back-end request channel (``VHOST_USER_PROTOCOL_F_BACKEND_REQ``): the front-end hands over
+one end of a UNIX stream socket with SET_BACKEND_REQ_FD (exactly one fd, checked to be a UNIX
+stream socket; a later one replaces and closes the earlier one; it is closed at hang-up).  When
+the device's config space changes (``device.config_changed()``: a blk resize, a net link change,
+a console size) the shell asks :meth:`BackendConnection.config_change_message` for the bytes of
+a ``CONFIG_CHANGE_MSG`` (only with CONFIG negotiated too, as vhost-user.rst says: the front-end
+answers it with GET_CONFIG) and writes them.  The message never asks for a reply (no
+NEED_REPLY): QEMU reads its back-end channel in its main loop, which may at that moment be
+waiting for our answer on the main channel — a back-end that waited for the REPLY_ACK from the
+thread that serves the main channel would wait for ever.  Nothing is lost by not asking: the
+front-end's answer could only say that it re-read the config, and a front-end that cannot read
+the message has hung up (the write fails).  BACKEND_SEND_FD is not offered: no message of ours
+carries fds.  Ring errors are reported through each ring's err eventfd (SET_VRING_ERR), not with
+``VRING_ERR`` on the channel: vhost-user.rst defines that message only with
+INBAND_NOTIFICATIONS, and QEMU 7.2 does not handle it.
 """
 
 from __future__ import annotations
@@ -34,19 +50,20 @@ from ..limits import MAX_MEM_SLOTS, PeerLog
 from ..memory import GuestMemory, Region, release_region
 from ..spec.features import Feature
 from ..spec.status import DeviceStatus
+from ..spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
 from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
 from ..virtq.packed_device import is_valid_packed_size
 from . import errors as E
 from . import inflight as I
 from .inflight import PackedInflight, SplitInflight
 from .memmap import InflightMapping, check_region, create_inflight, map_inflight, map_region
-from .notifyfd import check_notify_fd
-from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS,
+from .notifyfd import check_channel_fd, check_notify_fd
+from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS, VERSION,
                        VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, VRING_IDX_MASK,
-                       VRING_NOFD_MASK, FrontendReq, HeaderFlag, ProtocolFeature)
+                       VRING_NOFD_MASK, BackendReq, FrontendReq, HeaderFlag, ProtocolFeature)
 from .vring import Vring
 from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
-                   SingleMemoryRegion, VringAddr, VringState, encode_reply)
+                   SingleMemoryRegion, VringAddr, VringState, encode, encode_reply)
 
 log = logging.getLogger("pyvirtio.vhost_user")
 
@@ -55,7 +72,8 @@ PF = ProtocolFeature
 
 #: Protocol features a pyvirtio back-end offers.
 DEFAULT_PROTOCOL_FEATURES = sum(1 << f for f in (
-    PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS))
+    PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS,
+    PF.BACKEND_REQ))
 DEFAULT_MAX_MEM_SLOTS = MAX_MEM_SLOTS  # GET_MAX_MEM_SLOTS (pyvirtio.limits)
 
 
@@ -139,10 +157,14 @@ class BackendConnection:
                  max_mem_slots: int = DEFAULT_MAX_MEM_SLOTS,
                  map_region: Callable[[int, MemoryRegion], Region] = map_region,
                  check_notify_fd: Callable[[int, str], None] = check_notify_fd,
+                 check_channel_fd: Callable[[int, str], None] = check_channel_fd,
                  create_inflight: Callable[[int], tuple[int, InflightMapping]] = create_inflight,
                  map_inflight: Callable[[int, int, int], InflightMapping] = map_inflight):
         self.device = device
         self._check_notify_fd = check_notify_fd
+        self._check_channel_fd = check_channel_fd
+        #: Our end of the back-end request channel (SET_BACKEND_REQ_FD), -1 while there is none.
+        self.backend_fd = -1
         self.name = name
         self.offered_protocol_features = (protocol_features if protocol_features is not None
                                           else protocol_features_for(device))
@@ -465,6 +487,31 @@ class BackendConnection:
             log.error("%s: requests of %s still in flight after the timeout", self.name,
                       "every ring" if index is None else f"ring {index}")
 
+    # --- the back-end request channel (the shell writes what these build) ----------------------
+
+    def backend_request(self, request: BackendReq, payload: bytes = b"") -> bytes | None:
+        """The bytes of one back-end request for the channel, or None when there is no channel
+        (BACKEND_REQ not negotiated, no SET_BACKEND_REQ_FD yet, or the connection is over).
+        Never with NEED_REPLY: see the module docstring (the deadlock it would risk)."""
+        size = BACKEND_REQUEST_PAYLOAD_SIZE.get(request)
+        if size is not None and len(payload) != size:
+            raise UsageError(f"{request.name} takes a {size}-byte payload, not {len(payload)}")
+        if self.closed or self.backend_fd < 0 or not self.has_protocol_feature(PF.BACKEND_REQ):
+            return None
+        return encode(request, payload, flags=VERSION)
+
+    def config_change_message(self) -> bytes | None:
+        """CONFIG_CHANGE_MSG, when the front-end can take it: the channel is there and CONFIG is
+        negotiated (it answers with GET_CONFIG; vhost-user.rst sends the message only then)."""
+        if not self.has_protocol_feature(PF.CONFIG):
+            return None
+        return self.backend_request(BackendReq.CONFIG_CHANGE_MSG)
+
+    def drop_backend_channel(self) -> None:
+        """Forget (and close) the channel: the front-end hung up its end, or stopped reading it."""
+        fd, self.backend_fd = self.backend_fd, -1
+        _close_all((fd,))
+
     # --- teardown ------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -477,6 +524,7 @@ class BackendConnection:
         for ring in self.vrings:
             ring.reset()
         _close_all(self._framer.take_all_fds())
+        self.drop_backend_channel()
         self.memory.close()
         self.device.reset()
         self._drop_inflight()
@@ -705,6 +753,16 @@ class BackendConnection:
         if state.num not in (0, 1):
             raise E.InvalidValue(f"ring {ring.index}: enable value {state.num} is not 0 or 1")
         ring.enabled = bool(state.num)
+
+    # the back-end request channel
+
+    @_rule(R.SET_BACKEND_REQ_FD, fds=(1, 1), gate=PF.BACKEND_REQ)
+    def _set_backend_req_fd(self, msg: Message) -> None:
+        self._check_channel_fd(msg.fds[0], "SET_BACKEND_REQ_FD")
+        self.drop_backend_channel()  # a second channel replaces the first
+        self.backend_fd = msg.take_fd()
+        log.info("%s: back-end request channel set up (config changes reach the front-end)",
+                 self.name)
 
     # config space and status
 

@@ -12,12 +12,24 @@ the operating system's ways of failing into the core's typed errors:
 After any of them the connection is broken (the core refuses further calls).  Each method below is
 the core's request of the same name plus the round trip; :meth:`request` runs any
 :class:`~.frontend.Outgoing` (e.g. one from :meth:`FrontendConnection.raw`).
+
+The back-end request channel (:meth:`open_backend_channel`, BACKEND_REQ negotiated): our end of
+the socket pair is read by :meth:`service_channel` — by whoever polls it (the transport's
+``wait_for_interrupt``) and also *while this client waits for any answer on the main channel*.
+That is how QEMU avoids the classic deadlock (its ``vhost_user_read`` watches the back-end
+channel too): a back-end such as libvhost-user sends CONFIG_CHANGE_MSG with NEED_REPLY and waits
+for the REPLY_ACK before it reads its main socket again; were we only waiting for our own answer
+there, both would wait until the timeout.  Reads and answers on the channel never block; config
+changes are counted for the caller (:meth:`take_config_changes`), who tells the driver outside
+the request in progress.  A channel that cannot be kept in step is closed with a log line; the
+main connection goes on.
 """
 
 from __future__ import annotations
 
 import array
 import errno
+import logging
 import os
 import select
 import socket
@@ -26,7 +38,9 @@ import time
 from typing import Any, Sequence
 
 from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, Expect, FrontendConnection, Outgoing
-from .frontend_errors import BackendHungUp, BackendUnreachable, ReplyTimeout
+from .frontend_channel import ChannelReply, ConfigChanged, FrontendChannel
+from .frontend_errors import (BackendChannelLost, BackendHungUp, BackendUnreachable, ReplyTimeout,
+                              RequestNacked)
 from .protocol import MAX_FDS, ProtocolFeature
 from .wire import MemoryRegion
 
@@ -34,6 +48,11 @@ DEFAULT_TIMEOUT = 5.0
 _RECV_SIZE = 64 * 1024
 _CMSG_SPACE = socket.CMSG_SPACE(4 * MAX_FDS * 4)
 _HANGUP_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN)
+#: Reads of the back-end channel per service_channel call (a flooding back-end cannot hold the
+#: front-end there: the rest waits for the next call).
+_CHANNEL_READS = 16
+
+log = logging.getLogger("pyvirtio.vhost_user.frontend")
 
 
 def connect_unix(path: str, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
@@ -75,6 +94,10 @@ class VhostUserClient:
         self.timeout = timeout
         self.conn = FrontendConnection(name=name, protocol_features=protocol_features,
                                        reply_ack=reply_ack)
+        #: Our end of the back-end request channel and its core (open_backend_channel).
+        self.channel_sock: socket.socket | None = None
+        self.channel: FrontendChannel | None = None
+        self._config_changes = 0  # CONFIG_CHANGE_MSGs not yet taken by the caller
 
     @classmethod
     def connect(cls, path: str, **kw) -> "VhostUserClient":
@@ -111,7 +134,7 @@ class VhostUserClient:
 
     def _read_some(self, deadline: float) -> None:
         left = deadline - time.monotonic()
-        if left <= 0 or not _readable(self.sock, left):
+        if left <= 0 or not self._wait_readable(deadline):
             self.conn.fail(ReplyTimeout(f"{self.name}: no answer to {self._waiting()} within "
                                         f"{self.timeout if left <= 0 else left:.1f}s"))
         try:
@@ -127,6 +150,111 @@ class VhostUserClient:
             self._hung_up(f"the back-end hung up while {self._waiting()} waited for an answer"
                           if self.conn.awaiting else "the back-end hung up")
         self.conn.receive(data, fds)
+
+    def _wait_readable(self, deadline: float) -> bool:
+        """Wait until the main socket has something (True) or the deadline passes, serving the
+        back-end channel meanwhile (see the module docstring: no deadlock with a back-end that
+        waits for our REPLY_ACK)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.channel_sock is None:
+                return _readable(self.sock, left)
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN | select.POLLPRI)
+            poller.register(self.channel_sock, select.POLLIN)
+            ready = {fd for fd, _ in poller.poll(max(1, int(left * 1000)))}
+            if self.channel_sock is not None and self.channel_sock.fileno() in ready:
+                self.service_channel()
+            if self.sock.fileno() in ready:
+                return True
+
+    # --- the back-end request channel ----------------------------------------------------------
+
+    def open_backend_channel(self) -> bool:
+        """Make a socket pair and hand one end to the back-end (SET_BACKEND_REQ_FD); False when
+        BACKEND_REQ is not negotiated or the back-end refused the request (logged)."""
+        if not self.conn.has_protocol_feature(ProtocolFeature.BACKEND_REQ):
+            return False
+        self.close_channel()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self.request(self.conn.set_backend_req_fd(theirs.fileno()))
+        except RequestNacked as exc:
+            ours.close()
+            log.warning("%s: no back-end request channel: %s", self.name, exc)
+            return False
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the back-end has its own copy now
+        ours.setblocking(False)
+        self.channel_sock = ours
+        self.channel = FrontendChannel(self.conn.protocol_features, name=self.name)
+        return True
+
+    def channel_fileno(self) -> int:
+        """Our end of the back-end request channel (-1: none)."""
+        return self.channel_sock.fileno() if self.channel_sock is not None else -1
+
+    def service_channel(self) -> None:
+        """Read what the back-end sent on its channel (never waits), answer it, and count the
+        config changes for :meth:`take_config_changes`.  A channel that cannot be kept in step
+        (end of file, a bad header, answers the back-end does not read) is closed."""
+        sock, core = self.channel_sock, self.channel
+        if sock is None or core is None:
+            return
+        try:
+            for _ in range(_CHANNEL_READS):
+                try:
+                    data, anc, _flags, _ = sock.recvmsg(_RECV_SIZE, _CMSG_SPACE,
+                                                        socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    raise BackendChannelLost(f"{self.name}: back-end request channel: "
+                                             f"{exc.strerror or exc}") from None
+                fds = _fds_of(anc)
+                if not data:
+                    for fd in fds:
+                        os.close(fd)
+                    raise BackendChannelLost(f"{self.name}: the back-end closed its request channel")
+                for out in core.receive(data, fds):
+                    if isinstance(out, ChannelReply):
+                        self._channel_send(sock, out.data)
+                    elif isinstance(out, ConfigChanged):
+                        self._config_changes += 1
+        except BackendChannelLost as exc:
+            log.warning("%s; channel closed (the connection goes on, without config-change "
+                        "notifications)", exc)
+            self.close_channel()
+
+    def _channel_send(self, sock: socket.socket, data: bytes) -> None:
+        try:
+            n = sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            raise BackendChannelLost(f"{self.name}: back-end request channel: "
+                                     f"{exc.strerror or exc}") from None
+        if n != len(data):
+            raise BackendChannelLost(f"{self.name}: the back-end does not read the answers on "
+                                     "its request channel")
+
+    def take_config_changes(self) -> int:
+        """How many config changes the back-end announced since the last call."""
+        n, self._config_changes = self._config_changes, 0
+        return n
+
+    def close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.channel_sock is not None:
+            self.channel_sock.close()
+            self.channel_sock = None
 
     def _waiting(self) -> str:
         return self.conn._pending[0].name if self.conn._pending else "nothing"
@@ -146,6 +274,7 @@ class VhostUserClient:
 
     def close(self) -> None:
         self.conn.close()
+        self.close_channel()
         try:
             self.sock.close()
         except OSError:

@@ -85,6 +85,11 @@ class BadNotifyFd(InvalidValue):
     mode and end-of-file would be the front-end's to control."""
 
 
+class BadChannelFd(InvalidValue):
+    """A SET_BACKEND_REQ_FD fd that is not a connected UNIX stream socket: the back-end request
+    channel must carry whole messages in order, both ways, and be the front-end's to read."""
+
+
 class WrongState(MessageRejected):
     """A request that is not allowed in the ring's or device's current state."""
 

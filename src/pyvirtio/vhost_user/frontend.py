@@ -28,6 +28,10 @@ VHOST_USER_F_PROTOCOL_FEATURES; every request gated by a protocol feature only o
 negotiated; SET_VRING_ENABLE only with VHOST_USER_F_PROTOCOL_FEATURES; SET_MEM_TABLE with at
 most 8 regions.  :meth:`raw` sends anything at all, for the conformance suite.
 
+The back-end request channel: :meth:`set_backend_req_fd` hands the back-end one end of a socket
+pair (BACKEND_REQ negotiated); what the back-end then sends on it is checked and answered by
+:class:`~.frontend_channel.FrontendChannel`, a core of its own.
+
 Inflight I/O tracking (vhost-user.rst, "Inflight I/O tracking"): :meth:`get_inflight_fd` asks the
 back-end for the shared buffer (its answer's fd belongs to the caller, who keeps it for as long as
 the device lives); :meth:`set_inflight_fd` hands that buffer to a back-end — a restarted one
@@ -170,6 +174,7 @@ class FrontendConnection:
         self.regions: list[MemoryRegion] = []
         self.rings: dict[int, RingState] = {}
         self.status: int | None = None  # last SET_STATUS
+        self.backend_channel = False  # SET_BACKEND_REQ_FD was accepted
 
     # --- state queries -------------------------------------------------------------------------
 
@@ -436,6 +441,18 @@ class FrontendConnection:
     def get_status(self) -> Outgoing:
         self._gate(PF.STATUS, "GET_STATUS")
         return self._body(R.GET_STATUS, parse=_u64)
+
+    # the back-end request channel
+
+    def set_backend_req_fd(self, fd: int) -> Outgoing:
+        """Hand the back-end its end of the back-end request channel (``fd``: one end of a UNIX
+        stream socket pair, borrowed; the caller reads the other end with a
+        :class:`~.frontend_channel.FrontendChannel`)."""
+        self._gate(PF.BACKEND_REQ, "SET_BACKEND_REQ_FD")
+
+        def apply(_):
+            self.backend_channel = True
+        return self._cmd(R.SET_BACKEND_REQ_FD, b"", (fd,), apply=apply)
 
     # inflight I/O tracking
 

@@ -88,6 +88,22 @@ class ConfigReadFailed(BackendError):
     scope = Scope.REQUEST
 
 
+class BackendRequestRefused(BackendError):
+    """A request on the back-end request channel that breaks a rule (an unknown or unsupported
+    request, a feature not negotiated, a wrong payload size, fds where none belong): refused
+    with a log line, and a non-zero REPLY_ACK when one was asked for.  The connection goes on."""
+
+    scope = Scope.REQUEST
+
+
+class BackendChannelLost(BackendError):
+    """The back-end request channel can no longer be kept in step (a header it cannot recover
+    from, end of file, a back-end that does not read our answers): that channel is closed; the
+    main connection goes on, without config-change notifications."""
+
+    scope = Scope.REQUEST
+
+
 class FrontendUsageError(UsageError):
     """The caller asked the front-end for something its state does not allow."""
 
@@ -99,4 +115,5 @@ class BackendUnreachable(TransportError):
 __all__ = ["BackendError", "BadReplyHeader", "WrongReplyType", "UnsolicitedReply", "BadReplySize",
            "UnexpectedFds", "BadReplyValue", "ReplyTimeout", "BackendHungUp", "ReconnectFailed",
            "FrontendBroken",
-           "RequestNacked", "ConfigReadFailed", "FrontendUsageError", "BackendUnreachable"]
+           "RequestNacked", "ConfigReadFailed", "FrontendUsageError", "BackendUnreachable",
+           "BackendRequestRefused", "BackendChannelLost"]

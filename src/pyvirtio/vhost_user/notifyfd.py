@@ -1,4 +1,5 @@
-"""Kick, call and err fds must be eventfds (SET_VRING_KICK/CALL/ERR).
+"""Kick, call and err fds must be eventfds (SET_VRING_KICK/CALL/ERR); the back-end request
+channel must be a UNIX stream socket (SET_BACKEND_REQ_FD).
 
 The vhost-user spec says these are eventfds, and QEMU and DPDK only ever send eventfds.  Anything
 else would hand the front-end control over the daemon: a pipe or socket can reach end of file (a
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import os
 
-from .errors import BadNotifyFd
+import socket
+import stat
+
+from .errors import BadChannelFd, BadNotifyFd
 
 _EVENTFD = "anon_inode:[eventfd]"
 
@@ -37,4 +41,24 @@ def check_notify_fd(fd: int, what: str) -> None:
         raise BadNotifyFd(f"{what} fd is not an eventfd ({kind})")
 
 
-__all__ = ["check_notify_fd", "is_eventfd"]
+def check_channel_fd(fd: int, what: str) -> None:
+    """Raise BadChannelFd unless ``fd`` is a UNIX stream socket (what QEMU and libvhost-user
+    make with ``socketpair(AF_UNIX, SOCK_STREAM)``): a datagram socket would cut messages, a
+    pipe or a file could not be written to without blocking on the front-end's terms."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        raise BadChannelFd(f"{what} fd: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise BadChannelFd(f"{what} fd is not a socket")
+    sock = socket.socket(fileno=fd)
+    try:
+        family, kind = sock.family, sock.type
+    finally:
+        sock.detach()
+    if family != socket.AF_UNIX or kind != socket.SOCK_STREAM:
+        raise BadChannelFd(f"{what} fd is a {getattr(family, 'name', family)} "
+                           f"{getattr(kind, 'name', kind)} socket, not a UNIX stream socket")
+
+
+__all__ = ["check_notify_fd", "check_channel_fd", "is_eventfd"]

@@ -23,6 +23,14 @@ Client mode (``add(..., connect=True)``, ``pyvirtio serve --connect``): for fron
 (DPDK virtio-user ``server=1``, QEMU ``-chardev socket,server=on``) the daemon connects to the
 socket instead, and when the front-end goes away (or is not there yet) connects again, with a
 back-off from CONNECT_RETRY_MIN to CONNECT_RETRY_MAX seconds between attempts.
+
+Config changes (a blk resize, a net link change, a console size; ``device.config_changed()`` or
+``device.needs_reset()`` from a queue worker, the control socket's thread or the loop) go to the
+front-end as CONFIG_CHANGE_MSG on the back-end request channel (SET_BACKEND_REQ_FD; see
+:mod:`.backend`).  Writes to the channel hold :attr:`Session.channel_lock` and never wait: a
+message that finds the channel full is dropped with a log line (the front-end does not read
+it), one cut in the middle gets CHANNEL_SEND_TIMEOUT seconds to go out, else the channel is
+closed; no reply is ever asked for, so no thread waits for the front-end's main loop.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ log = logging.getLogger("pyvirtio.vhost_user")
 #: fds accepted in one recvmsg; more are cut by the kernel (MSG_CTRUNC) and the message refused.
 _CMSG_FDS = 4 * MAX_FDS
 _SEND_TIMEOUT = 5.0
+#: How long the rest of a back-end request that went out in part may take (the channel is closed
+#: after that: its stream would be cut in the middle of a message).
+CHANNEL_SEND_TIMEOUT = 0.5
 #: Client mode: the first retry after a failed connect or a hang-up, and the longest back-off.
 CONNECT_RETRY_MIN = 0.05
 CONNECT_RETRY_MAX = 2.0
@@ -104,6 +115,10 @@ class Session:
                                     counters=counters, device=device)
                         for g, queues in enumerate(device.queue_groups())]
         device.interrupt = self._interrupt
+        device.status_elsewhere = True  # the front-end keeps the driver's status (device.py)
+        # Guards the back-end request channel: writes from any thread, replacing and closing it
+        # on the control path (inside the worker locks and signal_lock when both are held).
+        self.channel_lock = threading.Lock()
         device.host_call = self._host_call
         for w in self.workers:
             w.start()
@@ -142,17 +157,60 @@ class Session:
             _signal(self.conn.vrings[index].call_fd)
 
     def _interrupt(self, info: Interrupt) -> None:
-        """Device-initiated notification from outside a turn."""
+        """Device-initiated notification from outside a turn (any thread): used buffers on a
+        ring, or a config change (CONFIG_CHANGE_MSG on the back-end request channel)."""
         if info.queue is None:
-            log.info("%s: config change not sent (no back-end request channel)", self.name)
+            self.send_config_change()
             return
         self.notify(info.queue)
+
+    def send_config_change(self) -> bool:
+        """Tell the front-end that the config space changed; False if it could not be told (no
+        channel or no CONFIG negotiated, the channel full or gone).  Never blocks for long."""
+        with self.channel_lock:
+            data = self.conn.config_change_message()
+            if data is None:
+                log.info("%s: config change not sent (%s)", self.name,
+                         "the front-end is gone" if self.conn.closed else
+                         "the front-end set up no back-end request channel, or lacks CONFIG")
+                return False
+            return self._send_backend(data, "CONFIG_CHANGE_MSG")
+
+    def _send_backend(self, data: bytes, what: str) -> bool:
+        """Write one back-end request (with channel_lock held) without waiting on the front-end."""
+        fd = self.conn.backend_fd
+        view = memoryview(data)
+        deadline = None
+        while view:
+            try:
+                n = _send_nowait(fd, view)
+            except OSError as exc:
+                log.info("%s: back-end request channel closed by the front-end (%s); %s not "
+                         "sent", self.name, exc.strerror or exc, what)
+                self.conn.drop_backend_channel()
+                return False
+            if n == 0 and len(view) == len(data):  # nothing went out: drop this one message
+                self.conn.log.warning("%s: the front-end does not read its back-end request "
+                                      "channel (full); %s dropped", self.name, what)
+                return False
+            view = view[n:]
+            if not view:
+                log.debug("%s: %s sent", self.name, what)
+                return True
+            deadline = deadline or time.monotonic() + CHANNEL_SEND_TIMEOUT
+            left = deadline - time.monotonic()
+            if left <= 0 or not _writable(fd, left):
+                log.error("%s: %s cut in the middle (the front-end stopped reading its back-end "
+                          "request channel); channel closed", self.name, what)
+                self.conn.drop_backend_channel()
+                return False
+        return True  # nothing to send
 
     # --- the control path ------------------------------------------------------------------------
 
     def handle(self, data: bytes, fds: list[int]) -> list[Reply]:
         """Run the core on one chunk with every queue group held still."""
-        with hold(self.workers), self.signal_lock:
+        with hold(self.workers), self.signal_lock, self.channel_lock:
             outputs = self.conn.receive(data, fds)
         return [o for o in outputs if isinstance(o, Reply)]
 
@@ -164,7 +222,7 @@ class Session:
     def close(self) -> None:
         if not stop_all(self.workers):
             log.error("%s: a queue worker did not stop; closing the connection anyway", self.name)
-        with hold(w for w in self.workers if not w.running):
+        with hold(w for w in self.workers if not w.running), self.channel_lock:
             self.conn.close()
         self.sock.close()
 
@@ -513,6 +571,24 @@ def _send(sock: socket.socket, reply: Reply) -> None:
                 raise TransportError("the front-end does not read its replies") from None
             continue
         view, anc = view[n:], []
+
+
+def _send_nowait(fd: int, data: memoryview) -> int:
+    """Send what the socket takes now (0 if it is full); MSG_DONTWAIT whatever the file's flags
+    (the front-end made the socket and may hold our end's file description too)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        return sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    finally:
+        sock.detach()
+
+
+def _writable(fd: int, timeout: float) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
 def _nonblocking(fd: int) -> None:

@@ -22,8 +22,8 @@ reset (status 0)          GET_VRING_BASE on every started ring (stops it), RESET
 config space              GET_CONFIG / SET_CONFIG (CONFIG protocol feature).  Reads always start
                           at offset 0 (as QEMU's do; some back-ends ignore the offset).  A read
                           past the end of the back-end's config space reads zeros (its size is
-                          found once by bisection when a read is refused).  No generation
-                          counter: always 0
+                          found once by bisection when a read is refused).  The generation
+                          counts the back-end's CONFIG_CHANGE_MSGs (0 without a channel)
 queue count               GET_QUEUE_NUM (MQ), else the device type's fixed queue count
 queue maximum size        not on the wire either: the largest power of two up to
                           ``max_queue_size`` that SET_VRING_NUM accepts (REPLY_ACK), else the cap
@@ -34,6 +34,13 @@ setup_queue               SET_VRING_NUM, SET_VRING_BASE 0 (packed: 0x80008000, b
 notify                    write the ring's kick eventfd
 interrupts                ``wait_for_interrupt`` polls the call and err eventfds and the socket,
                           and calls the handler with ``Interrupt(queue)`` per signalled ring
+config change interrupt   the back-end request channel (BACKEND_REQ, in the default
+                          ``protocol_features``): SET_BACKEND_REQ_FD hands the back-end one
+                          end of a socket pair; a CONFIG_CHANGE_MSG on it (answered with
+                          REPLY_ACK when asked) bumps the config generation and calls the handler
+                          with ``CONFIG_CHANGE``; the driver re-reads the config (GET_CONFIG: no
+                          copy is kept here).  Other back-end requests are refused (logged, a
+                          non-zero REPLY_ACK when asked), the connection goes on
 ========================  =======================================================================
 
 **Reconnect** (``reconnect=True``, off by default).  The transport asks for
@@ -45,7 +52,8 @@ the back-end goes away — the socket hangs up, or a request meets a hang-up, al
 waits in ``wait_for_interrupt`` — the transport connects to the same socket path again (50 ms
 back-off doubling to 1 s, up to ``reconnect_timeout`` seconds, then :class:`ReconnectFailed`)
 and replays the set-up: the handshake (features, protocol features, owner), SET_FEATURES, the
-memory table (the same memfd regions), SET_INFLIGHT_FD with the kept buffer, and per ring
+memory table (the same memfd regions), a new back-end request channel, SET_INFLIGHT_FD with the
+kept buffer, and per ring
 SET_VRING_NUM/BASE/ADDR/CALL/ERR/KICK (the same eventfds: they are ours) and ENABLE, then
 SET_STATUS.  The vring base is what QEMU 7.2 sends after a crash (hw/virtio/vhost.c,
 ``vhost_virtqueue_stop``: GET_VRING_BASE cannot be asked, so ``virtio_queue_restore_last_avail_idx``):
@@ -93,6 +101,9 @@ DEFAULT_GPA = 0x1_0000_0000
 DEFAULT_MAX_QUEUE_SIZE = 256
 #: Bits of GET_FEATURES that are vhost's, not the device's.
 VHOST_ONLY_FEATURES = PROTOCOL_FEATURES_BIT | (1 << VHOST_F_LOG_ALL)
+#: Protocol features the transport asks for: the front-end's, and the back-end request channel
+#: (config-change notifications).
+DEFAULT_TRANSPORT_PROTOCOL_FEATURES = DEFAULT_FRONTEND_PROTOCOL_FEATURES | (1 << PF.BACKEND_REQ)
 #: GET_CONFIG's largest access (libvhost-user's VHOST_USER_MAX_CONFIG_SIZE).
 MAX_CONFIG_SIZE = 256
 #: How long a ``reconnect=True`` transport tries to reach a back-end again after a hang-up.
@@ -198,7 +209,7 @@ class VhostUserTransport(DriverTransport):
                  device_type: Optional[int] = None, memory_size: int = DEFAULT_MEMORY,
                  regions: int | Sequence[int] = 1, gpa: int = DEFAULT_GPA,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, timeout: float = DEFAULT_TIMEOUT,
-                 protocol_features: int = DEFAULT_FRONTEND_PROTOCOL_FEATURES,
+                 protocol_features: int = DEFAULT_TRANSPORT_PROTOCOL_FEATURES,
                  split_only: bool = False, reconnect: bool = False,
                  reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT):
         #: Survive a back-end restart (see the module docstring); needs ``socket_path``.
@@ -227,6 +238,7 @@ class VhostUserTransport(DriverTransport):
             self.memory = memfd_memory(sizes, gpa)
             self.allocator = RegionAllocator(self.memory)
             self.client.handshake()
+            self.client.open_backend_channel()
         except BaseException:
             self.close()
             raise
@@ -245,6 +257,8 @@ class VhostUserTransport(DriverTransport):
         self._handler: Optional[InterruptHandler] = None
         self._poller: Optional[select.poll] = None
         self._fd_roles: dict[int, tuple[str, int]] = {}
+        self._generation = 0  # CONFIG_CHANGE_MSGs seen (config_generation)
+        self._config_pending = False  # a config change the driver has not been told of
         if device_type is None:
             device_type, self.device_type_reason = self._infer_type()
         else:
@@ -384,7 +398,18 @@ class VhostUserTransport(DriverTransport):
         self._call(self.client.set_config, offset, bytes(data))
 
     def config_generation(self) -> int:
-        return 0  # vhost-user has no config generation counter
+        """vhost-user has no generation counter: this one counts the back-end's config changes,
+        so a read that a CONFIG_CHANGE_MSG overtook (it is read while GET_CONFIG waits) is
+        read again."""
+        self._take_config_changes()
+        return self._generation
+
+    def _take_config_changes(self) -> bool:
+        """Collect the config changes the client saw; whether the driver must hear of one."""
+        if self.client.take_config_changes():
+            self._generation = (self._generation + 1) & 0xFF
+            self._config_pending = True
+        return self._config_pending
 
     # --- queues --------------------------------------------------------------------------------
 
@@ -491,6 +516,10 @@ class VhostUserTransport(DriverTransport):
         poller = select.poll()
         roles: dict[int, tuple[str, int]] = {self.client.fileno(): ("socket", -1)}
         poller.register(self.client.fileno(), select.POLLIN)
+        channel = self.client.channel_fileno()
+        if channel >= 0:
+            poller.register(channel, select.POLLIN)
+            roles[channel] = ("channel", -1)
         for ring in self._rings.values():
             for role, fd in (("call", ring.call), ("err", ring.err)):
                 poller.register(fd, select.POLLIN)
@@ -501,11 +530,19 @@ class VhostUserTransport(DriverTransport):
     def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
         """Wait on the call and err eventfds; dispatch one Interrupt per signalled ring.  Raises
         BackendHungUp (and sets DEVICE_NEEDS_RESET) when the back-end goes away."""
+        if self._deliver_config_change():  # announced while a request waited for its answer
+            return True
         poller = self._poller or self._build_poller()
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         got = False
         for fd, _events in poller.poll(ms):
             role, index = self._fd_roles.get(fd, ("gone", -1))
+            if role == "channel":
+                self.client.service_channel()
+                if self.client.channel_fileno() != fd:
+                    self._poller = None  # the channel was closed
+                got = self._deliver_config_change() or got
+                continue
             if role == "socket":
                 before = self.reconnects
                 self._call(self.client.check_alive)
@@ -524,6 +561,14 @@ class VhostUserTransport(DriverTransport):
             else:
                 self._dispatch(Interrupt(index))
         return got
+
+    def _deliver_config_change(self) -> bool:
+        """Tell the driver of a config change the back-end announced (once for any number)."""
+        if not self._take_config_changes():
+            return False
+        self._config_pending = False
+        self._dispatch(CONFIG_CHANGE)
+        return True
 
     def _dispatch(self, info: Interrupt) -> None:
         if self._handler is not None:
@@ -600,6 +645,7 @@ class VhostUserTransport(DriverTransport):
         self.client, self.conn = client, client.conn
         try:
             client.handshake()
+            client.open_backend_channel()
             if self._committed_features is not None:
                 client.set_features(self._committed_features)
             if self._mem_sent:
@@ -672,4 +718,5 @@ def open_transport(socket_path: str, type_name_or_id: Optional[str] = None, **kw
 
 __all__ = ["VhostUserTransport", "memfd_memory", "RegionAllocator", "open_transport",
            "probe_config_size", "memory_region",
-           "DEFAULT_MEMORY", "DEFAULT_MAX_QUEUE_SIZE", "DEFAULT_RECONNECT_TIMEOUT"]
+           "DEFAULT_MEMORY", "DEFAULT_MAX_QUEUE_SIZE", "DEFAULT_RECONNECT_TIMEOUT",
+           "DEFAULT_TRANSPORT_PROTOCOL_FEATURES"]
