@@ -438,3 +438,72 @@ def test_reconnect_sets_the_channel_up_again(tmp_path, image):
         server.shutdown()
         thread.join(10)
         device.close()
+
+
+# --- qemu-storage-daemon (libvhost-user) as the back-end ---------------------------------------------
+
+
+def test_qsd_takes_our_channel_and_still_serves(tmp_path, image):
+    """qemu-storage-daemon (libvhost-user) offers BACKEND_REQ: our front-end hands it a channel
+    (acked) and everything else goes on as before.  (QEMU 7.2's export does not announce a
+    block_resize: its config keeps the old capacity, so there is no resize to see here.)"""
+    from pyvirtio.bench.peers import start_qsd
+    from pyvirtio.testing.env import in_ci
+    import shutil
+    if shutil.which("qemu-storage-daemon") is None:
+        if in_ci():
+            pytest.fail("qemu-storage-daemon is not installed; CI is set")
+        pytest.skip("qemu-storage-daemon is not installed")
+    peer = start_qsd(str(tmp_path / "qsd.sock"), image)
+    try:
+        t = VhostUserTransport(peer.socket_path, device_type=DeviceType.BLOCK)
+        try:
+            assert t.conn.has_protocol_feature(PF.BACKEND_REQ)
+            assert t.conn.backend_channel and t.client.channel_fileno() >= 0
+            disk = BlkDriver.probe(t)
+            disk.write(8, b"\x42" * 4096)
+            assert disk.read(8, 4096) == b"\x42" * 4096
+            disk.remove()
+        finally:
+            t.close()
+        assert peer.alive, peer.log()
+    finally:
+        peer.close()
+
+
+class _AckWaitingBlk(BlkDevice):
+    """Answers GET_CONFIG only after sending CONFIG_CHANGE_MSG with NEED_REPLY on the channel and
+    reading the REPLY_ACK - what libvhost-user's vu_config_change_msg does, here in the middle
+    of a request the front-end waits on."""
+
+    channel_fd = -1
+    acks: list
+
+    def config_bytes(self) -> bytes:
+        if self.channel_fd >= 0:
+            fd, self.channel_fd = self.channel_fd, -1
+            os.write(fd, encode(BackendReq.CONFIG_CHANGE_MSG, flags=NEED))
+            import select
+            ready, _, _ = select.select([fd], [], [], 3)
+            self.acks.append(os.read(fd, 20) if ready else None)
+        return super().config_bytes()
+
+
+def test_a_back_end_waiting_for_its_ack_mid_request_is_answered(daemon, image):
+    device = _AckWaitingBlk(image)
+    device.acks = []
+    path, ep = daemon(device)
+    t = VhostUserTransport(path, device_type=DeviceType.BLOCK)
+    try:
+        disk = BlkDriver.probe(t)
+        before = disk.config_changes
+        device.channel_fd = _wait_session(ep).conn.backend_fd
+        start = time.monotonic()
+        disk.refresh_config()  # GET_CONFIG: the back-end asks for its ack before it answers
+        assert time.monotonic() - start < 2
+        assert device.acks == [encode_reply(BackendReq.CONFIG_CHANGE_MSG, U64(0).pack())]
+        assert _until(lambda: disk.config_changes == before + 1, t)  # told after the request
+        disk.remove()
+    finally:
+        t.close()
+        device.close()
