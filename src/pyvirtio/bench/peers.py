@@ -9,12 +9,14 @@ DPDK's testpmd with a net_vhost port, and QEMU's C virtiofsd.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -160,9 +162,13 @@ def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = Non
 
 
 def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txpkts: int = 64,
-                           vdev_opts: str = "", main_lcore: Optional[int] = None) -> str:
-    """DPDK testpmd as a vhost-user front-end (``net_virtio_user``, txonly) for ``seconds``, then
-    SIGINT (SIGKILL if it will not end); returns its output.  Its runtime directory is removed."""
+                           vdev_opts: str = "", main_lcore: Optional[int] = None,
+                           start_timeout: float = 60.0) -> str:
+    """DPDK testpmd as a vhost-user front-end (``net_virtio_user``, txonly) for ``seconds`` of
+    transmitting, then SIGINT (SIGKILL if it will not end); returns its output.  The seconds count
+    from the first statistics line with a non-zero Tx-pps, so a slow start (a loaded machine, a
+    back-end that connects later in ``server=1`` mode) does not eat the run; after
+    ``start_timeout`` seconds without one it is stopped anyway.  Its runtime directory is removed."""
     argv = [TESTPMD, "-l", "0,1"] + (["--main-lcore", str(main_lcore)] if main_lcore is not None else [])
     argv += ["--no-huge", "-m", "1024", "--no-pci", f"--file-prefix={prefix}", "--vdev",
              f"net_virtio_user0,path={socket_path},queues=1" + (f",{vdev_opts}" if vdev_opts else ""),
@@ -170,18 +176,43 @@ def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txp
              f"--txpkts={txpkts}"]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    sending = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            m = _TX_PPS.search(line)
+            if m and int(m.group(1)) > 0:
+                sending.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        out, _ = proc.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
+        deadline = time.monotonic() + start_timeout
+        while not sending.is_set() and proc.poll() is None and time.monotonic() < deadline:
+            sending.wait(0.2)
+        if sending.is_set():
+            end = time.monotonic() + seconds
+            while proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.1)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        reader.join(10)
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
-    return out
+    return "".join(lines)
+
+
+_TX_PPS = re.compile(r"Tx-pps:\s+(\d+)")
 
 
 def start_testpmd(socket_path: str, *, prefix: Optional[str] = None, mode: str = "icmpecho",
