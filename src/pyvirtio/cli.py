@@ -34,6 +34,7 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.qtest_probe",
     "pyvirtio.commands.proxy",
     "pyvirtio.commands.fuzz",
+    "pyvirtio.commands.fuzz_frontend",
 )
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

@@ -471,9 +471,14 @@ class VhostUserServer:
             return
         self._open_session(ep, sock)
 
+    def new_session(self, ep: Endpoint, sock: socket.socket) -> Session:
+        """The session serving a new front-end (a subclass may serve it differently:
+        :mod:`.hostile` lies to front-ends on purpose)."""
+        return Session(ep, sock)
+
     def _open_session(self, ep: Endpoint, sock: socket.socket) -> None:
         sock.setblocking(False)
-        ep.session = Session(ep, sock)
+        ep.session = self.new_session(ep, sock)
         ep.connections += 1
         cred = peer_credentials(sock)
         log.info("%s: front-end connected (%s)", ep.name,
