@@ -132,6 +132,8 @@ CASES = [
     ("blk", False, "config:at=34,bytes=2,value=0", None),
     ("blk", False, "config", None),
     ("blk", False, "short:req=GET_CONFIG", BadReplySize),
+    ("blk", False, "vring-base", BadReplyValue),
+    ("blk", True, "vring-base", BadReplyValue),
     ("blk", False, "no-reply:req=GET_VRING_BASE", ReplyTimeout),
     ("blk", False, "inflight-size", RequestNacked),
     ("blk", False, "inflight-fd", RequestNacked),

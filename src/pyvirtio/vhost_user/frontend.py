@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Sequence
 
+from ..spec.features import Feature
 from .errors import FramingError
 from .frontend_errors import (BadReplyHeader, BadReplySize, BadReplyValue, BackendError,
                               ConfigReadFailed, FrontendBroken, FrontendUsageError,
@@ -370,6 +371,7 @@ class FrontendConnection:
             state = _vring_state(msg)
             if state.index != index:
                 raise BadReplyValue(f"GET_VRING_BASE for ring {index} answered for ring {state.index}")
+            self._check_base(ring, state.num)
             return state.num
 
         def apply(value: int) -> None:
@@ -377,6 +379,17 @@ class FrontendConnection:
             ring.base = value
             ring.kick = ring.call = ring.err = False
         return self._body(R.GET_VRING_BASE, VringState(index, 0).pack(), parse=parse, apply=apply)
+
+    def _check_base(self, ring: RingState, base: int) -> None:
+        """A ring position the back-end returns must exist: split, a 16-bit avail index;
+        packed (vhost-user.rst, "vring descriptor indices for packed virtqueues"), avail and used
+        positions (bits 0-14, 16-30) inside the ring."""
+        packed = (self.acked_features or 0) >> Feature.RING_PACKED & 1
+        positions = (base & 0x7FFF, base >> 16 & 0x7FFF) if packed else ()
+        if (not packed and base > 0xFFFF) or any(p >= (ring.num or 0x8000) for p in positions):
+            raise BadReplyValue(f"GET_VRING_BASE for ring {ring.index} answered {base:#x}, not a "
+                                f"position in a {'packed' if packed else 'split'} ring of "
+                                f"{ring.num} descriptors")
 
     def _vring_fd(self, request: FrontendReq, index: int, fd: int | None, flag: str) -> Outgoing:
         ring = self.ring(index)
