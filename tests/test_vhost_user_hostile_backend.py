@@ -127,6 +127,7 @@ CASES = [
     ("blk", False, "features", FeatureNegotiationError),
     ("rng", False, "protocol-features", None),
     ("rng", False, "queue-num", BadReplyValue),
+    ("blk", False, "queue-num:value=0xffff", ReconnectFailed),
     ("rng", False, "mem-slots", None),
     ("blk", False, "config:at=0,bytes=8,value=max", None),
     ("blk", False, "config:at=34,bytes=2,value=0", None),

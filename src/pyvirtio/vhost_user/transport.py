@@ -587,7 +587,10 @@ class VhostUserTransport(DriverTransport):
     def _call(self, method, *args):
         """Run a request (or a unit of requests: a method of ours that uses ``self.client``).
         With reconnect, a hang-up reconnects, replays the set-up and runs it again; else a
-        connection-scope failure marks the device DEVICE_NEEDS_RESET."""
+        connection-scope failure marks the device DEVICE_NEEDS_RESET.  A back-end that hangs up
+        on the same request after every reconnect gets ``reconnect_timeout`` seconds in all
+        (backing off between tries), then :class:`ReconnectFailed`."""
+        deadline, delay = None, _BACKOFF_FIRST
         while True:
             try:
                 return method(*args)
@@ -596,6 +599,16 @@ class VhostUserTransport(DriverTransport):
                     if exc.scope is Scope.CONNECTION and not self._needs_reset:
                         self._needs_reset = str(exc)
                     raise
+                if deadline is None:
+                    deadline = time.monotonic() + self.reconnect_timeout
+                elif time.monotonic() >= deadline:
+                    self._needs_reset = f"the back-end hangs up on every retry: {exc}"
+                    raise ReconnectFailed(f"{self.path}: the back-end hung up again after every "
+                                          f"reconnect for {self.reconnect_timeout:.1f}s "
+                                          f"(last: {exc})") from None
+                else:
+                    time.sleep(delay)
+                    delay = min(delay * 2, _BACKOFF_MAX)
                 old = self.client
                 self._reconnect(exc)
             if getattr(method, "__self__", None) is old:  # a client method: the new client's
