@@ -3,6 +3,7 @@ reply line that is a valid reply object; nothing a client sends raises; a fake d
 for each device type."""
 
 import json
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -241,3 +242,22 @@ def test_console_ports_with_a_memory_endpoint():
     assert _ask(conn, "port.remove", {"name": "org.test.a"})["result"]["id"] == added["id"]
     assert added["id"] not in dev.ports and not made[0].connected
     assert _ask(conn, "port.remove", {"name": "org.test.a"})["error"]["type"] == "failed"
+
+
+def test_a_real_disk_shrinks_only_when_asked(tmp_path):
+    from pyvirtio.commands.ctl import to_request
+    from pyvirtio.devices.blk import BlkDevice
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(4 << 20)
+    dev = BlkDevice(str(image), locking=False)
+    conn = _conn(dev)
+    refused = _ask(conn, "resize", {"size": "2M"})
+    assert refused["error"]["type"] == "failed" and "shrink" in refused["error"]["message"]
+    assert dev.capacity == 8192 and os.path.getsize(image) == 4 << 20
+    cmd, args = to_request(["resize", "2M", "--shrink"])
+    assert (cmd, args) == ("resize", {"size": "2M", "shrink": True})
+    assert _ask(conn, cmd, args)["result"] == {"size": 2 << 20, "sectors": 4096}
+    assert os.path.getsize(image) == 2 << 20
+    assert _ask(conn, "resize", {"size": "8M"})["result"]["sectors"] == 16384  # growing needs nothing
+    dev.close()

@@ -83,3 +83,26 @@ def test_queue_counters_repr_and_dict():
     c = QueueCounters()
     c.kicks = 3
     assert c.as_dict()["kicks"] == 3 and "kicks=3" in repr(c)
+
+
+def test_blk_failed_requests_count_on_their_queue(image):
+    """A request the device fails counts on the queue it came on, whichever path ended it: a
+    read past the end (refused at once), an ioerr fault rule, a torn write."""
+    from pyvirtio.errors import RequestError
+    dev = BlkDevice(image, locking=False, num_queues=2)
+    t = LoopbackTransport(dev, memory_size=4 << 20)
+    drv = BlkDriver.probe(t)
+    past_end = dev.capacity
+    with pytest.raises(RequestError):
+        drv.read(past_end, 4096, queue=1)
+    dev.faults.add("ioerr:sectors=8-15")
+    with pytest.raises(RequestError):
+        drv.read(8, 4096, queue=1)
+    assert drv.read(16, 4096, queue=1) == bytes(4096)
+    assert drv.read(16, 4096, queue=0) == bytes(4096)
+    stats = dev.statistics()
+    errors = [q["errors"] for q in stats["queues"]]
+    assert errors == [0, 2] and dev.stats["errors"] == 2
+    assert [q["chains"] for q in stats["queues"]] == [1, 3]
+    t.close()
+    dev.close()

@@ -1,7 +1,7 @@
 """``pyvirtio ctl PATH COMMAND ...``: the control socket's client (see :mod:`pyvirtio.control`).
 
     pyvirtio ctl PATH stats [--watch [--interval S]]
-    pyvirtio ctl PATH resize SIZE                     # blk: 1G, 512M, bytes
+    pyvirtio ctl PATH resize SIZE [--shrink]          # blk: 1G, 512M, bytes
     pyvirtio ctl PATH link up|down                    # net
     pyvirtio ctl PATH port add NAME --path SOCK [--connect] | --pty  [--id N] [--console]
     pyvirtio ctl PATH port remove NAME
@@ -28,7 +28,8 @@ from .values import positive_seconds, socket_path
 USAGE = """\
 commands:
   stats [--watch [--interval S]]       device state, features, per-queue counters, fault rules
-  resize SIZE                          blk: new capacity (1G, 512M, 4096K, bytes)
+  resize SIZE [--shrink]               blk: new capacity (1G, 512M, 4096K, bytes); smaller
+                                       only with --shrink (data past the new end is lost)
   link up|down                         net: take the link up or down
   port add NAME (--path SOCK [--connect] | --pty) [--id N] [--console]
   port remove NAME                     console: unplug a port
@@ -62,8 +63,11 @@ def to_request(words: list[str]) -> tuple[str, dict[str, Any]]:
     head, rest = words[0], words[1:]
     if head in ("stats", "version", "help", "reset") and not rest:
         return head, {}
-    if head == "resize" and len(rest) == 1:
-        return "resize", {"size": int(rest[0]) if rest[0].isdigit() else rest[0]}
+    if head == "resize" and len(rest) in (1, 2) and rest[1:] in ([], ["--shrink"]):
+        args: dict = {"size": int(rest[0]) if rest[0].isdigit() else rest[0]}
+        if rest[1:]:
+            args["shrink"] = True  # refused without it: data past the new end is lost
+        return "resize", args
     if head == "link" and len(rest) == 1 and rest[0] in ("up", "down"):
         return "link", {"state": rest[0]}
     if head == "port" and rest:

@@ -9,6 +9,7 @@ cmd                args                                      result
                                                              (:func:`pyvirtio.stats.device_statistics`)
                                                              plus ``name`` and ``connection``
 ``resize``         ``size``: bytes (int) or "1G", "512M"...  ``{"size": bytes, "sectors": n}`` (blk)
+                   ``shrink``: true to allow a smaller size
 ``link``           ``state``: "up" or "down"                 ``{"link": "up"|"down"}`` (net)
 ``port.add``       ``name``; one of ``path`` (a UNIX socket  ``{"id", "name", "endpoint"}`` (console)
                    to listen on; with ``connect``: to
@@ -118,7 +119,8 @@ def build_commands(target: ControlTarget) -> dict[str, Command]:
                 lambda a: _stats(target)),
         Command("resize", "blk: set the disk's capacity; the guest is told (config change)",
                 lambda a: _resize(target, a),
-                (Arg("size", (int, str), True, "bytes, or a size such as 1G, 512M"),)),
+                (Arg("size", (int, str), True, "bytes, or a size such as 1G, 512M"),
+                 Arg("shrink", (bool,), False, "true: allow a smaller size (data past it is lost)"))),
         Command("link", "net: take the link up or down", lambda a: _link(target, a),
                 (Arg("state", (str,), True, "up or down"),)),
         Command("port.add", "console: add a named port bridged to a UNIX socket or a pty",
@@ -174,7 +176,11 @@ def _resize(target: ControlTarget, args: dict[str, Any]) -> dict[str, Any]:
     if target.kind != "block":
         raise Unsupported(f"resize: not a block device (this one is {target.kind})")
     size = parse_size(args["size"])
-    _need(target, "resize", "block device that can be resized", "resize")(size)
+    resize = _need(target, "resize", "block device that can be resized", "resize")
+    if args.get("shrink"):
+        resize(size, shrink=True)
+    else:
+        resize(size)
     capacity = getattr(target.device, "capacity", None)
     return {"size": size, "sectors": capacity if capacity is not None else size // 512}
 

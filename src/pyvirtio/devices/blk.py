@@ -216,7 +216,7 @@ class BlkDevice(VirtioDevice):
         io = self._io.get(group)
         done: list[tuple[int, int]] = []
         if io is not None and io.inflight:
-            io.reap(lambda req, err: done.append(self._finish(req, err)))
+            io.reap(lambda req, err: done.append(self._finish(req, err, group)))
         elif not self._finished.get(group) and not self.holding.queues:
             return set()
         if self.holding.queues:
@@ -271,7 +271,7 @@ class BlkDevice(VirtioDevice):
                     self._publish(mem, i, held)
                 continue
             done: list[tuple[int, int]] = held
-            ok = io.wait_all(lambda req, err: done.append(self._finish(req, err)), timeout) and ok
+            ok = io.wait_all(lambda req, err: done.append(self._finish(req, err, i)), timeout) and ok
             try:
                 self._publish(mem, i, done)
             except Exception as exc:  # the ring is going away; what matters is nothing is left
@@ -294,7 +294,7 @@ class BlkDevice(VirtioDevice):
         if chain.descriptors > self.seg_max + 2:  # header, data segments, status (5.2.4 seg_max)
             chain.writable[-1][-1] = _IOERR
             self.stats["requests"] += 1
-            self.stats["errors"] += 1
+            self.count_error(queue_index)
             return 1
         first = chain.readable[0]
         if len(first) >= _HDR_SIZE:  # the usual layout: the header in a descriptor of its own
@@ -313,7 +313,13 @@ class BlkDevice(VirtioDevice):
             if io.start(req):
                 return self._finish(req, None)[1]  # done at once (cached data)
             return None  # completed by host_ready, as the kernel finishes it
-        return self._complete_now(rtype, sector, chain)
+        return self._complete_now(queue_index, rtype, sector, chain)
+
+    def count_error(self, queue_index: int) -> None:
+        """A request that ended with an error status: the device's total and its queue's."""
+        self.stats["errors"] += 1
+        if 0 <= queue_index < len(self.queues):
+            self.queues[queue_index].stats.errors += 1
 
     def _async_request(self, rtype: int, sector: int, chain: DescriptorChain) -> Request | None:
         """A read, write or flush that is valid goes to the kernel; anything else is None."""
@@ -334,8 +340,9 @@ class BlkDevice(VirtioDevice):
             return Request(chain, FLUSH, [], 0, 0)
         return None
 
-    def _finish(self, req: Request, error: Optional[OSError]) -> tuple[int, int]:
-        """A request the kernel finished: its status byte and (head, bytes written)."""
+    def _finish(self, req: Request, error: Optional[OSError], queue_index: int = -1) -> tuple[int, int]:
+        """A request the kernel finished (on queue ``queue_index``): its status byte and
+        (head, bytes written)."""
         chain = req.chain
         stats = self.stats
         stats["requests"] += 1
@@ -343,7 +350,7 @@ class BlkDevice(VirtioDevice):
             # Per request, and the guest decides how many: rate-limited (PeerLog).
             self.guest_log.warning("blk %s: %s at byte %d failed: %s", self.path,
                         ("read", "write", "flush")[req.kind], req.offset, error.strerror or error)
-            self.stats["errors"] += 1
+            self.count_error(queue_index)
             chain.writable[-1][-1] = _IOERR
             return chain.head_index, 1
         chain.writable[-1][-1] = _OK
@@ -355,13 +362,13 @@ class BlkDevice(VirtioDevice):
             stats["write_bytes"] += req.length
         return chain.head_index, 1
 
-    def _complete_now(self, rtype: int, sector: int, chain: DescriptorChain) -> int:
+    def _complete_now(self, queue_index: int, rtype: int, sector: int, chain: DescriptorChain) -> int:
         status, written = self._execute(rtype, sector, chain)
         data_written = written
         chain.writable[-1][-1] = status  # the status byte: the last writable byte (5.2.6)
         self.stats["requests"] += 1
         if status != _S.OK:
-            self.stats["errors"] += 1
+            self.count_error(queue_index)
             data_written = written if rtype == _T.IN else 0
         return data_written + 1 if rtype in (_T.IN, _T.GET_ID) else 1
 

@@ -116,7 +116,7 @@ def faulty_request(dev: "BlkDevice", queue_index: int, rtype: int, sector: int,
     if status is not None:
         chain.writable[-1][-1] = int(status)
         dev.stats["requests"] += 1
-        dev.stats["errors"] += 1
+        dev.count_error(queue_index)
         result: int | None = 1
     else:
         result = dev.request(queue_index, rtype, sector, chain)
