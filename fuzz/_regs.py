@@ -1,5 +1,5 @@
 """Register-model fuzzing shared by ``pci_registers.py`` and ``mmio_registers.py``: guest RAM
-laid out as :class:`~pyvirtio.pci.InProcessMachine` lays it out, and a recorder that turns an
+laid out as :class:`~pyvirtio.platform.machine.InProcessMachine` lays it out, and a recorder that turns an
 ordinary driver's session on that machine into seed ops (its register accesses, with the RAM it
 wrote in between as "scribble" ops)."""
 

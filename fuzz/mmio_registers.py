@@ -47,7 +47,7 @@ def seeds() -> dict[str, bytes]:
     """An entropy driver probing the window and reading through it, as recorded ops."""
     from pyvirtio.drivers.rng import RngDriver
     from pyvirtio.mmio import MmioTransport
-    from pyvirtio.pci import InProcessMachine
+    from pyvirtio.platform.machine import InProcessMachine
     from _regs import RAM_BASE
 
     out = {}

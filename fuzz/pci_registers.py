@@ -51,7 +51,8 @@ def test_one_input(data: bytes) -> None:
 def seeds() -> dict[str, bytes]:
     """An entropy driver found by a PCI scan, probing and reading, as recorded ops."""
     from pyvirtio.drivers.rng import RngDriver
-    from pyvirtio.pci import InProcessMachine, scan_pci
+    from pyvirtio.pci import scan_pci
+    from pyvirtio.platform.machine import InProcessMachine
 
     out = {}
     for name, n, msix in (("probe", 0, None), ("read16", 16, None), ("read3x-intx", 48, 0)):

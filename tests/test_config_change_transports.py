@@ -42,7 +42,8 @@ def loopback(device, tmp_path):
 
 @contextlib.contextmanager
 def pci_model(device, tmp_path):
-    from pyvirtio.pci import InProcessMachine, scan_pci
+    from pyvirtio.pci import scan_pci
+    from pyvirtio.platform.machine import InProcessMachine
     with InProcessMachine(ram_size=8 << 20) as machine:
         machine.add_pci(device)
         (t,) = scan_pci(machine).transports
@@ -52,7 +53,7 @@ def pci_model(device, tmp_path):
 @contextlib.contextmanager
 def mmio_model(device, tmp_path):
     from pyvirtio.mmio import discover_mmio, parse_kernel_cmdline
-    from pyvirtio.pci import InProcessMachine
+    from pyvirtio.platform.machine import InProcessMachine
     with InProcessMachine(ram_size=8 << 20) as machine:
         machine.add_mmio(device)
         (t,) = discover_mmio(machine, parse_kernel_cmdline(machine.kernel_cmdline())).transports

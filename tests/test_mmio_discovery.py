@@ -11,7 +11,7 @@ from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.errors import DeviceFault, UsageError
 from pyvirtio.mmio import (MmioTransport, MmioWindow, VirtioMmioError, discover_mmio, parse_device_spec,
                            parse_device_tree, parse_kernel_cmdline)
-from pyvirtio.pci import InProcessMachine
+from pyvirtio.platform.machine import InProcessMachine
 from pyvirtio.spec.mmio import MmioReg as R
 
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.mmio import MmioTransport
-from pyvirtio.pci import InProcessMachine
+from pyvirtio.platform.machine import InProcessMachine
 from pyvirtio.spec.mmio import MmioReg as R
 from pyvirtio.spec.status import DeviceStatus as S
 

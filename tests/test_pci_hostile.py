@@ -13,7 +13,8 @@ from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.drivers.rng import RngDriver
-from pyvirtio.pci import InProcessMachine, scan_pci
+from pyvirtio.pci import scan_pci
+from pyvirtio.platform.machine import InProcessMachine
 from pyvirtio.pci.function import COMMON_OFFSET, ISR_OFFSET, NOTIFY_OFFSET, VIRTIO_BAR
 from pyvirtio.spec.pci import PCI_BAR_OFFSETS, VIRTIO_MSI_NO_VECTOR, CommonCfg, PciCfg
 from pyvirtio.spec.status import DeviceStatus as S

@@ -1,4 +1,4 @@
-"""Register semantics the PCI and MMIO models share (pyvirtio.pci.registers), end to end with our
+"""Register semantics the PCI and MMIO models share (pyvirtio.platform.registers), end to end with our
 drivers on an in-process machine: VIRTIO_F_NOTIFICATION_DATA on both transports and both ring
 layouts (issue 11), a driver lying in its notifications, and packed queue sizes that are not
 powers of two."""
@@ -14,7 +14,8 @@ from pyvirtio.driver import DriverQueue
 from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.mmio import MmioTransport
-from pyvirtio.pci import InProcessMachine, scan_pci
+from pyvirtio.pci import scan_pci
+from pyvirtio.platform.machine import InProcessMachine
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.status import DeviceStatus as S
 from pyvirtio.virtq.notification import driver_position, encode

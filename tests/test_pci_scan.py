@@ -11,7 +11,8 @@ from pyvirtio.drivers import ALL_DRIVERS
 from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.errors import ConfigGenerationError, DeviceFault
-from pyvirtio.pci import (InProcessMachine, PciAddress, PciCapabilityError, VirtioPciLayoutError, scan_pci)
+from pyvirtio.pci import PciAddress, PciCapabilityError, VirtioPciLayoutError, scan_pci
+from pyvirtio.platform.machine import InProcessMachine
 from pyvirtio.pci.function import VIRTIO_BAR
 from pyvirtio.pci.scan import ResourceAllocator, enumerate_bus, probe_bars, walk_capabilities
 from pyvirtio.spec.pci import CommonCfg, PciCapId, PciCapType, PciCfg, PciCommand, VirtioPciCap

@@ -15,7 +15,8 @@ from pyvirtio.devices.rng import RngDevice
 from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.mmio import MmioTransport, discover_mmio, parse_kernel_cmdline
-from pyvirtio.pci import InProcessMachine, PciAddress, scan_pci
+from pyvirtio.pci import PciAddress, scan_pci
+from pyvirtio.platform.machine import InProcessMachine
 from pyvirtio.qtest import QemuMachine, qemu_available
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.mmio import MAGIC_VALUE, MmioReg as R

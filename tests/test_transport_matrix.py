@@ -69,7 +69,8 @@ def loopback(spec, tmp_path):
 
 @contextlib.contextmanager
 def pci_model(spec, tmp_path):
-    from pyvirtio.pci import InProcessMachine, scan_pci
+    from pyvirtio.pci import scan_pci
+    from pyvirtio.platform.machine import InProcessMachine
     with InProcessMachine(ram_size=4 << 20) as machine:
         machine.add_pci(_device(spec))
         (t,) = scan_pci(machine).transports
@@ -79,7 +80,7 @@ def pci_model(spec, tmp_path):
 @contextlib.contextmanager
 def mmio_model(spec, tmp_path):
     from pyvirtio.mmio import discover_mmio, parse_kernel_cmdline
-    from pyvirtio.pci import InProcessMachine
+    from pyvirtio.platform.machine import InProcessMachine
     with InProcessMachine(ram_size=4 << 20) as machine:
         machine.add_empty_mmio()
         machine.add_mmio(_device(spec))

@@ -6,7 +6,7 @@ aligned 32-bit accesses (4.2.2.2); any other access to them reads 0 and is ignor
 device-specific configuration space at 0x100 takes any width.  The interrupt line goes to a
 callback ``irq(level)``: it is raised while InterruptStatus is non-zero (4.2.3.4).
 
-Hostile drivers are handled as in :mod:`pyvirtio.pci.registers`: every access is accepted,
+Hostile drivers are handled as in :mod:`pyvirtio.platform.registers`: every access is accepted,
 forbidden writes are ignored, writes that break the device set DEVICE_NEEDS_RESET.
 """
 
@@ -17,8 +17,8 @@ from typing import Callable, Optional
 from ..device import VirtioDevice
 from ..interrupt import Interrupt
 from ..memory import GuestMemory
-from ..pci.config import check_access
-from ..pci.registers import DeviceRegisters
+from ..platform.interface import check_access
+from ..platform.registers import DeviceRegisters
 from ..spec.features import Feature
 from ..spec.mmio import CONFIG_OFFSET, MAGIC_VALUE, SHM_NO_REGION, VERSION, MmioInterrupt, MmioReg
 

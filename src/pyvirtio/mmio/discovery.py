@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
 from ..errors import UsageError, VirtioError
-from ..pci.platform import Platform
+from ..platform.interface import Platform
 from .transport import MmioPlaceholder, MmioTransport
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from ..spec.features import Feature
 from ..spec.mmio import CONFIG_OFFSET, MAGIC_VALUE, VERSION, MmioInterrupt, MmioReg
 from ..virtq import notification
 from ..virtq.kinds import RingLayout
-from ..pci.platform import Platform, PlatformTransport, split_access
+from ..platform.interface import Platform, PlatformTransport, split_access
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ Device side: :class:`VirtioPciFunction` wraps any :class:`~pyvirtio.device.Virti
 modern virtio PCI function (configuration space, capability list, BARs, MSI-X, INTx).
 Driver side: :func:`scan_pci` enumerates a platform's bus 0, assigns BARs the platform left
 unassigned, and returns a :class:`PciTransport` per virtio function, ready for
-:class:`pyvirtio.bus.Bus`.  :class:`InProcessMachine` is a platform whose devices are pyvirtio's
-own models; :mod:`pyvirtio.qtest` provides one whose devices are QEMU's.
+:class:`pyvirtio.bus.Bus`.  The platforms it scans (:mod:`pyvirtio.platform`) are an in-process
+machine whose devices are pyvirtio's own models and QEMU over qtest (:mod:`pyvirtio.qtest`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass, field
 
 from ..errors import VirtioError
+from ..platform.interface import Platform
 from .function import VirtioPciFunction
-from .platform import Platform
 from .scan import (PciAddress, PciCapabilityError, PciFunction, ResourceAllocator, assign_resources,
                    enumerate_bus, read_function)
 from .transport import PciTransport, VirtioPciLayoutError, virtio_device_type
@@ -23,13 +23,7 @@ from .transport import PciTransport, VirtioPciLayoutError, virtio_device_type
 log = logging.getLogger(__name__)
 
 
-def __getattr__(name: str):
-    if name == "InProcessMachine":  # imported on use: the machine pulls in the MMIO models
-        from .machine import InProcessMachine
-        return InProcessMachine
-    raise AttributeError(name)
-
-__all__ = ["InProcessMachine", "PciAddress", "PciCapabilityError", "PciScan", "PciTransport",
+__all__ = ["PciAddress", "PciCapabilityError", "PciScan", "PciTransport",
            "VirtioPciFunction", "VirtioPciLayoutError", "scan_pci"]
 
 
@@ -48,7 +42,7 @@ def scan_pci(platform: Platform, *, bus: int = 0, assign: bool = True, interrupt
 
     A function whose capabilities lie (a looping list, a structure outside its BAR …) is listed
     in ``rejected`` with its typed error; the others still come back.  ``split_only`` hides
-    VIRTIO_F_RING_PACKED on every transport (:class:`~pyvirtio.pci.platform.PlatformTransport`)."""
+    VIRTIO_F_RING_PACKED on every transport (:class:`~pyvirtio.platform.interface.PlatformTransport`)."""
     result = PciScan()
     for addr in enumerate_bus(platform, bus):
         try:

@@ -21,20 +21,11 @@ from enum import Enum
 from typing import Callable, Optional
 
 from ..errors import UsageError
+from ..platform.interface import check_access
 from ..spec.pci import (PCI_BAR_IO_MASK, PCI_BAR_MEM_MASK, PCI_BAR_MEM_PREFETCH, PCI_BAR_MEM_TYPE_64,
                         PCI_BAR_OFFSETS, PCI_BAR_SPACE_IO, PCI_CAP_LIST_NEXT, PCI_CONFIG_SPACE_SIZE,
                         PCI_HEADER_TYPE_NORMAL, PCI_INTERRUPT_PIN_INTA, PCI_STD_HEADER_SIZE, PciCfg,
                         PciCommand, PciStatus)
-
-#: Access widths a guest can make (config cycles and memory accesses of 1-8 bytes).
-MAX_ACCESS = 8
-
-
-def check_access(size: int) -> None:
-    """Sizes outside 1..8 cannot come from a guest: they are a bug in the calling program."""
-    if not 1 <= size <= MAX_ACCESS:
-        raise UsageError(f"access size {size} is not 1..{MAX_ACCESS} bytes")
-
 
 class BarKind(Enum):
     MEM32 = "mem32"

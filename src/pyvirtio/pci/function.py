@@ -36,9 +36,10 @@ from ..spec.ids import (PCI_CLASS_CODE_DEFAULT, PCI_CLASS_CODES, PCI_MODERN_DEVI
 from ..spec.pci import (COMMON_CFG_FIELD_SIZES, COMMON_CFG_SIZE, MSIX_FLAGS_ENABLE, MSIX_FLAGS_MASKALL,
                         VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_CAP, VIRTIO_PCI_CAP_SIZE, CommonCfg, IsrStatus,
                         MsixCap, PciCapId, PciCapType, PciCfg, PciCommand, PciStatus, VirtioPciCap)
-from .config import BarKind, BarSpec, ConfigSpace, Type0Header, check_access
+from ..platform.interface import check_access
+from .config import BarKind, BarSpec, ConfigSpace, Type0Header
 from .msix import MsixTable
-from .registers import DeviceRegisters
+from ..platform.registers import DeviceRegisters
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..spec.pci import (MSIX_ENTRY, MSIX_ENTRY_CTRL_MASKBIT, MSIX_ENTRY_SIZE, MSIX_FLAGS_ENABLE,
                         MSIX_FLAGS_MASKALL, MsixEntry)
-from .config import check_access
+from ..platform.interface import check_access
 
 log = logging.getLogger(__name__)
 

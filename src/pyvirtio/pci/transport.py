@@ -33,7 +33,7 @@ from ..spec.pci import (MSIX_BIR_MASK, MSIX_ENTRY,
                         PciCapType, VirtioPciCap)
 from ..virtq import notification
 from ..virtq.kinds import RingLayout
-from .platform import IrqLine, MsiController, Platform, PlatformTransport, split_access
+from ..platform.interface import IrqLine, MsiController, Platform, PlatformTransport, split_access
 from .scan import Bar, PciFunction
 
 log = logging.getLogger(__name__)

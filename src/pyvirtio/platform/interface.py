@@ -3,7 +3,7 @@
 A :class:`Platform` is the guest's view of a machine: guest RAM to place rings and buffers in,
 physical-address and port accesses, PCI configuration cycles, interrupt lines, and an MSI
 controller that turns message writes into callbacks.  Two platforms exist: an in-process machine
-whose devices are pyvirtio's own models (:mod:`pyvirtio.pci.machine`), and QEMU driven over
+whose devices are pyvirtio's own models (:mod:`pyvirtio.platform.machine`), and QEMU driven over
 qtest (:mod:`pyvirtio.qtest`).  The transports (:class:`~pyvirtio.pci.transport.PciTransport`,
 :class:`~pyvirtio.mmio.transport.MmioTransport`) see only this interface.
 
@@ -20,6 +20,7 @@ import time
 from typing import Callable, Optional, Protocol
 
 from ..alloc import GuestAllocator
+from ..errors import UsageError
 from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
 from ..memory import GuestMemory
 from ..spec.features import Feature
@@ -28,6 +29,16 @@ from ..virtq.kinds import RingLayout
 
 #: Longest single sleep while polling for an interrupt that cannot wake us (seconds).
 POLL_INTERVAL = 0.005
+
+
+#: Access widths a guest can make (config cycles and memory accesses of 1-8 bytes).
+MAX_ACCESS = 8
+
+
+def check_access(size: int) -> None:
+    """Sizes outside 1..8 cannot come from a guest: they are a bug in the calling program."""
+    if not 1 <= size <= MAX_ACCESS:
+        raise UsageError(f"access size {size} is not 1..{MAX_ACCESS} bytes")
 
 
 def split_access(offset: int, size: int) -> list[tuple[int, int]]:

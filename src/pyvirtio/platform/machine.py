@@ -1,6 +1,6 @@
 """An in-process machine: guest RAM, a PCI host bridge and virtio-mmio windows, all in Python.
 
-It plays the platform for the driver side (:class:`~pyvirtio.pci.platform.Platform`) while the
+It plays the platform for the driver side (:class:`~pyvirtio.platform.interface.Platform`) while the
 devices on it are pyvirtio's own models (:class:`~pyvirtio.pci.function.VirtioPciFunction`,
 :class:`~pyvirtio.mmio.device.VirtioMmioDevice`).  Like a board without firmware, it leaves every
 BAR unassigned: the driver's scan sizes and places them, exactly as under QEMU's q35.
@@ -30,9 +30,10 @@ from ..memory import GuestMemory, Region
 from ..mmio.device import WINDOW_SIZE, VirtioMmioDevice
 from ..virtq.kinds import RingLayout
 from ..spec.pci import PCI_HEADER_TYPE_MULTI_FUNCTION, PciCfg
-from .config import BarKind, check_access
-from .function import VirtioPciFunction
-from .scan import PciAddress
+from ..pci.config import BarKind
+from ..pci.function import VirtioPciFunction
+from ..pci.scan import PciAddress
+from .interface import check_access
 
 log = logging.getLogger(__name__)
 

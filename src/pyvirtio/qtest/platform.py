@@ -1,4 +1,4 @@
-"""QEMU over qtest as a driver-side :class:`~pyvirtio.pci.platform.Platform`.
+"""QEMU over qtest as a driver-side :class:`~pyvirtio.platform.interface.Platform`.
 
 * PCI configuration cycles use the x86 configuration mechanism #1: the address goes to port
   0xcf8 (``0x80000000 | bus << 16 | device << 11 | function << 8 | register``), the data moves
@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 from ..alloc import GuestAllocator
 from ..errors import UsageError
 from ..mmio.discovery import MmioWindow
-from ..pci.config import check_access
+from ..platform.interface import check_access
 from ..pci.scan import PciAddress
 from ..spec.mmio import MAGIC_VALUE
 from ..spec.pci import PciCfg, PciStatus
