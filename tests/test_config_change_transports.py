@@ -14,7 +14,7 @@ import pytest
 
 from pyvirtio.devices.blk import BlkDevice, ResizeError
 from pyvirtio.devices.console import ConsoleDevice
-from pyvirtio.devices.console_cli import attach
+from pyvirtio.devices.console import attach
 from pyvirtio.devices.console_endpoints import MemoryEndpoint
 from pyvirtio.devices.net import NetDevice
 from pyvirtio.drivers.blk import BlkDriver

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pyvirtio.devices.console import ConsoleDevice, PortSpec
-from pyvirtio.devices.console_cli import attach
+from pyvirtio.devices.console import attach
 from pyvirtio.devices.console_endpoints import MemoryEndpoint, SocketEndpoint
 from pyvirtio.drivers.console import ConsoleDriver
 from pyvirtio.spec.ids import DeviceType

@@ -125,13 +125,13 @@ def _build_net(args):
 
 
 def _net_cli():
-    from ..devices import net_cli
-    return net_cli
+    from . import serve_net
+    return serve_net
 
 
 def _console_cli():
-    from ..devices import console_cli
-    return console_cli
+    from . import serve_console
+    return serve_console
 
 
 def register(sub) -> None:
@@ -251,7 +251,9 @@ def run(args) -> int:
                 endpoint = server.add(device, socket_path=args.socket_path,
                                       socket_mode=args.socket_mode)
             if args.backend == "console":  # its rings are gated by the vhost-user ring state
-                _console_cli().attach(device, endpoint)
+                from ..devices.console import ConsoleDevice, attach
+                assert isinstance(device, ConsoleDevice)
+                attach(device, endpoint)
             if args.control:
                 undo.append(_serve_control(args, device, endpoint, server))
         except SocketInUse as exc:

@@ -105,7 +105,7 @@ class ControlTarget:
     def open_port_endpoint(self, args: dict[str, Any]) -> Any:
         if self._port_endpoint is not None:
             return self._port_endpoint(args)
-        from ..devices.console_cli import open_endpoint
+        from ..devices.console_endpoints import open_endpoint
         kind = "pty" if args.get("pty") else "connect" if args.get("connect") else "listen"
         return open_endpoint(kind, args.get("path"), f"port {args['name']}")
 

@@ -563,3 +563,19 @@ def _check_name(name: Optional[str]) -> None:
 
 __all__ = ["ConsoleDevice", "ConsoleControlError", "DevicePort", "NullEndpoint", "PortSpec",
            "parse_control", "port_of_queue"]
+
+
+def attach(device: ConsoleDevice, endpoint) -> None:
+    """Fit ``device`` to a vhost-user ``endpoint`` (``VhostUserServer.add``'s result), which serves its queues
+    and, through the engine, its ports' endpoints.  vhost-user keeps the device status to itself
+    (no DRIVER_OK reaches the device), so the device touches a queue while its ring is active."""
+    device.requires_driver_ok = False
+    device.queue_gate = lambda index: _ring_active(endpoint, index)
+
+
+def _ring_active(endpoint, index: int) -> bool:
+    session = endpoint.session
+    if session is None:
+        return False
+    vrings = session.conn.vrings
+    return index < len(vrings) and vrings[index].active

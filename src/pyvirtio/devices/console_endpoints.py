@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 import threading
 import tty
 from typing import Callable, Optional, Sequence
@@ -394,3 +395,21 @@ def _copy_out(src: bytearray, views: Views) -> int:
         if pos == len(src):
             break
     return pos
+
+
+def open_endpoint(kind: str, path: Optional[str], what: str) -> HostEndpoint:
+    """The host side of a port; a pty's path is announced on stderr."""
+    try:
+        if kind in ("listen", "connect"):
+            if not path:
+                raise UsageError(f"{what}: a socket path is required")
+            return UnixListenEndpoint(path) if kind == "listen" else UnixConnectEndpoint(path)
+        if kind == "stdio":
+            return StdioEndpoint()
+        if kind == "none":
+            return NullEndpoint()
+    except OSError as exc:
+        raise UsageError(f"{what}: {path}: {exc.strerror or exc}") from None
+    ep = PtyEndpoint()
+    print(f"pyvirtio serve console: {what} is {ep.path}", file=sys.stderr, flush=True)
+    return ep

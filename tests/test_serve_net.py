@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from pyvirtio.devices import net_cli
+from pyvirtio.commands import serve_net
 from pyvirtio.devices.net import NetDevice
 from pyvirtio.errors import UsageError
 from pyvirtio.net.null import NullBackend
@@ -19,8 +19,8 @@ def build():
 
     def _build(*argv):
         parser = argparse.ArgumentParser()
-        net_cli.add_arguments(parser)
-        device = net_cli.build_device(parser.parse_args(argv))
+        serve_net.add_arguments(parser)
+        device = serve_net.build_device(parser.parse_args(argv))
         made.append(device)
         return device
 

@@ -16,7 +16,7 @@ from ..net.null import NullBackend
 from ..net.stream import StreamBackend
 from ..net.switch import get_switch
 from ..net.tap import TapBackend
-from .net import NetDevice
+from ..devices.net import NetDevice
 
 BACKENDS = ("tap", "switch", "socket", "null")
 

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from pyvirtio.devices.console_cli import (PortOption, add_arguments, attach, build_device,
-                                          parse_port, parse_size)
+from pyvirtio.commands.serve_console import PortOption, add_arguments, build_device, parse_port, parse_size
+from pyvirtio.devices.console import attach
 from pyvirtio.devices.console_endpoints import (NullEndpoint, PtyEndpoint, UnixConnectEndpoint,
                                                 UnixListenEndpoint)
 from pyvirtio.drivers.console import ConsoleDriver

@@ -1,4 +1,4 @@
-"""Command-line options of ``pyvirtio serve console``, and the glue that serves it over vhost-user.
+"""Command-line options of ``pyvirtio serve console``.
 
     pyvirtio serve console --socket-path=PATH \\
         --port=name=org.example.pipe,path=SOCK [--port=name=other,path=SOCK2,connect] \\
@@ -9,25 +9,23 @@ then one host side — ``path=SOCK`` (a UNIX socket we listen on; add ``connect`
 one instead), ``pty`` (a new pseudo-terminal, its path is printed), or ``stdio`` — and optionally
 ``id=N`` and ``console`` (a second console port).  ``--console`` is port 0.
 
-:func:`add_arguments` adds the options, :func:`build_device` validates them and builds the
-:class:`~pyvirtio.devices.console.ConsoleDevice` (endpoints opened), and :func:`attach` fits it to a
-:class:`~pyvirtio.vhost_user.server.VhostUserServer` that serves it (the server's engine serves
-the ports' endpoints too: no loop of our own).
+:func:`add_arguments` adds the options and :func:`build_device` validates them and builds the
+:class:`~pyvirtio.devices.console.ConsoleDevice` (endpoints opened by
+:func:`~pyvirtio.devices.console_endpoints.open_endpoint`); ``serve`` then fits it to the
+vhost-user endpoint that serves it with :func:`~pyvirtio.devices.console.attach`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UsageError
-from .console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
-from .console_endpoints import (HostEndpoint, NullEndpoint, PtyEndpoint, StdioEndpoint,
-                                UnixConnectEndpoint, UnixListenEndpoint)
+from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
+from ..devices.console_endpoints import HostEndpoint, open_endpoint
 
 log = logging.getLogger(__name__)
 _KEYS = {"name", "path", "id", "connect", "pty", "stdio", "console"}
@@ -98,24 +96,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return size
 
 
-def open_endpoint(kind: str, path: Optional[str], what: str) -> HostEndpoint:
-    """The host side of a port; a pty's path is announced on stderr."""
-    try:
-        if kind in ("listen", "connect"):
-            if not path:
-                raise UsageError(f"{what}: a socket path is required")
-            return UnixListenEndpoint(path) if kind == "listen" else UnixConnectEndpoint(path)
-        if kind == "stdio":
-            return StdioEndpoint()
-        if kind == "none":
-            return NullEndpoint()
-    except OSError as exc:
-        raise UsageError(f"{what}: {path}: {exc.strerror or exc}") from None
-    ep = PtyEndpoint()
-    print(f"pyvirtio serve console: {what} is {ep.path}", file=sys.stderr, flush=True)
-    return ep
-
-
 def _console_endpoint(text: str) -> HostEndpoint:
     if text in ("stdio", "pty", "none"):
         return open_endpoint(text, None, "the console")
@@ -146,25 +126,6 @@ def build_device(args: argparse.Namespace) -> ConsoleDevice:
         device = ConsoleDevice(console, specs, max_nr_ports=args.max_ports, size=size)
         undo.pop_all()
     return device
-
-
-# --- serving over vhost-user -------------------------------------------------------------------
-
-
-def attach(device: ConsoleDevice, endpoint) -> None:
-    """Fit ``device`` to ``endpoint`` (``VhostUserServer.add``'s result), which serves its queues
-    and, through the engine, its ports' endpoints.  vhost-user keeps the device status to itself
-    (no DRIVER_OK reaches the device), so the device touches a queue while its ring is active."""
-    device.requires_driver_ok = False
-    device.queue_gate = lambda index: _ring_active(endpoint, index)
-
-
-def _ring_active(endpoint, index: int) -> bool:
-    session = endpoint.session
-    if session is None:
-        return False
-    vrings = session.conn.vrings
-    return index < len(vrings) and vrings[index].active
 
 
 def describe(args: argparse.Namespace) -> str:
