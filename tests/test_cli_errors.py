@@ -226,7 +226,7 @@ def test_verbose_counts_on_both_sides():
 
 def test_entry_point_takes_logging_flags(tmp_path):
     """``pyvirtio-vhost-user-rng -v --print-capabilities`` (what the JSON descriptor's binary runs)."""
-    code = ("import sys; from pyvirtio.commands.serve import main_rng; "
+    code = ("import sys; from pyvirtio.cli import main_rng; "
             "sys.exit(main_rng(['--print-capabilities', '-vv', '--log-level=info']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == '{"type": "rng"}', r.stderr

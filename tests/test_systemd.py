@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pyvirtio.cli import CliUsageError
+from pyvirtio.errors import CliUsageError
 from pyvirtio.commands import systemd
 from pyvirtio.commands.probe import probe
 

@@ -293,7 +293,7 @@ def test_installed_json_descriptions_match_the_program(backend, tmp_path):
 
 
 def test_entry_points_run_serve(capsys):
-    from pyvirtio.commands.serve import main_blk, main_rng
+    from pyvirtio.cli import main_blk, main_rng
     assert main_blk(["--print-capabilities"]) == 0
     assert json.loads(capsys.readouterr().out)["type"] == "block"
     assert main_rng(["--print-capabilities"]) == 0

@@ -16,7 +16,9 @@ import logging
 import os
 import sys
 
-from .errors import VirtioError
+from . import version
+from .commands import Parser
+from .errors import CliError, CliUsageError, VirtioError
 
 #: Modules that register subcommands, in help order.  A module that fails to import is a bug.
 SUBCOMMAND_MODULES = (
@@ -27,6 +29,7 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.qemu_args",
     "pyvirtio.commands.descriptors",
     "pyvirtio.commands.kernel",
+    "pyvirtio.commands.guest",
     "pyvirtio.commands.demo",
     "pyvirtio.commands.bench",
     "pyvirtio.commands.probe",
@@ -37,7 +40,7 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.fuzz_frontend",
 )
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, CliError.exit_code, CliUsageError.exit_code
 
 EPILOG = """\
 logging options (-v, -q, --log-level) are accepted before and after the subcommand.
@@ -50,36 +53,6 @@ exit status:
 """
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-class CliError(VirtioError):
-    """A runtime failure reported in one line: a missing file, a socket in use (exit status 1)."""
-
-    exit_code = EXIT_FAILURE
-
-
-class CliUsageError(CliError):
-    """The command line itself is wrong: a bad value, flags that do not go together (exit 2)."""
-
-    exit_code = EXIT_USAGE
-
-
-class Parser(argparse.ArgumentParser):
-    """No abbreviated flags (``--sock=`` is not ``--socket-path=``); errors in one line, exit 2;
-    unknown flags refused by the subcommand that got them, naming it."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-    def parse_known_args(self, args=None, namespace=None):
-        ns, extra = super().parse_known_args(args, namespace)
-        if extra:
-            self.error(f"unrecognized arguments: {' '.join(extra)}")
-        return ns, extra
 
 
 def log_level_name(text: str) -> int:
@@ -118,16 +91,6 @@ def _walk(p: argparse.ArgumentParser):
         yield from _walk(child)
 
 
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-    try:
-        return dist_version("pyvirtio")
-    except PackageNotFoundError:
-        from . import __version__
-        return __version__
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="pyvirtio", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -136,13 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging_options(parser, "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)  # a module that fails to import is a bug
     for child in _walk(parser):
         _add_logging_options(child, "sub_")
     return parser
@@ -193,7 +150,29 @@ def _stdout_to_devnull() -> None:
     os.close(devnull)
 
 
-if __name__ == "__main__":  # python -m pyvirtio.cli: run the imported module, whose error
-    from pyvirtio.cli import main as _main  # classes the subcommands raise
+def _serve(backend: str, argv: list[str] | None) -> int:
+    return main(["serve", backend, *(sys.argv[1:] if argv is None else argv)])
 
-    sys.exit(_main())
+
+def main_blk(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-blk`` (the ``binary`` of its vhost-user.json description)."""
+    return _serve("blk", argv)
+
+
+def main_rng(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-rng`` (the ``binary`` of its vhost-user.json description)."""
+    return _serve("rng", argv)
+
+
+def main_net(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-net`` (the ``binary`` of its vhost-user.json description)."""
+    return _serve("net", argv)
+
+
+def main_console(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-console`` (the ``binary`` of its vhost-user.json description)."""
+    return _serve("console", argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,8 @@
 * ``DeviceFault`` — the device side (a back-end's used ring, a reply, a config) broke a rule;
 * ``PeerProtocolError`` — a vhost-user peer sent something the protocol forbids;
 * ``UsageError`` — our own API was misused by the caller (a bug in the calling program);
-* ``GuestMemoryError`` — an address outside every mapped region.
+* ``GuestMemoryError`` — an address outside every mapped region;
+* ``CliError`` — what the ``pyvirtio`` command reports in one line, with its exit status.
 
 and how far the damage reaches (``scope``): the request, the queue, the device or the connection.
 Cores raise these; the I/O shell decides what to do (log, mark broken, reset, reconnect).
@@ -109,3 +110,16 @@ class TransportError(VirtioError):
     """The transport itself failed (socket, eventfd, mmap)."""
 
     scope = Scope.CONNECTION
+
+
+class CliError(VirtioError):
+    """A runtime failure the ``pyvirtio`` command reports in one line: a missing file, a socket
+    in use (exit status 1)."""
+
+    exit_code = 1
+
+
+class CliUsageError(CliError):
+    """The command line itself is wrong: a bad value, flags that do not go together (exit 2)."""
+
+    exit_code = 2

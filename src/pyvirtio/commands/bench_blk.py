@@ -69,7 +69,7 @@ def run(args) -> int:
                              timeout=args.timeout, verify=args.verify, ring=args.ring)
         cfg.check()
     except UsageError as exc:
-        from ..cli import CliUsageError
+        from ..errors import CliUsageError
         raise CliUsageError(str(exc)) from None
     tty = sys.stderr.isatty()
     if args.plot:  # say it before a long run, not after it
@@ -77,7 +77,7 @@ def run(args) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            from ..cli import CliError
+            from ..errors import CliError
             raise CliError("--plot needs matplotlib (pip install 'pyvirtio[plot]')") from None
 
     def progress(elapsed, ios, interval):
@@ -95,7 +95,7 @@ def run(args) -> int:
             latency_histogram(result.samples or [], args.plot,
                               f"{cfg.rw} bs={cfg.bs} iodepth={cfg.iodepth} — {cfg.socket_path}")
         except (PlotUnavailable, OSError, ValueError) as exc:
-            from ..cli import CliError
+            from ..errors import CliError
             raise CliError(f"--plot={args.plot}: {exc}") from None
         print(f"latency histogram: {args.plot}", file=sys.stderr)
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..cli import CliUsageError
+from ..errors import CliUsageError
 from ..vhost_user.identify import type_name
 from .probe import add_socket_args, device_type_arg
 

@@ -8,6 +8,8 @@
     pyvirtio ctl PATH port resize NAME COLS ROWS      # console
     pyvirtio ctl PATH fault add KIND [--key value ...]   # = the rule KIND:key=value,...
     pyvirtio ctl PATH fault list | fault remove ID | fault clear
+    pyvirtio ctl PATH key KEY [press|release|tap]     # input: KEY_A, a, BTN_LEFT, 30
+    pyvirtio ctl PATH event TYPE CODE VALUE [TYPE CODE VALUE ...] [--no-sync]   # input
     pyvirtio ctl PATH reset | version | help
 
 ``--json`` prints the daemon's reply as it came (one JSON line); otherwise the result is shown
@@ -22,7 +24,7 @@ import json
 import sys
 from typing import Any
 
-from ..cli import CliError, CliUsageError
+from ..errors import CliError, CliUsageError
 from .values import positive_seconds, socket_path
 
 USAGE = """\
@@ -36,6 +38,9 @@ commands:
   port resize NAME COLS ROWS           console: a port's terminal size (0 or the console's name)
   fault add KIND [--key value ...]     add a fault rule (the same as serve --fault=KIND:key=value,...)
   fault list | fault remove ID | fault clear
+  key KEY [press|release|tap]          input: a key or button (KEY_A, a, BTN_LEFT, 30)
+  event TYPE CODE VALUE ... [--no-sync]  input: raw evdev events (EV_REL REL_X 5), then a
+                                       SYN_REPORT unless --no-sync
   reset                                put the device in DEVICE_NEEDS_RESET
   version | help
 """
@@ -74,6 +79,11 @@ def to_request(words: list[str]) -> tuple[str, dict[str, Any]]:
         return _port(rest[0], rest[1:])
     if head == "fault" and rest:
         return _fault(rest[0], rest[1:])
+    if head == "key" and len(rest) in (1, 2) and rest[1:] in ([], ["press"], ["release"], ["tap"]):
+        key: Any = int(rest[0]) if rest[0].isdigit() else rest[0]
+        return "key", {"key": key, **({"action": rest[1]} if rest[1:] else {})}
+    if head == "event" and rest:
+        return _event(rest)
     raise CliUsageError(f"cannot read {' '.join(words)!r} as a command (see pyvirtio ctl --help)")
 
 
@@ -102,6 +112,24 @@ def _fault(verb: str, rest: list[str]) -> tuple[str, dict[str, Any]]:
         return "fault.remove", {"id": _int(rest[0], "ID")}
     raise CliUsageError(f"cannot read 'fault {' '.join([verb, *rest])}' (fault add KIND [--key value ...], "
                         "fault list, fault remove ID, fault clear)")
+
+
+def _event(rest: list[str]) -> tuple[str, dict[str, Any]]:
+    sync = "--no-sync" not in rest
+    words = [w for w in rest if w != "--no-sync"]
+    if not words or len(words) % 3:
+        raise CliUsageError("event takes TYPE CODE VALUE, one or more times (e.g. event EV_REL "
+                            "REL_X 5 EV_REL REL_Y -3)")
+    events = [[_word(w) for w in words[i:i + 3]] for i in range(0, len(words), 3)]
+    return "input.send", {"events": events, **({} if sync else {"sync": False})}
+
+
+def _word(text: str) -> Any:
+    """A number stays a number (negative too); a name goes as text for the daemon to read."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        return text
 
 
 def fault_rule_text(kind: str, words: list[str]) -> str:
@@ -219,5 +247,8 @@ def show(cmd: str, result: Any) -> None:
         print(f"{result['removed']} fault rule(s) removed")
     elif cmd == "reset":
         print("device needs reset; status " + " ".join(result["status"]))
+    elif cmd in ("key", "input.send"):
+        print(f"queued {result['queued']} event(s); {result['pending']} waiting for the guest, "
+              f"{result['dropped_events']} dropped so far")
     else:
         print(json.dumps(result, indent=2))

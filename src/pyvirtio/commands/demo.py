@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-from ..cli import CliError, CliUsageError
+from ..errors import CliError, CliUsageError
 from .values import positive_seconds
 
 APT_PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "busybox": "busybox-static"}

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..cli import CliError, CliUsageError
+from ..errors import CliError, CliUsageError
 
 #: (file name, QEMU's type name, entry point, description, tags)
 BACKENDS = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 
-from ..cli import CliError, CliUsageError
+from ..errors import CliError, CliUsageError
 from .values import positive_int, positive_seconds, socket_path
 
 

@@ -19,7 +19,7 @@ import os
 import random
 import tempfile
 
-from ..cli import CliError, CliUsageError
+from ..errors import CliError, CliUsageError
 from .values import positive_int, positive_seconds, socket_path
 
 DEVICES = ("blk", "rng")

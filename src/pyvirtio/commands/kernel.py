@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import CliError
+from ..errors import CliError
 
 
 def register(sub) -> None:

@@ -8,7 +8,7 @@ import tempfile
 from typing import TypeVar
 
 from ..bus import Bus
-from ..cli import CliError
+from ..errors import CliError
 from ..devices.blk import BlkDevice
 from ..devices.rng import RngDevice
 from ..driver import VirtioDriver

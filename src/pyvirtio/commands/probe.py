@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from ..cli import CliUsageError
+from ..errors import CliUsageError
 from ..spec.ids import DEVICE_NAMES
 from ..vhost_user.frontend import PROTOCOL_FEATURES_BIT
 from ..vhost_user.identify import (decode_config, feature_names, parse_type,

@@ -9,7 +9,7 @@ import argparse
 import signal
 import sys
 
-from ..cli import CliError, CliUsageError
+from ..errors import CliError, CliUsageError
 from .values import socket_path
 
 

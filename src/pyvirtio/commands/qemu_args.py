@@ -20,7 +20,7 @@ import re
 import shlex
 from typing import Optional
 
-from ..cli import CliError
+from ..errors import CliError
 from ..spec.ids import DeviceType
 from .probe import add_socket_args, device_type_arg
 
@@ -32,6 +32,7 @@ QEMU_DEVICES: dict[int, str] = {
     DeviceType.INPUT: "vhost-user-input-pci",
     DeviceType.I2C: "vhost-user-i2c-pci",
     DeviceType.GPIO: "vhost-user-gpio-pci",
+    DeviceType.VSOCK: "vhost-user-vsock-pci",
 }
 DEFAULT_MEMORY = "1G"
 

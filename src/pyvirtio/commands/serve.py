@@ -37,9 +37,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from ..cli import CliError, CliUsageError, Parser
-from ..errors import UsageError
-from . import systemd
+from ..errors import CliError, CliUsageError, UsageError
+from . import Parser, systemd
 from .values import socket_path
 
 if TYPE_CHECKING:
@@ -337,28 +336,3 @@ def _qemu_banner(args, socket_path) -> list[str]:
     dtype = _device_type(args.backend)
     queues = getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None) or 1
     return serve_banner(dtype, socket_path, queues=queues)
-
-
-def _main(backend: str, argv: list[str] | None) -> int:
-    from ..cli import main
-    return main(["serve", backend, *(sys.argv[1:] if argv is None else argv)])
-
-
-def main_blk(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-blk`` (the ``binary`` of its vhost-user.json description)."""
-    return _main("blk", argv)
-
-
-def main_rng(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-rng`` (the ``binary`` of its vhost-user.json description)."""
-    return _main("rng", argv)
-
-
-def main_net(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-net`` (the ``binary`` of its vhost-user.json description)."""
-    return _main("net", argv)
-
-
-def main_console(argv: list[str] | None = None) -> int:
-    """Entry point ``pyvirtio-vhost-user-console`` (the ``binary`` of its vhost-user.json description)."""
-    return _main("console", argv)

@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Optional
 
-from ..cli import CliUsageError
+from ..errors import CliUsageError
 
 #: sd_listen_fds(3): the first passed file descriptor.
 SD_LISTEN_FDS_START = 3

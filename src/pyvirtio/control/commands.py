@@ -22,6 +22,11 @@ cmd                args                                      result
 ``fault.clear``                                              ``{"removed": n}``
 ``reset``                                                    ``{"status": [...]}``: the device is in
                                                              DEVICE_NEEDS_RESET
+``key``            ``key``: a name (KEY_A, a, BTN_LEFT) or   ``{"queued", "pending", "dropped_events"}``
+                   code; ``action``: press, release or tap   (input)
+``input.send``     ``events``: [[type, code, value], ...]    the same (input); a SYN_REPORT ends
+                   (names or numbers); ``sync``: false to    the events unless ``sync`` is false
+                   send them without a closing SYN_REPORT
 =================  ========================================  ========================================
 
 Device operations run where the device's code runs: ``resize``, ``link`` and the port commands
@@ -144,6 +149,12 @@ def build_commands(target: ControlTarget) -> dict[str, Command]:
         Command("fault.clear", "remove every fault rule", lambda a: _fault_clear(target)),
         Command("reset", "put the device in DEVICE_NEEDS_RESET (the driver must reset it)",
                 lambda a: _reset(target)),
+        Command("key", "input: press, release or tap a key or button", lambda a: _key(target, a),
+                (Arg("key", (str, int), True, "KEY_A, a, BTN_LEFT, or a code"),
+                 Arg("action", (str,), False, "press, release or tap (the default)"))),
+        Command("input.send", "input: send evdev events to the guest", lambda a: _input_send(target, a),
+                (Arg("events", (list,), True, "[[type, code, value], ...]: EV_REL REL_X 5 or numbers"),
+                 Arg("sync", (bool,), False, "false: no SYN_REPORT appended"))),
     ]
     table = {c.name: c for c in cmds}
     table["help"] = Command("help", table["help"].help,
@@ -152,7 +163,7 @@ def build_commands(target: ControlTarget) -> dict[str, Command]:
 
 
 def _version() -> dict[str, Any]:
-    from ..cli import version
+    from .. import version
     return {"protocol": VERSION, "pyvirtio": version()}
 
 
@@ -287,6 +298,47 @@ def _fault_clear(target: ControlTarget) -> dict[str, Any]:
     count = len(faults.list())
     faults.clear()
     return {"removed": count}
+
+
+def _input(target: ControlTarget, cmd: str) -> Any:
+    if target.kind != "input":
+        raise Unsupported(f"{cmd}: not an input device (this one is {target.kind})")
+    return target.device
+
+
+def _queued(device: Any, n: int) -> dict[str, Any]:
+    return {"queued": n, "pending": device.pending_events,
+            "dropped_events": device.stats["dropped_events"]}
+
+
+def _key(target: ControlTarget, args: dict[str, Any]) -> dict[str, Any]:
+    device = _input(target, "key")
+    from ..devices.input_script import ScriptError, key_events, parse_key
+    try:
+        events = key_events(parse_key(args["key"]), args.get("action") or "tap")
+    except ScriptError as exc:
+        raise BadArgument(f"key: {exc}") from None
+    return _queued(device, device.inject(events))
+
+
+def _input_send(target: ControlTarget, args: dict[str, Any]) -> dict[str, Any]:
+    device = _input(target, "input.send")
+    from ..devices.input_script import ScriptError, parse_event
+    events = []
+    for item in args["events"]:
+        if not isinstance(item, list) or len(item) != 3 or \
+                not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in item):
+            raise BadArgument(f"input.send: {item!r} is not [type, code, value]")
+        try:
+            events.append(parse_event(*item))
+        except ScriptError as exc:
+            raise BadArgument(f"input.send: {exc}") from None
+    if not events:
+        raise BadArgument("input.send: no events")
+    try:
+        return _queued(device, device.inject(events, sync=args.get("sync", True)))
+    except UsageError as exc:  # a report longer than a ring
+        raise BadArgument(f"input.send: {exc}") from None
 
 
 class ResetRequested(UsageError):
