@@ -25,6 +25,21 @@ MAX_CONTROL_CLIENTS            16          the control socket: clients connected
                                            are accepted, told so in one reply, and closed)
 MAX_CONTROL_PENDING            1 MiB       the control socket: replies a client has not read
                                            yet; past that the client is dropped
+VSOCK_BUF_ALLOC                256 KiB     vsock (:mod:`pyvirtio.vsock.core`): the buf_alloc
+                                           each connection advertises, so the most its peer
+                                           may have sent and we not yet passed on; a peer
+                                           that sends past it is reset
+VSOCK_MAX_CONNECTIONS          128         vsock: connections of one device (or driver) at
+                                           once; a REQUEST past it gets RST.  With
+                                           VSOCK_BUF_ALLOC: 32 MiB buffered at most in total
+VSOCK_MAX_PENDING_RST          256         vsock: RST replies (to packets for no connection)
+                                           waiting for the peer's receive buffers; more are
+                                           dropped and counted
+VSOCK_MAX_HANDSHAKES           64          ``serve vsock``: host clients connected to the UDS
+                                           that have not finished ``CONNECT <port>\n``; more
+                                           are closed at once
+VSOCK_HANDSHAKE_LINE           64          ``serve vsock``: bytes of that line, newline
+                                           included; a longer line closes the client
 =============================  ==========  ==================================================
 
 libvhost-user and QEMU cap a chain at VIRTQUEUE_MAX_SIZE = 1024 elements (and Linux's
@@ -57,6 +72,16 @@ MAX_CONTROL_LINE = 64 * 1024
 MAX_CONTROL_CLIENTS = 16
 #: Reply bytes queued for one control-socket client that does not read them.
 MAX_CONTROL_PENDING = 1 << 20
+#: vsock: the receive buffer one connection advertises (buf_alloc, VIRTIO 1.3, 5.10.6.3).
+VSOCK_BUF_ALLOC = 256 * 1024
+#: vsock: connections one device or driver keeps at once.
+VSOCK_MAX_CONNECTIONS = 128
+#: vsock: RST packets for no connection queued while the peer posts no receive buffers.
+VSOCK_MAX_PENDING_RST = 256
+#: ``serve vsock``: host clients still sending their ``CONNECT <port>`` line.
+VSOCK_MAX_HANDSHAKES = 64
+#: ``serve vsock``: the longest ``CONNECT <port>\n`` line.
+VSOCK_HANDSHAKE_LINE = 64
 
 
 class PeerLog:
@@ -107,4 +132,5 @@ class PeerLog:
 
 __all__ = ["MAX_CHAIN_SEGMENTS", "MAX_CHAIN_BYTES", "MAX_MEM_SLOTS", "MAX_FDS_PER_MESSAGE",
            "MAX_PENDING_CONNECTIONS", "LOG_LINES_PER_SECOND", "MAX_CONTROL_LINE",
-           "MAX_CONTROL_CLIENTS", "MAX_CONTROL_PENDING", "PeerLog"]
+           "MAX_CONTROL_CLIENTS", "MAX_CONTROL_PENDING", "VSOCK_BUF_ALLOC", "VSOCK_MAX_CONNECTIONS",
+           "VSOCK_MAX_PENDING_RST", "VSOCK_MAX_HANDSHAKES", "VSOCK_HANDSHAKE_LINE", "PeerLog"]

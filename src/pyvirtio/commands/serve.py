@@ -105,6 +105,8 @@ BACKENDS = {
                        lambda a: f"network device on {_net_cli().build_backend_name(a)}"),
     "console": BackendType("console", (), lambda a: _console_cli().build_device(a),
                            lambda a: _console_cli().describe(a)),
+    "vsock": BackendType("vsock", (), lambda a: _vsock_cli().build_device(a),
+                         lambda a: _vsock_cli().describe(a)),
 }
 
 
@@ -131,6 +133,11 @@ def _net_cli():
 def _console_cli():
     from . import serve_console
     return serve_console
+
+
+def _vsock_cli():
+    from . import serve_vsock
+    return serve_vsock
 
 
 def register(sub) -> None:
@@ -170,6 +177,10 @@ def register(sub) -> None:
                                                "UNIX sockets, ptys or stdio")
     _common(console)
     _console_cli().add_arguments(console)
+    vsock = types.add_parser("vsock", help="a virtio-vsock device whose streams go to UNIX sockets "
+                                           "(hybrid vsock: CONNECT <port>, UDS_<port>)")
+    _common(vsock)
+    _vsock_cli().add_arguments(vsock)
     p.set_defaults(func=run)
 
 
@@ -253,6 +264,8 @@ def run(args) -> int:
                 from ..devices.console import ConsoleDevice, attach
                 assert isinstance(device, ConsoleDevice)
                 attach(device, endpoint)
+            if args.backend == "vsock":  # its rings are gated by the vhost-user ring state
+                _vsock_cli().attach(device, endpoint)
             if args.control:
                 undo.append(_serve_control(args, device, endpoint, server))
         except SocketInUse as exc:
@@ -313,7 +326,7 @@ def _serve_control(args, device, endpoint, server) -> Callable[[], None]:
 def _device_type(backend: str) -> int:
     from ..spec.ids import DeviceType
     return {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
-            "console": DeviceType.CONSOLE}[backend]
+            "console": DeviceType.CONSOLE, "vsock": DeviceType.VSOCK}[backend]
 
 
 def _fault_rules(args) -> list:
