@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from pyvirtio.guest.initramfs import DEFAULT_MODULES, build_initrd
+from pyvirtio.guest.initramfs import build_initrd
+from pyvirtio.guest.modules import DEFAULT_MODULES
 from pyvirtio.guest.qemu import qemu_command
 from pyvirtio.vhost_user.hostile_runner import FINDINGS
 

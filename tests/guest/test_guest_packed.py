@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 
 from pyvirtio.guest import boot_guest
-from pyvirtio.guest.initramfs import EXT4_MODULES
+from pyvirtio.guest.modules import EXT4_MODULES
 
 from test_guest_vhost_user import Daemon  # noqa: E402 (same folder, on sys.path)
 

@@ -27,7 +27,7 @@ import time
 import pytest
 
 from pyvirtio.guest import boot_guest, start_guest
-from pyvirtio.guest.initramfs import EXT4_MODULES
+from pyvirtio.guest.modules import EXT4_MODULES
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 

@@ -20,7 +20,9 @@ from pyvirtio.errors import VirtioError
 from pyvirtio.guest import (EXT4_MODULES, CpioWriter, FileSet, GuestBootError, GuestError,
                             GuestScriptError, GuestTimeout, InitramfsError, ModuleIndex,
                             build_initrd, read_initrd, read_newc)
-from pyvirtio.guest.initramfs import init_script, ldd, modinfo
+from pyvirtio.guest.init import init_script
+from pyvirtio.guest.initramfs import ldd
+from pyvirtio.guest.modules import modinfo
 from pyvirtio.guest.kernel import extract_elf, has_pvh_note
 
 # --------------------------------------------------------------------------- cpio writer

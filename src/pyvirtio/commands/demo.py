@@ -63,13 +63,14 @@ def say(msg: str) -> None:
 
 def check_host() -> None:
     """Name the apt packages to install if QEMU or a static busybox is missing."""
-    from ..guest.initramfs import InitramfsError, _is_static, find_busybox
+    from ..guest.errors import InitramfsError
+    from ..guest.initramfs import find_busybox, is_static
     from ..guest.qemu import qemu_binary
     missing = []
     if not shutil.which(qemu_binary()):
         missing.append(APT_PACKAGES["qemu-system-x86_64"])
     try:
-        static = _is_static(find_busybox())  # Debian's plain "busybox" is dynamic: no use in a guest
+        static = is_static(find_busybox())  # Debian's plain "busybox" is dynamic: no use in a guest
     except (InitramfsError, OSError):
         static = False
     if not static:
@@ -97,7 +98,7 @@ def _demo(args, work: str) -> int:
     from ..devices.blk import BlkDevice
     from ..devices.rng import RngDevice
     from ..guest import GuestError, boot_guest, prepare_kernel
-    from ..guest.initramfs import EXT4_MODULES
+    from ..guest.modules import EXT4_MODULES
     from ..vhost_user.server import VhostUserServer
 
     say("[1/4] guest kernel (the first run downloads the Debian kernel package, ~70 MB)")

@@ -7,16 +7,17 @@
                                 "-drive", "if=none,id=d0,file=disk.img,format=raw"])
     res.check().lines                               # what the script printed
 
-See ``kernel`` (download, PVH ELF), ``initramfs`` (cpio writer, modules, /init) and
-``qemu`` (boot_guest / start_guest).
+See ``kernel`` (download, PVH ELF), ``initramfs`` (assembly, host binaries) with ``cpio`` (the
+newc codec), ``modules`` (the module index) and ``init`` (the /init script), and ``qemu``
+(boot_guest / start_guest).
 """
 
 from .errors import (GuestBootError, GuestError, GuestScriptError, GuestTimeout,
                      InitramfsError, KernelPrepareError)
-from .initramfs import (DEFAULT_MODULES, EXT4_MODULES, VIRTIOFS_MODULES, VSOCK_MODULES,
-                        CpioWriter, FileSet, ModuleIndex, build_initrd, read_initrd,
-                        read_newc)
+from .cpio import CpioWriter, read_initrd, read_newc
+from .initramfs import FileSet, build_initrd
 from .kernel import KernelBundle, default_cache_dir, prepare_kernel
+from .modules import DEFAULT_MODULES, EXT4_MODULES, VIRTIOFS_MODULES, VSOCK_MODULES, ModuleIndex
 from .qemu import (GuestProcess, GuestResult, boot_guest, qemu_available, qemu_command,
                    start_guest)
 

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator, Mapping, Sequence
 
 from .errors import GuestBootError, GuestScriptError, GuestTimeout
-from .initramfs import (BOOTED_MARK, DEFAULT_MODULES, EXIT_MARK, INSMOD_FAIL_MARK,
-                        SCRIPT_PREFIX, FileSet, build_initrd)
+from .init import BOOTED_MARK, EXIT_MARK, INSMOD_FAIL_MARK, SCRIPT_PREFIX
+from .initramfs import FileSet, build_initrd
 from .kernel import KernelBundle
+from .modules import DEFAULT_MODULES
 
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
 EXIT_GRACE = 15.0  # seconds QEMU may take to power off after the script ended
