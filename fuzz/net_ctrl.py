@@ -1,7 +1,7 @@
 # Invariant: any exception that is not a typed pyvirtio error (pyvirtio.errors.VirtioError
 # subclasses) is a finding; a hang is a finding.  Input: control-queue chains (any layout, direct
 # or indirect, any class/command/data bytes) put on a NetDevice's control queue and kicked —
-# NetDevice._ctrl_chain and pyvirtio.net.ctrl.execute — with every control feature negotiated.
+# NetDevice._ctrl_chain and pyvirtio.devices.net_ctrl.execute — with every control feature negotiated.
 """Fuzz target: the virtio-net control queue (VIRTIO 1.3, 5.1.6.5)."""
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from pyvirtio.net import frame as fr
-from pyvirtio.net.steer import FlowTable, flow_key
+from pyvirtio.devices.net_steer import FlowTable, flow_key
 
 
 def test_mac_parsing_round_trips():

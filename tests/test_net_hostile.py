@@ -14,7 +14,7 @@ from pyvirtio.drivers.net import NetDriver
 from pyvirtio.errors import DriverFault, Scope
 from pyvirtio.limits import PeerLog
 from pyvirtio.loopback import LoopbackTransport
-from pyvirtio.net.ctrl import CtrlRejected, parse_mac_table
+from pyvirtio.devices.net_ctrl import CtrlRejected, parse_mac_table
 from pyvirtio.net.frame import frame_seq, mac_bytes, numbered_frame
 from pyvirtio.net.backend import NetBackend
 from pyvirtio.net.mock import MockBackend

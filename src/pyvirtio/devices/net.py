@@ -40,12 +40,12 @@ from ..memory import GuestMemory
 from ..spec import net as spec
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain, DeviceQueue
-from ..net import ctrl, txhdr
+from . import net_ctrl as ctrl, net_txhdr as txhdr
 from ..net.backend import MAX_FRAME, NetBackend, Views, fit_iov
 from ..net.frame import ETH_HLEN, mac_bytes, random_mac
 from ..net.null import NullBackend
-from ..net.rxpath import ReceivePath
-from ..net.steer import FlowTable
+from .net_rxpath import ReceivePath
+from .net_steer import FlowTable
 from .net_faults import NetFaults
 
 log = logging.getLogger(__name__)

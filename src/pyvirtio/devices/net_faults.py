@@ -23,7 +23,7 @@ from ..net.frame import ETH_HLEN
 from ..timerfd import DueQueue
 
 if TYPE_CHECKING:
-    from ..net.rxpath import ReceivePath
+    from .net_rxpath import ReceivePath
     from .net import NetDevice
 
 #: A held frame: ("tx", pair, bytes as the back-end takes them) or ("rx", header, frame).

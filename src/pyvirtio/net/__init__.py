@@ -5,9 +5,10 @@ Back-ends (``--tap``, ``--switch``, ``--socket``, ``--null`` on the command line
 :func:`~pyvirtio.net.switch.get_switch`), :class:`~pyvirtio.net.stream.StreamBackend`,
 :class:`~pyvirtio.net.null.NullBackend`, and :class:`~pyvirtio.net.mock.MockBackend` for tests.
 The engine's worker of the device that owns a back-end watches its fds (``pyvirtio.engine``).
-Also here: the device's receive path (``rx``, ``rxpath``), control queue (``ctrl``),
-receive steering (``steer``), link state over vhost-user (``vhost_link``), a frame builder
-(``frame``) and a tiny ARP/ping responder (``responder``).
+Also here: link state over vhost-user (``vhost_link``), a frame builder (``frame``) and a tiny
+ARP/ping responder (``responder``).  The device's own internals live beside it in
+:mod:`pyvirtio.devices`: the receive path (``net_rx``, ``net_rxpath``), the control queue
+(``net_ctrl``), receive steering (``net_steer``) and the transmit header checks (``net_txhdr``).
 """
 
 from .backend import NetBackend

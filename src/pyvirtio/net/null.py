@@ -2,7 +2,7 @@
 (benchmarks).
 
 It does the work of a real consumer, not of a counter: the device has translated and checked
-each descriptor and read each frame's virtio-net header (:mod:`pyvirtio.net.txhdr`); the
+each descriptor and read each frame's virtio-net header (:mod:`pyvirtio.devices.net_txhdr`); the
 back-end copies every frame out of guest memory into host memory — as DPDK's vhost dequeue
 copies each frame into an mbuf before ``rxonly`` frees it — and then drops it.  A batch is
 copied back to back into one host buffer (``bytes.join``: one C loop, no bytecode per frame).

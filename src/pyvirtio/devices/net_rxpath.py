@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Optional
 from ..memory import GuestMemory
 from ..spec import net as spec
 from ..virtq import DescriptorChain
-from .backend import IOV_MAX, MAX_FRAME, BuffersRefused
-from .frame import ETH_HLEN
-from .rx import RxPlacer
+from ..net.backend import IOV_MAX, MAX_FRAME, BuffersRefused
+from ..net.frame import ETH_HLEN
+from .net_rx import RxPlacer
 
 if TYPE_CHECKING:
-    from ..devices.net import NetDevice
+    from .net import NetDevice
 
 F = spec.NetFeature
 HDR = spec.NET_HDR_SIZE

@@ -16,7 +16,7 @@ from ..errors import DriverFault, Scope
 from ..spec.net import (NET_CTRL_GUEST_OFFLOADS, NET_CTRL_MAC_ENTRIES, NET_CTRL_MQ_PAIRS_SET,
                         NET_CTRL_MQ_VQ_PAIRS_MIN, NetCtrlAck, NetCtrlAnnounce, NetCtrlClass,
                         NetCtrlGuestOffloads, NetCtrlMac, NetCtrlMq, NetCtrlRx, NetFeature as F)
-from .frame import BROADCAST, is_multicast
+from ..net.frame import BROADCAST, is_multicast
 
 #: Entries kept per MAC table; a longer table turns on all-unicast / all-multicast instead
 #: (5.1.6.5.2 allows "silently switch to allmulti or promiscuous mode").

@@ -19,7 +19,7 @@ from typing import Optional
 from ..memory import GuestMemory
 from ..spec.net import NET_HDR_SIZE
 from ..virtq import DescriptorChain, DeviceQueue
-from .backend import Views
+from ..net.backend import Views
 
 _NUM_BUFFERS = struct.Struct("<H")
 NUM_BUFFERS_OFFSET = 10
