@@ -105,6 +105,8 @@ BACKENDS = {
                        lambda a: f"network device on {_net_cli().build_backend_name(a)}"),
     "console": BackendType("console", (), lambda a: _console_cli().build_device(a),
                            lambda a: _console_cli().describe(a)),
+    "input": BackendType("input", (), lambda a: _input_cli().build_device(a),
+                         lambda a: _input_cli().describe(a)),
     "vsock": BackendType("vsock", (), lambda a: _vsock_cli().build_device(a),
                          lambda a: _vsock_cli().describe(a)),
 }
@@ -133,6 +135,11 @@ def _net_cli():
 def _console_cli():
     from . import serve_console
     return serve_console
+
+
+def _input_cli():
+    from . import input_cli
+    return input_cli
 
 
 def _vsock_cli():
@@ -177,6 +184,10 @@ def register(sub) -> None:
                                                "UNIX sockets, ptys or stdio")
     _common(console)
     _console_cli().add_arguments(console)
+    inp = types.add_parser("input", help="a virtio input device (keyboard, mouse, tablet, "
+                                         "multitouch) fed by ctl key/event or an --events script")
+    _common(inp)
+    _input_cli().add_arguments(inp)
     vsock = types.add_parser("vsock", help="a virtio-vsock device whose streams go to UNIX sockets "
                                            "(hybrid vsock: CONNECT <port>, UDS_<port>)")
     _common(vsock)
@@ -268,6 +279,8 @@ def run(args) -> int:
                 _vsock_cli().attach(device, endpoint)
             if args.control:
                 undo.append(_serve_control(args, device, endpoint, server))
+            if args.backend == "input":
+                undo.append(_input_cli().start_script(args, device))
         except SocketInUse as exc:
             raise CliError(str(exc)) from None
         except UsageError as exc:
@@ -326,7 +339,8 @@ def _serve_control(args, device, endpoint, server) -> Callable[[], None]:
 def _device_type(backend: str) -> int:
     from ..spec.ids import DeviceType
     return {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
-            "console": DeviceType.CONSOLE, "vsock": DeviceType.VSOCK}[backend]
+            "console": DeviceType.CONSOLE, "input": DeviceType.INPUT,
+            "vsock": DeviceType.VSOCK}[backend]
 
 
 def _fault_rules(args) -> list:

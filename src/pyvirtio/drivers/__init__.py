@@ -2,8 +2,9 @@
 
 from .blk import BlkDriver
 from .console import ConsoleDriver
+from .input import InputDriver
 from .net import NetDriver
 from .rng import RngDriver
 
 #: Every driver pyvirtio ships, for bus binding.
-ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver, NetDriver)
+ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver, NetDriver, InputDriver)

@@ -61,12 +61,36 @@ class InputConfigOffset(IntEnum):
 #: struct virtio_input_absinfo { le32 min; le32 max; le32 fuzz; le32 flat; le32 res; }  (5.8.4)
 #: Packed as signed: the values are evdev's __s32 (min is often negative).
 INPUT_ABSINFO = struct.Struct("<iiiii")
-INPUT_ABSINFO_FIELDS = ("min", "max", "fuzz", "flat", "res")
+
+
+class InputAbsInfo(NamedTuple):
+    """One ``INPUT_ABSINFO`` unpacked: an absolute axis's range (evdev's struct input_absinfo
+    without its current value)."""
+
+    min: int
+    max: int
+    fuzz: int = 0
+    flat: int = 0
+    res: int = 0
+
+
+INPUT_ABSINFO_FIELDS = InputAbsInfo._fields
 INPUT_ABSINFO_SIZE = 20
 
 #: struct virtio_input_devids { le16 bustype; le16 vendor; le16 product; le16 version; }  (5.8.4)
 INPUT_DEVIDS = struct.Struct("<HHHH")
-INPUT_DEVIDS_FIELDS = ("bustype", "vendor", "product", "version")
+
+
+class InputDevIds(NamedTuple):
+    """One ``INPUT_DEVIDS`` unpacked (evdev's struct input_id)."""
+
+    bustype: int
+    vendor: int
+    product: int
+    version: int
+
+
+INPUT_DEVIDS_FIELDS = InputDevIds._fields
 INPUT_DEVIDS_SIZE = 8
 
 #: struct virtio_input_event { le16 type; le16 code; le32 value; }  (5.8.6).  ``value`` is
