@@ -57,6 +57,12 @@ class InputInfo:
         return codes is not None and (code is None or code in codes)
 
 
+def _string(data: bytes) -> str:
+    """A config string: no NUL terminator per 5.8.4, but QEMU 7.2 counts one in ``size``
+    ("QEMU Virtio Keyboard\\0"); as C reads it, the string ends at the first NUL."""
+    return data.split(b"\0", 1)[0].decode(errors="replace")
+
+
 def bits(data: bytes) -> frozenset[int]:
     """The codes set in a config bitmap (byte n carries codes 8n..8n+7)."""
     return frozenset(8 * i + b for i, byte in enumerate(data) for b in range(8) if byte >> b & 1)
@@ -106,8 +112,7 @@ class InputDriver(VirtioDriver):
 
     def query_info(self) -> InputInfo:
         """Everything the config space tells, as Linux's probe reads it."""
-        info = InputInfo(name=self.query(_S.ID_NAME).decode(errors="replace"),
-                         serial=self.query(_S.ID_SERIAL).decode(errors="replace"))
+        info = InputInfo(name=_string(self.query(_S.ID_NAME)), serial=_string(self.query(_S.ID_SERIAL)))
         ids = self.query(_S.ID_DEVIDS)
         if len(ids) >= INPUT_DEVIDS_SIZE:
             info.devids = InputDevIds(*INPUT_DEVIDS.unpack_from(ids))

@@ -5,7 +5,8 @@ decides whether to notify (the caller does the notifying), :meth:`get_buf` retur
 token with the bytes the device wrote, :meth:`enable_cb` tells whether work raced in.
 
 The device is untrusted too: a used idx that jumps more than the queue size, a used id that is
-not an outstanding head, or a used length above the chain's writable bytes raises
+not an outstanding head, or a used length above the chain's writable bytes (a chain with none
+reads as 0) raises
 :class:`~pyvirtio.errors.DeviceFault` and marks the queue broken.  The driver keeps shadow copies
 of everything it owns (free list, indices) and never re-reads them from shared memory.
 
@@ -226,7 +227,7 @@ class SplitDriverQueue(DriverRingSide):
         else:
             slot = (last & (self.size - 1)) * 2
             head, length = self._used32[1 + slot], self._used32[2 + slot]
-            self._check_used(head, length)
+            length = self._check_used(head, length)
         token = self._tokens[head]
         self._free_chain(head)
         self.last_used = (last + 1) & 0xFFFF
@@ -234,12 +235,19 @@ class SplitDriverQueue(DriverRingSide):
             self._avail16[2 + self.size] = self.last_used  # used_event
         return token, length
 
-    def _check_used(self, head: int, length: int) -> None:
+    def _check_used(self, head: int, length: int) -> int:
+        """The used length to hand back (a device fault breaks the queue).  A chain without
+        writable bytes reads as 0 whatever the device wrote: nothing can be read back, and QEMU
+        7.2's virtio-input statusq (like DPDK's vhost transmit, see ``packed_driver``) credits
+        the bytes it read."""
         if head >= self.size or self._tokens[head] is None:
             self._break(DeviceFault(f"queue {self.index}: used id {head} is not an outstanding head"))
         if length > self._in_len[head]:
+            if not self._in_len[head]:
+                return 0
             self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[head]} "
                                     f"writable bytes of head {head}"))
+        return length
 
     def _next_in_order(self, last: int, ahead: int) -> tuple[int, int]:
         """IN_ORDER (2.7.9): the oldest outstanding head and what the device wrote into it.  A
@@ -247,7 +255,7 @@ class SplitDriverQueue(DriverRingSide):
         if self._batch_last < 0:
             slot = (last & (self.size - 1)) * 2
             head, length = self._used32[1 + slot], self._used32[2 + slot]
-            self._check_used(head, length)
+            length = self._check_used(head, length)
             if not self._order:  # pragma: no cover - an outstanding head is in the order
                 self._break(DeviceFault(f"queue {self.index}: used id {head} with nothing in flight"))
             batch = self._seq[head] - self._seq[self._order[0]] + 1
