@@ -305,3 +305,52 @@ def test_a_delayed_request_arrives_late_and_in_order(server, tmp_path):
     fe.close()
     proxy.stop()
     assert any(line.endswith("[delay]") and "GET_QUEUE_NUM" in line for line in proxy.lines)
+
+
+def test_mutate_rules_parse_and_change_what_passes():
+    from pyvirtio.vhost_user.wire import Message
+    rule = parse_rule("mutate", "reply:get_queue_num:u64=0xffff")
+    assert (rule.reply, rule.request, rule.field, rule.value) == (True, "GET_QUEUE_NUM", "u64", 0xFFFF)
+    core = ProxySession(rules=[rule])
+    core.receive("fe>be", encode(R.GET_QUEUE_NUM), [], 1.0)  # the request passes untouched
+    (p,) = core.receive("be>fe", encode_reply(R.GET_QUEUE_NUM, U64(2).pack()), [], 1.1)
+    assert p.action == "mutate" and p.message.payload == U64(0xFFFF).pack()
+    assert p.original.payload == U64(2).pack() and "[mutate; was flags" in p.line()
+    assert p.record()["original"]["payload"] == U64(2).pack().hex()
+    assert "[mutate" in decode_line(p.record())
+    nth = parse_rule("mutate", "SET_VRING_NUM:2:num=0")
+    msg = Message(R.SET_VRING_NUM, 1, bytes(range(8)))
+    assert not nth.matches("SET_VRING_NUM") and nth.matches("SET_VRING_NUM")
+    assert nth.mutate(msg).payload == bytes(range(4)) + bytes(4)
+    assert parse_rule("mutate", "GET_FEATURES:size=3").mutate(msg).payload == bytes(range(3))
+    assert parse_rule("mutate", "GET_FEATURES:size=10").mutate(msg).payload == bytes(range(8)) + bytes(2)
+    assert parse_rule("mutate", "GET_FEATURES:@2/2=0xabcd").mutate(msg).payload[2:4] == b"\xcd\xab"
+    assert parse_rule("mutate", "GET_FEATURES:flags=0x5").mutate(msg).flags == 5
+
+
+@pytest.mark.parametrize("text, why", [
+    ("GET_FEATURES", "no FIELD=VALUE"), ("NOPE:u64=1", "not a vhost-user request name"),
+    ("GET_FEATURES:0:u64=1", "from 1"), ("GET_FEATURES:nope=1", "unknown FIELD"),
+    ("GET_FEATURES:u64=x", "not an integer"), ("SET_VRING_NUM:num=0x100000000", "does not fit"),
+    ("GET_FEATURES:@3/3=1", "WIDTH"), ("GET_FEATURES:@5000=1", "WIDTH"), ("GET_FEATURES:@x=1", "@OFFSET"),
+    ("GET_FEATURES:size=5000", "out of range")])
+def test_bad_mutate_rules_say_why(text, why):
+    with pytest.raises(RuleError, match=why):
+        parse_rule("mutate", text)
+
+
+def test_a_mutated_reply_reaches_the_front_end(server, tmp_path):
+    """GET_QUEUE_NUM answered 0xffff through the proxy: the front-end sees the lie, the record
+    keeps both, and the rest of the session goes on."""
+    backend = str(tmp_path / "rng.sock")
+    server.add(RngDevice(), socket_path=backend)
+    server.start()
+    proxy = Proxy(tmp_path, backend, rules=[parse_rule("mutate", "reply:GET_QUEUE_NUM:1:u64=0xffff")])
+    fe = TestFrontend.connect(proxy.path)
+    fe.negotiate()
+    assert fe.get_u64(R.GET_QUEUE_NUM) == 0xFFFF
+    assert fe.get_u64(R.GET_QUEUE_NUM) == 1  # only the first
+    fe.close()
+    proxy.stop()
+    mutated = [line for line in proxy.lines if "[mutate" in line]
+    assert len(mutated) == 1 and "GET_QUEUE_NUM" in mutated[0]

@@ -44,6 +44,13 @@ def register(sub) -> None:
     p.add_argument("--delay", type=_rule("delay"), action="append", default=[], metavar="REQUEST:MS",
                    help="hold each REQUEST (and what follows it on its stream) for MS "
                         "milliseconds, repeatable")
+    p.add_argument("--mutate", type=_rule("mutate"), action="append", default=[],
+                   metavar="[reply:]REQUEST[:N]:FIELD=VALUE",
+                   help="change the REQUEST messages (with reply: the replies to them; only the "
+                        "Nth, counted from 1) on their way: FIELD flags (the header's), size (the "
+                        "payload cut or zero-padded, the header follows), u64, index, num (a "
+                        "vring state's), or @OFFSET[/WIDTH] (WIDTH 1, 2, 4, 8 bytes, little-endian); "
+                        "repeatable; e.g. --mutate=reply:GET_QUEUE_NUM:u64=0xffff")
     p.add_argument("--quiet-messages", action="store_true",
                    help="do not print the message lines (with --record)")
     p.add_argument("--decode", metavar="FILE", help="print the record FILE and exit")
@@ -52,7 +59,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     if args.decode:
-        if args.listen or args.connect or args.record or args.drop or args.delay:
+        if args.listen or args.connect or args.record or args.drop or args.delay or args.mutate:
             raise CliUsageError("--decode FILE takes no other proxy flag")
         return decode(args.decode)
     if not (args.listen and args.connect):
@@ -65,7 +72,7 @@ def run(args) -> int:
         raise CliError(f"cannot write the record {args.record}: {exc.strerror}") from None
     on_line = (lambda line: None) if args.quiet_messages else (lambda line: print(line, flush=True))
     try:
-        server = ProxyServer(args.listen, args.connect, rules=args.drop + args.delay,
+        server = ProxyServer(args.listen, args.connect, rules=args.drop + args.delay + args.mutate,
                              record=record, on_line=on_line)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: server.shutdown())

@@ -66,6 +66,8 @@ STREAMS = (FE_BE, BE_FE, BE_FE_REQ, FE_BE_REQ)
 #: Which request numbering each stream uses, and whose stream carries that numbering's requests.
 _REQUESTS = {FE_BE: FrontendReq, BE_FE: FrontendReq, BE_FE_REQ: BackendReq, FE_BE_REQ: BackendReq}
 _REQUEST_STREAM = {FE_BE: True, BE_FE: False, BE_FE_REQ: True, FE_BE_REQ: False}
+#: Largest payload a ``--mutate`` rule may make (the protocol's own bound on payloads).
+MAX_MUTATED_SIZE = 4096
 #: Largest payload hex shown in a log line (the record keeps it all).
 MAX_HEX_SHOWN = 32
 
@@ -224,18 +226,27 @@ def describe(stream: str, request: int, flags: int, payload: bytes, nfds: int = 
 
 
 class RuleError(UsageError):
-    """A ``--drop`` / ``--delay`` rule that does not parse (names the rule and why)."""
+    """A ``--drop`` / ``--delay`` / ``--mutate`` rule that does not parse (names the rule and why)."""
+
+
+#: ``--mutate`` fields by name: (byte offset in the payload, width) — the u64 of a u64 payload
+#: (features, GET_QUEUE_NUM's answer, a REPLY_ACK status …), and a VringState's index and num.
+MUTATE_FIELDS = {"u64": (0, 8), "index": (0, 4), "num": (4, 4)}
 
 
 @dataclass
 class Rule:
-    """Drop or delay the requests named ``request`` (the ``nth`` one only, when given)."""
+    """Drop, delay or mutate the requests named ``request`` (the ``nth`` one only, when given);
+    a mutate rule with ``reply`` changes the replies to that request instead."""
 
-    action: str  # "drop" or "delay"
+    action: str  # "drop", "delay" or "mutate"
     request: str
     nth: int | None = None
     delay: float = 0.0  # seconds
     seen: int = 0
+    reply: bool = False  # mutate: the reply to ``request``, not the request
+    field: str = ""  # mutate: "flags", "size", a MUTATE_FIELDS name or "@OFFSET[/WIDTH]"
+    value: int = 0
 
     def matches(self, name: str) -> bool:
         if name != self.request:
@@ -243,13 +254,38 @@ class Rule:
         self.seen += 1
         return self.nth is None or self.seen == self.nth
 
+    def mutate(self, msg: Message) -> Message:
+        """The message with this rule's change: the header's flags; the payload cut or padded
+        with zeros to ``size`` bytes (the header says the new size: the stream stays framed);
+        or ``value`` written little-endian at a payload offset (the payload grows if needed)."""
+        if self.field == "flags":
+            return Message(msg.request, self.value, msg.payload, msg.fds)
+        if self.field == "size":
+            payload = msg.payload[:self.value].ljust(self.value, b"\0")
+            return Message(msg.request, msg.flags, payload, msg.fds)
+        offset, width = _field_place(self.field)
+        payload = bytearray(msg.payload.ljust(offset + width, b"\0"))
+        payload[offset:offset + width] = (self.value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+        return Message(msg.request, msg.flags, bytes(payload), msg.fds)
+
+
+def _field_place(name: str) -> tuple[int, int]:
+    if name in MUTATE_FIELDS:
+        return MUTATE_FIELDS[name]
+    offset, _, width = name[1:].partition("/")
+    return int(offset, 0), int(width or "1", 0)
+
 
 _NAMES = {r.name for r in FrontendReq} | {r.name for r in BackendReq}
 
 
 def parse_rule(action: str, text: str) -> Rule:
     """``REQUEST[:N]`` for drop, ``REQUEST:MS`` for delay (a name of FrontendReq or BackendReq,
-    upper or lower case, with or without the ``VHOST_USER_`` prefix)."""
+    upper or lower case, with or without the ``VHOST_USER_`` prefix), and for mutate
+    ``[reply:]REQUEST[:N]:FIELD=VALUE`` (FIELD ``flags``, ``size``, ``u64``, ``index``, ``num``
+    or ``@OFFSET[/WIDTH]`` with WIDTH 1, 2, 4 or 8; VALUE an integer, 0x… allowed)."""
+    if action == "mutate":
+        return _parse_mutate(text)
     name, _, arg = text.partition(":")
     name = name.upper().removeprefix("VHOST_USER_")
     if name not in _NAMES:
@@ -271,6 +307,53 @@ def parse_rule(action: str, text: str) -> Rule:
     return Rule("drop", name, nth=int(arg))
 
 
+def _parse_mutate(text: str) -> Rule:
+    def bad(why: str) -> RuleError:
+        return RuleError(f"mutate rule {text!r}: {why} (give [reply:]REQUEST[:N]:FIELD=VALUE, FIELD "
+                         f"one of flags, size, {', '.join(MUTATE_FIELDS)}, @OFFSET[/WIDTH])")
+    head, eq, value_text = text.rpartition("=")
+    if not eq:
+        raise bad("no FIELD=VALUE")
+    parts = head.split(":")
+    reply = parts[0].lower() == "reply"
+    if reply:
+        parts = parts[1:]
+    if len(parts) not in (2, 3):
+        raise bad("expected REQUEST, an optional N and a FIELD")
+    name = parts[0].upper().removeprefix("VHOST_USER_")
+    if name not in _NAMES:
+        raise bad(f"{name!r} is not a vhost-user request name")
+    nth = None
+    if len(parts) == 3:
+        if not parts[1].isdigit() or int(parts[1]) == 0:
+            raise bad("N must be a whole number from 1")
+        nth = int(parts[1])
+    field_name = parts[-1].lower()
+    try:
+        value = int(value_text, 0)
+    except ValueError:
+        raise bad(f"{value_text!r} is not an integer") from None
+    if field_name in ("flags", "size"):
+        limit = 1 << 32 if field_name == "flags" else MAX_MUTATED_SIZE + 1
+        if not 0 <= value < limit:
+            raise bad(f"{field_name} {value} is out of range")
+    elif field_name in MUTATE_FIELDS:
+        if not 0 <= value < 1 << (8 * MUTATE_FIELDS[field_name][1]):
+            raise bad(f"{value} does not fit {field_name}")
+    elif field_name.startswith("@"):
+        try:
+            offset, width = _field_place(field_name)
+        except ValueError:
+            raise bad(f"{field_name!r} is not @OFFSET[/WIDTH]") from None
+        if width not in (1, 2, 4, 8) or not 0 <= offset <= MAX_MUTATED_SIZE - width:
+            raise bad(f"{field_name!r}: WIDTH 1, 2, 4 or 8 inside {MAX_MUTATED_SIZE} bytes")
+        if not 0 <= value < 1 << (8 * width):
+            raise bad(f"{value} does not fit {width} bytes")
+    else:
+        raise bad(f"unknown FIELD {field_name!r}")
+    return Rule("mutate", name, nth=nth, reply=reply, field=field_name, value=value)
+
+
 # --- the session -------------------------------------------------------------------------------
 
 
@@ -281,9 +364,10 @@ class Passage:
     stream: str
     message: Message
     t: float  # seconds since the proxy started, when it arrived
-    action: str = "pass"  # pass, drop, delay
+    action: str = "pass"  # pass, drop, delay, mutate
     send_at: float = 0.0  # the caller's clock: hold the message (and its stream) until then
     conn: int = 0
+    original: Message | None = None  # mutate: the message as it came (``message`` goes on)
 
     @property
     def data(self) -> bytes:
@@ -305,13 +389,19 @@ class Passage:
         m = self.message
         text = f"{self.t:9.4f} #{self.conn} " + describe(self.stream, m.request, m.flags,
                                                         m.payload, len(m.fds))
+        if self.action == "mutate" and self.original is not None:
+            o = self.original
+            return f"{text} [mutate; was flags {o.flags:#x}, payload {o.payload.hex()[:2 * MAX_HEX_SHOWN] or '-'}]"
         return text if self.action == "pass" else f"{text} [{self.action}]"
 
     def record(self) -> dict:
         m = self.message
-        return {"t": round(self.t, 6), "conn": self.conn, "stream": self.stream,
-                "request": m.request, "flags": m.flags, "size": len(m.payload),
-                "fds": len(m.fds), "action": self.action, "payload": m.payload.hex()}
+        out = {"t": round(self.t, 6), "conn": self.conn, "stream": self.stream,
+               "request": m.request, "flags": m.flags, "size": len(m.payload),
+               "fds": len(m.fds), "action": self.action, "payload": m.payload.hex()}
+        if self.original is not None:  # mutate: what came in, beside what went on
+            out["original"] = {"flags": self.original.flags, "payload": self.original.payload.hex()}
+        return out
 
 
 class ProxySession:
@@ -344,14 +434,19 @@ class ProxySession:
     def _passage(self, stream: str, msg: Message, now: float) -> Passage:
         p = Passage(stream, msg, now - self.start, conn=self.conn,
                     send_at=max(now, self._held_until[stream]))
-        if _REQUEST_STREAM[stream] and not msg.flags & HeaderFlag.REPLY:
-            name = request_name(stream, msg.request)
-            for rule in self.rules:
-                if rule.matches(name):
-                    p.action = rule.action
-                    if rule.action == "delay":
-                        p.send_at = max(p.send_at, now + rule.delay)
-                    break
+        is_reply = not _REQUEST_STREAM[stream] or bool(msg.flags & HeaderFlag.REPLY)
+        name = request_name(stream, msg.request)  # a reply carries its request's code
+        for rule in self.rules:
+            if (rule.reply if rule.action == "mutate" else False) != is_reply:
+                continue
+            if rule.matches(name):
+                p.action = rule.action
+                if rule.action == "delay":
+                    p.send_at = max(p.send_at, now + rule.delay)
+                elif rule.action == "mutate":
+                    p.original = msg
+                    p.message = rule.mutate(msg)
+                break
         if p.action != "drop":
             self._held_until[stream] = p.send_at
         return p
@@ -413,6 +508,10 @@ def decode_line(obj: dict) -> str:
     text = f"{obj['t']:9.4f} #{obj['conn']} " + describe(obj["stream"], obj["request"],
                                                         obj["flags"], payload, obj.get("fds", 0))
     action = obj.get("action", "pass")
+    original = obj.get("original")
+    if action == "mutate" and isinstance(original, dict):
+        return (f"{text} [mutate; was flags {original.get('flags', 0):#x}, payload "
+                f"{str(original.get('payload', ''))[:2 * MAX_HEX_SHOWN] or '-'}]")
     return text if action == "pass" else f"{text} [{action}]"
 
 
