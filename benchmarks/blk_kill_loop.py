@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -75,8 +76,36 @@ def wait_connected(peer, guest, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def diagnose(guest, peer, sock: str, image: str, aio: str, result: dict) -> None:
+    """After a stall: who lost the request?  The stalled back-end is killed and ``pyvirtio serve
+    blk`` is started in its place.  If QEMU negotiates with it (its log says "negotiated"), QEMU's
+    reconnect path still works (so this was not QEMU 7.2's lost reconnect); if fio then goes on,
+    every request was still recoverable from the ring and the inflight region (pyvirtio
+    resubmits what is marked in flight and signals the driver once) — the stalled back-end lost
+    an interrupt or failed to resubmit; if fio stays stuck, the request was lost for good."""
+    result["qemu_connected_to_stalled"] = qemu_connections(peer.process.pid) > 0
+    peer.process.send_signal(signal.SIGKILL)
+    peer.process.wait(10)
+    if os.path.exists(sock):
+        os.unlink(sock)
+    before = len([ln for ln in guest.lines if ln.startswith("round=")])
+    rescue = start("pyvirtio", sock, image, aio)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(
+                [ln for ln in guest.lines if ln.startswith("round=")]) <= before:
+            time.sleep(0.5)
+        log = rescue.log().rsplit("--- pyvirtio serve blk started", 1)[-1]
+        result["rescue_negotiated"] = "negotiated" in log
+        result["rescue_resubmitted"] = [int(n) for n in re.findall(r"resubmitting (\d+) requests", log)]
+        result["recovered_by_pyvirtio"] = len(
+            [ln for ln in guest.lines if ln.startswith("round=")]) > before
+    finally:
+        rescue.close()
+
+
 def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp: str,
-            restart_delay: float = 0.0, wait: bool = False) -> dict:
+            restart_delay: float = 0.0, wait: bool = False, diagnose_stall: bool = False) -> dict:
     image, control, sock = (os.path.join(tmp, n) for n in ("disk.img", "control.img", "blk.sock"))
     for path, size in ((image, 64 * MiB), (control, MiB)):
         with open(path, "wb") as f:
@@ -127,6 +156,8 @@ def one_run(kernel, backend: str, cycles: int, packed: bool, aio: str, rnd, tmp:
         except GuestTimeout as exc:
             rounds = [ln for ln in guest.lines if ln.startswith("round")]
             result["why"] = f"stalled: {exc}; last guest lines {rounds[-2:]}"
+            if diagnose_stall and result["cycles"] == cycles and guest.running:
+                diagnose(guest, peer, sock, image, aio, result)
         finally:
             peer.close()
     result["seconds"] = round(time.monotonic() - t0)
@@ -149,6 +180,10 @@ def main(argv=None) -> int:
                          "before the 0.2-2.5 s to the next kill (the CI test's regime): no kill "
                          "lands in QEMU's start-up handshake, which QEMU 7.2 does not survive "
                          "(benchmarks/qemu_lost_reconnect.py)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="after a stall, put pyvirtio serve blk in the stalled back-end's place and "
+                         "report whether QEMU negotiates with it and whether fio goes on (who lost "
+                         "the request: QEMU's reconnect, or the back-end)")
     ap.add_argument("--keep", metavar="DIR",
                     help="copy a failed run's directory (console log, back-end logs) to DIR/run-N")
     args = ap.parse_args(argv)
@@ -158,14 +193,17 @@ def main(argv=None) -> int:
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="pyvirtio-kill-") as tmp:
             r = one_run(kernel, args.backend, args.cycles, args.packed, args.aio, rnd, tmp,
-                        args.restart_delay, args.wait_connected)
+                        args.restart_delay, args.wait_connected, args.diagnose)
             if not r["ok"] and args.keep:
                 kept = os.path.join(args.keep, f"run-{run}")
                 shutil.copytree(tmp, kept, ignore=shutil.ignore_patterns("*.img", "*.sock"))
                 r["kept"] = kept
         results.append(r)
+        diag = {k: r[k] for k in ("qemu_connected_to_stalled", "rescue_negotiated",
+                                  "rescue_resubmitted", "recovered_by_pyvirtio") if k in r}
         print(f"run {run}: {'pass' if r['ok'] else 'FAIL'} after {r['cycles']} kills, "
-              f"{r.get('rounds', '?')} fio rounds, {r['seconds']} s {r['why']}", flush=True)
+              f"{r.get('rounds', '?')} fio rounds, {r['seconds']} s {r['why']}"
+              + (f" diagnosis {diag}" if diag else ""), flush=True)
     passed = sum(r["ok"] for r in results)
     print(f"{args.backend}: {passed} of {len(results)} runs passed")
     if args.json:
