@@ -264,9 +264,9 @@ class Rule:
             payload = msg.payload[:self.value].ljust(self.value, b"\0")
             return Message(msg.request, msg.flags, payload, msg.fds)
         offset, width = _field_place(self.field)
-        payload = bytearray(msg.payload.ljust(offset + width, b"\0"))
-        payload[offset:offset + width] = (self.value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
-        return Message(msg.request, msg.flags, bytes(payload), msg.fds)
+        buf = bytearray(msg.payload.ljust(offset + width, b"\0"))
+        buf[offset:offset + width] = (self.value & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+        return Message(msg.request, msg.flags, bytes(buf), msg.fds)
 
 
 def _field_place(name: str) -> tuple[int, int]:
