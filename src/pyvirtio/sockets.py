@@ -10,7 +10,6 @@ removes the path at shutdown only if it is still the socket we made.
 
 from __future__ import annotations
 
-import array
 import os
 import socket
 import stat
@@ -111,17 +110,3 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
 
 
 __all__ = ["bind_unix", "inode_of", "unlink_if_ours", "peer_credentials", "SocketInUse", "DEFAULT_SOCKET_MODE"]
-
-
-def recv_with_fds(sock: socket.socket, want: int, max_fds: int) -> tuple[bytes, list[int], bool]:
-    """One ``recvmsg`` of up to ``want`` bytes (at least 1) and up to ``max_fds`` SCM_RIGHTS fds
-    (close-on-exec); returns (data, fds, whether the kernel cut fds off: MSG_CTRUNC)."""
-    data, ancdata, flags, _ = sock.recvmsg(max(want, 1), socket.CMSG_SPACE(max_fds * 4),
-                                           socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
-            fds.extend(arr)
-    return data, fds, bool(flags & socket.MSG_CTRUNC)

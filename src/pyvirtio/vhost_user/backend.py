@@ -39,7 +39,6 @@ INBAND_NOTIFICATIONS, and QEMU 7.2 does not handle it.
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -55,6 +54,7 @@ from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size
 from ..virtq.packed_device import is_valid_packed_size
 from . import errors as E
 from . import inflight as I
+from .fdio import close_fds
 from .inflight import PackedInflight, SplitInflight
 from .memmap import InflightMapping, check_region, create_inflight, map_inflight, map_region
 from .notifyfd import check_channel_fd, check_notify_fd
@@ -223,7 +223,7 @@ class BackendConnection:
         they complete; return the replies to send and the rejections.  Raises ConnectionFatal
         (the connection is then broken: every later call raises ConnectionBroken)."""
         if self.error is not None or self.closed:
-            _close_all(fds)
+            close_fds(fds)
             raise E.ConnectionBroken(f"{self.name}: connection is broken: {self.error or 'closed'}")
         self._framer.push(data, fds)
         out: list[Output] = []
@@ -238,7 +238,7 @@ class BackendConnection:
 
     def _fail(self, exc: E.ConnectionFatal):
         self.error = exc
-        _close_all(self._framer.take_all_fds())
+        close_fds(self._framer.take_all_fds())
         log.error("%s: connection broken: %s", self.name, exc)
         raise exc
 
@@ -248,7 +248,7 @@ class BackendConnection:
         try:
             body = self._run(msg, rule)
         except E.MessageRejected as exc:
-            _close_all(msg.fds)
+            close_fds(msg.fds)
             if msg.request == R.GET_CONFIG:  # the one request with an error reply of its own
                 self.log.warning("%s: GET_CONFIG refused (empty reply): %s", self.name, exc)
                 return [Rejected(msg.request, exc), Reply(encode_reply(msg.request))]
@@ -263,7 +263,7 @@ class BackendConnection:
             if self._ack_wanted(msg):
                 out.append(Reply(encode_reply(msg.request, U64(1).pack())))
             return out
-        _close_all(msg.fds)  # fds the handler did not keep
+        close_fds(msg.fds)  # fds the handler did not keep
         log.debug("%s: %s ok", self.name, name)
         self.history.append(f"{name}{_brief(msg)}")
         if isinstance(body, tuple):  # a body with fds (owned by the Reply: the shell closes them)
@@ -510,7 +510,7 @@ class BackendConnection:
     def drop_backend_channel(self) -> None:
         """Forget (and close) the channel: the front-end hung up its end, or stopped reading it."""
         fd, self.backend_fd = self.backend_fd, -1
-        _close_all((fd,))
+        close_fds((fd,))
 
     # --- teardown ------------------------------------------------------------------------------
 
@@ -523,7 +523,7 @@ class BackendConnection:
         self._quiesce(None)
         for ring in self.vrings:
             ring.reset()
-        _close_all(self._framer.take_all_fds())
+        close_fds(self._framer.take_all_fds())
         self.drop_backend_channel()
         self.memory.close()
         self.device.reset()
@@ -866,17 +866,6 @@ def _add(memory: GuestMemory, region: Region) -> None:
     except UsageError as exc:
         release_region(region)
         raise E.BadMemoryRegion(str(exc)) from None
-
-
-def _close_all(fds) -> None:
-    for i, fd in enumerate(fds):
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if isinstance(fds, list):
-            fds[i] = -1
 
 
 def _brief(msg: Message) -> str:

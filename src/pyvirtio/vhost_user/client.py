@@ -27,7 +27,6 @@ main connection goes on.
 
 from __future__ import annotations
 
-import array
 import errno
 import logging
 import os
@@ -37,6 +36,7 @@ import stat
 import time
 from typing import Any, Sequence
 
+from .fdio import ancillary, close_fds, fds_of
 from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, Expect, FrontendConnection, Outgoing
 from .frontend_channel import ChannelReply, ConfigChanged, FrontendChannel
 from .frontend_errors import (BackendChannelLost, BackendHungUp, BackendUnreachable, ReplyTimeout,
@@ -122,7 +122,7 @@ class VhostUserClient:
             self._read_some(deadline)
 
     def _write(self, out: Outgoing) -> None:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", out.fds))] if out.fds else []
+        anc = ancillary(out.fds)
         view = memoryview(out.data)
         try:
             while view:
@@ -143,10 +143,9 @@ class VhostUserClient:
             if exc.errno in (errno.EAGAIN, errno.EINTR):
                 return
             self._hung_up(f"the back-end hung up ({exc.strerror or exc})")
-        fds = _fds_of(anc)
+        fds = fds_of(anc)
         if not data:
-            for fd in fds:
-                os.close(fd)
+            close_fds(fds)
             self._hung_up(f"the back-end hung up while {self._waiting()} waited for an answer"
                           if self.conn.awaiting else "the back-end hung up")
         self.conn.receive(data, fds)
@@ -216,10 +215,9 @@ class VhostUserClient:
                 except OSError as exc:
                     raise BackendChannelLost(f"{self.name}: back-end request channel: "
                                              f"{exc.strerror or exc}") from None
-                fds = _fds_of(anc)
+                fds = fds_of(anc)
                 if not data:
-                    for fd in fds:
-                        os.close(fd)
+                    close_fds(fds)
                     raise BackendChannelLost(f"{self.name}: the back-end closed its request channel")
                 for out in core.receive(data, fds):
                     if isinstance(out, ChannelReply):
@@ -378,16 +376,6 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN | select.POLLPRI)
     return bool(poller.poll(max(0, int(timeout * 1000))))
-
-
-def _fds_of(ancdata) -> list[int]:
-    fds: list[int] = []
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(payload[:len(payload) - len(payload) % arr.itemsize])
-            fds.extend(arr)
-    return fds
 
 
 __all__ = ["VhostUserClient", "connect_unix", "DEFAULT_TIMEOUT"]

@@ -40,13 +40,13 @@ reads from it which requests were in flight and resubmits them.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Sequence
 
 from ..spec.features import Feature
+from .fdio import close_fds
 from .errors import FramingError
 from .frontend_errors import (BadReplyHeader, BadReplySize, BadReplyValue, BackendError,
                               ConfigReadFailed, FrontendBroken, FrontendUsageError,
@@ -513,10 +513,10 @@ class FrontendConnection:
         """Take bytes (and fds) from the back-end; match every whole reply to its request.
         Raises a connection-scope :class:`BackendError` (the connection is then broken)."""
         if self.error is not None or self.closed:
-            _close_all(fds)
+            close_fds(fds)
             self._check_open()
         if not data:
-            _close_all(fds)
+            close_fds(fds)
             return
         self._framer.push(data, list(fds))
         while True:
@@ -532,7 +532,7 @@ class FrontendConnection:
         try:
             self._match_reply(msg)
         finally:
-            _close_all(msg.fds)  # every fd the reply's parser did not take
+            close_fds(msg.fds)  # every fd the reply's parser did not take
 
     def _match_reply(self, msg: Message) -> None:
         if not self._pending:
@@ -579,13 +579,13 @@ class FrontendConnection:
     def _fail(self, error: BackendError):
         if self.error is None:
             self.error = error
-        _close_all(self._framer.take_all_fds())
+        close_fds(self._framer.take_all_fds())
         raise error
 
     def close(self) -> None:
         self.closed = True
         self._pending.clear()
-        _close_all(self._framer.take_all_fds())
+        close_fds(self._framer.take_all_fds())
 
 
 def _ack_parser(request: int) -> Callable[[Message], int]:
@@ -595,15 +595,6 @@ def _ack_parser(request: int) -> Callable[[Message], int]:
             raise RequestNacked(request_name(request), value)
         return 0
     return parse
-
-
-def _close_all(fds) -> None:
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 __all__ = ["FrontendConnection", "Outgoing", "Completed", "Expect", "RingState",

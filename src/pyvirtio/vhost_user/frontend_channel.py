@@ -33,12 +33,12 @@ it before the front-end turns to the main channel to read the config.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..limits import PeerLog
 from ..spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
+from .fdio import close_fds
 from .errors import FramingError
 from .frontend_errors import BackendChannelLost, BackendRequestRefused
 from .protocol import KNOWN_FLAGS, MAX_PAYLOAD_SIZE, BackendReq, HeaderFlag, ProtocolFeature
@@ -112,7 +112,7 @@ class FrontendChannel:
         """Take bytes (and fds) from the channel; handle every message they complete.  Raises
         BackendChannelLost when the stream cannot be followed (the channel is then closed)."""
         if self.closed:
-            _close_all(fds)
+            close_fds(fds)
             raise BackendChannelLost(f"{self.name}: back-end request channel is closed")
         self._framer.push(data, list(fds))
         replies: list[ChannelOutput] = []
@@ -142,7 +142,7 @@ class FrontendChannel:
             self._answer(msg, 1, replies)
             return
         finally:
-            _close_all(msg.fds)
+            close_fds(msg.fds)
         self.config_changes += 1
         log.debug("%s: %s from the back-end", self.name, name)
         self._answer(msg, 0, replies)
@@ -180,16 +180,7 @@ class FrontendChannel:
 
     def close(self) -> None:
         self.closed = True
-        _close_all(self._framer.take_all_fds())
-
-
-def _close_all(fds) -> None:
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self._framer.take_all_fds())
 
 
 __all__ = ["FrontendChannel", "ConfigChanged", "RequestRefused", "ChannelReply", "ChannelOutput",

@@ -13,7 +13,6 @@ the finding is saved unminimised (minimising needs the target back).
 
 from __future__ import annotations
 
-import array
 import logging
 import mmap
 import os
@@ -29,6 +28,7 @@ from typing import Callable, Optional
 
 from ..errors import TransportError
 from .errors import FramingError
+from .fdio import ancillary, close_fds, fds_of
 from .fuzz import (AVAIL, MEMORY_SIZE, Case, Finding, Outcome, Reply, Step, TargetInfo,
                    generate, judge, minimise)
 from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
@@ -157,8 +157,7 @@ class _Guest:
 
     def close(self) -> None:
         self.map.close()
-        for fd in (self.memory_fd, self.kick, self.call):
-            os.close(fd)
+        close_fds((self.memory_fd, self.kick, self.call))
 
 
 def _make(kind: str, close: list[int]) -> int:
@@ -192,9 +191,7 @@ class _Replies:
             return True
         except OSError:
             data, anc = b"", []
-        for _, _, payload in anc:  # fds a back-end sends (GET_INFLIGHT_FD): not ours to keep
-            for fd in array.array("i", payload[:len(payload) - len(payload) % 4]):
-                os.close(fd)
+        close_fds(fds_of(anc))  # fds a back-end sends (GET_INFLIGHT_FD): not ours to keep
         if not data:
             self.out.closed = True
             return False
@@ -242,7 +239,7 @@ def _send(sock: socket.socket, guest: _Guest, step: Step) -> bool:
         guest.ring(step)
         return True
     fds, close = guest.fds(step.fds)
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    anc = ancillary(fds)
     try:
         sock.settimeout(5.0)
         sock.sendmsg([step.data], anc)
@@ -250,8 +247,7 @@ def _send(sock: socket.socket, guest: _Guest, step: Step) -> bool:
     except OSError:
         return False
     finally:
-        for fd in close:
-            os.close(fd)
+        close_fds(close)
 
 
 def _probe(sock: socket.socket, replies: _Replies, bound: float) -> None:

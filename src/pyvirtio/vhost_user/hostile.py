@@ -76,6 +76,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..errors import UsageError
+from .fdio import close_fds
 from .backend import Reply
 from .errors import ConnectionFatal
 from .protocol import HeaderFlag, FrontendReq
@@ -413,7 +414,7 @@ def _rewrite(rule: HostileRule, rng: random.Random, request: int, reply: Reply,
     if k == "no-reply-flag":
         return msg(body, fl=flags & ~HeaderFlag.REPLY), f"{name} reply without the REPLY flag"
     if k == "no-reply":
-        _close(reply.fds)
+        close_fds(reply.fds)
         return None, f"{name} not answered"
     if k in ("features", "protocol-features", "queue-num", "mem-slots"):
         old = U64.unpack(body).value if len(body) == 8 else 0
@@ -452,7 +453,7 @@ def _rewrite(rule: HostileRule, rng: random.Random, request: int, reply: Reply,
         return msg(new_info.pack()), f"{name} answered mmap_size {size:#x} (truly {info.mmap_size:#x})"
     if k == "inflight-fd":
         fd = _make_fd(rule.fd or "pipe", opened)
-        _close(reply.fds)
+        close_fds(reply.fds)
         return msg(body, fds=(fd,)), f"{name} passed a {rule.fd or 'pipe'} fd instead of the memfd"
     return reply, f"{name}: {k} does not apply"
 
@@ -470,14 +471,6 @@ def _make_fd(kind: str, opened: list[int]) -> int:
     r, w = os.pipe()
     opened.append(w)
     return r
-
-
-def _close(fds) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # --- ring rules --------------------------------------------------------------------------------
@@ -588,7 +581,7 @@ class HostileSession(Session):
                 plan.record(rule, f"connection closed at {_request_name(request)}", self.record)
                 self._hung_up = True
                 if reply is not None:
-                    _close(reply.fds)
+                    close_fds(reply.fds)
                 raise HangUp(f"hostile rule {rule.describe()}")
         if reply is None:
             extra = plan.select(lambda r: r.kind == "extra-reply" and _wants(r, request))
@@ -605,7 +598,7 @@ class HostileSession(Session):
                 break
             opened: list[int] = []
             new, detail = _rewrite(rule, plan.rng(i), request, replies[0], opened)
-            _close(opened)
+            close_fds(opened)
             plan.record(rule, detail, self.record)
             replies = [new] if new is not None else []
         return replies

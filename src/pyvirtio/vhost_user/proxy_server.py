@@ -15,7 +15,6 @@ replies between the two (streams ``be>fe*`` and ``fe>be*``).
 
 from __future__ import annotations
 
-import array
 import logging
 import os
 import selectors
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 from ..errors import TransportError
-from ..sockets import bind_unix, inode_of, recv_with_fds, unlink_if_ours
+from ..sockets import bind_unix, inode_of, unlink_if_ours
+from .fdio import close_fds, recv_with_fds, send_all
 from .errors import FramingError
 from .proxy import (BE_FE, BE_FE_REQ, FE_BE, FE_BE_REQ, Passage, ProxySession, Rule, dumps,
                     event_record, record_header)
@@ -141,10 +141,10 @@ class ProxyServer:
         except OSError as exc:
             return self._end(link, stream, f"{stream} read failed: {exc.strerror or exc}")
         if truncated:
-            _close(fds)
+            close_fds(fds)
             return self._end(link, stream, f"{stream}: more than {MAX_FDS_RECEIVED} fds in one message")
         if not data:
-            _close(fds)
+            close_fds(fds)
             who = "front-end" if stream in (FE_BE, FE_BE_REQ) else "back-end"
             what = "the back-end request channel" if "*" in stream else "the connection"
             return self._end(link, stream, f"the {who} closed {what}")
@@ -157,7 +157,7 @@ class ProxyServer:
             if self.record is not None:
                 self._write(p.record())
             if p.action == "drop":
-                _close(p.fds)
+                close_fds(p.fds)
             else:
                 link.queues[stream].append(p)
 
@@ -171,7 +171,7 @@ class ProxyServer:
                 except (OSError, TransportError) as exc:
                     self._end(link, stream, f"{stream} send failed: {getattr(exc, 'strerror', None) or exc}")
                 finally:
-                    _close(p.fds)
+                    close_fds(p.fds)
 
     def _send(self, link: _Link, p: Passage) -> None:
         sink = link.sink(p.stream)
@@ -184,14 +184,14 @@ class ProxyServer:
             self._watch(link, FE_BE_REQ, front_end_side)
             self._watch(link, BE_FE_REQ, ours)
             p.message.fds[0] = theirs.detach()
-        _sendmsg(sink, p.data, [fd for fd in p.fds if fd >= 0])
+        send_all(sink, p.data, [fd for fd in p.fds if fd >= 0])
 
     def _end(self, link: _Link, stream: str, why: str) -> None:
         if "*" in stream:  # only the back-end request channel ends
             for s in (FE_BE_REQ, BE_FE_REQ):
                 self._forget(link.source.pop(s, None))
                 for p in link.queues[s]:
-                    _close(p.fds)
+                    close_fds(p.fds)
                 link.queues[s].clear()
             self._event(link.core.conn, "close", why)
             return
@@ -202,8 +202,8 @@ class ProxyServer:
             self._forget(sock)
         for queue in link.queues.values():
             for p in queue:
-                _close(p.fds)
-        _close(link.core.take_all_fds())
+                close_fds(p.fds)
+        close_fds(link.core.take_all_fds())
         self._event(link.core.conn, "close", why)
 
     def _forget(self, sock: socket.socket | None) -> None:
@@ -238,23 +238,6 @@ class ProxyServer:
 
 def _recv(sock: socket.socket, want: int) -> tuple[bytes, list[int], bool]:
     return recv_with_fds(sock, want, MAX_FDS_RECEIVED)
-
-
-def _sendmsg(sock: socket.socket, data: bytes, fds: list[int]) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    view = memoryview(data)
-    while view:
-        n = sock.sendmsg([view], anc)
-        view, anc = view[n:], []
-
-
-def _close(fds) -> None:
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 __all__ = ["ProxyServer", "MAX_FDS_RECEIVED", "SEND_TIMEOUT"]

@@ -35,7 +35,6 @@ closed; no reply is ever asked for, so no thread waits for the front-end's main 
 
 from __future__ import annotations
 
-import array
 import logging
 import os
 import select
@@ -45,7 +44,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Callable
 
 from ..device import VirtioDevice
 from ..engine import POLL_INTERVAL, GroupWorker, hold, stop_all
@@ -53,9 +52,9 @@ from ..errors import TransportError, UsageError
 from ..interrupt import Interrupt
 from .backend import BackendConnection, Reply
 from .errors import ConnectionFatal
+from .fdio import ancillary, close_fds, recv_with_fds
 from .protocol import MAX_FDS
-from ..sockets import (DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials,
-                       recv_with_fds, unlink_if_ours)
+from ..sockets import DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials, unlink_if_ours
 
 log = logging.getLogger("pyvirtio.vhost_user")
 
@@ -518,7 +517,7 @@ class VhostUserServer:
                 self._end_session(session, exc.strerror or str(exc))
                 return
             if not data:
-                _close_fds(fds)
+                close_fds(fds)
                 pending = session.conn.pending_bytes
                 self._end_session(session, "hung up" + (
                     f" in the middle of a message ({pending} bytes of it arrived)" if pending else ""))
@@ -536,7 +535,7 @@ class VhostUserServer:
                 try:
                     _send(session.sock, reply)
                 finally:
-                    _close_fds(reply.fds)  # a reply's fds are ours once sent (GET_INFLIGHT_FD)
+                    close_fds(reply.fds)  # a reply's fds are ours once sent (GET_INFLIGHT_FD)
         except ConnectionFatal as exc:
             self._end_session(session, f"protocol error: {exc}")
             return False
@@ -565,7 +564,7 @@ def _recv(sock: socket.socket, want: int) -> tuple[bytes, list[int], bool]:
 
 
 def _send(sock: socket.socket, reply: Reply) -> None:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", reply.fds))] if reply.fds else []
+    anc = ancillary(reply.fds)
     view = memoryview(reply.data)
     while view:
         try:
@@ -608,14 +607,6 @@ def _drain_eventfd(fd: int) -> None:
         os.eventfd_read(fd)
     except (BlockingIOError, OSError):
         pass
-
-
-def _close_fds(fds: Iterable[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 __all__ = ["VhostUserServer", "Endpoint", "Session", "bind_unix",

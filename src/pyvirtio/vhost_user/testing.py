@@ -9,7 +9,6 @@ answer them.  Hostile tests use :meth:`TestFrontend.send_raw` to send anything a
 
 from __future__ import annotations
 
-import array
 import os
 import socket
 import time
@@ -21,6 +20,7 @@ from ..memory import GuestMemory
 from ..spec.features import Feature
 from ..virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, driver_queue
 from .backend import BackendConnection, Reply
+from .fdio import ancillary
 from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
 from .wire import (HEADER_SIZE, U64, ConfigSpace, Framer, Header, MemoryRegion, MemoryTable,
                    Message, SingleMemoryRegion, VringAddr, VringState, encode)
@@ -57,8 +57,7 @@ class SocketChannel:
         self.sock = sock
 
     def send(self, data: bytes, fds=()) -> None:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        self.sock.sendmsg([data], anc)
+        self.sock.sendmsg([data], ancillary(fds))
 
     def recv(self) -> Message:
         header = Header.unpack(self._exact(HEADER_SIZE))

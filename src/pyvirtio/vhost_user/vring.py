@@ -19,24 +19,16 @@ arrive meanwhile are not lost, because the shell drains every active ring after 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
+from .fdio import close_fds
 from .wire import VringAddr
 
 if TYPE_CHECKING:
     from ..device import VirtioDevice
     from ..virtq import DeviceQueue
-
-
-def _close(fd: int) -> None:
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 @dataclass(eq=False)
@@ -73,7 +65,7 @@ class Vring:
         old = getattr(self, attr)
         setattr(self, attr, fd)
         if old != fd:
-            _close(old)
+            close_fds((old,))
 
     def close_fds(self) -> None:
         for kind in ("kick", "call", "err"):
