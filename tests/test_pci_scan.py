@@ -230,8 +230,7 @@ def test_config_generation_that_never_settles_is_a_typed_error(machine, image):
 
 def test_reset_that_never_completes_is_a_typed_error(machine, monkeypatch):
     fn = machine.add_pci(RngDevice())
-    monkeypatch.setattr("pyvirtio.pci.transport.RESET_POLLS", 3)
-    monkeypatch.setattr("pyvirtio.pci.transport.time.sleep", lambda s: None)
+    monkeypatch.setattr("pyvirtio.transport.DriverTransport.RESET_POLLS", 3)
     fn.regs.reset = lambda: None  # a device that ignores the reset
     (t,) = scan_pci(machine).transports
     t.set_status(S.ACKNOWLEDGE)

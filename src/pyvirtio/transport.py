@@ -8,9 +8,11 @@ to place rings and buffers in (:attr:`memory`, :meth:`alloc`), because the drive
 from __future__ import annotations
 
 import abc
-from typing import Optional
+import time
+from typing import Callable, Optional
 
 from .alloc import Allocator
+from .errors import DeviceFault
 from .interrupt import InterruptHandler
 from .memory import GuestMemory
 from .virtq.kinds import RingLayout
@@ -25,6 +27,10 @@ class DriverTransport(abc.ABC):
     #: Reserved feature bits the transport itself carries, which drivers accept when the device
     #: offers them (PCI and MMIO: VIRTIO_F_NOTIFICATION_DATA, a notification with a position).
     transport_features: int = 0
+    #: What :meth:`reset` and :meth:`reset_queue` raise when the device never finishes a reset.
+    reset_error: type[DeviceFault] = DeviceFault
+    #: Reads of the register a reset clears before the device is given up on (about 1 s).
+    RESET_POLLS = 1000
 
     # identity
     @property
@@ -53,7 +59,19 @@ class DriverTransport(abc.ABC):
     def set_status(self, status: int) -> None: ...
 
     def reset(self) -> None:
+        """Reset the device: write 0 to the device status and wait until it reads back 0
+        (2.4.1; 4.1.4.3.2, 4.2.2.1: the reset may complete later than the write)."""
         self.set_status(0)
+        self.wait_cleared(self.get_status, "device status never read 0 after a reset")
+
+    def wait_cleared(self, read: Callable[[], int], what: str) -> None:
+        """Poll ``read`` until it returns 0 (a device or queue reset completing); after
+        :attr:`RESET_POLLS` reads, raise :attr:`reset_error` saying ``what`` did not happen."""
+        for _ in range(self.RESET_POLLS):
+            if read() == 0:
+                return
+            time.sleep(0.001)
+        raise self.reset_error(f"{self.describe()}: {what}")
 
     @abc.abstractmethod
     def get_device_features(self) -> int: ...

@@ -12,7 +12,6 @@ InterruptStatus while waiting.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Optional
 
 from ..errors import DeviceFault, Scope, UsageError, VirtioError
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 
 #: Queue selectors probed to count queues (the MMIO transport has no num_queues register).
 MAX_QUEUES = 1024
-RESET_POLLS = 1000
 
 
 class VirtioMmioError(DeviceFault):
@@ -41,6 +39,8 @@ class MmioPlaceholder(VirtioMmioError):
 
 class MmioTransport(PlatformTransport):
     """The driver's side of one virtio-mmio window."""
+
+    reset_error = VirtioMmioError
 
     def __init__(self, platform: Platform, base: int, size: int = 0x200, irq: Optional[int] = None, *,
                  split_only: bool = False):
@@ -90,13 +90,7 @@ class MmioTransport(PlatformTransport):
         self._set(MmioReg.STATUS, status)
 
     def reset(self) -> None:
-        self.set_status(0)
-        for _ in range(RESET_POLLS):
-            if self.get_status() == 0:
-                break
-            time.sleep(0.001)
-        else:
-            raise VirtioMmioError(f"{self.describe()}: Status never read 0 after a reset")
+        super().reset()
         self._active_queues.clear()
 
     def get_device_features(self) -> int:
@@ -179,11 +173,7 @@ class MmioTransport(PlatformTransport):
             raise UsageError("VIRTIO_F_RING_RESET was not negotiated")
         self._set(MmioReg.QUEUE_SEL, index)
         self._set(MmioReg.QUEUE_RESET, 1)
-        for _ in range(RESET_POLLS):
-            if not self._reg(MmioReg.QUEUE_RESET):
-                break
-        else:
-            raise DeviceFault(f"{self.describe()}: queue {index} reset never completed")
+        self.wait_cleared(lambda: self._reg(MmioReg.QUEUE_RESET), f"queue {index} reset never completed")
         self._active_queues.discard(index)
 
     # --- interrupts (4.2.3.4) -------------------------------------------------------------------

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,8 +37,6 @@ from .scan import Bar, PciFunction
 
 log = logging.getLogger(__name__)
 
-#: Reads of device_status waiting for a reset to complete before giving up.
-RESET_POLLS = 1000
 #: The common configuration fields the transport uses end with queue_device (4.1.4.3).
 COMMON_MIN_LENGTH = CommonCfg.QUEUE_DEVICE + 8
 
@@ -84,6 +81,8 @@ _REQUIRED = (PciCapType.COMMON_CFG, PciCapType.NOTIFY_CFG, PciCapType.ISR_CFG)
 
 class PciTransport(PlatformTransport):
     """The driver's side of one virtio PCI function."""
+
+    reset_error = VirtioPciLayoutError
 
     def __init__(self, platform: Platform, fn: PciFunction, *, interrupts: str = "auto",
                  split_only: bool = False):
@@ -225,14 +224,7 @@ class PciTransport(PlatformTransport):
         self._common_write(CommonCfg.DEVICE_STATUS, 1, status)
 
     def reset(self) -> None:
-        """Write 0 and wait until device_status reads 0 (4.1.4.3.2)."""
-        self.set_status(0)
-        for _ in range(RESET_POLLS):
-            if self.get_status() == 0:
-                break
-            time.sleep(0.001)
-        else:
-            raise VirtioPciLayoutError(f"{self.fn.address}: device_status never read 0 after a reset")
+        super().reset()
         self._active_queues.clear()
         self._notify_addr.clear()
         self._vector_queues.clear()
@@ -329,11 +321,8 @@ class PciTransport(PlatformTransport):
             raise UsageError("VIRTIO_F_RING_RESET was not negotiated")
         self._common_write(CommonCfg.QUEUE_SELECT, 2, index)
         self._common_write(CommonCfg.QUEUE_RESET, 2, 1)
-        for _ in range(RESET_POLLS):
-            if self._common_read(CommonCfg.QUEUE_RESET, 2) == 0:
-                break
-        else:
-            raise DeviceFault(f"{self.fn.address}: queue {index} reset never completed")
+        self.wait_cleared(lambda: self._common_read(CommonCfg.QUEUE_RESET, 2),
+                          f"queue {index} reset never completed")
         self._active_queues.discard(index)
 
     # --- interrupts (4.1.5.1.2, 4.1.5.3, 4.1.5.4) -----------------------------------------------
