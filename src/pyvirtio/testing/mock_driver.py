@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from ..errors import GuestMemoryError, UsageError
 from ..memory import GuestMemory
 from ..spec import ring
-from ..virtq.layout import SplitRingLayout
+from ..virtq.layout import SplitRingLayout, align_up
 from ..virtq.split_device import SplitDeviceQueue
 
 F_NEXT = ring.VIRTQ_DESC_F_NEXT
@@ -42,10 +42,6 @@ class MockRequest:
     head: int
     readable: list[tuple[int, int]] = field(default_factory=list)  # (addr, len), device-readable
     writable: list[tuple[int, int]] = field(default_factory=list)  # (addr, len), device-writable
-
-
-def _align(value: int, alignment: int) -> int:
-    return (value + alignment - 1) & ~(alignment - 1)
 
 
 class MockSplitDriver:
@@ -74,7 +70,7 @@ class MockSplitDriver:
                                                  size)
         self.mem.write(self.layout.desc_table, bytes(self.layout.end - self.layout.desc_table))
         if data_addr is None:
-            data_addr = _align(self.layout.end, 0x1000)
+            data_addr = align_up(self.layout.end, 0x1000)
         self.data_addr = data_addr
         self._data_cursor = data_addr
         try:
@@ -104,7 +100,7 @@ class MockSplitDriver:
 
     def alloc(self, length: int, align: int = 16) -> int:
         """Hand out ``length`` bytes of the data area (never freed; a test is short)."""
-        addr = _align(self._data_cursor, align)
+        addr = align_up(self._data_cursor, align)
         if addr + length > self._data_end:
             raise UsageError(f"mock data area exhausted ({length} bytes at {addr:#x})")
         self._data_cursor = addr + length

@@ -60,7 +60,8 @@ from .memmap import InflightMapping, check_region, create_inflight, map_inflight
 from .notifyfd import check_channel_fd, check_notify_fd
 from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS, VERSION,
                        VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, VRING_IDX_MASK,
-                       VRING_NOFD_MASK, BackendReq, FrontendReq, HeaderFlag, ProtocolFeature)
+                       VRING_NOFD_MASK, BackendReq, FrontendReq, HeaderFlag, ProtocolFeature,
+                       DEFAULT_PROTOCOL_FEATURES, request_name)
 from .vring import Vring
 from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
                    SingleMemoryRegion, VringAddr, VringState, encode, encode_reply)
@@ -70,10 +71,6 @@ log = logging.getLogger("pyvirtio.vhost_user")
 R = FrontendReq
 PF = ProtocolFeature
 
-#: Protocol features a pyvirtio back-end offers.
-DEFAULT_PROTOCOL_FEATURES = sum(1 << f for f in (
-    PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS,
-    PF.BACKEND_REQ))
 DEFAULT_MAX_MEM_SLOTS = MAX_MEM_SLOTS  # GET_MAX_MEM_SLOTS (pyvirtio.limits)
 
 
@@ -104,13 +101,6 @@ class Rejected:
 
 
 Output = Reply | Rejected
-
-
-def request_name(request: int) -> str:
-    try:
-        return FrontendReq(request).name
-    except ValueError:
-        return f"request {request}"
 
 
 # --- the request table -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ kinds, told apart by ``scope``:
 
 from __future__ import annotations
 
-from ..errors import PeerProtocolError, Scope, UsageError
+from ..errors import PeerProtocolError, Scope
 
 
 class VhostUserError(PeerProtocolError):
@@ -93,6 +93,3 @@ class BadChannelFd(InvalidValue):
 class WrongState(MessageRejected):
     """A request that is not allowed in the ring's or device's current state."""
 
-
-class MappingUnavailable(UsageError):
-    """The connection was built without a way to map memory fds (a caller bug)."""

@@ -53,24 +53,17 @@ from .frontend_errors import (BadReplyHeader, BadReplySize, BadReplyValue, Backe
                               RequestNacked, UnexpectedFds, UnsolicitedReply, WrongReplyType)
 from .protocol import (KNOWN_FLAGS, MEMORY_BASELINE_NREGIONS, VERSION, VERSION_MASK,
                        VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK, FrontendReq, HeaderFlag,
-                       ProtocolFeature)
+                       ProtocolFeature, CORE_PROTOCOL_FEATURES, request_name)
 from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
                    SingleMemoryRegion, VringAddr, VringState, encode)
 
 R = FrontendReq
 PF = ProtocolFeature
 
-#: Protocol features pyvirtio's front-end asks for when the back-end offers them.
-DEFAULT_FRONTEND_PROTOCOL_FEATURES = sum(1 << f for f in (
-    PF.MQ, PF.REPLY_ACK, PF.CONFIG, PF.RESET_DEVICE, PF.CONFIGURE_MEM_SLOTS, PF.STATUS))
+#: Protocol features a bare FrontendConnection asks for when the back-end offers them (no
+#: BACKEND_REQ: the transport, which reads the back-end's channel, adds it).
+DEFAULT_FRONTEND_PROTOCOL_FEATURES = CORE_PROTOCOL_FEATURES
 PROTOCOL_FEATURES_BIT = 1 << VHOST_USER_F_PROTOCOL_FEATURES
-
-
-def request_name(request: int) -> str:
-    try:
-        return FrontendReq(request).name
-    except ValueError:
-        return f"request {request}"
 
 
 class Expect(Enum):

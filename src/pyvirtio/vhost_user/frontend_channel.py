@@ -41,7 +41,7 @@ from ..spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
 from .fdio import close_fds
 from .errors import FramingError
 from .frontend_errors import BackendChannelLost, BackendRequestRefused
-from .protocol import KNOWN_FLAGS, MAX_PAYLOAD_SIZE, BackendReq, HeaderFlag, ProtocolFeature
+from .protocol import KNOWN_FLAGS, MAX_PAYLOAD_SIZE, BackendReq, HeaderFlag, ProtocolFeature, request_name
 from .wire import U64, Framer, Message, encode_reply
 
 log = logging.getLogger("pyvirtio.vhost_user.frontend")
@@ -53,13 +53,6 @@ HANDLED: dict[BackendReq, ProtocolFeature] = {BackendReq.CONFIG_CHANGE_MSG: PF.C
 #: A header announcing a larger payload cannot be followed (the main channel's limit: an unknown
 #: request with a payload up to this is refused on its own, and the channel goes on).
 MAX_BACKEND_PAYLOAD = MAX_PAYLOAD_SIZE
-
-
-def backend_request_name(request: int) -> str:
-    try:
-        return BackendReq(request).name
-    except ValueError:
-        return f"back-end request {request}"
 
 
 # --- outputs -----------------------------------------------------------------------------------
@@ -132,7 +125,7 @@ class FrontendChannel:
 
     def _handle(self, msg: Message, replies: list[ChannelOutput], events: list[ChannelOutput]) -> None:
         self.requests += 1
-        name = backend_request_name(msg.request)
+        name = request_name(msg.request, BackendReq, "back-end request {}")
         try:
             self._check(msg)
         except BackendRequestRefused as exc:
@@ -174,7 +167,7 @@ class FrontendChannel:
             return
         if not self.has_protocol_feature(PF.REPLY_ACK):
             self.log.warning("%s: %s asks for an answer (NEED_REPLY) without REPLY_ACK "
-                             "negotiated; none sent", self.name, backend_request_name(msg.request))
+                             "negotiated; none sent", self.name, request_name(msg.request, BackendReq, "back-end request {}"))
             return
         replies.append(ChannelReply(encode_reply(msg.request, U64(value).pack())))
 
@@ -184,4 +177,4 @@ class FrontendChannel:
 
 
 __all__ = ["FrontendChannel", "ConfigChanged", "RequestRefused", "ChannelReply", "ChannelOutput",
-           "HANDLED", "MAX_BACKEND_PAYLOAD", "backend_request_name"]
+           "HANDLED", "MAX_BACKEND_PAYLOAD"]

@@ -79,7 +79,7 @@ from ..errors import UsageError
 from .fdio import close_fds
 from .backend import Reply
 from .errors import ConnectionFatal
-from .protocol import HeaderFlag, FrontendReq
+from .protocol import HeaderFlag, FrontendReq, request_name
 from .server import Session, VhostUserServer
 from .wire import (HEADER, HEADER_SIZE, ConfigSpace, Framer, Inflight, U64, VringState,
                    encode_reply)
@@ -181,10 +181,7 @@ class HostileRule:
 
 
 def _request_name(request: int) -> str:
-    try:
-        return R(request).name
-    except ValueError:
-        return str(request)
+    return request_name(request, unknown="{}")  # a number parses back as req=N
 
 
 def _int(kind: str, key: str, text: str) -> int:

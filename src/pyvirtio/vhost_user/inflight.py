@@ -39,6 +39,7 @@ from typing import Iterable
 
 from ..spec import ring as _ring
 from ..spec import vhost_user as _spec
+from ..virtq.layout import align_up
 from .errors import InvalidValue
 
 ALIGN = _spec.INFLIGHT_ALIGNMENT  # 64
@@ -60,14 +61,10 @@ class InflightRegionError(InvalidValue):
     """The inflight buffer (its description or its contents) cannot be used."""
 
 
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 def queue_stride(queue_size: int) -> int:
     """Bytes per queue region: room for either layout."""
-    return _align(max(SPLIT_HEADER.size + SPLIT_DESC.size * queue_size,
-                      PACKED_HEADER_SIZE + PACKED_DESC.size * queue_size))
+    return align_up(max(SPLIT_HEADER.size + SPLIT_DESC.size * queue_size,
+                        PACKED_HEADER_SIZE + PACKED_DESC.size * queue_size), ALIGN)
 
 
 def region_size(num_queues: int, queue_size: int) -> int:

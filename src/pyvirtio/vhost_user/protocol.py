@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from ..limits import MAX_FDS_PER_MESSAGE
 from ..spec import vhost_user as _spec
+from enum import IntEnum
+
 from ..spec.vhost_user import BackendReq, FrontendReq, HeaderFlag, ProtocolFeature
 
 VERSION = _spec.VERSION
@@ -41,8 +43,27 @@ MAX_PAYLOAD_SIZE = 4096
 #: Most fds one message may carry (SET_MEM_TABLE's baseline; the number lives in pyvirtio.limits).
 MAX_FDS = MAX_FDS_PER_MESSAGE
 
+#: The protocol features both of pyvirtio's sides implement: a back-end offers them, a front-end
+#: asks for them when offered.
+CORE_PROTOCOL_FEATURES = sum(1 << f for f in (
+    ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.RESET_DEVICE,
+    ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS))
+#: What a pyvirtio back-end offers (and the transport asks for): the core set and the back-end
+#: request channel (BACKEND_REQ), which needs an I/O shell reading a second socket.
+DEFAULT_PROTOCOL_FEATURES = CORE_PROTOCOL_FEATURES | 1 << ProtocolFeature.BACKEND_REQ
+
+
+def request_name(request: int, table: type[IntEnum] = FrontendReq, unknown: str = "request {}") -> str:
+    """``request``'s name in ``table`` (front-end requests by default), or ``unknown`` with its
+    number for a code the table does not know."""
+    try:
+        return table(request).name
+    except ValueError:
+        return unknown.format(request)
+
 
 __all__ = ["BackendReq", "FrontendReq", "HeaderFlag", "ProtocolFeature", "VERSION", "VERSION_MASK",
            "KNOWN_FLAGS", "VHOST_USER_F_PROTOCOL_FEATURES", "VHOST_F_LOG_ALL", "VRING_IDX_MASK",
            "VRING_NOFD_MASK", "VHOST_VRING_F_LOG", "CONFIG_FLAG_WRITABLE", "CONFIG_FLAG_MIGRATION",
-           "MEMORY_BASELINE_NREGIONS", "MAX_CONFIG_SIZE", "MAX_PAYLOAD_SIZE", "MAX_FDS"]
+           "MEMORY_BASELINE_NREGIONS", "MAX_CONFIG_SIZE", "MAX_PAYLOAD_SIZE", "MAX_FDS",
+           "CORE_PROTOCOL_FEATURES", "DEFAULT_PROTOCOL_FEATURES", "request_name"]

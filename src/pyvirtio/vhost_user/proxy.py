@@ -54,7 +54,7 @@ from ..spec import vhost_user as spec
 from ..spec.features import Feature
 from .errors import FramingError, MessageRejected
 from .protocol import (VHOST_USER_F_PROTOCOL_FEATURES, VRING_IDX_MASK, VRING_NOFD_MASK,
-                       BackendReq, FrontendReq, HeaderFlag, ProtocolFeature)
+                       BackendReq, FrontendReq, HeaderFlag, ProtocolFeature, request_name)
 from .wire import (ConfigSpace, Framer, Inflight, MemoryTable, Message, SingleMemoryRegion, U64,
                    VringAddr, VringState, encode)
 
@@ -75,11 +75,8 @@ MAX_HEX_SHOWN = 32
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def request_name(stream: str, request: int) -> str:
-    try:
-        return _REQUESTS[stream](request).name
-    except ValueError:
-        return f"UNKNOWN_{request}"
+def stream_request_name(stream: str, request: int) -> str:
+    return request_name(request, _REQUESTS[stream], "UNKNOWN_{}")
 
 
 def flag_names(flags: int) -> str:
@@ -216,7 +213,7 @@ def describe_payload(stream: str, request: int, flags: int, payload: bytes) -> s
 
 def describe(stream: str, request: int, flags: int, payload: bytes, nfds: int = 0) -> str:
     """One message as a readable line: stream, request name, flags, size, fds, payload fields."""
-    text = (f"{stream:<6} {request_name(stream, request)} flags={flag_names(flags)} "
+    text = (f"{stream:<6} {stream_request_name(stream, request)} flags={flag_names(flags)} "
             f"size={len(payload)}" + (f" fds={nfds}" if nfds else ""))
     body = describe_payload(stream, request, flags, payload)
     return f"{text} {body}" if body else text
@@ -435,7 +432,7 @@ class ProxySession:
         p = Passage(stream, msg, now - self.start, conn=self.conn,
                     send_at=max(now, self._held_until[stream]))
         is_reply = not _REQUEST_STREAM[stream] or bool(msg.flags & HeaderFlag.REPLY)
-        name = request_name(stream, msg.request)  # a reply carries its request's code
+        name = stream_request_name(stream, msg.request)  # a reply carries its request's code
         for rule in self.rules:
             if (rule.reply if rule.action == "mutate" else False) != is_reply:
                 continue

@@ -83,11 +83,11 @@ from ..spec.features import Feature
 from ..transport import DriverTransport
 from ..virtq.kinds import RingLayout
 from .client import DEFAULT_TIMEOUT, VhostUserClient
-from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, PROTOCOL_FEATURES_BIT
+from .frontend import PROTOCOL_FEATURES_BIT
 from .frontend_errors import (BackendError, BackendHungUp, BackendUnreachable, ConfigReadFailed,
                               FrontendBroken, ReconnectFailed, RequestNacked)
 from .identify import DEFAULT_QUEUES, infer_device_type
-from .protocol import VHOST_F_LOG_ALL, ProtocolFeature
+from .protocol import DEFAULT_PROTOCOL_FEATURES, VHOST_F_LOG_ALL, ProtocolFeature
 from .wire import Inflight, MemoryRegion
 
 log = logging.getLogger("pyvirtio.vhost_user.transport")
@@ -103,7 +103,7 @@ DEFAULT_MAX_QUEUE_SIZE = 256
 VHOST_ONLY_FEATURES = PROTOCOL_FEATURES_BIT | (1 << VHOST_F_LOG_ALL)
 #: Protocol features the transport asks for: the front-end's, and the back-end request channel
 #: (config-change notifications).
-DEFAULT_TRANSPORT_PROTOCOL_FEATURES = DEFAULT_FRONTEND_PROTOCOL_FEATURES | (1 << PF.BACKEND_REQ)
+DEFAULT_TRANSPORT_PROTOCOL_FEATURES = DEFAULT_PROTOCOL_FEATURES
 #: GET_CONFIG's largest access (libvhost-user's VHOST_USER_MAX_CONFIG_SIZE).
 MAX_CONFIG_SIZE = 256
 #: How long a ``reconnect=True`` transport tries to reach a back-end again after a hang-up.

@@ -9,7 +9,8 @@ from ..errors import UsageError
 from ..spec import ring
 
 
-def _align(value: int, alignment: int) -> int:
+def align_up(value: int, alignment: int) -> int:
+    """``value`` rounded up to a multiple of ``alignment`` (a power of two)."""
     return (value + alignment - 1) & ~(alignment - 1)
 
 
@@ -62,13 +63,13 @@ class SplitRingLayout:
         if base % ring.VIRTQ_DESC_ALIGN:
             raise UsageError("descriptor table must be 16-byte aligned")
         avail = base + desc_table_size(size)
-        used = _align(avail + avail_ring_size(size), used_align)
+        used = align_up(avail + avail_ring_size(size), used_align)
         return cls(size, base, avail, used)
 
     @staticmethod
     def bytes_needed(size: int, used_align: int = ring.VIRTQ_USED_ALIGN) -> int:
         avail_end = desc_table_size(size) + avail_ring_size(size)
-        return _align(avail_end, used_align) + used_ring_size(size)
+        return align_up(avail_end, used_align) + used_ring_size(size)
 
     @property
     def end(self) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import array
 import struct
 from itertools import islice, repeat, takewhile
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import mb, rmb, wmb
@@ -100,13 +100,12 @@ class PackedDeviceQueue(DeviceRingSide):
         self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds (pop order)
         self._wlen: dict[int, int] = {}  # IN_ORDER: buffer id -> its device-writable bytes
         self._added_since_signal = 0
-        self._signalled_once = False
         self.broken = False
         self.fault: Exception | None = None
         self._mem, self._gen = None, -1
         #: vhost-user inflight tracking (pyvirtio.vhost_user.inflight): told of every pop and
         #: used descriptor; ``resubmit`` chains, (buffer id, [(addr, len, flags)...]), go first.
-        self.inflight = None
+        self.inflight: Any = None
         self.resubmit: list = []
 
     def set_size(self, size: int) -> None:
