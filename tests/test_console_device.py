@@ -12,7 +12,7 @@ from pyvirtio.errors import Scope, UsageError
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.spec import console as spec
 from pyvirtio.spec.status import DeviceStatus
-from pyvirtio.testing.conformance import check_device
+from pyvirtio.conformance.device_model import check_device
 
 pytestmark = pytest.mark.timeout(60)
 E = spec.ConsoleEvent

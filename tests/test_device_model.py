@@ -9,7 +9,7 @@ from pyvirtio.errors import DeviceStatusError, DriverFault
 from pyvirtio.interrupt import Interrupt
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.status import DeviceStatus as S
-from pyvirtio.testing.conformance import CHECKS, check_device
+from pyvirtio.conformance.device_model import CHECKS, check_device
 from pyvirtio.testing.mock_device import MockDevice
 
 

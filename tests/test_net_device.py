@@ -11,7 +11,7 @@ from pyvirtio.net.frame import BROADCAST, frame_seq, ipv4_udp, mac_bytes, number
 from pyvirtio.net.mock import MockBackend
 from pyvirtio.spec import net as spec
 from pyvirtio.spec.status import DeviceStatus as S
-from pyvirtio.testing.conformance import check_device
+from pyvirtio.conformance.device_model import check_device
 
 F = spec.NetFeature
 MAC = mac_bytes("52:54:00:00:00:01")
