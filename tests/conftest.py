@@ -14,7 +14,7 @@ import shutil
 import sys
 
 import pytest
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 
 
@@ -36,11 +36,7 @@ def guest_kernel():
         ("busybox-static", any(os.path.exists(p) for p in BUSYBOX_PATHS)
          or os.environ.get("PYVIRTIO_BUSYBOX")),
     ) if not ok]
-    if missing:
-        msg = "guest tests need " + ", ".join(missing)
-        if _ci():
-            pytest.fail(msg + " (CI is set: not skipping)")
-        pytest.skip(msg)
+    require(not missing, "guest tests", "need " + ", ".join(missing))
     return prepare_kernel(progress=lambda m: print(f"[guest] {m}", file=sys.stderr))
 
 

@@ -16,7 +16,6 @@ from pyvirtio.bench.blk import (BlkBenchConfig, bench_driver_class, latency_summ
 from pyvirtio.bench.peers import start_pyvirtio, start_qsd
 from pyvirtio.cli import main
 from pyvirtio.errors import UsageError
-from pyvirtio.testing.env import in_ci as _ci
 from pyvirtio.testing.env import require
 
 
@@ -119,10 +118,7 @@ def test_read_only_device_refuses_a_write_benchmark(tmp_path, image, capsys):
 
 @pytest.mark.peer
 def test_against_qemu_storage_daemon(tmp_path, capsys):
-    if shutil.which("qemu-storage-daemon") is None:
-        if _ci():
-            pytest.fail("qemu-storage-daemon is not installed; CI is set: not skipping")
-        pytest.skip("qemu-storage-daemon is not installed")
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
     with start_qsd(str(tmp_path / "q.sock"), null_size=64 << 20) as peer:
         r = run(BlkBenchConfig(peer.socket_path, iodepth=32, runtime=0.5))
         assert r.ios > 100 and r.max_inflight == 32

@@ -14,7 +14,7 @@ from pyvirtio.bench.peers import PeerFailed, start_pyvirtio, start_qsd, start_te
 from pyvirtio.cli import main
 from pyvirtio.conformance.vhost_user import CHECKS, Status, run_checks
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 
 
@@ -55,10 +55,7 @@ def test_pyvirtio_serve_rng_passes_every_check(tmp_path, capsys):
 
 @pytest.mark.peer
 def test_check_runs_to_completion_against_qemu_storage_daemon(tmp_path, image, record_property):
-    if shutil.which("qemu-storage-daemon") is None:
-        if _ci():
-            pytest.fail("qemu-storage-daemon is not installed; CI is set: not skipping")
-        pytest.skip("qemu-storage-daemon is not installed")
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
     with start_qsd(str(tmp_path / "q.sock"), image, num_queues=2) as peer:
         ctx, results = run_checks(peer.socket_path, timeout=3.0)
     assert ctx.device_type == DeviceType.BLOCK

@@ -28,7 +28,7 @@ from pyvirtio.net.switch import get_switch
 from pyvirtio.net.tap import TapBackend, tun_available
 from pyvirtio.net.vhost_link import VhostLinkControl
 from pyvirtio.vhost_user.server import VhostUserServer
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 
@@ -99,10 +99,7 @@ def netns():
         why = "a TAP and a network namespace need root"
     else:
         why = tun_available()
-    if why:
-        if _ci():
-            pytest.fail(f"cannot run the TAP guest test: {why} (CI is set)")
-        pytest.skip(f"cannot run the TAP guest test: {why}")
+    require(not why, "the TAP guest test", f"cannot run: {why}")
     name = f"pyvirtio-guest-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     yield name

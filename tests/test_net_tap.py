@@ -15,7 +15,7 @@ from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net import frame as fr
 from pyvirtio.net.tap import TapBackend, run_in_netns, tun_available
 from pyvirtio.spec import net as spec
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 F = spec.NetFeature
 HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
@@ -35,10 +35,7 @@ def _unavailable() -> str | None:
 @pytest.fixture(scope="module")
 def netns():
     why = _unavailable()
-    if why:
-        if _ci():
-            pytest.fail(f"TAP test cannot run: {why} (CI is set: not skipping)")
-        pytest.skip(f"TAP test cannot run: {why}")
+    require(not why, "the TAP test", f"cannot run: {why}")
     name = f"pyvirtio-net-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     yield name

@@ -17,7 +17,7 @@ from pyvirtio.bench.peers import (InProcessBackend, PeerFailed, start_qsd, start
 from pyvirtio.cli import main
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 
 
@@ -95,10 +95,7 @@ def test_probe_help_explains_every_flag():
 
 @pytest.mark.peer
 def test_probe_qemu_storage_daemon(tmp_path, image, capsys):
-    if shutil.which("qemu-storage-daemon") is None:
-        if _ci():
-            pytest.fail("qemu-storage-daemon is not installed; CI is set: not skipping")
-        pytest.skip("qemu-storage-daemon is not installed")
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
     with start_qsd(str(tmp_path / "q.sock"), image, num_queues=2) as peer:
         r = _probe_json(capsys, f"--socket-path={peer.socket_path}")
     assert r["device_type_name"] == "blk"

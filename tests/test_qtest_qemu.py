@@ -23,18 +23,14 @@ from pyvirtio.spec.mmio import MAGIC_VALUE, MmioReg as R
 from pyvirtio.spec.pci import (VIRTIO_MSI_NO_VECTOR, CommonCfg as C, PciCapType, PciCfg, PciCommand,
                                VirtioPciCap)
 from pyvirtio.spec.status import DeviceStatus as S
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 pytestmark = pytest.mark.peer
 
 
 @pytest.fixture(autouse=True)
 def _need_qemu():
-    if qemu_available():
-        return
-    if _ci():
-        pytest.fail("qemu-system-x86_64 is required when CI is set")
-    pytest.skip("qemu-system-x86_64 not found")
+    require(qemu_available(), "qemu-system-x86_64")
 
 
 @pytest.fixture

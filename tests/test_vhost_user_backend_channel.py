@@ -448,12 +448,9 @@ def test_qsd_takes_our_channel_and_still_serves(tmp_path, image):
     (acked) and everything else goes on as before.  (QEMU 7.2's export does not announce a
     block_resize: its config keeps the old capacity, so there is no resize to see here.)"""
     from pyvirtio.bench.peers import start_qsd
-    from pyvirtio.testing.env import in_ci
+    from pyvirtio.testing.env import require
     import shutil
-    if shutil.which("qemu-storage-daemon") is None:
-        if in_ci():
-            pytest.fail("qemu-storage-daemon is not installed; CI is set")
-        pytest.skip("qemu-storage-daemon is not installed")
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
     peer = start_qsd(str(tmp_path / "qsd.sock"), image)
     try:
         t = VhostUserTransport(peer.socket_path, device_type=DeviceType.BLOCK)

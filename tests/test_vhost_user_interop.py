@@ -19,7 +19,7 @@ from pyvirtio.errors import RequestError
 from pyvirtio.spec.blk import BlkFeature, BlkStatus
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.vhost_user.transport import VhostUserTransport
-from pyvirtio.testing.env import in_ci as _ci
+from pyvirtio.testing.env import require
 
 pytestmark = pytest.mark.peer
 IMAGE_SIZE = 16 << 20
@@ -30,11 +30,7 @@ IMAGE_SIZE = 16 << 20
 @pytest.fixture(scope="module")
 def qsd_binary():
     path = shutil.which("qemu-storage-daemon")
-    if path is None:
-        msg = "qemu-storage-daemon is not installed (Debian: qemu-utils)"
-        if _ci():
-            pytest.fail(msg + "; CI is set: not skipping")
-        pytest.skip(msg)
+    require(path is not None, "qemu-storage-daemon (Debian: qemu-utils)")
     return path
 
 

@@ -11,15 +11,17 @@ import os
 
 
 def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to anything but empty, 0, false or no)."""
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
-def require(available: bool, what: str) -> None:
-    """Skip (or, under CI, fail) unless ``available``; ``what`` names the missing peer."""
+def require(available: bool, what: str, why: str = "not found") -> None:
+    """Skip (or, under CI, fail) unless ``available``; ``what`` names the missing peer and
+    ``why`` says what is wrong with it."""
     if available:
         return
     import pytest
 
     if in_ci():
-        pytest.fail(f"{what} is required when CI is set")
-    pytest.skip(f"{what} not found")
+        pytest.fail(f"{what}: {why}; it is required when CI is set")
+    pytest.skip(f"{what}: {why}")
