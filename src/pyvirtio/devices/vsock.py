@@ -68,8 +68,10 @@ class VsockDevice(VirtioDevice):
     device_type = DeviceType.VSOCK
     num_queues = 3
     device_specific_features = 1 << VsockFeature.STREAM
-    #: The worker looks at the device once a second when idle (closing connections time out).
-    idle_interval: Optional[float] = 1.0
+    #: No periodic look: the device never starts a close of its own (it passes the host's end of
+    #: file on as SHUTDOWN SEND), so it has no close deadline to keep; closes the guest started
+    #: end with the RST the device sends.
+    idle_interval: Optional[float] = None
 
     def __init__(self, guest_cid: int, host: Optional[HybridHost] = None, *, queue_max_size: int = 256,
                  clock: Callable[[], float] = time.monotonic):
