@@ -21,8 +21,7 @@ import queue
 import threading
 import time
 
-from ..devices.blk import fallocate
-from . import AioEngine, AioError, AioQueueFull, _negative_errno, _read_eventfd
+from .base import AioEngine, AioError, AioQueueFull, _negative_errno, _read_eventfd, fallocate
 
 _STOP = None
 

@@ -31,7 +31,7 @@ import struct
 import time
 
 from ..errors import UsageError
-from . import AioEngine, AioError, AioQueueFull, AioSetupError, _read_eventfd
+from .base import AioEngine, AioError, AioQueueFull, AioSetupError, _read_eventfd
 
 SYS_IO_URING_SETUP, SYS_IO_URING_ENTER, SYS_IO_URING_REGISTER = 425, 426, 427  # x86-64
 

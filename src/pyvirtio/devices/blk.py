@@ -15,8 +15,6 @@ once.  The image is opened, checked and locked as QEMU does (:mod:`.blk_image`),
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -28,6 +26,7 @@ import time
 from collections import deque
 from typing import Optional
 
+from ..aio.base import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
 from ..device import VirtioDevice
 from ..errors import UsageError
 from ..memory import GuestMemory
@@ -57,13 +56,6 @@ _unpack_hdr = _HDR.unpack_from
 DEFAULT_SERIAL = "pyvirtio-blk"
 AIO_MODES = ("auto", "io_uring", "threads")
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-FALLOC_FL_ZERO_RANGE = 0x10
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-
 
 #: How long a shrink waits for requests in flight past the new end to finish.
 SHRINK_TIMEOUT = 30.0
@@ -72,12 +64,6 @@ SHRINK_TIMEOUT = 30.0
 class ResizeError(ImageError):
     """A resize that cannot be done as asked (read-only image, a host block device of another
     size, a shrink without ``shrink=True``, requests that kept running past the new end)."""
-
-
-def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 class BlkDevice(VirtioDevice):

@@ -7,9 +7,10 @@ slice that times out has moved no bytes, so retrying it is safe.
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from .console import ConsoleDriver, ConsolePort
+if TYPE_CHECKING:  # annotations only: console_port imports this module when asked for .aio()
+    from .console import ConsoleDriver, ConsolePort
 
 SLICE_TIME = 0.25
 

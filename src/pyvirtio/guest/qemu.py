@@ -25,13 +25,15 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 from .errors import GuestBootError, GuestScriptError, GuestTimeout
 from .init import BOOTED_MARK, EXIT_MARK, INSMOD_FAIL_MARK, SCRIPT_PREFIX
 from .initramfs import FileSet, build_initrd
-from .kernel import KernelBundle
 from .modules import DEFAULT_MODULES
+
+if TYPE_CHECKING:  # annotations only: kernel boots its test guests through this module
+    from .kernel import KernelBundle
 
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1"
 EXIT_GRACE = 15.0  # seconds QEMU may take to power off after the script ended
