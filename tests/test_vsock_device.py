@@ -155,7 +155,7 @@ def test_pci_and_mmio_models(kind, uds):
 
 
 def test_in_process_vhost_user_and_transport_reset_on_reconnect(server, tmp_path, uds):
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user import VhostUserTransport
     sock = str(tmp_path / "vsock.sock")
     device = VsockDevice(5, HybridHost(uds))
     serve_on_vhost_user(device, server.add(device, socket_path=sock))
@@ -324,7 +324,7 @@ def test_handshake_lines_and_cids():
 
 
 def test_serve_vsock_daemon_with_a_host_client_that_never_reads(tmp_path):
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user import VhostUserTransport
     sock, uds_path, ctl = str(tmp_path / "v.sock"), str(tmp_path / "vm.vsock"), str(tmp_path / "v.ctl")
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([*CLI, "serve", "vsock", f"--socket-path={sock}", "--guest-cid=11",
@@ -358,6 +358,14 @@ def test_serve_vsock_daemon_with_a_host_client_that_never_reads(tmp_path):
     assert not os.path.exists(uds_path)
 
 
+def _closed(sock) -> bool:
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:  # closed with our line unread
+        return True
+
+
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -371,3 +379,25 @@ def _ctl_stats(ctl: str) -> dict:
     run = subprocess.run([*CLI, "ctl", "--json", ctl, "stats"], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)["result"]
+
+
+def test_host_clients_that_never_finish_their_line_are_bounded(loop, uds):
+    from pyvirtio.limits import VSOCK_HANDSHAKE_LINE, VSOCK_MAX_HANDSHAKES
+    device, driver = loop
+    silent = []
+    for _ in range(VSOCK_MAX_HANDSHAKES + 6):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(uds)
+        silent.append(s)
+    long_line = socket.socket(socket.AF_UNIX)
+    long_line.connect(uds)
+    long_line.sendall(b"C" * (VSOCK_HANDSHAKE_LINE + 10))
+    deadline = time.monotonic() + 10
+    while device.stats["bad_handshakes"] < 1 or device.stats["handshakes_dropped"] < 7:
+        assert time.monotonic() < deadline, device.stats
+        time.sleep(0.02)
+    assert device.stats["handshakes"] <= VSOCK_MAX_HANDSHAKES
+    assert _closed(long_line)
+    assert _closed(silent[0])  # the oldest silent client was dropped to make room
+    for s in silent + [long_line]:
+        s.close()

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from pyvirtio import vsock
-from pyvirtio.guest.initramfs import VSOCK_MODULES
+from pyvirtio.guest import VSOCK_MODULES
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(900)]
 

@@ -20,10 +20,12 @@ Flow, with nothing buffered beyond what credit allows:
   host socket.
 
 Control packets (RESPONSE, RST, SHUTDOWN, CREDIT_UPDATE) go into receive buffers before data.
-Over vhost-user (QEMU's ``vhost-user-vsock-pci``) QEMU keeps the event queue to itself and the
-device sees only rings 0 and 1; over every other transport the device sends TRANSPORT_RESET on
-the event queue once per reset, so a driver that lived through a back-end restart drops its old
-connections.  When the rings stop (a guest reset) every connection is closed on the host side.
+TRANSPORT_RESET (5.10.6.7) goes on the event queue when host code calls
+:meth:`VsockDevice.transport_reset`, and over vhost-user when a front-end's rings resume where a
+driver left them (a front-end reconnecting to a running guest: the connections it had are
+unknown here).  QEMU's ``vhost-user-vsock-pci`` keeps the event queue to itself (the back-end
+sees rings 0 and 1 only) and sends its own after a migration.  When the rings stop (a guest
+reset) every connection is closed on the host side.
 """
 
 from __future__ import annotations

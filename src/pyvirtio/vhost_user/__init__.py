@@ -20,6 +20,7 @@ Layers, each testable on its own:
 from .backend import DEFAULT_PROTOCOL_FEATURES, BackendConnection, Rejected, Reply
 from .protocol import FrontendReq, ProtocolFeature
 from .server import VhostUserServer
+from .transport import VhostUserTransport
 
 __all__ = ["BackendConnection", "DEFAULT_PROTOCOL_FEATURES", "FrontendReq", "ProtocolFeature",
-           "Rejected", "Reply", "VhostUserServer"]
+           "Rejected", "Reply", "VhostUserServer", "VhostUserTransport"]
