@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 
 from ..devices.vsock import VsockDevice, check_guest_cid, serve_on_vhost_user
-from ..errors import UsageError
+from ..errors import CliError, UsageError
+from ..sockets import SocketInUse
 from ..vsock.hybrid import HybridHost
 
 
@@ -34,8 +35,10 @@ def build_device(args: argparse.Namespace) -> VsockDevice:
     cid = check_guest_cid(args.guest_cid)
     try:
         host = HybridHost(args.uds_path, socket_mode=args.socket_mode)
+    except SocketInUse as exc:
+        raise CliError(f"--uds-path={args.uds_path}: {exc}") from None
     except OSError as exc:
-        raise UsageError(f"--uds-path={args.uds_path}: {exc.strerror or exc}") from None
+        raise CliError(f"--uds-path={args.uds_path}: {exc.strerror or exc}") from None
     return VsockDevice(cid, host)
 
 

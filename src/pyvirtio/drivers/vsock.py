@@ -18,11 +18,12 @@ does not read stops the peer.  Every method may be called from any thread: one l
 core and the queues, and the waiter that holds none of the work runs the transport's
 ``wait_for_interrupt`` (vhost-user delivers interrupts only there).
 
-QEMU's own vsock device cannot be driven over qtest here: QEMU 7.2 has ``vhost-vsock-pci``
-(which opens /dev/vhost-vsock, the host kernel's back-end: absent on these machines, and a
-kernel back-end our driver would not be testing anyway) and ``vhost-user-vsock-pci`` (whose
-rings are served by a vhost-user back-end — ours, already tested over our vhost-user
-front-end).  QEMU has no userspace vsock device model.
+QEMU's own devices over qtest: QEMU 7.2's ``vhost-vsock-pci`` does not start without the host
+kernel's back-end ("vhost-vsock: failed to open vhost device: No such file or directory": no
+/dev/vhost-vsock on these machines), and QEMU has no userspace vsock device model; its
+``vhost-user-vsock-pci`` does start under qtest (memfd memory), and this driver drives it —
+QEMU's virtio-pci function, its config space (the CID it fetched with GET_CONFIG) and its own
+event queue — with the rx/tx rings served by a vhost-user back-end (ours, in the tests).
 """
 
 from __future__ import annotations
