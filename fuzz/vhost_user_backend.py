@@ -1,6 +1,6 @@
 # Invariant: any exception that is not a typed pyvirtio error (pyvirtio.errors.VirtioError
 # subclasses) is a finding; a hang is a finding; an fd left open after close() is a finding.
-# Input: a message SEQUENCE fed to pyvirtio.vhost_user.backend.BackendConnection (an entropy
+# Input: a message SEQUENCE fed to pyvirtio.vhost_user.backend.connection.BackendConnection (an entropy
 # device) — headers with fuzzed request/flags/size, payloads, 0-9 fds of several kinds (the guest
 # memfd, eventfds, pipes, /dev/null, small memfds) made per input and closed after, split into
 # fuzzed chunks — mixed with ring processing, driver requests on ring 0 and raw guest-memory
@@ -20,7 +20,7 @@ from _harness import Reader, Writer, check_fds, main, open_fds  # noqa: E402
 from pyvirtio.devices.rng import RngDevice  # noqa: E402
 from pyvirtio.errors import VirtioError  # noqa: E402
 from pyvirtio.memory import GuestMemory  # noqa: E402
-from pyvirtio.vhost_user.backend import BackendConnection  # noqa: E402
+from pyvirtio.vhost_user.backend.connection import BackendConnection  # noqa: E402
 from pyvirtio.vhost_user.wire import HEADER  # noqa: E402
 from pyvirtio.virtq import SplitDriverQueue, SplitRingLayout  # noqa: E402
 

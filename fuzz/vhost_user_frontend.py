@@ -1,6 +1,6 @@
 # Invariant: any exception that is not a typed pyvirtio error (pyvirtio.errors.VirtioError
 # subclasses) is a finding; a hang is a finding; an fd left open after close() is a finding.
-# Input: a sequence of requests built with pyvirtio.vhost_user.frontend.FrontendConnection (any
+# Input: a sequence of requests built with pyvirtio.vhost_user.frontend.connection.FrontendConnection (any
 # method, fuzzed arguments) whose bytes a real BackendConnection (entropy device) answers; the
 # back-end's replies reach the front-end as they are or mutated (a flipped byte, cut short,
 # bytes appended, fds attached), mixed with raw bytes and fds from a hostile back-end.
@@ -18,8 +18,8 @@ from _harness import Reader, Writer, check_fds, main, open_fds  # noqa: E402
 from pyvirtio.devices.rng import RngDevice  # noqa: E402
 from pyvirtio.errors import VirtioError  # noqa: E402
 from pyvirtio.memory import GuestMemory  # noqa: E402
-from pyvirtio.vhost_user.backend import BackendConnection, Reply  # noqa: E402
-from pyvirtio.vhost_user.frontend import FrontendConnection  # noqa: E402
+from pyvirtio.vhost_user.backend.connection import BackendConnection, Reply  # noqa: E402
+from pyvirtio.vhost_user.frontend.connection import FrontendConnection  # noqa: E402
 from pyvirtio.vhost_user.wire import MemoryRegion  # noqa: E402
 
 GPA = 0x4000_0000

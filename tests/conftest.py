@@ -84,7 +84,7 @@ def server():
     runs its loop in a thread; shut down and closed after the test."""
     import threading
 
-    from pyvirtio.vhost_user.server import VhostUserServer
+    from pyvirtio.vhost_user.backend.server import VhostUserServer
 
     srv = VhostUserServer()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)

@@ -199,7 +199,7 @@ def test_get_vring_base_waits_for_requests_in_flight_on_the_host(tmp_path, aio):
     import threading
     import struct as st
 
-    from pyvirtio.vhost_user.server import VhostUserServer
+    from pyvirtio.vhost_user.backend.server import VhostUserServer
     from pyvirtio.vhost_user.testing import TestFrontend
 
     path = _disk(os.path.join("/var/tmp", f"pyvirtio-stop-{os.getpid()}-{aio}.img"), 16 * MiB)

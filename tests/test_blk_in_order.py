@@ -105,7 +105,7 @@ def test_without_the_flag_blk_does_not_offer_in_order(image):
 def test_serve_blk_in_order_over_vhost_user(image, tmp_path):
     """A real daemon (pyvirtio serve blk --in-order) and our vhost-user front-end, split and
     packed rings: IN_ORDER negotiated, every read of the mix correct."""
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     path, data = image
     sock = str(tmp_path / "blk.sock")
     proc = subprocess.Popen([sys.executable, "-m", "pyvirtio.cli", "serve", "blk", f"--socket-path={sock}",

@@ -23,8 +23,8 @@ from pyvirtio.drivers.net import NetDriver
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net.mock import MockBackend
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.server import VhostUserServer
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.backend.server import VhostUserServer
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ import pytest
 
 from pyvirtio.control.client import ControlClient
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 CLI = [sys.executable, "-m", "pyvirtio.cli"]
 

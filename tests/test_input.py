@@ -306,7 +306,7 @@ def on_mmio(dev):
 @contextlib.contextmanager
 def on_vhost_user(dev, tmp_path, packed=False):
     from pyvirtio.bench.peers import InProcessBackend
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     if packed:
         dev.offer_packed_ring()
     sock = str(tmp_path / "input.sock")
@@ -549,7 +549,7 @@ class Daemon:
 
 
 def test_serve_input_daemon_with_ctl_and_a_script_on_stdin(tmp_path):
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     d = Daemon(tmp_path, "--kind=keyboard", "--name=ctl kbd", "--events=-", stdin=subprocess.PIPE)
     try:
         t = VhostUserTransport(d.sock, device_type=18, memory_size=4 << 20)
@@ -575,7 +575,7 @@ def test_serve_input_daemon_with_ctl_and_a_script_on_stdin(tmp_path):
 
 
 def test_serve_input_events_file_and_its_errors(tmp_path):
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     bad = tmp_path / "bad.txt"
     bad.write_text("key a\nfly away\n")
     r = subprocess.run([sys.executable, "-m", "pyvirtio.cli", "serve", "input", f"--socket-path={tmp_path}/x.sock",

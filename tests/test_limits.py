@@ -196,7 +196,7 @@ def test_a_mapped_memfd_cannot_be_shrunk_by_the_front_end():
     """Issue 12, class 6: a memfd without F_SEAL_SHRINK gets the seal when it is mapped, so the
     front-end's ftruncate fails instead of the daemon dying of SIGBUS at the next access."""
     from pyvirtio.memory import release_region
-    from pyvirtio.vhost_user.memmap import map_region
+    from pyvirtio.vhost_user.backend.memmap import map_region
     from pyvirtio.vhost_user.wire import MemoryRegion
     fd = _memfd()
     theirs = os.dup(fd)  # the front-end keeps its own copy
@@ -213,7 +213,7 @@ def test_a_memfd_that_cannot_be_sealed_is_served_with_a_warning(caplog):
     """DPDK's --no-huge memory is a memfd without MFD_ALLOW_SEALING: refusing it would refuse a
     real front-end, so it is taken like a tmpfs/hugetlbfs file (no seals), with one warning."""
     from pyvirtio.memory import release_region
-    from pyvirtio.vhost_user.memmap import map_region
+    from pyvirtio.vhost_user.backend.memmap import map_region
     from pyvirtio.vhost_user.wire import MemoryRegion
     import fcntl
     unsealable = _memfd(flags=0)  # no MFD_ALLOW_SEALING: F_SEAL_SEAL is set from the start
@@ -221,7 +221,7 @@ def test_a_memfd_that_cannot_be_sealed_is_served_with_a_warning(caplog):
     fcntl.fcntl(sealed_open, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL)
     for fd in (unsealable, sealed_open):
         caplog.clear()
-        with caplog.at_level("WARNING", logger="pyvirtio.vhost_user.memmap"):
+        with caplog.at_level("WARNING", logger="pyvirtio.vhost_user.backend.memmap"):
             region = map_region(fd, MemoryRegion(0, 1 << 16, 1 << 40, 0))
         assert "cannot be sealed" in caplog.text
         region.buf[0] = 1
@@ -232,7 +232,7 @@ def test_qemus_sealed_memfd_is_taken_as_it_is():
     """QEMU's memory-backend-memfd (seal=on): F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL."""
     import fcntl
     from pyvirtio.memory import release_region
-    from pyvirtio.vhost_user.memmap import map_region
+    from pyvirtio.vhost_user.backend.memmap import map_region
     from pyvirtio.vhost_user.wire import MemoryRegion
     fd = _memfd()
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL)
@@ -242,7 +242,7 @@ def test_qemus_sealed_memfd_is_taken_as_it_is():
 def test_a_front_end_sending_bad_messages_cannot_flood_the_log(caplog):
     """Each rejected message is one log line, but one front-end gets LOG_LINES_PER_SECOND."""
     from pyvirtio.devices.rng import RngDevice
-    from pyvirtio.vhost_user.backend import BackendConnection
+    from pyvirtio.vhost_user.backend.connection import BackendConnection
     from pyvirtio.vhost_user.testing import TestFrontend
     from pyvirtio.vhost_user.wire import encode
     conn = BackendConnection(RngDevice(), name="flood")
@@ -267,7 +267,8 @@ def test_vhost_user_takes_its_limits_from_pyvirtio_limits():
     from pyvirtio.vhost_user.protocol import MEMORY_BASELINE_NREGIONS
     assert MAX_FDS_PER_MESSAGE >= MEMORY_BASELINE_NREGIONS  # SET_MEM_TABLE fits one message
     code = ("import pyvirtio.limits as L; L.MAX_MEM_SLOTS = 3; L.MAX_FDS_PER_MESSAGE = 9\n"
-            "from pyvirtio.vhost_user import backend, protocol\n"
+            "from pyvirtio.vhost_user import protocol\n"
+            "from pyvirtio.vhost_user.backend import connection as backend\n"
             "assert (backend.DEFAULT_MAX_MEM_SLOTS, protocol.MAX_FDS) == (3, 9), "
             "(backend.DEFAULT_MAX_MEM_SLOTS, protocol.MAX_FDS)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -314,7 +315,7 @@ def test_a_guest_breaking_its_ring_again_and_again_cannot_flood_the_log(caplog, 
     line, through the connection's PeerLog."""
     from pyvirtio.devices.rng import RngDevice
     from pyvirtio.errors import DriverFault
-    from pyvirtio.vhost_user.backend import BackendConnection
+    from pyvirtio.vhost_user.backend.connection import BackendConnection
     from pyvirtio.vhost_user.testing import TestFrontend
     dev = RngDevice()
     conn = BackendConnection(dev, name="breaker")

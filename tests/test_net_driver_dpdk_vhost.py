@@ -22,7 +22,7 @@ from pyvirtio.net.frame import frame_seq, mac_bytes, numbered_frame
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.testing.env import require
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(180)]
 OURS = mac_bytes("52:54:00:12:34:56")

@@ -22,7 +22,7 @@ from pyvirtio.net.null import NullBackend
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.spec.status import DeviceStatus as S
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 from pyvirtio.virtq import SplitDeviceQueue, SplitDriverQueue, SplitRingLayout
 
 SIZE = 8

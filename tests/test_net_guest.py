@@ -27,7 +27,7 @@ from pyvirtio.net.responder import Responder
 from pyvirtio.net.switch import get_switch
 from pyvirtio.net.tap import TapBackend, tun_available
 from pyvirtio.net.vhost_link import VhostLinkControl
-from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.vhost_user.backend.server import VhostUserServer
 from pyvirtio.testing.env import require
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]

@@ -13,7 +13,7 @@ from pyvirtio.bench.peers import QSD, start_qsd, start_testpmd, which
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.testing.env import require
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(120)]
 

@@ -21,7 +21,7 @@ from pyvirtio.bench.peers import run_virtio_user_txonly
 from pyvirtio.cli import main
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.testing.env import require
-from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.vhost_user.backend.server import VhostUserServer
 
 pytestmark = pytest.mark.timeout(120)
 GET_FEATURES, VERSION, REPLY = 1, 0x1, 0x4

@@ -16,8 +16,8 @@ from pyvirtio.devices.console_endpoints import (NullEndpoint, PtyEndpoint, UnixC
 from pyvirtio.drivers.console import ConsoleDriver
 from pyvirtio.errors import UsageError
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.server import VhostUserServer
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.backend.server import VhostUserServer
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ import pytest
 
 from pyvirtio.drivers.console import ConsoleDriver
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 
 def _serve(tmp_path, *args):

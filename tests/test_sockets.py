@@ -14,7 +14,7 @@ import pytest
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.net.stream import StreamBackend
 from pyvirtio.sockets import SocketInUse, bind_unix, inode_of, unlink_if_ours
-from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.vhost_user.backend.server import VhostUserServer
 from pyvirtio.vhost_user.testing import TestFrontend
 
 

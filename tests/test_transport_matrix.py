@@ -126,7 +126,7 @@ def qemu_mmio(spec, tmp_path):
 def vhost_user(spec, tmp_path):
     """pyvirtio's own vhost-user daemon (a thread here), driven through VhostUserTransport."""
     from pyvirtio.bench.peers import InProcessBackend
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     sock = str(tmp_path / f"vu-{spec.kind}.sock")
     device = _device(spec)
     with InProcessBackend(device, sock):
@@ -142,7 +142,7 @@ def vhost_user_qsd(spec, tmp_path):
     """qemu-storage-daemon's vhost-user-blk export (it has no entropy device)."""
     from pyvirtio.bench.peers import QSD, start_qsd, which
     from pyvirtio.spec.ids import DeviceType
-    from pyvirtio.vhost_user.transport import VhostUserTransport
+    from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     if spec.kind != "blk":
         pytest.skip("qemu-storage-daemon exports block devices only")
     require(which(QSD) is not None, "qemu-storage-daemon")

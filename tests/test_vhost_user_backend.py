@@ -15,7 +15,7 @@ from pyvirtio.devices.rng import RngDevice
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.status import DeviceStatus
 from pyvirtio.vhost_user import errors as E
-from pyvirtio.vhost_user.backend import DEFAULT_PROTOCOL_FEATURES, BackendConnection, Rejected
+from pyvirtio.vhost_user.backend.connection import DEFAULT_PROTOCOL_FEATURES, BackendConnection, Rejected
 from pyvirtio.vhost_user.protocol import VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import ProtocolFeature as PF

@@ -20,16 +20,16 @@ from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.errors import UsageError
 from pyvirtio.interrupt import CONFIG_CHANGE
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.backend import DEFAULT_PROTOCOL_FEATURES, BackendConnection, Rejected
-from pyvirtio.vhost_user.frontend_channel import (ChannelReply, ConfigChanged, FrontendChannel,
+from pyvirtio.vhost_user.backend.connection import DEFAULT_PROTOCOL_FEATURES, BackendConnection, Rejected
+from pyvirtio.vhost_user.frontend.channel import (ChannelReply, ConfigChanged, FrontendChannel,
                                                   RequestRefused)
-from pyvirtio.vhost_user.frontend_errors import BackendChannelLost
+from pyvirtio.vhost_user.frontend.errors import BackendChannelLost
 from pyvirtio.vhost_user.protocol import VHOST_USER_F_PROTOCOL_FEATURES, BackendReq, HeaderFlag
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import ProtocolFeature as PF
-from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.vhost_user.backend.server import VhostUserServer
 from pyvirtio.vhost_user.testing import TestFrontend
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 from pyvirtio.vhost_user.wire import U64, encode, encode_reply
 
 pytestmark = pytest.mark.timeout(120)
@@ -312,7 +312,7 @@ def test_a_flood_of_config_changes_is_one_event():
 ], ids=["size", "unknown", "iotlb", "vring-err", "flags", "reply"])
 def test_hostile_requests_are_refused_with_an_error_reply(message, caplog):
     ch = channel()
-    with caplog.at_level(logging.WARNING, "pyvirtio.vhost_user.frontend"):
+    with caplog.at_level(logging.WARNING, "pyvirtio.vhost_user.frontend.connection"):
         out = ch.receive(message)
     request = struct.unpack_from("=I", message)[0]
     assert out[0] == ChannelReply(encode_reply(request, U64(1).pack()))
@@ -395,7 +395,7 @@ def test_the_front_end_answers_hostile_channel_requests_and_goes_on(daemon, imag
         fd = _wait_session(ep).conn.backend_fd
         seen = []
         t.set_interrupt_handler(seen.append)
-        with caplog.at_level(logging.WARNING, "pyvirtio.vhost_user.frontend"):
+        with caplog.at_level(logging.WARNING, "pyvirtio.vhost_user.frontend.connection"):
             os.write(fd, encode(77, b"junk", flags=NEED))
             assert _until(lambda: "refused" in caplog.text, t)
         os.set_blocking(fd, True)

@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.errors import PeerProtocolError, Scope
 from pyvirtio.virtq import SplitDriverQueue, SplitRingLayout
-from pyvirtio.vhost_user.backend import BackendConnection, Reply
+from pyvirtio.vhost_user.backend.connection import BackendConnection, Reply
 from pyvirtio.vhost_user.errors import VhostUserError
-from pyvirtio.vhost_user.frontend import (DEFAULT_FRONTEND_PROTOCOL_FEATURES, PROTOCOL_FEATURES_BIT,
+from pyvirtio.vhost_user.frontend.connection import (DEFAULT_FRONTEND_PROTOCOL_FEATURES, PROTOCOL_FEATURES_BIT,
                                           Expect, FrontendConnection)
-from pyvirtio.vhost_user.frontend_errors import (BackendError, BadReplyHeader, BadReplySize,
+from pyvirtio.vhost_user.frontend.errors import (BackendError, BadReplyHeader, BadReplySize,
                                                  BadReplyValue, ConfigReadFailed, FrontendBroken,
                                                  FrontendUsageError, RequestNacked, UnexpectedFds,
                                                  UnsolicitedReply, WrongReplyType)
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import HeaderFlag, ProtocolFeature as PF
-from pyvirtio.vhost_user.transport import memfd_memory, memory_region
+from pyvirtio.vhost_user.frontend.transport import memfd_memory, memory_region
 from pyvirtio.vhost_user.wire import U64, VringState, encode, encode_reply
 
 EXAMPLES = int(os.environ.get("PYVIRTIO_HYPOTHESIS_EXAMPLES", "200"))

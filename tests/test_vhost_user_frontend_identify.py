@@ -6,7 +6,7 @@ import pytest
 
 from pyvirtio.spec import blk as spec_blk
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.identify import (decode_config, feature_names, infer_device_type,
+from pyvirtio.vhost_user.frontend.identify import (decode_config, feature_names, infer_device_type,
                                           parse_type, protocol_feature_names, type_name)
 from pyvirtio.vhost_user.protocol import ProtocolFeature as PF
 

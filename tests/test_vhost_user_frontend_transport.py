@@ -20,13 +20,13 @@ from pyvirtio.interrupt import Interrupt
 from pyvirtio.spec.blk import BlkStatus
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.spec.status import DeviceStatus as S
-from pyvirtio.vhost_user import backend as backend_module
-from pyvirtio.vhost_user.client import VhostUserClient
-from pyvirtio.vhost_user.frontend_errors import (BackendHungUp, BackendUnreachable, ReplyTimeout,
+from pyvirtio.vhost_user.backend import connection as backend_module
+from pyvirtio.vhost_user.frontend.client import VhostUserClient
+from pyvirtio.vhost_user.frontend.errors import (BackendHungUp, BackendUnreachable, ReplyTimeout,
                                                  WrongReplyType)
 from pyvirtio.vhost_user.protocol import FrontendReq as R
-from pyvirtio.vhost_user.server import VhostUserServer
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.backend.server import VhostUserServer
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 from pyvirtio.vhost_user.wire import U64, encode_reply
 
 

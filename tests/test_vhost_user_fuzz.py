@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.errors import PeerProtocolError
-from pyvirtio.vhost_user.backend import BackendConnection, Rejected, Reply
+from pyvirtio.vhost_user.backend.connection import BackendConnection, Rejected, Reply
 from pyvirtio.vhost_user.errors import ConnectionBroken, ConnectionFatal, MessageRejected
 from pyvirtio.vhost_user.protocol import FrontendReq
 from pyvirtio.vhost_user.testing import TestFrontend

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from pyvirtio.vhost_user.fuzz import (Case, CaseError, Finding, Outcome, Reply, Step, TargetInfo,
+from pyvirtio.vhost_user.tools.fuzz import (Case, CaseError, Finding, Outcome, Reply, Step, TargetInfo,
                                       generate, judge, minimise, prefix, ring_attack)
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import HeaderFlag

@@ -16,7 +16,7 @@ import pytest
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.vhost_user.protocol import FrontendReq as R
-from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.vhost_user.backend.server import VhostUserServer
 from pyvirtio.vhost_user.testing import SocketChannel, TestFrontend
 from pyvirtio.vhost_user.wire import (U64, ConfigSpace, MemoryRegion, SingleMemoryRegion, VringAddr,
                                       VringState, encode)

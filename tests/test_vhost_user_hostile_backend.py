@@ -20,13 +20,13 @@ from pyvirtio.devices.rng import RngDevice
 from pyvirtio.drivers import BlkDriver, RngDriver
 from pyvirtio.errors import DeviceFault, FeatureNegotiationError, VirtioError
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.frontend_errors import (BackendHungUp, BadReplyHeader, BadReplySize, ReconnectFailed,
+from pyvirtio.vhost_user.frontend.errors import (BackendHungUp, BadReplyHeader, BadReplySize, ReconnectFailed,
                                                  BadReplyValue, ReplyTimeout, RequestNacked,
                                                  WrongReplyType)
-from pyvirtio.vhost_user.hostile import (KINDS, HostilePlan, HostileRuleError, HostileServer,
+from pyvirtio.vhost_user.tools.hostile import (KINDS, HostilePlan, HostileRuleError, HostileServer,
                                          parse_rule, parse_rules)
-from pyvirtio.vhost_user.hostile_runner import classify
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.tools.hostile_runner import classify
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 
 pytestmark = pytest.mark.timeout(120)
 BOUND = 10.0  # seconds any one lie may take to end in an error (reply timeout 1 s, request 3 s)
@@ -215,7 +215,7 @@ def test_classify(plan, returncode, stopped, started, kind):
 # --- the command ----------------------------------------------------------------------------------
 
 #: A front-end program: pyvirtio's transport and rng driver; the exception's class on stderr.
-FRONTEND = ("import sys; from pyvirtio.vhost_user.transport import VhostUserTransport as T; "
+FRONTEND = ("import sys; from pyvirtio.vhost_user.frontend.transport import VhostUserTransport as T; "
             "from pyvirtio.drivers import RngDriver as D; t = T(sys.argv[1], timeout=1, device_type=4); "
             "d = D.probe(t); d.requestq.call([], [16], timeout=2); print('read ok')")
 #: A front-end that dies of SIGABRT as soon as it reads a reply (QEMU's assert, in small).

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.spec.features import Feature
-from pyvirtio.vhost_user import inflight as I
-from pyvirtio.vhost_user.backend import BackendConnection, Rejected, Reply
+from pyvirtio.vhost_user.backend import inflight as I
+from pyvirtio.vhost_user.backend.connection import BackendConnection, Rejected, Reply
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import ProtocolFeature as PF
 from pyvirtio.vhost_user.testing import PairChannel, TestFrontend

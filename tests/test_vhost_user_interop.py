@@ -18,7 +18,7 @@ from pyvirtio.drivers import BlkDriver, RngDriver
 from pyvirtio.errors import RequestError
 from pyvirtio.spec.blk import BlkFeature, BlkStatus
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 from pyvirtio.testing.env import require
 
 pytestmark = pytest.mark.peer

@@ -12,7 +12,7 @@ import pytest
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.spec.features import Feature
-from pyvirtio.vhost_user.backend import BackendConnection, Rejected
+from pyvirtio.vhost_user.backend.connection import BackendConnection, Rejected
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.testing import TestFrontend
 from pyvirtio.vhost_user.wire import VringState

@@ -19,10 +19,10 @@ from pyvirtio.devices.rng import RngDevice
 from pyvirtio.spec.vhost_user import BackendReq
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import HeaderFlag
-from pyvirtio.vhost_user.proxy import (BE_FE, BE_FE_REQ, FE_BE, FramingError, ProxySession,
+from pyvirtio.vhost_user.tools.proxy import (BE_FE, BE_FE_REQ, FE_BE, FramingError, ProxySession,
                                        RecordError, RuleError, decode_line, describe, parse_rule,
                                        read_record)
-from pyvirtio.vhost_user.proxy_server import ProxyServer
+from pyvirtio.vhost_user.tools.proxy_server import ProxyServer
 from pyvirtio.vhost_user.testing import TestFrontend
 from pyvirtio.vhost_user.wire import (ConfigSpace, MemoryRegion, MemoryTable, U64, VringAddr,
                                       VringState, encode, encode_reply)

@@ -26,12 +26,12 @@ from pyvirtio.drivers import BlkDriver
 from pyvirtio.spec.features import Feature
 from pyvirtio.spec.ids import DeviceType
 from pyvirtio.spec.status import DeviceStatus
-from pyvirtio.vhost_user.frontend import FrontendConnection
-from pyvirtio.vhost_user.frontend_errors import (BackendHungUp, BadReplyValue, ReconnectFailed,
+from pyvirtio.vhost_user.frontend.connection import FrontendConnection
+from pyvirtio.vhost_user.frontend.errors import (BackendHungUp, BadReplyValue, ReconnectFailed,
                                                  UnexpectedFds)
 from pyvirtio.vhost_user.protocol import FrontendReq as R
 from pyvirtio.vhost_user.protocol import ProtocolFeature as PF
-from pyvirtio.vhost_user.transport import VhostUserTransport
+from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
 from pyvirtio.vhost_user.wire import U64, Inflight, encode_reply
 
 IMAGE_SIZE = 4 << 20

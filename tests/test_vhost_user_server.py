@@ -17,7 +17,7 @@ import pytest
 
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
-from pyvirtio.vhost_user.server import SocketInUse, bind_unix
+from pyvirtio.vhost_user.backend.server import SocketInUse, bind_unix
 from pyvirtio.vhost_user.testing import TestFrontend
 
 pytestmark = pytest.mark.timeout(60)

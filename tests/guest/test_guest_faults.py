@@ -22,7 +22,7 @@ from pyvirtio.drivers.net import NetDriver
 from pyvirtio.loopback import LoopbackTransport
 from pyvirtio.net.responder import Responder
 from pyvirtio.net.switch import get_switch
-from pyvirtio.vhost_user.server import VhostUserServer
+from pyvirtio.vhost_user.backend.server import VhostUserServer
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 

@@ -16,7 +16,7 @@ import pytest
 from pyvirtio.guest.initramfs import build_initrd
 from pyvirtio.guest.modules import DEFAULT_MODULES
 from pyvirtio.guest.qemu import qemu_command
-from pyvirtio.vhost_user.hostile_runner import FINDINGS
+from pyvirtio.vhost_user.tools.hostile_runner import FINDINGS
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 

@@ -1,6 +1,6 @@
 """A host-side load generator for vhost-user-blk back-ends (``pyvirtio bench blk``).
 
-pyvirtio's block driver brings the device up over :class:`~pyvirtio.vhost_user.transport.
+pyvirtio's block driver brings the device up over :class:`~pyvirtio.vhost_user.frontend.transport.
 VhostUserTransport`; then this module drives the rings itself, the way a fast guest driver does:
 
 * **real concurrency**: ``iodepth`` requests stay in flight on every queue; a completed slot is
@@ -251,7 +251,7 @@ def run(cfg: BlkBenchConfig, progress: Optional[Callable[[float, int, int], None
         stamped: Optional[Callable[[], None]] = None) -> BlkBenchResult:
     """Run one benchmark.  ``progress(elapsed, ios_so_far, interval_ios)`` about once a second;
     ``stamped()`` once the verify stamps are written, before the timed phase."""
-    from ..vhost_user.transport import VhostUserTransport
+    from ..vhost_user.frontend.transport import VhostUserTransport
 
     cfg.check()
     memory = cfg.queues * cfg.iodepth * (cfg.bs + 4096) + (8 << 20)

@@ -274,13 +274,13 @@ def same_round_ratios(runs: list[dict], test: str, a: str, b: str, key: str = "i
 
 
 class InProcessBackend:
-    """A pyvirtio device served by :class:`~pyvirtio.vhost_user.server.VhostUserServer` on a
+    """A pyvirtio device served by :class:`~pyvirtio.vhost_user.backend.server.VhostUserServer` on a
     thread of this process (tests; the benchmark uses the ``pyvirtio serve`` program instead)."""
 
     def __init__(self, device, socket_path: str, **options):
         import threading
 
-        from ..vhost_user.server import VhostUserServer
+        from ..vhost_user.backend.server import VhostUserServer
 
         self.device = device
         self.socket_path = socket_path

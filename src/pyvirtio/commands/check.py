@@ -12,7 +12,7 @@ import json
 import sys
 
 from ..errors import CliUsageError
-from ..vhost_user.identify import type_name
+from ..vhost_user.frontend.identify import type_name
 from .probe import add_socket_args, device_type_arg
 
 

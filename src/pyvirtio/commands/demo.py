@@ -99,7 +99,7 @@ def _demo(args, work: str) -> int:
     from ..devices.rng import RngDevice
     from ..guest import GuestError, boot_guest, prepare_kernel
     from ..guest.modules import EXT4_MODULES
-    from ..vhost_user.server import VhostUserServer
+    from ..vhost_user.backend.server import VhostUserServer
 
     say("[1/4] guest kernel (the first run downloads the Debian kernel package, ~70 MB)")
     try:

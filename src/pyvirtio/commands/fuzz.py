@@ -3,7 +3,7 @@ protocol violations; ``--replay FILE`` runs one saved finding again.
 
 Exit status: 0 nothing found (or, with --replay, the finding did not happen again); 1 a finding
 (with --replay: it happened again), or the target was not there; 2 a usage error.  See
-:mod:`pyvirtio.vhost_user.fuzz` for what is generated, what counts as a finding, and the replay
+:mod:`pyvirtio.vhost_user.tools.fuzz` for what is generated, what counts as a finding, and the replay
 file."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..vhost_user.fuzz_runner import Target, TargetDown
+    from ..vhost_user.tools.fuzz_runner import Target, TargetDown
 
     log_path = None
     if not args.replay:
@@ -59,7 +59,7 @@ def run(args) -> int:
 
 
 def run_fuzzer(args, target) -> int:
-    from ..vhost_user.fuzz_runner import fuzz
+    from ..vhost_user.tools.fuzz_runner import fuzz
 
     seed = args.seed or random.SystemRandom().randrange(1, 1 << 31)
     print(f"pyvirtio fuzz: {args.socket_path}, seed {seed}, {args.time:g}s", flush=True)
@@ -81,8 +81,8 @@ def run_fuzzer(args, target) -> int:
 
 
 def replay(args, target) -> int:
-    from ..vhost_user.fuzz import Case, CaseError
-    from ..vhost_user.fuzz_runner import run_and_judge
+    from ..vhost_user.tools.fuzz import Case, CaseError
+    from ..vhost_user.tools.fuzz_runner import run_and_judge
 
     try:
         with open(args.replay, encoding="utf-8") as f:

@@ -6,8 +6,8 @@ device is served with the rules for ``--time`` seconds, or — with ``--qemu-cmd
 front-end program it starts exits.  Every experiment prints one line (the rules and the
 outcome) and appends its record to ``--out/outcomes.jsonl``; a finding (crashed, aborted, hung)
 is also saved as a replay file.  ``--replay FILE`` runs a saved case again.  The rules, the
-outcomes and the files: :mod:`pyvirtio.vhost_user.hostile` and
-:mod:`pyvirtio.vhost_user.hostile_runner`.
+outcomes and the files: :mod:`pyvirtio.vhost_user.tools.hostile` and
+:mod:`pyvirtio.vhost_user.tools.hostile_runner`.
 
 Exit status: 0 no finding; 1 a finding (with --replay: the case is a finding again), or the
 front-end program could not be started; 2 a usage error."""
@@ -26,7 +26,7 @@ DEVICES = ("blk", "rng")
 
 
 def _rules(text: str):
-    from ..vhost_user.hostile import HostileRuleError, parse_rules
+    from ..vhost_user.tools.hostile import HostileRuleError, parse_rules
     try:
         return parse_rules(text)
     except HostileRuleError as exc:
@@ -45,7 +45,7 @@ def register(sub) -> None:
                     "vring base, inflight buffers), bad used-ring entries and spurious "
                     "interrupts.  Record what the front-end did: crashed, aborted, hung, "
                     "refused (exited with an error, closed the connection) or carried on.  "
-                    "Rules: KIND[:key=value,...]; see pyvirtio.vhost_user.hostile.")
+                    "Rules: KIND[:key=value,...]; see pyvirtio.vhost_user.tools.hostile.")
     p.add_argument("--socket-path", type=socket_path, required=True, metavar="PATH",
                    help="the socket to serve the device on (the front-end connects to it)")
     p.add_argument("--device", choices=DEVICES, default="blk", help="the device (default blk)")
@@ -72,7 +72,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..errors import UsageError
-    from ..vhost_user.hostile_runner import read_case
+    from ..vhost_user.tools.hostile_runner import read_case
 
     seed = args.seed or random.SystemRandom().randrange(1, 1 << 31)
     experiments = args.rule
@@ -102,7 +102,7 @@ def run(args) -> int:
 
 
 def _experiment(args, number: int, rules, seed: int) -> int:
-    from ..vhost_user.hostile_runner import run_experiment
+    from ..vhost_user.tools.hostile_runner import run_experiment
 
     image = None
     device = None

@@ -2,7 +2,7 @@
 
 Connects as a front-end, negotiates protocol features and becomes the owner (as QEMU does), then
 reports without starting any ring: the device type (given, or guessed — see
-:mod:`pyvirtio.vhost_user.identify`), the virtio and protocol features by name, the queue count,
+:mod:`pyvirtio.vhost_user.frontend.identify`), the virtio and protocol features by name, the queue count,
 the largest queue size each ring accepts (probed with SET_VRING_NUM, only with REPLY_ACK), the
 memory slots, and the config space decoded field by field.  ``--json`` prints the same as JSON.
 """
@@ -14,8 +14,8 @@ from typing import Optional
 
 from ..errors import CliUsageError
 from ..spec.ids import DEVICE_NAMES
-from ..vhost_user.frontend import PROTOCOL_FEATURES_BIT
-from ..vhost_user.identify import (decode_config, feature_names, parse_type,
+from ..vhost_user.frontend.connection import PROTOCOL_FEATURES_BIT
+from ..vhost_user.frontend.identify import (decode_config, feature_names, parse_type,
                                    protocol_feature_names, type_name)
 from ..vhost_user.protocol import ProtocolFeature as PF
 from .values import positive_seconds, socket_path
@@ -67,7 +67,7 @@ def run(args) -> int:
 
 def probe(path: str, device_type: Optional[int] = None, *, timeout: float = 5.0) -> dict:
     """Everything the probe learns, as a JSON-ready dict."""
-    from ..vhost_user.transport import VhostUserTransport
+    from ..vhost_user.frontend.transport import VhostUserTransport
 
     t = VhostUserTransport(path, device_type=device_type, memory_size=1 << 20,
                            max_queue_size=PROBE_MAX_QUEUE_SIZE, timeout=timeout)

@@ -1,6 +1,6 @@
 """``pyvirtio proxy --listen=PATH --connect=PATH [--record=FILE]``: relay a vhost-user front-end
 to a back-end, print every message in both directions, optionally drop or delay chosen ones;
-``pyvirtio proxy --decode FILE`` prints a record.  See :mod:`pyvirtio.vhost_user.proxy` for the
+``pyvirtio proxy --decode FILE`` prints a record.  See :mod:`pyvirtio.vhost_user.tools.proxy` for the
 streams, the log line and the record format."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .values import socket_path
 
 def _rule(action: str):
     def parse(text: str):
-        from ..vhost_user.proxy import RuleError, parse_rule
+        from ..vhost_user.tools.proxy import RuleError, parse_rule
         try:
             return parse_rule(action, text)
         except RuleError as exc:
@@ -64,7 +64,7 @@ def run(args) -> int:
         return decode(args.decode)
     if not (args.listen and args.connect):
         raise CliUsageError("give --listen=PATH and --connect=PATH (or --decode FILE)")
-    from ..vhost_user.proxy_server import ProxyServer
+    from ..vhost_user.tools.proxy_server import ProxyServer
 
     try:
         record = open(args.record, "w", encoding="utf-8") if args.record else None
@@ -85,7 +85,7 @@ def run(args) -> int:
 
 
 def decode(path: str) -> int:
-    from ..vhost_user.proxy import decode_line, read_record
+    from ..vhost_user.tools.proxy import decode_line, read_record
 
     try:
         with open(path, encoding="utf-8") as f:

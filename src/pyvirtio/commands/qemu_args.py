@@ -123,5 +123,5 @@ def serve_banner(device_type: int, socket_path: Optional[str], *, queues: int = 
         lines = attach_lines(device_type, socket_path, queues=queues)
     except CliError:
         return [f"QEMU has no vhost-user device for type {device_type}; drive it with pyvirtio's "
-                "front-end (pyvirtio.vhost_user.transport)"]
+                "front-end (pyvirtio.vhost_user.frontend.transport)"]
     return ["attach it to QEMU with:"] + ["  " + line for line in lines]

@@ -246,7 +246,7 @@ def run(args) -> int:
     if args.connect and args.socket_path is None:
         raise CliUsageError("--connect needs --socket-path=PATH (the front-end's socket)")
     from ..sockets import SocketInUse
-    from ..vhost_user.server import VhostUserServer, inherited_socket, is_listening
+    from ..vhost_user.backend.server import VhostUserServer, inherited_socket, is_listening
     faults = _fault_rules(args)  # refused before anything is opened
     try:
         device = kind.build(args)

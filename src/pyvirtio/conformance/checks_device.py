@@ -9,9 +9,9 @@ import time
 from ..spec import blk as spec_blk
 from ..spec.ids import DeviceType
 from ..spec.status import DeviceStatus as S
-from ..vhost_user.client import VhostUserClient
-from ..vhost_user.frontend import Expect
-from ..vhost_user.frontend_errors import (BackendError, BackendHungUp, BackendUnreachable,
+from ..vhost_user.frontend.client import VhostUserClient
+from ..vhost_user.frontend.connection import Expect
+from ..vhost_user.frontend.errors import (BackendError, BackendHungUp, BackendUnreachable,
                                           ConfigReadFailed, RequestNacked)
 from ..vhost_user.protocol import ProtocolFeature as PF
 from .checks_session import config_field

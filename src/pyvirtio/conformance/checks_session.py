@@ -8,10 +8,10 @@ import time
 
 from ..spec import blk as spec_blk
 from ..spec.ids import DeviceType
-from ..vhost_user.frontend import Expect
-from ..vhost_user.frontend_errors import RequestNacked
+from ..vhost_user.frontend.connection import Expect
+from ..vhost_user.frontend.errors import RequestNacked
 from ..vhost_user.protocol import VERSION, FrontendReq as R, ProtocolFeature as PF
-from ..vhost_user.transport import memory_region
+from ..vhost_user.frontend.transport import memory_region
 from ..vhost_user.wire import VringState
 from .framework import (NEED_REPLY, QUIET_PERIOD, REPLY, Context, Fail, Skip, check, complete,
                         expect, need, need_workload)

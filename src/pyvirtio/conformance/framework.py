@@ -15,10 +15,10 @@ from enum import Enum
 from typing import Callable, Iterable, Optional
 
 from ..errors import VirtioError
-from ..vhost_user.frontend_errors import BackendError, BackendUnreachable
-from ..vhost_user.identify import infer_device_type, type_name
+from ..vhost_user.frontend.errors import BackendError, BackendUnreachable
+from ..vhost_user.frontend.identify import infer_device_type, type_name
 from ..vhost_user.protocol import VERSION, HeaderFlag, ProtocolFeature as PF
-from ..vhost_user.transport import probe_config_size
+from ..vhost_user.frontend.transport import probe_config_size
 from .session import Session, Workload
 
 log = logging.getLogger("pyvirtio.conformance")

@@ -1,6 +1,6 @@
 """A hand-driven vhost-user front-end for the conformance checks.
 
-Unlike :class:`~pyvirtio.vhost_user.transport.VhostUserTransport`, which hides the protocol
+Unlike :class:`~pyvirtio.vhost_user.frontend.transport.VhostUserTransport`, which hides the protocol
 behind the virtio device model, a :class:`Session` lets a check take each step itself: which
 features to ack, how to send the memory table, where to place a ring, which base index to start
 it at, whether to enable it.  Rings are pyvirtio's driver-side split rings over memfd memory;
@@ -22,10 +22,10 @@ from ..spec.features import Feature
 from ..spec.ids import DeviceType
 from ..spec.status import DeviceStatus as S
 from ..virtq import SplitDriverQueue, SplitRingLayout
-from ..vhost_user.client import VhostUserClient
-from ..vhost_user.frontend import PROTOCOL_FEATURES_BIT
+from ..vhost_user.frontend.client import VhostUserClient
+from ..vhost_user.frontend.connection import PROTOCOL_FEATURES_BIT
 from ..vhost_user.protocol import ProtocolFeature as PF
-from ..vhost_user.transport import memfd_memory, memory_region
+from ..vhost_user.frontend.transport import memfd_memory, memory_region
 
 VERSION_1 = 1 << Feature.VERSION_1
 EVENT_IDX = 1 << Feature.EVENT_IDX

@@ -2,7 +2,7 @@
 
 :class:`ControlServer` listens on a path (:func:`pyvirtio.sockets.bind_unix`, created with
 mode 0600 without a race; a stale socket file is replaced, a live one refused) and has the
-:class:`~pyvirtio.vhost_user.server.VhostUserServer`'s selector loop watch the listener and each
+:class:`~pyvirtio.vhost_user.backend.server.VhostUserServer`'s selector loop watch the listener and each
 client (``watch``/``unwatch``): no thread of its own.  Each client gets a
 :class:`~.protocol.ControlConnection`; what it sends is cut into lines and answered in order.
 Replies a client does not read are queued up to :data:`~pyvirtio.limits.MAX_CONTROL_PENDING`

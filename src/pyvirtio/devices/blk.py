@@ -71,7 +71,7 @@ class BlkDevice(VirtioDevice):
 
     device_type = DeviceType.BLOCK
     #: Requests complete out of order: a vhost-user back-end records those in flight in the
-    #: front-end's inflight buffer (pyvirtio.vhost_user.inflight), so a restarted daemon
+    #: front-end's inflight buffer (pyvirtio.vhost_user.backend.inflight), so a restarted daemon
     #: resubmits them (reads and writes are idempotent; nothing is lost on kill -9).
     inflight_tracking = True
 

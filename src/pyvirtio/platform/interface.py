@@ -133,7 +133,7 @@ class PlatformTransport(DriverTransport):
     def __init__(self, platform: Platform, *, split_only: bool = False):
         self.platform = platform
         #: Hide VIRTIO_F_RING_PACKED from the drivers (split rings, e.g. for comparisons), as
-        #: :class:`~pyvirtio.vhost_user.transport.VhostUserTransport` does.
+        #: :class:`~pyvirtio.vhost_user.frontend.transport.VhostUserTransport` does.
         self.split_only = split_only
         self.memory = platform.memory
         self.allocator = platform.allocator

@@ -19,7 +19,7 @@ from ..alloc import GuestAllocator
 from ..memory import GuestMemory
 from ..spec.features import Feature
 from ..virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, driver_queue
-from .backend import BackendConnection, Reply
+from .backend.connection import BackendConnection, Reply
 from .fdio import ancillary
 from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
 from .wire import (HEADER_SIZE, U64, ConfigSpace, Framer, Header, MemoryRegion, MemoryTable,

@@ -103,7 +103,7 @@ class PackedDeviceQueue(DeviceRingSide):
         self.broken = False
         self.fault: Exception | None = None
         self._mem, self._gen = None, -1
-        #: vhost-user inflight tracking (pyvirtio.vhost_user.inflight): told of every pop and
+        #: vhost-user inflight tracking (pyvirtio.vhost_user.backend.inflight): told of every pop and
         #: used descriptor; ``resubmit`` chains, (buffer id, [(addr, len, flags)...]), go first.
         self.inflight: Any = None
         self.resubmit: list = []

@@ -75,13 +75,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..errors import UsageError
-from .fdio import close_fds
-from .backend import Reply
-from .errors import ConnectionFatal
-from .protocol import HeaderFlag, FrontendReq, request_name
-from .server import Session, VhostUserServer
-from .wire import (HEADER, HEADER_SIZE, ConfigSpace, Framer, Inflight, U64, VringState,
+from ...errors import UsageError
+from ..fdio import close_fds
+from ..backend.connection import Reply
+from ..errors import ConnectionFatal
+from ..protocol import HeaderFlag, FrontendReq, request_name
+from ..backend.server import Session, VhostUserServer
+from ..wire import (HEADER, HEADER_SIZE, ConfigSpace, Framer, Inflight, U64, VringState,
                    encode_reply)
 
 R = FrontendReq

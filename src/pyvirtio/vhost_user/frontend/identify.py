@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Optional
 
-from ..spec import blk as spec_blk
-from ..spec import console as spec_console
-from ..spec import fs as spec_fs
-from ..spec import gpio as spec_gpio
-from ..spec import net as spec_net
-from ..spec import scsi as spec_scsi
-from ..spec import vsock as spec_vsock
-from ..spec.features import Feature
-from ..spec.ids import DeviceType
-from .protocol import VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, ProtocolFeature
+from ...spec import blk as spec_blk
+from ...spec import console as spec_console
+from ...spec import fs as spec_fs
+from ...spec import gpio as spec_gpio
+from ...spec import net as spec_net
+from ...spec import scsi as spec_scsi
+from ...spec import vsock as spec_vsock
+from ...spec.features import Feature
+from ...spec.ids import DeviceType
+from ..protocol import VHOST_F_LOG_ALL, VHOST_USER_F_PROTOCOL_FEATURES, ProtocolFeature
 
 T = DeviceType
 

@@ -36,13 +36,13 @@ import stat
 import time
 from typing import Any, Sequence
 
-from .fdio import ancillary, close_fds, fds_of
-from .frontend import DEFAULT_FRONTEND_PROTOCOL_FEATURES, Expect, FrontendConnection, Outgoing
-from .frontend_channel import ChannelReply, ConfigChanged, FrontendChannel
-from .frontend_errors import (BackendChannelLost, BackendHungUp, BackendUnreachable, ReplyTimeout,
+from ..fdio import ancillary, close_fds, fds_of
+from .connection import DEFAULT_FRONTEND_PROTOCOL_FEATURES, Expect, FrontendConnection, Outgoing
+from .channel import ChannelReply, ConfigChanged, FrontendChannel
+from .errors import (BackendChannelLost, BackendHungUp, BackendUnreachable, ReplyTimeout,
                               RequestNacked)
-from .protocol import MAX_FDS, ProtocolFeature
-from .wire import MemoryRegion
+from ..protocol import MAX_FDS, ProtocolFeature
+from ..wire import MemoryRegion
 
 DEFAULT_TIMEOUT = 5.0
 _RECV_SIZE = 64 * 1024
@@ -52,7 +52,7 @@ _HANGUP_ERRNOS = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ESHUTDOWN
 #: front-end there: the rest waits for the next call).
 _CHANNEL_READS = 16
 
-log = logging.getLogger("pyvirtio.vhost_user.frontend")
+log = logging.getLogger("pyvirtio.vhost_user.frontend.connection")
 
 
 def connect_unix(path: str, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:

@@ -43,27 +43,27 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from ..device import VirtioDevice
-from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
-from ..limits import MAX_MEM_SLOTS, PeerLog
-from ..memory import GuestMemory, Region, release_region
-from ..spec.features import Feature
-from ..spec.status import DeviceStatus
-from ..spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
-from ..virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
-from ..virtq.packed_device import is_valid_packed_size
-from . import errors as E
+from ...device import VirtioDevice
+from ...errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
+from ...limits import MAX_MEM_SLOTS, PeerLog
+from ...memory import GuestMemory, Region, release_region
+from ...spec.features import Feature
+from ...spec.status import DeviceStatus
+from ...spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
+from ...virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
+from ...virtq.packed_device import is_valid_packed_size
+from .. import errors as E
 from . import inflight as I
-from .fdio import close_fds
+from ..fdio import close_fds
 from .inflight import PackedInflight, SplitInflight
 from .memmap import InflightMapping, check_region, create_inflight, map_inflight, map_region
 from .notifyfd import check_channel_fd, check_notify_fd
-from .protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS, VERSION,
+from ..protocol import (CONFIG_FLAG_MIGRATION, KNOWN_FLAGS, MAX_CONFIG_SIZE, MAX_FDS, VERSION,
                        VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, VRING_IDX_MASK,
                        VRING_NOFD_MASK, BackendReq, FrontendReq, HeaderFlag, ProtocolFeature,
                        DEFAULT_PROTOCOL_FEATURES, request_name)
 from .vring import Vring
-from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
+from ..wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
                    SingleMemoryRegion, VringAddr, VringState, encode, encode_reply)
 
 log = logging.getLogger("pyvirtio.vhost_user")

@@ -20,8 +20,8 @@ negotiated, configuring a ring that was never sized) is a :class:`FrontendUsageE
 
 from __future__ import annotations
 
-from ..errors import PeerDisconnected, Scope, TransportError, UsageError
-from .errors import VhostUserError
+from ...errors import PeerDisconnected, Scope, TransportError, UsageError
+from ..errors import VhostUserError
 
 
 class BackendError(VhostUserError):

@@ -1,6 +1,6 @@
 """The vhost-user fuzzer's I/O shell: the target program, one connection per case, guest memory
 and eventfds, the time bound.  Cases, judging and minimising are
-:mod:`pyvirtio.vhost_user.fuzz`'s.
+:mod:`pyvirtio.vhost_user.tools.fuzz`'s.
 
 A case runs on a fresh connection: each step is sent with one ``sendmsg`` (its fds made for it,
 ours closed after), replies are read as they come, then a GET_FEATURES probe must be answered
@@ -26,15 +26,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..errors import TransportError
-from .errors import FramingError
-from .fdio import ancillary, close_fds, fds_of
+from ...errors import TransportError
+from ..errors import FramingError
+from ..fdio import ancillary, close_fds, fds_of
 from .fuzz import (AVAIL, MEMORY_SIZE, Case, Finding, Outcome, Reply, Step, TargetInfo,
                    generate, judge, minimise)
-from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
-from .wire import U64, Framer, encode
+from ..protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
+from ..wire import U64, Framer, encode
 
-log = logging.getLogger("pyvirtio.vhost_user.fuzz")
+log = logging.getLogger("pyvirtio.vhost_user.tools.fuzz")
 
 #: Earlier cases tried when a crash does not repeat on a fresh target.
 HISTORY = 4

@@ -37,10 +37,10 @@ from __future__ import annotations
 import struct
 from typing import Iterable
 
-from ..spec import ring as _ring
-from ..spec import vhost_user as _spec
-from ..virtq.layout import align_up
-from .errors import InvalidValue
+from ...spec import ring as _ring
+from ...spec import vhost_user as _spec
+from ...virtq.layout import align_up
+from ..errors import InvalidValue
 
 ALIGN = _spec.INFLIGHT_ALIGNMENT  # 64
 VERSION = _spec.INFLIGHT_VERSION  # 1

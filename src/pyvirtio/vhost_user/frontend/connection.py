@@ -45,16 +45,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable, Sequence
 
-from ..spec.features import Feature
-from .fdio import close_fds
-from .errors import FramingError
-from .frontend_errors import (BadReplyHeader, BadReplySize, BadReplyValue, BackendError,
+from ...spec.features import Feature
+from ..fdio import close_fds
+from ..errors import FramingError
+from .errors import (BadReplyHeader, BadReplySize, BadReplyValue, BackendError,
                               ConfigReadFailed, FrontendBroken, FrontendUsageError,
                               RequestNacked, UnexpectedFds, UnsolicitedReply, WrongReplyType)
-from .protocol import (KNOWN_FLAGS, MEMORY_BASELINE_NREGIONS, VERSION, VERSION_MASK,
+from ..protocol import (KNOWN_FLAGS, MEMORY_BASELINE_NREGIONS, VERSION, VERSION_MASK,
                        VHOST_USER_F_PROTOCOL_FEATURES, VRING_NOFD_MASK, FrontendReq, HeaderFlag,
                        ProtocolFeature, CORE_PROTOCOL_FEATURES, request_name)
-from .wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
+from ..wire import (U64, ConfigSpace, Framer, Inflight, MemoryRegion, MemoryTable, Message,
                    SingleMemoryRegion, VringAddr, VringState, encode)
 
 R = FrontendReq

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
-from .fdio import close_fds
-from .wire import VringAddr
+from ..fdio import close_fds
+from ..wire import VringAddr
 
 if TYPE_CHECKING:
-    from ..device import VirtioDevice
-    from ..virtq import DeviceQueue
+    from ...device import VirtioDevice
+    from ...virtq import DeviceQueue
 
 
 @dataclass(eq=False)

@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..device import VirtioDevice
-from ..errors import UsageError
+from ...device import VirtioDevice
+from ...errors import UsageError
 from .hostile import HostilePlan, HostileRule, HostileServer, parse_rules
 
 CASE_FORMAT = "pyvirtio-hostile-backend-case"

@@ -36,15 +36,15 @@ import logging
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..limits import PeerLog
-from ..spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
-from .fdio import close_fds
-from .errors import FramingError
-from .frontend_errors import BackendChannelLost, BackendRequestRefused
-from .protocol import KNOWN_FLAGS, MAX_PAYLOAD_SIZE, BackendReq, HeaderFlag, ProtocolFeature, request_name
-from .wire import U64, Framer, Message, encode_reply
+from ...limits import PeerLog
+from ...spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
+from ..fdio import close_fds
+from ..errors import FramingError
+from .errors import BackendChannelLost, BackendRequestRefused
+from ..protocol import KNOWN_FLAGS, MAX_PAYLOAD_SIZE, BackendReq, HeaderFlag, ProtocolFeature, request_name
+from ..wire import U64, Framer, Message, encode_reply
 
-log = logging.getLogger("pyvirtio.vhost_user.frontend")
+log = logging.getLogger("pyvirtio.vhost_user.frontend.connection")
 
 PF = ProtocolFeature
 

@@ -46,15 +46,15 @@ import threading
 import time
 from typing import Callable
 
-from ..device import VirtioDevice
-from ..engine import POLL_INTERVAL, GroupWorker, hold, stop_all
-from ..errors import TransportError, UsageError
-from ..interrupt import Interrupt
-from .backend import BackendConnection, Reply
-from .errors import ConnectionFatal
-from .fdio import ancillary, close_fds, recv_with_fds
-from .protocol import MAX_FDS
-from ..sockets import DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials, unlink_if_ours
+from ...device import VirtioDevice
+from ...engine import POLL_INTERVAL, GroupWorker, hold, stop_all
+from ...errors import TransportError, UsageError
+from ...interrupt import Interrupt
+from .connection import BackendConnection, Reply
+from ..errors import ConnectionFatal
+from ..fdio import ancillary, close_fds, recv_with_fds
+from ..protocol import MAX_FDS
+from ...sockets import DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials, unlink_if_ours
 
 log = logging.getLogger("pyvirtio.vhost_user")
 

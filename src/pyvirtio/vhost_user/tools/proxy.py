@@ -49,13 +49,13 @@ import struct
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Callable, Iterable, Iterator
 
-from ..errors import UsageError
-from ..spec import vhost_user as spec
-from ..spec.features import Feature
-from .errors import FramingError, MessageRejected
-from .protocol import (VHOST_USER_F_PROTOCOL_FEATURES, VRING_IDX_MASK, VRING_NOFD_MASK,
+from ...errors import UsageError
+from ...spec import vhost_user as spec
+from ...spec.features import Feature
+from ..errors import FramingError, MessageRejected
+from ..protocol import (VHOST_USER_F_PROTOCOL_FEATURES, VRING_IDX_MASK, VRING_NOFD_MASK,
                        BackendReq, FrontendReq, HeaderFlag, ProtocolFeature, request_name)
-from .wire import (ConfigSpace, Framer, Inflight, MemoryTable, Message, SingleMemoryRegion, U64,
+from ..wire import (ConfigSpace, Framer, Inflight, MemoryTable, Message, SingleMemoryRegion, U64,
                    VringAddr, VringState, encode)
 
 RECORD_FORMAT = "pyvirtio-vhost-user-record"

@@ -74,23 +74,23 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..alloc import GuestAllocator
-from ..errors import Scope, TransportError, UsageError
-from ..interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
-from ..memory import GuestMemory, Region, memfd_region
-from ..spec.status import DeviceStatus
-from ..spec.features import Feature
-from ..transport import DriverTransport
-from ..virtq.kinds import RingLayout
+from ...alloc import GuestAllocator
+from ...errors import Scope, TransportError, UsageError
+from ...interrupt import CONFIG_CHANGE, Interrupt, InterruptHandler
+from ...memory import GuestMemory, Region, memfd_region
+from ...spec.status import DeviceStatus
+from ...spec.features import Feature
+from ...transport import DriverTransport
+from ...virtq.kinds import RingLayout
 from .client import DEFAULT_TIMEOUT, VhostUserClient
-from .frontend import PROTOCOL_FEATURES_BIT
-from .frontend_errors import (BackendError, BackendHungUp, BackendUnreachable, ConfigReadFailed,
+from .connection import PROTOCOL_FEATURES_BIT
+from .errors import (BackendError, BackendHungUp, BackendUnreachable, ConfigReadFailed,
                               FrontendBroken, ReconnectFailed, RequestNacked)
 from .identify import DEFAULT_QUEUES, infer_device_type
-from .protocol import DEFAULT_PROTOCOL_FEATURES, VHOST_F_LOG_ALL, ProtocolFeature
-from .wire import Inflight, MemoryRegion
+from ..protocol import DEFAULT_PROTOCOL_FEATURES, VHOST_F_LOG_ALL, ProtocolFeature
+from ..wire import Inflight, MemoryRegion
 
-log = logging.getLogger("pyvirtio.vhost_user.transport")
+log = logging.getLogger("pyvirtio.vhost_user.frontend.transport")
 
 PF = ProtocolFeature
 S = DeviceStatus

@@ -22,9 +22,9 @@ import mmap
 import os
 import stat
 
-from ..memory import Region
-from .errors import BadMemoryRegion
-from .wire import MemoryRegion
+from ...memory import Region
+from ..errors import BadMemoryRegion
+from ..wire import MemoryRegion
 
 log = logging.getLogger(__name__)
 

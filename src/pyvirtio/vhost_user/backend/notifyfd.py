@@ -18,7 +18,7 @@ import os
 import socket
 import stat
 
-from .errors import BadChannelFd, BadNotifyFd
+from ..errors import BadChannelFd, BadNotifyFd
 
 _EVENTFD = "anon_inode:[eventfd]"
 

@@ -12,7 +12,7 @@ added, removed or of the wrong kind, a step of the prefix repeated out of order,
 descriptor-chain attack: random descriptors written into ring 0 in the shared memory, the avail
 index advanced, and the ring kicked.
 
-The I/O shell (:mod:`pyvirtio.vhost_user.fuzz_runner`) sends the steps, collects every reply,
+The I/O shell (:mod:`pyvirtio.vhost_user.tools.fuzz_runner`) sends the steps, collects every reply,
 sends a final GET_FEATURES probe, and reports an :class:`Outcome`; :func:`judge` turns it into a
 :class:`Finding` or None:
 
@@ -46,12 +46,12 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ..errors import UsageError
-from ..spec import vhost_user as spec
-from ..spec.features import Feature
-from .protocol import (VERSION, VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag,
+from ...errors import UsageError
+from ...spec import vhost_user as spec
+from ...spec.features import Feature
+from ..protocol import (VERSION, VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag,
                        ProtocolFeature)
-from .wire import (ConfigSpace, Inflight, MemoryRegion, MemoryTable, SingleMemoryRegion, U64,
+from ..wire import (ConfigSpace, Inflight, MemoryRegion, MemoryTable, SingleMemoryRegion, U64,
                    VringAddr, VringState, encode)
 
 CASE_FORMAT = "pyvirtio-vhost-user-fuzz-case"

@@ -1,5 +1,5 @@
 """The vhost-user proxy's I/O shell: sockets, fd passing, timers.  The rules, framing and log
-lines are :mod:`pyvirtio.vhost_user.proxy`'s; this module only moves bytes and fds.
+lines are :mod:`pyvirtio.vhost_user.tools.proxy`'s; this module only moves bytes and fds.
 
 Each front-end that connects to ``listen`` gets its own connection to ``connect`` (a front-end
 that reconnects, as QEMU does with ``reconnect=1``, gets a fresh back-end connection too).  Each
@@ -24,15 +24,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-from ..errors import TransportError
-from ..sockets import bind_unix, inode_of, unlink_if_ours
-from .fdio import close_fds, recv_with_fds, send_all
-from .errors import FramingError
+from ...errors import TransportError
+from ...sockets import bind_unix, inode_of, unlink_if_ours
+from ..fdio import close_fds, recv_with_fds, send_all
+from ..errors import FramingError
 from .proxy import (BE_FE, BE_FE_REQ, FE_BE, FE_BE_REQ, Passage, ProxySession, Rule, dumps,
                     event_record, record_header)
-from .protocol import MAX_FDS
+from ..protocol import MAX_FDS
 
-log = logging.getLogger("pyvirtio.vhost_user.proxy")
+log = logging.getLogger("pyvirtio.vhost_user.tools.proxy")
 
 #: fds accepted with one header (more are cut by the kernel and the session ends).
 MAX_FDS_RECEIVED = 4 * MAX_FDS
@@ -57,9 +57,9 @@ class _Link:
 class ProxyServer:
     """Listen on ``listen``, relay each front-end to a new connection to ``connect``.
 
-    ``on_line(text)`` gets each log line (default: the ``pyvirtio.vhost_user.proxy`` logger at
+    ``on_line(text)`` gets each log line (default: the ``pyvirtio.vhost_user.tools.proxy`` logger at
     info); ``record`` (a text file) gets the JSON Lines record described in
-    :mod:`pyvirtio.vhost_user.proxy`."""
+    :mod:`pyvirtio.vhost_user.tools.proxy`."""
 
     def __init__(self, listen: str, connect: str, *, rules: list[Rule] | None = None,
                  record: TextIO | None = None, on_line: Callable[[str], None] | None = None,
