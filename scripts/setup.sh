@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static cpio
-              linux-libc-dev fio dpdk dpdk-dev iproute2 systemd util-linux)
+              linux-libc-dev fio dpdk dpdk-dev iproute2 systemd util-linux
+              gcc python3-dev)  # the last two: tests/test_accelerated.py builds the mypyc ring cores
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 

@@ -11,3 +11,12 @@ def version() -> str:
         return dist_version("pyvirtio")
     except PackageNotFoundError:
         return __version__
+
+
+def _use_accelerated_cores() -> None:
+    """Use this install's compiled ring cores if ``pyvirtio accelerate`` built them (pyvirtio.accel)."""
+    from .accel import activate
+    activate()
+
+
+_use_accelerated_cores()

@@ -32,6 +32,7 @@ SUBCOMMAND_MODULES = (
     "pyvirtio.commands.guest",
     "pyvirtio.commands.demo",
     "pyvirtio.commands.bench",
+    "pyvirtio.commands.accelerate",
     "pyvirtio.commands.probe",
     "pyvirtio.commands.check",
     "pyvirtio.commands.qtest_probe",
@@ -91,11 +92,18 @@ def _walk(p: argparse.ArgumentParser):
         yield from _walk(child)
 
 
+def _build() -> str:
+    """`` (accelerated: mypyc)`` when ``pyvirtio accelerate``'s compiled ring cores run."""
+    from .accel import active
+
+    return " (accelerated: mypyc)" if active() else ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="pyvirtio", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The standard virtual devices (virtio) in Python: devices, drivers, transports.")
-    parser.add_argument("--version", action="version", version=f"pyvirtio {version()}")
+    parser.add_argument("--version", action="version", version=f"pyvirtio {version()}{_build()}")
     _add_logging_options(parser, "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

@@ -16,7 +16,7 @@ import array
 import itertools
 import sys
 from operator import itemgetter
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
 from ..fence import mb, rmb, wmb
@@ -86,7 +86,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self.fault: Exception | None = None
         #: vhost-user inflight tracking (pyvirtio.vhost_user.inflight): told of every pop and
         #: every used-idx publish; ``resubmit`` heads are popped again before the avail ring.
-        self.inflight = None
+        self.inflight: Any = None
         self.resubmit: list[int] = []
         self._drop_views()
 
