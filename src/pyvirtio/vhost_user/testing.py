@@ -1,10 +1,15 @@
-"""A minimal vhost-user front-end for tests (not a general driver-side transport).
+"""The front-end driven step by step, for tests of back-ends.
 
-:class:`TestFrontend` speaks the protocol over a :class:`SocketChannel` (a real back-end
-program) or a :class:`PairChannel` (a :class:`BackendConnection` in this process, fed bytes
-directly).  It owns a memfd "guest memory" and can set up rings the way QEMU does, so a test
-can put requests on a queue with :class:`~pyvirtio.virtq.SplitDriverQueue` and watch the back-end
-answer them.  Hostile tests use :meth:`TestFrontend.send_raw` to send anything at all.
+:class:`TestFrontend` is pyvirtio's one front-end core, :class:`~pyvirtio.vhost_user.frontend.
+connection.FrontendConnection`, with the requests chosen by the test: every message is built by
+the connection and every reply is framed and checked by it (REPLY flag, request code, fds), while
+the test decides what to send, in what order, with which flags.  The bytes go over a channel: a
+:class:`SocketChannel` (a real back-end program) or a :class:`PairChannel` (a
+:class:`BackendConnection` in this process, fed bytes directly; fds are dup'd both ways, as
+SCM_RIGHTS would).  It owns a memfd "guest memory" and sets rings up the way QEMU does, so a test
+can put requests on a queue with :class:`~pyvirtio.virtq.SplitDriverQueue` and watch the
+back-end answer them.  Hostile tests use :meth:`TestFrontend.send_raw` (or the channel's
+``send``) to send anything at all, past the connection.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from ..memory import GuestMemory
 from ..spec.features import Feature
 from ..virtq import PackedDriverQueue, PackedRingLayout, SplitDriverQueue, SplitRingLayout, driver_queue
 from .backend.connection import BackendConnection, Reply
-from .fdio import ancillary
-from .protocol import VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
-from .wire import (HEADER_SIZE, U64, ConfigSpace, Framer, Header, MemoryRegion, MemoryTable,
-                   Message, SingleMemoryRegion, VringAddr, VringState, encode)
+from .fdio import ancillary, recv_with_fds
+from .frontend.connection import Expect, FrontendConnection
+from .protocol import MAX_FDS, VERSION, VHOST_USER_F_PROTOCOL_FEATURES, FrontendReq, HeaderFlag, ProtocolFeature
+from .wire import (U64, ConfigSpace, MemoryRegion, MemoryTable, Message, SingleMemoryRegion, VringAddr,
+                   VringState)
 
 R = FrontendReq
 #: Requests that are always answered with a body.
@@ -59,18 +65,12 @@ class SocketChannel:
     def send(self, data: bytes, fds=()) -> None:
         self.sock.sendmsg([data], ancillary(fds))
 
-    def recv(self) -> Message:
-        header = Header.unpack(self._exact(HEADER_SIZE))
-        return Message(header.request, header.flags, self._exact(header.size))
-
-    def _exact(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionResetError("the back-end hung up")
-            buf += chunk
-        return buf
+    def receive(self) -> tuple[bytes, list[int]]:
+        """What the back-end sent next (at least one byte) and the fds that came with it."""
+        data, fds, _ = recv_with_fds(self.sock, 65536, MAX_FDS)
+        if not data:
+            raise ConnectionResetError("the back-end hung up")
+        return data, fds
 
     def closed_by_peer(self, timeout: float = 5.0) -> bool:
         """Whether the back-end closes the connection within ``timeout`` (reads until EOF)."""
@@ -94,21 +94,19 @@ class PairChannel:
 
     def __init__(self, conn: BackendConnection):
         self.conn = conn
-        self.replies: deque[Message] = deque()
-        self.outputs: list = []
-        self._framer = Framer()
+        self.replies: deque[Reply] = deque()  # sent by the back-end, not yet received
+        self.outputs: list = []  # everything the back-end's receive() returned
 
     def send(self, data: bytes, fds=()) -> None:
         out = self.conn.receive(data, [os.dup(fd) for fd in fds])
         self.outputs += out
-        for o in out:
-            if isinstance(o, Reply):
-                self.replies.extend(self._framer.feed(o.data))
+        self.replies.extend(o for o in out if isinstance(o, Reply))
 
-    def recv(self) -> Message:
+    def receive(self) -> tuple[bytes, list[int]]:
         if not self.replies:
             raise FrontendError("the back-end sent no reply")
-        return self.replies.popleft()
+        reply = self.replies.popleft()
+        return reply.data, [os.dup(fd) for fd in reply.fds]
 
     def close(self) -> None:
         self.conn.close()
@@ -131,6 +129,8 @@ class TestFrontend:
 
     def __init__(self, channel, *, memory_size: int = 4 << 20, gpa: int = 0x4000_0000):
         self.ch = channel
+        #: The front-end core that builds every request and checks every reply.
+        self.conn = FrontendConnection(name="test front-end", reply_ack=False)
         self.memory = GuestMemory.memfd(memory_size, gpa=gpa, name="pyvirtio-test-frontend")
         self.alloc = GuestAllocator(gpa, memory_size)
         self.protocol_features = 0
@@ -154,15 +154,16 @@ class TestFrontend:
                 flags: int | None = None) -> Message | None:
         """Send one request; return its reply when one is due (GET_*, or REPLY_ACK asked)."""
         if flags is None:
-            flags = 1 | (HeaderFlag.NEED_REPLY if need_reply else 0)
-        self.ch.send(encode(req, payload, flags=flags), fds)
+            flags = VERSION | (HeaderFlag.NEED_REPLY if need_reply else 0)
         acked = need_reply and self.protocol_features & (1 << ProtocolFeature.REPLY_ACK)
-        if req in ALWAYS_REPLY or acked:
-            reply = self.ch.recv()
-            if reply.request != req or not reply.flags & HeaderFlag.REPLY:
-                raise FrontendError(f"reply {reply} does not answer {FrontendReq(req).name}")
-            return reply
-        return None
+        due = req in ALWAYS_REPLY or acked
+        out = self.conn.raw(req, payload, fds, flags=flags, expect=Expect.BODY if due else Expect.NONE)
+        self.ch.send(out.data, out.fds)
+        if not due:
+            return None
+        while (done := self.conn.next_result()) is None:
+            self.conn.receive(*self.ch.receive())
+        return done.value
 
     def answer(self, req: int, payload: bytes = b"", fds=(), *, need_reply: bool = False) -> Message:
         """Send a request that must be answered (GET_*, or REPLY_ACK asked); its reply."""
