@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pyvirtio.errors import UsageError
+from pyvirtio.limits import VSOCK_BUF_ALLOC
 from pyvirtio.spec.vsock import VSOCK_HDR, VSOCK_HDR_SIZE, VsockOp, VsockShutdown, VsockType
 from pyvirtio.vsock.core import (BOTH, CLOSE_TIMEOUT, Closed, Connected, CreditUpdate, Data,
                                  PeerShutdown, Requested, Reset, State, VsockCore)
@@ -263,3 +264,28 @@ def test_api_misuse_is_a_usage_error():
     with pytest.raises(UsageError):
         host.consumed(conn, 1)
     assert VSOCK_HDR_SIZE == 44
+
+
+def test_seqpacket_only_when_negotiated_and_messages_keep_their_ends():
+    from pyvirtio.spec.vsock import VsockSeqFlag
+    host = host_core()
+    assert host.receive(hdr(VsockOp.REQUEST, type=VsockType.SEQPACKET), 0) is None  # not negotiated
+    assert [h.op for h in drain(host)] == [VsockOp.RST]
+    with pytest.raises(UsageError):
+        host.connect(GUEST, 80, type=VsockType.SEQPACKET)
+    host.types = frozenset({VsockType.STREAM, VsockType.SEQPACKET})
+    guest = VsockCore(GUEST, buf_alloc=8192)
+    guest.types = host.types
+    conn = guest.connect(HOST, 5000, type=VsockType.SEQPACKET)
+    (req,) = wire(guest, host)
+    assert req.conn.type == VsockType.SEQPACKET
+    host.accept(req.conn)
+    wire(host, guest)
+    raw = guest.data_header(conn, 10, VsockSeqFlag.EOM)
+    assert fields(raw).type == VsockType.SEQPACKET and fields(raw).flags == VsockSeqFlag.EOM
+    ev = host.receive(raw, 10)
+    assert isinstance(ev, Data) and ev.flags == VsockSeqFlag.EOM
+    assert guest.credit(conn) == VSOCK_BUF_ALLOC - 10  # not capped at one packet, unlike the window
+    # A STREAM packet on a SEQPACKET connection resets it.
+    ev = host.receive(hdr(VsockOp.RW, src_port=conn.local_port, length=1), 1)
+    assert isinstance(ev, Reset) and "type" in ev.why

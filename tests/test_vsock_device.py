@@ -435,3 +435,63 @@ def test_our_driver_on_qemus_vhost_user_vsock_pci_over_qtest(server, tmp_path, u
         assert driver.guest_cid == 21  # QEMU read it from our config space (GET_CONFIG)
         exchange(driver, uds, size=256 * 1024)
         driver.remove()
+
+
+def test_seqpacket_messages_both_ways_over_loopback(loop, uds):
+    from pyvirtio.vsock.hybrid import MAX_SEQ_MESSAGE
+    device, driver = loop
+    assert driver.seqpacket
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(uds + "_6000")
+    server.listen()
+    messages = [os.urandom(n) for n in (1, 100, 16384, 16385, 70000, 200000)]
+    got = []
+
+    def host():
+        conn, _ = server.accept()
+        while m := conn.recv(1 << 20):
+            got.append(m)
+        for m in messages:  # 200000 bytes never fit this guest's buffer: dropped, counted
+            conn.send(m)
+        conn.send(b"last")
+        conn.close()
+    t = threading.Thread(target=host)
+    t.start()
+    driver.core.buf_alloc = 100000  # this guest's receive buffer (<= MAX_SEQ_MESSAGE)
+    assert driver.core.buf_alloc <= MAX_SEQ_MESSAGE
+    s = driver.connect(6000, seqpacket=True)
+    for m in messages:
+        s.send_message(m)
+    s.shutdown()
+    back = []
+    while (m := s.recv_message()) is not None:
+        back.append(m)
+    t.join(10)
+    server.close()
+    assert got == messages and back == messages[:-1] + [b"last"]
+    assert device.counters["seqpacket_dropped"] == 1
+    # A SEQPACKET connection to a stream listener (or none) is refused; host-initiated ones
+    # come through UDS.seqpacket.
+    stream_listener = vsock.listen(uds, 6001)
+    with pytest.raises(VsockError):
+        driver.connect(6001, seqpacket=True)
+    stream_listener.close()
+    listener = driver.listen(5000)
+    answer = {}
+
+    def host_connects():
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        c.connect(uds + ".seqpacket")
+        c.send(b"CONNECT 5000\n")
+        answer["ok"] = c.recv(64)
+        c.send(b"one")
+        c.send(b"two")
+        answer["echo"] = c.recv(64)
+        c.close()
+    t = threading.Thread(target=host_connects)
+    t.start()
+    peer = listener.accept(timeout=10)
+    assert [peer.recv_message(), peer.recv_message()] == [b"one", b"two"]
+    peer.send_message(b"onetwo")
+    t.join(10)
+    assert answer["ok"].startswith(b"OK ") and answer["echo"] == b"onetwo"

@@ -31,7 +31,10 @@ VSOCK_BUF_ALLOC                256 KiB     vsock (:mod:`pyvirtio.vsock.core`): t
                                            that sends past it is reset
 VSOCK_MAX_CONNECTIONS          128         vsock: connections of one device (or driver) at
                                            once; a REQUEST past it gets RST.  With
-                                           VSOCK_BUF_ALLOC: 32 MiB buffered at most in total
+                                           VSOCK_BUF_ALLOC: 32 MiB of guest bytes buffered
+                                           at most in total (and, for SEQPACKET, one host
+                                           message of at most VSOCK_BUF_ALLOC per
+                                           connection on its way to the guest: 32 MiB more)
 VSOCK_MAX_PENDING_RST          256         vsock: RST replies (to packets for no connection)
                                            waiting for the peer's receive buffers; more are
                                            dropped and counted

@@ -4,7 +4,8 @@ socat in the guest (VSOCK-LISTEN / VSOCK-CONNECT) and host programs on the hybri
 (``CONNECT <port>`` on UDS, listeners on UDS_P) run eight 16 MiB streams at once: guest-initiated
 and host-initiated connections, in both directions, each checked with sha256.  Then the guest
 is booted again on the same daemon (a reboot: QEMU runs with -no-reboot, so a new QEMU connects)
-and the host connects to it again.
+and the host connects to it again.  SEQPACKET sockets (socat ``type=5``) carry messages both ways
+with their boundaries.
 """
 
 from __future__ import annotations
@@ -210,3 +211,70 @@ def test_eight_streams_both_ways_then_reboot(boot, tmp_path):
         log = daemon.log.read_text()
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-5000:]
+
+
+SEQPACKET_GUEST = r"""
+dd if=/dev/urandom of=/data bs=64k count=16 2>/dev/null
+echo "data_sha=$(sha256sum /data | cut -d' ' -f1)"
+(socat -u -b 262144 VSOCK-LISTEN:7001,type=5 - | sha256sum | cut -d' ' -f1 > /r7001) &
+usleep 300000
+echo "listening=1"
+socat -u -b 3000 FILE:/data VSOCK-CONNECT:2:7000,type=5; echo "send_rc=$?"
+wait
+echo "sha_7001=$(cat /r7001)"
+echo "guest_done=1"
+"""
+
+
+@pytest.mark.skipif(SOCAT is None, reason="socat is not installed")
+def test_seqpacket_messages_both_ways(boot, tmp_path):
+    """SOCK_SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET): socat in the guest sends 3000-byte blocks as
+    messages to a SOCK_SEQPACKET listener on UDS_7000; the host opens one through
+    UDS.seqpacket to the guest's listener and sends messages of many sizes (socat reads them
+    with a 256 KiB buffer: a smaller one truncates a larger message, as recv(2) does)."""
+    daemon = Daemon(tmp_path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.bind(daemon.uds + "_7000")
+    server.listen()
+    server.settimeout(200)
+    runner = Runner()
+
+    def receive():
+        conn, _ = server.accept()
+        sizes, h = [], hashlib.sha256()
+        while message := conn.recv(1 << 20):
+            sizes.append(len(message))
+            h.update(message)
+        conn.close()
+        return sizes, h.hexdigest()
+    runner.run("g2h", receive)
+    messages = [os.urandom(n) for n in (1, 4096, 4097, 65536, 100000, 200000) * 3]
+    try:
+        guest = boot.start(SEQPACKET_GUEST, qemu_args=daemon.qemu_args(), modules=VSOCK_MODULES,
+                           host_binaries=[SOCAT], timeout=300)
+        data_sha = guest.expect(r"data_sha=([0-9a-f]{64})", timeout=200).group(1)
+        guest.expect("listening=1", timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.connect(daemon.uds + ".seqpacket")
+            sock.send(b"CONNECT 7001\n")
+            answer = sock.recv(64)
+            if answer.startswith(b"OK "):
+                break
+            sock.close()
+            assert time.monotonic() < deadline, "the guest did not accept"
+            time.sleep(0.2)
+        for m in messages:
+            sock.send(m)
+        sock.close()
+        result = guest.wait(timeout=200)
+        (sizes, g2h_sha), = runner.join(60).values()
+        values = result.values()
+        assert values.get("send_rc") == "0", result.output[-2000:]
+        assert g2h_sha == data_sha and max(sizes) <= 3000 and sum(sizes) == 1 << 20, sizes[:10]
+        assert values.get("sha_7001") == hashlib.sha256(b"".join(messages)).hexdigest()
+    finally:
+        server.close()
+        code = daemon.stop()
+    assert code == 0

@@ -1,6 +1,8 @@
 """Socket device, vsock (VIRTIO 1.3, 5.10): guest stream sockets bridged to host UNIX sockets.
 
-Queues rx (0), tx (1), event (2); config ``guest_cid``; STREAM only (SEQPACKET is not offered).
+Queues rx (0), tx (1), event (2); config ``guest_cid``; STREAM, and SEQPACKET when negotiated
+(VIRTIO_VSOCK_F_SEQPACKET: one vsock message is one message on a ``SOCK_SEQPACKET`` UNIX
+socket, see :mod:`pyvirtio.vsock.hybrid`).
 The connection rules live in the sans-I/O :class:`~pyvirtio.vsock.core.VsockCore` (the device
 plays the host, CID 2; its peer is the guest's CID); the host side is
 :class:`~pyvirtio.vsock.hybrid.HybridHost` (``CONNECT <port>`` on a UNIX socket, ``UDS_P`` for
@@ -43,11 +45,11 @@ from ..spec.ids import DeviceType
 from ..spec.status import DeviceStatus
 from ..spec.vsock import (EVENTQ, RXQ, TXQ, VSOCK_CID_HOST, VSOCK_CONFIG, VSOCK_EVENT,
                           VSOCK_HDR_SIZE, VSOCK_RESERVED_CIDS, VsockEventId, VsockFeature,
-                          VsockShutdown)
+                          VsockSeqFlag, VsockShutdown, VsockType)
 from ..virtq import DescriptorChain, DeviceQueue
 from ..vsock.core import (Closed, Connected, Connection, Data, Event, PeerShutdown, Requested,
                           Reset, State, VsockCore, VsockPacketError)
-from ..vsock.hybrid import Bridge, HybridHost
+from ..vsock.hybrid import MAX_SEQ_MESSAGE, Bridge, HybridHost, SeqBridge
 
 log = logging.getLogger(__name__)
 POLLIN, POLLOUT = select.POLLIN, select.POLLOUT
@@ -76,8 +78,10 @@ class VsockDevice(VirtioDevice):
     idle_interval: Optional[float] = None
 
     def __init__(self, guest_cid: int, host: Optional[HybridHost] = None, *, queue_max_size: int = 256,
-                 clock: Callable[[], float] = time.monotonic):
+                 seqpacket: bool = True, clock: Callable[[], float] = time.monotonic):
         self.queue_max_size = queue_max_size
+        if seqpacket:
+            self.device_specific_features = (1 << VsockFeature.STREAM) | (1 << VsockFeature.SEQPACKET)
         super().__init__()
         self.guest_cid = check_guest_cid(guest_cid)
         self.host = host
@@ -89,7 +93,8 @@ class VsockDevice(VirtioDevice):
         self._reset_event = False  # TRANSPORT_RESET owed on the event queue
         self._resume_checked = True  # vhost-user: whether the rings resumed mid-stream, looked at
         self._irq: set[int] = set()
-        self.counters = {"bad_chains": 0, "transport_resets": 0, "host_bytes_buffered_max": 0}
+        self.counters = {"bad_chains": 0, "transport_resets": 0, "host_bytes_buffered_max": 0,
+                         "seqpacket_dropped": 0}
         #: The transport may veto touching a queue it has stopped (vhost-user ring state).
         self.queue_gate: Callable[[int], bool] = lambda index: True
         #: vhost-user keeps the status apart: its glue clears this and relies on queue_gate.
@@ -100,7 +105,14 @@ class VsockDevice(VirtioDevice):
     def config_bytes(self) -> bytes:
         return VSOCK_CONFIG.pack(self.guest_cid)
 
+    def on_features(self, features: int) -> None:
+        types = {VsockType.STREAM}
+        if features & (1 << VsockFeature.SEQPACKET):
+            types.add(VsockType.SEQPACKET)
+        self.core.types = frozenset(types)
+
     def on_reset(self) -> None:
+        self.core.types = frozenset({VsockType.STREAM})
         self._drop_all("device reset")
         self._rx_held = None
         self._rx_starved = False
@@ -155,7 +167,7 @@ class VsockDevice(VirtioDevice):
     def stats(self) -> dict:
         out = dict(self.core.stats.as_dict(), **self.counters)
         out["connections"] = len(self.core.conns)
-        out["host_bytes_buffered"] = sum(c.app.pending for c in self.core.conns.values()
+        out["host_bytes_buffered"] = sum(c.app.buffered for c in self.core.conns.values()
                                          if isinstance(c.app, Bridge))
         if self.host is not None:
             out.update(self.host.stats)
@@ -180,8 +192,8 @@ class VsockDevice(VirtioDevice):
         want: dict[int, int] = {}
         host = self.host
         if host is not None:
-            if host.listen_fd >= 0:
-                want[host.listen_fd] = POLLIN
+            for fd in host.listen_fds:
+                want[fd] = POLLIN
             for fd in host.handshakes:
                 want[fd] = POLLIN
         for conn in self.core.conns.values():
@@ -190,8 +202,7 @@ class VsockDevice(VirtioDevice):
                 continue
             events = POLLOUT if bridge.pending else 0
             if not bridge.rd_done and not bridge.readable and not self._rx_starved \
-                    and conn.state is State.CONNECTED \
-                    and (self.core.send_window(conn) or not conn.credit_requested):
+                    and conn.state is State.CONNECTED and self._may_read(conn, bridge):
                 events |= POLLIN
             if events:
                 want[bridge.fd] = events
@@ -209,6 +220,13 @@ class VsockDevice(VirtioDevice):
         self._turn(mem)
         irqs, self._irq = self._irq, set()
         return irqs
+
+    def _may_read(self, conn: Connection, bridge: Bridge) -> bool:
+        """Worth watching the host socket: the guest has credit (for a waiting SEQPACKET message:
+        enough for all of it), or we have not asked it for more yet."""
+        if isinstance(bridge, SeqBridge) and bridge.waiting_for:
+            return self.core.credit(conn) >= bridge.waiting_for or not conn.credit_requested
+        return bool(self.core.send_window(conn)) or not conn.credit_requested
 
     def _active(self) -> bool:
         if self.requires_driver_ok:
@@ -245,8 +263,11 @@ class VsockDevice(VirtioDevice):
             if done is None:
                 continue
             sock, port = done
+            seq = sock.type == socket.SOCK_SEQPACKET
+            bridge = SeqBridge(sock, client=True) if seq else Bridge(sock, client=True)
             try:
-                conn = self.core.connect(self.guest_cid, port, app=Bridge(sock, client=True))
+                conn = self.core.connect(self.guest_cid, port, app=bridge,
+                                         type=VsockType.SEQPACKET if seq else VsockType.STREAM)
             except UsageError as exc:  # too many connections
                 log.warning("vsock: host connection to guest port %d refused: %s", port, exc)
                 sock.close()
@@ -284,7 +305,11 @@ class VsockDevice(VirtioDevice):
             self.guest_log.warning("vsock: packet from the guest dropped: %s", exc)
             return
         if isinstance(event, Data):
-            self._guest_data(event.conn, chain.readable_views(VSOCK_HDR_SIZE, event.length))
+            views = chain.readable_views(VSOCK_HDR_SIZE, event.length) if event.length else []
+            if isinstance(event.conn.app, SeqBridge):
+                self._guest_message(event.conn, event.conn.app, views, event.flags)
+            else:
+                self._guest_data(event.conn, views)
         elif event is not None:
             self._on_event(event)
 
@@ -304,6 +329,22 @@ class VsockDevice(VirtioDevice):
                 bridge.out += view
             self.counters["host_bytes_buffered_max"] = max(self.counters["host_bytes_buffered_max"],
                                                            bridge.pending)
+        if n:
+            self._consumed(conn, n)
+
+    def _guest_message(self, conn: Connection, bridge: SeqBridge, views: list[memoryview],
+                       flags: int) -> None:
+        if bridge.wr_shut:
+            self.core.consumed(conn, sum(len(v) for v in views))
+            return
+        bridge.add_fragment(views, bool(flags & VsockSeqFlag.EOM))
+        self.counters["host_bytes_buffered_max"] = max(self.counters["host_bytes_buffered_max"],
+                                                       bridge.buffered)
+        try:
+            n = bridge.write_out()
+        except OSError as exc:
+            self._host_failed(conn, exc)
+            return
         if n:
             self._consumed(conn, n)
 
@@ -351,11 +392,12 @@ class VsockDevice(VirtioDevice):
             self._close_bridge(conn)
 
     def _guest_connects(self, conn: Connection) -> None:
-        sock = self.host.connect_guest_port(conn.local_port) if self.host is not None else None
+        seq = conn.type == VsockType.SEQPACKET
+        sock = self.host.connect_guest_port(conn.local_port, seq) if self.host is not None else None
         if sock is None:
             self.core.reset(conn)
             return
-        self.core.accept(conn, Bridge(sock))
+        self.core.accept(conn, SeqBridge(sock) if seq else Bridge(sock))
 
     def _host_failed(self, conn: Connection, exc: OSError) -> None:
         log.debug("vsock: %r: host socket failed: %s", conn, exc)
@@ -418,8 +460,12 @@ class VsockDevice(VirtioDevice):
 
     def _read_host(self, conn: Connection, chain: DescriptorChain, room: int) -> int:
         bridge = conn.app
+        if isinstance(bridge, SeqBridge) and bridge.inbound is not None:
+            return self._message_fragment(conn, bridge, chain, room)
         if not isinstance(bridge, Bridge) or bridge.rd_done or not bridge.readable or bridge.fd < 0:
             return 0
+        if isinstance(bridge, SeqBridge):
+            return self._read_message(conn, bridge, chain, room)
         window = self.core.send_window(conn)
         if not window:
             self.core.want_credit(conn)  # only a connected stream asks
@@ -439,6 +485,50 @@ class VsockDevice(VirtioDevice):
             self.core.shutdown(conn, VsockShutdown.SEND, self.clock())
             return 0
         chain.write(self.core.data_header(conn, n), 0)
+        return VSOCK_HDR_SIZE + n
+
+    def _read_message(self, conn: Connection, bridge: SeqBridge, chain: DescriptorChain, room: int) -> int:
+        """Take one host message whole once the guest's credit covers it, then its first fragment."""
+        one = bytearray(1)
+        try:
+            size = bridge.sock.recv_into(one, 1, socket.MSG_PEEK | socket.MSG_TRUNC | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            bridge.readable = False
+            return 0
+        except OSError as exc:
+            self._host_failed(conn, exc)
+            return 0
+        if size == 0:  # end of file (an empty message is not carried: it reads the same)
+            bridge.rd_done = True
+            self.core.shutdown(conn, VsockShutdown.SEND, self.clock())
+            return 0
+        if size > MAX_SEQ_MESSAGE or size > conn.peer_buf_alloc:
+            bridge.sock.recv_into(one, 1, socket.MSG_DONTWAIT)  # never fits: dropped
+            self.counters["seqpacket_dropped"] += 1
+            log.info("vsock: %r: host message of %d bytes dropped (the guest's buffer is %d)",
+                     conn, size, conn.peer_buf_alloc)
+            return 0
+        if self.core.credit(conn) < size:
+            bridge.waiting_for = size
+            self.core.want_credit(conn)
+            bridge.readable = False
+            return 0
+        data = bytearray(size)
+        got = bridge.sock.recv_into(data, size, socket.MSG_DONTWAIT)
+        bridge.waiting_for = 0
+        bridge.inbound = memoryview(data)[:got]
+        return self._message_fragment(conn, bridge, chain, room)
+
+    def _message_fragment(self, conn: Connection, bridge: SeqBridge, chain: DescriptorChain, room: int) -> int:
+        inbound = bridge.inbound
+        assert inbound is not None
+        n = min(room, len(inbound), self.core.send_window(conn))
+        if n <= 0:
+            return 0
+        last = n == len(inbound)
+        chain.write(inbound[:n], VSOCK_HDR_SIZE)
+        chain.write(self.core.data_header(conn, n, VsockSeqFlag.EOM if last else 0), 0)
+        bridge.inbound = None if last else inbound[n:]
         return VSOCK_HDR_SIZE + n
 
     # the event queue

@@ -12,6 +12,8 @@ reset and the CID is read again (5.10.6.7).
     stream.sendall(b"hello"); stream.recv(5)
     listener = driver.listen(5000)
     peer = listener.accept(timeout=5)        # a host-initiated connection
+    seq = driver.connect(1235, seqpacket=True)   # VIRTIO_VSOCK_F_SEQPACKET, when offered
+    seq.send_message(b"one message"); seq.recv_message()
 
 Receive bytes wait in the stream's buffer, which the credit bounds (buf_alloc); a reader that
 does not read stops the peer.  Every method may be called from any thread: one lock guards the
@@ -37,7 +39,8 @@ from ..driver import DriverQueue, Pending, VirtioDriver
 from ..errors import UsageError
 from ..spec.ids import DeviceType
 from ..spec.vsock import (EVENTQ, RXQ, TXQ, VSOCK_CID_HOST, VSOCK_CONFIG, VSOCK_CONFIG_SIZE,
-                          VSOCK_EVENT, VSOCK_HDR_SIZE, VsockEventId, VsockFeature, VsockShutdown)
+                          VSOCK_EVENT, VSOCK_HDR_SIZE, VsockEventId, VsockFeature, VsockSeqFlag,
+                          VsockShutdown, VsockType)
 from ..vsock.core import (Closed, Connected, Connection, CreditUpdate, Data, Event, PeerShutdown,
                           Requested, Reset, State, VsockCore, VsockPacketError)
 
@@ -51,7 +54,7 @@ class VsockError(ConnectionError):
 
 class VsockDriver(VirtioDriver):
     id_table = (DeviceType.VSOCK,)
-    features = 1 << VsockFeature.STREAM
+    features = (1 << VsockFeature.STREAM) | (1 << VsockFeature.SEQPACKET)
     queue_size = 128
 
     def __init__(self, transport, *, rx_buffers: int = 64, rx_buf_size: int = 16384):
@@ -71,6 +74,10 @@ class VsockDriver(VirtioDriver):
 
     def setup(self) -> None:
         self._read_cid()
+        types = {VsockType.STREAM}
+        if self.has_feature(VsockFeature.SEQPACKET):
+            types.add(VsockType.SEQPACKET)
+        self.core.types = frozenset(types)
         self._q = {i: self.create_queue(i) for i in (RXQ, TXQ, EVENTQ)}
         self.queues = list(self._q.values())
         rx = self._q[RXQ]
@@ -99,11 +106,19 @@ class VsockDriver(VirtioDriver):
 
     # --- public API -------------------------------------------------------------------------------
 
-    def connect(self, port: int, cid: int = VSOCK_CID_HOST, *, timeout: Optional[float] = 10.0) -> "VsockStream":
-        """A stream to ``cid:port``; raises VsockError when refused."""
+    @property
+    def seqpacket(self) -> bool:
+        """Whether SEQPACKET sockets were negotiated (VIRTIO_VSOCK_F_SEQPACKET)."""
+        return VsockType.SEQPACKET in self.core.types
+
+    def connect(self, port: int, cid: int = VSOCK_CID_HOST, *, seqpacket: bool = False,
+                timeout: Optional[float] = 10.0) -> "VsockStream":
+        """A stream (or, with ``seqpacket``, a SEQPACKET socket) to ``cid:port``; raises
+        VsockError when refused."""
         with self._lock:
             stream = VsockStream(self)
-            stream.conn = self.core.connect(cid, port, app=stream)
+            stream.conn = self.core.connect(cid, port, app=stream,
+                                            type=VsockType.SEQPACKET if seqpacket else VsockType.STREAM)
         self._until(lambda: stream if stream.conn.state is not State.CONNECTING else None, timeout)
         if stream.error is not None:
             raise VsockError(f"vsock connection to {cid}:{port}: {stream.error}")
@@ -194,6 +209,8 @@ class VsockDriver(VirtioDriver):
                 self.core.consumed(event.conn, event.length)  # nobody reads: dropped
             else:
                 stream.inbox += packet[VSOCK_HDR_SIZE:]
+                if event.flags & VsockSeqFlag.EOM:
+                    stream.messages.append(len(stream.inbox) - sum(stream.messages))
         elif event is not None:
             self._on_event(event)
 
@@ -224,6 +241,25 @@ class VsockDriver(VirtioDriver):
         if sent:
             txq.kick()
 
+    def _send_message(self, conn: Connection, data: memoryview) -> bool:
+        """Send all of ``data`` as one SEQPACKET message once the credit covers it (lock held)."""
+        if len(data) > conn.peer_buf_alloc:
+            raise UsageError(f"a {len(data)}-byte message never fits the peer's {conn.peer_buf_alloc}-byte "
+                             "buffer (Linux: EMSGSIZE)")
+        if self.core.credit(conn) < max(1, len(data)):
+            if conn.state is State.CONNECTED:
+                self.core.want_credit(conn)
+            return False
+        txq, offset = self._q[TXQ], 0
+        while True:
+            n = min(len(data) - offset, self.core.send_window(conn))
+            last = offset + n == len(data)
+            header = self.core.data_header(conn, n, VsockSeqFlag.EOM if last else 0)
+            self._tx.append(txq.submit([header, bytes(data[offset:offset + n])], [], kick=last))
+            offset += n
+            if last:
+                return True
+
     def _send_data(self, conn: Connection, data: memoryview) -> int:
         """Send what the window allows of ``data`` (lock held); the bytes sent."""
         n = min(len(data), self.core.send_window(conn))
@@ -247,6 +283,7 @@ class VsockStream:
         self.driver = driver
         self.conn: Connection = None  # type: ignore[assignment]  # set right after
         self.inbox = bytearray()
+        self.messages: deque[int] = deque()  # SEQPACKET: the sizes of the whole messages in inbox
         self.error: Optional[str] = None
         self.peer_flags = 0
         self.rd_shut = False
@@ -296,6 +333,33 @@ class VsockStream:
                 return b""
             return None
         return self.driver._until(attempt, timeout)
+
+    def send_message(self, data: bytes, timeout: Optional[float] = 30.0) -> None:
+        """SEQPACKET: send ``data`` as one message (waits until the peer's credit covers it)."""
+        view = memoryview(data)
+
+        def attempt() -> Optional[bool]:
+            if self.conn.state is State.CLOSED:
+                raise VsockError(f"vsock socket {self.peer}: {self.error}")
+            return self.driver._send_message(self.conn, view) or None
+        self.driver._until(attempt, timeout)
+
+    def recv_message(self, timeout: Optional[float] = 30.0) -> Optional[bytes]:
+        """SEQPACKET: the next whole message; None at the end of the stream."""
+        def attempt():
+            if self.messages:
+                size = self.messages.popleft()
+                data = bytes(self.inbox[:size])
+                del self.inbox[:size]
+                if self.conn.state is not State.CLOSED:
+                    event = self.driver.core.consumed(self.conn, size)
+                    if event is not None:
+                        self.driver._on_event(event)
+                return (data,)
+            if self.peer_flags & VsockShutdown.SEND or self.conn.state is State.CLOSED:
+                return (None,)
+            return None
+        return self.driver._until(attempt, timeout)[0]
 
     def recv_exactly(self, n: int, timeout: Optional[float] = 30.0) -> bytes:
         out = bytearray()

@@ -22,6 +22,11 @@ per packet it sends; RSTs to addresses without a connection wait in a queue of a
 :data:`~pyvirtio.limits.VSOCK_MAX_PENDING_RST` (more are dropped and counted).  An RST is never
 answered (5.10.6.4 would loop).
 
+SEQPACKET (VIRTIO_VSOCK_F_SEQPACKET) connections exist once the application adds the type to
+:attr:`VsockCore.types` (after negotiation); their RW packets carry EOM on a message's last
+packet, passed on in :class:`Data`'s ``flags``, and :meth:`VsockCore.credit` says whether a
+whole message fits.  A packet of the other type on a connection resets it.
+
 Closing follows Linux (net/vmw_vsock/virtio_transport_common.c): :meth:`VsockCore.close` sends
 SHUTDOWN with both flags and waits up to :data:`CLOSE_TIMEOUT` for the peer's RST; a side that
 receives SHUTDOWN with both flags and has passed every byte on answers with RST.  Time comes
@@ -37,11 +42,12 @@ from typing import Any, Callable, Optional
 
 from ..errors import UsageError
 from ..limits import VSOCK_BUF_ALLOC, VSOCK_MAX_CONNECTIONS, VSOCK_MAX_PENDING_RST
-from ..spec.vsock import VsockHdr, VsockOp, VsockShutdown, VsockType
+from ..spec.vsock import VsockHdr, VsockOp, VsockSeqFlag, VsockShutdown, VsockType
 from .packet import MAX_PKT_PAYLOAD, VsockPacketError, build_header, parse_header
 
 _U32 = 0xFFFFFFFF
 BOTH = VsockShutdown.RECEIVE | VsockShutdown.SEND
+_SEQ_FLAGS = VsockSeqFlag.EOM | VsockSeqFlag.EOR
 #: How long a closing connection waits for the peer's RST (Linux: VSOCK_CLOSE_TIMEOUT, 8 s).
 CLOSE_TIMEOUT = 8.0
 #: Ephemeral local ports for connect() are taken from here up (Linux: above 1023).
@@ -65,6 +71,7 @@ class Connection:
     peer_cid: int
     peer_port: int
     state: State
+    type: int = VsockType.STREAM  # STREAM or SEQPACKET (negotiated: VIRTIO_VSOCK_F_SEQPACKET)
     buf_alloc: int = VSOCK_BUF_ALLOC
     fwd_cnt: int = 0  # bytes received from the peer and passed on (u32, wraps)
     rx_cnt: int = 0  # bytes received from the peer (u32, wraps)
@@ -126,9 +133,12 @@ class Connected(Event):
 
 @dataclass(frozen=True)
 class Data(Event):
-    """``length`` payload bytes arrived for ``conn``: pass them on, then call ``consumed``."""
+    """``length`` payload bytes arrived for ``conn``: pass them on, then call ``consumed``.
+    On a SEQPACKET connection ``flags`` has EOM on a message's last packet (and EOR if the
+    sender marked a record end)."""
 
     length: int
+    flags: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,9 @@ class VsockCore:
         self.listening: set[int] = set()
         #: Accept a REQUEST to any port (the host bridge: every port may have a listener).
         self.listen_any = False
+        #: Socket types in use: STREAM, and SEQPACKET once VIRTIO_VSOCK_F_SEQPACKET is
+        #: negotiated (a REQUEST of another type gets RST).
+        self.types: frozenset[int] = frozenset({VsockType.STREAM})
         self._owing: dict[Connection, None] = {}  # connections owing control packets, in order
         self._rst: deque[bytes] = deque()
         self._next_port = first_port
@@ -231,8 +244,8 @@ class VsockCore:
         conn = self.conns.get((hdr.dst_port, hdr.src_cid, hdr.src_port))
         if conn is None:
             return self._no_connection(hdr)
-        if hdr.type != VsockType.STREAM:
-            return self._broken(conn, f"type {hdr.type} on a stream connection")
+        if hdr.type != conn.type:
+            return self._broken(conn, f"type {hdr.type} on a connection of type {conn.type}")
         if hdr.op != VsockOp.RST:
             conn.peer_buf_alloc, conn.peer_fwd_cnt = hdr.buf_alloc, hdr.fwd_cnt
         return self._handlers[hdr.op](conn, hdr)
@@ -240,7 +253,7 @@ class VsockCore:
     def _no_connection(self, hdr: VsockHdr) -> Optional[Event]:
         if hdr.op == VsockOp.RST:
             return None
-        if hdr.op != VsockOp.REQUEST or hdr.type != VsockType.STREAM:
+        if hdr.op != VsockOp.REQUEST or hdr.type not in self.types:
             self._reply_rst(hdr)
             return None
         if not (self.listen_any or hdr.dst_port in self.listening) \
@@ -249,7 +262,7 @@ class VsockCore:
             self._reply_rst(hdr)
             return None
         conn = self._add(Connection(hdr.dst_port, hdr.src_cid, hdr.src_port, State.REQUESTED,
-                                    buf_alloc=self.buf_alloc, peer_buf_alloc=hdr.buf_alloc,
+                                    hdr.type, buf_alloc=self.buf_alloc, peer_buf_alloc=hdr.buf_alloc,
                                     peer_fwd_cnt=hdr.fwd_cnt))
         return Requested(conn)
 
@@ -294,6 +307,8 @@ class VsockCore:
                                       f"{conn.buf_alloc} buffered; 5.10.6.3)")
         conn.rx_cnt = (conn.rx_cnt + hdr.len) & _U32
         self.stats.bytes_in += hdr.len
+        if conn.type == VsockType.SEQPACKET:
+            return Data(conn, hdr.len, hdr.flags & _SEQ_FLAGS)  # an empty packet may end a message
         return Data(conn, hdr.len) if hdr.len else None
 
     def _on_credit_update(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
@@ -345,13 +360,22 @@ class VsockCore:
             return 0
         return min(conn.peer_buf_alloc - in_flight, MAX_PKT_PAYLOAD)
 
-    def data_header(self, conn: Connection, length: int) -> bytes:
-        """The header of an RW packet carrying ``length`` bytes (at most :meth:`send_window`)."""
-        if not 0 < length <= self.send_window(conn):
-            raise UsageError(f"RW of {length} bytes on {conn!r}: the window is {self.send_window(conn)}")
+    def credit(self, conn: Connection) -> int:
+        """All the peer lets us send on ``conn`` now (a SEQPACKET message must fit whole)."""
+        if self.send_window(conn) == 0:
+            return 0
+        return conn.peer_buf_alloc - conn.in_flight
+
+    def data_header(self, conn: Connection, length: int, flags: int = 0) -> bytes:
+        """The header of an RW packet carrying ``length`` bytes (at most :meth:`send_window`;
+        SEQPACKET: ``flags`` EOM on a message's last packet, which may be empty)."""
+        window = self.send_window(conn)
+        empty_eom = length == 0 and conn.type == VsockType.SEQPACKET and flags & VsockSeqFlag.EOM
+        if not (0 < length <= window or (empty_eom and window)):
+            raise UsageError(f"RW of {length} bytes on {conn!r}: the window is {window}")
         conn.tx_cnt = (conn.tx_cnt + length) & _U32
         self.stats.bytes_out += length
-        return self._header(conn, VsockOp.RW, length)
+        return self._header(conn, VsockOp.RW, length, flags & _SEQ_FLAGS if conn.type == VsockType.SEQPACKET else 0)
 
     def want_credit(self, conn: Connection) -> None:
         """We have data and no window: ask the peer once for a CREDIT_UPDATE (5.10.6.3)."""
@@ -365,8 +389,8 @@ class VsockCore:
         if op != VsockOp.CREDIT_UPDATE:
             conn.owe &= ~_OWE_CREDIT  # every packet tells the peer our fwd_cnt
         return build_header(src_cid=self.local_cid, dst_cid=conn.peer_cid, src_port=conn.local_port,
-                            dst_port=conn.peer_port, op=op, length=length, flags=flags,
-                            buf_alloc=conn.buf_alloc, fwd_cnt=conn.fwd_cnt)
+                            dst_port=conn.peer_port, op=op, length=length, type=conn.type,
+                            flags=flags, buf_alloc=conn.buf_alloc, fwd_cnt=conn.fwd_cnt)
 
     def _reply_rst(self, hdr: VsockHdr) -> None:
         """RST to the sender of a packet that has no connection here (never to an RST)."""
@@ -391,13 +415,15 @@ class VsockCore:
         self.listening.discard(port)
 
     def connect(self, peer_cid: int, peer_port: int, app: Any = None,
-                local_port: Optional[int] = None) -> Connection:
+                local_port: Optional[int] = None, type: int = VsockType.STREAM) -> Connection:
         """Open a connection: REQUEST goes out; :class:`Connected` or :class:`Reset` follows."""
+        if type not in self.types:
+            raise UsageError(f"socket type {type} is not negotiated (types: {sorted(self.types)})")
         if len(self.conns) >= self.max_connections:
             raise UsageError(f"{self.max_connections} vsock connections are open already")
         port = self._free_port() if local_port is None else _port(local_port)
-        conn = Connection(port, peer_cid, _port(peer_port), State.CONNECTING, buf_alloc=self.buf_alloc,
-                          app=app)
+        conn = Connection(port, peer_cid, _port(peer_port), State.CONNECTING, type,
+                          buf_alloc=self.buf_alloc, app=app)
         if conn.key in self.conns:
             raise UsageError(f"{conn!r} exists already")
         self._add(conn)
@@ -455,7 +481,8 @@ class VsockCore:
             return
         self._rst.append(build_header(src_cid=self.local_cid, dst_cid=conn.peer_cid,
                                       src_port=conn.local_port, dst_port=conn.peer_port,
-                                      op=VsockOp.RST, buf_alloc=conn.buf_alloc, fwd_cnt=conn.fwd_cnt))
+                                      op=VsockOp.RST, type=conn.type, buf_alloc=conn.buf_alloc,
+                                      fwd_cnt=conn.fwd_cnt))
 
     def expire(self, now: float) -> list[Event]:
         """Connections whose close timed out are reset; their :class:`Closed` events."""
