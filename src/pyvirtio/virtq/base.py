@@ -79,7 +79,7 @@ class DeviceQueue(Protocol):
     fault: Exception | None
     #: Counters (:class:`pyvirtio.stats.QueueCounters`), kept across resets by the device.
     stats: Any
-    #: The layout's vhost-user inflight tracker (pyvirtio.vhost_user.inflight) or None.
+    #: The layout's vhost-user inflight tracker (pyvirtio.vhost_user.backend.inflight) or None.
     inflight: Any
     #: Chains to pop again before the ring's own (the layout's form; see the tracker).
     resubmit: list[Any]
@@ -107,9 +107,30 @@ class DeviceQueue(Protocol):
 
 
 class DriverRingSide(RingSide):
-    """What the split and packed driver sides share beyond the base."""
+    """What the split and packed driver sides share beyond the base: the constructor's common part
+    (the negotiated ring features) and forgetting every chain after a reset."""
 
     _tokens: list
+
+    def __init__(self, size: int, *, index: int = 0, event_idx: bool = False,
+                 indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
+        """A driver-side ring of ``size`` descriptors (the subclass has set ``layout`` first).
+
+        ``event_idx`` and ``in_order`` say whether VIRTIO_F_EVENT_IDX and VIRTIO_F_IN_ORDER were
+        negotiated; ``indirect_area`` is the guest address of ``max_indirect`` indirect-table
+        entries per descriptor (``indirect_area_size`` bytes), or None for no indirect
+        descriptors."""
+        self.index = index
+        self.size = size
+        self.event_idx = event_idx
+        self.in_order = in_order
+        self.indirect_area = indirect_area
+        self._indirect_base = indirect_area if indirect_area is not None else 0  # used when max_indirect
+        self.max_indirect = max_indirect if indirect_area is not None else 0
+        self.broken = False
+        self.fault: Exception | None = None
+        self._mem, self._gen = None, -1
+        self._init_state()
 
     def _init_state(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -71,18 +71,10 @@ class PackedDriverQueue(DriverRingSide):
 
     def __init__(self, layout: PackedRingLayout, *, index: int = 0, event_idx: bool = False,
                  indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
-        self.index = index
+        """The driver's side of the packed ring ``layout`` (see :class:`DriverRingSide`)."""
         self.layout = layout
-        self.size = layout.size
-        self.event_idx = event_idx
-        self.in_order = in_order
-        self.indirect_area = indirect_area
-        self._indirect_base = indirect_area if indirect_area is not None else 0  # used when max_indirect
-        self.max_indirect = max_indirect if indirect_area is not None else 0
-        self.broken = False
-        self.fault: Exception | None = None
-        self._mem, self._gen = None, -1
-        self._init_state()
+        super().__init__(layout.size, index=index, event_idx=event_idx, indirect_area=indirect_area,
+                         max_indirect=max_indirect, in_order=in_order)
 
     @staticmethod
     def indirect_area_size(size: int, max_indirect: int) -> int:

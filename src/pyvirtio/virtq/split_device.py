@@ -84,7 +84,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self.notifications_enabled = True
         self.broken = False
         self.fault: Exception | None = None
-        #: vhost-user inflight tracking (pyvirtio.vhost_user.inflight): told of every pop and
+        #: vhost-user inflight tracking (pyvirtio.vhost_user.backend.inflight): told of every pop and
         #: every used-idx publish; ``resubmit`` heads are popped again before the avail ring.
         self.inflight: Any = None
         self.resubmit: list[int] = []
