@@ -112,7 +112,7 @@ class DriverRingSide(RingSide):
 
     _tokens: list
 
-    def __init__(self, size: int, *, index: int = 0, event_idx: bool = False,
+    def __init__(self, size: int, index: int = 0, event_idx: bool = False,
                  indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
         """A driver-side ring of ``size`` descriptors (the subclass has set ``layout`` first).
 

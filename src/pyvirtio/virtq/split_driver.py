@@ -42,10 +42,11 @@ Buffer = tuple[int, int]  # (guest-physical address, length)
 class SplitDriverQueue(DriverRingSide):
     """Driver-side state of one split virtqueue."""
 
-    def __init__(self, layout: SplitRingLayout, **options: Any):
-        """The driver's side of the split ring ``layout``; ``options`` as :class:`DriverRingSide`."""
+    def __init__(self, layout: SplitRingLayout, *, index: int = 0, event_idx: bool = False,
+                 indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
+        """The driver's side of the split ring ``layout`` (the options: :class:`DriverRingSide`)."""
         self.layout = layout
-        super().__init__(layout.size, **options)
+        super().__init__(layout.size, index, event_idx, indirect_area, max_indirect, in_order)
 
     @staticmethod
     def indirect_area_size(size: int, max_indirect: int) -> int:
