@@ -132,6 +132,12 @@ class DriverRingSide(RingSide):
         self._mem, self._gen = None, -1
         self._init_state()
 
+    @staticmethod
+    def indirect_area_size(size: int, max_indirect: int) -> int:
+        """Guest memory an indirect area needs: one table of ``max_indirect`` descriptors per head
+        (16 bytes each, split and packed alike: 2.7.5, 2.8.13)."""
+        return size * max_indirect * 16
+
     def _init_state(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -75,10 +75,6 @@ class PackedDriverQueue(DriverRingSide):
         self.layout = layout
         super().__init__(layout.size, index, event_idx, indirect_area, max_indirect, in_order)
 
-    @staticmethod
-    def indirect_area_size(size: int, max_indirect: int) -> int:
-        return size * max_indirect * 16
-
     def _init_state(self) -> None:
         self.next_avail, self.avail_wrap = 0, 1
         self.last_used, self.used_wrap = 0, 1

@@ -48,11 +48,6 @@ class SplitDriverQueue(DriverRingSide):
         self.layout = layout
         super().__init__(layout.size, index, event_idx, indirect_area, max_indirect, in_order)
 
-    @staticmethod
-    def indirect_area_size(size: int, max_indirect: int) -> int:
-        """Guest memory an indirect area needs: one table of ``max_indirect`` entries per head."""
-        return size * max_indirect * ring.VIRTQ_DESC_SIZE
-
     def _init_state(self) -> None:
         size = self.size
         self._next = [i + 1 for i in range(size)]  # shadow free list links
