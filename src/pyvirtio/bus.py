@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 from .driver import VirtioDriver
 from .errors import VirtioError
@@ -24,8 +24,8 @@ class Binding:
     """One device found on the bus, and what became of it."""
 
     transport: DriverTransport
-    driver: Optional[VirtioDriver] = None
-    error: Optional[VirtioError] = None
+    driver: VirtioDriver | None = None
+    error: VirtioError | None = None
 
     @property
     def device_type(self) -> int:

@@ -12,7 +12,7 @@ Sans-I/O: the device is handed the guest memory on every call; the transport dec
 from __future__ import annotations
 
 import logging
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar
 
 from .errors import DriverFault, DeviceStatusError, GuestMemoryError, QueueBroken, VirtioError
 from .faults import FaultSet
@@ -212,7 +212,7 @@ class VirtioDevice:
         asks the device to look at its host side anyway.  Returns the queues to notify."""
         return set()
 
-    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+    def quiesce(self, mem: GuestMemory | None, index: int | None = None,
                 timeout: float = 30.0) -> bool:
         """Finish every request of queue ``index`` (all queues: None) that is still in flight
         on the host, publishing its used entry when ``mem`` is given; called with the queue's

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, ClassVar, Optional, Self, Sequence
+from typing import Any, ClassVar, Self, Sequence
 
 from .errors import (ConfigGenerationError, DeviceFault, FeatureNegotiationError, QueueFull,
                      UsageError, VirtioError)
@@ -120,7 +120,7 @@ class DriverQueue:
             done.append(pending)
         return done
 
-    def wait(self, pending: Pending, timeout: Optional[float] = 30.0) -> Pending:
+    def wait(self, pending: Pending, timeout: float | None = 30.0) -> Pending:
         """Block until ``pending`` completes (interrupts or polling), else raise DeviceFault."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not pending.done:
@@ -134,7 +134,7 @@ class DriverQueue:
             self.transport.wait_for_interrupt(min(left, 1.0) if left is not None else 1.0)
         return pending
 
-    def read_in(self, pending: Pending, limit: Optional[int] = None) -> bytes:
+    def read_in(self, pending: Pending, limit: int | None = None) -> bytes:
         """The device-writable bytes of a completed request (at most what it wrote)."""
         n = pending.written if limit is None else min(limit, pending.written)
         out = bytearray()
@@ -150,7 +150,7 @@ class DriverQueue:
             self.transport.free(addr)
         pending.owned = []
 
-    def call(self, out: Sequence[bytes], in_sizes: Sequence[int], timeout: Optional[float] = 30.0) -> bytes:
+    def call(self, out: Sequence[bytes], in_sizes: Sequence[int], timeout: float | None = 30.0) -> bytes:
         """Submit one request, wait, return what the device wrote (sized by ``in_sizes``)."""
         pending = self.submit(out, in_sizes)
         try:
@@ -236,7 +236,7 @@ class VirtioDriver:
     def setup(self) -> None:
         """Device-specific setup: read config, create queues (step 7)."""
 
-    def create_queue(self, index: int, size: Optional[int] = None) -> DriverQueue:
+    def create_queue(self, index: int, size: int | None = None) -> DriverQueue:
         t = self.transport
         max_size = t.queue_max_size(index)
         if max_size == 0:
@@ -277,7 +277,7 @@ class VirtioDriver:
     def on_config_change(self) -> None:
         """The config space changed (or the device needs a reset)."""
 
-    def on_queue_interrupt(self, index: Optional[int]) -> None:
+    def on_queue_interrupt(self, index: int | None) -> None:
         """Used buffers on a queue; DriverQueue.wait polls, so the default does nothing."""
 
     @property

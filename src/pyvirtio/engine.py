@@ -36,7 +36,7 @@ import select
 import threading
 from collections import deque
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from .errors import DriverFault, GuestMemoryError, QueueBroken
 from .faults import FaultSet
@@ -85,7 +85,7 @@ class GroupWorker:
     """Serves one queue group: one thread, one poll set, one lock held per turn."""
 
     def __init__(self, host: QueueHost, group: int, queues: Sequence[int], *, name: str,
-                 idle_interval: Optional[float] = None, transient: bool = False,
+                 idle_interval: float | None = None, transient: bool = False,
                  counters: Sequence[QueueCounters] = (), device=None):
         self.host = host
         self.group = group
@@ -101,7 +101,7 @@ class GroupWorker:
         self._wake_fd = -1
         self._calls: deque[Callable[[], None]] = deque()
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._dead: set[int] = set()  # kick fds found unusable (until the transport replaces them)
         self._kick_buf = bytearray(8)
         self.turns = 0
@@ -112,7 +112,7 @@ class GroupWorker:
         #: (:mod:`pyvirtio.irq_faults`; an empty set costs one attribute test per turn).
         self.device = device
         self.faults: FaultSet = device.faults if device is not None else _NO_FAULTS
-        self._irq: Optional[IrqFaults] = None
+        self._irq: IrqFaults | None = None
 
     # --- control, from any thread ---------------------------------------------------------------
 
@@ -168,7 +168,7 @@ class GroupWorker:
                     os.close(fd)
         return stopped
 
-    def _request_stop(self) -> Optional[threading.Thread]:
+    def _request_stop(self) -> threading.Thread | None:
         with self._life:
             self._stopping = True
             if self._wake_fd >= 0:
@@ -245,7 +245,7 @@ class GroupWorker:
         woken = True
         kicks: dict[int, tuple[int, int]] = {}
         polling = False
-        timeout: Optional[float] = None
+        timeout: float | None = None
         while True:
             try:
                 if woken:
@@ -318,7 +318,7 @@ class GroupWorker:
                 return True
         return False
 
-    def _timeout(self, polling: bool) -> Optional[float]:
+    def _timeout(self, polling: bool) -> float | None:
         if polling:
             return POLL_INTERVAL * 1000
         return self.idle_interval * 1000 if self.idle_interval is not None else None
@@ -430,8 +430,8 @@ class LocalEngine:
     thread that watches the device's host fds (io_uring completions, a TAP, a console endpoint)
     and is woken when the device's wishes may have changed.  Interrupts go to ``interrupt``."""
 
-    def __init__(self, device, memory: Callable[[], Optional[GuestMemory]],
-                 interrupt: Callable[[Interrupt], None], *, name: Optional[str] = None):
+    def __init__(self, device, memory: Callable[[], GuestMemory | None],
+                 interrupt: Callable[[Interrupt], None], *, name: str | None = None):
         self.device = device
         self._memory = memory
         self._interrupt = interrupt

@@ -69,7 +69,7 @@ import math
 import random
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 from .errors import UsageError, VirtioError
 from .limits import PeerLog
@@ -119,12 +119,12 @@ class Delay:
 
 @dataclass(frozen=True)
 class Kind:
-    device: Optional[int]  # a DeviceType, or None for any device
+    device: int | None  # a DeviceType, or None for any device
     keys: tuple[str, ...]
     required: tuple[str, ...] = ()
     prob_word: str = "prob"
     #: blk operations the kind applies to when the rule names none (None: every operation).
-    ops: Optional[frozenset[str]] = None
+    ops: frozenset[str] | None = None
 
 
 _COMMON = ("queue", "prob", "after", "count", "seed")
@@ -164,10 +164,10 @@ class FaultRule:
     :meth:`trigger` (after a match) applies ``after``, ``count`` and the probability, under the
     rule's own lock, so workers of several queues may share a rule."""
 
-    def __init__(self, kind: str, *, queue: Optional[int] = None, prob: float = 1.0, after: int = 0,
-                 count: Optional[int] = None, seed: Optional[int] = None,
-                 sectors: Optional[tuple[int, int]] = None, ops: Optional[frozenset[str]] = None,
-                 delay: Optional[Delay] = None, keep: int = 0, dir: str = "both",
+    def __init__(self, kind: str, *, queue: int | None = None, prob: float = 1.0, after: int = 0,
+                 count: int | None = None, seed: int | None = None,
+                 sectors: tuple[int, int] | None = None, ops: frozenset[str] | None = None,
+                 delay: Delay | None = None, keep: int = 0, dir: str = "both",
                  period_ms: float = 0.0, bytes: int = 1, every_ms: float = 0.0):
         self.kind = kind
         self.queue, self.prob, self.after, self.count, self.seed = queue, prob, after, count, seed
@@ -183,8 +183,8 @@ class FaultRule:
 
     # --- matching -------------------------------------------------------------------------------
 
-    def matches(self, queue: Optional[int] = None, op: Optional[str] = None,
-                sectors: Optional[tuple[int, int]] = None, dir: Optional[str] = None) -> bool:
+    def matches(self, queue: int | None = None, op: str | None = None,
+                sectors: tuple[int, int] | None = None, dir: str | None = None) -> bool:
         """Whether an event fits the rule: its queue, blk operation, sectors (first, count;
         a rule with ``sectors`` never matches a request without any) and net direction."""
         if self.queue is not None and queue is not None and queue != self.queue:
@@ -332,7 +332,7 @@ def _choice(kind: str, key: str, text: str, valid: Iterable[str]) -> str:
 def _split(kind: str, body: str) -> dict[str, str]:
     """``key=value,key=value``; a word without ``=`` continues the value before it (a list)."""
     values: dict[str, str] = {}
-    last: Optional[str] = None
+    last: str | None = None
     for word in body.split(","):
         word = word.strip()
         key, eq, value = word.partition("=")
@@ -358,7 +358,7 @@ def _key_list(kind: str) -> str:
     return ", ".join(words)
 
 
-def _delay(kind: str, values: dict[str, str]) -> Optional[Delay]:
+def _delay(kind: str, values: dict[str, str]) -> Delay | None:
     ms, mean, dist = values.pop("ms", None), values.pop("mean_ms", None), values.pop("dist", None)
     if dist is not None:
         _choice(kind, "dist", dist, DISTRIBUTIONS)
@@ -451,7 +451,7 @@ class FaultSet:
     an empty set costs the hot path one attribute test (``if faults.rules:``).  Listeners are
     called after every change (the device wakes its workers: timers may start or stop)."""
 
-    def __init__(self, device_type: Optional[int] = None, *, name: str = "device"):
+    def __init__(self, device_type: int | None = None, *, name: str = "device"):
         self.device_type = device_type
         self.name = name
         #: Every rule, in the order added.
@@ -485,7 +485,7 @@ class FaultSet:
     def list(self) -> _Rules:
         return list(self.rules)
 
-    def get(self, rule_id: int) -> Optional[FaultRule]:
+    def get(self, rule_id: int) -> FaultRule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
 
     def remove(self, rule_id: int) -> FaultRule:
@@ -524,8 +524,8 @@ class FaultSet:
 
     # --- asking (the device's slow path) ---------------------------------------------------------
 
-    def firing(self, kinds: frozenset[str], queue: Optional[int] = None, op: Optional[str] = None,
-               sectors: Optional[tuple[int, int]] = None, dir: Optional[str] = None) -> _Rules:
+    def firing(self, kinds: frozenset[str], queue: int | None = None, op: str | None = None,
+               sectors: tuple[int, int] | None = None, dir: str | None = None) -> _Rules:
         """The rules of ``kinds`` that fire for one event (each counted and logged)."""
         fired: _Rules = []
         for rule in self.rules:
@@ -534,7 +534,7 @@ class FaultSet:
                 fired.append(rule)
         return fired
 
-    def fired(self, rule: FaultRule, queue: Optional[int] = None, what: str = "") -> None:
+    def fired(self, rule: FaultRule, queue: int | None = None, what: str = "") -> None:
         """Log one firing (rate-limited: a rule may fire for every request)."""
         where = "" if queue is None else f" on queue {queue}"
         self.log.info("%s: fault #%d %s fired%s (%d)%s", self.name, rule.id, rule.describe(), where,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 
 @dataclass(frozen=True)
 class Interrupt:
     """A device-to-driver notification: a used buffer on ``queue``, or a config change."""
 
-    queue: Optional[int] = None  # the virtqueue with new used buffers; None for a config change
+    queue: int | None = None  # the virtqueue with new used buffers; None for a config change
 
     @property
     def config_changed(self) -> bool:

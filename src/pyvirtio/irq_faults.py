@@ -11,7 +11,7 @@ delayed or spurious notification is pending and sends what :meth:`IrqFaults.due`
 from __future__ import annotations
 
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 from .faults import FaultRule, FaultSet, InjectedFault
 from .timerfd import DueQueue
@@ -36,7 +36,7 @@ class IrqFaults:
     def fd(self) -> int:
         return self._due.fd
 
-    def filter(self, notify: list[int], now: Optional[float] = None) -> list[int]:
+    def filter(self, notify: list[int], now: float | None = None) -> list[int]:
         """Of the notifications a turn asks for, those to send now; the rest are dropped or
         held (``irq-delay``).  ``needs-reset`` puts the device in DEVICE_NEEDS_RESET."""
         faults = self.faults
@@ -55,7 +55,7 @@ class IrqFaults:
             out.append(index)
         return out
 
-    def sync(self, now: Optional[float] = None) -> None:
+    def sync(self, now: float | None = None) -> None:
         """Schedule spurious rules added since the last look (the worker was woken)."""
         now = time.monotonic() if now is None else now
         live = {r.id for r in self.faults.irq if r.kind == "irq-spurious"}
@@ -65,7 +65,7 @@ class IrqFaults:
                 self._due.push(now + rule.every_ms / 1000.0, rule)
         self._ticking &= live
 
-    def due(self, now: Optional[float] = None) -> list[int]:
+    def due(self, now: float | None = None) -> list[int]:
         """The timer fired: delayed notifications now due, and one per queue of each spurious
         rule that ticked (rescheduled while the rule is still there)."""
         now = time.monotonic() if now is None else now

@@ -12,7 +12,6 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from typing import Optional
 
 from .alloc import GuestAllocator
 from .device import VirtioDevice
@@ -45,7 +44,7 @@ class LoopbackTransport(DriverTransport):
         self.device_memory = GuestMemory([Region(gpa, memory_size, dev_view, userspace_addr=drv_uva,
                                                  _owner=dev_map)])
         self.allocator = GuestAllocator(gpa, memory_size)
-        self._handler: Optional[InterruptHandler] = None
+        self._handler: InterruptHandler | None = None
         self._cond = threading.Condition()
         self._interrupts = 0
         self._seen = 0
@@ -113,7 +112,7 @@ class LoopbackTransport(DriverTransport):
                             to_gpa(to_uva(layout.used_ring)))
         queue.activate(self.device_memory)
 
-    def notify(self, index: int, position: Optional[int] = None) -> None:
+    def notify(self, index: int, position: int | None = None) -> None:
         # ``position`` never comes: this transport does not carry VIRTIO_F_NOTIFICATION_DATA.
         self.engine.kick(index)
 
@@ -121,7 +120,7 @@ class LoopbackTransport(DriverTransport):
     def set_interrupt_handler(self, handler: InterruptHandler) -> None:
         self._handler = handler
 
-    def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
+    def wait_for_interrupt(self, timeout: float | None) -> bool:
         with self._cond:
             if self._interrupts == self._seen:
                 self._cond.wait(timeout)

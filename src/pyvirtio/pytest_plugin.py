@@ -41,7 +41,7 @@ import shutil
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import pytest
 
@@ -159,7 +159,7 @@ def pyvirtio_serve(tmp_path) -> Any:
     from .bench.peers import start_pyvirtio
     peers: list = []
 
-    def serve(kind: str, *, size: int = 64 << 20, image: Optional[str] = None, **options):
+    def serve(kind: str, *, size: int = 64 << 20, image: str | None = None, **options):
         path = str(tmp_path / f"{kind}{len(peers)}.sock")
         if kind == "blk" and image is None:
             image = str(tmp_path / f"disk{len(peers)}.img")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from .alloc import Allocator
 from .errors import DeviceFault
@@ -106,7 +106,7 @@ class DriverTransport(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def notify(self, index: int, position: Optional[int] = None) -> None:
+    def notify(self, index: int, position: int | None = None) -> None:
         """Kick queue ``index`` (driver → device notification).  ``position`` is where the
         driver writes next (:func:`pyvirtio.virtq.notification.driver_position`), given only when
         VIRTIO_F_NOTIFICATION_DATA was negotiated (2.9)."""
@@ -116,7 +116,7 @@ class DriverTransport(abc.ABC):
     def set_interrupt_handler(self, handler: InterruptHandler) -> None: ...
 
     @abc.abstractmethod
-    def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
+    def wait_for_interrupt(self, timeout: float | None) -> bool:
         """Block until at least one interrupt was delivered through the handler, or ``timeout``.
 
         Returns False on timeout.  In-process transports deliver interrupts synchronously and

@@ -43,7 +43,7 @@ import struct
 import time
 from array import array
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from ..drivers.blk import BlkDriver
 from ..errors import DeviceFault, RequestError, UsageError
@@ -83,7 +83,7 @@ class BlkBenchConfig:
     iodepth: int = 32  # requests in flight per queue
     runtime: float = 10.0
     queues: int = 1
-    size: Optional[int] = None  # bytes of the disk to use (default: all of it)
+    size: int | None = None  # bytes of the disk to use (default: all of it)
     seed: int = 1
     timeout: float = 5.0
     verify: bool = False  # stamp the blocks first and check every read (module docstring)
@@ -126,7 +126,7 @@ class BlkBenchResult:
     verified: int = 0  # completed requests whose data was checked (reads, and the read-back)
     ring: str = "split"  # the ring layout negotiated
     #: every timed request's completion latency (ns), for --plot; not in as_dict()
-    samples: Optional[array] = field(default=None, repr=False, compare=False)
+    samples: array | None = field(default=None, repr=False, compare=False)
 
     @property
     def iops(self) -> float:
@@ -247,8 +247,8 @@ def bench_driver_class(iodepth: int) -> type[BlkDriver]:
     return type("BenchBlkDriver", (BlkDriver,), {"queue_size": min(size, 1024)})
 
 
-def run(cfg: BlkBenchConfig, progress: Optional[Callable[[float, int, int], None]] = None,
-        stamped: Optional[Callable[[], None]] = None) -> BlkBenchResult:
+def run(cfg: BlkBenchConfig, progress: Callable[[float, int, int], None] | None = None,
+        stamped: Callable[[], None] | None = None) -> BlkBenchResult:
     """Run one benchmark.  ``progress(elapsed, ios_so_far, interval_ios)`` about once a second;
     ``stamped()`` once the verify stamps are written, before the timed phase."""
     from ..vhost_user.frontend.transport import VhostUserTransport
@@ -518,7 +518,7 @@ class _Bench:
             q.vq.disable_cb(mem)
 
 
-def _request_failed(op: str, status: int, block: Optional[int] = None) -> RequestError:
+def _request_failed(op: str, status: int, block: int | None = None) -> RequestError:
     try:
         name = spec.BlkStatus(status).name
     except ValueError:

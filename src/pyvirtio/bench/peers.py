@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..errors import TransportError
 
@@ -76,16 +76,16 @@ class Peer:
         self.close()
 
 
-def which(program: str) -> Optional[str]:
+def which(program: str) -> str | None:
     return shutil.which(program)
 
 
-def virtiofsd_path() -> Optional[str]:
+def virtiofsd_path() -> str | None:
     return next((p for p in VIRTIOFSD_PATHS if os.access(p, os.X_OK)), None)
 
 
-def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir: Optional[str] = None,
-           settle: float = 0.05, env: Optional[dict] = None) -> Peer:
+def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir: str | None = None,
+           settle: float = 0.05, env: dict | None = None) -> Peer:
     log_dir = log_dir or os.path.dirname(socket_path) or tempfile.gettempdir()
     log_path = os.path.join(log_dir, f"{os.path.basename(socket_path)}.log")
     log = open(log_path, "ab")  # a restarted peer on the same socket adds to the same log
@@ -117,9 +117,9 @@ def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir
         time.sleep(0.02)
 
 
-def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optional[int] = None,
+def start_qsd(socket_path: str, image: str | None = None, *, null_size: int | None = None,
               writable: bool = True, num_queues: int = 1, discard: bool = True,
-              direct: bool = False, aio: Optional[str] = None, timeout: float = 10.0) -> Peer:
+              direct: bool = False, aio: str | None = None, timeout: float = 10.0) -> Peer:
     """qemu-storage-daemon exporting ``image`` (file driver; ``direct``: ``cache.direct=on``,
     ``aio``: ``io_uring``, ``threads`` or ``native``) or a null-co device of ``null_size`` bytes
     as vhost-user-blk."""
@@ -138,9 +138,9 @@ def start_qsd(socket_path: str, image: Optional[str] = None, *, null_size: Optio
     return peer
 
 
-def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = None,
+def start_pyvirtio(kind: str, socket_path: str, *, blk_file: str | None = None,
                    read_only: bool = False, num_queues: int = 1, direct: bool = False,
-                   aio: Optional[str] = None, timeout: float = 15.0, src: Optional[str] = None,
+                   aio: str | None = None, timeout: float = 15.0, src: str | None = None,
                    extra_args: Sequence[str] = ()) -> Peer:
     """``pyvirtio serve blk|rng`` in a child interpreter (blk: ``--direct``, ``--aio=AIO``); with
     ``src``, the package is imported from that directory (another checkout's ``src``: an A/B
@@ -162,7 +162,7 @@ def start_pyvirtio(kind: str, socket_path: str, *, blk_file: Optional[str] = Non
 
 
 def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txpkts: int = 64,
-                           vdev_opts: str = "", main_lcore: Optional[int] = None,
+                           vdev_opts: str = "", main_lcore: int | None = None,
                            start_timeout: float = 60.0) -> str:
     """DPDK testpmd as a vhost-user front-end (``net_virtio_user``, txonly) for ``seconds`` of
     transmitting, then SIGINT (SIGKILL if it will not end); returns its output.  The seconds count
@@ -215,7 +215,7 @@ def run_virtio_user_txonly(socket_path: str, *, prefix: str, seconds: float, txp
 _TX_PPS = re.compile(r"Tx-pps:\s+(\d+)")
 
 
-def start_testpmd(socket_path: str, *, prefix: Optional[str] = None, mode: str = "icmpecho",
+def start_testpmd(socket_path: str, *, prefix: str | None = None, mode: str = "icmpecho",
                   timeout: float = 30.0) -> Peer:
     """DPDK testpmd with one net_vhost port listening on ``socket_path`` (PEERS.md)."""
     prefix = prefix or f"pyvirtio-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"

@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
 
 from ..errors import CliError, CliUsageError
 
@@ -56,7 +55,7 @@ def search_dirs() -> list[Path]:
             Path(config) / "qemu" / "vhost-user"]
 
 
-def entry_point(name: str) -> Optional[str]:
+def entry_point(name: str) -> str | None:
     """The absolute path of an installed console script: next to this interpreter (a venv's
     bin), else on PATH; None if it is not installed."""
     beside = Path(sys.executable).parent / name
@@ -94,7 +93,7 @@ def install(directory: Path) -> list[Path]:
     return written
 
 
-def discover(dirs: Optional[list[Path]] = None) -> list[dict]:
+def discover(dirs: list[Path] | None = None) -> list[dict]:
     """What QEMU-style discovery finds: one entry per file name (the highest-priority directory
     wins), sorted by file name; unreadable or invalid files are listed with an ``error``."""
     found: dict[str, dict] = {}

@@ -10,7 +10,6 @@ memory slots, and the config space decoded field by field.  ``--json`` prints th
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from ..errors import CliUsageError
 from ..spec.ids import DEVICE_NAMES
@@ -38,7 +37,7 @@ def add_socket_args(p, *, type_help: str, timeout: float = 5.0, required: bool =
                         f"before calling the back-end hung (default {timeout:g})")
 
 
-def device_type_arg(args) -> Optional[int]:
+def device_type_arg(args) -> int | None:
     if not args.device_type:
         return None
     try:
@@ -65,7 +64,7 @@ def run(args) -> int:
     return 0
 
 
-def probe(path: str, device_type: Optional[int] = None, *, timeout: float = 5.0) -> dict:
+def probe(path: str, device_type: int | None = None, *, timeout: float = 5.0) -> dict:
     """Everything the probe learns, as a JSON-ready dict."""
     from ..vhost_user.frontend.transport import VhostUserTransport
 

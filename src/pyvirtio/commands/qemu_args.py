@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from typing import Optional
 
 from ..errors import CliError
 from ..spec.ids import DeviceType
@@ -115,7 +114,7 @@ def _queues(report: dict) -> int:
     return max(1, int(report["queues"] or 1))
 
 
-def serve_banner(device_type: int, socket_path: Optional[str], *, queues: int = 1) -> list[str]:
+def serve_banner(device_type: int, socket_path: str | None, *, queues: int = 1) -> list[str]:
     """What ``pyvirtio serve`` prints at start: how to attach it to QEMU."""
     if socket_path is None:
         return []

@@ -21,7 +21,6 @@ import argparse
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import UsageError
 from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
@@ -37,8 +36,8 @@ class PortOption:
 
     name: str
     kind: str  # "listen", "connect", "pty" or "stdio"
-    path: Optional[str] = None
-    port_id: Optional[int] = None
+    path: str | None = None
+    port_id: int | None = None
     console: bool = False
 
 
@@ -76,7 +75,7 @@ def _item(part: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _port_id(text: str, value: Optional[str]) -> Optional[int]:
+def _port_id(text: str, value: str | None) -> int | None:
     if value is None:
         return None
     try:

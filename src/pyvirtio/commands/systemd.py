@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
 
 from ..errors import CliUsageError
 
@@ -16,7 +15,7 @@ from ..errors import CliUsageError
 SD_LISTEN_FDS_START = 3
 
 
-def listen_fd(name: str, environ=os.environ) -> Optional[int]:
+def listen_fd(name: str, environ=os.environ) -> int | None:
     """The socket systemd passed us (the one named ``name`` when there are several), or None when
     we were not socket-activated.  The variables are removed (as ``sd_listen_fds(1)``), so a
     child process does not take them for its own."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Optional
 
 from .values import positive_int, positive_seconds, socket_path
 
@@ -38,11 +37,11 @@ def run(args) -> int:
     return watch(args.paths, interval=args.interval, count=args.count, as_json=args.json)
 
 
-def watch(paths: list[str], *, interval: float = 1.0, count: Optional[int] = None,
+def watch(paths: list[str], *, interval: float = 1.0, count: int | None = None,
           timeout: float = 5.0, as_json: bool = False) -> int:
     """Poll ``paths`` every ``interval`` s and show them (``count`` times; until Ctrl-C)."""
     from ..control.client import ControlClient
-    clients: dict[str, Optional[ControlClient]] = dict.fromkeys(paths)
+    clients: dict[str, ControlClient | None] = dict.fromkeys(paths)
     previous: dict[str, tuple[float, dict]] = {}
     tty = sys.stdout.isatty() and not as_json
     shown = 0
@@ -74,7 +73,7 @@ def watch(paths: list[str], *, interval: float = 1.0, count: Optional[int] = Non
     return 0
 
 
-def _ask(clients: dict, path: str, timeout: float) -> tuple[Optional[dict], Optional[str]]:
+def _ask(clients: dict, path: str, timeout: float) -> tuple[dict | None, str | None]:
     from ..control.client import ControlClient, ControlUnavailable
     from ..control.protocol import ControlError
     for attempt in range(2):  # a daemon restarted since the last snapshot: connect again once
@@ -94,7 +93,7 @@ def _ask(clients: dict, path: str, timeout: float) -> tuple[Optional[dict], Opti
     return None, "unreachable"
 
 
-def _rates(before: Optional[tuple[float, dict]], now: float, stats: dict) -> Optional[dict[int, dict]]:
+def _rates(before: tuple[float, dict] | None, now: float, stats: dict) -> dict[int, dict] | None:
     if before is None:
         return None
     t0, old = before
@@ -127,7 +126,7 @@ def _si(value: float) -> str:
     return f"{value:.0f}P"
 
 
-def render_stats(stats: dict, rates: Optional[dict[int, dict]] = None, *, path: str = "") -> str:
+def render_stats(stats: dict, rates: dict[int, dict] | None = None, *, path: str = "") -> str:
     """One daemon's stats as text: a header, a line per queue (with rates when given), faults."""
     conn = stats.get("connection", {})
     state = ("connected" if conn.get("connected") else "waiting for a front-end") \

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 from ..errors import VirtioError
 from ..vhost_user.frontend.errors import BackendError, BackendUnreachable
@@ -91,7 +91,7 @@ def check(id: str, level: str, section: str, text: str):
 class Context:
     """The back-end under test: its socket, its device type (given or guessed on first contact)."""
 
-    def __init__(self, path: str, device_type: Optional[int] = None, timeout: float = 2.0):
+    def __init__(self, path: str, device_type: int | None = None, timeout: float = 2.0):
         self.path = path
         self.device_type = device_type
         self.type_source = "given" if device_type else None
@@ -127,7 +127,7 @@ def need(s: Session, bit: PF) -> None:
         raise Skip(f"protocol feature {bit.name} not offered")
 
 
-def complete(s: Session, count: int = 1, index: Optional[int] = None, what: str = "") -> None:
+def complete(s: Session, count: int = 1, index: int | None = None, what: str = "") -> None:
     got = s.wait(count, index)
     what = what or (s.workload.describe if s.workload else "requests")
     expect(got == count, f"{what}: {got} of {count} requests completed "
@@ -158,14 +158,14 @@ def run_one(ctx: Context, c: Check) -> Result:
     return Result(c, status, detail, time.monotonic() - start)
 
 
-def run_checks(path: str, device_type: Optional[int] = None, *, timeout: float = 2.0,
-               only: Optional[Iterable[str]] = None,
-               on_result: Optional[Callable[[Result], None]] = None) -> tuple[Context, list[Result]]:
+def run_checks(path: str, device_type: int | None = None, *, timeout: float = 2.0,
+               only: Iterable[str] | None = None,
+               on_result: Callable[[Result], None] | None = None) -> tuple[Context, list[Result]]:
     """Run every check (or those whose id starts with one of ``only``)."""
     ctx = Context(path, device_type, timeout)
     wanted = tuple(only or ())
     results: list[Result] = []
-    gone: Optional[str] = None  # the back-end stopped listening after serving some checks
+    gone: str | None = None  # the back-end stopped listening after serving some checks
     for c in CHECKS:
         if wanted and not c.id.startswith(wanted):
             continue

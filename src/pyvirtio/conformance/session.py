@@ -13,7 +13,7 @@ import os
 import select
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from ..alloc import GuestAllocator
 from ..errors import UsageError
@@ -92,9 +92,9 @@ class TestRing:
 class Session:
     """One front-end connection, step by step."""
 
-    def __init__(self, path: str, *, device_type: Optional[int], timeout: float = 2.0,
+    def __init__(self, path: str, *, device_type: int | None, timeout: float = 2.0,
                  regions: int = 1, region_size: int = 2 << 20, handshake: bool = True,
-                 protocol_features: Optional[int] = None):
+                 protocol_features: int | None = None):
         kw = {} if protocol_features is None else {"protocol_features": protocol_features}
         self.client = VhostUserClient.connect(path, timeout=timeout, **kw)
         self.conn = self.client.conn
@@ -117,7 +117,7 @@ class Session:
     # --- building blocks -----------------------------------------------------------------------
 
     @property
-    def workload(self) -> Optional[Workload]:
+    def workload(self) -> Workload | None:
         return WORKLOADS.get(self.device_type) if self.device_type else None
 
     def _known_workload(self) -> Workload:
@@ -125,7 +125,7 @@ class Session:
             raise UsageError(f"no request is known for device type {self.device_type}: give index")
         return self.workload
 
-    def alloc(self, size: int, align: int = 16, region: Optional[int] = None) -> int:
+    def alloc(self, size: int, align: int = 16, region: int | None = None) -> int:
         return self.allocators[self.buffer_region if region is None else region].alloc(size, align)
 
     def buffer(self, data: bytes) -> tuple[int, int]:
@@ -138,7 +138,7 @@ class Session:
         wanted = VERSION_1 | (EVENT_IDX if event_idx else 0)
         return offered & wanted
 
-    def negotiate(self, features: Optional[int] = None, *, protocol_bit: bool = True) -> int:
+    def negotiate(self, features: int | None = None, *, protocol_bit: bool = True) -> int:
         """SET_FEATURES (with VHOST_USER_F_PROTOCOL_FEATURES when offered and ``protocol_bit``)."""
         features = self.default_features() if features is None else features
         if protocol_bit and self.conn.offers_protocol_features:
@@ -156,7 +156,7 @@ class Session:
         else:
             self.client.set_mem_table(table, [r.fd for r in regions])
 
-    def start(self, *, features: Optional[int] = None, memory: str = "table",
+    def start(self, *, features: int | None = None, memory: str = "table",
               enable: bool = True, size: int = 64, protocol_bit: bool = True) -> None:
         """Features, memory, and every ring the workload needs, as QEMU would."""
         self.negotiate(features, protocol_bit=protocol_bit)
@@ -176,7 +176,7 @@ class Session:
         self.status(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK)
 
     def setup_ring(self, index: int, *, size: int = 64, base: int = 0, enable: bool = True,
-                   ring: Optional[TestRing] = None) -> TestRing:
+                   ring: TestRing | None = None) -> TestRing:
         """SET_VRING_NUM, _BASE, _ADDR, _CALL, _ERR, _KICK (and _ENABLE).  With ``ring`` the same
         ring memory is handed over again (a restart); else a fresh ring starts at ``base``."""
         c = self.client
@@ -211,7 +211,7 @@ class Session:
 
     # --- traffic -------------------------------------------------------------------------------
 
-    def submit(self, count: int = 1, index: Optional[int] = None, *, kick: bool = True) -> TestRing:
+    def submit(self, count: int = 1, index: int | None = None, *, kick: bool = True) -> TestRing:
         workload = self._known_workload()
         ring = self.rings[workload.queue if index is None else index]
         for _ in range(count):
@@ -225,7 +225,7 @@ class Session:
     def kick(self, index: int) -> None:
         os.eventfd_write(self.rings[index].kick, 1)
 
-    def wait(self, count: int, index: Optional[int] = None, timeout: Optional[float] = None) -> int:
+    def wait(self, count: int, index: int | None = None, timeout: float | None = None) -> int:
         """Collect used buffers until ``count`` more came back or ``timeout``; returns how many."""
         ring = self.rings[self._known_workload().queue if index is None else index]
         target = ring.completed + count

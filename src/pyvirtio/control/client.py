@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from ..errors import TransportError
 from .protocol import ControlError, encode_request
@@ -40,7 +40,7 @@ class ControlClient:
         self._buf = bytearray()
         self._next_id = 1
 
-    def request(self, cmd: str, args: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    def request(self, cmd: str, args: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Send one request; the whole reply object (ok or not)."""
         rid = self._next_id
         self._next_id += 1
@@ -59,7 +59,7 @@ class ControlClient:
             raise ControlUnavailable(f"{self.path}: the daemon's reply is not a control reply")
         return reply
 
-    def call(self, cmd: str, args: Optional[Mapping[str, Any]] = None) -> Any:
+    def call(self, cmd: str, args: Mapping[str, Any] | None = None) -> Any:
         """Send one request; its result, or :class:`ControlError` for an error reply."""
         reply = self.request(cmd, args)
         if reply["ok"]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager
 
 from ..errors import UsageError
 from ..spec.ids import DeviceType
@@ -71,8 +71,8 @@ class ControlTarget:
     """One device as the control socket sees it: the device, and (over vhost-user) its endpoint —
     for the connection's state and for holding its queue groups still."""
 
-    def __init__(self, device: Any, endpoint: Any = None, *, name: Optional[str] = None,
-                 port_endpoint: Optional[Callable[..., Any]] = None):
+    def __init__(self, device: Any, endpoint: Any = None, *, name: str | None = None,
+                 port_endpoint: Callable[..., Any] | None = None):
         self.device = device
         self.endpoint = endpoint
         self.name = name or (getattr(endpoint, "name", None) or type(device).__name__)

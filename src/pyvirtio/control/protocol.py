@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping
 
 from ..errors import UsageError, VirtioError
 from ..limits import MAX_CONTROL_LINE
@@ -178,7 +178,7 @@ def encode_error(rid: Any, type: str, message: str) -> bytes:
     return _line({"v": VERSION, "id": rid, "ok": False, "error": {"type": type, "message": message}})
 
 
-def encode_request(cmd: str, args: Optional[Mapping[str, Any]] = None, rid: Any = None) -> bytes:
+def encode_request(cmd: str, args: Mapping[str, Any] | None = None, rid: Any = None) -> bytes:
     """A request line (the client's side of the schema)."""
     return _line({"v": VERSION, "id": rid, "cmd": cmd, "args": dict(args or {})})
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..limits import MAX_CONTROL_CLIENTS, MAX_CONTROL_PENDING
 from ..sockets import DEFAULT_SOCKET_MODE, bind_unix, inode_of, unlink_if_ours
@@ -41,13 +41,13 @@ class ControlServer:
 
     def __init__(self, path: str, target: ControlTarget, loop: Any, *,
                  mode: int = DEFAULT_SOCKET_MODE, max_clients: int = MAX_CONTROL_CLIENTS,
-                 dispatcher: Optional[Dispatcher] = None):
+                 dispatcher: Dispatcher | None = None):
         self.path = path
         self.target = target
         self.loop = loop
         self.max_clients = max_clients
         self.dispatcher = dispatcher or Dispatcher(build_commands(target))
-        self.listener: Optional[socket.socket] = bind_unix(path, mode=mode)
+        self.listener: socket.socket | None = bind_unix(path, mode=mode)
         self.listener.setblocking(False)
         self._inode = inode_of(path)
         self.clients: dict[int, _Client] = {}

@@ -24,7 +24,6 @@ import stat
 import threading
 import time
 from collections import deque
-from typing import Optional
 
 from ..aio.base import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
 from ..device import VirtioDevice
@@ -230,7 +229,7 @@ class BlkDevice(VirtioDevice):
             io.submit()
         return index in self.host_ready(mem, index, [])
 
-    def _publish(self, mem: Optional[GuestMemory], index: int, done: list[tuple[int, int]]) -> set[int]:
+    def _publish(self, mem: GuestMemory | None, index: int, done: list[tuple[int, int]]) -> set[int]:
         queue = self.queues[index]
         if self.holding.late and done:  # a fault rule's latency: not before its time
             done = self.holding.divert(index, done)
@@ -246,7 +245,7 @@ class BlkDevice(VirtioDevice):
         queue.add_used_batch(mem, done)
         return {index} if queue.needs_notification(mem) else set()
 
-    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+    def quiesce(self, mem: GuestMemory | None, index: int | None = None,
                 timeout: float = 30.0) -> bool:
         ok = True
         for i in ([index] if index is not None else sorted(set(self._io) | set(self.holding.queues))):
@@ -326,7 +325,7 @@ class BlkDevice(VirtioDevice):
             return Request(chain, FLUSH, [], 0, 0)
         return None
 
-    def _finish(self, req: Request, error: Optional[OSError], queue_index: int = -1) -> tuple[int, int]:
+    def _finish(self, req: Request, error: OSError | None, queue_index: int = -1) -> tuple[int, int]:
         """A request the kernel finished (on queue ``queue_index``): its status byte and
         (head, bytes written)."""
         chain = req.chain

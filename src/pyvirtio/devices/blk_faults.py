@@ -19,7 +19,7 @@ from __future__ import annotations
 import mmap
 import os
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ..faults import BLK_KINDS
 from ..spec import blk as spec
@@ -36,7 +36,7 @@ _OPS = {int(_T.IN): "read", int(_T.OUT): "write", int(_T.FLUSH): "flush", int(_T
         int(_T.DISCARD): "discard", int(_T.WRITE_ZEROES): "write-zeroes"}
 
 
-def describe_request(rtype: int, sector: int, chain: DescriptorChain) -> tuple[str, Optional[tuple[int, int]]]:
+def describe_request(rtype: int, sector: int, chain: DescriptorChain) -> tuple[str, tuple[int, int] | None]:
     """The operation's name (``ops=``) and the sectors it covers (first, count) or None."""
     op = _OPS.get(rtype, "other")
     if rtype == _T.IN:
@@ -67,7 +67,7 @@ class Holding:
             due = self.queues[index] = DueQueue()
         due.push(deadline, (head, written))
 
-    def divert(self, index: int, done: list[tuple[int, int]], now: Optional[float] = None) -> list[tuple[int, int]]:
+    def divert(self, index: int, done: list[tuple[int, int]], now: float | None = None) -> list[tuple[int, int]]:
         """Of finished requests, those to publish now; the ones whose delay has not passed are held."""
         now = time.monotonic() if now is None else now
         out = []

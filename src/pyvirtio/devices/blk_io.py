@@ -23,7 +23,7 @@ import errno
 import logging
 import mmap
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 from ..aio import AioEngine, open_aio
 from ..virtq import DescriptorChain
@@ -110,8 +110,8 @@ class QueueIO:
             self._prepared = 0
             self.engine.submit()
 
-    def reap(self, finish: Callable[[Request, Optional[OSError]], None],
-             completions: Optional[list[tuple[int, int]]] = None) -> int:
+    def reap(self, finish: Callable[[Request, OSError | None], None],
+             completions: list[tuple[int, int]] | None = None) -> int:
         """Handle every completion waiting (or ``completions``); returns how many requests ended."""
         ended = 0
         for token, result in (self.engine.reap() if completions is None else completions):
@@ -155,7 +155,7 @@ class QueueIO:
             return exc
         return None
 
-    def wait_all(self, finish: Callable[[Request, Optional[OSError]], None], timeout: float) -> bool:
+    def wait_all(self, finish: Callable[[Request, OSError | None], None], timeout: float) -> bool:
         """Block until nothing is in flight (``finish`` called for each); False on timeout."""
         import time
         self.submit()

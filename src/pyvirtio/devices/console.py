@@ -30,7 +30,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from select import POLLIN, POLLOUT
-from typing import Callable, Generic, Iterable, Optional, TypeVar, cast
+from typing import Callable, Generic, Iterable, TypeVar, cast
 
 from ..device import VirtioDevice
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, UsageError
@@ -65,7 +65,7 @@ class DevicePort:
 
     id: int
     endpoint: HostEndpoint
-    name: Optional[str] = None
+    name: str | None = None
     console: bool = False
     size: tuple[int, int] = (0, 0)  # (cols, rows) for RESIZE messages (ports >= 1)
     announced: bool = False  # DEVICE_ADD sent
@@ -82,8 +82,8 @@ class PortSpec:
     """A port to create with the device (see :meth:`ConsoleDevice.add_port`)."""
 
     endpoint: HostEndpoint
-    name: Optional[str] = None
-    port_id: Optional[int] = None
+    name: str | None = None
+    port_id: int | None = None
     console: bool = False
 
 
@@ -103,8 +103,8 @@ class _HostCall(Generic[T]):
         self.caller = threading.get_ident()
         self.ran = threading.Event()
         self.done = threading.Event()
-        self.result: Optional[T] = None
-        self.error: Optional[Exception] = None
+        self.result: T | None = None
+        self.error: Exception | None = None
 
     def run(self) -> bool:
         """Run ``fn`` (never raises: a worker must go on); True if it is done with that."""
@@ -133,9 +133,9 @@ class ConsoleDevice(VirtioDevice):
     device_type = DeviceType.CONSOLE
     #: No periodic look: what to watch is derived from the state on every turn, and fd-less
     #: endpoints wake the worker through their waker.
-    idle_interval: Optional[float] = None
+    idle_interval: float | None = None
 
-    def __init__(self, console: Optional[HostEndpoint] = None, ports: Iterable[PortSpec] = (), *,
+    def __init__(self, console: HostEndpoint | None = None, ports: Iterable[PortSpec] = (), *,
                  max_nr_ports: int = 31, multiport: bool = True, size: tuple[int, int] = (80, 25),
                  emerg_write: bool = True, queue_max_size: int = 256):
         if not 1 <= max_nr_ports <= MAX_PORTS_LIMIT:
@@ -157,7 +157,7 @@ class ConsoleDevice(VirtioDevice):
         self._irq: set[int] = set()  # queues to notify at the end of the turn
         self._look_all = False  # the next host turn serves every port
         self._waiting: list[_HostCall] = []  # host calls waiting for the turn after them
-        self._worker: Optional[threading.Thread] = None  # the thread of the last host turn
+        self._worker: threading.Thread | None = None  # the thread of the last host turn
         #: The transport may veto touching a queue it has stopped (vhost-user ring enable).
         self.queue_gate: Callable[[int], bool] = lambda index: True
         #: vhost-user keeps the status apart (no DRIVER_OK here): its glue clears this flag and
@@ -218,8 +218,8 @@ class ConsoleDevice(VirtioDevice):
 
     # --- host API: any thread; each call runs in the device's worker ----------------------------
 
-    def add_port(self, endpoint: HostEndpoint, name: Optional[str] = None, *,
-                 port_id: Optional[int] = None, console: bool = False) -> int:
+    def add_port(self, endpoint: HostEndpoint, name: str | None = None, *,
+                 port_id: int | None = None, console: bool = False) -> int:
         """Add a port (at start or while the driver runs); returns its id once a running
         driver has been sent the DEVICE_ADD."""
         _check_name(name)
@@ -273,7 +273,7 @@ class ConsoleDevice(VirtioDevice):
     def _want_look(self) -> None:
         self._look_all = True
 
-    def _add_port(self, endpoint: HostEndpoint, name: Optional[str], port_id: Optional[int],
+    def _add_port(self, endpoint: HostEndpoint, name: str | None, port_id: int | None,
                   console: bool) -> int:
         pid = self._free_id() if port_id is None else port_id
         if not 0 <= pid < self.max_nr_ports or pid in self.ports:
@@ -375,7 +375,7 @@ class ConsoleDevice(VirtioDevice):
             return self.driver_ok
         return not self.status & DeviceStatus.DEVICE_NEEDS_RESET
 
-    def _run(self, mem: GuestMemory, step: Callable[[], None], own: Optional[int] = None) -> None:
+    def _run(self, mem: GuestMemory, step: Callable[[], None], own: int | None = None) -> None:
         """One turn's work, then the driver is told what changed (PORT_OPEN, control messages).
 
         A fault ends the turn and goes to the engine, which marks the device (needs reset) or,
@@ -414,14 +414,14 @@ class ConsoleDevice(VirtioDevice):
         self._pump_tx(mem, pid)
         self._pump_rx(mem, pid)
 
-    def usable(self, index: int) -> Optional[DeviceQueue]:
+    def usable(self, index: int) -> DeviceQueue | None:
         """Queue ``index`` if the device may touch it now."""
         queue = self.queues[index] if index < len(self.queues) else None
         if queue is None or not queue.ready or queue.broken or not self.queue_gate(index):
             return None
         return queue
 
-    def pop(self, mem: GuestMemory, queue: DeviceQueue) -> Optional[DescriptorChain]:
+    def pop(self, mem: GuestMemory, queue: DeviceQueue) -> DescriptorChain | None:
         """Next chain; when the ring is empty, re-enable kicks and look once more (2.7.10)."""
         chain = queue.pop_descriptor_chain(mem)
         if chain is None and queue.enable_notification(mem):
@@ -505,7 +505,7 @@ class ConsoleDevice(VirtioDevice):
         if done:
             self.signal(mem, queue)
 
-    def _write_held(self, port: Optional[DevicePort], held: list) -> bool:
+    def _write_held(self, port: DevicePort | None, held: list) -> bool:
         """Give the endpoint what it takes of a held chain; True when the chain is all gone."""
         chain, offset = held
         if port is not None and port.endpoint.connected:
@@ -553,7 +553,7 @@ def _nothing() -> None:
     pass
 
 
-def _check_name(name: Optional[str]) -> None:
+def _check_name(name: str | None) -> None:
     if name is None:
         return
     raw = name.encode()

@@ -24,7 +24,7 @@ import socket
 import sys
 import threading
 import tty
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from ..errors import UsageError
 
@@ -61,7 +61,7 @@ class HostEndpoint:
     def accept(self) -> bool:
         return self.connected
 
-    def read_into(self, views: Views) -> Optional[int]:
+    def read_into(self, views: Views) -> int | None:
         raise NotImplementedError
 
     def write_from(self, views: Views) -> int:
@@ -77,7 +77,7 @@ class HostEndpoint:
 class NullEndpoint(HostEndpoint):
     """Swallows output, never has input (a console nobody listens to)."""
 
-    def read_into(self, views: Views) -> Optional[int]:
+    def read_into(self, views: Views) -> int | None:
         return None
 
     def write_from(self, views: Views) -> int:
@@ -102,7 +102,7 @@ class FdEndpoint(HostEndpoint):
     def write_fd(self) -> int:
         return self._wfd if self.connected else -1
 
-    def read_into(self, views: Views) -> Optional[int]:
+    def read_into(self, views: Views) -> int | None:
         if self._rfd < 0 or not self.connected:
             return 0
         if self.input_done:
@@ -183,7 +183,7 @@ class PtyEndpoint(FdEndpoint):
 class SocketEndpoint(HostEndpoint):
     """A connected stream socket (a ``socketpair`` end, an accepted or connected UNIX socket)."""
 
-    def __init__(self, sock: Optional[socket.socket], name: str = "socket"):
+    def __init__(self, sock: socket.socket | None, name: str = "socket"):
         self.sock = sock
         self.name = name
         self.connected = sock is not None
@@ -196,7 +196,7 @@ class SocketEndpoint(HostEndpoint):
 
     write_fd = read_fd
 
-    def read_into(self, views: Views) -> Optional[int]:
+    def read_into(self, views: Views) -> int | None:
         if self.sock is None:
             return 0
         try:
@@ -264,7 +264,7 @@ class UnixListenEndpoint(SocketEndpoint):
             listener.close()
             raise
         listener.setblocking(False)
-        self.listener: Optional[socket.socket] = listener  # None once closed
+        self.listener: socket.socket | None = listener  # None once closed
         super().__init__(None, name=f"unix-listen:{path}")
 
     @property
@@ -359,7 +359,7 @@ class MemoryEndpoint(HostEndpoint):
 
     # --- device side ----------------------------------------------------------------------------
 
-    def read_into(self, views: Views) -> Optional[int]:
+    def read_into(self, views: Views) -> int | None:
         with self._lock:
             if not self._to_guest:
                 if self._eof:
@@ -397,7 +397,7 @@ def _copy_out(src: bytearray, views: Views) -> int:
     return pos
 
 
-def open_endpoint(kind: str, path: Optional[str], what: str) -> HostEndpoint:
+def open_endpoint(kind: str, path: str | None, what: str) -> HostEndpoint:
     """The host side of a port; a pty's path is announced on stderr."""
     try:
         if kind in ("listen", "connect"):

@@ -37,7 +37,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, Sequence
 
 from ..device import VirtioDevice
 from ..errors import DriverFault, Scope, UsageError
@@ -119,9 +119,9 @@ class InputDevice(VirtioDevice):
     device_type = DeviceType.INPUT
     num_queues = 2
     completes_in_order = True  # both queues return buffers in the order they were made available
-    idle_interval: Optional[float] = None
+    idle_interval: float | None = None
 
-    def __init__(self, input_profile: Optional[InputProfile] = None, *,
+    def __init__(self, input_profile: InputProfile | None = None, *,
                  max_pending: int = MAX_PENDING_EVENTS):
         if max_pending < MAX_REPORT_EVENTS:
             raise UsageError(f"max_pending {max_pending}: at least {MAX_REPORT_EVENTS} (one whole report)")
@@ -241,7 +241,7 @@ class InputDevice(VirtioDevice):
             self.guest_log.warning("input: status buffer dropped: %s", exc)
         return 0
 
-    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+    def quiesce(self, mem: GuestMemory | None, index: int | None = None,
                 timeout: float = 30.0) -> bool:
         """The eventq stops (vhost-user GET_VRING_BASE) or its memory goes: held buffers go
         back now, each with an empty report (a lone SYN_REPORT, which the guest's input core
@@ -267,7 +267,7 @@ class InputDevice(VirtioDevice):
 
     # --- eventq ---------------------------------------------------------------------------------
 
-    def _usable(self, index: int) -> Optional[DeviceQueue]:
+    def _usable(self, index: int) -> DeviceQueue | None:
         queue = self.queues[index]
         if not queue.ready or queue.broken or not (self.driver_ok or index in self._live):
             return None

@@ -12,7 +12,7 @@ zero if it doesn't support a given select and subsel combination").  Sans-I/O, n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping
 
 from ..errors import UsageError
 from ..spec import evdev
@@ -131,8 +131,8 @@ _MOUSE_BUTTONS = frozenset(evdev.BUTTONS[n] for n in ("BTN_LEFT", "BTN_RIGHT", "
                                                        "BTN_SIDE", "BTN_EXTRA"))
 
 
-def profile(kind: str, *, name: Optional[str] = None, serial: str = "",
-            devids: Optional[tuple[int, int, int, int]] = None, width: int = ABS_RANGE,
+def profile(kind: str, *, name: str | None = None, serial: str = "",
+            devids: tuple[int, int, int, int] | None = None, width: int = ABS_RANGE,
             height: int = ABS_RANGE) -> InputProfile:
     """A stock device: ``keyboard`` (every KEY_* code below 256, the keyboard LEDs, autorepeat),
     ``mouse`` (five buttons, REL_X/Y, wheels), ``tablet`` (absolute ABS_X/Y over 0..width/height,

@@ -26,7 +26,7 @@ A script has one command a line (``#`` starts a comment)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator
 
 from ..errors import UsageError
 from ..spec import evdev
@@ -159,7 +159,7 @@ class Script:
 
     pending: list[Event] = field(default_factory=list)
 
-    def parse_line(self, line: str, lineno: int = 0) -> Optional[Step]:
+    def parse_line(self, line: str, lineno: int = 0) -> Step | None:
         """The step for one line (None for a blank or comment line); ScriptError names it."""
         words = line.split("#", 1)[0].split() if not line.lstrip().startswith("text ") else line.split()
         if not words:

@@ -32,7 +32,7 @@ import logging
 import threading
 from collections import deque
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from ..device import VirtioDevice
 from ..errors import DriverFault, GuestMemoryError, QueueBroken, Scope, UsageError
@@ -85,7 +85,7 @@ class NetDevice(VirtioDevice):
     #: buffers; a bad one goes back behind them) and control commands all complete in ring order.
     completes_in_order = True
 
-    def __init__(self, backend: Optional[NetBackend] = None, *, mac=None, mtu: Optional[int] = None,
+    def __init__(self, backend: NetBackend | None = None, *, mac=None, mtu: int | None = None,
                  queue_pairs: int = 1, queue_size: int = 256, link_up: bool = True,
                  offloads: bool = True, backlog_frames: int = 256, backlog_bytes: int = 4 << 20):
         if not 1 <= queue_pairs <= 64:
@@ -113,12 +113,12 @@ class NetDevice(VirtioDevice):
         #: Per pair, popped transmit chains the back-end refused (sent first when it has room).
         self.tx_held: list[deque[DescriptorChain]] = [deque() for _ in range(queue_pairs)]
         #: The guest memory the worker handed in last (host API calls place frames into it).
-        self.mem: Optional[GuestMemory] = None
-        self.last_error: Optional[Exception] = None
+        self.mem: GuestMemory | None = None
+        self.last_error: Exception | None = None
         #: Called with the new state whenever the link the driver sees goes up or down.
         self.link_listeners: list[Callable[[bool], None]] = []
         self._notify_later: set[int] = set()  # queues the next host_ready returns
-        self._serving: Optional[int] = None  # the thread running the device's code now
+        self._serving: int | None = None  # the thread running the device's code now
         self._backend_link = self.backend.link_up
         self._init_state()
 
@@ -524,7 +524,7 @@ class NetDevice(VirtioDevice):
         self._notify_later = set()
         return notify
 
-    def _serve_host(self, mem: Optional[GuestMemory]) -> set[int]:
+    def _serve_host(self, mem: GuestMemory | None) -> set[int]:
         self.backend.service()
         if self._sync_backend_link():  # a peer accepted just now: up before its frames are read
             self._link_changed()
@@ -547,7 +547,7 @@ class NetDevice(VirtioDevice):
         self._backend_link = up
         return before != self.link_up
 
-    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+    def quiesce(self, mem: GuestMemory | None, index: int | None = None,
                 timeout: float = 30.0) -> bool:
         """Nothing of the device's is in flight on the host; before the memory changes (all
         queues) forget the memory the host API would place frames into."""

@@ -15,7 +15,7 @@ Owned by the device's one worker, like the rest of the device: no lock.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Union
 
 from ..faults import NET_FRAME_KINDS, FaultRule
 from ..memory import GuestMemory
@@ -37,7 +37,7 @@ class NetFaults:
         self.due: DueQueue[Union[Held, FaultRule]] = DueQueue()
         self.link_down = False  # a flap rule has the link down now
         self._flapping: set[int] = set()  # ids of the flap rules scheduled
-        self._reordered: dict[str, Optional[Held]] = {"tx": None, "rx": None}
+        self._reordered: dict[str, Held | None] = {"tx": None, "rx": None}
 
     # --- transmit -------------------------------------------------------------------------------
 
@@ -76,7 +76,7 @@ class NetFaults:
 
     # --- receive --------------------------------------------------------------------------------
 
-    def rx(self, mem: Optional[GuestMemory], rx: "ReceivePath", header: bytes, frame: bytes) -> bool:
+    def rx(self, mem: GuestMemory | None, rx: "ReceivePath", header: bytes, frame: bytes) -> bool:
         """One received frame on its way to the guest; False once there are no buffers left."""
         pair = rx._steer(frame)
         fired = self.dev.faults.firing(NET_FRAME_KINDS, pair, dir="rx")
@@ -102,7 +102,7 @@ class NetFaults:
 
     # --- timers: delayed frames, link flaps -----------------------------------------------------
 
-    def service(self, mem: Optional[GuestMemory]) -> None:
+    def service(self, mem: GuestMemory | None) -> None:
         """From the worker's ``host_ready``: start or stop flapping as the rules say, deliver
         the frames now due, flip the link if a flap is due."""
         now = time.monotonic()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Optional
 
 from ..memory import GuestMemory
 from ..spec.net import NET_HDR_SIZE
@@ -45,7 +44,7 @@ class RxPlacer:
 
     # --- gathering buffers ---------------------------------------------------------------------
 
-    def _next(self, mem: GuestMemory, index: int) -> Optional[DescriptorChain]:
+    def _next(self, mem: GuestMemory, index: int) -> DescriptorChain | None:
         """The ``index``-th spare chain, popping more from the ring as needed."""
         while len(self.spare) <= index:
             chain = self.queue.pop_descriptor_chain(mem)
@@ -126,7 +125,7 @@ class RxPlacer:
         first.write(header10 + _NUM_BUFFERS.pack(used), offset=NUM_BUFFERS_OFFSET - len(header10))
         return used
 
-    def place(self, mem: GuestMemory, header: bytes, frame, mrg: bool) -> Optional[bool]:
+    def place(self, mem: GuestMemory, header: bytes, frame, mrg: bool) -> bool | None:
         """Copy ``header`` (12 bytes) and ``frame`` into buffers.  True: placed; False: dropped
         (it can never fit a buffer: no MRG and the buffer is too small); None: not enough
         buffers now (try again once the driver posts more)."""

@@ -22,7 +22,7 @@ worker (``pyvirtio.engine``) and takes no lock.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ..memory import GuestMemory
 from ..spec import net as spec
@@ -73,18 +73,18 @@ class ReceivePath:
         dev = self.dev
         self.placers = [RxPlacer(dev.queues[2 * i]) for i in range(dev.max_pairs)]
 
-    def ready(self, mem: Optional[GuestMemory]) -> bool:
+    def ready(self, mem: GuestMemory | None) -> bool:
         """Whether host-side events may use the queues: the driver is running (DRIVER_OK, or a
         transport without a status field has started serving queues), and the memory is live."""
         dev = self.dev
         return (mem is not None and (dev.driver_ok or dev.live) and bool(mem.regions)
                 and dev.queues[0].ready and not dev.queues[0].broken)
 
-    def wants_frames(self, mem: Optional[GuestMemory]) -> bool:
+    def wants_frames(self, mem: GuestMemory | None) -> bool:
         """Whether the back-end should be watched for frames now."""
         return self.ready(mem) and not self.starved and not self.backlog
 
-    def pump(self, mem: Optional[GuestMemory], budget: int = RX_BUDGET) -> set[int]:
+    def pump(self, mem: GuestMemory | None, budget: int = RX_BUDGET) -> set[int]:
         """Fill receive buffers: first the backlog, then frames read from the back-end.
         Returns the receive queues whose driver wants a notification."""
         if mem is None or not self.ready(mem):
@@ -142,7 +142,7 @@ class ReceivePath:
         self.stats["rx_packets"] += packets
         self.stats["rx_bytes"] += nbytes
 
-    def _zero_copy_header(self, first: DescriptorChain, views, skip: int, n: int) -> Optional[bytes]:
+    def _zero_copy_header(self, first: DescriptorChain, views, skip: int, n: int) -> bytes | None:
         """The 10 header bytes for a frame the back-end read into the buffers, or None to drop
         it (a runt, a header the driver cannot take, or filtered out)."""
         if n + skip < HDR + ETH_HLEN:
@@ -202,7 +202,7 @@ class ReceivePath:
             self.stats["rx_dropped"] += 1
         return budget
 
-    def _scratch_header(self, skip: int) -> Optional[bytes]:
+    def _scratch_header(self, skip: int) -> bytes | None:
         if skip:
             return ZERO_HDR
         header = _fix_header(bytes(self._scratch[:10]), self.dev.guest_offloads)
@@ -221,7 +221,7 @@ class ReceivePath:
         pairs = self.dev.active_pairs
         return 0 if pairs == 1 else self.dev.flows.lookup(frame, pairs)
 
-    def _place(self, mem: GuestMemory, header: bytes, frame) -> Optional[bool]:
+    def _place(self, mem: GuestMemory, header: bytes, frame) -> bool | None:
         placer = self.placers[self._steer(frame)]
         placed = placer.place(mem, header, frame, self.dev.mrg)
         if placed:
@@ -254,7 +254,7 @@ class ReceivePath:
             self.backlog_bytes -= len(frame)
         return True
 
-    def deliver(self, mem: Optional[GuestMemory], header: bytes, frame: bytes) -> bool:
+    def deliver(self, mem: GuestMemory | None, header: bytes, frame: bytes) -> bool:
         """Place a frame now, or backlog it behind the others (dropped and counted when the
         backlog is full); False when it had to wait (stop reading)."""
         if not self.backlog and mem is not None and self.ready(mem):
@@ -271,7 +271,7 @@ class ReceivePath:
         self.backlog.clear()
         self.backlog_bytes = 0
 
-    def host_frame(self, mem: Optional[GuestMemory], raw: bytes, with_header: bool, can_wait: bool) -> bool:
+    def host_frame(self, mem: GuestMemory | None, raw: bytes, with_header: bool, can_wait: bool) -> bool:
         """One frame pushed by the host (plain Ethernet, or behind a 12-byte header if
         ``with_header``): placed or backlogged; False when it was refused (the backlog is full
         and the source can wait) — dropped and counted if it cannot."""
@@ -309,7 +309,7 @@ def _peek(chain: DescriptorChain, offset: int, length: int) -> bytes:
     return b"".join(chain.writable_views(offset, length))
 
 
-def _fix_header(raw10: bytes, offloads: int) -> Optional[bytes]:
+def _fix_header(raw10: bytes, offloads: int) -> bytes | None:
     """A back-end's header made legal for the driver's offloads (5.1.6.4.2), or None if the
     frame needs an offload the driver does not take (drop it)."""
     flags, gso, hdr_len, gso_size, csum_start, csum_offset = _HDR10.unpack(raw10)

@@ -16,7 +16,7 @@ its frame is dropped.  Flag bits the device does not know are ignored (5.1.6.2.2
 from __future__ import annotations
 
 from operator import itemgetter
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..spec import net as spec
 
@@ -37,7 +37,7 @@ def all_plain(views: Sequence[memoryview]) -> bool:
     return not any(map(_FLAGS, views)) and not any(map(_GSO_TYPE, views))
 
 
-def header_error(header: Buffer, frame_len: int, features: int) -> Optional[str]:
+def header_error(header: Buffer, frame_len: int, features: int) -> str | None:
     """Why the header of a ``frame_len``-byte frame (header not counted) asks for what the
     ``features`` the driver negotiated do not allow; None when it is fine."""
     flags, gso_type, _hdr_len, _gso_size, csum_start, csum_offset, _ = spec.NET_HDR.unpack_from(header)

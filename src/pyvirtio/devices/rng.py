@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import select
 import time
-from typing import Optional
 
 from ..device import VirtioDevice
 from ..faults import RNG_KINDS
@@ -35,7 +34,7 @@ class RngDevice(VirtioDevice):
     def __init__(self, source=os.getrandom):
         super().__init__()
         self._source = source
-        self._stall: Optional[TimerFd] = None  # armed while a ``stall`` rule holds the queue
+        self._stall: TimerFd | None = None  # armed while a ``stall`` rule holds the queue
 
     def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int:
         want = min(chain.writable_len, MAX_REQUEST)  # 5.4.6: the device MUST NOT write more than

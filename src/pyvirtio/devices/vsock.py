@@ -36,7 +36,7 @@ import logging
 import select
 import socket
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 from ..device import VirtioDevice
 from ..errors import UsageError
@@ -75,9 +75,9 @@ class VsockDevice(VirtioDevice):
     #: No periodic look: the device never starts a close of its own (it passes the host's end of
     #: file on as SHUTDOWN SEND), so it has no close deadline to keep; closes the guest started
     #: end with the RST the device sends.
-    idle_interval: Optional[float] = None
+    idle_interval: float | None = None
 
-    def __init__(self, guest_cid: int, host: Optional[HybridHost] = None, *, queue_max_size: int = 256,
+    def __init__(self, guest_cid: int, host: HybridHost | None = None, *, queue_max_size: int = 256,
                  seqpacket: bool = True, clock: Callable[[], float] = time.monotonic):
         self.queue_max_size = queue_max_size
         if seqpacket:
@@ -88,7 +88,7 @@ class VsockDevice(VirtioDevice):
         self.clock = clock
         self.core = VsockCore(VSOCK_CID_HOST, guest_cid, first_port=FIRST_HOST_PORT)
         self.core.listen_any = host is not None
-        self._rx_held: Optional[DescriptorChain] = None
+        self._rx_held: DescriptorChain | None = None
         self._rx_starved = False  # the rx ring was empty: wait for a kick before reading hosts
         self._reset_event = False  # TRANSPORT_RESET owed on the event queue
         self._resume_checked = True  # vhost-user: whether the rings resumed mid-stream, looked at
@@ -146,7 +146,7 @@ class VsockDevice(VirtioDevice):
         if getattr(rx, "next_avail", 0) or getattr(tx, "next_avail", 0):
             self._reset_event = True
 
-    def quiesce(self, mem: Optional[GuestMemory], index: Optional[int] = None,
+    def quiesce(self, mem: GuestMemory | None, index: int | None = None,
                 timeout: float = 30.0) -> bool:
         """A ring stops (vhost-user GET_VRING_BASE: the guest resets the device): the guest's
         connections are gone with it, and a held receive buffer goes back unused."""
@@ -233,7 +233,7 @@ class VsockDevice(VirtioDevice):
             return self.driver_ok
         return not self.status & DeviceStatus.DEVICE_NEEDS_RESET
 
-    def _usable(self, index: int) -> Optional[DeviceQueue]:
+    def _usable(self, index: int) -> DeviceQueue | None:
         queue = self.queues[index] if index < len(self.queues) else None
         if queue is None or not queue.ready or queue.broken or not self.queue_gate(index):
             return None
@@ -550,7 +550,7 @@ class VsockDevice(VirtioDevice):
 
     # --- rings ------------------------------------------------------------------------------------
 
-    def _pop(self, mem: GuestMemory, queue: DeviceQueue) -> Optional[DescriptorChain]:
+    def _pop(self, mem: GuestMemory, queue: DeviceQueue) -> DescriptorChain | None:
         """Next chain; when the ring is empty, re-enable kicks and look once more (2.7.10)."""
         chain = queue.pop_descriptor_chain(mem)
         if chain is None and queue.enable_notification(mem):

@@ -3,7 +3,7 @@ transport, with many requests in flight across one or more queues."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..driver import DriverQueue, Pending, VirtioDriver
 from ..errors import RequestError, UsageError
@@ -33,7 +33,7 @@ class BlkDriver(VirtioDriver):
                                     _F.CONFIG_WCE, _F.MQ, _F.DISCARD, _F.WRITE_ZEROES, _F.RO))
     queue_size = 128
 
-    def __init__(self, transport, max_queues: Optional[int] = None):
+    def __init__(self, transport, max_queues: int | None = None):
         super().__init__(transport)
         self.max_queues = max_queues
         self._rr = 0
@@ -82,14 +82,14 @@ class BlkDriver(VirtioDriver):
 
     # --- submitting (many in flight) ------------------------------------------------------------
 
-    def _queue(self, queue: Optional[int]) -> DriverQueue:
+    def _queue(self, queue: int | None) -> DriverQueue:
         if queue is None:
             self._rr = (self._rr + 1) % len(self.queues)
             return self.queues[self._rr]
         return self.queues[queue]
 
     def _submit(self, rtype: int, sector: int, payload: Sequence[bytes], data_in: int,
-                queue: Optional[int], kick: bool) -> BlkRequest:
+                queue: int | None, kick: bool) -> BlkRequest:
         q = self._queue(queue)
         header = _HDR.pack(rtype, 0, sector)
         in_sizes = [data_in, 1] if data_in else [1]
@@ -111,7 +111,7 @@ class BlkDriver(VirtioDriver):
         if length <= 0 or length % SECTOR:
             raise UsageError(f"I/O length {length} is not a positive multiple of {SECTOR}")
 
-    def wait(self, request: BlkRequest, timeout: Optional[float] = 30.0) -> bytes:
+    def wait(self, request: BlkRequest, timeout: float | None = 30.0) -> bytes:
         """Wait for a request; return the data read (IN, GET_ID) or b"".  Raises RequestError
         with the device's status for IOERR / UNSUPP."""
         q, pending = request.queue, request.pending

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterable, Optional, TypeVar
+from typing import Callable, Iterable, TypeVar
 
 from ..driver import DriverQueue, VirtioDriver
 from ..errors import DeviceFault, Scope, UsageError
@@ -55,7 +55,7 @@ class ConsoleDriver(VirtioDriver):
     features = (1 << _F.SIZE) | (1 << _F.MULTIPORT) | (1 << _F.EMERG_WRITE)
     queue_size = 64
 
-    def __init__(self, transport, *, rx_buffers: Optional[int] = None, rx_buf_size: int = 4096,
+    def __init__(self, transport, *, rx_buffers: int | None = None, rx_buf_size: int = 4096,
                  tx_chunk: int = 4096, max_ports: int = 64, control_buffers: int = 16,
                  listeners: Iterable[Callable[[PortEvent], None]] = ()):
         super().__init__(transport)
@@ -139,7 +139,7 @@ class ConsoleDriver(VirtioDriver):
 
     # --- interrupts: only wake the waiters ------------------------------------------------------
 
-    def on_queue_interrupt(self, index: Optional[int]) -> None:
+    def on_queue_interrupt(self, index: int | None) -> None:
         self._poke()
 
     def on_config_change(self) -> None:
@@ -172,13 +172,13 @@ class ConsoleDriver(VirtioDriver):
         with self._lock:
             return [p for _, p in sorted(self.ports.items())]
 
-    def wait_for_port(self, name: Optional[str] = None, *, port_id: Optional[int] = None,
-                      timeout: Optional[float] = 5.0) -> PortState:
+    def wait_for_port(self, name: str | None = None, *, port_id: int | None = None,
+                      timeout: float | None = 5.0) -> PortState:
         """Wait until a port with this name (or id) is added and named."""
         return self._until(lambda: self._find(name, port_id), timeout)
 
-    def open_port(self, name: Optional[str] = None, *, port_id: Optional[int] = None,
-                  timeout: Optional[float] = 5.0) -> "ConsolePort":
+    def open_port(self, name: str | None = None, *, port_id: int | None = None,
+                  timeout: float | None = 5.0) -> "ConsolePort":
         """Open a (non-console) port by name or id, waiting up to ``timeout`` for it to appear;
         sends PORT_OPEN 1.  One opener at a time (Linux: EMFILE)."""
         return self._until(lambda: self._open(self._find(name, port_id)), timeout)
@@ -192,7 +192,7 @@ class ConsoleDriver(VirtioDriver):
         return self._until(attempt, 5.0)
 
     @property
-    def console_size(self) -> Optional[tuple[int, int]]:
+    def console_size(self) -> tuple[int, int] | None:
         """(cols, rows) of port 0 from the config space (SIZE) or the last RESIZE message."""
         self.poll_events()
         port = self.ports.get(0)
@@ -211,7 +211,7 @@ class ConsoleDriver(VirtioDriver):
 
     # --- waiting --------------------------------------------------------------------------------
 
-    def _until(self, attempt: Callable[[], Optional[T]], timeout: Optional[float]) -> T:
+    def _until(self, attempt: Callable[[], T | None], timeout: float | None) -> T:
         """Service the queues and try ``attempt`` (under the lock) until it returns non-None."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -406,7 +406,7 @@ class ConsoleDriver(VirtioDriver):
 
     # --- ports (lock held) ----------------------------------------------------------------------
 
-    def _find(self, name: Optional[str], port_id: Optional[int]) -> Optional[PortState]:
+    def _find(self, name: str | None, port_id: int | None) -> PortState | None:
         if (name is None) == (port_id is None):
             raise UsageError("give a port name or a port id")
         for port in self.ports.values():
@@ -414,7 +414,7 @@ class ConsoleDriver(VirtioDriver):
                 return port
         return None
 
-    def _open(self, port: Optional[PortState]) -> Optional["ConsolePort"]:
+    def _open(self, port: PortState | None) -> "ConsolePort" | None:
         if port is None:
             return None
         if port.console:

@@ -7,7 +7,7 @@ slice that times out has moved no bytes, so retrying it is safe.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: console_port imports this module when asked for .aio()
     from .console import ConsoleDriver, ConsolePort
@@ -23,8 +23,8 @@ class AsyncConsolePort:
         self.slice_time = slice_time
 
     @classmethod
-    async def open(cls, driver: ConsoleDriver, name: Optional[str] = None, *,
-                   port_id: Optional[int] = None, timeout: Optional[float] = 5.0) -> "AsyncConsolePort":
+    async def open(cls, driver: ConsoleDriver, name: str | None = None, *,
+                   port_id: int | None = None, timeout: float | None = 5.0) -> "AsyncConsolePort":
         port = await asyncio.to_thread(driver.open_port, name, port_id=port_id, timeout=timeout)
         return cls(port)
 

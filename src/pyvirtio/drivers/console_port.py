@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Scope, VirtioError
 from ..spec import console as spec
@@ -33,7 +33,7 @@ class PortEvent:
 
     kind: str
     port_id: int
-    name: Optional[str] = None
+    name: str | None = None
     value: Any = None
 
 
@@ -42,14 +42,14 @@ class PortState:
     """The driver's view of one port."""
 
     id: int
-    name: Optional[str] = None
+    name: str | None = None
     console: bool = False
     host_connected: bool = False
     guest_open: bool = False
     removed: bool = False
-    size: Optional[tuple[int, int]] = None
+    size: tuple[int, int] | None = None
     inbox: deque = field(default_factory=deque)  # [Pending, bytes consumed] of used rx buffers
-    handle: Optional["ConsolePort"] = None
+    handle: "ConsolePort" | None = None
 
 
 class ConsolePort:
@@ -73,28 +73,28 @@ class ConsolePort:
             raise PortClosed(f"port {self.id} is closed")
         return self.state
 
-    def read(self, n: int = 65536, timeout: Optional[float] = None) -> bytes:
+    def read(self, n: int = 65536, timeout: float | None = None) -> bytes:
         """At least one byte (at most ``n``), waiting for it; b"" when the host side is closed
         or the port was unplugged and nothing is left.  TimeoutError after ``timeout``."""
         st = self._check()
         drv = self._driver
         return drv._until(lambda: drv._take(st, n) if drv._readable(st) else None, timeout)
 
-    def wait_connected(self, timeout: Optional[float] = None) -> None:
+    def wait_connected(self, timeout: float | None = None) -> None:
         """Wait until a host program is attached to the port (PORT_OPEN 1 from the device)."""
         st = self._check()
         self._driver._until(lambda: True if st.host_connected or st.removed else None, timeout)
         if st.removed:
             raise PortClosed(f"port {st.id} was unplugged")
 
-    def read_nowait(self, n: int = 65536) -> Optional[bytes]:
+    def read_nowait(self, n: int = 65536) -> bytes | None:
         """What is there now (up to ``n``); None if nothing yet, b"" at end of stream."""
         try:
             return self.read(n, timeout=0)
         except TimeoutError:
             return None
 
-    def read_exactly(self, n: int, timeout: Optional[float] = None) -> bytes:
+    def read_exactly(self, n: int, timeout: float | None = None) -> bytes:
         out = bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(out) < n:
@@ -105,7 +105,7 @@ class ConsolePort:
             out += chunk
         return bytes(out)
 
-    def write_some(self, data, timeout: Optional[float] = 0) -> int:
+    def write_some(self, data, timeout: float | None = 0) -> int:
         """Queue what fits (waiting up to ``timeout`` for room or a host peer); returns the
         bytes queued, 0 if none."""
         st = self._check()
@@ -122,7 +122,7 @@ class ConsolePort:
         except TimeoutError:
             return 0
 
-    def write(self, data, timeout: Optional[float] = None) -> int:
+    def write(self, data, timeout: float | None = None) -> int:
         """Queue all of ``data`` (waits while the ring is full or no host peer is connected)."""
         view = memoryview(data).cast("B")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -134,7 +134,7 @@ class ConsolePort:
             sent += self.write_some(view[sent:], left)
         return sent
 
-    def drain(self, timeout: Optional[float] = None) -> None:
+    def drain(self, timeout: float | None = None) -> None:
         """Wait until the device has taken every byte written so far."""
         index = spec.transmitq_index(self._check().id)
         self._driver._until(lambda: True if index not in self._driver._tx_inflight else None, timeout)

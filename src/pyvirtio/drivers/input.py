@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator
 
 from ..driver import VirtioDriver
 from ..spec.evdev import EV_MAX, EventType, Syn
@@ -46,13 +46,13 @@ class InputInfo:
 
     name: str = ""
     serial: str = ""
-    devids: Optional[InputDevIds] = None
+    devids: InputDevIds | None = None
     props: frozenset[int] = frozenset()
     #: Event type -> codes (EV_BITS answers with a non-zero size).
     events: dict[int, frozenset[int]] = field(default_factory=dict)
     abs_info: dict[int, InputAbsInfo] = field(default_factory=dict)
 
-    def supports(self, etype: int, code: Optional[int] = None) -> bool:
+    def supports(self, etype: int, code: int | None = None) -> bool:
         codes = self.events.get(etype)
         return codes is not None and (code is None or code in codes)
 
@@ -129,8 +129,8 @@ class InputDriver(VirtioDriver):
 
     # --- events (device -> driver) --------------------------------------------------------------
 
-    def read_events(self, max_events: Optional[int] = None,
-                    timeout: Optional[float] = None) -> list[InputEvent]:
+    def read_events(self, max_events: int | None = None,
+                    timeout: float | None = None) -> list[InputEvent]:
         """The events that arrived, oldest first (at most ``max_events``).  Waits up to
         ``timeout`` seconds for the first one (None: for ever; 0: does not wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -149,12 +149,12 @@ class InputDriver(VirtioDriver):
                 return []
             self._sleep(WAIT_SLICE if left is None else min(left, WAIT_SLICE))
 
-    def read_event(self, timeout: Optional[float] = None) -> Optional[InputEvent]:
+    def read_event(self, timeout: float | None = None) -> InputEvent | None:
         """The next event, or None if none came within ``timeout``."""
         got = self.read_events(1, timeout)
         return got[0] if got else None
 
-    def read_report(self, timeout: Optional[float] = None) -> list[InputEvent]:
+    def read_report(self, timeout: float | None = None) -> list[InputEvent]:
         """The events up to and including the next SYN_REPORT (what came so far if the
         timeout passes first)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -168,7 +168,7 @@ class InputDriver(VirtioDriver):
             if event.type == EventType.SYN and event.code == Syn.REPORT:
                 return out
 
-    def events(self, timeout: Optional[float] = None) -> Iterator[InputEvent]:
+    def events(self, timeout: float | None = None) -> Iterator[InputEvent]:
         """Every event as it comes; ends when none came within ``timeout`` (None: never)."""
         while (event := self.read_event(timeout)) is not None:
             yield event

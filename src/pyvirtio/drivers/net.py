@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from ..driver import DriverQueue, VirtioDriver
 from ..errors import DeviceFault, RequestError, UsageError
@@ -83,8 +83,8 @@ class NetDriver(VirtioDriver):
     features = WANTED | OFFLOADS
     queue_size = 256
 
-    def __init__(self, transport, *, max_pairs: Optional[int] = None, mrg_rxbuf: bool = True,
-                 offloads: bool = False, rx_buffers: int = 128, rx_buffer_size: Optional[int] = None,
+    def __init__(self, transport, *, max_pairs: int | None = None, mrg_rxbuf: bool = True,
+                 offloads: bool = False, rx_buffers: int = 128, rx_buffer_size: int | None = None,
                  mac=None):
         super().__init__(transport)
         self.max_pairs = max_pairs
@@ -97,12 +97,12 @@ class NetDriver(VirtioDriver):
         self.on_announce: list[Callable[[], None]] = []
         self.stats = dict.fromkeys(("rx_packets", "rx_errors", "tx_packets"), 0)
         self._frames: deque[tuple[NetHdr, bytes]] = deque()
-        self._partial: list[Optional[list]] = []
+        self._partial: list[list | None] = []
         self._rx_lock = threading.Lock()
         self._tx_lock = threading.Lock()
         self._ctrl_lock = threading.Lock()
         self._owned: list[int] = []
-        self.ctrlq: Optional[DriverQueue] = None
+        self.ctrlq: DriverQueue | None = None
         self.active_pairs = 1
 
     # --- initialisation -------------------------------------------------------------------------
@@ -227,7 +227,7 @@ class NetDriver(VirtioDriver):
 
     # --- transmit ------------------------------------------------------------------------------
 
-    def send(self, frame: bytes, *, pair: int = 0, header: Optional[NetHdr] = None,
+    def send(self, frame: bytes, *, pair: int = 0, header: NetHdr | None = None,
              timeout: float = 10.0) -> None:
         """Queue one frame on transmitq ``pair`` (waits for a free slot, not for the device)."""
         self._live()
@@ -258,7 +258,7 @@ class NetDriver(VirtioDriver):
                 self.stats["tx_packets"] += 1
             txq.kick()
 
-    def _check_tx(self, frame: bytes, header: Optional[NetHdr]) -> None:
+    def _check_tx(self, frame: bytes, header: NetHdr | None) -> None:
         if len(frame) < ETH_HLEN:
             raise UsageError(f"a frame of {len(frame)} bytes has no Ethernet header")
         gso = header is not None and header.gso_type != spec.NetGsoType.NONE
@@ -308,12 +308,12 @@ class NetDriver(VirtioDriver):
 
     # --- receive -------------------------------------------------------------------------------
 
-    def recv(self, timeout: Optional[float] = 1.0) -> Optional[bytes]:
+    def recv(self, timeout: float | None = 1.0) -> bytes | None:
         """The next received frame, or None after ``timeout`` seconds."""
         got = self.recv_with_header(timeout)
         return None if got is None else got[1]
 
-    def recv_with_header(self, timeout: Optional[float] = 1.0) -> Optional[tuple[NetHdr, bytes]]:
+    def recv_with_header(self, timeout: float | None = 1.0) -> tuple[NetHdr, bytes] | None:
         self._live()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

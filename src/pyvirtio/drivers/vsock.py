@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional, TypeVar
+from typing import Callable, TypeVar
 
 from ..driver import DriverQueue, Pending, VirtioDriver
 from ..errors import UsageError
@@ -112,7 +112,7 @@ class VsockDriver(VirtioDriver):
         return VsockType.SEQPACKET in self.core.types
 
     def connect(self, port: int, cid: int = VSOCK_CID_HOST, *, seqpacket: bool = False,
-                timeout: Optional[float] = 10.0) -> "VsockStream":
+                timeout: float | None = 10.0) -> "VsockStream":
         """A stream (or, with ``seqpacket``, a SEQPACKET socket) to ``cid:port``; raises
         VsockError when refused."""
         with self._lock:
@@ -139,7 +139,7 @@ class VsockDriver(VirtioDriver):
 
     # --- waiting ------------------------------------------------------------------------------------
 
-    def _until(self, attempt: Callable[[], Optional[T]], timeout: Optional[float]) -> T:
+    def _until(self, attempt: Callable[[], T | None], timeout: float | None) -> T:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -284,7 +284,7 @@ class VsockStream:
         self.conn: Connection = None  # type: ignore[assignment]  # set right after
         self.inbox = bytearray()
         self.messages: deque[int] = deque()  # SEQPACKET: the sizes of the whole messages in inbox
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.peer_flags = 0
         self.rd_shut = False
 
@@ -300,11 +300,11 @@ class VsockStream:
         if self.error is None:
             self.error = why
 
-    def send(self, data: bytes | memoryview, timeout: Optional[float] = 30.0) -> int:
+    def send(self, data: bytes | memoryview, timeout: float | None = 30.0) -> int:
         """Send some of ``data`` (waits for credit); the bytes sent."""
         view = memoryview(data)
 
-        def attempt() -> Optional[int]:
+        def attempt() -> int | None:
             if self.error is not None and self.conn.state is State.CLOSED:
                 raise VsockError(f"vsock stream {self.peer}: {self.error}")
             if self.conn.local_shutdown & VsockShutdown.SEND:
@@ -313,14 +313,14 @@ class VsockStream:
             return n or None
         return self.driver._until(attempt, timeout)
 
-    def sendall(self, data: bytes, timeout: Optional[float] = 30.0) -> None:
+    def sendall(self, data: bytes, timeout: float | None = 30.0) -> None:
         view = memoryview(data)
         while view:
             view = view[self.send(view, timeout):]
 
-    def recv(self, n: int = 65536, timeout: Optional[float] = 30.0) -> bytes:
+    def recv(self, n: int = 65536, timeout: float | None = 30.0) -> bytes:
         """Up to ``n`` bytes; b"" at end of stream (the peer shut down sending, or closed)."""
-        def attempt() -> Optional[bytes]:
+        def attempt() -> bytes | None:
             if self.inbox:
                 data = bytes(self.inbox[:n])
                 del self.inbox[:n]
@@ -334,17 +334,17 @@ class VsockStream:
             return None
         return self.driver._until(attempt, timeout)
 
-    def send_message(self, data: bytes, timeout: Optional[float] = 30.0) -> None:
+    def send_message(self, data: bytes, timeout: float | None = 30.0) -> None:
         """SEQPACKET: send ``data`` as one message (waits until the peer's credit covers it)."""
         view = memoryview(data)
 
-        def attempt() -> Optional[bool]:
+        def attempt() -> bool | None:
             if self.conn.state is State.CLOSED:
                 raise VsockError(f"vsock socket {self.peer}: {self.error}")
             return self.driver._send_message(self.conn, view) or None
         self.driver._until(attempt, timeout)
 
-    def recv_message(self, timeout: Optional[float] = 30.0) -> Optional[bytes]:
+    def recv_message(self, timeout: float | None = 30.0) -> bytes | None:
         """SEQPACKET: the next whole message; None at the end of the stream."""
         def attempt():
             if self.messages:
@@ -361,7 +361,7 @@ class VsockStream:
             return None
         return self.driver._until(attempt, timeout)[0]
 
-    def recv_exactly(self, n: int, timeout: Optional[float] = 30.0) -> bytes:
+    def recv_exactly(self, n: int, timeout: float | None = 30.0) -> bytes:
         out = bytearray()
         while len(out) < n:
             chunk = self.recv(n - len(out), timeout)
@@ -397,7 +397,7 @@ class VsockListener:
         self.driver, self.port, self.max_backlog = driver, port, backlog
         self.backlog: deque[VsockStream] = deque()
 
-    def accept(self, timeout: Optional[float] = 30.0) -> VsockStream:
+    def accept(self, timeout: float | None = 30.0) -> VsockStream:
         return self.driver._until(lambda: self.backlog.popleft() if self.backlog else None, timeout)
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ forbidden writes are ignored, writes that break the device set DEVICE_NEEDS_RESE
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 from ..device import VirtioDevice
 from ..interrupt import Interrupt
@@ -38,7 +38,7 @@ class VirtioMmioDevice:
     """A virtio-mmio version 2 register window for one VirtioDevice."""
 
     def __init__(self, device: VirtioDevice, memory: GuestMemory, *,
-                 irq: Optional[Callable[[bool], None]] = None, vendor_id: int = PYVIRTIO_VENDOR_ID,
+                 irq: Callable[[bool], None] | None = None, vendor_id: int = PYVIRTIO_VENDOR_ID,
                  size: int = WINDOW_SIZE, notification_data: bool = True):
         self.device = device
         if notification_data:  # a transport feature: the notify write carries the position (2.9)

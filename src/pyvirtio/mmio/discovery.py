@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from typing import Iterable, Mapping
 
 from ..errors import UsageError, VirtioError
 from ..platform.interface import Platform
@@ -34,8 +34,8 @@ _SPEC = re.compile(rf"^({_NUMBER})([kKmMgGtTpPeE]?)@(-?{_NUMBER}):([0-9]+)(?::(-
 class MmioWindow:
     base: int
     size: int
-    irq: Optional[int] = None
-    id: Optional[int] = None  # the platform device id the kernel syntax may carry
+    irq: int | None = None
+    id: int | None = None  # the platform device id the kernel syntax may carry
 
     def __str__(self) -> str:
         irq = "" if self.irq is None else f":{self.irq}"

@@ -12,7 +12,6 @@ InterruptStatus while waiting.
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from ..errors import DeviceFault, Scope, UsageError, VirtioError
 from ..spec.features import Feature
@@ -42,7 +41,7 @@ class MmioTransport(PlatformTransport):
 
     reset_error = VirtioMmioError
 
-    def __init__(self, platform: Platform, base: int, size: int = 0x200, irq: Optional[int] = None, *,
+    def __init__(self, platform: Platform, base: int, size: int = 0x200, irq: int | None = None, *,
                  split_only: bool = False):
         super().__init__(platform, split_only=split_only)
         self.base, self.size, self.irq = base, size, irq
@@ -160,7 +159,7 @@ class MmioTransport(PlatformTransport):
         self._set(MmioReg.QUEUE_READY, 1)
         self._active_queues.add(index)
 
-    def notify(self, index: int, position: Optional[int] = None) -> None:
+    def notify(self, index: int, position: int | None = None) -> None:
         """4.2.3.3: the queue index; with VIRTIO_F_NOTIFICATION_DATA and a ``position``, the
         32-bit value of 2.9."""
         if position is not None and self._negotiated & (1 << Feature.NOTIFICATION_DATA):

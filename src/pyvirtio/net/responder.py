@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from typing import Optional
 
 from . import frame as fr
 
@@ -23,7 +22,7 @@ class Responder:
         self.ip = ip
         self.stats = {"arp": 0, "ping": 0}
 
-    def answer(self, frame: bytes) -> Optional[bytes]:
+    def answer(self, frame: bytes) -> bytes | None:
         """The reply ``frame`` deserves (an ARP reply or an echo reply), or None."""
         arp = fr.parse_arp(frame)
         if arp is not None:

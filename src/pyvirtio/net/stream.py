@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import struct
-from typing import Optional, Union
+from typing import Union
 
 from ..errors import UsageError
 from ..sockets import bind_unix, inode_of, unlink_if_ours
@@ -47,13 +47,13 @@ class StreamBackend(NetBackend):
 
     kind = "socket"
 
-    def __init__(self, address: Optional[str] = None, *, listen: bool = False,
-                 sock: Optional[socket.socket] = None):
+    def __init__(self, address: str | None = None, *, listen: bool = False,
+                 sock: socket.socket | None = None):
         super().__init__()
         self.address = address
-        self.listener: Optional[socket.socket] = None
+        self.listener: socket.socket | None = None
         self._inode = -1  # the UNIX socket file we made (removed at close only if still ours)
-        self.peer: Optional[socket.socket] = None
+        self.peer: socket.socket | None = None
         self._rbuf = bytearray(READ_BUFFER)
         self._rview = memoryview(self._rbuf)
         self._start = self._end = 0

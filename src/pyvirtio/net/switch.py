@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Optional
 
 from ..errors import UsageError
 from .backend import READ, NetBackend, Views, copy_into, join_views
@@ -79,7 +78,7 @@ class Switch:
         self.macs: dict[bytes, tuple[SwitchPort, float]] = {}
         self.stats = {"forwarded": 0, "flooded": 0}
 
-    def port(self, inbox_frames: Optional[int] = None) -> "SwitchPort":
+    def port(self, inbox_frames: int | None = None) -> "SwitchPort":
         port = SwitchPort(self, inbox_frames or self.inbox_frames)
         with self.lock:
             self.ports.append(port)
@@ -122,7 +121,7 @@ class Switch:
             self.macs.pop(next(iter(self.macs)))  # oldest learnt first
         self.macs[mac] = (port, now)
 
-    def _lookup(self, mac: bytes, now: float) -> Optional["SwitchPort"]:
+    def _lookup(self, mac: bytes, now: float) -> "SwitchPort" | None:
         entry = self.macs.get(mac)
         if entry is None:
             return None

@@ -22,7 +22,6 @@ import logging
 import os
 import struct
 import threading
-from typing import Optional
 
 from ..errors import UsageError
 from ..limits import PeerLog
@@ -63,7 +62,7 @@ def tun_offload_flags(features: int) -> int:
     return sum(flag for bit, flag in _GUEST_TO_TUN if features & (1 << bit))
 
 
-def tun_available() -> Optional[str]:
+def tun_available() -> str | None:
     """None when a TAP can be created here, else the reason it cannot."""
     try:
         fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
@@ -77,7 +76,7 @@ class TapBackend(NetBackend):
     kind = "tap"
     vnet_hdr = True
 
-    def __init__(self, name: str, *, vnet_hdr: bool = True, netns: Optional[str] = None):
+    def __init__(self, name: str, *, vnet_hdr: bool = True, netns: str | None = None):
         super().__init__()
         if not name or len(name.encode()) >= IFNAMSIZ:
             raise UsageError(f"TAP name {name!r} must have 1 to {IFNAMSIZ - 1} bytes")

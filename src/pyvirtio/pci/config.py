@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, Optional
+from typing import Callable
 
 from ..errors import UsageError
 from ..platform.interface import check_access
@@ -69,7 +69,7 @@ class ConfigSpace:
         self.w1cmask = bytearray(size)
         self._read_hooks: list[tuple[int, int, Hook]] = []
         self._write_hooks: list[tuple[int, int, Hook]] = []
-        self._cap_tail: Optional[int] = None  # offset of the last capability's next pointer
+        self._cap_tail: int | None = None  # offset of the last capability's next pointer
         self._cap_free = PCI_STD_HEADER_SIZE
 
     # --- building (the function's own code, not the guest) --------------------------------------
@@ -185,7 +185,7 @@ class Type0Header:
     def command(self) -> int:
         return self.space.get(PciCfg.COMMAND, 2)
 
-    def bar_address(self, index: int) -> Optional[int]:
+    def bar_address(self, index: int) -> int | None:
         """The address BAR ``index`` decodes at, or None if the BAR is absent or decoding is off."""
         bar = self.bars.get(index)
         if bar is None:

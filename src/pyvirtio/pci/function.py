@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from ..device import VirtioDevice
 from ..interrupt import Interrupt
@@ -80,11 +80,11 @@ class VirtioPciFunction:
     """One virtio PCI function: configuration space, BARs, MSI-X and INTx over a VirtioDevice."""
 
     def __init__(self, device: VirtioDevice, memory: GuestMemory, *, transitional: bool = False,
-                 msix_vectors: Optional[int] = None, notify_off_multiplier: int = 4,
+                 msix_vectors: int | None = None, notify_off_multiplier: int = 4,
                  subsystem_vendor_id: int = DEFAULT_SUBSYSTEM_VENDOR_ID,
-                 subsystem_id: Optional[int] = None,
-                 msi: Optional[Callable[[int, int], None]] = None,
-                 intx: Optional[Callable[[bool], None]] = None, notification_data: bool = True):
+                 subsystem_id: int | None = None,
+                 msi: Callable[[int, int], None] | None = None,
+                 intx: Callable[[bool], None] | None = None, notification_data: bool = True):
         self.device = device
         if notification_data:  # a transport feature: the notify write carries the position (2.9)
             device.device_features |= 1 << Feature.NOTIFICATION_DATA
@@ -109,7 +109,7 @@ class VirtioPciFunction:
 
     # --- identity and layout --------------------------------------------------------------------
 
-    def _identity(self, transitional: bool, subsystem_vendor_id: int, subsystem_id: Optional[int]) -> dict:
+    def _identity(self, transitional: bool, subsystem_vendor_id: int, subsystem_id: int | None) -> dict:
         dtype = int(self.device.device_type)
         if transitional:
             if dtype not in TRANSITIONAL_PCI_DEVICE_IDS:
@@ -210,7 +210,7 @@ class VirtioPciFunction:
 
     # --- BARs -----------------------------------------------------------------------------------
 
-    def _region(self, bar: int, offset: int, size: int) -> Optional[Region]:
+    def _region(self, bar: int, offset: int, size: int) -> Region | None:
         for region in self.regions:
             if region.contains(bar, offset, size):
                 return region

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Protocol
+from typing import NamedTuple, Protocol
 
 from ..errors import DeviceFault, Scope, UsageError
 from ..spec.pci import (PCI_BAR_IO_MASK, PCI_BAR_MEM_MASK, PCI_BAR_MEM_PREFETCH, PCI_BAR_MEM_TYPE_64,
@@ -162,7 +162,7 @@ def _lowest_bit(value: int) -> int:
     return value & -value
 
 
-def _probe_bar(acc: ConfigAccess, addr: PciAddress, i: int) -> tuple[Optional[Bar], int]:
+def _probe_bar(acc: ConfigAccess, addr: PciAddress, i: int) -> tuple[Bar | None, int]:
     offset = PCI_BAR_OFFSETS[i]
     original, sized = _size_register(acc, addr, offset)
     if sized in (0, 0xFFFFFFFF) and original in (0, 0xFFFFFFFF):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 from ..errors import DeviceFault, Scope, UsageError, VirtioError
 from ..interrupt import Interrupt
@@ -47,7 +46,7 @@ class VirtioPciLayoutError(DeviceFault):
     scope = Scope.DEVICE
 
 
-def virtio_device_type(fn: PciFunction) -> Optional[int]:
+def virtio_device_type(fn: PciFunction) -> int | None:
     """The virtio device type of a PCI function, or None if it is not a virtio device (4.1.2)."""
     if fn.vendor_id != PCI_VENDOR_ID_REDHAT_QUMRANET or not PCI_DEVICE_ID_MIN <= fn.device_id <= PCI_DEVICE_ID_MAX:
         return None
@@ -109,7 +108,7 @@ class PciTransport(PlatformTransport):
         self._messages: list[tuple[int, int]] = []  # (address, data) per vector, kept across resets
         self._vector_queues: dict[int, set[int]] = {}
         self._notify_addr: dict[int, int] = {}
-        self._line: Optional[IrqLine] = None
+        self._line: IrqLine | None = None
         self._negotiated = 0
 
     @property
@@ -176,7 +175,7 @@ class PciTransport(PlatformTransport):
         extra = self._cfg(cap + VirtioPciCap.NOTIFY_OFF_MULTIPLIER, 4) if cfg_type == PciCapType.NOTIFY_CFG else 0
         return Structure(bar, offset, length, extra)
 
-    def _find_msix(self) -> Optional[tuple[Structure, int, int]]:
+    def _find_msix(self) -> tuple[Structure, int, int] | None:
         """(table structure, control register offset, table size) of the MSI-X capability."""
         for cap, cap_id in self.fn.capabilities:
             if cap_id != PciCapId.MSIX:
@@ -301,7 +300,7 @@ class PciTransport(PlatformTransport):
                                        f"{cap.length:#x}-byte notify structure (4.1.4.4)")
         return where
 
-    def notify(self, index: int, position: Optional[int] = None) -> None:
+    def notify(self, index: int, position: int | None = None) -> None:
         """4.1.5.2: the queue index (or its queue_notif_config_data) as 16 bits; with
         VIRTIO_F_NOTIFICATION_DATA and a ``position``, the 32-bit value of 2.9."""
         where = self._notify_addr.get(index)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Optional, Protocol
+from typing import Callable, Protocol
 
 from ..alloc import GuestAllocator
 from ..errors import UsageError
@@ -59,7 +59,7 @@ class IrqLine(Protocol):
 
     def level(self) -> bool: ...
 
-    def set_handler(self, handler: Optional[Callable[[], None]]) -> None:
+    def set_handler(self, handler: Callable[[], None] | None) -> None:
         """Call ``handler`` when the line rises, where the platform can tell at once."""
 
 
@@ -82,7 +82,7 @@ class Platform(Protocol):
     @property
     def allocator(self) -> GuestAllocator: ...
     @property
-    def msi(self) -> Optional[MsiController]: ...
+    def msi(self) -> MsiController | None: ...
 
     #: Where to put unassigned memory and I/O BARs: ``(start, end)``.
     mmio_window: tuple[int, int]
@@ -100,9 +100,9 @@ class Platform(Protocol):
 
     def io_write(self, port: int, size: int, value: int) -> None: ...
 
-    def irq_line(self, irq: int) -> Optional[IrqLine]: ...
+    def irq_line(self, irq: int) -> IrqLine | None: ...
 
-    def intx_line(self, addr) -> Optional[IrqLine]: ...
+    def intx_line(self, addr) -> IrqLine | None: ...
 
     def event_epoch(self) -> int:
         """A counter that moves whenever an interrupt may have happened."""
@@ -137,7 +137,7 @@ class PlatformTransport(DriverTransport):
         self.split_only = split_only
         self.memory = platform.memory
         self.allocator = platform.allocator
-        self._handler: Optional[InterruptHandler] = None
+        self._handler: InterruptHandler | None = None
         self._lock = threading.RLock()
         self._delivered = 0
         self._seen = 0
@@ -179,7 +179,7 @@ class PlatformTransport(DriverTransport):
     def _service(self) -> None:
         """Find interrupts the platform could not deliver at once and deliver them."""
 
-    def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
+    def wait_for_interrupt(self, timeout: float | None) -> bool:
         """Deliver pending interrupts; if there were none and the device made no visible progress,
         wait for one until ``timeout``.  True if anything was delivered or progressed since the
         last call."""

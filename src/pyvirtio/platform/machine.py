@@ -21,7 +21,7 @@ import logging
 import mmap
 import os
 import threading
-from typing import Callable, Optional
+from typing import Callable
 
 from ..alloc import GuestAllocator
 from ..device import VirtioDevice
@@ -60,12 +60,12 @@ class InProcessLine:
     def __init__(self, machine: "InProcessMachine"):
         self._machine = machine
         self._level = False
-        self._handler: Optional[Callable[[], None]] = None
+        self._handler: Callable[[], None] | None = None
 
     def level(self) -> bool:
         return self._level
 
-    def set_handler(self, handler: Optional[Callable[[], None]]) -> None:
+    def set_handler(self, handler: Callable[[], None] | None) -> None:
         self._handler = handler
 
     def drive(self, level: bool) -> None:
@@ -127,7 +127,7 @@ class InProcessMachine:
 
     # --- building the machine -------------------------------------------------------------------
 
-    def add_pci(self, device: VirtioDevice, slot: Optional[int] = None, function: int = 0,
+    def add_pci(self, device: VirtioDevice, slot: int | None = None, function: int = 0,
                 **options) -> VirtioPciFunction:
         """Plug ``device`` into bus 0 (the next free slot from 1) as a virtio PCI function.  A
         function other than 0 needs function 0 of its slot, which becomes multi-function."""
@@ -145,7 +145,7 @@ class InProcessMachine:
             self.functions[PciAddress(0, slot, 0)].space.put(PciCfg.HEADER_TYPE, 1, PCI_HEADER_TYPE_MULTI_FUNCTION)
         return fn
 
-    def add_mmio(self, device: VirtioDevice, base: Optional[int] = None, irq: Optional[int] = None,
+    def add_mmio(self, device: VirtioDevice, base: int | None = None, irq: int | None = None,
                  **options) -> VirtioMmioDevice:
         """Map ``device`` as a virtio-mmio window (default: the next 512-byte slot from 0xfeb00000)."""
         n = len(self.windows)
@@ -156,7 +156,7 @@ class InProcessMachine:
         self.windows.append((base, window.size, irq, window))
         return window
 
-    def add_empty_mmio(self, base: Optional[int] = None, irq: Optional[int] = None) -> VirtioMmioDevice:
+    def add_empty_mmio(self, base: int | None = None, irq: int | None = None) -> VirtioMmioDevice:
         """A placeholder window (DeviceID 0, 4.2.2): present, driving nothing."""
         return self.add_mmio(_Placeholder(), base, irq)
 
@@ -227,10 +227,10 @@ class InProcessMachine:
 
     # --- interrupts -----------------------------------------------------------------------------
 
-    def irq_line(self, irq: int) -> Optional[InProcessLine]:
+    def irq_line(self, irq: int) -> InProcessLine | None:
         return self._irqs.get(irq)
 
-    def intx_line(self, addr: PciAddress) -> Optional[InProcessLine]:
+    def intx_line(self, addr: PciAddress) -> InProcessLine | None:
         return self._intx.get(addr)
 
     def kick(self) -> None:

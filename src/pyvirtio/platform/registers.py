@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from ..device import VirtioDevice
 from ..engine import LocalEngine
@@ -132,7 +132,7 @@ class DeviceRegisters:
     # --- queues ---------------------------------------------------------------------------------
 
     @property
-    def selected(self) -> Optional[QueueRegs]:
+    def selected(self) -> QueueRegs | None:
         """The queue QueueSel / queue_select names, or None if there is no such queue."""
         i = self.queue_select
         return self.queues[i] if 0 <= i < len(self.queues) else None
@@ -197,7 +197,7 @@ class DeviceRegisters:
         q.reset()
         self.device.queues[index].reset()
 
-    def notify(self, index: int, position: Optional[int] = None) -> None:
+    def notify(self, index: int, position: int | None = None) -> None:
         """An available buffer notification for queue ``index`` (4.1.5.2, 4.2.3.3); with
         VIRTIO_F_NOTIFICATION_DATA, ``position`` is where the driver says it writes next (2.9)."""
         if not 0 <= index < len(self.queues) or not self.queues[index].enabled:
@@ -220,7 +220,7 @@ class DeviceRegisters:
     def _check_position(self, index: int, position: int) -> None:
         """A position the ring does not bear out is the driver's fault: logged (rate-limited)
         and counted; the ring, not the hint, decides what is served."""
-        fault: Optional[VirtioError]
+        fault: VirtioError | None
         try:
             fault = notification.check_position(self.device.queues[index], self.memory, position)
         except VirtioError as exc:  # the ring is outside guest memory: the queue finds out itself

@@ -11,7 +11,7 @@ coherent with the driver's view.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..errors import VirtioError
 from ..mmio.discovery import discover_mmio
@@ -37,7 +37,7 @@ class QemuMachine:
     """A QEMU process under qtest plus the platform and discovery for its machine type."""
 
     def __init__(self, device_args: Sequence[str] = (), *, machine: str = "q35", memory: str = "256M",
-                 interrupts: str = "auto", qemu: Optional[str] = None, running: bool = True,
+                 interrupts: str = "auto", qemu: str | None = None, running: bool = True,
                  split_only: bool = False):
         self.kind = machine_type(machine)
         args = list(device_args)
@@ -50,7 +50,7 @@ class QemuMachine:
         #: ``packed=on``), for comparisons; as ``VhostUserTransport(split_only=True)``.
         self.split_only = split_only
         self.qemu = QemuQtest(args, machine=machine, memory=memory, qemu=qemu, running=running)
-        self.platform: Optional[QtestPlatform] = None
+        self.platform: QtestPlatform | None = None
 
     def start(self) -> "QemuMachine":
         self.qemu.start()

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from ..alloc import GuestAllocator
 from ..errors import UsageError
@@ -122,7 +122,7 @@ class QtestPlatform:
 
     def __init__(self, client: QtestClient, *, ram_base: int = DEFAULT_RAM_BASE,
                  ram_size: int = DEFAULT_RAM_SIZE, mmio_window: tuple[int, int] = Q35_MMIO_WINDOW,
-                 intercept: Optional[str] = None):
+                 intercept: str | None = None):
         self.client = client
         self.msi = QtestMsi(client, ram_base)
         self.memory = QtestMemory(client, ram_base + MSI_AREA, ram_size - MSI_AREA)
@@ -182,7 +182,7 @@ class QtestPlatform:
 
     # --- interrupts -----------------------------------------------------------------------------
 
-    def irq_line(self, irq: int) -> Optional[QtestIrqLine]:
+    def irq_line(self, irq: int) -> QtestIrqLine | None:
         return QtestIrqLine(self.client, irq) if self.intercepting else None
 
     def intx_line(self, addr: PciAddress) -> PolledIntx:

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ..errors import TransportError
 from .client import QtestClient
@@ -55,7 +55,7 @@ class QemuStartError(TransportError):
     """QEMU did not start or did not open its qtest socket."""
 
 
-def split_machine(args: Sequence[str]) -> tuple[Optional[str], list[str]]:
+def split_machine(args: Sequence[str]) -> tuple[str | None, list[str]]:
     """Take ``-M``/``-machine`` out of ``args``: returns (its value or None, the other args)."""
     rest, machine, it = [], None, iter(args)
     for arg in it:
@@ -83,7 +83,7 @@ class QemuQtest:
     """One QEMU process and its qtest connection (``.client``).  Use as a context manager."""
 
     def __init__(self, args: Sequence[str] = (), *, machine: str = "q35", memory: str = DEFAULT_MEMORY,
-                 qemu: Optional[str] = None, running: bool = True, startup_timeout: float = 20.0,
+                 qemu: str | None = None, running: bool = True, startup_timeout: float = 20.0,
                  request_timeout: float = 30.0):
         self.machine = machine
         self.running = running
@@ -92,9 +92,9 @@ class QemuQtest:
         self.qemu = qemu or qemu_binary()
         self.startup_timeout = startup_timeout
         self.request_timeout = request_timeout
-        self.proc: Optional[subprocess.Popen] = None
-        self.client: Optional[QtestClient] = None
-        self._tmp: Optional[str] = None
+        self.proc: subprocess.Popen | None = None
+        self.client: QtestClient | None = None
+        self._tmp: str | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -105,7 +105,7 @@ class QemuQtest:
                 "-qtest-log", "none", *self.args]
 
     @property
-    def log_path(self) -> Optional[str]:
+    def log_path(self) -> str | None:
         return os.path.join(self._tmp, "qemu.log") if self._tmp else None
 
     def start(self) -> "QemuQtest":

@@ -8,7 +8,7 @@ echoes its readable bytes into its writable buffers.  Tests that need a lying de
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 from ..device import VirtioDevice
 from ..virtq import DescriptorChain
@@ -22,8 +22,8 @@ def echo(chain: DescriptorChain) -> int:
 class MockDevice(VirtioDevice):
     def __init__(self, device_type: int = 0x7F, *, features: int = 0, config: bytes = b"",
                  num_queues: int = 1, queue_max_size: int = 64,
-                 handlers: Optional[dict[int, Callable[[DescriptorChain], Optional[int]]]] = None,
-                 accept_features: Optional[Callable[[int], bool]] = None):
+                 handlers: dict[int, Callable[[DescriptorChain], int | None]] | None = None,
+                 accept_features: Callable[[int], bool] | None = None):
         self.device_type = device_type
         self.num_queues = num_queues
         self.queue_max_size = queue_max_size
@@ -52,7 +52,7 @@ class MockDevice(VirtioDevice):
         self.config[offset:offset + len(data)] = data
         self.config_changed()
 
-    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> Optional[int]:
+    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
         self.chains.append((queue_index, chain))
         return self.handlers.get(queue_index, echo)(chain)
 

@@ -17,8 +17,6 @@ outside it, so two CPUs' notifications can arrive out of order.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..errors import DriverFault
 from ..memory import GuestMemory
 from ..spec import ring
@@ -44,7 +42,7 @@ def driver_position(vq) -> int:
     return vq.avail_idx_shadow
 
 
-def check_position(queue, mem: GuestMemory, position: int) -> Optional[DriverFault]:
+def check_position(queue, mem: GuestMemory, position: int) -> DriverFault | None:
     """Whether the notified ``position`` agrees with device-side ``queue`` over ``mem``; returns
     the driver's fault if not (the caller logs it; the ring stays authoritative)."""
     if getattr(queue, "packed", False):
@@ -52,7 +50,7 @@ def check_position(queue, mem: GuestMemory, position: int) -> Optional[DriverFau
     return _check_split(queue, mem, position)
 
 
-def _check_split(queue, mem: GuestMemory, position: int) -> Optional[DriverFault]:
+def _check_split(queue, mem: GuestMemory, position: int) -> DriverFault | None:
     published = mem.load16(queue.avail_ring + 2)
     ahead = (position - published) & 0xFFFF
     if 0 < ahead < 0x8000:
@@ -61,7 +59,7 @@ def _check_split(queue, mem: GuestMemory, position: int) -> Optional[DriverFault
     return None
 
 
-def _check_packed(queue, mem: GuestMemory, position: int) -> Optional[DriverFault]:
+def _check_packed(queue, mem: GuestMemory, position: int) -> DriverFault | None:
     size, off, wrap = queue.size, position & 0x7FFF, position >> 15
     if off >= size:
         return DriverFault(f"queue {queue.index}: notification offset {off} is past the "

@@ -18,7 +18,7 @@ import asyncio
 import os
 import socket
 import time
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable
 
 from ..limits import VSOCK_HANDSHAKE_LINE
 
@@ -34,13 +34,13 @@ def _ok_port(line: bytes, port: int) -> int:
     return int(rest)
 
 
-def connect(uds_path: str, port: int, *, timeout: Optional[float] = 10.0) -> socket.socket:
+def connect(uds_path: str, port: int, *, timeout: float | None = 10.0) -> socket.socket:
     """A stream socket to the guest's ``port``; its ``hostport`` attribute is not kept (the
     socket is a plain one), see :func:`connect_port` for it.  Raises :class:`VsockRefused`."""
     return connect_port(uds_path, port, timeout=timeout)[0]
 
 
-def connect_port(uds_path: str, port: int, *, timeout: Optional[float] = 10.0) -> tuple[socket.socket, int]:
+def connect_port(uds_path: str, port: int, *, timeout: float | None = 10.0) -> tuple[socket.socket, int]:
     """(socket, the host-side port the guest sees) for a stream to the guest's ``port``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..errors import UsageError
 from ..limits import VSOCK_BUF_ALLOC, VSOCK_MAX_CONNECTIONS, VSOCK_MAX_PENDING_RST
@@ -81,7 +81,7 @@ class Connection:
     tx_cnt: int = 0  # bytes sent to the peer (u32, wraps)
     peer_shutdown: int = 0  # VsockShutdown flags the peer sent
     local_shutdown: int = 0  # flags we sent (or will)
-    deadline: Optional[float] = None  # CLOSING: when to give up waiting for the RST
+    deadline: float | None = None  # CLOSING: when to give up waiting for the RST
     owe: int = 0  # control packets owed: _OWE_* bits
     owe_shutdown: int = 0  # the flags of the SHUTDOWN owed
     credit_requested: bool = False
@@ -191,7 +191,7 @@ class VsockCore:
     ``peer_cid``: the one CID the peer may send from (the device's guest), or None (a driver
     hears from the host and, in principle, other CIDs)."""
 
-    def __init__(self, local_cid: int, peer_cid: Optional[int] = None, *,
+    def __init__(self, local_cid: int, peer_cid: int | None = None, *,
                  buf_alloc: int = VSOCK_BUF_ALLOC, max_connections: int = VSOCK_MAX_CONNECTIONS,
                  max_pending_rst: int = VSOCK_MAX_PENDING_RST,
                  first_port: int = FIRST_EPHEMERAL_PORT):
@@ -214,7 +214,7 @@ class VsockCore:
         self._next_port = first_port
         self._first_port = first_port
         self.stats = CoreStats()
-        self._handlers: dict[int, Callable[[Connection, VsockHdr], Optional[Event]]] = {
+        self._handlers: dict[int, Callable[[Connection, VsockHdr], Event | None]] = {
             VsockOp.REQUEST: self._on_request_again,
             VsockOp.RESPONSE: self._on_response,
             VsockOp.RST: self._on_rst,
@@ -226,7 +226,7 @@ class VsockCore:
 
     # --- packets in --------------------------------------------------------------------------------
 
-    def receive(self, raw: bytes | memoryview, payload_len: int) -> Optional[Event]:
+    def receive(self, raw: bytes | memoryview, payload_len: int) -> Event | None:
         """One packet from the peer (header bytes; ``payload_len`` bytes follow it).  Raises
         :class:`VsockPacketError` for a packet that breaks 5.10.6 (drop it; any connection it
         named is reset); returns what it means, if anything."""
@@ -250,7 +250,7 @@ class VsockCore:
             conn.peer_buf_alloc, conn.peer_fwd_cnt = hdr.buf_alloc, hdr.fwd_cnt
         return self._handlers[hdr.op](conn, hdr)
 
-    def _no_connection(self, hdr: VsockHdr) -> Optional[Event]:
+    def _no_connection(self, hdr: VsockHdr) -> Event | None:
         if hdr.op == VsockOp.RST:
             return None
         if hdr.op != VsockOp.REQUEST or hdr.type not in self.types:
@@ -266,16 +266,16 @@ class VsockCore:
                                     peer_fwd_cnt=hdr.fwd_cnt))
         return Requested(conn)
 
-    def _on_request_again(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_request_again(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         return self._broken(conn, "REQUEST on a connection that exists")
 
-    def _on_response(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_response(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         if conn.state != State.CONNECTING:
             return self._broken(conn, f"RESPONSE while {conn.state.value}")
         conn.state = State.CONNECTED
         return Connected(conn)
 
-    def _on_rst(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_rst(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         was = conn.state
         self._forget(conn)
         if was == State.CLOSING:
@@ -283,7 +283,7 @@ class VsockCore:
         return Reset(conn, "refused by the peer" if was == State.CONNECTING else "reset by the peer",
                      refused=was == State.CONNECTING)
 
-    def _on_shutdown(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_shutdown(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         if conn.state == State.CLOSING:
             if (conn.peer_shutdown | hdr.flags) & BOTH == BOTH:  # both closed at once: finish
                 self.reset(conn)
@@ -296,7 +296,7 @@ class VsockCore:
         done = self._finish_if_done(conn)
         return done or PeerShutdown(conn, conn.peer_shutdown)
 
-    def _on_rw(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_rw(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         if conn.state not in (State.CONNECTED, State.CLOSING):
             return self._broken(conn, f"RW while {conn.state.value}")
         if conn.peer_shutdown & VsockShutdown.SEND:
@@ -311,11 +311,11 @@ class VsockCore:
             return Data(conn, hdr.len, hdr.flags & _SEQ_FLAGS)  # an empty packet may end a message
         return Data(conn, hdr.len) if hdr.len else None
 
-    def _on_credit_update(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_credit_update(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         conn.credit_requested = False
         return CreditUpdate(conn)
 
-    def _on_credit_request(self, conn: Connection, hdr: VsockHdr) -> Optional[Event]:
+    def _on_credit_request(self, conn: Connection, hdr: VsockHdr) -> Event | None:
         if conn.state in (State.CONNECTED, State.CLOSING):
             self._owe(conn, _OWE_CREDIT)
         return CreditUpdate(conn)
@@ -328,7 +328,7 @@ class VsockCore:
 
     # --- packets out -------------------------------------------------------------------------------
 
-    def pop_control(self) -> Optional[bytes]:
+    def pop_control(self) -> bytes | None:
         """The header of the next control packet to send (no payload), or None."""
         while self._owing:
             conn = next(iter(self._owing))
@@ -415,7 +415,7 @@ class VsockCore:
         self.listening.discard(port)
 
     def connect(self, peer_cid: int, peer_port: int, app: Any = None,
-                local_port: Optional[int] = None, type: int = VsockType.STREAM) -> Connection:
+                local_port: int | None = None, type: int = VsockType.STREAM) -> Connection:
         """Open a connection: REQUEST goes out; :class:`Connected` or :class:`Reset` follows."""
         if type not in self.types:
             raise UsageError(f"socket type {type} is not negotiated (types: {sorted(self.types)})")
@@ -438,7 +438,7 @@ class VsockCore:
         conn.app = app if app is not None else conn.app
         self._owe(conn, _OWE_RESPONSE)
 
-    def consumed(self, conn: Connection, length: int) -> Optional[Event]:
+    def consumed(self, conn: Connection, length: int) -> Event | None:
         """The application took ``length`` received bytes: credit goes back to the peer (a
         CREDIT_UPDATE when its view of our free space ran low, as Linux does)."""
         if not 0 <= length <= conn.rx_pending:
@@ -492,7 +492,7 @@ class VsockCore:
             self.reset(conn)
         return [Closed(c) for c in late]
 
-    def next_deadline(self) -> Optional[float]:
+    def next_deadline(self) -> float | None:
         deadlines = [c.deadline for c in self.conns.values() if c.deadline is not None]
         return min(deadlines) if deadlines else None
 
@@ -506,7 +506,7 @@ class VsockCore:
 
     # --- bookkeeping -------------------------------------------------------------------------------
 
-    def _finish_if_done(self, conn: Connection) -> Optional[Event]:
+    def _finish_if_done(self, conn: Connection) -> Event | None:
         """Both peer flags seen and every byte passed on: answer with RST (Linux does)."""
         if conn.peer_shutdown & BOTH == BOTH and conn.rx_pending == 0 and conn.state == State.CONNECTED:
             self.reset(conn)

@@ -30,7 +30,6 @@ import logging
 import os
 import socket
 from collections import OrderedDict, deque
-from typing import Optional
 
 from ..errors import UsageError
 from ..limits import VSOCK_BUF_ALLOC, VSOCK_HANDSHAKE_LINE, VSOCK_MAX_HANDSHAKES
@@ -127,7 +126,7 @@ class SeqBridge(Bridge):
         self.partial = bytearray()  # the guest message being gathered
         self.queue: deque[bytes] = deque()  # whole guest messages the socket has not taken
         self.queued = 0
-        self.inbound: Optional[memoryview] = None  # the rest of a host message for the guest
+        self.inbound: memoryview | None = None  # the rest of a host message for the guest
         self.waiting_for = 0  # the size of a host message that waits for the guest's credit
 
     def add_fragment(self, views: list[memoryview], eom: bool) -> None:
@@ -182,8 +181,8 @@ class HybridHost:
                  seqpacket: bool = True):
         self.uds_path = uds_path
         self.seq_path = uds_path + ".seqpacket"
-        self.listener: Optional[socket.socket] = None
-        self.seq_listener: Optional[socket.socket] = None
+        self.listener: socket.socket | None = None
+        self.seq_listener: socket.socket | None = None
         self._inode = self._seq_inode = -1
         if listen:
             self.listener = bind_unix(uds_path, VSOCK_MAX_HANDSHAKES, mode=socket_mode)
@@ -226,7 +225,7 @@ class HybridHost:
                 self.stats["handshakes_dropped"] += 1
             self.handshakes[sock.fileno()] = sock
 
-    def read_handshake(self, fd: int) -> Optional[tuple[socket.socket, int]]:
+    def read_handshake(self, fd: int) -> tuple[socket.socket, int] | None:
         """(socket, port) once client ``fd`` sent its line; None while it is incomplete.  A
         client that hung up or sent a bad line is closed."""
         sock = self.handshakes.get(fd)
@@ -256,7 +255,7 @@ class HybridHost:
         self.stats["host_connects"] += 1
         return sock, port
 
-    def connect_guest_port(self, port: int, seqpacket: bool = False) -> Optional[socket.socket]:
+    def connect_guest_port(self, port: int, seqpacket: bool = False) -> socket.socket | None:
         """A connection to ``UDS_port`` for a guest's REQUEST, or None (nothing listens, or a
         listener of the other socket type)."""
         path = f"{self.uds_path}_{port}"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Optional
 
 from ...spec import blk as spec_blk
 from ...spec import console as spec_console
@@ -132,7 +131,7 @@ def parse_type(name: str) -> DeviceType:
                          "or a device ID)") from None
 
 
-def type_name(device_type: Optional[int]) -> str:
+def type_name(device_type: int | None) -> str:
     if device_type is None:
         return "unknown"
     if device_type in SHORT_NAME:
@@ -147,8 +146,8 @@ def _bits(mask: int) -> set[int]:
     return {i for i in range(mask.bit_length()) if mask >> i & 1}
 
 
-def infer_device_type(features: int, protocol_features: int, queue_num: Optional[int],
-                      config_size: Optional[int]) -> tuple[Optional[DeviceType], str]:
+def infer_device_type(features: int, protocol_features: int, queue_num: int | None,
+                      config_size: int | None) -> tuple[DeviceType | None, str]:
     """Guess the device type (see the module docstring).  Returns (type or None, why)."""
     pf = protocol_features
     for bit, dtype in ((ProtocolFeature.RARP, T.NET), (ProtocolFeature.NET_MTU, T.NET),
@@ -176,7 +175,7 @@ def infer_device_type(features: int, protocol_features: int, queue_num: Optional
     return None, "cannot tell: give --type"
 
 
-def feature_names(features: int, device_type: Optional[int]) -> list[str]:
+def feature_names(features: int, device_type: int | None) -> list[str]:
     """Every set bit by name: device-specific names for ``device_type``, the reserved names,
     vhost's own bits; unknown bits as ``bit N``."""
     enum = FEATURE_ENUMS.get(device_type) if device_type is not None else None
@@ -186,7 +185,7 @@ def feature_names(features: int, device_type: Optional[int]) -> list[str]:
     return out
 
 
-def feature_name(bit: int, device_type: Optional[int] = None, enum=None) -> str:
+def feature_name(bit: int, device_type: int | None = None, enum=None) -> str:
     if enum is None and device_type is not None:
         enum = FEATURE_ENUMS.get(device_type)
     if bit == VHOST_USER_F_PROTOCOL_FEATURES:
@@ -211,7 +210,7 @@ def protocol_feature_names(mask: int) -> list[str]:
     return out
 
 
-def decode_config(device_type: Optional[int], data: bytes, features: Optional[int] = None) -> dict:
+def decode_config(device_type: int | None, data: bytes, features: int | None = None) -> dict:
     """The config bytes as named fields of the type's layout.  Fields past ``data`` are left
     out, and so are fields whose feature is not in ``features`` (when given)."""
     layout = CONFIG_LAYOUTS.get(device_type) if device_type is not None else None

@@ -72,7 +72,7 @@ import os
 import select
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Sequence
 
 from ...alloc import GuestAllocator
 from ...errors import Scope, TransportError, UsageError
@@ -138,7 +138,7 @@ class RegionAllocator:
         self._parts = [GuestAllocator(r.gpa, r.size) for r in memory.regions]
 
     def alloc(self, size: int, align: int = 16) -> int:
-        last: Optional[UsageError] = None
+        last: UsageError | None = None
         for part in self._parts:
             try:
                 return part.alloc(size, align)
@@ -185,7 +185,7 @@ class _Ring:
     kick: int
     call: int
     err: int
-    layout: Optional[RingLayout] = None
+    layout: RingLayout | None = None
     base: int = 0  # the SET_VRING_BASE it started with
     packed: bool = False
     ready: bool = False  # set up on the back-end (a reconnect replays it)
@@ -205,8 +205,8 @@ def _eventfd() -> int:
 class VhostUserTransport(DriverTransport):
     """Driver-side transport to a vhost-user back-end listening on ``socket_path``."""
 
-    def __init__(self, socket_path: Optional[str] = None, *, client: Optional[VhostUserClient] = None,
-                 device_type: Optional[int] = None, memory_size: int = DEFAULT_MEMORY,
+    def __init__(self, socket_path: str | None = None, *, client: VhostUserClient | None = None,
+                 device_type: int | None = None, memory_size: int = DEFAULT_MEMORY,
                  regions: int | Sequence[int] = 1, gpa: int = DEFAULT_GPA,
                  max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE, timeout: float = DEFAULT_TIMEOUT,
                  protocol_features: int = DEFAULT_TRANSPORT_PROTOCOL_FEATURES,
@@ -218,7 +218,7 @@ class VhostUserTransport(DriverTransport):
         #: Successful reconnects so far.
         self.reconnects = 0
         self._timeout = timeout
-        self._inflight: Optional[tuple[Inflight, int]] = None  # GET_INFLIGHT_FD's answer
+        self._inflight: tuple[Inflight, int] | None = None  # GET_INFLIGHT_FD's answer
         if reconnect:
             if socket_path is None:
                 raise UsageError("reconnect=True needs a socket_path to connect to again")
@@ -249,13 +249,13 @@ class VhostUserTransport(DriverTransport):
         self._max_sizes: dict[int, int] = {}
         self._status = 0
         self._driver_features = 0
-        self._committed_features: Optional[int] = None  # what SET_FEATURES sent
+        self._committed_features: int | None = None  # what SET_FEATURES sent
         self._mem_sent = False
         self._configured = False  # something to undo at reset
-        self._config_size: Optional[int] = None
-        self._needs_reset: Optional[str] = None
-        self._handler: Optional[InterruptHandler] = None
-        self._poller: Optional[select.poll] = None
+        self._config_size: int | None = None
+        self._needs_reset: str | None = None
+        self._handler: InterruptHandler | None = None
+        self._poller: select.poll | None = None
         self._fd_roles: dict[int, tuple[str, int]] = {}
         self._generation = 0  # CONFIG_CHANGE_MSGs seen (config_generation)
         self._config_pending = False  # a config change the driver has not been told of
@@ -470,7 +470,7 @@ class VhostUserTransport(DriverTransport):
             info, fd = self._inflight
             self.client.request(self.conn.set_inflight_fd(info, fd))
 
-    def _start_ring(self, ring: _Ring, base: Optional[int] = None) -> None:
+    def _start_ring(self, ring: _Ring, base: int | None = None) -> None:
         """The requests that set a ring up and start it (no retry inside: a unit for _call)."""
         c, layout, uva = self.client, ring.layout, self.memory.gpa_to_uva
         assert layout is not None
@@ -500,7 +500,7 @@ class VhostUserTransport(DriverTransport):
             self._poller = None
         return base
 
-    def notify(self, index: int, position: Optional[int] = None) -> None:
+    def notify(self, index: int, position: int | None = None) -> None:
         # ``position`` never comes: this transport does not carry VIRTIO_F_NOTIFICATION_DATA.
         ring = self._rings.get(index)
         if ring is None:
@@ -527,7 +527,7 @@ class VhostUserTransport(DriverTransport):
         self._poller, self._fd_roles = poller, roles
         return poller
 
-    def wait_for_interrupt(self, timeout: Optional[float]) -> bool:
+    def wait_for_interrupt(self, timeout: float | None) -> bool:
         """Wait on the call and err eventfds; dispatch one Interrupt per signalled ring.  Raises
         BackendHungUp (and sets DEVICE_NEEDS_RESET) when the back-end goes away."""
         if self._deliver_config_change():  # announced while a request waited for its answer
@@ -722,7 +722,7 @@ def _region_sizes(memory_size: int, regions) -> list[int]:
     return sizes
 
 
-def open_transport(socket_path: str, type_name_or_id: Optional[str] = None, **kw) -> VhostUserTransport:
+def open_transport(socket_path: str, type_name_or_id: str | None = None, **kw) -> VhostUserTransport:
     """A transport for a ``--socket-path`` / ``--type`` pair from the command line."""
     from .identify import parse_type
     device_type = parse_type(type_name_or_id) if type_name_or_id else None

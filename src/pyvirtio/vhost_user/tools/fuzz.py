@@ -44,7 +44,7 @@ import json
 import random
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from ...errors import UsageError
 from ...spec import vhost_user as spec
@@ -148,7 +148,7 @@ class Finding:
     step: int = -1  # the step it is attributed to (-1: the case as a whole)
     confirmed: bool = True  # it happened again on a fresh run (minimised then)
 
-    def same_as(self, other: Optional["Finding"]) -> bool:
+    def same_as(self, other: "Finding" | None) -> bool:
         """The minimiser keeps a smaller case when it fails the same way."""
         if other is None or other.kind != self.kind:
             return False
@@ -160,7 +160,7 @@ class Case:
     steps: list[Step]
     seed: int = 0
     number: int = 0
-    finding: Optional[Finding] = None
+    finding: Finding | None = None
 
     def to_json(self) -> str:
         obj = {"format": CASE_FORMAT, "version": CASE_VERSION, "seed": self.seed, "case": self.number,
@@ -367,10 +367,10 @@ class Outcome:
     probe_answered: bool = False
     reconnect_refused: str = ""  # why a new connection failed, if it did
     bad_framing: str = ""  # a reply stream that cannot be framed
-    exit_status: Optional[int] = None  # the target process we started, if it exited
+    exit_status: int | None = None  # the target process we started, if it exited
 
 
-def allowed_reply_size(step: Step) -> Optional[int] | str:
+def allowed_reply_size(step: Step) -> int | None | str:
     """The size a reply to ``step`` must have; None any size; "none" when no reply is allowed."""
     if step.op != "send":
         return "none"
@@ -383,7 +383,7 @@ def allowed_reply_size(step: Step) -> Optional[int] | str:
     return None if step.request in MAY_ANSWER else "none"
 
 
-def judge(steps: list[Step], out: Outcome) -> Optional[Finding]:
+def judge(steps: list[Step], out: Outcome) -> Finding | None:
     """The finding a run shows, if any (crash first, then hang, then the first violation)."""
     if out.exit_status is not None and out.exit_status < 0:
         return Finding("crash", f"the target died on signal {-out.exit_status}", out.sent - 1)

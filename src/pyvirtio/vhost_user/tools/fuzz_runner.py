@@ -24,7 +24,7 @@ import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from ...errors import TransportError
 from ..errors import FramingError
@@ -52,13 +52,13 @@ class TargetDown(TransportError):
 class Target:
     """The back-end under test: its socket, and the program when we start it ourselves."""
 
-    def __init__(self, socket_path: str, restart_cmd: Optional[str] = None, *,
-                 start_timeout: float = 20.0, log_path: Optional[str] = None):
+    def __init__(self, socket_path: str, restart_cmd: str | None = None, *,
+                 start_timeout: float = 20.0, log_path: str | None = None):
         self.socket_path = socket_path
         self.restart_cmd = restart_cmd
         self.start_timeout = start_timeout
         self.log_path = log_path or os.devnull
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.starts = 0
 
     def connect(self, timeout: float) -> socket.socket:
@@ -75,7 +75,7 @@ class Target:
                     raise
                 time.sleep(0.02)
 
-    def exit_status(self) -> Optional[int]:
+    def exit_status(self) -> int | None:
         """The started program's exit status once it ended (a signal as -N; sh's 128+N too)."""
         if self.process is None or self.process.poll() is None:
             return None
@@ -267,7 +267,7 @@ def _probe(sock: socket.socket, replies: _Replies, bound: float) -> None:
             return
 
 
-def _wait_exit(target: Target, timeout: float) -> Optional[int]:
+def _wait_exit(target: Target, timeout: float) -> int | None:
     deadline = time.monotonic() + timeout
     while target.process is not None and time.monotonic() < deadline:
         status = target.exit_status()
@@ -324,7 +324,7 @@ class Report:
     stopped_early: str = ""
 
 
-def run_and_judge(target: Target, steps: list[Step], bound: float) -> Optional[Finding]:
+def run_and_judge(target: Target, steps: list[Step], bound: float) -> Finding | None:
     target.ensure_up()
     return judge(steps, run_case(target, steps, bound))
 

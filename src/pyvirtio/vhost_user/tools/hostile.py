@@ -73,7 +73,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from ...errors import UsageError
 from ..fdio import close_fds
@@ -139,20 +139,20 @@ class HostileRule:
     """One parsed rule; its counters and generator live in the :class:`HostilePlan`."""
 
     kind: str
-    req: Optional[int] = None
+    req: int | None = None
     queue: int = 0
     after: int = 0
-    count: Optional[int] = None  # None: every matching event
+    count: int | None = None  # None: every matching event
     prob: float = 1.0
-    seed: Optional[int] = None
-    value: Optional[int] = None
-    bytes: Optional[int] = None
-    at: Optional[int] = None
-    ms: Optional[float] = None
-    index: Optional[int] = None
-    by: Optional[int] = None
-    irqs: Optional[int] = None
-    fd: Optional[str] = None
+    seed: int | None = None
+    value: int | None = None
+    bytes: int | None = None
+    at: int | None = None
+    ms: float | None = None
+    index: int | None = None
+    by: int | None = None
+    irqs: int | None = None
+    fd: str | None = None
 
     @property
     def ring(self) -> bool:
@@ -297,8 +297,8 @@ class Connection:
 
     number: int
     opened: float
-    closed: Optional[float] = None
-    closed_by: Optional[str] = None  # "front-end", "hang-up rule", "end of run"
+    closed: float | None = None
+    closed_by: str | None = None  # "front-end", "hang-up rule", "end of run"
     requests: int = 0
     chains: int = 0  # descriptor chains the device served
     after_fire: list[str] = field(default_factory=list)  # requests after the first lie (first 8)
@@ -354,7 +354,7 @@ class HostilePlan:
     def rng(self, i: int) -> random.Random:
         return self._rng[i]
 
-    def record(self, rule: HostileRule, detail: str, conn: Optional[Connection]) -> None:
+    def record(self, rule: HostileRule, detail: str, conn: Connection | None) -> None:
         with self._lock:
             self.fired.append(Fired(self.now(), rule.describe(), detail, conn.number if conn else 0))
 
@@ -389,7 +389,7 @@ class HangUp(ConnectionFatal):
 
 
 def _rewrite(rule: HostileRule, rng: random.Random, request: int, reply: Reply,
-             opened: list[int]) -> tuple[Optional[Reply], str]:
+             opened: list[int]) -> tuple[Reply | None, str]:
     """The lie one rule tells in place of ``reply``; (new reply or None, what was done)."""
     req, flags, size = HEADER.unpack_from(reply.data)
     body = reply.data[HEADER_SIZE:]
@@ -483,7 +483,7 @@ class _Before:
     chains: int
 
 
-def _attack_ring(rule: HostileRule, session: "HostileSession", index: int, before: _Before) -> Optional[str]:
+def _attack_ring(rule: HostileRule, session: "HostileSession", index: int, before: _Before) -> str | None:
     """Do what a ring rule says on ring ``index`` after a turn; what was done, or None when it
     does not apply to this ring."""
     queue = session.conn.vrings[index].queue
@@ -517,7 +517,7 @@ def _attack_ring(rule: HostileRule, session: "HostileSession", index: int, befor
     return None
 
 
-def _attack_packed(rule: HostileRule, queue, mem, before: _Before) -> Optional[str]:
+def _attack_packed(rule: HostileRule, queue, mem, before: _Before) -> str | None:
     desc, pos = queue.desc_table, before.next_used  # the first descriptor used this turn
     if rule.kind == "used-id":
         value = (rule.value if rule.value is not None else queue.size) & 0xFFFF
@@ -567,7 +567,7 @@ class HostileSession(Session):
             out += self._lie(m.request, reply)
         return out + pending
 
-    def _lie(self, request: int, reply: Optional[Reply]) -> list[Reply]:
+    def _lie(self, request: int, reply: Reply | None) -> list[Reply]:
         plan = self.plan
         for i, rule in plan.select(lambda r: r.kind in ("hang-up", "delay") and _wants(r, request)):
             if rule.kind == "delay":

@@ -39,7 +39,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 from ...device import VirtioDevice
 from ...errors import UsageError
@@ -57,8 +57,8 @@ STOP_GRACE = 5.0  # seconds a front-end we stop gets between SIGTERM and SIGKILL
 class Outcome:
     kind: str
     detail: str
-    exit: Optional[int] = None  # the process's exit status (None: no process, or a signal)
-    signal: Optional[str] = None  # the signal that ended it
+    exit: int | None = None  # the process's exit status (None: no process, or a signal)
+    signal: str | None = None  # the signal that ended it
     errors: list[str] = field(default_factory=list)  # its stderr lines that report an error
 
     @property
@@ -101,7 +101,7 @@ def read_case(text: str) -> tuple[str, bool, list[HostileRule], int]:
         raise UsageError(f"not a hostile back-end case: {exc}") from None
 
 
-def classify(plan: HostilePlan, returncode: Optional[int], stopped: bool, started: bool,
+def classify(plan: HostilePlan, returncode: int | None, stopped: bool, started: bool,
              stderr: str = "") -> Outcome:
     """The outcome of an experiment: ``returncode`` of the front-end process we started (None:
     none started), ``stopped``: it still ran at the end and we stopped it."""
@@ -152,9 +152,9 @@ def _signal_name(number: int) -> str:
 
 
 def run_experiment(device: VirtioDevice, socket_path: str, rules: list[HostileRule], *, seed: int,
-                   seconds: float, command: Optional[str] = None, log_path: Optional[str] = None,
+                   seconds: float, command: str | None = None, log_path: str | None = None,
                    device_name: str = "device", packed: bool = False,
-                   on_start: Optional[Callable[[], None]] = None) -> Experiment:
+                   on_start: Callable[[], None] | None = None) -> Experiment:
     """Serve ``device`` with ``rules`` on ``socket_path`` until the front-end process exits
     (``command``) or ``seconds`` pass; classify what the front-end did."""
     plan = HostilePlan(rules, seed)
