@@ -13,11 +13,15 @@ class Allocator(Protocol):
     """What a transport allocates guest memory with: :class:`GuestAllocator` over one range, or
     one per region (vhost-user's ``RegionAllocator``)."""
 
-    def alloc(self, size: int, align: int = 16) -> int: ...
-    def free(self, addr: int) -> None: ...
+    def alloc(self, size: int, align: int = 16) -> int:
+        """``size`` bytes of guest memory aligned to ``align``; returns the guest-physical address."""
+
+    def free(self, addr: int) -> None:
+        """Give back the block at ``addr``."""
 
     @property
-    def free_bytes(self) -> int: ...
+    def free_bytes(self) -> int:
+        """How many bytes are still free."""
 
 
 class GuestAllocator:
@@ -30,6 +34,8 @@ class GuestAllocator:
         self._lock = threading.Lock()
 
     def alloc(self, size: int, align: int = 16) -> int:
+        """``size`` bytes aligned to ``align`` (a power of two), first fit; raises
+        :class:`~pyvirtio.errors.UsageError` when nothing fits."""
         if size <= 0 or align <= 0 or align & (align - 1):
             raise UsageError(f"bad allocation size={size} align={align}")
         with self._lock:
@@ -48,6 +54,7 @@ class GuestAllocator:
         raise UsageError(f"guest memory exhausted: no {size} bytes free (align {align})")
 
     def free(self, addr: int) -> None:
+        """Give back the block at ``addr`` (merged with free neighbours)."""
         with self._lock:
             size = self._used.pop(addr, None)
             if size is None:
@@ -64,4 +71,5 @@ class GuestAllocator:
 
     @property
     def free_bytes(self) -> int:
+        """How many bytes are still free (in however many pieces)."""
         return sum(length for _, length in self._free)

@@ -29,10 +29,13 @@ class Binding:
 
     @property
     def device_type(self) -> int:
+        """The device ID the transport reports."""
         return self.transport.device_type
 
     @property
     def type_name(self) -> str:
+        """The device type's name (``blk``, ``net`` ...), or its number for a type pyvirtio does
+        not know."""
         try:
             return DeviceType(self.device_type).name.lower()
         except ValueError:
@@ -41,15 +44,20 @@ class Binding:
 
 @dataclass
 class Bus:
+    """Transports found by any means (a PCI scan, MMIO windows, vhost-user sockets, loopback),
+    matched to drivers by their ID tables."""
+
     drivers: tuple[type[VirtioDriver], ...] = ()
     bindings: list[Binding] = field(default_factory=list)
 
     def add(self, transport: DriverTransport) -> Binding:
+        """Put ``transport`` on the bus; its binding (no driver until :meth:`probe`)."""
         binding = Binding(transport)
         self.bindings.append(binding)
         return binding
 
     def extend(self, transports: Iterable[DriverTransport]) -> None:
+        """Put every transport of ``transports`` on the bus."""
         for t in transports:
             self.add(t)
 

@@ -169,6 +169,8 @@ class VirtioDevice:
 
     @property
     def driver_ok(self) -> bool:
+        """Whether the driver set DRIVER_OK and the device does not need a reset: the device may
+        use its queues."""
         return bool(self.status & DeviceStatus.DRIVER_OK) and not self.status & DeviceStatus.DEVICE_NEEDS_RESET
 
     # --- config space (2.5) ---------------------------------------------------------------------
@@ -178,6 +180,8 @@ class VirtioDevice:
         return b""
 
     def read_config(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the config space at ``offset`` (:meth:`config_bytes`); bytes outside
+        it read as zero."""
         data = self.config_bytes()
         if offset < 0 or size < 0 or offset + size > len(data):
             return bytes(size)  # reads outside the config space see zeros (no untyped error)

@@ -104,6 +104,8 @@ class DriverQueue:
         return pending
 
     def kick(self) -> None:
+        """Notify the device of what was added, if it asked to be told (2.7.13, 2.8.22: event index
+        or flags)."""
         if self.vq.kick_prepare(self.mem):
             if self.notification_data:
                 self.transport.notify(self.index, notification.driver_position(self.vq))
@@ -146,6 +148,7 @@ class DriverQueue:
         return bytes(out)
 
     def release(self, pending: Pending) -> None:
+        """Free the guest buffers ``pending`` owned (after its completion was taken)."""
         for addr in pending.owned:
             self.transport.free(addr)
         pending.owned = []
@@ -161,6 +164,7 @@ class DriverQueue:
                 self.release(pending)
 
     def close(self) -> None:
+        """Forget every outstanding request (after a device reset) and free the ring's memory."""
         for pending in self.vq.detach_unused():
             self.release(pending)
         self.transport.free(self._ring_addr)
@@ -186,6 +190,7 @@ class VirtioDriver:
 
     @classmethod
     def matches(cls, device_type: int) -> bool:
+        """Whether this driver drives devices of ``device_type`` (its ID table)."""
         return device_type in cls.id_table
 
     # --- initialisation (3.1.1) -----------------------------------------------------------------
@@ -231,12 +236,15 @@ class VirtioDriver:
         return accepted
 
     def has_feature(self, bit: int) -> bool:
+        """Whether feature ``bit`` was negotiated with the device."""
         return bool(self.negotiated & (1 << bit))
 
     def setup(self) -> None:
         """Device-specific setup: read config, create queues (step 7)."""
 
     def create_queue(self, index: int, size: int | None = None) -> DriverQueue:
+        """Set up queue ``index`` (``size`` descriptors, at most what the device allows; its
+        maximum by default) with the negotiated ring features, and enable it."""
         t = self.transport
         max_size = t.queue_max_size(index)
         if max_size == 0:
@@ -282,6 +290,8 @@ class VirtioDriver:
 
     @property
     def device_needs_reset(self) -> bool:
+        """Whether the device set DEVICE_NEEDS_RESET (2.1.2): it cannot go on until the driver
+        resets it."""
         return bool(self.transport.get_status() & DeviceStatus.DEVICE_NEEDS_RESET)
 
     def remove(self) -> None:

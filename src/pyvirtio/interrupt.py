@@ -14,6 +14,7 @@ class Interrupt:
 
     @property
     def config_changed(self) -> bool:
+        """Whether this is a configuration change notification (not a queue's)."""
         return self.queue is None
 
 

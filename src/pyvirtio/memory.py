@@ -54,6 +54,7 @@ class Region:
 
     @property
     def end(self) -> int:
+        """The first guest-physical address past the region."""
         return self.gpa + self.size
 
 
@@ -92,6 +93,7 @@ class GuestMemory:
         return cls([memfd_region(gpa, size, name)])
 
     def add_region(self, region: Region) -> None:
+        """Map one more region; it must not overlap the others (the generation counter moves)."""
         if region.size <= 0 or region.gpa < 0 or region.end > _U64_LIMIT:
             raise UsageError(f"bad region gpa={region.gpa:#x} size={region.size:#x}")
         if len(region.buf) < region.size:
@@ -118,6 +120,7 @@ class GuestMemory:
 
     @property
     def regions(self) -> tuple[Region, ...]:
+        """The mapped regions, in address order."""
         return tuple(self._regions)
 
     def close(self) -> None:
@@ -132,6 +135,8 @@ class GuestMemory:
     # --- address translation --------------------------------------------------------------------
 
     def region_at(self, addr: int) -> Region:
+        """The region holding guest-physical ``addr``; :class:`~pyvirtio.errors.GuestMemoryError`
+        outside every region."""
         i = bisect.bisect_right(self._starts, addr) - 1
         if i >= 0:
             region = self._regions[i]
@@ -193,6 +198,7 @@ class GuestMemory:
         raise GuestMemoryError(uva, length, "is in no region's front-end address range")
 
     def gpa_to_uva(self, gpa: int) -> int:
+        """The front-end's user address of guest-physical ``gpa`` (vhost-user speaks in those)."""
         region = self.region_at(gpa)
         return region.userspace_addr + (gpa - region.gpa)
 
@@ -209,9 +215,12 @@ class GuestMemory:
     # --- byte and scalar access -----------------------------------------------------------------
 
     def read(self, addr: int, length: int) -> bytes:
+        """A copy of ``length`` bytes at ``addr`` (use :meth:`view` or :meth:`views` for zero-
+        copy)."""
         return b"".join(bytes(v) for v in self.views(addr, length))
 
     def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` into guest memory at ``addr``."""
         pos = 0
         for v in self.views(addr, len(data)):
             v[:] = data[pos:pos + len(v)]
@@ -223,21 +232,27 @@ class GuestMemory:
         return self.view(addr, size)
 
     def load16(self, addr: int) -> int:
+        """The little-endian 16-bit value at ``addr`` (one aligned load)."""
         return _U16.unpack(self._aligned(addr, 2))[0]
 
     def load32(self, addr: int) -> int:
+        """The little-endian 32-bit value at ``addr`` (one aligned load)."""
         return _U32.unpack(self._aligned(addr, 4))[0]
 
     def load64(self, addr: int) -> int:
+        """The little-endian 64-bit value at ``addr`` (one aligned load)."""
         return _U64.unpack(self._aligned(addr, 8))[0]
 
     def store16(self, addr: int, value: int) -> None:
+        """Store ``value`` as 16 little-endian bits at ``addr`` (one aligned store)."""
         _U16.pack_into(self._aligned(addr, 2), 0, value & 0xFFFF)
 
     def store32(self, addr: int, value: int) -> None:
+        """Store ``value`` as 32 little-endian bits at ``addr`` (one aligned store)."""
         _U32.pack_into(self._aligned(addr, 4), 0, value & 0xFFFFFFFF)
 
     def store64(self, addr: int, value: int) -> None:
+        """Store ``value`` as 64 little-endian bits at ``addr`` (one aligned store)."""
         _U64.pack_into(self._aligned(addr, 8), 0, value & 0xFFFFFFFFFFFFFFFF)
 
 

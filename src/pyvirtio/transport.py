@@ -35,13 +35,17 @@ class DriverTransport(abc.ABC):
     # identity
     @property
     @abc.abstractmethod
-    def device_type(self) -> int: ...
+    def device_type(self) -> int:
+        """The virtio device ID (5: ``DeviceType``) of the device behind this transport."""
 
     @property
     def vendor_id(self) -> int:
+        """The device's vendor ID where the bus has one (PCI subsystem vendor, MMIO VendorID); 0
+        otherwise."""
         return 0
 
     def describe(self) -> str:
+        """A short name for log lines and errors (a PCI address, a socket path ...)."""
         return f"{type(self).__name__}"
 
     @property
@@ -53,10 +57,13 @@ class DriverTransport(abc.ABC):
 
     # status (2.1) and features (2.2)
     @abc.abstractmethod
-    def get_status(self) -> int: ...
+    def get_status(self) -> int:
+        """The device status byte (2.1)."""
 
     @abc.abstractmethod
-    def set_status(self, status: int) -> None: ...
+    def set_status(self, status: int) -> None:
+        """Write the device status byte (2.1); 0 resets the device (use :meth:`reset`, which
+        waits)."""
 
     def reset(self) -> None:
         """Reset the device: write 0 to the device status and wait until it reads back 0
@@ -74,20 +81,29 @@ class DriverTransport(abc.ABC):
         raise self.reset_error(f"{self.describe()}: {what}")
 
     @abc.abstractmethod
-    def get_device_features(self) -> int: ...
+    def get_device_features(self) -> int:
+        """Every feature bit the device offers (2.2), all 64 (or more) bits in one int."""
 
     @abc.abstractmethod
-    def set_driver_features(self, features: int) -> None: ...
+    def set_driver_features(self, features: int) -> None:
+        """Tell the device which of its features the driver accepts (2.2; then FEATURES_OK)."""
 
     # config space (2.5)
     @abc.abstractmethod
-    def read_config(self, offset: int, size: int) -> bytes: ...
+    def read_config(self, offset: int, size: int) -> bytes:
+        """``size`` bytes of the device-specific configuration space at ``offset`` (2.5), little-
+        endian as the device keeps them; use
+        :meth:`pyvirtio.driver.VirtioDriver.read_config` for a reading consistent across
+        the generation counter."""
 
     @abc.abstractmethod
-    def write_config(self, offset: int, data: bytes) -> None: ...
+    def write_config(self, offset: int, data: bytes) -> None:
+        """Write ``data`` into the device-specific configuration space at ``offset`` (2.5)."""
 
     @abc.abstractmethod
-    def config_generation(self) -> int: ...
+    def config_generation(self) -> int:
+        """The configuration generation counter (2.5.1): it changes whenever the device changes its
+        config space."""
 
     # virtqueues
     @abc.abstractmethod
@@ -103,6 +119,8 @@ class DriverTransport(abc.ABC):
         """Tell the device where queue ``index`` lives and enable it."""
 
     def reset_queue(self, index: int) -> None:  # pragma: no cover - optional (RING_RESET)
+        """Reset queue ``index`` alone (VIRTIO_F_RING_RESET, 2.6.1): the device forgets the ring,
+        which :meth:`setup_queue` may then set up anew."""
         raise NotImplementedError
 
     @abc.abstractmethod
@@ -113,7 +131,9 @@ class DriverTransport(abc.ABC):
 
     # interrupts (device → driver), as callbacks
     @abc.abstractmethod
-    def set_interrupt_handler(self, handler: InterruptHandler) -> None: ...
+    def set_interrupt_handler(self, handler: InterruptHandler) -> None:
+        """Call ``handler`` with an :class:`~pyvirtio.interrupt.Interrupt` for every used-buffer
+        notification (which queue) and every configuration change."""
 
     @abc.abstractmethod
     def wait_for_interrupt(self, timeout: float | None) -> bool:
@@ -123,9 +143,12 @@ class DriverTransport(abc.ABC):
         return at once."""
 
     def alloc(self, size: int, align: int = 16) -> int:
+        """Guest memory for rings and buffers: ``size`` bytes aligned to ``align``; returns the
+        guest-physical address."""
         return self.allocator.alloc(size, align)
 
     def free(self, addr: int) -> None:
+        """Give back memory :meth:`alloc` returned."""
         self.allocator.free(addr)
 
     def close(self) -> None:

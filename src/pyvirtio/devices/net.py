@@ -301,14 +301,19 @@ class NetDevice(VirtioDevice):
     # --- control queue targets (ctrl.CtrlTarget) ----------------------------------------------
 
     def set_mac_from_driver(self, mac: bytes) -> None:
+        """The driver set a new MAC address (control queue): the config space shows it first
+        (5.1.6.5.2.1)."""
         self.mac = mac  # 5.1.6.5.2.1: config space updated before the command is used
         self.config_generation = (self.config_generation + 1) & 0xFF
 
     def ack_announce(self) -> None:
+        """The driver announced itself: clear VIRTIO_NET_S_ANNOUNCE (5.1.6.5.4.2)."""
         self.announce_pending = False  # 5.1.6.5.4.2: cleared before the buffer is used
         self.config_generation = (self.config_generation + 1) & 0xFF
 
     def set_active_pairs(self, pairs: int) -> None:
+        """The driver chose how many queue pairs to use (5.1.6.5.6); refused unless every queue of
+        them is set up."""
         if not all(self.queues[i].ready for i in range(2 * pairs)):
             raise ctrl.CtrlRejected(f"MQ VQ_PAIRS_SET {pairs}: not every queue of those pairs is set up "
                                     "(5.1.6.5.6.1)")
@@ -316,6 +321,7 @@ class NetDevice(VirtioDevice):
         self.flows.clear()
 
     def set_guest_offloads(self, offloads: int) -> None:
+        """The driver changed which receive offloads the device may use (5.1.6.5.7)."""
         self.guest_offloads = offloads
         gso = offloads & ~(1 << F.GUEST_CSUM)
         self.max_rx_frame = GSO_FRAME + 4 if gso else (self.mtu or 1500) + ETH_HLEN + 4
@@ -501,6 +507,7 @@ class NetDevice(VirtioDevice):
 
     @property
     def tx_waiting(self) -> bool:
+        """Whether transmitted frames wait for the back-end to take them."""
         return any(self.tx_held)
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:

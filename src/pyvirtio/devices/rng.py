@@ -27,6 +27,9 @@ _STALL = frozenset({"stall"})
 
 
 class RngDevice(VirtioDevice):
+    """The entropy device (VIRTIO 1.3, 5.4): fills every device-writable buffer the driver makes
+    available with bytes from ``source`` (the host's getrandom by default)."""
+
     device_type = DeviceType.ENTROPY
     num_queues = 1
     completes_in_order = True

@@ -60,6 +60,8 @@ BATCH = 256
 
 
 def check_guest_cid(cid: int) -> int:
+    """``cid`` if a guest may have it (3..2^32-2 and not reserved, 5.10.4); else
+    :class:`~pyvirtio.errors.UsageError`."""
     if cid in VSOCK_RESERVED_CIDS or not 3 <= cid <= 0xFFFFFFFE:
         raise UsageError(f"guest CID {cid} is reserved or out of range (3..4294967294; 5.10.4)")
     return cid
@@ -165,6 +167,7 @@ class VsockDevice(VirtioDevice):
 
     @property
     def stats(self) -> dict:
+        """The device's counters and how many connections it holds."""
         out = dict(self.core.stats.as_dict(), **self.counters)
         out["connections"] = len(self.core.conns)
         out["host_bytes_buffered"] = sum(c.app.buffered for c in self.core.conns.values()

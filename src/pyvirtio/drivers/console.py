@@ -51,6 +51,10 @@ class ConsoleProtocolError(DeviceFault):
 
 
 class ConsoleDriver(VirtioDriver):
+    """The console driver (VIRTIO 1.3, 5.3): the console port and, with VIRTIO_CONSOLE_F_MULTIPORT,
+    named ports opened by name (:meth:`open_port`), added and removed by the device at any
+    time."""
+
     id_table = (DeviceType.CONSOLE,)
     features = (1 << _F.SIZE) | (1 << _F.MULTIPORT) | (1 << _F.EMERG_WRITE)
     queue_size = 64
@@ -158,9 +162,12 @@ class ConsoleDriver(VirtioDriver):
         return self._q[index]
 
     def add_listener(self, listener: Callable[[PortEvent], None]) -> None:
+        """Call ``listener`` with every :class:`PortEvent` (a port added, opened, closed, removed,
+        resized ...)."""
         self._listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[PortEvent], None]) -> None:
+        """Stop calling ``listener``."""
         self._listeners.remove(listener)
 
     def poll_events(self) -> None:
@@ -168,6 +175,7 @@ class ConsoleDriver(VirtioDriver):
         self._until(lambda: True, 0)
 
     def list_ports(self) -> list[PortState]:
+        """The ports the device announced, by id (events processed first)."""
         self.poll_events()
         with self._lock:
             return [p for _, p in sorted(self.ports.items())]

@@ -25,6 +25,8 @@ class AsyncConsolePort:
     @classmethod
     async def open(cls, driver: ConsoleDriver, name: str | None = None, *,
                    port_id: int | None = None, timeout: float | None = 5.0) -> "AsyncConsolePort":
+        """Open the port called ``name`` (or numbered ``port_id``) of ``driver``, waiting up to
+        ``timeout`` seconds for the device to announce it."""
         port = await asyncio.to_thread(driver.open_port, name, port_id=port_id, timeout=timeout)
         return cls(port)
 
@@ -37,6 +39,8 @@ class AsyncConsolePort:
                 continue
 
     async def read_exactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes from the port; :class:`~pyvirtio.drivers.console_port.PortClosed`
+        when it closes first."""
         out = bytearray()
         while len(out) < n:
             chunk = await self.read(n - len(out))
@@ -46,6 +50,7 @@ class AsyncConsolePort:
         return bytes(out)
 
     async def write(self, data) -> int:
+        """Send ``data`` on the port (queued; :meth:`drain` waits until the device took it)."""
         view = memoryview(data).cast("B")
         sent = 0
         while sent < len(view):
@@ -53,6 +58,7 @@ class AsyncConsolePort:
         return sent
 
     async def drain(self) -> None:
+        """Wait until the device has taken everything written."""
         while True:
             try:
                 return await asyncio.to_thread(self.port.drain, self.slice_time)
@@ -60,6 +66,7 @@ class AsyncConsolePort:
                 continue
 
     async def close(self) -> None:
+        """Close the port (PORT_OPEN 0)."""
         await asyncio.to_thread(self.port.close)
 
     async def __aenter__(self) -> "AsyncConsolePort":

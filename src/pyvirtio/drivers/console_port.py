@@ -59,11 +59,12 @@ class ConsolePort:
         self._driver, self.state = driver, state
         self.closed = False
 
-    id = property(lambda self: self.state.id)
-    name = property(lambda self: self.state.name)
-    is_console = property(lambda self: self.state.console)
-    host_connected = property(lambda self: self.state.host_connected)
-    size = property(lambda self: self.state.size)
+    id = property(lambda self: self.state.id, doc="The port's id (0 is the console).")
+    name = property(lambda self: self.state.name, doc="The port's name, as the device announced it.")
+    is_console = property(lambda self: self.state.console, doc="Whether the port is a console port.")
+    host_connected = property(lambda self: self.state.host_connected,
+                              doc="Whether a program on the host side has the port open.")
+    size = property(lambda self: self.state.size, doc="The console's size (columns, rows), if known.")
 
     def __repr__(self) -> str:
         return f"<ConsolePort {self.id} {self.name!r}{' closed' if self.closed else ''}>"
@@ -95,6 +96,8 @@ class ConsolePort:
             return None
 
     def read_exactly(self, n: int, timeout: float | None = None) -> bytes:
+        """Exactly ``n`` bytes from the port, waiting up to ``timeout`` seconds in all (None: for
+        ever); :class:`PortClosed` when the port closes first."""
         out = bytearray()
         deadline = None if timeout is None else time.monotonic() + timeout
         while len(out) < n:
@@ -147,6 +150,7 @@ class ConsolePort:
                 self._driver._close(self.state)
 
     def aio(self) -> "AsyncConsolePort":
+        """The same port for asyncio code: ``await port.read(n)``, ``await port.write(data)``."""
         from .console_aio import AsyncConsolePort
         return AsyncConsolePort(self)
 

@@ -53,6 +53,7 @@ class InputInfo:
     abs_info: dict[int, InputAbsInfo] = field(default_factory=dict)
 
     def supports(self, etype: int, code: int | None = None) -> bool:
+        """Whether the device reports events of type ``etype`` (and, given ``code``, that code)."""
         codes = self.events.get(etype)
         return codes is not None and (code is None or code in codes)
 
@@ -69,6 +70,9 @@ def bits(data: bytes) -> frozenset[int]:
 
 
 class InputDriver(VirtioDriver):
+    """The input driver (VIRTIO 1.3, 5.8): the device's name, IDs and event bits from its config
+    space, its events as they come, and status events (LEDs) sent back."""
+
     id_table = (DeviceType.INPUT,)
     queue_size = 64  # as many event buffers as Linux posts
 
@@ -214,6 +218,7 @@ class InputDriver(VirtioDriver):
             self._status_out += 1
 
     def set_led(self, code: int, on: bool) -> None:
+        """Switch LED ``code`` on or off (an EV_LED status event to the device)."""
         self.send_status(EventType.LED, code, int(on))
 
     def flush_status(self, timeout: float = 5.0) -> bool:

@@ -63,6 +63,7 @@ class NetHdr(NamedTuple):
     num_buffers: int = 0
 
     def pack(self) -> bytes:
+        """The header as the device reads it (struct virtio_net_hdr, 5.1.6)."""
         return spec.NET_HDR.pack(*self)
 
 
@@ -79,6 +80,10 @@ def drop_unmet(features: int) -> int:
 
 
 class NetDriver(VirtioDriver):
+    """The network driver (VIRTIO 1.3, 5.1): frames in and out over one or more queue pairs,
+    offloads, the control queue (receive modes, MAC filter, queue pairs, announcements) and
+    link state."""
+
     id_table = (DeviceType.NET,)
     features = WANTED | OFFLOADS
     queue_size = 256
@@ -146,6 +151,8 @@ class NetDriver(VirtioDriver):
             self.set_mac(self.requested_mac)
 
     def refresh_config(self) -> dict:
+        """Read the device's configuration again (MAC, status, queue pairs, MTU ...) after a
+        configuration change; returns it as a dict."""
         if not self.transport.has_config_space:
             self.config = dict.fromkeys(spec.NET_CONFIG_FIELDS, 0)  # no field is used (negotiate)
             return self.config
@@ -198,10 +205,14 @@ class NetDriver(VirtioDriver):
 
     @property
     def link_up(self) -> bool:
+        """Whether the device says the link is up (VIRTIO_NET_S_LINK_UP; always up without
+        VIRTIO_NET_F_STATUS)."""
         return self.link
 
     @property
     def announce_requested(self) -> bool:
+        """Whether the device asks the driver to announce itself (VIRTIO_NET_S_ANNOUNCE); answer
+        with :meth:`ack_announce`."""
         return self.has_feature(F.GUEST_ANNOUNCE) and bool(self.config["status"] & spec.NetStatus.ANNOUNCE)
 
     def on_config_change(self) -> None:
@@ -314,6 +325,8 @@ class NetDriver(VirtioDriver):
         return None if got is None else got[1]
 
     def recv_with_header(self, timeout: float | None = 1.0) -> tuple[NetHdr, bytes] | None:
+        """The next received frame with its virtio-net header, waiting up to ``timeout`` seconds;
+        None when none came."""
         self._live()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -392,6 +405,8 @@ class NetDriver(VirtioDriver):
         return reply[0]
 
     def ctrl(self, feature: int, cls: int, command: int, *data: bytes) -> None:
+        """Send a control command (class ``cls``, ``command``, ``data``) that needs ``feature``;
+        raises when the device answers VIRTIO_NET_ERR."""
         if not self.has_feature(feature):
             raise UsageError(f"{F(feature).name} was not negotiated")
         ack = self.ctrl_raw(cls, command, data)
@@ -402,37 +417,48 @@ class NetDriver(VirtioDriver):
         self.ctrl(feature, spec.NetCtrlClass.RX, command, bytes((int(bool(on)),)))
 
     def set_promisc(self, on: bool) -> None:
+        """Receive every frame (VIRTIO_NET_CTRL_RX_PROMISC)."""
         self._rx_mode(F.CTRL_RX, spec.NetCtrlRx.PROMISC, on)
 
     def set_allmulti(self, on: bool) -> None:
+        """Receive every multicast frame (VIRTIO_NET_CTRL_RX_ALLMULTI)."""
         self._rx_mode(F.CTRL_RX, spec.NetCtrlRx.ALLMULTI, on)
 
     def set_alluni(self, on: bool) -> None:
+        """Receive every unicast frame (VIRTIO_NET_CTRL_RX_ALLUNI)."""
         self._rx_mode(F.CTRL_RX_EXTRA, spec.NetCtrlRx.ALLUNI, on)
 
     def set_nomulti(self, on: bool) -> None:
+        """Receive no multicast frame (VIRTIO_NET_CTRL_RX_NOMULTI)."""
         self._rx_mode(F.CTRL_RX_EXTRA, spec.NetCtrlRx.NOMULTI, on)
 
     def set_nouni(self, on: bool) -> None:
+        """Receive no unicast frame (VIRTIO_NET_CTRL_RX_NOUNI)."""
         self._rx_mode(F.CTRL_RX_EXTRA, spec.NetCtrlRx.NOUNI, on)
 
     def set_nobcast(self, on: bool) -> None:
+        """Receive no broadcast frame (VIRTIO_NET_CTRL_RX_NOBCAST)."""
         self._rx_mode(F.CTRL_RX_EXTRA, spec.NetCtrlRx.NOBCAST, on)
 
     def set_mac(self, mac) -> None:
+        """Set the device's MAC address (VIRTIO_NET_CTRL_MAC_ADDR_SET)."""
         mac = mac_bytes(mac)
         self.ctrl(F.CTRL_MAC_ADDR, spec.NetCtrlClass.MAC, spec.NetCtrlMac.ADDR_SET, mac)
         self.mac = mac
 
     def set_mac_table(self, unicast: Sequence = (), multicast: Sequence = ()) -> None:
+        """Set the receive filter's unicast and multicast MAC tables
+        (VIRTIO_NET_CTRL_MAC_TABLE_SET)."""
         tables = [spec.NET_CTRL_MAC_ENTRIES.pack(len(t)) + b"".join(mac_bytes(m) for m in t)
                   for t in (unicast, multicast)]
         self.ctrl(F.CTRL_RX, spec.NetCtrlClass.MAC, spec.NetCtrlMac.TABLE_SET, *tables)
 
     def ack_announce(self) -> None:
+        """Tell the device the announcement it asked for was sent (VIRTIO_NET_CTRL_ANNOUNCE_ACK)."""
         self.ctrl(F.GUEST_ANNOUNCE, spec.NetCtrlClass.ANNOUNCE, spec.NetCtrlAnnounce.ACK)
 
     def set_queue_pairs(self, pairs: int) -> None:
+        """Use ``pairs`` queue pairs from now (VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET)."""
         if not 1 <= pairs <= self.pairs:
             raise UsageError(f"{pairs} queue pairs: this driver set up 1..{self.pairs}")
         self.ctrl(F.MQ, spec.NetCtrlClass.MQ, spec.NetCtrlMq.VQ_PAIRS_SET,
@@ -440,5 +466,6 @@ class NetDriver(VirtioDriver):
         self.active_pairs = pairs
 
     def set_guest_offloads(self, offloads: int) -> None:
+        """Change which receive offloads the device may use (VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET)."""
         self.ctrl(F.CTRL_GUEST_OFFLOADS, spec.NetCtrlClass.GUEST_OFFLOADS, spec.NetCtrlGuestOffloads.SET,
                   spec.NET_CTRL_GUEST_OFFLOADS.pack(offloads))

@@ -7,6 +7,9 @@ from ..spec.ids import DeviceType
 
 
 class RngDriver(VirtioDriver):
+    """The entropy driver (VIRTIO 1.3, 5.4): one request queue; :meth:`read` asks the device for
+    random bytes."""
+
     id_table = (DeviceType.ENTROPY,)
     queue_size = 64
 

@@ -53,6 +53,9 @@ class VsockError(ConnectionError):
 
 
 class VsockDriver(VirtioDriver):
+    """The socket driver (VIRTIO 1.3, 5.10): stream connections to and from the host by port
+    (:meth:`connect`, :meth:`listen`), with credit-based flow control."""
+
     id_table = (DeviceType.VSOCK,)
     features = (1 << VsockFeature.STREAM) | (1 << VsockFeature.SEQPACKET)
     queue_size = 128
@@ -125,6 +128,8 @@ class VsockDriver(VirtioDriver):
         return stream
 
     def listen(self, port: int, backlog: int = 16) -> "VsockListener":
+        """Accept connections the host makes to ``port`` (at most ``backlog`` waiting); a
+        :class:`VsockListener`."""
         with self._lock:
             if port in self._listeners:
                 raise UsageError(f"vsock port {port} is listened on already")
@@ -290,13 +295,17 @@ class VsockStream:
 
     @property
     def local_port(self) -> int:
+        """This end's port."""
         return self.conn.local_port
 
     @property
     def peer(self) -> tuple[int, int]:
+        """The other end's ``(cid, port)``."""
         return self.conn.peer_cid, self.conn.peer_port
 
     def gone(self, why: str) -> None:
+        """The connection ended (``why``: reset, shut down, the device reset ...); readers and
+        writers are woken."""
         if self.error is None:
             self.error = why
 
@@ -314,6 +323,7 @@ class VsockStream:
         return self.driver._until(attempt, timeout)
 
     def sendall(self, data: bytes, timeout: float | None = 30.0) -> None:
+        """Send all of ``data``, waiting for the peer's credit up to ``timeout`` seconds."""
         view = memoryview(data)
         while view:
             view = view[self.send(view, timeout):]
@@ -362,6 +372,8 @@ class VsockStream:
         return self.driver._until(attempt, timeout)[0]
 
     def recv_exactly(self, n: int, timeout: float | None = 30.0) -> bytes:
+        """Exactly ``n`` bytes, waiting up to ``timeout`` seconds; raises when the stream ends
+        first."""
         out = bytearray()
         while len(out) < n:
             chunk = self.recv(n - len(out), timeout)
@@ -371,6 +383,7 @@ class VsockStream:
         return bytes(out)
 
     def shutdown(self, flags: int = VsockShutdown.SEND) -> None:
+        """Tell the peer this end sends (or receives) no more (VIRTIO_VSOCK_OP_SHUTDOWN)."""
         with self.driver._lock:
             if flags & VsockShutdown.RECEIVE:
                 self.rd_shut = True
@@ -378,6 +391,7 @@ class VsockStream:
             self.driver._service()
 
     def close(self) -> None:
+        """Shut the connection down both ways and forget it."""
         with self.driver._lock:
             self.rd_shut = True
             self.driver.core.close(self.conn, time.monotonic())
@@ -398,9 +412,11 @@ class VsockListener:
         self.backlog: deque[VsockStream] = deque()
 
     def accept(self, timeout: float | None = 30.0) -> VsockStream:
+        """The next connection the host made, waiting up to ``timeout`` seconds."""
         return self.driver._until(lambda: self.backlog.popleft() if self.backlog else None, timeout)
 
     def close(self) -> None:
+        """Stop listening; connections not yet accepted are reset."""
         with self.driver._lock:
             self.driver.core.unlisten(self.port)
             self.driver._listeners.pop(self.port, None)

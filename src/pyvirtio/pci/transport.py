@@ -68,6 +68,7 @@ class Structure:
 
     @property
     def address(self) -> int:
+        """The guest-physical address of the structure (its BAR's address plus its offset)."""
         return self.bar.address + self.offset
 
 

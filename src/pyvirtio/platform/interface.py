@@ -57,7 +57,8 @@ def split_access(offset: int, size: int) -> list[tuple[int, int]]:
 class IrqLine(Protocol):
     """A level-triggered interrupt line (virtio-mmio's interrupt, a PCI function's INTx#)."""
 
-    def level(self) -> bool: ...
+    def level(self) -> bool:
+        """Whether the line is raised now."""
 
     def set_handler(self, handler: Callable[[], None] | None) -> None:
         """Call ``handler`` when the line rises, where the platform can tell at once."""
@@ -69,7 +70,8 @@ class MsiController(Protocol):
     def allocate(self, handler: Callable[[], None]) -> tuple[int, int]:
         """A fresh ``(address, data)`` message; a device writing it makes ``handler`` run."""
 
-    def release(self, address: int, data: int) -> None: ...
+    def release(self, address: int, data: int) -> None:
+        """Forget the message ``(address, data)`` :meth:`allocate` gave."""
 
     def poll(self) -> int:
         """Deliver messages that arrived unseen; returns how many (0 where delivery is immediate)."""
@@ -77,32 +79,49 @@ class MsiController(Protocol):
 
 class Platform(Protocol):
     # read-only to transports: a platform may hold a subclass (QtestMemory, QtestMsi)
+    """The guest's view of a machine, all a driver-side transport needs (see the module docstring)."""
+
     @property
-    def memory(self) -> GuestMemory: ...
+    def memory(self) -> GuestMemory:
+        """Guest RAM, for rings and buffers."""
+
     @property
-    def allocator(self) -> GuestAllocator: ...
+    def allocator(self) -> GuestAllocator:
+        """Hands out guest RAM to the transports."""
+
     @property
-    def msi(self) -> MsiController | None: ...
+    def msi(self) -> MsiController | None:
+        """The MSI controller, or None on a machine without MSI (INTx only)."""
 
     #: Where to put unassigned memory and I/O BARs: ``(start, end)``.
     mmio_window: tuple[int, int]
     io_window: tuple[int, int]
 
-    def pci_config_read(self, addr, offset: int, size: int) -> int: ...
+    def pci_config_read(self, addr, offset: int, size: int) -> int:
+        """A configuration read of ``size`` bytes at ``offset`` of PCI function ``addr`` (all ones
+        where nothing answers)."""
 
-    def pci_config_write(self, addr, offset: int, size: int, value: int) -> None: ...
+    def pci_config_write(self, addr, offset: int, size: int, value: int) -> None:
+        """A configuration write of ``value`` (``size`` bytes) at ``offset`` of PCI function
+        ``addr``."""
 
-    def mmio_read(self, addr: int, size: int) -> int: ...
+    def mmio_read(self, addr: int, size: int) -> int:
+        """A physical memory read of ``size`` bytes at ``addr`` (a BAR or an MMIO window)."""
 
-    def mmio_write(self, addr: int, size: int, value: int) -> None: ...
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        """A physical memory write of ``value`` (``size`` bytes) at ``addr``."""
 
-    def io_read(self, port: int, size: int) -> int: ...
+    def io_read(self, port: int, size: int) -> int:
+        """A port read of ``size`` bytes at ``port`` (I/O BARs)."""
 
-    def io_write(self, port: int, size: int, value: int) -> None: ...
+    def io_write(self, port: int, size: int, value: int) -> None:
+        """A port write of ``value`` (``size`` bytes) at ``port``."""
 
-    def irq_line(self, irq: int) -> IrqLine | None: ...
+    def irq_line(self, irq: int) -> IrqLine | None:
+        """Interrupt line ``irq`` (virtio-mmio's), or None where the platform has no such line."""
 
-    def intx_line(self, addr) -> IrqLine | None: ...
+    def intx_line(self, addr) -> IrqLine | None:
+        """The INTx# line of PCI function ``addr``, or None."""
 
     def event_epoch(self) -> int:
         """A counter that moves whenever an interrupt may have happened."""
@@ -113,9 +132,12 @@ class Platform(Protocol):
     def ring_added(self, layout: RingLayout) -> None:
         """A driver handed the device a ring at ``layout`` (the qtest memory keeps it coherent)."""
 
-    def buffer_allocated(self, addr: int, size: int) -> None: ...
+    def buffer_allocated(self, addr: int, size: int) -> None:
+        """A transport placed a buffer of ``size`` bytes at ``addr`` (platforms that track guest
+        memory use may record it)."""
 
-    def buffer_freed(self, addr: int) -> None: ...
+    def buffer_freed(self, addr: int) -> None:
+        """The buffer at ``addr`` was given back."""
 
     def before_wait(self) -> bool:
         """Make the driver's writes visible to the device; True if the device made progress."""

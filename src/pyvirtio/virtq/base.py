@@ -84,26 +84,77 @@ class DeviceQueue(Protocol):
     #: Chains to pop again before the ring's own (the layout's form; see the tracker).
     resubmit: list[Any]
 
-    def reset(self) -> None: ...
-    def set_size(self, size: int, /) -> None: ...
-    def set_addresses(self, desc_table: int, avail_ring: int, used_ring: int, /) -> None: ...
-    def set_features(self, event_idx: bool, indirect: bool, /) -> None: ...
-    def activate(self, mem: GuestMemory, /) -> None: ...
-    def set_base(self, base: int, /) -> None: ...
-    def sync_used_from_ring(self, mem: GuestMemory, /) -> None: ...
-    def clear_fault(self) -> None: ...
-    def has_available(self, mem: GuestMemory, /) -> bool: ...
-    def pop_descriptor_chain(self, mem: GuestMemory, /) -> DescriptorChain | None: ...
-    def pop_many(self, mem: GuestMemory, limit: int = 1 << 30, /) -> list[DescriptorChain]: ...
-    def pop_direct(self, mem: GuestMemory, limit: int, /) -> tuple[list[int], list[int], list[memoryview]]: ...
-    def add_used(self, mem: GuestMemory, head_index: int, length: int, /) -> None: ...
-    def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]], /) -> None: ...
-    def add_used_heads(self, mem: GuestMemory, heads: Sequence[int], length: int = 0, /) -> None: ...
-    def needs_notification(self, mem: GuestMemory, /) -> bool: ...
-    def disable_notification(self, mem: GuestMemory, /) -> None: ...
-    def enable_notification(self, mem: GuestMemory, /) -> bool: ...
-    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None], /) -> bool: ...
-    def in_flight(self) -> int: ...
+    def reset(self) -> None:
+        """Forget the ring (a device or queue reset): size, addresses, indices and fault."""
+
+    def set_size(self, size: int, /) -> None:
+        """The queue size the driver chose (a power of two for split rings, 2.7; any up to max_size
+        for packed)."""
+
+    def set_addresses(self, desc_table: int, avail_ring: int, used_ring: int, /) -> None:
+        """Where the ring's three parts live in guest memory (split: descriptor table, available
+        and used rings; packed: descriptor ring, driver and device event areas)."""
+
+    def set_features(self, event_idx: bool, indirect: bool, /) -> None:
+        """The negotiated ring features: VIRTIO_F_EVENT_IDX and VIRTIO_F_INDIRECT_DESC."""
+
+    def activate(self, mem: GuestMemory, /) -> None:
+        """Check the ring fits ``mem`` and start serving it (the driver enabled the queue)."""
+
+    def set_base(self, base: int, /) -> None:
+        """Where to resume: the next available index (vhost-user SET_VRING_BASE; packed: with the
+        wrap counters)."""
+
+    def sync_used_from_ring(self, mem: GuestMemory, /) -> None:
+        """Take the used index from the ring itself (a back-end taking over a ring another one
+        served)."""
+
+    def clear_fault(self) -> None:
+        """Forget the fault that broke the queue (the driver set the ring up anew)."""
+
+    def has_available(self, mem: GuestMemory, /) -> bool:
+        """Whether the driver has made a chain available that was not popped yet."""
+
+    def pop_descriptor_chain(self, mem: GuestMemory, /) -> DescriptorChain | None:
+        """The next available chain (indirect tables followed, every bound checked), or None; a
+        malformed chain breaks the queue with a :class:`~pyvirtio.errors.DriverFault`."""
+
+    def pop_many(self, mem: GuestMemory, limit: int = 1 << 30, /) -> list[DescriptorChain]:
+        """Up to ``limit`` available chains in one go."""
+
+    def pop_direct(self, mem: GuestMemory, limit: int, /) -> tuple[list[int], list[int], list[memoryview]]:
+        """The fast path: up to ``limit`` chains of one readable buffer each, as (heads, lengths,
+        views)."""
+
+    def add_used(self, mem: GuestMemory, head_index: int, length: int, /) -> None:
+        """Return chain ``head_index`` to the driver with ``length`` bytes written (published at
+        once)."""
+
+    def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]], /) -> None:
+        """Return many ``(head, length)`` chains, published with one index update."""
+
+    def add_used_heads(self, mem: GuestMemory, heads: Sequence[int], length: int = 0, /) -> None:
+        """Return the chains ``heads``, each with ``length`` bytes written, published with one
+        index update."""
+
+    def needs_notification(self, mem: GuestMemory, /) -> bool:
+        """Whether the driver wants a used-buffer notification for what was added since the last
+        one (2.7.10, 2.8.10: event index or flags)."""
+
+    def disable_notification(self, mem: GuestMemory, /) -> None:
+        """Ask the driver not to kick (it may still do so)."""
+
+    def enable_notification(self, mem: GuestMemory, /) -> bool:
+        """Ask the driver to kick again; True when chains raced in meanwhile (so the caller drains
+        again, not sleeps)."""
+
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None], /) -> bool:
+        """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
+        each (the bytes written, or None to keep it), re-enable and re-check; True when
+        the driver is to be notified."""
+
+    def in_flight(self) -> int:
+        """How many chains were popped and not yet returned."""
 
 
 class DriverRingSide(RingSide):
@@ -142,6 +193,8 @@ class DriverRingSide(RingSide):
         raise NotImplementedError
 
     def get_buf(self, mem: GuestMemory):  # pragma: no cover - abstract
+        """The next used chain as ``(token, bytes written)``, or None; a device that lies (an id
+        out of range, not a head) breaks the queue."""
         raise NotImplementedError
 
     def get_bufs(self, mem: GuestMemory) -> list[tuple[Any, int]]:

@@ -40,11 +40,15 @@ class DescriptorChain:
         return b"".join(bytes(v) for v in _slice_views(self.readable, offset, length))
 
     def readable_views(self, offset: int = 0, length: int | None = None) -> list[memoryview]:
+        """Zero-copy views of the chain's device-readable bytes from ``offset`` (``length`` bytes,
+        or to their end)."""
         if length is None:
             length = self.readable_len - offset
         return _slice_views(self.readable, offset, length)
 
     def writable_views(self, offset: int = 0, length: int | None = None) -> list[memoryview]:
+        """Zero-copy views of the chain's device-writable bytes from ``offset`` (``length`` bytes,
+        or to their end)."""
         if length is None:
             length = self.writable_len - offset
         return _slice_views(self.writable, offset, length)

@@ -30,14 +30,17 @@ def unpack_descriptor_table(table, count: int) -> list[tuple[int, int, int, int]
 
 
 def desc_table_size(size: int) -> int:
+    """Bytes of a split ring's descriptor table for ``size`` descriptors (2.7.5)."""
     return ring.VIRTQ_DESC_SIZE * size
 
 
 def avail_ring_size(size: int) -> int:
+    """Bytes of a split ring's available ring for ``size`` entries, used_event included (2.7.6)."""
     return 6 + 2 * size  # flags, idx, ring[size], used_event
 
 
 def used_ring_size(size: int) -> int:
+    """Bytes of a split ring's used ring for ``size`` entries, avail_event included (2.7.8)."""
     return 6 + ring.VIRTQ_USED_ELEM_SIZE * size  # flags, idx, ring[size], avail_event
 
 
@@ -68,9 +71,12 @@ class SplitRingLayout:
 
     @staticmethod
     def bytes_needed(size: int, used_align: int = ring.VIRTQ_USED_ALIGN) -> int:
+        """Guest memory a split ring of ``size`` descriptors takes, laid out contiguously with the
+        spec's alignments."""
         avail_end = desc_table_size(size) + avail_ring_size(size)
         return align_up(avail_end, used_align) + used_ring_size(size)
 
     @property
     def end(self) -> int:
+        """The first guest address past the ring's last part."""
         return self.used_ring + used_ring_size(self.size)

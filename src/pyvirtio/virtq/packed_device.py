@@ -51,6 +51,7 @@ _LEN_ID = struct.Struct("<IH")  # pvirtq_desc.len and .id, at offset 8
 
 
 def is_valid_packed_size(size: int) -> bool:
+    """Whether a packed ring may have ``size`` descriptors (1..32768: any size, 2.8)."""
     return 0 < size <= ring.PACKED_QUEUE_MAX_SIZE
 
 
@@ -92,6 +93,7 @@ class PackedDeviceQueue(DeviceRingSide):
     # --- configuration --------------------------------------------------------------------------
 
     def reset(self) -> None:
+        """Forget the ring (a device or queue reset): size, addresses, indices and fault."""
         self.size = self.max_size
         self.desc_table = self.avail_ring = self.used_ring = 0
         self.ready = False
@@ -109,19 +111,25 @@ class PackedDeviceQueue(DeviceRingSide):
         self.resubmit: list = []
 
     def set_size(self, size: int) -> None:
+        """The queue size the driver chose (a power of two for split rings, 2.7; any up to max_size
+        for packed)."""
         if not is_valid_packed_size(size) or size > self.max_size:
             raise DriverFault(f"queue {self.index}: packed size {size} is not in 1..{self.max_size}")
         self.size = size
         self._mem = None
 
     def set_addresses(self, desc_ring: int, driver_area: int, device_area: int) -> None:
+        """Where the ring's three parts live in guest memory (split: descriptor table, available
+        and used rings; packed: descriptor ring, driver and device event areas)."""
         self.desc_table, self.avail_ring, self.used_ring = desc_ring, driver_area, device_area
         self._mem = None
 
     def set_features(self, event_idx: bool, indirect: bool) -> None:
+        """The negotiated ring features: VIRTIO_F_EVENT_IDX and VIRTIO_F_INDIRECT_DESC."""
         self.event_idx, self.indirect = event_idx, indirect
 
     def activate(self, mem: GuestMemory) -> None:
+        """Check the ring fits ``mem`` and start serving it (the driver enabled the queue)."""
         if self.desc_table % ring.PVIRTQ_DESC_ALIGN or self.avail_ring % 4 or self.used_ring % 4:
             raise DriverFault(f"queue {self.index}: packed ring parts are misaligned (2.8.10)")
         self._bind(mem)
@@ -178,10 +186,13 @@ class PackedDeviceQueue(DeviceRingSide):
         return bool(flags & _F_AVAIL) == bool(wrap) and bool(flags & _F_USED) != bool(wrap)
 
     def has_available(self, mem: GuestMemory) -> bool:
+        """Whether the driver has made a chain available that was not popped yet."""
         self._check(mem)
         return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
 
     def pop_descriptor_chain(self, mem: GuestMemory) -> DescriptorChain | None:
+        """The next available chain (indirect tables followed, every bound checked), or None; a
+        malformed chain breaks the queue with a :class:`~pyvirtio.errors.DriverFault`."""
         self._check(mem)
         if self.resubmit:
             return self._pop_resubmitted(mem)
@@ -235,6 +246,7 @@ class PackedDeviceQueue(DeviceRingSide):
         return chain
 
     def pop_many(self, mem: GuestMemory, limit: int = 1 << 30) -> list[DescriptorChain]:
+        """Up to ``limit`` available chains in one go."""
         self._check(mem)
         out: list[DescriptorChain] = []
         while len(out) < limit and (chain := self.pop_descriptor_chain(mem)) is not None:
@@ -399,6 +411,7 @@ class PackedDeviceQueue(DeviceRingSide):
         self.stats.bytes_written += length
 
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
+        """Return many ``(head, length)`` chains, published with one index update."""
         self._check(mem)
         if not self.in_order:
             pending, wlen = self._pending, self._wlen
@@ -494,6 +507,8 @@ class PackedDeviceQueue(DeviceRingSide):
     # --- notification suppression (2.8.10) ------------------------------------------------------
 
     def needs_notification(self, mem: GuestMemory) -> bool:
+        """Whether the driver wants a used-buffer notification for what was added since the last
+        one (2.7.10, 2.8.10: event index or flags)."""
         self._check(mem)
         added = self._added_since_signal
         if not added:
@@ -508,10 +523,13 @@ class PackedDeviceQueue(DeviceRingSide):
         return True
 
     def disable_notification(self, mem: GuestMemory) -> None:
+        """Ask the driver not to kick (it may still do so)."""
         self._check(mem)
         self._device16[1] = _EV_DISABLE
 
     def enable_notification(self, mem: GuestMemory) -> bool:
+        """Ask the driver to kick again; True when chains raced in meanwhile (so the caller drains
+        again, not sleeps)."""
         self._check(mem)
         if self.event_idx:
             self._device16[0] = self.next_avail | (self.avail_wrap << 15)
@@ -522,7 +540,11 @@ class PackedDeviceQueue(DeviceRingSide):
         return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:
+        """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
+        each (the bytes written, or None to keep it), re-enable and re-check; True when
+        the driver is to be notified."""
         return drain_queue(self, mem, handle)
 
     def in_flight(self) -> int:
+        """How many chains were popped and not yet returned."""
         return len(self._pending)

@@ -51,6 +51,8 @@ class PackedRingLayout:
 
     @classmethod
     def contiguous(cls, base: int, size: int) -> "PackedRingLayout":
+        """The ring of ``size`` descriptors laid out from ``base``: the descriptor ring, then the
+        driver and device event areas."""
         if not is_valid_packed_size(size):
             raise UsageError(f"packed queue size {size} is not in 1..32768")
         if base % 16:
@@ -59,6 +61,7 @@ class PackedRingLayout:
 
     @staticmethod
     def bytes_needed(size: int) -> int:
+        """Guest memory a ring of ``size`` descriptors takes, laid out contiguously."""
         return 16 * size + 8
 
 
@@ -67,6 +70,9 @@ def _avail_flags(wrap: int) -> int:
 
 
 class PackedDriverQueue(DriverRingSide):
+    """Driver-side state of one packed virtqueue (2.8): descriptors made available in place, wrap
+    counters, buffer ids and the two event areas."""
+
     packed = True
 
     def __init__(self, layout: PackedRingLayout, *, index: int = 0, event_idx: bool = False,
@@ -91,6 +97,7 @@ class PackedDriverQueue(DriverRingSide):
         self.outstanding = 0
 
     def setup(self, mem: GuestMemory) -> None:
+        """Zero the ring's shared parts, ready to hand the addresses to the device."""
         self.broken, self.fault = False, None
         self._bind(mem)
         self._desc[:] = bytes(len(self._desc))
@@ -117,6 +124,9 @@ class PackedDriverQueue(DriverRingSide):
     # --- making buffers available ---------------------------------------------------------------
 
     def add(self, mem: GuestMemory, out_bufs: Sequence[Buffer], in_bufs: Sequence[Buffer], token: Any) -> int:
+        """Expose device-readable ``out_bufs`` then device-writable ``in_bufs`` as one chain.
+        Returns the head index; ``token`` (anything but None) comes back from
+        :meth:`get_buf`."""
         self._check(mem)
         if token is None:
             raise UsageError("token must not be None")
@@ -172,6 +182,7 @@ class PackedDriverQueue(DriverRingSide):
         self.next_avail, self.avail_wrap = pos, wrap
 
     def kick_prepare(self, mem: GuestMemory) -> bool:
+        """Whether the device wants a notification for the buffers added since the last call."""
         self._check(mem)
         added, self._added = self._added, 0
         if not added:
@@ -191,6 +202,7 @@ class PackedDriverQueue(DriverRingSide):
         return bool(flags & _F_AVAIL) == w and bool(flags & _F_USED) == w
 
     def has_used(self, mem: GuestMemory) -> bool:
+        """Whether the device has returned a buffer not yet taken with :meth:`get_buf`."""
         self._check(mem)
         return self._batch_last >= 0 or self._is_used(self._desc16[self.last_used * 8 + 7])
 
@@ -244,11 +256,15 @@ class PackedDriverQueue(DriverRingSide):
     # --- interrupt suppression ------------------------------------------------------------------
 
     def disable_cb(self, mem: GuestMemory) -> None:
+        """Ask the device not to notify (2.8.21: the driver event area's flags); it may still do
+        so."""
         self._check(mem)
         self.callbacks_enabled = False
         self._driver16[1] = ring.RING_EVENT_FLAGS_DISABLE
 
     def enable_cb(self, mem: GuestMemory) -> bool:
+        """Re-enable used-buffer notifications. Returns True if used buffers are already pending
+        (work raced in: poll again instead of sleeping)."""
         self._check(mem)
         self.callbacks_enabled = True
         if self.event_idx:

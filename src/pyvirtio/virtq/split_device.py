@@ -91,16 +91,21 @@ class SplitDeviceQueue(DeviceRingSide):
         self._drop_views()
 
     def set_size(self, size: int) -> None:
+        """The queue size the driver chose (a power of two for split rings, 2.7; any up to max_size
+        for packed)."""
         if not is_valid_split_size(size) or size > self.max_size:
             raise DriverFault(f"queue {self.index}: size {size} is not a power of two <= {self.max_size}")
         self.size = size
         self._drop_views()
 
     def set_addresses(self, desc_table: int, avail_ring: int, used_ring: int) -> None:
+        """Where the ring's three parts live in guest memory (split: descriptor table, available
+        and used rings; packed: descriptor ring, driver and device event areas)."""
         self.desc_table, self.avail_ring, self.used_ring = desc_table, avail_ring, used_ring
         self._drop_views()
 
     def set_features(self, event_idx: bool, indirect: bool) -> None:
+        """The negotiated ring features: VIRTIO_F_EVENT_IDX and VIRTIO_F_INDIRECT_DESC."""
         self.event_idx, self.indirect = event_idx, indirect
 
     def activate(self, mem: GuestMemory) -> None:
@@ -152,10 +157,12 @@ class SplitDeviceQueue(DeviceRingSide):
     # --- consuming available buffers ------------------------------------------------------------
 
     def avail_idx(self, mem: GuestMemory) -> int:
+        """The driver's available index as the ring holds it now (2.7.6)."""
         self._check(mem)
         return self._avail16[1]
 
     def has_available(self, mem: GuestMemory) -> bool:
+        """Whether the driver has made a chain available that was not popped yet."""
         self._check(mem)
         return self._avail16[1] != self.next_avail
 

@@ -192,6 +192,8 @@ class SplitDriverQueue(DriverRingSide):
     # --- collecting used buffers ----------------------------------------------------------------
 
     def has_used(self, mem: GuestMemory) -> bool:
+        """Whether the device has returned a buffer not yet taken with :meth:`get_buf` (the used
+        index moved)."""
         self._check(mem)
         return self._used16[1] != self.last_used
 
@@ -275,6 +277,8 @@ class SplitDriverQueue(DriverRingSide):
     # --- interrupt suppression ------------------------------------------------------------------
 
     def disable_cb(self, mem: GuestMemory) -> None:
+        """Ask the device not to notify (2.7.7: VIRTQ_AVAIL_F_NO_INTERRUPT, or the used event
+        index); it may still do so."""
         self._check(mem)
         self.callbacks_enabled = False
         if self.event_idx:

@@ -138,6 +138,7 @@ class RegionAllocator:
         self._parts = [GuestAllocator(r.gpa, r.size) for r in memory.regions]
 
     def alloc(self, size: int, align: int = 16) -> int:
+        """``size`` bytes aligned to ``align`` from the first region with room."""
         last: UsageError | None = None
         for part in self._parts:
             try:
@@ -147,6 +148,7 @@ class RegionAllocator:
         raise last or UsageError("no guest memory")
 
     def free(self, addr: int) -> None:
+        """Give back the block at ``addr`` to its region."""
         for part in self._parts:
             if part.base <= addr < part.base + part.size:
                 part.free(addr)
@@ -155,6 +157,7 @@ class RegionAllocator:
 
     @property
     def free_bytes(self) -> int:
+        """How many bytes are free over every region."""
         return sum(p.free_bytes for p in self._parts)
 
 
@@ -173,6 +176,7 @@ def probe_config_size(client: VhostUserClient, limit: int = MAX_CONFIG_SIZE) -> 
 
 
 def memory_region(region: Region) -> MemoryRegion:
+    """The vhost-user memory-table entry that describes ``region``."""
     return MemoryRegion(region.gpa, region.size, region.userspace_addr, region.mmap_offset)
 
 
