@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import os
 import shutil
 import socket
 import time
