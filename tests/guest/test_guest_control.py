@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+
+from pyvirtio.testing.serve import ServeProcess
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 
@@ -21,20 +21,13 @@ MiB = 1 << 20
 CLI = [sys.executable, "-m", "pyvirtio.cli"]
 
 
-class Daemon:
+class Daemon(ServeProcess):
     """``pyvirtio serve TYPE ... --control=PATH`` (the real program), its log in ``tmp``."""
 
     def __init__(self, tmp, kind, *args):
         self.socket, self.control = str(tmp / f"{kind}.sock"), str(tmp / f"{kind}.ctl")
-        self.log = tmp / f"{kind}.log"
-        self._log = open(self.log, "a")
-        self.proc = subprocess.Popen([*CLI, "-v", "serve", kind, *args, f"--socket-path={self.socket}",
-                                      f"--control={self.control}"], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not (os.path.exists(self.socket) and os.path.exists(self.control)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{kind} did not start:\n{self.log.read_text()}")
-            time.sleep(0.02)
+        super().__init__(tmp, kind, [kind, *args, f"--socket-path={self.socket}",
+                                     f"--control={self.control}"], [self.socket, self.control])
 
     def ctl(self, *words):
         run = subprocess.run([*CLI, "ctl", "--json", self.control, *words], capture_output=True,
@@ -42,14 +35,6 @@ class Daemon:
         assert run.returncode == 0, run.stderr + self.log.read_text()[-3000:]
         return json.loads(run.stdout)["result"]
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        finally:
-            self.proc.kill()
-            self._log.close()
 
 
 WATCH = r"""

@@ -20,14 +20,13 @@ import hashlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from pyvirtio.guest import boot_guest, start_guest
 from pyvirtio.guest.modules import EXT4_MODULES
+from pyvirtio.testing.serve import ServeProcess
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(600)]
 
@@ -36,36 +35,17 @@ DISK_SIZE = 64 * MiB
 BLKDISCARD = "/usr/sbin/blkdiscard"  # util-linux: has -z (busybox's does not)
 
 
-class Daemon:
+class Daemon(ServeProcess):
     """A ``pyvirtio serve`` process (the real program, as QEMU users run it)."""
 
     def __init__(self, tmp, name, *args):
         self.socket = str(tmp / f"{name}.sock")
-        self.log = tmp / f"{name}.log"
-        self._log = open(self.log, "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "pyvirtio.cli", "-v", "serve", *args,
-                                      f"--socket-path={self.socket}"],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not os.path.exists(self.socket):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{name} did not start:\n{self.log.read_text()}")
-            time.sleep(0.02)
+        super().__init__(tmp, name, [*args, f"--socket-path={self.socket}"], [self.socket])
 
     def chardev(self, cid, reconnect=False):
         # QEMU 7.2's vhost-user-rng cannot start on a reconnecting chardev (it is connected
         # asynchronously: "Failed to set msg fds", then an assertion); vhost-user-blk can.
         return ["-chardev", f"socket,id={cid},path={self.socket}" + (",reconnect=1" if reconnect else "")]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        finally:
-            self.proc.kill()
-            self._log.close()
-
 
 def blk_args(daemon, queues=1):
     return daemon.chardev("blk", reconnect=True) + ["-device", f"vhost-user-blk-pci,chardev=blk,num-queues={queues}"]

@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,6 +22,7 @@ import pytest
 
 from pyvirtio import vsock
 from pyvirtio.guest import VSOCK_MODULES
+from pyvirtio.testing.serve import ServeProcess
 
 pytestmark = [pytest.mark.guest, pytest.mark.timeout(900)]
 
@@ -61,33 +60,15 @@ echo "guest_done=1"
 """
 
 
-class Daemon:
+class Daemon(ServeProcess):
     def __init__(self, tmp):
         self.socket, self.uds = str(tmp / "vsock.sock"), str(tmp / "vm.vsock")
-        self.log = tmp / "vsock.log"
-        self._log = open(self.log, "a")
-        self.proc = subprocess.Popen([*CLI, "-v", "serve", "vsock", f"--socket-path={self.socket}",
-                                      "--guest-cid=3", f"--uds-path={self.uds}"],
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not (os.path.exists(self.socket) and os.path.exists(self.uds)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve vsock did not start:\n{self.log.read_text()}")
-            time.sleep(0.02)
+        super().__init__(tmp, "vsock", ["vsock", f"--socket-path={self.socket}", "--guest-cid=3",
+                                        f"--uds-path={self.uds}"], [self.socket, self.uds])
 
     def qemu_args(self):
         return ["-chardev", f"socket,id=vs,path={self.socket}",
                 "-device", "vhost-user-vsock-pci,chardev=vs"]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(20)
-        finally:
-            self.proc.kill()
-            self._log.close()
-
 
 def _connect(uds, port, deadline):
     """CONNECT to a guest port, again until the guest listens."""
