@@ -459,7 +459,8 @@ class BlkDevice(VirtioDevice):
         new, old = size_bytes // SECTOR, self.capacity
         if new < old and not shrink:
             raise ResizeError(self.path, f"{size_bytes} bytes is smaller than the disk "
-                              f"({old * SECTOR} bytes): shrinking discards data (pass shrink=True)")
+                              f"({old * SECTOR} bytes): shrinking discards data (pass shrink=True; "
+                              "pyvirtio ctl: resize SIZE --shrink)")
         if stat.S_ISBLK(os.fstat(self.fd).st_mode):
             self._resize_block_device(size_bytes)
         elif new > old:
