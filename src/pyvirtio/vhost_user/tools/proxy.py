@@ -70,6 +70,14 @@ _REQUEST_STREAM = {FE_BE: True, BE_FE: False, BE_FE_REQ: True, FE_BE_REQ: False}
 MAX_MUTATED_SIZE = 4096
 #: Largest payload hex shown in a log line (the record keeps it all).
 MAX_HEX_SHOWN = 32
+#: Digits of a time kept in the record file.
+RECORD_DIGITS = 6
+
+
+def stamp(t: float) -> str:
+    """A log line's time, from the value the record keeps: a line and its decoded record agree
+    (formatting the unrounded time could round the other way, 0.00385 vs 0.003849...)."""
+    return f"{round(t, RECORD_DIGITS):9.4f}"
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -384,7 +392,7 @@ class Passage:
 
     def line(self) -> str:
         m = self.message
-        text = f"{self.t:9.4f} #{self.conn} " + describe(self.stream, m.request, m.flags,
+        text = f"{stamp(self.t)} #{self.conn} " + describe(self.stream, m.request, m.flags,
                                                         m.payload, len(m.fds))
         if self.action == "mutate" and self.original is not None:
             o = self.original
@@ -393,7 +401,7 @@ class Passage:
 
     def record(self) -> dict:
         m = self.message
-        out = {"t": round(self.t, 6), "conn": self.conn, "stream": self.stream,
+        out = {"t": round(self.t, RECORD_DIGITS), "conn": self.conn, "stream": self.stream,
                "request": m.request, "flags": m.flags, "size": len(m.payload),
                "fds": len(m.fds), "action": self.action, "payload": m.payload.hex()}
         if self.original is not None:  # mutate: what came in, beside what went on
@@ -461,7 +469,7 @@ def record_header(listen: str, connect: str, started: float) -> dict:
 
 
 def event_record(t: float, conn: int, event: str, detail: str = "") -> dict:
-    return {"t": round(t, 6), "conn": conn, "event": event, "detail": detail}
+    return {"t": round(t, RECORD_DIGITS), "conn": conn, "event": event, "detail": detail}
 
 
 def dumps(obj: dict) -> str:
@@ -497,12 +505,12 @@ def decode_line(obj: dict) -> str:
         return (f"# {obj['format']} v{obj.get('version')}: {obj.get('listen')} -> "
                 f"{obj.get('connect')}, started {obj.get('started')}")
     if "event" in obj:
-        return f"{obj['t']:9.4f} #{obj['conn']} -- {obj['event']} {obj.get('detail', '')}".rstrip()
+        return f"{stamp(obj['t'])} #{obj['conn']} -- {obj['event']} {obj.get('detail', '')}".rstrip()
     try:
         payload = bytes.fromhex(obj["payload"])
     except (TypeError, ValueError):
         raise RecordError(f"record at t={obj.get('t')}: payload is not hex") from None
-    text = f"{obj['t']:9.4f} #{obj['conn']} " + describe(obj["stream"], obj["request"],
+    text = f"{stamp(obj['t'])} #{obj['conn']} " + describe(obj["stream"], obj["request"],
                                                         obj["flags"], payload, obj.get("fds", 0))
     action = obj.get("action", "pass")
     original = obj.get("original")

@@ -29,7 +29,7 @@ from ...sockets import bind_unix, inode_of, unlink_if_ours
 from ..fdio import close_fds, recv_with_fds, send_all
 from ..errors import FramingError
 from .proxy import (BE_FE, BE_FE_REQ, FE_BE, FE_BE_REQ, Passage, ProxySession, Rule, dumps,
-                    event_record, record_header)
+                    event_record, record_header, stamp)
 from ..protocol import MAX_FDS
 
 log = logging.getLogger("pyvirtio.vhost_user.tools.proxy")
@@ -217,7 +217,7 @@ class ProxyServer:
 
     def _event(self, conn: int, event: str, detail: str) -> None:
         t = time.monotonic() - self.start
-        self.on_line(f"{t:9.4f} #{conn} -- {event} {detail}")
+        self.on_line(f"{stamp(t)} #{conn} -- {event} {detail}")
         if self.record is not None:
             self._write(event_record(t, conn, event, detail))
 
