@@ -1,0 +1,767 @@
+"""SCSI command sets: SPC-4, SBC-3, MMC-6 and SAM-5 numbers (data only).
+
+Everything a virtio-scsi logical unit and a driver issuing CDBs have to agree on: operation
+codes, service actions, status codes, sense keys, additional sense codes, INQUIRY and VPD page
+numbers, mode pages, MMC profiles, features and event codes, and the fixed field offsets and
+bits of the CDBs and parameter data we build or parse.  All multi-byte SCSI fields are
+big-endian.  Clause numbers are those of T10 SPC-4 r37, SBC-3 r36, MMC-6 r02g and SAM-5 r21.
+
+``AdditionalSense`` values pack the two bytes of a sense code as ``ASC << 8 | ASCQ``
+(SPC-4 4.5.2.1, Annex D: the pair identifies the condition; ASC alone does not).
+"""
+
+import struct
+from enum import IntEnum, IntFlag
+
+
+class Opcode(IntEnum):
+    """Operation codes: SPC-4 (Annex E.3.1, every device type), then SBC-3, then MMC-6."""
+
+    # Every device type (SPC-4)
+    TEST_UNIT_READY = 0x00
+    REQUEST_SENSE = 0x03
+    INQUIRY = 0x12
+    MODE_SELECT_6 = 0x15
+    RESERVE_6 = 0x16
+    RELEASE_6 = 0x17
+    MODE_SENSE_6 = 0x1A
+    RECEIVE_DIAGNOSTIC_RESULTS = 0x1C
+    SEND_DIAGNOSTIC = 0x1D
+    WRITE_BUFFER = 0x3B
+    READ_BUFFER = 0x3C
+    LOG_SELECT = 0x4C
+    LOG_SENSE = 0x4D
+    MODE_SELECT_10 = 0x55
+    RESERVE_10 = 0x56
+    RELEASE_10 = 0x57
+    MODE_SENSE_10 = 0x5A
+    PERSISTENT_RESERVE_IN = 0x5E
+    PERSISTENT_RESERVE_OUT = 0x5F
+    EXTENDED_COPY = 0x83
+    RECEIVE_COPY_RESULTS = 0x84
+    ATA_PASS_THROUGH_16 = 0x85
+    READ_ATTRIBUTE = 0x8C
+    WRITE_ATTRIBUTE = 0x8D
+    SERVICE_ACTION_IN_16 = 0x9E
+    SERVICE_ACTION_OUT_16 = 0x9F
+    REPORT_LUNS = 0xA0
+    ATA_PASS_THROUGH_12 = 0xA1
+    SECURITY_PROTOCOL_IN = 0xA2
+    MAINTENANCE_IN = 0xA3
+    MAINTENANCE_OUT = 0xA4
+    SECURITY_PROTOCOL_OUT = 0xB5
+
+    # Direct-access block devices (SBC-3 5, table 13)
+    FORMAT_UNIT = 0x04
+    READ_6 = 0x08
+    WRITE_6 = 0x0A
+    START_STOP_UNIT = 0x1B
+    PREVENT_ALLOW_MEDIUM_REMOVAL = 0x1E
+    READ_CAPACITY_10 = 0x25
+    READ_10 = 0x28
+    WRITE_10 = 0x2A
+    WRITE_AND_VERIFY_10 = 0x2E
+    VERIFY_10 = 0x2F
+    PRE_FETCH_10 = 0x34
+    SYNCHRONIZE_CACHE_10 = 0x35
+    READ_DEFECT_DATA_10 = 0x37
+    READ_LONG_10 = 0x3E
+    WRITE_LONG_10 = 0x3F
+    WRITE_SAME_10 = 0x41
+    UNMAP = 0x42
+    SANITIZE = 0x48
+    READ_16 = 0x88
+    COMPARE_AND_WRITE = 0x89
+    WRITE_16 = 0x8A
+    WRITE_AND_VERIFY_16 = 0x8E
+    VERIFY_16 = 0x8F
+    PRE_FETCH_16 = 0x90
+    SYNCHRONIZE_CACHE_16 = 0x91
+    WRITE_SAME_16 = 0x93
+    READ_12 = 0xA8
+    WRITE_12 = 0xAA
+    WRITE_AND_VERIFY_12 = 0xAE
+    VERIFY_12 = 0xAF
+    READ_DEFECT_DATA_12 = 0xB7
+
+    # Multimedia devices (MMC-6 6.1, table 264).  A value already named above is an alias of
+    # that member (0x42 is READ SUB-CHANNEL here and UNMAP in SBC-3, 0xA1 BLANK is ATA
+    # PASS-THROUGH (12), 0xA3 SEND KEY is MAINTENANCE IN): the logical unit's device type says
+    # which meaning a CDB has.
+    READ_FORMAT_CAPACITIES = 0x23
+    READ_CAPACITY = 0x25
+    SEEK_10 = 0x2B
+    SYNCHRONIZE_CACHE = 0x35
+    READ_SUB_CHANNEL = 0x42
+    READ_TOC_PMA_ATIP = 0x43
+    READ_HEADER = 0x44
+    PLAY_AUDIO_10 = 0x45
+    GET_CONFIGURATION = 0x46
+    PLAY_AUDIO_MSF = 0x47
+    GET_EVENT_STATUS_NOTIFICATION = 0x4A
+    PAUSE_RESUME = 0x4B
+    READ_DISC_INFORMATION = 0x51
+    READ_TRACK_INFORMATION = 0x52
+    RESERVE_TRACK = 0x53
+    SEND_OPC_INFORMATION = 0x54
+    REPAIR_TRACK = 0x58
+    CLOSE_TRACK_SESSION = 0x5B
+    READ_BUFFER_CAPACITY = 0x5C
+    SEND_CUE_SHEET = 0x5D
+    BLANK = 0xA1
+    SEND_KEY = 0xA3
+    REPORT_KEY = 0xA4
+    PLAY_AUDIO_12 = 0xA5
+    LOAD_UNLOAD_MEDIUM = 0xA6
+    SET_READ_AHEAD = 0xA7
+    READ_MEDIA_SERIAL_NUMBER = 0xAB
+    GET_PERFORMANCE = 0xAC
+    READ_DISC_STRUCTURE = 0xAD
+    SET_STREAMING = 0xB6
+    READ_CD_MSF = 0xB9
+    SCAN = 0xBA
+    SET_CD_SPEED = 0xBB
+    MECHANISM_STATUS = 0xBD
+    READ_CD = 0xBE
+    SEND_DISC_STRUCTURE = 0xBF
+
+
+class ServiceActionIn16(IntEnum):
+    """Service actions of SERVICE ACTION IN(16), opcode 0x9E (SBC-3 5.16, 5.23)."""
+
+    READ_CAPACITY_16 = 0x10
+    GET_LBA_STATUS = 0x12
+
+
+class MaintenanceIn(IntEnum):
+    """Service actions of MAINTENANCE IN, opcode 0xA3 (SPC-4 Annex E.3.2)."""
+
+    REPORT_IDENTIFYING_INFORMATION = 0x05
+    REPORT_TARGET_PORT_GROUPS = 0x0A
+    REPORT_SUPPORTED_OPERATION_CODES = 0x0C
+    REPORT_SUPPORTED_TASK_MANAGEMENT_FUNCTIONS = 0x0D
+    REPORT_TIMESTAMP = 0x0F
+
+
+#: CDB length by opcode group, the top three bits of the opcode (SPC-4 4.2.5.1, table 4).
+#: Groups 3 (0x60-0x7F: variable length / reserved) and 6, 7 (vendor specific) have none.
+CDB_GROUP_LENGTH = {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}
+CDB_GROUP_SHIFT = 5
+
+#: The CONTROL byte is the last byte of every CDB; NACA is its bit 2 (SAM-5 5.2, SPC-4 4.2.5.7).
+CONTROL_NACA = 0x04
+
+
+class Status(IntEnum):
+    """SCSI status codes (SAM-5 5.3.1, table 26)."""
+
+    GOOD = 0x00
+    CHECK_CONDITION = 0x02
+    CONDITION_MET = 0x04
+    BUSY = 0x08
+    RESERVATION_CONFLICT = 0x18
+    TASK_SET_FULL = 0x28
+    ACA_ACTIVE = 0x30
+    TASK_ABORTED = 0x40
+
+
+class SenseKey(IntEnum):
+    """Sense keys (SPC-4 4.5.6, table 49)."""
+
+    NO_SENSE = 0x0
+    RECOVERED_ERROR = 0x1
+    NOT_READY = 0x2
+    MEDIUM_ERROR = 0x3
+    HARDWARE_ERROR = 0x4
+    ILLEGAL_REQUEST = 0x5
+    UNIT_ATTENTION = 0x6
+    DATA_PROTECT = 0x7
+    BLANK_CHECK = 0x8
+    VENDOR_SPECIFIC = 0x9
+    COPY_ABORTED = 0xA
+    ABORTED_COMMAND = 0xB
+    VOLUME_OVERFLOW = 0xD
+    MISCOMPARE = 0xE
+    COMPLETED = 0xF
+
+
+class AdditionalSense(IntEnum):
+    """Additional sense codes as ``ASC << 8 | ASCQ`` (SPC-4 4.5.6, Annex D table D.1)."""
+
+    NO_ADDITIONAL_SENSE_INFORMATION = 0x0000
+    LOGICAL_UNIT_NOT_READY_CAUSE_NOT_REPORTABLE = 0x0400
+    LOGICAL_UNIT_IS_IN_PROCESS_OF_BECOMING_READY = 0x0401
+    LOGICAL_UNIT_NOT_READY_INITIALIZING_COMMAND_REQUIRED = 0x0402
+    LOGICAL_UNIT_NOT_READY_MANUAL_INTERVENTION_REQUIRED = 0x0403
+    LOGICAL_UNIT_NOT_READY_FORMAT_IN_PROGRESS = 0x0404
+    LOGICAL_UNIT_COMMUNICATION_FAILURE = 0x0800
+    LOGICAL_UNIT_COMMUNICATION_TIME_OUT = 0x0801
+    WRITE_ERROR = 0x0C00
+    LOGICAL_BLOCK_GUARD_CHECK_FAILED = 0x1001
+    UNRECOVERED_READ_ERROR = 0x1100
+    PARAMETER_LIST_LENGTH_ERROR = 0x1A00
+    MISCOMPARE_DURING_VERIFY_OPERATION = 0x1D00
+    INVALID_COMMAND_OPERATION_CODE = 0x2000
+    LOGICAL_BLOCK_ADDRESS_OUT_OF_RANGE = 0x2100
+    INVALID_FIELD_IN_CDB = 0x2400
+    LOGICAL_UNIT_NOT_SUPPORTED = 0x2500
+    INVALID_FIELD_IN_PARAMETER_LIST = 0x2600
+    PARAMETER_NOT_SUPPORTED = 0x2601
+    PARAMETER_VALUE_INVALID = 0x2602
+    WRITE_PROTECTED = 0x2700
+    NOT_READY_TO_READY_CHANGE_MEDIUM_MAY_HAVE_CHANGED = 0x2800
+    POWER_ON_RESET_OR_BUS_DEVICE_RESET_OCCURRED = 0x2900
+    POWER_ON_OCCURRED = 0x2901
+    SCSI_BUS_RESET_OCCURRED = 0x2902
+    BUS_DEVICE_RESET_FUNCTION_OCCURRED = 0x2903
+    DEVICE_INTERNAL_RESET = 0x2904
+    I_T_NEXUS_LOSS_OCCURRED = 0x2907
+    PARAMETERS_CHANGED = 0x2A00
+    MODE_PARAMETERS_CHANGED = 0x2A01
+    CAPACITY_DATA_HAS_CHANGED = 0x2A09
+    COMMANDS_CLEARED_BY_ANOTHER_INITIATOR = 0x2F00
+    COMMANDS_CLEARED_BY_DEVICE_SERVER = 0x2F02
+    INCOMPATIBLE_MEDIUM_INSTALLED = 0x3000
+    CANNOT_READ_MEDIUM_UNKNOWN_FORMAT = 0x3001
+    CANNOT_READ_MEDIUM_INCOMPATIBLE_FORMAT = 0x3002
+    SAVING_PARAMETERS_NOT_SUPPORTED = 0x3900
+    MEDIUM_NOT_PRESENT = 0x3A00
+    MEDIUM_NOT_PRESENT_TRAY_CLOSED = 0x3A01
+    MEDIUM_NOT_PRESENT_TRAY_OPEN = 0x3A02
+    INQUIRY_DATA_HAS_CHANGED = 0x3F03
+    REPORTED_LUNS_DATA_HAS_CHANGED = 0x3F0E
+    INTERNAL_TARGET_FAILURE = 0x4400
+    INVALID_MESSAGE_ERROR = 0x4900
+    COMMAND_PHASE_ERROR = 0x4A00
+    DATA_PHASE_ERROR = 0x4B00
+    OVERLAPPED_COMMANDS_ATTEMPTED = 0x4E00
+    MEDIA_LOAD_OR_EJECT_FAILED = 0x5300
+    MEDIUM_REMOVAL_PREVENTED = 0x5302
+    OPERATOR_MEDIUM_REMOVAL_REQUEST = 0x5A01
+    LOW_POWER_CONDITION_ON = 0x5E00
+    ILLEGAL_MODE_FOR_THIS_TRACK = 0x6400
+
+
+class SenseResponseCode(IntEnum):
+    """RESPONSE CODE of sense data, byte 0 bits 6-0 (SPC-4 4.5.1, table 27)."""
+
+    FIXED_CURRENT = 0x70
+    FIXED_DEFERRED = 0x71
+    DESCRIPTOR_CURRENT = 0x72
+    DESCRIPTOR_DEFERRED = 0x73
+
+
+#: Fixed-format sense data (SPC-4 4.5.3, table 48): 18 bytes with ADDITIONAL SENSE LENGTH 10.
+#: Offsets: 0 VALID (0x80) | response code; 2 FILEMARK/EOM/ILI | sense key; 3-6 INFORMATION;
+#: 7 additional sense length; 8-11 COMMAND-SPECIFIC INFORMATION; 12 ASC; 13 ASCQ; 14 FRU code;
+#: 15-17 SKSV (0x80) | sense-key specific.
+FIXED_SENSE_SIZE = 18
+FIXED_SENSE_ADDITIONAL_LENGTH = 10
+SENSE_VALID = 0x80
+SENSE_FILEMARK = 0x80
+SENSE_EOM = 0x40
+SENSE_ILI = 0x20
+SENSE_OFFSET_KEY = 2
+SENSE_OFFSET_INFORMATION = 3
+SENSE_OFFSET_ADDITIONAL_LENGTH = 7
+SENSE_OFFSET_ASC = 12
+SENSE_OFFSET_ASCQ = 13
+SENSE_OFFSET_SKS = 15
+#: Descriptor-format sense data (SPC-4 4.5.2, table 28): key in byte 1, ASC 2, ASCQ 3,
+#: additional length 7, descriptors from byte 8.
+DESCRIPTOR_SENSE_OFFSET_KEY = 1
+DESCRIPTOR_SENSE_OFFSET_ASC = 2
+DESCRIPTOR_SENSE_OFFSET_ASCQ = 3
+
+#: Sense-key specific field pointer bytes 15-17 (SPC-4 4.5.2.4.2, table 32): SKSV, C/D (1: the
+#: error is in the CDB, 0: in the parameter data), BPV (bit pointer valid), bit pointer bits 2-0,
+#: then a big-endian 16-bit FIELD POINTER (the byte in error).
+SKS_VALID = 0x80
+SKS_C_D = 0x40
+SKS_BPV = 0x08
+SKS_BIT_POINTER_MASK = 0x07
+
+
+class PeripheralDeviceType(IntEnum):
+    """PERIPHERAL DEVICE TYPE, standard INQUIRY byte 0 bits 4-0 (SPC-4 6.6.2, table 141)."""
+
+    DIRECT_ACCESS_BLOCK = 0x00
+    SEQUENTIAL_ACCESS = 0x01
+    PRINTER = 0x02
+    PROCESSOR = 0x03
+    WRITE_ONCE = 0x04
+    CD_DVD = 0x05
+    OPTICAL_MEMORY = 0x07
+    MEDIA_CHANGER = 0x08
+    STORAGE_ARRAY_CONTROLLER = 0x0C
+    ENCLOSURE_SERVICES = 0x0D
+    SIMPLIFIED_DIRECT_ACCESS = 0x0E
+    OPTICAL_CARD = 0x0F
+    OBJECT_BASED_STORAGE = 0x11
+    AUTOMATION_DRIVE_INTERFACE = 0x12
+    WELL_KNOWN_LOGICAL_UNIT = 0x1E
+    UNKNOWN_OR_NO_DEVICE = 0x1F
+
+
+class PeripheralQualifier(IntEnum):
+    """PERIPHERAL QUALIFIER, standard INQUIRY byte 0 bits 7-5 (SPC-4 6.6.2, table 140)."""
+
+    CONNECTED = 0
+    NOT_CONNECTED = 1
+    NOT_CAPABLE = 3
+
+
+#: Standard INQUIRY data (SPC-4 6.6.2, table 139).  At least 36 bytes.  Offsets: 0 qualifier |
+#: type; 1 RMB (0x80, removable medium); 2 VERSION; 3 NORMACA | HISUP (0x10) | RESPONSE DATA
+#: FORMAT (2); 4 ADDITIONAL LENGTH (n - 4); 5 SCCS ACC TPGS 3PC PROTECT; 6 ENCSERV MULTIP ...;
+#: 7 CMDQUE (0x02); 8-15 T10 VENDOR IDENTIFICATION; 16-31 PRODUCT IDENTIFICATION; 32-35
+#: PRODUCT REVISION LEVEL (ASCII, space padded).  58-73 version descriptors (2 bytes each).
+INQUIRY_STANDARD_MIN_SIZE = 36
+INQUIRY_RMB = 0x80
+INQUIRY_HISUP = 0x10
+INQUIRY_RESPONSE_DATA_FORMAT = 2
+INQUIRY_CMDQUE = 0x02
+INQUIRY_VENDOR_SIZE = 8
+INQUIRY_PRODUCT_SIZE = 16
+INQUIRY_REVISION_SIZE = 4
+#: INQUIRY CDB: byte 1 EVPD (bit 0), byte 2 PAGE CODE, bytes 3-4 ALLOCATION LENGTH (SPC-4 6.6.1).
+INQUIRY_EVPD = 0x01
+
+
+class Version(IntEnum):
+    """VERSION, standard INQUIRY byte 2: the standard the device claims (SPC-4 6.6.2, table 142)."""
+
+    NONE = 0x00
+    SPC = 0x03
+    SPC_2 = 0x04
+    SPC_3 = 0x05
+    SPC_4 = 0x06
+
+
+class VersionDescriptor(IntEnum):
+    """VERSION DESCRIPTOR codes, standard INQUIRY bytes 58-73 (SPC-4 6.6.2, table 144)."""
+
+    SAM_5 = 0x00A0
+    SPC_4 = 0x0460
+    SBC_3 = 0x04C0
+    MMC_6 = 0x0560
+
+
+class VpdPage(IntEnum):
+    """Vital product data page codes (SPC-4 7.8.2, table 589; SBC-3 6.6.1, table 182)."""
+
+    SUPPORTED_VPD_PAGES = 0x00
+    UNIT_SERIAL_NUMBER = 0x80
+    DEVICE_IDENTIFICATION = 0x83
+    SOFTWARE_INTERFACE_IDENTIFICATION = 0x84
+    MANAGEMENT_NETWORK_ADDRESSES = 0x85
+    EXTENDED_INQUIRY_DATA = 0x86
+    MODE_PAGE_POLICY = 0x87
+    SCSI_PORTS = 0x88
+    ATA_INFORMATION = 0x89
+    POWER_CONDITION = 0x8A
+    DEVICE_CONSTITUENTS = 0x8B
+    BLOCK_LIMITS = 0xB0
+    BLOCK_DEVICE_CHARACTERISTICS = 0xB1
+    LOGICAL_BLOCK_PROVISIONING = 0xB2
+    REFERRALS = 0xB3
+
+
+#: Every VPD page starts: 0 qualifier | type, 1 PAGE CODE, 2-3 PAGE LENGTH (SPC-4 7.8.1).
+VPD_HEADER_SIZE = 4
+
+
+class CodeSet(IntEnum):
+    """CODE SET of a designation descriptor (SPC-4 7.8.6.1, table 592)."""
+
+    BINARY = 1
+    ASCII = 2
+    UTF8 = 3
+
+
+class Association(IntEnum):
+    """ASSOCIATION of a designation descriptor, byte 1 bits 5-4 (SPC-4 7.8.6.1, table 593)."""
+
+    LOGICAL_UNIT = 0
+    TARGET_PORT = 1
+    TARGET_DEVICE = 2
+
+
+class DesignatorType(IntEnum):
+    """DESIGNATOR TYPE of a designation descriptor, byte 1 bits 3-0 (SPC-4 7.8.6.1, table 594)."""
+
+    VENDOR_SPECIFIC = 0x0
+    T10_VENDOR_ID = 0x1
+    EUI_64 = 0x2
+    NAA = 0x3
+    RELATIVE_TARGET_PORT = 0x4
+    TARGET_PORT_GROUP = 0x5
+    LOGICAL_UNIT_GROUP = 0x6
+    MD5_LOGICAL_UNIT = 0x7
+    SCSI_NAME_STRING = 0x8
+
+
+#: Designation descriptor header: 0 PROTOCOL IDENTIFIER << 4 | CODE SET; 1 PIV (0x80) |
+#: ASSOCIATION << 4 | DESIGNATOR TYPE; 2 reserved; 3 DESIGNATOR LENGTH (SPC-4 7.8.6.1, table 591).
+DESIGNATOR_HEADER_SIZE = 4
+DESIGNATOR_PIV = 0x80
+#: NAA IEEE Registered format: top nibble 5, 24-bit OUI, 36-bit vendor specific (SPC-4 7.8.6.6.5).
+NAA_IEEE_REGISTERED = 0x5
+NAA_LOCALLY_ASSIGNED = 0x3
+
+#: Block Limits VPD page length (SBC-3 6.6.4, table 190: 64 bytes; PAGE LENGTH 0x3C).  Offsets:
+#: 5 MAXIMUM COMPARE AND WRITE LENGTH; 6-7 OPTIMAL TRANSFER LENGTH GRANULARITY; 8-11 MAXIMUM
+#: TRANSFER LENGTH; 12-15 OPTIMAL TRANSFER LENGTH; 16-19 MAXIMUM PREFETCH LENGTH; 20-23 MAXIMUM
+#: UNMAP LBA COUNT; 24-27 MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT; 28-31 OPTIMAL UNMAP GRANULARITY;
+#: 32-35 UGAVALID | UNMAP GRANULARITY ALIGNMENT; 36-43 MAXIMUM WRITE SAME LENGTH.
+BLOCK_LIMITS_PAGE_LENGTH = 0x3C
+#: Block Device Characteristics VPD (SBC-3 6.6.2, table 184): 4-5 MEDIUM ROTATION RATE
+#: (1: non-rotating), 7 NOMINAL FORM FACTOR; PAGE LENGTH 0x3C.
+BLOCK_DEVICE_CHARACTERISTICS_PAGE_LENGTH = 0x3C
+MEDIUM_ROTATION_RATE_NON_ROTATING = 0x0001
+#: Logical Block Provisioning VPD (SBC-3 6.6.5, table 191): 4 THRESHOLD EXPONENT; 5 LBPU (0x80)
+#: LBPWS (0x40) LBPWS10 (0x20) LBPRZ (0x04) ANC_SUP (0x02) DP (0x01); 6 PROVISIONING TYPE.
+LOGICAL_BLOCK_PROVISIONING_PAGE_LENGTH = 4
+LBP_LBPU = 0x80
+LBP_LBPWS = 0x40
+LBP_LBPWS10 = 0x20
+LBP_LBPRZ = 0x04
+
+
+class ProvisioningType(IntEnum):
+    """PROVISIONING TYPE of the Logical Block Provisioning VPD page (SBC-3 6.6.5, table 192)."""
+
+    FULL = 0
+    RESOURCE = 1
+    THIN = 2
+
+
+#: READ CAPACITY (10) parameter data: RETURNED LOGICAL BLOCK ADDRESS (last LBA, 0xFFFFFFFF when
+#: it does not fit), BLOCK LENGTH IN BYTES (SBC-3 5.15.2, table 69).
+READ_CAPACITY_10_DATA = struct.Struct(">II")
+READ_CAPACITY_10_LBA_MAX = 0xFFFFFFFF
+#: READ CAPACITY (16) parameter data, 32 bytes (SBC-3 5.16.2, table 71): 0-7 last LBA, 8-11
+#: block length, 12 P_TYPE | PROT_EN, 13 P_I_EXPONENT | LOGICAL BLOCKS PER PHYSICAL BLOCK
+#: EXPONENT, 14-15 LBPME (0x8000) | LBPRZ (0x4000) | LOWEST ALIGNED LBA, 16-31 reserved.
+READ_CAPACITY_16_DATA = struct.Struct(">QIBBH16x")
+READ_CAPACITY_16_SIZE = 32
+READ_CAPACITY_16_LBPME = 0x8000
+READ_CAPACITY_16_LBPRZ = 0x4000
+
+#: READ/WRITE CDB bits, byte 1 (SBC-3 5.8, table 42): DPO 0x10, FUA 0x08.  READ/WRITE (6): a
+#: TRANSFER LENGTH of 0 means 256 blocks (SBC-3 5.9); in (10)/(12)/(16) 0 means no transfer.
+CDB_DPO = 0x10
+CDB_FUA = 0x08
+RW6_ZERO_MEANS = 256
+#: WRITE SAME byte 1 (SBC-3 5.41, 5.42): ANCHOR 0x10, UNMAP 0x08, NDOB 0x01 (16 only).
+WRITE_SAME_ANCHOR = 0x10
+WRITE_SAME_UNMAP = 0x08
+WRITE_SAME_NDOB = 0x01
+#: SYNCHRONIZE CACHE byte 1: IMMED 0x02 (SBC-3 5.22).
+SYNC_CACHE_IMMED = 0x02
+#: UNMAP (SBC-3 5.28): CDB byte 1 ANCHOR 0x01, bytes 7-8 PARAMETER LIST LENGTH.  Parameter list:
+#: 0-1 UNMAP DATA LENGTH (n - 1), 2-3 UNMAP BLOCK DESCRIPTOR DATA LENGTH (n - 7), 4-7 reserved,
+#: then 16-byte descriptors { be64 LBA, be32 NUMBER OF LOGICAL BLOCKS, 4 reserved } (table 95).
+UNMAP_ANCHOR = 0x01
+UNMAP_HEADER = struct.Struct(">HH4x")
+UNMAP_DESCRIPTOR = struct.Struct(">QI4x")
+UNMAP_HEADER_SIZE = 8
+UNMAP_DESCRIPTOR_SIZE = 16
+
+#: START STOP UNIT (SBC-3 5.25, MMC-6 6.40): byte 1 IMMED 0x01; byte 4 POWER CONDITION << 4 |
+#: NO_FLUSH 0x04 | LOEJ 0x02 | START 0x01.
+START_STOP_IMMED = 0x01
+START_STOP_START = 0x01
+START_STOP_LOEJ = 0x02
+START_STOP_POWER_CONDITION_SHIFT = 4
+#: PREVENT ALLOW MEDIUM REMOVAL byte 4 bits 1-0 PREVENT (SPC-4 6.13 / MMC-6 6.13): 0 allowed,
+#: 1 prevented (persistent prevent bit 1 is obsolete in MMC).
+PREVENT_MASK = 0x03
+
+#: REPORT LUNS (SPC-4 6.33): CDB byte 2 SELECT REPORT, bytes 6-9 ALLOCATION LENGTH (at least 16).
+#: Parameter data: be32 LUN LIST LENGTH, 4 reserved, then 8-byte LUNs.
+REPORT_LUNS_HEADER = struct.Struct(">I4x")
+REPORT_LUNS_MIN_ALLOCATION = 16
+
+
+class SelectReport(IntEnum):
+    """SELECT REPORT of REPORT LUNS (SPC-4 6.33, table 294)."""
+
+    ALL_LOGICAL_UNITS = 0x00
+    WELL_KNOWN_ONLY = 0x01
+    ALL_INCLUDING_WELL_KNOWN = 0x02
+
+
+#: Single-level LUN formats (SAM-5 4.7.7): peripheral device addressing (0x00 | bus) for LUNs
+#: < 256, flat space addressing (0x40 | LUN >> 8) for LUNs < 16384.
+LUN_ADDRESS_METHOD_PERIPHERAL = 0x00
+LUN_ADDRESS_METHOD_FLAT = 0x40
+LUN_FLAT_MAX = 0x3FFF
+
+
+class ModePageControl(IntEnum):
+    """PC, MODE SENSE byte 2 bits 7-6 (SPC-4 6.11.1, table 163)."""
+
+    CURRENT = 0
+    CHANGEABLE = 1
+    DEFAULT = 2
+    SAVED = 3
+
+
+class ModePage(IntEnum):
+    """Mode page codes (SPC-4 7.5.1 table 453; SBC-3 6.4.1 table 168; MMC-6 7.1 table 639)."""
+
+    VENDOR_SPECIFIC = 0x00
+    READ_WRITE_ERROR_RECOVERY = 0x01
+    DISCONNECT_RECONNECT = 0x02
+    FORMAT_DEVICE = 0x03
+    RIGID_DISK_GEOMETRY = 0x04
+    WRITE_PARAMETERS = 0x05
+    VERIFY_ERROR_RECOVERY = 0x07
+    CACHING = 0x08
+    CONTROL = 0x0A
+    CD_AUDIO_CONTROL = 0x0E
+    POWER_CONDITION = 0x1A
+    INFORMATIONAL_EXCEPTIONS_CONTROL = 0x1C
+    CD_DVD_CAPABILITIES_AND_MECHANICAL_STATUS = 0x2A
+    ALL_PAGES = 0x3F
+
+
+#: MODE SENSE CDB: byte 1 DBD 0x08, LLBAA 0x10 (10 only); byte 2 PC << 6 | PAGE CODE; byte 3
+#: SUBPAGE CODE (0xFF: all); allocation length byte 4 (6) / bytes 7-8 (10) (SPC-4 6.11, 6.12).
+MODE_SENSE_DBD = 0x08
+MODE_SENSE_LLBAA = 0x10
+MODE_SENSE_PC_SHIFT = 6
+MODE_PAGE_CODE_MASK = 0x3F
+MODE_SUBPAGE_ALL = 0xFF
+#: MODE SELECT CDB: byte 1 PF 0x10, SP 0x01; parameter list length byte 4 (6) / 7-8 (10)
+#: (SPC-4 6.9, 6.10).
+MODE_SELECT_PF = 0x10
+MODE_SELECT_SP = 0x01
+#: Mode parameter headers (SPC-4 7.5.4, tables 451, 452): (6) { MODE DATA LENGTH, MEDIUM TYPE,
+#: DEVICE-SPECIFIC PARAMETER, BLOCK DESCRIPTOR LENGTH }; (10) { be16 MODE DATA LENGTH, MEDIUM
+#: TYPE, DEVICE-SPECIFIC PARAMETER, LONGLBA, reserved, be16 BLOCK DESCRIPTOR LENGTH }.
+MODE_HEADER_6 = struct.Struct(">BBBB")
+MODE_HEADER_10 = struct.Struct(">HBBBxH")
+MODE_HEADER_6_SIZE = 4
+MODE_HEADER_10_SIZE = 8
+#: DEVICE-SPECIFIC PARAMETER of direct-access devices: WP 0x80, DPOFUA 0x10 (SBC-3 6.4.2).
+MODE_DSP_WP = 0x80
+MODE_DSP_DPOFUA = 0x10
+#: Short LBA mode parameter block descriptor, 8 bytes: be32 NUMBER OF LOGICAL BLOCKS, reserved,
+#: 24-bit LOGICAL BLOCK LENGTH (SBC-3 6.4.2.2, table 168).
+MODE_BLOCK_DESCRIPTOR_SIZE = 8
+#: Every mode page: 0 PS (0x80) | SPF (0x40) | PAGE CODE, 1 PAGE LENGTH (n - 1) (SPC-4 7.5.7).
+MODE_PAGE_PS = 0x80
+MODE_PAGE_SPF = 0x40
+#: Caching mode page (SBC-3 6.4.5, table 176): PAGE LENGTH 0x12; byte 2 IC ABPF CAP DISC SIZE
+#: WCE (0x04) MF (0x02) RCD (0x01).
+CACHING_PAGE_LENGTH = 0x12
+CACHING_WCE = 0x04
+CACHING_RCD = 0x01
+#: Control mode page (SPC-4 7.5.8, table 456): PAGE LENGTH 0x0A; byte 2 TST TMF_ONLY DPICZ
+#: D_SENSE (0x04) GLTSD RLEC; byte 3 QUEUE ALGORITHM MODIFIER << 4 | QERR; byte 5 ... TAS (0x40);
+#: bytes 8-9 BUSY TIMEOUT PERIOD; 10-11 EXTENDED SELF-TEST COMPLETION TIME.
+CONTROL_PAGE_LENGTH = 0x0A
+CONTROL_D_SENSE = 0x04
+#: Read-write error recovery page (SBC-3 6.4.7): PAGE LENGTH 0x0A.
+READ_WRITE_ERROR_RECOVERY_PAGE_LENGTH = 0x0A
+#: CD/DVD capabilities and mechanical status page 0x2A (MMC-6 7.9 is obsolete in MMC-6; MMC-3
+#: 5.5.10, table 361 is what Linux's sr reads): PAGE LENGTH >= 0x14.  Byte 2 read caps (CD-R
+#: 0x01, CD-RW 0x02, method 2 0x04, DVD-ROM 0x08, DVD-R 0x10, DVD-RAM 0x20), byte 3 write caps,
+#: byte 4 (audio play 0x01, composite 0x02, digital port 0x04/0x08, mode 2 form 1 0x10, form 2
+#: 0x20, multi-session 0x40), byte 5 (CD-DA cmds 0x01, accurate 0x02, R-W 0x04...), byte 6
+#: LOADING MECHANISM TYPE << 5 | EJECT 0x08 | PREVENT JUMPER 0x04 | LOCK STATE 0x02 | LOCK 0x01.
+CAPABILITIES_PAGE_LENGTH = 0x14
+CAP_DVD_ROM_READ = 0x08
+CAP_MODE2_FORM1 = 0x10
+CAP_MULTI_SESSION = 0x40
+CAP_LOCK = 0x01
+CAP_LOCK_STATE = 0x02
+CAP_EJECT = 0x08
+LOADING_MECHANISM_TRAY = 1
+LOADING_MECHANISM_SHIFT = 5
+
+
+class MmcProfile(IntEnum):
+    """Profile numbers of GET CONFIGURATION (MMC-6 5.3.1, table 89)."""
+
+    NONE = 0x0000
+    NON_REMOVABLE_DISK = 0x0001
+    REMOVABLE_DISK = 0x0002
+    MO_ERASABLE = 0x0003
+    MO_WRITE_ONCE = 0x0004
+    AS_MO = 0x0005
+    CD_ROM = 0x0008
+    CD_R = 0x0009
+    CD_RW = 0x000A
+    DVD_ROM = 0x0010
+    DVD_R_SEQUENTIAL = 0x0011
+    DVD_RAM = 0x0012
+    DVD_RW_RESTRICTED_OVERWRITE = 0x0013
+    DVD_RW_SEQUENTIAL = 0x0014
+    DVD_R_DL_SEQUENTIAL = 0x0015
+    DVD_R_DL_JUMP = 0x0016
+    DVD_PLUS_RW = 0x001A
+    DVD_PLUS_R = 0x001B
+    DVD_PLUS_R_DL = 0x002B
+    BD_ROM = 0x0040
+    BD_R_SRM = 0x0041
+    BD_R_RRM = 0x0042
+    BD_RE = 0x0043
+    NON_CONFORMING = 0xFFFF
+
+
+class MmcFeature(IntEnum):
+    """Feature codes of GET CONFIGURATION (MMC-6 5.3.1, table 88)."""
+
+    PROFILE_LIST = 0x0000
+    CORE = 0x0001
+    MORPHING = 0x0002
+    REMOVABLE_MEDIUM = 0x0003
+    WRITE_PROTECT = 0x0004
+    RANDOM_READABLE = 0x0010
+    MULTI_READ = 0x001D
+    CD_READ = 0x001E
+    DVD_READ = 0x001F
+    RANDOM_WRITABLE = 0x0020
+    POWER_MANAGEMENT = 0x0100
+    EMBEDDED_CHANGER = 0x0102
+    TIMEOUT = 0x0105
+    DVD_CSS = 0x0106
+    REAL_TIME_STREAMING = 0x0107
+
+
+#: GET CONFIGURATION (MMC-6 6.6): CDB byte 1 RT bits 1-0, bytes 2-3 STARTING FEATURE NUMBER,
+#: bytes 7-8 ALLOCATION LENGTH.  Response: 8-byte feature header { be32 DATA LENGTH (n - 3),
+#: 2 reserved, be16 CURRENT PROFILE }, then feature descriptors { be16 FEATURE CODE,
+#: VERSION << 2 | PERSISTENT 0x02 | CURRENT 0x01, ADDITIONAL LENGTH, data }.
+GET_CONFIGURATION_RT_MASK = 0x03
+FEATURE_HEADER = struct.Struct(">I2xH")
+FEATURE_HEADER_SIZE = 8
+FEATURE_DESCRIPTOR_HEADER = struct.Struct(">HBB")
+FEATURE_PERSISTENT = 0x02
+FEATURE_CURRENT = 0x01
+FEATURE_VERSION_SHIFT = 2
+#: Profile descriptor in the Profile List feature: be16 PROFILE NUMBER, CURRENTP (0x01), reserved.
+PROFILE_DESCRIPTOR = struct.Struct(">HBx")
+PROFILE_CURRENTP = 0x01
+#: Core feature PHYSICAL INTERFACE STANDARD (MMC-6 5.3.2, table 94): 1 = SCSI family.
+PHYSICAL_INTERFACE_SCSI = 0x00000001
+#: Removable Medium feature byte 4 (MMC-6 5.3.4): LOADING MECHANISM TYPE << 5 | LOAD 0x10 |
+#: EJECT 0x08 | PVNT JMPR 0x04 | LOCK 0x01.
+REMOVABLE_LOAD = 0x10
+REMOVABLE_EJECT = 0x08
+REMOVABLE_LOCK = 0x01
+
+
+class GetConfigurationRt(IntEnum):
+    """RT field of GET CONFIGURATION (MMC-6 6.6.2.1, table 289)."""
+
+    ALL = 0
+    CURRENT = 1
+    ONE = 2
+
+
+#: GET EVENT STATUS NOTIFICATION (MMC-6 6.7): byte 1 POLLED 0x01; byte 4 NOTIFICATION CLASS
+#: REQUEST (bits below); bytes 7-8 ALLOCATION LENGTH.  Response header: be16 EVENT DESCRIPTOR
+#: LENGTH (n - 1), NEA (0x80) | NOTIFICATION CLASS, SUPPORTED EVENT CLASSES; media event
+#: descriptor: MEDIA EVENT CODE (bits 3-0), MEDIA STATUS (MEDIA PRESENT 0x02, DOOR OR TRAY OPEN
+#: 0x01), START SLOT, END SLOT.
+GESN_POLLED = 0x01
+GESN_HEADER = struct.Struct(">HBB")
+GESN_HEADER_SIZE = 4
+GESN_NEA = 0x80
+GESN_MEDIA_PRESENT = 0x02
+GESN_TRAY_OPEN = 0x01
+
+
+class NotificationClassRequest(IntFlag):
+    """NOTIFICATION CLASS REQUEST bits of GET EVENT STATUS NOTIFICATION (MMC-6 6.7.1.3)."""
+
+    OPERATIONAL_CHANGE = 0x02
+    POWER_MANAGEMENT = 0x04
+    EXTERNAL_REQUEST = 0x08
+    MEDIA = 0x10
+    MULTI_HOST = 0x20
+    DEVICE_BUSY = 0x40
+
+
+class NotificationClass(IntEnum):
+    """NOTIFICATION CLASS field of the event header (MMC-6 6.7.2.1, table 300)."""
+
+    NO_REQUESTED_CLASS = 0
+    OPERATIONAL_CHANGE = 1
+    POWER_MANAGEMENT = 2
+    EXTERNAL_REQUEST = 3
+    MEDIA = 4
+    MULTI_HOST = 5
+    DEVICE_BUSY = 6
+
+
+class MediaEventCode(IntEnum):
+    """MEDIA EVENT CODE of the media event descriptor (MMC-6 6.7.2.5, table 309)."""
+
+    NO_CHANGE = 0
+    EJECT_REQUEST = 1
+    NEW_MEDIA = 2
+    MEDIA_REMOVAL = 3
+    MEDIA_CHANGED = 4
+    BG_FORMAT_COMPLETED = 5
+    BG_FORMAT_RESTARTED = 6
+
+
+class TocFormat(IntEnum):
+    """FORMAT of READ TOC/PMA/ATIP, CDB byte 2 bits 3-0 (MMC-6 6.33.2.2, table 486)."""
+
+    TOC = 0
+    SESSION_INFORMATION = 1
+    FULL_TOC = 2
+    PMA = 3
+    ATIP = 4
+    CD_TEXT = 5
+
+
+#: READ TOC/PMA/ATIP (MMC-6 6.33): byte 1 MSF 0x02; byte 6 TRACK/SESSION NUMBER; 7-8 ALLOCATION
+#: LENGTH.  Response: be16 DATA LENGTH (n - 1), FIRST, LAST; then 8-byte track descriptors
+#: { reserved, ADR << 4 | CONTROL, TRACK NUMBER, reserved, be32 address (LBA, or 0 M S F) }.
+TOC_MSF = 0x02
+TOC_HEADER = struct.Struct(">HBB")
+TOC_DESCRIPTOR = struct.Struct(">xBBx4s")
+TOC_DESCRIPTOR_SIZE = 8
+TOC_LEAD_OUT_TRACK = 0xAA
+#: ADR 1 (Q sub-channel: current position) << 4 | CONTROL 4 (data track, recorded
+#: uninterrupted) (MMC-6 6.33.3.2, table 489).
+TOC_ADR_CONTROL_DATA = 0x14
+#: An MSF address counts 75 frames a second, 60 seconds a minute, and starts 2 s (150 frames)
+#: before LBA 0 (MMC-6 4.2.3.7).
+MSF_FRAMES_PER_SECOND = 75
+MSF_SECONDS_PER_MINUTE = 60
+MSF_LBA_OFFSET = 150
+
+#: READ DISC INFORMATION (MMC-6 6.22): byte 1 DATA TYPE bits 2-0 (0: standard disc information);
+#: bytes 7-8 ALLOCATION LENGTH.  Standard disc information, 34 bytes (table 385): be16 DISC
+#: INFORMATION LENGTH (32), byte 2 ERASABLE 0x10 | STATE OF LAST SESSION << 2 | DISC STATUS, 3
+#: FIRST TRACK, 4 SESSIONS (LSB), 5 FIRST TRACK IN LAST SESSION (LSB), 6 LAST TRACK IN LAST SESSION
+#: (LSB), 7 DID_V DBC_V URU ..., 8 DISC TYPE, ...
+DISC_INFORMATION_SIZE = 34
+DISC_INFORMATION_LENGTH = 32
+DISC_STATUS_COMPLETE = 2
+LAST_SESSION_COMPLETE = 3
+DISC_STATE_SHIFT = 2
+DISC_INFO_URU = 0x10
+DISC_TYPE_CD_DA_OR_CD_ROM = 0x00
+
+
+class DiscInformationDataType(IntEnum):
+    """DATA TYPE of READ DISC INFORMATION (MMC-6 6.22.2.1, table 384)."""
+
+    STANDARD = 0
+    TRACK_RESOURCES = 1
+    POW_RESOURCES = 2
+
+
+#: MMC logical block size of CD-ROM mode 1 and DVD user data (MMC-6 4.2.3.2, 4.4.2).
+MMC_BLOCK_SIZE = 2048
+#: SBC default logical block size and the sizes we accept (SBC-3 4.5).
+SBC_BLOCK_SIZE = 512
