@@ -272,6 +272,26 @@ SENSE_OFFSET_SKS = 15
 DESCRIPTOR_SENSE_OFFSET_KEY = 1
 DESCRIPTOR_SENSE_OFFSET_ASC = 2
 DESCRIPTOR_SENSE_OFFSET_ASCQ = 3
+#: Both sense formats start with an 8-byte header (additional length in byte 7; SPC-4 4.5.2, 4.5.3).
+SENSE_HEADER_SIZE = 8
+#: Descriptor format: each descriptor is { DESCRIPTOR TYPE, ADDITIONAL LENGTH, body }
+#: (SPC-4 4.5.2.1).  The INFORMATION descriptor (type 0, 4.5.2.2, table 31): body byte 0 VALID
+#: (0x80), byte 1 reserved, bytes 2-9 INFORMATION (ADDITIONAL LENGTH 0x0A).
+SENSE_DESCRIPTOR_HEADER_SIZE = 2
+SENSE_INFORMATION_DESCRIPTOR_LENGTH = 0x0A
+
+
+class SenseDescriptorType(IntEnum):
+    """DESCRIPTOR TYPE of descriptor-format sense data (SPC-4 4.5.2.1, table 29)."""
+
+    INFORMATION = 0x00
+    COMMAND_SPECIFIC_INFORMATION = 0x01
+    SENSE_KEY_SPECIFIC = 0x02
+    FIELD_REPLACEABLE_UNIT = 0x03
+    STREAM_COMMANDS = 0x04
+    BLOCK_COMMANDS = 0x05
+    OSD_OBJECT_IDENTIFICATION = 0x06
+    ATA_STATUS_RETURN = 0x09
 
 #: Sense-key specific field pointer bytes 15-17 (SPC-4 4.5.2.4.2, table 32): SKSV, C/D (1: the
 #: error is in the CDB, 0: in the parameter data), BPV (bit pointer valid), bit pointer bits 2-0,
