@@ -180,6 +180,10 @@ class DriverRingSide(RingSide):
         self.max_indirect = max_indirect if indirect_area is not None else 0
         self.broken = False
         self.fault: Exception | None = None
+        #: Take a used length above a chain's writable bytes as "all of them" instead of a device
+        #: fault.  For devices known to count readable bytes in it: QEMU 7.2's virtio-scsi adds a
+        #: command's data-out bytes (hw/scsi/virtio-scsi.c, virtio_scsi_complete_req).
+        self.clamp_used_len = False
         self._mem, self._gen = None, -1
         self._init_state()
 

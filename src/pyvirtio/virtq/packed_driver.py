@@ -227,6 +227,8 @@ class PackedDriverQueue(DriverRingSide):
                 # Nothing to write, nothing to read back: DPDK's vhost (22.11) leaves a transmit
                 # descriptor's len as the driver wrote it when it marks the buffer used.
                 length = 0
+            elif self.clamp_used_len:
+                length = self._in_len[buf_id]
             else:
                 self._break(DeviceFault(f"queue {self.index}: used len {length} > "
                                         f"{self._in_len[buf_id]} writable bytes of buffer {buf_id}"))

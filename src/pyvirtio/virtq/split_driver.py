@@ -230,8 +230,8 @@ class SplitDriverQueue(DriverRingSide):
         if head >= self.size or self._tokens[head] is None:
             self._break(DeviceFault(f"queue {self.index}: used id {head} is not an outstanding head"))
         if length > self._in_len[head]:
-            if not self._in_len[head]:
-                return 0
+            if not self._in_len[head] or self.clamp_used_len:
+                return self._in_len[head]
             self._break(DeviceFault(f"queue {self.index}: used len {length} > {self._in_len[head]} "
                                     f"writable bytes of head {head}"))
         return length
