@@ -5,6 +5,7 @@ from .console import ConsoleDriver
 from .input import InputDriver
 from .net import NetDriver
 from .rng import RngDriver
+from .scsi import ScsiDriver
 
 #: Every driver pyvirtio ships, for bus binding.
-ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver, NetDriver, InputDriver)
+ALL_DRIVERS = (RngDriver, BlkDriver, ConsoleDriver, NetDriver, InputDriver, ScsiDriver)
