@@ -227,12 +227,15 @@ def start_testpmd(socket_path: str, *, prefix: str | None = None, mode: str = "i
     return peer
 
 
-def start_virtiofsd(socket_path: str, source: str, *, timeout: float = 10.0) -> Peer:
-    """QEMU's C virtiofsd sharing ``source`` (it serves one front-end, then exits)."""
+def start_virtiofsd(socket_path: str, source: str, *, timeout: float = 10.0,
+                    options: Sequence[str] = ()) -> Peer:
+    """QEMU's C virtiofsd sharing ``source`` (it serves one front-end, then exits); ``options``
+    are more ``-o`` options (``xattr``, ``cache=none`` ...)."""
     path = virtiofsd_path()
     if path is None:
         raise PeerFailed("virtiofsd is not installed")
-    return _start("virtiofsd", [path, f"--socket-path={socket_path}", "-o", f"source={source}"],
+    opts = ",".join([f"source={source}", *options])
+    return _start("virtiofsd", [path, f"--socket-path={socket_path}", "-o", opts],
                   socket_path, timeout)
 
 
