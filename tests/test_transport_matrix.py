@@ -156,6 +156,28 @@ def vhost_user_qsd(spec, tmp_path):
             t.close()
 
 
+@contextlib.contextmanager
+def _virtio_msg(spec, tmp_path, binding):
+    """pyvirtio's device on a virtio-msg bus: the socket binding (memfds over a UNIX socket) or
+    the in-process queue binding, driven through VirtioMsgTransport."""
+    from pyvirtio.virtio_msg.local import device_transport
+    device = _device(spec)
+    try:
+        with device_transport(device, binding, str(tmp_path / f"vmsg-{spec.kind}.sock"),
+                              memory_size=4 << 20, split_only=spec.split_only) as t:
+            yield t
+    finally:
+        device.close()
+
+
+def virtio_msg(spec, tmp_path):
+    return _virtio_msg(spec, tmp_path, "socket")
+
+
+def virtio_msg_queue(spec, tmp_path):
+    return _virtio_msg(spec, tmp_path, "queue")
+
+
 def packed(factory):
     """The same transport with a device that offers packed rings (QEMU's: ``packed=on``).  Every
     test of the column fails if the device does not offer VIRTIO_F_RING_PACKED (our drivers take
@@ -196,13 +218,17 @@ TRANSPORTS = {
     "qemu-pci-transitional-packed": packed(qemu_pci_transitional),
     "qemu-mmio-packed": packed(qemu_mmio),
     "qemu-pci-split-only": split_only(qemu_pci),
+    "virtio-msg": virtio_msg,
+    "virtio-msg-queue": virtio_msg_queue,
+    "virtio-msg-packed": packed(virtio_msg),
 }
 
 QEMU = {"qemu-pci", "qemu-pci-transitional", "qemu-mmio", "vhost-user-qsd", "qemu-pci-packed",
         "qemu-pci-transitional-packed", "qemu-mmio-packed", "qemu-pci-split-only"}
 #: Columns whose transport carries VIRTIO_F_NOTIFICATION_DATA and whose device offers it
 #: (pyvirtio's PCI and MMIO models; QEMU 7.2's devices do not offer it).
-NOTIFICATION_DATA = {"pci-model", "mmio-model", "pci-model-packed", "mmio-model-packed"}
+NOTIFICATION_DATA = {"pci-model", "mmio-model", "pci-model-packed", "mmio-model-packed",
+                     "virtio-msg", "virtio-msg-queue", "virtio-msg-packed"}
 
 
 def _marks(name):
