@@ -78,7 +78,13 @@ def vhost_user(device, tmp_path):
         thread.join(10)
 
 
-TRANSPORTS = {"loopback": loopback, "pci": pci_model, "mmio": mmio_model, "vhost-user": vhost_user}
+def virtio_msg(device, tmp_path, binding="socket"):
+    from pyvirtio.virtio_msg.local import device_transport
+    return device_transport(device, binding, str(tmp_path / "vmsg.sock"), memory_size=8 << 20)
+
+
+TRANSPORTS = {"loopback": loopback, "pci": pci_model, "mmio": mmio_model, "vhost-user": vhost_user,
+              "virtio-msg": virtio_msg, "virtio-msg-queue": lambda d, t: virtio_msg(d, t, "queue")}
 
 
 def until(cond, transport, timeout=10.0) -> bool:

@@ -318,8 +318,14 @@ def on_vhost_user(dev, tmp_path, packed=False):
             t.close()
 
 
+def on_virtio_msg(dev, tmp_path):
+    from pyvirtio.virtio_msg.local import device_transport
+    return device_transport(dev, "socket", str(tmp_path / "input-vmsg.sock"), memory_size=4 << 20)
+
+
 TRANSPORTS = {"pci": lambda dev, tmp: on_pci(dev), "mmio": lambda dev, tmp: on_mmio(dev),
-              "vhost-user": on_vhost_user, "vhost-user-packed": lambda d, t: on_vhost_user(d, t, packed=True)}
+              "vhost-user": on_vhost_user, "vhost-user-packed": lambda d, t: on_vhost_user(d, t, packed=True),
+              "virtio-msg": on_virtio_msg}
 
 
 @pytest.mark.parametrize("where", list(TRANSPORTS))

@@ -134,6 +134,18 @@ def test_refused_both_ways(loop, uds):
     assert device.stats["guest_connects_refused"] == 1 and device.stats["host_connects"] == 1
 
 
+@pytest.mark.parametrize("binding", ["socket", "queue"])
+def test_virtio_msg(binding, uds, tmp_path):
+    from pyvirtio.virtio_msg.local import device_transport
+    device = VsockDevice(9, HybridHost(uds))
+    with device_transport(device, binding, str(tmp_path / "vsock-vmsg.sock"), memory_size=32 * MiB) as transport:
+        driver = VsockDriver.probe(transport)
+        assert driver.guest_cid == 9
+        exchange(driver, uds, size=256 * 1024)
+        driver.remove()
+    device.close()
+
+
 @pytest.mark.parametrize("kind", ["pci", "mmio"])
 def test_pci_and_mmio_models(kind, uds):
     from pyvirtio.mmio import discover_mmio, parse_kernel_cmdline

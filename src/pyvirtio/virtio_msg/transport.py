@@ -39,12 +39,16 @@ class VirtioMsgTransport(DriverTransport):
     reset_error = DeviceFault
 
     def __init__(self, client: BusClient, dev_num: int, *, owns_client: bool = False,
-                 split_only: bool = False):
+                 split_only: bool = False, sync_kicks: bool = False):
         self.client = client
         self.dev_num = dev_num
         self.owns_client = owns_client
         #: Hide VIRTIO_F_RING_PACKED from the drivers (as the other transports' ``split_only``).
         self.split_only = split_only
+        #: After each EVENT_AVAIL, a PING round trip: the device side handles a connection's
+        #: messages in order, so the kick has been served when the answer comes (what
+        #: LoopbackTransport's inline kicks give tests written for it; off by default).
+        self.sync_kicks = sync_kicks
         self.memory = client.memory
         self.allocator = client.allocator
         self._handler: InterruptHandler | None = None
@@ -187,6 +191,8 @@ class VirtioMsgTransport(DriverTransport):
         if position is not None and self._negotiated & (1 << Feature.NOTIFICATION_DATA):
             next_offset = position_to_next_offset(position, bool(self._negotiated & (1 << Feature.RING_PACKED)))
         self.client.send_event(transport_request(MsgId.EVENT_AVAIL, self.dev_num, S.EventAvail(index, next_offset)))
+        if self.sync_kicks:
+            self.client.ping()
 
     # --- events (device -> driver) --------------------------------------------------------------
 
