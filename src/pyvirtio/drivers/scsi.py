@@ -37,26 +37,24 @@ from ..spec.ids import DeviceType
 from ..spec.scsi import (SCSI_CTRL_AN, SCSI_CTRL_AN_RESP, SCSI_CTRL_TMF, SCSI_EVENT,
                          SCSI_REQ_CMD_HEAD, SCSI_RESP_CMD_HEAD, ScsiCtrlType, ScsiEventType,
                          ScsiFeature, ScsiResetReason, ScsiResponse, ScsiTmf)
-from .scsi_sense import Sense, parse_sense
+from ..spec.scsi_cmd import LUN_ADDRESS_METHOD_FLAT, LUN_FLAT_MAX, Status
+from .scsi_sense import Sense, SenseFormatError, parse_sense
 
 _F = ScsiFeature
 EVENT_BUFFERS = 8
-#: SAM status GOOD and CHECK CONDITION (SAM-5, 5.3.1), the two a caller tests most.
-STATUS_GOOD = 0x00
-STATUS_CHECK_CONDITION = 0x02
 
 
 def encode_lun(target: int, lun: int) -> bytes:
     """The 8-byte virtio-scsi LUN field for ``target``/``lun`` (5.6.6.1: 1, target, flat-space
     single-level LUN, four zero bytes)."""
-    if not 0 <= target <= 0xFF or not 0 <= lun <= 0x3FFF:
-        raise UsageError(f"target {target} / lun {lun} out of range (0..255 / 0..16383)")
-    return bytes((1, target, 0x40 | (lun >> 8), lun & 0xFF, 0, 0, 0, 0))
+    if not 0 <= target <= 0xFF or not 0 <= lun <= LUN_FLAT_MAX:
+        raise UsageError(f"target {target} / lun {lun} out of range (0..255 / 0..{LUN_FLAT_MAX})")
+    return bytes((1, target, LUN_ADDRESS_METHOD_FLAT | (lun >> 8), lun & 0xFF, 0, 0, 0, 0))
 
 
 def decode_lun(field: bytes) -> tuple[int, int]:
     """(target, lun) of an 8-byte LUN field (events name their LUN this way)."""
-    return field[1], ((field[2] << 8) | field[3]) & 0x3FFF
+    return field[1], ((field[2] << 8) | field[3]) & LUN_FLAT_MAX
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class ScsiResult:
     @property
     def ok(self) -> bool:
         """The command was delivered (response OK) and completed with GOOD status."""
-        return self.response == ScsiResponse.OK and self.status == STATUS_GOOD
+        return self.response == ScsiResponse.OK and self.status == Status.GOOD
 
     def check(self) -> "ScsiResult":
         """Return self if :attr:`ok`, else raise :class:`ScsiCommandError`."""
@@ -97,9 +95,12 @@ class ScsiCommandError(RequestError):
         if result.response != ScsiResponse.OK:
             what = f"virtio-scsi response {_name(ScsiResponse, result.response)}"
         else:
-            what = f"SCSI status {result.status:#04x}"
+            what = f"SCSI status {_name(Status, result.status)}"
             if result.sense_raw:
-                what += f", {result.sense}"
+                try:
+                    what += f", {result.sense}"
+                except SenseFormatError as exc:
+                    what += f", unparseable sense {result.sense_raw[:18].hex()} ({exc})"
         super().__init__(f"SCSI command failed: {what}", result.status)
 
 

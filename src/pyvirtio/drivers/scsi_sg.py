@@ -128,7 +128,7 @@ class ScsiLun:
         data = self._ok(cdb, data_in_len=length).data
         count = int.from_bytes(data[:4].ljust(4, b"\0"), "big") // 8
         entries = [data[8 + 8 * i:16 + 8 * i] for i in range(count) if 16 + 8 * i <= len(data)]
-        return [((e[0] << 8) | e[1]) & 0x3FFF for e in entries]
+        return [((e[0] << 8) | e[1]) & op.LUN_FLAT_MAX for e in entries]
 
     def mode_sense10(self, page: int, subpage: int = 0, length: int = 255) -> bytes:
         """MODE SENSE(10) of ``page``: the whole returned parameter data (header included)."""
