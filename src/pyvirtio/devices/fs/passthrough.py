@@ -1,0 +1,453 @@
+"""A host directory shared with the guest: the file-system back-end of the virtio-fs device.
+
+Every call works relative to an inode's ``O_PATH`` descriptor (:mod:`.inodes`) with ``*at``
+calls on one name component; no path from the share's root is ever built, so what a guest can
+reach is what is reachable from the share's root directory by single steps, none of them
+following a symlink:
+
+* Names are checked as virtiofsd checks them (passthrough_ll.c): LOOKUP refuses a name with
+  '/' (EINVAL) and turns ``..`` at the root into ``.``; every call that creates, removes or
+  renames refuses '/', ``.`` and ``..`` (EINVAL, its ``is_safe_path_component``).
+* LOOKUP opens ``O_PATH | O_NOFOLLOW``: a symlink is an inode of its own, never followed here
+  (the guest's kernel resolves symlinks, inside the guest's mount).
+* A file is opened for I/O by reopening its descriptor through ``/proc/self/fd/N``, and only a
+  regular file or a directory (EBADF otherwise, as virtiofsd's ``lo_inode_open``); the magic
+  link names the inode itself, so a rename racing the open cannot redirect it.
+* LINK links the inode's own descriptor; RENAME moves a name between two directory descriptors.
+
+``read_only``: every call that would change the share gets EROFS.  Caller credentials: files
+are created by this process and, when it runs as root, handed to the request's uid/gid.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import NamedTuple
+
+from ...spec import fuse as F
+from . import sysc
+from .inodes import Handle, HandleTable, Inode, InodeTable
+from .wire import FuseError
+
+_PROC_FD = "/proc/self/fd/{}"
+#: open(2) flags a guest's OPEN may not pass through (the kernel strips the first three itself).
+_STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | getattr(os, "O_DIRECT", 0)
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+_ACCESS_BITS = {os.R_OK: 4, os.W_OK: 2, os.X_OK: 1}
+
+
+class Entry(NamedTuple):
+    """A looked-up inode (one lookup counted) and its attributes."""
+
+    inode: Inode
+    st: os.stat_result
+
+
+class Caller(NamedTuple):
+    """Who sent a request (fuse_in_header uid, gid, pid)."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+def check_name(name: bytes) -> None:
+    """virtiofsd's is_safe_path_component: one component, not '.' or '..' (EINVAL)."""
+    if not name or b"/" in name or name in (b".", b".."):
+        raise FuseError(errno.EINVAL, f"unsafe name {name!r}")
+
+
+def proc_path(fd: int) -> str:
+    """The magic link that names the inode of ``fd`` itself."""
+    return _PROC_FD.format(fd)
+
+
+class PassthroughFs:
+    """The file-system back-end: a host directory, every call relative to O_PATH handles."""
+
+    def __init__(self, shared_dir: str, *, read_only: bool = False, xattr: bool = False,
+                 max_inodes: int | None = None, max_handles: int | None = None):
+        fd = os.open(shared_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.shared_dir = shared_dir
+        self.read_only = read_only
+        self.xattr = xattr
+        self.inodes = InodeTable(fd, **({"max_inodes": max_inodes} if max_inodes else {}))
+        self.handles = HandleTable(**({"max_handles": max_handles} if max_handles else {}))
+        self._chown = os.geteuid() == 0
+
+    def close(self) -> None:
+        """Close every handle and inode."""
+        self.handles.clear()
+        self.inodes.close()
+
+    def reset(self) -> None:
+        """Forget what a previous driver held (DESTROY, device reset)."""
+        self.handles.clear()
+        self.inodes.clear()
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise FuseError(errno.EROFS, "the share is read-only")
+
+    # --- names ----------------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> Entry:
+        """LOOKUP: one lookup of ``name`` in ``parent`` counted (ENOENT for an unknown parent,
+        as virtiofsd)."""
+        if b"/" in name:
+            raise FuseError(errno.EINVAL, "name with '/'")
+        with self.inodes.use(parent, errno.ENOENT) as dir_:
+            if dir_ is self.inodes.root and name == b"..":
+                name = b"."  # do not allow escaping the root directory
+            return self._lookup_at(dir_, name)
+
+    def _lookup_at(self, dir_: Inode, name: bytes) -> Entry:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_.fd)
+        try:
+            st = os.stat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        return Entry(self.inodes.add_lookup(fd, st), st)
+
+    def forget(self, nodeid: int, nlookup: int) -> None:
+        """FORGET (and each entry of BATCH_FORGET)."""
+        self.inodes.forget(nodeid, nlookup)
+
+    def _created(self, dir_: Inode, name: bytes, caller: Caller) -> Entry:
+        entry = self._lookup_at(dir_, name)
+        if self._chown and (caller.uid, caller.gid) != (entry.st.st_uid, entry.st.st_gid):
+            try:
+                sysc.fchown_empty(entry.inode.fd, caller.uid, caller.gid)
+                entry = Entry(entry.inode, os.stat(entry.inode.fd))
+            except OSError:
+                pass  # keep what the host allows
+        return entry
+
+    def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Entry:
+        """MKNOD (regular files, fifos, sockets, device nodes as virtiofsd allows them)."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(parent) as dir_:
+            os.mknod(name, mode, rdev, dir_fd=dir_.fd)
+            return self._created(dir_, name, caller)
+
+    def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Entry:
+        """MKDIR."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(parent) as dir_:
+            os.mkdir(name, mode & 0o7777, dir_fd=dir_.fd)
+            return self._created(dir_, name, caller)
+
+    def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Entry:
+        """SYMLINK: ``target`` is stored as given; the server never follows it."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(parent) as dir_:
+            os.symlink(target, name, dir_fd=dir_.fd)
+            return self._created(dir_, name, caller)
+
+    def link(self, nodeid: int, newparent: int, name: bytes) -> Entry:
+        """LINK: a new name in ``newparent`` for the inode ``nodeid`` (one lookup counted)."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(nodeid) as inode, self.inodes.use(newparent) as dir_:
+            os.link(proc_path(inode.fd), name, dst_dir_fd=dir_.fd, follow_symlinks=True)
+            st = os.stat(inode.fd)
+            self.inodes.add_ref(inode)
+            return Entry(inode, st)
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        """UNLINK."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(parent) as dir_:
+            os.unlink(name, dir_fd=dir_.fd)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        """RMDIR."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(parent) as dir_:
+            os.rmdir(name, dir_fd=dir_.fd)
+
+    def rename(self, parent: int, name: bytes, newparent: int, newname: bytes, flags: int = 0) -> None:
+        """RENAME / RENAME2 (``flags``: RENAME_NOREPLACE, EXCHANGE, WHITEOUT)."""
+        check_name(name)
+        check_name(newname)
+        self._writable()
+        with self.inodes.use(parent) as old, self.inodes.use(newparent) as new:
+            if not flags:
+                os.rename(name, newname, src_dir_fd=old.fd, dst_dir_fd=new.fd)
+                return
+            try:
+                sysc.renameat2(old.fd, name, new.fd, newname, flags)
+            except OSError as exc:
+                if exc.errno == errno.ENOSYS:
+                    raise FuseError(errno.EINVAL, "renameat2 is missing") from None
+                raise
+
+    # --- attributes -----------------------------------------------------------------------------
+
+    def getattr(self, nodeid: int) -> os.stat_result:
+        """GETATTR (the inode's own attributes, a symlink's included)."""
+        with self.inodes.use(nodeid) as inode:
+            return os.stat(inode.fd)
+
+    def setattr(self, nodeid: int, fh: int | None, arg: F.FuseSetattrIn) -> os.stat_result:
+        """SETATTR, field by field as ``valid`` says, then the new attributes."""
+        valid = arg.valid
+        if valid & ~(F.FattrFlag.FH | F.FattrFlag.LOCKOWNER | F.FattrFlag.KILL_SUIDGID):
+            self._writable()
+        with self.inodes.use(nodeid) as inode:
+            if fh is not None:
+                with self.handles.use(fh) as handle:
+                    self._setattr(inode, handle, arg)
+            else:
+                self._setattr(inode, None, arg)
+            return os.stat(inode.fd)
+
+    def _setattr(self, inode: Inode, handle: Handle | None, arg: F.FuseSetattrIn) -> None:
+        valid = arg.valid
+        if valid & F.FattrFlag.MODE:
+            if handle is not None:
+                os.fchmod(handle.fd, arg.mode & 0o7777)
+            else:
+                os.chmod(proc_path(inode.fd), arg.mode & 0o7777)
+        if valid & (F.FattrFlag.UID | F.FattrFlag.GID):
+            uid = arg.uid if valid & F.FattrFlag.UID else -1
+            gid = arg.gid if valid & F.FattrFlag.GID else -1
+            sysc.fchown_empty(inode.fd, uid, gid)
+        if valid & F.FattrFlag.SIZE:
+            if handle is not None:
+                os.ftruncate(handle.fd, arg.size)
+            else:
+                fd = self._reopen(inode, os.O_RDWR)
+                try:
+                    os.ftruncate(fd, arg.size)
+                finally:
+                    os.close(fd)
+        if valid & (F.FattrFlag.ATIME | F.FattrFlag.MTIME | F.FattrFlag.ATIME_NOW | F.FattrFlag.MTIME_NOW):
+            atime = _time(valid, F.FattrFlag.ATIME, F.FattrFlag.ATIME_NOW, arg.atime, arg.atimensec)
+            mtime = _time(valid, F.FattrFlag.MTIME, F.FattrFlag.MTIME_NOW, arg.mtime, arg.mtimensec)
+            if handle is not None:
+                sysc.utimens(handle.fd, b"", atime, mtime)
+            else:
+                sysc.utimens(-100, proc_path(inode.fd).encode(), atime, mtime)  # AT_FDCWD
+
+    def readlink(self, nodeid: int) -> bytes:
+        """READLINK (EINVAL for an inode that is not a symlink)."""
+        with self.inodes.use(nodeid) as inode:
+            return os.readlink(b"", dir_fd=inode.fd)
+
+    def statfs(self, nodeid: int) -> os.statvfs_result:
+        """STATFS of the file system holding ``nodeid``."""
+        with self.inodes.use(nodeid) as inode:
+            return os.statvfs(inode.fd)
+
+    def access(self, nodeid: int, mask: int, caller: Caller) -> None:
+        """ACCESS: the permission bits against the caller's uid/gid (root may read and write
+        anything, and execute what has an x bit); EACCES if refused."""
+        with self.inodes.use(nodeid) as inode:
+            st = os.stat(inode.fd)
+        if mask & os.W_OK and self.read_only:
+            raise FuseError(errno.EROFS, "the share is read-only")
+        if caller.uid == 0:
+            if mask & os.X_OK and not st.st_mode & 0o111 and not stat.S_ISDIR(st.st_mode):
+                raise FuseError(errno.EACCES, "no execute bit")
+            return
+        shift = 6 if caller.uid == st.st_uid else 3 if caller.gid == st.st_gid else 0
+        for bit, perm in _ACCESS_BITS.items():
+            if mask & bit and not (st.st_mode >> shift) & perm:
+                raise FuseError(errno.EACCES, "permission bits refuse it")
+
+    # --- extended attributes (through the magic link: symlinks are not followed by it) ----------
+
+    def _xattr_on(self) -> None:
+        if not self.xattr:
+            raise FuseError(errno.ENOSYS, "extended attributes are off")
+
+    def getxattr(self, nodeid: int, name: bytes) -> bytes:
+        """GETXATTR: the value (the caller checks it against the guest's size)."""
+        self._xattr_on()
+        with self.inodes.use(nodeid) as inode:
+            return os.getxattr(proc_path(inode.fd), name)
+
+    def listxattr(self, nodeid: int) -> bytes:
+        """LISTXATTR: the NUL-terminated names, concatenated."""
+        self._xattr_on()
+        with self.inodes.use(nodeid) as inode:
+            names = os.listxattr(proc_path(inode.fd))
+        return b"".join(os.fsencode(n) + b"\0" for n in names)
+
+    def setxattr(self, nodeid: int, name: bytes, value: bytes, flags: int) -> None:
+        """SETXATTR (``flags``: XATTR_CREATE / XATTR_REPLACE)."""
+        self._xattr_on()
+        self._writable()
+        with self.inodes.use(nodeid) as inode:
+            os.setxattr(proc_path(inode.fd), name, value, flags)
+
+    def removexattr(self, nodeid: int, name: bytes) -> None:
+        """REMOVEXATTR."""
+        self._xattr_on()
+        self._writable()
+        with self.inodes.use(nodeid) as inode:
+            os.removexattr(proc_path(inode.fd), name)
+
+    # --- opening ------------------------------------------------------------------------------
+
+    def _reopen(self, inode: Inode, flags: int) -> int:
+        """A real descriptor for a regular file or directory (EBADF for anything else: device
+        nodes, fifos and symlinks are never opened by the server)."""
+        if not (inode.is_reg or inode.is_dir):
+            raise FuseError(errno.EBADF, "only regular files and directories are opened")
+        return os.open(proc_path(inode.fd), (flags & ~_STRIP) | os.O_CLOEXEC)
+
+    def open(self, nodeid: int, flags: int) -> int:
+        """OPEN: a file handle."""
+        if flags & _WRITES:
+            self._writable()
+        with self.inodes.use(nodeid) as inode:
+            return self.handles.add(self._reopen(inode, flags), nodeid, is_dir=False)
+
+    def create(self, parent: int, name: bytes, flags: int, mode: int, caller: Caller) -> tuple[Entry, int]:
+        """CREATE: make (or, without O_EXCL, open an existing) regular file; entry and handle."""
+        check_name(name)
+        self._writable()
+        with self.inodes.use(parent) as dir_:
+            fd = -1
+            try:
+                fd = os.open(name, (flags & ~_STRIP) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             mode & 0o7777, dir_fd=dir_.fd)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+            try:
+                entry = self._created(dir_, name, caller) if fd >= 0 else self._lookup_at(dir_, name)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                raise
+        try:
+            if fd < 0:
+                fd = self._reopen(entry.inode, flags)
+            return entry, self.handles.add(fd, entry.inode.nodeid, is_dir=False)
+        except BaseException:
+            self.inodes.forget(entry.inode.nodeid, 1)
+            raise
+
+    def opendir(self, nodeid: int) -> int:
+        """OPENDIR: a directory handle (ENOTDIR for anything else)."""
+        with self.inodes.use(nodeid) as inode:
+            if not inode.is_dir:
+                raise FuseError(errno.ENOTDIR, "not a directory")
+            fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=inode.fd)
+            return self.handles.add(fd, nodeid, is_dir=True)
+
+    # --- I/O on handles -----------------------------------------------------------------------
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        """READ: at most ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+        with self.handles.use(fh) as handle:
+            return os.pread(handle.fd, size, offset)
+
+    def write(self, fh: int, offset: int, data: memoryview) -> int:
+        """WRITE: the bytes written."""
+        self._writable()
+        with self.handles.use(fh) as handle:
+            return os.pwrite(handle.fd, data, offset)
+
+    def release(self, fh: int) -> None:
+        """RELEASE: the handle is closed (once no request uses it)."""
+        self.handles.remove(fh)
+
+    def flush(self, fh: int) -> None:
+        """FLUSH: close a duplicate, as close(2) of the guest's descriptor would (errors of
+        delayed writes show here)."""
+        with self.handles.use(fh) as handle:
+            os.close(os.dup(handle.fd))
+
+    def fsync(self, fh: int, datasync: bool, *, is_dir: bool = False) -> None:
+        """FSYNC / FSYNCDIR."""
+        with self.handles.use(fh, is_dir=is_dir) as handle:
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """FALLOCATE with its mode."""
+        self._writable()
+        with self.handles.use(fh) as handle:
+            sysc.fallocate(handle.fd, mode, offset, length)
+
+    def lseek(self, fh: int, offset: int, whence: int) -> int:
+        """LSEEK (SEEK_DATA / SEEK_HOLE; SEEK_SET/CUR/END as lseek(2) does them)."""
+        with self.handles.use(fh) as handle:
+            return os.lseek(handle.fd, offset, whence)
+
+    def copy_file_range(self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int,
+                        flags: int) -> int:
+        """COPY_FILE_RANGE inside the share: the bytes copied."""
+        self._writable()
+        if flags:
+            raise FuseError(errno.EINVAL, "copy_file_range flags must be 0")
+        with self.handles.use(fh_in) as src, self.handles.use(fh_out) as dst:
+            return os.copy_file_range(src.fd, dst.fd, length, off_in, off_out)
+
+    def releasedir(self, fh: int) -> None:
+        """RELEASEDIR."""
+        self.handles.remove(fh, is_dir=True)
+
+    def readdir(self, fh: int, offset: int) -> list[tuple[bytes, int, int, int]]:
+        """READDIR from cookie ``offset``: (name, ino, DT_* type, next cookie) for each entry
+        left.  The listing is read at cookie 0 (a rewind) and kept by the handle, so the
+        cookies stay stable while the guest walks it."""
+        with self.handles.use(fh, is_dir=True) as handle:
+            if offset == 0 or handle.listing is None:
+                handle.listing = self._listing(handle)
+            listing = handle.listing
+        return [(name, ino, dtype, i + 1) for i, (name, ino, dtype) in enumerate(listing)
+                if i >= offset]
+
+    def _listing(self, handle: Handle) -> list[tuple[bytes, int, int]]:
+        fd = handle.fd
+        os.lseek(fd, 0, os.SEEK_SET)
+        here = os.stat(fd)
+        if handle.nodeid == F.FUSE_ROOT_ID:
+            up = here.st_ino  # hide the root's parent directory (as virtiofsd)
+        else:
+            up = os.stat("..", dir_fd=fd, follow_symlinks=False).st_ino
+        out = [(b".", here.st_ino, _DT_DIR), (b"..", up, _DT_DIR)]
+        with os.scandir(fd) as entries:
+            for e in entries:
+                out.append((os.fsencode(e.name), e.inode(), _dtype(e)))
+        return out
+
+
+_DT_DIR = stat.S_IFDIR >> 12
+
+
+def _dtype(entry: os.DirEntry) -> int:
+    """The DT_* type of a directory entry (DT_UNKNOWN, 0, if it vanished meanwhile)."""
+    try:
+        if entry.is_symlink():
+            return stat.S_IFLNK >> 12
+        if entry.is_dir(follow_symlinks=False):
+            return _DT_DIR
+        if entry.is_file(follow_symlinks=False):
+            return stat.S_IFREG >> 12
+        return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
+    except OSError:
+        return 0
+
+
+def _time(valid: int, given: int, now: int, sec: int, nsec: int) -> tuple[int, int]:
+    if valid & now:
+        return (0, sysc.UTIME_NOW)
+    if valid & given:
+        return (sec if sec < 1 << 63 else sec - (1 << 64), nsec)
+    return (0, sysc.UTIME_OMIT)
+
+
+__all__ = ["Caller", "Entry", "PassthroughFs", "check_name", "proc_path"]
