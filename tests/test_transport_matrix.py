@@ -5,9 +5,11 @@ virtio-mmio).  The same tests, the same assertions.
 
 Adding a transport is one line in :data:`TRANSPORTS`: a name and a factory.  A factory is a
 context manager ``factory(spec, tmp_path)`` that yields a :class:`~pyvirtio.transport.DriverTransport`
-carrying the device ``spec`` describes (``spec.kind`` is ``"rng"`` or ``"blk"``; a blk device is
-backed by the raw image ``spec.image`` of ``spec.sectors`` sectors, with serial ``spec.serial``),
-and cleans up on exit.  Factories that need an external program call :func:`require` first.
+carrying the device ``spec`` describes (``spec.kind`` is ``"rng"``, ``"blk"`` or ``"console"``; a
+blk device is backed by the raw image ``spec.image`` of ``spec.sectors`` sectors, with serial
+``spec.serial``, read-only with ``spec.read_only``; a console has one port, ``spec.port_name``,
+whose host side listens on the UNIX socket ``spec.port_path``), and cleans up on exit.
+Factories that need an external program call :func:`require` first.
 
 QEMU transports (split, packed=on, and packed=on with the transport told to use split rings)
 run whenever ``qemu-system-x86_64`` exists; without it they are skipped, except
@@ -35,12 +37,15 @@ from pyvirtio.testing.env import require
 
 @dataclass
 class DeviceSpec:
-    kind: str  # "rng" | "blk"
+    kind: str  # "rng" | "blk" | "console"
     image: str = ""
     sectors: int = 0
     serial: str = "pyvirtio-matrix"
     packed: bool = False  # the device offers VIRTIO_F_RING_PACKED (a "-packed" column)
     split_only: bool = False  # the transport hides RING_PACKED from the drivers (a "-split-only" column)
+    read_only: bool = False  # blk: the device offers VIRTIO_BLK_F_RO
+    port_path: str = ""  # console: the UNIX socket its one port (named port_name) listens on
+    port_name: str = "org.pyvirtio.matrix"
 
 
 
@@ -48,7 +53,12 @@ class DeviceSpec:
 
 
 def _device(spec: DeviceSpec):
-    device = RngDevice() if spec.kind == "rng" else BlkDevice(spec.image, serial=spec.serial)
+    if spec.kind == "console":
+        from pyvirtio.devices.console import ConsoleDevice, PortSpec
+        from pyvirtio.devices.console_endpoints import UnixListenEndpoint
+        device = ConsoleDevice(None, [PortSpec(UnixListenEndpoint(spec.port_path), spec.port_name)], max_nr_ports=2)
+    else:
+        device = RngDevice() if spec.kind == "rng" else BlkDevice(spec.image, serial=spec.serial, read_only=spec.read_only)
     if spec.packed:
         device.offer_packed_ring()
     return device
@@ -95,7 +105,10 @@ def _qemu_args(spec: DeviceSpec, bus: str, legacy: str) -> list[str]:
         extra += ",packed=on"
     if spec.kind == "rng":
         return ["-device", f"virtio-rng-{suffix}{extra}"]
-    return ["-drive", f"if=none,id=d0,file={spec.image},format=raw",
+    if spec.kind == "console":
+        return ["-chardev", f"socket,id=c0,path={spec.port_path},server=on,wait=off",
+                "-device", f"virtio-serial-{suffix}{extra}", "-device", f"virtserialport,chardev=c0,name={spec.port_name}"]
+    return ["-drive", f"if=none,id=d0,file={spec.image},format=raw" + (",readonly=on" if spec.read_only else ""),
             "-device", f"virtio-blk-{suffix}{extra},drive=d0,serial={spec.serial}"]
 
 
@@ -129,7 +142,10 @@ def vhost_user(spec, tmp_path):
     from pyvirtio.vhost_user.frontend.transport import VhostUserTransport
     sock = str(tmp_path / f"vu-{spec.kind}.sock")
     device = _device(spec)
-    with InProcessBackend(device, sock):
+    with InProcessBackend(device, sock) as backend:
+        if spec.kind == "console":  # its rings are gated by the vhost-user ring state
+            from pyvirtio.devices.console import attach
+            attach(device, backend.server.endpoints[0])
         t = VhostUserTransport(sock, device_type=device.device_type, memory_size=4 << 20)
         try:
             yield t
@@ -148,7 +164,7 @@ def vhost_user_qsd(spec, tmp_path):
     require(which(QSD) is not None, "qemu-storage-daemon")
     sock = str(tmp_path / "qsd.sock")
     spec.serial = "vhost_user_blk"  # qemu-storage-daemon's fixed serial (it has no option for it)
-    with start_qsd(sock, spec.image):
+    with start_qsd(sock, spec.image, writable=not spec.read_only):
         t = VhostUserTransport(sock, device_type=DeviceType.BLOCK, memory_size=4 << 20)
         try:
             yield t
