@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import operator
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
@@ -54,7 +55,7 @@ from .drivers.blk import SECTOR, BlkDriver, BlkRequest
 from .drivers.console import ConsoleDriver
 from .drivers.console_port import ConsolePort
 from .drivers.rng import RngDriver
-from .errors import RequestError, UsageError, VirtioError
+from .errors import DeviceFault, RequestError, UsageError, VirtioError
 from .spec.blk import BlkFeature, BlkStatus
 from .transport import DriverTransport
 
@@ -170,6 +171,7 @@ class BlockFile(_DeviceIO):
         """Move to ``offset`` from the start, the current position or the end (the device's size);
         a position past the end is allowed (reads there return ``b""``)."""
         self._check_open()
+        offset = operator.index(offset)
         if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
             raise ValueError(f"invalid whence ({whence})")
         base = (0, self._pos, self.size)[whence]
@@ -279,8 +281,9 @@ class BlockFile(_DeviceIO):
         return buf
 
     def _run(self, jobs: Iterable[tuple[Callable[[], BlkRequest], Callable[[bytes], None]]]) -> None:
-        """Submit the jobs with up to ``depth`` in flight, completing them in order; on a failure
-        the rest in flight are waited for (their buffers freed) before the error goes up."""
+        """Submit the jobs with up to ``depth`` in flight, completing them in order; when one fails
+        the rest in flight are waited for (their buffers freed) before the error goes up, unless
+        the device stopped answering."""
         inflight: deque[tuple[BlkRequest, Callable[[bytes], None]]] = deque()
         try:
             for submit, done in jobs:
@@ -291,6 +294,9 @@ class BlockFile(_DeviceIO):
             while inflight:
                 request, finish = inflight.popleft()
                 finish(self.driver.wait(request))
+        except DeviceFault:
+            inflight.clear()  # the device does not answer: waiting for the rest would not help
+            raise
         finally:
             for request, _ in inflight:
                 with contextlib.suppress(VirtioError):
