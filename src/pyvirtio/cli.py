@@ -182,5 +182,10 @@ def main_console(argv: list[str] | None = None) -> int:
     return _serve("console", argv)
 
 
+def main_fs(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-fs`` (the ``binary`` of its vhost-user.json description)."""
+    return _serve("fs", argv)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,6 +45,11 @@ BACKENDS = (
      "UNIX sockets, ptys or stdio (Python)",
      ["runs 'pyvirtio serve console'; QEMU 7.2 has no vhost-user console device: for front-ends "
       "that speak vhost-user to a console (pyvirtio's own driver)"]),
+    ("50-pyvirtio-fs.json", "fs", "pyvirtio-vhost-user-fs",
+     "pyvirtio vhost-user-fs back-end: a virtio-fs device sharing a host directory, virtiofsd's "
+     "conventions (Python)",
+     ["runs 'pyvirtio serve fs'; needs --shared-dir=DIR besides --socket-path or --fd; QEMU: "
+      "-device vhost-user-fs-pci,chardev=ID,tag=NAME"]),
 )
 
 

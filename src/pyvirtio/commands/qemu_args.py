@@ -32,6 +32,7 @@ QEMU_DEVICES: dict[int, str] = {
     DeviceType.I2C: "vhost-user-i2c-pci",
     DeviceType.GPIO: "vhost-user-gpio-pci",
     DeviceType.VSOCK: "vhost-user-vsock-pci",
+    DeviceType.FS: "vhost-user-fs-pci",
 }
 DEFAULT_MEMORY = "1G"
 
@@ -42,7 +43,7 @@ def memory_args(size: str = DEFAULT_MEMORY) -> list[str]:
             "-numa", "node,memdev=mem"]
 
 
-def device_args(device_type: int, socket_path: str, *, queues: int = 1) -> list[str]:
+def device_args(device_type: int, socket_path: str, *, queues: int = 1, fs_tag: str | None = None) -> list[str]:
     """``-chardev`` and ``-device`` (``-netdev`` for net) for the back-end on ``socket_path``;
     ``queues``: request queues (blk), queue pairs (net)."""
     tag = _tag(socket_path)
@@ -61,15 +62,18 @@ def device_args(device_type: int, socket_path: str, *, queues: int = 1) -> list[
                        "can set up (it knows blk, net, rng, scsi, input, i2c and gpio)")
     if device_type == DeviceType.BLOCK:
         device += f",chardev={chardev},num-queues={queues}"
+    elif device_type == DeviceType.FS:  # the guest mounts by this tag: mount -t virtiofs TAG
+        device += f",chardev={chardev},tag={_qemu_value(fs_tag or 'share')}"
     else:
         device += f",chardev={chardev}"
     return args + ["-device", device]
 
 
 def attach_lines(device_type: int, socket_path: str, *, queues: int = 1,
-                 memory: str = DEFAULT_MEMORY) -> list[str]:
+                 memory: str = DEFAULT_MEMORY, tag: str | None = None) -> list[str]:
     """Two shell-quoted lines: the shared memory, then the device."""
-    return [shlex.join(memory_args(memory)), shlex.join(device_args(device_type, socket_path, queues=queues))]
+    return [shlex.join(memory_args(memory)),
+            shlex.join(device_args(device_type, socket_path, queues=queues, fs_tag=tag))]
 
 
 def _tag(socket_path: str) -> str:
@@ -114,12 +118,13 @@ def _queues(report: dict) -> int:
     return max(1, int(report["queues"] or 1))
 
 
-def serve_banner(device_type: int, socket_path: str | None, *, queues: int = 1) -> list[str]:
+def serve_banner(device_type: int, socket_path: str | None, *, queues: int = 1,
+                 tag: str | None = None) -> list[str]:
     """What ``pyvirtio serve`` prints at start: how to attach it to QEMU."""
     if socket_path is None:
         return []
     try:
-        lines = attach_lines(device_type, socket_path, queues=queues)
+        lines = attach_lines(device_type, socket_path, queues=queues, tag=tag)
     except CliError:
         return [f"QEMU has no vhost-user device for type {device_type}; drive it with pyvirtio's "
                 "front-end (pyvirtio.vhost_user.frontend.transport)"]

@@ -109,6 +109,7 @@ BACKENDS = {
                          lambda a: _input_cli().describe(a)),
     "vsock": BackendType("vsock", (), lambda a: _vsock_cli().build_device(a),
                          lambda a: _vsock_cli().describe(a)),
+    "fs": BackendType("fs", (), lambda a: _fs_cli().build_device(a), lambda a: _fs_cli().describe(a)),
 }
 
 
@@ -145,6 +146,11 @@ def _input_cli():
 def _vsock_cli():
     from . import serve_vsock
     return serve_vsock
+
+
+def _fs_cli():
+    from . import serve_fs
+    return serve_fs
 
 
 def register(sub) -> None:
@@ -192,6 +198,10 @@ def register(sub) -> None:
                                            "(hybrid vsock: CONNECT <port>, UDS_<port>)")
     _common(vsock)
     _vsock_cli().add_arguments(vsock)
+    fs = types.add_parser("fs", help="a virtio-fs device sharing a host directory (virtiofsd's "
+                                     "conventions: --shared-dir, --cache, --read-only)")
+    _common(fs)
+    _fs_cli().add_arguments(fs)
     p.set_defaults(func=run)
 
 
@@ -340,7 +350,7 @@ def _device_type(backend: str) -> int:
     from ..spec.ids import DeviceType
     return {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
             "console": DeviceType.CONSOLE, "input": DeviceType.INPUT,
-            "vsock": DeviceType.VSOCK}[backend]
+            "vsock": DeviceType.VSOCK, "fs": DeviceType.FS}[backend]
 
 
 def _fault_rules(args) -> list:
@@ -362,4 +372,4 @@ def _qemu_banner(args, socket_path) -> list[str]:
     from .qemu_args import serve_banner
     dtype = _device_type(args.backend)
     queues = getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None) or 1
-    return serve_banner(dtype, socket_path, queues=queues)
+    return serve_banner(dtype, socket_path, queues=queues, tag=getattr(args, "tag", None))
