@@ -44,9 +44,10 @@ MAX_HOTPLUG_EVENTS = 256
 
 
 class _Pending:
-    __slots__ = ("done", "response", "error")
+    __slots__ = ("request", "done", "response", "error")
 
-    def __init__(self) -> None:
+    def __init__(self, request: Message) -> None:
+        self.request = request
         self.done = threading.Event()
         self.response: Message | None = None
         self.error: VirtioError | None = None
@@ -97,7 +98,7 @@ class BusClient:
 
     def request(self, msg: Message, fds: tuple[int, ...] = (), timeout: float | None = None) -> Message:
         """Send a request and wait for its response (the token is set here)."""
-        pending = _Pending()
+        pending = _Pending(msg)
         with self._lock:
             if self._gone is not None:
                 raise self._gone
@@ -228,6 +229,10 @@ class BusClient:
                 pending = self._pending.get(msg.token)
             if pending is None:
                 self._drop("unmatched response")
+                return
+            req = pending.request
+            if (msg.msg_id, msg.is_bus, msg.dev_num) != (req.msg_id, req.is_bus, req.dev_num):
+                self._drop("mismatched response")  # the token of another request: not its answer
                 return
             pending.response = msg
             pending.done.set()
