@@ -107,6 +107,8 @@ BACKENDS = {
                            lambda a: _console_cli().describe(a)),
     "input": BackendType("input", (), lambda a: _input_cli().build_device(a),
                          lambda a: _input_cli().describe(a)),
+    "scsi": BackendType("scsi", (), lambda a: _scsi_cli().build_device(a),
+                        lambda a: _scsi_cli().describe(a)),
     "vsock": BackendType("vsock", (), lambda a: _vsock_cli().build_device(a),
                          lambda a: _vsock_cli().describe(a)),
     "fs": BackendType("fs", (), lambda a: _fs_cli().build_device(a), lambda a: _fs_cli().describe(a)),
@@ -141,6 +143,11 @@ def _console_cli():
 def _input_cli():
     from . import input_cli
     return input_cli
+
+
+def _scsi_cli():
+    from . import serve_scsi
+    return serve_scsi
 
 
 def _vsock_cli():
@@ -194,6 +201,10 @@ def register(sub) -> None:
                                          "multitouch) fed by ctl key/event or an --events script")
     _common(inp)
     _input_cli().add_arguments(inp)
+    scsi = types.add_parser("scsi", help="a virtio-scsi host with disks (raw images), CD-ROM drives "
+                                         "(ISO images) and SG_IO passthrough units")
+    _common(scsi)
+    _scsi_cli().add_arguments(scsi)
     vsock = types.add_parser("vsock", help="a virtio-vsock device whose streams go to UNIX sockets "
                                            "(hybrid vsock: CONNECT <port>, UDS_<port>)")
     _common(vsock)
@@ -350,6 +361,7 @@ def _device_type(backend: str) -> int:
     from ..spec.ids import DeviceType
     return {"blk": DeviceType.BLOCK, "rng": DeviceType.ENTROPY, "net": DeviceType.NET,
             "console": DeviceType.CONSOLE, "input": DeviceType.INPUT,
+            "scsi": DeviceType.SCSI,
             "vsock": DeviceType.VSOCK, "fs": DeviceType.FS}[backend]
 
 

@@ -785,3 +785,40 @@ class DiscInformationDataType(IntEnum):
 MMC_BLOCK_SIZE = 2048
 #: SBC default logical block size and the sizes we accept (SBC-3 4.5).
 SBC_BLOCK_SIZE = 512
+
+
+#: Where a command's ALLOCATION LENGTH (data-in) sits in its CDB: opcode -> (offset, size)
+#: (SPC-4 6.6.1 INQUIRY, 6.39 REQUEST SENSE, 6.11/6.12 MODE SENSE, 6.33 REPORT LUNS, 6.7 LOG
+#: SENSE, 6.23 MAINTENANCE IN; SBC-3 5.16 SERVICE ACTION IN(16); MMC-6 6.6 GET CONFIGURATION,
+#: 6.7 GET EVENT STATUS NOTIFICATION, 6.22 READ DISC INFORMATION, 6.33 READ TOC/PMA/ATIP, 6.27
+#: READ TRACK INFORMATION, 6.11 MECHANISM STATUS, 6.29 READ DISC STRUCTURE).
+ALLOCATION_LENGTH_FIELD: dict[int, tuple[int, int]] = {
+    Opcode.INQUIRY: (3, 2),
+    Opcode.REQUEST_SENSE: (4, 1),
+    Opcode.MODE_SENSE_6: (4, 1),
+    Opcode.MODE_SENSE_10: (7, 2),
+    Opcode.REPORT_LUNS: (6, 4),
+    Opcode.LOG_SENSE: (7, 2),
+    Opcode.MAINTENANCE_IN: (6, 4),
+    Opcode.SERVICE_ACTION_IN_16: (10, 4),
+    Opcode.GET_CONFIGURATION: (7, 2),
+    Opcode.GET_EVENT_STATUS_NOTIFICATION: (7, 2),
+    Opcode.READ_DISC_INFORMATION: (7, 2),
+    Opcode.READ_TOC_PMA_ATIP: (7, 2),
+    Opcode.READ_TRACK_INFORMATION: (7, 2),
+    Opcode.MECHANISM_STATUS: (8, 2),
+    Opcode.READ_DISC_STRUCTURE: (8, 2),
+}
+#: Where a command's PARAMETER LIST LENGTH (data-out) sits: opcode -> (offset, size)
+#: (SPC-4 6.9/6.10 MODE SELECT, 6.6 LOG SELECT, 6.16 PERSISTENT RESERVE OUT; SBC-3 5.28 UNMAP).
+PARAMETER_LIST_LENGTH_FIELD: dict[int, tuple[int, int]] = {
+    Opcode.MODE_SELECT_6: (4, 1),
+    Opcode.MODE_SELECT_10: (7, 2),
+    Opcode.LOG_SELECT: (7, 2),
+    Opcode.PERSISTENT_RESERVE_OUT: (5, 4),
+    Opcode.UNMAP: (7, 2),
+}
+#: READ CAPACITY (10) returns exactly 8 bytes; it has no allocation length (SBC-3 5.15).
+READ_CAPACITY_10_SIZE = 8
+#: REQUEST SENSE byte 1 DESC (bit 0): descriptor-format sense data wanted (SPC-4 6.39).
+REQUEST_SENSE_DESC = 0x01
