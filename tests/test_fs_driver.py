@@ -335,3 +335,43 @@ def test_path_layer_forgets_every_lookup(tmp_path):
     finally:
         t.close()
         device.close()
+
+
+def test_less_common_requests(share, request):
+    """MKNOD (a FIFO), ACCESS, FLUSH, FSYNC, GETATTR by handle, FALLOCATE, LSEEK (SEEK_DATA/
+    SEEK_HOLE), COPY_FILE_RANGE, RENAME2 EXCHANGE, FSYNCDIR: as on the host."""
+    client, root = share
+    fs = client.fs
+    fifo = fs.mknod(F.FUSE_ROOT_ID, "fifo", stat.S_IFIFO | 0o640)
+    assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode) and stat.S_ISFIFO(fifo.attr.mode)
+    if request.node.callspec.params["share"] == "virtiofsd":
+        with pytest.raises(FuseError) as info:  # virtiofsd leaves permission checks to the guest
+            fs.access(fifo.nodeid, os.R_OK)
+        assert info.value.errno == errno.ENOSYS
+    else:
+        fs.access(fifo.nodeid, os.R_OK | os.W_OK)
+    entry, opened = fs.create(F.FUSE_ROOT_ID, "sparse", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    node, fh = entry.nodeid, opened.fh
+    fs.fallocate(node, fh, 0, 1 << 20)
+    assert fs.getattr(node, fh).size == os.stat(root / "sparse").st_size == 1 << 20
+    fs.write(node, fh, 0, b"A" * 4096)
+    fs.write(node, fh, 8 << 20, b"Z")
+    assert fs.lseek(node, fh, 0, os.SEEK_DATA) == 0
+    host = os.open(root / "sparse", os.O_RDONLY)
+    try:
+        assert fs.lseek(node, fh, 0, os.SEEK_HOLE) == os.lseek(host, 0, os.SEEK_HOLE)
+    finally:
+        os.close(host)
+    fs.flush(node, fh)
+    fs.fsync(node, fh, datasync=True)
+    copy, copy_opened = fs.create(F.FUSE_ROOT_ID, "copy", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    copied = fs.copy_file_range(node, fh, 0, copy.nodeid, copy_opened.fh, 100, 4096)
+    assert copied == 4096 and (root / "copy").read_bytes() == bytes(100) + b"A" * 4096
+    fs.release(copy.nodeid, copy_opened.fh)
+    fs.release(node, fh)
+    fs.rename(F.FUSE_ROOT_ID, "copy", F.FUSE_ROOT_ID, "hello.txt", F.RENAME_EXCHANGE)
+    assert (root / "copy").read_bytes() == b"hello\n"
+    dh = fs.opendir(F.FUSE_ROOT_ID).fh
+    fs.fsyncdir(F.FUSE_ROOT_ID, dh)
+    fs.releasedir(F.FUSE_ROOT_ID, dh)
+    fs.batch_forget([(fifo.nodeid, 1), (node, 1), (copy.nodeid, 1)])

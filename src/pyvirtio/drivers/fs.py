@@ -484,6 +484,12 @@ class FsDriver(VirtioDriver):
         """FUSE_LSEEK (SEEK_DATA / SEEK_HOLE); the offset found."""
         return self._reply(Op.LSEEK, nodeid, [F.FUSE_LSEEK_IN.pack(fh, offset, whence, 0)], F.FUSE_LSEEK_OUT)[0]
 
+    def copy_file_range(self, nodeid_in: int, fh_in: int, off_in: int, nodeid_out: int, fh_out: int,
+                        off_out: int, length: int) -> int:
+        """FUSE_COPY_FILE_RANGE (the device copies, no data crosses the queue); bytes copied."""
+        arg = F.FUSE_COPY_FILE_RANGE_IN.pack(fh_in, off_in, nodeid_out, fh_out, off_out, length, 0)
+        return self._reply(Op.COPY_FILE_RANGE, nodeid_in, [arg], F.FUSE_WRITE_OUT)[0]
+
     # --- directories -----------------------------------------------------------------------------
 
     def opendir(self, nodeid: int) -> F.FuseOpenOut:
