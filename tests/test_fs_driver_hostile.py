@@ -202,3 +202,34 @@ def test_check_reply_only_raises_typed_errors(data, unique):
         return
     length, error, got = struct.unpack_from("<IiQ", data)
     assert error == 0 and got == unique and payload == data[16:length]
+
+
+def test_a_read_failing_midway_frees_every_buffer(evil):
+    """READs in flight, the third fails: read_file raises the errno, collects the others, and
+    every guest buffer goes back to the allocator (bounded memory on errors)."""
+    from pyvirtio.drivers.fs_client import FsClient
+    fs, device = evil
+    size = 16 * fs.max_read
+
+    def answer(h, chain):
+        if h.opcode == Op.GETATTR:
+            attr = F.FUSE_ATTR.pack(2, size, *([0] * 7), 0o100644, 1, 0, 0, 0, 4096, 0)
+            payload = F.FUSE_ATTR_OUT_HEAD.pack(1, 0, 0) + attr
+            return out_header(16 + len(payload), 0, h.unique) + payload
+        if h.opcode == Op.READ:
+            fh, offset, want = F.FUSE_READ_IN.unpack(chain.read(40, 40))[:3]
+            if offset == 2 * fs.max_read:
+                return out_header(16, -errno.EIO, h.unique)
+            return out_header(16 + want, 0, h.unique) + b"r" * want
+        return device.good(h, chain)
+
+    device.answer = answer
+    free = fs.transport.allocator.free_bytes
+    client = FsClient(fs, window=6)
+    with pytest.raises(FuseError) as info:
+        client.read_file("f")
+    assert info.value.errno == errno.EIO
+    fs.drain_forgets()
+    assert fs.transport.allocator.free_bytes == free
+    device.answer = device.good
+    assert fs.getattr(1).size == 0  # still served

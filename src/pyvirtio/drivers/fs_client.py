@@ -18,6 +18,7 @@ Reads and writes keep up to ``window`` requests in flight, spread over the reque
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 from collections import deque
@@ -253,21 +254,29 @@ class FsClient:
     def _read_all(self, node: int, fh: int, size: int) -> bytes:
         chunk = self.fs.max_read
         out = bytearray()
-        calls: deque[tuple[int, int, FuseCall]] = deque()
+        calls: deque[FuseCall] = deque()
         offset = 0
-        while True:
-            while len(calls) < self.window and (offset < size or not calls):
-                calls.append((offset, chunk, self.fs.submit_read(node, fh, offset, chunk)))
-                offset += chunk
-            _, want, call = calls.popleft()
-            data = self.fs.wait(call)
-            if len(data) > want:
-                raise FuseReplyError(f"READ of {want} bytes answered with {len(data)}")
-            out += data
-            if len(data) < want:
-                for _, _, rest in calls:  # the end: collect what is still in flight
-                    self.fs.wait(rest)
-                return bytes(out)
+        try:
+            while True:
+                while len(calls) < self.window and (offset < size or not calls):
+                    calls.append(self.fs.submit_read(node, fh, offset, chunk))
+                    offset += chunk
+                data = self.fs.wait(calls.popleft())
+                if len(data) > chunk:
+                    raise FuseReplyError(f"READ of {chunk} bytes answered with {len(data)}")
+                out += data
+                if len(data) < chunk:  # the end of the file
+                    return bytes(out)
+        finally:
+            self._drain(calls)
+
+    def _drain(self, calls) -> None:
+        """Collect what is still in flight (so its buffers are freed); its errors are moot."""
+        for call in calls:
+            try:
+                self.fs.wait(call if isinstance(call, FuseCall) else call[1])
+            except (OSError, FuseReplyError):
+                pass
 
     def write_file(self, path: str, data: bytes, mode: int = 0o644) -> int:
         """Create (or truncate) the file ``path`` and write ``data`` (WRITEs in flight up to
@@ -304,19 +313,20 @@ class FsClient:
         chunk = self.fs.max_write
         calls: deque[tuple[int, FuseCall]] = deque()
         pos = done = 0
-        while pos < len(data) or calls:
-            while pos < len(data) and len(calls) < self.window:
-                piece = bytes(data[pos:pos + chunk])
-                calls.append((len(piece), self.fs.submit_write(node, fh, base + pos, piece)))
-                pos += len(piece)
-            want, call = calls.popleft()
-            got = self.fs.written(call)
-            if got != want:
-                for _, rest in calls:
-                    self.fs.wait(rest)
-                raise OSError(f"WRITE of {want} bytes wrote {got} (file system full?)")
-            done += got
-        return done
+        try:
+            while pos < len(data) or calls:
+                while pos < len(data) and len(calls) < self.window:
+                    piece = bytes(data[pos:pos + chunk])
+                    calls.append((len(piece), self.fs.submit_write(node, fh, base + pos, piece)))
+                    pos += len(piece)
+                want, call = calls.popleft()
+                got = self.fs.written(call)
+                if got != want:
+                    raise OSError(errno.EIO, f"WRITE of {want} bytes at {base + done} wrote {got}")
+                done += got
+            return done
+        finally:
+            self._drain(calls)
 
     def fsync(self, path: str) -> None:
         """FSYNC of the file ``path`` (opened for writing for the purpose)."""
