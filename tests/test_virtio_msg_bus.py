@@ -127,7 +127,7 @@ def test_a_driver_that_claims_every_device(server):
         with pytest.raises(ClaimFailed, match="cannot claim a device of type 4: NONE_FREE"):
             open_device(other, DeviceType.ENTROPY)
         with pytest.raises(RequestFailed) as err:  # and it cannot drive them either
-            other.request(transport_request(MsgId.GET_DEVICE_STATUS, 3))
+            other.request(transport_request(MsgId.SET_DEVICE_STATUS, 3, S.Status(0)))
         assert err.value.reason == ErrorReason.NOT_CLAIMED
         assert other.ping() == 0x5A5A5A5A  # the bus still serves the other driver
     finally:

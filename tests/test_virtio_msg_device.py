@@ -205,11 +205,12 @@ def test_memory_the_device_side_cannot_use_is_refused(bus):
     assert drv.session.memory.regions == ()
 
 
-def test_transport_messages_need_a_claim_except_device_info(bus):
+def test_transport_messages_need_a_claim_except_reads(bus):
     n = bus.add(RngDevice())
     a, b = Driver(bus), Driver(bus)
     assert a.body(t(MsgId.GET_DEVICE_INFO, n)).device_id == 4  # probing needs no claim
-    assert a.error(t(MsgId.GET_DEVICE_STATUS, n)) == ErrorReason.NOT_CLAIMED
+    assert a.body(t(MsgId.GET_DEVICE_STATUS, n)).status == 0  # reading needs no claim either
+    assert a.error(t(MsgId.SET_DEVICE_STATUS, n, S.Status(1))) == ErrorReason.NOT_CLAIMED
     assert b.body(bus_request(BusMsgId.CLAIM, S.ClaimRequest(0, 0, 4))) == S.ClaimResponse(n, ClaimResult.OK)
     assert a.body(bus_request(BusMsgId.CLAIM, S.ClaimRequest(0, 0, 4))).result == ClaimResult.NONE_FREE
     assert a.body(bus_request(BusMsgId.CLAIM, S.ClaimRequest(n, 0, 0))).result == ClaimResult.NONE_FREE

@@ -24,6 +24,7 @@ from .errors import CliError, CliUsageError, VirtioError
 SUBCOMMAND_MODULES = (
     "pyvirtio.commands.loopback_demo",
     "pyvirtio.commands.serve",
+    "pyvirtio.commands.serve_bus",
     "pyvirtio.commands.ctl",
     "pyvirtio.commands.top",
     "pyvirtio.commands.qemu_args",

@@ -55,10 +55,18 @@ def register(sub) -> None:
                     "request is sent to the device.")
     add_socket_args(p, type_help="the device type to decode features and config as")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--transport", choices=("vhost-user", "virtio-msg"), default="vhost-user",
+                   help="what serves the socket: a vhost-user back-end (the default) or a "
+                        "virtio-msg bus, whose devices are listed")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.transport == "virtio-msg":
+        from . import probe_virtio_msg
+        bus = probe_virtio_msg.probe(args.socket_path, timeout=args.timeout)
+        print(json.dumps(bus, indent=2) if args.json else probe_virtio_msg.format_report(bus))
+        return 0
     report = probe(args.socket_path, device_type_arg(args), timeout=args.timeout)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0

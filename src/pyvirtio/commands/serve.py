@@ -150,6 +150,11 @@ def _scsi_cli():
     return serve_scsi
 
 
+def _virtio_msg_cli():
+    from . import serve_virtio_msg
+    return serve_virtio_msg
+
+
 def _vsock_cli():
     from . import serve_vsock
     return serve_vsock
@@ -235,6 +240,7 @@ def _common(p) -> None:
     p.add_argument("--split-only", action="store_true",
                    help="do not offer VIRTIO_F_RING_PACKED (packed rings are offered by default; "
                         "this forces split rings, e.g. for comparisons)")
+    _virtio_msg_cli().add_transport_arg(p)
     p.add_argument("--fault", action="append", default=[], metavar="RULE",
                    help="inject a fault from the start, e.g. ioerr:sectors=2048-4095, "
                         "latency:ms=20, drop:rate=0.5 (repeatable; README 'Fault injection')")
@@ -257,6 +263,8 @@ def run(args) -> int:
     if args.print_capabilities:
         print(json.dumps(kind.capabilities()))
         return 0
+    if args.transport == "virtio-msg":
+        return _virtio_msg_cli().run_one(args, kind, _fault_rules(args))
     activated = False
     if args.socket_path is None and args.fd is None:  # started by a systemd .socket unit?
         args.fd = systemd.listen_fd(args.backend)

@@ -6,7 +6,8 @@ which device, and hot-plug (EVENT_DEVICE READY / REMOVED to every connected driv
 :class:`BusSession` is one driver's connection, sans-I/O: :meth:`BusSession.receive` takes one
 message's bytes and the fds that came with it, answers bus messages (GET_DEVICES, PING, and
 pyvirtio's BUS_INFO, SET_MEMORY, CLAIM, RELEASE) and relays transport messages to the addressed
-device, which must be claimed by this session (GET_DEVICE_INFO excepted: probing needs no claim).
+device, which must be claimed by this session (the GET_* requests excepted: probing needs no
+claim, :data:`READ_ONLY`).
 What goes back leaves through the ``send`` callable the I/O shell gave the session.
 
 Many drivers share one pool: CLAIM takes a given device or any unclaimed one of a class, a
@@ -39,6 +40,10 @@ MAX_REGIONS = 16
 MAX_DEVICES = 4096
 
 Send = Callable[[Message], None]
+#: Transport requests any connected driver may send to any device: they read, never change
+#: (probing, ``pyvirtio probe``); every other message needs the device claimed.
+READ_ONLY = frozenset({MsgId.GET_DEVICE_INFO, MsgId.GET_DEVICE_FEATURES, MsgId.GET_CONFIG,
+                       MsgId.GET_DEVICE_STATUS, MsgId.GET_VQUEUE, MsgId.GET_SHM})
 
 
 class DeviceBus:
@@ -227,7 +232,7 @@ class BusSession:
         if msg_dev is None:
             self._drop("no device")
             return None if msg.is_event else error_event(msg, ErrorReason.NO_DEVICE)
-        if owner is not self and msg.msg_id != MsgId.GET_DEVICE_INFO:
+        if owner is not self and msg.msg_id not in READ_ONLY:
             self._drop("not claimed")
             return None if msg.is_event else error_event(msg, ErrorReason.NOT_CLAIMED)
         return msg_dev.handle(msg)
@@ -304,4 +309,4 @@ def _close(fd: int) -> None:
         pass
 
 
-__all__ = ["BusSession", "DeviceBus", "MAX_DEVICES", "MAX_REGIONS"]
+__all__ = ["BusSession", "DeviceBus", "MAX_DEVICES", "MAX_REGIONS", "READ_ONLY"]

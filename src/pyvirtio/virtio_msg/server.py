@@ -15,7 +15,7 @@ import socket
 import threading
 
 from ..errors import PeerDisconnected, VirtioError
-from ..sockets import bind_unix
+from ..sockets import bind_unix, inode_of, unlink_if_ours
 from ..vhost_user.fdio import close_fds
 from .bus import BusSession, DeviceBus
 from .channel import Channel, SocketChannel, queue_pair
@@ -38,6 +38,7 @@ class BusServer:
         self._listeners: list[socket.socket] = []
         self._stopped = threading.Event()
         self._count = 0
+        self._paths: list[tuple[str, int]] = []  # socket files we made, removed on close
 
     # --- drivers ----------------------------------------------------------------------------------
 
@@ -96,6 +97,8 @@ class BusServer:
     def listen(self, path: str, mode: int = 0o600) -> socket.socket:
         """Accept drivers on the UNIX socket ``path`` (an accept thread)."""
         sock = bind_unix(path, mode=mode)
+        with self._lock:
+            self._paths.append((path, inode_of(path)))
         return self.listen_on(sock)
 
     def listen_on(self, sock: socket.socket) -> socket.socket:
@@ -137,6 +140,9 @@ class BusServer:
         with self._lock:
             listeners, self._listeners = self._listeners, []
             channels = list(self._channels)
+            paths, self._paths = self._paths, []
+        for path, inode in paths:
+            unlink_if_ours(path, inode)
         for sock in listeners:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
