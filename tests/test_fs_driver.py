@@ -1,7 +1,8 @@
 """The virtio-fs driver and its path layer against real back-ends: one test body per check, run
 against QEMU's C virtiofsd (the reference, over our vhost-user front-end) and against
 pyvirtio's own device (in-process over loopback, over our vhost-user back-end, and on our PCI
-model).
+model), and against QEMU's own vhost-user-fs-pci over qtest (QEMU's PCI function and config
+space; virtiofsd serves the rings).
 
 virtiofsd runs here as root in a container with its defaults (``-o source=DIR``, sandbox
 ``namespace``: it forks into new mount/pid/net namespaces and pivot_roots into the share); no
@@ -95,8 +96,25 @@ def pyvirtio_pci_model(share, tmp_path):
     device.close()
 
 
+@contextlib.contextmanager
+def qemu_virtiofsd(share, tmp_path):
+    """QEMU's own vhost-user-fs-pci (its virtio-pci function and config space: the tag and
+    the request-queue count QEMU holds) over qtest, its rings served by virtiofsd."""
+    from pyvirtio.qtest import QemuMachine, qemu_available
+    require(qemu_available(), "qemu-system-x86_64")
+    require(virtiofsd_path() is not None, "virtiofsd", "not installed (qemu-system-common)")
+    sock = str(tmp_path / "virtiofsd.sock")
+    with start_virtiofsd(sock, str(share), options=["xattr"]):
+        with QemuMachine(["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa",
+                          "node,memdev=mem", "-chardev", f"socket,id=fs,path={sock}",
+                          "-device", "vhost-user-fs-pci,chardev=fs,tag=qemu-tag"], memory="256M") as qemu:
+            (t,) = qemu.discover().transports
+            yield t
+
+
 BACKENDS = {"virtiofsd": virtiofsd, "pyvirtio-loopback": pyvirtio_loopback,
-            "pyvirtio-vhost-user": pyvirtio_vhost_user, "pyvirtio-pci-model": pyvirtio_pci_model}
+            "pyvirtio-vhost-user": pyvirtio_vhost_user, "pyvirtio-pci-model": pyvirtio_pci_model,
+            "qemu-pci-virtiofsd": qemu_virtiofsd}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -123,8 +141,11 @@ def test_init_negotiates_protocol_7(share, request):
     out = client.fs.init_out
     assert out.major == 7 and 31 <= out.minor <= F.FUSE_KERNEL_MINOR_VERSION
     assert client.fs.max_write >= 4096 and client.fs.max_read >= 4096
-    if request.node.callspec.params["share"] == "virtiofsd":  # no config space over vhost-user
+    backend = request.node.callspec.params["share"]
+    if backend == "virtiofsd":  # no config space over vhost-user
         assert (client.fs.tag, len(client.fs.requestqs)) == ("", 1)
+    elif backend == "qemu-pci-virtiofsd":  # QEMU's config space
+        assert (client.fs.tag, len(client.fs.requestqs)) == ("qemu-tag", 1)
     else:
         assert (client.fs.tag, len(client.fs.requestqs)) == ("pyvirtio-test", 2)
 
@@ -344,7 +365,7 @@ def test_less_common_requests(share, request):
     fs = client.fs
     fifo = fs.mknod(F.FUSE_ROOT_ID, "fifo", stat.S_IFIFO | 0o640)
     assert stat.S_ISFIFO(os.lstat(root / "fifo").st_mode) and stat.S_ISFIFO(fifo.attr.mode)
-    if request.node.callspec.params["share"] == "virtiofsd":
+    if "virtiofsd" in request.node.callspec.params["share"]:
         with pytest.raises(FuseError) as info:  # virtiofsd leaves permission checks to the guest
             fs.access(fifo.nodeid, os.R_OK)
         assert info.value.errno == errno.ENOSYS
