@@ -41,6 +41,8 @@ commands:
   key KEY [press|release|tap]          input: a key or button (KEY_A, a, BTN_LEFT, 30)
   event TYPE CODE VALUE ... [--no-sync]  input: raw evdev events (EV_REL REL_X 5), then a
                                        SYN_REPORT unless --no-sync
+  eject [T:L] [--force] | insert ISO [T:L]   scsi: a CD-ROM's disc (default: the first CD-ROM)
+  scsi units | scsi attach KIND PATH[,OPTS] [T:L] | scsi detach T:L   scsi: units, hot-plug
   reset                                put the device in DEVICE_NEEDS_RESET
   version | help
 """
@@ -84,6 +86,9 @@ def to_request(words: list[str]) -> tuple[str, dict[str, Any]]:
         return "key", {"key": key, **({"action": rest[1]} if rest[1:] else {})}
     if head == "event" and rest:
         return _event(rest)
+    if head == "scsi" or head in ("eject", "insert"):  # pyvirtio.control.scsi
+        from ..control.scsi import scsi_request
+        return scsi_request(rest if head == "scsi" else words)
     raise CliUsageError(f"cannot read {' '.join(words)!r} as a command (see pyvirtio ctl --help)")
 
 

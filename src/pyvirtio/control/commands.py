@@ -156,6 +156,8 @@ def build_commands(target: ControlTarget) -> dict[str, Command]:
                 (Arg("events", (list,), True, "[[type, code, value], ...]: EV_REL REL_X 5 or numbers"),
                  Arg("sync", (bool,), False, "false: no SYN_REPORT appended"))),
     ]
+    from .scsi import scsi_commands
+    cmds += scsi_commands(target)
     table = {c.name: c for c in cmds}
     table["help"] = Command("help", table["help"].help,
                             lambda a: [c.describe() for c in table.values()])

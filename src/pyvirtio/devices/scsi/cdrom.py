@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ...errors import UsageError
 from ...spec import scsi_cmd as sc
 from .media import Medium
 from .sense import CheckCondition, invalid_field, write_protected
@@ -43,7 +44,7 @@ CD_MAX_BLOCKS = 80 * 60 * 75
 _RW: dict[int, tuple[int, int, int, int]] = {_O.READ_10: (2, 4, 7, 2), _O.READ_12: (2, 4, 6, 4)}
 
 
-class MediumLocked(Exception):
+class MediumLocked(UsageError):
     """A host eject refused: the guest prevents medium removal (PREVENT ALLOW MEDIUM REMOVAL)."""
 
 

@@ -133,6 +133,46 @@ class ScsiDevice(VirtioDevice):
         if self.has_feature(spec.ScsiFeature.CHANGE):
             self.queue_event(_E.PARAM_CHANGE, target, lun, (code >> 8) | ((code & 0xFF) << 8))
 
+    def cdrom(self, where: tuple[int, int] | None = None) -> tuple[tuple[int, int], CdromUnit]:
+        """The CD-ROM unit at ``where`` (target, lun), or the first one; UsageError if none."""
+        for address, unit in self.units():
+            if isinstance(unit, CdromUnit) and (where is None or address == where):
+                return address, unit
+        raise UsageError(f"no CD-ROM unit at {where[0]}:{where[1]}" if where else "no CD-ROM unit")
+
+    def units(self) -> list[tuple[tuple[int, int], LogicalUnit]]:
+        """Every unit with its (target, lun), in order."""
+        return [((t, n), unit) for t, tgt in sorted(self.targets.items()) for n, unit in sorted(tgt.units.items())]
+
+    def eject(self, where: tuple[int, int] | None = None, *, force: bool = False) -> tuple[int, int]:
+        """Host eject of a CD-ROM's disc (refused while the guest prevents removal, unless
+        ``force``: :class:`~.cdrom.MediumLocked`); returns the unit's address."""
+        def run() -> tuple[int, int]:
+            address, unit = self.cdrom(where)
+            old = unit.eject(force=force)
+            if old is not None:
+                old.close()
+            return address
+        return self.run_on_worker(run)
+
+    def insert(self, medium, where: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Put ``medium`` (a :class:`~.media.Medium`) in a CD-ROM drive; returns its address.
+        The disc it replaces is closed."""
+        def run() -> tuple[int, int]:
+            address, unit = self.cdrom(where)
+            old = unit.insert(medium)
+            if old is not None:
+                old.close()
+            return address
+        return self.run_on_worker(run)
+
+    def free_target(self) -> int:
+        """The lowest target without units."""
+        for t in range(MAX_TARGET + 1):
+            if t not in self.targets:
+                return t
+        raise UsageError("every target is in use")
+
     def run_on_worker(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` in the device's worker (under its lock) and return what it returns or
         raise what it raised; inline when no engine serves the device."""

@@ -63,8 +63,11 @@ def parse_lun(field: bytes) -> tuple[int, int] | None:
 
 
 def encode_lun(target: int, lun: int) -> bytes:
-    """The virtio LUN field of ``(target, lun)`` (flat space addressing)."""
-    return bytes((1, target, sc.LUN_ADDRESS_METHOD_FLAT | (lun >> 8), lun & 0xFF, 0, 0, 0, 0))
+    """The virtio LUN field of ``(target, lun)`` in an event: the encoding REPORT LUNS uses
+    (peripheral below 256, flat above), as QEMU sends it — Linux's virtio_scsi takes
+    ``lun[2] << 8 | lun[3]`` as the LUN of a hot-plug event, so a flat-space 0x40 would read as
+    LUN 16384."""
+    return bytes((1, target)) + scsi_lun(lun)[:2] + bytes(4)
 
 
 def scsi_lun(lun: int) -> bytes:
