@@ -166,6 +166,9 @@ def test_lists_reads_and_writes(share):
     client.append_file("hello.txt", b"+more")
     assert client.read_file("hello.txt") == b"short+more"
     assert client.listdir() == sorted(os.listdir(root))
+    host_walk = [("" if d == str(root) else os.path.relpath(d, root), sorted(ds), sorted(fs))
+                 for d, ds, fs in os.walk(root)]
+    assert list(client.walk()) == host_walk
 
 
 def test_host_changes_are_seen(share):
