@@ -1,7 +1,7 @@
 """The virtio-fs driver and its path layer against real back-ends: one test body per check, run
 against QEMU's C virtiofsd (the reference, over our vhost-user front-end) and against
 pyvirtio's own device (in-process over loopback, over our vhost-user back-end, and on our PCI
-model), and against QEMU's own vhost-user-fs-pci over qtest (QEMU's PCI function and config
+and MMIO models), and against QEMU's own vhost-user-fs-pci over qtest (QEMU's PCI function and config
 space; virtiofsd serves the rings).
 
 virtiofsd runs here as root in a container with its defaults (``-o source=DIR``, sandbox
@@ -97,6 +97,19 @@ def pyvirtio_pci_model(share, tmp_path):
 
 
 @contextlib.contextmanager
+def pyvirtio_mmio_model(share, tmp_path):
+    """Our device behind pyvirtio's virtio-mmio window, found from the kernel command line."""
+    from pyvirtio.mmio import discover_mmio, parse_kernel_cmdline
+    from pyvirtio.platform.machine import InProcessMachine
+    device = _device(share)
+    with InProcessMachine(ram_size=MEMORY) as machine:
+        machine.add_mmio(device)
+        (t,) = discover_mmio(machine, parse_kernel_cmdline(machine.kernel_cmdline())).transports
+        yield t
+    device.close()
+
+
+@contextlib.contextmanager
 def qemu_virtiofsd(share, tmp_path):
     """QEMU's own vhost-user-fs-pci (its virtio-pci function and config space: the tag and
     the request-queue count QEMU holds) over qtest, its rings served by virtiofsd."""
@@ -114,7 +127,7 @@ def qemu_virtiofsd(share, tmp_path):
 
 BACKENDS = {"virtiofsd": virtiofsd, "pyvirtio-loopback": pyvirtio_loopback,
             "pyvirtio-vhost-user": pyvirtio_vhost_user, "pyvirtio-pci-model": pyvirtio_pci_model,
-            "qemu-pci-virtiofsd": qemu_virtiofsd}
+            "pyvirtio-mmio-model": pyvirtio_mmio_model, "qemu-pci-virtiofsd": qemu_virtiofsd}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
