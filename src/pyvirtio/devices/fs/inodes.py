@@ -169,17 +169,15 @@ class InodeTable:
 
 
 class Handle(_Entry):
-    """One open file or directory: its descriptor, the inode it was opened on and, for a
-    directory, the listing READDIR walks."""
+    """One open file or directory: its descriptor and the inode it was opened on."""
 
-    __slots__ = ("fh", "nodeid", "is_dir", "listing")
+    __slots__ = ("fh", "nodeid", "is_dir")
 
     def __init__(self, fh: int, fd: int, nodeid: int, is_dir: bool):
         super().__init__(fd)
         self.fh = fh
         self.nodeid = nodeid
         self.is_dir = is_dir
-        self.listing: list[tuple[bytes, int, int]] | None = None
 
 
 class HandleTable:

@@ -296,7 +296,8 @@ def _readdir(srv, hdr, args: Args, out_size, plus: bool):
     room = min(arg.size, MAX_READ, max(out_size - F.FUSE_OUT_HEADER_SIZE, 0))
     parts: list[bytes] = []
     used = 0
-    for name, ino, dtype, next_off in srv.backend.readdir(arg.fh, arg.offset):
+    overhead = F.FUSE_ENTRY_OUT_SIZE if plus else 0
+    for name, ino, dtype, next_off in srv.backend.readdir(arg.fh, arg.offset, room, overhead):
         if plus:
             record = _direntplus(srv, hdr.nodeid, name, ino, dtype, next_off)
             if record is None:

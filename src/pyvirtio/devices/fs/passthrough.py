@@ -399,47 +399,30 @@ class PassthroughFs:
         """RELEASEDIR."""
         self.handles.remove(fh, is_dir=True)
 
-    def readdir(self, fh: int, offset: int) -> list[tuple[bytes, int, int, int]]:
-        """READDIR from cookie ``offset``: (name, ino, DT_* type, next cookie) for each entry
-        left.  The listing is read at cookie 0 (a rewind) and kept by the handle, so the
-        cookies stay stable while the guest walks it."""
+    def readdir(self, fh: int, offset: int, room: int, overhead: int = 0) -> list[tuple[bytes, int, int, int]]:
+        """READDIR from cookie ``offset`` (0: the start; else an entry's ``d_off``, as seekdir):
+        (name, ino, DT_* type, next cookie) for the entries that fill about ``room`` bytes
+        (each takes a fuse_dirent and its name, plus ``overhead``).  Nothing is kept between
+        calls: the cookie is the directory's own position, as virtiofsd's seekdir."""
+        out: list[tuple[bytes, int, int, int]] = []
+        used = 0
         with self.handles.use(fh, is_dir=True) as handle:
-            if offset == 0 or handle.listing is None:
-                handle.listing = self._listing(handle)
-            listing = handle.listing
-        return [(name, ino, dtype, i + 1) for i, (name, ino, dtype) in enumerate(listing)
-                if i >= offset]
-
-    def _listing(self, handle: Handle) -> list[tuple[bytes, int, int]]:
-        fd = handle.fd
-        os.lseek(fd, 0, os.SEEK_SET)
-        here = os.stat(fd)
-        if handle.nodeid == F.FUSE_ROOT_ID:
-            up = here.st_ino  # hide the root's parent directory (as virtiofsd)
-        else:
-            up = os.stat("..", dir_fd=fd, follow_symlinks=False).st_ino
-        out = [(b".", here.st_ino, _DT_DIR), (b"..", up, _DT_DIR)]
-        with os.scandir(fd) as entries:
-            for e in entries:
-                out.append((os.fsencode(e.name), e.inode(), _dtype(e)))
+            fd = handle.fd
+            os.lseek(fd, offset - (1 << 64) if offset >= 1 << 63 else offset, os.SEEK_SET)
+            root_ino = os.stat(fd).st_ino if handle.nodeid == F.FUSE_ROOT_ID else None
+            while used < room:
+                batch = sysc.getdents(fd)
+                if not batch:
+                    break
+                for name, ino, dtype, next_off in batch:
+                    if root_ino is not None and name == b"..":
+                        ino = root_ino  # hide the root's parent directory (as virtiofsd)
+                    out.append((name, ino, dtype, next_off & _U64))
+                    used += overhead + 24 + ((len(name) + 7) & ~7)
         return out
 
 
-_DT_DIR = stat.S_IFDIR >> 12
-
-
-def _dtype(entry: os.DirEntry) -> int:
-    """The DT_* type of a directory entry (DT_UNKNOWN, 0, if it vanished meanwhile)."""
-    try:
-        if entry.is_symlink():
-            return stat.S_IFLNK >> 12
-        if entry.is_dir(follow_symlinks=False):
-            return _DT_DIR
-        if entry.is_file(follow_symlinks=False):
-            return stat.S_IFREG >> 12
-        return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode) >> 12
-    except OSError:
-        return 0
+_U64 = (1 << 64) - 1
 
 
 def _time(valid: int, given: int, now: int, sec: int, nsec: int) -> tuple[int, int]:

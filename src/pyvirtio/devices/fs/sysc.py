@@ -1,5 +1,6 @@
 """The few Linux calls the os module lacks, through libc: fchownat(AT_EMPTY_PATH),
-utimensat with UTIME_NOW/UTIME_OMIT, renameat2 and fallocate with modes.
+utimensat with UTIME_NOW/UTIME_OMIT, renameat2, fallocate with modes, and getdents64 (a
+directory read from a seekable position, as seekdir/readdir do).
 
 Each raises OSError with the call's errno, as the os module does.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
+import struct
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -57,4 +60,29 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
            "fallocate")
 
 
-__all__ = ["UTIME_NOW", "UTIME_OMIT", "fallocate", "fchown_empty", "renameat2", "utimens"]
+#: getdents64's syscall number by machine (the os module has no seekable directory reading).
+_SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61, "riscv64": 61, "ppc64le": 202, "s390x": 220}
+#: struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+_DIRENT64 = struct.Struct("<QqHB")
+
+
+def getdents(fd: int, size: int = 32768) -> list[tuple[bytes, int, int, int]]:
+    """The next entries of the directory ``fd`` from its position (``lseek`` it to 0 or to an
+    entry's ``d_off`` first): (name, d_ino, d_type, d_off) each; [] at the end."""
+    number = _SYS_GETDENTS64.get(os.uname().machine)
+    if number is None:
+        raise OSError(errno.ENOSYS, "getdents64: unknown machine")
+    buf = ctypes.create_string_buffer(size)
+    n = _libc.syscall(ctypes.c_long(number), ctypes.c_int(fd), buf, ctypes.c_size_t(size))
+    _check(n, "getdents64")
+    raw = buf.raw[:n]
+    out, pos = [], 0
+    while pos < n:
+        ino, off, reclen, dtype = _DIRENT64.unpack_from(raw, pos)
+        name_end = raw.index(b"\0", pos + _DIRENT64.size)
+        out.append((raw[pos + _DIRENT64.size:name_end], ino, dtype, off))
+        pos += reclen
+    return out
+
+
+__all__ = ["UTIME_NOW", "UTIME_OMIT", "fallocate", "fchown_empty", "getdents", "renameat2", "utimens"]
