@@ -205,6 +205,9 @@ def test_metadata_matches_the_host(share):
     for path in ("", "hello.txt", "sub", "sub/inner.bin", "escape"):
         _same_stat(client.stat(path), os.lstat(root / path))
     client.makedirs("a/b/c")
+    client.write_file("a/masked", b"", mode=0o666)  # the umask (022) applied, as the kernel does
+    assert stat.S_IMODE(os.lstat(root / "a" / "masked").st_mode) == 0o644
+    client.unlink("a/masked")
     assert (root / "a" / "b" / "c").is_dir()
     client.write_file("a/f", b"0123456789")
     client.rename("a/f", "a/b/g")

@@ -129,7 +129,7 @@ class FsClient:
         """Make the directory ``path``; its attributes."""
         def go(seen):
             parent, name = self._parent(path, seen)
-            return seen.add(self.fs.mkdir(parent, name, mode, self.umask)).attr
+            return seen.add(self.fs.mkdir(parent, name, self._mode(mode), self.umask)).attr
         return self._run(go)
 
     def makedirs(self, path: str, mode: int = 0o755) -> None:
@@ -248,7 +248,7 @@ class FsClient:
             try:
                 return self._read_all(node, fh, self.fs.getattr(node, fh).size)
             finally:
-                self.fs.release(node, fh)
+                self.fs.release(node, fh, os.O_RDONLY)
         return self._run(go)
 
     def _read_all(self, node: int, fh: int, size: int) -> bytes:
@@ -285,29 +285,43 @@ class FsClient:
         O_EXCL of a file that exists: glibc's "openat64 call: O_CREAT without mode")."""
         def go(seen):
             parent, name = self._parent(path, seen)
+            flags = os.O_WRONLY | os.O_TRUNC
             try:
                 node = seen.add(self.fs.lookup(parent, name)).nodeid
-                fh = self.fs.open(node, os.O_WRONLY | os.O_TRUNC).fh
+                opened = self.fs.open(node, flags)
             except FileNotFoundError:
-                entry, opened = self.fs.create(parent, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                                               mode, self.umask)
-                node, fh = seen.add(entry).nodeid, opened.fh
+                flags |= os.O_CREAT
+                entry, opened = self.fs.create(parent, name, flags, self._mode(mode), self.umask)
+                node = seen.add(entry).nodeid
             try:
-                return self._write_all(node, fh, memoryview(data), 0)
+                return self._write_all(node, opened.fh, memoryview(data), 0)
             finally:
-                self.fs.release(node, fh)
+                self._close(node, opened, flags)
         return self._run(go)
 
     def append_file(self, path: str, data: bytes) -> int:
         """Write ``data`` after the end of the existing file ``path``."""
         def go(seen):
             node = self._node(path, seen)
-            fh = self.fs.open(node, os.O_WRONLY).fh
+            opened = self.fs.open(node, os.O_WRONLY)
             try:
-                return self._write_all(node, fh, memoryview(data), self.fs.getattr(node, fh).size)
+                return self._write_all(node, opened.fh, memoryview(data), self.fs.getattr(node, opened.fh).size)
             finally:
-                self.fs.release(node, fh)
+                self._close(node, opened, os.O_WRONLY)
         return self._run(go)
+
+    def _mode(self, mode: int) -> int:
+        """``mode`` as the kernel sends it: the umask applied already unless FUSE_DONT_MASK."""
+        return mode if self.fs.has_init_flag(F.FuseInitFlag.DONT_MASK) else mode & ~self.umask
+
+    def _close(self, node: int, opened: F.FuseOpenOut, flags: int) -> None:
+        """close(2) of a file opened for writing, as the kernel does it: FLUSH (unless the
+        device said FOPEN_NOFLUSH), then RELEASE with the open flags."""
+        try:
+            if not opened.open_flags & F.FopenFlag.NOFLUSH:
+                self.fs.flush(node, opened.fh)
+        finally:
+            self.fs.release(node, opened.fh, flags)
 
     def _write_all(self, node: int, fh: int, data: memoryview, base: int) -> int:
         chunk = self.fs.max_write
@@ -332,11 +346,11 @@ class FsClient:
         """FSYNC of the file ``path`` (opened for writing for the purpose)."""
         def go(seen):
             node = self._node(path, seen)
-            fh = self.fs.open(node, os.O_WRONLY).fh
+            opened = self.fs.open(node, os.O_WRONLY)
             try:
-                self.fs.fsync(node, fh)
+                self.fs.fsync(node, opened.fh)
             finally:
-                self.fs.release(node, fh)
+                self._close(node, opened, os.O_WRONLY)
         self._run(go)
 
     # --- extended attributes -----------------------------------------------------------------------
