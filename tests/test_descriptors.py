@@ -17,11 +17,11 @@ def test_install_into_a_directory_points_at_existing_programs(tmp_path, capsys):
     written = capsys.readouterr().out.split()
     assert sorted(os.path.basename(p) for p in written) == [
         "50-pyvirtio-blk.json", "50-pyvirtio-console.json", "50-pyvirtio-fs.json", "50-pyvirtio-net.json",
-        "50-pyvirtio-rng.json"]
+        "50-pyvirtio-rng.json", "50-pyvirtio-scsi.json"]
     for path in written:
         desc = json.loads(open(path).read())
         assert os.path.isabs(desc["binary"]) and os.access(desc["binary"], os.X_OK)
-        assert desc["type"] in ("block", "net", "rng", "console", "fs")
+        assert desc["type"] in ("block", "net", "rng", "console", "fs", "scsi")
 
 
 def test_user_install_goes_where_qemu_looks_and_list_finds_it(tmp_path, monkeypatch, capsys):
@@ -30,7 +30,7 @@ def test_user_install_goes_where_qemu_looks_and_list_finds_it(tmp_path, monkeypa
     assert main(["descriptors", "install"]) == 0
     capsys.readouterr()
     found = [e for e in discover() if e["file"].startswith(str(tmp_path))]
-    assert {e["type"] for e in found} == {"block", "net", "rng", "console", "fs"}
+    assert {e["type"] for e in found} == {"block", "net", "rng", "console", "fs", "scsi"}
     assert all(e["runnable"] for e in found)
     assert main(["descriptors", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)

@@ -183,6 +183,11 @@ def main_console(argv: list[str] | None = None) -> int:
     return _serve("console", argv)
 
 
+def main_scsi(argv: list[str] | None = None) -> int:
+    """Entry point ``pyvirtio-vhost-user-scsi`` (the ``binary`` of its vhost-user.json description)."""
+    return _serve("scsi", argv)
+
+
 def main_fs(argv: list[str] | None = None) -> int:
     """Entry point ``pyvirtio-vhost-user-fs`` (the ``binary`` of its vhost-user.json description)."""
     return _serve("fs", argv)

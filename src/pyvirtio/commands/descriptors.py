@@ -45,6 +45,12 @@ BACKENDS = (
      "UNIX sockets, ptys or stdio (Python)",
      ["runs 'pyvirtio serve console'; QEMU 7.2 has no vhost-user console device: for front-ends "
       "that speak vhost-user to a console (pyvirtio's own driver)"]),
+    ("50-pyvirtio-scsi.json", "scsi", "pyvirtio-vhost-user-scsi",
+     "pyvirtio vhost-user-scsi back-end: a virtio-scsi host with disks, CD-ROM drives (ISO "
+     "images) and SG_IO passthrough units (Python)",
+     ["runs 'pyvirtio serve scsi'; needs at least one --disk=IMG, --cdrom=ISO or "
+      "--passthrough=/dev/sgN besides --socket-path or --fd; QEMU: -device "
+      "vhost-user-scsi-pci,chardev=ID"]),
     ("50-pyvirtio-fs.json", "fs", "pyvirtio-vhost-user-fs",
      "pyvirtio vhost-user-fs back-end: a virtio-fs device sharing a host directory, virtiofsd's "
      "conventions (Python)",
