@@ -6,13 +6,17 @@ device-readable buffers hold ``fuse_in_header`` and its arguments, the device-wr
 receive ``fuse_out_header`` and the reply (5.11.6).
 
 The hiprio queue carries FORGET and BATCH_FORGET (no reply; the driver gives no writable
-buffers): they are served inline, in the queue's worker.  A request-queue chain is copied out
-of guest memory (its header first, bounded by :data:`MAX_REQUEST`) and handed to a thread pool
-that runs the FUSE server (:class:`~.server.FuseServer`) against the host directory; the worker
-goes on with the next chain, and replies come back through an eventfd the worker watches
-(:meth:`host_fds`), so a slow file system call never stalls the rings: requests complete out
-of order, as they finish.  Guest memory is touched only in the worker (copy in, copy out);
-:meth:`quiesce` waits for what is in flight before a ring stops or the memory table changes.
+buffers).  Each queue is an engine group of its own (one worker each).  A chain is copied out
+of guest memory (its header first, bounded by :data:`MAX_REQUEST`); requests that move or sync
+file data (:data:`POOL_OPCODES`: READ, WRITE, FSYNC ...) go to a thread pool that runs the FUSE
+server (:class:`~.server.FuseServer`) against the host directory, and the worker goes on with
+the next chain; replies come back through the queue's eventfd, which the worker watches
+(:meth:`host_fds`), so requests complete out of order, as they finish.  The other requests
+(names, attributes, open/close, directory reads) run inline in the queue's worker, as
+virtiofsd without a thread pool runs all of them: a pool round trip costs more than such a
+call, and a call that blocks holds up its own queue only.  Guest memory is touched only in the
+worker (copy in, copy out); :meth:`quiesce` waits for what is in flight before a ring stops or
+the memory table changes.  ``threads=0`` runs everything inline.
 
 A request shorter than a fuse_in_header, or one with no room for a reply header, goes back with
 nothing written (the driver's fault, counted in the queue's errors); every other failure is an
@@ -40,8 +44,16 @@ from .wire import FuseProtocolError
 
 log = logging.getLogger(__name__)
 
-#: Threads that run requests (virtiofsd's --thread-pool-size).
+#: Threads that run the requests that move file data (virtiofsd's --thread-pool-size).
 DEFAULT_THREADS = 4
+#: What goes to the pool: requests that move or sync file data and can take long.  The rest
+#: (names, attributes, opening and closing, directory reads) runs inline in its queue's worker,
+#: as virtiofsd without a thread pool runs everything: a round trip through the pool costs more
+#: than the call itself.  Each queue is a group of its own, so an inline call that blocks holds
+#: up its own queue only, never hiprio or another request queue.
+POOL_OPCODES = frozenset({F.FuseOpcode.READ, F.FuseOpcode.WRITE, F.FuseOpcode.FSYNC,
+                          F.FuseOpcode.FSYNCDIR, F.FuseOpcode.FALLOCATE,
+                          F.FuseOpcode.COPY_FILE_RANGE, F.FuseOpcode.LSEEK})
 #: The most of one request copied out of guest memory: a WRITE of max_write bytes with its
 #: headers, or a SETXATTR with a 64 KiB value and its name; a longer ``len`` is refused (EINVAL).
 MAX_REQUEST = MAX_WRITE + (128 << 10)
@@ -70,8 +82,10 @@ class FsDevice(VirtioDevice):
         self.threads = threads
         self.max_request = max(MAX_REQUEST, max_write + (128 << 10))
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._done: deque[tuple[int, DescriptorChain, list | None]] = deque()
+        # Per queue (each queue is a group of its own): replies back from the pool, the eventfd
+        # that wakes the queue's worker for them, and the requests still in the pool.
+        self._done_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.num_queues)]
+        self._done: list[deque[tuple[DescriptorChain, list | None]]] = [deque() for _ in range(self.num_queues)]
         self._inflight: dict[int, set[concurrent.futures.Future]] = {}
         self._lock = threading.Condition()  # guards _inflight between the worker and pool threads
         self.stats = {"requests": 0, "errors": 0}
@@ -88,7 +102,7 @@ class FsDevice(VirtioDevice):
         data = self._request_bytes(queue_index, chain)
         if data is None:
             return 0
-        if queue_index == spec.HIPRIOQ:
+        if queue_index == spec.HIPRIOQ or not self.threads or _opcode(data) not in POOL_OPCODES:
             return self._write_reply(queue_index, chain, self._run(data, chain.writable_len))
         future = self._executor().submit(self._run, data, chain.writable_len)
         with self._lock:
@@ -123,14 +137,13 @@ class FsDevice(VirtioDevice):
     def _finished(self, queue_index: int, chain: DescriptorChain, future: concurrent.futures.Future) -> None:
         """A pool thread finished a request: queue its reply for the worker and wake it."""
         reply = None if future.cancelled() or future.exception() else future.result()
-        self._done.append((queue_index, chain, reply))
+        self._done[queue_index].append((chain, reply))
         with self._lock:
             self._inflight.get(queue_index, set()).discard(future)
             self._lock.notify_all()
-        try:
-            os.eventfd_write(self._done_fd, 1)
-        except OSError:
-            pass
+            fd = self._done_fds[queue_index] if self._done_fds else -1
+            if fd >= 0:
+                os.eventfd_write(fd, 1)
 
     def _write_reply(self, queue_index: int, chain: DescriptorChain, reply: list | None) -> int:
         if reply is None:
@@ -150,50 +163,50 @@ class FsDevice(VirtioDevice):
             self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="virtiofs")
         return self._pool
 
-    # --- the engine: completions ----------------------------------------------------------------
+    # --- the engine: one group per queue, completions through each queue's eventfd -------------
+
+    def queue_groups(self) -> list[tuple[int, ...]]:
+        return [(i,) for i in range(len(self.queues))]
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         with self._lock:
-            busy = any(self._inflight.values())
-        return [(self._done_fd, select.POLLIN)] if busy or self._done else []
+            busy = bool(self._inflight.get(group)) or bool(self._done[group])
+            return [(self._done_fds[group], select.POLLIN)] if busy else []
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
-        """Replies came back from the pool: write them, one used-ring update per queue."""
+        """Replies of queue ``group`` came back from the pool: write them, one used-ring update."""
         try:
-            os.eventfd_read(self._done_fd)
+            os.eventfd_read(self._done_fds[group])
         except OSError:
             pass
-        return self._publish(mem)
+        return self._publish(mem, group)
 
-    def _publish(self, mem: GuestMemory) -> set[int]:
-        used: dict[int, list[tuple[int, int]]] = {}
-        while self._done:
-            queue_index, chain, reply = self._done.popleft()
-            used.setdefault(queue_index, []).append(
-                (chain.head_index, self._write_reply(queue_index, chain, reply)))
-        notify = set()
-        for index, elems in used.items():
-            queue = self.queues[index]
-            if queue.broken or not queue.ready:
-                continue
-            queue.add_used_batch(mem, elems)
-            if queue.needs_notification(mem):
-                notify.add(index)
-        return notify
+    def _publish(self, mem: GuestMemory, index: int) -> set[int]:
+        done = self._done[index]
+        used = []
+        while done:
+            chain, reply = done.popleft()
+            used.append((chain.head_index, self._write_reply(index, chain, reply)))
+        queue = self.queues[index]
+        if not used or queue.broken or not queue.ready:
+            return set()
+        queue.add_used_batch(mem, used)
+        return {index} if queue.needs_notification(mem) else set()
 
     def quiesce(self, mem: GuestMemory | None, index: int | None = None,
                 timeout: float = 30.0) -> bool:
+        indexes = range(len(self._done)) if index is None else [index]
+
         def idle() -> bool:
-            return not any(fs for i, fs in self._inflight.items() if index is None or i == index)
+            return not any(self._inflight.get(i) for i in indexes)
 
         with self._lock:  # a request leaves _inflight only after its reply is in _done
             finished = self._lock.wait_for(idle, timeout)
-        if mem is not None:
-            self._publish(mem)
-        else:  # the ring is gone: its replies have nowhere to go
-            keep = [d for d in self._done if index is not None and d[0] != index]
-            self._done.clear()
-            self._done.extend(keep)
+        for i in indexes:
+            if mem is not None:
+                self._publish(mem, i)
+            else:  # the ring is gone: its replies have nowhere to go
+                self._done[i].clear()
         return finished
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -213,9 +226,14 @@ class FsDevice(VirtioDevice):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self.backend.close()
-        if self._done_fd >= 0:
-            fd, self._done_fd = self._done_fd, -1
+        with self._lock:
+            fds, self._done_fds = self._done_fds, []
+        for fd in fds:
             os.close(fd)
 
 
-__all__ = ["DEFAULT_THREADS", "FsDevice", "MAX_REQUEST"]
+def _opcode(data: bytes) -> int:
+    return int.from_bytes(data[4:8], "little")
+
+
+__all__ = ["DEFAULT_THREADS", "FsDevice", "MAX_REQUEST", "POOL_OPCODES"]
