@@ -284,3 +284,35 @@ def test_a_device_side_that_answers_garbage(tmp_path):
     finally:
         client.close()
         fake.close()
+
+
+def test_a_driver_that_stops_reading_is_hung_up_on_and_the_others_are_served(server, monkeypatch):
+    from pyvirtio.virtio_msg import channel
+    monkeypatch.setattr(channel, "SEND_TIMEOUT", 0.3)
+    server.bus.add(RngDevice())
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(server.path)
+    assert until(lambda: len(server.bus.sessions) == 1)
+    ping = encode(bus_request(BusMsgId.PING, S.Ping(1)))
+    stuck.setblocking(False)
+    sent = 0
+    try:
+        while sent < 200_000 and server.bus.sessions:  # requests, never a read of the answers
+            try:
+                sent += stuck.send(ping * 64)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break  # hung up on
+        assert until(lambda: not server.bus.sessions, 10), "the reader-less driver is still connected"
+        assert sent > 4096  # it did fill its socket before the bus gave up on it
+        client = connect(server, "socket")
+        try:
+            drv = RngDriver.probe(open_device(client, DeviceType.ENTROPY))
+            assert len(drv.read(512)) == 512
+            drv.remove()
+        finally:
+            client.close()
+    finally:
+        stuck.close()

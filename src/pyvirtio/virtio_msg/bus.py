@@ -74,8 +74,8 @@ class DeviceBus:
                                 notification_data=self.notification_data)
             msg_dev.dev_num = dev_num
             self.devices[dev_num] = msg_dev
-            self._broadcast(dev_num, DeviceBusState.READY)
-            return dev_num
+        self._broadcast(dev_num, DeviceBusState.READY)  # not under the lock: a slow reader
+        return dev_num
 
     def remove(self, dev_num: int) -> VirtioDevice:
         """Unplug a device (EVENT_DEVICE REMOVED); a claim on it ends.  Returns the device (still
@@ -87,8 +87,8 @@ class DeviceBus:
                 owner.claimed.discard(dev_num)
                 msg_dev.detach()
             msg_dev.close()
-            self._broadcast(dev_num, DeviceBusState.REMOVED)
-            return msg_dev.device
+        self._broadcast(dev_num, DeviceBusState.REMOVED)
+        return msg_dev.device
 
     def __iter__(self) -> Iterator[tuple[int, MsgDevice]]:
         with self.lock:
@@ -96,7 +96,9 @@ class DeviceBus:
 
     def _broadcast(self, dev_num: int, state: int) -> None:
         event = bus_request(BusMsgId.EVENT_DEVICE, S.EventDevice(dev_num, state))
-        for session in list(self.sessions):
+        with self.lock:
+            sessions = list(self.sessions)
+        for session in sessions:
             session.send_safely(event)
 
     def claim(self, session: "BusSession", dev_num: int, device_id: int) -> tuple[int, int]:

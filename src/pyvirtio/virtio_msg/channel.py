@@ -10,19 +10,24 @@ whole message with its fds, ``close()``):
   message (:mod:`pyvirtio.vhost_user.fdio`, shared with vhost-user).
 * :func:`queue_pair` — two in-process queues.  An fd "sent" is duplicated, as SCM_RIGHTS does,
   so each side owns and closes its own; closing one end tells the other (PeerDisconnected).
+
+A peer that stops reading cannot hold the other side: a send waits at most :data:`SEND_TIMEOUT`
+seconds, then the connection is dropped.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import select
 import socket
 import threading
+import time
 from typing import Protocol, Sequence
 
 from ..errors import PeerDisconnected, Scope
 from ..spec import virtio_msg as S
-from ..vhost_user.fdio import close_fds, recv_with_fds, send_all
+from ..vhost_user.fdio import ancillary, close_fds, recv_with_fds
 from .protocol import MalformedMessage, decode_header
 
 #: fds one message may bring (pyvirtio's SET_MEMORY takes one); more are closed and the
@@ -30,6 +35,9 @@ from .protocol import MalformedMessage, decode_header
 MAX_FDS = 4
 #: Messages an in-process queue holds before a sender waits.
 QUEUE_DEPTH = 4096
+#: How long a send may wait for a peer that does not read; then the connection is dropped
+#: (a driver that stops reading cannot hold the device side's threads or the bus).
+SEND_TIMEOUT = 5.0
 
 
 class Channel(Protocol):
@@ -70,14 +78,36 @@ class SocketChannel:
         """The socket's fd (-1 once closed)."""
         return -1 if self._closed else self.sock.fileno()
 
-    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+    def send(self, data: bytes, fds: Sequence[int] = (), timeout: float | None = None) -> None:
+        """Send one message; a peer that takes none of it for ``timeout`` seconds (default
+        :data:`SEND_TIMEOUT`) is hung up on (PeerDisconnected)."""
+        timeout = SEND_TIMEOUT if timeout is None else timeout
         with self._send_lock:
             if self._closed:
                 raise PeerDisconnected("the virtio-msg connection is closed")
             try:
-                send_all(self.sock, data, fds)
+                self._send(data, fds, time.monotonic() + timeout)
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise PeerDisconnected(f"the virtio-msg peer hung up: {exc.strerror}") from None
+            except TimeoutError:
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)  # its reader sees the end too
+                except OSError:
+                    pass
+                raise PeerDisconnected(f"the virtio-msg peer read nothing for {timeout:g} s: "
+                                       "hung up on") from None
+
+    def _send(self, data: bytes, fds: Sequence[int], deadline: float) -> None:
+        view, anc = memoryview(data), ancillary(fds)
+        while view:
+            try:
+                n = self.sock.sendmsg([view], anc, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [self.sock], [], left)[1]:
+                    raise TimeoutError from None
+                continue
+            view, anc = view[n:], []
 
     def _read(self, want: int, fds: list[int]) -> bytes:
         out = bytearray()
@@ -130,14 +160,20 @@ class QueueChannel:
     def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
         if self._closed or (self.peer is not None and self.peer._closed):
             raise PeerDisconnected("the in-process virtio-msg peer is gone")
-        self._outbox.put((bytes(data), [os.dup(fd) for fd in fds]))
+        dups = [os.dup(fd) for fd in fds]
+        try:
+            self._outbox.put((bytes(data), dups), timeout=SEND_TIMEOUT)
+        except queue.Full:
+            close_fds(dups)
+            self.close()  # the peer stopped reading: hang up on it
+            raise PeerDisconnected(f"the in-process virtio-msg peer read nothing for {SEND_TIMEOUT:g} s") from None
 
     def recv(self) -> tuple[bytes, list[int]]:
         if self._closed:
             raise PeerDisconnected("this end is closed")
         item = self._inbox.get()
         if item is None:
-            self._inbox.put(None)  # every later recv() sees the end too
+            _put_end(self._inbox)  # every later recv() sees the end too
             raise PeerDisconnected("the in-process virtio-msg peer closed its end")
         return item
 
@@ -145,9 +181,24 @@ class QueueChannel:
         if self._closed:
             return
         self._closed = True
-        self._outbox.put(None)
-        self._inbox.put(None)  # wake our own reader
+        for q in (self._outbox, self._inbox):  # the peer's reader, and our own
+            _put_end(q)
         _drain_fds(self._inbox)
+
+
+def _put_end(q: "queue.Queue[tuple[bytes, list[int]] | None]") -> None:
+    """Put the end-of-stream mark, making room in a full queue (its messages are dropped)."""
+    while True:
+        try:
+            q.put_nowait(None)
+            return
+        except queue.Full:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                continue
+            if item is not None:
+                close_fds(item[1])
 
 
 def _drain_fds(q: "queue.Queue[tuple[bytes, list[int]] | None]") -> None:
@@ -163,7 +214,7 @@ def _drain_fds(q: "queue.Queue[tuple[bytes, list[int]] | None]") -> None:
         else:
             close_fds(item[1])
     if saw_end:
-        q.put(None)
+        _put_end(q)
 
 
 def queue_pair() -> tuple[QueueChannel, QueueChannel]:
