@@ -143,3 +143,29 @@ def test_cdb_longer_than_the_device_takes_is_the_callers_error(rig):
     from pyvirtio.errors import UsageError
     with pytest.raises(UsageError, match="CDB of 33 bytes"):
         drv.execute(0, 0, bytes(33))
+
+
+def test_abort_task_names_the_command_in_flight_and_it_completes_aborted(rig):
+    """ABORT TASK carries the tag of the command the driver submitted; the device answers the
+    TMF and completes the command with response ABORTED, which the driver hands back."""
+    dev, t, drv = rig
+    held = []  # (queue, chain) of every command, never answered by itself
+    dev.handlers[2] = lambda chain: held.append((2, chain))
+    dev.handlers[3] = lambda chain: held.append((3, chain))
+
+    def tmf(chain):
+        _, subtype, lun, tag = spec.SCSI_CTRL_TMF.unpack(chain.read(0, spec.SCSI_CTRL_TMF_SIZE))
+        assert subtype == spec.ScsiTmf.ABORT_TASK
+        (queue, victim), = [(q, c) for q, c in held
+                            if spec.ScsiReqCmdHead(*spec.SCSI_REQ_CMD_HEAD.unpack(c.read(0, spec.SCSI_REQ_CMD_HEAD_SIZE))).id == tag]
+        dev.complete(t.memory, queue, victim.head_index,
+                     victim.write(SCSI_RESP_CMD_HEAD.pack(0, 0, 0, 0, spec.ScsiResponse.ABORTED), 0))
+        return chain.write(bytes((spec.ScsiResponse.FUNCTION_COMPLETE,)), 0)
+
+    dev.handlers[0] = tmf
+    first = drv.submit(0, 0, bytes((0x12, 0, 0, 0, 36, 0)), data_in_len=36)
+    second = drv.submit(0, 0, bytes(6))
+    assert len(held) == 2
+    assert drv.abort(second, 0, 0, timeout=5) == spec.ScsiResponse.FUNCTION_COMPLETE
+    assert drv.wait(second, timeout=5).response == spec.ScsiResponse.ABORTED
+    assert not first.pending.done
