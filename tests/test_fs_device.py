@@ -1,0 +1,103 @@
+"""The virtio-fs device's request flow: data requests run in the pool and complete out of
+order, a blocked READ holds up neither the metadata requests of its queue nor the hiprio
+queue, quiesce waits for what is in flight, and the config space carries the tag."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from fs_requests import entry, init, name, read_in, request, split
+from pyvirtio.devices.fs import FsDevice
+from pyvirtio.loopback import LoopbackTransport
+from pyvirtio.spec import fs as spec_fs
+from pyvirtio.spec import fuse as F
+from test_fs_vhost_user import RawFsDriver
+
+O = F.FuseOpcode
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def running(tmp_path):
+    (tmp_path / "f").write_bytes(b"0123456789")
+    dev = FsDevice(str(tmp_path), tag="t" * 36, threads=2)
+    t = LoopbackTransport(dev)
+    drv = RawFsDriver.probe(t)
+    drv.fuse(init())
+    yield dev, drv
+    t.close()
+    dev.close()
+
+
+def test_config_space_and_queues(tmp_path):
+    dev = FsDevice(str(tmp_path), tag="t" * 36, num_request_queues=3)
+    try:
+        cfg = spec_fs.FsConfig._make(spec_fs.FS_CONFIG.unpack(dev.config_bytes()))
+        assert cfg.tag == b"t" * 36 and cfg.num_request_queues == 3
+        assert len(dev.queues) == 4 and dev.queue_groups() == [(0,), (1,), (2,), (3,)]
+    finally:
+        dev.close()
+    with pytest.raises(ValueError):
+        FsDevice(str(tmp_path), tag="x" * 37)
+
+
+def test_a_blocked_read_does_not_hold_up_other_requests(running):
+    dev, drv = running
+    head, _ = entry(drv.fuse(request(O.LOOKUP, 1, name("f"))))
+    fh = F.FUSE_OPEN_OUT.unpack(drv.fuse(request(O.OPEN, head.nodeid, F.FUSE_OPEN_IN.pack(0, 0))))[0]
+    gate, entered = threading.Event(), threading.Event()
+    real_read = dev.backend.read
+
+    def slow_read(*args):
+        entered.set()
+        assert gate.wait(30)
+        return real_read(*args)
+
+    dev.backend.read = slow_read
+    pending = drv.requestq.submit([request(O.READ, head.nodeid, read_in(fh, 2, 4))], [64])
+    assert entered.wait(10)
+    # The same queue answers metadata meanwhile, and hiprio takes forgets.
+    assert split([drv.requestq.call([request(O.GETATTR, 1, F.FUSE_GETATTR_IN.pack(0, 0, 0))], [256])])[0].error == 0
+    drv.hiprio.call([request(O.FORGET, head.nodeid, F.FUSE_FORGET_IN.pack(0))], [])
+    assert not pending.done
+    assert dev.quiesce(None, 1, timeout=0.2) is False  # still in flight
+    gate.set()
+    drv.requestq.wait(pending)
+    hdr, payload = split([drv.requestq.read_in(pending)])
+    assert (hdr.error, payload) == (0, b"2345")
+
+
+def test_many_reads_in_flight_complete(running, tmp_path):
+    dev, drv = running
+    data = os.urandom(1 << 20)
+    (tmp_path / "big").write_bytes(data)
+    head, _ = entry(drv.fuse(request(O.LOOKUP, 1, name("big"))))
+    fh = F.FUSE_OPEN_OUT.unpack(drv.fuse(request(O.OPEN, head.nodeid, F.FUSE_OPEN_IN.pack(0, 0))))[0]
+    chunk = 1 << 15
+    pendings = [(off, drv.requestq.submit([request(O.READ, head.nodeid, read_in(fh, off, chunk))], [16 + chunk]))
+                for off in range(0, 1 << 20, chunk)]
+    for off, p in pendings:
+        drv.requestq.wait(p)
+        hdr, payload = split([drv.requestq.read_in(p)])
+        drv.requestq.release(p)
+        assert hdr.error == 0 and payload == data[off:off + chunk]
+    assert dev.quiesce(None) is True
+
+
+def test_no_pool_runs_everything_inline(tmp_path):
+    (tmp_path / "f").write_bytes(b"abc")
+    dev = FsDevice(str(tmp_path), threads=0)
+    t = LoopbackTransport(dev)
+    try:
+        drv = RawFsDriver.probe(t)
+        drv.fuse(init())
+        head, _ = entry(drv.fuse(request(O.LOOKUP, 1, name("f"))))
+        fh = F.FUSE_OPEN_OUT.unpack(drv.fuse(request(O.OPEN, head.nodeid, F.FUSE_OPEN_IN.pack(0, 0))))[0]
+        assert drv.fuse(request(O.READ, head.nodeid, read_in(fh, 0, 3))) == b"abc"
+        assert dev._pool is None
+    finally:
+        t.close()
+        dev.close()
