@@ -131,7 +131,8 @@ def test_config_sizes_of_older_spec_versions():
 
 @pytest.mark.parametrize("module,name,st", list(all_structs()), ids=lambda v: getattr(v, "__name__", v) if not isinstance(v, struct.Struct) else "")
 def test_every_struct_is_consistent_with_its_constants(module, name, st):
-    assert st.format[0] in "<=", f"{name}: fixed byte order and no alignment"
+    # '<' and '=' for virtio's little-endian structs, '>' for SCSI's big-endian ones (scsi_cmd)
+    assert st.format[0] in "<=>", f"{name}: fixed byte order and no alignment"
     if hasattr(module, name + "_SIZE"):
         assert st.size == getattr(module, name + "_SIZE")
     if hasattr(module, name + "_FIELDS"):
@@ -482,8 +483,9 @@ def test_vhost_user_payload_sizes():
 
 # --- citations and "data only" ---------------------------------------------------------------------
 
-#: A spec section "(5.2.3", the PCI spec "[PCI]", or a quoted vu.rst section name.
-CITATION = re.compile(r"\(\s*\d+(?:\.\d+)*|\[PCI\]|\"[A-Z][^\"]+\"")
+#: A spec section "(5.2.3", the PCI spec "[PCI]", a quoted vu.rst section name, or a T10 SCSI
+#: standard's clause "(SPC-4 6.6" (spec.scsi_cmd).
+CITATION = re.compile(r"\(\s*\d+(?:\.\d+)*|\[PCI\]|\"[A-Z][^\"]+\"|\((?:SPC|SBC|MMC|SAM)-\d")
 
 
 @pytest.mark.parametrize("module", SPEC_MODULES, ids=lambda m: m.__name__)

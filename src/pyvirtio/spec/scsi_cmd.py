@@ -1,7 +1,8 @@
 """SCSI command sets: SPC-4, SBC-3, MMC-6 and SAM-5 numbers (data only).
 
-Everything a virtio-scsi logical unit and a driver issuing CDBs have to agree on: operation
-codes, service actions, status codes, sense keys, additional sense codes, INQUIRY and VPD page
+The CDBs, sense data and data buffers a virtio-scsi request carries (VIRTIO 1.3, 5.6.6.1)
+follow these standards.  Everything a logical unit and a driver issuing CDBs have to agree on:
+operation codes, service actions, status codes, sense keys, additional sense codes, INQUIRY and VPD page
 numbers, mode pages, MMC profiles, features and event codes, and the fixed field offsets and
 bits of the CDBs and parameter data we build or parse.  All multi-byte SCSI fields are
 big-endian.  Clause numbers are those of T10 SPC-4 r37, SBC-3 r36, MMC-6 r02g and SAM-5 r21.
@@ -15,7 +16,7 @@ from enum import IntEnum, IntFlag
 
 
 class Opcode(IntEnum):
-    """Operation codes: SPC-4 (Annex E.3.1, every device type), then SBC-3, then MMC-6."""
+    """Operation codes: every device type's (SPC-4 Annex E.3.1), then SBC-3's, then MMC-6's."""
 
     # Every device type (SPC-4)
     TEST_UNIT_READY = 0x00
