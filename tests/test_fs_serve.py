@@ -34,7 +34,7 @@ def test_print_capabilities():
     (["--socket-path=/tmp/x.sock", "--shared-dir=/nonexistent/dir"], 1, "not a directory"),
     (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--cache=sometimes"], 2, "invalid choice"),
     (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--tag=" + "t" * 37], 2, "1..36 bytes"),
-    (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--thread-pool-size=0"], 2, "1..256"),
+    (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--thread-pool-size=-1"], 2, "0..256"),
 ])
 def test_refusals(args, code, words):
     out = _run(*args)

@@ -94,7 +94,7 @@ def _exercise(drv: RawFsDriver, dev: FsDevice, share) -> None:
     forgets = F.FUSE_FORGET_ONE.pack(head.nodeid, 2)  # LOOKUP + READDIRPLUS
     drv.hiprio.call([request(O.BATCH_FORGET, 0, F.FUSE_BATCH_FORGET_IN.pack(1, 0), forgets)], [])
     assert len(dev.backend.inodes) == inodes - 1
-    assert dev.statistics()["fs"]["handles"] == 2
+    assert dev.statistics()["device"]["handles"] == 2
 
 
 def test_fuse_over_vhost_user(served, share):

@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--xattr", action="store_true",
                        help="serve extended attributes (off by default, as virtiofsd)")
     group.add_argument("--thread-pool-size", type=int, default=4, metavar="N",
-                       help="threads that run requests, so a slow file system call does not "
-                            "hold up the others (default 4)")
+                       help="threads that run the requests moving file data (READ, WRITE, "
+                            "FSYNC ...), so a slow one does not hold up the others (default 4; "
+                            "0: everything runs in the queue's own thread, virtiofsd's default)")
 
 
 def build_device(args: argparse.Namespace):
@@ -49,8 +50,8 @@ def build_device(args: argparse.Namespace):
         raise CliUsageError("--shared-dir=DIR is required")
     if not os.path.isdir(args.shared_dir):
         raise CliError(f"--shared-dir={args.shared_dir}: not a directory")
-    if not 1 <= args.thread_pool_size <= 256:
-        raise CliUsageError(f"--thread-pool-size={args.thread_pool_size}: must be 1..256")
+    if not 0 <= args.thread_pool_size <= 256:
+        raise CliUsageError(f"--thread-pool-size={args.thread_pool_size}: must be 0..256")
     if not 0 < len(args.tag.encode()) <= 36:
         raise CliUsageError(f"--tag={args.tag!r}: 1..36 bytes")
     os.umask(0)  # the guest's kernel applied the caller's umask (virtiofsd does the same)

@@ -217,8 +217,8 @@ class FsDevice(VirtioDevice):
 
     def statistics(self) -> dict:
         stats = super().statistics()
-        stats["fs"] = dict(self.stats, inodes=len(self.backend.inodes), handles=len(self.backend.handles),
-                           tag=self.tag, cache=self.server.cache, read_only=self.backend.read_only)
+        stats.setdefault("device", {}).update(inodes=len(self.backend.inodes),
+                                              handles=len(self.backend.handles))
         return stats
 
     def close(self) -> None:
