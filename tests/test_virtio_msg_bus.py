@@ -316,3 +316,37 @@ def test_a_driver_that_stops_reading_is_hung_up_on_and_the_others_are_served(ser
             client.close()
     finally:
         stuck.close()
+
+
+@pytest.mark.parametrize("after", [0, 1])
+def test_a_device_side_that_vanishes_mid_setup_leaves_the_driver_nothing(tmp_path, after):
+    """The device side hangs up before BUS_INFO is answered (0) or right after it (1, while the
+    driver shares its memory): connect fails with PeerDisconnected, nothing is left open."""
+    path = str(tmp_path / "vanish.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def device_side():
+        conn, _ = listener.accept()
+        chan = SocketChannel(conn)
+        for _ in range(after):
+            data, fds = chan.recv()
+            chan.send(encode(decode(data).reply(pack(S.BusInfo(1, 264, 0)))))
+        try:
+            _, fds = chan.recv()  # the next request arrives ... and the bus is gone
+            for fd in fds:
+                os.close(fd)
+        except PeerDisconnected:
+            pass
+        chan.close()
+
+    fds, threads = open_fds(), threading.active_count()
+    peer = threading.Thread(target=device_side)
+    peer.start()
+    with pytest.raises(PeerDisconnected):
+        BusClient.connect(path, memory_size=1 << 20)
+    peer.join(5)
+    listener.close()
+    assert until(lambda: threading.active_count() <= threads)
+    assert open_fds() <= fds, "the driver side left an fd open (socket or memfd)"
