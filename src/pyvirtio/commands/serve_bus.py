@@ -21,7 +21,7 @@ def register(sub) -> None:
                        description="Serve several pyvirtio devices on one virtio-msg bus on a UNIX "
                                    "socket; drivers enumerate the bus and claim devices.")
     p.add_argument("--socket-path", metavar="PATH", type=socket_path, help="listen on this UNIX socket")
-    p.add_argument("--socket-mode", type=lambda t: int(t, 8), default=0o600, metavar="MODE",
+    p.add_argument("--socket-mode", type=serve._octal_mode, default=0o600, metavar="MODE",
                    help="permissions of the socket, octal (default 0600)")
     p.add_argument("--fd", type=int, metavar="FDNUM", help="use this inherited listening socket")
     p.add_argument("--device", action="append", default=[], metavar="'TYPE FLAGS'",
