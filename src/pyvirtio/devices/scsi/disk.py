@@ -265,7 +265,10 @@ class DiskUnit(EmulatedUnit):
         ndob = sixteen and flags & sc.WRITE_SAME_NDOB
         block = bytes(self.block_size) if ndob else task.read_out(self.block_size)
         offset, length = lba * self.block_size, blocks * self.block_size
-        if flags & sc.WRITE_SAME_UNMAP and self.discard and not any(block):
+        if not any(block) and (self.discard or flags & sc.WRITE_SAME_UNMAP == 0):
+            # zeros: a hole reads back as zeros (LBPRZ), and costs nothing; Linux zeroes whole
+            # devices this way (REQ_OP_WRITE_ZEROES).  We report no mapping state (no GET LBA
+            # STATUS), so a guest cannot tell a hole from written zeros.
             self.medium.discard(offset, length)
         elif not any(block):
             write_zeroes(self.medium, offset, length)
