@@ -169,3 +169,39 @@ def test_abort_task_names_the_command_in_flight_and_it_completes_aborted(rig):
     assert drv.abort(second, 0, 0, timeout=5) == spec.ScsiResponse.FUNCTION_COMPLETE
     assert drv.wait(second, timeout=5).response == spec.ScsiResponse.ABORTED
     assert not first.pending.done
+
+
+@pytest.mark.parametrize("answers", [True, False])
+def test_a_timeout_aborts_the_command(rig, monkeypatch, answers):
+    """Past its timeout a command is aborted (ABORT TASK) and ScsiTimeout raised.  A device that
+    returns the command on the abort gets its buffers back at once; one that does not keeps
+    them until it completes the command, and the next wait frees them."""
+    import pyvirtio.drivers.scsi as scsi_driver
+    from pyvirtio.drivers.scsi import ScsiTimeout
+    monkeypatch.setattr(scsi_driver, "ABORT_TIMEOUT", 0.2)
+    dev, t, drv = rig
+    held = []
+    normal = dev.handlers[2]
+    dev.handlers[2] = dev.handlers[3] = lambda chain: held.append(chain)
+
+    def finish(chain, response):
+        queue = next(q for q, c in dev.chains if c is chain)
+        dev.complete(t.memory, queue, chain.head_index,
+                     chain.write(SCSI_RESP_CMD_HEAD.pack(0, 0, 0, 0, response), 0))
+
+    def tmf(chain):
+        if answers:
+            finish(held.pop(), spec.ScsiResponse.ABORTED)
+            return chain.write(bytes((spec.ScsiResponse.FUNCTION_COMPLETE,)), 0)
+        return chain.write(bytes((spec.ScsiResponse.FUNCTION_REJECTED,)), 0)
+    dev.handlers[0] = tmf
+    with pytest.raises(ScsiTimeout) as info:
+        drv.execute(0, 0, bytes(6), timeout=0.3)
+    want = spec.ScsiResponse.FUNCTION_COMPLETE if answers else spec.ScsiResponse.FUNCTION_REJECTED
+    assert info.value.tmf_response == want
+    assert drv.abandoned == (0 if answers else 1)
+    dev.handlers[2] = dev.handlers[3] = normal
+    if not answers:
+        finish(held.pop(), spec.ScsiResponse.OK)  # late
+    assert drv.execute(0, 0, bytes(6), timeout=5).ok
+    assert drv.abandoned == 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..driver import DriverQueue, Pending, VirtioDriver
-from ..errors import DeviceFault, RequestError, UsageError
+from ..errors import DeviceFault, RequestError, Scope, UsageError
 from ..spec import scsi as spec
 from ..spec.ids import DeviceType
 from ..spec.scsi import (SCSI_CTRL_AN, SCSI_CTRL_AN_RESP, SCSI_CTRL_TMF, SCSI_EVENT,
@@ -42,6 +42,8 @@ from .scsi_sense import Sense, SenseFormatError, parse_sense
 
 _F = ScsiFeature
 EVENT_BUFFERS = 8
+#: Seconds an ABORT TASK sent after a timeout, and the aborted command, may take.
+ABORT_TIMEOUT = 5.0
 
 
 def encode_lun(target: int, lun: int) -> bytes:
@@ -140,13 +142,26 @@ class ScsiEventInfo:
         return self.reason & 0xFF, (self.reason >> 8) & 0xFF
 
 
+class ScsiTimeout(DeviceFault):
+    """A command did not complete within its timeout; the driver sent ABORT TASK for it
+    (``tmf_response``: the device's answer, None if the TMF got none) and, if the command still
+    did not come back, keeps its buffers until it does."""
+
+    scope = Scope.REQUEST
+
+    def __init__(self, message: str, tmf_response: int | None):
+        self.tmf_response = tmf_response
+        super().__init__(message)
+
+
 class ScsiRequest:
     """A command in flight (from :meth:`ScsiDriver.submit`)."""
 
-    __slots__ = ("pending", "queue", "data_in_len", "tag")
+    __slots__ = ("pending", "queue", "data_in_len", "tag", "target", "lun")
 
-    def __init__(self, pending: Pending, queue: DriverQueue, data_in_len: int, tag: int):
+    def __init__(self, pending: Pending, queue: DriverQueue, data_in_len: int, tag: int, target: int, lun: int):
         self.pending, self.queue, self.data_in_len, self.tag = pending, queue, data_in_len, tag
+        self.target, self.lun = target, lun
 
 
 class ScsiDriver(VirtioDriver):
@@ -167,6 +182,7 @@ class ScsiDriver(VirtioDriver):
         self._rr = 0
         self._tags = itertools.count(1)
         self.request_queues: list[DriverQueue] = []
+        self._abandoned: list[ScsiRequest] = []
 
     # --- setup (3.1.1 step 7) -------------------------------------------------------------------
 
@@ -190,6 +206,10 @@ class ScsiDriver(VirtioDriver):
     def _initialise(self) -> None:
         super()._initialise()
         self.eventq.kick()  # after DRIVER_OK: the buffers are the device's from now on
+
+    def remove(self) -> None:
+        self._abandoned.clear()  # the reset returns every buffer; closing the queues frees them
+        super().remove()
 
     def refresh_config(self) -> dict:
         """Read the configuration space again (5.6.4); returns it as a dict."""
@@ -231,20 +251,52 @@ class ScsiDriver(VirtioDriver):
         resp = spec.SCSI_RESP_CMD_HEAD_SIZE + self.sense_size
         q = self._queue(queue)
         pending = q.submit(out, [resp, data_in_len] if data_in_len else [resp], kick=kick)
-        return ScsiRequest(pending, q, data_in_len, tag)
+        return ScsiRequest(pending, q, data_in_len, tag, target, lun)
 
     def wait(self, request: ScsiRequest, timeout: float | None = 30.0) -> ScsiResult:
         """Wait for a command; returns its result (a failed command is a result, not an error;
         :meth:`ScsiResult.check` raises).  A device that writes less than the response head is
-        a :class:`~pyvirtio.errors.DeviceFault`."""
+        a :class:`~pyvirtio.errors.DeviceFault`.  Past ``timeout`` the command is aborted (ABORT
+        TASK, as Linux's error handler starts) and :class:`ScsiTimeout` raised."""
         q, pending = request.queue, request.pending
         try:
-            q.wait(pending, timeout)
+            try:
+                q.wait(pending, timeout)
+            except DeviceFault:
+                if pending.done or q.vq.broken:
+                    raise
+                self._timed_out(request, timeout)
             return self._result(request)
         finally:
             if pending.done:
                 q.release(pending)
+            self._release_abandoned()
             self.poll_events()
+
+    def _timed_out(self, request: ScsiRequest, timeout: float | None) -> None:
+        try:
+            response: int | None = self.abort(request, request.target, request.lun, ABORT_TIMEOUT)
+        except DeviceFault:
+            response = None
+        try:
+            request.queue.wait(request.pending, ABORT_TIMEOUT)
+        except DeviceFault:
+            self._abandoned.append(request)  # its buffers stay the device's until it returns them
+        raise ScsiTimeout(f"SCSI command {request.tag} to {request.target}:{request.lun} not completed "
+                          f"within {timeout}s; ABORT TASK answered "
+                          f"{'nothing' if response is None else _name(ScsiResponse, response)}", response)
+
+    def _release_abandoned(self) -> None:
+        for request in list(self._abandoned):
+            request.queue.poll()
+            if request.pending.done:
+                request.queue.release(request.pending)
+                self._abandoned.remove(request)
+
+    @property
+    def abandoned(self) -> int:
+        """Commands given up after a timeout whose buffers the device still holds."""
+        return len(self._abandoned)
 
     def _result(self, request: ScsiRequest) -> ScsiResult:
         q, pending = request.queue, request.pending
