@@ -154,3 +154,14 @@ def test_hotplug_unplug_param_change_and_media_change_events(rig):
     assert (removed.target, removed.lun) == (3, 0)
     assert drv.execute(3, 0, bytes(6)).response == ScsiResponse.BAD_TARGET
     assert [e.event for e in seen] == [1, 3, 2, 1] and drv.events_missed == 0
+
+
+def test_scan_finds_every_lun_of_every_target(tmp_path):
+    device = make_device()
+    device.add_unit(0, 2, DiskUnit(MemoryMedium(65536), serial="LUN2"))
+    device.add_unit(5, 0, CdromUnit(None))
+    with loopback(device, tmp_path) as t:
+        drv = ScsiDriver.probe(t)
+        found = [(t_, lun, inq.device_type) for t_, lun, inq in drv.scan(range(8))]
+        drv.remove()
+    assert found == [(0, 0, 0), (0, 2, 0), (1, 0, 5), (5, 0, 5)]

@@ -233,3 +233,20 @@ def test_hotplug_unplug_and_resize_events(media, tmp_path):
 def test_lun_field_encoding():
     assert encode_lun(3, 0) == bytes((1, 3, 0x40, 0, 0, 0, 0, 0))
     assert encode_lun(0, 0x1234) == bytes((1, 0, 0x52, 0x34, 0, 0, 0, 0))
+
+
+def test_scan_and_qtest_probe_find_the_units(media, capsys):
+    import argparse
+    import json
+    from pyvirtio.commands import qtest_probe
+    disk, _, iso = media
+    with qemu_scsi(scsi_args(disk, iso.path)) as drv:
+        units = [(t, lun, inq.device_type, inq.product) for t, lun, inq in drv.scan(range(4))]
+    assert units == [(0, 0, 0, "QEMU HARDDISK"), (1, 0, 5, "QEMU CD-ROM")]
+    parser = argparse.ArgumentParser()
+    qtest_probe.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["qtest-probe", "--json", "--", *scsi_args(disk, iso.path)])
+    assert qtest_probe.run(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)["devices"]
+    assert (row["type"], row["driver"]) == ("scsi", "ScsiDriver")
+    assert row["smoke"] == "2 unit(s) on targets 0-7: 0:0 QEMU HARDDISK, 1:0 QEMU CD-ROM"

@@ -69,12 +69,19 @@ def smoke_console(driver) -> str:
     return f"{len(ports)} port(s): {names or '-'}"
 
 
+def smoke_scsi(driver) -> str:
+    units = driver.scan(range(8))
+    names = ", ".join(f"{t}:{lun} {inq.product or inq.vendor}" for t, lun, inq in units)
+    return f"{len(units)} unit(s) on targets 0-7: {names or '-'}"
+
+
 #: Device type -> one operation that proves the driver works against the device.
 SMOKE_TESTS: dict[int, Callable] = {
     DeviceType.ENTROPY: smoke_rng,
     DeviceType.BLOCK: smoke_blk,
     DeviceType.NET: smoke_net,
     DeviceType.CONSOLE: smoke_console,
+    DeviceType.SCSI: smoke_scsi,
 }
 
 

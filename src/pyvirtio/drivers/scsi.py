@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..driver import DriverQueue, Pending, VirtioDriver
 from ..errors import DeviceFault, RequestError, Scope, UsageError
@@ -37,8 +37,11 @@ from ..spec.ids import DeviceType
 from ..spec.scsi import (SCSI_CTRL_AN, SCSI_CTRL_AN_RESP, SCSI_CTRL_TMF, SCSI_EVENT,
                          SCSI_REQ_CMD_HEAD, SCSI_RESP_CMD_HEAD, ScsiCtrlType, ScsiEventType,
                          ScsiFeature, ScsiResetReason, ScsiResponse, ScsiTmf)
-from ..spec.scsi_cmd import LUN_ADDRESS_METHOD_FLAT, LUN_FLAT_MAX, Status
+from ..spec.scsi_cmd import LUN_ADDRESS_METHOD_FLAT, LUN_FLAT_MAX, Opcode, PeripheralDeviceType, Status
 from .scsi_sense import Sense, SenseFormatError, parse_sense
+
+if TYPE_CHECKING:
+    from .scsi_sg import InquiryData
 
 _F = ScsiFeature
 EVENT_BUFFERS = 8
@@ -324,6 +327,27 @@ class ScsiDriver(VirtioDriver):
         """A :class:`~pyvirtio.drivers.scsi_sg.ScsiLun` handle with the common commands."""
         from .scsi_sg import ScsiLun
         return ScsiLun(self, target, lun)
+
+    def scan(self, targets=range(8)) -> list[tuple[int, int, "InquiryData"]]:
+        """Find the logical units on ``targets`` as a host's scan does: INQUIRY LUN 0 of each
+        target (BAD_TARGET: none there), REPORT LUNS for the others, INQUIRY each; units whose
+        peripheral qualifier says "not connected/capable" are left out.  Returns (target, lun,
+        standard INQUIRY data) in order."""
+        from .scsi_sg import InquiryData
+        found = []
+        for target in targets:
+            probe = self.execute(target, 0, bytes((Opcode.INQUIRY, 0, 0, 0, 96, 0)), data_in_len=96)
+            if probe.response != ScsiResponse.OK:
+                continue
+            try:
+                luns = self.lun(target, 0).report_luns()
+            except ScsiCommandError:
+                luns = [0]
+            for lun in sorted(set(luns) | {0}):
+                inquiry = InquiryData.parse(probe.data) if lun == 0 else self.lun(target, lun).inquiry()
+                if inquiry.peripheral_qualifier == 0 and inquiry.device_type != PeripheralDeviceType.UNKNOWN_OR_NO_DEVICE:
+                    found.append((target, lun, inquiry))
+        return found
 
     def _queue(self, queue: int | None) -> DriverQueue:
         if queue is None:
