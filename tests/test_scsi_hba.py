@@ -246,6 +246,11 @@ def test_param_change_event(hba):
     drv.queues[1].wait(pending, 5)
     event = spec.ScsiEvent(*spec.SCSI_EVENT.unpack(drv.queues[1].read_in(pending)))
     assert (event.event, event.reason) == (spec.ScsiEventType.PARAM_CHANGE, 0x2A | (0x09 << 8))
+    pending = drv.queues[1].submit([], [16])
+    dev.eject()  # a host medium change: PARAM_CHANGE 28h/00h for the CD-ROM
+    drv.queues[1].wait(pending, 5)
+    event = spec.ScsiEvent(*spec.SCSI_EVENT.unpack(drv.queues[1].read_in(pending)))
+    assert event == (spec.ScsiEventType.PARAM_CHANGE, L(2), 0x28)
 
 
 def test_host_errors_are_typed():

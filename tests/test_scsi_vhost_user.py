@@ -125,13 +125,16 @@ def test_serve_scsi_with_ctl_eject_insert_and_hotplug(tmp_path):
             assert cd.read_capacity10().blocks == 4
             assert cd.read10(0, 1) == b"\x02" * 2048
             assert proc.ctl("scsi", "attach", "disk", f"{hot},ro")["result"] == {"unit": "2:0"}
-            event = drv.wait_event(timeout=10)
+            for _ in ("eject", "insert"):  # each a PARAM_CHANGE, medium may have changed
+                change = drv.wait_event(lambda e: e.event == 3, timeout=10)
+                assert (change.target, change.lun, change.asc_ascq) == (1, 0, (0x28, 0))
+            event = drv.wait_event(lambda e: e.event == 1, timeout=10)
             assert event.hotplugged and (event.target, event.lun) == (2, 0)
             new = drv.lun(2, 0)
             _clear_attention(new)
             assert new.read(0, 1) == b"\x03" * 512
             assert proc.ctl("scsi", "detach", "2:0")["result"] == {"unit": "2:0"}
-            assert drv.wait_event(timeout=10).unplugged
+            assert drv.wait_event(lambda e: e.event == 1, timeout=10).unplugged
             assert proc.ctl("scsi", "detach", "2:0", check=False).returncode == 1
             assert proc.ctl("insert", str(tmp_path / "missing.iso"), check=False).returncode == 1
         finally:

@@ -20,7 +20,9 @@ an ASYNC_NOTIFY event.
 
 eventq (5.6.6.3): with VIRTIO_SCSI_F_HOTPLUG, :meth:`ScsiDevice.attach` and :meth:`detach`
 send TRANSPORT_RESET with reason RESCAN / REMOVED (Linux adds or removes the SCSI device); with
-VIRTIO_SCSI_F_CHANGE, :meth:`ScsiDevice.param_change` sends PARAM_CHANGE.  Events wait in a
+VIRTIO_SCSI_F_CHANGE, :meth:`ScsiDevice.param_change` sends PARAM_CHANGE, and so does a host
+eject or insert (28h/00h; Linux acts only on 2Ah, the CD-ROM's own unit attention and media
+event are what its sr driver sees).  Events wait in a
 bounded queue for the driver's buffers; past :data:`MAX_PENDING_EVENTS` the oldest is dropped
 and the next one delivered carries VIRTIO_SCSI_T_EVENTS_MISSED.  T10 PI is not offered.
 """
@@ -152,6 +154,7 @@ class ScsiDevice(VirtioDevice):
             old = unit.eject(force=force)
             if old is not None:
                 old.close()
+            self._medium_param_change(address)
             return address
         return self.run_on_worker(run)
 
@@ -163,6 +166,7 @@ class ScsiDevice(VirtioDevice):
             old = unit.insert(medium)
             if old is not None:
                 old.close()
+            self._medium_param_change(address)
             return address
         return self.run_on_worker(run)
 
@@ -198,6 +202,13 @@ class ScsiDevice(VirtioDevice):
         for n, other in (tgt.units.items() if tgt is not None else ()):
             if n != lun:
                 other.add_unit_attention(sc.AdditionalSense.REPORTED_LUNS_DATA_HAS_CHANGED)
+
+    def _medium_param_change(self, address: tuple[int, int]) -> None:
+        """A host medium change, with VIRTIO_SCSI_F_CHANGE: PARAM_CHANGE with NOT READY TO READY
+        CHANGE, MEDIUM MAY HAVE CHANGED (28h/00h) — the unit attention is the unit's own."""
+        if self.has_feature(spec.ScsiFeature.CHANGE):
+            code = sc.AdditionalSense.NOT_READY_TO_READY_CHANGE_MEDIUM_MAY_HAVE_CHANGED
+            self.queue_event(_E.PARAM_CHANGE, address[0], address[1], (code >> 8) | ((code & 0xFF) << 8))
 
     def _media_changed(self, target: int, lun: int) -> None:
         if self._subscriptions.get((target, lun), 0) & spec.ScsiAsyncEvent.MEDIA_CHANGE:
