@@ -51,7 +51,9 @@ def test_a_blocked_read_does_not_hold_up_other_requests(running):
     gate, entered = threading.Event(), threading.Event()
     real_read = dev.backend.read
 
-    def slow_read(*args):
+    def slow_read(*args, nowait=False):
+        if nowait:  # as if the data were not in the page cache
+            raise BlockingIOError
         entered.set()
         assert gate.wait(30)
         return real_read(*args)
@@ -85,6 +87,14 @@ def test_many_reads_in_flight_complete(running, tmp_path):
         drv.requestq.release(p)
         assert hdr.error == 0 and payload == data[off:off + chunk]
     assert dev.quiesce(None) is True
+
+
+def test_a_small_cached_read_is_served_inline(running, tmp_path):
+    dev, drv = running
+    head, _ = entry(drv.fuse(request(O.LOOKUP, 1, name("f"))))
+    fh = F.FUSE_OPEN_OUT.unpack(drv.fuse(request(O.OPEN, head.nodeid, F.FUSE_OPEN_IN.pack(0, 0))))[0]
+    assert drv.fuse(request(O.READ, head.nodeid, read_in(fh, 0, 100))) == b"0123456789"
+    assert dev._pool is None  # written just now: in the page cache, no pool round trip
 
 
 def test_no_pool_runs_everything_inline(tmp_path):

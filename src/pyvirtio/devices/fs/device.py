@@ -54,6 +54,10 @@ DEFAULT_THREADS = 4
 POOL_OPCODES = frozenset({F.FuseOpcode.READ, F.FuseOpcode.WRITE, F.FuseOpcode.FSYNC,
                           F.FuseOpcode.FSYNCDIR, F.FuseOpcode.FALLOCATE,
                           F.FuseOpcode.COPY_FILE_RANGE, F.FuseOpcode.LSEEK})
+#: READs up to this size are first tried inline from the page cache (RWF_NOWAIT); larger ones,
+#: and those the cache cannot serve, go to the pool (blk_io.OFFLOAD_BYTES: a large copy is
+#: better done beside the worker).
+NOWAIT_READ_MAX = 128 << 10
 #: The most of one request copied out of guest memory: a WRITE of max_write bytes with its
 #: headers, or a SETXATTR with a 64 KiB value and its name; a longer ``len`` is refused (EINVAL).
 MAX_REQUEST = MAX_WRITE + (128 << 10)
@@ -102,8 +106,14 @@ class FsDevice(VirtioDevice):
         data = self._request_bytes(queue_index, chain)
         if data is None:
             return 0
-        if queue_index == spec.HIPRIOQ or not self.threads or _opcode(data) not in POOL_OPCODES:
+        opcode = _opcode(data)
+        if queue_index == spec.HIPRIOQ or not self.threads or opcode not in POOL_OPCODES:
             return self._write_reply(queue_index, chain, self._run(data, chain.writable_len))
+        if opcode == F.FuseOpcode.READ and chain.writable_len <= NOWAIT_READ_MAX:
+            try:  # data in the page cache: at once, no pool round trip (as blk's small reads)
+                return self._write_reply(queue_index, chain, self._run(data, chain.writable_len, nowait=True))
+            except BlockingIOError:
+                pass
         future = self._executor().submit(self._run, data, chain.writable_len)
         with self._lock:
             self._inflight.setdefault(queue_index, set()).add(future)
@@ -122,10 +132,16 @@ class FsDevice(VirtioDevice):
             length = F.FUSE_IN_HEADER_SIZE  # the server sees len past the bytes: EINVAL
         return chain.read(0, min(max(length, F.FUSE_IN_HEADER_SIZE), chain.readable_len))
 
-    def _run(self, data: bytes, out_size: int) -> list | None:
-        """One request through the FUSE server (a pool thread, or inline for hiprio)."""
+    def _run(self, data: bytes, out_size: int, nowait: bool = False) -> list | None:
+        """One request through the FUSE server (a pool thread, or inline); with ``nowait`` a
+        READ that would wait for a disk raises BlockingIOError."""
         try:
-            reply = self.server.handle(data, out_size)
+            reply = self.server.handle(data, out_size, nowait=nowait)
+        except BlockingIOError:
+            if nowait:
+                raise
+            log.exception("virtio-fs: request failed")
+            return None
         except FuseProtocolError as exc:
             self.guest_log.warning("virtio-fs: %s", exc)
             return None

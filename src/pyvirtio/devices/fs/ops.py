@@ -226,10 +226,10 @@ def op_create(srv, hdr, args: Args, out_size):
     return reply_ok(hdr.unique, pack_entry(srv, entry), F.FUSE_OPEN_OUT.pack(fh, _open_flags(srv, False), 0))
 
 
-def op_read(srv, hdr, args: Args, out_size):
+def op_read(srv, hdr, args: Args, out_size, *, nowait: bool = False):
     arg = F.FuseReadIn._make(args.struct(F.FUSE_READ_IN))
     size = min(arg.size, MAX_READ, max(out_size - F.FUSE_OUT_HEADER_SIZE, 0))
-    return reply_ok(hdr.unique, srv.backend.read(arg.fh, arg.offset, size))
+    return reply_ok(hdr.unique, srv.backend.read(arg.fh, arg.offset, size, nowait=nowait))
 
 
 def op_write(srv, hdr, args: Args, out_size):

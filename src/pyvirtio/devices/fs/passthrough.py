@@ -32,6 +32,7 @@ from .inodes import Handle, HandleTable, Inode, InodeTable
 from .wire import FuseError
 
 _PROC_FD = "/proc/self/fd/{}"
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 #: open(2) flags a guest's OPEN may not pass through (the kernel strips the first three itself).
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | getattr(os, "O_DIRECT", 0)
 _WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
@@ -349,10 +350,22 @@ class PassthroughFs:
 
     # --- I/O on handles -----------------------------------------------------------------------
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
-        """READ: at most ``size`` bytes at ``offset`` (fewer at the end of the file)."""
+    def read(self, fh: int, offset: int, size: int, *, nowait: bool = False) -> bytes:
+        """READ: at most ``size`` bytes at ``offset`` (fewer at the end of the file).  With
+        ``nowait`` only from the page cache: BlockingIOError if the read would wait for a disk
+        (``RWF_NOWAIT``) or the cache holds only part of it before the end of the file."""
         with self.handles.use(fh) as handle:
-            return os.pread(handle.fd, size, offset)
+            if not nowait:
+                return os.pread(handle.fd, size, offset)
+            buf = bytearray(size)
+            try:
+                n = os.preadv(handle.fd, [buf], offset, _RWF_NOWAIT) if _RWF_NOWAIT else -1
+            except OSError as exc:  # EAGAIN, or no RWF_NOWAIT on this file system
+                raise BlockingIOError(errno.EAGAIN, "not in the page cache") from exc
+            if n < 0 or (n < size and offset + n < os.fstat(handle.fd).st_size):
+                raise BlockingIOError(errno.EAGAIN, "only partly in the page cache")
+            del buf[n:]
+            return bytes(buf)
 
     def write(self, fh: int, offset: int, data: memoryview) -> int:
         """WRITE: the bytes written."""

@@ -74,19 +74,22 @@ class FuseServer:
 
     # --- one request ------------------------------------------------------------------------------
 
-    def handle(self, data: bytes | bytearray | memoryview, out_size: int) -> Reply | None:
+    def handle(self, data: bytes | bytearray | memoryview, out_size: int, *,
+               nowait: bool = False) -> Reply | None:
         """The reply to one request (``None``: no reply).  Raises FuseProtocolError only when
-        the request is shorter than a fuse_in_header (nothing to answer)."""
+        the request is shorter than a fuse_in_header (nothing to answer).  ``nowait``: a READ
+        is served only from the page cache, else BlockingIOError is raised (the caller then
+        runs the request where it may block)."""
         try:
             request = parse_request(data)
         except FuseError as exc:
             unique = F.FUSE_IN_HEADER.unpack_from(bytes(data[:F.FUSE_IN_HEADER_SIZE]))[2]
             return self._fit(reply_error(unique, exc.errno), out_size)
         hdr = request.header
-        reply = self._dispatch(hdr, Args(request.body), out_size)
+        reply = self._dispatch(hdr, Args(request.body), out_size, nowait)
         return None if reply is None else self._fit(reply, out_size, hdr.unique)
 
-    def _dispatch(self, hdr: F.FuseInHeader, args: Args, out_size: int) -> Reply | None:
+    def _dispatch(self, hdr: F.FuseInHeader, args: Args, out_size: int, nowait: bool = False) -> Reply | None:
         op = hdr.opcode
         if op == F.FuseOpcode.INIT:
             return self._init(hdr, args)
@@ -96,7 +99,13 @@ class FuseServer:
         if handler is None:
             return reply_error(hdr.unique, errno.ENOSYS)
         try:
+            if nowait and op == F.FuseOpcode.READ:
+                return handler(self, hdr, args, out_size, nowait=True)
             return handler(self, hdr, args, out_size)
+        except BlockingIOError:
+            if nowait:
+                raise
+            return reply_error(hdr.unique, errno.EAGAIN)
         except FuseError as exc:
             return reply_error(hdr.unique, exc.errno)
         except OSError as exc:
