@@ -55,6 +55,8 @@ echo "cap_block_len=$(sed -n 's/^ *Logical block length=\([0-9]*\).*/\1/p' /tmp/
 sg_vpd -p sn /dev/sda > /tmp/vpd 2>&1; echo "sg_vpd_rc=$?"
 echo "vpd_serial=$(sed -n 's/^ *Unit serial number: *//p' /tmp/vpd)"
 sg_vpd -p sv /dev/sda > /tmp/pages 2>&1
+sg_vpd -p di /dev/sda > /tmp/di 2>&1; echo "sg_vpd_di_rc=$?"
+echo "vpd_di_vendor=$(sed -n 's/^ *vendor id: *//p' /tmp/di | head -1)"
 echo "vpd_pages=$(grep -c '\[' /tmp/pages)"
 sg_inq /dev/sr0 > /tmp/inqcd 2>&1
 echo "cd_pdt=$(sed -n 's/.*Peripheral device type: *//p' /tmp/inqcd)"
@@ -133,6 +135,9 @@ def check_guest_values(v: dict, iso, new_iso_sha: str, disk_size: int = DISK_SIZ
     assert v["inq_serial"] == v["vpd_serial"] == serial
     assert (v["cap_blocks"], v["cap_block_len"]) == (str(disk_size // 512), "512")
     assert int(v["vpd_pages"]) >= 3
+    assert v["sg_vpd_di_rc"] == "0"
+    if vendor:
+        assert v["vpd_di_vendor"] == vendor  # the T10 vendor ID designator of page 0x83
     assert v["cd_pdt"].startswith("cd/dvd") and v["cd_rmb"] == "1"
     assert (v["mkfs_rc"], v["mount_rc"], v["remount_rc"], v["fs_same"], v["fs_files"], v["fsck_rc"]) == \
         ("0", "0", "0", "0", "6", "0")
