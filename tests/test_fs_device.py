@@ -111,3 +111,22 @@ def test_no_pool_runs_everything_inline(tmp_path):
     finally:
         t.close()
         dev.close()
+
+
+def test_passes_the_device_conformance_checks(tmp_path):
+    from pyvirtio.conformance.device_model import CHECKS, check_device
+    assert len(check_device(lambda: FsDevice(str(tmp_path)))) == len(CHECKS)
+
+
+def test_serve_fs_passes_the_vhost_user_checks(tmp_path):
+    from pyvirtio.conformance.vhost_user import Status, run_checks
+    from pyvirtio.testing.serve import ServeProcess
+    sock = str(tmp_path / "fs.sock")
+    daemon = ServeProcess(tmp_path, "fs", ["fs", f"--socket-path={sock}", f"--shared-dir={tmp_path}"], [sock])
+    try:
+        ctx, results = run_checks(sock, timeout=10.0)
+    finally:
+        assert daemon.stop() == 0
+    bad = [r.line() for r in results if r.status in (Status.FAIL, Status.ERROR)]
+    assert not bad, "\n".join(bad)
+    assert sum(r.status is Status.PASS for r in results) >= 20  # the ring checks need blk/rng requests
