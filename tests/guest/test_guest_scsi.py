@@ -126,7 +126,9 @@ def needs():
 def check_guest_values(v: dict, iso, new_iso_sha: str, disk_size: int = DISK_SIZE,
                        hotplug_size: int = HOTPLUG_SIZE, serial: str = SERIAL, vendor: str = "",
                        product: str = "") -> None:
-    """Every assertion on what the guest printed (shared with the QEMU-reference run)."""
+    """Every assertion on what the guest printed.  (Run by hand on QEMU's own virtio-scsi-pci,
+    scsi-hd and scsi-cd, with QMP eject / blockdev-change-medium / device_add, the script passes
+    these too, but for page 0x83: QEMU's has no T10 vendor ID designator.)"""
     assert v["sda_sectors"] == str(disk_size // 512)
     assert v["sr0_type"] == "5"
     assert v["sg_inq_rc"] == v["sg_readcap_rc"] == v["sg_vpd_rc"] == "0"
