@@ -104,10 +104,19 @@ class PassthroughFs:
                 name = b"."  # do not allow escaping the root directory
             return self._lookup_at(dir_, name)
 
-    def _lookup_at(self, dir_: Inode, name: bytes) -> Entry:
+    def _lookup_at(self, dir_: Inode, name: bytes, owner: Caller | None = None) -> Entry:
+        """Open ``name`` O_PATH and count a lookup.  ``owner``: chown the new file to the
+        caller first.  Whatever is done to the descriptor is done before it is in the table
+        (once there, a racing FORGET may close it)."""
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_.fd)
         try:
             st = os.stat(fd)
+            if owner is not None and (owner.uid, owner.gid) != (st.st_uid, st.st_gid):
+                try:
+                    sysc.fchown_empty(fd, owner.uid, owner.gid)
+                    st = os.stat(fd)
+                except OSError:
+                    pass  # keep what the host allows
         except OSError:
             os.close(fd)
             raise
@@ -118,14 +127,7 @@ class PassthroughFs:
         self.inodes.forget(nodeid, nlookup)
 
     def _created(self, dir_: Inode, name: bytes, caller: Caller) -> Entry:
-        entry = self._lookup_at(dir_, name)
-        if self._chown and (caller.uid, caller.gid) != (entry.st.st_uid, entry.st.st_gid):
-            try:
-                sysc.fchown_empty(entry.inode.fd, caller.uid, caller.gid)
-                entry = Entry(entry.inode, os.stat(entry.inode.fd))
-            except OSError:
-                pass  # keep what the host allows
-        return entry
+        return self._lookup_at(dir_, name, caller if self._chown else None)
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Entry:
         """MKNOD (regular files, fifos, sockets, device nodes as virtiofsd allows them)."""
@@ -334,7 +336,8 @@ class PassthroughFs:
                 raise
         try:
             if fd < 0:
-                fd = self._reopen(entry.inode, flags)
+                with self.inodes.use(entry.inode.nodeid) as inode:  # a FORGET may race us
+                    fd = self._reopen(inode, flags)
             return entry, self.handles.add(fd, entry.inode.nodeid, is_dir=False)
         except BaseException:
             self.inodes.forget(entry.inode.nodeid, 1)
