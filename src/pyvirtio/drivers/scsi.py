@@ -20,7 +20,12 @@ callback as :class:`ScsiEventInfo`; the buffer goes back on the queue at once.
 Requests are laid out as Linux lays them out: device-readable ``virtio_scsi_req_cmd`` head and
 the CDB padded to ``cdb_size``, then data-out; device-writable ``virtio_scsi_resp_cmd`` head and
 ``sense_size`` sense bytes, then data-in (5.6.6.1).  Bidirectional commands need
-VIRTIO_SCSI_F_INOUT.  T10 PI is never negotiated.
+VIRTIO_SCSI_F_INOUT.  T10 PI is never negotiated.  A command past its timeout is aborted (ABORT
+TASK) and raises :class:`ScsiTimeout`.  QEMU 7.2's device counts data-out bytes in the used
+length, so the request queues take an over-long used length as "all writable bytes"
+(``clamp_used_len``); the data length comes from the residual.
+
+The driver keeps no lock: one thread at a time calls it.
 """
 
 from __future__ import annotations
