@@ -196,7 +196,7 @@ def main(argv=None) -> int:
             for backend, tag, slot in SHARES:
                 qemu_args += ["-chardev", f"socket,id={tag},path={sock[tag]}",
                               "-device", f"vhost-user-fs-pci,chardev={tag},tag={tag},addr={slot}"]
-            budget = args.rounds * (3 * 2 * (args.runtime + 3) + 6 * args.files / 500) + 120
+            budget = args.rounds * (6 * (args.runtime + 8) + 6 * args.files / 150) + 180
             print(f"booting; {args.rounds} rounds of {len(TESTS)} tests on 2 shares (at most {budget:.0f} s)",
                   file=sys.stderr)
             t0 = time.monotonic()
