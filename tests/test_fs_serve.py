@@ -35,6 +35,7 @@ def test_print_capabilities():
     (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--cache=sometimes"], 2, "invalid choice"),
     (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--tag=" + "t" * 37], 2, "1..36 bytes"),
     (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--thread-pool-size=-1"], 2, "0..256"),
+    (["--socket-path=/tmp/x.sock", "--shared-dir=/tmp", "--num-request-queues=0"], 2, "1..64"),
 ])
 def test_refusals(args, code, words):
     out = _run(*args)

@@ -64,6 +64,7 @@ def device_args(device_type: int, socket_path: str, *, queues: int = 1, fs_tag: 
         device += f",chardev={chardev},num-queues={queues}"
     elif device_type == DeviceType.FS:  # the guest mounts by this tag: mount -t virtiofs TAG
         device += f",chardev={chardev},tag={_qemu_value(fs_tag or 'share')}"
+        device += f",num-request-queues={queues}" if queues > 1 else ""
     else:
         device += f",chardev={chardev}"
     return args + ["-device", device]

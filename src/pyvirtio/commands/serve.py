@@ -391,5 +391,6 @@ def _fault_rules(args) -> list:
 def _qemu_banner(args, socket_path) -> list[str]:
     from .qemu_args import serve_banner
     dtype = _device_type(args.backend)
-    queues = getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None) or 1
+    queues = (getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None)
+              or getattr(args, "num_request_queues", None) or 1)
     return serve_banner(dtype, socket_path, queues=queues, tag=getattr(args, "tag", None))

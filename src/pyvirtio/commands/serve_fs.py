@@ -2,6 +2,7 @@
 
     pyvirtio serve fs --socket-path=PATH --shared-dir=DIR [--tag=NAME]
                       [--cache=auto|always|never] [--read-only] [--xattr] [--thread-pool-size=N]
+                      [--num-request-queues=N]
 
 The conventions are virtiofsd's (QEMU's tools/virtiofsd and the Rust virtiofsd): the shared
 directory is the guest's root of the mount; ``--cache`` sets how long the guest may cache names
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
     group.add_argument("--xattr", action="store_true",
                        help="serve extended attributes (off by default, as virtiofsd)")
+    group.add_argument("--num-request-queues", type=int, default=1, metavar="N",
+                       help="request queues besides hiprio (default 1; QEMU's "
+                            "vhost-user-fs-pci,num-request-queues= must not exceed it)")
     group.add_argument("--thread-pool-size", type=int, default=4, metavar="N",
                        help="threads that run the requests moving file data (READ, WRITE, "
                             "FSYNC ...), so a slow one does not hold up the others (default 4; "
@@ -52,13 +56,16 @@ def build_device(args: argparse.Namespace):
         raise CliError(f"--shared-dir={args.shared_dir}: not a directory")
     if not 0 <= args.thread_pool_size <= 256:
         raise CliUsageError(f"--thread-pool-size={args.thread_pool_size}: must be 0..256")
+    if not 1 <= args.num_request_queues <= 64:
+        raise CliUsageError(f"--num-request-queues={args.num_request_queues}: must be 1..64")
     if not 0 < len(args.tag.encode()) <= 36:
         raise CliUsageError(f"--tag={args.tag!r}: 1..36 bytes")
     os.umask(0)  # the guest's kernel applied the caller's umask (virtiofsd does the same)
     _raise_nofile()
     try:
         return FsDevice(args.shared_dir, tag=args.tag, cache=_cache(args.cache),
-                        read_only=args.read_only, xattr=args.xattr, threads=args.thread_pool_size)
+                        read_only=args.read_only, xattr=args.xattr, threads=args.thread_pool_size,
+                        num_request_queues=args.num_request_queues)
     except OSError as exc:
         raise CliError(f"--shared-dir={args.shared_dir}: {exc.strerror or exc}") from None
 
