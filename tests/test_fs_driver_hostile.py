@@ -39,6 +39,7 @@ class GarbageFsDevice(VirtioDevice):
         self.init_reply = init_reply
         self.answer = self.good
         self.seen: list[F.FuseInHeader] = []
+        self.sizes: list[tuple[int, int, int]] = []  # (opcode, readable, writable) per chain
 
     def config_bytes(self) -> bytes:
         return FS_CONFIG.pack(b"evil", 1, 0)
@@ -46,6 +47,7 @@ class GarbageFsDevice(VirtioDevice):
     def handle_chain(self, queue_index: int, chain) -> int | None:
         header = F.FuseInHeader._make(F.FUSE_IN_HEADER.unpack(chain.read(0, F.FUSE_IN_HEADER_SIZE)))
         self.seen.append(header)
+        self.sizes.append((header.opcode, chain.readable_len, chain.writable_len))
         if queue_index == 0:  # hiprio: FORGETs, no reply
             return 0
         if header.opcode == Op.INIT:
@@ -233,3 +235,53 @@ def test_a_read_failing_midway_frees_every_buffer(evil):
     assert fs.transport.allocator.free_bytes == free
     device.answer = device.good
     assert fs.getattr(1).size == 0  # still served
+
+
+def test_every_request_has_fuse_h_sizes(evil):
+    """Each call's chain: in-header ``len`` equals every device-readable byte, the fixed part
+    after the header is its fuse.h struct, and the writable room is the out header plus the
+    reply struct the opcode has (none for FORGET)."""
+    fs, device = evil
+    calls = [
+        (lambda: fs.getattr(5), Op.GETATTR, 16, F.FUSE_ATTR_OUT_SIZE),
+        (lambda: fs.setattr(5, size=3), Op.SETATTR, F.FUSE_SETATTR_IN_SIZE, F.FUSE_ATTR_OUT_SIZE),
+        (lambda: fs.mkdir(1, "dd"), Op.MKDIR, 8 + 3, F.FUSE_ENTRY_OUT_SIZE),
+        (lambda: fs.mknod(1, "n", 0o10644), Op.MKNOD, 16 + 2, F.FUSE_ENTRY_OUT_SIZE),
+        (lambda: fs.symlink(1, "s", "tgt"), Op.SYMLINK, 2 + 4, F.FUSE_ENTRY_OUT_SIZE),
+        (lambda: fs.link(5, 1, "l"), Op.LINK, 8 + 2, F.FUSE_ENTRY_OUT_SIZE),
+        (lambda: fs.unlink(1, "u"), Op.UNLINK, 2, 0),
+        (lambda: fs.rmdir(1, "r"), Op.RMDIR, 2, 0),
+        (lambda: fs.rename(1, "a", 1, "b", F.RENAME_NOREPLACE), Op.RENAME2, 16 + 4, 0),
+        (lambda: fs.open(5, 0), Op.OPEN, 8, F.FUSE_OPEN_OUT.size),
+        (lambda: fs.create(1, "c"), Op.CREATE, 16 + 2, F.FUSE_ENTRY_OUT_SIZE + F.FUSE_OPEN_OUT.size),
+        (lambda: fs.read(5, 0, 0, 100), Op.READ, F.FUSE_READ_IN_SIZE, 100),
+        (lambda: fs.release(5, 0), Op.RELEASE, 24, 0),
+        (lambda: fs.flush(5, 0), Op.FLUSH, 24, 0),
+        (lambda: fs.fsync(5, 0), Op.FSYNC, 16, 0),
+        (lambda: fs.opendir(5), Op.OPENDIR, 8, F.FUSE_OPEN_OUT.size),
+        (lambda: fs.readdir(5, 0, 0, 512, plus=True), Op.READDIRPLUS, F.FUSE_READ_IN_SIZE, 512),
+        (lambda: fs.releasedir(5, 0), Op.RELEASEDIR, 24, 0),
+        (lambda: fs.statfs(), Op.STATFS, 0, F.FUSE_KSTATFS_SIZE),
+        (lambda: fs.access(5, 4), Op.ACCESS, 8, 0),
+        (lambda: fs.setxattr(5, "user.x", b"vv"), Op.SETXATTR, 8 + 7 + 2, 0),
+        (lambda: fs.getxattr(5, "user.x", 64), Op.GETXATTR, 8 + 7, 64),
+        (lambda: fs.listxattr(5, 64), Op.LISTXATTR, 8, 64),
+        (lambda: fs.removexattr(5, "user.x"), Op.REMOVEXATTR, 7, 0),
+        (lambda: fs.fallocate(5, 0, 0, 10), Op.FALLOCATE, 32, 0),
+        (lambda: fs.lseek(5, 0, 0, 3), Op.LSEEK, 24, 8),
+        (lambda: fs.copy_file_range(5, 0, 0, 6, 0, 0, 10), Op.COPY_FILE_RANGE, 56, 8),
+        (lambda: fs.batch_forget([(5, 1), (6, 2)]), Op.BATCH_FORGET, 8 + 32, None),
+    ]
+    device.answer = device.good
+    for call, opcode, args_len, reply in calls:
+        before = len(device.sizes)
+        try:
+            call()
+        except FuseReplyError:
+            pass  # zeroed answers are not always valid (a READDIRPLUS record of zeros)
+        fs.drain_forgets()
+        assert len(device.sizes) == before + 1, Op(opcode).name
+        got_op, readable, writable = device.sizes[-1]
+        header = device.seen[-1]
+        assert (got_op, header.len, readable) == (opcode, 40 + args_len, 40 + args_len), Op(opcode).name
+        assert writable == (0 if reply is None else 16 + reply), Op(opcode).name
