@@ -350,3 +350,23 @@ def test_a_device_side_that_vanishes_mid_setup_leaves_the_driver_nothing(tmp_pat
     listener.close()
     assert until(lambda: threading.active_count() <= threads)
     assert open_fds() <= fds, "the driver side left an fd open (socket or memfd)"
+
+
+def test_events_the_driver_did_not_ask_for_are_dropped(server):
+    """EVENT_USED for a queue never set up, or malformed device events, never reach the driver."""
+    n = server.bus.add(RngDevice())
+    client = connect(server, "socket")
+    try:
+        t = open_device(client, DeviceType.ENTROPY)
+        drv = RngDriver.probe(t)
+        heard = []
+        t.set_interrupt_handler(lambda info: (heard.append(info), drv._on_interrupt(info)))
+        for payload in (pack(S.EventUsed(7)), b"\x00", pack(S.EventUsed(0xFFFFFFFF))):
+            client._dispatch(encode(Message(0, MsgId.EVENT_USED, n, 0, payload)))  # as if received
+        client._dispatch(encode(Message(0, MsgId.EVENT_CONFIG, n, 0, b"\x01\x02")))
+        assert t.dropped_events == 4 and not t.wait_for_interrupt(0.01) and heard == []
+        assert len(drv.read(256)) == 256  # the real ones still come
+        drv.remove()
+        t.close()
+    finally:
+        client.close()

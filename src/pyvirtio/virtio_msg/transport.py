@@ -58,6 +58,10 @@ class VirtioMsgTransport(DriverTransport):
         self._negotiated = 0
         self._generation = 0
         self._closed = False
+        #: Queues set up since the last reset: EVENT_USED for any other is the device side's
+        #: fault, dropped and counted in :attr:`dropped_events` (a driver never hears of it).
+        self._active: set[int] = set()
+        self.dropped_events = 0
         self.info: S.DeviceInfo = client.device_info(dev_num)
         client.listeners[dev_num] = self._event
 
@@ -88,6 +92,8 @@ class VirtioMsgTransport(DriverTransport):
         return self._call(MsgId.GET_DEVICE_STATUS).status & 0xFF
 
     def set_status(self, status: int) -> None:
+        if not status & 0xFF:
+            self._active.clear()
         self._call(MsgId.SET_DEVICE_STATUS, S.Status(status & 0xFF))
 
     def _blocks(self) -> int:
@@ -180,11 +186,13 @@ class VirtioMsgTransport(DriverTransport):
             raise UsageError(f"queue {index}: size {layout.size} is above the maximum {info.max_size}")
         self._call(MsgId.SET_VQUEUE, S.SetVqueue(index, 0, layout.size, 0, layout.desc_table,
                                                  layout.avail_ring, layout.used_ring))
+        self._active.add(index)
 
     def reset_queue(self, index: int) -> None:
         if not self._negotiated & (1 << Feature.RING_RESET):
             raise UsageError("VIRTIO_F_RING_RESET was not negotiated")
         self._call(MsgId.RESET_VQUEUE, S.QueueIndex(index))
+        self._active.discard(index)
 
     def notify(self, index: int, position: int | None = None) -> None:
         next_offset = 0
@@ -205,13 +213,20 @@ class VirtioMsgTransport(DriverTransport):
             info = CONFIG_CHANGE
         elif msg.msg_id == MsgId.EVENT_USED:
             try:
-                info = Interrupt(parse(msg).vq_index)
+                index = parse(msg).vq_index
             except MalformedMessage:
+                self.dropped_events += 1
                 return
+            if index not in self._active:
+                self.dropped_events += 1
+                log.info("%s: EVENT_USED for queue %d, which is not set up: dropped", self.describe(), index)
+                return
+            info = Interrupt(index)
         else:
             try:
                 event = parse(msg)
             except MalformedMessage:
+                self.dropped_events += 1
                 return
             self._generation = event.generation
             info = CONFIG_CHANGE
