@@ -77,6 +77,7 @@ class PassthroughFs:
         self.inodes = InodeTable(fd, **({"max_inodes": max_inodes} if max_inodes else {}))
         self.handles = HandleTable(**({"max_handles": max_handles} if max_handles else {}))
         self._chown = os.geteuid() == 0
+        self._umask = _process_umask()  # 0 under 'serve fs' (virtiofsd's umask(0))
 
     def close(self) -> None:
         """Close every handle and inode."""
@@ -104,13 +105,17 @@ class PassthroughFs:
                 name = b"."  # do not allow escaping the root directory
             return self._lookup_at(dir_, name)
 
-    def _lookup_at(self, dir_: Inode, name: bytes, owner: Caller | None = None) -> Entry:
+    def _lookup_at(self, dir_: Inode, name: bytes, owner: Caller | None = None, mode: int = -1) -> Entry:
         """Open ``name`` O_PATH and count a lookup.  ``owner``: chown the new file to the
-        caller first.  Whatever is done to the descriptor is done before it is in the table
-        (once there, a racing FORGET may close it)."""
+        caller first; ``mode``: the permissions it was created with, set again if this
+        process's umask took bits away.  Whatever is done to the descriptor is done before it
+        is in the table (once there, a racing FORGET may close it)."""
         fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_.fd)
         try:
             st = os.stat(fd)
+            if mode >= 0 and stat.S_IMODE(st.st_mode) != mode & 0o7777 and not stat.S_ISLNK(st.st_mode):
+                os.chmod(proc_path(fd), mode & 0o7777)  # the guest's kernel applied its umask
+                st = os.stat(fd)
             if owner is not None and (owner.uid, owner.gid) != (st.st_uid, st.st_gid):
                 try:
                     sysc.fchown_empty(fd, owner.uid, owner.gid)
@@ -126,8 +131,10 @@ class PassthroughFs:
         """FORGET (and each entry of BATCH_FORGET)."""
         self.inodes.forget(nodeid, nlookup)
 
-    def _created(self, dir_: Inode, name: bytes, caller: Caller) -> Entry:
-        return self._lookup_at(dir_, name, caller if self._chown else None)
+    def _created(self, dir_: Inode, name: bytes, caller: Caller, mode: int = -1) -> Entry:
+        if mode >= 0 and not self._umask & mode:
+            mode = -1  # created as asked
+        return self._lookup_at(dir_, name, caller if self._chown else None, mode)
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int, caller: Caller) -> Entry:
         """MKNOD (regular files, fifos, sockets, device nodes as virtiofsd allows them)."""
@@ -135,7 +142,7 @@ class PassthroughFs:
         self._writable()
         with self.inodes.use(parent) as dir_:
             os.mknod(name, mode, rdev, dir_fd=dir_.fd)
-            return self._created(dir_, name, caller)
+            return self._created(dir_, name, caller, mode)
 
     def mkdir(self, parent: int, name: bytes, mode: int, caller: Caller) -> Entry:
         """MKDIR."""
@@ -143,7 +150,7 @@ class PassthroughFs:
         self._writable()
         with self.inodes.use(parent) as dir_:
             os.mkdir(name, mode & 0o7777, dir_fd=dir_.fd)
-            return self._created(dir_, name, caller)
+            return self._created(dir_, name, caller, mode)
 
     def symlink(self, parent: int, name: bytes, target: bytes, caller: Caller) -> Entry:
         """SYMLINK: ``target`` is stored as given; the server never follows it."""
@@ -329,7 +336,7 @@ class PassthroughFs:
                 if flags & os.O_EXCL:
                     raise
             try:
-                entry = self._created(dir_, name, caller) if fd >= 0 else self._lookup_at(dir_, name)
+                entry = self._created(dir_, name, caller, mode) if fd >= 0 else self._lookup_at(dir_, name)
             except BaseException:
                 if fd >= 0:
                     os.close(fd)
@@ -439,6 +446,18 @@ class PassthroughFs:
 
 
 _U64 = (1 << 64) - 1
+
+
+def _process_umask() -> int:
+    """This process's umask, read without changing it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _time(valid: int, given: int, now: int, sec: int, nsec: int) -> tuple[int, int]:
