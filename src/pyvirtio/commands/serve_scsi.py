@@ -3,9 +3,9 @@
     pyvirtio serve scsi --socket-path=PATH [--disk=IMG[,OPTS]]... [--cdrom=ISO[,OPTS]]...
                         [--passthrough=/dev/sgN[,OPTS]]... [--request-queues=N]
 
-Numbering: every ``--disk``, ``--cdrom`` and ``--passthrough``, in the order given, is a unit on
-the next free target, LUN 0 (the first is target 0), unless its options say ``target=N`` and/or
-``lun=M`` (several units on one target: ``--disk=a.img,target=1,lun=0 --disk=b.img,target=1,lun=1``).
+Numbering: every ``--disk``, then every ``--cdrom``, then every ``--passthrough`` (each kind in
+the order given) is a unit on the next free target, LUN 0 — the lowest target that no option
+names and no earlier unit took — unless its options say ``target=N`` and/or ``lun=M`` (several units on one target: ``--disk=a.img,target=1,lun=0 --disk=b.img,target=1,lun=1``).
 Options, comma-separated after the path:
 
 * ``--disk``: ``ro`` (read-only), ``serial=S``, ``block-size=512|4096``, ``wce=on|off`` (write
@@ -88,8 +88,7 @@ def build_device(args: argparse.Namespace) -> ScsiDevice:
         raise CliUsageError("give at least one of --disk=IMG, --cdrom=ISO, --passthrough=DEV")
     if not 1 <= args.request_queues <= 64:
         raise CliUsageError(f"--request-queues={args.request_queues}: must be 1..64")
-    # keep the command line's order among the kinds: argparse lost it, the sys.argv order is
-    # not needed for the rule "next free target" since explicit targets are placed first
+    # argparse keeps each flag's values in order: all --disk, then --cdrom, then --passthrough
     device = ScsiDevice(request_queues=args.request_queues)
     placed: list[tuple[str, str, dict[str, str], int | None, int]] = []
     for kind, text in specs:
@@ -100,12 +99,12 @@ def build_device(args: argparse.Namespace) -> ScsiDevice:
         except UsageError as exc:
             raise CliUsageError(str(exc)) from None
         placed.append((kind, path, opts, target, lun))
-    taken = {(t, n) for _, _, _, t, n in placed if t is not None}
+    explicit = {t for _, _, _, t, _ in placed if t is not None}
     next_target = 0
     try:
         for kind, path, opts, target, lun in placed:
-            if target is None:
-                while (next_target, lun) in taken or device.targets.get(next_target):
+            if target is None:  # the next target no unit names and none took yet
+                while next_target in explicit or device.targets.get(next_target):
                     next_target += 1
                 target = next_target
             if not 0 <= target <= MAX_TARGET or not 0 <= lun <= MAX_LUN:
@@ -144,8 +143,10 @@ def make_unit(kind: str, path: str, opts: dict[str, str], where: str, *, serial:
                                "/dev/sg0 is needed: modprobe sg)") from None
         else:
             raise UsageError(f"unknown unit kind {kind!r}")
-    except ValueError as exc:
+    except ValueError as exc:  # a block size the unit refuses
         raise CliUsageError(f"{where}: {exc}") from None
+    except UsageError as exc:  # an option's value (the message names the flag)
+        raise CliUsageError(str(exc)) from None
     if opts:
         raise CliUsageError(f"{where}: unknown option(s) {', '.join(sorted(opts))}")
     return unit
