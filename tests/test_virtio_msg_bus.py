@@ -24,7 +24,7 @@ from pyvirtio.spec.virtio_msg import BusMsgId, ClaimResult, DeviceBusState, Erro
 from pyvirtio.vhost_user.fdio import send_all
 from pyvirtio.virtio_msg import BusClient, BusServer, BusTimeout, ClaimFailed, RequestFailed, open_device
 from pyvirtio.virtio_msg.channel import SocketChannel
-from pyvirtio.virtio_msg.protocol import Message, bus_request, decode, encode, pack, transport_request
+from pyvirtio.virtio_msg.protocol import MalformedMessage, Message, bus_request, decode, encode, pack, transport_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -223,7 +223,8 @@ def test_the_bus_vanishing_mid_request_is_a_typed_error(tmp_path, binding):
 class FakeDeviceSide:
     """A hostile device side: answers BUS_INFO and SET_MEMORY, then what the test scripts."""
 
-    def __init__(self, path):
+    def __init__(self, path, max_message_size=264):
+        self.max_message_size = max_message_size
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(1)
@@ -243,7 +244,7 @@ class FakeDeviceSide:
                     os.close(fd)
                 msg = decode(data)
                 if msg.msg_id == BusMsgId.BUS_INFO:
-                    chan.send(encode(msg.reply(pack(S.BusInfo(1, 264, 0)))))
+                    chan.send(encode(msg.reply(pack(S.BusInfo(1, self.max_message_size, 0)))))
                 elif msg.msg_id == BusMsgId.SET_MEMORY:
                     chan.send(encode(msg.reply(pack(S.ClaimResponse(0, 0)))))
                 elif self.script:
@@ -370,3 +371,14 @@ def test_events_the_driver_did_not_ask_for_are_dropped(server):
         t.close()
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("size", [0, 44, 47])
+def test_a_bus_too_small_for_queue_setup_is_refused_at_connect(tmp_path, size):
+    fake = FakeDeviceSide(str(tmp_path / "small.sock"), max_message_size=size)
+    try:
+        with pytest.raises(MalformedMessage) as err:
+            BusClient.connect(str(tmp_path / "small.sock"), memory_size=1 << 20)
+        assert "48 bytes" in str(err.value)
+    finally:
+        fake.close()

@@ -39,6 +39,9 @@ REQUEST_TIMEOUT = 10.0
 #: Guest memory a client shares by default.
 DEFAULT_MEMORY = 16 << 20
 DEFAULT_GPA = 0x1000_0000
+#: The smallest maximum message size a driver can work with: SET_VQUEUE's request and
+#: GET_VQUEUE's response are 48 bytes (the draft allows buses down to 44; docs/virtio-msg.md).
+MIN_USABLE_MESSAGE_SIZE = S.HEADER_SIZE + S.SET_VQUEUE.size
 #: Hot-plug events kept for :meth:`BusClient.hotplug` readers (older ones drop off).
 MAX_HOTPLUG_EVENTS = 256
 
@@ -81,6 +84,9 @@ class BusClient:
             info = self.bus_info()
             if info.revision < 1:
                 raise MalformedMessage(f"bus reports transport revision {info.revision}")
+            if info.max_message_size < MIN_USABLE_MESSAGE_SIZE:
+                raise MalformedMessage(f"bus's maximum message size {info.max_message_size} is below "
+                                       f"the {MIN_USABLE_MESSAGE_SIZE} bytes SET_VQUEUE and GET_VQUEUE need")
             self.revision = info.revision
             self.max_message_size = min(info.max_message_size, S.MAX_MAX_MESSAGE_SIZE)
             for region in self.memory.regions:
@@ -311,4 +317,4 @@ def _close(fd: int) -> None:
         pass
 
 
-__all__ = ["BusClient", "DEFAULT_MEMORY", "REQUEST_TIMEOUT"]
+__all__ = ["BusClient", "DEFAULT_MEMORY", "MIN_USABLE_MESSAGE_SIZE", "REQUEST_TIMEOUT"]
