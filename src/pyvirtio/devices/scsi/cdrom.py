@@ -249,8 +249,10 @@ class CdromUnit(EmulatedUnit):
         supported = sc.NotificationClassRequest.MEDIA
         if cdb[4] & supported:
             code, self.media_event = self.media_event, sc.MediaEventCode.NO_CHANGE
-            status = (sc.GESN_MEDIA_PRESENT if self.medium is not None else 0) | \
-                (sc.GESN_TRAY_OPEN if self.tray_open else 0)
+            # an open tray reports only that (QEMU does the same; Linux's cdrom driver reads
+            # DOOR OPEN first either way)
+            status = sc.GESN_TRAY_OPEN if self.tray_open else \
+                sc.GESN_MEDIA_PRESENT if self.medium is not None else 0
             body = bytes((code, status, 0, 0))
             head = sc.GESN_HEADER.pack(2 + len(body), sc.NotificationClass.MEDIA, supported)
         else:
