@@ -5,6 +5,8 @@ queue, quiesce waits for what is in flight, and the config space carries the tag
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 
 import pytest
@@ -95,6 +97,34 @@ def test_a_small_cached_read_is_served_inline(running, tmp_path):
     fh = F.FUSE_OPEN_OUT.unpack(drv.fuse(request(O.OPEN, head.nodeid, F.FUSE_OPEN_IN.pack(0, 0))))[0]
     assert drv.fuse(request(O.READ, head.nodeid, read_in(fh, 0, 100))) == b"0123456789"
     assert dev._pool is None  # written just now: in the page cache, no pool round trip
+
+
+def _write_read(drv, data):
+    head, _ = entry(drv.fuse(request(O.LOOKUP, 1, name("f"))))
+    fh = F.FUSE_OPEN_OUT.unpack(drv.fuse(request(O.OPEN, head.nodeid, F.FUSE_OPEN_IN.pack(os.O_RDWR, 0))))[0]
+    drv.fuse(request(O.WRITE, head.nodeid, F.FUSE_WRITE_IN.pack(fh, 0, len(data), 0, 0, 0, 0), data))
+    return drv.fuse(request(O.READ, head.nodeid, read_in(fh, 0, len(data))), 16 + len(data))
+
+
+def test_io_on_tmpfs_is_inline_and_on_a_disk_goes_to_the_pool(tmp_path):
+    data = os.urandom(1 << 19)
+    memory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    for where, pooled in ((str(tmp_path), True), (memory, False)):
+        if where is None:
+            continue
+        share = tempfile.mkdtemp(dir=where)
+        open(os.path.join(share, "f"), "wb").close()
+        dev = FsDevice(share)
+        t = LoopbackTransport(dev)
+        try:
+            drv = RawFsDriver.probe(t)
+            drv.fuse(init())
+            assert _write_read(drv, data) == data
+            assert (dev._pool is not None) == pooled, where
+        finally:
+            t.close()
+            dev.close()
+            shutil.rmtree(share)
 
 
 def test_no_pool_runs_everything_inline(tmp_path):

@@ -16,7 +16,10 @@ the next chain; replies come back through the queue's eventfd, which the worker 
 virtiofsd without a thread pool runs all of them: a pool round trip costs more than such a
 call, and a call that blocks holds up its own queue only.  Guest memory is touched only in the
 worker (copy in, copy out); :meth:`quiesce` waits for what is in flight before a ring stops or
-the memory table changes.  ``threads=0`` runs everything inline.
+the memory table changes.  ``threads=0`` runs everything inline.  A READ or WRITE that
+cannot wait for a disk is done inline too (:meth:`PassthroughFs.read`/``write`` with
+``nowait``): a read of up to 128 KiB from the page cache (``RWF_NOWAIT``, as blk's small reads),
+any read or write of a file on tmpfs.
 
 A request shorter than a fuse_in_header, or one with no room for a reply header, goes back with
 nothing written (the driver's fault, counted in the queue's errors); every other failure is an
@@ -54,10 +57,6 @@ DEFAULT_THREADS = 4
 POOL_OPCODES = frozenset({F.FuseOpcode.READ, F.FuseOpcode.WRITE, F.FuseOpcode.FSYNC,
                           F.FuseOpcode.FSYNCDIR, F.FuseOpcode.FALLOCATE,
                           F.FuseOpcode.COPY_FILE_RANGE, F.FuseOpcode.LSEEK})
-#: READs up to this size are first tried inline from the page cache (RWF_NOWAIT); larger ones,
-#: and those the cache cannot serve, go to the pool (blk_io.OFFLOAD_BYTES: a large copy is
-#: better done beside the worker).
-NOWAIT_READ_MAX = 128 << 10
 #: The most of one request copied out of guest memory: a WRITE of max_write bytes with its
 #: headers, or a SETXATTR with a 64 KiB value and its name; a longer ``len`` is refused (EINVAL).
 MAX_REQUEST = MAX_WRITE + (128 << 10)
@@ -109,8 +108,8 @@ class FsDevice(VirtioDevice):
         opcode = _opcode(data)
         if queue_index == spec.HIPRIOQ or not self.threads or opcode not in POOL_OPCODES:
             return self._write_reply(queue_index, chain, self._run(data, chain.writable_len))
-        if opcode == F.FuseOpcode.READ and chain.writable_len <= NOWAIT_READ_MAX:
-            try:  # data in the page cache: at once, no pool round trip (as blk's small reads)
+        if opcode in (F.FuseOpcode.READ, F.FuseOpcode.WRITE):
+            try:  # cannot wait for a disk (page cache, tmpfs): at once, as blk's small reads
                 return self._write_reply(queue_index, chain, self._run(data, chain.writable_len, nowait=True))
             except BlockingIOError:
                 pass

@@ -171,13 +171,15 @@ class InodeTable:
 class Handle(_Entry):
     """One open file or directory: its descriptor and the inode it was opened on."""
 
-    __slots__ = ("fh", "nodeid", "is_dir")
+    __slots__ = ("fh", "nodeid", "is_dir", "in_memory")
 
     def __init__(self, fh: int, fd: int, nodeid: int, is_dir: bool):
         super().__init__(fd)
         self.fh = fh
         self.nodeid = nodeid
         self.is_dir = is_dir
+        #: Whether the file lives on tmpfs/ramfs (its I/O never blocks); None: not known yet.
+        self.in_memory: bool | None = None
 
 
 class HandleTable:

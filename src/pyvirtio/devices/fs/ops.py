@@ -232,9 +232,9 @@ def op_read(srv, hdr, args: Args, out_size, *, nowait: bool = False):
     return reply_ok(hdr.unique, srv.backend.read(arg.fh, arg.offset, size, nowait=nowait))
 
 
-def op_write(srv, hdr, args: Args, out_size):
+def op_write(srv, hdr, args: Args, out_size, *, nowait: bool = False):
     arg = F.FuseWriteIn._make(args.struct(F.FUSE_WRITE_IN))
-    written = srv.backend.write(arg.fh, arg.offset, args.data(arg.size))
+    written = srv.backend.write(arg.fh, arg.offset, args.data(arg.size), nowait=nowait)
     return reply_ok(hdr.unique, F.FUSE_WRITE_OUT.pack(written, 0))
 
 

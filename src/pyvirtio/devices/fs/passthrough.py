@@ -33,6 +33,9 @@ from .wire import FuseError
 
 _PROC_FD = "/proc/self/fd/{}"
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+#: The largest READ tried from the page cache without waiting (blk_io.OFFLOAD_BYTES: a larger
+#: copy is better done beside the queue's worker).
+NOWAIT_READ_MAX = 128 << 10
 #: open(2) flags a guest's OPEN may not pass through (the kernel strips the first three itself).
 _STRIP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | getattr(os, "O_DIRECT", 0)
 _WRITES = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
@@ -362,25 +365,31 @@ class PassthroughFs:
 
     def read(self, fh: int, offset: int, size: int, *, nowait: bool = False) -> bytes:
         """READ: at most ``size`` bytes at ``offset`` (fewer at the end of the file).  With
-        ``nowait`` only from the page cache: BlockingIOError if the read would wait for a disk
-        (``RWF_NOWAIT``) or the cache holds only part of it before the end of the file."""
+        ``nowait``, only what cannot wait for a disk: a file in memory (tmpfs), or up to
+        :data:`NOWAIT_READ_MAX` bytes from the page cache (``RWF_NOWAIT``); BlockingIOError
+        otherwise (a range only partly cached before the end of the file counts as uncached)."""
         with self.handles.use(fh) as handle:
-            if not nowait:
+            if not nowait or _in_memory(handle):
                 return os.pread(handle.fd, size, offset)
+            if size > NOWAIT_READ_MAX or not _RWF_NOWAIT:
+                raise BlockingIOError(errno.EAGAIN, "may wait for a disk")
             buf = bytearray(size)
             try:
-                n = os.preadv(handle.fd, [buf], offset, _RWF_NOWAIT) if _RWF_NOWAIT else -1
+                n = os.preadv(handle.fd, [buf], offset, _RWF_NOWAIT)
             except OSError as exc:  # EAGAIN, or no RWF_NOWAIT on this file system
                 raise BlockingIOError(errno.EAGAIN, "not in the page cache") from exc
-            if n < 0 or (n < size and offset + n < os.fstat(handle.fd).st_size):
+            if n < size and offset + n < os.fstat(handle.fd).st_size:
                 raise BlockingIOError(errno.EAGAIN, "only partly in the page cache")
             del buf[n:]
             return bytes(buf)
 
-    def write(self, fh: int, offset: int, data: memoryview) -> int:
-        """WRITE: the bytes written."""
+    def write(self, fh: int, offset: int, data: memoryview, *, nowait: bool = False) -> int:
+        """WRITE: the bytes written.  With ``nowait``, only to a file in memory (tmpfs);
+        BlockingIOError otherwise, before anything is written."""
         self._writable()
         with self.handles.use(fh) as handle:
+            if nowait and not _in_memory(handle):
+                raise BlockingIOError(errno.EAGAIN, "may wait for a disk")
             return os.pwrite(handle.fd, data, offset)
 
     def release(self, fh: int) -> None:
@@ -446,6 +455,12 @@ class PassthroughFs:
 
 
 _U64 = (1 << 64) - 1
+
+
+def _in_memory(handle: Handle) -> bool:
+    if handle.in_memory is None:
+        handle.in_memory = sysc.in_memory_fs(handle.fd)
+    return handle.in_memory
 
 
 def _process_umask() -> int:

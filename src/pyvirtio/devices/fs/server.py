@@ -78,8 +78,8 @@ class FuseServer:
                nowait: bool = False) -> Reply | None:
         """The reply to one request (``None``: no reply).  Raises FuseProtocolError only when
         the request is shorter than a fuse_in_header (nothing to answer).  ``nowait``: a READ
-        is served only from the page cache, else BlockingIOError is raised (the caller then
-        runs the request where it may block)."""
+        or WRITE is done only if it cannot wait for a disk (see PassthroughFs.read/write),
+        else BlockingIOError is raised (the caller then runs it where it may block)."""
         try:
             request = parse_request(data)
         except FuseError as exc:
@@ -99,7 +99,7 @@ class FuseServer:
         if handler is None:
             return reply_error(hdr.unique, errno.ENOSYS)
         try:
-            if nowait and op == F.FuseOpcode.READ:
+            if nowait and op in (F.FuseOpcode.READ, F.FuseOpcode.WRITE):
                 return handler(self, hdr, args, out_size, nowait=True)
             return handler(self, hdr, args, out_size)
         except BlockingIOError:

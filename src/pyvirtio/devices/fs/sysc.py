@@ -60,6 +60,19 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
            "fallocate")
 
 
+#: statfs f_type of file systems whose data lives in memory (linux/magic.h TMPFS_MAGIC,
+#: RAMFS_MAGIC): a read or write there never waits for a disk.
+_MEMORY_FS = frozenset({0x01021994, 0x858458F6})
+
+
+def in_memory_fs(fd: int) -> bool:
+    """Whether ``fd``'s file lives on tmpfs or ramfs (fstatfs f_type)."""
+    buf = (ctypes.c_long * 32)()  # struct statfs: f_type first
+    if _libc.fstatfs(fd, buf) != 0:
+        return False
+    return (buf[0] & 0xFFFFFFFF) in _MEMORY_FS
+
+
 #: getdents64's syscall number by machine (the os module has no seekable directory reading).
 _SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61, "riscv64": 61, "ppc64le": 202, "s390x": 220}
 #: struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
@@ -85,4 +98,5 @@ def getdents(fd: int, size: int = 32768) -> list[tuple[bytes, int, int, int]]:
     return out
 
 
-__all__ = ["UTIME_NOW", "UTIME_OMIT", "fallocate", "fchown_empty", "getdents", "renameat2", "utimens"]
+__all__ = ["UTIME_NOW", "UTIME_OMIT", "fallocate", "fchown_empty", "getdents", "in_memory_fs", "renameat2",
+           "utimens"]
