@@ -50,9 +50,6 @@ def device_transport(device: VirtioDevice, binding: str = "socket", socket_path:
         server.close()
 
 
-
-
-
 class InProcessBusTransport(VirtioMsgTransport):
     """``LoopbackTransport(device, memory_size=...)``'s shape over virtio-msg: ``device`` alone
     on a bus of its own in this process (the queue binding, or the socket binding with
@@ -84,4 +81,6 @@ class InProcessBusTransport(VirtioMsgTransport):
     def close(self) -> None:
         super().close()
         self.server.close()
+
+
 __all__ = ["BINDINGS", "InProcessBusTransport", "device_transport"]
