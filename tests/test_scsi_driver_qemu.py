@@ -250,3 +250,31 @@ def test_scan_and_qtest_probe_find_the_units(media, capsys):
     (row,) = json.loads(capsys.readouterr().out)["devices"]
     assert (row["type"], row["driver"]) == ("scsi", "ScsiDriver")
     assert row["smoke"] == "2 unit(s) on targets 0-7: 0:0 QEMU HARDDISK, 1:0 QEMU CD-ROM"
+
+
+def test_our_driver_on_qemus_vhost_user_scsi_pci_with_our_backend(media, tmp_path):
+    """QEMU's vhost-user-scsi-pci (its virtio-pci function and config; every ring served by
+    pyvirtio's device over vhost-user) driven by our driver over qtest: the path a real guest
+    takes in tests/guest/test_guest_scsi.py, with the driver in Python."""
+    from pyvirtio.bench.peers import InProcessBackend
+    from pyvirtio.devices.scsi import CdromUnit, DiskUnit, ScsiDevice
+    from pyvirtio.devices.scsi.media import ImageMedium, MemoryMedium
+    disk, data, iso = media
+    device = ScsiDevice(request_queues=2)
+    device.add_unit(0, 0, DiskUnit(ImageMedium(disk), serial=SERIAL))
+    device.add_unit(1, 0, CdromUnit(ImageMedium(iso.path, read_only=True)))
+    sock = str(tmp_path / "vus.sock")
+    with InProcessBackend(device, sock):
+        args = ["-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem",
+                "-chardev", f"socket,id=vs,path={sock}", "-device", "vhost-user-scsi-pci,chardev=vs,num_queues=2"]
+        with qemu_scsi(args) as drv:
+            assert len(drv.request_queues) == 2
+            assert [(t, lun, inq.product) for t, lun, inq in drv.scan(range(4))] == [
+                (0, 0, "PYVIRTIO DISK"), (1, 0, "PYVIRTIO CD-ROM")]
+            settle(drv, 0)
+            assert drv.lun(0).read(100, 16) == data[100 * 512:116 * 512]
+            drv.lun(0).write(3, b"w" * 1024)
+            assert drv.lun(0).read(3, 2) == b"w" * 1024
+            device.attach(2, 0, DiskUnit(MemoryMedium(1 << 20), serial="HOT"))
+            plugged = drv.wait_event(lambda e: e.hotplugged, timeout=10)
+            assert (plugged.target, plugged.lun) == (2, 0)
