@@ -231,9 +231,10 @@ def test_get_devices_windows(bus):
 
 
 def test_notification_positions_map_both_ways():
-    for packed, pos in [(False, 0), (False, 0xFFFF), (True, 0x8005), (True, 0x7FFF)]:
-        assert next_offset_to_position(position_to_next_offset(pos, packed), packed) == pos
-    assert position_to_next_offset(0x8005, True) == 0x8000_0005  # wrap in bit 31
+    for pos in (0, 1, 0x7FFF, 0x8000, 0x8005, 0xFFFF):
+        assert next_offset_to_position(position_to_next_offset(pos)) == pos
+    assert position_to_next_offset(0x8005) == 0x8000_0005  # bit 15 (a packed ring's wrap) in bit 31
+    assert next_offset_to_position(0x7FFF_8001) == 0x0001  # offset bits above 14 are not a position
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

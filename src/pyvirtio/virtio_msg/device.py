@@ -60,19 +60,16 @@ class Unsupported(StateError):
     reason = ErrorReason.UNSUPPORTED
 
 
-def next_offset_to_position(next_offset: int, packed: bool) -> int:
-    """EVENT_AVAIL's next offset/wrap as the 16-bit position of 2.9 (split: the avail index in
-    bits 15:0; packed: offset bits 14:0, wrap bit 15) — see docs/virtio-msg.md."""
-    if packed:
-        return (next_offset & 0x7FFF) | ((next_offset >> 31) & 1) << 15
-    return next_offset & 0xFFFF
+def next_offset_to_position(next_offset: int) -> int:
+    """EVENT_AVAIL's next offset/wrap (offset in bits 30:0, wrap in bit 31) as the 16-bit
+    position of VIRTIO 2.9: bits 14:0 from the offset, bit 15 from the wrap bit — for both ring
+    layouts, as the Linux virtio-msg patches' notify_with_data splits it (docs/virtio-msg.md)."""
+    return (next_offset & 0x7FFF) | ((next_offset >> 31) & 1) << 15
 
 
-def position_to_next_offset(position: int, packed: bool) -> int:
+def position_to_next_offset(position: int) -> int:
     """The inverse of :func:`next_offset_to_position` (what a driver puts in EVENT_AVAIL)."""
-    if packed:
-        return (position & 0x7FFF) | ((position >> 15) & 1) << 31
-    return position & 0xFFFF
+    return (position & 0x7FFF) | ((position >> 15) & 1) << 31
 
 
 class MsgDevice:
@@ -288,7 +285,7 @@ class MsgDevice:
             return None
         position = None
         if self.device.has_feature(Feature.NOTIFICATION_DATA):
-            position = next_offset_to_position(body.next_offset, self.device.has_feature(Feature.RING_PACKED))
+            position = next_offset_to_position(body.next_offset)
         self.regs.notify(body.vq_index, position)
         return None
 

@@ -197,7 +197,7 @@ class VirtioMsgTransport(DriverTransport):
     def notify(self, index: int, position: int | None = None) -> None:
         next_offset = 0
         if position is not None and self._negotiated & (1 << Feature.NOTIFICATION_DATA):
-            next_offset = position_to_next_offset(position, bool(self._negotiated & (1 << Feature.RING_PACKED)))
+            next_offset = position_to_next_offset(position)
         self.client.send_event(transport_request(MsgId.EVENT_AVAIL, self.dev_num, S.EventAvail(index, next_offset)))
         if self.sync_kicks:
             self.client.ping()
