@@ -9,7 +9,9 @@ names and no earlier unit took — unless its options say ``target=N`` and/or ``
 Options, comma-separated after the path:
 
 * ``--disk``: ``ro`` (read-only), ``serial=S``, ``block-size=512|4096``, ``wce=on|off`` (write
-  cache at start), ``discard=on|off`` (UNMAP, default on), ``locking=on|off``;
+  cache at start), ``discard=on|off`` (UNMAP, default on), ``locking=on|off``,
+  ``aio=auto|io_uring|threads|off`` (READ/WRITE through the block device's I/O engine, or
+  ``off``: synchronously in the worker);
 * ``--cdrom``: ``serial=S``; the path ``empty`` starts with no disc;
 * ``--passthrough``: ``writable`` (allow write commands, default read-only), ``timeout=SECONDS``.
 
@@ -37,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "scsi units", "each unit takes the next free target, LUN 0, unless it says target=N,lun=M")
     group.add_argument("--disk", action="append", default=[], metavar="IMG[,OPTS]",
                        help="a disk (SBC) on a raw image; OPTS: ro, serial=S, block-size=N, "
-                            "wce=on|off, discard=on|off, locking=on|off, target=N, lun=M")
+                            "wce=on|off, discard=on|off, locking=on|off, aio=auto|io_uring|threads|off, "
+                            "target=N, lun=M")
     group.add_argument("--cdrom", action="append", default=[], metavar="ISO[,OPTS]",
                        help="a CD/DVD-ROM drive (MMC) with ISO in it ('empty': no disc); OPTS: "
                             "serial=S, target=N, lun=M")
@@ -129,7 +132,8 @@ def make_unit(kind: str, path: str, opts: dict[str, str], where: str, *, serial:
             unit: object = DiskUnit(
                 _open(path, read_only, locking, where), serial=opts.pop("serial", serial),
                 block_size=_int(opts, "block-size", where) or 512,
-                writeback=_flag(opts, "wce", True, where), discard=_flag(opts, "discard", True, where))
+                writeback=_flag(opts, "wce", True, where), discard=_flag(opts, "discard", True, where),
+                aio=opts.pop("aio", "auto"))
         elif kind == "cdrom":
             medium = None if path == "empty" else _open(path, True, True, where)
             unit = CdromUnit(medium, serial=opts.pop("serial", serial))

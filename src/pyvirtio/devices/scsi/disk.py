@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ...spec import scsi_cmd as sc
+from ..blk_io import READ, WRITE
 from .media import Medium, write_pattern, write_zeroes
 from .sense import invalid_field, invalid_opcode, invalid_parameter, parameter_list_length_error, write_protected
 from .spc import EmulatedUnit, be, check_rw_range
@@ -36,6 +37,7 @@ MAX_UNMAP_BLOCKS = 0x3FFFFF
 MAX_UNMAP_DESCRIPTORS = 64
 #: WRITE SAME limit (blocks) advertised and enforced.
 MAX_WRITE_SAME_BLOCKS = 0x3FFFFF
+AIO_MODES = ("auto", "io_uring", "threads", "off")
 #: Block limits byte 4: WSNZ, a WRITE SAME of 0 blocks is refused (SBC-3 6.6.4).
 WSNZ = 0x01
 
@@ -70,7 +72,8 @@ class DiskUnit(EmulatedUnit):
     product = "PYVIRTIO DISK"
 
     def __init__(self, medium: Medium, *, serial: str = "pyvirtio-disk", block_size: int = 512,
-                 read_only: bool | None = None, writeback: bool = True, discard: bool = True, **kw):
+                 read_only: bool | None = None, writeback: bool = True, discard: bool = True,
+                 aio: str = "auto", **kw):
         if block_size not in (512, 1024, 2048, 4096):
             raise ValueError(f"block size {block_size} is not one of 512, 1024, 2048, 4096")
         self.medium = medium
@@ -78,6 +81,13 @@ class DiskUnit(EmulatedUnit):
         self.read_only = medium.read_only if read_only is None else read_only or medium.read_only
         self.writeback = writeback
         self.discard = discard and not self.read_only
+        if aio not in AIO_MODES:
+            raise ValueError(f"aio {aio!r} is not one of {', '.join(AIO_MODES)}")
+        #: How READ/WRITE data moves: "off" here, synchronously; else the HBA's I/O engine
+        #: (:mod:`.disk_io`: io_uring, threads, or auto) when :attr:`defer` is set.
+        self.aio = aio
+        #: Set by the HBA when it can run this unit's data transfers asynchronously.
+        self.defer = False
         super().__init__(serial=serial, **kw)
         table: dict[int, Callable[[Task], None]] = {op: self.read_write for op in _RW}
         table.update({
@@ -188,12 +198,19 @@ class DiskUnit(EmulatedUnit):
         if length > MAX_TRANSFER_BYTES:
             raise invalid_field(_RW[op][2])
         if op in _READS:
+            task.transferred = length
+            if self.defer and length:
+                task.deferred = (READ, lba * self.block_size, length, False)
+                return
             self.medium.readv(lba * self.block_size, task.in_views(length))
-            task.transferred = length
         elif op in _WRITES:
-            self.medium.writev(lba * self.block_size, task.out_views(length))
             task.transferred = length
-            if not self.writeback or (op != _O.WRITE_6 and cdb[1] & sc.CDB_FUA):
+            sync = not self.writeback or (op != _O.WRITE_6 and bool(cdb[1] & sc.CDB_FUA))
+            if self.defer and length:
+                task.deferred = (WRITE, lba * self.block_size, length, sync)
+                return
+            self.medium.writev(lba * self.block_size, task.out_views(length))
+            if sync:
                 self.medium.flush()
         elif cdb[1] & 0x06:  # VERIFY with BYTCHK: we keep no other copy to compare against
             raise invalid_field(1, 1)

@@ -29,6 +29,7 @@ and the next one delivered carries VIRTIO_SCSI_T_EVENTS_MISSED.  T10 PI is not o
 
 from __future__ import annotations
 
+import select
 import threading
 from collections import deque
 from typing import Callable, TypeVar
@@ -40,7 +41,11 @@ from ...spec import scsi as spec
 from ...spec import scsi_cmd as sc
 from ...spec.ids import DeviceType
 from ...virtq import DescriptorChain, DeviceQueue
+from ...interrupt import Interrupt
 from .cdrom import CdromUnit
+from .disk import DiskUnit
+from .disk_io import DeferredIO, publish
+from .media import ImageMedium
 from .target import MAX_LUN, MAX_TARGET, LogicalUnit, Target, encode_lun, parse_lun
 from .task import Task
 
@@ -80,6 +85,9 @@ class ScsiDevice(VirtioDevice):
         self._subscriptions: dict[tuple[int, int], int] = {}
         self.stats = {"commands": 0, "bad_target": 0, "bad_requests": 0, "tmfs": 0,
                       "events_sent": 0, "events_dropped": 0}
+        #: READ/WRITE of disk units on image files, in the kernel (:mod:`.disk_io`).
+        self.deferred = DeferredIO(self._respond, queue_max_size)
+        self._mem: GuestMemory | None = None  # the memory of the last turn (for host calls)
 
     # --- units (host API: any thread before the device runs; after that through host_call) ------
 
@@ -91,6 +99,8 @@ class ScsiDevice(VirtioDevice):
         if lun in tgt.units:
             raise UsageError(f"target {target} lun {lun} is taken")
         tgt.units[lun] = unit
+        if isinstance(unit, DiskUnit) and isinstance(unit.medium, ImageMedium) and unit.aio != "off":
+            unit.defer = True
         if isinstance(unit, CdromUnit):
             unit.on_change = lambda t=target, n=lun: self._media_changed(t, n)
 
@@ -116,7 +126,10 @@ class ScsiDevice(VirtioDevice):
             tgt = self.targets.get(target)
             if tgt is None or lun not in tgt.units:
                 raise UsageError(f"no unit at target {target} lun {lun}")
-            unit = tgt.units.pop(lun)
+            unit = tgt.units[lun]
+            self._settle(unit=unit)  # nothing of it may complete after it is gone
+            self.deferred.close(unit)
+            del tgt.units[lun]
             if not tgt.units:
                 del self.targets[target]
             self._subscriptions.pop((target, lun), None)
@@ -234,6 +247,8 @@ class ScsiDevice(VirtioDevice):
 
     def on_reset(self) -> None:
         # 5.6.4: sense_size and cdb_size go back to their defaults; the units see a reset.
+        self.deferred.wait()  # nothing of the old driver's may still be writing into its memory
+        self.deferred.close()
         self.sense_size = spec.SCSI_SENSE_DEFAULT_SIZE
         self.cdb_size = spec.SCSI_CDB_DEFAULT_SIZE
         self._events.clear()
@@ -246,21 +261,56 @@ class ScsiDevice(VirtioDevice):
     # --- queues -------------------------------------------------------------------------------
 
     def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
+        self._mem = mem
         if queue.index == spec.EVENTQ:
             return self._flush_events(mem)
-        return super().process_queue(mem, queue)
+        if queue.index == spec.CONTROLQ:
+            self._settle()  # a TMF answers only once nothing is in flight (SAM-5 7.1)
+            return super().process_queue(mem, queue)
+        notify = super().process_queue(mem, queue)
+        if self.deferred.ios:
+            self.deferred.submit(queue.index)
+            notify = queue.index in publish(self.queues, mem, self.deferred.reap(queue.index)) or notify
+        return notify
+
+    def host_fds(self, group: int) -> list[tuple[int, int]]:
+        return [(fd, select.POLLIN) for fd in self.deferred.fds()]
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
-        return {spec.EVENTQ} if self._flush_events(mem) else set()
+        self._mem = mem
+        notify = publish(self.queues, mem, self.deferred.reap()) if self.deferred.ios else set()
+        if self._flush_events(mem):
+            notify.add(spec.EVENTQ)
+        return notify
 
-    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int:
+    def quiesce(self, mem: GuestMemory | None, index: int | None = None, timeout: float = 30.0) -> bool:
+        if index is not None and index < spec.REQUESTQ_BASE:
+            return True
+        ok, done = self.deferred.wait(index, timeout=timeout)
+        try:
+            publish(self.queues, mem, done)
+        except Exception as exc:  # the ring is going away; what matters is nothing is left
+            self.guest_log.warning("scsi: completions not published: %s", exc)
+        return ok
+
+    def _settle(self, unit=None) -> None:
+        """Wait for the requests in flight (of ``unit``), publish them and interrupt (in the
+        worker, before a TMF or an unplug)."""
+        if not self.deferred.inflight:
+            return
+        _, done = self.deferred.wait(unit=unit)
+        for index in publish(self.queues, self._mem, done):
+            self.queues[index].stats.interrupts += 1
+            self.interrupt(Interrupt(index))
+
+    def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
         if queue_index == spec.CONTROLQ:
             return self._control(chain)
-        return self._request(chain)
+        return self._request(queue_index, chain)
 
     # --- request queues (5.6.6.1) ---------------------------------------------------------------
 
-    def _request(self, chain: DescriptorChain) -> int:
+    def _request(self, queue_index: int, chain: DescriptorChain) -> int | None:
         self.stats["commands"] += 1
         head_size = spec.SCSI_REQ_CMD_HEAD_SIZE + self.cdb_size
         resp_size = spec.SCSI_RESP_CMD_HEAD_SIZE + self.sense_size
@@ -286,6 +336,8 @@ class ScsiDevice(VirtioDevice):
                     data_out=chain.readable_views(head_size),
                     data_in=chain.writable_views(resp_size))
         tgt.execute(address[1], task)
+        if task.deferred is not None and task.status == sc.Status.GOOD and task.response == _R.OK:
+            return self.deferred.start(queue_index, tgt.units[address[1]], chain, task, resp_size)
         return self._respond(chain, task, resp_size)
 
     def _respond(self, chain: DescriptorChain, task: Task, resp_size: int) -> int:

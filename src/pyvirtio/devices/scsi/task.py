@@ -51,6 +51,9 @@ class Task:
     sense: bytes = b""
     transferred: int = 0
     response: int = ScsiResponse.OK
+    #: Set by a unit that leaves the data transfer to the HBA's I/O engine (:mod:`.disk_io`):
+    #: ``(kind, offset, length, dsync)`` with kind ``blk_io.READ`` or ``WRITE``.
+    deferred: tuple[int, int, int, bool] | None = None
 
     @property
     def out_len(self) -> int:
