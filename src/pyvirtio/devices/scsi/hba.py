@@ -1,8 +1,10 @@
 """The virtio-scsi host bus adapter (VIRTIO 1.3, 5.6).
 
 Queues: controlq (0), eventq (1), request queues from 2.  One queue group (one worker) serves
-them all: a command runs to its end inside the worker, so task management never races a
-running command and the units need no lock.
+them all, so the units need no lock.  A command runs to its end inside the worker, except a
+disk's READ/WRITE on an image, whose data moves in the kernel (:mod:`.disk_io`) — and everything
+in flight is finished before a task management function is answered, so a TMF never races a
+running command.
 
 Request queue (5.6.6.1): a chain is ``virtio_scsi_req_cmd`` (19 bytes + ``cdb_size``) then the
 data-out buffer, device-writable ``virtio_scsi_resp_cmd`` (12 bytes + ``sense_size``) then the

@@ -3,8 +3,8 @@
 :class:`ImageMedium` is a raw image file or host block device, opened, checked and locked as
 ``pyvirtio serve blk`` does (:func:`pyvirtio.devices.blk_image.open_image`); reads and writes go
 straight between the file and guest memory (``os.preadv`` / ``os.pwritev`` into the request's
-views, no copy).  They are synchronous: a command completes inside the queue's worker before the
-next is popped (the SCSI units are simple and correct first; the blk device is the fast path).
+views, no copy), synchronously in the device's worker; a disk's READ and WRITE go instead through
+the block device's asynchronous engine (:mod:`.disk_io`) unless its ``aio`` is ``off``.
 :class:`MemoryMedium` keeps the blocks in a bytearray (tests, and the SG_IO stand-in).
 """
 
