@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 
 from pyvirtio.drivers.scsi import ScsiResult, decode_lun, encode_lun
 from pyvirtio.drivers.scsi_sense import Sense, SenseFormatError, parse_sense
-from pyvirtio.drivers.scsi_sg import InquiryData
+from pyvirtio.drivers.scsi_sg import InquiryData, _rw_cdb
 from pyvirtio.errors import DeviceFault, UsageError
 from pyvirtio.spec import scsi_cmd as sc
 from pyvirtio.spec.scsi import ScsiResponse
@@ -113,3 +113,14 @@ def test_result_ok_and_check():
     target = ScsiResult(ScsiResponse.BAD_TARGET, 0, 0, 0, b"", b"")
     with pytest.raises(Exception, match="BAD_TARGET"):
         target.check()
+
+
+@pytest.mark.parametrize("lba, blocks, length", [(0, 1, 10), (2**32 - 1, 2**16 - 1, 10), (2**32, 1, 16),
+                                                 (0, 2**16, 16)])
+def test_read_write_cdb_is_the_10_byte_form_where_it_reaches(lba, blocks, length):
+    cdb = _rw_cdb(0x28, 0x88, lba, blocks)
+    assert len(cdb) == length and cdb[0] == (0x28 if length == 10 else 0x88)
+    if length == 10:
+        assert (int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")) == (lba, blocks)
+    else:
+        assert (int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")) == (lba, blocks)

@@ -106,6 +106,7 @@ def test_identity_data_and_many_in_flight(rig):
     assert (inq.vendor, inq.device_type, hd.serial()) == ("PYVIRTIO", 0, "DRV-DISK")
     assert tuple(hd.read_capacity16()) == (len(DISK) // 512, 512)
     assert hd.read(5, 3) == DISK[5 * 512:8 * 512]
+    assert hd.read16(len(DISK) // 512 - 2, 2) == DISK[-1024:]
     write16 = lambda lba: bytes((0x8A, 0)) + lba.to_bytes(8, "big") + (1).to_bytes(4, "big") + bytes(2)  # noqa: E731
     blocks = {lba: bytes([lba]) * 512 for lba in range(0, 120, 4)}
     writes = [drv.submit(0, 0, write16(lba), data_out=d) for lba, d in blocks.items()]
@@ -115,6 +116,7 @@ def test_identity_data_and_many_in_flight(rig):
                               data_in_len=512)) for lba in blocks]
     assert all(drv.wait(r).check().data == blocks[lba] for lba, r in reads)
     ready(drv, 1)
+    assert drv.lun(1).read(3, 1) == ISO[3 * 2048:4 * 2048]  # the block size asked for first
     cd = drv.lun(1)
     assert tuple(cd.read_capacity10()) == (64, 2048)
     assert cd.read10(10, 2) == ISO[10 * 2048:12 * 2048]

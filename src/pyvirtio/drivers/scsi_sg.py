@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..errors import UsageError
+from ..errors import RequestError, UsageError
 from ..spec import scsi_cmd as op
 from ..spec.scsi_cmd import Opcode as _O
 
@@ -76,12 +76,31 @@ class MediaEvent(NamedTuple):
     media_present: bool
 
 
+def _rw_cdb(op10: int, op16: int, lba: int, blocks: int) -> bytes:
+    """A READ/WRITE CDB: the 10-byte form when ``lba`` < 2**32 and ``blocks`` < 2**16, else the
+    16-byte one (SBC-3 5.11, 5.14)."""
+    if lba < 1 << 32 and blocks < 1 << 16:
+        return bytes((op10, 0)) + struct.pack(">IBH", lba, 0, blocks) + b"\0"
+    return bytes((op16, 0)) + struct.pack(">QI", lba, blocks) + bytes(2)
+
+
 class ScsiLun:
     """One logical unit (``target``, ``lun``) behind a :class:`~pyvirtio.drivers.scsi.ScsiDriver`."""
 
     def __init__(self, driver: "ScsiDriver", target: int, lun: int = 0):
         self.driver, self.target, self.lun = driver, target, lun
-        self.block_size = 512
+        self._block_size: int | None = None
+
+    @property
+    def block_size(self) -> int:
+        """The logical block length: from the last READ CAPACITY, which the first read or write
+        sends when none was (READ CAPACITY(10) if the unit rejects (16), as MMC drives may)."""
+        if self._block_size is None:
+            try:
+                self.read_capacity16()
+            except RequestError:  # ScsiCommandError
+                self.read_capacity10()
+        return self._block_size or op.SBC_BLOCK_SIZE
 
     def command(self, cdb: bytes, *, data_out: bytes = b"", data_in_len: int = 0,
                 timeout: float | None = 30.0) -> "ScsiResult":
@@ -141,7 +160,7 @@ class ScsiLun:
         """READ CAPACITY(10) (last LBA 0xFFFFFFFF means: ask READ CAPACITY(16))."""
         data = self._ok(bytes((_O.READ_CAPACITY_10,)) + bytes(9), data_in_len=8).data.ljust(8, b"\0")
         last, size = struct.unpack(">II", data[:8])
-        self.block_size = size or self.block_size
+        self._block_size = size or self._block_size
         return Capacity(last + 1, size)
 
     def read_capacity16(self) -> Capacity:
@@ -149,26 +168,30 @@ class ScsiLun:
         cdb = bytes((_O.SERVICE_ACTION_IN_16, op.ServiceActionIn16.READ_CAPACITY_16)) + bytes(8) + (32).to_bytes(4, "big") + bytes(2)
         data = self._ok(cdb, data_in_len=32).data.ljust(12, b"\0")
         last, size = struct.unpack(">QI", data[:12])
-        self.block_size = size or self.block_size
+        self._block_size = size or self._block_size
         return Capacity(last + 1, size)
 
     def read(self, lba: int, blocks: int) -> bytes:
-        """READ(16) of ``blocks`` blocks from ``lba`` (``block_size`` from the last READ
-        CAPACITY; 512 before one)."""
+        """Read ``blocks`` blocks of :attr:`block_size` from ``lba``: READ(10) when the LBA and the
+        count fit it (as Linux's sd does; MMC drives have no READ(16)), else READ(16)."""
+        return self._ok(_rw_cdb(_O.READ_10, _O.READ_16, lba, blocks), data_in_len=blocks * self.block_size).data
+
+    def write(self, lba: int, data: bytes) -> None:
+        """Write ``data`` (a whole number of blocks) at ``lba``: WRITE(10), or WRITE(16) past
+        its reach."""
+        size = self.block_size
+        if not data or len(data) % size:
+            raise UsageError(f"{len(data)} bytes is not a positive multiple of the block size {size}")
+        self._ok(_rw_cdb(_O.WRITE_10, _O.WRITE_16, lba, len(data) // size), data_out=data)
+
+    def read16(self, lba: int, blocks: int) -> bytes:
+        """READ(16), whatever the LBA (SBC units)."""
         cdb = bytes((_O.READ_16, 0)) + struct.pack(">QI", lba, blocks) + bytes(2)
         return self._ok(cdb, data_in_len=blocks * self.block_size).data
 
-    def write(self, lba: int, data: bytes) -> None:
-        """WRITE(16) of ``data`` (a whole number of blocks) at ``lba``."""
-        if not data or len(data) % self.block_size:
-            raise UsageError(f"{len(data)} bytes is not a positive multiple of the block size {self.block_size}")
-        cdb = bytes((_O.WRITE_16, 0)) + struct.pack(">QI", lba, len(data) // self.block_size) + bytes(2)
-        self._ok(cdb, data_out=data)
-
     def read10(self, lba: int, blocks: int) -> bytes:
         """READ(10) (what a CD-ROM driver sends; 2048-byte blocks on a CD)."""
-        cdb = bytes((_O.READ_10, 0)) + struct.pack(">IBH", lba, 0, blocks) + b"\0"
-        return self._ok(cdb, data_in_len=blocks * self.block_size).data
+        return self._ok(_rw_cdb(_O.READ_10, _O.READ_10, lba, blocks), data_in_len=blocks * self.block_size).data
 
     def synchronize_cache(self) -> None:
         """SYNCHRONIZE CACHE(10) of the whole unit."""
