@@ -32,6 +32,7 @@ import concurrent.futures
 import logging
 import os
 import select
+import struct
 import threading
 from collections import deque
 
@@ -43,7 +44,7 @@ from ...spec.ids import DeviceType
 from ...virtq import DescriptorChain
 from .passthrough import PassthroughFs
 from .server import MAX_WRITE, FuseServer
-from .wire import FuseProtocolError
+from .wire import FuseProtocolError, Placed
 
 log = logging.getLogger(__name__)
 
@@ -102,40 +103,50 @@ class FsDevice(VirtioDevice):
 
     def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int | None:
         self.stats["requests"] += 1
-        data = self._request_bytes(queue_index, chain)
-        if data is None:
+        request = self._request(queue_index, chain)
+        if request is None:
             return 0
+        data, tail = request
         opcode = _opcode(data)
         if queue_index == spec.HIPRIOQ or not self.threads or opcode not in POOL_OPCODES:
-            return self._write_reply(queue_index, chain, self._run(data, chain.writable_len))
+            return self._write_reply(chain, self._run(chain, data, tail))
         if opcode in (F.FuseOpcode.READ, F.FuseOpcode.WRITE):
             try:  # cannot wait for a disk (page cache, tmpfs): at once, as blk's small reads
-                return self._write_reply(queue_index, chain, self._run(data, chain.writable_len, nowait=True))
+                return self._write_reply(chain, self._run(chain, data, tail, nowait=True))
             except BlockingIOError:
                 pass
-        future = self._executor().submit(self._run, data, chain.writable_len)
+        future = self._executor().submit(self._run, chain, data, tail)
         with self._lock:
             self._inflight.setdefault(queue_index, set()).add(future)
         future.add_done_callback(lambda f: self._finished(queue_index, chain, f))
         return None
 
-    def _request_bytes(self, queue_index: int, chain: DescriptorChain) -> bytes | None:
-        """The request copied out of the chain, up to its header's ``len`` (or what the chain
-        has, if less: the server then answers EINVAL); None if there is no header at all."""
+    def _request(self, queue_index: int, chain: DescriptorChain) -> tuple[bytes, list[memoryview]] | None:
+        """The request: its bytes copied out of the chain up to its header's ``len`` (or what
+        the chain has, if less: the server then answers EINVAL) -- except a WRITE's data, left
+        in guest memory as views (the tail); None if there is no header at all."""
         if chain.readable_len < F.FUSE_IN_HEADER_SIZE:
             self._fault(queue_index, "chain of %d readable bytes: no fuse_in_header", chain.readable_len)
             return None
         head = chain.read(0, F.FUSE_IN_HEADER_SIZE)
-        length = F.FUSE_IN_HEADER.unpack(head)[0]
+        length, opcode = struct.unpack_from("<II", head)
         if length > self.max_request:
             length = F.FUSE_IN_HEADER_SIZE  # the server sees len past the bytes: EINVAL
-        return chain.read(0, min(max(length, F.FUSE_IN_HEADER_SIZE), chain.readable_len))
+        length = min(max(length, F.FUSE_IN_HEADER_SIZE), chain.readable_len)
+        if opcode == F.FuseOpcode.WRITE and length > _WRITE_HEAD:
+            return chain.read(0, _WRITE_HEAD), chain.readable_views(_WRITE_HEAD, length - _WRITE_HEAD)
+        return chain.read(0, length), []
 
-    def _run(self, data: bytes, out_size: int, nowait: bool = False) -> list | None:
-        """One request through the FUSE server (a pool thread, or inline); with ``nowait`` a
-        READ that would wait for a disk raises BlockingIOError."""
+    def _run(self, chain: DescriptorChain, data: bytes, tail: list[memoryview],
+             nowait: bool = False) -> list | None:
+        """One request through the FUSE server (a pool thread, or inline); READ data goes
+        straight into the chain's buffers.  With ``nowait`` a READ or WRITE that would wait for
+        a disk raises BlockingIOError."""
+        def sink(n: int) -> list[memoryview]:
+            return chain.writable_views(F.FUSE_OUT_HEADER_SIZE, n)
+
         try:
-            reply = self.server.handle(data, out_size, nowait=nowait)
+            reply = self.server.handle(data, chain.writable_len, nowait=nowait, tail=tail, sink=sink)
         except BlockingIOError:
             if nowait:
                 raise
@@ -160,12 +171,18 @@ class FsDevice(VirtioDevice):
             if fd >= 0:
                 os.eventfd_write(fd, 1)
 
-    def _write_reply(self, queue_index: int, chain: DescriptorChain, reply: list | None) -> int:
+    @staticmethod
+    def _write_reply(chain: DescriptorChain, reply: list | None) -> int:
+        """Copy a reply into the chain (parts already placed by the sink are skipped); the
+        bytes the reply takes."""
         if reply is None:
             return 0
+        pos = 0
         for part in reply:
-            chain.write(part)
-        return chain.written
+            if not isinstance(part, Placed):
+                chain.write(part, pos)
+            pos += len(part)
+        return pos
 
     def _fault(self, queue_index: int, msg: str, *args) -> None:
         self.stats["errors"] += 1
@@ -201,7 +218,7 @@ class FsDevice(VirtioDevice):
         used = []
         while done:
             chain, reply = done.popleft()
-            used.append((chain.head_index, self._write_reply(index, chain, reply)))
+            used.append((chain.head_index, self._write_reply(chain, reply)))
         queue = self.queues[index]
         if not used or queue.broken or not queue.ready:
             return set()
@@ -245,6 +262,10 @@ class FsDevice(VirtioDevice):
             fds, self._done_fds = self._done_fds, []
         for fd in fds:
             os.close(fd)
+
+
+#: fuse_in_header + fuse_write_in: what of a WRITE is copied; its data stays in guest memory.
+_WRITE_HEAD = F.FUSE_IN_HEADER_SIZE + F.FUSE_WRITE_IN_SIZE
 
 
 def _opcode(data: bytes) -> int:

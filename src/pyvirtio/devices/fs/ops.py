@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from ...spec import fuse as F
 from .passthrough import Caller, Entry
-from .wire import PATH_MAX, Args, FuseError, dirent, reply_error, reply_ok
+from .wire import PATH_MAX, Args, FuseError, Placed, dirent, reply_error, reply_ok
 
 O = F.FuseOpcode
 _NS = 1_000_000_000
@@ -229,12 +229,15 @@ def op_create(srv, hdr, args: Args, out_size):
 def op_read(srv, hdr, args: Args, out_size, *, nowait: bool = False):
     arg = F.FuseReadIn._make(args.struct(F.FUSE_READ_IN))
     size = min(arg.size, MAX_READ, max(out_size - F.FUSE_OUT_HEADER_SIZE, 0))
+    if args.sink is not None and size:  # straight into the driver's buffers
+        done = srv.backend.read_into(arg.fh, arg.offset, args.sink(size), nowait=nowait)
+        return reply_ok(hdr.unique, Placed(done))
     return reply_ok(hdr.unique, srv.backend.read(arg.fh, arg.offset, size, nowait=nowait))
 
 
 def op_write(srv, hdr, args: Args, out_size, *, nowait: bool = False):
     arg = F.FuseWriteIn._make(args.struct(F.FUSE_WRITE_IN))
-    written = srv.backend.write(arg.fh, arg.offset, args.data(arg.size), nowait=nowait)
+    written = srv.backend.write(arg.fh, arg.offset, args.data_views(arg.size), nowait=nowait)
     return reply_ok(hdr.unique, F.FUSE_WRITE_OUT.pack(written, 0))
 
 

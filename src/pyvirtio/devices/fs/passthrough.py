@@ -364,33 +364,42 @@ class PassthroughFs:
     # --- I/O on handles -----------------------------------------------------------------------
 
     def read(self, fh: int, offset: int, size: int, *, nowait: bool = False) -> bytes:
-        """READ: at most ``size`` bytes at ``offset`` (fewer at the end of the file).  With
-        ``nowait``, only what cannot wait for a disk: a file in memory (tmpfs), or up to
-        :data:`NOWAIT_READ_MAX` bytes from the page cache (``RWF_NOWAIT``); BlockingIOError
-        otherwise (a range only partly cached before the end of the file counts as uncached)."""
+        """READ: at most ``size`` bytes at ``offset`` (fewer at the end of the file); see
+        :meth:`read_into` for ``nowait``."""
+        buf = bytearray(size)
+        n = self.read_into(fh, offset, [memoryview(buf)], nowait=nowait)
+        del buf[n:]
+        return bytes(buf)
+
+    def read_into(self, fh: int, offset: int, views: list[memoryview], *, nowait: bool = False) -> int:
+        """READ into ``views`` (guest memory, or a buffer): the bytes read, fewer only at the
+        end of the file.  With ``nowait``, only what cannot wait for a disk: a file in memory
+        (tmpfs), or up to :data:`NOWAIT_READ_MAX` bytes from the page cache (``RWF_NOWAIT``);
+        BlockingIOError otherwise (a range only partly cached before the end of the file counts
+        as uncached; ``views`` may then hold part of the data)."""
+        size = sum(len(v) for v in views)
         with self.handles.use(fh) as handle:
             if not nowait or _in_memory(handle):
-                return os.pread(handle.fd, size, offset)
+                return _preadv_full(handle.fd, views, offset, size)
             if size > NOWAIT_READ_MAX or not _RWF_NOWAIT:
                 raise BlockingIOError(errno.EAGAIN, "may wait for a disk")
-            buf = bytearray(size)
             try:
-                n = os.preadv(handle.fd, [buf], offset, _RWF_NOWAIT)
+                n = os.preadv(handle.fd, views, offset, _RWF_NOWAIT)
             except OSError as exc:  # EAGAIN, or no RWF_NOWAIT on this file system
                 raise BlockingIOError(errno.EAGAIN, "not in the page cache") from exc
             if n < size and offset + n < os.fstat(handle.fd).st_size:
                 raise BlockingIOError(errno.EAGAIN, "only partly in the page cache")
-            del buf[n:]
-            return bytes(buf)
+            return n
 
-    def write(self, fh: int, offset: int, data: memoryview, *, nowait: bool = False) -> int:
-        """WRITE: the bytes written.  With ``nowait``, only to a file in memory (tmpfs);
-        BlockingIOError otherwise, before anything is written."""
+    def write(self, fh: int, offset: int, data: list[memoryview], *, nowait: bool = False) -> int:
+        """WRITE ``data`` (views of guest memory, written with one pwritev): the bytes written.
+        With ``nowait``, only to a file in memory (tmpfs); BlockingIOError otherwise, before
+        anything is written."""
         self._writable()
         with self.handles.use(fh) as handle:
             if nowait and not _in_memory(handle):
                 raise BlockingIOError(errno.EAGAIN, "may wait for a disk")
-            return os.pwrite(handle.fd, data, offset)
+            return os.pwritev(handle.fd, data, offset) if data else 0
 
     def release(self, fh: int) -> None:
         """RELEASE: the handle is closed (once no request uses it)."""
@@ -455,6 +464,30 @@ class PassthroughFs:
 
 
 _U64 = (1 << 64) - 1
+
+
+def _preadv_full(fd: int, views: list[memoryview], offset: int, size: int) -> int:
+    """preadv until ``size`` bytes or the end of the file (a read may come back short)."""
+    done = 0
+    while done < size:
+        n = os.preadv(fd, _skip(views, done), offset + done)
+        if n <= 0:
+            break
+        done += n
+    return done
+
+
+def _skip(views: list[memoryview], n: int) -> list[memoryview]:
+    if not n:
+        return views
+    out = []
+    for v in views:
+        if n >= len(v):
+            n -= len(v)
+            continue
+        out.append(v[n:])
+        n = 0
+    return out
 
 
 def _in_memory(handle: Handle) -> bool:

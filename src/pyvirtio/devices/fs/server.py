@@ -28,12 +28,12 @@ from __future__ import annotations
 import errno
 import logging
 import traceback
-from typing import Callable
+from typing import Callable, Sequence
 
 from ...limits import PeerLog
 from ...spec import fuse as F
 from .passthrough import PassthroughFs
-from .wire import Args, FuseError, Reply, parse_request, reply_error, reply_len, reply_ok
+from .wire import Args, FuseError, Reply, Sink, parse_request, reply_error, reply_len, reply_ok
 
 log = logging.getLogger(__name__)
 
@@ -75,18 +75,20 @@ class FuseServer:
     # --- one request ------------------------------------------------------------------------------
 
     def handle(self, data: bytes | bytearray | memoryview, out_size: int, *,
-               nowait: bool = False) -> Reply | None:
+               nowait: bool = False, tail: Sequence[memoryview] = (), sink: Sink | None = None) -> Reply | None:
         """The reply to one request (``None``: no reply).  Raises FuseProtocolError only when
         the request is shorter than a fuse_in_header (nothing to answer).  ``nowait``: a READ
         or WRITE is done only if it cannot wait for a disk (see PassthroughFs.read/write),
-        else BlockingIOError is raised (the caller then runs it where it may block)."""
+        else BlockingIOError is raised (the caller then runs it where it may block).
+        ``tail`` and ``sink``: where the bulk of a WRITE is and where a READ's data may go,
+        in guest memory (:class:`~.wire.Args`)."""
         try:
-            request = parse_request(data)
+            request = parse_request(data, sum(len(v) for v in tail))
         except FuseError as exc:
             unique = F.FUSE_IN_HEADER.unpack_from(bytes(data[:F.FUSE_IN_HEADER_SIZE]))[2]
-            return self._fit(reply_error(unique, exc.errno), out_size)
+            return self._fit(reply_error(unique, exc.errno), out_size, unique)
         hdr = request.header
-        reply = self._dispatch(hdr, Args(request.body), out_size, nowait)
+        reply = self._dispatch(hdr, Args(request.body, tail, sink), out_size, nowait)
         return None if reply is None else self._fit(reply, out_size, hdr.unique)
 
     def _dispatch(self, hdr: F.FuseInHeader, args: Args, out_size: int, nowait: bool = False) -> Reply | None:
@@ -115,13 +117,11 @@ class FuseServer:
             return reply_error(hdr.unique, errno.EIO)
 
     @staticmethod
-    def _fit(reply: Reply, out_size: int, unique: int | None = None) -> Reply | None:
+    def _fit(reply: Reply, out_size: int, unique: int) -> Reply | None:
         if reply_len(reply) <= out_size:
             return reply
         if out_size < F.FUSE_OUT_HEADER_SIZE:
             return None
-        if unique is None:
-            unique = F.FUSE_OUT_HEADER.unpack_from(bytes(reply[0][:F.FUSE_OUT_HEADER_SIZE]))[2]
         return reply_error(unique, errno.ERANGE)
 
     # --- INIT ---------------------------------------------------------------------------------

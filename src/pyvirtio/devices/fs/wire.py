@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 from struct import Struct
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from ...errors import DriverFault
 from ...spec import fuse as F
@@ -54,29 +54,41 @@ class Request(NamedTuple):
     body: memoryview
 
 
-def parse_request(data: bytes | bytearray | memoryview) -> Request:
+def parse_request(data: bytes | bytearray | memoryview, tail_len: int = 0) -> Request:
     """The header and body of one request; FuseProtocolError without a whole header, FuseError
-    (EINVAL, the header's ``unique`` is good to answer) when ``len`` disagrees with the bytes."""
+    (EINVAL, the header's ``unique`` is good to answer) when ``len`` disagrees with the bytes.
+    ``tail_len``: more request bytes the caller holds elsewhere (a WRITE's data left in guest
+    memory, :class:`Args` ``tail``); ``len`` may reach into them."""
     view = memoryview(data).cast("B")
     if len(view) < F.FUSE_IN_HEADER_SIZE:
         raise FuseProtocolError(f"FUSE request of {len(view)} bytes: shorter than fuse_in_header")
     header = F.FuseInHeader._make(_HDR.unpack_from(view))
     if header.len < F.FUSE_IN_HEADER_SIZE:
         raise FuseError(errno.EINVAL, f"fuse_in_header.len {header.len} is shorter than the header")
-    if header.len > len(view):
-        raise FuseError(errno.EINVAL, f"fuse_in_header.len {header.len} runs past the {len(view)} "
-                                      "bytes the driver gave")
+    if header.len > len(view) + tail_len:
+        raise FuseError(errno.EINVAL, f"fuse_in_header.len {header.len} runs past the "
+                                      f"{len(view) + tail_len} bytes the driver gave")
     return Request(header, view[F.FUSE_IN_HEADER_SIZE:header.len])
 
 
+Sink = Callable[[int], list[memoryview]]
+
+
 class Args:
-    """A cursor over a request's body: structs, names and raw bytes, each bound-checked."""
+    """A cursor over a request's body: structs, names and raw bytes, each bound-checked.
 
-    __slots__ = ("_view", "_pos")
+    ``tail``: the rest of the request where the driver put it (views of guest memory: a
+    WRITE's data, never copied), counted after the body.  ``sink``: where a reply's bulk data
+    may go straight (``sink(n)``: views of the ``n`` bytes after the reply header), so a READ
+    lands in guest memory without a copy (the reply then carries a :class:`Placed`)."""
 
-    def __init__(self, body: memoryview):
+    __slots__ = ("_view", "_pos", "tail", "sink")
+
+    def __init__(self, body: memoryview, tail: Sequence[memoryview] = (), sink: Sink | None = None):
         self._view = body
         self._pos = 0
+        self.tail = tail
+        self.sink = sink
 
     def struct(self, layout: Struct) -> tuple:
         """The next ``layout`` (EINVAL if the body is too short)."""
@@ -117,6 +129,25 @@ class Args:
         self._pos = end
         return out
 
+    def data_views(self, size: int) -> list[memoryview]:
+        """The next ``size`` bytes as views: what is left of the body, then the tail (EINVAL if
+        fewer are left)."""
+        if size < 0:
+            raise FuseError(errno.EINVAL, "negative data size")
+        here = min(size, len(self._view) - self._pos)
+        out = [self._view[self._pos:self._pos + here]] if here else []
+        self._pos += here
+        need = size - here
+        for view in self.tail:
+            if need <= 0:
+                break
+            take = view[:need]
+            out.append(take)
+            need -= len(take)
+        if need > 0:
+            raise FuseError(errno.EINVAL, f"request carries fewer than {size} data bytes")
+        return out
+
     def rest(self) -> memoryview:
         """Everything not read yet."""
         out = self._view[self._pos:]
@@ -124,7 +155,20 @@ class Args:
         return out
 
 
-Reply = Sequence[bytes | bytearray | memoryview]
+class Placed:
+    """``n`` reply bytes already written into the driver's buffers through a sink (right after
+    the reply header); a writer skips them."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+Reply = Sequence["bytes | bytearray | memoryview | Placed"]
 
 
 def reply_error(unique: int, err: int) -> list[bytes]:
@@ -132,7 +176,7 @@ def reply_error(unique: int, err: int) -> list[bytes]:
     return [_OUT.pack(F.FUSE_OUT_HEADER_SIZE, -err, unique)]
 
 
-def reply_ok(unique: int, *parts: bytes | bytearray | memoryview) -> list:
+def reply_ok(unique: int, *parts: "bytes | bytearray | memoryview | Placed") -> list:
     """A success reply: the header, then ``parts`` in order."""
     size = F.FUSE_OUT_HEADER_SIZE + sum(len(p) for p in parts)
     return [_OUT.pack(size, 0, unique), *parts]
@@ -154,5 +198,5 @@ def dirent(ino: int, next_off: int, dtype: int, name: bytes) -> bytes:
     return F.FUSE_DIRENT.pack(ino, next_off, len(name), dtype) + name + bytes(size - F.FUSE_NAME_OFFSET - len(name))
 
 
-__all__ = ["Args", "FuseError", "FuseProtocolError", "NAME_MAX", "PATH_MAX", "Reply", "Request",
+__all__ = ["Args", "FuseError", "FuseProtocolError", "NAME_MAX", "PATH_MAX", "Placed", "Reply", "Request", "Sink",
            "align8", "dirent", "parse_request", "reply_error", "reply_len", "reply_ok"]
