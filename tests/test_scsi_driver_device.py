@@ -168,3 +168,15 @@ def test_scan_finds_every_lun_of_every_target(tmp_path):
         found = [(t_, lun, inq.device_type) for t_, lun, inq in drv.scan(range(8))]
         drv.remove()
     assert found == [(0, 0, 0), (0, 2, 0), (1, 0, 5), (5, 0, 5)]
+
+
+def test_more_commands_than_the_rings_hold(tmp_path):
+    """600 reads submitted before any is waited for, over two 128-entry request queues: submit
+    waits for room as the device completes them; every result comes back right."""
+    with loopback(make_device(), tmp_path) as t:
+        drv = ScsiDriver.probe(t)
+        ready(drv, 0)
+        cdb = lambda lba: bytes((0x28, 0)) + lba.to_bytes(4, "big") + bytes((0, 0, 1, 0))  # noqa: E731
+        requests = [(lba, drv.submit(0, 0, cdb(lba), data_in_len=512)) for lba in range(600)]
+        assert all(drv.wait(r).check().data == DISK[lba * 512:(lba + 1) * 512] for lba, r in requests)
+        drv.remove()
