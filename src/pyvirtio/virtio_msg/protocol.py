@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Callable, NamedTuple
 
-from ..errors import DeviceFault, PeerProtocolError, Scope, TransportError
+from ..errors import PeerProtocolError, RequestError, Scope, TransportError
 from ..spec import virtio_msg as S
 from ..spec.virtio_msg import BusMsgId, MsgId, MsgType
 
@@ -28,24 +28,22 @@ class MalformedMessage(PeerProtocolError):
         super().__init__(why)
 
 
-class RequestFailed(DeviceFault):
-    """The bus or device answered a request with EVENT_ERROR (``reason``: an ErrorReason)."""
-
-    scope = Scope.REQUEST
+class RequestFailed(RequestError):
+    """The bus or device answered a request with EVENT_ERROR (``reason``, also ``status``: an
+    ErrorReason); only this request failed."""
 
     def __init__(self, why: str, reason: int):
         self.reason = reason
-        super().__init__(why)
+        super().__init__(why, reason)
 
 
-class ClaimFailed(DeviceFault):
-    """CLAIM / RELEASE / SET_MEMORY refused (``result``: a ClaimResult) — e.g. none free."""
-
-    scope = Scope.REQUEST
+class ClaimFailed(RequestError):
+    """CLAIM / RELEASE / SET_MEMORY refused (``result``, also ``status``: a ClaimResult) — e.g.
+    NONE_FREE: every device of the class is claimed by another driver."""
 
     def __init__(self, why: str, result: int):
         self.result = result
-        super().__init__(why)
+        super().__init__(why, result)
 
 
 class BusTimeout(TransportError):
