@@ -480,3 +480,17 @@ def test_empty_drive():
     assert run(unit, [O.READ_CAPACITY] + [0] * 9, 8).sense == fixed(2, 0x3A01)
     d = run(unit, [O.GET_CONFIGURATION, 0, 0, 0, 0, 0, 0, 1, 0, 0], 256).data
     assert d[6:8] == b"\0\0"
+
+
+def test_read_track_information_and_mechanism_status(cd):
+    d = run(cd, [O.READ_TRACK_INFORMATION, 1, 0, 0, 0, 1, 0, 0, 48, 0], 48).data
+    assert len(d) == 48 and d[:8] == bytes((0, 46, 1, 1, 0, 4, 1, 0))
+    assert d[24:32] == struct.pack(">II", 300, 299)
+    assert run(cd, [O.READ_TRACK_INFORMATION, 0, 0, 0, 0, 10, 0, 0, 48, 0], 48).status == GOOD
+    assert run(cd, [O.READ_TRACK_INFORMATION, 1, 0, 0, 0, 2, 0, 0, 48, 0], 48).sense == fixed(5, 0x2400, field=2)
+    assert run(cd, [O.READ_TRACK_INFORMATION, 0, 0, 0, 1, 0x2C, 0, 0, 48, 0], 48).sense == fixed(5, 0x2400, field=2)
+    assert run(cd, [O.MECHANISM_STATUS, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], 8).data == bytes(8)
+    cd.eject()
+    run(cd, [O.TEST_UNIT_READY] + [0] * 5)
+    assert run(cd, [O.MECHANISM_STATUS, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], 8).data[1] == 0x10
+    assert run(cd, [O.READ_TRACK_INFORMATION, 1, 0, 0, 0, 1, 0, 0, 48, 0], 48).sense == fixed(2, 0x3A02)

@@ -78,6 +78,8 @@ class CdromUnit(EmulatedUnit):
             _O.START_STOP_UNIT: self.start_stop,
             _O.PREVENT_ALLOW_MEDIUM_REMOVAL: self.prevent_allow,
             _O.READ_DISC_INFORMATION: self.read_disc_information,
+            _O.READ_TRACK_INFORMATION: self.read_track_information,
+            _O.MECHANISM_STATUS: self.mechanism_status,
             _O.SYNCHRONIZE_CACHE: lambda task: None,
         })
 
@@ -300,6 +302,31 @@ class CdromUnit(EmulatedUnit):
         out[16:20] = b"\xff\xff\xff\xff"  # last session lead-in start: none
         out[20:24] = b"\xff\xff\xff\xff"  # last possible lead-out start: none
         task.reply(bytes(out), be(cdb, 7, 2))
+
+    def read_track_information(self, task: Task) -> None:
+        """READ TRACK INFORMATION (MMC-6 6.27): the one data track, by LBA, track or session."""
+        self.check_ready()
+        cdb = task.cdb
+        kind, number = cdb[1] & 0x03, be(cdb, 2, 4)
+        if kind == 0 and number >= self.capacity:
+            raise invalid_field(2)
+        if kind in (1, 2) and number != 1 and not (kind == 1 and number == 0xFF):
+            raise invalid_field(2)
+        if kind == 3:
+            raise invalid_field(1, 1)
+        out = bytearray(sc.TRACK_INFORMATION_SIZE)
+        out[0:2] = (sc.TRACK_INFORMATION_SIZE - 2).to_bytes(2, "big")
+        out[2] = out[3] = 1  # track 1 of session 1
+        out[5] = sc.TRACK_MODE_DATA
+        out[6] = sc.DATA_MODE_1
+        out[24:28] = self.capacity.to_bytes(4, "big")  # track size
+        out[28:32] = (self.capacity - 1).to_bytes(4, "big")  # last recorded address
+        task.reply(bytes(out), be(cdb, 7, 2))
+
+    def mechanism_status(self, task: Task) -> None:
+        """MECHANISM STATUS (MMC-6 6.11): no changer; the door (tray) state."""
+        header = bytes((0, sc.MECHANISM_DOOR_OPEN if self.tray_open else 0, 0, 0, 0, 0, 0, 0))
+        task.reply(header, be(task.cdb, 8, 2))
 
     # --- mode pages --------------------------------------------------------------------------------
 
