@@ -159,7 +159,10 @@ class ScsiDevice(VirtioDevice):
 
     def units(self) -> list[tuple[tuple[int, int], LogicalUnit]]:
         """Every unit with its (target, lun), in order."""
-        return [((t, n), unit) for t, tgt in sorted(self.targets.items()) for n, unit in sorted(tgt.units.items())]
+        # copies first (one C call each, under the GIL): the control thread may ask while the
+        # worker plugs a unit
+        return [((t, n), unit) for t, tgt in sorted(list(self.targets.items()))
+                for n, unit in sorted(list(tgt.units.items()))]
 
     def eject(self, where: tuple[int, int] | None = None, *, force: bool = False) -> tuple[int, int]:
         """Host eject of a CD-ROM's disc (refused while the guest prevents removal, unless
@@ -454,8 +457,7 @@ class ScsiDevice(VirtioDevice):
     def statistics(self) -> dict:
         out = super().statistics()
         out["scsi"] = {**self.stats, "pending_events": len(self._events),
-                       "units": {f"{t}:{n}": unit.describe() for t, tgt in sorted(self.targets.items())
-                                 for n, unit in sorted(tgt.units.items())}}
+                       "units": {f"{t}:{n}": unit.describe() for (t, n), unit in self.units()}}
         return out
 
     def close(self) -> None:
