@@ -494,3 +494,17 @@ def test_read_track_information_and_mechanism_status(cd):
     run(cd, [O.TEST_UNIT_READY] + [0] * 5)
     assert run(cd, [O.MECHANISM_STATUS, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], 8).data[1] == 0x10
     assert run(cd, [O.READ_TRACK_INFORMATION, 1, 0, 0, 0, 1, 0, 0, 48, 0], 48).sense == fixed(2, 0x3A02)
+
+
+def test_verify_with_bytchk_compares_the_data_out_buffer(disk):
+    stored = bytes(disk.medium.data[3 * 512:5 * 512])
+    assert run(disk, [O.VERIFY_10, 0x02, 0, 0, 0, 3, 0, 0, 2, 0], 0, stored).status == GOOD
+    bad = bytearray(stored)
+    bad[700] ^= 1
+    assert run(disk, [O.VERIFY_10, 0x02, 0, 0, 0, 3, 0, 0, 2, 0], 0, bytes(bad)).sense == fixed(0x0E, 0x1D00, info=700)
+    block = bytes(disk.medium.data[0:512])
+    same = DiskUnit(MemoryMedium(data=block * 4))
+    ready(same)
+    assert run(same, [O.VERIFY_16, 0x06, *(0).to_bytes(8, "big"), 0, 0, 0, 4, 0, 0], 0, block).status == GOOD
+    assert run(disk, [O.VERIFY_10, 0x04, 0, 0, 0, 0, 0, 0, 1, 0], 0, block).sense == fixed(5, 0x2400, field=1, bit=2)
+    assert run(disk, [O.VERIFY_10, 0x02, 0, 0, 0, 0, 0, 0, 2, 0], 0, block).response == ScsiResponse.OVERRUN

@@ -2,7 +2,8 @@
 
 Commands: INQUIRY (VPD 0x00, 0x80, 0x83, 0xB0 block limits, 0xB1 block device characteristics,
 0xB2 logical block provisioning), READ CAPACITY (10) and (16), READ / WRITE (6) (10) (12) (16),
-WRITE AND VERIFY and VERIFY (10) (16) (BYTCHK 0), SYNCHRONIZE CACHE (10) (16), UNMAP, WRITE SAME
+WRITE AND VERIFY, VERIFY (10) (16) (BYTCHK 0, or 1 and 3: compared with the data-out
+buffer, MISCOMPARE with the offset of the first differing byte), SYNCHRONIZE CACHE (10) (16), UNMAP, WRITE SAME
 (10) (16) with the UNMAP and NDOB bits, MODE SENSE / MODE SELECT (6) (10) with the read-write
 error recovery, caching (WCE changeable) and control (D_SENSE changeable) pages, TEST UNIT READY,
 REQUEST SENSE, START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL (accepted; the medium is fixed).
@@ -22,7 +23,7 @@ from typing import Callable
 from ...spec import scsi_cmd as sc
 from ..blk_io import READ, WRITE
 from .media import Medium, write_pattern, write_zeroes
-from .sense import invalid_field, invalid_opcode, invalid_parameter, parameter_list_length_error, write_protected
+from .sense import CheckCondition, invalid_field, invalid_opcode, invalid_parameter, parameter_list_length_error, write_protected
 from .spc import EmulatedUnit, be, check_rw_range
 from .task import Task
 
@@ -117,7 +118,8 @@ class DiskUnit(EmulatedUnit):
         if op in _WRITES:
             return "out", rw_fields(cdb)[1] * self.block_size
         if op in (_O.VERIFY_10, _O.VERIFY_16) and cdb[1] & 0x06:  # BYTCHK: data out to compare
-            return "out", rw_fields(cdb)[1] * self.block_size
+            bytchk = (cdb[1] >> 1) & 0x03
+            return "out", self.block_size if bytchk == 3 else rw_fields(cdb)[1] * self.block_size
         if op == _O.READ_CAPACITY_10:
             return "in", sc.READ_CAPACITY_10_SIZE
         if op in (_O.WRITE_SAME_10, _O.WRITE_SAME_16):
@@ -212,8 +214,23 @@ class DiskUnit(EmulatedUnit):
             self.medium.writev(lba * self.block_size, task.out_views(length))
             if sync:
                 self.medium.flush()
-        elif cdb[1] & 0x06:  # VERIFY with BYTCHK: we keep no other copy to compare against
-            raise invalid_field(1, 1)
+        elif cdb[1] & 0x06:
+            self._verify(task, (cdb[1] >> 1) & 0x03, lba * self.block_size, length)
+
+    def _verify(self, task: Task, bytchk: int, offset: int, length: int) -> None:
+        """VERIFY with BYTCHK (SBC-3 5.33, table 114): 1 compares the data-out buffer with the
+        blocks, 3 compares one data-out block with each; 2 is reserved."""
+        if bytchk == 2:
+            raise invalid_field(1, 2)
+        sent = task.read_out(self.block_size if bytchk == 3 else length)
+        if bytchk == 3:
+            sent = sent * (length // self.block_size)
+        stored = bytearray(length)
+        if length:
+            self.medium.readv(offset, [memoryview(stored)])
+        if stored != sent:
+            first = next(i for i in range(length) if stored[i] != sent[i])
+            raise CheckCondition(_SK.MISCOMPARE, _ASC.MISCOMPARE_DURING_VERIFY_OPERATION, information=first)
 
     def synchronize_cache(self, task: Task) -> None:
         """SYNCHRONIZE CACHE (10) (16): the range is checked, the whole medium flushed."""
