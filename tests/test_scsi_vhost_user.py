@@ -65,6 +65,13 @@ def test_driver_over_vhost_user_reads_writes_and_sees_the_cdrom(tmp_path):
                 assert cd.read_capacity10().block_size == 2048
                 assert cd.read10(3, 2) == b"\x11" * 4096
                 assert drv.execute(5, 0, bytes(6)).response == ScsiResponse.BAD_TARGET
+                # the driver resets the device on the same connection (as a guest does after
+                # SeaBIOS): the rings stop (GET_VRING_BASE) and start again
+                drv.remove()
+                drv = ScsiDriver.probe(t)
+                again = drv.lun(0, 0)
+                assert again.test_unit_ready().ok or again.test_unit_ready().ok
+                assert again.read(100, 8) == b"\xee" * 4096
             finally:
                 t.close()
         assert image.read_bytes()[100 * 512:108 * 512] == b"\xee" * 4096
