@@ -319,3 +319,16 @@ def test_known_opcodes_with_random_fields_answer_with_status_and_sense(op, rest,
         if task.status:
             assert task.sense[0] & 0x7F in (0x70, 0x72) and task.sense[2 if task.sense[0] & 0x7F == 0x70 else 1] & 0x0F
     assert len(disk.medium.data) == 8192
+
+
+def test_a_host_call_the_busy_worker_never_started_is_cancelled(monkeypatch):
+    from pyvirtio.devices.scsi import hba as hba_module
+    from pyvirtio.errors import UsageError
+    dev = ScsiDevice()
+    queued = []
+    dev.host_call = lambda fn, group=0: queued.append(fn)  # a worker that never gets to it
+    monkeypatch.setattr(hba_module, "HOST_CALL_TIMEOUT", 0.05)
+    with pytest.raises(UsageError, match="busy"):
+        dev.attach(0, 0, DiskUnit(MemoryMedium(4096)))
+    queued[0]()  # the worker comes round later: the cancelled call does nothing
+    assert dev.unit(0, 0) is None

@@ -199,9 +199,14 @@ class ScsiDevice(VirtioDevice):
         """Run ``fn`` in the device's worker (under its lock) and return what it returns or
         raise what it raised; inline when no engine serves the device."""
         done = threading.Event()
+        lock = threading.Lock()
         box: dict[str, object] = {}
 
         def call() -> None:
+            with lock:
+                if "cancelled" in box:
+                    return
+                box["started"] = True
             try:
                 box["value"] = fn()
             except BaseException as exc:  # handed to the caller's thread
@@ -210,7 +215,12 @@ class ScsiDevice(VirtioDevice):
                 done.set()
         self.host_call(call, 0)
         if not done.wait(HOST_CALL_TIMEOUT):
-            raise UsageError("the device's worker did not answer in time")
+            with lock:  # a worker stuck in a long command: the change never happens ...
+                if "started" not in box:
+                    box["cancelled"] = True
+                    raise UsageError("the device's worker is busy (a long command?); nothing "
+                                     "was changed, try again")
+            done.wait()  # ... or, once it began, it is finished and reported
         if "error" in box:
             raise box["error"]  # type: ignore[misc]
         return box["value"]  # type: ignore[return-value]
