@@ -332,3 +332,14 @@ def test_a_host_call_the_busy_worker_never_started_is_cancelled(monkeypatch):
         dev.attach(0, 0, DiskUnit(MemoryMedium(4096)))
     queued[0]()  # the worker comes round later: the cancelled call does nothing
     assert dev.unit(0, 0) is None
+
+
+def test_passes_the_device_conformance_checks():
+    from pyvirtio.conformance.device_model import CHECKS, check_device
+
+    def make():
+        dev = ScsiDevice(request_queues=2)
+        dev.add_unit(0, 0, DiskUnit(MemoryMedium(8192)))
+        dev.add_unit(1, 0, CdromUnit(None))
+        return dev
+    assert len(check_device(make)) == len(CHECKS)
