@@ -104,6 +104,9 @@ def test_writable_disk_allows_writes(disk):
     assert O.BLANK not in allow_list(0, True) and O.BLANK in allow_list(5, True)
     # 0x42: READ SUB-CHANNEL (read-only) on a CD, UNMAP (a write) on a disk
     assert 0x42 in allow_list(5, False) and 0x42 not in allow_list(0, False) and 0x42 in allow_list(0, True)
+    # a read-only disk may not be stopped or locked; a CD drive's tray is everyday use
+    assert O.START_STOP_UNIT not in allow_list(0, False) and O.START_STOP_UNIT in allow_list(0, True)
+    assert {O.START_STOP_UNIT, O.PREVENT_ALLOW_MEDIUM_REMOVAL} <= allow_list(5, False)
 
 
 def test_cdrom_passthrough_gets_the_mmc_commands():

@@ -50,8 +50,11 @@ READ_ONLY_COMMANDS = frozenset((
     _O.TEST_UNIT_READY, _O.REQUEST_SENSE, _O.INQUIRY, _O.MODE_SENSE_6, _O.MODE_SENSE_10,
     _O.READ_CAPACITY_10, _O.READ_6, _O.READ_10, _O.READ_12, _O.READ_16, _O.REPORT_LUNS,
     _O.VERIFY_10, _O.VERIFY_16, _O.SYNCHRONIZE_CACHE_10, _O.SYNCHRONIZE_CACHE_16,
-    _O.START_STOP_UNIT, _O.PREVENT_ALLOW_MEDIUM_REMOVAL, _O.LOG_SENSE, _O.RECEIVE_DIAGNOSTIC_RESULTS,
+    _O.LOG_SENSE, _O.RECEIVE_DIAGNOSTIC_RESULTS,
 ))
+#: The tray and its lock: an MMC drive's everyday commands; on a disk they stop the spindle or
+#: lock the host's removable medium, so only a ``writable`` disk gets them.
+MEDIUM_COMMANDS = frozenset((_O.START_STOP_UNIT, _O.PREVENT_ALLOW_MEDIUM_REMOVAL))
 MMC_READ_COMMANDS = frozenset((
     _O.GET_CONFIGURATION, _O.GET_EVENT_STATUS_NOTIFICATION, _O.READ_TOC_PMA_ATIP,
     _O.READ_DISC_INFORMATION, _O.READ_TRACK_INFORMATION, _O.READ_DISC_STRUCTURE,
@@ -86,6 +89,8 @@ def allow_list(peripheral_type: int, writable: bool) -> frozenset[int]:
     """The opcodes passed through to a device of ``peripheral_type``."""
     mmc = peripheral_type == sc.PeripheralDeviceType.CD_DVD
     allowed = set(READ_ONLY_COMMANDS) | set(SERVICE_ACTIONS)
+    if mmc or writable:
+        allowed |= MEDIUM_COMMANDS
     if mmc:
         allowed |= MMC_READ_COMMANDS
     if writable:
