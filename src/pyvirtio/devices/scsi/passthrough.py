@@ -2,9 +2,10 @@
 
 Every CDB is checked against an allow-list first; one not on it ends in CHECK CONDITION,
 ILLEGAL REQUEST, INVALID COMMAND OPERATION CODE without reaching the host device.  The default
-list is read-only (identification, capacity, reads, the MMC queries, tray and lock, cache
-flush); ``writable=True`` adds the writes of the device's type (SBC writes, UNMAP, WRITE SAME on
-a disk; WRITE and the disc-recording commands on an MMC drive).  Never allowed: MODE SELECT,
+list is read-only (identification, capacity, reads, cache flush; on an MMC drive also its
+queries, the tray and its lock); ``writable=True`` adds the writes of the device's type (SBC
+writes, UNMAP, WRITE SAME, START STOP UNIT and the medium lock on a disk; WRITE and the
+disc-recording commands on an MMC drive).  Never allowed: MODE SELECT,
 FORMAT UNIT, WRITE BUFFER (firmware), SANITIZE, SECURITY PROTOCOL, PERSISTENT RESERVE, ATA
 PASS-THROUGH, LOG SELECT, SEND DIAGNOSTIC and vendor-specific codes.  Service-action commands
 are allowed per service action (READ CAPACITY (16), REPORT SUPPORTED OPERATION CODES).
