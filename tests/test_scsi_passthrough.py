@@ -157,3 +157,22 @@ def test_a_real_scsi_generic_device():
         assert t.data[0] & 0x1F == pt.peripheral_type
     finally:
         pt.close()
+
+
+def test_the_real_ioctl_path_maps_a_refusing_fd_to_transport_failure(tmp_path):
+    """The real ``fcntl.ioctl(fd, SG_IO, hdr)`` call (the header passed as a mutable buffer) on a
+    file that is no SCSI device: the kernel says ENOTTY, the guest gets TRANSPORT_FAILURE;
+    ``open_sg`` refuses such a file up front."""
+    from pyvirtio.devices.scsi.sg_io import open_sg
+    path = tmp_path / "not-sg"
+    path.write_bytes(bytes(512))
+    with pytest.raises(OSError):
+        open_sg(str(path))
+    fd = os.open(path, os.O_RDONLY)
+    pt = PassthroughUnit(str(path), fd=fd, peripheral_type=0)
+    try:
+        t = run(pt, [O.INQUIRY, 0, 0, 0, 36, 0], 36)
+        assert t.response == ScsiResponse.TRANSPORT_FAILURE and pt.stats["host_errors"] == 1
+    finally:
+        pt.close()
+    assert pt.fd == -1
