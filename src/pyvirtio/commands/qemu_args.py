@@ -62,6 +62,8 @@ def device_args(device_type: int, socket_path: str, *, queues: int = 1, fs_tag: 
                        "can set up (it knows blk, net, rng, scsi, input, i2c and gpio)")
     if device_type == DeviceType.BLOCK:
         device += f",chardev={chardev},num-queues={queues}"
+    elif device_type == DeviceType.SCSI:  # QEMU's default is one per vCPU: more than served hangs
+        device += f",chardev={chardev},num_queues={queues}"
     elif device_type == DeviceType.FS:  # the guest mounts by this tag: mount -t virtiofs TAG
         device += f",chardev={chardev},tag={_qemu_value(fs_tag or 'share')}"
         device += f",num-request-queues={queues}" if queues > 1 else ""

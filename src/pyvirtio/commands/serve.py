@@ -392,5 +392,5 @@ def _qemu_banner(args, socket_path) -> list[str]:
     from .qemu_args import serve_banner
     dtype = _device_type(args.backend)
     queues = (getattr(args, "num_queues", None) or getattr(args, "queue_pairs", None)
-              or getattr(args, "num_request_queues", None) or 1)
+              or getattr(args, "num_request_queues", None) or getattr(args, "request_queues", None) or 1)
     return serve_banner(dtype, socket_path, queues=queues, tag=getattr(args, "tag", None))

@@ -31,6 +31,12 @@ from ..devices.scsi.media import ImageMedium
 from ..devices.scsi.target import MAX_LUN, MAX_TARGET
 from ..errors import CliError, CliUsageError, UsageError
 
+#: Request queues served unless told otherwise: QEMU's vhost-user-scsi-pci sets up one per vCPU
+#: when its num_queues is not given, and a guest whose QEMU asks for more rings than the
+#: back-end has never boots (the rings past ours are refused), so this covers guests of up to 8
+#: vCPUs; rings QEMU does not set up cost nothing.
+DEFAULT_REQUEST_QUEUES = 8
+
 _ON = {"on": True, "yes": True, "true": True, "1": True, "off": False, "no": False, "false": False, "0": False}
 
 
@@ -47,8 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--passthrough", action="append", default=[], metavar="DEV[,OPTS]",
                        help="a host SCSI generic device (/dev/sgN) reached with SG_IO behind an "
                             "allow-list; OPTS: writable, timeout=SECONDS, target=N, lun=M")
-    group.add_argument("--request-queues", type=int, default=1, metavar="N",
-                       help="request queues (default 1; QEMU's num_queues must not exceed it)")
+    group.add_argument("--request-queues", type=int, default=DEFAULT_REQUEST_QUEUES, metavar="N",
+                       help=f"request queues (default {DEFAULT_REQUEST_QUEUES}); QEMU's num_queues "
+                            "must not exceed it, and its default is one per guest vCPU: give "
+                            "vhost-user-scsi-pci num_queues=N (the start-up banner does)")
 
 
 def parse_unit_spec(text: str) -> tuple[str, dict[str, str]]:
