@@ -343,3 +343,23 @@ def test_passes_the_device_conformance_checks():
         dev.add_unit(1, 0, CdromUnit(None))
         return dev
     assert len(check_device(make)) == len(CHECKS)
+
+
+def test_resize_reports_capacity_data_has_changed(hba):
+    dev, drv = hba
+    from pyvirtio.errors import UsageError
+    pending = drv.queues[1].submit([], [16])
+    assert dev.resize((0, 3), 16384) == 32
+    drv.queues[1].wait(pending, 5)
+    event = spec.ScsiEvent(*spec.SCSI_EVENT.unpack(drv.queues[1].read_in(pending)))
+    assert event == (spec.ScsiEventType.PARAM_CHANGE, L(0, 3), 0x2A | (0x09 << 8))
+    tur(drv, L(0, 3))  # the power-on attention
+    assert tur(drv, L(0, 3))[2][12:14] == b"\x2a\x09"
+    assert drv.cmd(L(0, 3), [O.READ_CAPACITY_10] + [0] * 9, in_len=8)[4] == struct.pack(">II", 31, 512)
+    with pytest.raises(UsageError, match="shrink"):
+        dev.resize((0, 3), 4096)
+    assert dev.resize((0, 3), 4096, shrink=True) == 8
+    with pytest.raises(UsageError, match="block size"):
+        dev.resize((0, 3), 1000)
+    with pytest.raises(UsageError, match="no disk"):
+        dev.resize((2, 0), 4096)

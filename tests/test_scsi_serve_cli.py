@@ -74,6 +74,9 @@ def test_ctl_words():
     assert scsi_request(["attach", "disk", "a.img,ro", "4:1"]) == \
         ("scsi.attach", {"kind": "disk", "path": "a.img,ro", "unit": "4:1"})
     assert scsi_request(["detach", "4:1"]) == ("scsi.detach", {"unit": "4:1"})
+    assert scsi_request(["resize", "0:0", "1G"]) == ("scsi.resize", {"unit": "0:0", "size": "1G"})
+    assert scsi_request(["resize", "0:0", "4096", "--shrink"]) == \
+        ("scsi.resize", {"unit": "0:0", "size": 4096, "shrink": True})
     for bad in ([], ["detach"], ["units", "x"], ["attach", "disk"], ["frobnicate"]):
         with pytest.raises(CliUsageError):
             scsi_request(bad)

@@ -140,7 +140,11 @@ def test_serve_scsi_with_ctl_eject_insert_and_hotplug(tmp_path):
             new = drv.lun(2, 0)
             _clear_attention(new)
             assert new.read(0, 1) == b"\x03" * 512
+            assert proc.ctl("scsi", "resize", "2:0", "128K", check=False).returncode == 1  # read-only
             assert proc.ctl("scsi", "detach", "2:0")["result"] == {"unit": "2:0"}
+            assert proc.ctl("scsi", "resize", "0:0", "2M")["result"] == {"unit": "0:0", "blocks": 4096}
+            assert drv.wait_event(lambda e: e.event == 3 and e.asc_ascq == (0x2A, 0x09), timeout=10).target == 0
+            assert disk.stat().st_size == 2 * 1024 * 1024
             assert drv.wait_event(lambda e: e.event == 1, timeout=10).unplugged
             assert proc.ctl("scsi", "detach", "2:0", check=False).returncode == 1
             assert proc.ctl("insert", str(tmp_path / "missing.iso"), check=False).returncode == 1

@@ -13,10 +13,13 @@ cmd                args                                        result
                    "IMG,ro,serial=S"); ``unit`` (default: the
                    lowest free target, LUN 0)
 ``scsi.detach``    ``unit``                                    ``{"unit": "T:L"}``: hot-unplugged
+``scsi.resize``    ``unit``, ``size`` (bytes or "1G"),          ``{"unit", "blocks"}``: the guest is
+                   ``shrink``                                  told (PARAM_CHANGE 2Ah/09h)
 =================  ==========================================  ====================================
 
 ``pyvirtio ctl PATH`` words: ``scsi units``, ``eject [T:L] [--force]``, ``insert ISO [T:L]``,
-``scsi attach KIND PATH[,OPTS] [T:L]``, ``scsi detach T:L`` (``scsi eject`` / ``scsi insert``
+``scsi attach KIND PATH[,OPTS] [T:L]``, ``scsi detach T:L``, ``scsi resize T:L SIZE [--shrink]``
+(``scsi eject`` / ``scsi insert``
 work too).  Each change runs in the device's worker (:meth:`ScsiDevice.run_on_worker`).
 """
 
@@ -129,6 +132,16 @@ def _detach(target: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"unit": _name(where)}
 
 
+def _resize(target: Any, args: dict[str, Any]) -> dict[str, Any]:
+    from .commands import parse_size
+    device = _device(target, "scsi.resize")
+    where = parse_unit(args["unit"], "scsi.resize")
+    assert where is not None
+    size = parse_size(args["size"])
+    blocks = _failed(lambda: device.resize(where, size, shrink=bool(args.get("shrink"))))
+    return {"unit": _name(where), "blocks": blocks}
+
+
 def scsi_commands(target: Any) -> list[Command]:
     """The SCSI commands for the control socket of ``target``."""
     unit = Arg("unit", (str, int), False, "TARGET:LUN (default: the first CD-ROM)")
@@ -145,6 +158,9 @@ def scsi_commands(target: Any) -> list[Command]:
                  Arg("unit", (str, int), False, "TARGET:LUN (default: the lowest free target, LUN 0)"))),
         Command("scsi.detach", "scsi: hot-unplug a unit", lambda a: _detach(target, a),
                 (Arg("unit", (str, int), True, "TARGET:LUN"),)),
+        Command("scsi.resize", "scsi: a disk's new capacity (the guest is told)", lambda a: _resize(target, a),
+                (Arg("unit", (str, int), True, "TARGET:LUN"), Arg("size", (int, str), True, "bytes, or 1G, 512M"),
+                 Arg("shrink", (bool,), False, "true: allow a smaller size (data past it is lost)"))),
     ]
 
 
@@ -164,5 +180,11 @@ def scsi_request(words: list[str]) -> tuple[str, dict[str, Any]]:
         return "scsi.attach", {"kind": rest[0], "path": rest[1], **({"unit": rest[2]} if rest[2:] else {})}
     if verb == "detach" and len(rest) == 1 and not force:
         return "scsi.detach", {"unit": rest[0]}
+    shrink = "--shrink" in rest
+    rest = [w for w in rest if w != "--shrink"]
+    if verb == "resize" and len(rest) == 2 and not force:
+        size: Any = int(rest[1]) if rest[1].isdigit() else rest[1]
+        return "scsi.resize", {"unit": rest[0], "size": size, **({"shrink": True} if shrink else {})}
     raise CliUsageError("scsi commands: scsi units | eject [T:L] [--force] | insert ISO [T:L] | "
-                        "scsi attach disk|cdrom|passthrough PATH[,OPTS] [T:L] | scsi detach T:L")
+                        "scsi attach disk|cdrom|passthrough PATH[,OPTS] [T:L] | scsi detach T:L | "
+                        "scsi resize T:L SIZE [--shrink]")

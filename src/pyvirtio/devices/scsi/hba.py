@@ -188,6 +188,26 @@ class ScsiDevice(VirtioDevice):
             return address
         return self.run_on_worker(run)
 
+    def resize(self, where: tuple[int, int], size: int, *, shrink: bool = False) -> int:
+        """Change a disk unit's capacity to ``size`` bytes (whole blocks; smaller only with
+        ``shrink``); the unit reports CAPACITY DATA HAS CHANGED and, with VIRTIO_SCSI_F_CHANGE,
+        the driver gets PARAM_CHANGE 2Ah/09h (Linux then reads the capacity again).  Returns
+        the new number of blocks."""
+        def run() -> int:
+            unit = self.unit(*where)
+            if not isinstance(unit, DiskUnit) or not hasattr(unit.medium, "resize"):
+                raise UsageError(f"no disk unit on an image at {where[0]}:{where[1]}")
+            if size <= 0 or size % unit.block_size:
+                raise UsageError(f"size {size} is not a positive multiple of the block size {unit.block_size}")
+            if size < unit.medium.size and not shrink:
+                raise UsageError(f"{size} bytes is smaller than the disk ({unit.medium.size}): "
+                                 "pass shrink (data past the new end is lost)")
+            self._settle(unit=unit)
+            unit.medium.resize(size)
+            self.param_change(where[0], where[1], sc.AdditionalSense.CAPACITY_DATA_HAS_CHANGED)
+            return unit.capacity
+        return self.run_on_worker(run)
+
     def free_target(self) -> int:
         """The lowest target without units."""
         for t in range(MAX_TARGET + 1):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from typing import Protocol
 
+from ...errors import UsageError
 from ...aio.base import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
 from ..blk_image import Image, open_image
 
@@ -79,6 +81,15 @@ class ImageMedium:
         """fdatasync(2)."""
         os.fdatasync(self.image.fd)
 
+    def resize(self, size: int) -> None:
+        """Grow or shrink the image file to ``size`` bytes (a host block device keeps its size)."""
+        if self.read_only:
+            raise UsageError(f"{self.path}: read-only; cannot resize")
+        if not stat.S_ISREG(os.fstat(self.image.fd).st_mode):
+            raise UsageError(f"{self.path}: a block device has the size the host gives it")
+        os.ftruncate(self.image.fd, size)
+        self.size = self.image.size = size
+
     def discard(self, offset: int, length: int) -> None:
         """Punch a hole; where the file system cannot, write zeros."""
         try:
@@ -122,6 +133,14 @@ class MemoryMedium:
     def flush(self) -> None:
         """Count it (tests look)."""
         self.flushes += 1
+
+    def resize(self, size: int) -> None:
+        """Grow (zeros) or shrink the bytearray."""
+        if self.read_only:
+            raise UsageError(f"{self.path}: read-only; cannot resize")
+        del self.data[size:]
+        self.data.extend(bytes(size - len(self.data)))
+        self.size = size
 
     def discard(self, offset: int, length: int) -> None:
         """Zero the range."""
