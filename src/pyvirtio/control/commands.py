@@ -157,7 +157,7 @@ def build_commands(target: ControlTarget) -> dict[str, Command]:
                  Arg("sync", (bool,), False, "false: no SYN_REPORT appended"))),
     ]
     from .scsi import scsi_commands
-    cmds += scsi_commands(target)
+    cmds += scsi_commands(target, parse_size)
     table = {c.name: c for c in cmds}
     table["help"] = Command("help", table["help"].help,
                             lambda a: [c.describe() for c in table.values()])

@@ -25,7 +25,7 @@ work too).  Each change runs in the device's worker (:meth:`ScsiDevice.run_on_wo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CliError, UsageError
 from .protocol import Arg, BadArgument, Command, ControlError, Unsupported
@@ -132,8 +132,7 @@ def _detach(target: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"unit": _name(where)}
 
 
-def _resize(target: Any, args: dict[str, Any]) -> dict[str, Any]:
-    from .commands import parse_size
+def _resize(target: Any, args: dict[str, Any], parse_size: Callable[[Any], int]) -> dict[str, Any]:
     device = _device(target, "scsi.resize")
     where = parse_unit(args["unit"], "scsi.resize")
     assert where is not None
@@ -142,8 +141,9 @@ def _resize(target: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"unit": _name(where), "blocks": blocks}
 
 
-def scsi_commands(target: Any) -> list[Command]:
-    """The SCSI commands for the control socket of ``target``."""
+def scsi_commands(target: Any, parse_size: Callable[[Any], int]) -> list[Command]:
+    """The SCSI commands for the control socket of ``target``; ``parse_size`` reads a size
+    ("1G", bytes) as ``resize`` does (handed in: .commands imports this module)."""
     unit = Arg("unit", (str, int), False, "TARGET:LUN (default: the first CD-ROM)")
     return [
         Command("scsi.units", "scsi: the units, by TARGET:LUN", lambda a: _units(target)),
@@ -158,7 +158,7 @@ def scsi_commands(target: Any) -> list[Command]:
                  Arg("unit", (str, int), False, "TARGET:LUN (default: the lowest free target, LUN 0)"))),
         Command("scsi.detach", "scsi: hot-unplug a unit", lambda a: _detach(target, a),
                 (Arg("unit", (str, int), True, "TARGET:LUN"),)),
-        Command("scsi.resize", "scsi: a disk's new capacity (the guest is told)", lambda a: _resize(target, a),
+        Command("scsi.resize", "scsi: a disk's new capacity (the guest is told)", lambda a: _resize(target, a, parse_size),
                 (Arg("unit", (str, int), True, "TARGET:LUN"), Arg("size", (int, str), True, "bytes, or 1G, 512M"),
                  Arg("shrink", (bool,), False, "true: allow a smaller size (data past it is lost)"))),
     ]
