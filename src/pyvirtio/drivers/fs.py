@@ -32,7 +32,7 @@ import struct
 from typing import NamedTuple, Sequence
 
 from ..driver import DriverQueue, Pending, VirtioDriver
-from ..errors import DeviceFault, Scope, UsageError
+from ..errors import DeviceFault, Scope, UsageError, VirtioError
 from ..spec import fuse as F
 from ..spec.fs import FS_CONFIG, FsConfig, HIPRIOQ, REQUESTQ_BASE
 from ..spec.ids import DeviceType
@@ -228,7 +228,7 @@ class FsDriver(VirtioDriver):
         try:
             if self.init_out is not None and self.requestqs:
                 self.request(Op.DESTROY, 0, [], 0, timeout=5.0)
-        except (FuseError, DeviceFault):
+        except (OSError, VirtioError):  # a device already gone: reset it anyway
             pass
         finally:
             self.init_out = None
