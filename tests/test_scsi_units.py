@@ -508,3 +508,13 @@ def test_verify_with_bytchk_compares_the_data_out_buffer(disk):
     assert run(same, [O.VERIFY_16, 0x06, *(0).to_bytes(8, "big"), 0, 0, 0, 4, 0, 0], 0, block).status == GOOD
     assert run(disk, [O.VERIFY_10, 0x04, 0, 0, 0, 0, 0, 0, 1, 0], 0, block).sense == fixed(5, 0x2400, field=1, bit=2)
     assert run(disk, [O.VERIFY_10, 0x02, 0, 0, 0, 0, 0, 0, 2, 0], 0, block).response == ScsiResponse.OVERRUN
+
+
+def test_mode_select_10_with_long_lba_block_descriptors(disk):
+    cache = bytes(run(disk, [O.MODE_SENSE_6, 0x08, 0x08, 0, 255, 0], 255).data[4:])
+    header = bytes((0, 0, 0, 0, 1, 0, 0, 16))  # LONGLBA, one 16-byte descriptor
+    ok = header + bytes(12) + (512).to_bytes(4, "big") + cache
+    send = lambda plist: run(disk, [O.MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, *len(plist).to_bytes(2, "big"), 0], 0, plist)
+    assert send(ok).status == GOOD
+    bad = header + bytes(12) + (4096).to_bytes(4, "big") + cache
+    assert send(bad).sense == fixed(5, 0x2600, field=20, in_cdb=False)

@@ -320,14 +320,18 @@ class EmulatedUnit:
         if len(data) < hsize:
             raise parameter_list_length_error()
         bdlen = be(data, 6, 2) if ten else data[3]
-        if bdlen % sc.MODE_BLOCK_DESCRIPTOR_SIZE:
+        # LONGLBA (MODE SELECT (10) byte 4 bit 0): 16-byte descriptors, block length at +12
+        # (SBC-3 6.4.2.3); else 8-byte ones, block length in bytes 5-7
+        long_lba = ten and data[4] & 0x01
+        dsize, field, width = (16, 12, 4) if long_lba else (sc.MODE_BLOCK_DESCRIPTOR_SIZE, 5, 3)
+        if bdlen % dsize:
             raise invalid_parameter(6 if ten else 3)
         pos = hsize + bdlen
         if pos > len(data):
             raise parameter_list_length_error()
-        for off in range(hsize, pos, sc.MODE_BLOCK_DESCRIPTOR_SIZE):
-            if be(data, off + 5, 3) not in (0, self.block_size):
-                raise invalid_parameter(off + 5)
+        for off in range(hsize, pos, dsize):
+            if be(data, off + field, width) not in (0, self.block_size):
+                raise invalid_parameter(off + field)
         changes = self._parse_pages(data, pos)
         for code, page in changes:
             self.apply_mode_page(code, page)
