@@ -36,7 +36,8 @@ HEADER_SIZE = HEADER.size
 
 
 class MsgType(IntFlag):
-    """The header's ``type`` byte: bit 0 response, bit 1 bus message; bits 2..7 reserved (zero)."""
+    """The header's ``type`` byte: bit 0 response, bit 1 bus message; bits 2..7 reserved (zero)
+    ("VMSG Basic Concepts / Common Message Format")."""
 
     REQUEST = 0
     RESPONSE = 1 << 0
@@ -107,7 +108,8 @@ class DeviceBusState(IntEnum):
 
 
 class ErrorReason(IntEnum):
-    """pyvirtio's EVENT_ERROR reasons: why a request got no response."""
+    """pyvirtio's EVENT_ERROR reasons: why a request got no response (not in the draft, whose
+    "VMSG Bus Messages / Overview" leaves ids 0x80 and up to the bus implementation)."""
 
     MALFORMED = 1  # its payload does not have the layout of its id (lengths, counts, reserved)
     BAD_STATE = 2  # not allowed now (a queue set up before FEATURES_OK, features after it ...)
@@ -118,7 +120,8 @@ class ErrorReason(IntEnum):
 
 
 class ClaimResult(IntEnum):
-    """pyvirtio's CLAIM / RELEASE / SET_MEMORY ``result``."""
+    """pyvirtio's CLAIM / RELEASE / SET_MEMORY ``result`` (implementation-defined bus messages,
+    "VMSG Bus Messages / Overview")."""
 
     OK = 0
     NONE_FREE = 1  # no unclaimed device of that class (or that number is taken)
