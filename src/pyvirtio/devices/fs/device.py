@@ -90,7 +90,7 @@ class FsDevice(VirtioDevice):
         # that wakes the queue's worker for them, and the requests still in the pool.
         self._done_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(self.num_queues)]
         self._done: list[deque[tuple[DescriptorChain, list | None]]] = [deque() for _ in range(self.num_queues)]
-        self._inflight: dict[int, set[concurrent.futures.Future]] = {}
+        self._inflight = [0] * self.num_queues  # requests handed to the pool, not back yet
         self._lock = threading.Condition()  # guards _inflight between the worker and pool threads
         self.stats = {"requests": 0, "errors": 0}
 
@@ -115,9 +115,14 @@ class FsDevice(VirtioDevice):
                 return self._write_reply(chain, self._run(chain, data, tail, nowait=True))
             except BlockingIOError:
                 pass
-        future = self._executor().submit(self._run, chain, data, tail)
-        with self._lock:
-            self._inflight.setdefault(queue_index, set()).add(future)
+        with self._lock:  # counted before it can finish
+            self._inflight[queue_index] += 1
+        try:
+            future = self._executor().submit(self._run, chain, data, tail)
+        except RuntimeError:  # the pool is shut down (the device is closing): run it here
+            with self._lock:
+                self._inflight[queue_index] -= 1
+            return self._write_reply(chain, self._run(chain, data, tail))
         future.add_done_callback(lambda f: self._finished(queue_index, chain, f))
         return None
 
@@ -165,7 +170,7 @@ class FsDevice(VirtioDevice):
         reply = None if future.cancelled() or future.exception() else future.result()
         self._done[queue_index].append((chain, reply))
         with self._lock:
-            self._inflight.get(queue_index, set()).discard(future)
+            self._inflight[queue_index] -= 1
             self._lock.notify_all()
             fd = self._done_fds[queue_index] if self._done_fds else -1
             if fd >= 0:
@@ -202,7 +207,7 @@ class FsDevice(VirtioDevice):
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         with self._lock:
-            busy = bool(self._inflight.get(group)) or bool(self._done[group])
+            busy = bool(self._inflight[group]) or bool(self._done[group])
             return [(self._done_fds[group], select.POLLIN)] if busy else []
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
@@ -230,7 +235,7 @@ class FsDevice(VirtioDevice):
         indexes = range(len(self._done)) if index is None else [index]
 
         def idle() -> bool:
-            return not any(self._inflight.get(i) for i in indexes)
+            return not any(self._inflight[i] for i in indexes)
 
         with self._lock:  # a request leaves _inflight only after its reply is in _done
             finished = self._lock.wait_for(idle, timeout)
