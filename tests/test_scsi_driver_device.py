@@ -144,7 +144,7 @@ def test_hotplug_unplug_param_change_and_media_change_events(rig):
     assert (plugged.target, plugged.lun) == (3, 0)
     ready(drv, 3)
     assert drv.lun(3).read(0, 1) == bytes([7]) * 512
-    device.run_on_worker(lambda: device.param_change(0, 0, AdditionalSense.CAPACITY_DATA_HAS_CHANGED))
+    device.param_change(0, 0, AdditionalSense.CAPACITY_DATA_HAS_CHANGED)
     change = drv.wait_event(lambda e: e.event == ScsiEventType.PARAM_CHANGE, timeout=10)
     assert (change.target, change.asc_ascq) == (0, (0x2A, 0x09))
     device.eject((1, 0))

@@ -242,7 +242,7 @@ def test_events_wait_for_buffers_and_overflow_is_reported_as_missed(hba):
 def test_param_change_event(hba):
     dev, drv = hba
     pending = drv.queues[1].submit([], [16])
-    dev.run_on_worker(lambda: dev.param_change(0, 0, sc.AdditionalSense.CAPACITY_DATA_HAS_CHANGED))
+    dev.param_change(0, 0, sc.AdditionalSense.CAPACITY_DATA_HAS_CHANGED)
     drv.queues[1].wait(pending, 5)
     event = spec.ScsiEvent(*spec.SCSI_EVENT.unpack(drv.queues[1].read_in(pending)))
     assert (event.event, event.reason) == (spec.ScsiEventType.PARAM_CHANGE, 0x2A | (0x09 << 8))

@@ -143,7 +143,11 @@ class ScsiDevice(VirtioDevice):
 
     def param_change(self, target: int, lun: int, code: int) -> None:
         """Tell the driver a unit's parameters changed (``code``: ASC << 8 | ASCQ, e.g.
-        CAPACITY DATA HAS CHANGED), with VIRTIO_SCSI_F_CHANGE (5.6.6.3.3)."""
+        CAPACITY DATA HAS CHANGED), with VIRTIO_SCSI_F_CHANGE (5.6.6.3.3).  Runs in the worker,
+        which delivers the event (from any thread; not from the worker itself)."""
+        self.run_on_worker(lambda: self._param_change(target, lun, code))
+
+    def _param_change(self, target: int, lun: int, code: int) -> None:
         unit = self.unit(target, lun)
         if unit is not None:
             unit.add_unit_attention(code)
@@ -204,7 +208,7 @@ class ScsiDevice(VirtioDevice):
                                  "pass shrink (data past the new end is lost)")
             self._settle(unit=unit)
             unit.medium.resize(size)
-            self.param_change(where[0], where[1], sc.AdditionalSense.CAPACITY_DATA_HAS_CHANGED)
+            self._param_change(where[0], where[1], sc.AdditionalSense.CAPACITY_DATA_HAS_CHANGED)
             return unit.capacity
         return self.run_on_worker(run)
 
