@@ -17,11 +17,14 @@ dropped before the stat pass (else it never reaches the device).
 What a request costs on each side: the guest's virtiofs driver puts one FUSE request per chain
 on a request queue (a 4 KiB O_DIRECT read: READ; a file create: LOOKUP (negative) + CREATE +
 FLUSH + RELEASE; a stat after the cache drop: LOOKUP; a delete: UNLINK, then a FORGET on hiprio).
-virtiofsd (C, libvhost-user) pops the chain in its queue thread and hands it to a worker of its
-thread pool, which does the syscalls on the inode's O_PATH fd (openat/preadv/pwritev/fstatat/
-unlinkat ...) and pushes the reply.  pyvirtio (Python) pops the chain in its queue worker,
-parses the FUSE header and request, does the same *at syscalls on its O_PATH inode table, and
-writes the reply into the chain (see ``pyvirtio.devices.fs``).
+virtiofsd (C, libvhost-user; thread pool size 0 by default, so every request runs in the queue's
+own thread) pops the chain, parses it and does the syscalls on the inode's O_PATH fd (openat/
+preadv/pwritev/fstatat/unlinkat ...) straight into and out of guest memory, then pushes the
+reply.  pyvirtio (Python) pops the chain in the queue's worker, copies the request out and runs
+its FUSE server: names, attributes, open/close and directory reads inline in the worker, the
+data requests (READ, WRITE, FSYNC ...) in a thread pool -- except a page-cache READ of up to
+128 KiB and any READ/WRITE of a file on tmpfs (these shares are on /dev/shm), which run inline
+too -- with the same *at syscalls on its O_PATH inode table (see ``pyvirtio.devices.fs``).
 
     python benchmarks/fs_guest_fio.py [--rounds 5] [--runtime 3] [--files 10000] [--json out.json]
 
