@@ -12,6 +12,7 @@ forbidden writes are ignored, writes that break the device set DEVICE_NEEDS_RESE
 
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 from ..device import VirtioDevice
@@ -48,6 +49,13 @@ class VirtioMmioDevice:
         self.size = size
         self.interrupt_status = 0
         self._level = False
+        # InterruptStatus is the window's own state, not the device's: it has its own lock and
+        # is read and acknowledged without holding the device's workers still.  A driver's
+        # interrupt handler runs in the thread that raised the line - a worker that holds its
+        # own group's lock - and the engine's hold would then wait for the other groups, held in
+        # turn by a driver thread's notify waiting for this group: a deadlock (seen with a
+        # two-group virtio-fs device).
+        self._irq_lock = threading.RLock()
         self.shm_select = 0
         self.regs = DeviceRegisters(device, memory, on_reset=self._on_reset)
         device.interrupt = self._device_interrupt
@@ -56,6 +64,8 @@ class VirtioMmioDevice:
 
     def read(self, offset: int, size: int) -> int:
         check_access(size)
+        if offset == MmioReg.INTERRUPT_STATUS and size == 4:
+            return self.interrupt_status
         with self.regs.engine.hold():
             if offset >= CONFIG_OFFSET:
                 data = self.device.read_config(offset - CONFIG_OFFSET, size)
@@ -67,6 +77,9 @@ class VirtioMmioDevice:
     def write(self, offset: int, size: int, value: int) -> None:
         check_access(size)
         value &= (1 << (8 * size)) - 1
+        if offset == MmioReg.INTERRUPT_ACK and size == 4:
+            self._acknowledge(value)
+            return
         with self.regs.engine.hold():
             if offset >= CONFIG_OFFSET:
                 if offset + size <= self.size:
@@ -124,8 +137,7 @@ class VirtioMmioDevice:
         elif offset == MmioReg.QUEUE_NOTIFY:
             r.write_notify(value, 4)  # the queue index, or with NOTIFICATION_DATA the value of 2.9
         elif offset == MmioReg.INTERRUPT_ACK:
-            self.interrupt_status &= ~value
-            self._update_irq()
+            self._acknowledge(value)
         elif offset == MmioReg.STATUS:
             r.write_status(value)
         elif offset == MmioReg.SHM_SEL:
@@ -138,17 +150,28 @@ class VirtioMmioDevice:
     # --- interrupts (4.2.3.4) -------------------------------------------------------------------
 
     def _device_interrupt(self, info: Interrupt) -> None:
-        self.interrupt_status |= MmioInterrupt.CONFIG_CHANGE if info.config_changed else MmioInterrupt.USED_BUFFER
+        with self._irq_lock:
+            self.interrupt_status |= MmioInterrupt.CONFIG_CHANGE if info.config_changed else MmioInterrupt.USED_BUFFER
+        self._update_irq()
+
+    def _acknowledge(self, value: int) -> None:
+        with self._irq_lock:
+            self.interrupt_status &= ~value
         self._update_irq()
 
     def _update_irq(self) -> None:
-        level = bool(self.interrupt_status)
-        if level != self._level:
+        """Drive the line to InterruptStatus != 0 (outside the status lock: the line's handler
+        reads and acknowledges the status)."""
+        with self._irq_lock:
+            level = bool(self.interrupt_status)
+            changed = level != self._level
             self._level = level
+        if changed:
             self.irq(level)
 
     def _on_reset(self) -> None:
-        self.interrupt_status = 0  # 4.2.2.1: reset clears InterruptStatus and every QueueReady
+        with self._irq_lock:
+            self.interrupt_status = 0  # 4.2.2.1: reset clears InterruptStatus and every QueueReady
         self.shm_select = 0
         self._update_irq()
 

@@ -23,6 +23,7 @@ device set DEVICE_NEEDS_RESET (see :mod:`.registers`).  Nothing raises to the gu
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -91,6 +92,7 @@ class VirtioPciFunction:
         self.msi = msi or (lambda address, data: None)
         self.intx = intx or (lambda level: None)
         self.isr = 0
+        self._isr_lock = threading.Lock()
         self._intx_level = False
         self.regs = DeviceRegisters(device, memory, can_dma=self._bus_master, on_reset=self._on_reset)
         nq = len(device.queues)
@@ -221,6 +223,12 @@ class VirtioPciFunction:
         region = self._region(bar, offset, size)
         if region is None:
             return 0  # holes, straddling accesses, unimplemented BARs
+        if region.read == self._isr_read:
+            # The ISR is the function's interrupt state, not the device's: read (and cleared)
+            # without holding the device's workers still - an INTx handler runs in the worker
+            # that raised the line, which holds its own group's lock (as for virtio-mmio's
+            # InterruptStatus, pyvirtio.mmio.device).
+            return self._isr_read(offset - region.offset, size)
         with self.regs.engine.hold():
             return region.read(offset - region.offset, size)
 
@@ -333,7 +341,8 @@ class VirtioPciFunction:
     def _isr_read(self, offset: int, size: int) -> int:
         if offset:
             return 0
-        value, self.isr = self.isr, 0  # reading clears it and de-asserts INTx (4.1.4.5)
+        with self._isr_lock:
+            value, self.isr = self.isr, 0  # reading clears it and de-asserts INTx (4.1.4.5)
         self._update_intx()
         return value
 
@@ -359,13 +368,15 @@ class VirtioPciFunction:
     def _device_interrupt(self, info: Interrupt) -> None:
         msix = self.msix if self.msix_enabled else None
         if info.queue is None:  # a config change
-            self.isr |= IsrStatus.CONFIG  # set before sending the notification (4.1.4.5.1)
+            with self._isr_lock:
+                self.isr |= IsrStatus.CONFIG  # set before sending the notification (4.1.4.5.1)
             vector = self.config_vector
         else:
             q = self.regs.queues[info.queue] if 0 <= info.queue < len(self.regs.queues) else None
             vector = q.vector if q is not None else VIRTIO_MSI_NO_VECTOR
             if msix is None:
-                self.isr |= IsrStatus.QUEUE
+                with self._isr_lock:
+                    self.isr |= IsrStatus.QUEUE
         if msix is not None:
             if vector != VIRTIO_MSI_NO_VECTOR:
                 msix.notify(vector)
