@@ -5,8 +5,8 @@ symlink is followed: a component that is a symlink fails with ENOTDIR from the d
 ``O_NOFOLLOW`` would), runs the operation on the node ids, and forgets every lookup it made
 (one BATCH_FORGET on the hiprio queue).  As the kernel's VFS does, the node a call removes or
 renames is looked up first and stays looked up during the call (virtiofsd answers EIO to an
-UNLINK or RENAME of a name whose inode it does not hold).  Nothing is cached, so each call sees the host's
-current tree.  ``.`` and empty components are dropped; ``..`` goes to the device as a name
+UNLINK or RENAME of a name whose inode it does not hold).  Nothing is cached, so each call sees
+the host's current tree.  ``.`` and empty components are dropped; ``..`` goes to the device as a name
 (the device decides what the parent of its root is: virtiofsd answers with the root itself).
 
     client = FsClient(FsDriver.probe(transport))
@@ -42,7 +42,8 @@ class _Lookups:
     """The lookups one client call made, forgotten together at the end."""
 
     def __init__(self, fs: FsDriver):
-        self.fs, self.counts = fs, {}  # type: ignore[var-annotated]
+        self.fs = fs
+        self.counts: dict[int, int] = {}
 
     def add(self, entry: FuseEntry) -> FuseEntry:
         if entry.nodeid:
