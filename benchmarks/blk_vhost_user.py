@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,12 +40,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     size = parse_size(args.size)
     with tempfile.TemporaryDirectory(prefix="pyvirtio-bench-blk-") as tmp:
-        image = os.path.join(tmp, "disk.img")
+        # One copy of the same image per file back-end: each locks its image as QEMU does
+        # (a second writer of one file is refused), and both read the same page-cache-warm bytes.
+        image, copy = os.path.join(tmp, "qsd.img"), os.path.join(tmp, "pyvirtio.img")
         fill_image(image, size)
+        shutil.copyfile(image, copy)
         peers = {
             "qsd-null": start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
             "qsd-file": start_qsd(os.path.join(tmp, "file.sock"), image),
-            "pyvirtio": start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=image),
+            "pyvirtio": start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=copy),
         }
         try:
             runs = measure(peers, args.rounds, args.runtime)
