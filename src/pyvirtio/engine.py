@@ -257,8 +257,18 @@ class GroupWorker:
                 if self._irq is not None and self._irq.fd >= 0:
                     extra = extra + [(self._irq.fd, POLLIN)]
                 want = self._merge(kicks, extra) if extra else kicks
-                if self.transient and not want and timeout is None and self._retire(wake_fd):
-                    return
+                if self.transient and not want and timeout is None:
+                    if self._retire(wake_fd):
+                        return
+                    # Not retired: a kick's turn in another thread may have given the group
+                    # something to watch since ``extra`` was read (a request now in flight on a
+                    # pool).  That kick saw the fd already wanted before its turn (another
+                    # request was in flight then) and this thread running, so it sent no wake:
+                    # derive the watch list again, or its completion would never be looked at.
+                    extra = host_fds(group)
+                    if self._irq is not None and self._irq.fd >= 0:
+                        extra = extra + [(self._irq.fd, POLLIN)]
+                    want = self._merge(kicks, extra) if extra else kicks
                 if want != watched:
                     _sync(poller, watched, want)
                 events = poller.poll(timeout)
