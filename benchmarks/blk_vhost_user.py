@@ -45,12 +45,15 @@ def main(argv=None) -> int:
         image, copy = os.path.join(tmp, "qsd.img"), os.path.join(tmp, "pyvirtio.img")
         fill_image(image, size)
         shutil.copyfile(image, copy)
-        peers = {
-            "qsd-null": start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
-            "qsd-file": start_qsd(os.path.join(tmp, "file.sock"), image),
-            "pyvirtio": start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=copy),
+        starts = {
+            "qsd-null": lambda: start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
+            "qsd-file": lambda: start_qsd(os.path.join(tmp, "file.sock"), image),
+            "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=copy),
         }
-        try:
+        peers: dict = {}
+        try:  # a peer that fails to start stops the ones already started
+            for name, start in starts.items():
+                peers[name] = start()
             runs = measure(peers, args.rounds, args.runtime)
         finally:
             for peer in peers.values():
