@@ -133,6 +133,12 @@ BACKENDS = {"virtiofsd": virtiofsd, "pyvirtio-loopback": pyvirtio_loopback,
 @pytest.fixture(params=sorted(BACKENDS))
 def share(request, tmp_path):
     """(client, host directory): a shared directory with a few host files, a probed driver."""
+    yield from open_share(BACKENDS[request.param], tmp_path)
+
+
+def open_share(backend, tmp_path):
+    """The ``share`` fixture's body for any back-end factory (tests/test_virtio_msg_fs_suite.py
+    uses it with the virtio-msg ones)."""
     root = tmp_path / "share"
     root.mkdir()
     (root / "hello.txt").write_bytes(b"hello\n")
@@ -140,7 +146,7 @@ def share(request, tmp_path):
     (root / "sub" / "inner.bin").write_bytes(bytes(range(256)) * 40)
     os.symlink("/etc/passwd", root / "escape")
     (tmp_path / "outside.txt").write_text("outside the share\n")
-    with BACKENDS[request.param](root, tmp_path) as transport:
+    with backend(root, tmp_path) as transport:
         fs = FsDriver.probe(transport)
         try:
             yield FsClient(fs), root

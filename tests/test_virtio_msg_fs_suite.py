@@ -5,13 +5,10 @@ The same test bodies; only the ``share`` fixture is this file's, with the virtio
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 
 import test_fs_driver
-from pyvirtio.drivers.fs import FsDriver
-from pyvirtio.drivers.fs_client import FsClient
 from pyvirtio.virtio_msg.local import InProcessBusTransport, device_transport
 
 globals().update({name: fn for name, fn in vars(test_fs_driver).items()
@@ -45,17 +42,4 @@ def over_virtio_msg(monkeypatch):
 @pytest.fixture(params=sorted(BACKENDS))
 def share(request, tmp_path):
     """(client, host directory) as tests/test_fs_driver.py's, over virtio-msg."""
-    root = tmp_path / "share"
-    root.mkdir()
-    (root / "hello.txt").write_bytes(b"hello\n")
-    (root / "sub").mkdir()
-    (root / "sub" / "inner.bin").write_bytes(bytes(range(256)) * 40)
-    os.symlink("/etc/passwd", root / "escape")
-    (tmp_path / "outside.txt").write_text("outside the share\n")
-    with BACKENDS[request.param](root, tmp_path) as transport:
-        fs = FsDriver.probe(transport)
-        try:
-            yield FsClient(fs), root
-        finally:
-            fs.drain_forgets()
-            fs.remove()
+    yield from test_fs_driver.open_share(BACKENDS[request.param], tmp_path)
