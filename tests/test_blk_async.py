@@ -269,3 +269,50 @@ def test_cached_small_reads_are_copied_at_once_on_disk_and_on_tmpfs(tmp_path):
             dev.close()
         finally:
             os.unlink(path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("event_idx", [False, True])
+@pytest.mark.parametrize("aio", AIO)
+def test_kicks_stay_off_while_requests_are_in_flight_and_come_back_on_after(tmp_path, aio, event_idx):
+    """While a request is in the kernel the queue asks the driver not to kick (the completion
+    turn looks at the ring instead: the engine drains ``kicks_held`` queues after host turns); a
+    request added meanwhile is served from that look, and once nothing is in flight kicks are
+    asked for again."""
+    from pyvirtio.spec.ring import VIRTQ_USED_F_NO_NOTIFY
+    from pyvirtio.virtq.event import vring_need_event
+
+    path = _disk(tmp_path / "disk.img", 16 * MiB)
+    dev = BlkDevice(path, aio=aio)
+    dev.writeback = False  # write-through: the write waits for the disk (RWF_DSYNC)
+    mock = MockSplitDriver(size=64, regions=[(0, 32 * MiB)])
+    queue = make_device_queue(mock, event_idx=event_idx)
+    dev.queues[0] = queue
+    big = os.urandom(8 * MiB)
+    try:
+        write = mock.add_request(out=[_hdr(spec.BlkReqType.OUT, 0), big], in_lens=[1])
+        dev.process_queue(mock.mem, queue)
+        assert dev._io[0].inflight and dev.kicks_held == {0}
+        old = mock.avail_idx
+        read = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 9 * MiB // 512)], in_lens=[4096, 1])
+        if event_idx:  # the driver's kick test (2.7.10) says no
+            assert not vring_need_event(mock.avail_event, mock.avail_idx, old)
+        else:
+            assert mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
+        deadline = time.monotonic() + 20
+        while (dev._io[0].inflight or dev.kicks_held) and time.monotonic() < deadline:
+            dev.host_ready(mock.mem, 0, [])  # a completion turn of the engine ...
+            for index in sorted(dev.kicks_held):  # ... then the queues whose kicks are held
+                dev.process_queue(mock.mem, queue)
+            time.sleep(0.0005)
+        assert not dev._io[0].inflight and not dev.kicks_held
+        used = dict(mock.used_elems(0))
+        assert set(used) == {write.head, read.head}  # each once, the read without a kick
+        assert mock.read(*read.writable[0]) == struct.pack("<Q", 9 * MiB // 4096) * 512
+        assert mock.read(*read.writable[1]) == b"\0" and mock.read(*write.writable[0]) == b"\0"
+        if event_idx:  # kicks asked for again from the next request on
+            assert mock.avail_event == mock.avail_idx
+        else:
+            assert not mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
+    finally:
+        dev.close()

@@ -85,6 +85,11 @@ class VirtioDevice:
         self.faults.listeners.append(self.faults_changed)
         #: Config-change notifications sent (pyvirtio.stats; the queues count their own).
         self.config_interrupts = 0
+        #: Queues whose kicks the device keeps off while it has their work in flight on the
+        #: host (``settle`` in :func:`~pyvirtio.virtq.drain.drain_queue`): the engine drains them
+        #: again after every host turn of their group, and the device turns kicks back on when
+        #: nothing is left in flight.  Changed in the group's worker only.
+        self.kicks_held: set[int] = set()
 
     # --- features (2.2) -------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class VirtioDevice:
             self.queues = [_renew(SplitDeviceQueue, q) for q in self.queues]
         for q in self.queues:
             q.reset()
+        self.kicks_held.clear()
         self.on_reset()
 
     def needs_reset(self, why: Exception) -> None:

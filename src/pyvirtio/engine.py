@@ -217,6 +217,9 @@ class GroupWorker:
         notify = [i for i in (self.queues if everything else kicked) if host.process(i)]
         if events or everything:
             more = host.host_ready(self.group, list(events))
+            held = self.device.kicks_held if self.device is not None else None
+            if held:  # kicks off while work was in flight: what finished may let the ring go on
+                more = more.union(i for i in self.queues if i in held and host.process(i))
             if more:
                 notify = sorted(more.union(notify))
         if self.faults.irq and notify:

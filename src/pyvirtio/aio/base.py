@@ -71,7 +71,11 @@ class AioEngine:
     def submit(self) -> int:
         raise NotImplementedError
 
-    def reap(self) -> list[tuple[int, int]]:
+    def reap(self, clear: bool = True) -> list[tuple[int, int]]:
+        """Every finished op as (token, result); never blocks.  ``clear``: read the completion
+        eventfd first (a later completion signals again); without it — a look right after a
+        submit, not because the fd fired — no system call, and the fd may stay readable (the
+        next poll then turns once more)."""
         raise NotImplementedError
 
     def wait(self, timeout: float | None) -> list[tuple[int, int]]:

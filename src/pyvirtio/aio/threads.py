@@ -127,10 +127,11 @@ class ThreadEngine(AioEngine):
             put(op)
         return len(ops)
 
-    def reap(self) -> list[tuple[int, int]]:
+    def reap(self, clear: bool = True) -> list[tuple[int, int]]:
         if self._closed:
             return []
-        _read_eventfd(self.fd)  # first: a result appended after this signals again
+        if clear:
+            _read_eventfd(self.fd)  # first: a result appended after this signals again
         done, out = self._done, []
         while done:
             out.append(done.popleft())

@@ -299,11 +299,13 @@ class IoUringEngine(AioEngine):
         # With IORING_FEAT_NODROP the kernel keeps CQEs that did not fit; GETEVENTS moves them in.
         _enter(self._ring_fd, 0, 0, IORING_ENTER_GETEVENTS)
 
-    def reap(self) -> list[tuple[int, int]]:
-        """Every finished op as (token, result); never blocks; clears the eventfd first."""
+    def reap(self, clear: bool = True) -> list[tuple[int, int]]:
+        """Every finished op as (token, result); never blocks; clears the eventfd first
+        (``clear``: see :meth:`AioEngine.reap`)."""
         if self._closed:
             return []
-        _read_eventfd(self.fd)  # before reading the CQ: a later completion signals again
+        if clear:
+            _read_eventfd(self.fd)  # before reading the CQ: a later completion signals again
         out = self._reap_cq()
         if _U32.unpack_from(self._sq, self._sq_flags_off)[0] & IORING_SQ_CQ_OVERFLOW:
             self._flush_overflow()

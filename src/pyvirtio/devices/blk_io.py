@@ -111,10 +111,11 @@ class QueueIO:
             self.engine.submit()
 
     def reap(self, finish: Callable[[Request, OSError | None], None],
-             completions: list[tuple[int, int]] | None = None) -> int:
-        """Handle every completion waiting (or ``completions``); returns how many requests ended."""
+             completions: list[tuple[int, int]] | None = None, *, clear: bool = True) -> int:
+        """Handle every completion waiting (or ``completions``); returns how many requests ended.
+        ``clear``: see :meth:`~pyvirtio.aio.base.AioEngine.reap`."""
         ended = 0
-        for token, result in (self.engine.reap() if completions is None else completions):
+        for token, result in (self.engine.reap(clear) if completions is None else completions):
             req = self.inflight.get(token)
             if req is None:
                 log.error("blk: completion for token %d that is not in flight", token)

@@ -148,10 +148,11 @@ class DeviceQueue(Protocol):
         """Ask the driver to kick again; True when chains raced in meanwhile (so the caller drains
         again, not sleeps)."""
 
-    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None], /) -> bool:
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
+              settle: Callable[[], bool] | None = None, /) -> bool:
         """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
         each (the bytes written, or None to keep it), re-enable and re-check; True when
-        the driver is to be notified."""
+        the driver is to be notified.  ``settle``: see :func:`~pyvirtio.virtq.drain.drain_queue`."""
 
     def in_flight(self) -> int:
         """How many chains were popped and not yet returned."""

@@ -539,11 +539,12 @@ class PackedDeviceQueue(DeviceRingSide):
         mb()  # publish the suppression change before re-checking for new buffers
         return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
 
-    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
+              settle: Callable[[], bool] | None = None) -> bool:
         """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
         each (the bytes written, or None to keep it), re-enable and re-check; True when
-        the driver is to be notified."""
-        return drain_queue(self, mem, handle)
+        the driver is to be notified.  ``settle``: see :func:`~pyvirtio.virtq.drain.drain_queue`."""
+        return drain_queue(self, mem, handle, settle)
 
     def in_flight(self) -> int:
         """How many chains were popped and not yet returned."""

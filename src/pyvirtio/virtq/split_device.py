@@ -484,9 +484,10 @@ class SplitDeviceQueue(DeviceRingSide):
         mb()  # publish avail_event/flags before re-reading the avail idx (lost wake-up)
         return self._avail16[1] != self.next_avail
 
-    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None]) -> bool:
+    def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
+              settle: Callable[[], bool] | None = None) -> bool:
         """The "disable, drain, re-enable, re-check" loop (see :func:`drain_queue`)."""
-        return drain_queue(self, mem, handle)
+        return drain_queue(self, mem, handle, settle)
 
     def in_flight(self) -> int:
         """How many chains were popped but not yet returned."""
