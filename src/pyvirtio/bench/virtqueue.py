@@ -10,6 +10,23 @@ The two sides take turns in one thread, and each side's turns are timed on their
 the pair's rate (chains over the whole loop), each side's rate is chains over the time that side
 spent — what one side would reach if the other cost nothing (as a guest driver or a device in
 another process would, on its own core).
+
+Two paths (``path``), each side measured on its own as above:
+
+- ``chain``, the general path, for every configuration.  Driver, per chain: ``add`` (checks,
+  free list, one descriptor store per buffer, avail entry and idx); per batch ``kick_prepare``;
+  per chain ``get_buf`` (checks, free list).  Device: ``drain`` — per chain
+  ``pop_descriptor_chain`` (checks, a walk of the chain, a memoryview per buffer, a
+  DescriptorChain), the handler, then one used-ring store per batch.
+- ``batch``, split ring with 1 descriptor per chain only (the chain is one device-writable
+  512-byte buffer).  Driver: per batch ``add_single`` (checks over the batch, one slice store
+  per descriptor field, one avail ring store, one idx store), ``kick_prepare``, ``collect`` (the
+  used entries read with a slice, every id and length checked over the batch).  Device: per
+  batch ``pop_single`` (avail idx, heads, flags and every buffer's bounds checked over the
+  batch with C-level gathers and min/max; no DescriptorChain and no view per chain: the device
+  gets the region buffer and offsets) and ``add_used_lengths`` (each chain's bytes written,
+  here all of its buffer); a chain of another shape goes through the general path.  In both
+  paths the handler touches no buffer (it reports the chain's writable bytes as written).
 """
 
 from __future__ import annotations
@@ -37,6 +54,7 @@ class VirtqueueResult:
     interrupts: int
     device_seconds: float = 0.0  # in the device's drains
     driver_seconds: float = 0.0  # in the driver's adds, kick decisions and collection
+    path: str = "chain"  # "chain": the general path; "batch": pop_single / add_single / collect
 
     @property
     def chains_per_second(self) -> float:
@@ -60,9 +78,15 @@ class VirtqueueResult:
 
 def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed: bool = False,
             size: int = 256, batch: int = 64, duration: float = 1.0,
-            clock: Callable[[], float] = time.perf_counter) -> VirtqueueResult:
+            clock: Callable[[], float] = time.perf_counter, path: str = "chain") -> VirtqueueResult:
     """One configuration for ``duration`` seconds of ``clock`` (``time.thread_time``: this
-    thread's CPU time, what a busy machine's other jobs do not inflate)."""
+    thread's CPU time, what a busy machine's other jobs do not inflate).  ``path="batch"``:
+    the batch path (split ring, 1 descriptor per chain, no indirect; see the module's
+    docstring)."""
+    if path not in ("chain", "batch"):
+        raise ValueError(f"path {path!r} is not 'chain' or 'batch'")
+    if path == "batch" and (packed or descriptors != 1 or indirect):
+        raise ValueError("the batch path takes split rings of 1-descriptor chains, no indirect")
     t = LoopbackTransport(RngDevice(), memory_size=8 << 20)
     try:
         mem, dmem = t.memory, t.device_memory
@@ -85,13 +109,29 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
         handle = _written_len
         chains = kicks = interrupts = 0
         add, kick_prepare, get_bufs, drain = drv.add, drv.kick_prepare, drv.get_bufs, dev.drain
+        if path == "batch":
+            assert isinstance(drv, SplitDriverQueue) and isinstance(dev, SplitDeviceQueue)
+            addrs, lengths = [in_bufs[0][0]] * batch, [in_bufs[0][1]] * batch
+            tokens = list(range(1, batch + 1))
+            add_single, get_bufs = drv.add_single, drv.collect
+            split_dev = dev
+
+            def add_batch():
+                add_single(mem, addrs, lengths, tokens, writable=True)
+
+            def drain_batch(dmem, handle, settle=None):
+                return _drain_batch(split_dev, dmem, handle)
+            drain = drain_batch
+        else:
+            def add_batch():
+                for token in range(batch):
+                    add(mem, out_bufs, in_bufs, token + 1)
         device_s = driver_s = 0.0
         start = clock()
         deadline = start + duration
         while True:
             t0 = clock()
-            for token in range(batch):
-                add(mem, out_bufs, in_bufs, token + 1)
+            add_batch()
             if kick_prepare(mem):
                 kicks += 1
             t1 = clock()
@@ -107,13 +147,34 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
                 break
         seconds = clock() - start
         return VirtqueueResult(descriptors, packed, event_idx, indirect, batch, chains, seconds, kicks,
-                               interrupts, device_s, driver_s)
+                               interrupts, device_s, driver_s, path)
     finally:
         t.close()
 
 
 def _written_len(chain) -> int:
     return chain.writable_len
+
+
+def _drain_batch(dev: SplitDeviceQueue, mem, handle) -> bool:
+    """``drain`` on the batch path: batches of 1-descriptor writable chains through
+    ``pop_single`` and ``add_used_lengths`` (every byte counted as written), any other chain
+    through ``pop_descriptor_chain`` and ``handle``; the same disable/drain/enable/re-check loop."""
+    pop, used, pop_chain = dev.pop_single, dev.add_used_lengths, dev.pop_descriptor_chain
+    while True:
+        dev.disable_notification(mem)
+        while True:
+            heads, lengths, _offsets, _buf = pop(mem, 1 << 16, writable=True)
+            if heads:
+                used(mem, heads, lengths)
+                continue
+            chain = pop_chain(mem)
+            if chain is None:
+                break
+            dev.add_used(mem, chain.head_index, handle(chain))
+        if not dev.enable_notification(mem):
+            break
+    return dev.needs_notification(mem)
 
 
 def run_all(duration: float = 1.0, clock: Callable[[], float] = time.perf_counter) -> list[VirtqueueResult]:
@@ -124,16 +185,20 @@ def run_all(duration: float = 1.0, clock: Callable[[], float] = time.perf_counte
                 results.append(run_one(descriptors, event_idx, packed=packed, duration=duration, clock=clock))
             results.append(run_one(descriptors, True, indirect=True, packed=packed, duration=duration,
                                    clock=clock))
+    for event_idx in (False, True):  # the batch path: split ring, 1-descriptor chains
+        results.append(run_one(1, event_idx, duration=duration, clock=clock, path="batch"))
     return results
 
 
 def format_table(results: list[VirtqueueResult]) -> str:
-    lines = [f"{'ring':>6} {'descs/chain':>11} {'event_idx':>9} {'indirect':>8} {'chains/s':>10} "
+    lines = [f"{'ring':>6} {'descs/chain':>11} {'event_idx':>9} {'indirect':>8} {'path':>5} {'chains/s':>10} "
              f"{'device/s':>10} {'driver/s':>10} {'kicks':>7} {'irqs':>7}"]
     for r in results:
         lines.append(f"{'packed' if r.packed else 'split':>6} {r.descriptors:>11} {str(r.event_idx):>9} {str(r.indirect):>8} "
-                     f"{r.chains_per_second:>10,.0f} {r.device_chains_per_second:>10,.0f} "
+                     f"{r.path:>5} {r.chains_per_second:>10,.0f} {r.device_chains_per_second:>10,.0f} "
                      f"{r.driver_chains_per_second:>10,.0f} {r.kicks:>7} {r.interrupts:>7}")
     lines.append("chains/s: the pair taking turns in one thread; device/s, driver/s: chains over the "
                  "time each side spent")
+    lines.append("path chain: add / pop_descriptor_chain / get_buf per chain; path batch: add_single / "
+                 "pop_single + add_used_lengths / collect per batch (split, 1 descriptor)")
     return "\n".join(lines)

@@ -17,7 +17,13 @@ def register(sub) -> None:
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     vq = targets.add_parser("virtqueue", help="descriptor chains per second through the split ring cores",
                             description="Driver adds, device drains, driver collects, over two mappings of "
-                                        "one memfd; 1 and 4 descriptors per chain, with and without EVENT_IDX.")
+                                        "one memfd; 1 and 4 descriptors per chain, with and without EVENT_IDX. "
+                                        "path chain (every configuration): per chain the driver adds and "
+                                        "collects one chain, the device pops a DescriptorChain with a view per "
+                                        "buffer. path batch (split ring, 1 descriptor): the driver adds and "
+                                        "collects a batch with slice stores and reads; the device pops a batch "
+                                        "(every head, flags and buffer bound checked over the batch, no "
+                                        "DescriptorChain or view per chain) and returns it with one used store.")
     vq.add_argument("--runtime", type=positive_seconds, default=1.0, metavar="SECONDS",
                     help="seconds per configuration (default 1; fio's name, as bench blk)")
     vq.add_argument("--duration", type=positive_seconds, dest="runtime", help=argparse.SUPPRESS)  # old name

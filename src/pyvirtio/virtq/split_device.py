@@ -15,7 +15,7 @@ from __future__ import annotations
 import array
 import itertools
 import sys
-from operator import itemgetter
+from operator import add, itemgetter, sub
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
@@ -135,6 +135,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self._mem = None
         self._gen = -1
         self._desc = self._avail16 = self._used16 = self._used32 = _NO_VIEW
+        self._daddr = self._dlen = self._dflags = _NO_VIEW
 
     def _bind(self, mem: GuestMemory) -> None:
         if mem is self._mem and mem.generation == self._gen:
@@ -147,6 +148,11 @@ class SplitDeviceQueue(DeviceRingSide):
         except GuestMemoryError as exc:
             self._break(DriverFault(f"queue {self.index}: ring outside guest memory: {exc}"))
         self._desc = desc
+        # Strided views of the descriptor table, one per field: element h is descriptor h's
+        # addr, len or flags (the batch pop gathers a field for a batch in one C-level call).
+        self._daddr = desc.cast("Q")[0::2]
+        self._dlen = desc.cast("I")[2::4]
+        self._dflags = desc.cast("H")[6::8]
         self._avail16 = avail.cast("H")
         self._used16 = used.cast("H")
         self._used32 = used[:4 + 8 * size].cast("I")
@@ -237,8 +243,11 @@ class SplitDeviceQueue(DeviceRingSide):
             heads += avail16[2:2 + n - len(heads)].tolist()
         if not heads:
             return heads, [], []
-        if max(heads) >= size:
-            self._break(DriverFault(f"queue {self.index}: head index {max(heads)} >= queue size {size}"))
+        if max(heads) >= size:  # the batch ends before it; first in the batch, it breaks the queue
+            n = next(i for i, h in enumerate(heads) if h >= size)
+            if not n:
+                self._break(DriverFault(f"queue {self.index}: head index {heads[0]} >= queue size {size}"))
+            del heads[n:]
         # One C-level gather per field (itemgetter over a strided view of the descriptor table:
         # element h of ``desc.cast("H")[6::8]`` is descriptor h's flags), no bytecode per chain.
         get = itemgetter(*heads) if len(heads) > 1 else (lambda seq: (seq[heads[0]],))
@@ -263,6 +272,94 @@ class SplitDeviceQueue(DeviceRingSide):
         stats.chains += len(heads)
         stats.bytes_read += sum(lengths)
         return heads, lengths, bufs
+
+    def pop_single(self, mem: GuestMemory, limit: int, *, writable: bool = False
+                   ) -> tuple[list[int], list[int], list[int], memoryview]:
+        """Pop up to ``limit`` chains that are each one descriptor, device-writable if
+        ``writable`` (flags exactly WRITE) else device-readable (flags 0): the batch path, with
+        no DescriptorChain and no view per chain.
+
+        Returns ``(heads, lengths, offsets, buf)``: chain ``i``'s buffer is
+        ``buf[offsets[i]:offsets[i] + lengths[i]]`` — ``buf`` is the host buffer of the one guest
+        memory region every buffer of the batch lies in, so the device slices a view only of a
+        buffer it touches.  The batch ends before the first chain of another shape, or whose
+        buffer is not wholly inside that region (in another region, or crossing into the next);
+        an empty batch means the next chain is for :meth:`pop_descriptor_chain` (or nothing is
+        available).
+
+        Every descriptor is checked as :meth:`pop_descriptor_chain` checks it (2.7.13.1, 2.7.5):
+        the avail idx at most the queue size ahead, each head below the queue size, each flags
+        field, each buffer inside guest memory — checked for the batch at once with C-level
+        ``min``/``max`` over its addresses and ends against the region's bounds.  A buffer outside
+        guest memory (or wrapping past 2**64), or a head out of range, breaks the queue with the
+        general path's :class:`~pyvirtio.errors.DriverFault` when it comes first in a batch: the
+        chains before it are handed out first, as the general path hands them out one by one."""
+        self._check(mem)
+        if self.resubmit:  # those go first, through pop_descriptor_chain
+            return [], [], [], _NO_VIEW
+        size, next_avail, avail16 = self.size, self.next_avail, self._avail16
+        ahead = (avail16[1] - next_avail) & 0xFFFF
+        if ahead > size:
+            self._break(DriverFault(
+                f"queue {self.index}: avail idx {avail16[1]} is more than {size} ahead of {next_avail}"))
+        n = min(ahead, limit)
+        if n <= 0:
+            return [], [], [], _NO_VIEW
+        rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
+        start = next_avail & (size - 1)
+        heads = avail16[2 + start:2 + min(start + n, size)].tolist()
+        if len(heads) < n:  # the batch wraps around the ring
+            heads += avail16[2:2 + n - len(heads)].tolist()
+        if max(heads) >= size:  # the batch ends before it; first in the batch, it breaks the queue
+            n = next(i for i, h in enumerate(heads) if h >= size)
+            if not n:
+                self._break(DriverFault(f"queue {self.index}: head index {heads[0]} >= queue size {size}"))
+            del heads[n:]
+        # One C-level gather per field over the strided table views (_bind): no bytecode per chain.
+        if n > 1:
+            get = itemgetter(*heads)
+            flags, lengths, addrs = get(self._dflags), list(get(self._dlen)), get(self._daddr)
+        else:
+            head = heads[0]
+            flags, lengths, addrs = (self._dflags[head],), [self._dlen[head]], (self._daddr[head],)
+        want = _F_WRITE if writable else 0
+        if flags.count(want) != n:  # another shape (chained, indirect, other direction)
+            n = next(i for i, f in enumerate(flags) if f != want)
+            if not n:
+                return [], [], [], _NO_VIEW
+            del heads[n:], lengths[n:]
+            addrs = addrs[:n]
+        try:
+            region = mem.region_at(addrs[0])
+        except GuestMemoryError:
+            region = None
+        if region is not None:
+            gpa, end = region.gpa, region.end
+            if min(addrs) < gpa or max(map(add, addrs, lengths)) > end:  # not all in the region
+                n = next(i for i, (a, ln) in enumerate(zip(addrs, lengths)) if a < gpa or a + ln > end)
+        else:
+            n = 0
+        if not n:  # the first buffer is not in one region: outside memory, or crossing regions
+            try:
+                mem.check(addrs[0], lengths[0])
+            except GuestMemoryError as exc:
+                self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+            return [], [], [], _NO_VIEW  # mapped (or empty): the general path takes it
+        if n < len(heads):
+            del heads[n:], lengths[n:]
+            addrs = addrs[:n]
+        assert region is not None  # n > 0: the batch lies in the first buffer's region
+        offsets = list(addrs) if not region.gpa else list(map(sub, addrs, itertools.repeat(region.gpa, n)))
+        buf = region.buf if len(region.buf) == region.size else region.buf[:region.size]
+        if self.inflight is not None:
+            for head in heads:
+                self.inflight.popped(head)
+        self.next_avail = (next_avail + n) & 0xFFFF
+        stats = self.stats
+        stats.chains += n
+        if not writable:
+            stats.bytes_read += sum(lengths)
+        return heads, lengths, offsets, buf
 
     def _walk(self, mem: GuestMemory, head: int) -> DescriptorChain:
         """Follow a chain from ``head`` (2.7.5), entering at most one indirect table (2.7.5.3).
@@ -412,6 +509,23 @@ class SplitDeviceQueue(DeviceRingSide):
             self._publish_in_order(ids)
             return
         flat[0::2] = ids
+        self._publish_used(flat)
+
+    def add_used_lengths(self, mem: GuestMemory, heads: Sequence[int], lengths: Sequence[int]) -> None:
+        """Put chains ``heads`` in the used ring, chain ``i`` with ``lengths[i]`` bytes written,
+        with one index update: the used side of :meth:`pop_single` (``add_used_batch`` without a
+        tuple per chain)."""
+        self._check(mem)
+        try:
+            ids = array.array("I", heads)
+            lens = array.array("I", lengths)
+        except (OverflowError, TypeError):
+            raise UsageError(f"queue {self.index}: add_used_lengths with an element out of range") from None
+        if len(ids) != len(lens) or (ids and max(ids) >= self.size):
+            raise UsageError(f"queue {self.index}: add_used_lengths with an element out of range")
+        flat = array.array("I", (0,)) * (2 * len(ids))
+        flat[0::2] = ids
+        flat[1::2] = lens
         self._publish_used(flat)
 
     def _publish_in_order(self, ids: array.array) -> None:

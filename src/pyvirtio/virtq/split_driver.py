@@ -20,7 +20,10 @@ that is not outstanding, or a batch longer than the used idx moved, is a device 
 
 from __future__ import annotations
 
+import array
 from collections import deque
+from itertools import repeat
+from operator import gt, is_, itemgetter
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
@@ -90,6 +93,8 @@ class SplitDriverQueue(DriverRingSide):
                                           self.indirect_area_size(self.size, self.max_indirect))
         except GuestMemoryError as exc:
             raise UsageError(f"queue {self.index}: ring is not in guest memory: {exc}") from None
+        self._desc64 = self._desc.cast("Q")  # the batch path's field stores (add_single)
+        self._desc32 = self._desc.cast("I")
         self._avail16 = self._avail.cast("H")
         self._used16 = self._used.cast("H")
         self._used32 = self._used[:4 + 8 * self.size].cast("I")
@@ -137,6 +142,74 @@ class SplitDriverQueue(DriverRingSide):
         self.avail_idx_shadow = (self.avail_idx_shadow + 1) & 0xFFFF
         avail16[1] = self.avail_idx_shadow
         return head
+
+    def add_single(self, mem: GuestMemory, addrs: Sequence[int], lengths: Sequence[int],
+                   tokens: Sequence[Any], *, writable: bool = False) -> list[int]:
+        """Expose a batch of chains of one buffer each, ``(addrs[i], lengths[i])`` with token
+        ``tokens[i]``, device-writable if ``writable``: what :meth:`add` writes for each, with one
+        slice store per descriptor field when the free descriptors are consecutive (as they are
+        after :meth:`collect`), one avail ring store and one avail idx store.  Returns the heads.
+
+        The whole batch or nothing: :class:`~pyvirtio.errors.QueueFull` when fewer than
+        ``len(tokens)`` descriptors are free (``add`` one by one would add those that fit), and
+        :class:`~pyvirtio.errors.UsageError` for a None token or an address or length out of
+        range, before anything is written.  With VIRTIO_F_IN_ORDER the chains go through
+        :meth:`add` one by one."""
+        self._check(mem)
+        n = len(tokens)
+        if len(addrs) != n or len(lengths) != n:
+            raise UsageError(f"queue {self.index}: add_single needs one address and length per token")
+        if any(map(is_, tokens, repeat(None))):
+            raise UsageError("token must not be None")
+        try:
+            addr_a = array.array("Q", addrs)
+            len_a = array.array("I", lengths)
+        except (OverflowError, TypeError):
+            raise UsageError(f"queue {self.index}: add_single with a buffer out of range") from None
+        if not n:
+            return []
+        if self.in_order:
+            if n > self.num_free:
+                raise QueueFull(f"queue {self.index}: {n} descriptors needed, {self.num_free} free")
+            no: list[Buffer] = []
+            return [self.add(mem, no, [(a, ln)], t) if writable else self.add(mem, [(a, ln)], no, t)
+                    for a, ln, t in zip(addrs, lengths, tokens)]
+        if n > self.num_free:
+            raise QueueFull(f"queue {self.index}: {n} descriptors needed, {self.num_free} free")
+        size, nxt, first = self.size, self._next, self.free_head
+        flag = _F_WRITE if writable else 0
+        end = first + n
+        if end <= size and nxt[first:end - 1] == list(range(first + 1, end)):
+            ids: Sequence[int] = range(first, end)  # consecutive free descriptors: slice stores
+            self.free_head = nxt[end - 1]
+            self.num_free -= n
+            self._desc64[2 * first:2 * end:2] = addr_a
+            self._desc32[4 * first + 2:4 * end:4] = len_a
+            self._desc32[4 * first + 3:4 * end:4] = array.array("I", (flag,)) * n  # flags, next 0
+            self._tokens[first:end] = tokens
+            self._chain_len[first:end] = [1] * n
+            self._in_len[first:end] = len_a.tolist() if writable else [0] * n
+        else:
+            ids = self._take(n)
+            pack, desc = _DESC.pack_into, self._desc
+            tok, chain_len, in_len = self._tokens, self._chain_len, self._in_len
+            for i, a, ln, t in zip(ids, addr_a, len_a, tokens):
+                pack(desc, i * 16, a, ln, flag, 0)
+                tok[i] = t
+                chain_len[i] = 1
+                in_len[i] = ln if writable else 0
+        self.outstanding += n
+        heads = array.array("H", ids)
+        avail16, shadow = self._avail16, self.avail_idx_shadow
+        slot = shadow & (size - 1)
+        fit = min(n, size - slot)
+        avail16[2 + slot:2 + slot + fit] = heads[:fit] if fit < n else heads
+        if fit < n:  # wrapped around the ring
+            avail16[2:2 + n - fit] = heads[fit:]
+        wmb()  # the descriptors and ring entries before the avail idx that publishes them (2.7.13)
+        self.avail_idx_shadow = (shadow + n) & 0xFFFF
+        avail16[1] = self.avail_idx_shadow
+        return list(ids)
 
     def _take(self, n: int) -> list[int]:
         ids, idx = [], self.free_head
@@ -221,6 +294,65 @@ class SplitDriverQueue(DriverRingSide):
         if self.event_idx and self.callbacks_enabled:
             self._avail16[2 + self.size] = self.last_used  # used_event
         return token, length
+
+    def collect(self, mem: GuestMemory) -> list[tuple[Any, int]]:
+        """Every used chain there is now, as :meth:`get_bufs` returns them, read as a batch: the
+        used entries with one slice read, their tokens and lengths gathered at once.
+
+        The batch path checks what :meth:`get_buf` checks (the used idx at most the queue size
+        ahead, each id an outstanding head, each length at most the chain's writable bytes); a
+        batch that fails any check, or holds a chain of several descriptors, goes through
+        :meth:`get_bufs` instead — which breaks the queue with the same
+        :class:`~pyvirtio.errors.DeviceFault` (or clamps a length) at the same chain.  The
+        freed descriptors go back to the free list in used order (``get_bufs`` pushes them one
+        by one, so its next adds take them in reverse order); with VIRTIO_F_IN_ORDER this is
+        ``get_bufs``."""
+        self._check(mem)
+        size, last = self.size, self.last_used
+        ahead = (self._used16[1] - last) & 0xFFFF
+        if not ahead or ahead > size or self.in_order:
+            return self.get_bufs(mem)
+        rmb()  # the used idx, then the elements it published (2.7.8)
+        slot = last & (size - 1)
+        fit = min(ahead, size - slot)
+        used32 = self._used32
+        ids = used32[1 + 2 * slot:1 + 2 * (slot + fit):2].tolist()
+        lens = used32[2 + 2 * slot:2 + 2 * (slot + fit):2].tolist()
+        if fit < ahead:  # wrapped around the ring
+            ids += used32[1:1 + 2 * (ahead - fit):2].tolist()
+            lens += used32[2:2 + 2 * (ahead - fit):2].tolist()
+        if max(ids) >= size:
+            return self.get_bufs(mem)
+        if ahead > 1:
+            get = itemgetter(*ids)
+            tokens, in_lens, chain_lens = get(self._tokens), get(self._in_len), get(self._chain_len)
+        else:
+            head = ids[0]
+            tokens, in_lens, chain_lens = (self._tokens[head],), (self._in_len[head],), (self._chain_len[head],)
+        if (any(map(is_, tokens, repeat(None))) or chain_lens.count(1) != ahead
+                or any(map(gt, lens, in_lens)) or len(set(ids)) != ahead):
+            return self.get_bufs(mem)
+        first, nxt = ids[0], self._next
+        end = first + ahead
+        if ids == list(range(first, end)):
+            nxt[first:end - 1] = range(first + 1, end)
+            nxt[end - 1] = self.free_head
+            self._tokens[first:end] = [None] * ahead
+        else:
+            ids.append(self.free_head)
+            for head, after in zip(ids, ids[1:]):
+                nxt[head] = after
+            del ids[-1]
+            tok = self._tokens
+            for head in ids:
+                tok[head] = None
+        self.free_head = first
+        self.num_free += ahead
+        self.outstanding -= ahead
+        self.last_used = (last + ahead) & 0xFFFF
+        if self.event_idx and self.callbacks_enabled:
+            self._avail16[2 + size] = self.last_used  # used_event
+        return list(zip(tokens, lens))
 
     def _check_used(self, head: int, length: int) -> int:
         """The used length to hand back (a device fault breaks the queue).  A chain without
