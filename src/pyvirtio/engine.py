@@ -34,6 +34,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections import deque
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
@@ -54,6 +55,10 @@ POLL_INTERVAL = 0.001
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 #: How long stopping a worker may take before it is given up on (and logged).
 STOP_TIMEOUT = 5.0
+#: Adaptive polling (``GroupWorker(poll_max=…)``, ``serve --poll-us``): the first window after
+#: a short wait, and its growth factor, as QEMU's IOThreads (poll-grow 2, from 4 µs).
+POLL_START = 4e-6
+POLL_GROW = 2
 
 HostEvents = list[tuple[int, int]]
 _NO_FAULTS = FaultSet()  # the rules of a worker without a device: always empty
@@ -86,8 +91,17 @@ class GroupWorker:
 
     def __init__(self, host: QueueHost, group: int, queues: Sequence[int], *, name: str,
                  idle_interval: float | None = None, transient: bool = False,
-                 counters: Sequence[QueueCounters] = (), device=None):
+                 counters: Sequence[QueueCounters] = (), device=None, poll_max: float = 0.0):
         self.host = host
+        #: Adaptive polling, as QEMU's event loop does in an IOThread (``poll-max-ns``): before
+        #: sleeping, the worker looks at its fds without blocking for up to ``poll_max`` seconds,
+        #: in a window that grows while waits are short and drops to nothing after a long one —
+        #: a kick or completion that comes within the window is served without a wake-up, and
+        #: an idle worker does not spin.  0: never (in-process transports, whose driver shares
+        #: this interpreter: a spinning thread would take its turns from it).
+        self.poll_max = poll_max
+        self._window = 0.0
+        self.polled = 0  # waits that polling ended (pyvirtio.stats)
         self.group = group
         self.queues = tuple(queues)
         self.name = name
@@ -274,7 +288,7 @@ class GroupWorker:
                     want = self._merge(kicks, extra) if extra else kicks
                 if want != watched:
                     _sync(poller, watched, want)
-                events = poller.poll(timeout)
+                events = self._wait(poller, timeout) if self.poll_max else poller.poll(timeout)
             except Exception:  # a bug of ours: log, keep the worker alive
                 log.exception("%s: poll failed", self.name)
                 events = []
@@ -293,6 +307,30 @@ class GroupWorker:
                     woken = True
             except Exception:
                 log.exception("%s: turn failed", self.name)
+
+    def _wait(self, poller, timeout: float | None) -> list[tuple[int, int]]:
+        """Poll for up to the current window, then block; adjust the window as QEMU's
+        ``adjust_polling_time``: a wait that polling ended, or no longer than the window, keeps
+        it; one longer than ``poll_max`` ends polling until waits are short again; one between
+        grows it (from POLL_START, times POLL_GROW, at most ``poll_max``)."""
+        window, clock = self._window, time.perf_counter
+        start = clock()
+        if window:
+            end = start + window
+            while True:
+                events = poller.poll(0)
+                if events:
+                    self.polled += 1
+                    return events
+                if clock() >= end:
+                    break
+        events = poller.poll(timeout)
+        waited = clock() - start
+        if waited > self.poll_max:
+            self._window = 0.0
+        elif waited > window and window < self.poll_max:
+            self._window = min(self.poll_max, window * POLL_GROW if window else POLL_START)
+        return events
 
     def _wanted(self) -> dict[int, tuple[int, int]]:
         return self._with_host_fds(self._kick_fds())

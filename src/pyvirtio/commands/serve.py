@@ -240,10 +240,29 @@ def _common(p) -> None:
     p.add_argument("--split-only", action="store_true",
                    help="do not offer VIRTIO_F_RING_PACKED (packed rings are offered by default; "
                         "this forces split rings, e.g. for comparisons)")
+    p.add_argument("--poll-us", type=_poll_us, default=DEFAULT_POLL_US, metavar="US",
+                   help="adaptive polling, as QEMU's IOThreads (poll-max-ns): a queue worker "
+                        "whose waits are short looks for its next kick or completion without "
+                        "sleeping for up to US microseconds, and stops after a long wait "
+                        f"(default {DEFAULT_POLL_US:g}; 0: always sleep)")
     _virtio_msg_cli().add_transport_arg(p)
     p.add_argument("--fault", action="append", default=[], metavar="RULE",
                    help="inject a fault from the start, e.g. ioerr:sectors=2048-4095, "
                         "latency:ms=20, drop:rate=0.5 (repeatable; README 'Fault injection')")
+
+
+#: ``serve --poll-us`` default: QEMU's IOThread poll-max-ns default (32768 ns).
+DEFAULT_POLL_US = 32.0
+
+
+def _poll_us(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of microseconds") from None
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r}: between 0 and 10000 microseconds")
+    return value
 
 
 def _octal_mode(text: str) -> int:
@@ -286,20 +305,22 @@ def run(args) -> int:
     if not args.split_only:
         device.offer_packed_ring()
     server = VhostUserServer()
+    poll_max = args.poll_us / 1e6
     undo: list[Callable[[], None]] = []  # the control socket's parts, closed before the server
     try:
         try:
             if args.fd is not None:
                 sock = inherited_socket(args.fd)
                 listening_on = sock.getsockname() if is_listening(sock) else None
-                endpoint = server.add(device, sock=sock)
+                endpoint = server.add(device, sock=sock, poll_max=poll_max)
             elif args.connect:
                 listening_on = None
-                endpoint = server.add(device, socket_path=args.socket_path, connect=True)
+                endpoint = server.add(device, socket_path=args.socket_path, connect=True,
+                                      poll_max=poll_max)
             else:
                 listening_on = args.socket_path
                 endpoint = server.add(device, socket_path=args.socket_path,
-                                      socket_mode=args.socket_mode)
+                                      socket_mode=args.socket_mode, poll_max=poll_max)
             if args.backend == "console":  # its rings are gated by the vhost-user ring state
                 from ..devices.console import ConsoleDevice, attach
                 assert isinstance(device, ConsoleDevice)

@@ -111,7 +111,7 @@ class Session:
         idle = getattr(device, "idle_interval", None)
         counters = [q.stats for q in device.queues]
         self.workers = [GroupWorker(self, g, queues, name=f"{self.name}-g{g}", idle_interval=idle,
-                                    counters=counters, device=device)
+                                    counters=counters, device=device, poll_max=endpoint.poll_max)
                         for g, queues in enumerate(device.queue_groups())]
         device.interrupt = self._interrupt
         device.status_elsewhere = True  # the front-end keeps the driver's status (device.py)
@@ -256,12 +256,15 @@ class Endpoint:
     ``connect_to``) the front-end's listening socket, connected to again whenever it is gone."""
 
     def __init__(self, device: VirtioDevice, sock: socket.socket | None, *, name: str,
-                 path: str | None = None, options: dict | None = None, connect_to: str | None = None):
+                 path: str | None = None, options: dict | None = None, connect_to: str | None = None,
+                 poll_max: float = 0.0):
         self.device = device
         self.name = name
         self.path = path  # a socket file we created (unlinked at shutdown if still ours)
         self.inode = inode_of(path) if path else -1
         self.options = options or {}
+        #: The queue workers' adaptive polling, in seconds (GroupWorker ``poll_max``; 0: none).
+        self.poll_max = poll_max
         self.session: Session | None = None
         self.connections = 0  # front-ends served so far
         self.listening = False  # the listener is registered with the loop
@@ -305,18 +308,22 @@ class VhostUserServer:
 
     def add(self, device: VirtioDevice, *, socket_path: str | None = None,
             sock: socket.socket | None = None, name: str | None = None,
-            socket_mode: int = DEFAULT_SOCKET_MODE, connect: bool = False, **options) -> Endpoint:
+            socket_mode: int = DEFAULT_SOCKET_MODE, connect: bool = False, poll_max: float = 0.0,
+            **options) -> Endpoint:
         """Serve ``device`` on ``socket_path`` (created with permissions ``socket_mode``, without
         a race; a stale socket is replaced, a live one refused) or on an already made ``sock``;
         with ``connect``, connect to the front-end listening on ``socket_path`` (again after
-        every hang-up).  ``options`` go to BackendConnection (protocol_features …)."""
+        every hang-up).  ``poll_max``: the queue workers' adaptive polling, in seconds (see
+        :class:`~pyvirtio.engine.GroupWorker`; 0, the default here: none — a device served to a
+        driver in this same interpreter must not spin).  ``options`` go to BackendConnection
+        (protocol_features …)."""
         if (socket_path is None) == (sock is None):
             raise UsageError("give exactly one of socket_path and sock")
         if connect:
             if socket_path is None:
                 raise UsageError("client mode connects to a socket_path")
             ep = Endpoint(device, None, name=name or socket_path, options=options,
-                          connect_to=socket_path)
+                          connect_to=socket_path, poll_max=poll_max)
             self.endpoints.append(ep)
             self._connect(ep)
             return ep
@@ -326,7 +333,7 @@ class VhostUserServer:
             sock = bind_unix(socket_path, mode=socket_mode)
             path = socket_path
         ep = Endpoint(device, sock, name=name or socket_path or f"fd{sock.fileno()}", path=path,
-                      options=options)
+                      options=options, poll_max=poll_max)
         self.endpoints.append(ep)
         if ep.listener is not None:
             self._listen(ep, True)

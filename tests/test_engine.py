@@ -1,0 +1,161 @@
+"""The queue-group worker (pyvirtio.engine): adaptive polling before it sleeps."""
+
+import os
+import select
+import threading
+import time
+
+import pytest
+
+from pyvirtio import engine
+from pyvirtio.engine import POLL_GROW, POLL_START, GroupWorker
+
+
+class _Host:
+    """A QueueHost with one queue whose kicks arrive on an eventfd; counts what it serves."""
+
+    def __init__(self):
+        self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.served = 0
+        self.lock = threading.Lock()
+
+    def kick_fd(self, index):
+        return self.kick
+
+    def polling(self, index):
+        return False
+
+    def process(self, index):
+        with self.lock:
+            self.served += 1
+        return False
+
+    def host_fds(self, group):
+        return []
+
+    def host_ready(self, group, events):
+        return set()
+
+    def notify(self, index):
+        raise AssertionError("nothing asked for a notification")
+
+    def close(self):
+        os.close(self.kick)
+
+
+class _Clock:
+    """perf_counter for engine._wait: ``wait`` seconds pass in each blocking poll."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class _Poller:
+    """poll(0) finds nothing until ``ready_after`` non-blocking polls; a blocking poll takes the
+    clock forward by ``block`` seconds and returns one event."""
+
+    def __init__(self, clock, block, ready_after=None):
+        self.clock, self.block, self.ready_after = clock, block, ready_after
+        self.polls = 0
+
+    def poll(self, timeout=None):
+        if timeout == 0:
+            self.polls += 1
+            self.clock.now += 1e-6
+            if self.ready_after is not None and self.polls >= self.ready_after:
+                return [(3, select.POLLIN)]
+            return []
+        self.clock.now += self.block
+        return [(3, select.POLLIN)]
+
+
+def _worker(poll_max):
+    return GroupWorker(_Host(), 0, [0], name="t", poll_max=poll_max)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = _Clock()
+    monkeypatch.setattr(engine.time, "perf_counter", c)
+    return c
+
+
+def test_short_waits_grow_the_window_up_to_poll_max(clock):
+    w = _worker(32e-6)
+    windows = []
+    for _ in range(6):  # each event comes 10 µs after polling gave up
+        w._wait(_Poller(clock, block=10e-6), None)
+        windows.append(round(w._window * 1e6))
+    # 10, 14, 18, 26 µs waits grow it; 32 µs of polling + 10 is longer than poll_max (QEMU
+    # counts the polling in the wait too): polling ends, and starts again from 4 µs.
+    assert windows == [4, 8, 16, 32, 0, 4]
+    assert POLL_START == 4e-6 and POLL_GROW == 2
+
+
+def test_a_long_wait_ends_polling_and_an_idle_worker_sleeps_at_once(clock):
+    w = _worker(32e-6)
+    w._window = 32e-6
+    p = _Poller(clock, block=5e-3)  # 5 ms idle: longer than poll_max
+    assert w._wait(p, None)
+    assert w._window == 0
+    p = _Poller(clock, block=5e-3)
+    w._wait(p, None)
+    assert p.polls == 0  # no window: straight to the blocking poll, no spinning
+
+
+def test_an_event_found_while_polling_keeps_the_window_and_is_counted(clock):
+    w = _worker(32e-6)
+    w._window = 16e-6
+    p = _Poller(clock, block=1.0, ready_after=3)
+    assert w._wait(p, None) == [(3, select.POLLIN)]
+    assert p.polls == 3 and w.polled == 1 and w._window == 16e-6
+
+
+def test_polling_stops_at_the_window_then_blocks(clock):
+    w = _worker(32e-6)
+    w._window = 8e-6
+    p = _Poller(clock, block=20e-6)
+    w._wait(p, None)
+    assert 7 <= p.polls <= 9  # about 8 µs of 1 µs polls
+    assert w._window == 16e-6  # waited 28 µs in all: short, so it grows
+
+
+def test_a_polling_worker_serves_kicks_and_idles_without_spinning():
+    host = _Host()
+    w = GroupWorker(host, 0, [0], name="poll-test", poll_max=200e-6).start()
+    try:
+        for i in range(300):  # kicks close together: the window grows, some are found polling
+            os.eventfd_write(host.kick, 1)
+            if i % 3 == 0:
+                time.sleep(0.0002)
+        time.sleep(0.05)
+        before = host.served
+        os.eventfd_write(host.kick, 1)  # one more, after a pause: served all the same
+        deadline = time.monotonic() + 5
+        while host.served == before and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert host.served > before
+        time.sleep(0.05)  # idle for longer than poll_max: the next wait sleeps at once
+        thread = w._thread
+        assert thread is not None and thread.ident is not None
+        clk = time.pthread_getcpuclockid(thread.ident)
+        cpu0 = time.clock_gettime(clk)
+        time.sleep(0.3)
+        assert time.clock_gettime(clk) - cpu0 < 0.03, "an idle worker kept spinning"
+    finally:
+        assert w.stop()
+        host.close()
+
+
+def test_serve_refuses_a_poll_window_out_of_range(tmp_path):
+    import subprocess
+    import sys
+
+    for bad in ("-1", "abc", "20000"):
+        r = subprocess.run([sys.executable, "-m", "pyvirtio.cli", "serve", "rng", f"--poll-us={bad}",
+                            f"--socket-path={tmp_path / 's.sock'}"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "--poll-us" in r.stderr, r.stderr
