@@ -169,6 +169,19 @@ def test_the_batch_is_one_view_of_the_region_and_counts_like_the_general_path():
         q.add_used_lengths(mock.mem, [1], [1 << 32])
 
 
+@pytest.mark.parametrize("order", [[3, 4, 5, 6], [6, 5, 4, 3], [3, 9, 4, 0], [15, 0, 1, 2]])
+def test_consecutive_and_scattered_heads_read_the_same_descriptors(order):
+    mock = MockSplitDriver(SIZE, mem=_memory(), data_addr=0x1000, base=0xFFFE)  # the indices wrap too
+    q = make_device_queue(mock)
+    for k, head in enumerate(order):
+        mock.add_chain([(0x2000 + 64 * head, 8 + k, W)], indices=[head])
+    heads, lengths, offsets, buf = q.pop_single(mock.mem, SIZE, writable=True)
+    assert heads == order and lengths == [8, 9, 10, 11]
+    assert offsets == [0x2000 + 64 * h for h in order]
+    q.add_used_lengths(mock.mem, heads, lengths)
+    assert mock.take_used() == list(zip(order, [8, 9, 10, 11]))
+
+
 def test_offsets_are_relative_to_the_second_region():
     mock, q = _ring([[(0x9000 + 16 * i, 16, W)] for i in range(3)])
     heads, lengths, offsets, buf = q.pop_single(mock.mem, SIZE, writable=True)

@@ -315,13 +315,21 @@ class SplitDeviceQueue(DeviceRingSide):
             if not n:
                 self._break(DriverFault(f"queue {self.index}: head index {heads[0]} >= queue size {size}"))
             del heads[n:]
-        # One C-level gather per field over the strided table views (_bind): no bytecode per chain.
-        if n > 1:
+        # One C-level read per field over the strided table views (_bind), no bytecode per chain:
+        # a slice when the heads are consecutive descriptors (a driver's free list, in order),
+        # else a gather.
+        first = heads[0]
+        flags: Sequence[int]
+        addrs: Sequence[int]
+        if n > 1 and heads[-1] == first + n - 1 and heads == list(range(first, first + n)):
+            end_ = first + n
+            flags, lengths = self._dflags[first:end_].tolist(), self._dlen[first:end_].tolist()
+            addrs = self._daddr[first:end_].tolist()
+        elif n > 1:
             get = itemgetter(*heads)
             flags, lengths, addrs = get(self._dflags), list(get(self._dlen)), get(self._daddr)
         else:
-            head = heads[0]
-            flags, lengths, addrs = (self._dflags[head],), [self._dlen[head]], (self._daddr[head],)
+            flags, lengths, addrs = (self._dflags[first],), [self._dlen[first]], (self._daddr[first],)
         want = _F_WRITE if writable else 0
         if flags.count(want) != n:  # another shape (chained, indirect, other direction)
             n = next(i for i, f in enumerate(flags) if f != want)
@@ -335,7 +343,8 @@ class SplitDeviceQueue(DeviceRingSide):
             region = None
         if region is not None:
             gpa, end = region.gpa, region.end
-            if min(addrs) < gpa or max(map(add, addrs, lengths)) > end:  # not all in the region
+            if min(addrs) < gpa or (max(addrs) + max(lengths) > end  # (a quick bound, then exact)
+                                    and max(map(add, addrs, lengths)) > end):  # not all in the region
                 n = next(i for i, (a, ln) in enumerate(zip(addrs, lengths)) if a < gpa or a + ln > end)
         else:
             n = 0
