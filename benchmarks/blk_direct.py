@@ -32,7 +32,8 @@ import tempfile
 import time
 
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
-from pyvirtio.bench.peers import fill_image, interleave, same_round_ratios, start_pyvirtio, start_qsd
+from pyvirtio.bench.peers import (CpuSampler, fill_image, interleave, same_round_ratios, start_pyvirtio,
+                                  start_qsd)
 
 DIRECT_TESTS = (
     ("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1)),
@@ -104,8 +105,13 @@ def measure_group(tmp: str, images: dict, options: dict, tests, rounds: int, run
 
         def run_one(name, params):
             layout = ring if name == "pyvirtio" else "split"
-            return run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, verify=True,
-                                      timeout=30, ring=layout, **params)).as_dict()
+            with CpuSampler(peers[name].process.pid) as cpu:
+                r = run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, verify=True,
+                                       timeout=30, ring=layout, **params)).as_dict()
+                end = time.monotonic()
+            # The back-end's CPU (all its threads, its io_uring workers too) in the timed phase.
+            r["cpu_us_per_io"] = cpu.between(end - r["seconds"], end) * 1e6 / max(1, r["ios"])
+            return r
 
         def log(r):
             print(f"{title}: round {r['round'] + 1}/{rounds} {r['test']:<17} {r['backend']:<8} "
@@ -122,7 +128,8 @@ def measure_group(tmp: str, images: dict, options: dict, tests, rounds: int, run
 def report(title: str, tests, runs: list[dict]) -> None:
     print(f"{title}")
     print(f"  {'test':<18} {'pyvirtio IOPS':>13} {'qsd IOPS':>10} {'pyvirtio MiB/s':>14} "
-          f"{'qsd MiB/s':>10}  ratio pyvirtio/qsd (median [min, max] of same-round ratios)")
+          f"{'qsd MiB/s':>10} {'CPU us/io pv':>12} {'qsd':>6}  ratio pyvirtio/qsd (median [min, max] of "
+          f"same-round ratios)")
     med = statistics.median
     for test, _ in tests:
         side = {s: [r for r in runs if r["test"] == test and r["backend"] == s] for s in SIDES}
@@ -133,7 +140,9 @@ def report(title: str, tests, runs: list[dict]) -> None:
         print(f"  {test:<18} {med(r['iops'] for r in side['pyvirtio']):>13,.0f} "
               f"{med(r['iops'] for r in side['qsd']):>10,.0f} "
               f"{med(r['mib_per_second'] for r in side['pyvirtio']):>14.1f} "
-              f"{med(r['mib_per_second'] for r in side['qsd']):>10.1f}  "
+              f"{med(r['mib_per_second'] for r in side['qsd']):>10.1f} "
+              f"{med(r.get('cpu_us_per_io', 0) for r in side['pyvirtio']):>12.1f} "
+              f"{med(r.get('cpu_us_per_io', 0) for r in side['qsd']):>6.1f}  "
               f"{med(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]")
     print()
 

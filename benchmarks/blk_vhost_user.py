@@ -2,10 +2,14 @@
 """vhost-user-blk back-ends side by side, from pyvirtio's host-side load generator.
 
 Starts, in one run: qemu-storage-daemon with a null-co device, qemu-storage-daemon with a raw
-file, and ``pyvirtio serve blk`` with the same file; then runs ``pyvirtio bench blk``'s engine
-against each, test by test, interleaved, for several rounds, reversing the back-end order every
-other round (PEERS.md: noise on this machine is up to ±25%; compare only within one run).
-Reports each back-end's median and the median of the per-round ratios.
+file (in its main loop, the default, and in an IOThread, whose event loop polls adaptively as
+``pyvirtio serve`` does by default: ``--poll-us``), and ``pyvirtio serve blk`` with the same
+file; then runs ``pyvirtio bench blk``'s engine against each, test by test, interleaved, for
+several rounds, reversing the back-end order every other round (PEERS.md: noise on this machine
+is up to ±25%; compare only within one run).  Every back-end runs split rings
+(qemu-storage-daemon's libvhost-user has no packed ring).  Reports each back-end's median, the
+CPU time its process used per request (every thread, the kernel's io_uring workers too) and the
+median of the per-round ratios.
 
     python benchmarks/blk_vhost_user.py [--rounds 5] [--runtime 3] [--size 128M] [--json out.json]
 """
@@ -19,16 +23,20 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
-from pyvirtio.bench.peers import fill_image, interleave, same_round_ratios, start_pyvirtio, start_qsd
+from pyvirtio.bench.peers import (CpuSampler, fill_image, interleave, same_round_ratios, start_pyvirtio,
+                                  start_qsd)
 
 TESTS = (
     ("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1)),
     ("4k randread qd32", dict(rw="randread", bs=4096, iodepth=32)),
     ("1M read qd8", dict(rw="read", bs=1 << 20, iodepth=8)),
 )
-RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio", "qsd-null"), ("qsd-file", "qsd-null"))
+RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio", "qsd-iothread"), ("qsd-iothread", "qsd-file"),
+          ("pyvirtio", "qsd-null"))
+BACKENDS = ("qsd-null", "qsd-file", "qsd-iothread", "pyvirtio")
 
 
 def main(argv=None) -> int:
@@ -43,11 +51,14 @@ def main(argv=None) -> int:
         # One copy of the same image per file back-end: each locks its image as QEMU does
         # (a second writer of one file is refused), and both read the same page-cache-warm bytes.
         image, copy = os.path.join(tmp, "qsd.img"), os.path.join(tmp, "pyvirtio.img")
+        copy2 = os.path.join(tmp, "qsd-iothread.img")
         fill_image(image, size)
         shutil.copyfile(image, copy)
+        shutil.copyfile(image, copy2)
         starts = {
             "qsd-null": lambda: start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
             "qsd-file": lambda: start_qsd(os.path.join(tmp, "file.sock"), image),
+            "qsd-iothread": lambda: start_qsd(os.path.join(tmp, "iot.sock"), copy2, iothread=True),
             "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=copy),
         }
         peers: dict = {}
@@ -67,7 +78,11 @@ def main(argv=None) -> int:
 
 def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
     def run_one(name, params):
-        return run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, **params)).as_dict()
+        with CpuSampler(peers[name].process.pid) as cpu:
+            r = run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, ring="split", **params)).as_dict()
+            end = time.monotonic()
+        r["cpu_us_per_io"] = cpu.between(end - r["seconds"], end) * 1e6 / max(1, r["ios"])
+        return r
 
     def log(r):
         print(f"round {r['round'] + 1}/{rounds} {r['test']:<17} {r['backend']:<9} {r['iops']:>9,.0f} IOPS "
@@ -79,17 +94,19 @@ def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
 def report(runs: list[dict], rounds: int, runtime: float) -> None:
     print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; medians "
           "(latency: median over rounds of each run's percentile)\n")
-    print(f"{'test':<18} {'back-end':<9} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8}")
+    print(f"{'test':<18} {'back-end':<12} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
+          f"{'CPU us/io':>9}")
     for test, _ in TESTS:
-        for name in ("qsd-null", "qsd-file", "pyvirtio"):
+        for name in BACKENDS:
             rs = [r for r in runs if r["test"] == test and r["backend"] == name]
             if not rs:
                 continue
             med = statistics.median
-            print(f"{test:<18} {name:<9} {med(r['iops'] for r in rs):>9,.0f} "
+            print(f"{test:<18} {name:<12} {med(r['iops'] for r in rs):>9,.0f} "
                   f"{med(r['mib_per_second'] for r in rs):>8.1f} "
                   f"{med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
-                  f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f}")
+                  f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f} "
+                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}")
     print("\nIOPS ratios, median of same-round ratios (range over rounds):")
     for test, _ in TESTS:
         cells = []

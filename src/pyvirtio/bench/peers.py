@@ -28,6 +28,50 @@ TESTPMD = "dpdk-testpmd"
 VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` from /proc (0.0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """Samples a process's CPU time every ``interval`` seconds on a thread, so that the CPU of a
+    window known only afterwards (a benchmark's timed phase) can be read: :meth:`between`."""
+
+    def __init__(self, pid: int, interval: float = 0.02):
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cpu-{pid}", daemon=True)
+
+    def __enter__(self) -> "CpuSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), process_cpu_seconds(self.pid)))
+            if self._stop.wait(self.interval):
+                self.samples.append((time.monotonic(), process_cpu_seconds(self.pid)))
+                return
+
+    def between(self, start: float, end: float) -> float:
+        """CPU seconds used from monotonic time ``start`` to ``end`` (nearest samples)."""
+        if not self.samples:
+            return 0.0
+        def at(t: float) -> float:
+            return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+        return at(end) - at(start)
+
+
 class PeerFailed(TransportError):
     """A back-end program did not start (missing, exited, or never listened)."""
 
@@ -51,6 +95,11 @@ class Peer:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the back-end process has used so far (every thread, also
+        those that ended: the kernel's I/O workers of an io_uring count here)."""
+        return process_cpu_seconds(self.process.pid)
 
     def close(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:
@@ -119,10 +168,13 @@ def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir
 
 def start_qsd(socket_path: str, image: str | None = None, *, null_size: int | None = None,
               writable: bool = True, num_queues: int = 1, discard: bool = True,
-              direct: bool = False, aio: str | None = None, timeout: float = 10.0) -> Peer:
+              direct: bool = False, aio: str | None = None, iothread: bool = False,
+              timeout: float = 10.0) -> Peer:
     """qemu-storage-daemon exporting ``image`` (file driver; ``direct``: ``cache.direct=on``,
     ``aio``: ``io_uring``, ``threads`` or ``native``) or a null-co device of ``null_size`` bytes
-    as vhost-user-blk."""
+    as vhost-user-blk; with ``iothread``, the export runs in an IOThread (``--object iothread``,
+    ``iothread=``), whose event loop polls adaptively (poll-max-ns 32768) where the main loop's
+    does not."""
     if (image is None) == (null_size is None):
         raise ValueError("give exactly one of image and null_size")
     if image is not None:
@@ -131,9 +183,11 @@ def start_qsd(socket_path: str, image: str | None = None, *, null_size: int | No
     else:
         blockdev = f"driver=null-co,node-name=f0,size={null_size}"
     export = (f"type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={socket_path},"
-              f"writable={'on' if writable else 'off'}" + (f",num-queues={num_queues}" if num_queues > 1 else ""))
-    peer = _start("qemu-storage-daemon", [QSD, "--blockdev", blockdev, "--export", export],
-                  socket_path, timeout)
+              f"writable={'on' if writable else 'off'}" + (f",num-queues={num_queues}" if num_queues > 1 else "")
+              + (",iothread=io0" if iothread else ""))
+    argv = [QSD] + (["--object", "iothread,id=io0"] if iothread else []) + [
+        "--blockdev", blockdev, "--export", export]
+    peer = _start("qemu-storage-daemon", argv, socket_path, timeout)
     peer.kind = "blk"
     return peer
 
