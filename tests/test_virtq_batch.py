@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from pyvirtio.testing import MockSplitDriver, make_device_queue
 from pyvirtio.testing.mock_driver import F_INDIRECT, F_NEXT, F_WRITE
 from pyvirtio.virtq import SplitDeviceQueue, SplitDriverQueue, SplitRingLayout
 
+EXAMPLES = int(os.environ.get("PYVIRTIO_HYPOTHESIS_EXAMPLES", "300"))
 SIZE = 16
 # Two adjacent regions (a buffer may cross from one into the other), then a hole.
 REGIONS = ((0, 0x8000), (0x8000, 0x8000))
@@ -223,7 +226,7 @@ CHAIN = st.one_of(st.lists(DESC, min_size=1, max_size=1), st.lists(DESC, min_siz
                   st.lists(DESC, min_size=2, max_size=3))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(chains=st.lists(CHAIN, max_size=6),
        bad_heads=st.lists(st.tuples(st.integers(0, 5), st.integers(SIZE, 0xFFFF)), max_size=1),
        avail_jump=st.sampled_from([0, 0, 0, SIZE + 1]), limit=st.integers(1, SIZE),
@@ -267,7 +270,7 @@ def _complete(mem, dev, order, lens):
     dev.add_used_batch(mem, [(c.head_index, lens(c)) for c in chains])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=max(1, EXAMPLES // 2), deadline=None)
 @given(rounds=st.lists(st.tuples(st.integers(1, SIZE), st.booleans(), st.integers(0, 3),
                                  st.sampled_from(["fifo", "lifo", "odd"])), min_size=1, max_size=8),
        event_idx=st.booleans())
