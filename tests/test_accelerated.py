@@ -24,7 +24,7 @@ RING_TESTS = ("test_virtq_chain.py", "test_virtq_edges.py", "test_virtq_event.py
               "test_virtq_in_order.py", "test_virtq_notification.py", "test_virtq_packed.py",
               "test_virtq_properties.py", "test_virtq_split_device.py", "test_virtq_split_driver.py",
               "test_memory.py", "test_fence.py", "test_limits.py", "test_bench_virtqueue.py",
-              "test_control_stats.py", "test_virtq_batch.py")
+              "test_control_stats.py", "test_virtq_batch.py", "test_virtq_packed_batch.py")
 
 
 def _run(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

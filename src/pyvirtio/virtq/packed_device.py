@@ -23,6 +23,7 @@ from __future__ import annotations
 import array
 import struct
 from itertools import islice, repeat, takewhile
+from operator import add, sub
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DriverFault, GuestMemoryError, UsageError
@@ -48,6 +49,7 @@ _EV_ENABLE = ring.RING_EVENT_FLAGS_ENABLE
 _EV_DISABLE = ring.RING_EVENT_FLAGS_DISABLE
 _EV_DESC = ring.RING_EVENT_FLAGS_DESC
 _LEN_ID = struct.Struct("<IH")  # pvirtq_desc.len and .id, at offset 8
+_NO_VIEW = memoryview(bytes(0))  # the buffer of an empty batch
 
 
 def is_valid_packed_size(size: int) -> bool:
@@ -175,6 +177,7 @@ class PackedDeviceQueue(DeviceRingSide):
             self._break(DriverFault(f"queue {self.index}: ring outside guest memory: {exc}"))
         self._check_position()  # the size may have shrunk since SET_VRING_BASE
         self._desc, self._desc16 = desc, desc.cast("H")
+        self._desc32, self._desc64 = desc.cast("I"), desc.cast("Q")
         self._driver16, self._device16 = driver.cast("H"), device.cast("H")
         self._mem, self._gen = mem, mem.generation
 
@@ -314,6 +317,93 @@ class PackedDeviceQueue(DeviceRingSide):
         stats.chains += count
         stats.bytes_read += sum(lengths)
         return ids, lengths, bufs
+
+    def pop_single(self, mem: GuestMemory, limit: int, *, writable: bool = False
+                   ) -> tuple[list[int], list[int], list[int], memoryview]:
+        """Pop up to ``limit`` chains that are each one descriptor, device-writable if
+        ``writable`` else device-readable: the batch path, as :meth:`SplitDeviceQueue.pop_single
+        <pyvirtio.virtq.split_device.SplitDeviceQueue.pop_single>` — ``(ids, lengths, offsets,
+        buf)``, chain ``i``'s buffer ``buf[offsets[i]:offsets[i] + lengths[i]]`` in the one guest
+        memory region ``buf`` of the batch.
+
+        Takes the run of descriptors from ``next_avail`` whose flags are exactly "available in
+        this lap" (plus WRITE if ``writable``), across the ring's end; all flags are read before
+        any other field (2.8.6).  The batch ends before the first descriptor of another shape,
+        whose buffer id is in flight or repeated in the batch, or whose buffer is not inside the
+        first buffer's region; coming first, a buffer outside guest memory or an id in flight
+        breaks the queue with the general path's :class:`~pyvirtio.errors.DriverFault` (in that
+        order, as :meth:`pop_descriptor_chain` checks them), and a buffer crossing regions is
+        left to :meth:`pop_descriptor_chain` (an empty batch)."""
+        self._check(mem)
+        if self.resubmit:  # those go first, through pop_descriptor_chain
+            return [], [], [], _NO_VIEW
+        size, desc16, pos, wrap = self.size, self._desc16, self.next_avail, self.avail_wrap
+        limit = min(limit, size)
+        if limit <= 0:
+            return [], [], [], _NO_VIEW
+        bit = _F_WRITE if writable else 0
+        first = min(limit, size - pos)
+        n = _leading(desc16[8 * pos + 7:8 * (pos + first):8].tolist(), (_F_AVAIL if wrap else _F_USED) | bit)
+        n2 = 0
+        if n == first < limit:  # up to the ring's end: the next lap, with the other wrap counter
+            n2 = _leading(desc16[7:8 * (limit - n):8].tolist(), (_F_USED if wrap else _F_AVAIL) | bit)
+        if not n:
+            return [], [], [], _NO_VIEW
+        rmb()  # every flags word read, then the descriptors they made available (2.8.6)
+        q64, d32 = self._desc64, self._desc32
+        ids = desc16[8 * pos + 6:8 * (pos + n):8].tolist()
+        lengths = d32[4 * pos + 2:4 * (pos + n):4].tolist()
+        addrs = q64[2 * pos:2 * (pos + n):2].tolist()
+        if n2:
+            ids += desc16[6:8 * n2:8].tolist()
+            lengths += d32[2:4 * n2:4].tolist()
+            addrs += q64[0:2 * n2:2].tolist()
+        count = len(ids)
+        pending = self._pending
+        fresh = count  # ids before the first in flight or repeated
+        if len(set(ids)) != count or not pending.keys().isdisjoint(ids):
+            fresh = next(k for k, i in enumerate(ids) if i in pending or i in ids[:k])
+        try:
+            region = mem.region_at(addrs[0])
+        except GuestMemoryError:
+            region = None
+        inside = 0  # buffers from the first inside the first one's region
+        if region is not None:
+            gpa, end = region.gpa, region.end
+            if min(addrs) >= gpa and (max(addrs) + max(lengths) <= end
+                                      or max(map(add, addrs, lengths)) <= end):
+                inside = count
+            else:
+                inside = next(k for k, (a, ln) in enumerate(zip(addrs, lengths)) if a < gpa or a + ln > end)
+        if not inside:  # the first buffer: outside memory (a fault), or crossing regions
+            try:
+                mem.check(addrs[0], lengths[0])
+            except GuestMemoryError as exc:
+                self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
+            return [], [], [], _NO_VIEW
+        if not fresh:
+            self._break(DriverFault(f"queue {self.index}: buffer id {ids[0]} is already in flight"))
+        assert region is not None
+        count = min(fresh, inside)
+        if count < len(ids):
+            del ids[count:], lengths[count:], addrs[count:]
+        offsets = addrs if not region.gpa else list(map(sub, addrs, repeat(region.gpa, count)))
+        buf = region.buf if len(region.buf) == region.size else region.buf[:region.size]
+        pending.update(zip(ids, repeat(1)))
+        if self.in_order:
+            self._wlen.update(zip(ids, lengths if writable else repeat(0)))
+        if self.inflight is not None:
+            for k in range(count):
+                self.inflight.popped(self._desc, (pos + k) % size, 1)
+        pos += count
+        if pos >= size:
+            pos, self.avail_wrap = pos - size, wrap ^ 1
+        self.next_avail = pos
+        stats = self.stats
+        stats.chains += count
+        if not writable:
+            stats.bytes_read += sum(lengths)
+        return ids, lengths, offsets, buf
 
     def _walk(self, mem: GuestMemory):
         """Follow the chain at ``next_avail`` (2.8.6, 2.8.7).  It may not be longer than the ring
@@ -482,18 +572,50 @@ class PackedDeviceQueue(DeviceRingSide):
             for head, count in zip(heads, counts):
                 self._write_used(head, length, count)
 
-    def _write_used_ones(self, ids: list[int], length: int) -> None:
+    def add_used_lengths(self, mem: GuestMemory, heads: Sequence[int], lengths: Sequence[int]) -> None:
+        """Return buffers ``heads``, buffer ``i`` with ``lengths[i]`` bytes written, as
+        :meth:`add_used_batch` would (runs with VIRTIO_F_IN_ORDER, one completion at a time with
+        inflight tracking): the used side of :meth:`pop_single`.  Buffers of one ring position
+        each, not in order, get their used descriptors written with one strided store per
+        field."""
+        self._check(mem)
+        heads = list(heads)
+        try:
+            lens = array.array("I", lengths)
+        except (OverflowError, TypeError):
+            raise UsageError(f"queue {self.index}: add_used_lengths with a length out of range") from None
+        if len(lens) != len(heads):
+            raise UsageError(f"queue {self.index}: add_used_lengths needs one length per buffer")
+        if not heads:
+            return
+        pending = self._pending
+        if self.in_order or self.inflight is not None:
+            self.add_used_batch(mem, list(zip(heads, lens)))
+            return
+        if len(set(heads)) != len(heads) or not pending.keys() >= set(heads):
+            raise UsageError(f"queue {self.index}: add_used_lengths with a buffer not in flight")
+        counts = list(map(pending.pop, heads))
+        if counts.count(1) == len(counts):
+            self._write_used_ones(heads, lens)
+        else:
+            for head, length, count in zip(heads, lens, counts):
+                self._write_used(head, length, count)
+
+    def _write_used_ones(self, ids: list[int], length: int | array.array) -> None:
         """Used descriptors for buffers of one ring position each, from ``next_used`` on: ids
         and lengths first, then the flags that publish them, one strided
         store per field — a second round past the ring's end, with the flipped wrap counter."""
         pos, size, count = self.next_used, self.size, len(ids)
         desc16, d32 = self._desc16, self._desc.cast("I")
         first = min(count, size - pos)
-        for at, part, wrap in ((pos, ids[:first], self.used_wrap), (0, ids[first:], self.used_wrap ^ 1)):
-            if part:
-                n = len(part)
-                desc16[8 * at + 6:8 * (at + n):8] = array.array("H", part)
-                d32[4 * at + 2:4 * (at + n):4] = array.array("I", (length,)) * n
+        for at, lo, hi, wrap in ((pos, 0, first, self.used_wrap), (0, first, count, self.used_wrap ^ 1)):
+            if hi > lo:
+                n = hi - lo
+                desc16[8 * at + 6:8 * (at + n):8] = array.array("H", ids[lo:hi])
+                if isinstance(length, int):
+                    d32[4 * at + 2:4 * (at + n):4] = array.array("I", (length,)) * n
+                else:  # one length per buffer
+                    d32[4 * at + 2:4 * (at + n):4] = length[lo:hi]
                 wmb()  # ids and lengths before the flags that publish them (2.8.9)
                 desc16[8 * at + 7:8 * (at + n):8] = array.array("H", ((_F_AVAIL | _F_USED) if wrap else 0,)) * n
         pos += count
@@ -502,7 +624,7 @@ class PackedDeviceQueue(DeviceRingSide):
             self.used_wrap ^= 1
         self.next_used = pos
         self._added_since_signal += count
-        self.stats.bytes_written += length * count
+        self.stats.bytes_written += length * count if isinstance(length, int) else sum(length)
 
     # --- notification suppression (2.8.10) ------------------------------------------------------
 

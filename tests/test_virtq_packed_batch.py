@@ -1,0 +1,200 @@
+"""The packed ring's device-side batch path, ``PackedDeviceQueue.pop_single`` and
+``add_used_lengths``, against the general path (``pop_descriptor_chain``, ``add_used_batch``): the
+same chains, bytes, lengths, used descriptors and faults, on any ring bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyvirtio.errors import DriverFault, QueueBroken, UsageError
+from pyvirtio.memory import GuestMemory
+from pyvirtio.spec import ring
+from pyvirtio.virtq.packed_device import PackedDeviceQueue
+from pyvirtio.virtq.packed_driver import PackedDriverQueue, PackedRingLayout
+
+EXAMPLES = int(os.environ.get("PYVIRTIO_HYPOTHESIS_EXAMPLES", "300"))
+SIZE = 8
+RING = 0x1000
+# Two adjacent regions (a buffer may cross from one into the other), then a hole.
+REGIONS = ((0, 0x10000), (0x10000, 0x10000))
+MEM_END = 0x20000
+U64 = 1 << 64
+AV, US = ring.VIRTQ_DESC_F_AVAIL, ring.VIRTQ_DESC_F_USED
+W, NX, IND = ring.VIRTQ_DESC_F_WRITE, ring.VIRTQ_DESC_F_NEXT, ring.VIRTQ_DESC_F_INDIRECT
+
+
+def _queue(descs, pos=0, wrap=1, indirect=False, size=SIZE):
+    """A device queue over a packed ring holding the raw ``descs`` (addr, len, id, flags)."""
+    mem = GuestMemory.from_buffers(*((gpa, bytearray(n)) for gpa, n in REGIONS))
+    mem.write(0x4000, bytes(i * 7 % 251 for i in range(MEM_END - 0x4000)))  # recognisable bytes
+    for i, desc in enumerate(descs):
+        mem.write(RING + 16 * i, ring.PVIRTQ_DESC.pack(*desc))
+    dev = PackedDeviceQueue(size)
+    dev.set_addresses(RING, RING + 16 * size, RING + 16 * size + 4)
+    dev.set_features(False, indirect)
+    dev.activate(mem)
+    dev.set_base(pos | wrap << 15)
+    return mem, dev
+
+
+def _record(chain):
+    return chain.head_index, b"".join(bytes(v) for v in chain.readable), chain.writable_len
+
+
+def drain_general(mem, dev):
+    out, done, fault = [], [], None
+    try:
+        while (chain := dev.pop_descriptor_chain(mem)) is not None:
+            out.append(_record(chain))
+            done.append((chain.head_index, chain.writable_len))
+    except DriverFault as exc:
+        fault = str(exc)
+    if done and not dev.broken:
+        dev.add_used_batch(mem, done)
+    return out, fault
+
+
+def drain_batch(mem, dev, limit):
+    """Readable, then writable batches through pop_single, anything else through
+    pop_descriptor_chain; completed together at the end, as drain_general completes them."""
+    out, heads, lens, fault = [], [], [], None
+    try:
+        while True:
+            ids, lengths, offsets, buf = dev.pop_single(mem, limit)
+            if ids:
+                out += [(i, bytes(buf[o:o + n]), 0) for i, n, o in zip(ids, lengths, offsets)]
+                heads += ids
+                lens += [0] * len(ids)
+                continue
+            ids, lengths, offsets, buf = dev.pop_single(mem, limit, writable=True)
+            if ids:
+                out += [(i, b"", n) for i, n in zip(ids, lengths)]
+                heads += ids
+                lens += lengths
+                continue
+            chain = dev.pop_descriptor_chain(mem)
+            if chain is None:
+                break
+            out.append(_record(chain))
+            heads.append(chain.head_index)
+            lens.append(chain.writable_len)
+    except DriverFault as exc:
+        fault = str(exc)
+    if heads and not dev.broken:
+        dev.add_used_lengths(mem, heads, lens)
+    return out, fault
+
+
+def _same_outcome(descs, pos=0, wrap=1, limit=SIZE, indirect=False):
+    mem_g, dev_g = _queue(descs, pos, wrap, indirect)
+    mem_b, dev_b = _queue(descs, pos, wrap, indirect)
+    general, batch = drain_general(mem_g, dev_g), drain_batch(mem_b, dev_b, limit)
+    assert batch == general
+    assert dev_b.broken == dev_g.broken == (general[1] is not None)
+    if not dev_g.broken:
+        assert mem_b.read(RING, 16 * SIZE) == mem_g.read(RING, 16 * SIZE)  # the same used descriptors
+        assert dev_b.get_base() == dev_g.get_base() and dev_b.in_flight() == dev_g.in_flight() == 0
+    else:
+        with pytest.raises(QueueBroken):
+            dev_b.pop_single(mem_b, limit)
+    assert (dev_b.stats.chains, dev_b.stats.bytes_read, dev_b.stats.bytes_written) == (
+        dev_g.stats.chains, dev_g.stats.bytes_read, dev_g.stats.bytes_written)
+    return general
+
+
+GOOD = [(0x4000 + 64 * i, 16 + i, i, AV | (W if i % 3 == 0 else 0)) for i in range(5)]
+
+HOSTILE = {
+    "buffer outside memory": GOOD[:2] + [(1 << 40, 64, 7, AV)] + GOOD[2:4],
+    "writable buffer running past memory": GOOD[:3] + [(MEM_END - 8, 64, 7, AV | W)],
+    "address + length wraps 2**64": GOOD[:1] + [(U64 - 16, 64, 7, AV | W)],
+    "id already in flight": GOOD[:3] + [(0x5000, 8, 1, AV)],
+    "id repeated first": [(0x5000, 8, 3, AV), (0x5000, 8, 3, AV)],
+    "bad buffer and id in flight": GOOD[:2] + [(1 << 40, 8, 1, AV)],
+    "indirect without the feature": GOOD[:2] + [(0x6000, 32, 7, AV | IND)],
+    "chain not available further on": GOOD[:2] + [(0x6000, 8, 7, AV | NX), (0x6000, 8, 7, US)],
+    "buffer crossing two regions": GOOD[:2] + [(0x10000 - 8, 64, 7, AV)] + GOOD[2:4],
+    "zero-length buffer outside memory": GOOD[:2] + [(1 << 40, 0, 7, AV | W)] + GOOD[2:4],
+    "buffers in the second region": [(0x18000 + 64 * i, 8, i, AV) for i in range(4)] + GOOD[4:],
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE, ids=list(HOSTILE))
+@pytest.mark.parametrize("limit", [1, 3, SIZE])
+def test_hostile_rings_end_as_on_the_general_path(case, limit):
+    _same_outcome(HOSTILE[case], limit=limit)
+
+
+def test_the_faults_are_the_general_paths():
+    chains, fault = _same_outcome(HOSTILE["buffer outside memory"])
+    assert "descriptor buffer" in fault and len(chains) == 2
+    chains, fault = _same_outcome(HOSTILE["id already in flight"])
+    assert "already in flight" in fault and len(chains) == 3
+    assert "descriptor buffer" in _same_outcome(HOSTILE["bad buffer and id in flight"])[1]
+    assert _same_outcome(HOSTILE["buffer crossing two regions"])[1] is None
+
+
+def test_a_batch_across_the_rings_end_and_its_used_descriptors():
+    lap = [(0x4000 + 64 * i, 8 + i, 10 + i, AV if i >= 5 else US) for i in range(SIZE)]  # 5..7, then 0..4
+    mem, dev = _queue(lap, pos=5, wrap=1)
+    ids, lengths, offsets, buf = dev.pop_single(mem, SIZE)
+    assert ids == [15, 16, 17, 10, 11, 12, 13, 14] and dev.get_base() & 0xFFFF == 5  # wrapped, flipped
+    assert [bytes(buf[o:o + n]) for o, n in zip(offsets, lengths)] == [
+        mem.read(0x4000 + 64 * i, 8 + i) for i in (5, 6, 7, 0, 1, 2, 3, 4)]
+    dev.add_used_lengths(mem, ids, list(range(8)))
+    for k, (buf_id, length) in enumerate(zip(ids, range(8))):
+        _, used_len, used_id, flags = ring.PVIRTQ_DESC.unpack_from(mem.read(RING + 16 * ((5 + k) % SIZE), 16))
+        assert (used_id, used_len) == (buf_id, length)
+        assert flags == (AV | US if k < 3 else 0)  # the used wrap counter flips at the ring's end
+    assert dev.in_flight() == 0 and dev.stats.bytes_written == sum(range(8))
+    with pytest.raises(UsageError):
+        dev.add_used_lengths(mem, [10], [0])  # not in flight
+    with pytest.raises(UsageError):
+        dev.add_used_lengths(mem, [10], [1 << 32])
+
+
+RAW_DESC = st.tuples(
+    st.one_of(*[st.integers(0x4000, MEM_END - 0x100)] * 4, st.sampled_from([0x10000 - 8, MEM_END - 8, 1 << 40, U64 - 8])),
+    st.integers(0, 64),
+    st.integers(0, 5),
+    st.one_of(*[st.sampled_from([AV, US, AV | W, US | W])] * 5,
+              st.sampled_from([AV | US, 0, AV | NX, US | NX, AV | IND, AV | W | NX]), st.integers(0, 0xFFFF)))
+
+
+@given(descs=st.lists(RAW_DESC, min_size=SIZE, max_size=SIZE), pos=st.integers(0, SIZE - 1),
+       wrap=st.integers(0, 1), limit=st.integers(1, SIZE + 2), indirect=st.booleans())
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_batch_and_general_paths_agree_on_any_ring(descs, pos, wrap, limit, indirect):
+    """Any descriptor ring: the batch path with the general path's fallback hands out the same
+    chains with the same bytes, writes the same used descriptors and ends in the same fault as
+    the general path alone."""
+    _same_outcome(descs, pos, wrap, limit, indirect)
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_a_driver_round_trip_through_many_wraps(in_order):
+    mem = GuestMemory.anonymous(1 << 20)
+    lay = PackedRingLayout.contiguous(0x1000, 5)
+    drv = PackedDriverQueue(lay, in_order=in_order)
+    drv.setup(mem)
+    dev = PackedDeviceQueue(8)
+    dev.set_size(5)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.in_order = in_order
+    dev.activate(mem)
+    for rnd in range(9):  # 9 x 4 through a ring of 5
+        for i in range(4):
+            drv.add(mem, [], [(0x8000 + 64 * i, 32)], (rnd, i))
+        ids, lengths, offsets, buf = dev.pop_single(mem, 8, writable=True)
+        assert lengths == [32] * 4
+        for i, off in enumerate(offsets):
+            buf[off:off + 2] = bytes([rnd, i])
+        dev.add_used_lengths(mem, ids, [2, 32, 2, 32] if not in_order else [32, 32, 32, 2])
+        got = drv.get_bufs(mem)
+        assert [t for t, _ in got] == [(rnd, i) for i in range(4)]
+        assert [n for _, n in got] == ([2, 32, 2, 32] if not in_order else [32, 32, 32, 2])
+        assert [mem.read(0x8000 + 64 * i, 2) for i in range(4)] == [bytes([rnd, i]) for i in range(4)]
