@@ -17,8 +17,8 @@ def test_virtqueue_bench_moves_chains_in_every_configuration():
 
 
 def test_the_batch_path_moves_chains_and_is_reported_beside_the_general_path():
-    for event_idx in (False, True):
-        r = run_one(1, event_idx, duration=0.05, path="batch")
+    for packed, event_idx in ((False, False), (False, True), (True, False), (True, True)):
+        r = run_one(1, event_idx, packed=packed, duration=0.05, path="batch")
         assert r.path == "batch" and r.chains > 0 and r.chains % r.batch == 0
         assert r.kicks >= 1 and r.interrupts >= 1
         assert 0 < r.device_seconds < r.seconds and 0 < r.driver_seconds < r.seconds
@@ -28,7 +28,7 @@ def test_the_batch_path_moves_chains_and_is_reported_beside_the_general_path():
     lines = format_table([chain, r]).splitlines()
     assert "path" in lines[0].split()
     assert lines[1].split()[4] == "chain" and lines[2].split()[4] == "batch"
-    for bad in (dict(descriptors=4, event_idx=False), dict(descriptors=1, event_idx=True, packed=True),
+    for bad in (dict(descriptors=4, event_idx=False), dict(descriptors=4, event_idx=True, packed=True),
                 dict(descriptors=1, event_idx=True, indirect=True)):
         with pytest.raises(ValueError):
             run_one(**bad, duration=0.01, path="batch")
@@ -37,5 +37,6 @@ def test_the_batch_path_moves_chains_and_is_reported_beside_the_general_path():
 def test_run_all_has_the_batch_rows_after_the_general_ones():
     results = run_all(duration=0.005)
     paths = [(r.packed, r.descriptors, r.event_idx, r.path) for r in results if r.path == "batch"]
-    assert paths == [(False, 1, False, "batch"), (False, 1, True, "batch")]
-    assert len(results) == 14 and all(r.path == "chain" for r in results[:12])
+    assert paths == [(False, 1, False, "batch"), (False, 1, True, "batch"), (True, 1, False, "batch"),
+                     (True, 1, True, "batch")]
+    assert len(results) == 16 and all(r.path == "chain" for r in results[:12])

@@ -347,6 +347,8 @@ HOSTILE_USED = {
     "id not outstanding": lambda mem, drv, entries: entries.__setitem__(2, (SIZE - 1, 0)),
     "id twice": lambda mem, drv, entries: entries.__setitem__(2, entries[0]),
     "length above the buffer": lambda mem, drv, entries: entries.__setitem__(1, (entries[1][0], 999)),
+    "length on a readable buffer": lambda mem, drv, entries: entries.__setitem__(3, (entries[3][0], 5)),
+    "all as written": lambda mem, drv, entries: None,
 }
 
 
@@ -357,8 +359,9 @@ def test_a_lying_used_ring_gets_the_same_answer_from_collect_and_get_bufs(case, 
     for collect in (False, True):
         mem, drv, dev = _driver()
         drv.clamp_used_len = clamp
-        drv.add_single(mem, [0x4000] * 4, [64] * 4, list(range(1, 5)), writable=True)
-        entries = [(c.head_index, 64) for c in dev.pop_many(mem)]
+        drv.add_single(mem, [0x4000] * 3, [64] * 3, [1, 2, 3], writable=True)
+        drv.add_single(mem, [0x4000], [64], [4])
+        entries = [(c.head_index, c.writable_len) for c in dev.pop_many(mem)]
         HOSTILE_USED[case](mem, drv, entries)
         used = drv.layout.used_ring
         for slot, (head, length) in enumerate(entries):  # as a lying device writes them
@@ -367,7 +370,7 @@ def test_a_lying_used_ring_gets_the_same_answer_from_collect_and_get_bufs(case, 
         mem.store16(used + 2, len(entries))
         try:
             got = drv.collect(mem) if collect else drv.get_bufs(mem)
-            outcomes.append(("ok", got, drv.num_free))
+            outcomes.append(("ok", got, drv.num_free, sorted(_free_list(drv))))
         except DeviceFault as exc:
             outcomes.append(("fault", str(exc), drv.broken))
     assert outcomes[0] == outcomes[1]

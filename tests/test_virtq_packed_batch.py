@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyvirtio.errors import DriverFault, QueueBroken, UsageError
+from pyvirtio.errors import DriverFault, QueueBroken, QueueFull, UsageError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec import ring
 from pyvirtio.virtq.packed_device import PackedDeviceQueue
@@ -198,3 +198,124 @@ def test_a_driver_round_trip_through_many_wraps(in_order):
         assert [t for t, _ in got] == [(rnd, i) for i in range(4)]
         assert [n for _, n in got] == ([2, 32, 2, 32] if not in_order else [32, 32, 32, 2])
         assert [mem.read(0x8000 + 64 * i, 2) for i in range(4)] == [bytes([rnd, i]) for i in range(4)]
+
+
+# --- driver side ----------------------------------------------------------------------------------
+
+def _driver(size=SIZE, event_idx=False, in_order=False):
+    mem = GuestMemory.anonymous(1 << 16)
+    lay = PackedRingLayout.contiguous(0x1000, size)
+    drv = PackedDriverQueue(lay, event_idx=event_idx, in_order=in_order)
+    drv.setup(mem)
+    dev = PackedDeviceQueue(size)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.set_features(event_idx, False)
+    dev.in_order = in_order
+    dev.activate(mem)
+    return mem, drv, dev
+
+
+def _state(drv):
+    return (drv.next_avail, drv.avail_wrap, drv.last_used, drv.used_wrap, drv.num_free, drv.outstanding,
+            list(drv._free_ids), list(drv._tokens), list(drv._count), list(drv._in_len), list(drv._order),
+            drv._added)
+
+
+def _complete(mem, dev, how, lens):
+    chains = dev.pop_many(mem)
+    if how == "lifo":
+        chains.reverse()
+    elif how == "odd":
+        chains.sort(key=lambda c: (c.head_index % 2, c.head_index))
+    dev.add_used_batch(mem, [(c.head_index, lens(c)) for c in chains])
+
+
+@settings(max_examples=max(1, EXAMPLES // 2), deadline=None)
+@given(rounds=st.lists(st.tuples(st.integers(1, SIZE), st.booleans(), st.integers(0, 3),
+                                 st.sampled_from(["fifo", "lifo", "odd"])), min_size=1, max_size=8),
+       event_idx=st.booleans(), in_order=st.booleans(), chained=st.booleans())
+def test_add_single_writes_what_add_writes_and_collect_returns_what_get_bufs_returns(
+        rounds, event_idx, in_order, chained):
+    """Two rings, one driven per chain (add, get_bufs), one by batch (add_single, collect), with
+    the per-chain ring's free ids replayed into the batch one each round: every batch add writes
+    the same ring bytes and leaves the same driver state as the adds; collect returns what
+    get_bufs returns (a chain of two descriptors now and then sends collect to get_bufs)."""
+    mem_a, drv_a, dev_a = _driver(event_idx=event_idx, in_order=in_order)
+    mem_b, drv_b, dev_b = _driver(event_idx=event_idx, in_order=in_order)
+    for step, (n, writable, shrink, how) in enumerate(rounds):
+        if in_order:
+            how = "fifo"
+        addrs = [0x4000 + 512 * ((step + i) % 16) for i in range(n)]
+        lengths = [(64 * i + step) % 300 for i in range(n)]
+        tokens = [(step, i) for i in range(n)]
+        extra = chained and step % 3 == 1 and n < SIZE - 1
+        for mem, drv in ((mem_a, drv_a), (mem_b, drv_b)):
+            if extra:  # a chain of two descriptors first, made available by add on both rings
+                drv.add(mem, [(0x3000, 4)], [(0x3100, 8)], ("two", step))
+        for a, ln, t in zip(addrs, lengths, tokens):
+            drv_a.add(mem_a, [] if writable else [(a, ln)], [(a, ln)] if writable else [], t)
+        assert len(drv_b.add_single(mem_b, addrs, lengths, tokens, writable=writable)) == n
+        assert mem_b.read(0x1000, 16 * SIZE + 8) == mem_a.read(0x1000, 16 * SIZE + 8)
+        assert _state(drv_b) == _state(drv_a)
+        for mem, dev in ((mem_a, dev_a), (mem_b, dev_b)):
+            _complete(mem, dev, how, lambda c: max(0, c.writable_len - shrink))
+        got_a, got_b = drv_a.get_bufs(mem_a), drv_b.collect(mem_b)
+        assert got_b == got_a and len(got_a) == n + extra
+        assert drv_b.num_free == drv_a.num_free == SIZE and drv_b.outstanding == 0
+        assert sorted(drv_b._free_ids) == sorted(drv_a._free_ids) == list(range(SIZE))
+        drv_b._free_ids = list(drv_a._free_ids)  # the next round starts from the same free ids
+        assert _state(drv_b) == _state(drv_a)
+
+
+def test_collect_frees_ids_for_the_next_batch_in_order():
+    mem, drv, dev = _driver()
+    for rnd in range(7):  # 7 x 5 through a ring of 8: wraps
+        assert drv.add_single(mem, [0x4000] * 5, [8] * 5, [(rnd, i) for i in range(5)], writable=True) == [0, 1, 2, 3, 4]
+        ids, lengths, offsets, buf = dev.pop_single(mem, SIZE, writable=True)
+        dev.add_used_lengths(mem, ids, [8, 7, 6, 5, 4])
+        assert drv.collect(mem) == [((rnd, i), 8 - i) for i in range(5)]
+
+
+def test_add_single_checks_before_writing():
+    mem, drv, dev = _driver()
+    before = mem.read(0x1000, 16 * SIZE + 8)
+    for addrs, lengths, tokens, error in (
+            ([1], [1], [None], UsageError), ([-1], [1], [1], UsageError), ([1], [1 << 32], [1], UsageError),
+            ([U64], [1], [1], UsageError), ([1, 2], [1], [1, 2], UsageError),
+            ([1] * (SIZE + 1), [1] * (SIZE + 1), list(range(1, SIZE + 2)), QueueFull)):
+        with pytest.raises(error):
+            drv.add_single(mem, addrs, lengths, tokens)
+    assert mem.read(0x1000, 16 * SIZE + 8) == before and drv.num_free == SIZE
+    assert drv.add_single(mem, [], [], []) == []
+
+
+HOSTILE_USED = {
+    "id out of range": lambda entries: entries.__setitem__(1, (SIZE + 2, 0)),
+    "id not in flight": lambda entries: entries.__setitem__(2, (SIZE - 1, 0)),
+    "id twice": lambda entries: entries.__setitem__(2, entries[0]),
+    "length above the buffer": lambda entries: entries.__setitem__(1, (entries[1][0], 999)),
+    "length on a readable buffer": lambda entries: entries.__setitem__(3, (entries[3][0], 5)),
+    "all as written": lambda entries: None,
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE_USED, ids=list(HOSTILE_USED))
+@pytest.mark.parametrize("clamp", [False, True])
+def test_a_lying_device_gets_the_same_answer_from_collect_and_get_bufs(case, clamp):
+    outcomes = []
+    for collect in (False, True):
+        mem, drv, dev = _driver()
+        drv.clamp_used_len = clamp
+        drv.add_single(mem, [0x4000] * 3, [64] * 3, [1, 2, 3], writable=True)
+        drv.add_single(mem, [0x4000], [64], [4])
+        entries = [(i, 64 if i < 3 else 0) for i in range(4)]
+        HOSTILE_USED[case](entries)
+        for pos, (buf_id, length) in enumerate(entries):  # as a lying device writes them
+            desc = mem.view(0x1000 + 16 * pos, 16)
+            ring.PVIRTQ_DESC.pack_into(desc, 0, 0, length, buf_id, AV | US)
+        try:
+            got = drv.collect(mem) if collect else drv.get_bufs(mem)
+            outcomes.append(("ok", got, drv.num_free, sorted(drv._free_ids)))
+        except Exception as exc:  # noqa: BLE001 - compared below: the same type and message
+            outcomes.append((type(exc).__name__, str(exc), drv.broken))
+    assert outcomes[0] == outcomes[1]

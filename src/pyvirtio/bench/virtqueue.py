@@ -18,8 +18,8 @@ Two paths (``path``), each side measured on its own as above:
   per chain ``get_buf`` (checks, free list).  Device: ``drain`` — per chain
   ``pop_descriptor_chain`` (checks, a walk of the chain, a memoryview per buffer, a
   DescriptorChain), the handler, then one used-ring store per batch.
-- ``batch``, split ring with 1 descriptor per chain only (the chain is one device-writable
-  512-byte buffer).  Driver: per batch ``add_single`` (checks over the batch, one slice store
+- ``batch``, split and packed rings with 1 descriptor per chain only (the chain is one
+  device-writable 512-byte buffer).  Driver: per batch ``add_single`` (checks over the batch, one slice store
   per descriptor field, one avail ring store, one idx store), ``kick_prepare``, ``collect`` (the
   used entries read with a slice, every id and length checked over the batch).  Device: per
   batch ``pop_single`` (avail idx, heads, flags and every buffer's bounds checked over the
@@ -81,12 +81,11 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
             clock: Callable[[], float] = time.perf_counter, path: str = "chain") -> VirtqueueResult:
     """One configuration for ``duration`` seconds of ``clock`` (``time.thread_time``: this
     thread's CPU time, what a busy machine's other jobs do not inflate).  ``path="batch"``:
-    the batch path (split ring, 1 descriptor per chain, no indirect; see the module's
-    docstring)."""
+    the batch path (1 descriptor per chain, no indirect; see the module's docstring)."""
     if path not in ("chain", "batch"):
         raise ValueError(f"path {path!r} is not 'chain' or 'batch'")
-    if path == "batch" and (packed or descriptors != 1 or indirect):
-        raise ValueError("the batch path takes split rings of 1-descriptor chains, no indirect")
+    if path == "batch" and (descriptors != 1 or indirect):
+        raise ValueError("the batch path takes 1-descriptor chains, no indirect")
     t = LoopbackTransport(RngDevice(), memory_size=8 << 20)
     try:
         mem, dmem = t.memory, t.device_memory
@@ -110,7 +109,6 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
         chains = kicks = interrupts = 0
         add, kick_prepare, get_bufs, drain = drv.add, drv.kick_prepare, drv.get_bufs, dev.drain
         if path == "batch":
-            assert isinstance(drv, SplitDriverQueue) and isinstance(dev, SplitDeviceQueue)
             addrs, lengths = [in_bufs[0][0]] * batch, [in_bufs[0][1]] * batch
             tokens = list(range(1, batch + 1))
             add_single, get_bufs = drv.add_single, drv.collect
@@ -156,7 +154,7 @@ def _written_len(chain) -> int:
     return chain.writable_len
 
 
-def _drain_batch(dev: SplitDeviceQueue, mem, handle) -> bool:
+def _drain_batch(dev: SplitDeviceQueue | PackedDeviceQueue, mem, handle) -> bool:
     """``drain`` on the batch path: batches of 1-descriptor writable chains through
     ``pop_single`` and ``add_used_lengths`` (every byte counted as written), any other chain
     through ``pop_descriptor_chain`` and ``handle``; the same disable/drain/enable/re-check loop."""
@@ -185,8 +183,9 @@ def run_all(duration: float = 1.0, clock: Callable[[], float] = time.perf_counte
                 results.append(run_one(descriptors, event_idx, packed=packed, duration=duration, clock=clock))
             results.append(run_one(descriptors, True, indirect=True, packed=packed, duration=duration,
                                    clock=clock))
-    for event_idx in (False, True):  # the batch path: split ring, 1-descriptor chains
-        results.append(run_one(1, event_idx, duration=duration, clock=clock, path="batch"))
+    for packed in (False, True):  # the batch path: 1-descriptor chains
+        for event_idx in (False, True):
+            results.append(run_one(1, event_idx, packed=packed, duration=duration, clock=clock, path="batch"))
     return results
 
 
@@ -200,5 +199,5 @@ def format_table(results: list[VirtqueueResult]) -> str:
     lines.append("chains/s: the pair taking turns in one thread; device/s, driver/s: chains over the "
                  "time each side spent")
     lines.append("path chain: add / pop_descriptor_chain / get_buf per chain; path batch: add_single / "
-                 "pop_single + add_used_lengths / collect per batch (split, 1 descriptor)")
+                 "pop_single + add_used_lengths / collect per batch (1 descriptor)")
     return "\n".join(lines)

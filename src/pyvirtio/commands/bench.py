@@ -20,7 +20,7 @@ def register(sub) -> None:
                                         "one memfd; 1 and 4 descriptors per chain, with and without EVENT_IDX. "
                                         "path chain (every configuration): per chain the driver adds and "
                                         "collects one chain, the device pops a DescriptorChain with a view per "
-                                        "buffer. path batch (split ring, 1 descriptor): the driver adds and "
+                                        "buffer. path batch (split and packed, 1 descriptor): the driver adds and "
                                         "collects a batch with slice stores and reads; the device pops a batch "
                                         "(every head, flags and buffer bound checked over the batch, no "
                                         "DescriptorChain or view per chain) and returns it with one used store.")

@@ -15,9 +15,12 @@ device-writable bytes, as Linux counts them) and moves past their descriptors.
 
 from __future__ import annotations
 
+import array
 import struct
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat, takewhile
+from operator import gt, is_, itemgetter
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
@@ -117,6 +120,7 @@ class PackedDriverQueue(DriverRingSide):
         except GuestMemoryError as exc:
             raise UsageError(f"queue {self.index}: ring is not in guest memory: {exc}") from None
         self._desc16 = self._desc.cast("H")
+        self._desc32, self._desc64 = self._desc.cast("I"), self._desc.cast("Q")  # the batch path's
         self._mem, self._gen = mem, mem.generation
 
 
@@ -155,6 +159,74 @@ class PackedDriverQueue(DriverRingSide):
         self._added += count
         self.outstanding += 1
         return buf_id
+
+    def add_single(self, mem: GuestMemory, addrs: Sequence[int], lengths: Sequence[int],
+                   tokens: Sequence[Any], *, writable: bool = False) -> list[int]:
+        """Expose a batch of chains of one buffer each, ``(addrs[i], lengths[i])`` with token
+        ``tokens[i]``, device-writable if ``writable``: what :meth:`add` writes for each (the
+        same buffer ids, ring positions and flags), with one strided store per descriptor field
+        — every address, length and id first, then every flags word (2.8.6: a descriptor's
+        flags after the rest).  Returns the buffer ids.
+
+        The whole batch or nothing: :class:`~pyvirtio.errors.QueueFull` when fewer than
+        ``len(tokens)`` buffer ids or descriptors are free, :class:`~pyvirtio.errors.UsageError`
+        for a None token or an address or length out of range, before anything is written."""
+        self._check(mem)
+        n = len(tokens)
+        if len(addrs) != n or len(lengths) != n:
+            raise UsageError(f"queue {self.index}: add_single needs one address and length per token")
+        if any(map(is_, tokens, repeat(None))):
+            raise UsageError("token must not be None")
+        try:
+            addr_a = array.array("Q", addrs)
+            len_a = array.array("I", lengths)
+        except (OverflowError, TypeError):
+            raise UsageError(f"queue {self.index}: add_single with a buffer out of range") from None
+        if not n:
+            return []
+        if n > len(self._free_ids) or n > self.num_free:
+            raise QueueFull(f"queue {self.index}: {n} buffers needed, "
+                            f"{min(len(self._free_ids), self.num_free)} free")
+        free = self._free_ids
+        ids = free[-n:]
+        ids.reverse()  # the order add's pops take them in
+        del free[-n:]
+        size, pos, wrap = self.size, self.next_avail, self.avail_wrap
+        bit = _F_WRITE if writable else 0
+        desc16, d32, q64 = self._desc16, self._desc32, self._desc64
+        first = min(n, size - pos)
+        parts = ((pos, 0, first, wrap), (0, first, n, wrap ^ 1))
+        for at, lo, hi, _ in parts:
+            if hi > lo:
+                end = at + hi - lo
+                q64[2 * at:2 * end:2] = addr_a[lo:hi]
+                d32[4 * at + 2:4 * end:4] = len_a[lo:hi]
+                desc16[8 * at + 6:8 * end:8] = array.array("H", ids[lo:hi])
+        wmb()  # every descriptor's other fields before the flags that make it available (2.8.6)
+        for at, lo, hi, lap in parts:
+            if hi > lo:
+                desc16[8 * at + 7:8 * (at + hi - lo):8] = array.array("H", (_avail_flags(lap) | bit,)) * (hi - lo)
+        pos += n
+        if pos >= size:
+            pos, wrap = pos - size, wrap ^ 1
+        self.next_avail, self.avail_wrap = pos, wrap
+        tok, count, in_len = self._tokens, self._count, self._in_len
+        low = ids[0]
+        if ids == list(range(low, low + n)):
+            tok[low:low + n] = tokens
+            count[low:low + n] = [1] * n
+            in_len[low:low + n] = len_a.tolist() if writable else [0] * n
+        else:
+            for buf_id, t, length in zip(ids, tokens, len_a):
+                tok[buf_id] = t
+                count[buf_id] = 1
+                in_len[buf_id] = length if writable else 0
+        if self.in_order:
+            self._order.extend(ids)
+        self.num_free -= n
+        self._added += n
+        self.outstanding += n
+        return ids
 
     def _write_indirect(self, buf_id: int, bufs) -> tuple[int, int, int]:
         off = buf_id * self.max_indirect * 16
@@ -238,6 +310,76 @@ class PackedDriverQueue(DriverRingSide):
                 self._batch_last, self._batch_len = buf_id, length
                 buf_id, length = first, self._in_len[first]
         return self._complete(buf_id, length, pos)
+
+    def collect(self, mem: GuestMemory) -> list[tuple[Any, int]]:
+        """Every used buffer there is now, as :meth:`get_bufs` returns them, the leading run of
+        used descriptors of one-descriptor chains read as a batch: flags, then ids and lengths
+        with one strided slice each (across the ring's end too).
+
+        The batch path checks what :meth:`get_buf` checks (each id in range and in flight, not
+        twice, each length within the buffer's writable bytes); a run failing any check, or
+        holding a chain of several descriptors, goes through :meth:`get_bufs` instead — which
+        breaks the queue with the same :class:`~pyvirtio.errors.DeviceFault` (or takes the
+        length as :meth:`get_buf` does) at the same buffer — and so does whatever follows the run.
+        With VIRTIO_F_IN_ORDER this is ``get_bufs``."""
+        self._check(mem)
+        n = min(self.outstanding, self.size)
+        if self.in_order or self._batch_last >= 0 or not n:
+            return self.get_bufs(mem)
+        size, desc16, pos, wrap = self.size, self._desc16, self.last_used, self.used_wrap
+        used = (_F_AVAIL | _F_USED) if wrap else 0
+        first = min(n, size - pos)
+        flags = desc16[8 * pos + 7:8 * (pos + first):8].tolist()
+        k = len(flags) if flags.count(used) == len(flags) else len(list(takewhile(used.__eq__, flags)))
+        k2 = 0
+        if k == first < n:  # up to the ring's end: the next lap, with the other wrap counter
+            rest = desc16[7:8 * (n - k):8].tolist()
+            other = used ^ (_F_AVAIL | _F_USED)
+            k2 = len(rest) if rest.count(other) == len(rest) else len(list(takewhile(other.__eq__, rest)))
+        if not k:
+            return self.get_bufs(mem)
+        rmb()  # the used flags, then the ids and lengths they published (2.8.9)
+        d32 = self._desc32
+        ids = desc16[8 * pos + 6:8 * (pos + k):8].tolist()
+        lens = d32[4 * pos + 2:4 * (pos + k):4].tolist()
+        if k2:
+            ids += desc16[6:8 * k2:8].tolist()
+            lens += d32[2:4 * k2:4].tolist()
+        total = len(ids)
+        if max(ids) >= size:
+            return self.get_bufs(mem)
+        if total > 1:
+            get = itemgetter(*ids)
+            tokens, in_lens, counts = get(self._tokens), get(self._in_len), get(self._count)
+        else:
+            tokens, in_lens, counts = (self._tokens[ids[0]],), (self._in_len[ids[0]],), (self._count[ids[0]],)
+        if any(map(is_, tokens, repeat(None))) or counts.count(1) != total or len(set(ids)) != total:
+            return self.get_bufs(mem)
+        if any(map(gt, lens, in_lens)):  # get_buf's answer: nothing writable reads as 0, ...
+            if not self.clamp_used_len and any(il for ln, il in zip(lens, in_lens) if ln > il):
+                return self.get_bufs(mem)  # ... else a fault, which get_bufs raises at that buffer
+            lens = list(map(min, lens, in_lens))
+        tok = self._tokens
+        low = ids[0]
+        if ids == list(range(low, low + total)):
+            tok[low:low + total] = [None] * total
+        else:
+            for buf_id in ids:
+                tok[buf_id] = None
+        self._free_ids += reversed(ids)  # the next adds take them in this order
+        self.num_free += total
+        self.outstanding -= total
+        pos += total
+        if pos >= size:
+            pos -= size
+            self.used_wrap ^= 1
+        self.last_used = pos
+        if self.event_idx and self.callbacks_enabled:
+            self._driver16[0] = pos | (self.used_wrap << 15)
+        out = list(zip(tokens, lens))
+        if self.outstanding:
+            out += self.get_bufs(mem)
+        return out
 
     def _complete(self, buf_id: int, length: int, pos: int) -> tuple[Any, int]:
         token = self._tokens[buf_id]

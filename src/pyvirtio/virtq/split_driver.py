@@ -300,10 +300,11 @@ class SplitDriverQueue(DriverRingSide):
         used entries with one slice read, their tokens and lengths gathered at once.
 
         The batch path checks what :meth:`get_buf` checks (the used idx at most the queue size
-        ahead, each id an outstanding head, each length at most the chain's writable bytes); a
-        batch that fails any check, or holds a chain of several descriptors, goes through
-        :meth:`get_bufs` instead — which breaks the queue with the same
-        :class:`~pyvirtio.errors.DeviceFault` (or clamps a length) at the same chain.  The
+        ahead, each id an outstanding head, not twice, each length at most the chain's writable
+        bytes — or taken as all of them, as ``get_buf`` takes it for a chain with none or with
+        ``clamp_used_len``); a batch that fails any check, or holds a chain of several
+        descriptors, goes through :meth:`get_bufs` instead — which breaks the queue with the
+        same :class:`~pyvirtio.errors.DeviceFault` at the same chain.  The
         freed descriptors go back to the free list in used order (``get_bufs`` pushes them one
         by one, so its next adds take them in reverse order); with VIRTIO_F_IN_ORDER this is
         ``get_bufs``."""
@@ -329,9 +330,12 @@ class SplitDriverQueue(DriverRingSide):
         else:
             head = ids[0]
             tokens, in_lens, chain_lens = (self._tokens[head],), (self._in_len[head],), (self._chain_len[head],)
-        if (any(map(is_, tokens, repeat(None))) or chain_lens.count(1) != ahead
-                or any(map(gt, lens, in_lens)) or len(set(ids)) != ahead):
+        if any(map(is_, tokens, repeat(None))) or chain_lens.count(1) != ahead or len(set(ids)) != ahead:
             return self.get_bufs(mem)
+        if any(map(gt, lens, in_lens)):  # _check_used's answer: nothing writable reads as 0, ...
+            if not self.clamp_used_len and any(il for ln, il in zip(lens, in_lens) if ln > il):
+                return self.get_bufs(mem)  # ... else a fault, which get_bufs raises at that chain
+            lens = list(map(min, lens, in_lens))
         first, nxt = ids[0], self._next
         end = first + ahead
         if ids == list(range(first, end)):
