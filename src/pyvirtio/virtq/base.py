@@ -126,6 +126,17 @@ class DeviceQueue(Protocol):
         """The fast path: up to ``limit`` chains of one readable buffer each, as (heads, lengths,
         views)."""
 
+    def pop_single(self, mem: GuestMemory, limit: int, /, *, writable: bool = False
+                   ) -> tuple[list[int], list[int], list[int], memoryview]:
+        """The batch path: up to ``limit`` chains of one buffer each, device-writable if
+        ``writable`` else readable, as ``(heads, lengths, offsets, buf)`` — chain ``i``'s buffer
+        is ``buf[offsets[i]:offsets[i] + lengths[i]]``, ``buf`` the one guest memory region of
+        the batch; every descriptor checked as the general path checks it."""
+
+    def add_used_lengths(self, mem: GuestMemory, heads: Sequence[int], lengths: Sequence[int], /) -> None:
+        """Return the chains ``heads``, chain ``i`` with ``lengths[i]`` bytes written, published
+        with one index update."""
+
     def add_used(self, mem: GuestMemory, head_index: int, length: int, /) -> None:
         """Return chain ``head_index`` to the driver with ``length`` bytes written (published at
         once)."""
