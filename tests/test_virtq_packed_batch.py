@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pyvirtio.errors import DriverFault, QueueBroken, QueueFull, UsageError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec import ring
-from pyvirtio.virtq.packed_device import PackedDeviceQueue
+from pyvirtio.virtq.packed_device import PackedDeviceQueue, leading_run
 from pyvirtio.virtq.packed_driver import PackedDriverQueue, PackedRingLayout
 
 EXAMPLES = int(os.environ.get("PYVIRTIO_HYPOTHESIS_EXAMPLES", "300"))
@@ -319,3 +319,14 @@ def test_a_lying_device_gets_the_same_answer_from_collect_and_get_bufs(case, cla
         except Exception as exc:  # noqa: BLE001 - compared below: the same type and message
             outcomes.append((type(exc).__name__, str(exc), drv.broken))
     assert outcomes[0] == outcomes[1]
+
+
+@given(words=st.lists(st.sampled_from([AV, US, AV | US, 0, AV | W, 0x0180]), max_size=40),
+       expected=st.sampled_from([AV, US, AV | W, 0]))
+def test_leading_run_counts_the_leading_words_equal_to_expected(words, expected):
+    table = memoryview(bytearray(16 * max(1, len(words)))).cast("H")
+    for i, w in enumerate(words):
+        table[8 * i + 7] = w
+        table[8 * i + 6] = expected  # the neighbouring field must not count
+    naive = next((i for i, w in enumerate(words) if w != expected), len(words))
+    assert leading_run(table[7:8 * len(words):8], expected) == naive

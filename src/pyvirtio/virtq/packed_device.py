@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import array
 import struct
-from itertools import islice, repeat, takewhile
+from itertools import islice, repeat
 from operator import add, sub
 from typing import Any, Callable, Iterable, Sequence
 
@@ -68,11 +68,23 @@ def packed_need_event(off_wrap: int, wrap: int, new: int, added: int, size: int)
     return vring_need_event(event & 0xFFFF, new, (new - added) & 0xFFFF)
 
 
-def _leading(flags: list[int], expected: int) -> int:
-    """How many of ``flags`` from the first are ``expected`` (C-level, no bytecode per item)."""
-    if flags.count(expected) == len(flags):
-        return len(flags)
-    return len(list(takewhile(expected.__eq__, flags)))
+def leading_run(flags: memoryview, expected: int) -> int:
+    """How many of the 16-bit ``flags`` (a strided view of the descriptors' flags words) from the
+    first equal ``expected``.  The words are copied once (one snapshot: the caller reads every
+    flags word before any other field), then compared as bytes: the whole run at once, else a
+    binary search over prefixes — a few ``memcmp`` calls, no bytecode per word."""
+    got = flags.tobytes()
+    pattern = expected.to_bytes(2, "little") * (len(got) >> 1)
+    if got == pattern:
+        return len(got) >> 1
+    lo, hi = 0, len(got) >> 1  # the first lo words match; the first hi words do not all match
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if got[2 * lo:2 * mid] == pattern[2 * lo:2 * mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class PackedDeviceQueue(DeviceRingSide):
@@ -276,11 +288,10 @@ class PackedDeviceQueue(DeviceRingSide):
         size, desc16, pos, wrap = self.size, self._desc16, self.next_avail, self.avail_wrap
         limit = min(limit, size)
         first = min(limit, size - pos)
-        flags = desc16[8 * pos + 7:8 * (pos + first):8].tolist()
-        n = _leading(flags, _F_AVAIL if wrap else _F_USED)
+        n = leading_run(desc16[8 * pos + 7:8 * (pos + first):8], _F_AVAIL if wrap else _F_USED)
         n2 = 0
         if n == first < limit:  # up to the ring's end: the next lap, with the other wrap counter
-            n2 = _leading(desc16[7:8 * (limit - n):8].tolist(), _F_USED if wrap else _F_AVAIL)
+            n2 = leading_run(desc16[7:8 * (limit - n):8], _F_USED if wrap else _F_AVAIL)
         if not n:
             return [], [], []
         rmb()  # every flags word read, then the descriptors they made available (2.8.6)
@@ -343,10 +354,10 @@ class PackedDeviceQueue(DeviceRingSide):
             return [], [], [], _NO_VIEW
         bit = _F_WRITE if writable else 0
         first = min(limit, size - pos)
-        n = _leading(desc16[8 * pos + 7:8 * (pos + first):8].tolist(), (_F_AVAIL if wrap else _F_USED) | bit)
+        n = leading_run(desc16[8 * pos + 7:8 * (pos + first):8], (_F_AVAIL if wrap else _F_USED) | bit)
         n2 = 0
         if n == first < limit:  # up to the ring's end: the next lap, with the other wrap counter
-            n2 = _leading(desc16[7:8 * (limit - n):8].tolist(), (_F_USED if wrap else _F_AVAIL) | bit)
+            n2 = leading_run(desc16[7:8 * (limit - n):8], (_F_USED if wrap else _F_AVAIL) | bit)
         if not n:
             return [], [], [], _NO_VIEW
         rmb()  # every flags word read, then the descriptors they made available (2.8.6)

@@ -19,7 +19,7 @@ import array
 import struct
 from collections import deque
 from dataclasses import dataclass
-from itertools import repeat, takewhile
+from itertools import repeat
 from operator import gt, is_, itemgetter
 from typing import Any, Sequence
 
@@ -28,7 +28,7 @@ from ..fence import mb, rmb, wmb
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DriverRingSide
-from .packed_device import is_valid_packed_size, packed_need_event
+from .packed_device import is_valid_packed_size, leading_run, packed_need_event
 
 _DESC = ring.PVIRTQ_DESC
 _ADDR_LEN_ID = struct.Struct("<QIH")
@@ -329,13 +329,10 @@ class PackedDriverQueue(DriverRingSide):
         size, desc16, pos, wrap = self.size, self._desc16, self.last_used, self.used_wrap
         used = (_F_AVAIL | _F_USED) if wrap else 0
         first = min(n, size - pos)
-        flags = desc16[8 * pos + 7:8 * (pos + first):8].tolist()
-        k = len(flags) if flags.count(used) == len(flags) else len(list(takewhile(used.__eq__, flags)))
+        k = leading_run(desc16[8 * pos + 7:8 * (pos + first):8], used)
         k2 = 0
         if k == first < n:  # up to the ring's end: the next lap, with the other wrap counter
-            rest = desc16[7:8 * (n - k):8].tolist()
-            other = used ^ (_F_AVAIL | _F_USED)
-            k2 = len(rest) if rest.count(other) == len(rest) else len(list(takewhile(other.__eq__, rest)))
+            k2 = leading_run(desc16[7:8 * (n - k):8], used ^ (_F_AVAIL | _F_USED))
         if not k:
             return self.get_bufs(mem)
         rmb()  # the used flags, then the ids and lengths they published (2.8.9)
