@@ -243,11 +243,8 @@ class SplitDeviceQueue(DeviceRingSide):
             heads += avail16[2:2 + n - len(heads)].tolist()
         if not heads:
             return heads, [], []
-        if max(heads) >= size:  # the batch ends before it; first in the batch, it breaks the queue
-            n = next(i for i, h in enumerate(heads) if h >= size)
-            if not n:
-                self._break(DriverFault(f"queue {self.index}: head index {heads[0]} >= queue size {size}"))
-            del heads[n:]
+        if max(heads) >= size:
+            self._break(DriverFault(f"queue {self.index}: head index {max(heads)} >= queue size {size}"))
         # One C-level gather per field (itemgetter over a strided view of the descriptor table:
         # element h of ``desc.cast("H")[6::8]`` is descriptor h's flags), no bytecode per chain.
         get = itemgetter(*heads) if len(heads) > 1 else (lambda seq: (seq[heads[0]],))
