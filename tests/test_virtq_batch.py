@@ -185,6 +185,17 @@ def test_consecutive_and_scattered_heads_read_the_same_descriptors(order):
     assert mock.take_used() == list(zip(order, [8, 9, 10, 11]))
 
 
+@pytest.mark.parametrize("order", [[3, 4, 5, 6], [6, 5, 4, 3], [3, 9, 4, 0], [15, 0, 1, 2], [7]])
+def test_pop_direct_reads_consecutive_and_scattered_heads_alike(order):
+    mock = MockSplitDriver(SIZE, mem=_memory(), data_addr=0x1000)
+    q = make_device_queue(mock)
+    for k, head in enumerate(order):
+        mock.add_chain([(0x2000 + 64 * head, 8 + k, R)], indices=[head])
+    heads, lengths, views = q.pop_direct(mock.mem, SIZE)
+    assert heads == order and lengths == [8 + k for k in range(len(order))]
+    assert [bytes(v) for v in views] == [mock.read(0x2000 + 64 * h, 8 + k) for k, h in enumerate(order)]
+
+
 def test_offsets_are_relative_to_the_second_region():
     mock, q = _ring([[(0x9000 + 16 * i, 16, W)] for i in range(3)])
     heads, lengths, offsets, buf = q.pop_single(mock.mem, SIZE, writable=True)

@@ -245,13 +245,19 @@ class SplitDeviceQueue(DeviceRingSide):
             return heads, [], []
         if max(heads) >= size:
             self._break(DriverFault(f"queue {self.index}: head index {max(heads)} >= queue size {size}"))
-        # One C-level gather per field (itemgetter over a strided view of the descriptor table:
-        # element h of ``desc.cast("H")[6::8]`` is descriptor h's flags), no bytecode per chain.
-        get = itemgetter(*heads) if len(heads) > 1 else (lambda seq: (seq[heads[0]],))
-        desc = self._desc
-        flags = get(desc.cast("H")[6::8])
-        lengths = list(get(desc.cast("I")[2::4]))
-        addrs = get(desc.cast("Q")[0::2])
+        # One C-level read per field over the strided views of the descriptor table (_bind:
+        # element h of ``_dflags`` is descriptor h's flags), no bytecode per chain: a slice when
+        # the heads are consecutive descriptors, else a gather (itemgetter).
+        first, count = heads[0], len(heads)
+        flags: Sequence[int]
+        addrs: Sequence[int]
+        if heads[-1] == first + count - 1 and heads == list(range(first, first + count)):
+            flags = self._dflags[first:first + count].tolist()
+            lengths = self._dlen[first:first + count].tolist()
+            addrs = self._daddr[first:first + count].tolist()
+        else:
+            get = itemgetter(*heads) if count > 1 else (lambda seq: (seq[first],))
+            flags, lengths, addrs = get(self._dflags), list(get(self._dlen)), get(self._daddr)
         if any(flags):  # another shape: the general path checks it
             keep = next(i for i, f in enumerate(flags) if f)
             del heads[keep:], lengths[keep:]
