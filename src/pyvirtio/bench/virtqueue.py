@@ -24,7 +24,8 @@ Two paths (``path``), each side measured on its own as above:
   used entries read with a slice, every id and length checked over the batch).  Device: per
   batch ``pop_single`` (avail idx, heads, flags and every buffer's bounds checked over the
   batch with C-level gathers and min/max; no DescriptorChain and no view per chain: the device
-  gets the region buffer and offsets) and ``add_used_lengths`` (each chain's bytes written,
+  gets the region buffer and offsets) and ``add_used_lengths``, in
+  :func:`~pyvirtio.virtq.drain.drain_single` (the entropy device's path) (each chain's bytes written,
   here all of its buffer); a chain of another shape goes through the general path.  In both
   paths the handler touches no buffer (it reports the chain's writable bytes as written).
 """
@@ -37,6 +38,7 @@ from typing import Callable
 
 from ..devices.rng import RngDevice
 from ..loopback import LoopbackTransport
+from ..virtq.drain import drain_single
 from ..virtq import (PackedDeviceQueue, PackedDriverQueue, PackedRingLayout, SplitDeviceQueue,
                      SplitDriverQueue, SplitRingLayout, driver_queue)
 
@@ -118,7 +120,7 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
                 add_single(mem, addrs, lengths, tokens, writable=True)
 
             def drain_batch(dmem, handle, settle=None):
-                return _drain_batch(split_dev, dmem, handle)
+                return drain_single(split_dev, dmem, _all_written, handle)
             drain = drain_batch
         else:
             def add_batch():
@@ -154,25 +156,8 @@ def _written_len(chain) -> int:
     return chain.writable_len
 
 
-def _drain_batch(dev: SplitDeviceQueue | PackedDeviceQueue, mem, handle) -> bool:
-    """``drain`` on the batch path: batches of 1-descriptor writable chains through
-    ``pop_single`` and ``add_used_lengths`` (every byte counted as written), any other chain
-    through ``pop_descriptor_chain`` and ``handle``; the same disable/drain/enable/re-check loop."""
-    pop, used, pop_chain = dev.pop_single, dev.add_used_lengths, dev.pop_descriptor_chain
-    while True:
-        dev.disable_notification(mem)
-        while True:
-            heads, lengths, _offsets, _buf = pop(mem, 1 << 16, writable=True)
-            if heads:
-                used(mem, heads, lengths)
-                continue
-            chain = pop_chain(mem)
-            if chain is None:
-                break
-            dev.add_used(mem, chain.head_index, handle(chain))
-        if not dev.enable_notification(mem):
-            break
-    return dev.needs_notification(mem)
+def _all_written(heads, lengths, offsets, buf):
+    return lengths  # the handler touches no buffer: every byte counted as written (as _written_len)
 
 
 def run_all(duration: float = 1.0, clock: Callable[[], float] = time.perf_counter) -> list[VirtqueueResult]:

@@ -20,6 +20,7 @@ from ..memory import GuestMemory
 from ..spec.ids import DeviceType
 from ..timerfd import TimerFd
 from ..virtq import DescriptorChain, DeviceQueue
+from ..virtq.drain import drain_single
 
 #: Bytes served per request at most (the Linux driver asks for up to a page or so).
 MAX_REQUEST = 64 * 1024
@@ -39,6 +40,19 @@ class RngDevice(VirtioDevice):
         self._source = source
         self._stall: TimerFd | None = None  # armed while a ``stall`` rule holds the queue
 
+    def _fill(self, heads, lengths, offsets, buf: memoryview) -> list[int]:
+        """A batch of one-buffer requests (:func:`~pyvirtio.virtq.drain.drain_single`): each
+        buffer filled in place, at most MAX_REQUEST bytes."""
+        source, out = self._source, []
+        for off, length in zip(offsets, lengths):
+            want = min(length, MAX_REQUEST)
+            if want:
+                data = source(want)
+                buf[off:off + len(data)] = data
+                want = len(data)
+            out.append(want)
+        return out
+
     def handle_chain(self, queue_index: int, chain: DescriptorChain) -> int:
         want = min(chain.writable_len, MAX_REQUEST)  # 5.4.6: the device MUST NOT write more than
         if want == 0:
@@ -51,9 +65,13 @@ class RngDevice(VirtioDevice):
     # --- fault rules: a stalled queue -----------------------------------------------------------
 
     def process_queue(self, mem: GuestMemory, queue: DeviceQueue) -> bool:
-        if self.faults.rules and self._stalled(queue):
-            return False
-        return super().process_queue(mem, queue)
+        """Requests of one buffer (what Linux sends) in batches, with no DescriptorChain each;
+        any other shape, and every request while fault rules are set, one by one."""
+        if self.faults.rules:
+            if self._stalled(queue):
+                return False
+            return super().process_queue(mem, queue)
+        return drain_single(queue, mem, self._fill, lambda chain: self.handle_chain(queue.index, chain))
 
     def _stalled(self, queue: DeviceQueue) -> bool:
         """A ``stall`` rule holds the queue (or starts to, for this kick)."""

@@ -1,8 +1,9 @@
-"""The one "disable notifications, drain, re-enable, re-check" loop every device queue uses."""
+"""The one "disable notifications, drain, re-enable, re-check" loop every device queue uses
+(:func:`drain_queue`; :func:`drain_single`: the same loop with the batch path first)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 from .chain import DescriptorChain
 
@@ -35,6 +36,38 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
                 queue.add_used_batch(mem, done)
         if settle is not None and settle():
             break
+        if not queue.enable_notification(mem):
+            break
+    return queue.needs_notification(mem)
+
+
+#: What a device does with a batch of one-descriptor chains (``pop_single``'s ``heads, lengths,
+#: offsets, buf``): the bytes written into each chain's buffer, in the batch's order.
+BatchFill = Callable[[Sequence[int], Sequence[int], Sequence[int], memoryview], Sequence[int]]
+
+
+def drain_single(queue, mem, fill: BatchFill, handle: Callable[[DescriptorChain], int],
+                 *, writable: bool = True, limit: int = 1 << 16) -> bool:
+    """:func:`drain_queue` for a queue whose chains are mostly one descriptor (an entropy
+    device's, a receive queue's): batches of such chains go through ``queue.pop_single`` and
+    ``fill`` — which gets each chain's buffer as ``buf[offsets[i]:offsets[i] + lengths[i]]``,
+    with no DescriptorChain and no view per chain — and back with one ``add_used_lengths``; a
+    chain of any other shape through ``pop_descriptor_chain`` and ``handle`` (which completes it
+    now: the bytes written), in ring order.  Every descriptor is checked either way (the batch
+    path checks what the general path checks, over the batch).  Same notification loop as
+    :func:`drain_queue`; returns whether to notify the driver."""
+    pop, used, pop_chain = queue.pop_single, queue.add_used_lengths, queue.pop_descriptor_chain
+    while True:
+        queue.disable_notification(mem)
+        while True:
+            heads, lengths, offsets, buf = pop(mem, limit, writable=writable)
+            if heads:
+                used(mem, heads, fill(heads, lengths, offsets, buf))
+                continue
+            chain = pop_chain(mem)
+            if chain is None:
+                break
+            queue.add_used(mem, chain.head_index, handle(chain))
         if not queue.enable_notification(mem):
             break
     return queue.needs_notification(mem)
