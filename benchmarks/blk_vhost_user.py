@@ -2,9 +2,9 @@
 """vhost-user-blk back-ends side by side, from pyvirtio's host-side load generator.
 
 Starts, in one run: qemu-storage-daemon with a null-co device, qemu-storage-daemon with a raw
-file (in its main loop, the default, and in an IOThread, whose event loop polls adaptively as
-``pyvirtio serve`` does by default: ``--poll-us``), and ``pyvirtio serve blk`` with the same
-file; then runs ``pyvirtio bench blk``'s engine against each, test by test, interleaved, for
+file (in its main loop, the default, and in an IOThread, whose event loop polls adaptively for
+up to 32 µs), and ``pyvirtio serve blk`` with the same kind of file (default, and with
+``--poll-us=32``: adaptive polling as QEMU's IOThreads); then runs ``pyvirtio bench blk``'s engine against each, test by test, interleaved, for
 several rounds, reversing the back-end order every other round (PEERS.md: noise on this machine
 is up to ±25%; compare only within one run).  Every back-end runs split rings
 (qemu-storage-daemon's libvhost-user has no packed ring).  Reports each back-end's median, the
@@ -33,9 +33,9 @@ TESTS = (
     ("4k randread qd32", dict(rw="randread", bs=4096, iodepth=32)),
     ("1M read qd8", dict(rw="read", bs=1 << 20, iodepth=8)),
 )
-RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio", "qsd-iothread"), ("qsd-iothread", "qsd-file"),
-          ("pyvirtio", "qsd-null"))
-BACKENDS = ("qsd-null", "qsd-file", "qsd-iothread", "pyvirtio")
+RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio-poll", "qsd-iothread"), ("pyvirtio-poll", "qsd-file"),
+          ("qsd-iothread", "qsd-file"), ("pyvirtio", "qsd-null"))
+BACKENDS = ("qsd-null", "qsd-file", "qsd-iothread", "pyvirtio", "pyvirtio-poll")
 
 
 def main(argv=None) -> int:
@@ -52,14 +52,16 @@ def main(argv=None) -> int:
         # slower from the page cache at 1 MiB than the file it was copied from (smaller folios
         # in the cache), which would handicap whichever back-end got the copy.
         image, copy = os.path.join(tmp, "qsd.img"), os.path.join(tmp, "pyvirtio.img")
-        copy2 = os.path.join(tmp, "qsd-iothread.img")
-        for path in (image, copy, copy2):
+        copy2, copy3 = os.path.join(tmp, "qsd-iothread.img"), os.path.join(tmp, "pyvirtio-poll.img")
+        for path in (image, copy, copy2, copy3):
             fill_image(path, size)
         starts = {
             "qsd-null": lambda: start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
             "qsd-file": lambda: start_qsd(os.path.join(tmp, "file.sock"), image),
             "qsd-iothread": lambda: start_qsd(os.path.join(tmp, "iot.sock"), copy2, iothread=True),
             "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=copy),
+            "pyvirtio-poll": lambda: start_pyvirtio("blk", os.path.join(tmp, "pvp.sock"), blk_file=copy3,
+                                                    extra_args=["--poll-us=32"]),
         }
         peers: dict = {}
         try:  # a peer that fails to start stops the ones already started
@@ -94,7 +96,7 @@ def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
 def report(runs: list[dict], rounds: int, runtime: float) -> None:
     print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; medians "
           "(latency: median over rounds of each run's percentile)\n")
-    print(f"{'test':<18} {'back-end':<12} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
+    print(f"{'test':<18} {'back-end':<13} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
           f"{'CPU us/io':>9}")
     for test, _ in TESTS:
         for name in BACKENDS:
@@ -102,7 +104,7 @@ def report(runs: list[dict], rounds: int, runtime: float) -> None:
             if not rs:
                 continue
             med = statistics.median
-            print(f"{test:<18} {name:<12} {med(r['iops'] for r in rs):>9,.0f} "
+            print(f"{test:<18} {name:<13} {med(r['iops'] for r in rs):>9,.0f} "
                   f"{med(r['mib_per_second'] for r in rs):>8.1f} "
                   f"{med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
                   f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f} "

@@ -55,8 +55,9 @@ POLL_INTERVAL = 0.001
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 #: How long stopping a worker may take before it is given up on (and logged).
 STOP_TIMEOUT = 5.0
-#: Adaptive polling (``GroupWorker(poll_max=…)``, ``serve --poll-us``): the first window after
-#: a short wait, and its growth factor, as QEMU's IOThreads (poll-grow 2, from 4 µs).
+#: Adaptive polling (``GroupWorker(poll_max=…)``, ``serve --poll-us``, off by default): the
+#: first window after a short wait, and its growth factor, as QEMU's IOThreads (poll-grow 2,
+#: from 4 µs).
 POLL_START = 4e-6
 POLL_GROW = 2
 
