@@ -80,7 +80,9 @@ def test_rng_counts_what_our_driver_did_exactly(rng):
         assert stats["type"] == "entropy" and stats["connection"]["connected"]
         q = stats["queues"][0]
         assert (q["chains"], q["bytes_written"], q["bytes_read"]) == (10, 320, 0)
-        assert q["kicks"] == 10 and q["interrupts"] == 10
+        # Kicks are eventfd writes: one that lands before the worker read the last one (a turn
+        # woken by the control path may serve a request before its kick is read) counts once.
+        assert 1 <= q["kicks"] <= 10 and q["interrupts"] == 10
         assert q["in_flight"] == 0 and q["errors"] == 0
         assert "VERSION_1" in stats["features"]["names"]
         drv.remove()
