@@ -31,6 +31,7 @@ import time
 from typing import Sequence
 
 from pyvirtio.bench.peers import fill_image, start_pyvirtio, start_qsd
+from pyvirtio.bench.peers import process_cpu_seconds as cpu_seconds
 from pyvirtio.guest import boot_guest, prepare_kernel
 
 TESTS = (
@@ -166,13 +167,6 @@ def main(argv=None) -> int:
                        "interrupts_per_request": {f"{TESTS[t][0]}|{b}": v for (t, b), v in interrupts.items()},
                        "cpu_seconds": cpu}, f, indent=1)
     return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def requests(results: dict, args) -> dict:

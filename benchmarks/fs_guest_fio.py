@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 
+from pyvirtio.bench.peers import process_cpu_seconds as cpu_seconds
 from pyvirtio.bench.peers import start_pyvirtio, start_virtiofsd, virtiofsd_path
 from pyvirtio.guest import VIRTIOFS_MODULES, boot_guest, prepare_kernel
 
@@ -98,16 +99,6 @@ def parse(lines: list[str]) -> dict:
         value = job["bw"] / 1024 if kind == "bw" else job["iops"]
         results.setdefault((int(t), backend), {})[int(r)] = value
     return results
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used so far (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tree(pid: int) -> list[int]:

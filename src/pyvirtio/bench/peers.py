@@ -29,7 +29,8 @@ VIRTIOFSD_PATHS = ("/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd")
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` from /proc (0.0 once it is gone)."""
+    """User + system CPU time process ``pid`` has used so far, every thread, also those that
+    ended (an io_uring's kernel workers count here); 0.0 once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -95,11 +96,6 @@ class Peer:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the back-end process has used so far (every thread, also
-        those that ended: the kernel's I/O workers of an io_uring count here)."""
-        return process_cpu_seconds(self.process.pid)
 
     def close(self, timeout: float = 5.0) -> None:
         if self.process.poll() is None:

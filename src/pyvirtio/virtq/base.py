@@ -3,6 +3,9 @@ memory object or its region set changes."""
 
 from __future__ import annotations
 
+import array
+from itertools import repeat
+from operator import gt, is_, itemgetter
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from ..errors import QueueBroken, UsageError
@@ -174,6 +177,7 @@ class DriverRingSide(RingSide):
     (the negotiated ring features) and forgetting every chain after a reset."""
 
     _tokens: list
+    _in_len: list
 
     def __init__(self, size: int, index: int = 0, event_idx: bool = False,
                  indirect_area: int | None = None, max_indirect: int = 0, in_order: bool = False):
@@ -198,6 +202,45 @@ class DriverRingSide(RingSide):
         self.clamp_used_len = False
         self._mem, self._gen = None, -1
         self._init_state()
+
+    def _single_args(self, addrs: Sequence[int], lengths: Sequence[int],
+                     tokens: Sequence[Any]) -> tuple[array.array, array.array]:
+        """``add_single``'s arguments checked before anything is written (one address and
+        length per token, no None token, every address and length in range): the addresses and
+        lengths as arrays, or :class:`~pyvirtio.errors.UsageError`."""
+        n = len(tokens)
+        if len(addrs) != n or len(lengths) != n:
+            raise UsageError(f"queue {self.index}: add_single needs one address and length per token")
+        if any(map(is_, tokens, repeat(None))):
+            raise UsageError("token must not be None")
+        try:
+            return array.array("Q", addrs), array.array("I", lengths)
+        except (OverflowError, TypeError):
+            raise UsageError(f"queue {self.index}: add_single with a buffer out of range") from None
+
+    def _used_batch(self, ids: list[int], lens: list[int],
+                    counts: Sequence[int]) -> tuple[Sequence[Any], list[int]] | None:
+        """``collect``'s checks of used ``(ids[i], lens[i])`` over the batch, as ``get_buf`` makes
+        them one by one: each id in range and outstanding, of a one-descriptor chain
+        (``counts``: descriptors per id), not twice; a length above the chain's writable bytes
+        taken as all of them where ``get_buf`` takes it so.  Returns the tokens and lengths, or
+        None: the batch goes to ``get_bufs``, which answers (or faults) chain by chain."""
+        total = len(ids)
+        if max(ids) >= self.size:
+            return None
+        if total > 1:
+            get = itemgetter(*ids)
+            tokens, in_lens, n = get(self._tokens), get(self._in_len), get(counts)
+        else:
+            i = ids[0]
+            tokens, in_lens, n = (self._tokens[i],), (self._in_len[i],), (counts[i],)
+        if any(map(is_, tokens, repeat(None))) or n.count(1) != total or len(set(ids)) != total:
+            return None
+        if any(map(gt, lens, in_lens)):  # get_buf's answer: nothing writable reads as 0, ...
+            if not self.clamp_used_len and any(il for ln, il in zip(lens, in_lens) if ln > il):
+                return None  # ... else a fault, which get_bufs raises at that chain
+            lens = list(map(min, lens, in_lens))
+        return tokens, lens
 
     @staticmethod
     def indirect_area_size(size: int, max_indirect: int) -> int:

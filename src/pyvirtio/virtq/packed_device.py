@@ -268,6 +268,26 @@ class PackedDeviceQueue(DeviceRingSide):
             out.append(chain)
         return out
 
+    def _took(self, ids: list[int], lengths: list[int], writable: bool) -> None:
+        """The batch pops' last step: buffers ``ids`` (one descriptor each, from ``next_avail``
+        on) are in flight — booked, told to inflight tracking, counted — and ``next_avail`` moves
+        past them (the wrap counter flips at the ring's end)."""
+        size, pos, count = self.size, self.next_avail, len(ids)
+        self._pending.update(zip(ids, repeat(1)))
+        if self.in_order:
+            self._wlen.update(zip(ids, lengths if writable else repeat(0)))
+        if self.inflight is not None:
+            for k in range(count):
+                self.inflight.popped(self._desc, (pos + k) % size, 1)
+        pos += count
+        if pos >= size:
+            pos, self.avail_wrap = pos - size, self.avail_wrap ^ 1
+        self.next_avail = pos
+        stats = self.stats
+        stats.chains += count
+        if not writable:
+            stats.bytes_read += sum(lengths)
+
     def pop_direct(self, mem: GuestMemory, limit: int) -> tuple[list[int], list[int], list[memoryview]]:
         """Pop up to ``limit`` chains that are each one device-readable descriptor: the batch fast
         path of a transmit queue, as :meth:`SplitDeviceQueue.pop_direct
@@ -314,19 +334,7 @@ class PackedDeviceQueue(DeviceRingSide):
         count = len(bufs)
         if count < len(ids):
             del ids[count:], lengths[count:]
-        pending.update(zip(ids, repeat(1)))
-        if self.in_order:
-            self._wlen.update(zip(ids, repeat(0)))
-        if self.inflight is not None:
-            for k in range(count):
-                self.inflight.popped(self._desc, (pos + k) % size, 1)
-        pos += count
-        if pos >= size:
-            pos, self.avail_wrap = pos - size, wrap ^ 1
-        self.next_avail = pos
-        stats = self.stats
-        stats.chains += count
-        stats.bytes_read += sum(lengths)
+        self._took(ids, lengths, False)
         return ids, lengths, bufs
 
     def pop_single(self, mem: GuestMemory, limit: int, *, writable: bool = False
@@ -400,20 +408,7 @@ class PackedDeviceQueue(DeviceRingSide):
             del ids[count:], lengths[count:], addrs[count:]
         offsets = addrs if not region.gpa else list(map(sub, addrs, repeat(region.gpa, count)))
         buf = region.buf if len(region.buf) == region.size else region.buf[:region.size]
-        pending.update(zip(ids, repeat(1)))
-        if self.in_order:
-            self._wlen.update(zip(ids, lengths if writable else repeat(0)))
-        if self.inflight is not None:
-            for k in range(count):
-                self.inflight.popped(self._desc, (pos + k) % size, 1)
-        pos += count
-        if pos >= size:
-            pos, self.avail_wrap = pos - size, wrap ^ 1
-        self.next_avail = pos
-        stats = self.stats
-        stats.chains += count
-        if not writable:
-            stats.bytes_read += sum(lengths)
+        self._took(ids, lengths, writable)
         return ids, lengths, offsets, buf
 
     def _walk(self, mem: GuestMemory):

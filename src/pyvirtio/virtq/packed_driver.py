@@ -19,8 +19,6 @@ import array
 import struct
 from collections import deque
 from dataclasses import dataclass
-from itertools import repeat
-from operator import gt, is_, itemgetter
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
@@ -173,15 +171,7 @@ class PackedDriverQueue(DriverRingSide):
         for a None token or an address or length out of range, before anything is written."""
         self._check(mem)
         n = len(tokens)
-        if len(addrs) != n or len(lengths) != n:
-            raise UsageError(f"queue {self.index}: add_single needs one address and length per token")
-        if any(map(is_, tokens, repeat(None))):
-            raise UsageError("token must not be None")
-        try:
-            addr_a = array.array("Q", addrs)
-            len_a = array.array("I", lengths)
-        except (OverflowError, TypeError):
-            raise UsageError(f"queue {self.index}: add_single with a buffer out of range") from None
+        addr_a, len_a = self._single_args(addrs, lengths, tokens)
         if not n:
             return []
         if n > len(self._free_ids) or n > self.num_free:
@@ -343,19 +333,10 @@ class PackedDriverQueue(DriverRingSide):
             ids += desc16[6:8 * k2:8].tolist()
             lens += d32[2:4 * k2:4].tolist()
         total = len(ids)
-        if max(ids) >= size:
+        checked = self._used_batch(ids, lens, self._count)
+        if checked is None:
             return self.get_bufs(mem)
-        if total > 1:
-            get = itemgetter(*ids)
-            tokens, in_lens, counts = get(self._tokens), get(self._in_len), get(self._count)
-        else:
-            tokens, in_lens, counts = (self._tokens[ids[0]],), (self._in_len[ids[0]],), (self._count[ids[0]],)
-        if any(map(is_, tokens, repeat(None))) or counts.count(1) != total or len(set(ids)) != total:
-            return self.get_bufs(mem)
-        if any(map(gt, lens, in_lens)):  # get_buf's answer: nothing writable reads as 0, ...
-            if not self.clamp_used_len and any(il for ln, il in zip(lens, in_lens) if ln > il):
-                return self.get_bufs(mem)  # ... else a fault, which get_bufs raises at that buffer
-            lens = list(map(min, lens, in_lens))
+        tokens, lens = checked
         tok = self._tokens
         low = ids[0]
         if ids == list(range(low, low + total)):

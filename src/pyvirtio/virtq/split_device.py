@@ -217,6 +217,25 @@ class SplitDeviceQueue(DeviceRingSide):
             out.append(chain)
         return out
 
+    def _avail_heads(self, limit: int) -> list[int]:
+        """The heads of up to ``limit`` chains the driver made available from ``next_avail`` on,
+        read with one slice (two across the ring's end), not popped; an avail idx more than the
+        queue size ahead breaks the queue (2.7.13.1).  The batch pops' first step."""
+        size, next_avail, avail16 = self.size, self.next_avail, self._avail16
+        ahead = (avail16[1] - next_avail) & 0xFFFF
+        if ahead > size:
+            self._break(DriverFault(
+                f"queue {self.index}: avail idx {avail16[1]} is more than {size} ahead of {next_avail}"))
+        n = min(ahead, limit)
+        if n <= 0:
+            return []
+        rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
+        start = next_avail & (size - 1)
+        heads = avail16[2 + start:2 + min(start + n, size)].tolist()
+        if len(heads) < n:  # the batch wraps around the ring
+            heads += avail16[2:2 + n - len(heads)].tolist()
+        return heads
+
     def pop_direct(self, mem: GuestMemory, limit: int) -> tuple[list[int], list[int], list[memoryview]]:
         """Pop up to ``limit`` chains that are each one device-readable descriptor (no NEXT,
         WRITE or INDIRECT flag): the batch fast path of a transmit queue, with no per-chain
@@ -230,17 +249,8 @@ class SplitDeviceQueue(DeviceRingSide):
         self._check(mem)
         if self.resubmit:  # those go first, through pop_descriptor_chain
             return [], [], []
-        size, next_avail, avail16 = self.size, self.next_avail, self._avail16
-        ahead = (avail16[1] - next_avail) & 0xFFFF
-        if ahead > size:
-            self._break(DriverFault(
-                f"queue {self.index}: avail idx {avail16[1]} is more than {size} ahead of {next_avail}"))
-        n = min(ahead, limit)
-        rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
-        start = next_avail & (size - 1)
-        heads = avail16[2 + start:2 + min(start + n, size)].tolist()
-        if len(heads) < n:  # the batch wraps around the ring
-            heads += avail16[2:2 + n - len(heads)].tolist()
+        size, next_avail = self.size, self.next_avail
+        heads = self._avail_heads(limit)
         if not heads:
             return heads, [], []
         if max(heads) >= size:
@@ -300,19 +310,11 @@ class SplitDeviceQueue(DeviceRingSide):
         self._check(mem)
         if self.resubmit:  # those go first, through pop_descriptor_chain
             return [], [], [], _NO_VIEW
-        size, next_avail, avail16 = self.size, self.next_avail, self._avail16
-        ahead = (avail16[1] - next_avail) & 0xFFFF
-        if ahead > size:
-            self._break(DriverFault(
-                f"queue {self.index}: avail idx {avail16[1]} is more than {size} ahead of {next_avail}"))
-        n = min(ahead, limit)
-        if n <= 0:
+        size, next_avail = self.size, self.next_avail
+        heads = self._avail_heads(limit)
+        if not heads:
             return [], [], [], _NO_VIEW
-        rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
-        start = next_avail & (size - 1)
-        heads = avail16[2 + start:2 + min(start + n, size)].tolist()
-        if len(heads) < n:  # the batch wraps around the ring
-            heads += avail16[2:2 + n - len(heads)].tolist()
+        n = len(heads)
         if max(heads) >= size:  # the batch ends before it; first in the batch, it breaks the queue
             n = next(i for i, h in enumerate(heads) if h >= size)
             if not n:

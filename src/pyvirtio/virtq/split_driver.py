@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import array
 from collections import deque
-from itertools import repeat
-from operator import gt, is_, itemgetter
 from typing import Any, Sequence
 
 from ..errors import DeviceFault, GuestMemoryError, QueueFull, UsageError
@@ -157,15 +155,7 @@ class SplitDriverQueue(DriverRingSide):
         :meth:`add` one by one."""
         self._check(mem)
         n = len(tokens)
-        if len(addrs) != n or len(lengths) != n:
-            raise UsageError(f"queue {self.index}: add_single needs one address and length per token")
-        if any(map(is_, tokens, repeat(None))):
-            raise UsageError("token must not be None")
-        try:
-            addr_a = array.array("Q", addrs)
-            len_a = array.array("I", lengths)
-        except (OverflowError, TypeError):
-            raise UsageError(f"queue {self.index}: add_single with a buffer out of range") from None
+        addr_a, len_a = self._single_args(addrs, lengths, tokens)
         if not n:
             return []
         if self.in_order:
@@ -322,20 +312,10 @@ class SplitDriverQueue(DriverRingSide):
         if fit < ahead:  # wrapped around the ring
             ids += used32[1:1 + 2 * (ahead - fit):2].tolist()
             lens += used32[2:2 + 2 * (ahead - fit):2].tolist()
-        if max(ids) >= size:
+        checked = self._used_batch(ids, lens, self._chain_len)
+        if checked is None:
             return self.get_bufs(mem)
-        if ahead > 1:
-            get = itemgetter(*ids)
-            tokens, in_lens, chain_lens = get(self._tokens), get(self._in_len), get(self._chain_len)
-        else:
-            head = ids[0]
-            tokens, in_lens, chain_lens = (self._tokens[head],), (self._in_len[head],), (self._chain_len[head],)
-        if any(map(is_, tokens, repeat(None))) or chain_lens.count(1) != ahead or len(set(ids)) != ahead:
-            return self.get_bufs(mem)
-        if any(map(gt, lens, in_lens)):  # _check_used's answer: nothing writable reads as 0, ...
-            if not self.clamp_used_len and any(il for ln, il in zip(lens, in_lens) if ln > il):
-                return self.get_bufs(mem)  # ... else a fault, which get_bufs raises at that chain
-            lens = list(map(min, lens, in_lens))
+        tokens, lens = checked
         first, nxt = ids[0], self._next
         end = first + ahead
         if ids == list(range(first, end)):
