@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from pyvirtio.errors import DriverFault, QueueBroken, QueueFull, UsageError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.spec import ring
-from pyvirtio.virtq.packed_device import PackedDeviceQueue, leading_run
+from pyvirtio.virtq.packed_device import PackedDeviceQueue, leading_run, store_flags
 from pyvirtio.virtq.packed_driver import PackedDriverQueue, PackedRingLayout
 
 EXAMPLES = int(os.environ.get("PYVIRTIO_HYPOTHESIS_EXAMPLES", "300"))
@@ -330,3 +330,32 @@ def test_leading_run_counts_the_leading_words_equal_to_expected(words, expected)
         table[8 * i + 6] = expected  # the neighbouring field must not count
     naive = next((i for i, w in enumerate(words) if w != expected), len(words))
     assert leading_run(table[7:8 * len(words):8], expected) == naive
+
+
+@given(first=st.integers(0, 7), count=st.integers(0, 8), value=st.sampled_from([AV, US, AV | US, 0, AV | W]))
+def test_store_flags_writes_only_the_flags_words_of_the_positions_asked(first, count, value):
+    count = min(count, SIZE - first)
+    before = bytes(range(256)) * (16 * SIZE // 256) or bytes(16 * SIZE)
+    buf = bytearray(before[:16 * SIZE])
+    store_flags(memoryview(buf).cast("H"), first, count, value)
+    expect = bytearray(before[:16 * SIZE])
+    for pos in range(first, first + count):
+        expect[16 * pos + 14:16 * pos + 16] = value.to_bytes(2, "little")
+    assert buf == expect
+
+
+def test_no_flags_word_is_published_by_a_strided_slice_store():
+    """The packed ring's flags word is written by both sides; a strided memoryview slice store
+    copies each 2-byte item with glibc's memcpy (a 16-bit store, then the first byte again), so
+    a peer's write between the two is lost — DPDK's transmit ring stalled on it.  Every flags
+    store goes through ``store_flags`` (one store per word) or an item assignment."""
+    import re
+    from pathlib import Path
+
+    import pyvirtio
+    root = Path(pyvirtio.__file__).parent
+    strided_flags_store = re.compile(r"\[[^\]]*\+\s*7\s*:[^\]]*:\s*8\s*\]\s*=(?!=)")
+    offenders = [f"{path.relative_to(root)}:{n}" for path in root.rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if strided_flags_store.search(line)]
+    assert not offenders, offenders

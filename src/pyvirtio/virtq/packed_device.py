@@ -87,6 +87,21 @@ def leading_run(flags: memoryview, expected: int) -> int:
     return lo
 
 
+def store_flags(desc16: memoryview, first: int, count: int, value: int) -> None:
+    """Write ``value`` into the flags words of ``count`` descriptors from ring position ``first``
+    on (no wrap: the caller splits at the ring's end), in ring order, each with one 16-bit store.
+
+    Never a strided slice assignment: CPython copies each item of one with ``memcpy``, and glibc
+    copies 2 bytes as a 16-bit store followed by a store of the first byte again.  The flags word
+    is the one word both sides of a packed ring write: between those two stores the peer can see
+    the descriptor, reclaim it and make it available again, and the late byte store then puts
+    back the old AVAIL bit over the peer's — a descriptor lost to both sides for good (DPDK's
+    virtio-user transmit ring stalled within seconds, one run in two).  Memoryview item
+    assignment stores the word at once."""
+    for word in range(8 * first + 7, 8 * (first + count), 8):
+        desc16[word] = value
+
+
 class PackedDeviceQueue(DeviceRingSide):
     """Device-side state of one packed virtqueue."""
 
@@ -609,8 +624,9 @@ class PackedDeviceQueue(DeviceRingSide):
 
     def _write_used_ones(self, ids: list[int], length: int | array.array) -> None:
         """Used descriptors for buffers of one ring position each, from ``next_used`` on: ids
-        and lengths first, then the flags that publish them, one strided
-        store per field — a second round past the ring's end, with the flipped wrap counter."""
+        and lengths first (one strided store per field), then the flags that publish them (one
+        store per word, :func:`store_flags`) — a second round past the ring's end, with the
+        flipped wrap counter."""
         pos, size, count = self.next_used, self.size, len(ids)
         desc16, d32 = self._desc16, self._desc.cast("I")
         first = min(count, size - pos)
@@ -623,7 +639,7 @@ class PackedDeviceQueue(DeviceRingSide):
                 else:  # one length per buffer
                     d32[4 * at + 2:4 * (at + n):4] = length[lo:hi]
                 wmb()  # ids and lengths before the flags that publish them (2.8.9)
-                desc16[8 * at + 7:8 * (at + n):8] = array.array("H", ((_F_AVAIL | _F_USED) if wrap else 0,)) * n
+                store_flags(desc16, at, n, (_F_AVAIL | _F_USED) if wrap else 0)
         pos += count
         if pos >= size:
             pos -= size

@@ -26,7 +26,7 @@ from ..fence import mb, rmb, wmb
 from ..memory import GuestMemory
 from ..spec import ring
 from .base import DriverRingSide
-from .packed_device import is_valid_packed_size, leading_run, packed_need_event
+from .packed_device import is_valid_packed_size, leading_run, packed_need_event, store_flags
 
 _DESC = ring.PVIRTQ_DESC
 _ADDR_LEN_ID = struct.Struct("<QIH")
@@ -163,8 +163,9 @@ class PackedDriverQueue(DriverRingSide):
         """Expose a batch of chains of one buffer each, ``(addrs[i], lengths[i])`` with token
         ``tokens[i]``, device-writable if ``writable``: what :meth:`add` writes for each (the
         same buffer ids, ring positions and flags), with one strided store per descriptor field
-        — every address, length and id first, then every flags word (2.8.6: a descriptor's
-        flags after the rest).  Returns the buffer ids.
+        — every address, length and id first, then every flags word, one store each
+        (:func:`~pyvirtio.virtq.packed_device.store_flags`; 2.8.6: a descriptor's flags after
+        the rest).  Returns the buffer ids.
 
         The whole batch or nothing: :class:`~pyvirtio.errors.QueueFull` when fewer than
         ``len(tokens)`` buffer ids or descriptors are free, :class:`~pyvirtio.errors.UsageError`
@@ -195,7 +196,7 @@ class PackedDriverQueue(DriverRingSide):
         wmb()  # every descriptor's other fields before the flags that make it available (2.8.6)
         for at, lo, hi, lap in parts:
             if hi > lo:
-                desc16[8 * at + 7:8 * (at + hi - lo):8] = array.array("H", (_avail_flags(lap) | bit,)) * (hi - lo)
+                store_flags(desc16, at, hi - lo, _avail_flags(lap) | bit)
         pos += n
         if pos >= size:
             pos, wrap = pos - size, wrap ^ 1
