@@ -255,3 +255,40 @@ def test_top_prints_snapshots_with_rates_when_not_a_tty(rng):
         drv.remove()
     finally:
         t.close()
+
+
+def test_ring_shows_the_queue_as_both_sides_see_it(rng):
+    """``ctl ring N`` against a live daemon: refused with no front-end (no memory to read),
+    then the ring our driver set up, in JSON and for reading; a queue that does not exist and
+    a window out of range are bad arguments."""
+    from pyvirtio.commands.ctl import to_request
+    from pyvirtio.drivers.rng import RngDriver
+    sock, path = rng
+    _, run = ctl(path, "ring", "0", check=False)
+    assert run.returncode == 1 and "no front-end connected" in run.stderr
+    t = VhostUserTransport(sock, device_type=DeviceType.ENTROPY)
+    try:
+        drv = RngDriver.probe(t)
+        for _ in range(5):
+            assert len(drv.read(16)) == 16
+        reply, _ = ctl(path, "ring", "0", "--window", "2")
+        r = reply["result"]
+        assert r["ready"] and not r["broken"] and r["in_flight"] == 0 and r["index"] == 0
+        if r["layout"] == "packed":
+            assert (r["next_avail"], r["next_used"]) == (5, 5)
+            assert r["descriptors"] and r["next_avail_ready"] is False
+        else:
+            assert (r["next_avail"], r["next_used"]) == (5, 5)
+            assert r["driver"]["avail_idx"] == 5 and r["device"]["used_idx"] == 5
+        _, run = ctl(path, "ring", "0", json_out=False)
+        assert run.stdout.startswith(f"queue 0: {r['layout']} ring of ") and "next_avail 5" in run.stdout
+        _, run = ctl(path, "ring", "3", check=False)
+        assert run.returncode == 1 and "queue 3 does not exist" in run.stderr
+        _, run = ctl(path, "ring", "0", "--window", "65", check=False)
+        assert run.returncode == 1 and "window 65" in run.stderr
+        drv.remove()
+    finally:
+        t.close()
+    assert to_request(["ring", "1", "--window=4"]) == ("ring", {"queue": 1, "window": 4})
+    _, run = ctl(path, "ring", "x", check=False)
+    assert run.returncode == 2 and "QUEUE" in run.stderr

@@ -10,6 +10,7 @@
     pyvirtio ctl PATH fault list | fault remove ID | fault clear
     pyvirtio ctl PATH key KEY [press|release|tap]     # input: KEY_A, a, BTN_LEFT, 30
     pyvirtio ctl PATH event TYPE CODE VALUE [TYPE CODE VALUE ...] [--no-sync]   # input
+    pyvirtio ctl PATH ring QUEUE [--window N]         # the ring as both sides see it
     pyvirtio ctl PATH reset | version | help
 
 ``--json`` prints the daemon's reply as it came (one JSON line); otherwise the result is shown
@@ -43,6 +44,8 @@ commands:
                                        SYN_REPORT unless --no-sync
   eject [T:L] [--force] | insert ISO [T:L]   scsi: a CD-ROM's disc (default: the first CD-ROM)
   scsi units | scsi attach KIND PATH[,OPTS] [T:L] | scsi detach T:L   scsi: units, hot-plug
+  ring QUEUE [--window N]              one queue's ring as both sides see it: indices, wrap
+                                       counters, in flight, notifications, descriptors
   reset                                put the device in DEVICE_NEEDS_RESET
   version | help
 """
@@ -86,6 +89,12 @@ def to_request(words: list[str]) -> tuple[str, dict[str, Any]]:
         return "key", {"key": key, **({"action": rest[1]} if rest[1:] else {})}
     if head == "event" and rest:
         return _event(rest)
+    if head == "ring" and rest:
+        options = _options(rest[1:], valued={"window"})
+        args = {"queue": _int(rest[0], "QUEUE")}
+        if "window" in options:
+            args["window"] = _int(options["window"], "--window")
+        return "ring", args
     if head == "scsi" or head in ("eject", "insert"):  # pyvirtio.control.scsi
         from ..control.scsi import scsi_request
         return scsi_request(rest if head == "scsi" else words)
@@ -252,8 +261,43 @@ def show(cmd: str, result: Any) -> None:
         print(f"{result['removed']} fault rule(s) removed")
     elif cmd == "reset":
         print("device needs reset; status " + " ".join(result["status"]))
+    elif cmd == "ring":
+        out.write(render_ring(result))
     elif cmd in ("key", "input.send"):
         print(f"queued {result['queued']} event(s); {result['pending']} waiting for the guest, "
               f"{result['dropped_events']} dropped so far")
     else:
         print(json.dumps(result, indent=2))
+
+
+def render_ring(r: dict[str, Any]) -> str:
+    """``ctl ring`` for reading: the device's view, the driver's, then (packed) the descriptors."""
+    head = (f"queue {r['index']}: {r['layout']} ring of {r['size']}"
+            + ("" if r["ready"] else ", not ready") + (f", BROKEN: {r['fault']}" if r["broken"] else "")
+            + (", EVENT_IDX" if r["event_idx"] else ""))
+    lines = [head]
+    if r["layout"] == "split":
+        lines.append(f"  device: next_avail {r['next_avail']}, next_used {r['next_used']}, "
+                     f"{r['in_flight']} in flight")
+        if "driver" in r:
+            d, v = r["driver"], r["device"]
+            lines.append(f"  driver: avail_idx {d['avail_idx']} ({d['waiting']} not taken yet"
+                         + (f": heads {' '.join(map(str, d['heads']))}" if d["heads"] else "") + ")"
+                         + f"; interrupts {d['interrupts']}")
+            lines.append(f"  ring:   used_idx {v['used_idx']}; kicks {v['kicks']}")
+    else:
+        ids = " ".join(map(str, r["in_flight_ids"])) + (" ..." if r["in_flight"] > len(r["in_flight_ids"]) else "")
+        lines.append(f"  device: next_avail {r['next_avail']} w{r['avail_wrap']}, next_used "
+                     f"{r['next_used']} w{r['used_wrap']}, {r['in_flight']} in flight"
+                     + (f" (ids {ids})" if ids else ""))
+        if "descriptors" in r:
+            lines.append(f"  events: driver's {r['driver_event']}, device's {r['device_event']}; the "
+                         f"descriptor at next_avail is {'' if r['next_avail_ready'] else 'not '}available")
+            for d in r["descriptors"]:
+                marks = [m for m, at in (("next_used", r["next_used"]), ("next_avail", r["next_avail"]))
+                         if d["pos"] == at]
+                lines.append(f"  {d['pos']:>5}  id {d['id']:>5}  len {d['len']:>8}  {d['flags']:#06x} "
+                             f"{d['state']:<20} {' '.join(marks)}".rstrip())
+    if "unreadable" in r:
+        lines.append(f"  ring not readable: {r['unreadable']}")
+    return "\n".join(lines) + "\n"

@@ -20,6 +20,9 @@ cmd                args                                      result
 ``fault.list``                                               the rules
 ``fault.remove``   ``id``                                    the rule removed
 ``fault.clear``                                              ``{"removed": n}``
+``ring``           ``queue``: the queue's index; ``window``:  the ring as both sides see it
+                   descriptors shown around the positions    (:meth:`~pyvirtio.virtq.SplitDeviceQueue.describe`,
+                   (packed; default 8, at most 64)           ``PackedDeviceQueue.describe``)
 ``reset``                                                    ``{"status": [...]}``: the device is in
                                                              DEVICE_NEEDS_RESET
 ``key``            ``key``: a name (KEY_A, a, BTN_LEFT) or   ``{"queued", "pending", "dropped_events"}``
@@ -147,6 +150,11 @@ def build_commands(target: ControlTarget) -> dict[str, Command]:
         Command("fault.remove", "remove one fault rule", lambda a: _fault_remove(target, a),
                 (Arg("id", (int,), True),)),
         Command("fault.clear", "remove every fault rule", lambda a: _fault_clear(target)),
+        Command("ring", "one queue's ring as both sides see it: indices, wrap counters, buffers "
+                "in flight, notification suppression, descriptors around the positions",
+                lambda a: _ring(target, a),
+                (Arg("queue", (int,), True, "the queue's index"),
+                 Arg("window", (int,), False, "descriptors shown around the positions (1-64, default 8)"))),
         Command("reset", "put the device in DEVICE_NEEDS_RESET (the driver must reset it)",
                 lambda a: _reset(target)),
         Command("key", "input: press, release or tap a key or button", lambda a: _key(target, a),
@@ -176,6 +184,20 @@ def _stats(target: ControlTarget) -> dict[str, Any]:
     if target.kind == "net":
         stats["link"] = "up" if target.device.link_up else "down"
     return stats
+
+
+def _ring(target: ControlTarget, args: dict[str, Any]) -> dict[str, Any]:
+    queues = getattr(target.device, "queues", [])
+    index, window = args["queue"], args.get("window", 8)
+    if not 0 <= index < len(queues):
+        raise BadArgument(f"ring: queue {index} does not exist (this device has {len(queues)})")
+    if not 1 <= window <= 64:
+        raise BadArgument(f"ring: window {window} is not in 1..64")
+    session = getattr(target.endpoint, "session", None)
+    if session is None:
+        raise Unsupported("ring: no front-end connected (no guest memory to read the ring from)")
+    with target.hold():  # the device's positions hold still while they are read
+        return queues[index].describe(session.conn.memory, window)
 
 
 def _need(target: ControlTarget, method: str, what: str, cmd: str) -> Callable[..., Any]:

@@ -171,6 +171,10 @@ class DeviceQueue(Protocol):
     def in_flight(self) -> int:
         """How many chains were popped and not yet returned."""
 
+    def describe(self, mem: GuestMemory, window: int = 8, /) -> dict[str, Any]:
+        """The ring as both sides see it now, for a person (``pyvirtio ctl PATH ring N``);
+        only reads, never breaks the queue."""
+
 
 class DriverRingSide(RingSide):
     """What the split and packed driver sides share beyond the base: the constructor's common part

@@ -102,6 +102,31 @@ def store_flags(desc16: memoryview, first: int, count: int, value: int) -> None:
         desc16[word] = value
 
 
+def flags_state(flags: int) -> str:
+    """A packed descriptor's flags word for a person: "avail w1" (made available in a lap whose
+    wrap counter is 1: AVAIL set, USED clear), "avail w0", "used w1" (both set), "used w0"
+    (both clear), then NEXT, WRITE, INDIRECT and any other bit."""
+    a, u = bool(flags & _F_AVAIL), bool(flags & _F_USED)
+    words = [f"avail w{int(a)}" if a != u else f"used w{int(a)}"]
+    words += [name for bit, name in ((_F_NEXT, "NEXT"), (_F_WRITE, "WRITE"), (_F_INDIRECT, "INDIRECT"))
+              if flags & bit]
+    other = flags & ~(_F_AVAIL | _F_USED | _F_NEXT | _F_WRITE | _F_INDIRECT)
+    if other:
+        words.append(f"+{other:#x}")
+    return " ".join(words)
+
+
+def _event_state(off_wrap: int, flags: int) -> str:
+    """An event suppression area (2.8.10) for a person."""
+    if flags == _EV_ENABLE:
+        return "enable"
+    if flags == _EV_DISABLE:
+        return "disable"
+    if flags == _EV_DESC:
+        return f"desc {off_wrap & 0x7FFF} w{off_wrap >> 15}"
+    return f"reserved flags {flags}"
+
+
 class PackedDeviceQueue(DeviceRingSide):
     """Device-side state of one packed virtqueue."""
 
@@ -693,3 +718,39 @@ class PackedDeviceQueue(DeviceRingSide):
     def in_flight(self) -> int:
         """How many chains were popped and not yet returned."""
         return len(self._pending)
+
+    def describe(self, mem: GuestMemory, window: int = 8) -> dict[str, Any]:
+        """The ring as both sides see it now, for a person (``pyvirtio ctl PATH ring N``): the
+        device's positions and wrap counters, the buffer ids in flight, both event suppression
+        areas, and the descriptors from ``window`` positions before ``next_used`` to ``window``
+        after ``next_avail``, each flags word read as a state (:func:`flags_state`).  A
+        descriptor the device waits for at ``next_avail`` that reads "used" there is one lost
+        between the sides.  Only reads; a ring that cannot be read says why."""
+        out: dict[str, Any] = {"layout": "packed", "index": self.index, "size": self.size,
+                               "ready": self.ready, "broken": self.broken,
+                               "fault": None if self.fault is None else str(self.fault),
+                               "event_idx": self.event_idx,
+                               "next_avail": self.next_avail, "avail_wrap": self.avail_wrap,
+                               "next_used": self.next_used, "used_wrap": self.used_wrap,
+                               "in_flight": len(self._pending),
+                               "in_flight_ids": sorted(self._pending)[:4 * window]}
+        if not self.ready:
+            return out
+        size = self.size
+        try:  # views of its own: binding the queue's could break it (a diagnostic must not)
+            desc = mem.view(self.desc_table, 16 * size)
+            desc16, d32 = desc.cast("H"), desc.cast("I")
+            driver16 = mem.view(self.avail_ring, 4).cast("H")
+            device16 = mem.view(self.used_ring, 4).cast("H")
+            start = (self.next_used - window) % size
+            count = min(size, (self.next_avail - start) % size + window + 1)
+            out["descriptors"] = [
+                {"pos": pos, "id": desc16[8 * pos + 6], "len": d32[4 * pos + 2],
+                 "flags": desc16[8 * pos + 7], "state": flags_state(desc16[8 * pos + 7])}
+                for pos in ((start + k) % size for k in range(count))]
+            out["next_avail_ready"] = self._is_avail(desc16[8 * self.next_avail + 7], self.avail_wrap)
+            out["driver_event"] = _event_state(driver16[0], driver16[1])
+            out["device_event"] = _event_state(device16[0], device16[1])
+        except (DriverFault, GuestMemoryError, IndexError) as exc:
+            out["unreadable"] = str(exc)
+        return out

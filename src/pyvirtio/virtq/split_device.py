@@ -620,3 +620,35 @@ class SplitDeviceQueue(DeviceRingSide):
     def in_flight(self) -> int:
         """How many chains were popped but not yet returned."""
         return (self.next_avail - self.next_used) & 0xFFFF
+
+    def describe(self, mem: GuestMemory, window: int = 8) -> dict[str, Any]:
+        """The ring as both sides see it now, for a person (``pyvirtio ctl PATH ring N``):
+        the device's indices, the driver's (read from the ring), who asked whom for
+        notifications, and the heads of up to ``window`` chains the driver made available that
+        the device has not taken.  Only reads; a ring that cannot be read says why."""
+        out: dict[str, Any] = {"layout": "split", "index": self.index, "size": self.size,
+                               "ready": self.ready, "broken": self.broken,
+                               "fault": None if self.fault is None else str(self.fault),
+                               "event_idx": self.event_idx, "next_avail": self.next_avail,
+                               "next_used": self.next_used, "in_flight": self.in_flight()}
+        if not self.ready:
+            return out
+        size = self.size
+        try:  # views of its own: binding the queue's could break it (a diagnostic must not)
+            avail16 = mem.view(self.avail_ring, avail_ring_size(size)).cast("H")
+            used16 = mem.view(self.used_ring, used_ring_size(size)).cast("H")
+            avail_idx = avail16[1]
+            waiting = (avail_idx - self.next_avail) & 0xFFFF
+            out.update({
+                "driver": {"avail_idx": avail_idx, "waiting": waiting,
+                           "heads": [avail16[2 + (self.next_avail + k) % size]
+                                     for k in range(min(waiting, window, size))],
+                           "interrupts": ("used_event %d" % avail16[2 + size]) if self.event_idx
+                           else ("off" if avail16[0] & ring.VIRTQ_AVAIL_F_NO_INTERRUPT else "on")},
+                "device": {"used_idx": used16[1],
+                           "kicks": ("avail_event %d" % used16[2 + 4 * size]) if self.event_idx
+                           else ("off" if used16[0] & ring.VIRTQ_USED_F_NO_NOTIFY else "on")},
+            })
+        except (DriverFault, GuestMemoryError) as exc:
+            out["unreadable"] = str(exc)
+        return out
