@@ -35,7 +35,10 @@ def register(sub) -> None:
     p.add_argument("--restart-cmd", metavar="CMD",
                    help="a shell command that starts the back-end on --socket-path; the fuzzer "
                         "runs it when the back-end is down and after every crash, and stops it at "
-                        "the end (without it, a crash ends the run, unminimised)")
+                        "the end (without it, a crash ends the run, unminimised); for a back-end "
+                        "whose crashes depend on its heap layout (memory corruption in C), start it "
+                        "with 'setarch -R CMD' (no address-space randomisation): each fresh target "
+                        "then has the same layout, and its crashes confirm and replay")
     p.add_argument("--timeout", type=positive_seconds, default=2.0, metavar="SECONDS",
                    help="how long a reply, a new connection or the probe may take (default 2)")
     p.add_argument("--replay", metavar="FILE", help="run the case in FILE once and report")
@@ -70,7 +73,8 @@ def run_fuzzer(args, target) -> int:
         path = os.path.join(args.out, f"{prefix}{f.kind}-seed{seed}-case{case.number}.json")
         with open(path, "w") as out:
             out.write(case.to_json())
-        note = "" if f.confirmed else " (not confirmed on a fresh target)"
+        note = "" if f.confirmed else (" (not confirmed on a fresh target: it may depend on the "
+                                       "target's memory layout; see --restart-cmd 'setarch -R ...')")
         print(f"{f.kind.upper()}{note}: {f.detail} — {len(case.steps)} steps, "
               f"last {case.steps[-1].name() if case.steps else '-'}; replay: {path}", flush=True)
 
