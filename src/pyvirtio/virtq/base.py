@@ -49,6 +49,14 @@ class DeviceRingSide(RingSide):
     """The device side also refuses work on a queue the driver has not made ready."""
 
     ready = False
+    size: int
+    event_idx: bool
+
+    def _described(self, layout: str, **positions: Any) -> dict[str, Any]:
+        """What ``describe`` says of every ring, whatever its layout, then ``positions``."""
+        return {"layout": layout, "index": self.index, "size": self.size, "ready": self.ready,
+                "broken": self.broken, "fault": None if self.fault is None else str(self.fault),
+                "event_idx": self.event_idx, **positions}
 
     def _check(self, mem: GuestMemory) -> None:
         if self.broken:

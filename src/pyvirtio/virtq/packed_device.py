@@ -726,14 +726,10 @@ class PackedDeviceQueue(DeviceRingSide):
         after ``next_avail``, each flags word read as a state (:func:`flags_state`).  A
         descriptor the device waits for at ``next_avail`` that reads "used" there is one lost
         between the sides.  Only reads; a ring that cannot be read says why."""
-        out: dict[str, Any] = {"layout": "packed", "index": self.index, "size": self.size,
-                               "ready": self.ready, "broken": self.broken,
-                               "fault": None if self.fault is None else str(self.fault),
-                               "event_idx": self.event_idx,
-                               "next_avail": self.next_avail, "avail_wrap": self.avail_wrap,
-                               "next_used": self.next_used, "used_wrap": self.used_wrap,
-                               "in_flight": len(self._pending),
-                               "in_flight_ids": sorted(self._pending)[:4 * window]}
+        out = self._described("packed", next_avail=self.next_avail, avail_wrap=self.avail_wrap,
+                              next_used=self.next_used, used_wrap=self.used_wrap,
+                              in_flight=len(self._pending),
+                              in_flight_ids=sorted(self._pending)[:4 * window])
         if not self.ready:
             return out
         size = self.size
@@ -746,8 +742,9 @@ class PackedDeviceQueue(DeviceRingSide):
             count = min(size, (self.next_avail - start) % size + window + 1)
             out["descriptors"] = [
                 {"pos": pos, "id": desc16[8 * pos + 6], "len": d32[4 * pos + 2],
-                 "flags": desc16[8 * pos + 7], "state": flags_state(desc16[8 * pos + 7])}
-                for pos in ((start + k) % size for k in range(count))]
+                 "flags": flags, "state": flags_state(flags)}  # one read: the driver may write it
+                for pos in ((start + k) % size for k in range(count))
+                for flags in (desc16[8 * pos + 7],)]
             out["next_avail_ready"] = self._is_avail(desc16[8 * self.next_avail + 7], self.avail_wrap)
             out["driver_event"] = _event_state(driver16[0], driver16[1])
             out["device_event"] = _event_state(device16[0], device16[1])

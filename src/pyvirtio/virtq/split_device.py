@@ -626,11 +626,8 @@ class SplitDeviceQueue(DeviceRingSide):
         the device's indices, the driver's (read from the ring), who asked whom for
         notifications, and the heads of up to ``window`` chains the driver made available that
         the device has not taken.  Only reads; a ring that cannot be read says why."""
-        out: dict[str, Any] = {"layout": "split", "index": self.index, "size": self.size,
-                               "ready": self.ready, "broken": self.broken,
-                               "fault": None if self.fault is None else str(self.fault),
-                               "event_idx": self.event_idx, "next_avail": self.next_avail,
-                               "next_used": self.next_used, "in_flight": self.in_flight()}
+        out = self._described("split", next_avail=self.next_avail, next_used=self.next_used,
+                              in_flight=self.in_flight())
         if not self.ready:
             return out
         size = self.size
