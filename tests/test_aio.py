@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import select
 import tempfile
 import time
@@ -277,6 +278,64 @@ def test_close_is_bounded_when_an_op_never_ends(engine, guest):
         os.close(w)
         time.sleep(0.05)
         os.close(r)
+
+
+@pytest.mark.timeout(30)
+def test_io_uring_takes_coop_taskrun_and_falls_back_without_it():
+    """Our rings ask for IORING_SETUP_COOP_TASKRUN (no IPI to the submitting thread for each
+    completion posted by task work; 5.19+); a kernel that refuses a setup flag with EINVAL gets
+    the next in the list, the last of which is none."""
+    if URING_REASON is not None:
+        pytest.skip(f"io_uring unavailable here: {URING_REASON}")
+    from pyvirtio.aio import uring
+
+    with uring.IoUringEngine(8) as eng:
+        major, minor = (int(x) for x in re.match(r"(\d+)\.(\d+)", os.uname().release).groups())
+        if (major, minor) >= (5, 19):
+            assert eng.setup_flags == uring.IORING_SETUP_COOP_TASKRUN
+    bogus = 1 << 31  # no such setup flag: EINVAL, as an old kernel answers COOP_TASKRUN
+    fd, params, flags = uring._setup(2, (bogus, 0))
+    os.close(fd)
+    assert flags == 0 and params[0] == 2  # sq_entries
+    with pytest.raises(OSError) as info:
+        uring._setup(2, (bogus,))
+    assert info.value.errno == errno.EINVAL
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("busy", [False, True], ids=["asleep", "running"])
+def test_task_work_completion_reaches_the_submitter(guest, busy):
+    """A completion io_uring posts by task work (a read on an empty pipe finishes when the pipe
+    fills, from the writer's context) still signals the eventfd with COOP_TASKRUN: a submitter
+    asleep in poll is woken; one busy in user space gets it at its next syscall."""
+    if URING_REASON is not None:
+        pytest.skip(f"io_uring unavailable here: {URING_REASON}")
+    import threading
+
+    from pyvirtio.aio.uring import IoUringEngine
+
+    r, w = os.pipe()
+    try:
+        with IoUringEngine(8) as eng:
+            eng.prep_readv(r, [guest[0:16]], -1, token=3)
+            eng.submit()
+            poller = select.poll()
+            poller.register(eng.fd, select.POLLIN)
+            writer = threading.Timer(0.1, os.write, (w, b"pipe"))
+            writer.start()
+            if busy:
+                end = time.monotonic() + 0.4
+                while time.monotonic() < end:  # Python only: no syscall while the pipe fills
+                    pass
+            start = time.monotonic()
+            assert poller.poll(5000) == [(eng.fd, select.POLLIN)]
+            assert time.monotonic() - start < 2.0
+            writer.join()
+            assert eng.reap() == [(3, 4)]
+            assert bytes(guest[0:4]) == b"pipe"
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 @pytest.mark.timeout(30)

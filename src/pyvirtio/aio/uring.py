@@ -38,6 +38,12 @@ SYS_IO_URING_SETUP, SYS_IO_URING_ENTER, SYS_IO_URING_REGISTER = 425, 426, 427  #
 IORING_OFF_SQ_RING, IORING_OFF_CQ_RING, IORING_OFF_SQES = 0, 0x8000000, 0x10000000
 IORING_FEAT_SINGLE_MMAP, IORING_FEAT_NODROP = 1 << 0, 1 << 1
 IORING_ENTER_GETEVENTS = 1 << 0
+#: Completions posted by task work (an O_DIRECT read finished by the disk's interrupt, the
+#: release of an op io_uring's workers ran) do not interrupt the submitting thread with an IPI
+#: while it runs: they are run when it next enters the kernel (any syscall: our poll, an
+#: io_uring_enter) or wakes from an interruptible sleep.  Linux 5.19+; older kernels refuse it
+#: with EINVAL and get a ring without it.
+IORING_SETUP_COOP_TASKRUN = 1 << 8
 IORING_SQ_CQ_OVERFLOW = 1 << 1
 IORING_REGISTER_EVENTFD = 4
 
@@ -84,7 +90,7 @@ def _probe() -> str | None:
     except OSError:
         disabled = "0"
     try:
-        fd, _ = _setup(2)
+        fd, _, _ = _setup(2)
     except OSError as e:
         name = errno.errorcode.get(e.errno or 0, str(e.errno))
         why = f"io_uring_setup: {name}"
@@ -99,13 +105,19 @@ def _probe() -> str | None:
     return None
 
 
-def _setup(entries: int) -> tuple[int, tuple]:
-    params = ctypes.create_string_buffer(_PARAMS.size)
-    fd = _syscall(SYS_IO_URING_SETUP, ctypes.c_uint(entries), params)
-    if fd < 0:
+def _setup(entries: int, wanted: tuple[int, ...] = (IORING_SETUP_COOP_TASKRUN, 0)) -> tuple[int, tuple, int]:
+    """io_uring_setup with the first of ``wanted`` setup flags this kernel takes (EINVAL: it
+    does not know one of them); returns the ring fd, the params and the flags it took."""
+    for flags in wanted:
+        params = ctypes.create_string_buffer(_PARAMS.size)
+        _PARAMS.pack_into(params, 0, *(0, 0, flags) + (0,) * 25)
+        fd = _syscall(SYS_IO_URING_SETUP, ctypes.c_uint(entries), params)
+        if fd >= 0:
+            return fd, _PARAMS.unpack(params.raw), flags
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return fd, _PARAMS.unpack(params.raw)
+        if err != errno.EINVAL or flags == wanted[-1]:
+            raise OSError(err, os.strerror(err))
+    raise AssertionError("unreachable: the last flags either work or raise")
 
 
 def _enter(ring_fd: int, to_submit: int, min_complete: int, flags: int) -> int:
@@ -133,7 +145,7 @@ class IoUringEngine(AioEngine):
         self._maps: list[mmap.mmap] = []
         self.fd = -1
         try:
-            self._ring_fd, params = _setup(depth)
+            self._ring_fd, params, self.setup_flags = _setup(depth)
         except OSError as e:
             raise AioSetupError(f"io_uring_setup({depth}): {e.strerror}", e.errno or 0) from e
         try:
