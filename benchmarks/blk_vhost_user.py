@@ -9,9 +9,15 @@ several rounds, reversing the back-end order every other round (PEERS.md: noise 
 is up to ±25%; compare only within one run).  Every back-end runs split rings
 (qemu-storage-daemon's libvhost-user has no packed ring).  Reports each back-end's median, the
 CPU time its process used per request (every thread, the kernel's io_uring workers too) and the
-median of the per-round ratios.
+median of the per-round ratios.  ``--threads`` also splits each back-end's CPU per request by
+thread group — ``main`` (qemu-storage-daemon's event loop; pyvirtio's vhost-user control
+thread), ``threads`` (pyvirtio's queue workers; qemu-storage-daemon's thread pool), ``io_uring``
+(the kernel's io_uring workers) — and reports the load generator's own CPU per request
+(``driver``: the same Python driver for every back-end, so a difference there is the back-end's
+completion pattern).
 
-    python benchmarks/blk_vhost_user.py [--rounds 5] [--runtime 3] [--size 128M] [--json out.json]
+    python benchmarks/blk_vhost_user.py [--rounds 5] [--runtime 3] [--size 128M] [--threads]
+                                        [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ import tempfile
 import time
 
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
-from pyvirtio.bench.peers import (CpuSampler, fill_image, interleave, same_round_ratios, start_pyvirtio,
-                                  start_qsd)
+from pyvirtio.bench.peers import (THREAD_GROUPS, CpuSampler, fill_image, interleave, same_round_ratios,
+                                  start_pyvirtio, start_qsd)
 
 TESTS = (
     ("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1)),
@@ -43,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="rounds of every test on every back-end (default 5)")
     p.add_argument("--runtime", type=float, default=3.0, help="seconds per run (default 3)")
     p.add_argument("--size", default="128M", help="disk size (default 128M)")
+    p.add_argument("--threads", action="store_true",
+                   help="split each back-end's CPU per request by thread group, and show the driver's")
     p.add_argument("--json", metavar="FILE", help="also write every run's result here")
     args = p.parse_args(argv)
     size = parse_size(args.size)
@@ -67,23 +75,28 @@ def main(argv=None) -> int:
         try:  # a peer that fails to start stops the ones already started
             for name, start in starts.items():
                 peers[name] = start()
-            runs = measure(peers, args.rounds, args.runtime)
+            runs = measure(peers, args.rounds, args.runtime, threads=args.threads)
         finally:
             for peer in peers.values():
                 peer.close()
-    report(runs, args.rounds, args.runtime)
+    report(runs, args.rounds, args.runtime, threads=args.threads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)
     return 0
 
 
-def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
+def measure(peers: dict, rounds: int, runtime: float, *, threads: bool = False) -> list[dict]:
     def run_one(name, params):
-        with CpuSampler(peers[name].process.pid) as cpu:
+        with CpuSampler(peers[name].process.pid, threads=threads) as cpu, \
+                CpuSampler(os.getpid(), threads=threads) as own:
             r = run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, ring="split", **params)).as_dict()
             end = time.monotonic()
-        r["cpu_us_per_io"] = cpu.between(end - r["seconds"], end) * 1e6 / max(1, r["ios"])
+        start, per_io = end - r["seconds"], 1e6 / max(1, r["ios"])
+        r["cpu_us_per_io"] = cpu.between(start, end) * per_io
+        if threads:  # the driver is this process's main thread (run() above)
+            r["cpu_us_per_io_by_thread"] = {g: v * per_io for g, v in cpu.groups_between(start, end).items()}
+            r["driver_cpu_us_per_io"] = own.groups_between(start, end).get("main", 0.0) * per_io
         return r
 
     def log(r):
@@ -93,11 +106,12 @@ def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
     return interleave(list(peers), TESTS, rounds, run_one, log)
 
 
-def report(runs: list[dict], rounds: int, runtime: float) -> None:
+def report(runs: list[dict], rounds: int, runtime: float, *, threads: bool = False) -> None:
     print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; medians "
           "(latency: median over rounds of each run's percentile)\n")
+    split = "".join(f" {g:>9}" for g in THREAD_GROUPS) + f" {'driver':>7}" if threads else ""
     print(f"{'test':<18} {'back-end':<13} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
-          f"{'CPU us/io':>9}")
+          f"{'CPU us/io':>9}{split}")
     for test, _ in TESTS:
         for name in BACKENDS:
             rs = [r for r in runs if r["test"] == test and r["backend"] == name]
@@ -108,7 +122,10 @@ def report(runs: list[dict], rounds: int, runtime: float) -> None:
                   f"{med(r['mib_per_second'] for r in rs):>8.1f} "
                   f"{med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
                   f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f} "
-                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}")
+                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}"
+                  + ("".join(f" {med(r['cpu_us_per_io_by_thread'].get(g, 0.0) for r in rs):>9.1f}"
+                             for g in THREAD_GROUPS)
+                     + f" {med(r['driver_cpu_us_per_io'] for r in rs):>7.1f}" if threads else ""))
     print("\nIOPS ratios, median of same-round ratios (range over rounds):")
     for test, _ in TESTS:
         cells = []

@@ -39,13 +39,44 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: The thread groups :func:`thread_cpu_seconds` sorts a process's threads into.
+THREAD_GROUPS = ("main", "threads", "io_uring")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """The CPU seconds of every thread of process ``pid`` now, by thread id, with its group:
+    ``main`` (the thread whose id is the pid: qemu-storage-daemon's event loop; pyvirtio's
+    vhost-user control thread), ``io_uring`` (the kernel's io_uring workers, ``iou-wrk-*`` and
+    ``iou-sqp-*``) and ``threads`` (every other one: pyvirtio's queue workers,
+    qemu-storage-daemon's thread pool).  Empty once the process is gone."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended meanwhile
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        group = ("main" if tid == str(pid) else
+                 "io_uring" if name.startswith(("iou-wrk", "iou-sqp")) else "threads")
+        out[int(tid)] = (group, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
 class CpuSampler:
     """Samples a process's CPU time every ``interval`` seconds on a thread, so that the CPU of a
-    window known only afterwards (a benchmark's timed phase) can be read: :meth:`between`."""
+    window known only afterwards (a benchmark's timed phase) can be read: :meth:`between`;
+    with ``threads``, also by thread group (:func:`thread_cpu_seconds`, :meth:`groups_between`)."""
 
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.pid, self.interval = pid, interval
+    def __init__(self, pid: int, interval: float = 0.02, *, threads: bool = False):
+        self.pid, self.interval, self.threads = pid, interval, threads
         self.samples: list[tuple[float, float]] = []
+        self.group_samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"cpu-{pid}", daemon=True)
 
@@ -57,11 +88,17 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
 
+    def _sample(self) -> None:
+        now = time.monotonic()
+        self.samples.append((now, process_cpu_seconds(self.pid)))
+        if self.threads:
+            self.group_samples.append((now, thread_cpu_seconds(self.pid)))
+
     def _run(self) -> None:
         while True:
-            self.samples.append((time.monotonic(), process_cpu_seconds(self.pid)))
+            self._sample()
             if self._stop.wait(self.interval):
-                self.samples.append((time.monotonic(), process_cpu_seconds(self.pid)))
+                self._sample()
                 return
 
     def between(self, start: float, end: float) -> float:
@@ -71,6 +108,28 @@ class CpuSampler:
         def at(t: float) -> float:
             return min(self.samples, key=lambda s: abs(s[0] - t))[1]
         return at(end) - at(start)
+
+    def groups_between(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds per thread group (:data:`THREAD_GROUPS`) from ``start`` to ``end``
+        (needs ``threads``).  Each thread counts from the sample nearest ``start`` (0 if it
+        started later) to the last sample up to the one nearest ``end`` that still saw it — so a
+        thread that ends inside the window (io_uring's workers end with their ring) keeps what it
+        used; what no sample saw (a thread born and gone between two samples) goes to
+        ``threads``, so that the groups add up to :meth:`between`."""
+        if not self.group_samples:
+            return {}
+        def nearest(t: float) -> int:
+            return min(range(len(self.group_samples)), key=lambda i: abs(self.group_samples[i][0] - t))
+        first, last = nearest(start), nearest(end)
+        before = self.group_samples[first][1]
+        latest: dict[int, tuple[str, float]] = {}
+        for _, threads in self.group_samples[first:last + 1]:
+            latest.update(threads)
+        used = dict.fromkeys(THREAD_GROUPS, 0.0)
+        for tid, (group, seconds) in latest.items():
+            used[group] += max(0.0, seconds - before.get(tid, (group, 0.0))[1])
+        used["threads"] += max(0.0, self.between(start, end) - sum(used.values()))
+        return used
 
 
 class PeerFailed(TransportError):

@@ -1,0 +1,59 @@
+"""pyvirtio.bench.peers' CPU accounting: a process's CPU time, and the same split by thread group
+(what ``benchmarks/blk_vhost_user.py --threads`` reports per request)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from pyvirtio.bench.peers import THREAD_GROUPS, CpuSampler, process_cpu_seconds, thread_cpu_seconds
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_thread_cpu_seconds_names_each_thread_by_group():
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (_burn(0.1), done.wait(10)))
+    worker.start()
+    try:
+        time.sleep(0.05)
+        threads = thread_cpu_seconds(os.getpid())
+        assert threads[os.getpid()][0] == "main"
+        assert threads[worker.native_id][0] == "threads"
+        assert {group for group, _ in threads.values()} <= set(THREAD_GROUPS)
+        assert sum(seconds for _, seconds in threads.values()) <= process_cpu_seconds(os.getpid()) + 0.02
+    finally:
+        done.set()
+        worker.join()
+    assert thread_cpu_seconds(2 ** 22 + 7) == {}  # no such process: nothing, no error
+
+
+def test_groups_keep_a_thread_that_ended_inside_the_window_and_add_up():
+    """A thread that used CPU and ended between the window's two ends still counts (io_uring's
+    workers end with their ring, before the last sample); main's own CPU is main's."""
+    with CpuSampler(os.getpid(), interval=0.01, threads=True) as cpu:
+        time.sleep(0.05)
+        start = time.monotonic()
+        worker = threading.Thread(target=_burn, args=(0.3,))
+        worker.start()
+        worker.join()
+        _burn(0.1)  # the main thread's share
+        time.sleep(0.05)  # samples after the worker is gone
+        end = time.monotonic()
+        time.sleep(0.03)
+    groups = cpu.groups_between(start, end)
+    assert set(groups) == set(THREAD_GROUPS)
+    assert groups["threads"] >= 0.25, groups
+    assert 0.05 <= groups["main"] <= 0.2, groups
+    assert groups["io_uring"] == 0.0
+    assert abs(sum(groups.values()) - cpu.between(start, end)) < 0.03
+    assert CpuSampler(os.getpid()).groups_between(start, end) == {}  # without threads=True
