@@ -325,8 +325,8 @@ def test_task_work_completion_reaches_the_submitter(guest, busy):
             writer.start()
             if busy:
                 end = time.monotonic() + 0.4
-                while time.monotonic() < end:  # Python only: no syscall while the pipe fills
-                    pass
+                while time.monotonic() < end:  # busy in Python while the pipe fills: its only
+                    pass  # system calls are the GIL's hand-offs to the writer thread
             start = time.monotonic()
             assert poller.poll(5000) == [(eng.fd, select.POLLIN)]
             assert time.monotonic() - start < 2.0
