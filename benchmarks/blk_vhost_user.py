@@ -23,6 +23,7 @@ completion pattern).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -88,8 +89,8 @@ def main(argv=None) -> int:
 
 def measure(peers: dict, rounds: int, runtime: float, *, threads: bool = False) -> list[dict]:
     def run_one(name, params):
-        with CpuSampler(peers[name].process.pid, threads=threads) as cpu, \
-                CpuSampler(os.getpid(), threads=threads) as own:
+        own_cpu = CpuSampler(os.getpid(), threads=True) if threads else contextlib.nullcontext()
+        with CpuSampler(peers[name].process.pid, threads=threads) as cpu, own_cpu as own:
             r = run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, ring="split", **params)).as_dict()
             end = time.monotonic()
         start, per_io = end - r["seconds"], 1e6 / max(1, r["ios"])
@@ -122,10 +123,7 @@ def report(runs: list[dict], rounds: int, runtime: float, *, threads: bool = Fal
                   f"{med(r['mib_per_second'] for r in rs):>8.1f} "
                   f"{med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
                   f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f} "
-                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}"
-                  + ("".join(f" {med(r['cpu_us_per_io_by_thread'].get(g, 0.0) for r in rs):>9.1f}"
-                             for g in THREAD_GROUPS)
-                     + f" {med(r['driver_cpu_us_per_io'] for r in rs):>7.1f}" if threads else ""))
+                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}" + (_thread_cells(rs) if threads else ""))
     print("\nIOPS ratios, median of same-round ratios (range over rounds):")
     for test, _ in TESTS:
         cells = []
@@ -135,6 +133,13 @@ def report(runs: list[dict], rounds: int, runtime: float, *, threads: bool = Fal
                 cells.append(f"{a}/{b} {statistics.median(ratios):.2f} "
                              f"({min(ratios):.2f}-{max(ratios):.2f})")
         print(f"  {test:<18} " + "   ".join(cells))
+
+
+def _thread_cells(rs: list[dict]) -> str:
+    """``--threads``' columns: the medians of CPU per request by thread group, then the driver's."""
+    med = statistics.median
+    cells = [f" {med(r['cpu_us_per_io_by_thread'].get(g, 0.0) for r in rs):>9.1f}" for g in THREAD_GROUPS]
+    return "".join(cells) + f" {med(r['driver_cpu_us_per_io'] for r in rs):>7.1f}"
 
 
 if __name__ == "__main__":

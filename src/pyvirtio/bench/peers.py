@@ -33,9 +33,14 @@ def process_cpu_seconds(pid: int) -> float:
     ended (an io_uring's kernel workers count here); 0.0 once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return _stat_cpu_seconds(f.read())
     except OSError:
         return 0.0
+
+
+def _stat_cpu_seconds(stat: str) -> float:
+    """utime + stime of a ``/proc/.../stat`` line, in seconds (the fields after the name)."""
+    fields = stat.rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -49,7 +54,6 @@ def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     vhost-user control thread), ``io_uring`` (the kernel's io_uring workers, ``iou-wrk-*`` and
     ``iou-sqp-*``) and ``threads`` (every other one: pyvirtio's queue workers,
     qemu-storage-daemon's thread pool).  Empty once the process is gone."""
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -61,10 +65,10 @@ def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
                 stat = f.read()
         except OSError:
             continue  # ended meanwhile
-        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
         group = ("main" if tid == str(pid) else
                  "io_uring" if name.startswith(("iou-wrk", "iou-sqp")) else "threads")
-        out[int(tid)] = (group, (int(fields[11]) + int(fields[12])) / tick)
+        out[int(tid)] = (group, _stat_cpu_seconds(stat))
     return out
 
 
