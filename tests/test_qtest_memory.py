@@ -262,3 +262,15 @@ def test_packed_ring_parts_are_read_in_one_request():
     before = mem.stats["acquires"]
     drv.has_used(mem)  # binds the descriptor ring, the driver area and the device area
     assert mem.stats["acquires"] - before == 1
+
+
+def test_qtest_memory_offers_no_translation_window():
+    """A device walking a table over QtestMemory must go through views(), which fetches the bytes
+    from QEMU first: so it gets no window to slice on its own (GuestMemory.window)."""
+    mem = QtestMemory(FakeQemu(), BASE, SIZE)
+    mem.views(BASE, 16)
+    assert mem.window() is None
+    plain = GuestMemory.anonymous(0x4000)
+    plain.views(0x100, 16)
+    gpa, size, buf = plain.window()
+    assert (gpa, size) == (0, 0x4000) and len(buf) >= size

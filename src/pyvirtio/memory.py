@@ -144,6 +144,15 @@ class GuestMemory:
                 return region
         raise GuestMemoryError(addr, 1)
 
+    def window(self) -> tuple[int, int, memoryview] | None:
+        """The region the last translation found, as ``(gpa, size, buf)``, for a caller that
+        translates several addresses in a row (a descriptor table): a range ``[addr, addr+n)``
+        with ``0 <= addr - gpa`` and ``addr - gpa + n <= size`` is ``buf[addr - gpa:addr - gpa + n]``,
+        exactly what :meth:`views` would return for it, with no call; anything else goes through
+        :meth:`views`.  None when there is no such region yet — or when a subclass's
+        :meth:`views` does more than slice (``QtestMemory`` fetches the bytes first)."""
+        return self._hot
+
     def view(self, addr: int, length: int) -> memoryview:
         """A zero-copy view of ``[addr, addr+length)``, which must lie in one region."""
         hot = self._hot

@@ -296,6 +296,10 @@ class QtestMemory(GuestMemory):
 
     # --- the GuestMemory interface, with coherence points ---------------------------------------
 
+    def window(self) -> None:
+        """None: every translation goes through :meth:`views`, which fetches the bytes first."""
+        return None
+
     def view(self, addr: int, length: int) -> memoryview:
         if self._touches_device_written(addr, length):
             self.publish()

@@ -17,15 +17,21 @@ def align_up(value: int, alignment: int) -> int:
 _TABLES: dict[int, struct.Struct] = {}
 
 
-def unpack_descriptor_table(table, count: int) -> list[tuple[int, int, int, int]]:
+def descriptor_table_fields(table, count: int) -> tuple[int, ...]:
     """The ``count`` 16-byte descriptors of an indirect table (split or packed: both are
-    ``<QIHH``), read at once as one tuple each.  (One Struct per table length, made on first use;
-    not ``struct.iter_unpack``, whose iterator, caught in a reference cycle while it holds the
+    ``<QIHH``), read at once as one flat tuple: descriptor ``i``'s addr, len, flags and next (or
+    id) are items ``4i`` to ``4i + 3``.  (One Struct per table length, made on first use; not
+    ``struct.iter_unpack``, whose iterator, caught in a reference cycle while it holds the
     table's buffer, crashed CPython 3.11's garbage collector.)"""
     unpacker = _TABLES.get(count)
     if unpacker is None:
         unpacker = _TABLES[count] = struct.Struct("<" + "QIHH" * count)
-    fields = iter(unpacker.unpack_from(table))
+    return unpacker.unpack_from(table)
+
+
+def unpack_descriptor_table(table, count: int) -> list[tuple[int, int, int, int]]:
+    """:func:`descriptor_table_fields` as one ``(addr, len, flags, next)`` tuple per descriptor."""
+    fields = iter(descriptor_table_fields(table, count))
     return list(zip(fields, fields, fields, fields))
 
 

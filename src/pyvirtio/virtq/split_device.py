@@ -29,7 +29,7 @@ from .chain import DescriptorChain
 from .batch import readable_views
 from .drain import drain_queue
 from .event import vring_need_event
-from .layout import (avail_ring_size, desc_table_size, is_valid_split_size, unpack_descriptor_table,
+from .layout import (avail_ring_size, desc_table_size, descriptor_table_fields, is_valid_split_size,
                      used_ring_size)
 
 if sys.byteorder != "little":  # pragma: no cover
@@ -384,8 +384,7 @@ class SplitDeviceQueue(DeviceRingSide):
         size = self.size
         if head >= size:
             self._break(DriverFault(f"queue {self.index}: head index {head} >= queue size {size}"))
-        table, limit = self._desc, size
-        entries = None  # the indirect table's descriptors, unpacked at once, once entered
+        table = self._desc
         idx, seen, total = head, 0, 0
         readable: list = []
         writable: list = []
@@ -395,16 +394,14 @@ class SplitDeviceQueue(DeviceRingSide):
         try:
             while True:
                 seen += 1
-                if seen > limit:
-                    raise DriverFault(f"chain from head {head} loops or exceeds {limit} descriptors")
+                if seen > size:
+                    raise DriverFault(f"chain from head {head} loops or exceeds {size} descriptors")
                 total += 1
                 if total > MAX_CHAIN_SEGMENTS:
                     raise DriverFault(f"chain from head {head} has more than {MAX_CHAIN_SEGMENTS} "
                                       "descriptors")
-                addr, length, flags, nxt = entries[idx] if entries is not None else unpack(table, idx << 4)
+                addr, length, flags, nxt = unpack(table, idx << 4)
                 if flags & _F_INDIRECT:
-                    if entries is not None:
-                        raise DriverFault("indirect descriptor inside an indirect table (2.7.5.3.1)")
                     if not self.indirect:
                         raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
                     if flags & _F_NEXT:
@@ -415,9 +412,9 @@ class SplitDeviceQueue(DeviceRingSide):
                     if total + (length >> 4) > MAX_CHAIN_SEGMENTS:
                         raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain "
                                           f"would exceed {MAX_CHAIN_SEGMENTS}")
-                    entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
-                    limit, idx, seen = length >> 4, 0, 0
-                    continue
+                    # Without NEXT, the table ends the chain.
+                    return self._walk_table(mem, head, addr, length, readable, writable, rlen, wlen,
+                                            seen_write, total)
                 if flags & _F_WRITE:
                     seen_write = True
                     if length:
@@ -437,13 +434,66 @@ class SplitDeviceQueue(DeviceRingSide):
                 if not flags & _F_NEXT:
                     break
                 idx = nxt
-                if idx >= limit:
-                    raise DriverFault(f"next index {idx} >= table size {limit}")
+                if idx >= size:
+                    raise DriverFault(f"next index {idx} >= table size {size}")
         except DriverFault as exc:
             self._break(DriverFault(f"queue {self.index}: {exc}"))
         except GuestMemoryError as exc:
             self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
         return DescriptorChain(head, readable, writable, rlen, wlen, total)
+
+    def _walk_table(self, mem: GuestMemory, head: int, addr: int, length: int, readable: list,
+                    writable: list, rlen: int, wlen: int, seen_write: bool, total: int) -> DescriptorChain:
+        """The rest of a chain from ``head``: the indirect table of ``length`` bytes at ``addr``,
+        after the chain's descriptors so far (``readable`` … ``total``).  The same checks as
+        :meth:`_walk`'s loop, made per descriptor; a buffer inside the region the last
+        translation found (``mem.window()``, most of them) is sliced here, any other goes through
+        ``mem.views``.  Raises DriverFault / GuestMemoryError (``_walk`` breaks the queue)."""
+        count = length >> 4
+        fields = descriptor_table_fields(mem.view(addr, length), count)
+        window = mem.window()
+        gpa, size, buf = window if window is not None else (0, -1, _NO_VIEW)
+        views = mem.views
+        i = seen = 0
+        while True:
+            seen += 1
+            if seen > count:
+                raise DriverFault(f"chain from head {head} loops or exceeds {count} descriptors")
+            # (total + count <= MAX_CHAIN_SEGMENTS was checked before the table was mapped.)
+            j = i << 2
+            addr, length, flags = fields[j], fields[j + 1], fields[j + 2]
+            if flags & _F_INDIRECT:
+                raise DriverFault("indirect descriptor inside an indirect table (2.7.5.3.1)")
+            off = addr - gpa
+            if flags & _F_WRITE:
+                seen_write = True
+                if length:
+                    if 0 <= off and off + length <= size:
+                        writable.append(buf[off:off + length])
+                    else:
+                        writable += views(addr, length)
+                    wlen += length
+            else:
+                if seen_write:
+                    raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
+                if length:
+                    if 0 <= off and off + length <= size:
+                        readable.append(buf[off:off + length])
+                    else:
+                        readable += views(addr, length)
+                    rlen += length
+            if not flags & _F_NEXT:
+                break
+            i = fields[j + 3]
+            if i >= count:
+                raise DriverFault(f"next index {i} >= table size {count}")
+        # Checked once, after the walk: at most ``count`` descriptors of at most 2**32 - 1 bytes,
+        # each mapped to one buffer per region it crosses, so nothing grew without bound meanwhile.
+        if rlen + wlen > MAX_CHAIN_BYTES:
+            raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+        if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+            raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
+        return DescriptorChain(head, readable, writable, rlen, wlen, total + seen)
 
     # --- returning used buffers -----------------------------------------------------------------
 
