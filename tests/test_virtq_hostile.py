@@ -367,6 +367,21 @@ def test_indirect_buffers_in_several_regions_are_each_translated():
     assert mock.mem.read(out, 3) == b"abc"
 
 
+@pytest.mark.parametrize("indirect", [False, True])
+@pytest.mark.parametrize("addr", [0x20000, 0x3FFF0, 0x7000_0000, U64 - 2])
+def test_buffer_after_good_ones_outside_memory(indirect, addr):
+    """A buffer in a hole, running into one, far out or wrapping past 2**64, after buffers that
+    are fine (the walk slices inside its window by then, GuestMemory.window): a DriverFault."""
+    mock = MockSplitDriver(8, regions=[(0, 0x10000), (0x10000, 0x10000), (0x40000, 0x10000)])
+    q = make_device_queue(mock, indirect=indirect)
+    descs = [(0x8000, 4, 0), (0x40100, 4, 0), (addr, 32, F_WRITE)]
+    if indirect:
+        _indirect(mock, descs)
+    else:
+        mock.add_chain(descs)
+    assert_driver_fault(mock, q, "descriptor buffer")
+
+
 def test_a_huge_indirect_table_is_walked_within_bounds():
     """A 64 Ki-entry table whose entries all chain onward ends with a typed error, in bounded
     time: refused from its length alone (more than MAX_CHAIN_SEGMENTS, pyvirtio.limits)."""

@@ -164,6 +164,62 @@ def test_hostile_buffer_outside_memory_and_duplicate_id():
     assert_broken(dev, mem)
 
 
+def _three_regions(indirect):
+    """A packed device queue over guest memory of three regions: 0-64 KiB (the ring),
+    64-128 KiB and 256-320 KiB."""
+    from pyvirtio.testing import MockSplitDriver
+    mem = MockSplitDriver(4, regions=[(0, 0x10000), (0x10000, 0x10000), (0x40000, 0x10000)]).mem
+    lay = PackedRingLayout.contiguous(0x1000, 4)
+    dev = PackedDeviceQueue(8)
+    dev.set_size(4)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.set_features(False, indirect)
+    dev.activate(mem)
+    return mem, lay, dev
+
+
+def _offer(mem, lay, descs, indirect, buf_id=7):
+    """``descs`` (addr, len, flags) as one chain at ring position 0: in the ring, or in a table."""
+    if indirect:
+        table = 0x42000
+        for i, (a, n, f) in enumerate(descs):
+            ring.PVIRTQ_DESC.pack_into(mem.view(table + 16 * i, 16), 0, a, n, 0, f)
+        write_desc(mem, lay, 0, table, 16 * len(descs), buf_id, AV | ring.VIRTQ_DESC_F_INDIRECT)
+        return
+    for i, (a, n, f) in enumerate(descs):
+        nxt = ring.VIRTQ_DESC_F_NEXT if i + 1 < len(descs) else 0
+        write_desc(mem, lay, i, a, n, buf_id, AV | f | nxt)
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+def test_buffers_in_several_regions_are_each_translated(indirect):
+    """A chain's buffers in the region of the last translation, in another region, and across
+    the boundary of two: each gets exactly its bytes (the walk slices the first kind itself,
+    GuestMemory.window, and hands the others to views)."""
+    mem, lay, dev = _three_regions(indirect)
+    pieces = [(0x8000, b"near"), (0x40100, b"far-region"), (0xFFFC, b"straddle")]
+    for addr, data in pieces:
+        mem.write(addr, data)
+    _offer(mem, lay, [(a, len(d), 0) for a, d in pieces] + [(0x41000, 3, ring.VIRTQ_DESC_F_WRITE)],
+           indirect)
+    chain = dev.pop_descriptor_chain(mem)
+    assert chain.read() == b"".join(d for _, d in pieces)
+    assert [len(v) for v in chain.readable] == [4, 10, 4, 4]  # the straddling buffer: two views
+    assert (chain.head_index, chain.readable_len, chain.writable_len) == (7, 22, 3)
+    chain.write(b"abc")
+    assert mem.read(0x41000, 3) == b"abc"
+
+
+@pytest.mark.parametrize("indirect", [False, True])
+@pytest.mark.parametrize("addr", [0x20000, 0x3FFF0, 0x7000_0000, (1 << 64) - 2])
+def test_hostile_buffer_after_good_ones_outside_memory(indirect, addr):
+    """A buffer in a hole, running into one, far out or wrapping past 2**64, after buffers that
+    are fine (the walk has a window by then): a DriverFault, the queue broken."""
+    mem, lay, dev = _three_regions(indirect)
+    _offer(mem, lay, [(0x8000, 4, 0), (0x40100, 4, 0), (addr, 32, ring.VIRTQ_DESC_F_WRITE)], indirect)
+    assert_broken(dev, mem)
+
+
 def test_hostile_device_used_id_not_in_flight():
     mem, drv, dev = pair(size=4)
     drv.add(mem, [(DATA, 1)], [], token=1)

@@ -462,6 +462,8 @@ class PackedDeviceQueue(DeviceRingSide):
         rlen = wlen = segs = 0  # readable bytes, writable bytes, descriptors (segments) so far
         seen_write = False
         views, unpack = mem.views, _DESC.unpack_from
+        window = mem.window()  # a buffer inside it is sliced here (GuestMemory.window)
+        gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
         while True:
             flags = desc16[pos * 8 + 7]
             if count and ((not flags & _F_AVAIL) != (not wrap) or (not flags & _F_USED) == (not wrap)):
@@ -484,6 +486,8 @@ class PackedDeviceQueue(DeviceRingSide):
                     raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain would "
                                       f"exceed {MAX_CHAIN_SEGMENTS}")
                 entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
+                window = mem.window()  # the table's region: most often its buffers' too
+                gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
             else:
                 entries = [(addr, length, buf_id, flags)]
             for a, n, _, f in entries:
@@ -492,16 +496,23 @@ class PackedDeviceQueue(DeviceRingSide):
                 segs += 1
                 if segs > MAX_CHAIN_SEGMENTS:
                     raise DriverFault(f"chain has more than {MAX_CHAIN_SEGMENTS} descriptors")
+                off = a - gpa
                 if f & _F_WRITE:
                     seen_write = True
                     if n:
-                        writable += views(a, n)
+                        if 0 <= off and off + n <= end:
+                            writable.append(buf[off:off + n])
+                        else:
+                            writable += views(a, n)
                         wlen += n
                 else:
                     if seen_write:
                         raise DriverFault("device-readable descriptor after a writable one (2.8.4)")
                     if n:
-                        readable += views(a, n)
+                        if 0 <= off and off + n <= end:
+                            readable.append(buf[off:off + n])
+                        else:
+                            readable += views(a, n)
                         rlen += n
                 if rlen + wlen > MAX_CHAIN_BYTES:
                     raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")

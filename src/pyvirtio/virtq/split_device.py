@@ -391,6 +391,8 @@ class SplitDeviceQueue(DeviceRingSide):
         rlen = wlen = 0
         seen_write = False
         views, unpack = mem.views, _DESC.unpack_from
+        window = mem.window()  # a buffer inside it is sliced here (GuestMemory.window)
+        gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
         try:
             while True:
                 seen += 1
@@ -415,16 +417,23 @@ class SplitDeviceQueue(DeviceRingSide):
                     # Without NEXT, the table ends the chain.
                     return self._walk_table(mem, head, addr, length, readable, writable, rlen, wlen,
                                             seen_write, total)
+                off = addr - gpa
                 if flags & _F_WRITE:
                     seen_write = True
                     if length:
-                        writable += views(addr, length)
+                        if 0 <= off and off + length <= end:
+                            writable.append(buf[off:off + length])
+                        else:
+                            writable += views(addr, length)
                         wlen += length
                 else:
                     if seen_write:
                         raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
                     if length:
-                        readable += views(addr, length)
+                        if 0 <= off and off + length <= end:
+                            readable.append(buf[off:off + length])
+                        else:
+                            readable += views(addr, length)
                         rlen += length
                 if rlen + wlen > MAX_CHAIN_BYTES:
                     raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
@@ -451,8 +460,8 @@ class SplitDeviceQueue(DeviceRingSide):
         ``mem.views``.  Raises DriverFault / GuestMemoryError (``_walk`` breaks the queue)."""
         count = length >> 4
         fields = descriptor_table_fields(mem.view(addr, length), count)
-        window = mem.window()
-        gpa, size, buf = window if window is not None else (0, -1, _NO_VIEW)
+        window = mem.window()  # a buffer inside it is sliced here (GuestMemory.window)
+        gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
         views = mem.views
         i = seen = 0
         while True:
@@ -468,7 +477,7 @@ class SplitDeviceQueue(DeviceRingSide):
             if flags & _F_WRITE:
                 seen_write = True
                 if length:
-                    if 0 <= off and off + length <= size:
+                    if 0 <= off and off + length <= end:
                         writable.append(buf[off:off + length])
                     else:
                         writable += views(addr, length)
@@ -477,7 +486,7 @@ class SplitDeviceQueue(DeviceRingSide):
                 if seen_write:
                     raise DriverFault("device-readable descriptor after a writable one (2.7.4.2)")
                 if length:
-                    if 0 <= off and off + length <= size:
+                    if 0 <= off and off + length <= end:
                         readable.append(buf[off:off + length])
                     else:
                         readable += views(addr, length)
