@@ -34,16 +34,16 @@ Needs qemu-system-x86_64, virtiofsd (/usr/lib/qemu/virtiofsd), busybox-static an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
-from pyvirtio.bench.peers import process_cpu_seconds as cpu_seconds
+from pyvirtio.bench.peers import CpuSampler
 from pyvirtio.bench.peers import start_pyvirtio, start_virtiofsd, virtiofsd_path
 from pyvirtio.guest import VIRTIOFS_MODULES, boot_guest, prepare_kernel
 
@@ -99,42 +99,6 @@ def parse(lines: list[str]) -> dict:
         value = job["bw"] / 1024 if kind == "bw" else job["iops"]
         results.setdefault((int(t), backend), {})[int(r)] = value
     return results
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (virtiofsd's sandbox forks: the child does the work)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-class CpuSampler:
-    """The CPU time of processes, sampled every half second until stopped (virtiofsd exits
-    when QEMU goes, and an exited process's /proc entry no longer counts)."""
-
-    def __init__(self, pids: dict[str, int]):
-        self.pids, self.seen = pids, dict.fromkeys(pids, 0.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            for name, pid in self.pids.items():
-                self.seen[name] = max(self.seen[name], sum(cpu_seconds(p) for p in _tree(pid)))
-
-    def stop(self) -> dict[str, float]:
-        """The last CPU time seen of each process."""
-        self._stop.set()
-        self._thread.join()
-        return self.seen
 
 
 def report(results: dict, args, elapsed: float, cpu: dict) -> None:
@@ -196,12 +160,17 @@ def main(argv=None) -> int:
             print(f"booting; {args.rounds} rounds of {len(TESTS)} tests on 2 shares (at most {budget:.0f} s)",
                   file=sys.stderr)
             t0 = time.monotonic()
-            sampler = CpuSampler({name: p.process.pid for name, p in peers.items()})
-            res = boot_guest(kernel, guest_script(args.rounds, args.runtime, args.files), qemu_args=qemu_args,
-                             modules=VIRTIOFS_MODULES, timeout=budget, host_binaries=[shutil.which("fio")],
-                             console_log=os.path.join(tmp, "console.log")).check()
-            elapsed = time.monotonic() - t0
-            cpu = sampler.stop()
+            # Every half second, each back-end with its children; the most seen is its whole run
+            # (virtiofsd exits when QEMU goes, and then reads 0).
+            with contextlib.ExitStack() as sampling:
+                samplers = {name: sampling.enter_context(CpuSampler(p.process.pid, interval=0.5, tree=True))
+                            for name, p in peers.items()}
+                res = boot_guest(kernel, guest_script(args.rounds, args.runtime, args.files),
+                                 qemu_args=qemu_args, modules=VIRTIOFS_MODULES, timeout=budget,
+                                 host_binaries=[shutil.which("fio")],
+                                 console_log=os.path.join(tmp, "console.log")).check()
+                elapsed = time.monotonic() - t0
+            cpu = {name: sampler.most() for name, sampler in samplers.items()}
         finally:
             pyv.close()
             ref.close()

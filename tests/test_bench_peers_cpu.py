@@ -57,3 +57,21 @@ def test_groups_keep_a_thread_that_ended_inside_the_window_and_add_up():
     assert groups["io_uring"] == 0.0
     assert abs(sum(groups.values()) - cpu.between(start, end)) < 0.03
     assert CpuSampler(os.getpid()).groups_between(start, end) == {}  # without threads=True
+
+
+def test_a_tree_sampler_counts_the_children_and_keeps_the_most_after_they_exit():
+    """``tree=True`` sums the process and its descendants (virtiofsd's work is in its sandbox
+    child); ``most()`` is the whole run's CPU even after the processes are gone (they read 0)."""
+    import subprocess
+    import sys
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    parent = subprocess.Popen([sys.executable, "-c",
+                               f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {burn!r}]); "
+                               "time.sleep(0.2)"])
+    with CpuSampler(parent.pid, interval=0.02, tree=True) as tree, \
+            CpuSampler(parent.pid, interval=0.02) as alone:
+        parent.wait(timeout=30)
+        time.sleep(0.1)  # samples of the exited process: 0
+    assert tree.samples[-1][1] == 0.0
+    assert tree.most() >= 0.3  # the child's 0.4 s, less a sampling interval or so
+    assert alone.most() < 0.3  # the parent alone: an interpreter start-up and a wait

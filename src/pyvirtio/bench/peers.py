@@ -72,13 +72,29 @@ def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (virtiofsd's sandbox forks: the child does the work)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
 class CpuSampler:
     """Samples a process's CPU time every ``interval`` seconds on a thread, so that the CPU of a
     window known only afterwards (a benchmark's timed phase) can be read: :meth:`between`;
-    with ``threads``, also by thread group (:func:`thread_cpu_seconds`, :meth:`groups_between`)."""
+    with ``threads``, also by thread group (:func:`thread_cpu_seconds`, :meth:`groups_between`);
+    with ``tree``, the process and its descendants together (:func:`process_tree`), and
+    :meth:`most` for a whole run that may outlast the process."""
 
-    def __init__(self, pid: int, interval: float = 0.02, *, threads: bool = False):
-        self.pid, self.interval, self.threads = pid, interval, threads
+    def __init__(self, pid: int, interval: float = 0.02, *, threads: bool = False, tree: bool = False):
+        self.pid, self.interval, self.threads, self.tree = pid, interval, threads, tree
         self.samples: list[tuple[float, float]] = []
         self.group_samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
         self._stop = threading.Event()
@@ -94,7 +110,8 @@ class CpuSampler:
 
     def _sample(self) -> None:
         now = time.monotonic()
-        self.samples.append((now, process_cpu_seconds(self.pid)))
+        pids = process_tree(self.pid) if self.tree else (self.pid,)
+        self.samples.append((now, sum(process_cpu_seconds(p) for p in pids)))
         if self.threads:
             self.group_samples.append((now, thread_cpu_seconds(self.pid)))
 
@@ -104,6 +121,11 @@ class CpuSampler:
             if self._stop.wait(self.interval):
                 self._sample()
                 return
+
+    def most(self) -> float:
+        """The most CPU seconds any sample saw: what the process used over the whole run, even
+        if it exited before the sampler stopped (a process that is gone reads 0)."""
+        return max((cpu for _, cpu in self.samples), default=0.0)
 
     def between(self, start: float, end: float) -> float:
         """CPU seconds used from monotonic time ``start`` to ``end`` (nearest samples)."""

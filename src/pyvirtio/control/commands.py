@@ -88,9 +88,20 @@ class ControlTarget:
         except ValueError:
             return str(self.device.device_type)
 
+    @property
+    def session(self) -> Any:
+        """The front-end connection the device serves now (vhost-user), or None: the one way the
+        commands reach its rings, workers and guest memory."""
+        return getattr(self.endpoint, "session", None)
+
+    def guest_memory(self) -> Any:
+        """The connected front-end's guest memory (where the rings are), or None."""
+        session = self.session
+        return session.conn.memory if session is not None else None
+
     def hold(self) -> ContextManager[None]:
         """Every queue group of the device held still (the engine's rule for the control path)."""
-        session = getattr(self.endpoint, "session", None)
+        session = self.session
         if session is None:
             return nullcontext()
         from ..engine import hold
@@ -100,9 +111,9 @@ class ControlTarget:
         ep = self.endpoint
         if ep is None:
             return {"transport": "in-process"}
+        session = self.session
         out: dict[str, Any] = {"transport": "vhost-user", "socket": ep.path or ep.connect_to,
-                               "connected": ep.session is not None, "connections": ep.connections}
-        session = ep.session
+                               "connected": session is not None, "connections": ep.connections}
         if session is not None:
             rings = session.conn.vrings
             out["rings"] = [{"index": r.index, "started": r.started, "enabled": r.enabled,
@@ -193,11 +204,11 @@ def _ring(target: ControlTarget, args: dict[str, Any]) -> dict[str, Any]:
         raise BadArgument(f"ring: queue {index} does not exist (this device has {len(queues)})")
     if not 1 <= window <= 64:
         raise BadArgument(f"ring: window {window} is not in 1..64")
-    session = getattr(target.endpoint, "session", None)
-    if session is None:
-        raise Unsupported("ring: no front-end connected (no guest memory to read the ring from)")
-    with target.hold():  # the device's positions hold still while they are read
-        return queues[index].describe(session.conn.memory, window)
+    with target.hold():  # the device's positions (and the memory table) hold still while read
+        mem = target.guest_memory()
+        if mem is None:
+            raise Unsupported("ring: no front-end connected (no guest memory to read the ring from)")
+        return queues[index].describe(mem, window)
 
 
 def _need(target: ControlTarget, method: str, what: str, cmd: str) -> Callable[..., Any]:
