@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pyvirtio.bench.blk import (BlkBenchConfig, bench_driver_class, latency_summary, parse_size,
+from pyvirtio.bench.blk import (BlkBenchConfig, bench_driver_class, format_result, latency_summary, parse_size,
                                 progress_line, run)
 from pyvirtio.bench.peers import start_pyvirtio, start_qsd
 from pyvirtio.cli import main
@@ -321,3 +321,60 @@ def test_plot_without_matplotlib_is_one_line_before_the_run(monkeypatch, capsys)
     assert main(["bench", "blk", "--socket-path=/nonexistent.sock", "--plot=x.png"]) == 1
     err = capsys.readouterr().err
     assert "needs matplotlib" in err and "Traceback" not in err
+
+
+# --- --seg-size: a request in several data descriptors, as a guest's scattered pages --------------
+
+
+class _CountSegments(BlkDevice):
+    """A BlkDevice that records how many descriptors each request came in."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.descriptors: set[int] = set()
+
+    def handle_chain(self, queue_index, chain):
+        self.descriptors.add(chain.descriptors)
+        return super().handle_chain(queue_index, chain)
+
+
+def test_seg_size_is_checked():
+    assert BlkBenchConfig("x", bs=65536, seg_size=4096).segments == 16
+    assert BlkBenchConfig("x", bs=65536).segments == 1
+    for bad in (dict(bs=8192, seg_size=3000), dict(bs=8192, seg_size=0), dict(bs=12288, seg_size=8192),
+                dict(bs=1 << 20, seg_size=512)):  # 2048 segments: more than a chain may have
+        with pytest.raises(UsageError, match="--seg-size"):
+            BlkBenchConfig("x", **bad).check()
+    assert bench_driver_class(8, 32).max_indirect >= 34  # a whole request in one table
+    assert bench_driver_class(8, 32).queue_size >= 8 * 34  # or straight in the ring
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("rw", ["randread", "randwrite"])
+def test_seg_size_splits_every_request_and_the_data_still_verifies(tmp_path, image, rw):
+    device = _CountSegments(image)
+    with InProcessBackend(device, str(tmp_path / "seg.sock")) as be:
+        r = run(BlkBenchConfig(be.socket_path, rw=rw, bs=32768, seg_size=4096, iodepth=4,
+                               runtime=0.4, size=1 << 20, verify=True))
+    assert r.segments == 8 and r.ios > 10 and r.verified > 0
+    assert device.descriptors == {10}  # header, 8 pages, status: every request, stamps included
+    assert "8 data descriptors per request" in format_result(r)
+
+
+@pytest.mark.peer
+def test_seg_size_beyond_the_devices_seg_max_is_refused(tmp_path, image):
+    device = BlkDevice(image, queue_max_size=8)  # seg_max 6
+    with InProcessBackend(device, str(tmp_path / "max.sock")) as be:
+        with pytest.raises(UsageError, match="SEG_MAX"):
+            run(BlkBenchConfig(be.socket_path, bs=32768, seg_size=4096, iodepth=1, runtime=0.2))
+
+
+@pytest.mark.peer
+def test_seg_size_against_qemu_storage_daemon(tmp_path, image):
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
+    with start_qsd(str(tmp_path / "q.sock"), image) as peer:
+        r = run(BlkBenchConfig(peer.socket_path, rw="randread", bs=131072, seg_size=4096, iodepth=4,
+                               runtime=0.4, size=8 << 20, verify=True))
+        assert r.segments == 32 and r.verified > 0
+    assert main(["bench", "blk", f"--socket-path={peer.socket_path}", "--seg-size=3k",
+                 "--runtime=0.1", "--no-progress"]) == 2

@@ -181,6 +181,9 @@ class VirtioDriver:
     #: Device-specific features the driver wants (a mask).
     features: ClassVar[int] = 0
     queue_size: ClassVar[int] = 256
+    #: The most descriptors one request puts in an indirect table (with INDIRECT_DESC); a longer
+    #: one goes straight into the ring.
+    max_indirect: ClassVar[int] = 32
 
     def __init__(self, transport: DriverTransport):
         self.transport = transport
@@ -252,7 +255,7 @@ class VirtioDriver:
         size = min(size or self.queue_size, max_size)
         size = 1 << (size.bit_length() - 1)  # a power of two not above the maximum
         queue = DriverQueue(t, index, size, event_idx=self.has_feature(Feature.EVENT_IDX),
-                            indirect=self.has_feature(Feature.INDIRECT_DESC),
+                            indirect=self.has_feature(Feature.INDIRECT_DESC), max_indirect=self.max_indirect,
                             packed=self.has_feature(Feature.RING_PACKED),
                             in_order=self.has_feature(Feature.IN_ORDER))
         queue.notification_data = self.has_feature(Feature.NOTIFICATION_DATA)

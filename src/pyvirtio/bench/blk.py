@@ -47,6 +47,7 @@ from typing import Callable, Sequence
 
 from ..drivers.blk import BlkDriver
 from ..errors import DeviceFault, RequestError, UsageError
+from ..limits import MAX_CHAIN_SEGMENTS
 from ..spec import blk as spec
 from ..spec.blk import BlkFeature as F
 from ..spec.ids import DeviceType
@@ -59,6 +60,8 @@ RING_LAYOUTS = ("auto", "split", "packed")
 PERCENTILES = (1.0, 5.0, 10.0, 50.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 _RANDOM_TABLE = 1 << 16
 STAMP_LIMIT = 4 << 30  # bytes --verify stamps without an explicit --size
+#: Data descriptors one request may have: a chain's limit, less the header and the status byte.
+MAX_SEGMENTS = MAX_CHAIN_SEGMENTS - 2
 _WORDS = SECTOR // 8  # 64-bit words per sector
 
 
@@ -90,6 +93,14 @@ class BlkBenchConfig:
     #: "split" hides VIRTIO_F_RING_PACKED from the back-end; "packed" fails unless it is
     #: negotiated; "auto" takes what the back-end offers (packed if it can)
     ring: str = "auto"
+    #: bytes per data descriptor: each request's buffer described in bs / seg_size descriptors,
+    #: as a guest's scattered pages are (Linux: one per page); None: one descriptor
+    seg_size: int | None = None
+
+    @property
+    def segments(self) -> int:
+        """Data descriptors per request."""
+        return self.bs // self.seg_size if self.seg_size else 1
 
     def check(self) -> None:
         if self.ring not in RING_LAYOUTS:
@@ -104,6 +115,13 @@ class BlkBenchConfig:
             raise UsageError(f"--queues={self.queues}: 1..64")
         if self.runtime <= 0:
             raise UsageError(f"--runtime={self.runtime}: must be positive")
+        if self.seg_size is not None and (self.seg_size <= 0 or self.seg_size % SECTOR
+                                          or self.bs % self.seg_size):
+            raise UsageError(f"--seg-size={self.seg_size}: a positive multiple of {SECTOR} that "
+                             f"divides --bs={self.bs}")
+        if self.segments > MAX_SEGMENTS:
+            raise UsageError(f"--seg-size={self.seg_size}: {self.segments} segments per request, "
+                             f"at most {MAX_SEGMENTS}")
 
 
 @dataclass
@@ -125,6 +143,7 @@ class BlkBenchResult:
     stamp_seconds: float = 0.0
     verified: int = 0  # completed requests whose data was checked (reads, and the read-back)
     ring: str = "split"  # the ring layout negotiated
+    segments: int = 1  # data descriptors per request
     #: every timed request's completion latency (ns), for --plot; not in as_dict()
     samples: array | None = field(default=None, repr=False, compare=False)
 
@@ -240,11 +259,14 @@ class _Queue:
         self.inflight = 0
 
 
-def bench_driver_class(iodepth: int) -> type[BlkDriver]:
-    """A BlkDriver asking for queues deep enough for ``iodepth`` requests (3 descriptors each
-    when the back-end lacks INDIRECT_DESC)."""
-    size = 1 << max(3 * iodepth - 1, 1).bit_length()
-    return type("BenchBlkDriver", (BlkDriver,), {"queue_size": min(size, 1024)})
+def bench_driver_class(iodepth: int, segments: int = 1) -> type[BlkDriver]:
+    """A BlkDriver asking for queues deep enough for ``iodepth`` requests (header, ``segments``
+    data descriptors and status each when the back-end lacks INDIRECT_DESC), whose indirect
+    tables take a whole request."""
+    per_request = segments + 2
+    size = 1 << max(per_request * iodepth - 1, 1).bit_length()
+    return type("BenchBlkDriver", (BlkDriver,), {"queue_size": min(size, 1024),
+                                                 "max_indirect": max(32, per_request)})
 
 
 def run(cfg: BlkBenchConfig, progress: Callable[[float, int, int], None] | None = None,
@@ -259,12 +281,13 @@ def run(cfg: BlkBenchConfig, progress: Callable[[float, int, int], None] | None 
                            max_queue_size=1024, timeout=cfg.timeout, split_only=cfg.ring == "split")
     driver = None
     try:
-        driver = bench_driver_class(cfg.iodepth).probe(t, max_queues=cfg.queues)
+        driver = bench_driver_class(cfg.iodepth, cfg.segments).probe(t, max_queues=cfg.queues)
         packed = driver.has_feature(Feature.RING_PACKED)
         if cfg.ring == "packed" and not packed:
             raise UsageError("--ring=packed: the back-end does not offer VIRTIO_F_RING_PACKED")
         result = _Bench(cfg, t, driver).run(progress, stamped)
         result.ring = "packed" if packed else "split"
+        result.segments = cfg.segments
         return result
     finally:
         if driver is not None:
@@ -292,9 +315,14 @@ class _Bench:
         if self.blocks < 1:
             raise UsageError(f"--bs={cfg.bs} is larger than the {span}-byte area")
         size_max = driver.config.get("size_max") if driver.has_feature(F.SIZE_MAX) else 0
-        if size_max and cfg.bs > size_max:
-            raise UsageError(f"--bs={cfg.bs}: the device takes at most {size_max} bytes per segment "
+        if size_max and (cfg.seg_size or cfg.bs) > size_max:
+            what = f"--seg-size={cfg.seg_size}" if cfg.seg_size else f"--bs={cfg.bs}"
+            raise UsageError(f"{what}: the device takes at most {size_max} bytes per segment "
                              "(VIRTIO_BLK_F_SIZE_MAX)")
+        seg_max = driver.config.get("seg_max") if driver.has_feature(F.SEG_MAX) else 0
+        if seg_max and cfg.segments > seg_max:
+            raise UsageError(f"--seg-size={cfg.seg_size}: {cfg.segments} segments per request, the "
+                             f"device takes at most {seg_max} (VIRTIO_BLK_F_SEG_MAX)")
         self.rtype = spec.BlkReqType.OUT if self.writing else spec.BlkReqType.IN
         self.per_block = cfg.bs // SECTOR
         self.queues = [_Queue(dq, *transport.ring_fds(dq.index)) for dq in driver.queues[:cfg.queues]]
@@ -326,8 +354,10 @@ class _Bench:
             mem.write(data, os.urandom(SECTOR) * (bs // SECTOR))  # the body; stamps come per request
         elif self.writing:
             mem.write(data, os.urandom(min(bs, 1 << 16)) * (bs // min(bs, 1 << 16)))
-        read_bufs = ([(hdr, _HDR.size)], [(data, bs), (status, 1)])
-        write_bufs = ([(hdr, _HDR.size), (data, bs)], [(status, 1)])
+        seg = self.cfg.seg_size or bs
+        segments = [(data + off, seg) for off in range(0, bs, seg)]
+        read_bufs = ([(hdr, _HDR.size)], segments + [(status, 1)])
+        write_bufs = ([(hdr, _HDR.size)] + segments, [(status, 1)])
         slot = _Slot(mem.view(hdr, _HDR.size), read_bufs, write_bufs, mem.view(status, 1),
                      mem.view(data, bs).cast("Q"))
         slot.use(not self.writing)
@@ -556,7 +586,7 @@ def format_result(r: BlkBenchResult) -> str:
     op = "write" if r.rw.endswith("write") else "read"
     lines = [
         f"blk: rw={r.rw}, bs={r.bs}B, ioengine=pyvirtio-vhost-user, iodepth={r.iodepth}, queues={r.queues}, "
-        f"ring={r.ring}",
+        f"ring={r.ring}" + (f", {r.segments} data descriptors per request" if r.segments > 1 else ""),
         f"  {r.socket_path}: {r.capacity / (1 << 20):.1f} MiB",
         f"  {op}: IOPS={_si(r.iops)}, BW={mib:.1f}MiB/s ({mb:.1f}MB/s)({total:.1f}MiB/{r.seconds * 1000:.0f}msec)",
     ]

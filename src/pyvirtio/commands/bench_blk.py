@@ -46,6 +46,9 @@ def register(targets) -> None:
                         "it and fail on the first wrong block; writes write the stamp and are read "
                         "back afterwards.  Overwrites the disk.  Stamps at most 4 GiB unless --size "
                         "is given (random runs touch at most 65536 distinct blocks)")
+    p.add_argument("--seg-size", metavar="SIZE",
+                   help="describe each request's buffer in BS/SIZE descriptors of SIZE bytes, as a "
+                        "guest's scattered pages are (Linux: one per 4k page); default: one")
     p.add_argument("--ring", default="auto", choices=("auto", "split", "packed"),
                    help="ring layout: split hides VIRTIO_F_RING_PACKED from the back-end, packed "
                         "fails unless it is negotiated, auto (default) takes packed if offered")
@@ -66,7 +69,8 @@ def run(args) -> int:
         cfg = BlkBenchConfig(args.socket_path, rw=args.rw, bs=parse_size(args.bs),
                              iodepth=args.iodepth, runtime=args.runtime, queues=args.queues,
                              size=parse_size(args.size) if args.size else None, seed=args.seed,
-                             timeout=args.timeout, verify=args.verify, ring=args.ring)
+                             timeout=args.timeout, verify=args.verify, ring=args.ring,
+                             seg_size=parse_size(args.seg_size) if args.seg_size else None)
         cfg.check()
     except UsageError as exc:
         from ..errors import CliUsageError
