@@ -62,7 +62,10 @@ _U64 = (1 << 64) - 1  # offset -1: the file position (pipes, sockets)
 _IOV = struct.Struct("<QQ")  # struct iovec { void *iov_base; size_t iov_len; }
 assert _SQE.size == 64 and _CQE.size == 16 and _PARAMS.size == 120
 
-IOV_PER_SLOT = 16  # iovecs kept in the engine's own table per slot; more get their own buffer
+#: iovecs each slot has room for in the engine's shared table; a slot given more gets a table of
+#: its own, made once and kept (grown to the next power of two) for its later requests — a
+#: guest's request in scattered pages brings one iovec per page.
+IOV_PER_SLOT = 16
 _SLOT_BYTES = IOV_PER_SLOT * 16
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -163,6 +166,7 @@ class IoUringEngine(AioEngine):
         iov_table = bytearray(depth * IOV_PER_SLOT * _IOV.size)
         self._iov_table = iov_table
         self._iov_base = _addressof(_c_char_from_buffer(iov_table))
+        self._spill: list[tuple[bytearray, int] | None] = [None] * depth  # per slot: table, address
 
     def _map_rings(self, p: tuple) -> None:
         sq_entries, cq_entries, _flags, _cpu, _idle, features = p[0:6]
@@ -227,6 +231,14 @@ class IoUringEngine(AioEngine):
         self._keep[slot] = keep
         return _addressof(_c_char_from_buffer(table))
 
+    def _spill_table(self, slot: int, count: int) -> tuple[bytearray, int]:
+        """Slot ``slot``'s own iovec table, with room for ``count`` (made or grown now)."""
+        spill = self._spill[slot]
+        if spill is None or len(spill[0]) < count * _IOV.size:
+            table = bytearray((1 << (count - 1).bit_length()) * _IOV.size)
+            spill = self._spill[slot] = (table, _addressof(_c_char_from_buffer(table)))
+        return spill
+
     def _push(self, opcode: int, fd: int, off: int, addr: int, length: int, rw_flags: int, slot: int) -> None:
         # Only the first 40 bytes: the rest of every SQE (buf_index … addr3) stays zero as mapped.
         _SQE_HEAD.pack_into(self._sqes, (self._sq_tail & self._sq_mask) << 6, opcode, self._sqe_flags,
@@ -243,14 +255,16 @@ class IoUringEngine(AioEngine):
         slot = free.pop()
         self._keep[slot] = iovecs  # the list (and so its views) lives until reaped
         try:
-            if len(iovecs) > IOV_PER_SLOT:
-                raise ValueError
-            table, off = self._iov_table, slot * _SLOT_BYTES
+            if len(iovecs) <= IOV_PER_SLOT:
+                table, off = self._iov_table, slot * _SLOT_BYTES
+                addr = self._iov_base + off
+            else:
+                table, addr = self._spill_table(slot, len(iovecs))
+                off = 0
             for view in iovecs:
                 _IOV.pack_into(table, off, _addressof(_c_char_from_buffer(view)), view.nbytes)
                 off += 16
-            addr = self._iov_base + slot * _SLOT_BYTES
-        except (TypeError, ValueError, AttributeError):  # too many, read-only, empty, not views
+        except (TypeError, ValueError, AttributeError):  # read-only, empty, not views
             try:
                 addr = self._slow_iovecs(slot, iovecs, opcode == IORING_OP_WRITEV)
             except BaseException:
