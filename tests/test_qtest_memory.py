@@ -272,5 +272,7 @@ def test_qtest_memory_offers_no_translation_window():
     assert mem.window() is None
     plain = GuestMemory.anonymous(0x4000)
     plain.views(0x100, 16)
-    gpa, size, buf = plain.window()
+    gpa, size, buf, address = plain.window()
     assert (gpa, size) == (0, 0x4000) and len(buf) >= size
+    import ctypes
+    assert address == ctypes.addressof(ctypes.c_char.from_buffer(buf))

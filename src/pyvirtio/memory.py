@@ -51,11 +51,24 @@ class Region:
     #: whether closing the memory closes ``_owner`` (an mmap) and ``fd``; ``from_buffers`` sets it
     #: False: buffers a caller handed in stay the caller's to close
     owns: bool = True
+    _address: int = field(default=-2, init=False, repr=False)  # -2: not looked up; -1: none
 
     @property
     def end(self) -> int:
         """The first guest-physical address past the region."""
         return self.gpa + self.size
+
+    def host_address(self) -> int | None:
+        """The host virtual address of ``buf[0]`` — what the kernel is given for I/O straight
+        into guest memory (an iovec) — or None for a buffer that cannot be written (looked up
+        once)."""
+        if self._address == -2:
+            import ctypes
+            try:
+                self._address = ctypes.addressof(ctypes.c_char.from_buffer(self.buf))
+            except (TypeError, ValueError):  # read-only or empty
+                self._address = -1
+        return self._address if self._address >= 0 else None
 
 
 class GuestMemory:
@@ -64,8 +77,9 @@ class GuestMemory:
     def __init__(self, regions: Iterable[Region] = ()):
         self._regions: list[Region] = []
         self._starts: list[int] = []
-        #: (gpa, size, buf) of the region the last lookup found: most accesses fall in it
-        self._hot: tuple[int, int, memoryview] | None = None
+        #: (gpa, size, buf, host address) of the region the last lookup found: most accesses fall
+        #: in it (:meth:`window`)
+        self._hot: tuple[int, int, memoryview, int | None] | None = None
         #: bumped on every change of the region set, so cached ring views know to re-resolve
         self.generation = 0
         for region in regions:
@@ -144,11 +158,13 @@ class GuestMemory:
                 return region
         raise GuestMemoryError(addr, 1)
 
-    def window(self) -> tuple[int, int, memoryview] | None:
-        """The region the last translation found, as ``(gpa, size, buf)``, for a caller that
-        translates several addresses in a row (a descriptor table): a range ``[addr, addr+n)``
-        with ``0 <= addr - gpa`` and ``addr - gpa + n <= size`` is ``buf[addr - gpa:addr - gpa + n]``,
-        exactly what :meth:`views` would return for it, with no call; anything else goes through
+    def window(self) -> tuple[int, int, memoryview, int | None] | None:
+        """The region the last translation found, as ``(gpa, size, buf, address)``, for a caller
+        that translates several addresses in a row (a descriptor table): a range
+        ``[addr, addr+n)`` with ``0 <= addr - gpa`` and ``addr - gpa + n <= size`` is
+        ``buf[addr - gpa:addr - gpa + n]``, exactly what :meth:`views` would return for it, with
+        no call, and starts at host address ``address + addr - gpa`` (``address``:
+        :meth:`Region.host_address`, None if the buffer has none); anything else goes through
         :meth:`views`.  None when there is no such region yet — or when a subclass's
         :meth:`views` does more than slice (``QtestMemory`` fetches the bytes first)."""
         return self._hot
@@ -167,7 +183,7 @@ class GuestMemory:
             region = self._regions[i]
             off = addr - region.gpa
             if off + length <= region.size:
-                self._hot = (region.gpa, region.size, region.buf)
+                self._hot = (region.gpa, region.size, region.buf, region.host_address())
                 return region.buf[off:off + length]
         raise GuestMemoryError(addr, length)
 
@@ -185,7 +201,7 @@ class GuestMemory:
             region = self._regions[i]
             off = addr - region.gpa
             if off + length <= region.size:
-                self._hot = (region.gpa, region.size, region.buf)
+                self._hot = (region.gpa, region.size, region.buf, region.host_address())
                 return [region.buf[off:off + length]] if length else []
         out = []
         start, remaining = addr, length

@@ -53,13 +53,17 @@ class AioEngine:
         return self.depth - self.inflight
 
     def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *,
-                   offload: bool = False) -> None:
+                   offload: bool = False, addresses: list[int] | None = None) -> None:
         """``offload``: a hint that the op should not run inline in ``submit()`` (a large copy
-        from the page cache): io_uring hands it to its kernel workers; threads always do."""
+        from the page cache): io_uring hands it to its kernel workers; threads always do.
+        ``addresses``: each view's host address, when the caller knows them
+        (``DescriptorChain.addresses``) — io_uring then need not look each up; ignored unless
+        there is one per view."""
         raise NotImplementedError
 
     def prep_writev(self, fd: int, iovecs: list, offset: int, token: int, *,
-                    dsync: bool = False, offload: bool = False) -> None:
+                    dsync: bool = False, offload: bool = False,
+                    addresses: list[int] | None = None) -> None:
         raise NotImplementedError
 
     def prep_fsync(self, fd: int, token: int, *, datasync: bool = True) -> None:

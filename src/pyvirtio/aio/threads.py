@@ -107,11 +107,12 @@ class ThreadEngine(AioEngine):
         self._prepared.append(op)
         self.inflight += 1
 
-    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *, offload: bool = False) -> None:
-        self._prep((_readv, fd, iovecs, offset, False, token))
+    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *, offload: bool = False,
+                   addresses: list[int] | None = None) -> None:
+        self._prep((_readv, fd, iovecs, offset, False, token))  # os.preadv takes the views
 
     def prep_writev(self, fd: int, iovecs: list, offset: int, token: int, *, dsync: bool = False,
-                    offload: bool = False) -> None:
+                    offload: bool = False, addresses: list[int] | None = None) -> None:
         self._prep((_writev, fd, iovecs, offset, dsync, token))
 
     def prep_fsync(self, fd: int, token: int, *, datasync: bool = True) -> None:

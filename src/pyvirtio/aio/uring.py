@@ -21,10 +21,12 @@ caller's token, the memoryviews and the iovec array alive until the completion i
 
 from __future__ import annotations
 
+import array
 import ctypes
 import ctypes.util
 import errno
 import mmap
+import operator
 import os
 import platform
 import struct
@@ -73,6 +75,7 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _c_char_from_buffer = ctypes.c_char.from_buffer
 _addressof = ctypes.addressof
+_nbytes = operator.attrgetter("nbytes")
 
 _reason_cache: list = []
 
@@ -247,7 +250,7 @@ class IoUringEngine(AioEngine):
         self._to_submit += 1
 
     def _rw(self, opcode: int, fd: int, iovecs: list, offset: int, token: int, rw_flags: int,
-            sqe_flags: int) -> None:
+            sqe_flags: int, addresses: list[int] | None) -> None:
         """The hot path, kept flat: one slot, the iovec pairs, one SQE."""
         free = self._free_slots
         if not free or self._closed:
@@ -255,16 +258,30 @@ class IoUringEngine(AioEngine):
         slot = free.pop()
         self._keep[slot] = iovecs  # the list (and so its views) lives until reaped
         try:
-            if len(iovecs) <= IOV_PER_SLOT:
+            count = len(iovecs)
+            if count <= IOV_PER_SLOT:
                 table, off = self._iov_table, slot * _SLOT_BYTES
                 addr = self._iov_base + off
             else:
-                table, addr = self._spill_table(slot, len(iovecs))
+                table, addr = self._spill_table(slot, count)
                 off = 0
-            for view in iovecs:
-                _IOV.pack_into(table, off, _addressof(_c_char_from_buffer(view)), view.nbytes)
-                off += 16
-        except (TypeError, ValueError, AttributeError):  # read-only, empty, not views
+            if addresses is not None and len(addresses) == count:
+                # The caller's addresses (the views' own, from the walk that sliced them): no
+                # lookup per view; many pairs interleaved by C-level slice stores.
+                if count <= 4:
+                    for view, address in zip(iovecs, addresses):
+                        _IOV.pack_into(table, off, address, view.nbytes)
+                        off += 16
+                else:
+                    pairs = array.array("Q", bytes(16 * count))
+                    pairs[0::2] = array.array("Q", addresses)
+                    pairs[1::2] = array.array("Q", map(_nbytes, iovecs))
+                    table[off:off + 16 * count] = pairs
+            else:
+                for view in iovecs:
+                    _IOV.pack_into(table, off, _addressof(_c_char_from_buffer(view)), view.nbytes)
+                    off += 16
+        except (TypeError, ValueError, AttributeError, OverflowError):  # read-only, empty, not views
             try:
                 addr = self._slow_iovecs(slot, iovecs, opcode == IORING_OP_WRITEV)
             except BaseException:
@@ -278,14 +295,15 @@ class IoUringEngine(AioEngine):
         self._sq_tail += 1
         self._to_submit += 1
 
-    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *, offload: bool = False) -> None:
+    def prep_readv(self, fd: int, iovecs: list, offset: int, token: int, *, offload: bool = False,
+                   addresses: list[int] | None = None) -> None:
         self._rw(IORING_OP_READV, fd, iovecs, offset, token, 0,
-                 self._sqe_flags | IOSQE_ASYNC if offload else self._sqe_flags)
+                 self._sqe_flags | IOSQE_ASYNC if offload else self._sqe_flags, addresses)
 
     def prep_writev(self, fd: int, iovecs: list, offset: int, token: int, *, dsync: bool = False,
-                    offload: bool = False) -> None:
+                    offload: bool = False, addresses: list[int] | None = None) -> None:
         self._rw(IORING_OP_WRITEV, fd, iovecs, offset, token, RWF_DSYNC if dsync else 0,
-                 self._sqe_flags | IOSQE_ASYNC if offload else self._sqe_flags)
+                 self._sqe_flags | IOSQE_ASYNC if offload else self._sqe_flags, addresses)
 
     def prep_fsync(self, fd: int, token: int, *, datasync: bool = True) -> None:
         slot = self._take_slot(token, None)

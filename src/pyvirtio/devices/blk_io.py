@@ -44,12 +44,14 @@ OFFLOAD_BYTES = 128 << 10
 class Request:
     """One request in flight: the chain, where its data goes, what is left of it."""
 
-    __slots__ = ("chain", "kind", "views", "offset", "length", "done", "dsync")
+    __slots__ = ("chain", "kind", "views", "offset", "length", "done", "dsync", "addresses")
 
     def __init__(self, chain: DescriptorChain, kind: int, views: list[memoryview], offset: int,
-                 length: int, dsync: bool = False):
+                 length: int, dsync: bool = False, addresses: list[int] | None = None):
         self.chain, self.kind, self.views = chain, kind, views
         self.offset, self.length, self.done, self.dsync = offset, length, 0, dsync
+        #: the views' host addresses when the walk knew them (DescriptorChain.addresses)
+        self.addresses = addresses
 
 
 class QueueIO:
@@ -96,11 +98,14 @@ class QueueIO:
         # A large copy through the page cache goes to the kernel's workers, so that several run
         # on several cores instead of one after another inside submit() (O_DIRECT never copies).
         offload = not self.direct and req.length >= OFFLOAD_BYTES
+        # The walk's addresses describe the views as popped: not what is left of a short transfer.
+        addresses = None if req.done else req.addresses
         if req.kind == READ:
-            self.engine.prep_readv(self.fd, _rest(req), req.offset + req.done, token, offload=offload)
+            self.engine.prep_readv(self.fd, _rest(req), req.offset + req.done, token, offload=offload,
+                                   addresses=addresses)
         elif req.kind == WRITE:
             self.engine.prep_writev(self.fd, _rest(req), req.offset + req.done, token, dsync=req.dsync,
-                                    offload=offload)
+                                    offload=offload, addresses=addresses)
         else:
             self.engine.prep_fsync(self.fd, token, datasync=True)
         self._prepared += 1

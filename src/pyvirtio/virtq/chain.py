@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 from ..errors import UsageError
 
 
@@ -16,9 +18,10 @@ class DescriptorChain:
     """
 
     __slots__ = ("head_index", "readable", "writable", "readable_len", "writable_len", "written",
-                 "descriptors")
+                 "descriptors", "addresses")
 
-    def __init__(self, head_index, readable, writable, readable_len, writable_len, descriptors=0):
+    def __init__(self, head_index, readable, writable, readable_len, writable_len, descriptors=0,
+                 addresses=None):
         self.head_index = head_index
         self.descriptors = descriptors or len(readable) + len(writable)
         self.readable = readable
@@ -26,6 +29,18 @@ class DescriptorChain:
         self.readable_len = readable_len
         self.writable_len = writable_len
         self.written = 0
+        #: The host address of each view of ``readable + writable``, in that order (what the
+        #: kernel is handed for I/O straight into guest memory), or None if one has none (a
+        #: read-only buffer) or the chain was not made by a walk
+        self.addresses = addresses
+
+    def readable_addresses(self) -> list[int] | None:
+        """The host addresses of :attr:`readable`'s views (None: unknown)."""
+        return self.addresses[:len(self.readable)] if self.addresses is not None else None
+
+    def writable_addresses(self) -> list[int] | None:
+        """The host addresses of :attr:`writable`'s views (None: unknown)."""
+        return self.addresses[len(self.readable):] if self.addresses is not None else None
 
     def __repr__(self) -> str:
         return (f"DescriptorChain(head={self.head_index}, readable={self.readable_len}, "
@@ -88,3 +103,30 @@ def _slice_views(views: list[memoryview], offset: int, length: int) -> list[memo
     if length > 0:
         raise UsageError("range runs past the chain's buffers")
     return out
+
+
+def view_addresses(addresses: list[int] | None, views: list[memoryview]) -> list[int] | None:
+    """``addresses`` extended by the host address of each of ``views`` — looked up (ctypes): the
+    walks call this only for a view they did not slice themselves — or None if ``addresses`` is
+    None or a view has none (read-only)."""
+    if addresses is None:
+        return None
+    try:
+        for view in views:
+            addresses.append(ctypes.addressof(ctypes.c_char.from_buffer(view)))
+    except (TypeError, ValueError):
+        return None
+    return addresses
+
+
+_EMPTY = memoryview(bytearray(0))
+
+
+def walk_window(mem) -> tuple[int, int, memoryview, int]:
+    """``mem.window()`` (:meth:`pyvirtio.memory.GuestMemory.window`) as a walk uses it:
+    ``(gpa, size, buf, host address)``, or an empty window — nothing inside it, so every buffer
+    goes through ``mem.views`` — when there is none or its buffer has no host address."""
+    window = mem.window()
+    if window is None or window[3] is None:
+        return 0, -1, _EMPTY, 0
+    return window[0], window[1], window[2], window[3]

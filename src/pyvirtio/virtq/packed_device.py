@@ -34,7 +34,7 @@ from ..spec import ring
 from ..stats import QueueCounters
 from .base import DeviceRingSide
 from .batch import readable_views
-from .chain import DescriptorChain
+from .chain import DescriptorChain, view_addresses, walk_window
 from .drain import drain_queue
 from .event import vring_need_event
 from .layout import unpack_descriptor_table
@@ -462,8 +462,10 @@ class PackedDeviceQueue(DeviceRingSide):
         rlen = wlen = segs = 0  # readable bytes, writable bytes, descriptors (segments) so far
         seen_write = False
         views, unpack = mem.views, _DESC.unpack_from
-        window = mem.window()  # a buffer inside it is sliced here (GuestMemory.window)
-        gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
+        # A buffer inside the window is sliced here, at host address ``at + off`` (GuestMemory.
+        # window); any other goes through views (and then the window is looked at again).
+        gpa, end, buf, at = walk_window(mem)
+        addrs: list[int] | None = []  # each view's host address (None: one has none)
         while True:
             flags = desc16[pos * 8 + 7]
             if count and ((not flags & _F_AVAIL) != (not wrap) or (not flags & _F_USED) == (not wrap)):
@@ -486,8 +488,7 @@ class PackedDeviceQueue(DeviceRingSide):
                     raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain would "
                                       f"exceed {MAX_CHAIN_SEGMENTS}")
                 entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
-                window = mem.window()  # the table's region: most often its buffers' too
-                gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
+                gpa, end, buf, at = walk_window(mem)  # the table's region: most often its buffers
             else:
                 entries = [(addr, length, buf_id, flags)]
             for a, n, _, f in entries:
@@ -502,8 +503,13 @@ class PackedDeviceQueue(DeviceRingSide):
                     if n:
                         if 0 <= off and off + n <= end:
                             writable.append(buf[off:off + n])
+                            if addrs is not None:
+                                addrs.append(at + off)
                         else:
-                            writable += views(a, n)
+                            more = views(a, n)
+                            writable += more
+                            addrs = view_addresses(addrs, more)
+                            gpa, end, buf, at = walk_window(mem)
                         wlen += n
                 else:
                     if seen_write:
@@ -511,15 +517,20 @@ class PackedDeviceQueue(DeviceRingSide):
                     if n:
                         if 0 <= off and off + n <= end:
                             readable.append(buf[off:off + n])
+                            if addrs is not None:
+                                addrs.append(at + off)
                         else:
-                            readable += views(a, n)
+                            more = views(a, n)
+                            readable += more
+                            addrs = view_addresses(addrs, more)
+                            gpa, end, buf, at = walk_window(mem)
                         rlen += n
                 if rlen + wlen > MAX_CHAIN_BYTES:
                     raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
                 if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
                     raise DriverFault(f"chain maps to more than {MAX_CHAIN_SEGMENTS} buffers")
             if not flags & _F_NEXT:
-                return DescriptorChain(buf_id, readable, writable, rlen, wlen, segs), pos, wrap, count
+                return DescriptorChain(buf_id, readable, writable, rlen, wlen, segs, addrs), pos, wrap, count
 
     # --- returning used buffers -----------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from ..memory import GuestMemory
 from ..spec import ring
 from ..stats import QueueCounters
 from .base import DeviceRingSide
-from .chain import DescriptorChain
+from .chain import DescriptorChain, view_addresses, walk_window
 from .batch import readable_views
 from .drain import drain_queue
 from .event import vring_need_event
@@ -391,8 +391,10 @@ class SplitDeviceQueue(DeviceRingSide):
         rlen = wlen = 0
         seen_write = False
         views, unpack = mem.views, _DESC.unpack_from
-        window = mem.window()  # a buffer inside it is sliced here (GuestMemory.window)
-        gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
+        # A buffer inside the window is sliced here, at host address ``at + off`` (GuestMemory.
+        # window); any other goes through views (and then the window is looked at again).
+        gpa, end, buf, at = walk_window(mem)
+        addrs: list[int] | None = []  # each view's host address (None: one has none)
         try:
             while True:
                 seen += 1
@@ -416,15 +418,20 @@ class SplitDeviceQueue(DeviceRingSide):
                                           f"would exceed {MAX_CHAIN_SEGMENTS}")
                     # Without NEXT, the table ends the chain.
                     return self._walk_table(mem, head, addr, length, readable, writable, rlen, wlen,
-                                            seen_write, total)
+                                            seen_write, total, addrs)
                 off = addr - gpa
                 if flags & _F_WRITE:
                     seen_write = True
                     if length:
                         if 0 <= off and off + length <= end:
                             writable.append(buf[off:off + length])
+                            if addrs is not None:
+                                addrs.append(at + off)
                         else:
-                            writable += views(addr, length)
+                            more = views(addr, length)
+                            writable += more
+                            addrs = view_addresses(addrs, more)
+                            gpa, end, buf, at = walk_window(mem)
                         wlen += length
                 else:
                     if seen_write:
@@ -432,8 +439,13 @@ class SplitDeviceQueue(DeviceRingSide):
                     if length:
                         if 0 <= off and off + length <= end:
                             readable.append(buf[off:off + length])
+                            if addrs is not None:
+                                addrs.append(at + off)
                         else:
-                            readable += views(addr, length)
+                            more = views(addr, length)
+                            readable += more
+                            addrs = view_addresses(addrs, more)
+                            gpa, end, buf, at = walk_window(mem)
                         rlen += length
                 if rlen + wlen > MAX_CHAIN_BYTES:
                     raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
@@ -449,19 +461,19 @@ class SplitDeviceQueue(DeviceRingSide):
             self._break(DriverFault(f"queue {self.index}: {exc}"))
         except GuestMemoryError as exc:
             self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
-        return DescriptorChain(head, readable, writable, rlen, wlen, total)
+        return DescriptorChain(head, readable, writable, rlen, wlen, total, addrs)
 
     def _walk_table(self, mem: GuestMemory, head: int, addr: int, length: int, readable: list,
-                    writable: list, rlen: int, wlen: int, seen_write: bool, total: int) -> DescriptorChain:
+                    writable: list, rlen: int, wlen: int, seen_write: bool, total: int,
+                    addrs: list[int] | None) -> DescriptorChain:
         """The rest of a chain from ``head``: the indirect table of ``length`` bytes at ``addr``,
-        after the chain's descriptors so far (``readable`` … ``total``).  The same checks as
-        :meth:`_walk`'s loop, made per descriptor; a buffer inside the region the last
-        translation found (``mem.window()``, most of them) is sliced here, any other goes through
-        ``mem.views``.  Raises DriverFault / GuestMemoryError (``_walk`` breaks the queue)."""
+        after the chain's descriptors so far (``readable`` … ``total``, and the views' host
+        addresses ``addrs`` or None).  The same checks as :meth:`_walk`'s loop, made per
+        descriptor, and the same translation (the window of the table's region first).  Raises
+        DriverFault / GuestMemoryError (``_walk`` breaks the queue)."""
         count = length >> 4
         fields = descriptor_table_fields(mem.view(addr, length), count)
-        window = mem.window()  # a buffer inside it is sliced here (GuestMemory.window)
-        gpa, end, buf = window if window is not None else (0, -1, _NO_VIEW)
+        gpa, end, buf, at = walk_window(mem)
         views = mem.views
         i = seen = 0
         while True:
@@ -479,8 +491,13 @@ class SplitDeviceQueue(DeviceRingSide):
                 if length:
                     if 0 <= off and off + length <= end:
                         writable.append(buf[off:off + length])
+                        if addrs is not None:
+                            addrs.append(at + off)
                     else:
-                        writable += views(addr, length)
+                        more = views(addr, length)
+                        writable += more
+                        addrs = view_addresses(addrs, more)
+                        gpa, end, buf, at = walk_window(mem)
                     wlen += length
             else:
                 if seen_write:
@@ -488,8 +505,13 @@ class SplitDeviceQueue(DeviceRingSide):
                 if length:
                     if 0 <= off and off + length <= end:
                         readable.append(buf[off:off + length])
+                        if addrs is not None:
+                            addrs.append(at + off)
                     else:
-                        readable += views(addr, length)
+                        more = views(addr, length)
+                        readable += more
+                        addrs = view_addresses(addrs, more)
+                        gpa, end, buf, at = walk_window(mem)
                     rlen += length
             if not flags & _F_NEXT:
                 break
@@ -502,7 +524,7 @@ class SplitDeviceQueue(DeviceRingSide):
             raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
         if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
             raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
-        return DescriptorChain(head, readable, writable, rlen, wlen, total + seen)
+        return DescriptorChain(head, readable, writable, rlen, wlen, total + seen, addrs)
 
     # --- returning used buffers -----------------------------------------------------------------
 
