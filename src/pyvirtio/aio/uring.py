@@ -6,7 +6,9 @@ cqes) and we map them with ``mmap`` (one mapping with IORING_FEAT_SINGLE_MMAP) p
 The SQ index array is filled once with the identity (slot i -> SQE i), so preparing an op is one
 ``struct.pack_into`` of a 64-byte SQE; ``submit()`` stores the SQ tail once and calls
 ``io_uring_enter`` once, however many ops were prepared.  No ctypes object per request except the
-one that tells us a memoryview's address (``c_char.from_buffer``, ~0.2 µs; see benchmarks/aio.md).
+one per view that tells us a memoryview's address (``c_char.from_buffer``, ~0.2 µs; see
+benchmarks/aio.md) — and none when the caller passes the views' addresses along (``addresses=``:
+a virtqueue walk knows them, ``DescriptorChain.addresses``).
 
 Ordering (x86-64, TSO): stores are not reordered with stores, and loads are not reordered with
 loads or with later stores.  So a plain store of the SQ tail after the SQE stores publishes them
