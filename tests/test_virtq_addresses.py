@@ -25,10 +25,23 @@ def _address(view: memoryview) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
-def _check(chain, descs):
+def _check(chain, descs, mem):
     readable = [(a, n) for a, n, w in descs if not w and n]
     writable = [(a, n) for a, n, w in descs if w and n]
     views = chain.readable + chain.writable
+    # Each buffer's first view starts at its guest address's host address (whatever the path).
+    starts = []
+    for a, n in readable + writable:
+        region = next(r for r in mem.regions if r.gpa <= a < r.end)
+        starts.append(region.host_address() + a - region.gpa)
+    firsts, seen = [], 0
+    for a, n in readable + writable:  # the views of one buffer follow each other
+        firsts.append(_address(views[seen]))
+        covered = 0
+        while covered < n:
+            covered += len(views[seen])
+            seen += 1
+    assert firsts == starts and seen == len(views)
     assert sum(map(len, chain.readable)) == sum(n for _, n in readable)
     assert sum(map(len, chain.writable)) == sum(n for _, n in writable)
     assert chain.addresses is not None  # every region here has a host address
@@ -61,7 +74,7 @@ def test_split_chain_addresses_are_where_the_views_are(descs, indirect):
         mock.add_head(0)
     else:
         mock.add_chain(flagged)
-    _check(q.pop_descriptor_chain(mock.mem), descs)
+    _check(q.pop_descriptor_chain(mock.mem), descs, mock.mem)
 
 
 @settings(max_examples=150, deadline=None)
@@ -84,7 +97,7 @@ def test_packed_chain_addresses_are_where_the_views_are(descs, indirect):
         for i, (a, n, w) in enumerate(descs):
             flags = av | (F_WRITE if w else 0) | (nxt if i + 1 < len(descs) else 0)
             ring.PVIRTQ_DESC.pack_into(mem.view(lay.desc_table + 16 * i, 16), 0, a, n, 3, flags)
-    _check(dev.pop_descriptor_chain(mem), descs)
+    _check(dev.pop_descriptor_chain(mem), descs, mem)
 
 
 def test_a_read_only_region_gives_no_addresses():
