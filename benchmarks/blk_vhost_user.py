@@ -18,7 +18,11 @@ completion pattern).  Every test but the last describes each request's data in o
 the last describes 128 KiB in 32 pages, as a guest does (``bench blk --seg-size 4k``).
 
     python benchmarks/blk_vhost_user.py [--rounds 5] [--runtime 3] [--size 128M] [--threads]
+                                        [--tests 1M,qd1] [--backends qsd-file,pyvirtio]
                                         [--json out.json]
+
+``--tests`` keeps the tests whose name contains one of the given words (e.g. ``1M`` for the
+1 MiB row alone); ``--backends`` keeps the named back-ends (the others are not started).
 """
 
 from __future__ import annotations
@@ -55,9 +59,17 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="128M", help="disk size (default 128M)")
     p.add_argument("--threads", action="store_true",
                    help="split each back-end's CPU per request by thread group, and show the driver's")
+    p.add_argument("--tests", metavar="WORDS",
+                   help="comma-separated words: run only the tests whose name contains one (default: all)")
+    p.add_argument("--backends", metavar="NAMES",
+                   help=f"comma-separated back-ends to run (default: all of {', '.join(BACKENDS)})")
     p.add_argument("--json", metavar="FILE", help="also write every run's result here")
     args = p.parse_args(argv)
     size = parse_size(args.size)
+    try:
+        tests, backends = select(args.tests, args.backends)
+    except ValueError as exc:
+        p.error(str(exc))
     with tempfile.TemporaryDirectory(prefix="pyvirtio-bench-blk-") as tmp:
         # One image per file back-end (each locks its image as QEMU does: a second writer of one
         # file is refused), each written the same way: a copy made with copyfile reads ~25 %
@@ -77,20 +89,41 @@ def main(argv=None) -> int:
         }
         peers: dict = {}
         try:  # a peer that fails to start stops the ones already started
-            for name, start in starts.items():
-                peers[name] = start()
-            runs = measure(peers, args.rounds, args.runtime, threads=args.threads)
+            for name in backends:
+                peers[name] = starts[name]()
+            runs = measure(peers, tests, args.rounds, args.runtime, threads=args.threads)
         finally:
             for peer in peers.values():
                 peer.close()
-    report(runs, args.rounds, args.runtime, threads=args.threads)
+    report(runs, tests, args.rounds, args.runtime, threads=args.threads)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)
     return 0
 
 
-def measure(peers: dict, rounds: int, runtime: float, *, threads: bool = False) -> list[dict]:
+def select(test_words: str | None, backend_names: str | None) -> tuple[tuple, tuple]:
+    """The tests and back-ends ``--tests`` and ``--backends`` keep (ValueError: one that matches
+    nothing)."""
+    tests = TESTS
+    if test_words:
+        words = [w.strip() for w in test_words.split(",") if w.strip()]
+        for word in words:
+            if not any(word in name for name, _ in TESTS):
+                raise ValueError(f"--tests: {word!r} is in no test name ({', '.join(n for n, _ in TESTS)})")
+        tests = tuple(t for t in TESTS if any(w in t[0] for w in words))
+    backends = BACKENDS
+    if backend_names:
+        names = [n.strip() for n in backend_names.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BACKENDS]
+        if unknown or not names:
+            raise ValueError(f"--backends: unknown {', '.join(unknown) or '(none given)'} "
+                             f"(back-ends: {', '.join(BACKENDS)})")
+        backends = tuple(n for n in BACKENDS if n in names)
+    return tests, backends
+
+
+def measure(peers: dict, tests, rounds: int, runtime: float, *, threads: bool = False) -> list[dict]:
     def run_one(name, params):
         own_cpu = CpuSampler(os.getpid(), threads=True) if threads else contextlib.nullcontext()
         with CpuSampler(peers[name].process.pid, threads=threads) as cpu, own_cpu as own:
@@ -107,16 +140,16 @@ def measure(peers: dict, rounds: int, runtime: float, *, threads: bool = False) 
         print(f"round {r['round'] + 1}/{rounds} {r['test']:<17} {r['backend']:<9} {r['iops']:>9,.0f} IOPS "
               f"{r['mib_per_second']:>8.1f} MiB/s", file=sys.stderr, flush=True)
 
-    return interleave(list(peers), TESTS, rounds, run_one, log)
+    return interleave(list(peers), tests, rounds, run_one, log)
 
 
-def report(runs: list[dict], rounds: int, runtime: float, *, threads: bool = False) -> None:
+def report(runs: list[dict], tests, rounds: int, runtime: float, *, threads: bool = False) -> None:
     print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; medians "
           "(latency: median over rounds of each run's percentile)\n")
     split = "".join(f" {g:>9}" for g in THREAD_GROUPS) + f" {'driver':>7}" if threads else ""
     print(f"{'test':<22} {'back-end':<13} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
           f"{'CPU us/io':>9}{split}")
-    for test, _ in TESTS:
+    for test, _ in tests:
         for name in BACKENDS:
             rs = [r for r in runs if r["test"] == test and r["backend"] == name]
             if not rs:
@@ -128,7 +161,7 @@ def report(runs: list[dict], rounds: int, runtime: float, *, threads: bool = Fal
                   f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f} "
                   f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}" + (_thread_cells(rs) if threads else ""))
     print("\nIOPS ratios, median of same-round ratios (range over rounds):")
-    for test, _ in TESTS:
+    for test, _ in tests:
         cells = []
         for a, b in RATIOS:
             ratios = same_round_ratios(runs, test, a, b)
