@@ -316,3 +316,37 @@ def test_kicks_stay_off_while_requests_are_in_flight_and_come_back_on_after(tmp_
             assert not mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
     finally:
         dev.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("aio", AIO)
+def test_completions_are_looked_at_after_a_submit_only_if_some_may_be_done(tmp_path, aio, monkeypatch):
+    """A pass that sent only large page-cache reads (offloaded to the kernel's workers: they
+    finish through the completion fd, never inside the submit) does not look at the completions
+    right after its submit; a pass that sent a request the kernel may finish at once does.  Both
+    kinds complete either way, each once, with their data."""
+    from pyvirtio.devices import blk_io
+
+    path = _disk(tmp_path / "disk.img", 8 * MiB)
+    dev = BlkDevice(path, aio=aio)
+    mock = MockSplitDriver(size=16, regions=[(0, 8 * MiB)])
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    looks = []
+    real = dev.host_ready
+    monkeypatch.setattr(dev, "host_ready", lambda mem, group, events: looks.append(list(events)) or real(mem, group, events))
+    try:
+        big = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[blk_io.OFFLOAD_BYTES, 1])
+        dev.process_queue(mock.mem, queue)
+        assert looks == []  # offloaded only: nothing to find yet
+        dev._io[0]._nowait = False  # the next small read goes to the engine, not copied at once
+        small = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 4 * MiB // 512)], in_lens=[4096, 1])
+        dev.process_queue(mock.mem, queue)
+        assert looks == [[]]  # a request the kernel may have finished inside the submit
+        used = dict(_run(dev, mock, queue))
+        assert set(used) == {big.head, small.head}
+        assert used[big.head] == blk_io.OFFLOAD_BYTES + 1 and used[small.head] == 4096 + 1
+        assert mock.read(*small.writable[0]) == struct.pack("<Q", 1024) * 512
+        assert mock.read(*big.writable[0])[-4096:] == struct.pack("<Q", blk_io.OFFLOAD_BYTES // 4096 - 1) * 512
+    finally:
+        dev.close()

@@ -262,6 +262,11 @@ class GroupWorker:
         # after every turn.
         woken = True
         kicks: dict[int, tuple[int, int]] = {}
+        # The watch list of the last turn and what it was derived from.
+        want: dict[int, tuple[int, int]] = {}
+        last_kicks: dict[int, tuple[int, int]] | None = None
+        last_extra: list[tuple[int, int]] = []
+        synced: dict[int, tuple[int, int]] | None = None  # the list ``watched`` was last made equal to
         polling = False
         timeout: float | None = None
         while True:
@@ -274,7 +279,9 @@ class GroupWorker:
                 extra = host_fds(group)
                 if self._irq is not None and self._irq.fd >= 0:
                     extra = extra + [(self._irq.fd, POLLIN)]
-                want = self._merge(kicks, extra) if extra else kicks
+                if kicks is not last_kicks or extra != last_extra:  # most turns: as last time
+                    want = self._merge(kicks, extra) if extra else kicks
+                    last_kicks, last_extra = kicks, extra
                 if self.transient and not want and timeout is None:
                     if self._retire(wake_fd):
                         return
@@ -287,8 +294,11 @@ class GroupWorker:
                     if self._irq is not None and self._irq.fd >= 0:
                         extra = extra + [(self._irq.fd, POLLIN)]
                     want = self._merge(kicks, extra) if extra else kicks
-                if want != watched:
-                    _sync(poller, watched, want)
+                    last_extra = extra
+                if want is not synced:  # a new watch list (after _sync, watched equals it)
+                    if want != watched:
+                        _sync(poller, watched, want)
+                    synced = want
                 events = self._wait(poller, timeout) if self.poll_max else poller.poll(timeout)
             except Exception:  # a bug of ours: log, keep the worker alive
                 log.exception("%s: poll failed", self.name)

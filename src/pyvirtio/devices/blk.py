@@ -200,7 +200,7 @@ class BlkDevice(VirtioDevice):
             if io is not None and io.inflight:
                 io.submit()  # what is left of this pass
                 # What finished inside the submit (cached data) goes back in this same turn.
-                if index in self.host_ready(mem, index, []):
+                if io.finished_inline() and index in self.host_ready(mem, index, []):
                     finished.append(index)
                 if io.inflight and not self.holding.queues:
                     self.kicks_held.add(index)

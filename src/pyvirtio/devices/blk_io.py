@@ -66,6 +66,9 @@ class QueueIO:
         self._nowait = not direct and hasattr(os, "RWF_NOWAIT")
         self._nowait_flag = getattr(os, "RWF_NOWAIT", 0)
         self._prepared = 0
+        #: something was sent that the kernel may finish inside io_uring_enter (not offloaded to
+        #: its workers): worth a look at the completions right after the submit
+        self._inline = False
 
     @property
     def completion_fd(self) -> int:
@@ -98,6 +101,8 @@ class QueueIO:
         # A large copy through the page cache goes to the kernel's workers, so that several run
         # on several cores instead of one after another inside submit() (O_DIRECT never copies).
         offload = not self.direct and req.length >= OFFLOAD_BYTES
+        if not offload:
+            self._inline = True
         # The walk's addresses describe the views as popped: not what is left of a short transfer.
         addresses = None if req.done else req.addresses
         if req.kind == READ:
@@ -114,6 +119,14 @@ class QueueIO:
         if self._prepared:
             self._prepared = 0
             self.engine.submit()
+
+    def finished_inline(self) -> bool:
+        """Whether what was submitted since the last call may have finished inside the submit
+        (the kernel may do a request at once in io_uring_enter; one offloaded to its workers runs
+        on them, and its completion comes through the completion fd like any later one: a look
+        right after the submit would almost always find nothing)."""
+        inline, self._inline = self._inline, False
+        return inline
 
     def reap(self, finish: Callable[[Request, OSError | None], None],
              completions: list[tuple[int, int]] | None = None, *, clear: bool = True) -> int:
