@@ -2,8 +2,9 @@
 """vhost-user-blk back-ends side by side, from pyvirtio's host-side load generator.
 
 Starts, in one run: qemu-storage-daemon with a null-co device, qemu-storage-daemon with a raw
-file (in its main loop, the default, and in an IOThread, whose event loop polls adaptively for
-up to 32 µs), and ``pyvirtio serve blk`` with the same kind of file (default, and with
+file (in its main loop, the default — ``aio=threads``: a thread pool does the reads —, the same
+with ``aio=io_uring`` like pyvirtio's default, and in an IOThread, whose event loop polls
+adaptively for up to 32 µs), and ``pyvirtio serve blk`` with the same kind of file (default, and with
 ``--poll-us=32``: adaptive polling as QEMU's IOThreads); then runs ``pyvirtio bench blk``'s engine against each, test by test, interleaved, for
 several rounds, reversing the back-end order every other round (PEERS.md: noise on this machine
 is up to ±25%; compare only within one run).  Every back-end runs split rings
@@ -47,9 +48,10 @@ TESTS = (
     # A guest's request: its buffer in scattered pages, one descriptor each (Linux's virtio-blk).
     ("128k randread qd8 32pg", dict(rw="randread", bs=128 << 10, iodepth=8, seg_size=4096)),
 )
-RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio-poll", "qsd-iothread"), ("pyvirtio-poll", "qsd-file"),
-          ("qsd-iothread", "qsd-file"), ("pyvirtio", "qsd-null"))
-BACKENDS = ("qsd-null", "qsd-file", "qsd-iothread", "pyvirtio", "pyvirtio-poll")
+RATIOS = (("pyvirtio", "qsd-file"), ("pyvirtio", "qsd-uring"), ("pyvirtio-poll", "qsd-iothread"),
+          ("pyvirtio-poll", "qsd-file"), ("qsd-iothread", "qsd-file"), ("qsd-uring", "qsd-file"),
+          ("pyvirtio", "qsd-null"))
+BACKENDS = ("qsd-null", "qsd-file", "qsd-uring", "qsd-iothread", "pyvirtio", "pyvirtio-poll")
 
 
 def main(argv=None) -> int:
@@ -75,17 +77,18 @@ def main(argv=None) -> int:
         # file is refused), each written the same way: a copy made with copyfile reads ~25 %
         # slower from the page cache at 1 MiB than the file it was copied from (smaller folios
         # in the cache), which would handicap whichever back-end got the copy.
-        image, copy = os.path.join(tmp, "qsd.img"), os.path.join(tmp, "pyvirtio.img")
-        copy2, copy3 = os.path.join(tmp, "qsd-iothread.img"), os.path.join(tmp, "pyvirtio-poll.img")
-        for path in (image, copy, copy2, copy3):
+        images = {name: os.path.join(tmp, f"{name}.img") for name in backends if name != "qsd-null"}
+        for path in images.values():
             fill_image(path, size)
         starts = {
             "qsd-null": lambda: start_qsd(os.path.join(tmp, "null.sock"), null_size=size),
-            "qsd-file": lambda: start_qsd(os.path.join(tmp, "file.sock"), image),
-            "qsd-iothread": lambda: start_qsd(os.path.join(tmp, "iot.sock"), copy2, iothread=True),
-            "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=copy),
-            "pyvirtio-poll": lambda: start_pyvirtio("blk", os.path.join(tmp, "pvp.sock"), blk_file=copy3,
-                                                    extra_args=["--poll-us=32"]),
+            "qsd-file": lambda: start_qsd(os.path.join(tmp, "file.sock"), images["qsd-file"]),
+            "qsd-uring": lambda: start_qsd(os.path.join(tmp, "uring.sock"), images["qsd-uring"], aio="io_uring"),
+            "qsd-iothread": lambda: start_qsd(os.path.join(tmp, "iot.sock"), images["qsd-iothread"],
+                                              iothread=True),
+            "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=images["pyvirtio"]),
+            "pyvirtio-poll": lambda: start_pyvirtio("blk", os.path.join(tmp, "pvp.sock"),
+                                                    blk_file=images["pyvirtio-poll"], extra_args=["--poll-us=32"]),
         }
         peers: dict = {}
         try:  # a peer that fails to start stops the ones already started

@@ -350,3 +350,44 @@ def test_completions_are_looked_at_after_a_submit_only_if_some_may_be_done(tmp_p
         assert mock.read(*big.writable[0])[-4096:] == struct.pack("<Q", blk_io.OFFLOAD_BYTES // 4096 - 1) * 512
     finally:
         dev.close()
+
+
+@pytest.mark.timeout(60)
+def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_path):
+    """With a transport that lets notifications out mid-turn (``notify_queue``), every
+    PUBLISH_EVERY reads copied at once are in the used ring, and the driver told, before the
+    pass ends — a driver keeping the ring full refills it meanwhile.  Without one, or with a
+    fault rule set, the used ring moves once at the end of the pass, as before.  Every request
+    completes once either way, with its data."""
+    from pyvirtio.virtq.drain import PUBLISH_EVERY
+
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    n = 2 * PUBLISH_EVERY + 3
+    for mode in ("mid-pass", "no transport", "fault rule"):
+        dev = BlkDevice(path, aio="io_uring" if io_uring_unavailable_reason() is None else "threads")
+        mock = MockSplitDriver(size=64, regions=[(0, 2 * MiB)])
+        queue = make_device_queue(mock, event_idx=False)
+        dev.queues[0] = queue
+        seen = []  # the used idx at each mid-pass notification
+        if mode != "no transport":
+            dev.notify_queue = lambda index: seen.append((index, mock.used_idx))
+        if mode == "fault rule":
+            dev.faults.add("latency:ms=200,sectors=6000-6007")  # sectors no request reads
+        try:
+            reqs = [mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1]) for i in range(n)]
+            _run(dev, mock, queue)  # warm the page cache: the first reads may go through the engine
+            seen.clear()
+            reqs = [mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1]) for i in range(n)]
+            start = mock.used_idx
+            assert dev.process_queue(mock.mem, queue)  # the rest: notified at the end of the turn
+            assert not dev._io[0].inflight
+            if mode == "mid-pass":
+                assert seen == [(0, start + PUBLISH_EVERY), (0, start + 2 * PUBLISH_EVERY)]
+            else:
+                assert seen == []
+            used = dict(mock.used_elems(0)[-n:])
+            assert set(used) == {r.head for r in reqs} and all(v == 4097 for v in used.values())
+            for i, r in enumerate(reqs):
+                assert mock.read(*r.writable[0]) == struct.pack("<Q", i) * 512
+        finally:
+            dev.close()

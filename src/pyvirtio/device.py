@@ -90,6 +90,12 @@ class VirtioDevice:
         #: again after every host turn of their group, and the device turns kicks back on when
         #: nothing is left in flight.  Changed in the group's worker only.
         self.kicks_held: set[int] = set()
+        #: Set by a transport whose used-buffer notifications may go out in the middle of a
+        #: worker's turn (vhost-user: a counted eventfd write, under the same locks as the
+        #: turn's own): ``notify_queue(index)``.  A device draining a long ring passes it to
+        #: :func:`~pyvirtio.virtq.drain.drain_queue` so the driver hears of completed chains
+        #: before the pass ends.  None: notifications only at the end of the turn.
+        self.notify_queue: Callable[[int], None] | None = None
 
     # --- features (2.2) -------------------------------------------------------------------------
 

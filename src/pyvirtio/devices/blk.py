@@ -24,6 +24,7 @@ import stat
 import threading
 import time
 from collections import deque
+from typing import Callable
 
 from ..aio.base import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
 from ..device import VirtioDevice
@@ -208,8 +209,19 @@ class BlkDevice(VirtioDevice):
             self.kicks_held.discard(index)
             return False
 
-        notify = queue.drain(mem, lambda chain: self.handle_chain(index, chain), settle)
+        notify = queue.drain(mem, lambda chain: self.handle_chain(index, chain), settle,
+                             self._notify_now(index))
         return notify or bool(finished)
+
+    def _notify_now(self, index: int) -> Callable[[], None] | None:
+        """How the drain of queue ``index`` notifies the driver mid-pass (reads copied at once
+        go back in batches, and the driver refills the ring meanwhile); None without a
+        transport that allows it, or while fault rules are set (they see every notification:
+        the engine's delays and drops, blk's held completions)."""
+        notify_queue = self.notify_queue
+        if notify_queue is None or self.faults.rules or self.holding.queues or self.holding.late:
+            return None
+        return lambda: notify_queue(index)
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Completions arrived: status bytes, then one used-ring update for all of them."""

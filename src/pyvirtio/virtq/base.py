@@ -171,10 +171,12 @@ class DeviceQueue(Protocol):
         again, not sleeps)."""
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
-              settle: Callable[[], bool] | None = None, /) -> bool:
+              settle: Callable[[], bool] | None = None, notify: Callable[[], None] | None = None,
+              /) -> bool:
         """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
         each (the bytes written, or None to keep it), re-enable and re-check; True when
-        the driver is to be notified.  ``settle``: see :func:`~pyvirtio.virtq.drain.drain_queue`."""
+        the driver is to be notified.  ``settle``, ``notify``: see
+        :func:`~pyvirtio.virtq.drain.drain_queue`."""
 
     def in_flight(self) -> int:
         """How many chains were popped and not yet returned."""

@@ -114,6 +114,7 @@ class Session:
                                     counters=counters, device=device, poll_max=endpoint.poll_max)
                         for g, queues in enumerate(device.queue_groups())]
         device.interrupt = self._interrupt
+        device.notify_queue = self._notify_counted
         device.status_elsewhere = True  # the front-end keeps the driver's status (device.py)
         # Guards the back-end request channel: writes from any thread, replacing and closing it
         # on the control path (inside the worker locks and signal_lock when both are held).
@@ -154,6 +155,12 @@ class Session:
     def notify(self, index: int) -> None:
         with self.signal_lock:
             _signal(self.conn.vrings[index].call_fd)
+
+    def _notify_counted(self, index: int) -> None:
+        """A used-buffer notification a device sends in the middle of a turn (counted as the
+        turn's own are)."""
+        self.conn.vrings[index].queue.stats.interrupts += 1
+        self.notify(index)
 
     def _interrupt(self, info: Interrupt) -> None:
         """Device-initiated notification from outside a turn (any thread): used buffers on a
