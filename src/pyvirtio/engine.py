@@ -15,7 +15,11 @@ Rules that replace the device lock and the old per-device loops:
   register access, an inline kick).  The lock is held for one turn at a time, and the control
   path takes the locks of all groups in index order — the only lock order there is.
 * The device never calls back into the transport to interrupt from a worker: a turn returns the
-  set of queues to notify and the worker notifies them after the turn.
+  set of queues to notify and the worker notifies them after the turn.  Besides
+  :meth:`VirtioDevice.complete` (its ``interrupt``), the exception is
+  :attr:`VirtioDevice.notify_queue`, which a transport sets only where a notification may go out
+  under the turn's lock (vhost-user: a counted eventfd write): a device draining a long ring
+  tells the driver of completed chains before the pass ends (blk, chains copied at once).
 * Host code in another thread (set a link down, add a console port) hands the work to the
   worker with :meth:`GroupWorker.call_soon`, or takes :meth:`hold` for a short change.
 * Stopping never loses the wake-up (the wake fd is drained *before* the stop flag is read) and
