@@ -119,7 +119,7 @@ def run_one(descriptors: int, event_idx: bool, indirect: bool = False, *, packed
             def add_batch():
                 add_single(mem, addrs, lengths, tokens, writable=True)
 
-            def drain_batch(dmem, handle, settle=None):
+            def drain_batch(dmem, handle, settle=None, notify=None):
                 return drain_single(split_dev, dmem, _all_written, handle)
             drain = drain_batch
         else:
