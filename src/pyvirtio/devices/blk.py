@@ -209,8 +209,24 @@ class BlkDevice(VirtioDevice):
             self.kicks_held.discard(index)
             return False
 
-        notify = queue.drain(mem, lambda chain: self.handle_chain(index, chain), settle,
-                             self._notify_now(index))
+        notify_now = self._notify_now(index)
+        if notify_now is None:
+            handle = lambda chain: self.handle_chain(index, chain)  # noqa: E731
+        else:
+            submits = [-1]
+
+            def handle(chain: DescriptorChain) -> int | None:
+                written = self.handle_chain(index, chain)
+                io = self._io.get(index)
+                # A batch just went to the kernel (SUBMIT_EVERY): what finished of the earlier
+                # ones goes back now, while the rest of the ring is drained.
+                if io is not None and io.submits != submits[0]:
+                    if submits[0] >= 0 and index in self.host_ready(mem, index, []):
+                        notify_now()
+                    submits[0] = io.submits
+                return written
+
+        notify = queue.drain(mem, handle, settle, notify_now)
         return notify or bool(finished)
 
     def _notify_now(self, index: int) -> Callable[[], None] | None:

@@ -73,6 +73,8 @@ class QueueIO:
         #: something was sent that the kernel may finish inside io_uring_enter (not offloaded to
         #: its workers): worth a look at the completions right after the submit
         self._inline = False
+        #: Batches sent to the kernel so far (:meth:`submit`).
+        self.submits = 0
 
     @property
     def completion_fd(self) -> int:
@@ -122,6 +124,7 @@ class QueueIO:
     def submit(self) -> None:
         if self._prepared:
             self._prepared = 0
+            self.submits += 1
             self.engine.submit()
 
     def finished_inline(self) -> bool:
