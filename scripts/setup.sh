@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-pip qemu-system-x86 qemu-utils busybox-static cpio
               linux-libc-dev fio dpdk dpdk-dev iproute2 systemd util-linux
               gcc python3-dev  # these two: tests/test_accelerated.py builds the mypyc ring cores
-              xorriso sg3-utils)  # virtio-scsi tests: ISO images made on the host; sg_* in the guest
+              xorriso sg3-utils  # virtio-scsi tests: ISO images made on the host; sg_* in the guest
+              socat)  # vsock tests: socat on the host, copied into the guest
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
