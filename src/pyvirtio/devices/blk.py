@@ -213,17 +213,18 @@ class BlkDevice(VirtioDevice):
         if notify_now is None:
             handle = lambda chain: self.handle_chain(index, chain)  # noqa: E731
         else:
-            submits = [-1]
+            submits = -1  # the engine's batch count last seen in this pass
 
             def handle(chain: DescriptorChain) -> int | None:
+                nonlocal submits
                 written = self.handle_chain(index, chain)
                 io = self._io.get(index)
                 # A batch just went to the kernel (SUBMIT_EVERY): what finished of the earlier
                 # ones goes back now, while the rest of the ring is drained.
-                if io is not None and io.submits != submits[0]:
-                    if submits[0] >= 0 and index in self.host_ready(mem, index, []):
+                if io is not None and io.submits != submits:
+                    if submits >= 0 and index in self.host_ready(mem, index, []):
                         notify_now()
-                    submits[0] = io.submits
+                    submits = io.submits
                 return written
 
         notify = queue.drain(mem, handle, settle, notify_now)
