@@ -187,7 +187,8 @@ class BlkDevice(VirtioDevice):
         return fds
 
     def process_queue(self, mem: GuestMemory, queue) -> bool:
-        """Drain ``queue``: requests go to the kernel at the end of each pass.  While some of
+        """Drain ``queue``: requests go to the kernel in batches during the pass and the rest at
+        its end; with :attr:`notify_queue`, what finished goes back during the pass too.  While some of
         them are still in flight the driver's kicks stay off (``kicks_held``): each completion
         turn drains the ring again (the engine), so a driver keeping the queue full never
         kicks, and this worker takes one turn per completion instead of one more per kick."""
