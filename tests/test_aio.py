@@ -119,6 +119,50 @@ def test_force_async_io_uring(image, guest):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("single", [True, False], ids=["read-write-ops", "vectored"])
+def test_one_buffer_with_its_address(image, guest, single, monkeypatch):
+    """A request in one buffer whose host address the caller passes (a virtqueue walk knows it)
+    goes as IORING_OP_READ/WRITE, address and length in the SQE and no iovec; a kernel without
+    those ops (the probe) gets READV/WRITEV.  Same bytes either way."""
+    if URING_REASON is not None:
+        pytest.skip(f"io_uring unavailable here: {URING_REASON}")
+    import ctypes
+
+    from pyvirtio.aio import uring
+
+    def address(view):
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+    opcodes = []
+    sqe_head = uring._SQE_HEAD
+
+    class Spy:  # the SQE's opcode, then the real store
+        @staticmethod
+        def pack_into(buf, offset, opcode, *rest):
+            opcodes.append(opcode)
+            sqe_head.pack_into(buf, offset, opcode, *rest)
+
+    with uring.IoUringEngine(8) as eng:
+        if not single:
+            eng._single_op = {}
+        elif not eng._single_op:
+            pytest.skip("this kernel has no IORING_OP_READ/WRITE (Linux < 5.6)")
+        monkeypatch.setattr(uring, "_SQE_HEAD", Spy)
+        read = guest[3 * BLOCK:4 * BLOCK]
+        eng.prep_readv(image, [read], 7 * BLOCK, token=1, addresses=[address(read)])
+        write = guest[5 * BLOCK:5 * BLOCK + 1000]
+        write[:] = b"\x5a" * 1000
+        eng.prep_writev(image, [write], 9 * BLOCK + 100, token=2, addresses=[address(write)])
+        monkeypatch.undo()
+        eng.submit()
+        assert sorted(_drain(eng, 2)) == [(1, BLOCK), (2, 1000)]
+    assert opcodes == ([uring.IORING_OP_READ, uring.IORING_OP_WRITE] if single
+                       else [uring.IORING_OP_READV, uring.IORING_OP_WRITEV])
+    assert bytes(read) == _pattern(7)
+    assert os.pread(image, 1000, 9 * BLOCK + 100) == b"\x5a" * 1000
+
+
+@pytest.mark.timeout(30)
 def test_writev_then_read_back(engine, image, guest):
     guest[0:BLOCK] = b"\xab" * BLOCK
     guest[BLOCK:2 * BLOCK] = b"\xcd" * BLOCK

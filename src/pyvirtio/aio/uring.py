@@ -50,8 +50,14 @@ IORING_ENTER_GETEVENTS = 1 << 0
 IORING_SETUP_COOP_TASKRUN = 1 << 8
 IORING_SQ_CQ_OVERFLOW = 1 << 1
 IORING_REGISTER_EVENTFD = 4
+IORING_REGISTER_PROBE = 8
+IO_URING_OP_SUPPORTED = 1
 
 IORING_OP_READV, IORING_OP_WRITEV, IORING_OP_FSYNC, IORING_OP_FALLOCATE = 1, 2, 3, 17
+IORING_OP_READ, IORING_OP_WRITE = 22, 23  # one buffer, no iovec array (Linux 5.6+)
+#: the vectored op -> its one-buffer form, used for a request in a single buffer when the kernel
+#: has it (IORING_REGISTER_PROBE): the SQE carries the buffer's address and length itself
+_SINGLE_OP = {IORING_OP_READV: IORING_OP_READ, IORING_OP_WRITEV: IORING_OP_WRITE}
 IOSQE_ASYNC = 1 << 4
 IORING_FSYNC_DATASYNC = 1
 RWF_DSYNC = 2
@@ -139,6 +145,17 @@ def _enter(ring_fd: int, to_submit: int, min_complete: int, flags: int) -> int:
             return -err
 
 
+def _supports(ring_fd: int, *ops: int) -> bool:
+    """Whether the kernel behind ``ring_fd`` knows every one of ``ops`` (IORING_REGISTER_PROBE,
+    Linux 5.6+; an older kernel refuses the probe itself: False)."""
+    count = 256
+    probe = ctypes.create_string_buffer(16 + 8 * count)  # io_uring_probe + ops[count]
+    if _syscall(SYS_IO_URING_REGISTER, ring_fd, IORING_REGISTER_PROBE, probe, count) < 0:
+        return False
+    last_op = probe.raw[0]
+    return all(op <= last_op and probe.raw[16 + 8 * op + 2] & IO_URING_OP_SUPPORTED for op in ops)
+
+
 class IoUringEngine(AioEngine):
     """An io_uring with ``depth`` slots, its completions signalled on an eventfd."""
 
@@ -160,6 +177,7 @@ class IoUringEngine(AioEngine):
             self._map_rings(params)
             self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
             self._register_eventfd()
+            self._single_op = _SINGLE_OP if _supports(self._ring_fd, IORING_OP_READ, IORING_OP_WRITE) else {}
         except OSError as e:
             self._free()
             raise AioSetupError(f"io_uring set-up: {e.strerror}", e.errno or 0) from e
@@ -253,7 +271,7 @@ class IoUringEngine(AioEngine):
 
     def _rw(self, opcode: int, fd: int, iovecs: list, offset: int, token: int, rw_flags: int,
             sqe_flags: int, addresses: list[int] | None) -> None:
-        """The hot path, kept flat: one slot, the iovec pairs, one SQE."""
+        """The hot path, kept flat: one slot, the iovec pairs (none for one buffer), one SQE."""
         free = self._free_slots
         if not free or self._closed:
             self._take_slot(token, None)  # raises the right error
@@ -261,28 +279,33 @@ class IoUringEngine(AioEngine):
         self._keep[slot] = iovecs  # the list (and so its views) lives until reaped
         try:
             count = len(iovecs)
-            if count <= IOV_PER_SLOT:
-                table, off = self._iov_table, slot * _SLOT_BYTES
-                addr = self._iov_base + off
+            if count == 1 and addresses is not None and opcode in self._single_op:
+                # One buffer whose address the caller knows: IORING_OP_READ/WRITE carry its
+                # address and length in the SQE, no iovec.
+                opcode, addr, count = self._single_op[opcode], addresses[0], iovecs[0].nbytes
             else:
-                table, addr = self._spill_table(slot, count)
-                off = 0
-            if addresses is not None and len(addresses) == count:
-                # The caller's addresses (the views' own, from the walk that sliced them): no
-                # lookup per view; many pairs interleaved by C-level slice stores.
-                if count <= 4:
-                    for view, address in zip(iovecs, addresses):
-                        _IOV.pack_into(table, off, address, view.nbytes)
-                        off += 16
+                if count <= IOV_PER_SLOT:
+                    table, off = self._iov_table, slot * _SLOT_BYTES
+                    addr = self._iov_base + off
                 else:
-                    pairs = array.array("Q", bytes(16 * count))
-                    pairs[0::2] = array.array("Q", addresses)
-                    pairs[1::2] = array.array("Q", map(_nbytes, iovecs))
-                    table[off:off + 16 * count] = pairs
-            else:
-                for view in iovecs:
-                    _IOV.pack_into(table, off, _addressof(_c_char_from_buffer(view)), view.nbytes)
-                    off += 16
+                    table, addr = self._spill_table(slot, count)
+                    off = 0
+                if addresses is not None and len(addresses) == count:
+                    # The caller's addresses (the views' own, from the walk that sliced them): no
+                    # lookup per view; many pairs interleaved by C-level slice stores.
+                    if count <= 4:
+                        for view, address in zip(iovecs, addresses):
+                            _IOV.pack_into(table, off, address, view.nbytes)
+                            off += 16
+                    else:
+                        pairs = array.array("Q", bytes(16 * count))
+                        pairs[0::2] = array.array("Q", addresses)
+                        pairs[1::2] = array.array("Q", map(_nbytes, iovecs))
+                        table[off:off + 16 * count] = pairs
+                else:
+                    for view in iovecs:
+                        _IOV.pack_into(table, off, _addressof(_c_char_from_buffer(view)), view.nbytes)
+                        off += 16
         except (TypeError, ValueError, AttributeError, OverflowError):  # read-only, empty, not views
             try:
                 addr = self._slow_iovecs(slot, iovecs, opcode == IORING_OP_WRITEV)
@@ -290,10 +313,11 @@ class IoUringEngine(AioEngine):
                 self._keep[slot] = None
                 free.append(slot)
                 raise
+            count = len(iovecs)
         self._tokens[slot] = token
         self.inflight += 1
         _SQE_HEAD.pack_into(self._sqes, (self._sq_tail & self._sq_mask) << 6, opcode, sqe_flags,
-                            0, fd, offset & _U64, addr, len(iovecs), rw_flags, slot)
+                            0, fd, offset & _U64, addr, count, rw_flags, slot)
         self._sq_tail += 1
         self._to_submit += 1
 
