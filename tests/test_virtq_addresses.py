@@ -77,6 +77,32 @@ def test_split_chain_addresses_are_where_the_views_are(descs, indirect):
     _check(q.pop_descriptor_chain(mock.mem), descs, mock.mem)
 
 
+def test_split_indirect_tables_in_and_out_of_the_walks_window():
+    """An indirect table is sliced straight from the walk's window (the region of its last
+    translation) when it lies there, else mapped through GuestMemory.view: the first chain's
+    table is in another region than the ring, the second's in the region the first chain's
+    last buffer left the window in.  Same views, addresses and descriptor counts either way,
+    and a walk that ends before the table does counts only what it walked."""
+    mock = MockSplitDriver(16, regions=REGIONS)
+    q = make_device_queue(mock, indirect=True)
+    first = [(0x8000, 16, False), (0x40100, 512, True), (0x4E000, 1, True)]
+    second = [(0x10010, 16, False), (0x10400, 300, True)]
+    for head, table, descs in ((0, TABLE, first), (1, TABLE + 0x100, second)):
+        flagged = [(a, n, F_WRITE if w else 0) for a, n, w in descs]
+        mock.write_table(table, flagged)
+        # the second table holds one more entry than its chain links to
+        length = 16 * len(flagged) + (16 if head else 0)
+        mock.write_desc(head, table, length, F_INDIRECT)
+        mock.add_head(head)
+    chain = q.pop_descriptor_chain(mock.mem)
+    assert mock.mem.window()[0] == 0x40000  # the last buffer's region
+    _check(chain, first, mock.mem)
+    assert chain.descriptors == 3
+    chain = q.pop_descriptor_chain(mock.mem)
+    _check(chain, second, mock.mem)
+    assert chain.descriptors == 2
+
+
 @settings(max_examples=150, deadline=None)
 @given(_chain, st.booleans())
 def test_packed_chain_addresses_are_where_the_views_are(descs, indirect):

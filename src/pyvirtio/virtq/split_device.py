@@ -385,6 +385,17 @@ class SplitDeviceQueue(DeviceRingSide):
         if head >= size:
             self._break(DriverFault(f"queue {self.index}: head index {head} >= queue size {size}"))
         table = self._desc
+        addr, length, flags, _ = _DESC.unpack_from(table, head << 4)
+        if (flags & _F_INDIRECT and not flags & _F_NEXT and self.indirect and length and not length & 15
+                and length >> 4 <= MAX_CHAIN_SEGMENTS):
+            # A driver with indirect descriptors: the head names the whole chain's table.  The
+            # loop below would make these same checks of it first, then go there.
+            try:
+                return self._walk_table(mem, head, addr, length, [], [], 0, 0, False, 0, [], walk_window(mem))
+            except DriverFault as exc:
+                self._break(DriverFault(f"queue {self.index}: {exc}"))
+            except GuestMemoryError as exc:
+                self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
         idx, seen, total = head, 0, 0
         readable: list = []
         writable: list = []
@@ -418,7 +429,7 @@ class SplitDeviceQueue(DeviceRingSide):
                                           f"would exceed {MAX_CHAIN_SEGMENTS}")
                     # Without NEXT, the table ends the chain.
                     return self._walk_table(mem, head, addr, length, readable, writable, rlen, wlen,
-                                            seen_write, total, addrs)
+                                            seen_write, total, addrs, (gpa, end, buf, at))
                 off = addr - gpa
                 if flags & _F_WRITE:
                     seen_write = True
@@ -465,22 +476,24 @@ class SplitDeviceQueue(DeviceRingSide):
 
     def _walk_table(self, mem: GuestMemory, head: int, addr: int, length: int, readable: list,
                     writable: list, rlen: int, wlen: int, seen_write: bool, total: int,
-                    addrs: list[int] | None) -> DescriptorChain:
+                    addrs: list[int] | None, window: tuple[int, int, memoryview, int]) -> DescriptorChain:
         """The rest of a chain from ``head``: the indirect table of ``length`` bytes at ``addr``,
         after the chain's descriptors so far (``readable`` … ``total``, and the views' host
-        addresses ``addrs`` or None).  The same checks as :meth:`_walk`'s loop, made per
-        descriptor, and the same translation (the window of the table's region first).  Raises
-        DriverFault / GuestMemoryError (``_walk`` breaks the queue)."""
+        addresses ``addrs`` or None; ``window``: the walk's, :func:`walk_window`).  The same
+        checks as :meth:`_walk`'s loop, made per descriptor, and the same translation (the
+        window of the table's region first).  Raises DriverFault / GuestMemoryError (``_walk``
+        breaks the queue)."""
         count = length >> 4
-        fields = descriptor_table_fields(mem.view(addr, length), count)
-        gpa, end, buf, at = walk_window(mem)
+        gpa, end, buf, at = window
+        off = addr - gpa
+        if 0 <= off and off + length <= end:  # the table lies in the walk's window (most often)
+            fields = descriptor_table_fields(buf[off:off + length], count)
+        else:
+            fields = descriptor_table_fields(mem.view(addr, length), count)
+            gpa, end, buf, at = walk_window(mem)
         views = mem.views
         i = seen = 0
-        while True:
-            seen += 1
-            if seen > count:
-                raise DriverFault(f"chain from head {head} loops or exceeds {count} descriptors")
-            # (total + count <= MAX_CHAIN_SEGMENTS was checked before the table was mapped.)
+        for seen in range(1, count + 1):  # (total + count <= MAX_CHAIN_SEGMENTS was checked before.)
             j = i << 2
             addr, length, flags = fields[j], fields[j + 1], fields[j + 2]
             if flags & _F_INDIRECT:
@@ -518,6 +531,8 @@ class SplitDeviceQueue(DeviceRingSide):
             i = fields[j + 3]
             if i >= count:
                 raise DriverFault(f"next index {i} >= table size {count}")
+        else:  # a descriptor more than the table holds: the links go round
+            raise DriverFault(f"chain from head {head} loops or exceeds {count} descriptors")
         # Checked once, after the walk: at most ``count`` descriptors of at most 2**32 - 1 bytes,
         # each mapped to one buffer per region it crosses, so nothing grew without bound meanwhile.
         if rlen + wlen > MAX_CHAIN_BYTES:
