@@ -370,18 +370,18 @@ class BlkDevice(VirtioDevice):
                 # The usual layout (the status byte in a descriptor of its own) needs no slicing,
                 # and the walk's host addresses of those views go along (DescriptorChain.addresses).
                 if len(views[-1]) == 1:
-                    addresses = chain.writable_addresses()
+                    addresses = chain.addresses  # readable's, then writable's (the status byte's last)
                     return Request(chain, READ, views[:-1], sector * SECTOR, length, False,
-                                   addresses[:-1] if addresses is not None else None)
+                                   addresses[len(chain.readable):-1] if addresses is not None else None)
                 return Request(chain, READ, chain.writable_views(0, length), sector * SECTOR, length)
         elif rtype == _T_OUT:
             length = chain.readable_len - _HDR_SIZE
             if length and not self.read_only and self._range_ok(sector, length):
                 views = chain.readable
                 if len(views[0]) == _HDR_SIZE:
-                    addresses = chain.readable_addresses()
+                    addresses = chain.addresses  # readable's (the header's first), then writable's
                     return Request(chain, WRITE, views[1:], sector * SECTOR, length, not self.writeback,
-                                   addresses[1:] if addresses is not None else None)
+                                   addresses[1:len(views)] if addresses is not None else None)
                 return Request(chain, WRITE, chain.readable_views(_HDR_SIZE, length), sector * SECTOR,
                                length, not self.writeback)
         elif rtype == _T_FLUSH:

@@ -109,14 +109,17 @@ class QueueIO:
         offload = not self.direct and req.length >= OFFLOAD_BYTES
         if not offload:
             self._inline = True
-        # The walk's addresses describe the views as popped: not what is left of a short transfer.
-        addresses = None if req.done else req.addresses
-        if req.kind == READ:
-            self.engine.prep_readv(self.fd, _rest(req), req.offset + req.done, token, offload=offload,
-                                   addresses=addresses)
-        elif req.kind == WRITE:
-            self.engine.prep_writev(self.fd, _rest(req), req.offset + req.done, token, dsync=req.dsync,
-                                    offload=offload, addresses=addresses)
+        done = req.done
+        if done:  # what is left of a short transfer (the walk's addresses describe it whole)
+            views, addresses, offset = _advance_views(req.views, done), None, req.offset + done
+        else:
+            views, addresses, offset = req.views, req.addresses, req.offset
+        kind = req.kind
+        if kind == READ:
+            self.engine.prep_readv(self.fd, views, offset, token, offload=offload, addresses=addresses)
+        elif kind == WRITE:
+            self.engine.prep_writev(self.fd, views, offset, token, dsync=req.dsync, offload=offload,
+                                    addresses=addresses)
         else:
             self.engine.prep_fsync(self.fd, token, datasync=True)
         self._prepared += 1
@@ -140,16 +143,21 @@ class QueueIO:
         """Handle every completion waiting (or ``completions``); returns how many requests ended.
         ``clear``: see :meth:`~pyvirtio.aio.base.AioEngine.reap`."""
         ended = 0
+        inflight = self.inflight
         for token, result in (self.engine.reap(clear) if completions is None else completions):
-            req = self.inflight.get(token)
+            req = inflight.pop(token, None)
             if req is None:
                 log.error("blk: completion for token %d that is not in flight", token)
                 continue
-            error = self._advance(token, req, result)
-            if error is not False:
-                del self.inflight[token]
+            if result > 0 and result == req.length - req.done:  # the usual: all of it at once
+                finish(req, None)
+            else:
+                error = self._advance(token, req, result)
+                if error is False:  # goes on: resubmitted
+                    inflight[token] = req
+                    continue
                 finish(req, error)
-                ended += 1
+            ended += 1
         self.submit()  # resubmitted remainders
         return ended
 
