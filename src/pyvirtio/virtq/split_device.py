@@ -493,7 +493,11 @@ class SplitDeviceQueue(DeviceRingSide):
             gpa, end, buf, at = walk_window(mem)
         views = mem.views
         i = seen = 0
-        for seen in range(1, count + 1):  # (total + count <= MAX_CHAIN_SEGMENTS was checked before.)
+        while True:
+            seen += 1
+            if seen > count:
+                raise DriverFault(f"chain from head {head} loops or exceeds {count} descriptors")
+            # (total + count <= MAX_CHAIN_SEGMENTS was checked before the table was mapped.)
             j = i << 2
             addr, length, flags = fields[j], fields[j + 1], fields[j + 2]
             if flags & _F_INDIRECT:
@@ -531,8 +535,6 @@ class SplitDeviceQueue(DeviceRingSide):
             i = fields[j + 3]
             if i >= count:
                 raise DriverFault(f"next index {i} >= table size {count}")
-        else:  # a descriptor more than the table holds: the links go round
-            raise DriverFault(f"chain from head {head} loops or exceeds {count} descriptors")
         # Checked once, after the walk: at most ``count`` descriptors of at most 2**32 - 1 bytes,
         # each mapped to one buffer per region it crosses, so nothing grew without bound meanwhile.
         if rlen + wlen > MAX_CHAIN_BYTES:
@@ -565,7 +567,7 @@ class SplitDeviceQueue(DeviceRingSide):
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
         """Put several chains in the used ring and publish them with one index update."""
         self._check(mem)
-        if type(elems) is list and len(elems) <= 4:  # the usual few: no array built
+        if type(elems) is list and len(elems) <= 12:  # the usual few (up to ~12 the loop is quicker): no array built
             size = self.size
             try:
                 for head, length in elems:
