@@ -159,3 +159,41 @@ def test_serve_refuses_a_poll_window_out_of_range(tmp_path):
                             f"--socket-path={tmp_path / 's.sock'}"], capture_output=True, text=True,
                            timeout=60)
         assert r.returncode == 2 and "--poll-us" in r.stderr, r.stderr
+
+
+def test_a_completion_is_notified_before_a_held_ring_is_looked_at_again():
+    """A host turn whose completions the driver wants to hear of notifies first, then drains
+    the queues whose kicks are held (requests were in flight): the driver starts its next
+    request meanwhile.  A completion of that drain asks again."""
+
+    class Device:
+        kicks_held = {0}
+        faults = engine._NO_FAULTS
+
+    class Host(_Host):
+        def __init__(self):
+            super().__init__()
+            self.log = []
+
+        def host_ready(self, group, events):
+            self.log.append("published")
+            return {0}
+
+        def process(self, index):
+            self.log.append("drained")
+            return len(self.log) > 3  # the second turn's drain completes something too
+
+        def notify(self, index):
+            self.log.append(f"notified {index}")
+
+    host = Host()
+    w = GroupWorker(host, 0, [0], name="early", device=Device())
+    try:
+        w.turn(events=[(99, select.POLLIN)])
+        assert host.log == ["published", "notified 0", "drained"]
+        host.log.clear()
+        host.log.append("-")
+        w.turn(events=[(99, select.POLLIN)])
+        assert host.log == ["-", "published", "notified 0", "drained", "notified 0"]
+    finally:
+        host.close()

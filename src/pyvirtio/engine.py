@@ -224,13 +224,17 @@ class GroupWorker:
         then send the notifications the device asked for."""
         with self.lock:
             notify = self._turn(kicked, events, everything)
+        self._send(notify)
+
+    def _send(self, notify: Iterable[int]) -> None:
+        """Notify the driver of each of these queues (and count it)."""
         for index in notify:
             self.host.notify(index)
             if self.counters:
                 self.counters[index].interrupts += 1
 
     def _turn(self, kicked: Iterable[int], events: Sequence[tuple[int, int]], everything: bool) -> list[int]:
-        """One turn with the lock held: the queues to notify."""
+        """One turn with the lock held: the queues to notify (some may be notified already)."""
         host = self.host
         self.turns += 1
         notify = [i for i in (self.queues if everything else kicked) if host.process(i)]
@@ -238,6 +242,12 @@ class GroupWorker:
             more = host.host_ready(self.group, list(events))
             held = self.device.kicks_held if self.device is not None else None
             if held:  # kicks off while work was in flight: what finished may let the ring go on
+                if more and not self.faults.irq:
+                    # What finished goes to the driver before the ring is looked at again, so it
+                    # starts its next requests meanwhile (at queue depth 1 that look is then off
+                    # the request's path).  A later completion in the look asks again itself.
+                    self._send(sorted(more.union(notify)))
+                    more, notify = set(), []
                 more = more.union(i for i in self.queues if i in held and host.process(i))
             if more:
                 notify = sorted(more.union(notify))
@@ -421,10 +431,7 @@ class GroupWorker:
                         self.counters[index].kicks += 1
             # Notifications go out with the lock still held: a control message that stops or
             # re-plumbs a ring never sees one of this turn arrive after it.
-            for index in self._turn(kicked, host_events, everything):
-                self.host.notify(index)
-                if self.counters:
-                    self.counters[index].interrupts += 1
+            self._send(self._turn(kicked, host_events, everything))
 
     def _take_kick(self, fd: int, revents: int, index: int) -> bool:
         """Consume a kick; an fd at end of file or in error is dropped from the watch list until
