@@ -114,7 +114,10 @@ def test_blk_counts_bytes_both_ways(tmp_path):
         assert q["chains"] == 8
         assert q["bytes_read"] == 8 * 16 + 4 * 4096  # headers, written data
         assert q["bytes_written"] == 8 * 1 + 4 * 4096  # status bytes, read data
-        assert q["kicks"] == 8 and q["interrupts"] == 8 and q["errors"] == 0
+        # Kicks are eventfd writes: the worker notifies a completion before it looks at the ring
+        # again, so the driver's next request and kick may land while that look serves it, and
+        # the kick after that before the fd is read — two kicks, one count (as for rng above).
+        assert 1 <= q["kicks"] <= 8 and q["interrupts"] == 8 and q["errors"] == 0
         assert stats["device"]["write_bytes"] == stats["device"]["read_bytes"] == 4 * 4096
         drv.remove()
     finally:
