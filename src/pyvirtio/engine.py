@@ -20,6 +20,10 @@ Rules that replace the device lock and the old per-device loops:
   :attr:`VirtioDevice.notify_queue`, which a transport sets only where a notification may go out
   under the turn's lock (vhost-user: a counted eventfd write): a device draining a long ring
   tells the driver of completed chains before the pass ends (blk, chains copied at once).
+  And a turn of completions whose device holds the driver's kicks (``kicks_held``: requests in
+  flight) notifies what finished *before* it drains those rings again, so the driver's next
+  request is on its way meanwhile; with notification fault rules set, everything goes through
+  their filter at the end of the turn instead.
 * Host code in another thread (set a link down, add a console port) hands the work to the
   worker with :meth:`GroupWorker.call_soon`, or takes :meth:`hold` for a short change.
 * Stopping never loses the wake-up (the wake fd is drained *before* the stop flag is read) and
