@@ -197,3 +197,39 @@ def test_a_completion_is_notified_before_a_held_ring_is_looked_at_again():
         assert host.log == ["-", "published", "notified 0", "drained", "notified 0"]
     finally:
         host.close()
+
+
+def test_a_kick_is_read_after_its_turn_and_a_later_one_serves_the_ring_again():
+    """A plain kick (POLLIN) is read after the turn has served and notified its queue.  If the
+    eventfd counted only that kick, the ring is not looked at again; if another kick landed
+    meanwhile (its chain perhaps after the drain's last look), the ring is served once more in
+    the same call — no chain waits for a kick that was already consumed."""
+
+    class Host(_Host):
+        def __init__(self, kicks_during_turn):
+            super().__init__()
+            self.kicks_during_turn = kicks_during_turn
+            self.log = []
+
+        def process(self, index):
+            self.log.append("process")
+            if self.kicks_during_turn:  # the driver adds a chain and kicks while we serve
+                self.kicks_during_turn -= 1
+                os.eventfd_write(self.kick, 1)
+            return True
+
+        def notify(self, index):
+            self.log.append("notify")
+
+    for during, expected in ((0, ["process", "notify"]),
+                             (1, ["process", "notify", "process", "notify"])):
+        host = Host(during)
+        w = GroupWorker(host, 0, [0], name="late-kick")
+        try:
+            os.eventfd_write(host.kick, 1)
+            w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+            assert host.log == expected
+            with pytest.raises(BlockingIOError):  # every kick consumed
+                os.eventfd_read(host.kick)
+        finally:
+            host.close()

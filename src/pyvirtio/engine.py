@@ -41,6 +41,7 @@ import errno
 import logging
 import os
 import select
+import sys
 import threading
 import time
 from collections import deque
@@ -61,6 +62,7 @@ _BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
 #: How often a queue in polling mode (no kick fd: vhost-user NOFD) is looked at.
 POLL_INTERVAL = 0.001
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
+_ONE_KICK = (1).to_bytes(8, sys.byteorder)  # an eventfd's count after one kick
 #: How long stopping a worker may take before it is given up on (and logged).
 STOP_TIMEOUT = 5.0
 #: Adaptive polling (``GroupWorker(poll_max=…)``, ``serve --poll-us``, off by default): the
@@ -127,6 +129,7 @@ class GroupWorker:
         self._thread: threading.Thread | None = None
         self._dead: set[int] = set()  # kick fds found unusable (until the transport replaces them)
         self._kick_buf = bytearray(8)
+        self._more = False  # the last kick read took more than one kick (_take_kick)
         self.turns = 0
         #: The device's per-queue counters, by queue index (pyvirtio.stats): kicks served and
         #: notifications sent are counted here, for every transport.
@@ -413,6 +416,7 @@ class GroupWorker:
             with self.lock:
                 fn()
         kicked: list[int] = []
+        later: list[tuple[int, int]] = []  # (fd, queue): kicks read after the turn
         host_events: HostEvents = []
         kick_fd = self.host.kick_fd
         timer = self.timer_fd()
@@ -429,23 +433,40 @@ class GroupWorker:
                             self.counters[index].interrupts += 1
                 elif index < 0:
                     host_events.append((fd, revents))
-                elif kick_fd(index) == fd and self._take_kick(fd, revents, index):
+                elif kick_fd(index) == fd and (revents == POLLIN or self._take_kick(fd, revents, index)):
+                    if revents == POLLIN:
+                        later.append((fd, index))
                     kicked.append(index)
                     if self.counters:
                         self.counters[index].kicks += 1
             # Notifications go out with the lock still held: a control message that stops or
             # re-plumbs a ring never sees one of this turn arrive after it.
             self._send(self._turn(kicked, host_events, everything))
+            if later:
+                # A plain kick is read only now, its request served and notified: one system
+                # call less before the answer.  The read says how many kicks the eventfd
+                # counted: only the one this turn answered, and every chain made available
+                # before it was served (and any later one without a kick, by the drain's last
+                # look after it asked for kicks again); more, and one may have come after that
+                # look, its kick now consumed: serve those rings again.
+                again = [index for fd, index in later if self._take_kick(fd, POLLIN, index) and self._more]
+                if again:
+                    self._send(self._turn(again, (), False))
 
     def _take_kick(self, fd: int, revents: int, index: int) -> bool:
         """Consume a kick; an fd at end of file or in error is dropped from the watch list until
         it is replaced, with one log line.  The read is ``RWF_NOWAIT``: it cannot block even if
-        the front-end cleared O_NONBLOCK and drained the eventfd between our poll and this read."""
+        the front-end cleared O_NONBLOCK and drained the eventfd between our poll and this read.
+        Sets :attr:`_more`: the read took more than one kick (an eventfd's count above 1), or
+        what it read was not an eventfd's count."""
+        self._more = False
         try:
             if revents & _BAD and not revents & POLLIN:
                 raise OSError(errno.EPIPE, "hung up or in error")
-            if not os.preadv(fd, [self._kick_buf], -1, _RWF_NOWAIT):
+            n = os.preadv(fd, [self._kick_buf], -1, _RWF_NOWAIT)
+            if not n:
                 raise OSError(errno.EPIPE, "at end of file")
+            self._more = n != 8 or self._kick_buf != _ONE_KICK
         except (BlockingIOError, InterruptedError):
             return True
         except OSError as exc:
