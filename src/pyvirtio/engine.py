@@ -604,8 +604,10 @@ class LocalEngine:
                 self._group_of = {q: w for w in self.workers for q in w.queues}
             return self.workers
 
-    def kick(self, index: int) -> None:
-        """The driver notified queue ``index``: serve it now, in this thread."""
+    def kick(self, index: int, check: Callable[[], None] | None = None) -> None:
+        """The driver notified queue ``index``: serve it now, in this thread.  ``check`` runs
+        first, under the group's lock: what it reads of the ring (a notification's position,
+        2.9) is then not moved by the group's worker under it."""
         self._ensure()
         worker = self._group_of.get(index)
         if worker is None:
@@ -613,6 +615,9 @@ class LocalEngine:
             return
         self.device.queues[index].stats.kicks += 1
         before = self.host_fds(worker.group)
+        if check is not None:
+            with worker.lock:
+                check()
         worker.turn((index,))
         after = self.host_fds(worker.group)
         if after != before or ((after or worker.timer_fd() >= 0) and not worker.running):
