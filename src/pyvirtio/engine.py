@@ -63,6 +63,7 @@ _BAD = select.POLLERR | select.POLLHUP | select.POLLNVAL
 POLL_INTERVAL = 0.001
 _RWF_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 _ONE_KICK = (1).to_bytes(8, sys.byteorder)  # an eventfd's count after one kick
+MORE_KICKS = 2  # GroupWorker._take_kick: the read took more than one kick
 #: How long stopping a worker may take before it is given up on (and logged).
 STOP_TIMEOUT = 5.0
 #: Adaptive polling (``GroupWorker(poll_max=…)``, ``serve --poll-us``, off by default): the
@@ -129,7 +130,6 @@ class GroupWorker:
         self._thread: threading.Thread | None = None
         self._dead: set[int] = set()  # kick fds found unusable (until the transport replaces them)
         self._kick_buf = bytearray(8)
-        self._more = False  # the last kick read took more than one kick (_take_kick)
         self.turns = 0
         #: The device's per-queue counters, by queue index (pyvirtio.stats): kicks served and
         #: notifications sent are counted here, for every transport.
@@ -449,32 +449,30 @@ class GroupWorker:
                 # before it was served (and any later one without a kick, by the drain's last
                 # look after it asked for kicks again); more, and one may have come after that
                 # look, its kick now consumed: serve those rings again.
-                again = [index for fd, index in later if self._take_kick(fd, POLLIN, index) and self._more]
+                again = [index for fd, index in later if self._take_kick(fd, POLLIN, index) == MORE_KICKS]
                 if again:
                     self._send(self._turn(again, (), False))
 
-    def _take_kick(self, fd: int, revents: int, index: int) -> bool:
-        """Consume a kick; an fd at end of file or in error is dropped from the watch list until
+    def _take_kick(self, fd: int, revents: int, index: int) -> int:
+        """Consume a kick: 0 (false) if the fd is unusable, else 1, or MORE_KICKS when the read
+        took more than one kick (an eventfd's count above 1) or what it read was not an
+        eventfd's count.  An fd at end of file or in error is dropped from the watch list until
         it is replaced, with one log line.  The read is ``RWF_NOWAIT``: it cannot block even if
-        the front-end cleared O_NONBLOCK and drained the eventfd between our poll and this read.
-        Sets :attr:`_more`: the read took more than one kick (an eventfd's count above 1), or
-        what it read was not an eventfd's count."""
-        self._more = False
+        the front-end cleared O_NONBLOCK and drained the eventfd between our poll and this read."""
         try:
             if revents & _BAD and not revents & POLLIN:
                 raise OSError(errno.EPIPE, "hung up or in error")
             n = os.preadv(fd, [self._kick_buf], -1, _RWF_NOWAIT)
             if not n:
                 raise OSError(errno.EPIPE, "at end of file")
-            self._more = n != 8 or self._kick_buf != _ONE_KICK
         except (BlockingIOError, InterruptedError):
-            return True
+            return 1
         except OSError as exc:
             log.warning("%s: kick fd of queue %d unusable (%s); no longer watched until it is "
                         "replaced", self.name, index, exc.strerror)
             self._dead.add(fd)
-            return False
-        return True
+            return 0
+        return MORE_KICKS if n != 8 or self._kick_buf != _ONE_KICK else 1
 
 
 def _sync(poller, watched: dict[int, tuple[int, int]], want: dict[int, tuple[int, int]]) -> None:

@@ -152,8 +152,8 @@ def _supports(ring_fd: int, *ops: int) -> bool:
     probe = ctypes.create_string_buffer(16 + 8 * count)  # io_uring_probe + ops[count]
     if _syscall(SYS_IO_URING_REGISTER, ring_fd, IORING_REGISTER_PROBE, probe, count) < 0:
         return False
-    last_op = probe.raw[0]
-    return all(op <= last_op and probe.raw[16 + 8 * op + 2] & IO_URING_OP_SUPPORTED for op in ops)
+    raw = probe.raw  # last_op, ops_len, then one 8-byte io_uring_probe_op per op from offset 16
+    return all(op <= raw[0] and raw[16 + 8 * op + 2] & IO_URING_OP_SUPPORTED for op in ops)
 
 
 class IoUringEngine(AioEngine):

@@ -205,10 +205,8 @@ class DeviceRegisters:
         if not self.can_dma():
             log.info("%s: notify for queue %d ignored: no bus mastering", self._name, index)
             return
-        if position is None:
-            self.engine.kick(index)
-        else:  # checked under the group's lock: its worker may be draining this ring right now
-            self.engine.kick(index, lambda: self._check_position(index, position))
+        # The position is checked under the group's lock: its worker may be draining this ring.
+        self.engine.kick(index, None if position is None else lambda: self._check_position(index, position))
 
     def write_notify(self, value: int, width: int) -> None:
         """The driver wrote ``value`` to a notification register: with NOTIFICATION_DATA
