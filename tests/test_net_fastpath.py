@@ -202,7 +202,17 @@ def test_add_used_heads_wraps_and_checks(rings):
 MAC, PEER = mac_bytes("52:54:00:00:05:01"), mac_bytes("52:54:00:00:05:02")
 
 
-def test_device_mixes_fast_and_general_chains_in_order():
+@pytest.fixture(params=["vector", "pure"])
+def tx_path(request, monkeypatch):
+    """Each device test runs on the vectorised batch (numpy) and on the pure one."""
+    from pyvirtio.virtq import vector
+    if request.param == "vector" and not vector.ENABLED:
+        pytest.skip("numpy is not installed: the vectorised path is off")
+    monkeypatch.setattr(vector, "ENABLED", request.param == "vector")
+    return request.param
+
+
+def test_device_mixes_fast_and_general_chains_in_order(tx_path):
     backend = MockBackend()
     dev = NetDevice(backend, mac=MAC)
     t = LoopbackTransport(dev)
@@ -222,7 +232,7 @@ def test_device_mixes_fast_and_general_chains_in_order():
         t.close()
 
 
-def test_device_refuses_a_wild_fast_path_buffer_with_needs_reset():
+def test_device_refuses_a_wild_fast_path_buffer_with_needs_reset(tx_path):
     dev = NetDevice(MockBackend(), mac=MAC)
     t = LoopbackTransport(dev)
     try:
@@ -235,7 +245,7 @@ def test_device_refuses_a_wild_fast_path_buffer_with_needs_reset():
         t.close()
 
 
-def test_device_drops_frames_whose_header_asks_for_unnegotiated_offloads():
+def test_device_drops_frames_whose_header_asks_for_unnegotiated_offloads(tx_path):
     backend = MockBackend()
     dev = NetDevice(backend, mac=MAC)
     t = LoopbackTransport(dev)
@@ -259,7 +269,7 @@ def test_device_drops_frames_whose_header_asks_for_unnegotiated_offloads():
         t.close()
 
 
-def test_null_backend_copies_every_frame_out_of_guest_memory():
+def test_null_backend_copies_every_frame_out_of_guest_memory(tx_path):
     backend = NullBackend()
     dev = NetDevice(backend, mac=MAC)
     t = LoopbackTransport(dev)

@@ -155,12 +155,18 @@ def compiled_modules() -> list[str]:
 
 def describe() -> str:
     """One line: which ring cores run (``accelerated: yes (mypyc, 10 modules)`` or ``no``)."""
+    import importlib.util
+
     n = len(compiled_modules())
+    pure = os.environ.get("PYVIRTIO_PURE")
+    # pyvirtio.virtq.vector (the transmit batch as numpy arrays) runs where numpy is installed
+    vector = "; vectorised batches: " + ("yes (numpy)" if not pure and importlib.util.find_spec("numpy")
+                                         else "no")
     if not n:
-        reason = " (PYVIRTIO_PURE is set)" if os.environ.get("PYVIRTIO_PURE") else ""
-        return f"accelerated: no, pure Python{reason}"
+        reason = " (PYVIRTIO_PURE is set)" if pure else ""
+        return f"accelerated: no, pure Python{reason}{vector}"
     where = f" from {build_dir()}" if _finder is not None else ""
-    return f"accelerated: yes (mypyc, {n} of {len(MODULES)} modules{where})"
+    return f"accelerated: yes (mypyc, {n} of {len(MODULES)} modules{where}){vector}"
 
 
 def missing_tools() -> list[str]:

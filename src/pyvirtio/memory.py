@@ -52,6 +52,8 @@ class Region:
     #: False: buffers a caller handed in stay the caller's to close
     owns: bool = True
     _address: int = field(default=-2, init=False, repr=False)  # -2: not looked up; -1: none
+    #: numpy views of ``buf`` (pyvirtio.virtq.vector), made on first use, dropped with the region
+    _arrays: dict | None = field(default=None, init=False, repr=False)
 
     @property
     def end(self) -> int:
@@ -299,6 +301,7 @@ def memfd_region(gpa: int, size: int, name: str = "pyvirtio-guest") -> Region:
 
 def release_region(region: Region) -> None:
     """Drop a region's views and close the mapping and fd it owns (safe to call twice)."""
+    region._arrays = None
     try:
         region.buf.release()
     except BufferError:

@@ -21,10 +21,13 @@ only for back-ends that cannot wait.
 from __future__ import annotations
 
 import select
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import DriverFault, Scope
 from ..spec.net import NET_HDR_SIZE
+
+if TYPE_CHECKING:
+    from ..virtq.vector import ReadableBatch
 
 #: poll(2) events, as :meth:`NetBackend.poll_fds` returns them (the engine polls with these).
 READ = select.POLLIN
@@ -94,6 +97,13 @@ class NetBackend:
             if not self.send([view[skip:]]):
                 return i
         return len(views)
+
+    def send_readable(self, batch: ReadableBatch, skip: int) -> int:
+        """:meth:`send_batch` for a batch the device popped as arrays
+        (:class:`pyvirtio.virtq.vector.ReadableBatch`: heads, offsets and lengths of buffers in
+        one guest memory region).  The default makes a view per frame; a back-end that can take
+        the frames without one (``--null``: one strided copy) overrides it."""
+        return self.send_batch(batch.views(), skip)
 
     @property
     def link_up(self) -> bool:

@@ -51,6 +51,8 @@ class SplitDeviceQueue(DeviceRingSide):
     _avail16: memoryview
     _used16: memoryview
     _used32: memoryview
+    #: numpy views of the bound ring (pyvirtio.virtq.vector), made there on first use
+    _vec: Any
 
     packed = False
     #: VIRTIO_F_IN_ORDER negotiated (the device sets it once features are settled): only
@@ -136,6 +138,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self._gen = -1
         self._desc = self._avail16 = self._used16 = self._used32 = _NO_VIEW
         self._daddr = self._dlen = self._dflags = _NO_VIEW
+        self._vec = None
 
     def _bind(self, mem: GuestMemory) -> None:
         if mem is self._mem and mem.generation == self._gen:
@@ -157,6 +160,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self._used16 = used.cast("H")
         self._used32 = used[:4 + 8 * size].cast("I")
         self._mem, self._gen = mem, mem.generation
+        self._vec = None
 
 
 

@@ -1,0 +1,235 @@
+"""Vectorised batches of transmit chains over numpy views of a split ring (optional: numpy).
+
+The batch pops of :mod:`.split_device` make one C-level call per field, but they still hand out
+one Python object per chain — an int per head, a ``memoryview`` per buffer — and creating those
+objects is most of what a 64-byte frame costs.  With numpy installed, :func:`pop_readable` takes a
+batch of one-descriptor, device-readable chains (what Linux and DPDK put on a transmit queue) and
+returns it as arrays: heads, the buffers' offsets into the one guest memory region they all lie
+in, and their lengths.  Every check :meth:`~.split_device.SplitDeviceQueue.pop_direct` makes is
+made, over the whole batch at once:
+
+* the avail idx at most the queue size ahead of ``next_avail`` (2.7.13.1: else the queue breaks);
+* every head below the queue size;
+* every descriptor's flags exactly 0 (no NEXT, WRITE or INDIRECT: any other shape ends the
+  batch before it, and the general path — ``pop_descriptor_chain`` — takes that chain);
+* every buffer wholly inside the region of the batch's first buffer, with the address arithmetic
+  in 64 bits (a buffer past 2**64 wraps to an offset beyond the region and is caught there).
+
+A violation by the batch's first chain returns None and leaves the ring as it was, so the general
+path meets the same chain and breaks the queue with its own :class:`~pyvirtio.errors.DriverFault`
+(a head out of range, a buffer outside guest memory) or takes it (another shape, a buffer that
+crosses from one region into the next); a violation later in the batch ends the batch before it.
+
+:func:`add_used` returns such a batch to the used ring with one index update (IN_ORDER: one used
+entry for the batch, as :meth:`~.split_device.SplitDeviceQueue.add_used_heads` does), and
+:func:`gather_u16` / :func:`gather_rows` read the buffers' header fields and copy the frames out
+of guest memory into host arrays with one numpy call each.
+
+``ENABLED`` is False without numpy or with ``PYVIRTIO_PURE=1``; callers then use the pure paths,
+which stay the reference: the tests run the same hostile rings through both.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GuestMemoryError
+from ..fence import rmb, wmb
+from ..memory import GuestMemory, Region
+
+try:
+    import numpy as np
+    from numpy.lib.stride_tricks import as_strided
+except ImportError:  # pragma: no cover - the pure install
+    np = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from .split_device import SplitDeviceQueue
+
+ENABLED = np is not None and not os.environ.get("PYVIRTIO_PURE")
+
+if np is not None:
+    # the reductions as ufunc methods: a little less per call than ndarray.min/max/sum
+    _min, _max, _sum, _nonzero = np.minimum.reduce, np.maximum.reduce, np.add.reduce, np.count_nonzero
+    #: struct virtq_desc (2.7.5) as a numpy record: the descriptor table is an array of these.
+    DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
+
+
+class ReadableBatch:
+    """A batch of one-descriptor device-readable chains, popped: chain ``i`` is descriptor
+    ``heads[i]``, its buffer ``region`` bytes ``[offsets[i], offsets[i] + lengths[i])``;
+    ``total`` is the sum of the lengths."""
+
+    __slots__ = ("heads", "offsets", "lengths", "region", "total", "_bounds")
+
+    def __init__(self, heads: Any, offsets: Any, lengths: Any, region: Region, total: int):
+        self.heads = heads  # numpy uint16 array
+        self.offsets = offsets  # numpy int64 array: offsets into region.buf
+        self.lengths = lengths  # numpy int64 array
+        self.region = region
+        self.total = total
+        self._bounds: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def bounds(self) -> tuple[int, int]:
+        """The shortest and the longest buffer's length (computed once)."""
+        if self._bounds is None:
+            self._bounds = (int(_min(self.lengths)), int(_max(self.lengths)))
+        return self._bounds
+
+    def views(self, start: int = 0) -> list[memoryview]:
+        """One memoryview per buffer, from chain ``start`` on (for the per-frame paths)."""
+        buf = self.region.buf
+        ends = (self.offsets[start:] + self.lengths[start:]).tolist()
+        return [buf[a:b] for a, b in zip(self.offsets[start:].tolist(), ends)]
+
+
+class _Rings:
+    """numpy views of one bound split ring: its descriptor table, avail ring and used ring."""
+
+    __slots__ = ("desc", "avail", "used", "key")
+
+    def __init__(self, queue: SplitDeviceQueue):
+        self.key = queue._desc  # the queue's binding these views belong to
+        self.desc = np.frombuffer(queue._desc, DESC)
+        self.avail = np.frombuffer(queue._avail16, np.uint16)  # flags, idx, ring[size], used_event
+        self.used = np.frombuffer(queue._used32, np.uint32)  # flags|idx, then id, len per element
+
+
+def _rings(queue: SplitDeviceQueue) -> _Rings:
+    rings = queue._vec
+    if rings is None or rings.key is not queue._desc:
+        rings = queue._vec = _Rings(queue)
+    return rings
+
+
+def _arrays(region: Region) -> dict[Any, Any]:
+    """The region's numpy views (made on first use; ``release_region`` drops them)."""
+    arrays = region._arrays
+    if arrays is None:
+        arrays = region._arrays = {"u8": np.frombuffer(region.buf, np.uint8)}
+    return arrays
+
+
+def _window(region: Region, width: int, dtype: Any = None) -> Any:
+    """Every ``width``-byte run of the region as one row of a read-only strided view (row ``k``
+    starts at byte ``k``), so a fancy index by offsets copies whole buffers in one call."""
+    arrays = _arrays(region)
+    key = (width, dtype)
+    win = arrays.get(key)
+    if win is None:
+        u8 = arrays["u8"]
+        if dtype is None:
+            win = as_strided(u8, shape=(max(u8.size - width + 1, 0), width), strides=(1, 1), writeable=False)
+        else:
+            win = np.ndarray(shape=(max(u8.size - width + 1, 0),), dtype=dtype, buffer=u8, strides=(1,))
+            win.flags.writeable = False
+        if len(arrays) > 16:  # a few lengths are usual; do not keep one per length ever seen
+            for old in [k for k in arrays if k != "u8"]:
+                del arrays[old]
+        arrays[key] = win
+    return win
+
+
+def nonzero(array: Any) -> int:
+    """How many elements of a numpy array are not zero."""
+    return int(_nonzero(array))
+
+
+def gather_u16(region: Region, offsets: Any) -> Any:
+    """The little-endian u16 at each offset of the region (offsets + 2 within it), as an array."""
+    return _window(region, 2, np.dtype("<u2"))[offsets]
+
+
+def gather_rows(region: Region, offsets: Any, length: int) -> Any:
+    """A new ``(len(offsets), length)`` uint8 array: row ``i`` a copy of the region's bytes
+    ``[offsets[i], offsets[i] + length)`` (each within the region)."""
+    return _window(region, length)[offsets]
+
+
+def pop_readable(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
+    """Pop up to ``limit`` chains that are each one device-readable descriptor, checked as the
+    module docstring says; None when the next chain is not for this path (nothing available,
+    another shape, a resubmitted or inflight-tracked ring, a buffer not in one region) — the
+    general path takes it, or breaks the queue on it."""
+    queue._check(mem)
+    if queue.resubmit or queue.inflight is not None:
+        return None
+    size, next_avail = queue.size, queue.next_avail
+    avail16 = queue._avail16
+    ahead = (avail16[1] - next_avail) & 0xFFFF
+    if ahead == 0 or ahead > size:  # nothing; or too far ahead: the general path breaks the queue
+        return None
+    n = min(ahead, limit)
+    rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
+    rings = _rings(queue)
+    start = next_avail & (size - 1)
+    if start + n <= size:
+        heads = rings.avail[2 + start:2 + start + n].copy()  # a copy: the driver may write the ring
+    else:
+        heads = np.concatenate((rings.avail[2 + start:2 + size], rings.avail[2:2 + start + n - size]))
+    try:
+        desc = rings.desc.take(heads)  # a copy of each head's descriptor (the driver may change the table)
+    except IndexError:  # a head >= the queue size: the batch ends before it
+        n = int((heads >= size).argmax())
+        if not n:
+            return None
+        heads = heads[:n]
+        desc = rings.desc.take(heads)
+    if _nonzero(desc["flags"]):  # another shape: the batch ends before it
+        n = int((desc["flags"] != 0).argmax())
+        if not n:
+            return None
+        heads, desc = heads[:n], desc[:n]
+    addrs, lengths = desc["addr"], desc["len"].astype(np.int64)
+    try:
+        region = mem.region_at(int(addrs[0]))
+    except GuestMemoryError:
+        return None  # outside guest memory: the general path breaks the queue
+    rsize = region.size
+    offsets = addrs - np.uint64(region.gpa)  # below the region: wraps to a huge offset
+    ends = offsets + lengths.view(np.uint64)
+    if _max(offsets) > rsize or _max(ends) > rsize:
+        bad = (offsets > rsize) | (ends > rsize)
+        n = int(bad.argmax())
+        if not n:
+            return None
+        heads, offsets, lengths = heads[:n], offsets[:n], lengths[:n]
+    queue.next_avail = (next_avail + len(heads)) & 0xFFFF
+    stats = queue.stats
+    stats.chains += len(heads)
+    total = int(_sum(lengths))
+    stats.bytes_read += total
+    return ReadableBatch(heads, offsets.view(np.int64), lengths, region, total)
+
+
+def add_used(queue: SplitDeviceQueue, mem: GuestMemory, heads: Any) -> None:
+    """Put chains ``heads`` (popped by :func:`pop_readable`, nothing written) in the used ring
+    with one index update."""
+    queue._check(mem)
+    count = len(heads)
+    if not count:
+        return
+    rings = _rings(queue)
+    size = queue.size
+    next_used = queue.next_used
+    slot = next_used & (size - 1)
+    used = rings.used
+    if queue.in_order and count > 1:  # one entry for the batch (2.7.9): its last id, at its first slot
+        used[1 + 2 * slot] = heads[-1]
+        used[2 + 2 * slot] = 0
+    else:
+        first = min(count, size - slot)
+        used[1 + 2 * slot:1 + 2 * (slot + first):2] = heads[:first]
+        used[2 + 2 * slot:2 + 2 * (slot + first):2] = 0
+        if count > first:  # wrapped around the ring
+            rest = count - first
+            used[1:1 + 2 * rest:2] = heads[first:]
+            used[2:2 + 2 * rest:2] = 0
+    wmb()  # the used elements before the used idx that publishes them (2.7.8)
+    queue.next_used = (next_used + count) & 0xFFFF
+    queue._used16[1] = queue.next_used
+
