@@ -412,9 +412,11 @@ class NetDevice(VirtioDevice):
                   done: list[tuple[int, int]]) -> bool:
         """Send every chain the driver made available; False when the back-end is full (the
         chain it refused waits in ``tx_held``).  Chains of one descriptor — what Linux and DPDK
-        send — go through the batch fast path (``pop_direct``, split and packed rings: every
-        descriptor checked and its buffer translated as the general path does); any other shape
-        through the general one."""
+        send — go through the batch fast path (``vector.pop_readable`` with numpy, split rings;
+        ``pop_direct``, split and packed rings: every descriptor checked and its buffer
+        translated as the general path does); the general path takes a chain only when the batch
+        path leaves it (another shape, a buffer across regions, or one to fault on), not a chain
+        that arrived after a batch was taken."""
         while True:
             if self.link_up and self.active_pairs == 1 and not self.faults.rules and vector.ENABLED \
                     and isinstance(queue, SplitDeviceQueue):
@@ -428,8 +430,7 @@ class NetDevice(VirtioDevice):
                     vector.add_used(queue, mem, batch.heads[:taken] if taken < count else batch.heads)
                     if taken < count:
                         return False
-                    if count == TX_BATCH:
-                        continue
+                    continue  # the general path only for what the next batch will not take
             elif self.link_up and self.active_pairs == 1 and not self.faults.rules:
                 heads, lengths, views = queue.pop_direct(mem, TX_BATCH)
                 if heads:
@@ -440,8 +441,7 @@ class NetDevice(VirtioDevice):
                     queue.add_used_heads(mem, heads[:taken] if taken < len(heads) else heads)
                     if taken < len(heads):
                         return False
-                if len(heads) == TX_BATCH:
-                    continue
+                    continue  # the general path only for what the next batch will not take
             chain = queue.pop_descriptor_chain(mem)
             if chain is None:
                 return True
