@@ -4,7 +4,8 @@ sending into ``pyvirtio serve net --null``, and into DPDK's own vhost back-end (
 ``net_vhost`` port in ``rxonly``) — the two back-ends alternate in one run (PEERS.md).
 
     python benchmarks/net_testpmd.py [--rounds 5] [--seconds 8] [--sizes 64,1500]
-                                     [--rings split,packed] [--in-order 0] [--json FILE]
+                                     [--rings split,packed] [--queue-sizes 256,1024]
+                                     [--in-order 0] [--json FILE]
 
 Each back-end's data path gets one CPU: ``pyvirtio serve`` is pinned to CPU 0 and DPDK's
 back-end forwards on lcore 0; the front-end forwards on lcore 1.  Both front-ends run with the
@@ -79,8 +80,8 @@ def start_backend(kind: str, sock: str, work: str) -> tuple[subprocess.Popen, st
     return proc, log
 
 
-def vdev_opts(ring: str, in_order: int) -> str:
-    return f"packed_vq={int(ring == 'packed')},in_order={in_order}"
+def vdev_opts(ring: str, in_order: int, queue_size: int) -> str:
+    return f"packed_vq={int(ring == 'packed')},in_order={in_order},queue_size={queue_size}"
 
 
 def run_frontend(sock: str, size: int, seconds: float, work: str, opts: str) -> list[int]:
@@ -123,6 +124,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rings", default="split,packed", help="ring layouts to measure (split, packed)")
     ap.add_argument("--in-order", type=int, choices=(0, 1), default=0,
                     help="testpmd's in_order= for both back-ends (VIRTIO_F_IN_ORDER)")
+    ap.add_argument("--queue-sizes", default="256",
+                    help="the front-end's ring sizes to measure, both back-ends alike (testpmd's "
+                         "queue_size=; 256 is its default and QEMU's, 1024 QEMU's tx_queue_size "
+                         "maximum)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if shutil.which(TESTPMD) is None or shutil.which("taskset") is None:
@@ -131,35 +136,39 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     rings = args.rings.split(",")
     work = tempfile.mkdtemp(prefix="pyvirtio-netbench-")
+    queue_sizes = [int(q) for q in args.queue_sizes.split(",")]
     rows = []
     for rnd in range(args.rounds):
         order = ["pyvirtio", "dpdk"] if rnd % 2 == 0 else ["dpdk", "pyvirtio"]
         for ring in rings:
-            opts = vdev_opts(ring, args.in_order)
-            for size in sizes:
-                pps = {kind: measure(kind, size, args.seconds, work, opts) for kind in order}
-                rows.append({"round": rnd, "ring": ring, "size": size, **pps,
-                             "ratio": pps["pyvirtio"] / pps["dpdk"]})
-                print(f"round {rnd} {ring:6s} {size:5d} B  pyvirtio {pps['pyvirtio'] / 1e6:6.3f} Mpps  "
-                      f"dpdk {pps['dpdk'] / 1e6:6.3f} Mpps  ratio {rows[-1]['ratio']:.3f}", flush=True)
+            for qsize in queue_sizes:
+                opts = vdev_opts(ring, args.in_order, qsize)
+                for size in sizes:
+                    pps = {kind: measure(kind, size, args.seconds, work, opts) for kind in order}
+                    rows.append({"round": rnd, "ring": ring, "queue_size": qsize, "size": size, **pps,
+                                 "ratio": pps["pyvirtio"] / pps["dpdk"]})
+                    print(f"round {rnd} {ring:6s} q{qsize:<5d} {size:5d} B  pyvirtio "
+                          f"{pps['pyvirtio'] / 1e6:6.3f} Mpps  dpdk {pps['dpdk'] / 1e6:6.3f} Mpps  "
+                          f"ratio {rows[-1]['ratio']:.3f}", flush=True)
     summary = {}
     for ring in rings:
-        for size in sizes:
-            mine = [r for r in rows if r["size"] == size and r["ring"] == ring]
-            s = summary[f"{ring}/{size}"] = {k: statistics.median(r[k] for r in mine)
-                                             for k in ("pyvirtio", "dpdk", "ratio")}
-            fastest, slowest = max(r["dpdk"] for r in mine), min(r["dpdk"] for r in mine)
-            s["ratio_to_fastest_dpdk"] = s["pyvirtio"] / fastest
-            print(f"{ring:6s} {size:5d} B: pyvirtio {s['pyvirtio'] / 1e6:.3f} Mpps, DPDK vhost "
-                  f"{s['dpdk'] / 1e6:.3f} Mpps, median ratio {s['ratio']:.3f} (rounds: "
-                  + ", ".join(f"{r['ratio']:.2f}" for r in mine) + f"); against DPDK's fastest "
-                  f"round ({fastest / 1e6:.3f} Mpps): {s['ratio_to_fastest_dpdk']:.3f}")
-            if fastest > 1.5 * slowest:
-                # DPDK's back-end is bimodal per launch on the development VM (benchmarks/net.md):
-                # a median over rounds then measures its state as much as pyvirtio.
-                print(f"       DPDK's own figure swung {fastest / slowest:.1f}x between rounds "
-                      f"({slowest / 1e6:.2f}-{fastest / 1e6:.2f} Mpps): read the ratio against "
-                      "its fastest round")
+        for qsize in queue_sizes:
+            for size in sizes:
+                mine = [r for r in rows if r["size"] == size and r["ring"] == ring and r["queue_size"] == qsize]
+                s = summary[f"{ring}/{qsize}/{size}"] = {k: statistics.median(r[k] for r in mine)
+                                                         for k in ("pyvirtio", "dpdk", "ratio")}
+                fastest, slowest = max(r["dpdk"] for r in mine), min(r["dpdk"] for r in mine)
+                s["ratio_to_fastest_dpdk"] = s["pyvirtio"] / fastest
+                print(f"{ring:6s} q{qsize:<5d} {size:5d} B: pyvirtio {s['pyvirtio'] / 1e6:.3f} Mpps, DPDK "
+                      f"vhost {s['dpdk'] / 1e6:.3f} Mpps, median ratio {s['ratio']:.3f} (rounds: "
+                      + ", ".join(f"{r['ratio']:.2f}" for r in mine) + f"); against DPDK's fastest "
+                      f"round ({fastest / 1e6:.3f} Mpps): {s['ratio_to_fastest_dpdk']:.3f}")
+                if fastest > 1.5 * slowest:
+                    # DPDK's back-end is bimodal per launch on the development VM (benchmarks/net.md):
+                    # a median over rounds then measures its state as much as pyvirtio.
+                    print(f"       DPDK's own figure swung {fastest / slowest:.1f}x between rounds "
+                          f"({slowest / 1e6:.2f}-{fastest / 1e6:.2f} Mpps): read the ratio against "
+                          "its fastest round")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "summary": summary, "seconds": args.seconds,

@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dev.add_argument("--mac", help="the device's MAC address (default: a random local one)")
     dev.add_argument("--mtu", type=int, help="offer VIRTIO_NET_F_MTU with this MTU")
     dev.add_argument("--queue-pairs", type=int, default=1, help="receive/transmit queue pairs (MQ)")
-    dev.add_argument("--queue-size", type=int, default=256, help="largest virtqueue size")
+    dev.add_argument("--queue-size", type=int, default=1024,
+                     help="largest virtqueue size the front-end may choose (default 1024: QEMU's "
+                          "rx_queue_size/tx_queue_size maximum)")
     dev.add_argument("--no-offloads", action="store_true", help="offer no checksum/segmentation offloads")
     dev.add_argument("--link-down", action="store_true", help="start with the link down")
 
