@@ -58,10 +58,10 @@ class NullBackend(NetBackend):
         return len(views)
 
     def send_readable(self, batch: ReadableBatch, skip: int) -> int:
-        lengths, offsets, region = batch.lengths, batch.offsets + skip, batch.region
+        lengths, offsets, region = batch.lengths, batch.offsets, batch.region
         shortest, longest = batch.bounds()
         if shortest == longest:
-            self._groups = [(None, vector.gather_rows(region, offsets, shortest - skip))]
+            self._groups = [(None, vector.gather_rows(region, offsets, shortest - skip, skip))]
         else:
             kinds = vector.np.unique(lengths).tolist()
             if len(kinds) > MAX_LENGTH_GROUPS:
@@ -69,7 +69,7 @@ class NullBackend(NetBackend):
             groups = []
             for length in kinds:
                 where = vector.np.flatnonzero(lengths == length)
-                groups.append((where, vector.gather_rows(region, offsets[where], length - skip)))
+                groups.append((where, vector.gather_rows(region, offsets[where], length - skip, skip)))
             self._groups = groups
         self.stats["tx_frames"] += len(lengths)
         return len(lengths)

@@ -90,13 +90,17 @@ class ReadableBatch:
 class _Rings:
     """numpy views of one bound split ring: its descriptor table, avail ring and used ring."""
 
-    __slots__ = ("desc", "avail", "used", "key")
+    __slots__ = ("desc", "avail", "used", "key", "region", "gpa", "end")
 
     def __init__(self, queue: SplitDeviceQueue):
         self.key = queue._desc  # the queue's binding these views belong to
         self.desc = np.frombuffer(queue._desc, DESC)
         self.avail = np.frombuffer(queue._avail16, np.uint16)  # flags, idx, ring[size], used_event
-        self.used = np.frombuffer(queue._used32, np.uint32)  # flags|idx, then id, len per element
+        # the used elements as one u64 each (id | len << 32), from byte 4 of the used ring
+        self.used = np.frombuffer(queue._used32, np.uint64, count=queue.size, offset=4)
+        self.region: Region | None = None  # the region the last batch's buffers were in
+        self.gpa: Any = None  # ... its guest-physical start, as a numpy uint64
+        self.end = 0
 
 
 def _rings(queue: SplitDeviceQueue) -> _Rings:
@@ -114,14 +118,15 @@ def _arrays(region: Region) -> dict[Any, Any]:
     return arrays
 
 
-def _window(region: Region, width: int, dtype: Any = None) -> Any:
-    """Every ``width``-byte run of the region as one row of a read-only strided view (row ``k``
-    starts at byte ``k``), so a fancy index by offsets copies whole buffers in one call."""
+def _window(region: Region, width: int, dtype: Any = None, skip: int = 0) -> Any:
+    """Every ``width``-byte run of the region from byte ``skip`` on as one row of a read-only
+    strided view (row ``k`` starts at byte ``k + skip``), so a fancy index by offsets copies
+    whole buffers in one call."""
     arrays = _arrays(region)
-    key = (width, dtype)
+    key = (width, dtype, skip)
     win = arrays.get(key)
     if win is None:
-        u8 = arrays["u8"]
+        u8 = arrays["u8"][skip:]
         if dtype is None:
             win = as_strided(u8, shape=(max(u8.size - width + 1, 0), width), strides=(1, 1), writeable=False)
         else:
@@ -144,10 +149,10 @@ def gather_u16(region: Region, offsets: Any) -> Any:
     return _window(region, 2, np.dtype("<u2"))[offsets]
 
 
-def gather_rows(region: Region, offsets: Any, length: int) -> Any:
+def gather_rows(region: Region, offsets: Any, length: int, skip: int = 0) -> Any:
     """A new ``(len(offsets), length)`` uint8 array: row ``i`` a copy of the region's bytes
-    ``[offsets[i], offsets[i] + length)`` (each within the region)."""
-    return _window(region, length)[offsets]
+    ``[offsets[i] + skip, offsets[i] + skip + length)`` (each within the region)."""
+    return _window(region, length, None, skip)[offsets]
 
 
 def pop_readable(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
@@ -185,14 +190,18 @@ def pop_readable(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Reada
             return None
         heads, desc = heads[:n], desc[:n]
     addrs, lengths = desc["addr"], desc["len"].astype(np.int64)
-    try:
-        region = mem.region_at(int(addrs[0]))
-    except GuestMemoryError:
-        return None  # outside guest memory: the general path breaks the queue
+    first = int(addrs[0])
+    region = rings.region
+    if region is None or not int(rings.gpa) <= first < rings.end:
+        try:
+            region = mem.region_at(first)
+        except GuestMemoryError:
+            return None  # outside guest memory: the general path breaks the queue
+        rings.region, rings.gpa, rings.end = region, np.uint64(region.gpa), region.end
     rsize = region.size
-    offsets = addrs - np.uint64(region.gpa)  # below the region: wraps to a huge offset
-    ends = offsets + lengths.view(np.uint64)
-    if _max(offsets) > rsize or _max(ends) > rsize:
+    offsets = addrs - rings.gpa  # below the region: wraps to a huge offset
+    ends = offsets + lengths.view(np.uint64)  # (an offset wrapped past 2**64 stays above rsize)
+    if _max(np.maximum(offsets, ends)) > rsize:
         bad = (offsets > rsize) | (ends > rsize)
         n = int(bad.argmax())
         if not n:
@@ -217,18 +226,14 @@ def add_used(queue: SplitDeviceQueue, mem: GuestMemory, heads: Any) -> None:
     size = queue.size
     next_used = queue.next_used
     slot = next_used & (size - 1)
-    used = rings.used
+    used = rings.used  # an element is id | len << 32; len is 0 here
     if queue.in_order and count > 1:  # one entry for the batch (2.7.9): its last id, at its first slot
-        used[1 + 2 * slot] = heads[-1]
-        used[2 + 2 * slot] = 0
+        used[slot] = heads[-1]
     else:
         first = min(count, size - slot)
-        used[1 + 2 * slot:1 + 2 * (slot + first):2] = heads[:first]
-        used[2 + 2 * slot:2 + 2 * (slot + first):2] = 0
+        used[slot:slot + first] = heads[:first]
         if count > first:  # wrapped around the ring
-            rest = count - first
-            used[1:1 + 2 * rest:2] = heads[first:]
-            used[2:2 + 2 * rest:2] = 0
+            used[:count - first] = heads[first:]
     wmb()  # the used elements before the used idx that publishes them (2.7.8)
     queue.next_used = (next_used + count) & 0xFFFF
     queue._used16[1] = queue.next_used
