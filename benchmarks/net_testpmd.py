@@ -19,9 +19,11 @@ rounds is reported.
 
 What each back-end does per frame: DPDK's vhost dequeue translates the buffer address, reads
 the virtio-net header (offloads negotiated) and copies the frame into an mbuf, which rxonly
-frees; ``pyvirtio serve net --null`` checks the descriptor and translates its buffer
-(``pop_direct``), checks the header's flags and GSO type against the negotiated features, and
-copies the frame into a host buffer (one per batch) before dropping it.
+frees; ``pyvirtio serve net --null`` checks the descriptor and that its buffer lies in guest
+memory (split rings with numpy: ``vector.pop_readable``, the batch's offsets and ends in its
+memory region; otherwise ``pop_direct``, each buffer translated), checks the header's flags and
+GSO type against the negotiated features, and copies the frame into host memory (with numpy: a
+host array per batch, a row per frame; otherwise one buffer per batch) before dropping it.
 """
 
 from __future__ import annotations
