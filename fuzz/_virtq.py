@@ -10,7 +10,7 @@ from _harness import Reader, Writer
 from pyvirtio.errors import VirtioError
 from pyvirtio.memory import GuestMemory
 from pyvirtio.virtq import (PackedDeviceQueue, PackedDriverQueue, PackedRingLayout,
-                            SplitDeviceQueue, SplitDriverQueue, SplitRingLayout)
+                            SplitDeviceQueue, SplitDriverQueue, SplitRingLayout, vector)
 
 RING = 0x1000
 INDIRECT = 0x4000
@@ -123,7 +123,19 @@ def run(kind: str, data: bytes) -> None:
                 blob = r.blob(64)
                 mem.write(at, blob[:LOW_END - at])
             elif op == DEV_POP_DIRECT:  # the batch pop (split and packed); flag: return it at once
-                heads, lengths, views = dev.pop_direct(mem, r.u8())
+                limit = r.u8()
+                if limit & 1 and vector.ENABLED and isinstance(dev, SplitDeviceQueue):  # odd: numpy
+                    batch = vector.pop_readable(dev, mem, limit)
+                    if batch is not None:
+                        assert 0 < len(batch) <= limit
+                        assert len(batch.heads) == len(batch.offsets) == len(batch.lengths)
+                        assert int(batch.offsets.min()) >= 0
+                        assert int((batch.offsets + batch.lengths).max()) <= batch.region.size
+                        assert [len(v) for v in batch.views()] == batch.lengths.tolist()
+                        if r.flag():
+                            vector.add_used(dev, mem, batch.heads)
+                    continue
+                heads, lengths, views = dev.pop_direct(mem, limit)
                 assert len(heads) == len(lengths) == len(views)
                 assert all(len(v) == n for v, n in zip(views, lengths))
                 if r.flag():
@@ -167,7 +179,7 @@ def seeds() -> dict[str, bytes]:
         for i in range(30):
             w.pick(DRV_ADD).pick(1).pick(0).u16(0x80 * (i % 16)).flag(True).u16(60).pick(0)
             if i % 3 == 2:
-                w.pick(DRV_KICK_PREPARE).pick(DEV_POP_DIRECT).u8(8).flag(True)
+                w.pick(DRV_KICK_PREPARE).pick(DEV_POP_DIRECT).u8(8 + i % 2).flag(True)
                 w.pick(DEV_NEEDS_NOTIFICATION).pick(DRV_GET_BUF).pick(DRV_GET_BUF).pick(DRV_GET_BUF)
         out[name] = w.bytes()
     return out
