@@ -38,6 +38,14 @@ def test_null_with_settings(build):
     assert dev.device_features & (1 << spec.NetFeature.MQ)
 
 
+def test_rings_up_to_qemus_largest_by_default(build):
+    """QEMU's virtio-net takes tx_queue_size/rx_queue_size up to 1024 with a vhost-user
+    back-end; the default must accept what it may set."""
+    dev = build("--null")
+    assert all(q.max_size == 1024 for q in dev.queues)
+    dev.queues[1].set_size(1024)
+
+
 def test_switch_ports_share_a_switch(build):
     a, b = build("--switch", "lan0"), build("--switch", "lan0")
     assert isinstance(a.backend, SwitchPort) and a.backend.switch is b.backend.switch
