@@ -124,7 +124,7 @@ def run(kind: str, data: bytes) -> None:
                 mem.write(at, blob[:LOW_END - at])
             elif op == DEV_POP_DIRECT:  # the batch pop (split and packed); flag: return it at once
                 limit = r.u8()
-                if limit & 1 and vector.ENABLED and isinstance(dev, SplitDeviceQueue):  # odd: numpy
+                if limit & 1 and vector.ENABLED:  # odd limits: the numpy batch
                     batch = vector.pop_readable(dev, mem, limit)
                     if batch is not None:
                         assert 0 < len(batch) <= limit

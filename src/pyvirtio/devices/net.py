@@ -39,7 +39,7 @@ from ..errors import DriverFault, GuestMemoryError, QueueBroken, Scope, UsageErr
 from ..memory import GuestMemory
 from ..spec import net as spec
 from ..spec.ids import DeviceType
-from ..virtq import DescriptorChain, DeviceQueue, SplitDeviceQueue, vector
+from ..virtq import DescriptorChain, DeviceQueue, vector
 from . import net_ctrl as ctrl, net_txhdr as txhdr
 from ..net.backend import MAX_FRAME, NetBackend, Views, fit_iov
 from ..net.frame import ETH_HLEN, mac_bytes, random_mac
@@ -412,14 +412,13 @@ class NetDevice(VirtioDevice):
                   done: list[tuple[int, int]]) -> bool:
         """Send every chain the driver made available; False when the back-end is full (the
         chain it refused waits in ``tx_held``).  Chains of one descriptor — what Linux and DPDK
-        send — go through the batch fast path (``vector.pop_readable`` with numpy, split rings;
-        ``pop_direct``, split and packed rings: every descriptor checked and its buffer
+        send — go through the batch fast path (``vector.pop_readable`` with numpy, else
+        ``pop_direct``; split and packed rings: every descriptor checked and its buffer
         translated as the general path does); the general path takes a chain only when the batch
         path leaves it (another shape, a buffer across regions, or one to fault on), not a chain
         that arrived after a batch was taken."""
         while True:
-            if self.link_up and self.active_pairs == 1 and not self.faults.rules and vector.ENABLED \
-                    and isinstance(queue, SplitDeviceQueue):
+            if self.link_up and self.active_pairs == 1 and not self.faults.rules and vector.ENABLED:
                 batch = vector.pop_readable(queue, mem, TX_BATCH)
                 if batch is not None:
                     if done:  # keep the used ring in the order the chains came

@@ -159,6 +159,8 @@ class PackedDeviceQueue(DeviceRingSide):
         self.broken = False
         self.fault: Exception | None = None
         self._mem, self._gen = None, -1
+        #: numpy views of the bound ring (pyvirtio.virtq.vector), made there on first use
+        self._vec: Any = None
         #: vhost-user inflight tracking (pyvirtio.vhost_user.backend.inflight): told of every pop and
         #: used descriptor; ``resubmit`` chains, (buffer id, [(addr, len, flags)...]), go first.
         self.inflight: Any = None
@@ -232,6 +234,7 @@ class PackedDeviceQueue(DeviceRingSide):
         self._desc32, self._desc64 = desc.cast("I"), desc.cast("Q")
         self._driver16, self._device16 = driver.cast("H"), device.cast("H")
         self._mem, self._gen = mem, mem.generation
+        self._vec = None
 
 
 

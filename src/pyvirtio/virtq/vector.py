@@ -1,4 +1,4 @@
-"""Vectorised batches of transmit chains over numpy views of a split ring (optional: numpy).
+"""Vectorised batches of transmit chains over numpy views of a ring (optional: numpy).
 
 The batch pops of :mod:`.split_device` make one C-level call per field, but they still hand out
 one Python object per chain — an int per head, a ``memoryview`` per buffer — and creating those
@@ -8,10 +8,13 @@ returns it as arrays: heads, the buffers' offsets into the one guest memory regi
 in, and their lengths.  Every check :meth:`~.split_device.SplitDeviceQueue.pop_direct` makes is
 made, over the whole batch at once:
 
-* the avail idx at most the queue size ahead of ``next_avail`` (2.7.13.1: else the queue breaks);
-* every head below the queue size;
-* every descriptor's flags exactly 0 (no NEXT, WRITE or INDIRECT: any other shape ends the
-  batch before it, and the general path — ``pop_descriptor_chain`` — takes that chain);
+* split rings: the avail idx at most the queue size ahead of ``next_avail`` (2.7.13.1: else the
+  queue breaks), every head below the queue size, every descriptor's flags exactly 0;
+* packed rings: the run of descriptors from ``next_avail`` whose flags words — all read, once,
+  before any other field (2.8.6) — are exactly "available in this lap" (across the ring's end
+  with the wrap counter flipped), every buffer id neither in flight nor twice in the batch;
+* so no NEXT, WRITE or INDIRECT: any other shape ends the batch before it, and the general path
+  — ``pop_descriptor_chain`` — takes that chain;
 * every buffer wholly inside the region of the batch's first buffer, with the address arithmetic
   in 64 bits (a buffer past 2**64 wraps to an offset beyond the region and is caught there).
 
@@ -32,11 +35,14 @@ which stay the reference: the tests run the same hostile rings through both.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import GuestMemoryError
 from ..fence import rmb, wmb
 from ..memory import GuestMemory, Region
+from ..spec import ring as _ring
+
+_F_AVAIL, _F_USED = _ring.VIRTQ_DESC_F_AVAIL, _ring.VIRTQ_DESC_F_USED
 
 try:
     import numpy as np
@@ -44,8 +50,9 @@ try:
 except ImportError:  # pragma: no cover - the pure install
     np = None  # type: ignore[assignment]
 
-if TYPE_CHECKING:
-    from .split_device import SplitDeviceQueue
+from .base import DeviceQueue
+from .packed_device import PackedDeviceQueue
+from .split_device import SplitDeviceQueue
 
 ENABLED = np is not None and not os.environ.get("PYVIRTIO_PURE")
 
@@ -54,6 +61,8 @@ if np is not None:
     _min, _max, _sum, _nonzero = np.minimum.reduce, np.maximum.reduce, np.add.reduce, np.count_nonzero
     #: struct virtq_desc (2.7.5) as a numpy record: the descriptor table is an array of these.
     DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
+    #: struct pvirtq_desc (2.8.13): the packed descriptor ring is an array of these.
+    PACKED_DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("id", "<u2"), ("flags", "<u2")])
 
 
 class ReadableBatch:
@@ -88,22 +97,30 @@ class ReadableBatch:
 
 
 class _Rings:
-    """numpy views of one bound split ring: its descriptor table, avail ring and used ring."""
+    """numpy views of one bound ring — split: its descriptor table, avail ring and used ring;
+    packed: its descriptor ring — and the memory region its last batch's buffers were in."""
 
     __slots__ = ("desc", "avail", "used", "key", "region", "gpa", "end")
+    desc: Any
+    avail: Any
+    used: Any
 
-    def __init__(self, queue: SplitDeviceQueue):
+    def __init__(self, queue: Any):
         self.key = queue._desc  # the queue's binding these views belong to
-        self.desc = np.frombuffer(queue._desc, DESC)
-        self.avail = np.frombuffer(queue._avail16, np.uint16)  # flags, idx, ring[size], used_event
-        # the used elements as one u64 each (id | len << 32), from byte 4 of the used ring
-        self.used = np.frombuffer(queue._used32, np.uint64, count=queue.size, offset=4)
-        self.region: Region | None = None  # the region the last batch's buffers were in
+        if queue.packed:
+            self.desc = np.frombuffer(queue._desc, PACKED_DESC)
+            self.avail = self.used = None
+        else:
+            self.desc = np.frombuffer(queue._desc, DESC)
+            self.avail = np.frombuffer(queue._avail16, np.uint16)  # flags, idx, ring[size], used_event
+            # the used elements as one u64 each (id | len << 32), from byte 4 of the used ring
+            self.used = np.frombuffer(queue._used32, np.uint64, count=queue.size, offset=4)
+        self.region: Region | None = None
         self.gpa: Any = None  # ... its guest-physical start, as a numpy uint64
         self.end = 0
 
 
-def _rings(queue: SplitDeviceQueue) -> _Rings:
+def _rings(queue: Any) -> _Rings:
     rings = queue._vec
     if rings is None or rings.key is not queue._desc:
         rings = queue._vec = _Rings(queue)
@@ -155,14 +172,24 @@ def gather_rows(region: Region, offsets: Any, length: int, skip: int = 0) -> Any
     return _window(region, length, None, skip)[offsets]
 
 
-def pop_readable(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
+def pop_readable(queue: DeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
     """Pop up to ``limit`` chains that are each one device-readable descriptor, checked as the
     module docstring says; None when the next chain is not for this path (nothing available,
     another shape, a resubmitted or inflight-tracked ring, a buffer not in one region) — the
     general path takes it, or breaks the queue on it."""
+    if isinstance(queue, SplitDeviceQueue):
+        pop = _pop_split
+    elif isinstance(queue, PackedDeviceQueue):
+        pop = _pop_packed  # type: ignore[assignment]
+    else:
+        return None
     queue._check(mem)
     if queue.resubmit or queue.inflight is not None:
         return None
+    return pop(queue, mem, limit)  # type: ignore[arg-type]
+
+
+def _pop_split(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
     size, next_avail = queue.size, queue.next_avail
     avail16 = queue._avail16
     ahead = (avail16[1] - next_avail) & 0xFFFF
@@ -189,35 +216,98 @@ def pop_readable(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Reada
         if not n:
             return None
         heads, desc = heads[:n], desc[:n]
-    addrs, lengths = desc["addr"], desc["len"].astype(np.int64)
+    found = _in_region(rings, mem, desc["addr"], desc["len"].astype(np.int64))
+    if found is None:
+        return None
+    region, offsets, lengths = found
+    n = len(offsets)
+    heads = heads[:n]
+    queue.next_avail = (next_avail + n) & 0xFFFF
+    stats = queue.stats
+    stats.chains += n
+    total = int(_sum(lengths))
+    stats.bytes_read += total
+    return ReadableBatch(heads, offsets, lengths, region, total)
+
+
+def _pop_packed(queue: PackedDeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
+    size, pos, wrap = queue.size, queue.next_avail, queue.avail_wrap
+    limit = min(limit, size)
+    rings = _rings(queue)
+    flags = rings.desc["flags"]
+    first = min(limit, size - pos)
+    # every flags word of the run first, one snapshot each (the driver writes them last, 2.8.6)
+    n = _run(flags[pos:pos + first].copy(), _F_AVAIL if wrap else _F_USED)
+    n2 = 0
+    if n == first < limit:  # up to the ring's end: the next lap, with the other wrap counter
+        n2 = _run(flags[:limit - n].copy(), _F_USED if wrap else _F_AVAIL)
+    if not n:
+        return None
+    rmb()  # every flags word read, then the descriptors they made available (2.8.6)
+    desc = rings.desc[pos:pos + n].copy()
+    if n2:
+        desc = np.concatenate((desc, rings.desc[:n2]))
+    ids = desc["id"].tolist()
+    pending = queue._pending
+    if len(set(ids)) != len(ids) or not pending.keys().isdisjoint(ids):  # in flight, or twice
+        n = next(k for k, i in enumerate(ids) if i in pending or i in ids[:k])
+        if not n:
+            return None  # the general path breaks the queue on it
+        desc, ids = desc[:n], ids[:n]
+    found = _in_region(rings, mem, desc["addr"], desc["len"].astype(np.int64))
+    if found is None:
+        return None
+    region, offsets, lengths = found
+    n = len(offsets)
+    del ids[n:]
+    lens = lengths.tolist()
+    queue._took(ids, lens, False)  # booked in flight, counted; next_avail and its wrap move
+    return ReadableBatch(desc["id"][:n], offsets, lengths, region, sum(lens))
+
+
+def _run(flags: Any, expected: int) -> int:
+    """How many of the flags words from the first equal ``expected``."""
+    differ = flags != expected
+    k = int(differ.argmax())
+    return k if differ[k] else len(flags)
+
+
+def _in_region(rings: _Rings, mem: GuestMemory, addrs: Any, lengths: Any) -> tuple[Region, Any, Any] | None:
+    """The buffers ``addrs``/``lengths`` (a batch, in order) that lie wholly inside the region of
+    the first: ``(region, offsets, lengths)``, cut before the first that does not; None when the
+    first does not (outside guest memory, or across two regions: the general path's to judge).
+    64-bit arithmetic: an address below the region, or a buffer running past 2**64, wraps to an
+    offset beyond the region."""
     first = int(addrs[0])
     region = rings.region
     if region is None or not int(rings.gpa) <= first < rings.end:
         try:
             region = mem.region_at(first)
         except GuestMemoryError:
-            return None  # outside guest memory: the general path breaks the queue
+            return None
         rings.region, rings.gpa, rings.end = region, np.uint64(region.gpa), region.end
     rsize = region.size
-    offsets = addrs - rings.gpa  # below the region: wraps to a huge offset
-    ends = offsets + lengths.view(np.uint64)  # (an offset wrapped past 2**64 stays above rsize)
+    offsets = addrs - rings.gpa
+    ends = offsets + lengths.view(np.uint64)
     if _max(np.maximum(offsets, ends)) > rsize:
-        bad = (offsets > rsize) | (ends > rsize)
-        n = int(bad.argmax())
+        n = int(((offsets > rsize) | (ends > rsize)).argmax())
         if not n:
             return None
-        heads, offsets, lengths = heads[:n], offsets[:n], lengths[:n]
-    queue.next_avail = (next_avail + len(heads)) & 0xFFFF
-    stats = queue.stats
-    stats.chains += len(heads)
-    total = int(_sum(lengths))
-    stats.bytes_read += total
-    return ReadableBatch(heads, offsets.view(np.int64), lengths, region, total)
+        offsets, lengths = offsets[:n], lengths[:n]
+    return region, offsets.view(np.int64), lengths
 
 
-def add_used(queue: SplitDeviceQueue, mem: GuestMemory, heads: Any) -> None:
+def add_used(queue: DeviceQueue, mem: GuestMemory, heads: Any) -> None:
     """Put chains ``heads`` (popped by :func:`pop_readable`, nothing written) in the used ring
-    with one index update."""
+    with one index update (split); packed rings through ``add_used_heads`` (its used
+    descriptors' flags are stored one word at a time: see ``packed_device.store_flags``)."""
+    if isinstance(queue, SplitDeviceQueue):
+        _add_used_split(queue, mem, heads)
+    else:
+        queue.add_used_heads(mem, heads.tolist())
+
+
+def _add_used_split(queue: SplitDeviceQueue, mem: GuestMemory, heads: Any) -> None:
     queue._check(mem)
     count = len(heads)
     if not count:
@@ -237,4 +327,3 @@ def add_used(queue: SplitDeviceQueue, mem: GuestMemory, heads: Any) -> None:
     wmb()  # the used elements before the used idx that publishes them (2.7.8)
     queue.next_used = (next_used + count) & 0xFFFF
     queue._used16[1] = queue.next_used
-
