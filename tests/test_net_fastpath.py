@@ -207,7 +207,7 @@ def tx_path(request, monkeypatch):
     """Each device test runs on the vectorised batch (numpy) and on the pure one."""
     from pyvirtio.virtq import vector
     if request.param == "vector" and not vector.ENABLED:
-        pytest.skip("numpy is not installed: the vectorised path is off")
+        pytest.skip("the vectorised path is off here (numpy not installed, or PYVIRTIO_PURE=1)")
     monkeypatch.setattr(vector, "ENABLED", request.param == "vector")
     return request.param
 

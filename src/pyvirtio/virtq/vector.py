@@ -66,9 +66,10 @@ if np is not None:
 
 
 class ReadableBatch:
-    """A batch of one-descriptor device-readable chains, popped: chain ``i`` is descriptor
-    ``heads[i]``, its buffer ``region`` bytes ``[offsets[i], offsets[i] + lengths[i])``;
-    ``total`` is the sum of the lengths."""
+    """A batch of one-descriptor device-readable chains, popped: chain ``i`` is ``heads[i]``
+    (split: its descriptor's index; packed: its buffer id — what the used ring returns), its
+    buffer ``region`` bytes ``[offsets[i], offsets[i] + lengths[i])``; ``total`` is the sum of
+    the lengths."""
 
     __slots__ = ("heads", "offsets", "lengths", "region", "total", "_bounds")
 
