@@ -217,7 +217,7 @@ def _pop_split(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Readabl
         if not n:
             return None
         heads, desc = heads[:n], desc[:n]
-    found = _in_region(rings, mem, desc["addr"], desc["len"].astype(np.int64))
+    found = _in_region(rings, mem, desc)
     if found is None:
         return None
     region, offsets, lengths = found
@@ -255,7 +255,7 @@ def _pop_packed(queue: PackedDeviceQueue, mem: GuestMemory, limit: int) -> Reada
         if not n:
             return None  # the general path breaks the queue on it
         desc, ids = desc[:n], ids[:n]
-    found = _in_region(rings, mem, desc["addr"], desc["len"].astype(np.int64))
+    found = _in_region(rings, mem, desc)
     if found is None:
         return None
     region, offsets, lengths = found
@@ -273,12 +273,13 @@ def _run(flags: Any, expected: int) -> int:
     return k if differ[k] else len(flags)
 
 
-def _in_region(rings: _Rings, mem: GuestMemory, addrs: Any, lengths: Any) -> tuple[Region, Any, Any] | None:
-    """The buffers ``addrs``/``lengths`` (a batch, in order) that lie wholly inside the region of
-    the first: ``(region, offsets, lengths)``, cut before the first that does not; None when the
-    first does not (outside guest memory, or across two regions: the general path's to judge).
-    64-bit arithmetic: an address below the region, or a buffer running past 2**64, wraps to an
-    offset beyond the region."""
+def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> tuple[Region, Any, Any] | None:
+    """The buffers of descriptors ``desc`` (a batch, in order; either layout's records) that lie
+    wholly inside the region of the first: ``(region, offsets, lengths)``, cut before the first
+    that does not; None when the first does not (outside guest memory, or across two regions:
+    the general path's to judge).  64-bit arithmetic: an address below the region, or a buffer
+    running past 2**64, wraps to an offset beyond the region."""
+    addrs, lengths = desc["addr"], desc["len"].astype(np.int64)
     first = int(addrs[0])
     region = rings.region
     if region is None or not int(rings.gpa) <= first < rings.end:
