@@ -17,6 +17,7 @@ import pytest
 
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.devices.rng import RngDevice
+from pyvirtio.testing.serve import signal_thread, worker_threads
 from pyvirtio.vhost_user.backend.server import SocketInUse, bind_unix
 from pyvirtio.vhost_user.testing import TestFrontend
 
@@ -221,6 +222,30 @@ def test_socket_in_use_is_refused_and_sigterm_ends_cleanly(tmp_path):
         fe.start(size=16)
         rng_roundtrip(fe)
         proc.send_signal(signal.SIGTERM)  # with a front-end connected
+        assert proc.wait(10) == 0
+        assert not os.path.exists(path)
+        fe.close()
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_sigterm_taken_by_any_thread_ends_the_daemon(tmp_path):
+    """The kernel may hand SIGTERM to a worker thread (an aio thread, the engine) rather than the
+    main one; Python runs the handler only in the main thread, which must wake up for it."""
+    img = image(tmp_path)
+    path = str(tmp_path / "blk.sock")
+    proc = serve("blk", f"--socket-path={path}", f"--blk-file={img}", "--aio=threads")
+    try:
+        wait_for(path, proc)
+        fe = TestFrontend.connect(path)  # a session: the engine's thread runs too
+        fe.start(size=16)
+        status = blk_write(fe, 0, 0, b"x" * 512)
+        fe.wait_used(0)
+        assert fe.memory.read(status[0], 1) == b"\0"
+        tids = worker_threads(proc.pid)
+        assert tids, "serve blk --aio=threads runs worker threads"
+        signal_thread(proc.pid, tids[-1], signal.SIGTERM)
         assert proc.wait(10) == 0
         assert not os.path.exists(path)
         fe.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pyvirtio.cli import main
 from pyvirtio.drivers.blk import BlkDriver
 from pyvirtio.drivers.rng import RngDriver
 from pyvirtio.spec.ids import DeviceType
-from pyvirtio.testing.serve import ServeProcess
+from pyvirtio.testing.serve import ServeProcess, signal_thread, worker_threads
 from pyvirtio.virtio_msg import BusClient, open_device
 
 pytestmark = pytest.mark.timeout(120)
@@ -82,6 +83,23 @@ def proc_wait(proc: ServeProcess, path: str, timeout: float = 30.0) -> None:
     while not os.path.exists(path):
         assert proc.proc.poll() is None and time.monotonic() < deadline, proc.log.read_text()
         time.sleep(0.02)
+
+
+def test_sigterm_taken_by_any_thread_ends_the_bus(tmp_path):
+    """The kernel may hand SIGTERM to a session's thread rather than the main one, which waits."""
+    sock = str(tmp_path / "rng.sock")
+    proc = ServeProcess(tmp_path, "rng", ["rng", "--transport=virtio-msg", f"--socket-path={sock}"], [sock])
+    try:
+        client = BusClient.connect(sock, memory_size=1 << 20)  # a session: its thread runs
+        assert [n for n, _ in client.devices()] == [1]
+        tids = worker_threads(proc.proc.pid)
+        assert tids, "the bus serves each driver on a thread"
+        signal_thread(proc.proc.pid, tids[-1], signal.SIGTERM)
+        assert proc.proc.wait(10) == 0, proc.log.read_text()
+        assert not os.path.exists(sock)
+        client.close()
+    finally:
+        proc.stop()
 
 
 def test_serve_bus_and_probe(tmp_path, capsys):

@@ -14,11 +14,11 @@ mode) and ``--control`` (its live control talks to a vhost-user endpoint).
 
 from __future__ import annotations
 
-import signal
+import select
 import sys
-from typing import Callable
 
 from ..errors import CliError, CliUsageError, UsageError
+from ..signals import StopSignals
 from . import systemd
 
 #: What ``--transport`` takes; vhost-user stays the default.
@@ -90,24 +90,20 @@ def serve_devices(args, devices: list) -> int:
             io = getattr(device, "io_mode", "")
             print(f"pyvirtio serve: {text}{f' ({io})' if io else ''} as virtio-msg device {n} on {where}",
                   file=sys.stderr, flush=True)
-        _on_signals(server.shutdown)
+        signals = StopSignals(server.shutdown)
         systemd.notify("READY=1")
         try:
-            server.wait()
+            while not server.wait(0):  # a signal's handler runs (in this thread) before wait()
+                select.select([signals], [], [], 1.0)
+                signals.drain()
         finally:
+            signals.close()
             systemd.notify("STOPPING=1")
     finally:
         server.close()
         for _, device in devices:
             device.close()
     return 0
-
-
-def _on_signals(stop: Callable[[], None]) -> None:
-    def handler(signum, frame):
-        stop()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, handler)
 
 
 __all__ = ["TRANSPORTS", "add_transport_arg", "build", "run_one", "serve_devices"]

@@ -45,3 +45,20 @@ class ServeProcess:
         finally:
             self.proc.kill()
             self._log.close()
+
+
+def worker_threads(pid: int) -> list[int]:
+    """The thread ids of process ``pid`` other than its main thread."""
+    return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+
+
+def signal_thread(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to thread ``tid`` of process ``pid`` (tgkill(2)): kill() lets the kernel pick
+    the thread, almost always the main one; a daemon must stop whichever thread takes it."""
+    import ctypes
+    import platform
+    number = {"x86_64": 234, "aarch64": 131}[platform.machine()]  # SYS_tgkill
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, pid, tid, sig) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"tgkill({pid}, {tid}, {sig}): {os.strerror(err)}")

@@ -39,7 +39,6 @@ import logging
 import os
 import select
 import selectors
-import signal
 import socket
 import stat
 import threading
@@ -54,6 +53,7 @@ from .connection import BackendConnection, Reply
 from ..errors import ConnectionFatal
 from ..fdio import ancillary, close_fds, recv_with_fds
 from ..protocol import MAX_FDS
+from ...signals import StopSignals
 from ...sockets import DEFAULT_SOCKET_MODE, SocketInUse, bind_unix, inode_of, peer_credentials, unlink_if_ours
 
 log = logging.getLogger("pyvirtio.vhost_user")
@@ -307,6 +307,7 @@ class VhostUserServer:
         self.endpoints: list[Endpoint] = []
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.selector.register(self._wake_fd, selectors.EVENT_READ, ("wake", None))
+        self._signals: StopSignals | None = None
         self._stopping = False
         self._closed = False
         self.running = threading.Event()
@@ -391,12 +392,13 @@ class VhostUserServer:
     def install_signal_handlers(self) -> None:
         """End cleanly (socket files removed) on SIGTERM and SIGINT (vhost-user.rst: "must end
         ... on SIGTERM"), and on SIGHUP: a closed terminal or a reload must not leave the file."""
-        def handler(signum, frame):
-            log.info("signal %d: shutting down", signum)
-            self.shutdown()
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGHUP, handler)
+        if self._signals is None:
+            self._signals = StopSignals(self._signalled)
+            self.selector.register(self._signals, selectors.EVENT_READ, ("signal", self._signals))
+
+    def _signalled(self) -> None:
+        log.info("signal: shutting down")
+        self.shutdown()
 
     # the loop
 
@@ -408,6 +410,8 @@ class VhostUserServer:
                     kind, obj = key.data
                     if kind == "wake":
                         _drain_eventfd(self._wake_fd)
+                    elif kind == "signal":  # its handler has run: _stopping is set
+                        obj.drain()
                     elif kind == "listen":
                         self._accept(obj)
                     elif kind == "conn":
@@ -433,6 +437,10 @@ class VhostUserServer:
             if ep.path:
                 unlink_if_ours(ep.path, ep.inode)
                 ep.path = None
+        if self._signals is not None:
+            self.selector.unregister(self._signals)
+            self._signals.close()
+            self._signals = None
         if self._wake_fd >= 0:
             self.selector.unregister(self._wake_fd)
             os.close(self._wake_fd)
