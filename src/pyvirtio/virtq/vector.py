@@ -73,13 +73,14 @@ class ReadableBatch:
 
     __slots__ = ("heads", "offsets", "lengths", "region", "total", "_bounds")
 
-    def __init__(self, heads: Any, offsets: Any, lengths: Any, region: Region, total: int):
+    def __init__(self, heads: Any, offsets: Any, lengths: Any, region: Region, total: int,
+                 bounds: tuple[int, int] | None = None):
         self.heads = heads  # numpy uint16 array
         self.offsets = offsets  # numpy int64 array: offsets into region.buf
-        self.lengths = lengths  # numpy int64 array
+        self.lengths = lengths  # numpy unsigned integer array
         self.region = region
         self.total = total
-        self._bounds: tuple[int, int] | None = None
+        self._bounds = bounds
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -95,6 +96,10 @@ class ReadableBatch:
         buf = self.region.buf
         ends = (self.offsets[start:] + self.lengths[start:]).tolist()
         return [buf[a:b] for a, b in zip(self.offsets[start:].tolist(), ends)]
+
+
+#: What :func:`_in_region` finds: region, offsets, lengths, total, bounds (equal lengths only).
+_Found = tuple[Region, Any, Any, int, "tuple[int, int] | None"]
 
 
 class _Rings:
@@ -220,15 +225,15 @@ def _pop_split(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Readabl
     found = _in_region(rings, mem, desc)
     if found is None:
         return None
-    region, offsets, lengths = found
+    region, offsets, lengths, total, bounds = found
     n = len(offsets)
-    heads = heads[:n]
+    if n < len(heads):
+        heads = heads[:n]
     queue.next_avail = (next_avail + n) & 0xFFFF
     stats = queue.stats
     stats.chains += n
-    total = int(_sum(lengths))
     stats.bytes_read += total
-    return ReadableBatch(heads, offsets, lengths, region, total)
+    return ReadableBatch(heads, offsets, lengths, region, total, bounds)
 
 
 def _pop_packed(queue: PackedDeviceQueue, mem: GuestMemory, limit: int) -> ReadableBatch | None:
@@ -258,12 +263,11 @@ def _pop_packed(queue: PackedDeviceQueue, mem: GuestMemory, limit: int) -> Reada
     found = _in_region(rings, mem, desc)
     if found is None:
         return None
-    region, offsets, lengths = found
+    region, offsets, lengths, total, bounds = found
     n = len(offsets)
     del ids[n:]
-    lens = lengths.tolist()
-    queue._took(ids, lens, False)  # booked in flight, counted; next_avail and its wrap move
-    return ReadableBatch(desc["id"][:n], offsets, lengths, region, sum(lens))
+    queue._took(ids, lengths.tolist(), False)  # booked in flight, counted; next_avail and its wrap move
+    return ReadableBatch(desc["id"][:n], offsets, lengths, region, total, bounds)
 
 
 def _run(flags: Any, expected: int) -> int:
@@ -273,13 +277,14 @@ def _run(flags: Any, expected: int) -> int:
     return k if differ[k] else len(flags)
 
 
-def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> tuple[Region, Any, Any] | None:
+def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> _Found | None:
     """The buffers of descriptors ``desc`` (a batch, in order; either layout's records) that lie
-    wholly inside the region of the first: ``(region, offsets, lengths)``, cut before the first
-    that does not; None when the first does not (outside guest memory, or across two regions:
-    the general path's to judge).  64-bit arithmetic: an address below the region, or a buffer
-    running past 2**64, wraps to an offset beyond the region."""
-    addrs, lengths = desc["addr"], desc["len"].astype(np.int64)
+    wholly inside the region of the first: ``(region, offsets, lengths, total, bounds)`` (bounds
+    when all lengths are equal, else None), cut before the first that does not; None when the
+    first does not (outside guest memory, or across two regions: the general path's to judge).
+    64-bit arithmetic: an address below the region, or a buffer running past 2**64, wraps to an
+    offset beyond the region."""
+    addrs, lengths = desc["addr"], desc["len"]  # u64 and u32: u64 sums
     first = int(addrs[0])
     region = rings.region
     if region is None or not int(rings.gpa) <= first < rings.end:
@@ -289,14 +294,22 @@ def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> tuple[Region, Any,
             return None
         rings.region, rings.gpa, rings.end = region, np.uint64(region.gpa), region.end
     rsize = region.size
-    offsets = addrs - rings.gpa
-    ends = offsets + lengths.view(np.uint64)
-    if _max(np.maximum(offsets, ends)) > rsize:
-        n = int(((offsets > rsize) | (ends > rsize)).argmax())
-        if not n:
-            return None
-        offsets, lengths = offsets[:n], lengths[:n]
-    return region, offsets.view(np.int64), lengths
+    offsets = addrs - rings.gpa if region.gpa else addrs  # (guest RAM usually starts at 0)
+    length = int(lengths[0])
+    if not _nonzero(lengths != length):
+        # one length (the usual transmit batch): every offset at most rsize - length puts every
+        # buffer in the region, and no end can wrap; one reduction
+        if int(_max(offsets)) <= rsize - length:  # (length > rsize: negative)
+            return region, offsets.view(np.int64), lengths, length * len(lengths), (length, length)
+    elif _max(np.maximum(offsets, offsets + lengths)) <= rsize:
+        return region, offsets.view(np.int64), lengths, int(_sum(lengths)), None
+    # a buffer beyond the region: the batch ends before the first
+    ends = offsets + lengths
+    n = int(((offsets > rsize) | (ends > rsize)).argmax())
+    if not n:
+        return None
+    offsets, lengths = offsets[:n], lengths[:n]
+    return region, offsets.view(np.int64), lengths, int(_sum(lengths)), None
 
 
 def add_used(queue: DeviceQueue, mem: GuestMemory, heads: Any) -> None:
