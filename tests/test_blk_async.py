@@ -356,9 +356,11 @@ def test_completions_are_looked_at_after_a_submit_only_if_some_may_be_done(tmp_p
 def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_path):
     """With a transport that lets notifications out mid-turn (``notify_queue``), every
     PUBLISH_EVERY reads copied at once are in the used ring, and the driver told, before the
-    pass ends — a driver keeping the ring full refills it meanwhile.  Without one, or with a
-    fault rule set, the used ring moves once at the end of the pass, as before.  Every request
-    completes once either way, with its data."""
+    pass ends — a driver keeping the ring full refills it meanwhile — and so is the last one,
+    as soon as the ring has nothing more (the pass's last look and re-enabled notifications
+    come after: nothing is left for the end of the turn).  Without one, or with a fault rule
+    set, the used ring moves once at the end of the pass, as before.  Every request completes
+    once either way, with its data."""
     from pyvirtio.virtq.drain import PUBLISH_EVERY
 
     path = _disk(tmp_path / "disk.img", 4 * MiB)
@@ -379,10 +381,11 @@ def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_p
             seen.clear()
             reqs = [mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1]) for i in range(n)]
             start = mock.used_idx
-            assert dev.process_queue(mock.mem, queue)  # the rest: notified at the end of the turn
+            # mid-pass: nothing left to notify at the end of the turn; else all of it
+            assert dev.process_queue(mock.mem, queue) == (mode != "mid-pass")
             assert not dev._io[0].inflight
             if mode == "mid-pass":
-                assert seen == [(0, start + PUBLISH_EVERY), (0, start + 2 * PUBLISH_EVERY)]
+                assert seen == [(0, start + PUBLISH_EVERY), (0, start + 2 * PUBLISH_EVERY), (0, start + n)]
             else:
                 assert seen == []
             used = dict(mock.used_elems(0)[-n:])
@@ -391,6 +394,45 @@ def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_p
                 assert mock.read(*r.writable[0]) == struct.pack("<Q", i) * 512
         finally:
             dev.close()
+
+
+@pytest.mark.timeout(60)
+def test_one_request_at_a_time_is_answered_before_the_pass_ends(tmp_path):
+    """Queue depth 1: a read copied at once is in the used ring, and the driver told, as soon as
+    it is done — the ring has nothing more — not after the pass's last look; a request the
+    driver makes available meanwhile is still taken in the same pass (its re-check), and one
+    made available after the pass is found on the next."""
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio="io_uring" if io_uring_unavailable_reason() is None else "threads")
+    mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    told = []
+    try:
+        for i in range(3):
+            mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
+        _run(dev, mock, queue)  # warm the page cache: a first read may go through the engine
+        dev.notify_queue = lambda index: told.append([h for h, _ in mock.used_elems(0)])
+        for i in range(3):
+            req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
+            assert not dev.process_queue(mock.mem, queue)  # nothing left for the end of the turn
+            assert told[-1][-1] == req.head and len(told) == i + 1
+            assert mock.read(*req.writable[0]) == struct.pack("<Q", i) * 512
+        # made available while the first is served: the pass takes it too, and tells of each
+        first = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[4096, 1])
+        real = dev.notify_queue
+        later = []
+
+        def tell(index):
+            real(index)
+            if not later:
+                later.append(mock.add_request(out=[_hdr(spec.BlkReqType.IN, 16)], in_lens=[4096, 1]))
+        dev.notify_queue = tell
+        dev.process_queue(mock.mem, queue)
+        assert [t[-1] for t in told[-2:]] == [first.head, later[0].head]
+        assert mock.read(*later[0].writable[0]) == struct.pack("<Q", 2) * 512
+    finally:
+        dev.close()
 
 
 @pytest.mark.timeout(60)

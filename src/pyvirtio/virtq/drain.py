@@ -29,8 +29,11 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
     need not kick meanwhile), and to end with notifications on once nothing is in flight.
 
     ``notify()``, when given, notifies the driver at once: every PUBLISH_EVERY chains completed
-    at once are put in the used ring during the pass, and ``notify()`` is called if the driver
-    wants to know (``needs_notification``).  A driver that keeps the ring full then takes those
+    at once — and those completed when the ring has nothing more available — are put in the used
+    ring during the pass, and ``notify()`` is called if the driver wants to know
+    (``needs_notification``).  The driver so hears of the last request as soon as it is done,
+    not after the pass's last look at the ring and its re-enabled notifications (one request at
+    a time: that tail is no longer between the answer and the driver's next request).  A driver that keeps the ring full then takes those
     and makes more available while the rest is drained, instead of both sides waiting for each
     other's whole batch (4 KiB reads from the page cache at queue depth 32: one kick and one
     notification per 32 requests, the two sides taking turns).  The return value covers what
@@ -44,7 +47,7 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
                 written = handle(chain)
                 if written is not None:
                     done.append((chain.head_index, written))
-                    if notify is not None and len(done) >= PUBLISH_EVERY:
+                    if notify is not None and (len(done) >= PUBLISH_EVERY or not queue.has_available(mem)):
                         batch, done = done, []
                         queue.add_used_batch(mem, batch)
                         if queue.needs_notification(mem):
