@@ -29,7 +29,7 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
     need not kick meanwhile), and to end with notifications on once nothing is in flight.
 
     ``notify()``, when given, notifies the driver at once: every PUBLISH_EVERY chains completed
-    at once — and those completed when the ring has nothing more available — are put in the used
+    at once — and what completed at once when a look finds the ring empty — are put in the used
     ring during the pass, and ``notify()`` is called if the driver wants to know
     (``needs_notification``).  The driver so hears of the last request as soon as it is done,
     not after the pass's last look at the ring and its re-enabled notifications (one request at
@@ -43,15 +43,23 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
         queue.disable_notification(mem)
         done = []
         try:
-            while (chain := queue.pop_descriptor_chain(mem)) is not None:
-                written = handle(chain)
-                if written is not None:
+            while True:
+                chain = queue.pop_descriptor_chain(mem)
+                if chain is not None:
+                    written = handle(chain)
+                    if written is None:
+                        continue
                     done.append((chain.head_index, written))
-                    if notify is not None and (len(done) >= PUBLISH_EVERY or not queue.has_available(mem)):
-                        batch, done = done, []
-                        queue.add_used_batch(mem, batch)
-                        if queue.needs_notification(mem):
-                            notify()
+                    if notify is None or len(done) < PUBLISH_EVERY:
+                        continue
+                elif notify is None or not done:
+                    break
+                batch, done = done, []  # PUBLISH_EVERY completed, or the ring is empty
+                queue.add_used_batch(mem, batch)
+                if queue.needs_notification(mem):
+                    notify()
+                if chain is None:
+                    break
         finally:
             if done and not queue.broken:  # what completed before a failure still goes back
                 queue.add_used_batch(mem, done)
