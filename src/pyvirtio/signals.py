@@ -33,7 +33,7 @@ class StopSignals:
             stop()
         for sig in STOP_SIGNALS:
             signal.signal(sig, handler)
-        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
 
     def fileno(self) -> int:
         return self._read
@@ -52,9 +52,9 @@ class StopSignals:
         file takes the number next."""
         if self._read < 0 or threading.current_thread() is not threading.main_thread():
             return
-        previous = signal.set_wakeup_fd(-1)
-        if previous != self._write:  # set by someone else since: theirs stays
-            signal.set_wakeup_fd(previous)
+        current = signal.set_wakeup_fd(self._previous)  # the one before ours, back
+        if current != self._write:  # set by someone else since: theirs stays
+            signal.set_wakeup_fd(current)
         os.close(self._read)
         os.close(self._write)
         self._read = self._write = -1
