@@ -311,10 +311,11 @@ class PackedDeviceQueue(DeviceRingSide):
             out.append(chain)
         return out
 
-    def _took(self, ids: list[int], lengths: list[int], writable: bool) -> None:
+    def _took(self, ids: list[int], lengths: list[int], writable: bool, total: int | None = None) -> None:
         """The batch pops' last step: buffers ``ids`` (one descriptor each, from ``next_avail``
         on) are in flight — booked, told to inflight tracking, counted — and ``next_avail`` moves
-        past them (the wrap counter flips at the ring's end)."""
+        past them (the wrap counter flips at the ring's end).  ``total``: the lengths' sum, if
+        the caller has it."""
         size, pos, count = self.size, self.next_avail, len(ids)
         self._pending.update(zip(ids, repeat(1)))
         if self.in_order:
@@ -329,7 +330,7 @@ class PackedDeviceQueue(DeviceRingSide):
         stats = self.stats
         stats.chains += count
         if not writable:
-            stats.bytes_read += sum(lengths)
+            stats.bytes_read += sum(lengths) if total is None else total
 
     def pop_direct(self, mem: GuestMemory, limit: int) -> tuple[list[int], list[int], list[memoryview]]:
         """Pop up to ``limit`` chains that are each one device-readable descriptor: the batch fast

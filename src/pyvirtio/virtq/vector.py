@@ -266,7 +266,7 @@ def _pop_packed(queue: PackedDeviceQueue, mem: GuestMemory, limit: int) -> Reada
     region, offsets, lengths, total, bounds = found
     n = len(offsets)
     del ids[n:]
-    queue._took(ids, lengths.tolist(), False)  # booked in flight, counted; next_avail and its wrap move
+    queue._took(ids, lengths.tolist(), False, total)  # booked in flight, counted; next_avail and its wrap move
     return ReadableBatch(desc["id"][:n], offsets, lengths, region, total, bounds)
 
 
