@@ -317,7 +317,7 @@ class PackedDeviceQueue(DeviceRingSide):
         past them (the wrap counter flips at the ring's end).  ``total``: the lengths' sum, if
         the caller has it."""
         size, pos, count = self.size, self.next_avail, len(ids)
-        self._pending.update(zip(ids, repeat(1)))
+        self._pending.update(dict.fromkeys(ids, 1))  # (in order: IN_ORDER reads the book in order)
         if self.in_order:
             self._wlen.update(zip(ids, lengths if writable else repeat(0)))
         if self.inflight is not None:
@@ -620,7 +620,7 @@ class PackedDeviceQueue(DeviceRingSide):
             if heads != list(islice(pending, len(heads))):
                 raise UsageError(f"queue {self.index}: buffers {heads[:8]} are not the oldest in "
                                  "flight (VIRTIO_F_IN_ORDER)")
-        elif len(set(heads)) != len(heads) or not pending.keys() >= set(heads):
+        elif len(unique := set(heads)) != len(heads) or not pending.keys() >= unique:
             raise UsageError(f"queue {self.index}: add_used_heads with a buffer not in flight")
         counts = list(map(pending.pop, heads))
         if self.inflight is not None:  # it records one completion at a time
@@ -664,7 +664,7 @@ class PackedDeviceQueue(DeviceRingSide):
         if self.in_order or self.inflight is not None:
             self.add_used_batch(mem, list(zip(heads, lens)))
             return
-        if len(set(heads)) != len(heads) or not pending.keys() >= set(heads):
+        if len(unique := set(heads)) != len(heads) or not pending.keys() >= unique:
             raise UsageError(f"queue {self.index}: add_used_lengths with a buffer not in flight")
         counts = list(map(pending.pop, heads))
         if counts.count(1) == len(counts):
