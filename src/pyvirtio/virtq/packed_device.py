@@ -154,7 +154,9 @@ class PackedDeviceQueue(DeviceRingSide):
         self.next_avail, self.avail_wrap = 0, 1
         self.next_used, self.used_wrap = 0, 1
         self._pending: dict[int, int] = {}  # buffer id -> ring descriptors it holds (pop order)
-        self._wlen: dict[int, int] = {}  # IN_ORDER: buffer id -> its device-writable bytes
+        #: IN_ORDER: buffer id -> its device-writable bytes, for the buffers in flight that have
+        #: any (none: 0 — a transmit ring's buffers are never booked here)
+        self._wlen: dict[int, int] = {}
         self._added_since_signal = 0
         self.broken = False
         self.fault: Exception | None = None
@@ -268,7 +270,7 @@ class PackedDeviceQueue(DeviceRingSide):
         if chain.head_index in self._pending:
             self._break(DriverFault(f"queue {self.index}: buffer id {chain.head_index} is already in flight"))
         self._pending[chain.head_index] = count
-        if self.in_order:
+        if self.in_order and chain.writable_len:
             self._wlen[chain.head_index] = chain.writable_len
         if self.inflight is not None:
             self.inflight.popped(self._desc, self.next_avail, count)
@@ -299,6 +301,8 @@ class PackedDeviceQueue(DeviceRingSide):
         if fault is not None:
             self._break(DriverFault(f"queue {self.index}: resubmitted chain: {fault}"))
         self._pending[buf_id] = len(descs)
+        if self.in_order and chain.writable_len:
+            self._wlen[buf_id] = chain.writable_len
         self.stats.chains += 1
         self.stats.bytes_read += chain.readable_len
         return chain
@@ -318,8 +322,8 @@ class PackedDeviceQueue(DeviceRingSide):
         the caller has it."""
         size, pos, count = self.size, self.next_avail, len(ids)
         self._pending.update(dict.fromkeys(ids, 1))  # (in order: IN_ORDER reads the book in order)
-        if self.in_order:
-            self._wlen.update(zip(ids, lengths if writable else repeat(0)))
+        if self.in_order and writable:
+            self._wlen.update(zip(ids, lengths))
         if self.inflight is not None:
             for k in range(count):
                 self.inflight.popped(self._desc, (pos + k) % size, 1)
@@ -598,7 +602,7 @@ class PackedDeviceQueue(DeviceRingSide):
         last = len(elems) - 1
         for i, (head, length) in enumerate(elems):
             run += pending.pop(head)
-            if i == last or length != wlen.pop(head, -1):
+            if i == last or length != wlen.pop(head, 0):
                 wlen.pop(head, None)
                 self._write_used(head, length, run)  # closes the run (2.8.21)
                 run = 0
@@ -628,7 +632,8 @@ class PackedDeviceQueue(DeviceRingSide):
                 self._wlen.pop(head, None)
                 self._write_used(head, length, count)
         elif in_order:
-            filled = list(map(self._wlen.pop, heads, repeat(-1)))
+            wlen = self._wlen
+            filled = list(map(wlen.pop, heads, repeat(0))) if wlen else [0] * len(heads)
             if filled[:-1].count(length) == len(heads) - 1:
                 self._write_used(heads[-1], length, sum(counts))  # one for the run (2.8.21)
                 return
