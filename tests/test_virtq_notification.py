@@ -98,3 +98,20 @@ def test_a_packed_offset_past_the_ring_is_the_drivers_fault():
     drv.add(mem, [(BUF, 16)], [], 9)  # position 5, the last slot: the next one wraps to 0
     assert check_position(dev, mem, driver_position(drv)) is None
     assert driver_position(drv) == 0
+
+
+def test_a_packed_position_from_a_lap_ago_is_behind_while_used_buffers_lag():
+    """A notification checked late (its worker was busy) after the device went on into the next
+    lap: on the two laps a wrap counter tells apart it reads like one ahead, but the driver can
+    be at most a ring ahead of what the device returned, so it is an old one."""
+    mem, drv, dev = pair(packed=True)
+    cycle(mem, drv, dev, 2)
+    old = driver_position(drv)  # offset 2, wrap 1
+    cycle(mem, drv, dev, 7)  # device and used at offset 1 of the second lap (wrap 0)
+    for i in range(4):  # made available and taken, not returned yet
+        drv.add(mem, [(BUF, 16)], [], 100 + i)
+        assert dev.pop_descriptor_chain(mem) is not None
+    assert (dev.next_avail, dev.avail_wrap, dev.next_used, dev.used_wrap) == (5, 0, 1, 0)
+    assert check_position(dev, mem, old) is None
+    claimed = driver_position(drv) + 1  # one past what the ring shows: still the driver's fault
+    assert isinstance(check_position(dev, mem, claimed), DriverFault)

@@ -206,7 +206,11 @@ class DeviceRegisters:
             log.info("%s: notify for queue %d ignored: no bus mastering", self._name, index)
             return
         # The position is checked under the group's lock: its worker may be draining this ring.
-        self.engine.kick(index, None if position is None else lambda: self._check_position(index, position))
+        if position is None:
+            self.engine.kick(index, None)
+        else:
+            popped = self.device.queues[index].stats.chains  # how far the device was
+            self.engine.kick(index, lambda: self._check_position(index, position, popped))
 
     def write_notify(self, value: int, width: int) -> None:
         """The driver wrote ``value`` to a notification register: with NOTIFICATION_DATA
@@ -216,12 +220,18 @@ class DeviceRegisters:
         else:
             self.notify(value & 0xFFFF)
 
-    def _check_position(self, index: int, position: int) -> None:
+    def _check_position(self, index: int, position: int, popped: int) -> None:
         """A position the ring does not bear out is the driver's fault: logged (rate-limited)
-        and counted; the ring, not the hint, decides what is served."""
+        and counted; the ring, not the hint, decides what is served.  Checked only if the device
+        took nothing from the ring since the notification came (``popped``: its count of chains
+        then): a worker busy meanwhile may have gone round the ring, and a position from a lap
+        ago reads like one ahead."""
         fault: VirtioError | None
+        queue = self.device.queues[index]
+        if queue.stats.chains != popped:
+            return
         try:
-            fault = notification.check_position(self.device.queues[index], self.memory, position)
+            fault = notification.check_position(queue, self.memory, position)
         except VirtioError as exc:  # the ring is outside guest memory: the queue finds out itself
             fault = exc
         if fault is not None:

@@ -64,9 +64,17 @@ def _check_packed(queue, mem: GuestMemory, position: int) -> DriverFault | None:
     if off >= size:
         return DriverFault(f"queue {queue.index}: notification offset {off} is past the "
                            f"{size}-entry ring (2.9)")
-    here, here_wrap = queue.next_avail, queue.avail_wrap
-    if (off, wrap) == (here, here_wrap) or (off < here if wrap == here_wrap else off > here):
-        return None  # nothing new, or behind the device (an old notification): nothing to check
+    # Positions on the two laps a wrap counter tells apart: lap offset + size when it is 0.
+    def linear(offset: int, wrap_counter: int) -> int:
+        return offset + (0 if wrap_counter else size)
+    where = linear(off, wrap)
+    ahead = (where - linear(queue.next_avail, queue.avail_wrap)) % (2 * size)
+    beyond_used = (where - linear(queue.next_used, queue.used_wrap)) % (2 * size)
+    if not ahead or ahead > size or beyond_used > size:
+        # Nothing new, or behind the device: an old notification, checked late (the worker was
+        # busy).  The driver can be at most a ring ahead of what the device returned (it reuses
+        # only used slots): a position further on is one from a lap ago.
+        return None
     last, last_wrap = (off - 1, wrap) if off else (size - 1, wrap ^ 1)
     flags = mem.load16(queue.desc_table + ring.PVIRTQ_DESC_SIZE * last + _FLAGS)
     avail, used = bool(flags & ring.VIRTQ_DESC_F_AVAIL), bool(flags & ring.VIRTQ_DESC_F_USED)
