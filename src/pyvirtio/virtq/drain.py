@@ -33,8 +33,9 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
     ring during the pass, and ``notify()`` is called if the driver wants to know
     (``needs_notification``).  The driver so hears of the last request as soon as it is done,
     not after the pass's last look at the ring and its re-enabled notifications (one request at
-    a time: that tail is no longer between the answer and the driver's next request).  A driver that keeps the ring full then takes those
-    and makes more available while the rest is drained, instead of both sides waiting for each
+    a time: that tail is no longer between the answer and the driver's next request).  A driver
+    that keeps the ring full then takes those and makes more available while the rest is
+    drained, instead of both sides waiting for each
     other's whole batch (4 KiB reads from the page cache at queue depth 32: one kick and one
     notification per 32 requests, the two sides taking turns).  The return value covers what
     was published after the last such call.

@@ -59,17 +59,19 @@ def _check_split(queue, mem: GuestMemory, position: int) -> DriverFault | None:
     return None
 
 
+def _on_two_laps(offset: int, wrap_counter: int, size: int) -> int:
+    """A packed ring position on the two laps a wrap counter tells apart (0 .. 2 * size - 1)."""
+    return offset + (0 if wrap_counter else size)
+
+
 def _check_packed(queue, mem: GuestMemory, position: int) -> DriverFault | None:
     size, off, wrap = queue.size, position & 0x7FFF, position >> 15
     if off >= size:
         return DriverFault(f"queue {queue.index}: notification offset {off} is past the "
                            f"{size}-entry ring (2.9)")
-    # Positions on the two laps a wrap counter tells apart: lap offset + size when it is 0.
-    def linear(offset: int, wrap_counter: int) -> int:
-        return offset + (0 if wrap_counter else size)
-    where = linear(off, wrap)
-    ahead = (where - linear(queue.next_avail, queue.avail_wrap)) % (2 * size)
-    beyond_used = (where - linear(queue.next_used, queue.used_wrap)) % (2 * size)
+    where = _on_two_laps(off, wrap, size)
+    ahead = (where - _on_two_laps(queue.next_avail, queue.avail_wrap, size)) % (2 * size)
+    beyond_used = (where - _on_two_laps(queue.next_used, queue.used_wrap, size)) % (2 * size)
     if not ahead or ahead > size or beyond_used > size:
         # Nothing new, or behind the device: an old notification, checked late (the worker was
         # busy).  The driver can be at most a ring ahead of what the device returned (it reuses
