@@ -546,6 +546,9 @@ class HostileSession(Session):
         self.record = plan.open_connection()
         self._requests = Framer()  # our own reading of the request stream (no fds)
         self._hung_up = False
+        # Queues whose used buffers a device told of in the middle of a turn (held, below).
+        self._held: set[int] = set()
+        self._rewrites_rings = any(r.ring and r.kind != "irq-spurious" for r in plan.rules)
         super().__init__(endpoint, sock)
 
     # the control path
@@ -613,6 +616,9 @@ class HostileSession(Session):
                 r.kind == "irq-spurious" or (r.kind == "wrap-flip" and packed))):
             self._before_turn(rule, index)
         notify = super().process(index)
+        if index in self._held:
+            self._held.discard(index)
+            notify = True
         served = queue.stats.chains - before.chains
         if served:
             self.plan.seen(self.record, [], served)
@@ -625,6 +631,16 @@ class HostileSession(Session):
                              self.record)
             notify = notify or detail is not None
         return notify
+
+    def _notify_counted(self, index: int) -> None:
+        # A ring rule rewrites the used ring after the turn, so the driver must not hear of the
+        # turn's used buffers before that: it could take them, reuse their ids, and a lie about
+        # an id (one published again) would then read as a true completion.  Held to the turn's
+        # end, where the worker notifies.
+        if self._rewrites_rings:
+            self._held.add(index)
+            return
+        super()._notify_counted(index)
 
     def _before_turn(self, rule: HostileRule, index: int) -> None:
         queue = self.conn.vrings[index].queue
