@@ -2,8 +2,8 @@
 
 One ``AioEngine`` belongs to one thread (a blk ring worker): it *prepares* operations, *submits*
 them in one go, and *reaps* completions in whatever order the kernel finishes them.  Its ``fd`` is
-an eventfd that is readable while completions wait to be reaped, so the worker polls it next to
-its kick fds.  Two back-ends implement the same protocol:
+readable while completions wait to be reaped (io_uring: the ring's own fd; threads: an eventfd),
+so the worker polls it next to its kick fds.  Two back-ends implement the same protocol:
 
 * ``io_uring`` (``uring.py``): a thin ctypes binding over the raw syscalls; every prepared op is
   handed to the kernel by one ``io_uring_enter`` per ``submit()``;

@@ -35,13 +35,14 @@ import struct
 import time
 
 from ..errors import UsageError
-from .base import AioEngine, AioError, AioQueueFull, AioSetupError, _read_eventfd
+from .base import AioEngine, AioError, AioQueueFull, AioSetupError
 
 SYS_IO_URING_SETUP, SYS_IO_URING_ENTER, SYS_IO_URING_REGISTER = 425, 426, 427  # x86-64
 
 IORING_OFF_SQ_RING, IORING_OFF_CQ_RING, IORING_OFF_SQES = 0, 0x8000000, 0x10000000
 IORING_FEAT_SINGLE_MMAP, IORING_FEAT_NODROP = 1 << 0, 1 << 1
-IORING_ENTER_GETEVENTS = 1 << 0
+IORING_FEAT_EXT_ARG = 1 << 8  # io_uring_enter takes a timeout (Linux 5.11+)
+IORING_ENTER_GETEVENTS, IORING_ENTER_EXT_ARG = 1 << 0, 1 << 3
 #: Completions posted by task work (an O_DIRECT read finished by the disk's interrupt, the
 #: release of an op io_uring's workers ran) do not interrupt the submitting thread with an IPI
 #: while it runs: they are run when it next enters the kernel (any syscall: our poll, an
@@ -49,7 +50,6 @@ IORING_ENTER_GETEVENTS = 1 << 0
 #: with EINVAL and get a ring without it.
 IORING_SETUP_COOP_TASKRUN = 1 << 8
 IORING_SQ_CQ_OVERFLOW = 1 << 1
-IORING_REGISTER_EVENTFD = 4
 IORING_REGISTER_PROBE = 8
 IO_URING_OP_SUPPORTED = 1
 
@@ -70,6 +70,12 @@ _CQE = struct.Struct("<QiI")  # user_data res flags
 _U32 = struct.Struct("<I")
 _U64 = (1 << 64) - 1  # offset -1: the file position (pipes, sockets)
 _IOV = struct.Struct("<QQ")  # struct iovec { void *iov_base; size_t iov_len; }
+_TIMESPEC = struct.Struct("<qq")  # struct __kernel_timespec { tv_sec; tv_nsec; }
+#: struct io_uring_getevents_arg { u64 sigmask; u32 sigmask_sz; u32 pad; u64 ts; } (no sigmask)
+_GETEVENTS_ARG = struct.Struct("<QIIQ")
+#: its size as the syscall's size_t argument (a plain int would go as a 32-bit int through
+#: syscall(2)'s varargs, the register's upper half undefined)
+_ARGSZ = ctypes.c_size_t(_GETEVENTS_ARG.size)
 assert _SQE.size == 64 and _CQE.size == 16 and _PARAMS.size == 120
 
 #: iovecs each slot has room for in the engine's shared table; a slot given more gets a table of
@@ -157,7 +163,7 @@ def _supports(ring_fd: int, *ops: int) -> bool:
 
 
 class IoUringEngine(AioEngine):
-    """An io_uring with ``depth`` slots, its completions signalled on an eventfd."""
+    """An io_uring with ``depth`` slots; its fd is readable while completions wait."""
 
     name = "io_uring"
 
@@ -175,17 +181,20 @@ class IoUringEngine(AioEngine):
             raise AioSetupError(f"io_uring_setup({depth}): {e.strerror}", e.errno or 0) from e
         try:
             self._map_rings(params)
-            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._register_eventfd()
             self._single_op = _SINGLE_OP if _supports(self._ring_fd, IORING_OP_READ, IORING_OP_WRITE) else {}
         except OSError as e:
             self._free()
             raise AioSetupError(f"io_uring set-up: {e.strerror}", e.errno or 0) from e
+        #: What a poller watches: the ring's own fd, readable (POLLIN) while the completion queue
+        #: holds any entry — reaping them is what clears it, no eventfd to read (a system call
+        #: per completion turn saved).
+        self.fd = self._ring_fd
         self._free_slots = list(range(depth - 1, -1, -1))
         self._tokens: list = [None] * depth
         self._keep: list = [None] * depth  # memoryviews (and spill iovec buffers) per slot
         self._sq_tail = _U32.unpack_from(self._sq, self._sq_tail_off)[0]  # free-running; masked on use
         self._to_submit = 0
+        self._wait_arg: tuple | None = None  # wait()'s timespec and getevents arg, made once
         iov_table = bytearray(depth * IOV_PER_SLOT * _IOV.size)
         self._iov_table = iov_table
         self._iov_base = _addressof(_c_char_from_buffer(iov_table))
@@ -193,6 +202,7 @@ class IoUringEngine(AioEngine):
 
     def _map_rings(self, p: tuple) -> None:
         sq_entries, cq_entries, _flags, _cpu, _idle, features = p[0:6]
+        self.features = features
         (_sq_head, sq_tail, sq_mask, _sq_n, sq_flags, _dropped, sq_array, _r1, _ua) = p[10:19]
         (cq_head, cq_tail, cq_mask, _cq_n, cq_overflow, cqes, _cq_flags, _r2, _ua2) = p[19:28]
         if not features & IORING_FEAT_NODROP:
@@ -218,12 +228,6 @@ class IoUringEngine(AioEngine):
         self._cq_overflow_off = cq_overflow
         for i in range(sq_entries):  # identity: SQ array slot i names SQE i, once and for all
             _U32.pack_into(sq, sq_array + 4 * i, i)
-
-    def _register_eventfd(self) -> None:
-        arg = ctypes.c_int(self.fd)
-        if _syscall(SYS_IO_URING_REGISTER, self._ring_fd, IORING_REGISTER_EVENTFD, ctypes.byref(arg), 1) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"IORING_REGISTER_EVENTFD: {os.strerror(err)}")
 
     # --- preparing -------------------------------------------------------------------------
 
@@ -370,12 +374,10 @@ class IoUringEngine(AioEngine):
         _enter(self._ring_fd, 0, 0, IORING_ENTER_GETEVENTS)
 
     def reap(self, clear: bool = True) -> list[tuple[int, int]]:
-        """Every finished op as (token, result); never blocks; clears the eventfd first
-        (``clear``: see :meth:`AioEngine.reap`)."""
+        """Every finished op as (token, result); never blocks.  No fd to clear (``clear`` is
+        for engines that signal on an eventfd): the ring's fd is readable while entries wait."""
         if self._closed:
             return []
-        if clear:
-            _read_eventfd(self.fd)  # before reading the CQ: a later completion signals again
         out = self._reap_cq()
         if _U32.unpack_from(self._sq, self._sq_flags_off)[0] & IORING_SQ_CQ_OVERFLOW:
             self._flush_overflow()
@@ -400,6 +402,28 @@ class IoUringEngine(AioEngine):
         self.inflight -= len(out)
         _U32.pack_into(cq, self._cq_head_off, head)  # after the CQE loads: ordered on TSO
         return out
+
+    def wait(self, timeout: float | None) -> list[tuple[int, int]]:
+        """As :meth:`AioEngine.wait`; with a timeout, one ``io_uring_enter`` that waits for a
+        completion itself (IORING_ENTER_EXT_ARG, Linux 5.11+): the completion's task work runs
+        inside that wait, no poll to set up, restart and return from."""
+        done = self.reap()
+        if done or self._closed or not self._in_kernel():
+            return done
+        if timeout is None or not self.features & IORING_FEAT_EXT_ARG:
+            return super().wait(timeout)
+        if self._wait_arg is None:
+            ts = ctypes.create_string_buffer(_TIMESPEC.size)
+            arg = ctypes.create_string_buffer(_GETEVENTS_ARG.size)
+            _GETEVENTS_ARG.pack_into(arg, 0, 0, 0, 0, _addressof(ts))
+            self._wait_arg = (ts, arg)
+        ts, arg = self._wait_arg
+        ns = max(0, int(timeout * 1e9))
+        _TIMESPEC.pack_into(ts, 0, ns // 1_000_000_000, ns % 1_000_000_000)
+        # -ETIME when the time ran out; -EINTR (a signal) ends the wait early: either way, reap.
+        _syscall(SYS_IO_URING_ENTER, self._ring_fd, 0, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
+                 arg, _ARGSZ)
+        return self.reap()
 
     def _in_kernel(self) -> bool:
         return self.inflight > self._to_submit
@@ -434,7 +458,5 @@ class IoUringEngine(AioEngine):
         if self._ring_fd >= 0:
             os.close(self._ring_fd)  # the kernel cancels whatever is still running
             self._ring_fd = -1
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.fd = -1
 
