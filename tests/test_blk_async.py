@@ -467,3 +467,116 @@ def test_completions_of_a_batch_sent_to_the_kernel_go_back_while_the_ring_is_dra
             assert mock.read(*r.writable[0]) == struct.pack("<Q", i) * 512
     finally:
         dev.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("aio", AIO)
+@pytest.mark.parametrize("linger", [True, False])
+def test_a_turn_waits_briefly_for_the_request_it_sent_to_the_kernel(tmp_path, aio, linger):
+    """Queue depth 1 through the kernel (a read that is not copied at once): with a transport
+    that lets the device notify mid-turn, the turn that sent the request waits for it (bounded:
+    ``BlkDevice.linger``), puts it in the used ring, tells the driver and ends with kicks back
+    on — one worker wake-up per request instead of two.  Without the linger (or when the wait
+    ends first) the request stays in flight, kicks stay off, and its completion is answered
+    later by ``host_ready``, as before."""
+    size = 256 * 1024  # io_uring: a read this large goes to the kernel's workers, not inline
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio=aio)
+    # Long enough that the read (a first one starts the kernel's workers) ends inside it.
+    dev.linger = 10.0 if linger else 0.0
+    mock = MockSplitDriver(size=16, regions=[(0, 4 * MiB)])
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    told = []
+    dev.notify_queue = lambda index: told.append([h for h, _ in mock.used_elems(0)])
+    try:
+        io = dev._queue_io(0)
+        io._nowait = False  # through the engine, as with O_DIRECT
+        for i in range(3):
+            req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, (size // 512) * i)], in_lens=[size, 1])
+            notify = dev.process_queue(mock.mem, queue)
+            if linger:
+                assert not notify and told[-1][-1] == req.head and len(told) == i + 1
+                assert not io.inflight and 0 not in dev.kicks_held and dev.lingered == i + 1
+            else:
+                assert io.inflight and 0 in dev.kicks_held and told == [] and dev.lingered == 0
+                _run(dev, mock, queue)
+                assert mock.used_elems(0)[-1] == (req.head, size + 1)
+            block = (size // 4096) * i
+            assert mock.read(*req.writable[0])[:4096] == struct.pack("<Q", block) * 512
+    finally:
+        dev.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_linger_that_ends_before_the_completion_leaves_the_request_to_host_ready(tmp_path, monkeypatch):
+    """The wait is bounded: when it ends with nothing finished, the turn ends with the request
+    in flight and kicks off, and the completion is answered when the engine's fd fires."""
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio="threads")
+    mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    told = []
+    dev.notify_queue = lambda index: told.append(index)
+    try:
+        io = dev._queue_io(0)
+        io._nowait = False
+        waits = []
+        monkeypatch.setattr(io.engine, "wait", lambda timeout: waits.append(timeout) or [])
+        req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8)], in_lens=[4096, 1])
+        dev.process_queue(mock.mem, queue)
+        assert waits == [dev.linger] and io.inflight and 0 in dev.kicks_held and told == []
+        assert dev.lingered == 0
+        _run(dev, mock, queue)
+        assert mock.used_elems(0)[-1] == (req.head, 4097)
+        assert mock.read(*req.writable[0]) == struct.pack("<Q", 1) * 512
+    finally:
+        dev.close()
+
+
+
+@pytest.mark.timeout(60)
+def test_after_a_linger_the_ring_is_drained_again_before_the_turn_ends(tmp_path):
+    """With requests still in flight after the linger's completions, the drain takes another
+    pass (kicks still off): a request the driver made available when it was told — a full
+    ring's next one — goes to the kernel in this turn, not one completion later."""
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio="threads")
+    dev.linger = 10.0
+    mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    added = []
+
+    def told(index):  # the driver answers the first completion with a new request
+        if not added:
+            added.append(mock.add_request(out=[_hdr(spec.BlkReqType.IN, 24)], in_lens=[4096, 1]))
+    dev.notify_queue = told
+    try:
+        io = dev._queue_io(0)
+        io._nowait = False
+        first = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8)], in_lens=[4096, 1])
+        second = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 16)], in_lens=[4096, 1])
+        real_wait, stashed = io.engine.wait, []
+
+        def first_only(timeout):  # both finish in the kernel; the second is answered later
+            done = []
+            while len(done) < 2:
+                done += real_wait(timeout)
+            stashed.extend(c for c in done if c[0] != first.head)
+            return [c for c in done if c[0] == first.head]
+        io.engine.wait = first_only
+        dev.process_queue(mock.mem, queue)
+        io.engine.wait = real_wait
+        assert dev.lingered == 1 and added
+        assert queue.next_avail == 3 and added[0].head in io.inflight  # popped and sent
+        assert second.head in io.inflight and 0 in dev.kicks_held
+        dev._complete(mock.mem, 0, io, stashed)
+        used = dict(_run(dev, mock, queue))
+        assert set(used) >= {first.head, second.head, added[0].head}
+        for req, block in ((first, 1), (second, 2), (added[0], 3)):
+            assert used[req.head] == 4097
+            assert mock.read(*req.writable[0]) == struct.pack("<Q", block) * 512
+    finally:
+        dev.close()

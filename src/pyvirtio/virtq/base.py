@@ -171,7 +171,7 @@ class DeviceQueue(Protocol):
         again, not sleeps)."""
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
-              settle: Callable[[], bool] | None = None, notify: Callable[[], None] | None = None,
+              settle: Callable[[], bool | None] | None = None, notify: Callable[[], None] | None = None,
               /) -> bool:
         """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
         each (the bytes written, or None to keep it), re-enable and re-check; True when

@@ -13,7 +13,7 @@ PUBLISH_EVERY = 8
 
 
 def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
-                settle: Callable[[], bool] | None = None,
+                settle: Callable[[], bool | None] | None = None,
                 notify: Callable[[], None] | None = None) -> bool:
     """Drain ``queue`` (split or packed, device side) through ``handle``.
 
@@ -26,7 +26,9 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
     its way); True ends the loop with notifications still off.  The device then promises to
     drain the queue again when that work finishes (:attr:`pyvirtio.device.Device.kicks_held`:
     a blk queue with requests in the kernel looks at its ring on each completion, so the driver
-    need not kick meanwhile), and to end with notifications on once nothing is in flight.
+    need not kick meanwhile), and to end with notifications on once nothing is in flight.  None
+    asks for another pass with notifications still off (work finished during the settle: the
+    driver, told, may have made more requests available meanwhile).
 
     ``notify()``, when given, notifies the driver at once: every PUBLISH_EVERY chains completed
     at once — and what completed at once when a look finds the ring empty — are put in the used
@@ -64,8 +66,12 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
         finally:
             if done and not queue.broken:  # what completed before a failure still goes back
                 queue.add_used_batch(mem, done)
-        if settle is not None and settle():
-            break
+        if settle is not None:
+            held = settle()
+            if held:
+                break
+            if held is None:
+                continue
         if not queue.enable_notification(mem):
             break
     return queue.needs_notification(mem)

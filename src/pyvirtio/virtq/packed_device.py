@@ -740,7 +740,7 @@ class PackedDeviceQueue(DeviceRingSide):
         return self._is_avail(self._desc16[self.next_avail * 8 + 7], self.avail_wrap)
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
-              settle: Callable[[], bool] | None = None, notify: Callable[[], None] | None = None) -> bool:
+              settle: Callable[[], bool | None] | None = None, notify: Callable[[], None] | None = None) -> bool:
         """The one notification loop (:mod:`pyvirtio.virtq.drain`): pop every chain, ``handle``
         each (the bytes written, or None to keep it), re-enable and re-check; True when
         the driver is to be notified.  ``settle``, ``notify``: see

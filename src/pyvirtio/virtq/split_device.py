@@ -715,7 +715,7 @@ class SplitDeviceQueue(DeviceRingSide):
         return self._avail16[1] != self.next_avail
 
     def drain(self, mem: GuestMemory, handle: Callable[[DescriptorChain], int | None],
-              settle: Callable[[], bool] | None = None, notify: Callable[[], None] | None = None) -> bool:
+              settle: Callable[[], bool | None] | None = None, notify: Callable[[], None] | None = None) -> bool:
         """The "disable, drain, re-enable, re-check" loop (see :func:`drain_queue`)."""
         return drain_queue(self, mem, handle, settle, notify)
 
