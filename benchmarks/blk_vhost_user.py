@@ -4,8 +4,8 @@
 Starts, in one run: qemu-storage-daemon with a null-co device, qemu-storage-daemon with a raw
 file (in its main loop, the default — ``aio=threads``: a thread pool does the reads —, the same
 with ``aio=io_uring`` like pyvirtio's default, and in an IOThread, whose event loop polls
-adaptively for up to 32 µs), and ``pyvirtio serve blk`` with the same kind of file (default, and with
-``--poll-us=32``: adaptive polling as QEMU's IOThreads); then runs ``pyvirtio bench blk``'s engine against each, test by test, interleaved, for
+adaptively for up to ``--poll-us`` µs, default 32 as QEMU's), and ``pyvirtio serve blk`` with the
+same kind of file (default, and with the same polling budget); then runs ``pyvirtio bench blk``'s engine against each, test by test, interleaved, for
 several rounds, reversing the back-end order every other round (PEERS.md: noise on this machine
 is up to ±25%; compare only within one run).  Every back-end runs split rings
 (qemu-storage-daemon's libvhost-user has no packed ring).  Reports each back-end's median, the
@@ -65,9 +65,15 @@ def main(argv=None) -> int:
                    help="comma-separated words: run only the tests whose name contains one (default: all)")
     p.add_argument("--backends", metavar="NAMES",
                    help=f"comma-separated back-ends to run (default: all of {', '.join(BACKENDS)})")
+    p.add_argument("--poll-us", type=float, default=32.0, metavar="US",
+                   help="the polling budget of both polling back-ends: pyvirtio-poll's --poll-us and "
+                        "qsd-iothread's poll-max-ns (default 32, QEMU's IOThread default)")
     p.add_argument("--json", metavar="FILE", help="also write every run's result here")
     args = p.parse_args(argv)
     size = parse_size(args.size)
+    if not 0 < args.poll_us <= 10_000:
+        p.error("--poll-us: between 0 and 10000 microseconds")
+    poll = args.poll_us
     try:
         tests, backends = select(args.tests, args.backends)
     except ValueError as exc:
@@ -85,10 +91,10 @@ def main(argv=None) -> int:
             "qsd-file": lambda: start_qsd(os.path.join(tmp, "file.sock"), images["qsd-file"]),
             "qsd-uring": lambda: start_qsd(os.path.join(tmp, "uring.sock"), images["qsd-uring"], aio="io_uring"),
             "qsd-iothread": lambda: start_qsd(os.path.join(tmp, "iot.sock"), images["qsd-iothread"],
-                                              iothread=True),
+                                              iothread=True, poll_max_ns=round(poll * 1000)),
             "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=images["pyvirtio"]),
             "pyvirtio-poll": lambda: start_pyvirtio("blk", os.path.join(tmp, "pvp.sock"),
-                                                    blk_file=images["pyvirtio-poll"], extra_args=["--poll-us=32"]),
+                                                    blk_file=images["pyvirtio-poll"], extra_args=[f"--poll-us={poll:g}"]),
         }
         peers: dict = {}
         try:  # a peer that fails to start stops the ones already started
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
         finally:
             for peer in peers.values():
                 peer.close()
-    report(runs, tests, args.rounds, args.runtime, threads=args.threads)
+    report(runs, tests, args.rounds, args.runtime, threads=args.threads, poll_us=poll)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)
@@ -146,8 +152,10 @@ def measure(peers: dict, tests, rounds: int, runtime: float, *, threads: bool = 
     return interleave(list(peers), tests, rounds, run_one, log)
 
 
-def report(runs: list[dict], tests, rounds: int, runtime: float, *, threads: bool = False) -> None:
-    print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; medians "
+def report(runs: list[dict], tests, rounds: int, runtime: float, *, threads: bool = False,
+           poll_us: float = 32.0) -> None:
+    print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; polling budget of "
+          f"qsd-iothread and pyvirtio-poll {poll_us:g} us; medians "
           "(latency: median over rounds of each run's percentile)\n")
     split = "".join(f" {g:>9}" for g in THREAD_GROUPS) + f" {'driver':>7}" if threads else ""
     print(f"{'test':<22} {'back-end':<13} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "

@@ -131,6 +131,17 @@ def test_against_qemu_storage_daemon(tmp_path, capsys):
     assert "read: IOPS=" in out and "clat percentiles" in out
 
 
+
+@pytest.mark.peer
+def test_qemu_storage_daemon_in_an_iothread_with_a_polling_budget(tmp_path, image):
+    """benchmarks/blk_vhost_user.py's qsd-iothread with ``--poll-us``: the IOThread takes the
+    budget (poll-max-ns) and serves, verified reads included."""
+    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
+    with start_qsd(str(tmp_path / "q.sock"), image, iothread=True, poll_max_ns=65536) as peer:
+        assert "poll-max-ns=65536" in " ".join(peer.process.args)
+        r = run(BlkBenchConfig(peer.socket_path, iodepth=4, runtime=0.3, verify=True, size=8 << 20))
+        assert r.ios > 50 and r.verified == r.ios
+
 def test_help_explains_every_flag():
     out = subprocess.run([sys.executable, "-m", "pyvirtio.cli", "bench", "blk", "--help"],
                          capture_output=True, text=True, check=True).stdout

@@ -250,12 +250,12 @@ def _start(name: str, argv: list[str], socket_path: str, timeout: float, log_dir
 def start_qsd(socket_path: str, image: str | None = None, *, null_size: int | None = None,
               writable: bool = True, num_queues: int = 1, discard: bool = True,
               direct: bool = False, aio: str | None = None, iothread: bool = False,
-              timeout: float = 10.0) -> Peer:
+              poll_max_ns: int | None = None, timeout: float = 10.0) -> Peer:
     """qemu-storage-daemon exporting ``image`` (file driver; ``direct``: ``cache.direct=on``,
     ``aio``: ``io_uring``, ``threads`` or ``native``) or a null-co device of ``null_size`` bytes
     as vhost-user-blk; with ``iothread``, the export runs in an IOThread (``--object iothread``,
-    ``iothread=``), whose event loop polls adaptively (poll-max-ns 32768) where the main loop's
-    does not."""
+    ``iothread=``), whose event loop polls adaptively (``poll_max_ns``, QEMU's default 32768)
+    where the main loop's does not."""
     if (image is None) == (null_size is None):
         raise ValueError("give exactly one of image and null_size")
     if image is not None:
@@ -266,7 +266,8 @@ def start_qsd(socket_path: str, image: str | None = None, *, null_size: int | No
     export = (f"type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path={socket_path},"
               f"writable={'on' if writable else 'off'}" + (f",num-queues={num_queues}" if num_queues > 1 else "")
               + (",iothread=io0" if iothread else ""))
-    argv = [QSD] + (["--object", "iothread,id=io0"] if iothread else []) + [
+    thread = "iothread,id=io0" + (f",poll-max-ns={poll_max_ns}" if poll_max_ns is not None else "")
+    argv = [QSD] + (["--object", thread] if iothread else []) + [
         "--blockdev", blockdev, "--export", export]
     peer = _start("qemu-storage-daemon", argv, socket_path, timeout)
     peer.kind = "blk"

@@ -244,16 +244,22 @@ def _common(p) -> None:
                    help="adaptive polling, as QEMU's IOThreads (poll-max-ns): a queue worker "
                         "whose waits are short looks for its next kick or completion without "
                         "sleeping for up to US microseconds, and stops after a long wait "
-                        "(default 0: always sleep; QEMU's IOThreads use 32)")
+                        "(default 0: always sleep; QEMU's IOThreads use 32; 64 serves a "
+                        "driver that answers within 64 us without a wake-up: lower latency "
+                        "at queue depth 1, for the CPU time spent looking)")
     _virtio_msg_cli().add_transport_arg(p)
     p.add_argument("--fault", action="append", default=[], metavar="RULE",
                    help="inject a fault from the start, e.g. ioerr:sectors=2048-4095, "
                         "latency:ms=20, drop:rate=0.5 (repeatable; README 'Fault injection')")
 
 
-#: ``serve --poll-us`` default: off, as QEMU's main loop (its IOThreads poll for up to 32 µs):
-#: on a small host a spinning back-end takes CPU time from the guest (measured: in-guest fio at
-#: 4 KiB on a 2-CPU host, 0.92 of qemu-storage-daemon with 32 µs, 0.95 without).
+#: ``serve --poll-us`` default: off, as qemu-storage-daemon's main loop (QEMU's IOThreads poll
+#: for up to 32 µs), so that a daemon's CPU use follows its load.  The budget must cover the
+#: driver's answer to a notification (its wake-up, its next request, its kick) or the window
+#: closes after every wait: with pyvirtio's Python driver 32 µs is too short and 64 µs makes
+#: 4 KiB qd1 1.5x what it is without (benchmarks/README.md, session 14); in a TCG guest on a
+#: 2-CPU host 64 µs cost the guest nothing measurable (in-guest fio 4 KiB qd1 0.95 with it,
+#: 0.92 without; the requests come too far apart for the window to stay open).
 DEFAULT_POLL_US = 0.0
 
 
