@@ -128,7 +128,7 @@ class BlkDevice(VirtioDevice):
         self._finished: dict[int, dict[int, int]] = {}
         #: Completions held back by fault rules (``latency``: pyvirtio.devices.blk_faults).
         self.holding = Holding()
-        #: Turns whose linger found a completion (pyvirtio.stats; tests).
+        #: Turns whose linger found a completion (a diagnostic count; the tests read it).
         self.lingered = 0
 
     @property
