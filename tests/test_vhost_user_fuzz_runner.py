@@ -47,7 +47,9 @@ def serve_cmd(kind, tmp_path, sock):
 
 def test_qemu_storage_daemon_crashes_and_the_replay_crashes_a_fresh_one(tmp_path, capsys):
     require(which(QSD) is not None, QSD)
-    sock, out = str(tmp_path / "q.sock"), tmp_path / "findings"
+    # Every socket path of this test has one length (r000.sock, r001.sock, ...): qsd keeps the
+    # path on its heap, and a longer one shifts what lies beyond the array a crash writes past.
+    sock, out = str(tmp_path / "r000.sock"), tmp_path / "findings"
     code = main(["fuzz", f"--socket-path={sock}", f"--time={QSD_SECONDS}", "--seed=17", f"--out={out}",
                  f"--restart-cmd={qsd_cmd(tmp_path, sock)}"])
     text = capsys.readouterr().out
@@ -69,7 +71,7 @@ def test_qemu_storage_daemon_crashes_and_the_replay_crashes_a_fresh_one(tmp_path
     for case in crashes:
         for attempt in range(6):
             attempts += 1
-            fresh = str(tmp_path / f"fresh{attempts}.sock")
+            fresh = str(tmp_path / f"r{attempts:03d}.sock")
             code = main(["fuzz", "--replay", str(case), f"--socket-path={fresh}",
                          f"--restart-cmd={qsd_cmd(tmp_path, fresh)}"])
             replayed = capsys.readouterr().out
