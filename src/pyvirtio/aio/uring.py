@@ -407,11 +407,11 @@ class IoUringEngine(AioEngine):
         """As :meth:`AioEngine.wait`; with a timeout, one ``io_uring_enter`` that waits for a
         completion itself (IORING_ENTER_EXT_ARG, Linux 5.11+): the completion's task work runs
         inside that wait, no poll to set up, restart and return from."""
+        if timeout is None or not self.features & IORING_FEAT_EXT_ARG:
+            return super().wait(timeout)  # (it reaps first itself)
         done = self.reap()
         if done or self._closed or not self._in_kernel():
             return done
-        if timeout is None or not self.features & IORING_FEAT_EXT_ARG:
-            return super().wait(timeout)
         if self._wait_arg is None:
             ts = ctypes.create_string_buffer(_TIMESPEC.size)
             arg = ctypes.create_string_buffer(_GETEVENTS_ARG.size)
