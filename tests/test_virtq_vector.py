@@ -327,7 +327,10 @@ def test_null_backend_copies_many_lengths_as_views():
 def test_a_region_released_with_its_arrays():
     mem = GuestMemory.memfd(1 << 16)
     region = mem.region_at(0)
-    assert vector.gather_rows(region, np.array([0, 8]), 4).shape == (2, 4)
+    region.buf[:12] = bytes(range(12))
+    rows = vector.gather_rows(region, np.array([0, 8]), 4)
+    assert len(rows) == 2 and list(map(bytes, rows)) == [bytes(range(4)), bytes(range(8, 12))]
+    assert rows.view(np.uint8).reshape(-1, 4).shape == (2, 4)
     assert region._arrays is not None
     mem.close()
     assert region._arrays is None
