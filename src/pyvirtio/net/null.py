@@ -6,9 +6,9 @@ each descriptor and read each frame's virtio-net header (:mod:`pyvirtio.devices.
 back-end copies every frame out of guest memory into host memory — as DPDK's vhost dequeue
 copies each frame into an mbuf before ``rxonly`` frees it — and then drops it.  A batch of views
 is copied back to back into one host buffer (``bytes.join``: one C loop, no bytecode per frame);
-a batch the device hands over as arrays (:meth:`send_readable`, numpy) is copied with one strided
-gather per frame length into host arrays, a row per frame (as a pool of fixed-size buffers holds
-them), with no Python object per frame.
+a batch the device hands over as arrays (:meth:`send_readable`, numpy) is copied with one gather
+per frame length into host arrays, an item of that length per frame (one ``memcpy`` each, as a
+pool of fixed-size buffers holds them), with no Python object per frame.
 """
 
 from __future__ import annotations
