@@ -290,7 +290,8 @@ def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> _Found | None:
     addrs, lengths = desc["addr"], desc["len"]  # u64 and u32: u64 sums
     region = rings.region
     length = int(lengths[0])
-    if region is not None and not _nonzero(lengths != length):
+    same = not _nonzero(lengths != length)
+    if region is not None and same:
         # the usual transmit batch: one length, in the region of the last batch; every offset
         # at most its size less that length puts every buffer in it, and no end can wrap (an
         # address below the region wraps to an offset beyond it); one reduction
@@ -306,7 +307,7 @@ def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> _Found | None:
         rings.region, rings.gpa, rings.end = region, np.uint64(region.gpa), region.end
     rsize = region.size
     offsets = addrs - rings.gpa if region.gpa else addrs
-    if not _nonzero(lengths != length):  # one length, as above
+    if same:  # one length, as above
         if int(_max(offsets)) <= rsize - length:
             return region, offsets.view(np.int64), lengths, length * len(lengths), (length, length)
     elif _max(np.maximum(offsets, offsets + lengths)) <= rsize:
