@@ -131,8 +131,8 @@ def test_against_qemu_storage_daemon(tmp_path, capsys):
     assert "read: IOPS=" in out and "clat percentiles" in out
 
 
-
 @pytest.mark.peer
+@pytest.mark.timeout(120)
 def test_qemu_storage_daemon_in_an_iothread_with_a_polling_budget(tmp_path, image):
     """benchmarks/blk_vhost_user.py's qsd-iothread with ``--poll-us``: the IOThread takes the
     budget (poll-max-ns) and serves, verified reads included."""
@@ -141,6 +141,7 @@ def test_qemu_storage_daemon_in_an_iothread_with_a_polling_budget(tmp_path, imag
         assert "poll-max-ns=65536" in " ".join(peer.process.args)
         r = run(BlkBenchConfig(peer.socket_path, iodepth=4, runtime=0.3, verify=True, size=8 << 20))
         assert r.ios > 50 and r.verified == r.ios
+
 
 def test_help_explains_every_flag():
     out = subprocess.run([sys.executable, "-m", "pyvirtio.cli", "bench", "blk", "--help"],

@@ -153,8 +153,8 @@ def _window(region: Region, width: int, dtype: Any = None, skip: int = 0) -> Any
     win = arrays.get(key)
     if win is None:
         u8 = arrays["u8"][skip:]
-        win = np.ndarray(shape=(max(u8.size - width + 1, 0),), dtype=dtype or np.dtype(("V", width)),
-                         buffer=u8, strides=(1,))
+        item = np.dtype(("V", width)) if dtype is None else dtype
+        win = np.ndarray(shape=(max(u8.size - width + 1, 0),), dtype=item, buffer=u8, strides=(1,))
         win.flags.writeable = False
         if len(arrays) > 16:  # a few lengths are usual; do not keep one per length ever seen
             for old in [k for k in arrays if k != "u8"]:
