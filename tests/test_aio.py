@@ -316,6 +316,60 @@ def test_wait_times_out_empty(engine, guest):
 
 
 @pytest.mark.timeout(30)
+def test_submit_and_wait_returns_at_the_first_completion(engine, image, guest):
+    r, w = os.pipe()
+    try:
+        engine.prep_readv(r, [guest[0:16]], -1, token=7)  # never ends on its own
+        engine.prep_readv(image, [guest[BLOCK:2 * BLOCK]], 3 * BLOCK, token=3)
+        start = time.monotonic()
+        done = engine.submit_and_wait(5.0)
+        done += _drain(engine, 1) if not done else []
+        assert done == [(3, BLOCK)] and time.monotonic() - start < 4
+        assert bytes(guest[BLOCK:2 * BLOCK]) == _pattern(3)
+        assert engine.inflight == 1  # the pipe read is still in the kernel
+        start = time.monotonic()
+        assert engine.submit_and_wait(0.2) == []  # nothing new to send: a plain bounded wait
+        assert 0.15 <= time.monotonic() - start < 5
+        os.write(w, b"wake")
+        assert _drain(engine, 1) == [(7, 4)]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(URING_REASON is not None, reason=f"io_uring unavailable here: {URING_REASON}")
+def test_io_uring_submit_and_wait_sends_the_rest_when_the_kernel_takes_part(image, guest, monkeypatch):
+    """io_uring_enter that takes fewer ops than asked (it then does not wait): the rest goes
+    through submit(), nothing is lost or sent twice."""
+    from pyvirtio.aio import uring
+
+    eng = open_aio("io_uring", depth=16)
+    real = uring._syscall
+    calls = []
+
+    def partial(nr, fd, to_submit, min_complete, flags, *rest):
+        calls.append((to_submit, min_complete))
+        if len(calls) == 1:
+            return real(nr, fd, 1, 0, 0, None, 0)  # the kernel took one of them
+        return real(nr, fd, to_submit, min_complete, flags, *rest)
+
+    monkeypatch.setattr(uring, "_syscall", partial)
+    try:
+        for b in range(3):
+            eng.prep_readv(image, [guest[b * BLOCK:(b + 1) * BLOCK]], (10 + b) * BLOCK, token=b)
+        done = eng.submit_and_wait(5.0)
+        done += _drain(eng, 3 - len(done))
+        assert sorted(done) == [(0, BLOCK), (1, BLOCK), (2, BLOCK)]
+        assert calls[0] == (3, 1) and calls[1][0] == 2  # then the other two, by submit()
+        assert [bytes(guest[b * BLOCK:(b + 1) * BLOCK]) for b in range(3)] == [_pattern(10 + b) for b in range(3)]
+        assert eng.inflight == 0
+    finally:
+        monkeypatch.undo()
+        eng.close()
+
+
+@pytest.mark.timeout(30)
 def test_close_with_ops_in_flight(engine, image, guest):
     for b in range(32):
         engine.prep_readv(image, [guest[b * BLOCK:(b + 1) * BLOCK]], b * BLOCK, token=b)

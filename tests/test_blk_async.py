@@ -509,6 +509,47 @@ def test_a_turn_waits_briefly_for_the_request_it_sent_to_the_kernel(tmp_path, ai
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("aio", AIO)
+def test_o_direct_sends_a_request_and_waits_for_it_in_one_call(tmp_path, aio, monkeypatch):
+    """O_DIRECT (nothing finishes inside the submit) at queue depth 1 with a linger: the turn
+    hands the request to the engine and waits for it in one call (io_uring: one io_uring_enter,
+    not a submit and then a wait), then answers it in the same turn — data and status intact."""
+    from pyvirtio.aio import uring
+
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio=aio, direct=True)
+    dev.linger = 10.0
+    mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    told = []
+    dev.notify_queue = told.append
+    enters = []
+    real_syscall = uring._syscall
+    monkeypatch.setattr(uring, "_syscall", lambda nr, *a: enters.append(nr) or real_syscall(nr, *a))
+    try:
+        io = dev._queue_io(0)
+        calls = []
+        for name in ("submit", "wait", "submit_and_wait"):
+            real = getattr(io.engine, name)
+            monkeypatch.setattr(io.engine, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
+        for i in range(3):
+            calls.clear()
+            enters.clear()
+            req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * (i + 1))], in_lens=[4096, 1])
+            assert not dev.process_queue(mock.mem, queue)
+            assert calls[0] == "submit_and_wait" and told == [0] * (i + 1) and dev.lingered == i + 1
+            if aio == "io_uring":
+                assert calls == ["submit_and_wait"] and enters == [uring.SYS_IO_URING_ENTER]
+            assert not io.inflight and 0 not in dev.kicks_held
+            assert mock.used_elems(0)[-1] == (req.head, 4097)
+            assert mock.read(*req.writable[0]) == struct.pack("<Q", i + 1) * 512
+    finally:
+        monkeypatch.undo()
+        dev.close()
+
+
+@pytest.mark.timeout(60)
 def test_a_linger_that_ends_before_the_completion_leaves_the_request_to_host_ready(tmp_path, monkeypatch):
     """The wait is bounded: when it ends with nothing finished, the turn ends with the request
     in flight and kicks off, and the completion is answered when the engine's fd fires."""

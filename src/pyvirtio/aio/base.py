@@ -98,6 +98,12 @@ class AioEngine:
             if done or (deadline is not None and time.monotonic() >= deadline):
                 return done
 
+    def submit_and_wait(self, timeout: float) -> list[tuple[int, int]]:
+        """:meth:`submit`, then :meth:`wait` for up to ``timeout`` seconds (an engine that can
+        do both in one system call does)."""
+        self.submit()
+        return self.wait(timeout)
+
     def _in_kernel(self) -> bool:
         """Whether submitted ops are still running (what ``wait`` may wait for)."""
         raise NotImplementedError

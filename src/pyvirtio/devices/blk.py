@@ -209,17 +209,25 @@ class BlkDevice(VirtioDevice):
             nonlocal linger
             io = self._io.get(index)
             if io is not None and io.inflight:
-                io.submit()  # what is left of this pass
-                # What finished inside the submit (cached data) goes back in this same turn.
-                if io.finished_inline() and index in self.host_ready(mem, index, []):
-                    finished.append(index)
-                if linger and io.inflight:
+                inline, done = io.finished_inline(), None
+                if linger and not inline:
+                    # Nothing of this pass can finish inside the submit (O_DIRECT, offloaded
+                    # copies): send what is left and wait for the first completion (below) in
+                    # one system call.
+                    done = io.submit_and_wait(linger)
+                else:
+                    io.submit()  # what is left of this pass
+                    # What finished inside the submit (cached data) goes back in this same turn.
+                    if inline and index in self.host_ready(mem, index, []):
+                        finished.append(index)
+                    if linger and io.inflight:
+                        done = io.engine.wait(linger)
+                if done is not None:
                     # Kicks stay off while requests are in flight, so until one finishes the
                     # worker would only sleep in its poll: wait for it here instead (bounded),
                     # answer it and drain again in this turn — one wake-up per request at queue
                     # depth 1, not two (the kick, then the completion).  Once per turn, so a
                     # busy ring still lets the control path in between turns.
-                    done = io.engine.wait(linger)
                     linger = 0.0
                     if done:
                         self.lingered += 1

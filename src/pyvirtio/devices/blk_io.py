@@ -106,8 +106,10 @@ class QueueIO:
     def _prep(self, token: int, req: Request) -> None:
         # A large copy through the page cache goes to the kernel's workers, so that several run
         # on several cores instead of one after another inside submit() (O_DIRECT never copies).
+        # What may finish inside the submit: a copy through the page cache that is not
+        # offloaded (O_DIRECT I/O always ends later, by the disk's interrupt).
         offload = not self.direct and req.length >= OFFLOAD_BYTES
-        if not offload:
+        if not offload and not self.direct:
             self._inline = True
         done = req.done
         if done:  # what is left of a short transfer (the walk's addresses describe it whole)
@@ -129,6 +131,14 @@ class QueueIO:
             self._prepared = 0
             self.submits += 1
             self.engine.submit()
+
+    def submit_and_wait(self, timeout: float) -> list[tuple[int, int]]:
+        """Send what is prepared and wait up to ``timeout`` seconds for the first completion,
+        in one system call where the engine can; the completions (for :meth:`reap`)."""
+        if self._prepared:
+            self._prepared = 0
+            self.submits += 1
+        return self.engine.submit_and_wait(timeout)
 
     def finished_inline(self) -> bool:
         """Whether what was submitted since the last call may have finished inside the submit
