@@ -211,7 +211,7 @@ class BlkDevice(VirtioDevice):
             if io is not None and io.inflight:
                 inline, done = io.finished_inline(), None
                 if linger and not inline:
-                    # Nothing of this pass can finish inside the submit (O_DIRECT, offloaded
+                    # Nothing of this pass is done inside the submit (O_DIRECT, offloaded
                     # copies): send what is left and wait for the first completion (below) in
                     # one system call.
                     done = io.submit_and_wait(linger)

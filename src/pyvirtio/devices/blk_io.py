@@ -106,8 +106,9 @@ class QueueIO:
     def _prep(self, token: int, req: Request) -> None:
         # A large copy through the page cache goes to the kernel's workers, so that several run
         # on several cores instead of one after another inside submit() (O_DIRECT never copies).
-        # What may finish inside the submit: a copy through the page cache that is not
-        # offloaded (O_DIRECT I/O always ends later, by the disk's interrupt).
+        # A copy that is not offloaded is done inside the submit: worth a look right after it.
+        # O_DIRECT I/O ends by the disk's interrupt, seldom before the submit returns: the
+        # linger's wait (submit_and_wait) or the completion fd takes it.
         offload = not self.direct and req.length >= OFFLOAD_BYTES
         if not offload and not self.direct:
             self._inline = True
