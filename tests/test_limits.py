@@ -105,6 +105,20 @@ def test_split_chain_spread_over_regions_counts_buffers_not_descriptors():
         q.pop_descriptor_chain(mock.mem)
 
 
+def test_split_direct_chain_counts_every_buffer_however_the_walk_found_it():
+    """Buffers that cross regions (two views each) and then buffers in one region (one view each,
+    sliced without a lookup): fewer descriptors than the cap, more buffers — refused."""
+    regions = [(0, 0x1000 * 64)] + [((64 + i) * 0x1000, 0x1000) for i in range(128)]
+    mock = MockSplitDriver(2 * MAX_CHAIN_SEGMENTS, regions=regions)
+    q = make_device_queue(mock)
+    buf = mock.alloc(16)
+    crossing = [((65 + i) * 0x1000 - 8, 16, 0) for i in range(100)]  # 200 buffers
+    mock.add_chain(crossing + [(buf, 1, 0)] * (MAX_CHAIN_SEGMENTS - 200 + 1))
+    with pytest.raises(DriverFault, match="buffers"):
+        q.pop_descriptor_chain(mock.mem)
+    assert q.broken
+
+
 # --- packed -------------------------------------------------------------------------------------
 
 
