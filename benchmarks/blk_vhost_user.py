@@ -20,7 +20,7 @@ the last describes 128 KiB in 32 pages, as a guest does (``bench blk --seg-size 
 
     python benchmarks/blk_vhost_user.py [--rounds 5] [--runtime 3] [--size 128M] [--threads]
                                         [--tests 1M,qd1] [--backends qsd-file,pyvirtio]
-                                        [--json out.json]
+                                        [--relaunch] [--json out.json]
 
 ``--tests`` keeps the tests whose name contains one of the given words (e.g. ``1M`` for the
 1 MiB row alone); ``--backends`` keeps the named back-ends (the others are not started).
@@ -68,6 +68,10 @@ def main(argv=None) -> int:
     p.add_argument("--poll-us", type=float, default=32.0, metavar="US",
                    help="the polling budget of both polling back-ends: pyvirtio-poll's --poll-us and "
                         "qsd-iothread's poll-max-ns (default 32, QEMU's IOThread default)")
+    p.add_argument("--relaunch", action="store_true",
+                   help="start every back-end anew before each round (a process's speed on this "
+                        "machine differs from one launch to the next: the rounds then sample "
+                        "launches, not one launch of each)")
     p.add_argument("--json", metavar="FILE", help="also write every run's result here")
     args = p.parse_args(argv)
     size = parse_size(args.size)
@@ -97,14 +101,24 @@ def main(argv=None) -> int:
                                                     blk_file=images["pyvirtio-poll"], extra_args=[f"--poll-us={poll:g}"]),
         }
         peers: dict = {}
+
+        def relaunch(rnd: int) -> None:
+            if rnd:
+                while peers:
+                    peers.popitem()[1].close()
+                for name in backends:
+                    peers[name] = starts[name]()
+
         try:  # a peer that fails to start stops the ones already started
             for name in backends:
                 peers[name] = starts[name]()
-            runs = measure(peers, tests, args.rounds, args.runtime, threads=args.threads)
+            runs = measure(peers, tests, args.rounds, args.runtime, threads=args.threads,
+                           each_round=relaunch if args.relaunch else None)
         finally:
             for peer in peers.values():
                 peer.close()
-    report(runs, tests, args.rounds, args.runtime, threads=args.threads, poll_us=poll)
+    report(runs, tests, args.rounds, args.runtime, threads=args.threads, poll_us=poll,
+           relaunch=args.relaunch)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f, indent=2)
@@ -132,7 +146,8 @@ def select(test_words: str | None, backend_names: str | None) -> tuple[tuple, tu
     return tests, backends
 
 
-def measure(peers: dict, tests, rounds: int, runtime: float, *, threads: bool = False) -> list[dict]:
+def measure(peers: dict, tests, rounds: int, runtime: float, *, threads: bool = False,
+            each_round=None) -> list[dict]:
     def run_one(name, params):
         own_cpu = CpuSampler(os.getpid(), threads=True) if threads else contextlib.nullcontext()
         with CpuSampler(peers[name].process.pid, threads=threads) as cpu, own_cpu as own:
@@ -149,12 +164,13 @@ def measure(peers: dict, tests, rounds: int, runtime: float, *, threads: bool = 
         print(f"round {r['round'] + 1}/{rounds} {r['test']:<17} {r['backend']:<9} {r['iops']:>9,.0f} IOPS "
               f"{r['mib_per_second']:>8.1f} MiB/s", file=sys.stderr, flush=True)
 
-    return interleave(list(peers), tests, rounds, run_one, log)
+    return interleave(list(peers), tests, rounds, run_one, log, each_round=each_round)
 
 
 def report(runs: list[dict], tests, rounds: int, runtime: float, *, threads: bool = False,
-           poll_us: float = 32.0) -> None:
-    print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run; polling budget of "
+           poll_us: float = 32.0, relaunch: bool = False) -> None:
+    started = "; every back-end started anew each round" if relaunch else ""
+    print(f"\nvhost-user-blk, {rounds} rounds x {runtime:g}s per run{started}; polling budget of "
           f"qsd-iothread and pyvirtio-poll {poll_us:g} us; medians "
           "(latency: median over rounds of each run's percentile)\n")
     split = "".join(f" {g:>9}" for g in THREAD_GROUPS) + f" {'driver':>7}" if threads else ""

@@ -388,13 +388,16 @@ def fill_image(path: str, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def interleave(names: list, tests, rounds: int, run_one, log=None) -> list[dict]:
+def interleave(names: list, tests, rounds: int, run_one, log=None, *, each_round=None) -> list[dict]:
     """Run every test of ``tests`` (``(name, params)`` pairs) on every back-end of ``names``,
     test by test, ``rounds`` times, reversing the back-end order every other round (PEERS.md).
     ``run_one(backend, params)`` returns a result dict; each is kept with its round, test and
-    back-end, and passed to ``log(row)`` when given."""
+    back-end, and passed to ``log(row)`` when given.  ``each_round(round)``, when given, runs
+    before every round (a harness that starts its back-ends anew each round)."""
     runs = []
     for rnd in range(rounds):
+        if each_round is not None:
+            each_round(rnd)
         order = names if rnd % 2 == 0 else names[::-1]
         for test, params in tests:
             for name in order:
