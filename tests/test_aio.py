@@ -55,6 +55,15 @@ def image(tmp_path):
     os.close(fd)
 
 
+@pytest.fixture
+def pipe():
+    """An empty pipe ``(r, w)``: a read of ``r`` never finishes until ``w`` is written."""
+    r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
 def _drain(eng, count, timeout=10.0):
     out, deadline = [], time.monotonic() + timeout
     while len(out) < count and time.monotonic() < deadline:
@@ -299,42 +308,34 @@ def test_eventfd_readable_while_completions_wait(engine, image, guest):
 
 
 @pytest.mark.timeout(30)
-def test_wait_times_out_empty(engine, guest):
-    r, w = os.pipe()  # a read from an empty pipe never finishes on its own
-    try:
-        assert engine.wait(0.05) == []  # nothing in flight at all
-        engine.prep_readv(r, [guest[0:16]], -1, token=9)  # offset -1: the current position
-        engine.submit()
-        start = time.monotonic()
-        assert engine.wait(0.2) == []
-        assert 0.15 <= time.monotonic() - start < 5
-        os.write(w, b"wake")
-        assert _drain(engine, 1) == [(9, 4)]
-    finally:
-        os.close(r)
-        os.close(w)
+def test_wait_times_out_empty(engine, guest, pipe):
+    r, w = pipe
+    assert engine.wait(0.05) == []  # nothing in flight at all
+    engine.prep_readv(r, [guest[0:16]], -1, token=9)  # offset -1: the current position
+    engine.submit()
+    start = time.monotonic()
+    assert engine.wait(0.2) == []
+    assert 0.15 <= time.monotonic() - start < 5
+    os.write(w, b"wake")
+    assert _drain(engine, 1) == [(9, 4)]
 
 
 @pytest.mark.timeout(30)
-def test_submit_and_wait_returns_at_the_first_completion(engine, image, guest):
-    r, w = os.pipe()
-    try:
-        engine.prep_readv(r, [guest[0:16]], -1, token=7)  # never ends on its own
-        engine.prep_readv(image, [guest[BLOCK:2 * BLOCK]], 3 * BLOCK, token=3)
-        start = time.monotonic()
-        done = engine.submit_and_wait(5.0)
-        done += _drain(engine, 1) if not done else []
-        assert done == [(3, BLOCK)] and time.monotonic() - start < 4
-        assert bytes(guest[BLOCK:2 * BLOCK]) == _pattern(3)
-        assert engine.inflight == 1  # the pipe read is still in the kernel
-        start = time.monotonic()
-        assert engine.submit_and_wait(0.2) == []  # nothing new to send: a plain bounded wait
-        assert 0.15 <= time.monotonic() - start < 5
-        os.write(w, b"wake")
-        assert _drain(engine, 1) == [(7, 4)]
-    finally:
-        os.close(r)
-        os.close(w)
+def test_submit_and_wait_returns_at_the_first_completion(engine, image, guest, pipe):
+    r, w = pipe
+    engine.prep_readv(r, [guest[0:16]], -1, token=7)  # never ends on its own
+    engine.prep_readv(image, [guest[BLOCK:2 * BLOCK]], 3 * BLOCK, token=3)
+    start = time.monotonic()
+    done = engine.submit_and_wait(5.0)
+    done += _drain(engine, 1) if not done else []
+    assert done == [(3, BLOCK)] and time.monotonic() - start < 4
+    assert bytes(guest[BLOCK:2 * BLOCK]) == _pattern(3)
+    assert engine.inflight == 1  # the pipe read is still in the kernel
+    start = time.monotonic()
+    assert engine.submit_and_wait(0.2) == []  # nothing new to send: a plain bounded wait
+    assert 0.15 <= time.monotonic() - start < 5
+    os.write(w, b"wake")
+    assert _drain(engine, 1) == [(7, 4)]
 
 
 @pytest.mark.timeout(30)
@@ -425,7 +426,7 @@ def test_io_uring_takes_coop_taskrun_and_falls_back_without_it():
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("busy", [False, True], ids=["asleep", "running"])
-def test_task_work_completion_reaches_the_submitter(guest, busy):
+def test_task_work_completion_reaches_the_submitter(guest, busy, pipe):
     """A completion io_uring posts by task work (a read on an empty pipe finishes when the pipe
     fills, from the writer's context) still signals the eventfd with COOP_TASKRUN: a submitter
     asleep in poll is woken; one busy in user space gets it at its next syscall."""
@@ -435,28 +436,24 @@ def test_task_work_completion_reaches_the_submitter(guest, busy):
 
     from pyvirtio.aio.uring import IoUringEngine
 
-    r, w = os.pipe()
-    try:
-        with IoUringEngine(8) as eng:
-            eng.prep_readv(r, [guest[0:16]], -1, token=3)
-            eng.submit()
-            poller = select.poll()
-            poller.register(eng.fd, select.POLLIN)
-            writer = threading.Timer(0.1, os.write, (w, b"pipe"))
-            writer.start()
-            if busy:
-                end = time.monotonic() + 0.4
-                while time.monotonic() < end:  # busy in Python while the pipe fills: its only
-                    pass  # system calls are the GIL's hand-offs to the writer thread
-            start = time.monotonic()
-            assert poller.poll(5000) == [(eng.fd, select.POLLIN)]
-            assert time.monotonic() - start < 2.0
-            writer.join()
-            assert eng.reap() == [(3, 4)]
-            assert bytes(guest[0:4]) == b"pipe"
-    finally:
-        os.close(r)
-        os.close(w)
+    r, w = pipe
+    with IoUringEngine(8) as eng:
+        eng.prep_readv(r, [guest[0:16]], -1, token=3)
+        eng.submit()
+        poller = select.poll()
+        poller.register(eng.fd, select.POLLIN)
+        writer = threading.Timer(0.1, os.write, (w, b"pipe"))
+        writer.start()
+        if busy:
+            end = time.monotonic() + 0.4
+            while time.monotonic() < end:  # busy in Python while the pipe fills: its only
+                pass  # system calls are the GIL's hand-offs to the writer thread
+        start = time.monotonic()
+        assert poller.poll(5000) == [(eng.fd, select.POLLIN)]
+        assert time.monotonic() - start < 2.0
+        writer.join()
+        assert eng.reap() == [(3, 4)]
+        assert bytes(guest[0:4]) == b"pipe"
 
 
 @pytest.mark.timeout(30)

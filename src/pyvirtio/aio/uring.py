@@ -412,12 +412,9 @@ class IoUringEngine(AioEngine):
         done = self.reap()
         if done or self._closed or not self._in_kernel():
             return done
-        ts, arg = self._wait_args()
-        ns = max(0, int(timeout * 1e9))
-        _TIMESPEC.pack_into(ts, 0, ns // 1_000_000_000, ns % 1_000_000_000)
         # -ETIME when the time ran out; -EINTR (a signal) ends the wait early: either way, reap.
         _syscall(SYS_IO_URING_ENTER, self._ring_fd, 0, 1, IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG,
-                 arg, _ARGSZ)
+                 self._wait_arg_for(timeout), _ARGSZ)
         return self.reap()
 
     def submit_and_wait(self, timeout: float) -> list[tuple[int, int]]:
@@ -430,9 +427,7 @@ class IoUringEngine(AioEngine):
         if not to_submit or self._closed or not self.features & IORING_FEAT_EXT_ARG:
             return super().submit_and_wait(timeout)
         _U32.pack_into(self._sq, self._sq_tail_off, self._sq_tail & 0xFFFFFFFF)
-        ts, arg = self._wait_args()
-        ns = max(0, int(timeout * 1e9))
-        _TIMESPEC.pack_into(ts, 0, ns // 1_000_000_000, ns % 1_000_000_000)
+        arg = self._wait_arg_for(timeout)
         # The count taken (a wait that timed out or was interrupted still returns it), or
         # -errno when none was (EAGAIN, EBUSY: submit() retries those).
         ret = _syscall(SYS_IO_URING_ENTER, self._ring_fd, to_submit, 1,
@@ -443,14 +438,18 @@ class IoUringEngine(AioEngine):
             return self.reap()
         return super().submit_and_wait(timeout)  # the rest, and then the wait
 
-    def _wait_args(self) -> tuple:
-        """The timespec and io_uring_getevents_arg a waiting io_uring_enter takes (made once)."""
+    def _wait_arg_for(self, timeout: float):
+        """The io_uring_getevents_arg of a wait of ``timeout`` seconds (its timespec and it are
+        made once, and the timespec filled in for each wait)."""
         if self._wait_arg is None:
             ts = ctypes.create_string_buffer(_TIMESPEC.size)
             arg = ctypes.create_string_buffer(_GETEVENTS_ARG.size)
             _GETEVENTS_ARG.pack_into(arg, 0, 0, 0, 0, _addressof(ts))
             self._wait_arg = (ts, arg)
-        return self._wait_arg
+        ts, arg = self._wait_arg
+        ns = max(0, int(timeout * 1e9))
+        _TIMESPEC.pack_into(ts, 0, ns // 1_000_000_000, ns % 1_000_000_000)
+        return arg
 
     def _in_kernel(self) -> bool:
         return self.inflight > self._to_submit

@@ -128,18 +128,22 @@ class QueueIO:
         self._prepared += 1
 
     def submit(self) -> None:
-        if self._prepared:
-            self._prepared = 0
-            self.submits += 1
+        if self._batch():
             self.engine.submit()
 
     def submit_and_wait(self, timeout: float) -> list[tuple[int, int]]:
         """Send what is prepared and wait up to ``timeout`` seconds for the first completion,
         in one system call where the engine can; the completions (for :meth:`reap`)."""
-        if self._prepared:
-            self._prepared = 0
-            self.submits += 1
+        self._batch()
         return self.engine.submit_and_wait(timeout)
+
+    def _batch(self) -> bool:
+        """Count what is prepared as one more batch sent (:attr:`submits`); False if nothing is."""
+        if not self._prepared:
+            return False
+        self._prepared = 0
+        self.submits += 1
+        return True
 
     def finished_inline(self) -> bool:
         """Whether what was submitted since the last call may have finished inside the submit
