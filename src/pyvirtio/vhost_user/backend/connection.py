@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, TypeAlias
 
 from ...device import VirtioDevice
 from ...errors import DriverFault, GuestMemoryError, QueueBroken, UsageError, VirtioError
@@ -106,6 +106,11 @@ Output = Reply | Rejected
 # --- the request table -------------------------------------------------------------------------
 
 
+#: What a request's handler returns: nothing, a reply's body, or a body and the fds sent with it
+#: (GET_INFLIGHT_FD).
+HandlerResult: TypeAlias = "bytes | tuple[bytes, tuple[int, ...]] | None"
+
+
 @dataclass(frozen=True)
 class Rule:
     """How a request is checked before its handler runs.
@@ -115,7 +120,7 @@ class Rule:
     ``gate``: the protocol feature that must be negotiated.  ``replies``: the request is always
     answered with a body (so it cannot simply be dropped)."""
 
-    handler: Callable[["BackendConnection", Message], bytes | None]
+    handler: Callable[["BackendConnection", Message], HandlerResult]
     size: int | None = 0
     fds: tuple[int, int] | None = (0, 0)
     gate: ProtocolFeature | None = None
@@ -264,7 +269,7 @@ class BackendConnection:
             return [Reply(encode_reply(msg.request, U64(0).pack()))]
         return []
 
-    def _run(self, msg: Message, rule: Rule | None) -> bytes | None:
+    def _run(self, msg: Message, rule: Rule | None) -> HandlerResult:
         self._check(msg, rule)  # raises for a message no rule takes
         assert rule is not None
         try:
