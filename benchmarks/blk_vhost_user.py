@@ -155,6 +155,7 @@ def measure(peers: dict, tests, rounds: int, runtime: float, *, threads: bool = 
             end = time.monotonic()
         start, per_io = end - r["seconds"], 1e6 / max(1, r["ios"])
         r["cpu_us_per_io"] = cpu.between(start, end) * per_io
+        r["user_us_per_io"] = cpu.user_between(start, end) * per_io
         if threads:  # the driver is this process's main thread (run() above)
             r["cpu_us_per_io_by_thread"] = {g: v * per_io for g, v in cpu.groups_between(start, end).items()}
             r["driver_cpu_us_per_io"] = own.groups_between(start, end).get("main", 0.0) * per_io
@@ -175,7 +176,7 @@ def report(runs: list[dict], tests, rounds: int, runtime: float, *, threads: boo
           "(latency: median over rounds of each run's percentile)\n")
     split = "".join(f" {g:>9}" for g in THREAD_GROUPS) + f" {'driver':>7}" if threads else ""
     print(f"{'test':<22} {'back-end':<13} {'IOPS':>9} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
-          f"{'CPU us/io':>9}{split}")
+          f"{'CPU us/io':>9} {'user':>6}{split}")
     for test, _ in tests:
         for name in BACKENDS:
             rs = [r for r in runs if r["test"] == test and r["backend"] == name]
@@ -186,7 +187,8 @@ def report(runs: list[dict], tests, rounds: int, runtime: float, *, threads: boo
                   f"{med(r['mib_per_second'] for r in rs):>8.1f} "
                   f"{med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
                   f"{med(r['lat_ns']['p99'] for r in rs) / 1e3:>8.0f} "
-                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f}" + (_thread_cells(rs) if threads else ""))
+                  f"{med(r['cpu_us_per_io'] for r in rs):>9.1f} "
+                  f"{med(r['user_us_per_io'] for r in rs):>6.1f}" + (_thread_cells(rs) if threads else ""))
     print("\nIOPS ratios, median of same-round ratios (range over rounds):")
     for test, _ in tests:
         cells = []

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from pyvirtio.bench.peers import THREAD_GROUPS, CpuSampler, process_cpu_seconds, thread_cpu_seconds
+from pyvirtio.bench.peers import (THREAD_GROUPS, CpuSampler, process_cpu_seconds, process_cpu_times,
+                                  thread_cpu_seconds)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -57,6 +58,38 @@ def test_groups_keep_a_thread_that_ended_inside_the_window_and_add_up():
     assert groups["io_uring"] == 0.0
     assert abs(sum(groups.values()) - cpu.between(start, end)) < 0.03
     assert CpuSampler(os.getpid()).groups_between(start, end) == {}  # without threads=True
+
+
+def test_user_and_system_time_are_told_apart():
+    """``process_cpu_times`` and ``CpuSampler.user_between``: a loop in the process's own code
+    is user time; a loop of system calls is mostly the kernel's (what the blk benchmarks print
+    per request, to show which side of the system-call boundary a back-end spends its time)."""
+    user0, system0 = process_cpu_times(os.getpid())
+    assert abs(user0 + system0 - process_cpu_seconds(os.getpid())) < 0.02
+    with CpuSampler(os.getpid(), interval=0.01) as cpu:
+        time.sleep(0.03)
+        start = time.monotonic()
+        end = start + 0.3
+        while time.monotonic() < end:  # pure Python (monotonic() makes no system call): user time
+            sum(range(1000))
+        mid = time.monotonic()
+        fd = os.open("/dev/zero", os.O_RDONLY)
+        try:
+            end = mid + 0.3
+            while time.monotonic() < end:  # 1 MiB reads: the kernel zeroes the buffer
+                os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        stop = time.monotonic()
+        time.sleep(0.03)
+    # Ratios, not seconds: a loaded machine may give the loops less than their 0.3 s each.
+    assert cpu.between(start, mid) >= 0.1, cpu.between(start, mid)
+    assert cpu.user_between(start, mid) >= 0.6 * cpu.between(start, mid), (cpu.user_between(start, mid),
+                                                                          cpu.between(start, mid))
+    assert cpu.user_between(mid, stop) < 0.5 * cpu.between(mid, stop), (cpu.user_between(mid, stop),
+                                                                       cpu.between(mid, stop))
+    assert 0 <= cpu.user_between(start, stop) <= cpu.between(start, stop) + 0.02
+    assert process_cpu_times(2 ** 22 + 7) == (0.0, 0.0)  # no such process
 
 
 def test_a_tree_sampler_counts_the_children_and_keeps_the_most_after_they_exit():
