@@ -304,12 +304,13 @@ def start_qsd(socket_path: str, image: str | None = None, *, null_size: int | No
 def start_pyvirtio(kind: str, socket_path: str, *, blk_file: str | None = None,
                    read_only: bool = False, num_queues: int = 1, direct: bool = False,
                    aio: str | None = None, timeout: float = 15.0, src: str | None = None,
-                   extra_args: Sequence[str] = ()) -> Peer:
+                   extra_args: Sequence[str] = (), program: Sequence[str] | None = None) -> Peer:
     """``pyvirtio serve blk|rng`` in a child interpreter (blk: ``--direct``, ``--aio=AIO``); with
     ``src``, the package is imported from that directory (another checkout's ``src``: an A/B
-    against an earlier commit)."""
-    argv = [sys.executable, "-m", "pyvirtio.cli", "serve", kind, f"--socket-path={socket_path}",
-            *extra_args]
+    against an earlier commit); ``program``, the command that takes ``serve ...`` instead of
+    ``python -m pyvirtio.cli`` (a benchmark's own variant of the daemon)."""
+    command = list(program) if program is not None else [sys.executable, "-m", "pyvirtio.cli"]
+    argv = [*command, "serve", kind, f"--socket-path={socket_path}", *extra_args]
     if kind == "blk":
         argv += [f"--blk-file={blk_file}", f"--num-queues={num_queues}"]
         argv += (["--read-only"] if read_only else []) + (["--direct"] if direct else [])

@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""How far pyvirtio's blk request path is from the least Python can do, at queue depth 1.
+
+An experiment, not a back-end to use: ``pyvirtio serve blk`` with its queue worker replaced, once
+the ring is started, by one flat loop (:func:`floor_loop`) that serves a split ring's requests
+the way the real path does at queue depth 1 — poll the kick eventfd, read the kick, walk the
+chain, do the I/O with one system call straight into guest memory, write the status and the used
+element, publish the used index, re-arm kicks (EVENT_IDX's avail_event), decide the notification
+from used_event and write the call eventfd (after the same ``poll(0)`` guard pyvirtio uses) — with
+no engine, no device object, no ring core between the poll and the system calls.  Per request
+it checks what a guest controls on this path: the head and every next index inside the ring or
+the indirect table, the indirect table's size, each descriptor's direction (header
+driver-written, data and status device-written for a read), lengths (header 16 bytes, status 1),
+every address inside guest memory (``GuestMemory.view`` raises), the request inside the disk
+(else IOERR).  It does not do what the real path also does: packed rings, chains of other shapes
+(it stops on the first one), inflight tracking (``bench blk`` does not negotiate it), statistics,
+fault rules, many requests in flight.  The vhost-user control path is pyvirtio's, unchanged.
+
+Starts qemu-storage-daemon (file, its default ``aio=threads``), ``pyvirtio serve blk`` and the
+floor on three images written alike, runs ``pyvirtio bench blk``'s engine (4 KiB random reads,
+queue depth 1, split ring, ``--verify``: every read checked against a stamp) against each,
+interleaved, order reversed every other round; reports IOPS, the CPU per request (user part too)
+and the same-round ratios floor/qsd, pyvirtio/qsd and pyvirtio/floor.
+
+    python benchmarks/blk_qd1_floor.py [--rounds 6] [--runtime 3] [--size 64M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import statistics
+import struct
+import sys
+import tempfile
+import time
+
+from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
+from pyvirtio.bench.peers import CpuSampler, fill_image, interleave, same_round_ratios, start_pyvirtio, start_qsd
+from pyvirtio.fence import mb
+from pyvirtio.virtq.split_device import SplitDeviceQueue
+
+BACKENDS = ("qsd-file", "pyvirtio", "floor")
+_DESC = struct.Struct("<QIHH")
+_HDR = struct.Struct("<IIQ")
+_NEXT, _WRITE, _INDIRECT = 1, 2, 4
+_IN, _OUT = 0, 1  # VIRTIO_BLK_T_IN / _OUT
+_OK, _IOERR, _UNSUPP = 0, 1, 2
+
+
+class FloorStop(Exception):
+    """A chain the floor does not serve (another shape, a bad descriptor): the loop ends."""
+
+
+def floor_loop(worker, wake_fd: int) -> None:
+    """Serve queue 0 of the worker's vhost-user connection in one flat loop (module docstring);
+    returns when the worker is stopped."""
+    host = worker.host
+    wake = select.poll()
+    wake.register(wake_fd, select.POLLIN)
+    while True:  # until the front-end has started the ring
+        conn = host.conn
+        ring = conn.vrings[0] if conn.vrings else None
+        if ring is not None and ring.active and ring.kick_fd >= 0 and conn.memory.regions:
+            break
+        if wake.poll(20):
+            os.read(wake_fd, 8)
+        if worker._stopping:
+            return
+    q, mem, device = ring.queue, conn.memory, conn.device
+    if not isinstance(q, SplitDeviceQueue):
+        raise FloorStop("the floor serves split rings only")
+    fd, size, call_fd, kick_fd = device.fd, q.size, ring.call_fd, ring.kick_fd
+    capacity = device.capacity * 512
+    avail = mem.view(q.avail_ring, 6 + 2 * size).cast("H")
+    used16 = mem.view(q.used_ring, 6 + 8 * size).cast("H")
+    used32 = mem.view(q.used_ring + 4, 8 * size).cast("I")
+    table = mem.view(q.desc_table, 16 * size)
+    view, unpack, header = mem.view, _DESC.unpack_from, _HDR.unpack_from
+    next_avail, used, signalled = q.next_avail, q.next_used, q.next_used
+    mask = size - 1
+    poller = select.poll()
+    poller.register(kick_fd, select.POLLIN)
+    poller.register(wake_fd, select.POLLIN)
+    guard = select.poll()  # as pyvirtio's _signal: never block on a full eventfd
+    guard.register(call_fd, select.POLLOUT)
+    while True:
+        for ready, revents in poller.poll():
+            if ready == wake_fd:
+                os.read(wake_fd, 8)
+                if worker._stopping:
+                    return
+            elif revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                return  # the kick fd went away: the ring is being stopped
+        try:
+            os.read(kick_fd, 8)
+        except BlockingIOError:
+            pass
+        while True:
+            while avail[1] != next_avail:
+                head = avail[2 + (next_avail & mask)]
+                if head >= size:
+                    raise FloorStop(f"head {head} outside a ring of {size}")
+                a0, l0, f0, n0 = unpack(table, 16 * head)
+                descs, count = table, size
+                if f0 & _INDIRECT:
+                    if f0 & (_WRITE | _NEXT) or l0 % 16 or not 48 <= l0 <= 16 * size:
+                        raise FloorStop("bad indirect descriptor")
+                    descs, count = view(a0, l0), l0 >> 4
+                    a0, l0, f0, n0 = unpack(descs, 0)
+                if f0 & (_WRITE | _INDIRECT) or not f0 & _NEXT or l0 != 16 or n0 >= count:
+                    raise FloorStop("bad header descriptor")
+                a1, l1, f1, n1 = unpack(descs, 16 * n0)
+                a2, l2, f2, _ = unpack(descs, 16 * n1) if f1 & _NEXT and n1 < count else (0, 0, _NEXT, 0)
+                if f1 & _INDIRECT or l1 == 0 or l1 % 512 or f2 & (_NEXT | _INDIRECT) or not f2 & _WRITE or l2 != 1:
+                    raise FloorStop("not a header, one data and one status descriptor")
+                kind, _, sector = header(view(a0, 16))
+                data, status = view(a1, l1), view(a2, 1)
+                offset, written = sector * 512, 0
+                if offset + l1 > capacity:
+                    status[0] = _IOERR
+                elif kind == _IN and f1 & _WRITE:
+                    written = os.preadv(fd, [data], offset)
+                    status[0] = _OK if written == l1 else _IOERR
+                elif kind == _OUT and not f1 & _WRITE:
+                    status[0] = _OK if os.pwritev(fd, [data], offset) == l1 else _IOERR
+                else:
+                    status[0] = _UNSUPP
+                i = used & mask
+                used32[2 * i] = head
+                used32[2 * i + 1] = written + 1
+                next_avail = (next_avail + 1) & 0xFFFF
+                used = (used + 1) & 0xFFFF
+                used16[1] = used
+            used16[2 + 4 * size] = next_avail  # avail_event: kick for the next one
+            mb()
+            if avail[1] == next_avail:
+                break
+        if used != signalled:
+            old, signalled = signalled, used
+            used_event = avail[2 + size]
+            if ((used - used_event - 1) & 0xFFFF) < ((used - old) & 0xFFFF) and guard.poll(0):
+                os.eventfd_write(call_fd, 1)
+
+
+def serve_floor(argv: list[str]) -> int:
+    """``pyvirtio serve blk ...`` with queue 0's worker running :func:`floor_loop`."""
+    import pyvirtio.engine as engine
+    from pyvirtio.cli import main as cli
+
+    general = engine.GroupWorker._run
+
+    def run(worker, wake_fd: int) -> None:
+        if worker.group != 0 or not hasattr(worker.host, "conn"):
+            return general(worker, wake_fd)
+        try:
+            floor_loop(worker, wake_fd)
+        except FloorStop as exc:
+            print(f"floor: stopped: {exc}", file=sys.stderr, flush=True)
+
+    engine.GroupWorker._run = run
+    return cli(argv)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve-floor"]:
+        return serve_floor(argv[1:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
+    p.add_argument("--runtime", type=float, default=3.0, help="seconds per run (default 3)")
+    p.add_argument("--size", default="64M", help="disk size (default 64M)")
+    args = p.parse_args(argv)
+    size = parse_size(args.size)
+    with tempfile.TemporaryDirectory(prefix="pyvirtio-bench-floor-") as tmp:
+        images = {name: os.path.join(tmp, f"{name}.img") for name in BACKENDS}
+        for path in images.values():
+            fill_image(path, size)
+        peers: dict = {}
+        try:
+            peers["qsd-file"] = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd-file"])
+            peers["pyvirtio"] = start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=images["pyvirtio"])
+            peers["floor"] = start_pyvirtio("blk", os.path.join(tmp, "floor.sock"), blk_file=images["floor"],
+                                            program=[sys.executable, os.path.abspath(__file__), "--serve-floor"])
+            runs = measure(peers, args.rounds, args.runtime)
+        finally:
+            for peer in peers.values():
+                peer.close()
+    report(runs, args.rounds, args.runtime)
+    return 0
+
+
+def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
+    def run_one(name, params):
+        with CpuSampler(peers[name].process.pid) as cpu:
+            r = run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, ring="split", verify=True,
+                                   **params)).as_dict()
+            end = time.monotonic()
+        start, per_io = end - r["seconds"], 1e6 / max(1, r["ios"])
+        r["cpu_us_per_io"] = cpu.between(start, end) * per_io
+        r["user_us_per_io"] = cpu.user_between(start, end) * per_io
+        return r
+
+    def log(r):
+        print(f"round {r['round'] + 1}/{rounds} {r['backend']:<9} {r['iops']:>9,.0f} IOPS",
+              file=sys.stderr, flush=True)
+
+    tests = [("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1))]
+    return interleave(list(peers), tests, rounds, run_one, log)
+
+
+def report(runs: list[dict], rounds: int, runtime: float) -> None:
+    med = statistics.median
+    print(f"\n4 KiB random read, queue depth 1, --verify; {rounds} rounds x {runtime:g} s; medians\n")
+    print(f"{'back-end':<10} {'IOPS':>9} {'p50 us':>8} {'CPU us/io':>10} {'user':>6}")
+    for name in BACKENDS:
+        rs = [r for r in runs if r["backend"] == name]
+        print(f"{name:<10} {med(r['iops'] for r in rs):>9,.0f} {med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
+              f"{med(r['cpu_us_per_io'] for r in rs):>10.1f} {med(r['user_us_per_io'] for r in rs):>6.1f}")
+    print("\nIOPS ratios, median of same-round ratios (range over rounds):")
+    for a, b in (("floor", "qsd-file"), ("pyvirtio", "qsd-file"), ("pyvirtio", "floor")):
+        ratios = same_round_ratios(runs, "4k randread qd1", a, b)
+        print(f"  {a}/{b} {med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
