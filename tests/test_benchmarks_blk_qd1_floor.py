@@ -41,7 +41,6 @@ def test_the_three_back_ends_serve_checked_reads_and_are_compared(script, capsys
 def test_the_floor_stops_on_a_chain_it_does_not_serve(script, tmp_path):
     """A packed ring, or a chain of another shape, ends the loop with FloorStop (the serve
     wrapper prints it), never a wrong answer: here the bench's packed ring."""
-    require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
     import sys
 
     from pyvirtio.bench.blk import BlkBenchConfig, run
