@@ -31,7 +31,6 @@ import argparse
 import os
 import select
 import statistics
-import struct
 import sys
 import tempfile
 import time
@@ -39,14 +38,15 @@ import time
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
 from pyvirtio.bench.peers import CpuSampler, fill_image, interleave, same_round_ratios, start_pyvirtio, start_qsd
 from pyvirtio.fence import mb
+from pyvirtio.spec.blk import BLK_REQ_HEADER, BlkReqType, BlkStatus
+from pyvirtio.spec.ring import VIRTQ_DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
 from pyvirtio.virtq.split_device import SplitDeviceQueue
 
 BACKENDS = ("qsd-file", "pyvirtio", "floor")
-_DESC = struct.Struct("<QIHH")
-_HDR = struct.Struct("<IIQ")
-_NEXT, _WRITE, _INDIRECT = 1, 2, 4
-_IN, _OUT = 0, 1  # VIRTIO_BLK_T_IN / _OUT
-_OK, _IOERR, _UNSUPP = 0, 1, 2
+# The spec's values as plain ints: the loop compares them per request, without enum lookups.
+_NEXT, _WRITE, _INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
+_IN, _OUT = int(BlkReqType.IN), int(BlkReqType.OUT)
+_OK, _IOERR, _UNSUPP = int(BlkStatus.OK), int(BlkStatus.IOERR), int(BlkStatus.UNSUPP)
 
 
 class FloorStop(Exception):
@@ -77,7 +77,7 @@ def floor_loop(worker, wake_fd: int) -> None:
     used16 = mem.view(q.used_ring, 6 + 8 * size).cast("H")
     used32 = mem.view(q.used_ring + 4, 8 * size).cast("I")
     table = mem.view(q.desc_table, 16 * size)
-    view, unpack, header = mem.view, _DESC.unpack_from, _HDR.unpack_from
+    view, unpack, header = mem.view, VIRTQ_DESC.unpack_from, BLK_REQ_HEADER.unpack_from
     next_avail, used, signalled = q.next_avail, q.next_used, q.next_used
     mask = size - 1
     poller = select.poll()
@@ -140,6 +140,7 @@ def floor_loop(worker, wake_fd: int) -> None:
         if used != signalled:
             old, signalled = signalled, used
             used_event = avail[2 + size]
+            # vring_need_event (pyvirtio.virtq.event), inline: the loop makes no call it can avoid
             if ((used - used_event - 1) & 0xFFFF) < ((used - old) & 0xFFFF) and guard.poll(0):
                 os.eventfd_write(call_fd, 1)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Linux guest kernel and a helper to boot it.
+"""Shared fixtures: a real Linux guest kernel and a helper to boot it (and a loader for the
+scripts of ``benchmarks/``).
 
 ``guest_kernel`` prepares a Debian kernel once per session (cached in $PYVIRTIO_CACHE or
 ~/.cache/pyvirtio).  Without QEMU or busybox the guest tests are skipped — except when
@@ -94,3 +95,22 @@ def server():
     if thread.is_alive():
         thread.join(10)
     srv.close()
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Load a script of ``benchmarks/`` by name (``benchmark_script("blk_vhost_user")``) as a
+    module, once per session: the benchmarks are programs, not a package."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "benchmarks")
+    loaded: dict = {}
+
+    def load(name: str):
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(here, f"{name}.py"))
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+    return load

@@ -4,25 +4,18 @@ a line saying why, on a chain it does not serve instead of answering it wrongly.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 
 import pytest
 
 from pyvirtio.testing.env import require
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "blk_qd1_floor.py")
-
 pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("blk_qd1_floor_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark_script):
+    return benchmark_script("blk_qd1_floor")
 
 
 def test_the_three_back_ends_serve_checked_reads_and_are_compared(script, capsys):
@@ -50,7 +43,7 @@ def test_the_floor_stops_on_a_chain_it_does_not_serve(script, tmp_path):
     image = str(tmp_path / "floor.img")
     fill_image(image, 8 << 20)
     peer = start_pyvirtio("blk", str(tmp_path / "f.sock"), blk_file=image,
-                          program=[sys.executable, _PATH, "--serve-floor"],
+                          program=[sys.executable, script.__file__, "--serve-floor"],
                           extra_args=["--log-level=warning"])
     try:
         with pytest.raises((VirtioError, OSError, TimeoutError)):

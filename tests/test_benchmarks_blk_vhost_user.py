@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "blk_vhost_user.py")
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("blk_vhost_user_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark_script):
+    return benchmark_script("blk_vhost_user")
 
 
 def test_no_choice_keeps_every_test_and_back_end(script):
