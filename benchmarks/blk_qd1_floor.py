@@ -22,7 +22,10 @@ queue depth 1, split ring, ``--verify``: every read checked against a stamp) aga
 interleaved, order reversed every other round; reports IOPS, the CPU per request (user part too)
 and the same-round ratios floor/qsd, pyvirtio/qsd and pyvirtio/floor.
 
-    python benchmarks/blk_qd1_floor.py [--rounds 6] [--runtime 3] [--size 64M]
+    python benchmarks/blk_qd1_floor.py [--rounds 6] [--runtime 3] [--size 64M] [--baseline SRC]
+
+``--baseline SRC`` adds a fourth back-end, ``baseline``: ``pyvirtio serve blk`` imported from
+another checkout's ``src`` (an A/B of a change to the request path, in the same rounds).
 """
 
 from __future__ import annotations
@@ -172,10 +175,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=6, help="rounds (default 6)")
     p.add_argument("--runtime", type=float, default=3.0, help="seconds per run (default 3)")
     p.add_argument("--size", default="64M", help="disk size (default 64M)")
+    p.add_argument("--baseline", metavar="SRC",
+                   help="also serve with pyvirtio imported from this directory (another checkout's src)")
     args = p.parse_args(argv)
     size = parse_size(args.size)
+    names = BACKENDS + (("baseline",) if args.baseline else ())
     with tempfile.TemporaryDirectory(prefix="pyvirtio-bench-floor-") as tmp:
-        images = {name: os.path.join(tmp, f"{name}.img") for name in BACKENDS}
+        images = {name: os.path.join(tmp, f"{name}.img") for name in names}
         for path in images.values():
             fill_image(path, size)
         peers: dict = {}
@@ -184,11 +190,14 @@ def main(argv=None) -> int:
             peers["pyvirtio"] = start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=images["pyvirtio"])
             peers["floor"] = start_pyvirtio("blk", os.path.join(tmp, "floor.sock"), blk_file=images["floor"],
                                             program=[sys.executable, os.path.abspath(__file__), "--serve-floor"])
+            if args.baseline:
+                peers["baseline"] = start_pyvirtio("blk", os.path.join(tmp, "base.sock"),
+                                                   blk_file=images["baseline"], src=args.baseline)
             runs = measure(peers, args.rounds, args.runtime)
         finally:
             for peer in peers.values():
                 peer.close()
-    report(runs, args.rounds, args.runtime)
+    report(runs, args.rounds, args.runtime, names)
     return 0
 
 
@@ -211,16 +220,19 @@ def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
     return interleave(list(peers), tests, rounds, run_one, log)
 
 
-def report(runs: list[dict], rounds: int, runtime: float) -> None:
+def report(runs: list[dict], rounds: int, runtime: float, names: tuple[str, ...] = BACKENDS) -> None:
     med = statistics.median
     print(f"\n4 KiB random read, queue depth 1, --verify; {rounds} rounds x {runtime:g} s; medians\n")
     print(f"{'back-end':<10} {'IOPS':>9} {'p50 us':>8} {'CPU us/io':>10} {'user':>6}")
-    for name in BACKENDS:
+    for name in names:
         rs = [r for r in runs if r["backend"] == name]
         print(f"{name:<10} {med(r['iops'] for r in rs):>9,.0f} {med(r['lat_ns']['p50'] for r in rs) / 1e3:>8.0f} "
               f"{med(r['cpu_us_per_io'] for r in rs):>10.1f} {med(r['user_us_per_io'] for r in rs):>6.1f}")
     print("\nIOPS ratios, median of same-round ratios (range over rounds):")
-    for a, b in (("floor", "qsd-file"), ("pyvirtio", "qsd-file"), ("pyvirtio", "floor")):
+    pairs = [("floor", "qsd-file"), ("pyvirtio", "qsd-file"), ("pyvirtio", "floor")]
+    if "baseline" in names:
+        pairs += [("baseline", "qsd-file"), ("pyvirtio", "baseline")]
+    for a, b in pairs:
         ratios = same_round_ratios(runs, "4k randread qd1", a, b)
         print(f"  {a}/{b} {med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
 

@@ -24,6 +24,7 @@ import stat
 import threading
 import time
 from collections import deque
+from functools import partial
 from typing import Callable
 
 from ..aio.base import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate
@@ -34,6 +35,7 @@ from ..spec import blk as spec
 from ..spec.features import Feature
 from ..spec.ids import DeviceType
 from ..virtq import DescriptorChain
+from ..virtq.drain import drain_queue
 from .blk_faults import Holding, faulty_request
 from .blk_image import ImageError, open_image
 from .blk_io import FLUSH, READ, WRITE, QueueIO, Request
@@ -260,7 +262,7 @@ class BlkDevice(VirtioDevice):
                     submits = io.submits
                 return written
 
-        notify = queue.drain(mem, handle, settle, notify_now)
+        notify = drain_queue(queue, mem, handle, settle, notify_now)  # queue.drain's loop
         return notify or bool(finished)
 
     def _notify_now(self, index: int) -> Callable[[], None] | None:
@@ -271,7 +273,7 @@ class BlkDevice(VirtioDevice):
         notify_queue = self.notify_queue
         if notify_queue is None or self.faults.rules or self.holding.queues or self.holding.late:
             return None
-        return lambda: notify_queue(index)
+        return partial(notify_queue, index)
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Completions arrived: status bytes, then one used-ring update for all of them."""
@@ -383,7 +385,14 @@ class BlkDevice(VirtioDevice):
             rtype, _ioprio, sector = _HDR.unpack(chain.read(0, _HDR_SIZE))
         if self.faults.rules:
             return faulty_request(self, queue_index, rtype, sector, chain)
-        return self.request(queue_index, rtype, sector, chain)
+        # request()'s steps written out: this is every request's path.
+        req = self._async_request(rtype, sector, chain)
+        if req is not None:
+            io = self._io.get(queue_index) or self._queue_io(queue_index)
+            if io.start(req):
+                return self._finish(req, None)[1]
+            return None
+        return self._complete_now(queue_index, rtype, sector, chain)
 
     def request(self, queue_index: int, rtype: int, sector: int, chain: DescriptorChain) -> int | None:
         """Start a checked request: the bytes written if it is done at once, else None."""

@@ -181,7 +181,8 @@ class SplitDeviceQueue(DeviceRingSide):
 
         2.7.13.1: the avail idx may not move more than the queue size ahead of what we consumed;
         the head must be a valid descriptor index."""
-        self._check(mem)
+        if self.broken or not self.ready or mem is not self._mem or mem.generation != self._gen:
+            self._check(mem)  # (its test written out: this method is on every request's path)
         if self.resubmit:
             return self._pop_resubmitted(mem)
         avail16 = self._avail16
@@ -410,15 +411,18 @@ class SplitDeviceQueue(DeviceRingSide):
         # window); any other goes through views (and then the window is looked at again).
         gpa, end, buf, at = walk_window(mem)
         addrs: list[int] | None = []  # each view's host address (None: one has none)
+        # Until the loop returns at an indirect table, every descriptor seen is a segment
+        # (``seen == total``): one test per descriptor covers both bounds.
+        limit = size if size < MAX_CHAIN_SEGMENTS else MAX_CHAIN_SEGMENTS
         try:
             while True:
                 seen += 1
-                if seen > size:
-                    raise DriverFault(f"chain from head {head} loops or exceeds {size} descriptors")
-                total += 1
-                if total > MAX_CHAIN_SEGMENTS:
+                if seen > limit:
+                    if seen > size:
+                        raise DriverFault(f"chain from head {head} loops or exceeds {size} descriptors")
                     raise DriverFault(f"chain from head {head} has more than {MAX_CHAIN_SEGMENTS} "
                                       "descriptors")
+                total = seen
                 addr, length, flags, nxt = unpack(table, idx << 4)
                 if flags & _F_INDIRECT:
                     if not self.indirect:
@@ -447,6 +451,9 @@ class SplitDeviceQueue(DeviceRingSide):
                             writable += more
                             addrs = view_addresses(addrs, more)
                             gpa, end, buf, at = walk_window(mem)
+                            if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                                raise DriverFault(f"chain from head {head} maps to more than "
+                                                  f"{MAX_CHAIN_SEGMENTS} buffers")
                         wlen += length
                 else:
                     if seen_write:
@@ -461,17 +468,21 @@ class SplitDeviceQueue(DeviceRingSide):
                             readable += more
                             addrs = view_addresses(addrs, more)
                             gpa, end, buf, at = walk_window(mem)
+                            if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                                raise DriverFault(f"chain from head {head} maps to more than "
+                                                  f"{MAX_CHAIN_SEGMENTS} buffers")
                         rlen += length
-                if rlen + wlen > MAX_CHAIN_BYTES:
-                    raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
-                if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-                    raise DriverFault(f"chain from head {head} maps to more than "
-                                      f"{MAX_CHAIN_SEGMENTS} buffers")
+                # (A buffer sliced from the window is one view per descriptor: only a buffer
+                # split across regions can make more views than descriptors, tested there.)
                 if not flags & _F_NEXT:
                     break
                 idx = nxt
                 if idx >= size:
                     raise DriverFault(f"next index {idx} >= table size {size}")
+            # Checked once, after the walk (as _walk_table does): at most ``limit`` descriptors
+            # of at most 2**32 - 1 bytes each, so the sum grew without bound nowhere meanwhile.
+            if rlen + wlen > MAX_CHAIN_BYTES:
+                raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
         except DriverFault as exc:
             self._break(DriverFault(f"queue {self.index}: {exc}"))
         except GuestMemoryError as exc:
@@ -570,7 +581,8 @@ class SplitDeviceQueue(DeviceRingSide):
 
     def add_used_batch(self, mem: GuestMemory, elems: Iterable[tuple[int, int]]) -> None:
         """Put several chains in the used ring and publish them with one index update."""
-        self._check(mem)
+        if self.broken or not self.ready or mem is not self._mem or mem.generation != self._gen:
+            self._check(mem)  # (its test written out: this method is on every request's path)
         if type(elems) is list and len(elems) <= 12:  # the usual few (up to ~12 the loop is quicker): no array built
             size = self.size
             try:
@@ -680,7 +692,8 @@ class SplitDeviceQueue(DeviceRingSide):
     def needs_notification(self, mem: GuestMemory) -> bool:
         """Whether the driver wants a used-buffer notification for what was added since the last
         one.  Call after add_used; a True answer is remembered as sent."""
-        self._check(mem)
+        if self.broken or not self.ready or mem is not self._mem or mem.generation != self._gen:
+            self._check(mem)  # (its test written out: this method is on every request's path)
         new = self.next_used
         old = self.signalled_used
         if old == new:
@@ -697,7 +710,8 @@ class SplitDeviceQueue(DeviceRingSide):
 
     def disable_notification(self, mem: GuestMemory) -> None:
         """Ask the driver not to kick while we are draining the ring."""
-        self._check(mem)
+        if self.broken or not self.ready or mem is not self._mem or mem.generation != self._gen:
+            self._check(mem)  # (its test written out: this method is on every request's path)
         self.notifications_enabled = False
         if not self.event_idx:  # with EVENT_IDX, leaving avail_event behind suppresses kicks
             self._used16[0] = ring.VIRTQ_USED_F_NO_NOTIFY
@@ -705,7 +719,8 @@ class SplitDeviceQueue(DeviceRingSide):
     def enable_notification(self, mem: GuestMemory) -> bool:
         """Ask the driver to kick again.  Returns True if buffers arrived meanwhile (then drain
         again before sleeping)."""
-        self._check(mem)
+        if self.broken or not self.ready or mem is not self._mem or mem.generation != self._gen:
+            self._check(mem)  # (its test written out: this method is on every request's path)
         self.notifications_enabled = True
         if self.event_idx:
             self._used16[2 + 4 * self.size] = self.next_avail  # avail_event

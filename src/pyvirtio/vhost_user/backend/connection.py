@@ -437,9 +437,9 @@ class BackendConnection:
         """Drain ring ``index`` through the device if it is active.  Returns (whether to signal
         the call fd, the fault that just broke the ring or None)."""
         ring = self.vrings[index]
-        if not ring.active:
+        queue = self.device.queues[index]  # ring.queue, and ring.active below, written out
+        if not (ring.started and ring.enabled and ring.mapped) or queue.broken:
             return False, None
-        queue = ring.queue
         before = queue.stats.chains
         try:
             notify = self.device.process_queue(self.memory, queue)

@@ -158,9 +158,11 @@ class Session:
 
     def _notify_counted(self, index: int) -> None:
         """A used-buffer notification a device sends in the middle of a turn (counted as the
-        turn's own are)."""
-        self.conn.vrings[index].queue.stats.interrupts += 1
-        self.notify(index)
+        turn's own are).  :meth:`notify`'s steps written out: it is on every request's path."""
+        ring = self.conn.vrings[index]
+        ring.device.queues[index].stats.interrupts += 1
+        with self.signal_lock:
+            _signal(ring.call_fd)
 
     def _interrupt(self, info: Interrupt) -> None:
         """Device-initiated notification from outside a turn (any thread): used buffers on a
