@@ -246,7 +246,7 @@ class BlkDevice(VirtioDevice):
             return False
 
         if notify_now is None:
-            handle = lambda chain: self.handle_chain(index, chain)  # noqa: E731
+            handle = partial(self.handle_chain, index)
         else:
             submits = -1  # the engine's batch count last seen in this pass
 

@@ -162,7 +162,15 @@ class Session:
         ring = self.conn.vrings[index]
         ring.device.queues[index].stats.interrupts += 1
         with self.signal_lock:
-            _signal(ring.call_fd)
+            fd = ring.call_fd
+            writable = _WRITABLE.get(fd)  # _signal(fd), written out (below)
+            if writable is None or not writable.poll(0):
+                _signal(fd)  # not seen before, or full: _signal says what to do
+                return
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError as exc:
+                log.debug("notification fd %d: %s", fd, exc)
 
     def _interrupt(self, info: Interrupt) -> None:
         """Device-initiated notification from outside a turn (any thread): used buffers on a
