@@ -451,9 +451,6 @@ class SplitDeviceQueue(DeviceRingSide):
                             writable += more
                             addrs = view_addresses(addrs, more)
                             gpa, end, buf, at = walk_window(mem)
-                            if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-                                raise DriverFault(f"chain from head {head} maps to more than "
-                                                  f"{MAX_CHAIN_SEGMENTS} buffers")
                         wlen += length
                 else:
                     if seen_write:
@@ -468,21 +465,19 @@ class SplitDeviceQueue(DeviceRingSide):
                             readable += more
                             addrs = view_addresses(addrs, more)
                             gpa, end, buf, at = walk_window(mem)
-                            if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-                                raise DriverFault(f"chain from head {head} maps to more than "
-                                                  f"{MAX_CHAIN_SEGMENTS} buffers")
                         rlen += length
-                # (A buffer sliced from the window is one view per descriptor: only a buffer
-                # split across regions can make more views than descriptors, tested there.)
                 if not flags & _F_NEXT:
                     break
                 idx = nxt
                 if idx >= size:
                     raise DriverFault(f"next index {idx} >= table size {size}")
             # Checked once, after the walk (as _walk_table does): at most ``limit`` descriptors
-            # of at most 2**32 - 1 bytes each, so the sum grew without bound nowhere meanwhile.
+            # of at most 2**32 - 1 bytes each, each mapped to one view per region it crosses, so
+            # nothing grew without bound meanwhile.
             if rlen + wlen > MAX_CHAIN_BYTES:
                 raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+            if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
         except DriverFault as exc:
             self._break(DriverFault(f"queue {self.index}: {exc}"))
         except GuestMemoryError as exc:
