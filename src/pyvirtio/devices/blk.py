@@ -204,7 +204,15 @@ class BlkDevice(VirtioDevice):
             return self._process_in_order(mem, queue)
         index = queue.index
         finished = []
-        notify_now = self._notify_now(index)
+        # How the drain notifies the driver mid-pass (reads copied at once go back in batches,
+        # and the driver refills the ring meanwhile); None without a transport that allows it,
+        # or while fault rules are set (they see every notification: the engine's delays and
+        # drops, blk's held completions).
+        notify_queue, holding = self.notify_queue, self.holding
+        if notify_queue is None or self.faults.rules or holding.queues or holding.late:
+            notify_now = None
+        else:
+            notify_now = partial(notify_queue, index)
         linger = self.linger if notify_now is not None else 0.0
 
         def settle() -> bool | None:
@@ -245,6 +253,7 @@ class BlkDevice(VirtioDevice):
             self.kicks_held.discard(index)
             return False
 
+        handle: Callable[[DescriptorChain], int | None]
         if notify_now is None:
             handle = partial(self.handle_chain, index)
         else:
@@ -264,16 +273,6 @@ class BlkDevice(VirtioDevice):
 
         notify = drain_queue(queue, mem, handle, settle, notify_now)  # queue.drain's loop
         return notify or bool(finished)
-
-    def _notify_now(self, index: int) -> Callable[[], None] | None:
-        """How the drain of queue ``index`` notifies the driver mid-pass (reads copied at once
-        go back in batches, and the driver refills the ring meanwhile); None without a
-        transport that allows it, or while fault rules are set (they see every notification:
-        the engine's delays and drops, blk's held completions)."""
-        notify_queue = self.notify_queue
-        if notify_queue is None or self.faults.rules or self.holding.queues or self.holding.late:
-            return None
-        return partial(notify_queue, index)
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Completions arrived: status bytes, then one used-ring update for all of them."""
