@@ -42,12 +42,13 @@ def drain_queue(queue, mem, handle: Callable[[DescriptorChain], int | None],
     notification per 32 requests, the two sides taking turns).  The return value covers what
     was published after the last such call.
     """
+    pop = queue.pop_descriptor_chain
     while True:
         queue.disable_notification(mem)
         done = []
         try:
             while True:
-                chain = queue.pop_descriptor_chain(mem)
+                chain = pop(mem)
                 if chain is not None:
                     written = handle(chain)
                     if written is None:
