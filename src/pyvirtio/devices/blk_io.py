@@ -80,28 +80,33 @@ class QueueIO:
     def completion_fd(self) -> int:
         return self.engine.fd
 
-    def start(self, req: Request) -> bool:
-        """Prepare ``req`` (sent to the kernel by the next :meth:`submit`); True instead if it is
-        already done: a small read whose data is in the page cache is copied at once
-        (``RWF_NOWAIT`` fails rather than wait for the disk, and then the request goes on)."""
-        if req.kind == READ and self._nowait and req.length < OFFLOAD_BYTES:
-            try:
-                req.done = os.preadv(self.fd, req.views, req.offset, self._nowait_flag)
-            except BlockingIOError:
-                pass
-            except OSError as exc:  # any other error: the engine's attempt reports it
-                if exc.errno == errno.EOPNOTSUPP:
-                    # No RWF_NOWAIT here: on a memory file system (tmpfs) a read never waits for
-                    # a disk, so it is still copied at once; elsewhere it goes to the engine.
-                    self._nowait, self._nowait_flag = in_memory_fs(self.fd), 0
-            if req.done >= req.length:
-                return True
+    def copy_now(self, views: list[memoryview], offset: int, length: int) -> bool:
+        """Whether a read of ``length`` bytes at ``offset`` into ``views`` was done at once: a
+        small read whose data is in the page cache is copied in one ``preadv`` with
+        ``RWF_NOWAIT`` (which fails rather than wait for the disk: then the read goes to the
+        engine, :meth:`start`).  Never with O_DIRECT, nor for reads the kernel's workers copy
+        faster in parallel (``OFFLOAD_BYTES``)."""
+        if not self._nowait or length >= OFFLOAD_BYTES:
+            return False
+        try:
+            return os.preadv(self.fd, views, offset, self._nowait_flag) == length
+        except BlockingIOError:
+            return False
+        except OSError as exc:  # any other error: the engine's attempt reports it
+            if exc.errno == errno.EOPNOTSUPP:
+                # No RWF_NOWAIT here: on a memory file system (tmpfs) a read never waits for
+                # a disk, so it is still copied at once; elsewhere it goes to the engine.
+                self._nowait, self._nowait_flag = in_memory_fs(self.fd), 0
+            return False
+
+    def start(self, req: Request) -> None:
+        """Prepare ``req``; it goes to the kernel with the next :meth:`submit` (or now, once
+        ``SUBMIT_EVERY`` are prepared), and :meth:`reap` finishes it."""
         token = req.chain.head_index
         self.inflight[token] = req
         self._prep(token, req)
         if self._prepared >= SUBMIT_EVERY:
             self.submit()
-        return False
 
     def _prep(self, token: int, req: Request) -> None:
         # A large copy through the page cache goes to the kernel's workers, so that several run

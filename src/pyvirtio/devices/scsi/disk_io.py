@@ -22,7 +22,7 @@ from typing import Callable
 
 from ...memory import GuestMemory
 from ...spec.scsi import ScsiResponse
-from ..blk_io import QueueIO, Request
+from ..blk_io import READ, QueueIO, Request
 from .sense import medium_error
 from .task import Task
 
@@ -63,8 +63,9 @@ class DeferredIO:
             io = self.ios[key] = QueueIO(medium.image.fd, aio=unit.aio, depth=self.depth, align=1, direct=False)
             self.units[key] = unit
         self.pending[(queue, chain.head_index)] = (task, resp_size, unit)
-        if io.start(Request(chain, kind, views, offset, length, dsync)):
+        if kind == READ and io.copy_now(views, offset, length):
             return self._finish(queue, chain, None)  # done at once: never in flight
+        io.start(Request(chain, kind, views, offset, length, dsync))
         return None
 
     def submit(self, queue: int) -> None:
