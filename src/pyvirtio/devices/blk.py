@@ -262,6 +262,8 @@ class BlkDevice(VirtioDevice):
             def handle(chain: DescriptorChain) -> int | None:
                 nonlocal submits
                 written = self.handle_chain(index, chain)
+                if written is not None:  # done at once: nothing went to the engine
+                    return written
                 io = self._io.get(index)
                 # A batch just went to the kernel (SUBMIT_EVERY): what finished of the earlier
                 # ones goes back now, while the rest of the ring is drained.

@@ -390,7 +390,7 @@ class SplitDeviceQueue(DeviceRingSide):
         if head >= size:
             self._break(DriverFault(f"queue {self.index}: head index {head} >= queue size {size}"))
         table = self._desc
-        addr, length, flags, _ = _DESC.unpack_from(table, head << 4)
+        addr, length, flags, nxt = _DESC.unpack_from(table, head << 4)  # the loop's first too
         if (flags & _F_INDIRECT and not flags & _F_NEXT and self.indirect and length and not length & 15
                 and length >> 4 <= MAX_CHAIN_SEGMENTS):
             # A driver with indirect descriptors: the head names the whole chain's table.  The
@@ -423,7 +423,6 @@ class SplitDeviceQueue(DeviceRingSide):
                     raise DriverFault(f"chain from head {head} has more than {MAX_CHAIN_SEGMENTS} "
                                       "descriptors")
                 total = seen
-                addr, length, flags, nxt = unpack(table, idx << 4)
                 if flags & _F_INDIRECT:
                     if not self.indirect:
                         raise DriverFault("indirect descriptor without VIRTIO_F_INDIRECT_DESC")
@@ -471,6 +470,7 @@ class SplitDeviceQueue(DeviceRingSide):
                 idx = nxt
                 if idx >= size:
                     raise DriverFault(f"next index {idx} >= table size {size}")
+                addr, length, flags, nxt = unpack(table, idx << 4)
             # Checked once, after the walk (as _walk_table does): at most ``limit`` descriptors
             # of at most 2**32 - 1 bytes each, each mapped to one view per region it crosses, so
             # nothing grew without bound meanwhile.
