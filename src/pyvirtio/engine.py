@@ -470,9 +470,7 @@ class GroupWorker:
             if counters:
                 counters[index].kicks += 1
             if host.process(index):
-                host.notify(index)
-                if counters:
-                    counters[index].interrupts += 1
+                self._send((index,))
             # As _serve: the kick is read after its request was served and notified; more than
             # this one kick counted, and the ring is served again.
             if self._take_kick(fd, POLLIN, index) == MORE_KICKS:

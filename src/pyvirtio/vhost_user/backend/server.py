@@ -158,19 +158,11 @@ class Session:
 
     def _notify_counted(self, index: int) -> None:
         """A used-buffer notification a device sends in the middle of a turn (counted as the
-        turn's own are).  :meth:`notify`'s steps written out: it is on every request's path."""
+        turn's own are).  :meth:`notify`'s step taken directly: it is on every request's path."""
         ring = self.conn.vrings[index]
         ring.device.queues[index].stats.interrupts += 1
         with self.signal_lock:
-            fd = ring.call_fd
-            writable = _WRITABLE.get(fd)  # _signal(fd), written out (below)
-            if writable is None or not writable.poll(0):
-                _signal(fd)  # not seen before, or full: _signal says what to do
-                return
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError as exc:
-                log.debug("notification fd %d: %s", fd, exc)
+            _signal(ring.call_fd)
 
     def _interrupt(self, info: Interrupt) -> None:
         """Device-initiated notification from outside a turn (any thread): used buffers on a
