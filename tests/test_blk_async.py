@@ -513,7 +513,9 @@ def test_a_turn_waits_briefly_for_the_request_it_sent_to_the_kernel(tmp_path, ai
 def test_o_direct_sends_a_request_and_waits_for_it_in_one_call(tmp_path, aio, monkeypatch):
     """O_DIRECT (nothing finishes inside the submit) at queue depth 1 with a linger: the turn
     hands the request to the engine and waits for it in one call (io_uring: one io_uring_enter,
-    not a submit and then a wait), then answers it in the same turn — data and status intact."""
+    not a submit and then a wait), then answers it in the same turn — data and status intact.
+    (The mock's memory is a bytearray, whose buffers O_DIRECT refuses: not done at once, and
+    the engine bounces them.)"""
     from pyvirtio.aio import uring
 
     path = _disk(tmp_path / "disk.img", 4 * MiB)
@@ -544,6 +546,139 @@ def test_o_direct_sends_a_request_and_waits_for_it_in_one_call(tmp_path, aio, mo
             assert not io.inflight and 0 not in dev.kicks_held
             assert mock.used_elems(0)[-1] == (req.head, 4097)
             assert mock.read(*req.writable[0]) == struct.pack("<Q", i + 1) * 512
+    finally:
+        monkeypatch.undo()
+        dev.close()
+
+
+def _aligned_rig(tmp_path, aio):
+    """An O_DIRECT device on a ring in page-aligned guest memory (mmap): buffers O_DIRECT takes."""
+    import mmap
+
+    from pyvirtio.memory import GuestMemory
+
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio=aio, direct=True)
+    dev.linger = 10.0
+    mock = MockSplitDriver(size=16, mem=GuestMemory.from_buffers((0, mmap.mmap(-1, 2 * MiB))))
+    queue = make_device_queue(mock)
+    dev.queues[0] = queue
+    told = []
+    dev.notify_queue = told.append  # a transport that lets the device notify mid-turn
+    return dev, mock, queue
+
+
+def _aligned_read(mock, block, publish=True, misalign=0):
+    """A 4 KiB read of ``block`` into a page-aligned buffer (or ``misalign`` bytes past one):
+    (head, data address)."""
+    from pyvirtio.testing.mock_driver import F_WRITE
+
+    hdr, data, status = mock.alloc(16), mock.alloc(4096 + misalign, 4096) + misalign, mock.alloc(1)
+    mock.write(hdr, _hdr(spec.BlkReqType.IN, 8 * block))
+    mock.write(status, b"\xff")
+    return mock.add_chain([(hdr, 16, 0), (data, 4096, F_WRITE), (status, 1, F_WRITE)],
+                          publish=publish), data
+
+
+def _count_engine_calls(io, monkeypatch):
+    calls = []
+    for name in ("submit", "wait", "submit_and_wait"):
+        real = getattr(io.engine, name)
+        monkeypatch.setattr(io.engine, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
+    return calls
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("aio", AIO)
+def test_an_o_direct_read_alone_on_its_ring_is_done_at_once(tmp_path, aio, monkeypatch):
+    """O_DIRECT at queue depth 1: a read alone on its ring (nothing in flight, nothing more
+    available) is done in the turn with one preadv, no trip through the engine; data, status
+    and used length as the engine would give them, kicks left on."""
+    dev, mock, queue = _aligned_rig(tmp_path, aio)
+    try:
+        io = dev._queue_io(0)
+        calls = _count_engine_calls(io, monkeypatch)
+        for block in (3, 1, 7):
+            head, data = _aligned_read(mock, block)
+            dev.process_queue(mock.mem, queue)
+            assert mock.used_elems(0)[-1] == (head, 4097)
+            assert mock.read(data, 4096) == struct.pack("<Q", block) * 512
+            assert mock.read(data + 4096, 1) == bytes([spec.BlkStatus.OK])
+        assert calls == [] and not io.inflight and 0 not in dev.kicks_held and dev.lingered == 0
+        assert dev.stats["requests"] == 3 and dev.stats["read_bytes"] == 3 * 4096
+    finally:
+        monkeypatch.undo()
+        dev.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("aio", AIO)
+def test_o_direct_reads_that_are_not_alone_go_to_the_engine_together(tmp_path, aio, monkeypatch):
+    """Two reads available at once: neither waits for the disk in the turn on its own (the
+    first has a second behind it, the second one in flight before it) — both go to the kernel
+    together and come back intact."""
+    dev, mock, queue = _aligned_rig(tmp_path, aio)
+    try:
+        io = dev._queue_io(0)
+        calls = _count_engine_calls(io, monkeypatch)
+        reads = [_aligned_read(mock, block, publish=False) for block in (5, 9)]
+        mock.publish()
+        used = dict(_run(dev, mock, queue))
+        assert "submit_and_wait" in calls or "submit" in calls
+        for (head, data), block in zip(reads, (5, 9)):
+            assert used[head] == 4097 and mock.read(data, 4096) == struct.pack("<Q", block) * 512
+    finally:
+        monkeypatch.undo()
+        dev.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_or_failed_read_at_once_sends_the_next_ones_to_the_engine_for_a_while(tmp_path, monkeypatch):
+    """Reads done at once that took longer than AT_ONCE_MAX_WAIT, AT_ONCE_SLOW_RUN in a row (a
+    slow disk; one slow read among fast ones is an outlier), or one that failed (a buffer
+    O_DIRECT refuses) send the queue's reads through the engine — the worker no longer waits
+    for the disk — until AT_ONCE_PAUSE has passed; every read still comes back intact."""
+    from pyvirtio.devices import blk_io
+
+    dev, mock, queue = _aligned_rig(tmp_path, "threads")
+    if blk_io.in_memory_fs(dev.image.fd):
+        dev.close()
+        pytest.skip("the image is on a memory file system, whose O_DIRECT takes any buffer")
+    now = [1000.0]
+    monkeypatch.setattr(blk_io, "_monotonic", lambda: now[0])
+    real_preadv = blk_io.os.preadv
+
+    def slow_preadv(fd, views, offset, *flags):  # the disk took 2 ms
+        now[0] += 2 * blk_io.AT_ONCE_MAX_WAIT
+        return real_preadv(fd, views, offset, *flags)
+    try:
+        io = dev._queue_io(0)
+        calls = _count_engine_calls(io, monkeypatch)
+        slow = [True] * (blk_io.AT_ONCE_SLOW_RUN - 1) + [False] + [True] * blk_io.AT_ONCE_SLOW_RUN
+        for i, is_slow in enumerate(slow):  # a fast one between slow ones starts the run again
+            monkeypatch.setattr(blk_io.os, "preadv", slow_preadv if is_slow else real_preadv)
+            head, data = _aligned_read(mock, 10 + i)
+            dev.process_queue(mock.mem, queue)  # done at once, slowly or not
+            monkeypatch.setattr(blk_io.os, "preadv", real_preadv)
+            assert calls == [] and mock.used_elems(0)[-1] == (head, 4097)
+            assert mock.read(data, 4096) == struct.pack("<Q", 10 + i) * 512
+        head, data = _aligned_read(mock, 4)
+        dev.process_queue(mock.mem, queue)  # paused: through the engine
+        assert calls[:1] == ["submit_and_wait"] and mock.used_elems(0)[-1] == (head, 4097)
+        assert mock.read(data, 4096) == struct.pack("<Q", 4) * 512
+        now[0] += blk_io.AT_ONCE_PAUSE + 0.001
+        calls.clear()
+        head, data = _aligned_read(mock, 6)
+        dev.process_queue(mock.mem, queue)  # the pause is over: at once again
+        assert calls == [] and mock.used_elems(0)[-1] == (head, 4097)
+        assert mock.read(data, 4096) == struct.pack("<Q", 6) * 512
+        # A buffer O_DIRECT refuses (not aligned): the engine's bounce buffer does it.
+        calls.clear()
+        head, data = _aligned_read(mock, 8, misalign=8)
+        dev.process_queue(mock.mem, queue)
+        assert calls[:1] == ["submit_and_wait"] and mock.used_elems(0)[-1] == (head, 4097)
+        assert mock.read(data, 4096) == struct.pack("<Q", 8) * 512
+        assert io._at_once_after == now[0] + blk_io.AT_ONCE_PAUSE
     finally:
         monkeypatch.undo()
         dev.close()

@@ -132,6 +132,10 @@ class BlkDevice(VirtioDevice):
         self.holding = Holding()
         #: Turns whose linger found a completion (a diagnostic count; the tests read it).
         self.lingered = 0
+        #: Per queue, the guest memory of the pass draining it (process_queue), for request()'s
+        #: look at the ring; absent or None outside a pass.  (Keyed by queue: each has its own
+        #: worker thread.)
+        self._pass_mem: dict[int, GuestMemory | None] = {}
 
     @property
     def io_mode(self) -> str:
@@ -175,6 +179,7 @@ class BlkDevice(VirtioDevice):
         self.holding.close()
         self._order.clear()
         self._finished.clear()
+        self._pass_mem.clear()
         self.writeback = self.default_writeback
 
     def _close_io(self) -> None:
@@ -273,7 +278,10 @@ class BlkDevice(VirtioDevice):
                     submits = io.submits
                 return written
 
+        pass_mem = self._pass_mem
+        pass_mem[index] = mem  # (request(): whether an O_DIRECT read is alone on its ring)
         notify = drain_queue(queue, mem, handle, settle, notify_now)  # queue.drain's loop
+        pass_mem[index] = None  # (left set if the drain raised: replaced at the next pass)
         return notify or bool(finished)
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
@@ -313,7 +321,9 @@ class BlkDevice(VirtioDevice):
                 finished[chain.head_index] = written
             return None  # never published by the drain itself
 
+        self._pass_mem[index] = mem
         queue.drain(mem, handle)
+        self._pass_mem[index] = None
         io = self._io.get(index)
         if io is not None and io.inflight:
             io.submit()
@@ -402,7 +412,12 @@ class BlkDevice(VirtioDevice):
                 # and the walk's host addresses of those views go along (DescriptorChain.addresses).
                 usual = len(views[-1]) == 1
                 data = views[:-1] if usual else chain.writable_views(0, length)
-                if io.copy_now(data, sector * SECTOR, length):
+                # O_DIRECT: a read alone on its ring may be done at once too (copy_now).
+                alone = False
+                if io.direct:
+                    mem = self._pass_mem.get(queue_index)
+                    alone = mem is not None and not self.queues[queue_index].has_available(mem)
+                if io.copy_now(data, sector * SECTOR, length, alone):
                     views[-1][-1] = _OK
                     stats = self.stats
                     stats["requests"] += 1

@@ -15,6 +15,12 @@ kernel finishes them, and so the used ring follows completion order, not submiss
 * Page cache: a small read whose data is cached is copied at once (one ``preadv`` with
   ``RWF_NOWAIT``, no round trip through the engine); large copies are offloaded to the
   kernel's workers so several run in parallel.
+* ``O_DIRECT`` at queue depth 1: a read alone on its queue (nothing else in flight, nothing
+  more available) is done at once, one ``preadv`` that waits for the disk — as the turn's
+  linger would wait for it through the engine, at a fraction of the cost — unless a read done
+  so failed, or a few in a row took longer than ``AT_ONCE_MAX_WAIT``: the queue's reads then go
+  through the engine for ``AT_ONCE_PAUSE`` seconds (a slow disk holds requests, not the worker;
+  a read that never ends holds the worker as it would hold the request).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import errno
 import logging
 import mmap
 import os
+from time import monotonic as _monotonic
 from typing import Callable
 
 from ..aio import AioEngine, open_aio
@@ -43,6 +50,17 @@ SUBMIT_EVERY = 8
 #: 256 KiB reads are even either way (28.4k/33.8k against 30.3k/30.4k), 1 MiB need the
 #: parallel copies.
 OFFLOAD_BYTES = 256 << 10
+#: O_DIRECT reads done at once (:meth:`QueueIO.copy_now`): after ``AT_ONCE_SLOW_RUN`` of them in a
+#: row took longer than ``AT_ONCE_MAX_WAIT`` seconds each (the turn's linger, ``BlkDevice.linger``:
+#: the longest the worker waits for the engine), or one failed, the queue's reads go through the
+#: engine for ``AT_ONCE_PAUSE`` seconds.  A run, not one: a disk that answers in 0.1 ms has
+#: outliers of 10 ms, and pausing at each cost a third of the gain.  4 KiB at queue depth 1 from
+#: the host (``benchmarks/README.md``, session 19): 0.80x qemu-storage-daemon at once, 0.74x
+#: through io_uring (submit and wait in one call); in a guest, 15-35 us less of the worker's
+#: CPU per request.
+AT_ONCE_MAX_WAIT = 1e-3
+AT_ONCE_SLOW_RUN = 3
+AT_ONCE_PAUSE = 0.5
 
 
 class Request:
@@ -75,17 +93,45 @@ class QueueIO:
         self._inline = False
         #: Batches sent to the kernel so far (:meth:`submit`).
         self.submits = 0
+        #: O_DIRECT: until when (monotonic seconds) reads go through the engine, not at once,
+        #: and how many reads done at once in a row took longer than AT_ONCE_MAX_WAIT
+        self._at_once_after = 0.0
+        self._slow_at_once = 0
 
     @property
     def completion_fd(self) -> int:
         return self.engine.fd
 
-    def copy_now(self, views: list[memoryview], offset: int, length: int) -> bool:
-        """Whether a read of ``length`` bytes at ``offset`` into ``views`` was done at once: a
-        small read whose data is in the page cache is copied in one ``preadv`` with
-        ``RWF_NOWAIT`` (which fails rather than wait for the disk: then the read goes to the
-        engine, :meth:`start`).  Never with O_DIRECT, nor for reads the kernel's workers copy
-        faster in parallel (``OFFLOAD_BYTES``)."""
+    def copy_now(self, views: list[memoryview], offset: int, length: int, alone: bool = False) -> bool:
+        """Whether a read of ``length`` bytes at ``offset`` into ``views`` was done at once,
+        with no round trip through the engine (else it goes there, :meth:`start`).
+
+        Page cache: a small read whose data is cached is copied in one ``preadv`` with
+        ``RWF_NOWAIT`` (which fails rather than wait for the disk); never reads the kernel's
+        workers copy faster in parallel (``OFFLOAD_BYTES``).  O_DIRECT: a read the caller says
+        is ``alone`` (nothing more available on its ring) while nothing is in flight here, in
+        one ``preadv`` that waits for the disk — unless, less than ``AT_ONCE_PAUSE`` seconds
+        ago, one failed or ``AT_ONCE_SLOW_RUN`` in a row took longer than ``AT_ONCE_MAX_WAIT``.  A failure (a buffer not
+        aligned for O_DIRECT, an I/O error, a short read) leaves the read to the engine, which
+        bounces, retries or reports it."""
+        if self.direct:
+            if not alone or self.inflight:
+                return False
+            start = _monotonic()
+            if start < self._at_once_after:
+                return False
+            try:
+                done = os.preadv(self.fd, views, offset) == length
+            except OSError:
+                done = False
+            end = _monotonic()
+            if done and end - start <= AT_ONCE_MAX_WAIT:
+                self._slow_at_once = 0
+            else:
+                self._slow_at_once = AT_ONCE_SLOW_RUN if not done else self._slow_at_once + 1
+                if self._slow_at_once >= AT_ONCE_SLOW_RUN:
+                    self._at_once_after, self._slow_at_once = end + AT_ONCE_PAUSE, 0
+            return done
         if not self._nowait or length >= OFFLOAD_BYTES:
             return False
         try:
