@@ -632,6 +632,60 @@ def test_o_direct_reads_that_are_not_alone_go_to_the_engine_together(tmp_path, a
         dev.close()
 
 
+def _aligned_write(mock, block, fill):
+    """A 4 KiB write of ``fill`` * 4096 to ``block`` from a page-aligned buffer: (head, status
+    byte's address)."""
+    from pyvirtio.testing.mock_driver import F_WRITE
+
+    hdr, data, status = mock.alloc(16), mock.alloc(4096, 4096), mock.alloc(1)
+    mock.write(hdr, _hdr(spec.BlkReqType.OUT, 8 * block))
+    mock.write(data, fill * 4096)
+    mock.write(status, b"\xff")
+    return mock.add_chain([(hdr, 16, 0), (data, 4096, 0), (status, 1, F_WRITE)]), status
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("writeback", [True, False])
+def test_an_o_direct_write_alone_on_its_ring_is_done_at_once(tmp_path, monkeypatch, writeback):
+    """O_DIRECT at queue depth 1: a write alone on its ring is done in the turn with one
+    pwritev (RWF_DSYNC in write-through), no trip through the engine; the image holds it and
+    the status says OK.  Two writes available together both go to the engine."""
+    from pyvirtio.devices import blk_io
+
+    dev, mock, queue = _aligned_rig(tmp_path, "threads")
+    dev.writeback = writeback
+    real_pwritev, flags_seen = blk_io.os.pwritev, []
+
+    def pwritev(fd, views, offset, flags=0):
+        flags_seen.append(flags)
+        return real_pwritev(fd, views, offset, flags)
+    try:
+        io = dev._queue_io(0)
+        calls = _count_engine_calls(io, monkeypatch)
+        monkeypatch.setattr(blk_io.os, "pwritev", pwritev)
+        head, status = _aligned_write(mock, 3, b"w")
+        dev.process_queue(mock.mem, queue)
+        monkeypatch.setattr(blk_io.os, "pwritev", real_pwritev)
+        assert calls == [] and mock.used_elems(0)[-1] == (head, 1) and not io.inflight
+        assert mock.read(status, 1) == bytes([spec.BlkStatus.OK])
+        assert flags_seen == [0 if writeback else os.RWF_DSYNC]
+        with open(dev.path, "rb") as f:
+            f.seek(3 * 4096)
+            assert f.read(4096) == b"w" * 4096
+        assert dev.stats["write_bytes"] == 4096
+        writes = [_aligned_write(mock, 5, b"x"), _aligned_write(mock, 6, b"y")]
+        used = dict(_run(dev, mock, queue))
+        assert calls[:1] in (["submit"], ["submit_and_wait"])
+        for head, status in writes:
+            assert used[head] == 1 and mock.read(status, 1) == bytes([spec.BlkStatus.OK])
+        with open(dev.path, "rb") as f:
+            f.seek(5 * 4096)
+            assert f.read(8192) == b"x" * 4096 + b"y" * 4096
+    finally:
+        monkeypatch.undo()
+        dev.close()
+
+
 @pytest.mark.timeout(60)
 def test_a_slow_or_failed_read_at_once_sends_the_next_ones_to_the_engine_for_a_while(tmp_path, monkeypatch):
     """Reads done at once that took longer than AT_ONCE_MAX_WAIT, AT_ONCE_SLOW_RUN in a row (a

@@ -412,7 +412,8 @@ class BlkDevice(VirtioDevice):
                 # and the walk's host addresses of those views go along (DescriptorChain.addresses).
                 usual = len(views[-1]) == 1
                 data = views[:-1] if usual else chain.writable_views(0, length)
-                # O_DIRECT: a read alone on its ring may be done at once too (copy_now).
+                # O_DIRECT: a read alone on its ring may be done at once too (copy_now), as a
+                # write may (below).
                 alone = False
                 if io.direct:
                     mem = self._pass_mem.get(queue_index)
@@ -430,7 +431,17 @@ class BlkDevice(VirtioDevice):
         else:
             req = self._async_request(rtype, sector, chain)
             if req is not None:
-                (self._io.get(queue_index) or self._queue_io(queue_index)).start(req)
+                io = self._io.get(queue_index) or self._queue_io(queue_index)
+                if io.direct and req.kind == WRITE:  # O_DIRECT: a write alone may go at once
+                    mem = self._pass_mem.get(queue_index)
+                    alone = mem is not None and not self.queues[queue_index].has_available(mem)
+                    if io.write_now(req.views, req.offset, req.length, req.dsync, alone):
+                        chain.writable[-1][-1] = _OK
+                        stats = self.stats
+                        stats["requests"] += 1
+                        stats["write_bytes"] += req.length
+                        return 1
+                io.start(req)
                 return None
         return self._complete_now(queue_index, rtype, sector, chain)
 

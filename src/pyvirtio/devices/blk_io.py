@@ -15,12 +15,12 @@ kernel finishes them, and so the used ring follows completion order, not submiss
 * Page cache: a small read whose data is cached is copied at once (one ``preadv`` with
   ``RWF_NOWAIT``, no round trip through the engine); large copies are offloaded to the
   kernel's workers so several run in parallel.
-* ``O_DIRECT`` at queue depth 1: a read alone on its queue (nothing else in flight, nothing
-  more available) is done at once, one ``preadv`` that waits for the disk — as the turn's
-  linger would wait for it through the engine, at a fraction of the cost — unless a read done
-  so failed, or a few in a row took longer than ``AT_ONCE_MAX_WAIT``: the queue's reads then go
-  through the engine for ``AT_ONCE_PAUSE`` seconds (a slow disk holds requests, not the worker;
-  a read that never ends holds the worker as it would hold the request).
+* ``O_DIRECT`` at queue depth 1: a read or write alone on its queue (nothing else in flight,
+  nothing more available) is done at once, one ``preadv``/``pwritev`` that waits for the disk —
+  as the turn's linger would wait for it through the engine, at a fraction of the cost — unless
+  one done so failed, or a few in a row took longer than ``AT_ONCE_MAX_WAIT``: the queue's
+  requests then go through the engine for ``AT_ONCE_PAUSE`` seconds (a slow disk holds
+  requests, not the worker; one that never ends holds the worker as it would the request).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ SUBMIT_EVERY = 8
 #: 256 KiB reads are even either way (28.4k/33.8k against 30.3k/30.4k), 1 MiB need the
 #: parallel copies.
 OFFLOAD_BYTES = 256 << 10
-#: O_DIRECT reads done at once (:meth:`QueueIO.copy_now`): after ``AT_ONCE_SLOW_RUN`` of them in a
+#: O_DIRECT reads and writes done at once (:meth:`QueueIO._direct_now`): after ``AT_ONCE_SLOW_RUN`` of them in a
 #: row took longer than ``AT_ONCE_MAX_WAIT`` seconds each (the turn's linger, ``BlkDevice.linger``:
 #: the longest the worker waits for the engine), or one failed, the queue's reads go through the
 #: engine for ``AT_ONCE_PAUSE`` seconds.  A run, not one: a disk that answers in 0.1 ms has
@@ -93,8 +93,8 @@ class QueueIO:
         self._inline = False
         #: Batches sent to the kernel so far (:meth:`submit`).
         self.submits = 0
-        #: O_DIRECT: until when (monotonic seconds) reads go through the engine, not at once,
-        #: and how many reads done at once in a row took longer than AT_ONCE_MAX_WAIT
+        #: O_DIRECT: until when (monotonic seconds) requests go through the engine, not at once,
+        #: and how many done at once in a row took longer than AT_ONCE_MAX_WAIT
         self._at_once_after = 0.0
         self._slow_at_once = 0
 
@@ -109,29 +109,9 @@ class QueueIO:
         Page cache: a small read whose data is cached is copied in one ``preadv`` with
         ``RWF_NOWAIT`` (which fails rather than wait for the disk); never reads the kernel's
         workers copy faster in parallel (``OFFLOAD_BYTES``).  O_DIRECT: a read the caller says
-        is ``alone`` (nothing more available on its ring) while nothing is in flight here, in
-        one ``preadv`` that waits for the disk — unless, less than ``AT_ONCE_PAUSE`` seconds
-        ago, one failed or ``AT_ONCE_SLOW_RUN`` in a row took longer than ``AT_ONCE_MAX_WAIT``.  A failure (a buffer not
-        aligned for O_DIRECT, an I/O error, a short read) leaves the read to the engine, which
-        bounces, retries or reports it."""
+        is ``alone`` (nothing more available on its ring), as :meth:`_direct_now` allows."""
         if self.direct:
-            if not alone or self.inflight:
-                return False
-            start = _monotonic()
-            if start < self._at_once_after:
-                return False
-            try:
-                done = os.preadv(self.fd, views, offset) == length
-            except OSError:
-                done = False
-            end = _monotonic()
-            if done and end - start <= AT_ONCE_MAX_WAIT:
-                self._slow_at_once = 0
-            else:
-                self._slow_at_once = AT_ONCE_SLOW_RUN if not done else self._slow_at_once + 1
-                if self._slow_at_once >= AT_ONCE_SLOW_RUN:
-                    self._at_once_after, self._slow_at_once = end + AT_ONCE_PAUSE, 0
-            return done
+            return alone and self._direct_now(os.preadv, views, offset, length, 0)
         if not self._nowait or length >= OFFLOAD_BYTES:
             return False
         try:
@@ -144,6 +124,40 @@ class QueueIO:
                 # a disk, so it is still copied at once; elsewhere it goes to the engine.
                 self._nowait, self._nowait_flag = in_memory_fs(self.fd), 0
             return False
+
+    def write_now(self, views: list[memoryview], offset: int, length: int, dsync: bool,
+                  alone: bool) -> bool:
+        """O_DIRECT: whether a write the caller says is ``alone`` on its ring was done at once
+        (one ``pwritev``, ``RWF_DSYNC`` in write-through), as :meth:`_direct_now` allows; else
+        it goes to the engine (:meth:`start`).  Never through the page cache, where a write
+        is a copy the engine's submit does inline anyway."""
+        return self.direct and alone and self._direct_now(
+            os.pwritev, views, offset, length, os.RWF_DSYNC if dsync else 0)
+
+    def _direct_now(self, op, views: list[memoryview], offset: int, length: int, flags: int) -> bool:
+        """An O_DIRECT transfer done at once by ``op`` (``os.preadv``/``os.pwritev``), waiting for
+        the disk — when nothing of this queue is in flight, and unless, less than
+        ``AT_ONCE_PAUSE`` seconds ago, one failed or ``AT_ONCE_SLOW_RUN`` in a row took longer
+        than ``AT_ONCE_MAX_WAIT``.  A failure (a buffer not aligned for O_DIRECT, an I/O error,
+        a short transfer) leaves the request to the engine, which bounces, retries or reports
+        it (a transfer is idempotent: done again whole)."""
+        if self.inflight:
+            return False
+        start = _monotonic()
+        if start < self._at_once_after:
+            return False
+        try:
+            done = op(self.fd, views, offset, flags) == length
+        except OSError:
+            done = False
+        end = _monotonic()
+        if done and end - start <= AT_ONCE_MAX_WAIT:
+            self._slow_at_once = 0
+        else:
+            self._slow_at_once = AT_ONCE_SLOW_RUN if not done else self._slow_at_once + 1
+            if self._slow_at_once >= AT_ONCE_SLOW_RUN:
+                self._at_once_after, self._slow_at_once = end + AT_ONCE_PAUSE, 0
+        return done
 
     def start(self, req: Request) -> None:
         """Prepare ``req``; it goes to the kernel with the next :meth:`submit` (or now, once
