@@ -595,3 +595,93 @@ def test_make_device_queue_options():
     assert (q.next_avail, q.next_used) == (0x100, 0x100)
     idle = make_device_queue(mock, activate=False)
     assert not idle.ready and idle.desc_table == mock.desc_table
+
+
+# --- indirect tables checked a table at a time (split_device._sequential_table) ------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_REGION_B = 0x200000  # a second region after a hole: (0, 1 MiB), (2 MiB, 1 MiB)
+_FLAG_CHOICES = (0, F_NEXT, F_WRITE, F_NEXT | F_WRITE, F_INDIRECT, F_NEXT | F_INDIRECT, F_NEXT | 0x10)
+
+
+@st.composite
+def _tables(draw):
+    """An indirect table of the usual shape (what Linux writes), or one with one to three
+    descriptors off: another flag, a readable one after a writable one, a next that is not
+    i + 1, a zero length, a buffer at a region's end, in the hole or in the other region."""
+    n = draw(st.integers(8, 40))
+    nread = draw(st.integers(0, n))
+    descs = []
+    for i in range(n):
+        last = i == n - 1
+        descs.append([0x10000 + i * 0x1000, 0x1000, (0 if i < nread else F_WRITE) | (0 if last else F_NEXT),
+                      0 if last else i + 1])
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=3)):
+        what = draw(st.integers(0, 3))
+        if what == 0:
+            descs[i][2] = draw(st.sampled_from(_FLAG_CHOICES))
+        elif what == 1:
+            descs[i][3] = draw(st.integers(0, n + 2))
+        elif what == 2:
+            descs[i][1] = draw(st.sampled_from((0, 1, 0x100000, 0x200000)))
+        else:
+            descs[i][0] = draw(st.sampled_from((0xFF000, 0x100000 - 0x800, 0x180000, _REGION_B + 0x1000,
+                                                _REGION_B + 0xFF800, 1 << 40)))
+    return [tuple(d) for d in descs]
+
+
+def _memory():
+    return GuestMemory.from_buffers((0, bytearray(0x100000)), (_REGION_B, bytearray(0x100000)))
+
+
+def _walk_table_chain(descs, bulk: bool, monkeypatch, mem=None):
+    """The chain an indirect table ``descs`` gives (or the DriverFault it raises), walked with
+    the table-at-a-time check allowed or not."""
+    from pyvirtio.virtq import split_device
+
+    monkeypatch.setattr(split_device, "_BULK_TABLE", 8 if bulk else 1 << 30)
+    mem = mem or _memory()
+    mock = MockSplitDriver(size=16, mem=mem)
+    table = mock.alloc(16 * len(descs))
+    for i, (addr, length, flags, nxt) in enumerate(descs):
+        mock.write_desc_at(table, i, addr, length, flags, nxt)
+    head = mock.take_desc_indices(1)[0]
+    mock.write_desc(head, table, 16 * len(descs), F_INDIRECT, 0)
+    mock.add_head(head)
+    queue = make_device_queue(mock, indirect=True)
+    try:
+        chain = queue.pop_descriptor_chain(mem)
+    except DriverFault as exc:
+        return "fault", str(exc)
+    return (chain.head_index, [bytes(v) for v in chain.readable], [len(v) for v in chain.writable],
+            chain.readable_len, chain.writable_len, chain.descriptors, chain.addresses)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tables())
+def test_a_table_checked_at_once_gives_what_the_loop_gives(descs):
+    """Any indirect table — the usual shape or one thing off — gives the same chain (views,
+    lengths, descriptor count, host addresses) or the same fault whether the walk may check it a
+    table at a time or must take it descriptor by descriptor."""
+    mem = _memory()  # one for both walks: the same host addresses
+    with pytest.MonkeyPatch.context() as mp:
+        assert _walk_table_chain(descs, True, mp, mem) == _walk_table_chain(descs, False, mp, mem)
+
+
+def test_the_usual_table_is_checked_at_once(monkeypatch):
+    """A table as Linux writes one (readable ones, then writable ones, nexts in order) takes the
+    table-at-a-time way; one readable after a writable one is refused as the loop refuses it."""
+    from pyvirtio.virtq import split_device
+
+    taken = []
+    real = split_device._sequential_table
+    monkeypatch.setattr(split_device, "_sequential_table", lambda *a: taken.append(real(*a)) or taken[-1])
+    usual = [(0x10000 + i * 0x1000, 0x1000, (0 if i < 3 else F_WRITE) | (F_NEXT if i < 9 else 0),
+              i + 1 if i < 9 else 0) for i in range(10)]
+    got = _walk_table_chain(usual, True, monkeypatch)
+    assert taken and taken[-1] is not None and got[3:6] == (3 * 0x1000, 7 * 0x1000, 10)
+    bad = list(usual)
+    bad[5] = (bad[5][0], bad[5][1], F_NEXT, 6)  # readable after writable ones
+    fault = _walk_table_chain(bad, True, monkeypatch)
+    assert taken[-1] is None and fault[0] == "fault" and "2.7.4.2" in fault[1]

@@ -44,6 +44,53 @@ _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 _NO_VIEW = memoryview(bytearray(0))  # the ring views before _bind (never read: _check binds first)
 
 
+#: Indirect tables at least this long are first tried by :func:`_sequential_table`.
+_BULK_TABLE = 8
+_NEXTS: dict[int, tuple[int, ...]] = {}  # per table length: (1, 2, ..., count - 1)
+_F_NEXT_WRITE = _F_NEXT | _F_WRITE
+
+
+def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
+                      buf: memoryview) -> tuple[int, list[int], list[memoryview]] | None:
+    """An indirect table of the usual shape, checked and sliced with sequence operations over
+    the whole table instead of the walk's loop per descriptor — None when it is not of that
+    shape: the loop then walks it (and says what is wrong, if anything is).
+
+    The usual shape (Linux writes its tables so): descriptor ``i``'s next is ``i + 1``; every
+    flags field but the last is NEXT or NEXT|WRITE, the last 0 or WRITE; no readable one after
+    a writable one; no zero length; every buffer inside the walk's window (``gpa``, ``end``,
+    ``buf``: :func:`~pyvirtio.virtq.chain.walk_window`; tested against the largest offset
+    plus the largest length, which may send a table the loop accepts to the loop, never the
+    other way).  Every check the loop makes of a table it accepts: no INDIRECT inside
+    (2.7.5.3.1), readable before writable (2.7.4.2), every next inside the table, no loop.  The
+    caller has checked that no writable descriptor came before the table.
+
+    Returns (how many are readable, each buffer's offset in ``buf``, their views)."""
+    nexts = _NEXTS.get(count)
+    if nexts is None:
+        nexts = _NEXTS[count] = tuple(range(1, count))
+    if fields[3:4 * count - 4:4] != nexts:
+        return None
+    flags = fields[2::4]
+    nr = flags.count(_F_NEXT)  # readable ones but the last
+    last = flags[-1]
+    if last == 0:
+        if nr != count - 1:
+            return None  # a writable one before the last, readable, one — or another flag
+        nr = count
+    elif last != _F_WRITE or nr + flags.count(_F_NEXT_WRITE) != count - 1 or \
+            flags[:nr].count(_F_NEXT) != nr:
+        return None  # another flag, or a readable one after a writable one
+    lengths = fields[1::4]
+    if 0 in lengths:
+        return None
+    addrs = fields[0::4]
+    if min(addrs) < gpa or max(addrs) - gpa + max(lengths) > end:
+        return None
+    offs = [a - gpa for a in addrs] if gpa else list(addrs)
+    return nr, offs, [buf[o:o + n] for o, n in zip(offs, lengths)]
+
+
 class SplitDeviceQueue(DeviceRingSide):
     """Device-side state of one split virtqueue: addresses, indices, notification state."""
 
@@ -501,6 +548,22 @@ class SplitDeviceQueue(DeviceRingSide):
         else:
             fields = descriptor_table_fields(mem.view(addr, length), count)
             gpa, end, buf, at = walk_window(mem)
+        if count >= _BULK_TABLE and not seen_write:
+            got = _sequential_table(fields, count, gpa, end, buf)
+            if got is not None:  # the usual table: checked and sliced a table at a time
+                nr, offs, found = got
+                lengths = fields[1::4]
+                readable += found[:nr]
+                writable += found[nr:]
+                rlen += sum(lengths[:nr])
+                wlen += sum(lengths[nr:])
+                if addrs is not None:
+                    addrs += [at + o for o in offs]
+                if rlen + wlen > MAX_CHAIN_BYTES:
+                    raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+                if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                    raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
+                return DescriptorChain(head, readable, writable, rlen, wlen, total + count, addrs)
         views = mem.views
         i = seen = 0
         while True:
