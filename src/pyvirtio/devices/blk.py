@@ -279,7 +279,7 @@ class BlkDevice(VirtioDevice):
                 return written
 
         pass_mem = self._pass_mem
-        pass_mem[index] = mem  # (request(): whether an O_DIRECT read is alone on its ring)
+        pass_mem[index] = mem  # (_alone(): for O_DIRECT requests done at once)
         notify = drain_queue(queue, mem, handle, settle, notify_now)  # queue.drain's loop
         pass_mem[index] = None  # (left set if the drain raised: replaced at the next pass)
         return notify or bool(finished)
@@ -414,11 +414,7 @@ class BlkDevice(VirtioDevice):
                 data = views[:-1] if usual else chain.writable_views(0, length)
                 # O_DIRECT: a read alone on its ring may be done at once too (copy_now), as a
                 # write may (below).
-                alone = False
-                if io.direct:
-                    mem = self._pass_mem.get(queue_index)
-                    alone = mem is not None and not self.queues[queue_index].has_available(mem)
-                if io.copy_now(data, sector * SECTOR, length, alone):
+                if io.copy_now(data, sector * SECTOR, length, io.direct and self._alone(queue_index)):
                     views[-1][-1] = _OK
                     stats = self.stats
                     stats["requests"] += 1
@@ -432,18 +428,23 @@ class BlkDevice(VirtioDevice):
             req = self._async_request(rtype, sector, chain)
             if req is not None:
                 io = self._io.get(queue_index) or self._queue_io(queue_index)
-                if io.direct and req.kind == WRITE:  # O_DIRECT: a write alone may go at once
-                    mem = self._pass_mem.get(queue_index)
-                    alone = mem is not None and not self.queues[queue_index].has_available(mem)
-                    if io.write_now(req.views, req.offset, req.length, req.dsync, alone):
-                        chain.writable[-1][-1] = _OK
-                        stats = self.stats
-                        stats["requests"] += 1
-                        stats["write_bytes"] += req.length
-                        return 1
+                # O_DIRECT: a write alone on its ring may be done at once (QueueIO.write_now).
+                if io.direct and req.kind == WRITE and io.write_now(
+                        req.views, req.offset, req.length, req.dsync, self._alone(queue_index)):
+                    chain.writable[-1][-1] = _OK
+                    stats = self.stats
+                    stats["requests"] += 1
+                    stats["write_bytes"] += req.length
+                    return 1
                 io.start(req)
                 return None
         return self._complete_now(queue_index, rtype, sector, chain)
+
+    def _alone(self, queue_index: int) -> bool:
+        """Whether the ring being drained (process_queue) has nothing more available: an
+        O_DIRECT request popped from it may then be done at once (QueueIO._direct_now)."""
+        mem = self._pass_mem.get(queue_index)
+        return mem is not None and not self.queues[queue_index].has_available(mem)
 
     def count_error(self, queue_index: int) -> None:
         """A request that ended with an error status: the device's total and its queue's."""

@@ -50,14 +50,14 @@ SUBMIT_EVERY = 8
 #: 256 KiB reads are even either way (28.4k/33.8k against 30.3k/30.4k), 1 MiB need the
 #: parallel copies.
 OFFLOAD_BYTES = 256 << 10
-#: O_DIRECT reads and writes done at once (:meth:`QueueIO._direct_now`): after ``AT_ONCE_SLOW_RUN`` of them in a
-#: row took longer than ``AT_ONCE_MAX_WAIT`` seconds each (the turn's linger, ``BlkDevice.linger``:
-#: the longest the worker waits for the engine), or one failed, the queue's reads go through the
-#: engine for ``AT_ONCE_PAUSE`` seconds.  A run, not one: a disk that answers in 0.1 ms has
-#: outliers of 10 ms, and pausing at each cost a third of the gain.  4 KiB at queue depth 1 from
-#: the host (``benchmarks/README.md``, session 19): 0.80x qemu-storage-daemon at once, 0.74x
-#: through io_uring (submit and wait in one call); in a guest, 15-35 us less of the worker's
-#: CPU per request.
+#: O_DIRECT reads and writes done at once (:meth:`QueueIO._direct_now`): after
+#: ``AT_ONCE_SLOW_RUN`` in a row took longer than ``AT_ONCE_MAX_WAIT`` seconds each (the turn's
+#: linger, ``BlkDevice.linger``: the longest the worker waits for the engine), or one failed,
+#: the queue's requests go through the engine for ``AT_ONCE_PAUSE`` seconds.  A run, not one: a
+#: disk that answers in 0.1 ms has outliers of 10 ms, and pausing at each gave back a third of
+#: the gain.  4 KiB at queue depth 1 from the host (``benchmarks/README.md``, session 19), same
+#: run against qemu-storage-daemon: reads 0.66x -> 0.79x, writes 0.61x -> 0.80x; in a guest,
+#: 10-30 us less of the worker's CPU per request.
 AT_ONCE_MAX_WAIT = 1e-3
 AT_ONCE_SLOW_RUN = 3
 AT_ONCE_PAUSE = 0.5

@@ -76,7 +76,7 @@ def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
     last = flags[-1]
     if last == 0:
         if nr != count - 1:
-            return None  # a writable one before the last, readable, one — or another flag
+            return None  # the last is readable: so must all be (else another flag, or W before R)
         nr = count
     elif last != _F_WRITE or nr + flags.count(_F_NEXT_WRITE) != count - 1 or \
             flags[:nr].count(_F_NEXT) != nr:
