@@ -113,6 +113,9 @@ class SplitDeviceQueue(DeviceRingSide):
         self.max_size = max_size
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
+        #: Indirect tables of the usual shape checked a table at a time (_sequential_table);
+        #: False walks every one descriptor by descriptor (the same checks, slower).
+        self.bulk_tables = True
         #: Counters (pyvirtio.stats); not reset with the ring: the device carries them over.
         self.stats = QueueCounters()
         self.reset()
@@ -548,7 +551,7 @@ class SplitDeviceQueue(DeviceRingSide):
         else:
             fields = descriptor_table_fields(mem.view(addr, length), count)
             gpa, end, buf, at = walk_window(mem)
-        if count >= _BULK_TABLE and not seen_write:
+        if count >= _BULK_TABLE and self.bulk_tables and not seen_write:
             got = _sequential_table(fields, count, gpa, end, buf)
             if got is not None:  # the usual table: checked and sliced a table at a time
                 nr, offs, found = got
