@@ -132,10 +132,9 @@ class BlkDevice(VirtioDevice):
         self.holding = Holding()
         #: Turns whose linger found a completion (a diagnostic count; the tests read it).
         self.lingered = 0
-        #: Per queue, the guest memory of the pass draining it (process_queue), for request()'s
-        #: look at the ring; absent or None outside a pass.  (Keyed by queue: each has its own
-        #: worker thread.)
-        self._pass_mem: dict[int, GuestMemory | None] = {}
+        #: Per queue, its drain through blk (process_queue): made once, reset by each pass.
+        #: (Keyed by queue: each has its own worker thread.)
+        self._passes: dict[int, _QueuePass] = {}
 
     @property
     def io_mode(self) -> str:
@@ -179,7 +178,7 @@ class BlkDevice(VirtioDevice):
         self.holding.close()
         self._order.clear()
         self._finished.clear()
-        self._pass_mem.clear()
+        self._passes.clear()
         self.writeback = self.default_writeback
 
     def _close_io(self) -> None:
@@ -204,85 +203,21 @@ class BlkDevice(VirtioDevice):
         its end; with :attr:`notify_queue`, what finished goes back during the pass too.  While some of
         them are still in flight the driver's kicks stay off (``kicks_held``): each completion
         turn drains the ring again (the engine), so a driver keeping the queue full never
-        kicks, and this worker takes one turn per completion instead of one more per kick."""
+        kicks, and this worker takes one turn per completion instead of one more per kick.
+        The pass's steps are :class:`_QueuePass`'s, one object per queue made once."""
         if queue.in_order:
             return self._process_in_order(mem, queue)
-        index = queue.index
-        finished = []
-        # How the drain notifies the driver mid-pass (reads copied at once go back in batches,
-        # and the driver refills the ring meanwhile); None without a transport that allows it,
-        # or while fault rules are set (they see every notification: the engine's delays and
-        # drops, blk's held completions).
-        notify_queue, holding = self.notify_queue, self.holding
-        if notify_queue is None or self.faults.rules or holding.queues or holding.late:
-            notify_now = None
-        else:
-            notify_now = partial(notify_queue, index)
-        linger = self.linger if notify_now is not None else 0.0
+        drain = self._passes.get(queue.index) or self._new_pass(queue.index)
+        handle, notify_now = drain.begin(mem)
+        try:
+            notify = drain_queue(queue, mem, handle, drain.settle, notify_now)  # queue.drain's loop
+        finally:
+            drain.mem = None
+        return notify or drain.finished
 
-        def settle() -> bool | None:
-            nonlocal linger
-            io = self._io.get(index)
-            if io is not None and io.inflight:
-                inline, done = io.finished_inline(), None
-                if linger and not inline:
-                    # Nothing of this pass is done inside the submit (O_DIRECT, offloaded
-                    # copies): send what is left and wait for the first completion (below) in
-                    # one system call.
-                    done = io.submit_and_wait(linger)
-                else:
-                    io.submit()  # what is left of this pass
-                    # What finished inside the submit (cached data) goes back in this same turn.
-                    if inline and index in self.host_ready(mem, index, []):
-                        finished.append(index)
-                    if linger and io.inflight:
-                        done = io.engine.wait(linger)
-                if done is not None:
-                    # Kicks stay off while requests are in flight, so until one finishes the
-                    # worker would only sleep in its poll: wait for it here instead (bounded),
-                    # answer it and drain again in this turn — one wake-up per request at queue
-                    # depth 1, not two (the kick, then the completion).  Once per turn, so a
-                    # busy ring still lets the control path in between turns.
-                    linger = 0.0
-                    if done:
-                        self.lingered += 1
-                        if index in self._complete(mem, index, io, done):
-                            notify_now()  # type: ignore[misc]
-                        if io.inflight:
-                            # Another pass, kicks still off: the driver, told, may have made
-                            # requests available meanwhile (a full ring's next ones).
-                            return None
-                if io.inflight and not self.holding.queues:
-                    self.kicks_held.add(index)
-                    return True
-            self.kicks_held.discard(index)
-            return False
-
-        handle: Callable[[DescriptorChain], int | None]
-        if notify_now is None:
-            handle = partial(self.handle_chain, index)
-        else:
-            submits = -1  # the engine's batch count last seen in this pass
-
-            def handle(chain: DescriptorChain) -> int | None:
-                nonlocal submits
-                written = self.handle_chain(index, chain)
-                if written is not None:  # done at once: nothing went to the engine
-                    return written
-                io = self._io.get(index)
-                # A batch just went to the kernel (SUBMIT_EVERY): what finished of the earlier
-                # ones goes back now, while the rest of the ring is drained.
-                if io is not None and io.submits != submits:
-                    if submits >= 0 and index in self.host_ready(mem, index, []):
-                        notify_now()
-                    submits = io.submits
-                return written
-
-        pass_mem = self._pass_mem
-        pass_mem[index] = mem  # (_alone(): for O_DIRECT requests done at once)
-        notify = drain_queue(queue, mem, handle, settle, notify_now)  # queue.drain's loop
-        pass_mem[index] = None  # (left set if the drain raised: replaced at the next pass)
-        return notify or bool(finished)
+    def _new_pass(self, index: int) -> _QueuePass:
+        drain = self._passes[index] = _QueuePass(self, index)
+        return drain
 
     def host_ready(self, mem: GuestMemory, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Completions arrived: status bytes, then one used-ring update for all of them."""
@@ -321,9 +256,12 @@ class BlkDevice(VirtioDevice):
                 finished[chain.head_index] = written
             return None  # never published by the drain itself
 
-        self._pass_mem[index] = mem
-        queue.drain(mem, handle)
-        self._pass_mem[index] = None
+        drain = self._passes.get(index) or self._new_pass(index)
+        drain.mem = mem
+        try:
+            queue.drain(mem, handle)
+        finally:
+            drain.mem = None
         io = self._io.get(index)
         if io is not None and io.inflight:
             io.submit()
@@ -443,7 +381,8 @@ class BlkDevice(VirtioDevice):
     def _alone(self, queue_index: int) -> bool:
         """Whether the ring being drained (process_queue) has nothing more available: an
         O_DIRECT request popped from it may then be done at once (QueueIO._direct_now)."""
-        mem = self._pass_mem.get(queue_index)
+        drain = self._passes.get(queue_index)
+        mem = drain.mem if drain is not None else None
         return mem is not None and not self.queues[queue_index].has_available(mem)
 
     def count_error(self, queue_index: int) -> None:
@@ -662,3 +601,99 @@ class BlkDevice(VirtioDevice):
         self.holding.close()
         self.image.close()
         self.fd = -1
+
+
+class _QueuePass:
+    """One queue's drain through blk (:meth:`BlkDevice.process_queue`): the handler and the
+    settle step :func:`drain_queue` calls, and the state of the pass they share.  Made once per
+    queue and reset by :meth:`begin` at each pass — the request path at queue depth 1 makes no
+    closure per pass — and used only by that queue's worker."""
+
+    __slots__ = ("blk", "index", "mem", "linger", "submits", "finished", "plain", "mid", "settle",
+                 "_notify", "_notify_of")
+
+    def __init__(self, blk: BlkDevice, index: int):
+        self.blk, self.index = blk, index
+        #: The guest memory while a pass runs (request()'s look at the ring: _alone), else None.
+        self.mem: GuestMemory | None = None
+        self.linger = 0.0  # what is left of this pass's wait for a first completion
+        self.submits = -1  # the engine's batch count last seen in this pass
+        self.finished = False  # completions of this pass published by settle
+        # The handlers and the settle step, bound once.
+        self.plain: Callable[[DescriptorChain], int | None] = partial(blk.handle_chain, index)
+        self.mid: Callable[[DescriptorChain], int | None] = self._handle_mid
+        self.settle: Callable[[], bool | None] = self._settle
+        self._notify: Callable[[], None] | None = None
+        self._notify_of: Callable[[int], None] | None = None  # the notify_queue _notify calls
+
+    def begin(self, mem: GuestMemory) -> tuple[Callable[[DescriptorChain], int | None], Callable[[], None] | None]:
+        """A new pass: its handler and how the drain notifies the driver mid-pass (reads copied
+        at once go back in batches, and the driver refills the ring meanwhile) — None without a
+        transport that allows it, or while fault rules are set (they see every notification:
+        the engine's delays and drops, blk's held completions)."""
+        blk = self.blk
+        self.mem, self.finished = mem, False
+        notify_queue, holding = blk.notify_queue, blk.holding
+        if notify_queue is None or blk.faults.rules or holding.queues or holding.late:
+            self.linger = 0.0
+            return self.plain, None
+        if notify_queue is not self._notify_of:
+            self._notify, self._notify_of = partial(notify_queue, self.index), notify_queue
+        self.linger, self.submits = blk.linger, -1
+        return self.mid, self._notify
+
+    def _handle_mid(self, chain: DescriptorChain) -> int | None:
+        """The handler when the drain may notify mid-pass: a request that went to the engine may
+        have been sent with a batch (SUBMIT_EVERY); what finished of the earlier ones goes back
+        now, while the rest of the ring is drained."""
+        blk, index = self.blk, self.index
+        written = blk.handle_chain(index, chain)
+        if written is not None:  # done at once: nothing went to the engine
+            return written
+        io = blk._io.get(index)
+        if io is not None and io.submits != self.submits:
+            if self.submits >= 0 and index in blk.host_ready(self.mem, index, []):  # type: ignore[arg-type]
+                self._notify()  # type: ignore[misc]
+            self.submits = io.submits
+        return written
+
+    def _settle(self) -> bool | None:
+        """After each look at the ring (:func:`drain_queue`'s ``settle``): send what the pass
+        started; True ends the pass with kicks held (requests in flight), None asks for another
+        look with kicks still off, False lets the drain turn kicks back on."""
+        blk, index = self.blk, self.index
+        io = blk._io.get(index)
+        if io is not None and io.inflight:
+            mem = self.mem
+            inline, done = io.finished_inline(), None
+            if self.linger and not inline:
+                # Nothing of this pass is done inside the submit (O_DIRECT, offloaded copies):
+                # send what is left and wait for the first completion (below) in one system call.
+                done = io.submit_and_wait(self.linger)
+            else:
+                io.submit()  # what is left of this pass
+                # What finished inside the submit (cached data) goes back in this same turn.
+                if inline and index in blk.host_ready(mem, index, []):  # type: ignore[arg-type]
+                    self.finished = True
+                if self.linger and io.inflight:
+                    done = io.engine.wait(self.linger)
+            if done is not None:
+                # Kicks stay off while requests are in flight, so until one finishes the worker
+                # would only sleep in its poll: wait for it here instead (bounded), answer it and
+                # drain again in this turn — one wake-up per request at queue depth 1, not two
+                # (the kick, then the completion).  Once per turn, so a busy ring still lets the
+                # control path in between turns.
+                self.linger = 0.0
+                if done:
+                    blk.lingered += 1
+                    if index in blk._complete(mem, index, io, done):  # type: ignore[arg-type]
+                        self._notify()  # type: ignore[misc]
+                    if io.inflight:
+                        # Another pass, kicks still off: the driver, told, may have made
+                        # requests available meanwhile (a full ring's next ones).
+                        return None
+            if io.inflight and not blk.holding.queues:
+                blk.kicks_held.add(index)
+                return True
+        blk.kicks_held.discard(index)
+        return False
