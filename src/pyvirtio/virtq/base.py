@@ -6,7 +6,7 @@ from __future__ import annotations
 import array
 from itertools import repeat
 from operator import gt, is_, itemgetter
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Protocol, Sequence
 
 from ..errors import QueueBroken, UsageError
 from ..memory import GuestMemory
@@ -23,7 +23,7 @@ class RingSide:
     _mem: GuestMemory | None = None
     _gen = -1
 
-    def _break(self, fault: Exception):
+    def _break(self, fault: Exception) -> NoReturn:
         """Mark the queue broken (every later call raises QueueBroken) and raise ``fault``."""
         self.broken = True
         self.fault = fault

@@ -50,6 +50,18 @@ _NEXTS: dict[int, tuple[int, ...]] = {}  # per table length: (1, 2, ..., count -
 _F_NEXT_WRITE = _F_NEXT | _F_WRITE
 
 
+def _walked(head: int, readable: list, writable: list, rlen: int, wlen: int, descriptors: int,
+            addrs: list[int] | None) -> DescriptorChain:
+    """The chain a walk from ``head`` found, after the checks every walk makes once at its end
+    (the walk's loop bounds what grew meanwhile): its bytes fit the used ring's u32 length, and
+    its views number at most MAX_CHAIN_SEGMENTS.  Raises DriverFault."""
+    if rlen + wlen > MAX_CHAIN_BYTES:
+        raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+    if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+        raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
+    return DescriptorChain(head, readable, writable, rlen, wlen, descriptors, addrs)
+
+
 def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
                       buf: memoryview) -> tuple[int, list[int], list[memoryview]] | None:
     """An indirect table of the usual shape, checked and sliced with sequence operations over
@@ -524,15 +536,11 @@ class SplitDeviceQueue(DeviceRingSide):
             # Checked once, after the walk (as _walk_table does): at most ``limit`` descriptors
             # of at most 2**32 - 1 bytes each, each mapped to one view per region it crosses, so
             # nothing grew without bound meanwhile.
-            if rlen + wlen > MAX_CHAIN_BYTES:
-                raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
-            if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-                raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
+            return _walked(head, readable, writable, rlen, wlen, total, addrs)
         except DriverFault as exc:
             self._break(DriverFault(f"queue {self.index}: {exc}"))
         except GuestMemoryError as exc:
             self._break(DriverFault(f"queue {self.index}: descriptor buffer {exc}"))
-        return DescriptorChain(head, readable, writable, rlen, wlen, total, addrs)
 
     def _walk_table(self, mem: GuestMemory, head: int, addr: int, length: int, readable: list,
                     writable: list, rlen: int, wlen: int, seen_write: bool, total: int,
@@ -562,11 +570,7 @@ class SplitDeviceQueue(DeviceRingSide):
                 wlen += sum(lengths[nr:])
                 if addrs is not None:
                     addrs += [at + o for o in offs]
-                if rlen + wlen > MAX_CHAIN_BYTES:
-                    raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
-                if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-                    raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
-                return DescriptorChain(head, readable, writable, rlen, wlen, total + count, addrs)
+                return _walked(head, readable, writable, rlen, wlen, total + count, addrs)
         views = mem.views
         i = seen = 0
         while True:
@@ -613,11 +617,7 @@ class SplitDeviceQueue(DeviceRingSide):
                 raise DriverFault(f"next index {i} >= table size {count}")
         # Checked once, after the walk: at most ``count`` descriptors of at most 2**32 - 1 bytes,
         # each mapped to one buffer per region it crosses, so nothing grew without bound meanwhile.
-        if rlen + wlen > MAX_CHAIN_BYTES:
-            raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
-        if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
-            raise DriverFault(f"chain from head {head} maps to more than {MAX_CHAIN_SEGMENTS} buffers")
-        return DescriptorChain(head, readable, writable, rlen, wlen, total + seen, addrs)
+        return _walked(head, readable, writable, rlen, wlen, total + seen, addrs)
 
     # --- returning used buffers -----------------------------------------------------------------
 
