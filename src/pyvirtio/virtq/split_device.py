@@ -663,12 +663,13 @@ class SplitDeviceQueue(DeviceRingSide):
             self.stats.bytes_written += written
             inflight = self.inflight
             if inflight is not None:
-                inflight.batch([head for head, _ in elems])
+                heads = [head for head, _ in elems]
+                inflight.batch(heads)
             wmb()  # the used elements before the used idx that publishes them (2.7.8)
             self.next_used = next_used
             self._used16[1] = next_used
             if inflight is not None:
-                inflight.published([head for head, _ in elems], next_used)
+                inflight.published(heads, next_used)
             return
         try:
             flat = array.array("I", itertools.chain.from_iterable(elems))  # id, len, id, len ...
