@@ -15,6 +15,11 @@ pyvirtio / qemu-storage-daemon.
 against qemu-storage-daemon's ``cache.direct=on,aio=io_uring``), with the images on a disk-backed
 file system (``--dir``, default /var/tmp) instead of /dev/shm.
 
+``--pin QEMU:BACKENDS`` (CPU lists, e.g. ``--pin 0:1``) runs QEMU on the first CPUs and both
+back-ends, every thread, on the second — where vhost-user back-ends are usually deployed, on
+cores of their own — and says so in the report; without it the host's scheduler places
+everything (the default, and the figures of record).
+
 Needs qemu-system-x86_64, qemu-storage-daemon, busybox-static and fio on the host.
 """
 
@@ -90,6 +95,32 @@ def parse(lines: list[str]) -> tuple[dict, dict]:
     return results, interrupts
 
 
+def cpu_list(text: str) -> set[int]:
+    """``0``, ``0-2``, ``0,3``: the CPUs named; ValueError if malformed, empty, or not all of
+    them are this process's to use."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        lo, hi = int(first), int(last or first)
+        if lo < 0 or hi < lo:
+            raise ValueError(f"bad CPU range {part!r}")
+        cpus.update(range(lo, hi + 1))
+    if not cpus <= os.sched_getaffinity(0):
+        raise ValueError(f"CPUs {sorted(cpus - os.sched_getaffinity(0))} are not available here")
+    return cpus
+
+
+def parse_pin(text: str) -> tuple[set[int], set[int]]:
+    """``QEMU:BACKENDS`` CPU lists (argparse type: --pin)."""
+    qemu, sep, backends = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError("give two CPU lists, QEMU's and the back-ends', as QEMU:BACKENDS")
+        return cpu_list(qemu), cpu_list(backends)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -107,6 +138,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pyvirtio-src", default=None, metavar="DIR",
                     help="run pyvirtio serve from this src directory (another checkout: A/B against "
                     "an earlier commit)")
+    ap.add_argument("--pin", type=parse_pin, default=None, metavar="QEMU:BACKENDS",
+                    help="CPU lists: QEMU on the first, both back-ends (every thread) on the "
+                    "second, e.g. 0:1 (default: the scheduler places everything)")
     ap.add_argument("--tests", default=None,
                     help="comma-separated row numbers to run (0-based, default all): "
                     + "; ".join(f"{i}={t[0]}" for i, t in enumerate(TESTS)))
@@ -129,10 +163,28 @@ def main(argv=None) -> int:
         for backend, _, _ in DISKS:
             images[backend] = os.path.join(tmp, f"{backend}.img")
             fill_image(images[backend], args.size << 20)
-        qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
-        pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
-                             src=args.pyvirtio_src, **host_io)
+        # --pin: a child inherits this process's CPUs, so the back-ends start with theirs and
+        # QEMU with its own.
+        everywhere = os.sched_getaffinity(0)
+        if args.pin:
+            os.sched_setaffinity(0, args.pin[1])
         try:
+            qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
+        finally:
+            os.sched_setaffinity(0, everywhere)
+        try:
+            if args.pin:
+                os.sched_setaffinity(0, args.pin[1])
+            pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
+                                 src=args.pyvirtio_src, **host_io)
+        except BaseException:
+            qsd.close()
+            raise
+        finally:
+            os.sched_setaffinity(0, everywhere)
+        try:
+            if args.pin:
+                os.sched_setaffinity(0, args.pin[0])
             qemu_args = []
             for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
                 qemu_args += ["-chardev", f"socket,id={backend},path={peer.socket_path}",
@@ -153,6 +205,7 @@ def main(argv=None) -> int:
                      for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
             cpu = {name: sum(times) for name, times in split.items()}
         finally:
+            os.sched_setaffinity(0, everywhere)
             qsd.close()
             pyv.close()
     disks = {k: v for k, v in res.values().items() if k.startswith("disk_")}
@@ -184,8 +237,10 @@ def requests(results: dict, args) -> dict:
 
 def report(results: dict, interrupts: dict, args, disks: dict, elapsed: float) -> None:
     host = "O_DIRECT + io_uring on the host" if args.direct else "host page cache"
+    pin = (f"QEMU on CPUs {sorted(args.pin[0])}, both back-ends on {sorted(args.pin[1])}" if args.pin
+           else "not pinned")
     print(f"guest: {args.cpus} vCPU (TCG), {args.rounds} rounds x {args.runtime} s, "
-          f"{args.size} MiB images ({host}); disks {disks}; {elapsed:.0f} s")
+          f"{args.size} MiB images ({host}); {pin}; disks {disks}; {elapsed:.0f} s")
     print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)"
           "   guest interrupts per request qsd/pyvirtio")
     for t, (name, _, kind) in enumerate(TESTS):

@@ -235,7 +235,8 @@ class SplitDeviceQueue(DeviceRingSide):
 
     def has_available(self, mem: GuestMemory) -> bool:
         """Whether the driver has made a chain available that was not popped yet."""
-        self._check(mem)
+        if self.broken or not self.ready or mem is not self._mem or mem.generation != self._gen:
+            self._check(mem)  # (its test written out: blk asks after every O_DIRECT request)
         return self._avail16[1] != self.next_avail
 
     def pop_descriptor_chain(self, mem: GuestMemory) -> DescriptorChain | None:

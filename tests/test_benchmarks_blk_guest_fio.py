@@ -1,0 +1,42 @@
+"""benchmarks/blk_guest_fio.py: the guest script it generates, and its --pin argument (the guest
+run itself is a benchmark, not a test: its rows are in benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def script(benchmark_script):
+    return benchmark_script("blk_guest_fio")
+
+
+def test_pin_takes_two_cpu_lists_of_this_machine(script):
+    cpus = sorted(os.sched_getaffinity(0))
+    first, last = cpus[0], cpus[-1]
+    assert script.parse_pin(f"{first}:{last}") == ({first}, {last})
+    assert script.parse_pin(f"{first}-{last}:{first},{last}") == (set(range(first, last + 1)), {first, last})
+    for bad in (f"{first}", f"{first}:", ":1", "a:b", f"{first}:{last + 1000}", "2-1:0", "-1:0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            script.parse_pin(bad)
+
+
+def test_a_wrong_pin_is_a_usage_error_before_anything_starts(script, capsys):
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--pin", "0"])
+    assert exc.value.code == 2
+    assert "QEMU:BACKENDS" in capsys.readouterr().err
+
+
+def test_the_guest_script_alternates_the_disks_round_by_round(script):
+    text = script.guest_script(2, 1, [2])
+    runs = [line for line in text.splitlines() if "fio --name" in line]
+    assert len(runs) == 4
+    assert "/dev/vda" in runs[0] and "/dev/vdb" in runs[1]  # round 0: qsd first
+    assert "/dev/vdb" in runs[2] and "/dev/vda" in runs[3]  # round 1: pyvirtio first
+    assert all("--rw=randread --bs=4k --iodepth=1" in line for line in runs)
