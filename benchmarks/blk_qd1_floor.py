@@ -26,6 +26,11 @@ and the same-round ratios floor/qsd, pyvirtio/qsd and pyvirtio/floor.
 
 ``--baseline SRC`` adds a fourth back-end, ``baseline``: ``pyvirtio serve blk`` imported from
 another checkout's ``src`` (an A/B of a change to the request path, in the same rounds).
+``--relaunch`` starts every back-end anew before each round: one launch of a process runs
+steadily faster or slower than the next on this machine (two runs of the same A/B, the changed
+code in one slot and then the other, favoured whichever back-end sat in the ``baseline`` slot
+by 2-7 %, its user CPU per request ~2 us lower both times), so an A/B of one launch each
+compares launches as much as code.
 """
 
 from __future__ import annotations
@@ -177,6 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="64M", help="disk size (default 64M)")
     p.add_argument("--baseline", metavar="SRC",
                    help="also serve with pyvirtio imported from this directory (another checkout's src)")
+    p.add_argument("--relaunch", action="store_true",
+                   help="start every back-end anew before each round (the rounds then sample "
+                        "launches, not one launch of each)")
     args = p.parse_args(argv)
     size = parse_size(args.size)
     names = BACKENDS + (("baseline",) if args.baseline else ())
@@ -184,24 +192,35 @@ def main(argv=None) -> int:
         images = {name: os.path.join(tmp, f"{name}.img") for name in names}
         for path in images.values():
             fill_image(path, size)
+        starts = {
+            "qsd-file": lambda: start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd-file"]),
+            "pyvirtio": lambda: start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=images["pyvirtio"]),
+            "floor": lambda: start_pyvirtio("blk", os.path.join(tmp, "floor.sock"), blk_file=images["floor"],
+                                            program=[sys.executable, os.path.abspath(__file__), "--serve-floor"]),
+            "baseline": lambda: start_pyvirtio("blk", os.path.join(tmp, "base.sock"),
+                                               blk_file=images["baseline"], src=args.baseline),
+        }
         peers: dict = {}
-        try:
-            peers["qsd-file"] = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd-file"])
-            peers["pyvirtio"] = start_pyvirtio("blk", os.path.join(tmp, "pv.sock"), blk_file=images["pyvirtio"])
-            peers["floor"] = start_pyvirtio("blk", os.path.join(tmp, "floor.sock"), blk_file=images["floor"],
-                                            program=[sys.executable, os.path.abspath(__file__), "--serve-floor"])
-            if args.baseline:
-                peers["baseline"] = start_pyvirtio("blk", os.path.join(tmp, "base.sock"),
-                                                   blk_file=images["baseline"], src=args.baseline)
-            runs = measure(peers, args.rounds, args.runtime)
+
+        def relaunch(rnd: int) -> None:
+            if rnd:
+                while peers:
+                    peers.popitem()[1].close()
+                for name in names:
+                    peers[name] = starts[name]()
+
+        try:  # a peer that fails to start stops the ones already started
+            for name in names:
+                peers[name] = starts[name]()
+            runs = measure(peers, args.rounds, args.runtime, relaunch if args.relaunch else None)
         finally:
             for peer in peers.values():
                 peer.close()
-    report(runs, args.rounds, args.runtime, names)
+    report(runs, args.rounds, args.runtime, names, args.relaunch)
     return 0
 
 
-def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
+def measure(peers: dict, rounds: int, runtime: float, each_round=None) -> list[dict]:
     def run_one(name, params):
         with CpuSampler(peers[name].process.pid) as cpu:
             r = run(BlkBenchConfig(peers[name].socket_path, runtime=runtime, ring="split", verify=True,
@@ -217,12 +236,14 @@ def measure(peers: dict, rounds: int, runtime: float) -> list[dict]:
               file=sys.stderr, flush=True)
 
     tests = [("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1))]
-    return interleave(list(peers), tests, rounds, run_one, log)
+    return interleave(list(peers), tests, rounds, run_one, log, each_round=each_round)
 
 
-def report(runs: list[dict], rounds: int, runtime: float, names: tuple[str, ...] = BACKENDS) -> None:
+def report(runs: list[dict], rounds: int, runtime: float, names: tuple[str, ...] = BACKENDS,
+           relaunch: bool = False) -> None:
     med = statistics.median
-    print(f"\n4 KiB random read, queue depth 1, --verify; {rounds} rounds x {runtime:g} s; medians\n")
+    started = "; every back-end started anew each round" if relaunch else ""
+    print(f"\n4 KiB random read, queue depth 1, --verify; {rounds} rounds x {runtime:g} s{started}; medians\n")
     print(f"{'back-end':<10} {'IOPS':>9} {'p50 us':>8} {'CPU us/io':>10} {'user':>6}")
     for name in names:
         rs = [r for r in runs if r["backend"] == name]

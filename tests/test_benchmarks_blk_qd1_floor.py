@@ -20,8 +20,9 @@ def script(benchmark_script):
 
 def test_the_three_back_ends_serve_checked_reads_and_are_compared(script, capsys):
     require(shutil.which("qemu-storage-daemon") is not None, "qemu-storage-daemon")
-    assert script.main(["--rounds", "2", "--runtime", "0.5", "--size", "8M"]) == 0
+    assert script.main(["--rounds", "2", "--runtime", "0.5", "--size", "8M", "--relaunch"]) == 0
     out = capsys.readouterr().out
+    assert "every back-end started anew each round" in out
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.split() and line.split()[0] in script.BACKENDS}
     assert set(rows) == set(script.BACKENDS)
