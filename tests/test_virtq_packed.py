@@ -444,3 +444,96 @@ def test_add_used_heads_in_order_writes_one_used_descriptor():
         assert drv.get_bufs(mem) == [((rnd, i), 0) for i in range(4)]
     with pytest.raises(UsageError):
         dev.add_used_heads(mem, [0])  # not in flight
+
+
+# --- indirect tables checked a table at a time (packed_device._sequential_table) -----------------
+
+_REGION_B = 0x200000  # a second region after a hole: (0, 1 MiB), (2 MiB, 1 MiB)
+_TABLE_AT = 0x80000
+_W, _N, _I = ring.VIRTQ_DESC_F_WRITE, ring.VIRTQ_DESC_F_NEXT, ring.VIRTQ_DESC_F_INDIRECT
+
+
+@st.composite
+def _packed_tables(draw):
+    """A packed indirect table of the usual shape (what Linux writes: readable entries with
+    flags 0, then writable ones with WRITE), or one with one to three entries off: another flag
+    (NEXT, which the walk ignores in a table; INDIRECT; an unknown bit), a readable one after a
+    writable one, a zero length, a buffer at a region's end, in the hole or in the other region."""
+    n = draw(st.integers(8, 40))
+    nread = draw(st.integers(0, n))
+    descs = [[0x10000 + i * 0x1000, 0x1000, 0 if i < nread else _W] for i in range(n)]
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=3)):
+        what = draw(st.integers(0, 2))
+        if what == 0:
+            descs[i][2] = draw(st.sampled_from((0, _W, _N, _N | _W, _I, _W | _I, 0x10, _W | 0x10)))
+        elif what == 1:
+            descs[i][1] = draw(st.sampled_from((0, 1, 0x100000, 0x200000)))
+        else:
+            descs[i][0] = draw(st.sampled_from((0xFF000, 0x100000 - 0x800, 0x180000, _REGION_B + 0x1000,
+                                                _REGION_B + 0xFF800, 1 << 40)))
+    return [tuple(d) for d in descs]
+
+
+def _packed_table_chain(descs, bulk: bool, mem):
+    """The chain a packed ring's indirect table ``descs`` gives (or the DriverFault it raises),
+    walked with the table-at-a-time check allowed or not (``bulk_tables``)."""
+    lay = PackedRingLayout.contiguous(0x1000, 4)
+    dev = PackedDeviceQueue(8)
+    dev.set_size(4)
+    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
+    dev.set_features(False, True)
+    dev.activate(mem)
+    dev.bulk_tables = bulk
+    for i, (addr, length, flags) in enumerate(descs):
+        ring.PVIRTQ_DESC.pack_into(mem.view(_TABLE_AT + 16 * i, 16), 0, addr, length, 0, flags)
+    write_desc(mem, lay, 0, _TABLE_AT, 16 * len(descs), 7, AV | _I)
+    try:
+        chain = dev.pop_descriptor_chain(mem)
+    except DriverFault as exc:
+        return "fault", str(exc)
+    return (chain.head_index, [bytes(v) for v in chain.readable], [len(v) for v in chain.writable],
+            chain.readable_len, chain.writable_len, chain.descriptors, chain.addresses)
+
+
+def _two_regions():
+    mem = GuestMemory.from_buffers((0, bytearray(0x100000)), (_REGION_B, bytearray(0x100000)))
+    mem.write(0x10000, os.urandom(0x30000))
+    return mem
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(_packed_tables())
+def test_a_packed_table_checked_at_once_gives_what_the_loop_gives(descs):
+    """Any packed indirect table — the usual shape or one thing off — gives the same chain
+    (views, lengths, descriptor count, host addresses) or the same fault whether the walk may
+    check it a table at a time or must take it entry by entry."""
+    mem = _two_regions()  # one for both walks: the same host addresses
+    assert _packed_table_chain(descs, True, mem) == _packed_table_chain(descs, False, mem)
+
+
+def test_the_usual_packed_table_is_checked_at_once():
+    """A table as Linux writes one is of the shape checked a table at a time; one with a
+    readable entry after a writable one is not, and the walk refuses it as the loop does.
+    (The helper is called directly: a compiled ring core calls it without looking it up.)"""
+    from pyvirtio.virtq import packed_device
+    from pyvirtio.virtq.chain import walk_window
+    from pyvirtio.virtq.layout import descriptor_table_fields
+
+    usual = [(0x10000 + i * 0x1000, 0x1000, 0 if i < 3 else _W) for i in range(10)]
+    mem = _two_regions()
+
+    def fields(descs):
+        table = bytearray()
+        for addr, length, flags in descs:
+            table += ring.PVIRTQ_DESC.pack(addr, length, 0, flags)
+        return descriptor_table_fields(table, len(descs))
+    mem.views(0x10000, 0x1000)  # a translation: the window is the first region's
+    gpa, end, buf, _at = walk_window(mem)
+    got = packed_device._sequential_table(fields(usual), 10, gpa, end, buf)
+    assert got is not None and got[0] == 3 and [len(v) for v in got[2]] == [0x1000] * 10
+    assert _packed_table_chain(usual, True, mem)[3:6] == (3 * 0x1000, 7 * 0x1000, 10)
+    bad = list(usual)
+    bad[5] = (bad[5][0], bad[5][1], 0)  # readable after writable ones
+    assert packed_device._sequential_table(fields(bad), 10, gpa, end, buf) is None
+    fault = _packed_table_chain(bad, True, mem)
+    assert fault[0] == "fault" and "2.8.4" in fault[1]

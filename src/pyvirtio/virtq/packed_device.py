@@ -34,10 +34,10 @@ from ..spec import ring
 from ..stats import QueueCounters
 from .base import DeviceRingSide
 from .batch import readable_views
-from .chain import DescriptorChain, view_addresses, walk_window
+from .chain import DescriptorChain, table_in_window, view_addresses, walk_window
 from .drain import drain_queue
 from .event import vring_need_event
-from .layout import unpack_descriptor_table
+from .layout import descriptor_table_fields, unpack_descriptor_table
 
 _DESC = ring.PVIRTQ_DESC
 _F_NEXT = ring.VIRTQ_DESC_F_NEXT
@@ -45,6 +45,8 @@ _F_WRITE = ring.VIRTQ_DESC_F_WRITE
 _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 _F_AVAIL = ring.VIRTQ_DESC_F_AVAIL
 _F_USED = ring.VIRTQ_DESC_F_USED
+#: Indirect tables at least this long are first tried by :func:`_sequential_table`.
+_BULK_TABLE = 8
 _EV_ENABLE = ring.RING_EVENT_FLAGS_ENABLE
 _EV_DISABLE = ring.RING_EVENT_FLAGS_DISABLE
 _EV_DESC = ring.RING_EVENT_FLAGS_DESC
@@ -127,6 +129,28 @@ def _event_state(off_wrap: int, flags: int) -> str:
     return f"reserved flags {flags}"
 
 
+
+def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
+                      buf: memoryview) -> tuple[int, list[int], list[memoryview]] | None:
+    """A packed ring's indirect table of the usual shape, checked and sliced with sequence
+    operations over the whole table instead of the walk's loop per descriptor — None when it is
+    not of that shape: the loop then walks it (and says what is wrong, if anything is).
+
+    The usual shape (Linux writes its packed tables so): every flags field 0 (readable) or
+    WRITE, the readable ones first; no zero length; every buffer inside the walk's window
+    (:func:`~pyvirtio.virtq.chain.table_in_window`).  Every check the loop makes of a table it
+    accepts: no INDIRECT inside (2.8.7), readable before writable (2.8.4).  The caller has
+    checked that no writable descriptor came before the table.
+
+    Returns (how many are readable, each buffer's offset in ``buf``, their views)."""
+    flags = fields[3::4]  # packed: addr, len, id, flags
+    nr = flags.count(0)
+    if flags[:nr].count(0) != nr or nr + flags.count(_F_WRITE) != count:
+        return None  # another flag (NEXT, which the loop ignores, too), or W before R
+    sliced = table_in_window(fields, gpa, end, buf)
+    return None if sliced is None else (nr, sliced[0], sliced[1])
+
+
 class PackedDeviceQueue(DeviceRingSide):
     """Device-side state of one packed virtqueue."""
 
@@ -140,6 +164,9 @@ class PackedDeviceQueue(DeviceRingSide):
         self.event_idx = False
         self.indirect = False
         self.in_order = False
+        #: Indirect tables of the usual shape checked a table at a time (_sequential_table);
+        #: False walks every one descriptor by descriptor (the same checks, slower).
+        self.bulk_tables = True
         #: Counters (pyvirtio.stats); not reset with the ring: the device carries them over.
         self.stats = QueueCounters()
         self.reset()
@@ -495,8 +522,28 @@ class PackedDeviceQueue(DeviceRingSide):
                 if segs + (length >> 4) > MAX_CHAIN_SEGMENTS:
                     raise DriverFault(f"indirect table of {length >> 4} descriptors: the chain would "
                                       f"exceed {MAX_CHAIN_SEGMENTS}")
-                entries = unpack_descriptor_table(mem.view(addr, length), length >> 4)
+                table, n = mem.view(addr, length), length >> 4
                 gpa, end, buf, at = walk_window(mem)  # the table's region: most often its buffers
+                if n >= _BULK_TABLE and self.bulk_tables and not seen_write:
+                    fields = descriptor_table_fields(table, n)
+                    got = _sequential_table(fields, n, gpa, end, buf)
+                    if got is not None:  # the usual table: checked and sliced a table at a time
+                        nr, offs, found = got
+                        lengths = fields[1::4]
+                        readable += found[:nr]
+                        writable += found[nr:]
+                        rlen += sum(lengths[:nr])
+                        wlen += sum(lengths[nr:])
+                        if addrs is not None:
+                            addrs += [at + o for o in offs]
+                        segs += n  # (at most MAX_CHAIN_SEGMENTS: checked before the table was mapped)
+                        if rlen + wlen > MAX_CHAIN_BYTES:
+                            raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")
+                        if len(readable) + len(writable) > MAX_CHAIN_SEGMENTS:
+                            raise DriverFault(f"chain maps to more than {MAX_CHAIN_SEGMENTS} buffers")
+                        # An indirect descriptor ends its chain (INDIRECT with NEXT was refused).
+                        return DescriptorChain(buf_id, readable, writable, rlen, wlen, segs, addrs), pos, wrap, count
+                entries = unpack_descriptor_table(table, n)  # (another shape: the loop says what is wrong)
             else:
                 entries = [(addr, length, buf_id, flags)]
             for a, n, _, f in entries:

@@ -25,7 +25,7 @@ from ..memory import GuestMemory
 from ..spec import ring
 from ..stats import QueueCounters
 from .base import DeviceRingSide
-from .chain import DescriptorChain, view_addresses, walk_window
+from .chain import DescriptorChain, table_in_window, view_addresses, walk_window
 from .batch import readable_views
 from .drain import drain_queue
 from .event import vring_need_event
@@ -71,9 +71,7 @@ def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
     The usual shape (Linux writes its tables so): descriptor ``i``'s next is ``i + 1``; every
     flags field but the last is NEXT or NEXT|WRITE, the last 0 or WRITE; no readable one after
     a writable one; no zero length; every buffer inside the walk's window (``gpa``, ``end``,
-    ``buf``: :func:`~pyvirtio.virtq.chain.walk_window`; tested against the largest offset
-    plus the largest length, which may send a table the loop accepts to the loop, never the
-    other way).  Every check the loop makes of a table it accepts: no INDIRECT inside
+    ``buf``: :func:`~pyvirtio.virtq.chain.table_in_window`).  Every check the loop makes of a table it accepts: no INDIRECT inside
     (2.7.5.3.1), readable before writable (2.7.4.2), every next inside the table, no loop.  The
     caller has checked that no writable descriptor came before the table.
 
@@ -93,14 +91,8 @@ def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
     elif last != _F_WRITE or nr + flags.count(_F_NEXT_WRITE) != count - 1 or \
             flags[:nr].count(_F_NEXT) != nr:
         return None  # another flag, or a readable one after a writable one
-    lengths = fields[1::4]
-    if 0 in lengths:
-        return None
-    addrs = fields[0::4]
-    if min(addrs) < gpa or max(addrs) - gpa + max(lengths) > end:
-        return None
-    offs = [a - gpa for a in addrs] if gpa else list(addrs)
-    return nr, offs, [buf[o:o + n] for o, n in zip(offs, lengths)]
+    sliced = table_in_window(fields, gpa, end, buf)
+    return None if sliced is None else (nr, sliced[0], sliced[1])
 
 
 class SplitDeviceQueue(DeviceRingSide):
