@@ -119,7 +119,6 @@ def view_addresses(addresses: list[int] | None, views: list[memoryview]) -> list
     return addresses
 
 
-
 def table_in_window(fields: tuple[int, ...], gpa: int, end: int,
                     buf: memoryview) -> tuple[list[int], list[memoryview]] | None:
     """The buffers of an indirect table read at once (``fields``:

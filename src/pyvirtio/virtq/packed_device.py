@@ -129,7 +129,6 @@ def _event_state(off_wrap: int, flags: int) -> str:
     return f"reserved flags {flags}"
 
 
-
 def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
                       buf: memoryview) -> tuple[int, list[int], list[memoryview]] | None:
     """A packed ring's indirect table of the usual shape, checked and sliced with sequence
