@@ -446,7 +446,7 @@ def test_add_used_heads_in_order_writes_one_used_descriptor():
         dev.add_used_heads(mem, [0])  # not in flight
 
 
-# --- indirect tables checked a table at a time (packed_device._sequential_table) -----------------
+# --- indirect tables checked a table at a time (packed_device._usual_table, chain.append_table) -
 
 _REGION_B = 0x200000  # a second region after a hole: (0, 1 MiB), (2 MiB, 1 MiB)
 _TABLE_AT = 0x80000
@@ -516,7 +516,7 @@ def test_the_usual_packed_table_is_checked_at_once():
     readable entry after a writable one is not, and the walk refuses it as the loop does.
     (The helper is called directly: a compiled ring core calls it without looking it up.)"""
     from pyvirtio.virtq import packed_device
-    from pyvirtio.virtq.chain import walk_window
+    from pyvirtio.virtq.chain import append_table, walk_window
     from pyvirtio.virtq.layout import descriptor_table_fields
 
     usual = [(0x10000 + i * 0x1000, 0x1000, 0 if i < 3 else _W) for i in range(10)]
@@ -528,12 +528,14 @@ def test_the_usual_packed_table_is_checked_at_once():
             table += ring.PVIRTQ_DESC.pack(addr, length, 0, flags)
         return descriptor_table_fields(table, len(descs))
     mem.views(0x10000, 0x1000)  # a translation: the window is the first region's
-    gpa, end, buf, _at = walk_window(mem)
-    got = packed_device._sequential_table(fields(usual), 10, gpa, end, buf)
-    assert got is not None and got[0] == 3 and [len(v) for v in got[2]] == [0x1000] * 10
+    gpa, end, buf, at = walk_window(mem)
+    assert packed_device._usual_table(fields(usual), 10) == 3
+    readable, writable = [], []
+    assert append_table(fields(usual), 3, gpa, end, buf, at, readable, writable, None) == (3 * 0x1000, 7 * 0x1000)
+    assert [len(v) for v in readable + writable] == [0x1000] * 10 and len(readable) == 3
     assert _packed_table_chain(usual, True, mem)[3:6] == (3 * 0x1000, 7 * 0x1000, 10)
     bad = list(usual)
     bad[5] = (bad[5][0], bad[5][1], 0)  # readable after writable ones
-    assert packed_device._sequential_table(fields(bad), 10, gpa, end, buf) is None
+    assert packed_device._usual_table(fields(bad), 10) == -1
     fault = _packed_table_chain(bad, True, mem)
     assert fault[0] == "fault" and "2.8.4" in fault[1]

@@ -597,7 +597,7 @@ def test_make_device_queue_options():
     assert not idle.ready and idle.desc_table == mock.desc_table
 
 
-# --- indirect tables checked a table at a time (split_device._sequential_table) ------------------
+# --- indirect tables checked a table at a time (split_device._usual_table, chain.append_table) ---
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
@@ -673,7 +673,7 @@ def test_the_usual_table_is_checked_at_once():
     and the walk refuses it as the loop does.  (The helper is called directly: a compiled ring
     core calls it without looking it up, so patching it would show nothing.)"""
     from pyvirtio.virtq import split_device
-    from pyvirtio.virtq.chain import walk_window
+    from pyvirtio.virtq.chain import append_table, walk_window
     from pyvirtio.virtq.layout import descriptor_table_fields
 
     usual = [(0x10000 + i * 0x1000, 0x1000, (0 if i < 3 else F_WRITE) | (F_NEXT if i < 9 else 0),
@@ -686,12 +686,14 @@ def test_the_usual_table_is_checked_at_once():
             table += ring.VIRTQ_DESC.pack(addr, length, flags, nxt)
         return descriptor_table_fields(table, len(descs))
     mem.views(0x10000, 0x1000)  # a translation: the window is the first region's
-    gpa, end, buf, _at = walk_window(mem)
-    got = split_device._sequential_table(fields(usual), 10, gpa, end, buf)
-    assert got is not None and got[0] == 3 and [len(v) for v in got[2]] == [0x1000] * 10
+    gpa, end, buf, at = walk_window(mem)
+    assert split_device._usual_table(fields(usual), 10) == 3
+    readable, writable, addrs = [], [], []
+    assert append_table(fields(usual), 3, gpa, end, buf, at, readable, writable, addrs) == (3 * 0x1000, 7 * 0x1000)
+    assert [len(v) for v in readable + writable] == [0x1000] * 10 and len(readable) == 3 and len(addrs) == 10
     assert _walk_table_chain(usual, True, mem)[3:6] == (3 * 0x1000, 7 * 0x1000, 10)
     bad = list(usual)
     bad[5] = (bad[5][0], bad[5][1], F_NEXT, 6)  # readable after writable ones
-    assert split_device._sequential_table(fields(bad), 10, gpa, end, buf) is None
+    assert split_device._usual_table(fields(bad), 10) == -1
     fault = _walk_table_chain(bad, True, mem)
     assert fault[0] == "fault" and "2.7.4.2" in fault[1]

@@ -119,23 +119,31 @@ def view_addresses(addresses: list[int] | None, views: list[memoryview]) -> list
     return addresses
 
 
-def table_in_window(fields: tuple[int, ...], gpa: int, end: int,
-                    buf: memoryview) -> tuple[list[int], list[memoryview]] | None:
-    """The buffers of an indirect table read at once (``fields``:
+def append_table(fields: tuple[int, ...], nr: int, gpa: int, end: int, buf: memoryview, at: int,
+                 readable: list, writable: list, addrs: list[int] | None) -> tuple[int, int] | None:
+    """An indirect table read at once (``fields``:
     :func:`~pyvirtio.virtq.layout.descriptor_table_fields`, split or packed: addr and len are
-    items ``4i`` and ``4i + 1``) when none is empty and all lie inside the walk's window
-    (:func:`walk_window`: ``gpa``, ``end``, ``buf``) — each buffer's offset in ``buf`` and its
-    view, sliced in one go — else None (the walk's loop takes the table).  Tested against the
-    largest offset plus the largest length: it may send a table the loop accepts to the loop,
-    never the other way."""
+    items ``4i`` and ``4i + 1``), whose first ``nr`` descriptors are device-readable and the
+    rest device-writable (as the ring's own check of the table's shape found), added to a walk:
+    when none is empty and every buffer lies inside the walk's window (:func:`walk_window`:
+    ``gpa``, ``end``, ``buf``, ``at``), their views are sliced in one go and appended to
+    ``readable`` and ``writable``, their host addresses to ``addrs`` (unless None), and
+    (readable bytes, writable bytes) returned.  Else None, nothing appended: the walk's loop
+    takes the table.  The window is tested against the largest offset plus the largest length:
+    it may send a table the loop accepts to the loop, never the other way."""
     lengths = fields[1::4]
     if 0 in lengths:
         return None
-    addrs = fields[0::4]
-    if min(addrs) < gpa or max(addrs) - gpa + max(lengths) > end:
+    starts = fields[0::4]
+    if min(starts) < gpa or max(starts) - gpa + max(lengths) > end:
         return None
-    offs = [a - gpa for a in addrs] if gpa else list(addrs)
-    return offs, [buf[o:o + n] for o, n in zip(offs, lengths)]
+    offs = [a - gpa for a in starts] if gpa else list(starts)
+    views = [buf[o:o + n] for o, n in zip(offs, lengths)]
+    readable += views[:nr]
+    writable += views[nr:]
+    if addrs is not None:
+        addrs += [at + o for o in offs]
+    return sum(lengths[:nr]), sum(lengths[nr:])
 
 
 _EMPTY = memoryview(bytearray(0))

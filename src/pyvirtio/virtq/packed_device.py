@@ -34,7 +34,7 @@ from ..spec import ring
 from ..stats import QueueCounters
 from .base import DeviceRingSide
 from .batch import readable_views
-from .chain import DescriptorChain, table_in_window, view_addresses, walk_window
+from .chain import DescriptorChain, append_table, view_addresses, walk_window
 from .drain import drain_queue
 from .event import vring_need_event
 from .layout import descriptor_table_fields, unpack_descriptor_table
@@ -45,7 +45,7 @@ _F_WRITE = ring.VIRTQ_DESC_F_WRITE
 _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 _F_AVAIL = ring.VIRTQ_DESC_F_AVAIL
 _F_USED = ring.VIRTQ_DESC_F_USED
-#: Indirect tables at least this long are first tried by :func:`_sequential_table`.
+#: Indirect tables at least this long are first tried by :func:`_usual_table`.
 _BULK_TABLE = 8
 _EV_ENABLE = ring.RING_EVENT_FLAGS_ENABLE
 _EV_DISABLE = ring.RING_EVENT_FLAGS_DISABLE
@@ -129,25 +129,22 @@ def _event_state(off_wrap: int, flags: int) -> str:
     return f"reserved flags {flags}"
 
 
-def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
-                      buf: memoryview) -> tuple[int, list[int], list[memoryview]] | None:
-    """A packed ring's indirect table of the usual shape, checked and sliced with sequence
-    operations over the whole table instead of the walk's loop per descriptor — None when it is
-    not of that shape: the loop then walks it (and says what is wrong, if anything is).
+def _usual_table(fields: tuple[int, ...], count: int) -> int:
+    """How many entries of a packed ring's indirect table of the usual shape are
+    device-readable, found with sequence operations over the whole table instead of the walk's
+    loop per entry; -1 when it is not of that shape: the loop then walks it (and says what is
+    wrong, if anything is).  (:func:`~pyvirtio.virtq.chain.append_table` then checks the
+    buffers.)
 
     The usual shape (Linux writes its packed tables so): every flags field 0 (readable) or
-    WRITE, the readable ones first; no zero length; every buffer inside the walk's window
-    (:func:`~pyvirtio.virtq.chain.table_in_window`).  Every check the loop makes of a table it
-    accepts: no INDIRECT inside (2.8.7), readable before writable (2.8.4).  The caller has
-    checked that no writable descriptor came before the table.
-
-    Returns (how many are readable, each buffer's offset in ``buf``, their views)."""
+    WRITE, the readable ones first.  Every check the loop makes of the table's flags: no
+    INDIRECT inside (2.8.7), readable before writable (2.8.4).  The caller has checked that no
+    writable descriptor came before the table."""
     flags = fields[3::4]  # packed: addr, len, id, flags
     nr = flags.count(0)
     if flags[:nr].count(0) != nr or nr + flags.count(_F_WRITE) != count:
-        return None  # another flag (NEXT, which the loop ignores, too), or W before R
-    sliced = table_in_window(fields, gpa, end, buf)
-    return None if sliced is None else (nr, sliced[0], sliced[1])
+        return -1  # another flag (NEXT, which the loop ignores, too), or W before R
+    return nr
 
 
 class PackedDeviceQueue(DeviceRingSide):
@@ -163,7 +160,7 @@ class PackedDeviceQueue(DeviceRingSide):
         self.event_idx = False
         self.indirect = False
         self.in_order = False
-        #: Indirect tables of the usual shape checked a table at a time (_sequential_table);
+        #: Indirect tables of the usual shape checked a table at a time (_usual_table, append_table);
         #: False walks every one descriptor by descriptor (the same checks, slower).
         self.bulk_tables = True
         #: Counters (pyvirtio.stats); not reset with the ring: the device carries them over.
@@ -525,16 +522,11 @@ class PackedDeviceQueue(DeviceRingSide):
                 gpa, end, buf, at = walk_window(mem)  # the table's region: most often its buffers
                 if n >= _BULK_TABLE and self.bulk_tables and not seen_write:
                     fields = descriptor_table_fields(table, n)
-                    got = _sequential_table(fields, n, gpa, end, buf)
+                    nr = _usual_table(fields, n)
+                    got = append_table(fields, nr, gpa, end, buf, at, readable, writable, addrs) if nr >= 0 else None
                     if got is not None:  # the usual table: checked and sliced a table at a time
-                        nr, offs, found = got
-                        lengths = fields[1::4]
-                        readable += found[:nr]
-                        writable += found[nr:]
-                        rlen += sum(lengths[:nr])
-                        wlen += sum(lengths[nr:])
-                        if addrs is not None:
-                            addrs += [at + o for o in offs]
+                        rlen += got[0]
+                        wlen += got[1]
                         segs += n  # (at most MAX_CHAIN_SEGMENTS: checked before the table was mapped)
                         if rlen + wlen > MAX_CHAIN_BYTES:
                             raise DriverFault("chain is 2**32 bytes or longer (the used length is a u32)")

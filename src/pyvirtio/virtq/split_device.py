@@ -25,7 +25,7 @@ from ..memory import GuestMemory
 from ..spec import ring
 from ..stats import QueueCounters
 from .base import DeviceRingSide
-from .chain import DescriptorChain, table_in_window, view_addresses, walk_window
+from .chain import DescriptorChain, append_table, view_addresses, walk_window
 from .batch import readable_views
 from .drain import drain_queue
 from .event import vring_need_event
@@ -44,7 +44,7 @@ _F_INDIRECT = ring.VIRTQ_DESC_F_INDIRECT
 _NO_VIEW = memoryview(bytearray(0))  # the ring views before _bind (never read: _check binds first)
 
 
-#: Indirect tables at least this long are first tried by :func:`_sequential_table`.
+#: Indirect tables at least this long are first tried by :func:`_usual_table`.
 _BULK_TABLE = 8
 _NEXTS: dict[int, tuple[int, ...]] = {}  # per table length: (1, 2, ..., count - 1)
 _F_NEXT_WRITE = _F_NEXT | _F_WRITE
@@ -62,37 +62,32 @@ def _walked(head: int, readable: list, writable: list, rlen: int, wlen: int, des
     return DescriptorChain(head, readable, writable, rlen, wlen, descriptors, addrs)
 
 
-def _sequential_table(fields: tuple[int, ...], count: int, gpa: int, end: int,
-                      buf: memoryview) -> tuple[int, list[int], list[memoryview]] | None:
-    """An indirect table of the usual shape, checked and sliced with sequence operations over
-    the whole table instead of the walk's loop per descriptor — None when it is not of that
-    shape: the loop then walks it (and says what is wrong, if anything is).
+def _usual_table(fields: tuple[int, ...], count: int) -> int:
+    """How many descriptors of an indirect table of the usual shape are device-readable, found
+    with sequence operations over the whole table instead of the walk's loop per descriptor;
+    -1 when it is not of that shape: the loop then walks it (and says what is wrong, if
+    anything is).  (:func:`~pyvirtio.virtq.chain.append_table` then checks the buffers.)
 
     The usual shape (Linux writes its tables so): descriptor ``i``'s next is ``i + 1``; every
     flags field but the last is NEXT or NEXT|WRITE, the last 0 or WRITE; no readable one after
-    a writable one; no zero length; every buffer inside the walk's window (``gpa``, ``end``,
-    ``buf``: :func:`~pyvirtio.virtq.chain.table_in_window`).  Every check the loop makes of a table it accepts: no INDIRECT inside
-    (2.7.5.3.1), readable before writable (2.7.4.2), every next inside the table, no loop.  The
-    caller has checked that no writable descriptor came before the table.
-
-    Returns (how many are readable, each buffer's offset in ``buf``, their views)."""
+    a writable one.  Every check the loop makes of the table's flags and nexts: no INDIRECT
+    inside (2.7.5.3.1), readable before writable (2.7.4.2), every next inside the table, no
+    loop.  The caller has checked that no writable descriptor came before the table."""
     nexts = _NEXTS.get(count)
     if nexts is None:
         nexts = _NEXTS[count] = tuple(range(1, count))
     if fields[3:4 * count - 4:4] != nexts:
-        return None
+        return -1
     flags = fields[2::4]
     nr = flags.count(_F_NEXT)  # readable ones but the last
     last = flags[-1]
     if last == 0:
         if nr != count - 1:
-            return None  # the last is readable: so must all be (else another flag, or W before R)
-        nr = count
-    elif last != _F_WRITE or nr + flags.count(_F_NEXT_WRITE) != count - 1 or \
-            flags[:nr].count(_F_NEXT) != nr:
-        return None  # another flag, or a readable one after a writable one
-    sliced = table_in_window(fields, gpa, end, buf)
-    return None if sliced is None else (nr, sliced[0], sliced[1])
+            return -1  # the last is readable: so must all be (else another flag, or W before R)
+        return count
+    if last != _F_WRITE or nr + flags.count(_F_NEXT_WRITE) != count - 1 or flags[:nr].count(_F_NEXT) != nr:
+        return -1  # another flag, or a readable one after a writable one
+    return nr
 
 
 class SplitDeviceQueue(DeviceRingSide):
@@ -117,7 +112,7 @@ class SplitDeviceQueue(DeviceRingSide):
         self.max_size = max_size
         self.event_idx = False  # VIRTIO_F_EVENT_IDX negotiated
         self.indirect = False  # VIRTIO_F_INDIRECT_DESC negotiated
-        #: Indirect tables of the usual shape checked a table at a time (_sequential_table);
+        #: Indirect tables of the usual shape checked a table at a time (_usual_table, append_table);
         #: False walks every one descriptor by descriptor (the same checks, slower).
         self.bulk_tables = True
         #: Counters (pyvirtio.stats); not reset with the ring: the device carries them over.
@@ -553,17 +548,10 @@ class SplitDeviceQueue(DeviceRingSide):
             fields = descriptor_table_fields(mem.view(addr, length), count)
             gpa, end, buf, at = walk_window(mem)
         if count >= _BULK_TABLE and self.bulk_tables and not seen_write:
-            got = _sequential_table(fields, count, gpa, end, buf)
+            nr = _usual_table(fields, count)
+            got = append_table(fields, nr, gpa, end, buf, at, readable, writable, addrs) if nr >= 0 else None
             if got is not None:  # the usual table: checked and sliced a table at a time
-                nr, offs, found = got
-                lengths = fields[1::4]
-                readable += found[:nr]
-                writable += found[nr:]
-                rlen += sum(lengths[:nr])
-                wlen += sum(lengths[nr:])
-                if addrs is not None:
-                    addrs += [at + o for o in offs]
-                return _walked(head, readable, writable, rlen, wlen, total + count, addrs)
+                return _walked(head, readable, writable, rlen + got[0], wlen + got[1], total + count, addrs)
         views = mem.views
         i = seen = 0
         while True:
