@@ -44,7 +44,8 @@ import tempfile
 import time
 
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
-from pyvirtio.bench.peers import CpuSampler, fill_image, interleave, same_round_ratios, start_pyvirtio, start_qsd
+from pyvirtio.bench.peers import (CpuSampler, fill_image, interleave, relauncher, same_round_ratios, start_pyvirtio,
+                                   start_qsd)
 from pyvirtio.fence import mb
 from pyvirtio.spec.blk import BLK_REQ_HEADER, BlkReqType, BlkStatus
 from pyvirtio.spec.ring import VIRTQ_DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
@@ -201,18 +202,11 @@ def main(argv=None) -> int:
                                                blk_file=images["baseline"], src=args.baseline),
         }
         peers: dict = {}
-
-        def relaunch(rnd: int) -> None:
-            if rnd:
-                while peers:
-                    peers.popitem()[1].close()
-                for name in names:
-                    peers[name] = starts[name]()
-
         try:  # a peer that fails to start stops the ones already started
             for name in names:
                 peers[name] = starts[name]()
-            runs = measure(peers, args.rounds, args.runtime, relaunch if args.relaunch else None)
+            runs = measure(peers, args.rounds, args.runtime,
+                           relauncher(peers, starts, names) if args.relaunch else None)
         finally:
             for peer in peers.values():
                 peer.close()

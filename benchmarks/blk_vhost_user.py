@@ -38,8 +38,8 @@ import tempfile
 import time
 
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
-from pyvirtio.bench.peers import (THREAD_GROUPS, CpuSampler, fill_image, interleave, same_round_ratios,
-                                  start_pyvirtio, start_qsd)
+from pyvirtio.bench.peers import (THREAD_GROUPS, CpuSampler, fill_image, interleave, relauncher,
+                                  same_round_ratios, start_pyvirtio, start_qsd)
 
 TESTS = (
     ("4k randread qd1", dict(rw="randread", bs=4096, iodepth=1)),
@@ -101,19 +101,11 @@ def main(argv=None) -> int:
                                                     blk_file=images["pyvirtio-poll"], extra_args=[f"--poll-us={poll:g}"]),
         }
         peers: dict = {}
-
-        def relaunch(rnd: int) -> None:
-            if rnd:
-                while peers:
-                    peers.popitem()[1].close()
-                for name in backends:
-                    peers[name] = starts[name]()
-
         try:  # a peer that fails to start stops the ones already started
             for name in backends:
                 peers[name] = starts[name]()
             runs = measure(peers, tests, args.rounds, args.runtime, threads=args.threads,
-                           each_round=relaunch if args.relaunch else None)
+                           each_round=relauncher(peers, starts, backends) if args.relaunch else None)
         finally:
             for peer in peers.values():
                 peer.close()

@@ -164,18 +164,23 @@ def test_hostile_buffer_outside_memory_and_duplicate_id():
     assert_broken(dev, mem)
 
 
-def _three_regions(indirect):
-    """A packed device queue over guest memory of three regions: 0-64 KiB (the ring),
-    64-128 KiB and 256-320 KiB."""
-    from pyvirtio.testing import MockSplitDriver
-    mem = MockSplitDriver(4, regions=[(0, 0x10000), (0x10000, 0x10000), (0x40000, 0x10000)]).mem
+def _ring_of_four(mem, indirect):
+    """A packed device queue of 4 descriptors at 0x1000 of ``mem``: (layout, queue)."""
     lay = PackedRingLayout.contiguous(0x1000, 4)
     dev = PackedDeviceQueue(8)
     dev.set_size(4)
     dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
     dev.set_features(False, indirect)
     dev.activate(mem)
-    return mem, lay, dev
+    return lay, dev
+
+
+def _three_regions(indirect):
+    """A packed device queue over guest memory of three regions: 0-64 KiB (the ring),
+    64-128 KiB and 256-320 KiB."""
+    from pyvirtio.testing import MockSplitDriver
+    mem = MockSplitDriver(4, regions=[(0, 0x10000), (0x10000, 0x10000), (0x40000, 0x10000)]).mem
+    return (mem, *_ring_of_four(mem, indirect))
 
 
 def _offer(mem, lay, descs, indirect, buf_id=7):
@@ -477,12 +482,7 @@ def _packed_tables(draw):
 def _packed_table_chain(descs, bulk: bool, mem):
     """The chain a packed ring's indirect table ``descs`` gives (or the DriverFault it raises),
     walked with the table-at-a-time check allowed or not (``bulk_tables``)."""
-    lay = PackedRingLayout.contiguous(0x1000, 4)
-    dev = PackedDeviceQueue(8)
-    dev.set_size(4)
-    dev.set_addresses(lay.desc_table, lay.avail_ring, lay.used_ring)
-    dev.set_features(False, True)
-    dev.activate(mem)
+    lay, dev = _ring_of_four(mem, True)
     dev.bulk_tables = bulk
     for i, (addr, length, flags) in enumerate(descs):
         ring.PVIRTQ_DESC.pack_into(mem.view(_TABLE_AT + 16 * i, 16), 0, addr, length, 0, flags)

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..errors import TransportError
 
@@ -434,6 +434,19 @@ def interleave(names: list, tests, rounds: int, run_one, log=None, *, each_round
                 if log is not None:
                     log(row)
     return runs
+
+
+def relauncher(peers: dict, starts: dict, names) -> Callable[[int], None]:
+    """An :func:`interleave` ``each_round`` for a harness that starts its back-ends anew each
+    round: from the second round on, every peer in ``peers`` is closed and each of ``names``
+    started again by ``starts[name]()``, in ``peers`` itself (which ``run_one`` reads)."""
+    def relaunch(rnd: int) -> None:
+        if rnd:
+            while peers:
+                peers.popitem()[1].close()
+            for name in names:
+                peers[name] = starts[name]()
+    return relaunch
 
 
 def same_round_ratios(runs: list[dict], test: str, a: str, b: str, key: str = "iops") -> list[float]:
