@@ -26,6 +26,7 @@ Needs qemu-system-x86_64, qemu-storage-daemon, busybox-static and fio on the hos
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -121,6 +122,18 @@ def parse_pin(text: str) -> tuple[set[int], set[int]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+@contextlib.contextmanager
+def on_cpus(cpus: set[int] | None):
+    """This process (and what it starts meanwhile) on ``cpus`` for the block; None: unchanged."""
+    everywhere = os.sched_getaffinity(0)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everywhere)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -165,26 +178,15 @@ def main(argv=None) -> int:
             fill_image(images[backend], args.size << 20)
         # --pin: a child inherits this process's CPUs, so the back-ends start with theirs and
         # QEMU with its own.
-        everywhere = os.sched_getaffinity(0)
-        if args.pin:
-            os.sched_setaffinity(0, args.pin[1])
-        try:
+        with on_cpus(args.pin[1] if args.pin else None):
             qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
-        finally:
-            os.sched_setaffinity(0, everywhere)
+            try:
+                pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
+                                     src=args.pyvirtio_src, **host_io)
+            except BaseException:
+                qsd.close()
+                raise
         try:
-            if args.pin:
-                os.sched_setaffinity(0, args.pin[1])
-            pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
-                                 src=args.pyvirtio_src, **host_io)
-        except BaseException:
-            qsd.close()
-            raise
-        finally:
-            os.sched_setaffinity(0, everywhere)
-        try:
-            if args.pin:
-                os.sched_setaffinity(0, args.pin[0])
             qemu_args = []
             for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
                 qemu_args += ["-chardev", f"socket,id={backend},path={peer.socket_path}",
@@ -195,9 +197,10 @@ def main(argv=None) -> int:
                   f"(about {budget - 120} s)", file=sys.stderr)
             t0 = time.monotonic()
             cpu0 = {name: cpu_times(peer.process.pid) for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
-            res = boot_guest(kernel, guest_script(args.rounds, args.runtime, tests), qemu_args=qemu_args,
-                             cpus=args.cpus, timeout=budget, host_binaries=[shutil.which("fio")],
-                             console_log=os.path.join(tmp, "console.log")).check()
+            with on_cpus(args.pin[0] if args.pin else None):
+                res = boot_guest(kernel, guest_script(args.rounds, args.runtime, tests), qemu_args=qemu_args,
+                                 cpus=args.cpus, timeout=budget, host_binaries=[shutil.which("fio")],
+                                 console_log=os.path.join(tmp, "console.log")).check()
             elapsed = time.monotonic() - t0
             # (user, system) seconds over the run: the back-end's own code, and the kernel's
             # work for it (system calls, io_uring), which the two should share
@@ -205,7 +208,6 @@ def main(argv=None) -> int:
                      for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
             cpu = {name: sum(times) for name, times in split.items()}
         finally:
-            os.sched_setaffinity(0, everywhere)
             qsd.close()
             pyv.close()
     disks = {k: v for k, v in res.values().items() if k.startswith("disk_")}
