@@ -15,6 +15,12 @@ pyvirtio / qemu-storage-daemon.
 against qemu-storage-daemon's ``cache.direct=on,aio=io_uring``), with the images on a disk-backed
 file system (``--dir``, default /var/tmp) instead of /dev/shm.
 
+``--baseline SRC`` adds a third disk at 00:06 (vdc), ``pyvirtio serve blk`` imported from another
+checkout's ``src``, served and measured alike in the same boot, and reports pyvirtio/baseline
+beside pyvirtio/qsd: an A/B of a change to the request path whose rounds share the guest, the
+host's state and qemu-storage-daemon's reference (two runs of one code here differ by more
+than the few percent such a change is worth).
+
 ``--pin QEMU:BACKENDS`` (CPU lists, e.g. ``--pin 0:1``) runs QEMU on the first CPUs and both
 back-ends, every thread, on the second — where vhost-user back-ends are usually deployed, on
 cores of their own — and says so in the report; without it the host's scheduler places
@@ -48,12 +54,14 @@ TESTS = (
     ("randread 4k qd16", "--rw=randread --bs=4k --iodepth=16", "iops"),
 )
 DISKS = (("qsd", "vda", "0x4"), ("pyvirtio", "vdb", "0x5"))
+BASELINE = ("baseline", "vdc", "0x6")  # --baseline: another checkout's pyvirtio
 
 
-def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TESTS))) -> str:
+def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TESTS)),
+                 disks: Sequence[tuple[str, str, str]] = DISKS) -> str:
     lines = [
         # size, serial, and bit 34 (VIRTIO_F_RING_PACKED) of the features the guest negotiated
-        "for d in vda vdb; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial) "
+        f"for d in {' '.join(dev for _, dev, _ in disks)}; do echo \"disk_$d=$(cat /sys/block/$d/size) $(cat /sys/block/$d/serial) "
         "packed=$(cut -c35 /sys/block/$d/device/features)\"; done",
         # Interrupts the disk's virtio device took so far (every CPU's column of /proc/interrupts).
         "irqs() { v=$(basename $(readlink /sys/block/$1/device)); awk -v v=\"$v-\" "
@@ -61,7 +69,7 @@ def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TES
         "/proc/interrupts; }",
     ]
     for r in range(rounds):
-        order = DISKS if r % 2 == 0 else DISKS[::-1]
+        order = disks if r % 2 == 0 else disks[::-1]
         for t in tests:
             name, args, _ = TESTS[t]
             for backend, dev, _ in order:
@@ -151,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pyvirtio-src", default=None, metavar="DIR",
                     help="run pyvirtio serve from this src directory (another checkout: A/B against "
                     "an earlier commit)")
+    ap.add_argument("--baseline", default=None, metavar="SRC",
+                    help="a third disk: pyvirtio serve from this src directory (another checkout), "
+                    "measured in the same boot; reports pyvirtio/baseline too")
     ap.add_argument("--pin", type=parse_pin, default=None, metavar="QEMU:BACKENDS",
                     help="CPU lists: QEMU on the first, both back-ends (every thread) on the "
                     "second, e.g. 0:1 (default: the scheduler places everything)")
@@ -171,45 +182,45 @@ def main(argv=None) -> int:
     kernel = prepare_kernel(progress=lambda m: print(f"kernel: {m}", file=sys.stderr))
     base = args.dir if args.direct else ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     host_io = dict(direct=True, aio="io_uring") if args.direct else {}
+    served = DISKS + ((BASELINE,) if args.baseline else ())
     with tempfile.TemporaryDirectory(prefix="pyvirtio-fio-", dir=base) as tmp:
         images = {}
-        for backend, _, _ in DISKS:
+        for backend, _, _ in served:
             images[backend] = os.path.join(tmp, f"{backend}.img")
             fill_image(images[backend], args.size << 20)
-        # --pin: a child inherits this process's CPUs, so the back-ends start with theirs and
-        # QEMU with its own.
-        with on_cpus(args.pin[1] if args.pin else None):
-            qsd = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
-            try:
-                pyv = start_pyvirtio("blk", os.path.join(tmp, "pyvirtio.sock"), blk_file=images["pyvirtio"],
-                                     src=args.pyvirtio_src, **host_io)
-            except BaseException:
-                qsd.close()
-                raise
+        peers: dict = {}
         try:
+            # --pin: a child inherits this process's CPUs, so the back-ends start with theirs
+            # and QEMU with its own.
+            with on_cpus(args.pin[1] if args.pin else None):
+                peers["qsd"] = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
+                for name, src in (("pyvirtio", args.pyvirtio_src), ("baseline", args.baseline)):
+                    if name in images:
+                        peers[name] = start_pyvirtio("blk", os.path.join(tmp, f"{name}.sock"),
+                                                     blk_file=images[name], src=src, **host_io)
             qemu_args = []
-            for (backend, _, slot), peer in zip(DISKS, (qsd, pyv)):
-                qemu_args += ["-chardev", f"socket,id={backend},path={peer.socket_path}",
+            for backend, _, slot in served:
+                qemu_args += ["-chardev", f"socket,id={backend},path={peers[backend].socket_path}",
                               "-device", f"vhost-user-blk-pci,chardev={backend},num-queues=1,addr={slot}"
                               + (",packed=on" if args.packed else "")]
-            budget = args.rounds * len(tests) * len(DISKS) * (args.runtime + 3) + 120
-            print(f"booting; {args.rounds} rounds of {len(tests)} tests on 2 disks "
+            budget = args.rounds * len(tests) * len(served) * (args.runtime + 3) + 120
+            print(f"booting; {args.rounds} rounds of {len(tests)} tests on {len(served)} disks "
                   f"(about {budget - 120} s)", file=sys.stderr)
             t0 = time.monotonic()
-            cpu0 = {name: cpu_times(peer.process.pid) for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
+            cpu0 = {name: cpu_times(peer.process.pid) for name, peer in peers.items()}
             with on_cpus(args.pin[0] if args.pin else None):
-                res = boot_guest(kernel, guest_script(args.rounds, args.runtime, tests), qemu_args=qemu_args,
+                res = boot_guest(kernel, guest_script(args.rounds, args.runtime, tests, served), qemu_args=qemu_args,
                                  cpus=args.cpus, timeout=budget, host_binaries=[shutil.which("fio")],
                                  console_log=os.path.join(tmp, "console.log")).check()
             elapsed = time.monotonic() - t0
             # (user, system) seconds over the run: the back-end's own code, and the kernel's
             # work for it (system calls, io_uring), which the two should share
             split = {name: tuple(b - a for a, b in zip(cpu0[name], cpu_times(peer.process.pid)))
-                     for name, peer in (("qsd", qsd), ("pyvirtio", pyv))}
+                     for name, peer in peers.items()}
             cpu = {name: sum(times) for name, times in split.items()}
         finally:
-            qsd.close()
-            pyv.close()
+            for peer in peers.values():
+                peer.close()
     disks = {k: v for k, v in res.values().items() if k.startswith("disk_")}
     results, interrupts = parse(res.lines)
     report(results, interrupts, args, disks, elapsed)
@@ -243,8 +254,10 @@ def report(results: dict, interrupts: dict, args, disks: dict, elapsed: float) -
            else "not pinned")
     print(f"guest: {args.cpus} vCPU (TCG), {args.rounds} rounds x {args.runtime} s, "
           f"{args.size} MiB images ({host}); {pin}; disks {disks}; {elapsed:.0f} s")
+    baseline = getattr(args, "baseline", None)
     print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)"
-          "   guest interrupts per request qsd/pyvirtio")
+          "   guest interrupts per request qsd/pyvirtio"
+          + ("   | baseline, pyvirtio/baseline, baseline/qsd" if baseline else ""))
     for t, (name, _, kind) in enumerate(TESTS):
         q, p = results.get((t, "qsd"), {}), results.get((t, "pyvirtio"), {})
         rounds = sorted(set(q) & set(p))
@@ -253,12 +266,22 @@ def report(results: dict, interrupts: dict, args, disks: dict, elapsed: float) -
         if not rounds:
             print(f"{name:18} (no result)")
             continue
-        ratios = [p[r] / q[r] for r in rounds if q[r]]
         unit = "MiB/s" if kind == "bw" else "IOPS"
         irq = [statistics.median(interrupts.get((t, b), {0: 0.0}).values()) for b in ("qsd", "pyvirtio")]
-        print(f"{name:18} {statistics.median(q.values()):10.1f} {statistics.median(p.values()):10.1f}  "
-              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] ({unit})"
-              f"   {irq[0]:.2f} / {irq[1]:.2f}")
+        line = (f"{name:18} {statistics.median(q.values()):10.1f} {statistics.median(p.values()):10.1f}  "
+                f"{_ratios(p, q)} ({unit})   {irq[0]:.2f} / {irq[1]:.2f}")
+        b = results.get((t, "baseline"), {})
+        if baseline and b:
+            line += f"   | {statistics.median(b.values()):.1f}, {_ratios(p, b)}, {_ratios(b, q)}"
+        print(line)
+
+
+def _ratios(num: dict, den: dict) -> str:
+    """The same-round ratios num/den of two back-ends' {round: value}: median [min, max]."""
+    ratios = [num[r] / den[r] for r in sorted(set(num) & set(den)) if den[r]]
+    if not ratios:
+        return "(no rounds)"
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
 
 
 if __name__ == "__main__":

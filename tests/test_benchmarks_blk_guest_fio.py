@@ -40,3 +40,18 @@ def test_the_guest_script_alternates_the_disks_round_by_round(script):
     assert "/dev/vda" in runs[0] and "/dev/vdb" in runs[1]  # round 0: qsd first
     assert "/dev/vdb" in runs[2] and "/dev/vda" in runs[3]  # round 1: pyvirtio first
     assert all("--rw=randread --bs=4k --iodepth=1" in line for line in runs)
+
+
+def test_a_baseline_is_a_third_disk_in_every_round_and_in_the_report(script, capsys):
+    disks = script.DISKS + (script.BASELINE,)
+    text = script.guest_script(2, 1, [2], disks)
+    assert text.splitlines()[0].startswith("for d in vda vdb vdc;")
+    runs = [line for line in text.splitlines() if "fio --name" in line]
+    assert [line.split("/dev/")[1][:3] for line in runs] == ["vda", "vdb", "vdc", "vdc", "vdb", "vda"]
+    results = {(2, "qsd"): {0: 100.0, 1: 100.0}, (2, "pyvirtio"): {0: 90.0, 1: 110.0},
+               (2, "baseline"): {0: 80.0, 1: 100.0}}
+    args = argparse.Namespace(direct=True, pin=None, cpus=1, rounds=2, runtime=1, size=64, baseline="/src")
+    script.report(results, {}, args, {}, 1.0)
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("randread 4k qd1")][0]
+    # pyvirtio/qsd 0.9 and 1.1; pyvirtio/baseline 1.125 and 1.1; baseline/qsd 0.8 and 1.0
+    assert "1.00 [0.90, 1.10]" in row and "| 90.0, 1.11 [1.10, 1.12], 0.90 [0.80, 1.00]" in row
