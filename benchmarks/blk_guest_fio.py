@@ -19,7 +19,10 @@ file system (``--dir``, default /var/tmp) instead of /dev/shm.
 checkout's ``src``, served and measured alike in the same boot, and reports pyvirtio/baseline
 beside pyvirtio/qsd: an A/B of a change to the request path whose rounds share the guest, the
 host's state and qemu-storage-daemon's reference (two runs of one code here differ by more
-than the few percent such a change is worth).
+than the few percent such a change is worth).  ``--floor`` adds a disk served by
+``blk_qd1_floor.py``'s flat loop (the least Python can do per request; chains of other shapes go
+to pyvirtio's own path), reported as pyvirtio/floor and floor/qsd: how far the request path's
+layers are from that in a guest.
 
 ``--pin QEMU:BACKENDS`` (CPU lists, e.g. ``--pin 0:1``) runs QEMU on the first CPUs and both
 back-ends, every thread, on the second — where vhost-user back-ends are usually deployed, on
@@ -54,7 +57,16 @@ TESTS = (
     ("randread 4k qd16", "--rw=randread --bs=4k --iodepth=16", "iops"),
 )
 DISKS = (("qsd", "vda", "0x4"), ("pyvirtio", "vdb", "0x5"))
-BASELINE = ("baseline", "vdc", "0x6")  # --baseline: another checkout's pyvirtio
+#: More disks, each when asked for (--baseline, --floor), at these slots; named vdc, vdd ... in
+#: slot order among those present.
+EXTRA = (("baseline", "0x6"), ("floor", "0x7"))
+FLOOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "blk_qd1_floor.py")
+
+
+def served_disks(extra: Sequence[str]) -> tuple[tuple[str, str, str], ...]:
+    """The disks of a run: qsd's and pyvirtio's, then the ``extra`` back-ends asked for."""
+    more = [(name, slot) for name, slot in EXTRA if name in extra]
+    return DISKS + tuple((name, f"vd{chr(ord('c') + i)}", slot) for i, (name, slot) in enumerate(more))
 
 
 def guest_script(rounds: int, runtime: int, tests: Sequence[int] = range(len(TESTS)),
@@ -162,6 +174,9 @@ def main(argv=None) -> int:
     ap.add_argument("--baseline", default=None, metavar="SRC",
                     help="a third disk: pyvirtio serve from this src directory (another checkout), "
                     "measured in the same boot; reports pyvirtio/baseline too")
+    ap.add_argument("--floor", action="store_true",
+                    help="a disk served by blk_qd1_floor.py's flat loop, measured in the same boot; "
+                    "reports pyvirtio/floor too")
     ap.add_argument("--pin", type=parse_pin, default=None, metavar="QEMU:BACKENDS",
                     help="CPU lists: QEMU on the first, both back-ends (every thread) on the "
                     "second, e.g. 0:1 (default: the scheduler places everything)")
@@ -182,7 +197,7 @@ def main(argv=None) -> int:
     kernel = prepare_kernel(progress=lambda m: print(f"kernel: {m}", file=sys.stderr))
     base = args.dir if args.direct else ("/dev/shm" if os.path.isdir("/dev/shm") else None)
     host_io = dict(direct=True, aio="io_uring") if args.direct else {}
-    served = DISKS + ((BASELINE,) if args.baseline else ())
+    served = served_disks([name for name, asked in (("baseline", args.baseline), ("floor", args.floor)) if asked])
     with tempfile.TemporaryDirectory(prefix="pyvirtio-fio-", dir=base) as tmp:
         images = {}
         for backend, _, _ in served:
@@ -194,10 +209,11 @@ def main(argv=None) -> int:
             # and QEMU with its own.
             with on_cpus(args.pin[1] if args.pin else None):
                 peers["qsd"] = start_qsd(os.path.join(tmp, "qsd.sock"), images["qsd"], **host_io)
-                for name, src in (("pyvirtio", args.pyvirtio_src), ("baseline", args.baseline)):
+                for name, src in (("pyvirtio", args.pyvirtio_src), ("baseline", args.baseline), ("floor", None)):
                     if name in images:
-                        peers[name] = start_pyvirtio("blk", os.path.join(tmp, f"{name}.sock"),
-                                                     blk_file=images[name], src=src, **host_io)
+                        program = [sys.executable, FLOOR, "--serve-floor"] if name == "floor" else None
+                        peers[name] = start_pyvirtio("blk", os.path.join(tmp, f"{name}.sock"), blk_file=images[name],
+                                                     src=src, program=program, **host_io)
             qemu_args = []
             for backend, _, slot in served:
                 qemu_args += ["-chardev", f"socket,id={backend},path={peers[backend].socket_path}",
@@ -254,10 +270,10 @@ def report(results: dict, interrupts: dict, args, disks: dict, elapsed: float) -
            else "not pinned")
     print(f"guest: {args.cpus} vCPU (TCG), {args.rounds} rounds x {args.runtime} s, "
           f"{args.size} MiB images ({host}); {pin}; disks {disks}; {elapsed:.0f} s")
-    baseline = getattr(args, "baseline", None)
+    extra = [name for name, _ in EXTRA if any(b == name for _, b in results)]
     print(f"{'test':18} {'qsd':>10} {'pyvirtio':>10}  ratio pyvirtio/qsd (median [min, max] of rounds)"
           "   guest interrupts per request qsd/pyvirtio"
-          + ("   | baseline, pyvirtio/baseline, baseline/qsd" if baseline else ""))
+          + "".join(f"   | {n}, pyvirtio/{n}, {n}/qsd" for n in extra))
     for t, (name, _, kind) in enumerate(TESTS):
         q, p = results.get((t, "qsd"), {}), results.get((t, "pyvirtio"), {})
         rounds = sorted(set(q) & set(p))
@@ -270,9 +286,9 @@ def report(results: dict, interrupts: dict, args, disks: dict, elapsed: float) -
         irq = [statistics.median(interrupts.get((t, b), {0: 0.0}).values()) for b in ("qsd", "pyvirtio")]
         line = (f"{name:18} {statistics.median(q.values()):10.1f} {statistics.median(p.values()):10.1f}  "
                 f"{_ratios(p, q)} ({unit})   {irq[0]:.2f} / {irq[1]:.2f}")
-        b = results.get((t, "baseline"), {})
-        if baseline and b:
-            line += f"   | {statistics.median(b.values()):.1f}, {_ratios(p, b)}, {_ratios(b, q)}"
+        for n in extra:
+            b = results.get((t, n), {})
+            line += f"   | {statistics.median(b.values()):.1f}, {_ratios(p, b)}, {_ratios(b, q)}" if b else "   | -"
         print(line)
 
 

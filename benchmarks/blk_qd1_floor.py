@@ -11,10 +11,17 @@ no engine, no device object, no ring core between the poll and the system calls.
 it checks what a guest controls on this path: the head and every next index inside the ring or
 the indirect table, the indirect table's size, each descriptor's direction (header
 driver-written, data and status device-written for a read), lengths (header 16 bytes, status 1),
-every address inside guest memory (``GuestMemory.view`` raises), the request inside the disk
-(else IOERR).  It does not do what the real path also does: packed rings, chains of other shapes
-(it stops on the first one), inflight tracking (``bench blk`` does not negotiate it), statistics,
-fault rules, many requests in flight.  The vhost-user control path is pyvirtio's, unchanged.
+every address inside guest memory (``GuestMemory.view`` raises), the request inside the disk.
+Anything else — a chain of another shape or type (a flush, a request split over several data
+descriptors), one it would refuse or answer with an error, a transfer that fails (an O_DIRECT
+buffer not aligned) — it leaves where it is and hands to pyvirtio's own path, which serves it
+(and names the fault); a packed or a broken ring, pyvirtio's own worker loop takes over.  Each
+pass holds the worker's lock and leaves the ring's indices where the control path reads them,
+as the real worker does, and a ring the front-end restarts (a guest's firmware, then its
+kernel) is served again.  It does not do what the real path also does for the requests it
+serves: inflight tracking (``bench blk`` does not negotiate it; QEMU does), statistics, fault
+rules, many requests in flight.  The vhost-user control path is pyvirtio's, unchanged.
+``blk_guest_fio.py --floor`` serves a guest's disk with it.
 
 Starts qemu-storage-daemon (file, its default ``aio=threads``), ``pyvirtio serve blk`` and the
 floor on three images written alike, runs ``pyvirtio bench blk``'s engine (4 KiB random reads,
@@ -46,6 +53,7 @@ import time
 from pyvirtio.bench.blk import BlkBenchConfig, parse_size, run
 from pyvirtio.bench.peers import (CpuSampler, fill_image, interleave, relauncher, same_round_ratios, start_pyvirtio,
                                    start_qsd)
+from pyvirtio.errors import GuestMemoryError
 from pyvirtio.fence import mb
 from pyvirtio.spec.blk import BLK_REQ_HEADER, BlkReqType, BlkStatus
 from pyvirtio.spec.ring import VIRTQ_DESC, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
@@ -59,13 +67,23 @@ _OK, _IOERR, _UNSUPP = int(BlkStatus.OK), int(BlkStatus.IOERR), int(BlkStatus.UN
 
 
 class FloorStop(Exception):
-    """A chain the floor does not serve (another shape, a bad descriptor): the loop ends."""
+    """The floor cannot serve this ring (a packed one, a broken one): the loop ends and
+    pyvirtio's own worker loop takes the ring over."""
 
 
-def floor_loop(worker, wake_fd: int) -> None:
-    """Serve queue 0 of the worker's vhost-user connection in one flat loop (module docstring);
-    returns when the worker is stopped."""
-    host = worker.host
+class _Other(Exception):
+    """A chain the flat loop does not serve (another shape or request type, a descriptor it
+    would have to refuse, a transfer that failed): pyvirtio's own path serves it instead."""
+
+
+def floor_loop(worker, wake_fd: int) -> bool:
+    """Serve queue 0 of the worker's vhost-user connection in one flat loop (module docstring)
+    until the worker is stopped (True) or the front-end changes the ring (False: called again
+    for the new one — a guest's firmware and then its kernel each start the ring).  A chain of
+    any other shape, or one it would refuse, is left where it is and served by pyvirtio's own
+    path (:func:`_by_pyvirtio`), which also names any fault; each pass holds the worker's lock,
+    as the real worker's turns do, so the control path sees the ring between passes."""
+    host, lock = worker.host, worker.lock
     wake = select.poll()
     wake.register(wake_fd, select.POLLIN)
     while True:  # until the front-end has started the ring
@@ -76,82 +94,125 @@ def floor_loop(worker, wake_fd: int) -> None:
         if wake.poll(20):
             os.read(wake_fd, 8)
         if worker._stopping:
-            return
+            return True
     q, mem, device = ring.queue, conn.memory, conn.device
     if not isinstance(q, SplitDeviceQueue):
         raise FloorStop("the floor serves split rings only")
-    fd, size, call_fd, kick_fd = device.fd, q.size, ring.call_fd, ring.kick_fd
+    fd, size, call_fd, kick_fd, generation = device.fd, q.size, ring.call_fd, ring.kick_fd, mem.generation
     capacity = device.capacity * 512
     avail = mem.view(q.avail_ring, 6 + 2 * size).cast("H")
     used16 = mem.view(q.used_ring, 6 + 8 * size).cast("H")
     used32 = mem.view(q.used_ring + 4, 8 * size).cast("I")
     table = mem.view(q.desc_table, 16 * size)
     view, unpack, header = mem.view, VIRTQ_DESC.unpack_from, BLK_REQ_HEADER.unpack_from
-    next_avail, used, signalled = q.next_avail, q.next_used, q.next_used
     mask = size - 1
     poller = select.poll()
     poller.register(kick_fd, select.POLLIN)
     poller.register(wake_fd, select.POLLIN)
     guard = select.poll()  # as pyvirtio's _signal: never block on a full eventfd
     guard.register(call_fd, select.POLLOUT)
+    again = False  # a request made available before the last kick was read: no poll first
     while True:
-        for ready, revents in poller.poll():
+        for ready, revents in (() if again else poller.poll()):
             if ready == wake_fd:
                 os.read(wake_fd, 8)
                 if worker._stopping:
-                    return
+                    return True
             elif revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                return  # the kick fd went away: the ring is being stopped
-        try:
+                return False  # the kick fd went away: the ring is being stopped
+        with lock:
+            if not (ring.active and conn.memory is mem and mem.generation == generation
+                    and ring.kick_fd == kick_fd and ring.call_fd == call_fd and ring.queue is q):
+                return False  # the front-end changed the ring since: start again from it
+            next_avail, used, signalled = q.next_avail, q.next_used, q.signalled_used
+            while True:
+                while avail[1] != next_avail:
+                    try:
+                        head = avail[2 + (next_avail & mask)]
+                        if head >= size:
+                            raise _Other
+                        a0, l0, f0, n0 = unpack(table, 16 * head)
+                        descs, count = table, size
+                        if f0 & _INDIRECT:
+                            if f0 & (_WRITE | _NEXT) or l0 % 16 or not 48 <= l0 <= 16 * size:
+                                raise _Other
+                            descs, count = view(a0, l0), l0 >> 4
+                            a0, l0, f0, n0 = unpack(descs, 0)
+                        if f0 & (_WRITE | _INDIRECT) or not f0 & _NEXT or l0 != 16 or n0 >= count:
+                            raise _Other
+                        a1, l1, f1, n1 = unpack(descs, 16 * n0)
+                        if not f1 & _NEXT or n1 >= count:
+                            raise _Other
+                        a2, l2, f2, _ = unpack(descs, 16 * n1)
+                        if f1 & _INDIRECT or l1 == 0 or l1 % 512 or f2 & (_NEXT | _INDIRECT) or not f2 & _WRITE or l2 != 1:
+                            raise _Other
+                        kind, _, sector = header(view(a0, 16))
+                        data, status = view(a1, l1), view(a2, 1)
+                        offset = sector * 512
+                        if offset + l1 > capacity:
+                            raise _Other
+                        if kind == _IN and f1 & _WRITE:
+                            if os.preadv(fd, [data], offset) != l1:
+                                raise _Other
+                            written = l1
+                        elif kind == _OUT and not f1 & _WRITE and not device.read_only:
+                            if os.pwritev(fd, [data], offset) != l1:
+                                raise _Other
+                            written = 0
+                        else:
+                            raise _Other
+                    except (_Other, OSError, GuestMemoryError):
+                        # Nothing of this chain was answered: pyvirtio's path takes it from here.
+                        q.next_avail, q.next_used, q.signalled_used = next_avail, used, signalled
+                        _by_pyvirtio(host)
+                        if q.broken:
+                            raise FloorStop("queue 0 broken by the driver (pyvirtio's path said why)")
+                        next_avail, used, signalled = q.next_avail, q.next_used, q.signalled_used
+                        continue
+                    status[0] = _OK
+                    i = used & mask
+                    used32[2 * i] = head
+                    used32[2 * i + 1] = written + 1
+                    next_avail = (next_avail + 1) & 0xFFFF
+                    used = (used + 1) & 0xFFFF
+                    used16[1] = used
+                used16[2 + 4 * size] = next_avail  # avail_event: kick for the next one
+                mb()
+                if avail[1] == next_avail:
+                    break
+            if used != signalled:
+                old, signalled = signalled, used
+                used_event = avail[2 + size]
+                # vring_need_event (pyvirtio.virtq.event), inline: the loop makes no call it can avoid
+                if ((used - used_event - 1) & 0xFFFF) < ((used - old) & 0xFFFF) and guard.poll(0):
+                    os.eventfd_write(call_fd, 1)
+            # What the control path reads of the ring (GET_VRING_BASE, a stop) is up to date.
+            q.next_avail, q.next_used, q.signalled_used = next_avail, used, signalled
+        try:  # the kick, read after its request was answered (as pyvirtio's worker does)
             os.read(kick_fd, 8)
         except BlockingIOError:
             pass
-        while True:
-            while avail[1] != next_avail:
-                head = avail[2 + (next_avail & mask)]
-                if head >= size:
-                    raise FloorStop(f"head {head} outside a ring of {size}")
-                a0, l0, f0, n0 = unpack(table, 16 * head)
-                descs, count = table, size
-                if f0 & _INDIRECT:
-                    if f0 & (_WRITE | _NEXT) or l0 % 16 or not 48 <= l0 <= 16 * size:
-                        raise FloorStop("bad indirect descriptor")
-                    descs, count = view(a0, l0), l0 >> 4
-                    a0, l0, f0, n0 = unpack(descs, 0)
-                if f0 & (_WRITE | _INDIRECT) or not f0 & _NEXT or l0 != 16 or n0 >= count:
-                    raise FloorStop("bad header descriptor")
-                a1, l1, f1, n1 = unpack(descs, 16 * n0)
-                a2, l2, f2, _ = unpack(descs, 16 * n1) if f1 & _NEXT and n1 < count else (0, 0, _NEXT, 0)
-                if f1 & _INDIRECT or l1 == 0 or l1 % 512 or f2 & (_NEXT | _INDIRECT) or not f2 & _WRITE or l2 != 1:
-                    raise FloorStop("not a header, one data and one status descriptor")
-                kind, _, sector = header(view(a0, 16))
-                data, status = view(a1, l1), view(a2, 1)
-                offset, written = sector * 512, 0
-                if offset + l1 > capacity:
-                    status[0] = _IOERR
-                elif kind == _IN and f1 & _WRITE:
-                    written = os.preadv(fd, [data], offset)
-                    status[0] = _OK if written == l1 else _IOERR
-                elif kind == _OUT and not f1 & _WRITE:
-                    status[0] = _OK if os.pwritev(fd, [data], offset) == l1 else _IOERR
-                else:
-                    status[0] = _UNSUPP
-                i = used & mask
-                used32[2 * i] = head
-                used32[2 * i + 1] = written + 1
-                next_avail = (next_avail + 1) & 0xFFFF
-                used = (used + 1) & 0xFFFF
-                used16[1] = used
-            used16[2 + 4 * size] = next_avail  # avail_event: kick for the next one
-            mb()
-            if avail[1] == next_avail:
-                break
-        if used != signalled:
-            old, signalled = signalled, used
-            used_event = avail[2 + size]
-            # vring_need_event (pyvirtio.virtq.event), inline: the loop makes no call it can avoid
-            if ((used - used_event - 1) & 0xFFFF) < ((used - old) & 0xFFFF) and guard.poll(0):
-                os.eventfd_write(call_fd, 1)
+        # The driver may have made its next request available, and kicked, after the pass's last
+        # look and before that read (which took its kick too): look again before sleeping.
+        again = avail[1] != next_avail
+
+
+def _by_pyvirtio(host) -> None:
+    """Serve queue 0 the general way (the worker's lock held) until nothing it started is in
+    flight: the requests the flat loop does not serve, and every fault, go there."""
+    if host.process(0):
+        host.notify(0)
+    while True:
+        fds = host.host_fds(0)
+        if not fds:
+            return
+        waiting = select.poll()
+        for fd, mask in fds:
+            waiting.register(fd, mask)
+        for index in host.host_ready(0, waiting.poll(1000)):
+            host.notify(index)
+        if host.process(0):  # kicks stay off while requests are in flight: look again
+            host.notify(0)
 
 
 def serve_floor(argv: list[str]) -> int:
@@ -165,9 +226,12 @@ def serve_floor(argv: list[str]) -> int:
         if worker.group != 0 or not hasattr(worker.host, "conn"):
             return general(worker, wake_fd)
         try:
-            floor_loop(worker, wake_fd)
+            while not floor_loop(worker, wake_fd):
+                pass
+            return
         except FloorStop as exc:
-            print(f"floor: stopped: {exc}", file=sys.stderr, flush=True)
+            print(f"floor: stopped: {exc}; pyvirtio's own worker serves the ring", file=sys.stderr, flush=True)
+        general(worker, wake_fd)
 
     engine.GroupWorker._run = run
     return cli(argv)

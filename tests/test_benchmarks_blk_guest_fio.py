@@ -43,7 +43,10 @@ def test_the_guest_script_alternates_the_disks_round_by_round(script):
 
 
 def test_a_baseline_is_a_third_disk_in_every_round_and_in_the_report(script, capsys):
-    disks = script.DISKS + (script.BASELINE,)
+    disks = script.served_disks(["baseline"])
+    assert disks[2] == ("baseline", "vdc", "0x6")
+    assert script.served_disks(["floor"])[2] == ("floor", "vdc", "0x7")  # named in slot order
+    assert [d[1] for d in script.served_disks(["floor", "baseline"])] == ["vda", "vdb", "vdc", "vdd"]
     text = script.guest_script(2, 1, [2], disks)
     assert text.splitlines()[0].startswith("for d in vda vdb vdc;")
     runs = [line for line in text.splitlines() if "fio --name" in line]

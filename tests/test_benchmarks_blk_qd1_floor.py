@@ -1,6 +1,8 @@
 """benchmarks/blk_qd1_floor.py: the flat queue-depth-1 loop serves real requests, every read
 checked (``--verify``), beside qemu-storage-daemon and ``pyvirtio serve blk``; and it stops, with
-a line saying why, on a chain it does not serve instead of answering it wrongly."""
+a line saying why, on a ring it does not serve, handing it to pyvirtio's own worker instead of
+answering it wrongly; chains it does not serve go to pyvirtio's own path (tests/guest: a guest's
+boot and fio through it)."""
 
 from __future__ import annotations
 
@@ -32,14 +34,13 @@ def test_the_three_back_ends_serve_checked_reads_and_are_compared(script, capsys
         assert pair in out
 
 
-def test_the_floor_stops_on_a_chain_it_does_not_serve(script, tmp_path):
-    """A packed ring, or a chain of another shape, ends the loop with FloorStop (the serve
-    wrapper prints it), never a wrong answer: here the bench's packed ring."""
+def test_a_ring_the_floor_does_not_serve_goes_to_pyvirtios_own_worker(script, tmp_path):
+    """A packed ring ends the flat loop (FloorStop, and a line saying so) and pyvirtio's own
+    worker loop serves it: the checked reads complete, never a wrong answer."""
     import sys
 
     from pyvirtio.bench.blk import BlkBenchConfig, run
     from pyvirtio.bench.peers import fill_image, start_pyvirtio
-    from pyvirtio.errors import VirtioError
 
     image = str(tmp_path / "floor.img")
     fill_image(image, 8 << 20)
@@ -47,8 +48,33 @@ def test_the_floor_stops_on_a_chain_it_does_not_serve(script, tmp_path):
                           program=[sys.executable, script.__file__, "--serve-floor"],
                           extra_args=["--log-level=warning"])
     try:
-        with pytest.raises((VirtioError, OSError, TimeoutError)):
-            run(BlkBenchConfig(peer.socket_path, runtime=0.3, iodepth=1, ring="packed", timeout=2))
+        result = run(BlkBenchConfig(peer.socket_path, runtime=0.3, iodepth=1, ring="packed", timeout=5,
+                                    verify=True))
     finally:
         peer.close()
-    assert "floor: stopped: the floor serves split rings only" in peer.log()
+    assert result.ios > 0 and result.verified == result.ios
+    assert "floor: stopped: the floor serves split rings only; pyvirtio's own worker serves the ring" in peer.log()
+
+
+def test_chains_the_flat_loop_does_not_serve_go_to_pyvirtios_path(script, tmp_path):
+    """Reads over two data descriptors are not the floor's shape: each is left on the ring and
+    served by pyvirtio's own path, its data checked; the loop keeps serving the ring."""
+    import sys
+
+    from pyvirtio.bench.blk import BlkBenchConfig, run
+    from pyvirtio.bench.peers import fill_image, start_pyvirtio
+
+    image = str(tmp_path / "floor.img")
+    fill_image(image, 8 << 20)
+    peer = start_pyvirtio("blk", str(tmp_path / "f.sock"), blk_file=image,
+                          program=[sys.executable, script.__file__, "--serve-floor"],
+                          extra_args=["--log-level=warning"])
+    try:
+        for seg_size in (4096, None):  # two data descriptors, then the floor's one
+            result = run(BlkBenchConfig(peer.socket_path, runtime=0.3, iodepth=1, ring="split", timeout=5,
+                                        verify=True, seg_size=seg_size, bs=8192))
+            assert result.ios > 0 and result.verified == result.ios, seg_size
+            assert result.segments == (2 if seg_size else 1)
+    finally:
+        peer.close()
+    assert "floor: stopped" not in peer.log()
