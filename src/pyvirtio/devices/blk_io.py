@@ -11,7 +11,8 @@ kernel finishes them, and so the used ring follows completion order, not submiss
 * FLUSH is an asynchronous ``fdatasync``: it covers every write that completed before it was
   received (what the guest was told is done), which is what 5.2.6 asks of a flush.
 * Write-through (``writeback`` off): each write carries ``RWF_DSYNC``.
-* Requests go to the kernel in small batches (``SUBMIT_EVERY``) while a ring is drained.
+* Requests go to the kernel in small batches (``SUBMIT_EVERY`` requests, or ``SUBMIT_BYTES``)
+  while a ring is drained.
 * Page cache: a small read whose data is cached is copied at once (one ``preadv`` with
   ``RWF_NOWAIT``, no round trip through the engine); large copies are offloaded to the
   kernel's workers so several run in parallel.
@@ -43,6 +44,13 @@ READ, WRITE, FLUSH = 0, 1, 2
 #: completions then come back spread out instead of as one convoy (measured at queue depth 32,
 #: O_DIRECT: every 1: 0.65x qemu-storage-daemon, every 4-8: 0.8-0.9x, every 32: 0.66x).
 SUBMIT_EVERY = 8
+#: ... or once the batch holds this many bytes: large requests go one or two at a time.  Eight
+#: 256 KiB writes sent together finish together, the driver sends the next eight together, and
+#: the disk idles while both sides turn the convoy around (O_DIRECT, queue depth 8, io_uring,
+#: from the host, against the same code with only SUBMIT_EVERY: 256 KiB writes 1.26-1.53x,
+#: reads 1.18-1.30x, 1 MiB writes 1.19-1.24x, reads 1.10-1.12x; 4 KiB unchanged, whose batches
+#: stay at eight).
+SUBMIT_BYTES = 64 << 10
 #: Requests at least this large are offloaded (``AioEngine.prep_readv(offload=True)``) when they
 #: go through the page cache; smaller reads of cached data are copied at once in the worker.  A
 #: 128 KiB read in 32 pages (a guest's) at queue depth 8: 19.2k/18.5k IOPS offloaded, 21.3k/20.2k
@@ -88,6 +96,7 @@ class QueueIO:
         self._nowait = not direct and hasattr(os, "RWF_NOWAIT")
         self._nowait_flag = getattr(os, "RWF_NOWAIT", 0)
         self._prepared = 0
+        self._prepared_bytes = 0
         #: something was sent that the kernel may finish inside io_uring_enter (not offloaded to
         #: its workers): worth a look at the completions right after the submit
         self._inline = False
@@ -161,11 +170,12 @@ class QueueIO:
 
     def start(self, req: Request) -> None:
         """Prepare ``req``; it goes to the kernel with the next :meth:`submit` (or now, once
-        ``SUBMIT_EVERY`` are prepared), and :meth:`reap` finishes it."""
+        ``SUBMIT_EVERY`` requests or ``SUBMIT_BYTES`` are prepared), and :meth:`reap` finishes it."""
         token = req.chain.head_index
         self.inflight[token] = req
         self._prep(token, req)
-        if self._prepared >= SUBMIT_EVERY:
+        self._prepared_bytes += req.length
+        if self._prepared >= SUBMIT_EVERY or self._prepared_bytes >= SUBMIT_BYTES:
             self.submit()
 
     def _prep(self, token: int, req: Request) -> None:
@@ -207,6 +217,7 @@ class QueueIO:
         if not self._prepared:
             return False
         self._prepared = 0
+        self._prepared_bytes = 0
         self.submits += 1
         return True
 
