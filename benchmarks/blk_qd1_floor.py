@@ -100,10 +100,13 @@ def floor_loop(worker, wake_fd: int) -> bool:
         raise FloorStop("the floor serves split rings only")
     fd, size, call_fd, kick_fd, generation = device.fd, q.size, ring.call_fd, ring.kick_fd, mem.generation
     capacity = device.capacity * 512
-    avail = mem.view(q.avail_ring, 6 + 2 * size).cast("H")
-    used16 = mem.view(q.used_ring, 6 + 8 * size).cast("H")
-    used32 = mem.view(q.used_ring + 4, 8 * size).cast("I")
-    table = mem.view(q.desc_table, 16 * size)
+    try:
+        avail = mem.view(q.avail_ring, 6 + 2 * size).cast("H")
+        used16 = mem.view(q.used_ring, 6 + 8 * size).cast("H")
+        used32 = mem.view(q.used_ring + 4, 8 * size).cast("I")
+        table = mem.view(q.desc_table, 16 * size)
+    except GuestMemoryError as exc:  # pyvirtio's worker breaks the ring and says why
+        raise FloorStop(f"ring outside guest memory ({exc})") from None
     view, unpack, header = mem.view, VIRTQ_DESC.unpack_from, BLK_REQ_HEADER.unpack_from
     mask = size - 1
     poller = select.poll()
@@ -120,6 +123,8 @@ def floor_loop(worker, wake_fd: int) -> bool:
                     return True
             elif revents & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                 return False  # the kick fd went away: the ring is being stopped
+        if again and worker._stopping:  # a busy ring never polls: the stop is looked at here
+            return True
         with lock:
             if not (ring.active and conn.memory is mem and mem.generation == generation
                     and ring.kick_fd == kick_fd and ring.call_fd == call_fd and ring.queue is q):
