@@ -7,9 +7,11 @@ boot and fio through it)."""
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
+from pyvirtio.bench.blk import BlkBenchConfig, run
 from pyvirtio.testing.env import require
 
 pytestmark = pytest.mark.timeout(180)
@@ -34,47 +36,40 @@ def test_the_three_back_ends_serve_checked_reads_and_are_compared(script, capsys
         assert pair in out
 
 
-def test_a_ring_the_floor_does_not_serve_goes_to_pyvirtios_own_worker(script, tmp_path):
+@pytest.fixture
+def floor(script, tmp_path):
+    """``pyvirtio serve blk`` with the flat loop (``--serve-floor``) on a fresh 8 MiB image;
+    stopped after the test (its log stays readable)."""
+    from pyvirtio.bench.peers import fill_image, start_pyvirtio
+
+    image = str(tmp_path / "floor.img")
+    fill_image(image, 8 << 20)
+    peer = start_pyvirtio("blk", str(tmp_path / "f.sock"), blk_file=image,
+                          program=[sys.executable, script.__file__, "--serve-floor"],
+                          extra_args=["--log-level=warning"])
+    try:
+        yield peer
+    finally:
+        peer.close()
+
+
+def test_a_ring_the_floor_does_not_serve_goes_to_pyvirtios_own_worker(floor):
     """A packed ring ends the flat loop (FloorStop, and a line saying so) and pyvirtio's own
     worker loop serves it: the checked reads complete, never a wrong answer."""
-    import sys
-
-    from pyvirtio.bench.blk import BlkBenchConfig, run
-    from pyvirtio.bench.peers import fill_image, start_pyvirtio
-
-    image = str(tmp_path / "floor.img")
-    fill_image(image, 8 << 20)
-    peer = start_pyvirtio("blk", str(tmp_path / "f.sock"), blk_file=image,
-                          program=[sys.executable, script.__file__, "--serve-floor"],
-                          extra_args=["--log-level=warning"])
-    try:
-        result = run(BlkBenchConfig(peer.socket_path, runtime=0.3, iodepth=1, ring="packed", timeout=5,
-                                    verify=True))
-    finally:
-        peer.close()
+    result = run(BlkBenchConfig(floor.socket_path, runtime=0.3, iodepth=1, ring="packed", timeout=5,
+                                verify=True))
+    floor.close()
     assert result.ios > 0 and result.verified == result.ios
-    assert "floor: stopped: the floor serves split rings only; pyvirtio's own worker serves the ring" in peer.log()
+    assert "floor: stopped: the floor serves split rings only; pyvirtio's own worker serves the ring" in floor.log()
 
 
-def test_chains_the_flat_loop_does_not_serve_go_to_pyvirtios_path(script, tmp_path):
+def test_chains_the_flat_loop_does_not_serve_go_to_pyvirtios_path(floor):
     """Reads over two data descriptors are not the floor's shape: each is left on the ring and
     served by pyvirtio's own path, its data checked; the loop keeps serving the ring."""
-    import sys
-
-    from pyvirtio.bench.blk import BlkBenchConfig, run
-    from pyvirtio.bench.peers import fill_image, start_pyvirtio
-
-    image = str(tmp_path / "floor.img")
-    fill_image(image, 8 << 20)
-    peer = start_pyvirtio("blk", str(tmp_path / "f.sock"), blk_file=image,
-                          program=[sys.executable, script.__file__, "--serve-floor"],
-                          extra_args=["--log-level=warning"])
-    try:
-        for seg_size in (4096, None):  # two data descriptors, then the floor's one
-            result = run(BlkBenchConfig(peer.socket_path, runtime=0.3, iodepth=1, ring="split", timeout=5,
-                                        verify=True, seg_size=seg_size, bs=8192))
-            assert result.ios > 0 and result.verified == result.ios, seg_size
-            assert result.segments == (2 if seg_size else 1)
-    finally:
-        peer.close()
-    assert "floor: stopped" not in peer.log()
+    for seg_size in (4096, None):  # two data descriptors, then the floor's one
+        result = run(BlkBenchConfig(floor.socket_path, runtime=0.3, iodepth=1, ring="split", timeout=5,
+                                    verify=True, seg_size=seg_size, bs=8192))
+        assert result.ios > 0 and result.verified == result.ios, seg_size
+        assert result.segments == (2 if seg_size else 1)
+    floor.close()
+    assert "floor: stopped" not in floor.log()
