@@ -1,12 +1,16 @@
 """pyvirtio.signals: a stop signal taken by any thread wakes the daemon's loop, and closing puts
-back the wakeup fd that was there before."""
+back the wakeup fd that was there before; the daemons (serve, serve over virtio-msg, proxy) have
+their handlers before their socket file appears."""
 
 from __future__ import annotations
 
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 
@@ -69,3 +73,34 @@ def test_made_and_closed_in_the_main_thread_only(saved_handlers):
     finally:
         signals.close()
         assert signal.set_wakeup_fd(before) == -1
+
+
+# The daemons as programs: a supervisor may stop one the moment it sees the socket file (systemd
+# and libvirt wait for exactly that file).  The handlers must already be there: the default action
+# of SIGTERM would end the process with the socket file left behind.
+
+CLI = [sys.executable, "-m", "pyvirtio.cli"]
+
+
+@pytest.mark.parametrize("words", [
+    ["serve", "rng", "--socket-path={sock}", "--control={tmp}/ctl.sock"],
+    ["serve", "rng", "--transport=virtio-msg", "--socket-path={sock}"],
+    ["proxy", "--listen={sock}", "--connect={tmp}/nobody.sock"],
+], ids=["serve", "serve-virtio-msg", "proxy"])
+def test_a_daemon_stopped_as_soon_as_its_socket_appears_ends_cleanly_and_removes_it(tmp_path, words):
+    sock = tmp_path / "s.sock"
+    for _ in range(3):
+        proc = subprocess.Popen([*CLI, *(w.format(sock=sock, tmp=tmp_path) for w in words)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 20
+            while not sock.exists():
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "the socket never appeared"
+                time.sleep(0.0002)
+            proc.terminate()
+            assert proc.wait(10) == 0, proc.stderr.read()
+            assert not sock.exists()
+        finally:
+            proc.kill()
+            proc.wait()

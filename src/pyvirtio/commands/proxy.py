@@ -71,11 +71,24 @@ def run(args) -> int:
     except OSError as exc:
         raise CliError(f"cannot write the record {args.record}: {exc.strerror}") from None
     on_line = (lambda line: None) if args.quiet_messages else (lambda line: print(line, flush=True))
+    # The handlers go in before the socket file exists: a signal that comes while the proxy is
+    # being made stops it as soon as it is made (the default action would leave the file behind).
+    made: list[ProxyServer] = []
+    early = []
+
+    def on_signal(*_) -> None:
+        if made:
+            made[0].shutdown()
+        else:
+            early.append(True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     try:
         server = ProxyServer(args.listen, args.connect, rules=args.drop + args.delay + args.mutate,
                              record=record, on_line=on_line)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: server.shutdown())
+        made.append(server)  # (handlers run between this thread's bytecodes: nothing is lost)
+        if early:
+            server.shutdown()
         print(f"pyvirtio proxy: {args.listen} -> {args.connect}", file=sys.stderr, flush=True)
         server.serve_forever()
     finally:

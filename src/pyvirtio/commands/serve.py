@@ -313,6 +313,9 @@ def run(args) -> int:
     if not args.split_only:
         device.offer_packed_ring()
     server = VhostUserServer()
+    # Before any socket file exists: a supervisor that stops us as soon as it sees the file must
+    # find a handler (the default action would leave the file behind).
+    server.install_signal_handlers()
     poll_max = args.poll_us / 1e6
     undo: list[Callable[[], None]] = []  # the control socket's parts, closed before the server
     try:
@@ -353,7 +356,6 @@ def run(args) -> int:
               file=sys.stderr, flush=True)
         for line in _qemu_banner(args, listening_on or None):
             print(f"pyvirtio serve: {line}", file=sys.stderr, flush=True)
-        server.install_signal_handlers()
         systemd.notify("READY=1")  # listening: QEMU may connect now
         try:
             server.serve_forever()

@@ -64,6 +64,7 @@ def serve_devices(args, devices: list) -> int:
     from ..vhost_user.backend.server import inherited_socket, is_listening
     from ..virtio_msg import BusServer
     server = BusServer()
+    signals = StopSignals(server.shutdown)  # before the socket file exists (see serve.py)
     try:
         if args.socket_path is None and args.fd is None:
             args.fd = systemd.listen_fd("virtio-msg")
@@ -90,16 +91,15 @@ def serve_devices(args, devices: list) -> int:
             io = getattr(device, "io_mode", "")
             print(f"pyvirtio serve: {text}{f' ({io})' if io else ''} as virtio-msg device {n} on {where}",
                   file=sys.stderr, flush=True)
-        signals = StopSignals(server.shutdown)
         systemd.notify("READY=1")
         try:
             while not server.wait(0):  # a signal's handler runs (in this thread) before wait()
                 select.select([signals], [], [], 1.0)
                 signals.drain()
         finally:
-            signals.close()
             systemd.notify("STOPPING=1")
     finally:
+        signals.close()
         server.close()
         for _, device in devices:
             device.close()
