@@ -274,14 +274,18 @@ def test_cached_small_reads_are_copied_at_once_on_disk_and_on_tmpfs(tmp_path):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("event_idx", [False, True])
 @pytest.mark.parametrize("aio", AIO)
-def test_kicks_stay_off_while_requests_are_in_flight_and_come_back_on_after(tmp_path, aio, event_idx):
+def test_kicks_stay_off_while_requests_are_in_flight_and_come_back_on_after(tmp_path, aio, event_idx,
+                                                                            monkeypatch):
     """While a request is in the kernel the queue asks the driver not to kick (the completion
     turn looks at the ring instead: the engine drains ``kicks_held`` queues after host turns); a
     request added meanwhile is served from that look, and once nothing is in flight kicks are
-    asked for again."""
+    asked for again.  (The write is large so that it stays in flight a while: counted here as a
+    small one, whose kicks are held — the next test has the large ones.)"""
+    from pyvirtio.devices import blk_io
     from pyvirtio.spec.ring import VIRTQ_USED_F_NO_NOTIFY
     from pyvirtio.virtq.event import vring_need_event
 
+    monkeypatch.setattr(blk_io, "KICKS_ON_BYTES", 1 << 30)
     path = _disk(tmp_path / "disk.img", 16 * MiB)
     dev = BlkDevice(path, aio=aio)
     dev.writeback = False  # write-through: the write waits for the disk (RWF_DSYNC)
@@ -314,6 +318,50 @@ def test_kicks_stay_off_while_requests_are_in_flight_and_come_back_on_after(tmp_
             assert mock.avail_event == mock.avail_idx
         else:
             assert not mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
+    finally:
+        dev.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("event_idx", [False, True])
+@pytest.mark.parametrize("aio", AIO)
+def test_kicks_stay_on_while_a_large_request_is_in_flight(tmp_path, aio, event_idx):
+    """A large request in flight (``KICKS_ON_BYTES``) leaves the driver's kicks on: the next
+    completion may be far off, and a request made available meanwhile is to start at once, from
+    the kick's own pass — not wait for that completion's turn."""
+    from pyvirtio.devices import blk_io
+    from pyvirtio.spec.ring import VIRTQ_USED_F_NO_NOTIFY
+    from pyvirtio.virtq.event import vring_need_event
+
+    path = _disk(tmp_path / "disk.img", 16 * MiB)
+    dev = BlkDevice(path, aio=aio)
+    dev.writeback = False
+    mock = MockSplitDriver(size=64, regions=[(0, 32 * MiB)])
+    queue = make_device_queue(mock, event_idx=event_idx)
+    dev.queues[0] = queue
+    big = os.urandom(blk_io.KICKS_ON_BYTES)
+    try:
+        write = mock.add_request(out=[_hdr(spec.BlkReqType.OUT, 0), big], in_lens=[1])
+        dev.process_queue(mock.mem, queue)
+        assert not dev.kicks_held
+        old = mock.avail_idx
+        read = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 9 * MiB // 512)], in_lens=[4096, 1])
+        if event_idx:  # the driver's kick test (2.7.10) says yes
+            assert vring_need_event(mock.avail_event, mock.avail_idx, old)
+        else:
+            assert not mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
+        dev.process_queue(mock.mem, queue)  # the kick's pass: the read is popped and started
+        assert queue.next_avail == mock.avail_idx
+        deadline = time.monotonic() + 20
+        while dev._io[0].inflight and time.monotonic() < deadline:
+            dev.host_ready(mock.mem, 0, [])
+            time.sleep(0.0005)
+        used = dict(mock.used_elems(0))
+        assert set(used) == {write.head, read.head} and not dev.kicks_held
+        assert mock.read(*read.writable[0]) == struct.pack("<Q", 9 * MiB // 4096) * 512
+        assert mock.read(*read.writable[1]) == b"\0" and mock.read(*write.writable[0]) == b"\0"
+        with open(path, "rb") as f:
+            assert f.read(len(big)) == big
     finally:
         dev.close()
 
@@ -472,14 +520,17 @@ def test_completions_of_a_batch_sent_to_the_kernel_go_back_while_the_ring_is_dra
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("aio", AIO)
 @pytest.mark.parametrize("linger", [True, False])
-def test_a_turn_waits_briefly_for_the_request_it_sent_to_the_kernel(tmp_path, aio, linger):
+def test_a_turn_waits_briefly_for_the_request_it_sent_to_the_kernel(tmp_path, aio, linger, monkeypatch):
     """Queue depth 1 through the kernel (a read that is not copied at once): with a transport
     that lets the device notify mid-turn, the turn that sent the request waits for it (bounded:
     ``BlkDevice.linger``), puts it in the used ring, tells the driver and ends with kicks back
     on — one worker wake-up per request instead of two.  Without the linger (or when the wait
     ends first) the request stays in flight, kicks stay off, and its completion is answered
     later by ``host_ready``, as before."""
+    from pyvirtio.devices import blk_io
+
     size = 256 * 1024  # io_uring: a read this large goes to the kernel's workers, not inline
+    monkeypatch.setattr(blk_io, "KICKS_ON_BYTES", 1 << 30)  # ... and counts as small here
     path = _disk(tmp_path / "disk.img", 4 * MiB)
     dev = BlkDevice(path, aio=aio)
     # Long enough that the read (a first one starts the kernel's workers) ends inside it.

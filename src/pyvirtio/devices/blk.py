@@ -203,7 +203,9 @@ class BlkDevice(VirtioDevice):
         its end; with :attr:`notify_queue`, what finished goes back during the pass too.  While some of
         them are still in flight the driver's kicks stay off (``kicks_held``): each completion
         turn drains the ring again (the engine), so a driver keeping the queue full never
-        kicks, and this worker takes one turn per completion instead of one more per kick.
+        kicks, and this worker takes one turn per completion instead of one more per kick —
+        unless the last request started was large (``blk_io.KICKS_ON_BYTES``): completions are
+        then far apart, and the next request is to start when it is made available.
         The pass's steps are :class:`_QueuePass`'s, one object per queue made once."""
         if queue.in_order:
             return self._process_in_order(mem, queue)
@@ -692,7 +694,7 @@ class _QueuePass:
                         # Another pass, kicks still off: the driver, told, may have made
                         # requests available meanwhile (a full ring's next ones).
                         return None
-            if io.inflight and not blk.holding.queues:
+            if io.inflight and not blk.holding.queues and not io.large:
                 blk.kicks_held.add(index)
                 return True
         blk.kicks_held.discard(index)

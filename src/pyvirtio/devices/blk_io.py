@@ -12,7 +12,8 @@ kernel finishes them, and so the used ring follows completion order, not submiss
   received (what the guest was told is done), which is what 5.2.6 asks of a flush.
 * Write-through (``writeback`` off): each write carries ``RWF_DSYNC``.
 * Requests go to the kernel in small batches (``SUBMIT_EVERY`` requests, or ``SUBMIT_BYTES``)
-  while a ring is drained.
+  while a ring is drained; while large ones are in flight the driver's kicks stay on
+  (``KICKS_ON_BYTES``).
 * Page cache: a small read whose data is cached is copied at once (one ``preadv`` with
   ``RWF_NOWAIT``, no round trip through the engine); large copies are offloaded to the
   kernel's workers so several run in parallel.
@@ -58,6 +59,14 @@ SUBMIT_BYTES = 64 << 10
 #: 256 KiB reads are even either way (28.4k/33.8k against 30.3k/30.4k), 1 MiB need the
 #: parallel copies.
 OFFLOAD_BYTES = 256 << 10
+#: While the last request started is at least this large, the driver's kicks stay on with
+#: requests in flight (:attr:`QueueIO.large`): completions come a few hundred microseconds apart
+#: and a request made available between two of them starts at once instead of waiting for the
+#: next (O_DIRECT, queue depth 8, from the host, against kicks held, three runs: 1 MiB reads
+#: 1.47/1.13/1.26x, 1 MiB writes 0.90/0.93/1.09x, 256 KiB writes 1.10/0.90/1.11x; page cache
+#: 1 MiB and 128 KiB reads 1.01/1.05x).  Smaller requests finish often enough that their
+#: completion turns pick up the next ones, and holding the kicks saves a wake-up per request.
+KICKS_ON_BYTES = 64 << 10
 #: O_DIRECT reads and writes done at once (:meth:`QueueIO._direct_now`): after
 #: ``AT_ONCE_SLOW_RUN`` in a row took longer than ``AT_ONCE_MAX_WAIT`` seconds each (the turn's
 #: linger, ``BlkDevice.linger``: the longest the worker waits for the engine), or one failed,
@@ -97,6 +106,8 @@ class QueueIO:
         self._nowait_flag = getattr(os, "RWF_NOWAIT", 0)
         self._prepared = 0
         self._prepared_bytes = 0
+        #: the last request started was large (``KICKS_ON_BYTES``)
+        self.large = False
         #: something was sent that the kernel may finish inside io_uring_enter (not offloaded to
         #: its workers): worth a look at the completions right after the submit
         self._inline = False
@@ -175,6 +186,7 @@ class QueueIO:
         self.inflight[token] = req
         self._prep(token, req)
         self._prepared_bytes += req.length
+        self.large = req.length >= KICKS_ON_BYTES
         if self._prepared >= SUBMIT_EVERY or self._prepared_bytes >= SUBMIT_BYTES:
             self.submit()
 
