@@ -7,12 +7,9 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import struct
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,11 +20,11 @@ from pyvirtio.devices.blk import BlkDevice  # noqa: E402
 from pyvirtio.spec import blk as spec  # noqa: E402
 
 IMAGE_SIZE = 64 << 10
-_dir = tempfile.mkdtemp(prefix="pyvirtio-fuzz-blk-")
-atexit.register(shutil.rmtree, _dir, True)
-IMAGE = os.path.join(_dir, "disk.img")
-with open(IMAGE, "wb") as f:
-    f.truncate(IMAGE_SIZE)
+# The image is a memory file named through /proc: nothing is left on disk when the fuzzer ends
+# the process without running exit handlers (as libFuzzer does at -max_total_time).
+_image_fd = os.memfd_create("pyvirtio-fuzz-blk", os.MFD_CLOEXEC)
+os.ftruncate(_image_fd, IMAGE_SIZE)
+IMAGE = f"/proc/{os.getpid()}/fd/{_image_fd}"
 
 
 def test_one_input(data: bytes) -> None:
