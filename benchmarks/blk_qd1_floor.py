@@ -63,7 +63,7 @@ BACKENDS = ("qsd-file", "pyvirtio", "floor")
 # The spec's values as plain ints: the loop compares them per request, without enum lookups.
 _NEXT, _WRITE, _INDIRECT = VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_DESC_F_INDIRECT
 _IN, _OUT = int(BlkReqType.IN), int(BlkReqType.OUT)
-_OK, _IOERR, _UNSUPP = int(BlkStatus.OK), int(BlkStatus.IOERR), int(BlkStatus.UNSUPP)
+_OK = int(BlkStatus.OK)
 
 
 class FloorStop(Exception):

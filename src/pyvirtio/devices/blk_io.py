@@ -185,7 +185,6 @@ class QueueIO:
         token = req.chain.head_index
         self.inflight[token] = req
         self._prep(token, req)
-        self._prepared_bytes += req.length
         self.large = req.length >= KICKS_ON_BYTES
         if self._prepared >= SUBMIT_EVERY or self._prepared_bytes >= SUBMIT_BYTES:
             self.submit()
@@ -213,6 +212,7 @@ class QueueIO:
         else:
             self.engine.prep_fsync(self.fd, token, datasync=True)
         self._prepared += 1
+        self._prepared_bytes += req.length - done
 
     def submit(self) -> None:
         if self._batch():
