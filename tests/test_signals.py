@@ -76,7 +76,7 @@ def test_made_and_closed_in_the_main_thread_only(saved_handlers):
 
 
 # The daemons as programs: a supervisor may stop one the moment it sees the socket file (systemd
-# and libvirt wait for exactly that file).  The handlers must already be there: the default action
+# and libvirt wait for exactly that file), with any of the stop signals.  The handlers must already be there: the default action
 # of SIGTERM would end the process with the socket file left behind.
 
 CLI = [sys.executable, "-m", "pyvirtio.cli"]
@@ -89,7 +89,7 @@ CLI = [sys.executable, "-m", "pyvirtio.cli"]
 ], ids=["serve", "serve-virtio-msg", "proxy"])
 def test_a_daemon_stopped_as_soon_as_its_socket_appears_ends_cleanly_and_removes_it(tmp_path, words):
     sock = tmp_path / "s.sock"
-    for _ in range(3):
+    for sig in STOP_SIGNALS:
         proc = subprocess.Popen([*CLI, *(w.format(sock=sock, tmp=tmp_path) for w in words)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -98,8 +98,8 @@ def test_a_daemon_stopped_as_soon_as_its_socket_appears_ends_cleanly_and_removes
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "the socket never appeared"
                 time.sleep(0.0002)
-            proc.terminate()
-            assert proc.wait(10) == 0, proc.stderr.read()
+            proc.send_signal(sig)
+            assert proc.wait(10) == 0, (sig, proc.stderr.read())
             assert not sock.exists()
         finally:
             proc.kill()

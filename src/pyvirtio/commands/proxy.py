@@ -10,6 +10,7 @@ import signal
 import sys
 
 from ..errors import CliError, CliUsageError
+from ..signals import STOP_SIGNALS
 from .values import socket_path
 
 
@@ -81,7 +82,7 @@ def run(args) -> int:
             made[0].shutdown()
         else:
             early.append(True)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:  # SIGHUP too: a closed terminal must not leave the socket file
         signal.signal(sig, on_signal)
     try:
         server = ProxyServer(args.listen, args.connect, rules=args.drop + args.delay + args.mutate,
