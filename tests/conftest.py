@@ -1,5 +1,5 @@
 """Shared fixtures: a real Linux guest kernel and a helper to boot it (and a loader for the
-scripts of ``benchmarks/``).
+scripts of ``benchmarks/``); every test leaves the stop signals' handlers as it found them.
 
 ``guest_kernel`` prepares a Debian kernel once per session (cached in $PYVIRTIO_CACHE or
 ~/.cache/pyvirtio).  Without QEMU or busybox the guest tests are skipped — except when
@@ -12,12 +12,24 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import sys
 
 import pytest
+from pyvirtio.signals import STOP_SIGNALS
 from pyvirtio.testing.env import require
 
 
+@pytest.fixture(autouse=True)
+def _stop_signal_handlers():
+    """A daemon run in-process (``main(["serve", ...])``) keeps its handlers after it returns (a
+    late signal must still stop it while it closes): put back what the test found, so that no
+    later test, nor Ctrl-C, calls into a finished daemon."""
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
 
 
 def pytest_collection_modifyitems(items):

@@ -19,15 +19,7 @@ from pyvirtio.signals import STOP_SIGNALS, StopSignals
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-def saved_handlers():
-    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-def test_a_signal_taken_by_another_thread_wakes_the_loop_and_runs_the_handler(saved_handlers):
+def test_a_signal_taken_by_another_thread_wakes_the_loop_and_runs_the_handler():
     r0, w0 = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     before = signal.set_wakeup_fd(w0)
     stopped = []
@@ -48,7 +40,7 @@ def test_a_signal_taken_by_another_thread_wakes_the_loop_and_runs_the_handler(sa
         os.close(w0)
 
 
-def test_made_and_closed_in_the_main_thread_only(saved_handlers):
+def test_made_and_closed_in_the_main_thread_only():
     errors = []
 
     def make():

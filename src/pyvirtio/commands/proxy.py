@@ -6,11 +6,10 @@ streams, the log line and the record format."""
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 from ..errors import CliError, CliUsageError
-from ..signals import STOP_SIGNALS
+from ..signals import StopSignals
 from .values import socket_path
 
 
@@ -72,27 +71,18 @@ def run(args) -> int:
     except OSError as exc:
         raise CliError(f"cannot write the record {args.record}: {exc.strerror}") from None
     on_line = (lambda line: None) if args.quiet_messages else (lambda line: print(line, flush=True))
-    # The handlers go in before the socket file exists: a signal that comes while the proxy is
-    # being made stops it as soon as it is made (the default action would leave the file behind).
-    made: list[ProxyServer] = []
-    early = []
-
-    def on_signal(*_) -> None:
-        if made:
-            made[0].shutdown()
-        else:
-            early.append(True)
-    for sig in STOP_SIGNALS:  # SIGHUP too: a closed terminal must not leave the socket file
-        signal.signal(sig, on_signal)
+    # The stop signals' handlers go in before the socket file exists (the default action would
+    # leave the file behind), and the loop watches their pipe: a signal caught since, before the
+    # proxy was made or by another thread (a library's), ends it.  SIGHUP too: a closed terminal.
+    signals = StopSignals(lambda: None)
     try:
         server = ProxyServer(args.listen, args.connect, rules=args.drop + args.delay + args.mutate,
                              record=record, on_line=on_line)
-        made.append(server)  # (handlers run between this thread's bytecodes: nothing is lost)
-        if early:
-            server.shutdown()
+        server.wake_on(signals)
         print(f"pyvirtio proxy: {args.listen} -> {args.connect}", file=sys.stderr, flush=True)
         server.serve_forever()
     finally:
+        signals.close()
         if record is not None:
             record.close()
     return 0

@@ -64,7 +64,10 @@ def serve_devices(args, devices: list) -> int:
     from ..vhost_user.backend.server import inherited_socket, is_listening
     from ..virtio_msg import BusServer
     server = BusServer()
-    signals = StopSignals(server.shutdown)  # before the socket file exists (see serve.py)
+    # Before the socket file exists (see serve.py).  The handler only notes the signal: one that
+    # interrupts server.wait() in this thread must not take the lock that wait holds.
+    signalled: list[bool] = []
+    signals = StopSignals(lambda: signalled.append(True))
     try:
         if args.socket_path is None and args.fd is None:
             args.fd = systemd.listen_fd("virtio-msg")
@@ -93,7 +96,8 @@ def serve_devices(args, devices: list) -> int:
                   file=sys.stderr, flush=True)
         systemd.notify("READY=1")
         try:
-            while not server.wait(0):  # a signal's handler runs (in this thread) before wait()
+            # The signal's handler has run (in this thread) by the time the pipe is drained.
+            while not signalled and not server.wait(0):
                 select.select([signals], [], [], 1.0)
                 signals.drain()
         finally:

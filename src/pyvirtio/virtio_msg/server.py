@@ -131,7 +131,8 @@ class BusServer:
         return self._stopped.wait(timeout)
 
     def shutdown(self) -> None:
-        """Stop accepting and serving (from any thread, a signal handler included)."""
+        """Stop accepting and serving (from any thread; not from a signal handler: the wait it
+        interrupts may hold the lock this takes)."""
         self._stopped.set()
 
     def close(self, timeout: float = 5.0) -> None:

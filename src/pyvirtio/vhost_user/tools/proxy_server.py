@@ -98,6 +98,11 @@ class ProxyServer:
         finally:
             self._close_all()
 
+    def wake_on(self, fileobj) -> None:
+        """End :meth:`serve_forever` also when ``fileobj`` becomes readable (a
+        :class:`~pyvirtio.signals.StopSignals`: a signal caught by any thread)."""
+        self._sel.register(fileobj, selectors.EVENT_READ, "wake")
+
     def shutdown(self) -> None:
         """End :meth:`serve_forever` (from another thread or a signal handler)."""
         try:
