@@ -68,8 +68,8 @@ def test_made_and_closed_in_the_main_thread_only():
 
 
 # The daemons as programs: a supervisor may stop one the moment it sees the socket file (systemd
-# and libvirt wait for exactly that file), with any of the stop signals.  The handlers must already be there: the default action
-# of SIGTERM would end the process with the socket file left behind.
+# and libvirt wait for exactly that file), with any of the stop signals.  The handlers must
+# already be there: the default action of SIGTERM would end the process with the file left behind.
 
 CLI = [sys.executable, "-m", "pyvirtio.cli"]
 
