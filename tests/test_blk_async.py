@@ -432,8 +432,9 @@ def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_p
             # mid-pass: nothing left to notify at the end of the turn; else all of it
             assert dev.process_queue(mock.mem, queue) == (mode != "mid-pass")
             assert not dev._io[0].inflight
-            if mode == "mid-pass":
-                assert seen == [(0, start + PUBLISH_EVERY), (0, start + 2 * PUBLISH_EVERY), (0, start + n)]
+            if mode == "mid-pass":  # (the first, answered before the pass, goes with its first batch)
+                assert seen == [(0, start + 1 + PUBLISH_EVERY), (0, start + 1 + 2 * PUBLISH_EVERY),
+                                (0, start + n)]
             else:
                 assert seen == []
             used = dict(mock.used_elems(0)[-n:])
@@ -446,10 +447,10 @@ def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_p
 
 @pytest.mark.timeout(60)
 def test_one_request_at_a_time_is_answered_before_the_pass_ends(tmp_path):
-    """Queue depth 1: a read copied at once is in the used ring, and the driver told, as soon as
-    it is done — the ring has nothing more — not after the pass's last look; a request the
-    driver makes available meanwhile is still taken in the same pass (its re-check), and one
-    made available after the pass is found on the next."""
+    """Queue depth 1: a read copied at once is in the used ring, and the notification decided,
+    as soon as it is done — the ring has nothing more — not after a whole pass; a request the
+    driver makes available meanwhile is still taken in the same turn (the re-check), and the
+    driver told of it; one made available after the turn is found on the next."""
     path = _disk(tmp_path / "disk.img", 4 * MiB)
     dev = BlkDevice(path, aio="io_uring" if io_uring_unavailable_reason() is None else "threads")
     mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
@@ -463,22 +464,125 @@ def test_one_request_at_a_time_is_answered_before_the_pass_ends(tmp_path):
         dev.notify_queue = lambda index: told.append([h for h, _ in mock.used_elems(0)])
         for i in range(3):
             req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
-            assert not dev.process_queue(mock.mem, queue)  # nothing left for the end of the turn
-            assert told[-1][-1] == req.head and len(told) == i + 1
+            assert dev.process_queue(mock.mem, queue)  # the worker notifies as it returns
+            assert mock.used_elems()[-1] == (req.head, 4097) and not told
             assert mock.read(*req.writable[0]) == struct.pack("<Q", i) * 512
-        # made available while the first is served: the pass takes it too, and tells of each
+        # made available while the first is served: the same turn takes it too, and tells of it
         first = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[4096, 1])
-        real = dev.notify_queue
-        later = []
+        handle, later = dev.handle_chain, []
 
-        def tell(index):
-            real(index)
+        def handle_and_add(index, chain):
+            written = handle(index, chain)
             if not later:
                 later.append(mock.add_request(out=[_hdr(spec.BlkReqType.IN, 16)], in_lens=[4096, 1]))
-        dev.notify_queue = tell
-        dev.process_queue(mock.mem, queue)
-        assert [t[-1] for t in told[-2:]] == [first.head, later[0].head]
+            return written
+        dev.handle_chain = handle_and_add
+        notify = dev.process_queue(mock.mem, queue)
+        assert [h for h, _ in mock.used_elems()[-2:]] == [first.head, later[0].head]
+        assert notify or told[-1][-1] == later[0].head
         assert mock.read(*later[0].writable[0]) == struct.pack("<Q", 2) * 512
+    finally:
+        dev.close()
+
+
+def _count_passes(monkeypatch):
+    """Count blk's whole passes (drain_queue), which the short way of one request skips."""
+    from pyvirtio.devices import blk as blk_module
+    passes = []
+    real = blk_module.drain_queue
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(blk_module, "drain_queue", counted)
+    return passes
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("event_idx", [False, True])
+def test_a_request_alone_on_its_ring_is_answered_the_short_way_and_asks_for_the_next_kick(
+        tmp_path, event_idx, monkeypatch):
+    """Queue depth 1, a read of cached data: the turn takes the one chain the short way (no
+    whole pass: take_one), answers it, asks for the next kick — the driver's kick test says yes
+    for the next request — and says to notify, each time; data and status right."""
+    from pyvirtio.spec.ring import VIRTQ_USED_F_NO_NOTIFY
+    from pyvirtio.virtq.event import vring_need_event
+
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio="threads")
+    mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+    queue = make_device_queue(mock, event_idx=event_idx)
+    dev.queues[0] = queue
+    told = []
+    try:
+        for i in range(4):  # warm the page cache
+            mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
+        _run(dev, mock, queue)
+        dev.notify_queue = told.append
+        passes = _count_passes(monkeypatch)
+        for i in range(4):
+            old = mock.avail_idx
+            mock.set_used_event(mock.used_idx)  # the driver wants to hear of the next answer
+            req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
+            if event_idx:  # the driver kicks: avail_event was left at the chain it just added
+                assert vring_need_event(mock.avail_event, mock.avail_idx, old)
+            else:
+                assert not mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
+            assert dev.process_queue(mock.mem, queue)  # the worker notifies as it returns
+            assert not told and mock.used_elems()[-1] == (req.head, 4097)
+            assert mock.read(*req.writable[0]) == struct.pack("<Q", i) * 512
+            assert mock.read(*req.writable[1]) == b"\0"
+        assert not passes, "a lone cached read went through the whole pass"
+        assert queue.stats.chains == 8 and dev.stats["requests"] == 8
+    finally:
+        dev.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_short_way_hands_the_turn_to_the_whole_pass_whenever_it_needs_one(tmp_path, monkeypatch):
+    """The short way takes one chain; the whole pass takes over, and every request is answered
+    once: when more chains are available (the rest drained in the same turn), when the request
+    went to the kernel (a flush: the pass sends it and waits for it), when a fault rule is set,
+    and when requests are still in flight (then the short way is not taken at all)."""
+    from pyvirtio.devices import blk_io
+
+    path = _disk(tmp_path / "disk.img", 4 * MiB)
+    dev = BlkDevice(path, aio="threads")
+    mock = MockSplitDriver(size=16, regions=[(0, 2 * MiB)])
+    queue = make_device_queue(mock, event_idx=True)
+    dev.queues[0] = queue
+    try:
+        for i in range(4):
+            mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
+        _run(dev, mock, queue)
+        passes = _count_passes(monkeypatch)
+        start = mock.used_idx
+        # three available at once: the first the short way, the other two by the pass
+        reqs = [mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
+                for i in range(3)]
+        dev.process_queue(mock.mem, queue)
+        assert len(passes) == 1
+        assert mock.used_elems(start) == [(r.head, 4097) for r in reqs]
+        # a flush alone: the kernel does it; the pass sends it and it comes back
+        flush = mock.add_request(out=[_hdr(spec.BlkReqType.FLUSH, 0)], in_lens=[1])
+        used = _run(dev, mock, queue)
+        assert len(passes) == 2 and used[-1] == (flush.head, 1)
+        # a fault rule set (one this read does not meet): the whole pass, whose rules see it
+        dev.faults.add("ioerr:sectors=6000-6007")
+        read = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[4096, 1])
+        used = _run(dev, mock, queue)
+        assert len(passes) == 3 and used[-1] == (read.head, 4097)
+        dev.faults.clear()
+        # a large read in flight in the kernel: the next request, alone on the ring, is not
+        # taken the short way (the pass looks at what finished and holds or frees the kicks)
+        big = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[blk_io.OFFLOAD_BYTES, 1])
+        dev.process_queue(mock.mem, queue)
+        assert dev._io[0].inflight
+        small = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8)], in_lens=[4096, 1])
+        used = dict(_run(dev, mock, queue))
+        assert len(passes) == 5
+        assert used[big.head] == blk_io.OFFLOAD_BYTES + 1 and used[small.head] == 4097
+        assert mock.read(*small.writable[0]) == struct.pack("<Q", 1) * 512
     finally:
         dev.close()
 

@@ -235,6 +235,47 @@ def test_a_kick_is_read_after_its_turn_and_a_later_one_serves_the_ring_again():
             host.close()
 
 
+def test_a_host_with_its_own_short_way_takes_the_kicks_turn_in_one_call():
+    """A host with ``serve_kick`` (vhost-user's session) takes a kick's turn in one call: the
+    worker counts what it says (-1: the fd was replaced — nothing counted, the kick left
+    unread; else one kick and the notifications it sent) and reads the kick after it."""
+    from pyvirtio.stats import QueueCounters
+
+    class Host(_Host):
+        def __init__(self):
+            super().__init__()
+            self.current = self.kick
+            self.calls = []
+
+        def serve_kick(self, index, fd):
+            self.calls.append((index, fd))
+            if fd != self.current:
+                return -1
+            self.served += 1
+            return 1
+
+        def process(self, index):
+            raise AssertionError("the turn went the general way")
+
+    host = Host()
+    counters = [QueueCounters()]
+    w = GroupWorker(host, 0, [0], name="own-short-way", counters=counters)
+    try:
+        os.eventfd_write(host.kick, 1)
+        host.current = -1
+        w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+        assert host.calls == [(0, host.kick)] and (counters[0].kicks, counters[0].interrupts) == (0, 0)
+        assert os.eventfd_read(host.kick) == 1  # left for whoever owns that number now
+        host.current = host.kick
+        os.eventfd_write(host.kick, 1)
+        w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+        assert host.served == 1 and (counters[0].kicks, counters[0].interrupts) == (1, 1)
+        with pytest.raises(BlockingIOError):  # the kick was read after the turn
+            os.eventfd_read(host.kick)
+    finally:
+        host.close()
+
+
 def test_the_short_way_of_one_kick_checks_the_fd_and_counts_as_the_general_turn():
     """A turn of one kick goes the short way (_serve_kick): a kick fd that the control path
     replaced since the poll is neither served nor read (the number may name another file now);

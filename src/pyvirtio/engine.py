@@ -97,6 +97,10 @@ class QueueHost(Protocol):
     def notify(self, index: int) -> None:
         """Send a used-buffer notification for queue ``index``."""
 
+    # Optional: ``serve_kick(index, fd) -> int``, a kick's turn in one call — -1 if ``fd`` is no
+    # longer queue ``index``'s kick fd, else :meth:`process` and, if it says so, :meth:`notify`
+    # done, and the notifications sent (0 or 1).
+
 
 class GroupWorker:
     """Serves one queue group: one thread, one poll set, one lock held per turn."""
@@ -139,6 +143,8 @@ class GroupWorker:
         self.device = device
         self.faults: FaultSet = device.faults if device is not None else _NO_FAULTS
         self._irq: IrqFaults | None = None
+        #: The host's short way through a kick's turn, if it has one (QueueHost.serve_kick).
+        self._serve_one: Callable[[int, int], int] | None = getattr(host, "serve_kick", None)
 
     # --- control, from any thread ---------------------------------------------------------------
 
@@ -465,12 +471,21 @@ class GroupWorker:
         for it, written out: they are on every request's path at queue depth 1."""
         host, counters = self.host, self.counters
         with self.lock:
-            if host.kick_fd(index) != fd:
-                return  # replaced since the poll (the control path wakes us to derive it again)
-            if counters:
-                counters[index].kicks += 1
-            if host.process(index):
-                self._send((index,))
+            serve = self._serve_one
+            if serve is not None:  # the host's own short way (QueueHost.serve_kick)
+                sent = serve(index, fd)
+                if sent < 0:
+                    return  # replaced since the poll (the control path wakes us to derive it again)
+                if counters:
+                    counters[index].kicks += 1
+                    counters[index].interrupts += sent
+            else:
+                if host.kick_fd(index) != fd:
+                    return
+                if counters:
+                    counters[index].kicks += 1
+                if host.process(index):
+                    self._send((index,))
             # As _serve: the kick is read after its request was served and notified; more than
             # this one kick counted, and the ring is served again.
             if self._take_kick(fd, POLLIN, index) == MORE_KICKS:

@@ -210,8 +210,12 @@ class BlkDevice(VirtioDevice):
         if queue.in_order:
             return self._process_in_order(mem, queue)
         drain = self._passes.get(queue.index) or self._new_pass(queue.index)
-        handle, notify_now = drain.begin(mem)
         try:
+            drain.mem = mem
+            notify = drain.take_one(queue)  # the usual turn at queue depth 1, if it may be
+            if notify is not None:
+                return notify
+            handle, notify_now = drain.begin(mem)
             notify = drain_queue(queue, mem, handle, drain.settle, notify_now)  # queue.drain's loop
         finally:
             drain.mem = None
@@ -641,8 +645,46 @@ class _QueuePass:
             return self.plain, None
         if notify_queue is not self._notify_of:
             self._notify, self._notify_of = partial(notify_queue, self.index), notify_queue
-        self.linger, self.submits = blk.linger, -1
+        # The batches sent so far: a request the pass's short way (take_one) started counts
+        # as one of this pass's, so the pass's first batch answers what finished of it too.
+        io = blk._io.get(self.index)
+        self.linger, self.submits = blk.linger, io.submits if io is not None else -1
         return self.mid, self._notify
+
+    def take_one(self, queue) -> bool | None:
+        """The usual turn at queue depth 1, the short way: pop one chain — the ring core's
+        validated walk, as every pass — and answer it if it is done at once (a read of cached
+        data, an O_DIRECT transfer alone on its ring, a request refused), then, if it was alone
+        on the ring, ask for the next kick and decide the notification, which the worker sends
+        as soon as this returns.  Returns that decision, or None when the turn needs the whole
+        pass (:func:`drain_queue`): the short way may not be taken (the driver's kicks are held,
+        requests of this queue are in flight, or fault rules are set: the pass's settle step
+        serves their completions, latencies and held answers), nothing was available (the pass
+        looks again), the request went to the kernel (the pass sends it and settles), or more
+        chains are available (the pass drains them; the one answered here is already in the
+        used ring, and goes back with the pass's first batch)."""
+        blk, index = self.blk, self.index
+        if blk.faults.rules or index in blk.kicks_held:
+            return None
+        holding = blk.holding
+        if holding.queues or holding.late:
+            return None
+        io = blk._io.get(index)
+        if io is not None and io.inflight:
+            return None
+        mem = self.mem
+        chain = queue.pop_descriptor_chain(mem)
+        if chain is None:
+            return None
+        written = blk.handle_chain(index, chain)
+        if written is None:
+            return None
+        queue.add_used_batch(mem, [(chain.head_index, written)])
+        # More available (or made available while kicks are asked for again): the pass drains
+        # them, and its first batch of answers takes this one along.
+        if queue.has_available(mem) or queue.enable_notification(mem):
+            return None
+        return queue.needs_notification(mem)  # the worker notifies at once
 
     def _handle_mid(self, chain: DescriptorChain) -> int | None:
         """The handler when the drain may notify mid-pass: a request that went to the engine may
