@@ -13,7 +13,7 @@ data is compared with the image (every request; a mismatch ends the run).
 
 Three ways to serve the same requests, blocks of each interleaved:
 
-* ``pyvirtio`` — the queue worker's turn (``GroupWorker._serve`` after a ``poll``: the engine,
+* ``pyvirtio`` — the queue worker's turn (``GroupWorker._serve_kick`` after a ``poll``: the engine,
   the session, the connection's ``process_ring``, blk's ``process_queue`` and drain, the ring
   core, the call eventfd), and the per-turn look at the device's host fds the worker loop makes;
 * ``device`` — blk's ``process_queue`` called directly after the ``poll`` and the kick's read,
@@ -120,7 +120,11 @@ class Rig:
     # --- the three ways to serve a turn (timed) -------------------------------------------------
 
     def pyvirtio_turn(self) -> None:
-        self.worker._serve(self.poller.poll(0), self.watched, False)
+        events = self.poller.poll(0)
+        if len(events) == 1:  # what the worker loop (GroupWorker._run) does with a lone kick
+            self.worker._serve_kick(events[0][0], 0)
+        else:
+            self.worker._serve(events, self.watched, False)
         self.session.host_fds(0)  # the worker loop's look after each turn
 
     def device_turn(self) -> None:

@@ -263,12 +263,12 @@ def test_a_host_with_its_own_short_way_takes_the_kicks_turn_in_one_call():
     try:
         os.eventfd_write(host.kick, 1)
         host.current = -1
-        w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+        w._serve_kick(host.kick, 0)
         assert host.calls == [(0, host.kick)] and (counters[0].kicks, counters[0].interrupts) == (0, 0)
         assert os.eventfd_read(host.kick) == 1  # left for whoever owns that number now
         host.current = host.kick
         os.eventfd_write(host.kick, 1)
-        w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+        w._serve_kick(host.kick, 0)
         assert host.served == 1 and (counters[0].kicks, counters[0].interrupts) == (1, 1)
         with pytest.raises(BlockingIOError):  # the kick was read after the turn
             os.eventfd_read(host.kick)
@@ -276,10 +276,51 @@ def test_a_host_with_its_own_short_way_takes_the_kicks_turn_in_one_call():
         host.close()
 
 
+def test_the_worker_takes_a_lone_kick_the_short_way_and_anything_more_the_general_way():
+    """The running worker (_run): a kick alone goes to the host's short way (serve_kick); a
+    kick that comes with a host call pending goes the general way (the call first, then
+    ``process``) — both served, every kick read."""
+
+    class Host(_Host):
+        def __init__(self):
+            super().__init__()
+            self.log = []
+
+        def serve_kick(self, index, fd):
+            self.log.append("serve_kick")
+            return 0
+
+        def process(self, index):
+            self.log.append("process")
+            return False
+
+    host = Host()
+    w = GroupWorker(host, 0, [0], name="dispatch").start()
+    try:
+        deadline = time.monotonic() + 10
+        os.eventfd_write(host.kick, 1)
+        while not host.log and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert host.log == ["serve_kick"]
+        with w.lock:  # a host call and a kick in the same poll
+            w.call_soon(lambda: host.log.append("call"))
+            os.eventfd_write(host.kick, 1)
+        while len(host.log) < 3 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert host.log[1:3] == ["call", "process"]
+        while select.select([host.kick], [], [], 0)[0] and time.monotonic() < deadline:
+            time.sleep(0.001)  # (if the wake came first, the kick is read by a turn of its own)
+        assert not select.select([host.kick], [], [], 0)[0]
+    finally:
+        assert w.stop()
+        host.close()
+
+
 def test_the_short_way_of_one_kick_checks_the_fd_and_counts_as_the_general_turn():
-    """A turn of one kick goes the short way (_serve_kick): a kick fd that the control path
-    replaced since the poll is neither served nor read (the number may name another file now);
-    a served kick counts one kick and, notified, one interrupt, as a turn of several fds does."""
+    """A turn of one kick goes the short way (_serve_kick, which _run calls for it): a kick fd
+    that the control path replaced since the poll is neither served nor read (the number may
+    name another file now); a served kick counts one kick and, notified, one interrupt, as a
+    turn of several fds does."""
     from pyvirtio.stats import QueueCounters
 
     class Host(_Host):
@@ -304,12 +345,12 @@ def test_the_short_way_of_one_kick_checks_the_fd_and_counts_as_the_general_turn(
     try:
         os.eventfd_write(host.kick, 1)
         host.current = -1  # replaced after the poll reported the old fd readable
-        w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+        w._serve_kick(host.kick, 0)
         assert (host.served, host.notified, counters[0].kicks) == (0, 0, 0)
         assert os.eventfd_read(host.kick) == 1  # left for whoever owns that number now
         host.current = host.kick
         os.eventfd_write(host.kick, 1)
-        w._serve([(host.kick, select.POLLIN)], {host.kick: (select.POLLIN, 0)}, False)
+        w._serve_kick(host.kick, 0)
         assert (host.served, host.notified) == (1, 1)
         assert (counters[0].kicks, counters[0].interrupts) == (1, 1)
         with pytest.raises(BlockingIOError):  # the kick was read after the turn

@@ -339,8 +339,19 @@ class GroupWorker:
                 return
             try:
                 dead = len(self._dead)
-                self._serve(events, watched,
-                            woken or polling or (not events and self.idle_interval is not None))
+                if (len(events) == 1 and not woken and not polling and not self._calls
+                        and self._irq is None and not self.faults.irq):
+                    # One fd fired, nothing else to do: if it is a plain kick, the usual turn
+                    # goes the short way.
+                    fd, revents = events[0]
+                    entry = watched.get(fd)
+                    if entry is not None and entry[1] >= 0 and revents == POLLIN:
+                        self._serve_kick(fd, entry[1])
+                    else:
+                        self._serve(events, watched, False)
+                else:
+                    self._serve(events, watched,
+                                woken or polling or (not events and self.idle_interval is not None))
                 if len(self._dead) != dead:
                     woken = True
             except Exception:
@@ -421,12 +432,6 @@ class GroupWorker:
             fn = calls.popleft()
             with self.lock:
                 fn()
-        if len(events) == 1 and not everything and self._irq is None and not self.faults.irq:
-            fd, revents = events[0]
-            entry = watched.get(fd)
-            if entry is not None and entry[1] >= 0 and revents == POLLIN:
-                self._serve_kick(fd, entry[1])
-                return
         kicked: list[int] = []
         later: list[tuple[int, int]] = []  # (fd, queue): kicks read after the turn
         host_events: HostEvents = []
@@ -466,9 +471,10 @@ class GroupWorker:
                     self._send(self._turn(again, (), False))
 
     def _serve_kick(self, fd: int, index: int) -> None:
-        """The usual turn, the short way: one kick fd readable and nothing else (no host fd, no
-        wake, no notification faults).  The same steps as :meth:`_serve` and :meth:`_turn` take
-        for it, written out: they are on every request's path at queue depth 1."""
+        """The usual turn, the short way (:meth:`_run` takes it): one kick fd readable and
+        nothing else (no host fd, no wake, no host call, no polling, no notification faults).
+        The same steps as :meth:`_serve` and :meth:`_turn` take for it, written out — or the
+        host's own (``serve_kick``): they are on every request's path at queue depth 1."""
         host, counters = self.host, self.counters
         with self.lock:
             serve = self._serve_one

@@ -84,6 +84,8 @@ class GuestMemory:
         self._hot: tuple[int, int, memoryview, int | None] | None = None
         #: bumped on every change of the region set, so cached ring views know to re-resolve
         self.generation = 0
+        #: whether any region is mapped (a plain attribute: the queue workers look every turn)
+        self.mapped = False
         for region in regions:
             self.add_region(region)
 
@@ -123,6 +125,7 @@ class GuestMemory:
         self._starts.insert(i, region.gpa)
         self._hot = None
         self.generation += 1
+        self.mapped = True
 
     def remove_region(self, gpa: int, size: int) -> Region:
         """Take out the region that starts at ``gpa`` with ``size`` (vhost-user REM_MEM_REG)."""
@@ -132,7 +135,9 @@ class GuestMemory:
         del self._starts[i]
         self._hot = None
         self.generation += 1
-        return self._regions.pop(i)
+        region = self._regions.pop(i)
+        self.mapped = bool(self._regions)
+        return region
 
     @property
     def regions(self) -> tuple[Region, ...]:
@@ -147,6 +152,7 @@ class GuestMemory:
         self._starts.clear()
         self._hot = None
         self.generation += 1
+        self.mapped = False
 
     # --- address translation --------------------------------------------------------------------
 

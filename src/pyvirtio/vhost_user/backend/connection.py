@@ -457,14 +457,14 @@ class BackendConnection:
 
     def host_fds(self, group: int) -> list[tuple[int, int]]:
         """The host fds the device wants watched for ``group`` (none while no memory is mapped)."""
-        if not self.memory.regions:
+        if not self.memory.mapped:
             return []
         return self.device.host_fds(group)
 
     def host_ready(self, group: int, events: list[tuple[int, int]]) -> set[int]:
         """Let the device serve its host side (completions, a back-end); queues to notify.
         Notifications for rings that cannot take them now (stopped, disabled) are dropped."""
-        if not self.memory.regions:
+        if not self.memory.mapped:
             return set()
         try:
             notify = self.device.host_ready(self.memory, group, events)
@@ -477,7 +477,7 @@ class BackendConnection:
     def _quiesce(self, index: int | None) -> None:
         """Finish host I/O still in flight (one ring, or all) before a ring stops or the memory
         under it changes; its used entries are published while the memory is still there."""
-        mem = self.memory if self.memory.regions else None
+        mem = self.memory if self.memory.mapped else None
         if not self.device.quiesce(mem, index):
             log.error("%s: requests of %s still in flight after the timeout", self.name,
                       "every ring" if index is None else f"ring {index}")

@@ -104,6 +104,8 @@ class Session:
         self.sock = sock
         self.name = endpoint.name
         self.conn = BackendConnection(endpoint.device, name=endpoint.name, **endpoint.options)
+        #: QueueHost.host_fds: the connection's own (asked after every turn: no call between)
+        self.host_fds: Callable[[int], list[tuple[int, int]]] = self.conn.host_fds
         # Innermost lock: guards the call fds while a notification is written, against handle()
         # replacing or closing them.
         self.signal_lock = threading.Lock()
@@ -145,9 +147,6 @@ class Session:
             with self.signal_lock:
                 _signal(self.conn.vrings[index].err_fd)
         return notify
-
-    def host_fds(self, group: int) -> list[tuple[int, int]]:
-        return self.conn.host_fds(group)
 
     def host_ready(self, group: int, events: list[tuple[int, int]]) -> set[int]:
         return self.conn.host_ready(group, events)
