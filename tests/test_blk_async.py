@@ -447,8 +447,8 @@ def test_reads_copied_at_once_go_back_in_batches_while_the_ring_is_drained(tmp_p
 
 @pytest.mark.timeout(60)
 def test_one_request_at_a_time_is_answered_before_the_pass_ends(tmp_path):
-    """Queue depth 1: a read copied at once is in the used ring, and the notification decided,
-    as soon as it is done — the ring has nothing more — not after a whole pass; a request the
+    """Queue depth 1: a read copied at once is in the used ring, and the driver told, as soon as
+    it is done — the ring has nothing more — before the next kick is asked for; a request the
     driver makes available meanwhile is still taken in the same turn (the re-check), and the
     driver told of it; one made available after the turn is found on the next."""
     path = _disk(tmp_path / "disk.img", 4 * MiB)
@@ -464,8 +464,8 @@ def test_one_request_at_a_time_is_answered_before_the_pass_ends(tmp_path):
         dev.notify_queue = lambda index: told.append([h for h, _ in mock.used_elems(0)])
         for i in range(3):
             req = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 8 * i)], in_lens=[4096, 1])
-            assert dev.process_queue(mock.mem, queue)  # the worker notifies as it returns
-            assert mock.used_elems()[-1] == (req.head, 4097) and not told
+            assert not dev.process_queue(mock.mem, queue)  # nothing left for the end of the turn
+            assert told[-1][-1] == req.head and len(told) == i + 1
             assert mock.read(*req.writable[0]) == struct.pack("<Q", i) * 512
         # made available while the first is served: the same turn takes it too, and tells of it
         first = mock.add_request(out=[_hdr(spec.BlkReqType.IN, 0)], in_lens=[4096, 1])
@@ -477,9 +477,9 @@ def test_one_request_at_a_time_is_answered_before_the_pass_ends(tmp_path):
                 later.append(mock.add_request(out=[_hdr(spec.BlkReqType.IN, 16)], in_lens=[4096, 1]))
             return written
         dev.handle_chain = handle_and_add
-        notify = dev.process_queue(mock.mem, queue)
+        assert not dev.process_queue(mock.mem, queue)
         assert [h for h, _ in mock.used_elems()[-2:]] == [first.head, later[0].head]
-        assert notify or told[-1][-1] == later[0].head
+        assert told[-1][-1] == later[0].head
         assert mock.read(*later[0].writable[0]) == struct.pack("<Q", 2) * 512
     finally:
         dev.close()
@@ -503,8 +503,8 @@ def _count_passes(monkeypatch):
 def test_a_request_alone_on_its_ring_is_answered_the_short_way_and_asks_for_the_next_kick(
         tmp_path, event_idx, monkeypatch):
     """Queue depth 1, a read of cached data: the turn takes the one chain the short way (no
-    whole pass: take_one), answers it, asks for the next kick — the driver's kick test says yes
-    for the next request — and says to notify, each time; data and status right."""
+    whole pass: take_one), answers it, tells the driver at once and asks for the next kick — the
+    driver's kick test says yes for the next request — each time; data and status right."""
     from pyvirtio.spec.ring import VIRTQ_USED_F_NO_NOTIFY
     from pyvirtio.virtq.event import vring_need_event
 
@@ -528,8 +528,8 @@ def test_a_request_alone_on_its_ring_is_answered_the_short_way_and_asks_for_the_
                 assert vring_need_event(mock.avail_event, mock.avail_idx, old)
             else:
                 assert not mock.used_flags & VIRTQ_USED_F_NO_NOTIFY
-            assert dev.process_queue(mock.mem, queue)  # the worker notifies as it returns
-            assert not told and mock.used_elems()[-1] == (req.head, 4097)
+            assert not dev.process_queue(mock.mem, queue)  # told at once
+            assert told == [0] * (i + 1) and mock.used_elems()[-1] == (req.head, 4097)
             assert mock.read(*req.writable[0]) == struct.pack("<Q", i) * 512
             assert mock.read(*req.writable[1]) == b"\0"
         assert not passes, "a lone cached read went through the whole pass"

@@ -654,15 +654,16 @@ class _QueuePass:
     def take_one(self, queue) -> bool | None:
         """The usual turn at queue depth 1, the short way: pop one chain — the ring core's
         validated walk, as every pass — and answer it if it is done at once (a read of cached
-        data, an O_DIRECT transfer alone on its ring, a request refused), then, if it was alone
-        on the ring, ask for the next kick and decide the notification, which the worker sends
-        as soon as this returns.  Returns that decision, or None when the turn needs the whole
-        pass (:func:`drain_queue`): the short way may not be taken (the driver's kicks are held,
-        requests of this queue are in flight, or fault rules are set: the pass's settle step
-        serves their completions, latencies and held answers), nothing was available (the pass
-        looks again), the request went to the kernel (the pass sends it and settles), or more
-        chains are available (the pass drains them; the one answered here is already in the
-        used ring, and goes back with the pass's first batch)."""
+        data, an O_DIRECT transfer alone on its ring, a request refused) and, if it was alone
+        on the ring, tell the driver at once where the transport allows (``notify_queue``, as
+        the pass does) and ask for the next kick.  Returns whether the worker is to notify the
+        driver, or None when the turn needs the whole pass (:func:`drain_queue`): the short way
+        may not be taken (the driver's kicks are held, requests of this queue are in flight, or
+        fault rules are set: the pass's settle step serves their completions, latencies and
+        held answers), nothing was available (the pass looks again), the request went to the
+        kernel (the pass sends it and settles), or more chains are available (the pass drains
+        them; the one answered here is already in the used ring, and goes back with the pass's
+        first batch)."""
         blk, index = self.blk, self.index
         if blk.faults.rules or index in blk.kicks_held:
             return None
@@ -680,11 +681,16 @@ class _QueuePass:
         if written is None:
             return None
         queue.add_used_batch(mem, [(chain.head_index, written)])
-        # More available (or made available while kicks are asked for again): the pass drains
-        # them, and its first batch of answers takes this one along.
-        if queue.has_available(mem) or queue.enable_notification(mem):
+        if queue.has_available(mem):  # the pass drains the rest; its first batch takes this one
             return None
-        return queue.needs_notification(mem)  # the worker notifies at once
+        notify = blk.notify_queue
+        if notify is None:  # the worker notifies as this returns
+            return None if queue.enable_notification(mem) else queue.needs_notification(mem)
+        # Told at once, before the next kick is asked for (off the request's path); a request
+        # the driver makes available meanwhile is seen by that request's re-check (2.7.10).
+        if queue.needs_notification(mem):
+            notify(index)
+        return None if queue.enable_notification(mem) else False
 
     def _handle_mid(self, chain: DescriptorChain) -> int | None:
         """The handler when the drain may notify mid-pass: a request that went to the engine may
