@@ -429,6 +429,8 @@ class NetDevice(VirtioDevice):
                     vector.add_used(queue, mem, batch.heads[:taken] if taken < count else batch.heads)
                     if taken < count:
                         return False
+                    if not queue.has_available(mem):  # the ring emptied (the usual end of a pass)
+                        return True
                     continue  # the general path only for what the next batch will not take
             elif self.link_up and self.active_pairs == 1 and not self.faults.rules:
                 heads, lengths, views = queue.pop_direct(mem, TX_BATCH)

@@ -57,7 +57,14 @@ ENABLED = np is not None and not os.environ.get("PYVIRTIO_PURE")
 
 if np is not None:
     # the reductions as ufunc methods: a little less per call than ndarray.min/max/sum
-    _min, _max, _sum, _nonzero = np.minimum.reduce, np.maximum.reduce, np.add.reduce, np.count_nonzero
+    _min, _max, _sum = np.minimum.reduce, np.maximum.reduce, np.add.reduce
+    # count_nonzero's C function itself, without the Python wrapper and dispatcher numpy puts in
+    # front of it (~0.08 against ~0.22 us a call here, three calls a batch); the wrapper where
+    # a numpy keeps it elsewhere
+    try:
+        from numpy._core._multiarray_umath import count_nonzero as _nonzero
+    except ImportError:  # pragma: no cover - numpy 1.x
+        _nonzero = np.count_nonzero
     #: struct virtq_desc (2.7.5) as a numpy record: the descriptor table is an array of these.
     DESC = np.dtype([("addr", "<u8"), ("len", "<u4"), ("flags", "<u2"), ("next", "<u2")])
     #: struct pvirtq_desc (2.8.13): the packed descriptor ring is an array of these.
