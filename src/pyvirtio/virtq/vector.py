@@ -61,8 +61,9 @@ if np is not None:
     # count_nonzero's C function itself, without the Python wrapper and dispatcher numpy puts in
     # front of it (~0.08 against ~0.22 us a call here, three calls a batch); the wrapper where
     # a numpy keeps it elsewhere
-    try:
-        from numpy._core._multiarray_umath import count_nonzero as _nonzero
+    try:  # (a private module of numpy's, without type stubs)
+        from numpy._core._multiarray_umath import (  # type: ignore[import-not-found]
+            count_nonzero as _nonzero)
     except ImportError:  # pragma: no cover - numpy 1.x
         _nonzero = np.count_nonzero
     #: struct virtq_desc (2.7.5) as a numpy record: the descriptor table is an array of these.
