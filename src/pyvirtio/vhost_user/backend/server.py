@@ -159,21 +159,15 @@ class Session:
         """The worker's usual turn, a kick on ``fd`` (:meth:`GroupWorker._serve_kick
         <pyvirtio.engine.GroupWorker._serve_kick>`), in one call: -1 if ``fd`` is no longer
         queue ``index``'s kick fd (replaced since the poll), else :meth:`process` and, if the
-        device asks, :meth:`notify` (written out: on every request's path), and the
+        device asks, :meth:`notify`'s step (written out: on every request's path), and the
         notifications sent (0 or 1)."""
-        conn = self.conn
-        ring = conn.vrings[index]
+        ring = self.conn.vrings[index]
         if not ring.started or ring.kick_fd != fd:
             return -1
-        notify, fault = conn.process_ring(index)
-        if fault:
-            with self.signal_lock:
-                _signal(conn.vrings[index].err_fd)
-            return 0
-        if not notify:
+        if not self.process(index):
             return 0
         with self.signal_lock:
-            _signal(conn.vrings[index].call_fd)
+            _signal(self.conn.vrings[index].call_fd)
         return 1
 
     def _notify_counted(self, index: int) -> None:

@@ -632,16 +632,6 @@ class HostileSession(Session):
             notify = notify or detail is not None
         return notify
 
-    def serve_kick(self, index: int, fd: int) -> int:
-        # A kick's turn goes through process() above (its rules), not the session's short way.
-        ring = self.conn.vrings[index]
-        if not ring.started or ring.kick_fd != fd:
-            return -1
-        if not self.process(index):
-            return 0
-        self.notify(index)
-        return 1
-
     def _notify_counted(self, index: int) -> None:
         # A ring rule rewrites the used ring after the turn, so the driver must not hear of the
         # turn's used buffers before that: it could take them, reuse their ids, and a lie about
