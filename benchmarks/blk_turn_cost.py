@@ -31,7 +31,16 @@ in one process: a real request path runs colder (the CPU's caches hold another p
 after every sleep) and costs two to four times this in user time — the ratios carry over, the
 absolute figures do not.
 
-    python benchmarks/blk_turn_cost.py [--turns 10000] [--blocks 8] [--cpu]
+``--baseline SRC`` adds a fourth way, ``baseline``: another checkout's ``src`` (an earlier commit)
+and that checkout's own copy of this script, loaded in this same process — its package copied
+under the name ``pyvirtio_baseline``, its rig serving its own session — and its ``pyvirtio`` way
+interleaved with this checkout's, block by block: an A/B of a change to the request path that
+is not at the mercy of one launch's speed against another's (across processes, two runs of one
+A/B here differed by 9 %).  Both sides run what their own worker loop does with a lone kick.
+Set ``PYVIRTIO_PURE=1`` to compare pure Python on both sides (an accelerated build of this
+checkout would run only here).
+
+    python benchmarks/blk_turn_cost.py [--turns 10000] [--blocks 8] [--cpu] [--baseline SRC]
 """
 
 from __future__ import annotations
@@ -40,12 +49,14 @@ import argparse
 import os
 import random
 import select
+import shutil
 import socket
 import statistics
 import struct
 import sys
 import tempfile
 import time
+import types
 
 from pyvirtio.devices.blk import BlkDevice
 from pyvirtio.spec.blk import BLK_REQ_HEADER, BlkReqType, BlkStatus
@@ -164,19 +175,46 @@ class Rig:
         self.device.close()
 
 
-def measure(rig: Rig, turns: int, blocks: int, cpu: bool = False) -> dict[str, list[float]]:
-    """ns per turn of each way, one figure per block; the blocks of the ways interleaved."""
+def load_baseline(src: str, tmp: str) -> types.ModuleType:
+    """Another checkout's package (``src``) and its own copy of this script, loaded beside this
+    checkout's: the package copied into ``tmp`` as ``pyvirtio_baseline`` (its modules import
+    each other relatively), the script compiled with its imports of ``pyvirtio`` renamed to
+    that.  Returns that script's module.  Raises SystemExit when ``src`` is not such a checkout."""
+    package = os.path.join(src, "pyvirtio")
+    script = os.path.join(os.path.dirname(os.path.abspath(src)), "benchmarks", "blk_turn_cost.py")
+    if not os.path.isfile(os.path.join(package, "__init__.py")) or not os.path.isfile(script):
+        raise SystemExit(f"blk_turn_cost: --baseline {src}: not a checkout's src (no pyvirtio "
+                         "package, or no benchmarks/blk_turn_cost.py beside it)")
+    shutil.copytree(package, os.path.join(tmp, "pyvirtio_baseline"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    sys.path.insert(0, tmp)
+    with open(script) as f:
+        text = f.read().replace("from pyvirtio.", "from pyvirtio_baseline.")
+    module = types.ModuleType("blk_turn_cost_baseline")
+    module.__file__ = script
+    sys.modules[module.__name__] = module
+    exec(compile(text, script, "exec"), module.__dict__)
+    return module
+
+
+def measure(rig: Rig, turns: int, blocks: int, cpu: bool = False,
+            baseline=None) -> dict[str, list[float]]:
+    """ns per turn of each way, one figure per block; the blocks of the ways interleaved (with a
+    ``baseline`` rig, its ``pyvirtio`` way as ``baseline``)."""
     clock = time.thread_time_ns if cpu else time.perf_counter_ns
-    out: dict[str, list[float]] = {way: [] for way in WAYS}
+    ways = [(way, rig, rig.ways[way]) for way in WAYS]
+    if baseline is not None:
+        ways.append(("baseline", baseline, baseline.ways["pyvirtio"]))
+    out: dict[str, list[float]] = {way: [] for way, _, _ in ways}
     for _ in range(blocks):
-        for way in WAYS:
-            turn, spent = rig.ways[way], 0
+        for way, served, turn in ways:
+            spent = 0
             for _ in range(turns):
-                rig.post()
+                served.post()
                 start = clock()
                 turn()
                 spent += clock() - start
-                rig.check()
+                served.check()
             out[way].append(spent / turns)
     return out
 
@@ -186,10 +224,11 @@ def report(results: dict[str, list[float]], turns: int, blocks: int, cpu: bool) 
     print(f"\n4 KiB reads from the page cache, one at a time; {blocks} blocks x {turns} turns per way; "
           f"{'thread CPU' if cpu else 'wall clock'} per turn\n")
     print(f"{'way':<10} {'ns/turn':>9} {'min':>9}")
-    for way in WAYS:
+    for way in results:
         print(f"{way:<10} {med(results[way]):>9,.0f} {min(results[way]):>9,.0f}")
     print("\nratios, median of same-block ratios (range over blocks):")
-    for a, b in (("pyvirtio", "core"), ("device", "core"), ("pyvirtio", "device")):
+    pairs = [("pyvirtio", "core"), ("device", "core"), ("pyvirtio", "device")]
+    for a, b in pairs + ([("pyvirtio", "baseline")] if "baseline" in results else []):
         ratios = [x / y for x, y in zip(results[a], results[b])]
         print(f"  {a}/{b} {med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
 
@@ -200,6 +239,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=8, help="blocks of each way (default 8)")
     p.add_argument("--cpu", action="store_true", help="the thread's CPU time, not the wall clock")
     p.add_argument("--size", type=int, default=64, help="image size in MiB (default 64)")
+    p.add_argument("--baseline", metavar="SRC",
+                   help="also time another checkout's src, loaded in this process (module docstring)")
     args = p.parse_args(argv)
     if args.turns < 1 or args.blocks < 1 or args.size < 1:
         p.error("--turns, --blocks and --size must be at least 1")
@@ -207,14 +248,17 @@ def main(argv=None) -> int:
         image = os.path.join(tmp, "disk.img")
         with open(image, "wb") as f:
             f.write(os.urandom(args.size << 20))
+        baseline = load_baseline(args.baseline, tmp).Rig(image, args.size << 20) if args.baseline else None
         rig = Rig(image, args.size << 20)
         try:
-            results = measure(rig, args.turns, args.blocks, args.cpu)
+            results = measure(rig, args.turns, args.blocks, args.cpu, baseline)
         except Mismatch as exc:
             print(f"blk_turn_cost: {exc}", file=sys.stderr)
             return 1
         finally:
             rig.close()
+            if baseline is not None:
+                baseline.close()
     report(results, args.turns, args.blocks, args.cpu)
     return 0
 

@@ -52,3 +52,16 @@ def test_arguments_out_of_range_are_refused(script):
     with pytest.raises(SystemExit) as exc:
         script.main(["--turns", "0"])
     assert exc.value.code == 2
+
+
+def test_a_baseline_checkout_is_timed_beside_this_one_in_the_same_process(script, capsys, tmp_path):
+    """``--baseline SRC``: another checkout's package and its own rig, loaded under another name
+    in this process (here this checkout's own src), serve checked reads too and are compared."""
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(script.__file__))), "src")
+    assert script.main(["--turns", "50", "--blocks", "2", "--size", "4", "--baseline", src]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0] for line in out.splitlines() if line.split()}
+    assert set(script.WAYS) | {"baseline"} <= rows
+    assert "pyvirtio/baseline" in out
+    with pytest.raises(SystemExit, match="not a checkout's src"):
+        script.main(["--turns", "1", "--blocks", "1", "--size", "1", "--baseline", str(tmp_path)])
