@@ -18,6 +18,7 @@ class _Host:
         self.kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.served = 0
         self.lock = threading.Lock()
+        self.log = []  # what a test's host records of its turns
 
     def kick_fd(self, index):
         return self.kick
@@ -171,10 +172,6 @@ def test_a_completion_is_notified_before_a_held_ring_is_looked_at_again():
         faults = engine._NO_FAULTS
 
     class Host(_Host):
-        def __init__(self):
-            super().__init__()
-            self.log = []
-
         def host_ready(self, group, events):
             self.log.append("published")
             return {0}
@@ -209,7 +206,6 @@ def test_a_kick_is_read_after_its_turn_and_a_later_one_serves_the_ring_again():
         def __init__(self, kicks_during_turn):
             super().__init__()
             self.kicks_during_turn = kicks_during_turn
-            self.log = []
 
         def process(self, index):
             self.log.append("process")
@@ -282,10 +278,6 @@ def test_the_worker_takes_a_lone_kick_the_short_way_and_anything_more_the_genera
     ``process``) — both served, every kick read."""
 
     class Host(_Host):
-        def __init__(self):
-            super().__init__()
-            self.log = []
-
         def serve_kick(self, index, fd):
             self.log.append("serve_kick")
             return 0
