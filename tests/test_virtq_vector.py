@@ -192,6 +192,39 @@ def test_a_buffer_across_two_regions_goes_to_the_general_path():
     assert bytes(vector.pop_readable(dev, mem, 64).views()[0]) == bytes([1]) * 21
 
 
+def test_one_length_batches_are_checked_against_their_own_region():
+    """A batch of one length is checked with the bound its region and length give, kept from
+    the batch before: changing the length or the region, or a buffer one byte past the end
+    (split and the general path alike) is caught each time."""
+    mem, drv, dev = make_rings(two_regions=True)
+    half = MEM // 2
+    cases = [(BUFS, 64, True), (BUFS, 64, True), (half - 64, 64, True), (half - 63, 64, False),
+             (half - 100, 100, True), (half, 100, True), (MEM - 100, 100, True),
+             (MEM - 200, 200, True), (BUFS, 200, True), (MEM - 99, 100, False)]
+    for addr, length, fits in cases:
+        mem.write(addr, bytes([length & 0xFF]) * min(length, MEM - addr))
+        drv.add(mem, [(addr, length)], [], "a")
+        drv.add(mem, [(addr, length)], [], "b")
+        batch = vector.pop_readable(dev, mem, 64)
+        if fits:
+            assert len(batch) == 2 and batch.bounds() == (length, length)
+            assert [bytes(v) for v in batch.views()] == [bytes([length & 0xFF]) * length] * 2
+            vector.add_used(dev, mem, batch.heads)
+        else:
+            assert batch is None
+            if addr + length <= MEM:  # across the two regions: the general path takes it
+                for _ in range(2):
+                    chain = dev.pop_descriptor_chain(mem)
+                    assert chain.readable_len == length
+                    dev.add_used(mem, chain.head_index, 0)
+            else:
+                with pytest.raises(DriverFault):
+                    dev.pop_descriptor_chain(mem)
+                return
+        drv.get_bufs(mem)
+    raise AssertionError("the last case breaks the queue")
+
+
 def test_other_shapes_end_the_batch():
     mem, drv, dev = make_rings()
     put(mem, drv, 0)

@@ -111,11 +111,16 @@ _Found = tuple[Region, Any, Any, int, "tuple[int, int] | None"]
 
 
 class _Rings:
-    """numpy views of one bound ring — split: its descriptor table, avail ring and used ring;
-    packed: its descriptor ring — and the memory region its last batch's buffers were in."""
+    """numpy views of one bound ring — split: its descriptor table (as records, and as pairs of
+    u64 words, which ``take`` copies faster), avail ring and used ring; packed: its descriptor
+    ring — the memory region its last batch's buffers were in, and that batch's length with
+    the bound on an offset it gives (as numpy scalars: a Python int beside an array costs a
+    conversion each time)."""
 
-    __slots__ = ("desc", "avail", "used", "key", "region", "gpa", "end")
+    __slots__ = ("desc", "pairs", "avail", "used", "key", "region", "gpa", "end",
+                 "length", "length_np", "limit_np")
     desc: Any
+    pairs: Any
     avail: Any
     used: Any
 
@@ -123,15 +128,19 @@ class _Rings:
         self.key = queue._desc  # the queue's binding these views belong to
         if queue.packed:
             self.desc = np.frombuffer(queue._desc, PACKED_DESC)
-            self.avail = self.used = None
+            self.pairs = self.avail = self.used = None
         else:
             self.desc = np.frombuffer(queue._desc, DESC)
+            self.pairs = np.frombuffer(queue._desc, np.uint64).reshape(-1, 2)  # addr; len | flags << 32 | next << 48
             self.avail = np.frombuffer(queue._avail16, np.uint16)  # flags, idx, ring[size], used_event
             # the used elements as one u64 each (id | len << 32), from byte 4 of the used ring
             self.used = np.frombuffer(queue._used32, np.uint64, count=queue.size, offset=4)
         self.region: Region | None = None
         self.gpa: Any = None  # ... its guest-physical start, as a numpy uint64
         self.end = 0
+        self.length = -1  # the last batch's buffer length, when they were all one
+        self.length_np: Any = None  # ... as a numpy u32
+        self.limit_np: Any = None  # the region's size less it, as a numpy u64 (None: below 0)
 
 
 def _rings(queue: Any) -> _Rings:
@@ -220,20 +229,21 @@ def _pop_split(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Readabl
         heads = rings.avail[2 + start:2 + start + n].copy()  # a copy: the driver may write the ring
     else:
         heads = np.concatenate((rings.avail[2 + start:2 + size], rings.avail[2:2 + start + n - size]))
-    try:
-        desc = rings.desc.take(heads)  # a copy of each head's descriptor (the driver may change the table)
+    try:  # a copy of each head's descriptor (the driver may change the table)
+        desc = rings.pairs.take(heads, axis=0)
     except IndexError:  # a head >= the queue size: the batch ends before it
         n = int((heads >= size).argmax())
         if not n:
             return None
         heads = heads[:n]
-        desc = rings.desc.take(heads)
-    if _nonzero(desc["flags"]):  # another shape: the batch ends before it
-        n = int((desc["flags"] != 0).argmax())
+        desc = rings.pairs.take(heads, axis=0)
+    flags = desc.view(np.uint16)[:, 6]
+    if _nonzero(flags):  # another shape: the batch ends before it
+        n = int((flags != 0).argmax())
         if not n:
             return None
         heads, desc = heads[:n], desc[:n]
-    found = _in_region(rings, mem, desc)
+    found = _in_region(rings, mem, desc[:, 0], desc.view(np.uint32)[:, 2])
     if found is None:
         return None
     region, offsets, lengths, total, bounds = found
@@ -271,7 +281,7 @@ def _pop_packed(queue: PackedDeviceQueue, mem: GuestMemory, limit: int) -> Reada
         if not n:
             return None  # the general path breaks the queue on it
         desc, ids = desc[:n], ids[:n]
-    found = _in_region(rings, mem, desc)
+    found = _in_region(rings, mem, desc["addr"], desc["len"])
     if found is None:
         return None
     region, offsets, lengths, total, bounds = found
@@ -288,23 +298,25 @@ def _run(flags: Any, expected: int) -> int:
     return k if differ[k] else len(flags)
 
 
-def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> _Found | None:
-    """The buffers of descriptors ``desc`` (a batch, in order; either layout's records) that lie
-    wholly inside the region of the first: ``(region, offsets, lengths, total, bounds)`` (bounds
-    when all lengths are equal, else None), cut before the first that does not; None when the
-    first does not (outside guest memory, or across two regions: the general path's to judge).
-    64-bit arithmetic: an address below the region, or a buffer running past 2**64, wraps to an
-    offset beyond the region."""
-    addrs, lengths = desc["addr"], desc["len"]  # u64 and u32: u64 sums
+def _in_region(rings: _Rings, mem: GuestMemory, addrs: Any, lengths: Any) -> _Found | None:
+    """The buffers at ``addrs`` of ``lengths`` (u64 and u32 arrays: a batch's descriptors, in
+    order) that lie wholly inside the region of the first: ``(region, offsets, lengths, total,
+    bounds)`` (bounds when all lengths are equal, else None), cut before the first that does
+    not; None when the first does not (outside guest memory, or across two regions: the general
+    path's to judge).  64-bit arithmetic: an address below the region, or a buffer running past
+    2**64, wraps to an offset beyond the region."""
     region = rings.region
     length = int(lengths[0])
-    same = not _nonzero(lengths != length)
-    if region is not None and same:
+    if length != rings.length:
+        rings.length, rings.length_np = length, np.uint32(length)
+        rings.limit_np = None if region is None or length > region.size else np.uint64(region.size - length)
+    same = not _nonzero(lengths != rings.length_np)
+    if same and region is not None and rings.limit_np is not None:
         # the usual transmit batch: one length, in the region of the last batch; every offset
         # at most its size less that length puts every buffer in it, and no end can wrap (an
-        # address below the region wraps to an offset beyond it); one reduction
+        # address below the region wraps to an offset beyond it); one comparison
         offsets = addrs - rings.gpa if region.gpa else addrs  # (guest RAM usually starts at 0)
-        if int(_max(offsets)) <= region.size - length:  # (length > size: negative)
+        if not _nonzero(offsets > rings.limit_np):
             return region, offsets.view(np.int64), lengths, length * len(lengths), (length, length)
     first = int(addrs[0])
     if region is None or not int(rings.gpa) <= first < rings.end:
@@ -313,6 +325,7 @@ def _in_region(rings: _Rings, mem: GuestMemory, desc: Any) -> _Found | None:
         except GuestMemoryError:
             return None
         rings.region, rings.gpa, rings.end = region, np.uint64(region.gpa), region.end
+        rings.limit_np = None if length > region.size else np.uint64(region.size - length)
     rsize = region.size
     offsets = addrs - rings.gpa if region.gpa else addrs
     if same:  # one length, as above
