@@ -195,6 +195,21 @@ def test_help_documents_the_exit_status(capsys):
         assert status in out
 
 
+def test_building_the_parser_imports_no_device_driver_or_numpy():
+    """Every ``pyvirtio`` invocation builds the whole parser (``--version``, ``--help``, each
+    daemon's start): the subcommands' modules import devices, drivers, the vhost-user package
+    and numpy where a command runs, so a daemon carries only what it serves."""
+    code = ("import sys, pyvirtio.cli as c; c.build_parser(); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith(('pyvirtio', 'numpy')))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.split()
+    heavy = ("numpy", "pyvirtio.virtq", "pyvirtio.device", "pyvirtio.drivers", "pyvirtio.driver",
+             "pyvirtio.vhost_user", "pyvirtio.devices.blk", "pyvirtio.devices.net", "pyvirtio.bus")
+    assert [m for m in loaded if m.split(".")[0] == "numpy" or m in heavy
+            or any(m.startswith(h + ".") for h in heavy)] == []
+    assert "pyvirtio.commands.serve" in loaded
+
+
 def test_no_traceback_from_the_installed_entry_point():
     r = spawn("probe", "--socket-path=/tmp/none.sock", "--timeout=nan")
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.splitlines()) == 1

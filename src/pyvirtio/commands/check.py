@@ -12,7 +12,6 @@ import json
 import sys
 
 from ..errors import CliUsageError
-from ..vhost_user.frontend.identify import type_name
 from .probe import add_socket_args, device_type_arg
 
 
@@ -34,6 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..vhost_user.frontend.identify import type_name  # noqa: PLC0415 - keeps `pyvirtio --help` light
     from ..conformance.vhost_user import CHECKS, Status, failed_musts, run_checks
 
     if args.list:

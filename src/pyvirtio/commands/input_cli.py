@@ -24,8 +24,7 @@ log = logging.getLogger("pyvirtio.serve")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..devices.input_config import ABS_RANGE, KINDS
-    from ..devices.input import MAX_PENDING_EVENTS
+    from ..devices.input_config import ABS_RANGE, KINDS, MAX_PENDING_EVENTS
     p.add_argument("--kind", choices=KINDS, default="keyboard",
                    help="what the guest sees (default keyboard; tablet and multitouch have "
                         "absolute axes)")

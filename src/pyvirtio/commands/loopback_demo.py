@@ -5,20 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ..bus import Bus
 from ..errors import CliError
-from ..devices.blk import BlkDevice
-from ..devices.rng import RngDevice
-from ..driver import VirtioDriver
-from ..drivers import ALL_DRIVERS
-from ..drivers.blk import BlkDriver
-from ..drivers.rng import RngDriver
-from ..loopback import LoopbackTransport
 from ..spec.ids import DeviceType
 
-D = TypeVar("D", bound=VirtioDriver)
+if TYPE_CHECKING:
+    from ..bus import Bus
+    from ..driver import VirtioDriver
+
+D = TypeVar("D", bound="VirtioDriver")
 
 
 def register(sub) -> None:
@@ -38,6 +34,16 @@ def _bound(bus: Bus, device_type: int, cls: type[D]) -> D:
 
 
 def run(args) -> int:
+    # the devices, drivers and bus here, not at the top: every ``pyvirtio`` invocation builds
+    # this module's parser
+    from ..bus import Bus  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.blk import BlkDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.rng import RngDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..drivers import ALL_DRIVERS  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..drivers.blk import BlkDriver  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..drivers.rng import RngDriver  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..loopback import LoopbackTransport  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     with tempfile.TemporaryDirectory(prefix="pyvirtio-demo-") as tmp:
         image = args.image or os.path.join(tmp, "disk.img")
         if not args.image:

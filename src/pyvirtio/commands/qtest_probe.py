@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..bus import Binding, Bus
-from ..drivers import ALL_DRIVERS
-from ..pci.transport import PciTransport
 from ..spec.features import Feature
 from ..spec.ids import DeviceType
+
+if TYPE_CHECKING:
+    from ..bus import Binding
 
 
 def smoke_rng(driver) -> str:
@@ -104,6 +104,8 @@ def register(sub) -> None:
 
 
 def _probe_row(binding: Binding) -> dict:
+    from ..pci.transport import PciTransport  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     t = binding.transport
     row = {"transport": t.describe(), "device_type": binding.device_type, "type": binding.type_name,
            "driver": type(binding.driver).__name__ if binding.driver else None,
@@ -135,7 +137,10 @@ def _probe_row(binding: Binding) -> dict:
     return row
 
 
-def run(args, drivers=ALL_DRIVERS) -> int:
+def run(args, drivers=None) -> int:
+    """``drivers``: the driver classes the bus binds (default: ``pyvirtio.drivers.ALL_DRIVERS``)."""
+    from ..bus import Bus  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..drivers import ALL_DRIVERS  # noqa: PLC0415 - keeps `pyvirtio --help` light
     from ..qtest import QemuMachine, split_machine  # noqa: PLC0415 - keeps `pyvirtio --help` light
 
     qemu_args = list(args.qemu_args)
@@ -147,7 +152,7 @@ def run(args, drivers=ALL_DRIVERS) -> int:
                      split_only=args.split_only) as qemu:
         found = qemu.discover()
         rejected = [{"where": where, "error": str(err)} for where, err in found.rejected]
-        bus = Bus(drivers=tuple(drivers))
+        bus = Bus(drivers=tuple(ALL_DRIVERS if drivers is None else drivers))
         bus.extend(found.transports)
         for binding in bus.probe():
             rows.append(_probe_row(binding))

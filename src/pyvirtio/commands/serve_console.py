@@ -21,10 +21,13 @@ import argparse
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
-from ..devices.console_endpoints import HostEndpoint, open_endpoint
+
+if TYPE_CHECKING:  # the device modules are imported where a device is built, not with the parser
+    from ..devices.console import ConsoleDevice
+    from ..devices.console_endpoints import HostEndpoint
 
 log = logging.getLogger(__name__)
 _KEYS = {"name", "path", "id", "connect", "pty", "stdio", "console"}
@@ -96,6 +99,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _console_endpoint(text: str) -> HostEndpoint:
+    from ..devices.console_endpoints import open_endpoint  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     if text in ("stdio", "pty", "none"):
         return open_endpoint(text, None, "the console")
     if text.startswith("connect:"):
@@ -104,6 +109,9 @@ def _console_endpoint(text: str) -> HostEndpoint:
 
 
 def build_device(args: argparse.Namespace) -> ConsoleDevice:
+    from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.console_endpoints import open_endpoint  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     """Validate the options, open every endpoint, build the device (nothing left open on error)."""
     if not 1 <= args.max_ports <= MAX_PORTS_LIMIT:
         raise UsageError(f"--max-ports={args.max_ports}: must be 1..{MAX_PORTS_LIMIT}")

@@ -8,15 +8,13 @@ device's queues serves its back-end too (the engine's worker watches the back-en
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..net.backend import NetBackend
-from ..net.frame import mac_bytes
-from ..net.null import NullBackend
-from ..net.stream import StreamBackend
-from ..net.switch import get_switch
-from ..net.tap import TapBackend
-from ..devices.net import NetDevice
+
+if TYPE_CHECKING:  # the device and back-end modules are imported where they are built
+    from ..devices.net import NetDevice
+    from ..net.backend import NetBackend
 
 BACKENDS = ("tap", "switch", "socket", "null")
 
@@ -47,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_backend(args: argparse.Namespace) -> NetBackend:
+    from ..net.null import NullBackend  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..net.stream import StreamBackend  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..net.switch import get_switch  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..net.tap import TapBackend  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     chosen = [name for name in BACKENDS if getattr(args, name, None)]
     if len(chosen) != 1:
         raise UsageError("choose exactly one network back-end: --tap, --switch, --socket or --null"
@@ -65,6 +68,9 @@ def build_backend(args: argparse.Namespace) -> NetBackend:
 
 
 def build_device(args: argparse.Namespace) -> NetDevice:
+    from ..devices.net import NetDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..net.frame import mac_bytes  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     """The device the options describe, on its back-end."""
     try:
         mac = mac_bytes(args.mac) if args.mac else None

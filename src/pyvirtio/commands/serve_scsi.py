@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from ..devices.blk_image import ImageError
-from ..devices.scsi import CdromUnit, DiskUnit, PassthroughUnit, ScsiDevice
-from ..devices.scsi.media import ImageMedium
-from ..devices.scsi.target import MAX_LUN, MAX_TARGET
 from ..errors import CliError, CliUsageError, UsageError
+
+if TYPE_CHECKING:  # the device modules are imported where a device is built, not with the parser
+    from ..devices.scsi import ScsiDevice
+    from ..devices.scsi.media import ImageMedium
 
 #: Request queues served unless told otherwise: QEMU's vhost-user-scsi-pci sets up one per vCPU
 #: when its num_queues is not given, and a guest whose QEMU asks for more rings than the
@@ -93,6 +94,9 @@ def _int(opts: dict[str, str], key: str, where: str) -> int | None:
 
 
 def build_device(args: argparse.Namespace) -> ScsiDevice:
+    from ..devices.scsi import ScsiDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.scsi.target import MAX_LUN, MAX_TARGET  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     specs = [("disk", s) for s in args.disk] + [("cdrom", s) for s in args.cdrom] + \
         [("passthrough", s) for s in args.passthrough]
     if not specs:
@@ -132,6 +136,8 @@ def build_device(args: argparse.Namespace) -> ScsiDevice:
 
 def make_unit(kind: str, path: str, opts: dict[str, str], where: str, *, serial: str):
     """One unit from its command-line (or control-socket) description."""
+    from ..devices.scsi import CdromUnit, DiskUnit, PassthroughUnit  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     opts = dict(opts)
     try:
         if kind == "disk":
@@ -165,6 +171,9 @@ def make_unit(kind: str, path: str, opts: dict[str, str], where: str, *, serial:
 
 
 def _open(path: str, read_only: bool, locking: bool, where: str) -> ImageMedium:
+    from ..devices.blk_image import ImageError  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.scsi.media import ImageMedium  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     if not os.path.exists(path):
         raise CliError(f"{where}: no such file")
     try:

@@ -11,11 +11,12 @@ vhost-user-vsock-pci,chardev=c0`` (the guest's CID comes from this back-end's co
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from ..devices.vsock import VsockDevice, check_guest_cid, serve_on_vhost_user
 from ..errors import CliError, UsageError
-from ..sockets import SocketInUse
-from ..vsock.hybrid import HybridHost
+
+if TYPE_CHECKING:  # the device module is imported where a device is built, not with the parser
+    from ..devices.vsock import VsockDevice
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_device(args: argparse.Namespace) -> VsockDevice:
+    from ..devices.vsock import VsockDevice, check_guest_cid  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..sockets import SocketInUse  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..vsock.hybrid import HybridHost  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     if args.guest_cid is None:
         raise UsageError("--guest-cid=N is required")
     if not args.uds_path:
@@ -43,6 +48,8 @@ def build_device(args: argparse.Namespace) -> VsockDevice:
 
 
 def attach(device: VsockDevice, endpoint) -> None:
+    from ..devices.vsock import serve_on_vhost_user  # noqa: PLC0415 - keeps `pyvirtio --help` light
+
     serve_on_vhost_user(device, endpoint)
 
 

@@ -46,12 +46,10 @@ from ..spec.evdev import EventType, Rep, Syn
 from ..spec.ids import DeviceType
 from ..spec.input import EVENTQ, INPUT_EVENT, INPUT_EVENT_SIZE, InputEvent
 from ..virtq import DescriptorChain, DeviceQueue
-from .input_config import InputProfile, config_space, profile
+from .input_config import MAX_PENDING_EVENTS, InputProfile, config_space, profile
 
 log = logging.getLogger(__name__)
 
-#: Events waiting for the guest at most (8 bytes each); older whole reports are dropped past it.
-MAX_PENDING_EVENTS = 1024
 #: Events in one report at most: Linux posts 64 event buffers, so a longer one could never fit.
 MAX_REPORT_EVENTS = 64
 #: Recent status events (LEDs ...) kept for inspection (control socket ``stats``).

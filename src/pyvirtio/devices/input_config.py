@@ -25,6 +25,8 @@ _I32 = (-(1 << 31), (1 << 31) - 1)
 KINDS = ("keyboard", "mouse", "tablet", "multitouch")
 #: The axes' range of the stock tablet and touch screen (QEMU's virtio-tablet uses the same).
 ABS_RANGE = 0x7FFF
+#: Events waiting for the guest at most (8 bytes each); older whole reports are dropped past it.
+MAX_PENDING_EVENTS = 1024
 #: Touch points the stock multitouch device tracks at once (ABS_MT_SLOT 0..MT_SLOTS-1).
 MT_SLOTS = 10
 #: The vendor in the stock devices' ID_DEVIDS (the virtio PCI vendor); products follow KINDS.
