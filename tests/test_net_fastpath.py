@@ -269,6 +269,30 @@ def test_device_drops_frames_whose_header_asks_for_unnegotiated_offloads(tx_path
         t.close()
 
 
+@pytest.mark.parametrize("hdr, what", [(bytes([1, 0]) + bytes(10), "NEEDS_CSUM"),
+                                       (bytes([0, 1]) + bytes(10), "gso_type"),
+                                       (bytes([0, 0x80]) + bytes(10), "ECN")])
+def test_one_offload_header_in_a_batch_of_plain_frames_is_dropped(tx_path, hdr, what):
+    """Each header field the batch looks at (flags, byte 0; gso_type, byte 1), alone in a batch
+    of plain frames of one length: that frame dropped and counted, the others sent."""
+    backend = MockBackend()
+    dev = NetDevice(backend, mac=MAC)
+    t = LoopbackTransport(dev)
+    try:
+        drv = NetDriver.probe(t)
+        txq = drv.queues[1]
+        frames = [numbered_frame(PEER, MAC, i, 80) for i in range(5)]
+        pendings = [txq.submit([(hdr if i == 2 else bytes(12)) + f], [], kick=False)
+                    for i, f in enumerate(frames)]
+        txq.kick()
+        for p in pendings:
+            txq.wait(p)
+        assert [frame_seq(f)[0] for f in backend.sent] == [0, 1, 3, 4]
+        assert dev.stats["tx_errors"] == 1 and what in str(dev.last_error)
+    finally:
+        t.close()
+
+
 def test_null_backend_copies_every_frame_out_of_guest_memory(tx_path):
     backend = NullBackend()
     dev = NetDevice(backend, mac=MAC)

@@ -459,7 +459,7 @@ class NetDevice(VirtioDevice):
         lengths = batch.lengths
         shortest, longest = batch.bounds()
         if HDR + ETH_HLEN <= shortest and longest <= HDR + MAX_FRAME \
-                and not vector.nonzero(vector.gather_u16(batch.region, batch.offsets)):
+                and not vector.any_u16(batch.region, batch.offsets):
             skip = 0 if self.backend.vnet_hdr else HDR
             taken = self.backend.send_readable(batch, skip)
             count = len(lengths)
