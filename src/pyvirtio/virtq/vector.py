@@ -110,16 +110,14 @@ _Found = tuple[Region, Any, Any, int, "tuple[int, int] | None"]
 
 
 class _Rings:
-    """numpy views of one bound ring — split: its descriptor table (as records, and as pairs of
-    u64 words, which ``take`` copies faster), avail ring and used ring; packed: its descriptor
-    ring — the memory region its last batch's buffers were in, and that batch's length with
+    """numpy views of one bound ring — split: its descriptor table, avail ring and used ring;
+    packed: its descriptor ring — the memory region its last batch's buffers were in, and that batch's length with
     the bound on an offset it gives (as numpy scalars: a Python int beside an array costs a
     conversion each time)."""
 
-    __slots__ = ("desc", "pairs", "avail", "used", "key", "region", "gpa", "end",
-                 "length", "length_np", "limit_np")
+    __slots__ = ("desc", "avail", "used", "key", "region", "gpa", "end", "length", "length_np",
+                 "limit_np")
     desc: Any
-    pairs: Any
     avail: Any
     used: Any
 
@@ -127,10 +125,9 @@ class _Rings:
         self.key = queue._desc  # the queue's binding these views belong to
         if queue.packed:
             self.desc = np.frombuffer(queue._desc, PACKED_DESC)
-            self.pairs = self.avail = self.used = None
+            self.avail = self.used = None
         else:
             self.desc = np.frombuffer(queue._desc, DESC)
-            self.pairs = np.frombuffer(queue._desc, np.uint64).reshape(-1, 2)  # addr; len | flags << 32 | next << 48
             self.avail = np.frombuffer(queue._avail16, np.uint16)  # flags, idx, ring[size], used_event
             # the used elements as one u64 each (id | len << 32), from byte 4 of the used ring
             self.used = np.frombuffer(queue._used32, np.uint64, count=queue.size, offset=4)
@@ -228,20 +225,20 @@ def _pop_split(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Readabl
     else:
         heads = np.concatenate((rings.avail[2 + start:2 + size], rings.avail[2:2 + start + n - size]))
     try:  # a copy of each head's descriptor (the driver may change the table)
-        desc = rings.pairs.take(heads, axis=0)
+        desc = rings.desc.take(heads)
     except IndexError:  # a head >= the queue size: the batch ends before it
         n = int((heads >= size).argmax())
         if not n:
             return None
         heads = heads[:n]
-        desc = rings.pairs.take(heads, axis=0)
-    flags = desc.view(np.uint16)[:, 6]
+        desc = rings.desc.take(heads)
+    flags = desc["flags"]
     if _nonzero(flags):  # another shape: the batch ends before it
         n = int((flags != 0).argmax())
         if not n:
             return None
         heads, desc = heads[:n], desc[:n]
-    found = _in_region(rings, mem, desc[:, 0], desc.view(np.uint32)[:, 2])
+    found = _in_region(rings, mem, desc["addr"], desc["len"])
     if found is None:
         return None
     region, offsets, lengths, total, bounds = found
