@@ -212,24 +212,29 @@ def tx_path(request, monkeypatch):
     return request.param
 
 
-def test_device_mixes_fast_and_general_chains_in_order(tx_path):
-    backend = MockBackend()
+def transmit(backend, chains: list[list[bytes]]) -> NetDevice:
+    """A NetDevice on ``backend``, driven in-process: the driver makes every chain (its
+    device-readable buffers) available on the transmit queue, kicks once and waits for them
+    all to come back.  Returns the device."""
     dev = NetDevice(backend, mac=MAC)
     t = LoopbackTransport(dev)
     try:
-        drv = NetDriver.probe(t)
-        txq = drv.queues[1]
-        frames = [numbered_frame(PEER, MAC, i, 80) for i in range(30)]
-        pendings = []
-        for i, frame in enumerate(frames):
-            out = [bytes(12) + frame] if i % 3 else [bytes(12), frame[:30], frame[30:]]
-            pendings.append(txq.submit(out, [], kick=False))
+        txq = NetDriver.probe(t).queues[1]
+        pendings = [txq.submit(chain, [], kick=False) for chain in chains]
         txq.kick()
-        assert [frame_seq(f)[0] for f in backend.sent] == list(range(30))
         for p in pendings:
             txq.wait(p)
+        return dev
     finally:
         t.close()
+
+
+def test_device_mixes_fast_and_general_chains_in_order(tx_path):
+    backend = MockBackend()
+    frames = [numbered_frame(PEER, MAC, i, 80) for i in range(30)]
+    transmit(backend, [[bytes(12) + frame] if i % 3 else [bytes(12), frame[:30], frame[30:]]
+                       for i, frame in enumerate(frames)])
+    assert [frame_seq(f)[0] for f in backend.sent] == list(range(30))
 
 
 def test_device_refuses_a_wild_fast_path_buffer_with_needs_reset(tx_path):
@@ -247,26 +252,15 @@ def test_device_refuses_a_wild_fast_path_buffer_with_needs_reset(tx_path):
 
 def test_device_drops_frames_whose_header_asks_for_unnegotiated_offloads(tx_path):
     backend = MockBackend()
-    dev = NetDevice(backend, mac=MAC)
-    t = LoopbackTransport(dev)
-    try:
-        drv = NetDriver.probe(t)
-        txq = drv.queues[1]
-        csum = bytes([1, 0]) + bytes(10)  # NEEDS_CSUM without VIRTIO_NET_F_CSUM
-        gso = bytes([0, 1]) + bytes(10)  # GSO_TCPV4 without HOST_TSO4
-        frames = [numbered_frame(PEER, MAC, i, 80) for i in range(4)]
-        pendings = [txq.submit([hdr + f], [], kick=False)
-                    for hdr, f in zip((bytes(12), csum, gso, bytes(12)), frames)]
-        pendings.append(txq.submit([csum, frames[0]], [], kick=False))  # the general path checks it too
-        txq.kick()
-        for p in pendings:
-            txq.wait(p)
-        assert [frame_seq(f)[0] for f in backend.sent] == [0, 3]
-        assert dev.stats["tx_errors"] == 3 and dev.stats["tx_packets"] == 2
-        assert "NEEDS_CSUM" in str(dev.last_error)
-        assert not dev.status & S.DEVICE_NEEDS_RESET  # the driver's frames, not its ring
-    finally:
-        t.close()
+    csum = bytes([1, 0]) + bytes(10)  # NEEDS_CSUM without VIRTIO_NET_F_CSUM
+    gso = bytes([0, 1]) + bytes(10)  # GSO_TCPV4 without HOST_TSO4
+    frames = [numbered_frame(PEER, MAC, i, 80) for i in range(4)]
+    dev = transmit(backend, [[hdr + f] for hdr, f in zip((bytes(12), csum, gso, bytes(12)), frames)]
+                   + [[csum, frames[0]]])  # the general path checks it too
+    assert [frame_seq(f)[0] for f in backend.sent] == [0, 3]
+    assert dev.stats["tx_errors"] == 3 and dev.stats["tx_packets"] == 2
+    assert "NEEDS_CSUM" in str(dev.last_error)
+    assert not dev.status & S.DEVICE_NEEDS_RESET  # the driver's frames, not its ring
 
 
 @pytest.mark.parametrize("hdr, what", [(bytes([1, 0]) + bytes(10), "NEEDS_CSUM"),
@@ -276,21 +270,10 @@ def test_one_offload_header_in_a_batch_of_plain_frames_is_dropped(tx_path, hdr, 
     """Each header field the batch looks at (flags, byte 0; gso_type, byte 1), alone in a batch
     of plain frames of one length: that frame dropped and counted, the others sent."""
     backend = MockBackend()
-    dev = NetDevice(backend, mac=MAC)
-    t = LoopbackTransport(dev)
-    try:
-        drv = NetDriver.probe(t)
-        txq = drv.queues[1]
-        frames = [numbered_frame(PEER, MAC, i, 80) for i in range(5)]
-        pendings = [txq.submit([(hdr if i == 2 else bytes(12)) + f], [], kick=False)
-                    for i, f in enumerate(frames)]
-        txq.kick()
-        for p in pendings:
-            txq.wait(p)
-        assert [frame_seq(f)[0] for f in backend.sent] == [0, 1, 3, 4]
-        assert dev.stats["tx_errors"] == 1 and what in str(dev.last_error)
-    finally:
-        t.close()
+    frames = [numbered_frame(PEER, MAC, i, 80) for i in range(5)]
+    dev = transmit(backend, [[(hdr if i == 2 else bytes(12)) + f] for i, f in enumerate(frames)])
+    assert [frame_seq(f)[0] for f in backend.sent] == [0, 1, 3, 4]
+    assert dev.stats["tx_errors"] == 1 and what in str(dev.last_error)
 
 
 def test_null_backend_copies_every_frame_out_of_guest_memory(tx_path):
