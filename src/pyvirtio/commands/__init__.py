@@ -4,6 +4,12 @@ Every module here that :data:`pyvirtio.cli.SUBCOMMAND_MODULES` names exposes
 ``register(subparsers)``; the others (``serve_net``, ``serve_console``, ``values`` ...) hold the
 options of one subcommand.  Errors are :class:`~pyvirtio.errors.CliError` (exit 1) and
 :class:`~pyvirtio.errors.CliUsageError` (exit 2), reported once by :func:`pyvirtio.cli.main`.
+
+Every ``pyvirtio`` invocation (``--version``, each daemon's start) builds every subcommand's
+parser, so these modules import at their top only what their parsers need (``errors``, ``spec``,
+``values``); devices, drivers, the bus, the vhost-user package and numpy are imported inside the
+functions that run a command (``tests/test_cli_errors.py`` checks that building the parser
+loads none of them).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..vhost_user.frontend.identify import type_name  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..vhost_user.frontend.identify import type_name
     from ..conformance.vhost_user import CHECKS, Status, failed_musts, run_checks
 
     if args.list:

@@ -34,15 +34,13 @@ def _bound(bus: Bus, device_type: int, cls: type[D]) -> D:
 
 
 def run(args) -> int:
-    # the devices, drivers and bus here, not at the top: every ``pyvirtio`` invocation builds
-    # this module's parser
-    from ..bus import Bus  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..devices.blk import BlkDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..devices.rng import RngDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..drivers import ALL_DRIVERS  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..drivers.blk import BlkDriver  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..drivers.rng import RngDriver  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..loopback import LoopbackTransport  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..bus import Bus
+    from ..devices.blk import BlkDevice
+    from ..devices.rng import RngDevice
+    from ..drivers import ALL_DRIVERS
+    from ..drivers.blk import BlkDriver
+    from ..drivers.rng import RngDriver
+    from ..loopback import LoopbackTransport
 
     with tempfile.TemporaryDirectory(prefix="pyvirtio-demo-") as tmp:
         image = args.image or os.path.join(tmp, "disk.img")

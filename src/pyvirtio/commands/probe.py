@@ -15,9 +15,6 @@ from ..errors import CliUsageError
 from ..spec.ids import DEVICE_NAMES
 from .values import positive_seconds, socket_path
 
-# The vhost-user package (and through it the device and driver modules) is imported where a
-# command runs, not here: every ``pyvirtio`` invocation builds this module's parser.
-
 #: Queue sizes are probed up to the split-ring maximum (VIRTIO 1.3, 2.7).
 PROBE_MAX_QUEUE_SIZE = 32768
 #: Probe the sizes of at most this many rings (a net back-end may offer hundreds).
@@ -39,7 +36,7 @@ def add_socket_args(p, *, type_help: str, timeout: float = 5.0, required: bool =
 def device_type_arg(args) -> int | None:
     if not args.device_type:
         return None
-    from ..vhost_user.frontend.identify import parse_type  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..vhost_user.frontend.identify import parse_type
 
     try:
         return int(parse_type(args.device_type))
@@ -75,7 +72,7 @@ def run(args) -> int:
 
 def probe(path: str, device_type: int | None = None, *, timeout: float = 5.0) -> dict:
     """Everything the probe learns, as a JSON-ready dict."""
-    from ..vhost_user.frontend.identify import feature_names, protocol_feature_names, type_name  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..vhost_user.frontend.identify import feature_names, protocol_feature_names, type_name
     from ..vhost_user.frontend.transport import VhostUserTransport
 
     t = VhostUserTransport(path, device_type=device_type, memory_size=1 << 20,
@@ -108,7 +105,7 @@ def probe(path: str, device_type: int | None = None, *, timeout: float = 5.0) ->
 
 
 def _queue_sizes(t) -> dict:
-    from ..vhost_user.protocol import ProtocolFeature as PF  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..vhost_user.protocol import ProtocolFeature as PF
 
     if not t.conn.has_protocol_feature(PF.REPLY_ACK):
         return {"max_queue_sizes": None,
@@ -122,8 +119,8 @@ def _queue_sizes(t) -> dict:
 
 
 def _config(t, dtype, features) -> dict:
-    from ..vhost_user.frontend.identify import decode_config  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..vhost_user.protocol import ProtocolFeature as PF  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..vhost_user.frontend.identify import decode_config
+    from ..vhost_user.protocol import ProtocolFeature as PF
 
     if not t.conn.has_protocol_feature(PF.CONFIG):
         return {"config_size": None, "config": None,

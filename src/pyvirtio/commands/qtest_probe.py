@@ -104,7 +104,7 @@ def register(sub) -> None:
 
 
 def _probe_row(binding: Binding) -> dict:
-    from ..pci.transport import PciTransport  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..pci.transport import PciTransport
 
     t = binding.transport
     row = {"transport": t.describe(), "device_type": binding.device_type, "type": binding.type_name,
@@ -139,9 +139,9 @@ def _probe_row(binding: Binding) -> dict:
 
 def run(args, drivers=None) -> int:
     """``drivers``: the driver classes the bus binds (default: ``pyvirtio.drivers.ALL_DRIVERS``)."""
-    from ..bus import Bus  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..drivers import ALL_DRIVERS  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..qtest import QemuMachine, split_machine  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..bus import Bus
+    from ..drivers import ALL_DRIVERS
+    from ..qtest import QemuMachine, split_machine
 
     qemu_args = list(args.qemu_args)
     if qemu_args[:1] == ["--"]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
-if TYPE_CHECKING:  # the device modules are imported where a device is built, not with the parser
+if TYPE_CHECKING:
     from ..devices.console import ConsoleDevice
     from ..devices.console_endpoints import HostEndpoint
 
@@ -99,7 +99,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _console_endpoint(text: str) -> HostEndpoint:
-    from ..devices.console_endpoints import open_endpoint  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.console_endpoints import open_endpoint
 
     if text in ("stdio", "pty", "none"):
         return open_endpoint(text, None, "the console")
@@ -109,8 +109,8 @@ def _console_endpoint(text: str) -> HostEndpoint:
 
 
 def build_device(args: argparse.Namespace) -> ConsoleDevice:
-    from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..devices.console_endpoints import open_endpoint  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
+    from ..devices.console_endpoints import open_endpoint
 
     """Validate the options, open every endpoint, build the device (nothing left open on error)."""
     if not 1 <= args.max_ports <= MAX_PORTS_LIMIT:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
-if TYPE_CHECKING:  # the device and back-end modules are imported where they are built
+if TYPE_CHECKING:
     from ..devices.net import NetDevice
     from ..net.backend import NetBackend
 
@@ -45,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_backend(args: argparse.Namespace) -> NetBackend:
-    from ..net.null import NullBackend  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..net.stream import StreamBackend  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..net.switch import get_switch  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..net.tap import TapBackend  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..net.null import NullBackend
+    from ..net.stream import StreamBackend
+    from ..net.switch import get_switch
+    from ..net.tap import TapBackend
 
     chosen = [name for name in BACKENDS if getattr(args, name, None)]
     if len(chosen) != 1:
@@ -68,8 +68,8 @@ def build_backend(args: argparse.Namespace) -> NetBackend:
 
 
 def build_device(args: argparse.Namespace) -> NetDevice:
-    from ..devices.net import NetDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..net.frame import mac_bytes  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.net import NetDevice
+    from ..net.frame import mac_bytes
 
     """The device the options describe, on its back-end."""
     try:

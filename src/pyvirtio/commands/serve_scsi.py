@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CliError, CliUsageError, UsageError
 
-if TYPE_CHECKING:  # the device modules are imported where a device is built, not with the parser
+if TYPE_CHECKING:
     from ..devices.scsi import ScsiDevice
     from ..devices.scsi.media import ImageMedium
 
@@ -94,8 +94,8 @@ def _int(opts: dict[str, str], key: str, where: str) -> int | None:
 
 
 def build_device(args: argparse.Namespace) -> ScsiDevice:
-    from ..devices.scsi import ScsiDevice  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..devices.scsi.target import MAX_LUN, MAX_TARGET  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.scsi import ScsiDevice
+    from ..devices.scsi.target import MAX_LUN, MAX_TARGET
 
     specs = [("disk", s) for s in args.disk] + [("cdrom", s) for s in args.cdrom] + \
         [("passthrough", s) for s in args.passthrough]
@@ -136,7 +136,7 @@ def build_device(args: argparse.Namespace) -> ScsiDevice:
 
 def make_unit(kind: str, path: str, opts: dict[str, str], where: str, *, serial: str):
     """One unit from its command-line (or control-socket) description."""
-    from ..devices.scsi import CdromUnit, DiskUnit, PassthroughUnit  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.scsi import CdromUnit, DiskUnit, PassthroughUnit
 
     opts = dict(opts)
     try:
@@ -171,8 +171,8 @@ def make_unit(kind: str, path: str, opts: dict[str, str], where: str, *, serial:
 
 
 def _open(path: str, read_only: bool, locking: bool, where: str) -> ImageMedium:
-    from ..devices.blk_image import ImageError  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..devices.scsi.media import ImageMedium  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.blk_image import ImageError
+    from ..devices.scsi.media import ImageMedium
 
     if not os.path.exists(path):
         raise CliError(f"{where}: no such file")

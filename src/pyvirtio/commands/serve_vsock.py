@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CliError, UsageError
 
-if TYPE_CHECKING:  # the device module is imported where a device is built, not with the parser
+if TYPE_CHECKING:
     from ..devices.vsock import VsockDevice
 
 
@@ -29,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_device(args: argparse.Namespace) -> VsockDevice:
-    from ..devices.vsock import VsockDevice, check_guest_cid  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..sockets import SocketInUse  # noqa: PLC0415 - keeps `pyvirtio --help` light
-    from ..vsock.hybrid import HybridHost  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.vsock import VsockDevice, check_guest_cid
+    from ..sockets import SocketInUse
+    from ..vsock.hybrid import HybridHost
 
     if args.guest_cid is None:
         raise UsageError("--guest-cid=N is required")
@@ -48,7 +48,7 @@ def build_device(args: argparse.Namespace) -> VsockDevice:
 
 
 def attach(device: VsockDevice, endpoint) -> None:
-    from ..devices.vsock import serve_on_vhost_user  # noqa: PLC0415 - keeps `pyvirtio --help` light
+    from ..devices.vsock import serve_on_vhost_user
 
     serve_on_vhost_user(device, endpoint)
 

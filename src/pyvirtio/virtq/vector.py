@@ -111,9 +111,9 @@ _Found = tuple[Region, Any, Any, int, "tuple[int, int] | None"]
 
 class _Rings:
     """numpy views of one bound ring — split: its descriptor table, avail ring and used ring;
-    packed: its descriptor ring — the memory region its last batch's buffers were in, and that batch's length with
-    the bound on an offset it gives (as numpy scalars: a Python int beside an array costs a
-    conversion each time)."""
+    packed: its descriptor ring —, the memory region its last batch's buffers were in, and that
+    batch's length with the bound on an offset it gives (numpy scalars: a Python int beside an
+    array costs a conversion each call)."""
 
     __slots__ = ("desc", "avail", "used", "key", "region", "gpa", "end", "length", "length_np",
                  "limit_np")
