@@ -136,3 +136,41 @@ def test_dpdk_virtio_user_server_mode_restarts(tmp_path):
     for out in outputs:
         pps = [int(x) for x in re.findall(r"Tx-pps:\s+(\d+)", out)]
         assert pps and max(pps) > 0, out[-3000:]
+
+
+def test_dpdk_virtio_user_keeps_running_while_the_daemon_restarts(tmp_path):
+    """What virtio-user's server mode is for: the back-end goes away (here: killed) and a new one
+    connects to the same running front-end.  DPDK 22.11 then sends SET_VRING_BASE 0 for its split
+    transmit ring, whose avail idx is far past 0; the new daemon resumes at the used idx (net
+    returns every chain in order) instead of breaking the ring, and frames flow again."""
+    require(shutil.which(TESTPMD) is not None, f"{TESTPMD} (Debian: dpdk-dev)")
+    sock = str(tmp_path / "vu.sock")
+    logs = [tmp_path / "serve0.log", tmp_path / "serve1.log"]
+    output: list[str] = []
+    frontend = threading.Thread(target=lambda: output.append(run_virtio_user_txonly(
+        sock, prefix=f"pvrestart-{os.getpid()}", seconds=12.0, vdev_opts="server=1")))
+    frontend.start()
+    procs = []
+    try:
+        for n, log in enumerate(logs):
+            with open(log, "ab") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "pyvirtio.cli", "-v", "serve", "net", "--null",
+                     f"--socket-path={sock}", "--connect"],
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            time.sleep(5)
+            if n == 0:
+                procs[0].kill()  # a crash: no goodbye to the front-end
+                procs[0].wait(10)
+        assert procs[1].poll() is None, logs[1].read_text()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(20)
+        frontend.join(60)
+    text = logs[1].read_text()
+    assert "broken" not in text, text[-3000:]
+    served = [int(m) for m in re.findall(r"requests served: ring 0: \d+, ring 1: (\d+)", text)]
+    print("tx chains after the restart:", served, re.findall(r"resum.*", text))
+    assert served and served[-1] > 1000, text[-3000:]

@@ -387,6 +387,90 @@ def test_get_vring_base_stops_the_ring_and_returns_next_avail(rng):
     assert len(fe.rings[0].queue.get_bufs(fe.memory)) == 4
 
 
+def _restart_at(fe, conn, base: int) -> None:
+    """Start ring 0 again from ``base`` (SET_VRING_BASE, then a kick fd)."""
+    fe.request(R.SET_VRING_BASE, VringState(0, base).pack())
+    k = os.eventfd(0)
+    fe.request(R.SET_VRING_KICK, U64(0).pack(), [k])
+    os.close(k)
+
+
+def _served_then_stopped(fe, conn, count: int) -> None:
+    """``count`` requests made available and answered in rounds of 4 (the driver taking each
+    round's buffers back), then the ring stopped: its used idx at ``count``."""
+    for _ in range(count // 4):
+        for _ in range(4):
+            _rng_request(fe)
+        conn.process_ring(0)
+        assert len(fe.rings[0].queue.get_bufs(fe.memory)) == 4
+    assert fe.get_vring_base(0) == count
+
+
+def test_a_lost_base_resumes_at_the_used_idx_on_a_device_that_completes_in_order(rng, caplog):
+    """DPDK's virtio-user, reconnecting, sends base 0 for a split ring it kept driving: the avail
+    idx is then more than the queue size ahead of the base, and rng (completes_in_order) has
+    consumed exactly what is before the used idx: the ring resumes there instead of breaking."""
+    fe, conn = rng
+    fe.start(size=16)
+    _served_then_stopped(fe, conn, 20)
+    for _ in range(3):  # made available while no back-end served the ring
+        _rng_request(fe)
+    with caplog.at_level(logging.WARNING):
+        _restart_at(fe, conn, 0)
+    assert conn.vrings[0].started and conn.device.queues[0].next_avail == 20
+    assert "resuming at the used idx 20" in caplog.text
+    notify, fault = conn.process_ring(0)
+    assert notify and fault is None
+    assert len(fe.rings[0].queue.get_bufs(fe.memory)) == 3  # the three, each once
+    assert fe.get_vring_base(0) == 23
+
+
+@pytest.mark.parametrize("base, pending, why", [
+    (16, 3, "a base the ring can be served from is kept, though the used idx says 20"),
+    (0, 0, "nothing pending: the avail idx is still within reach of the base"),
+])
+def test_a_base_the_ring_can_be_served_from_is_kept(rng, base, pending, why):
+    fe, conn = rng
+    fe.start(size=16)
+    _served_then_stopped(fe, conn, 20 if pending else 12)
+    for _ in range(pending):
+        _rng_request(fe)
+    _restart_at(fe, conn, base)
+    assert conn.device.queues[0].next_avail == base, why
+
+
+def _ring_indexes(fe, avail: int, used: int) -> None:
+    """Write ring 0's avail idx and used idx in guest memory (a driver's and a back-end's past)."""
+    ring = fe.rings[0].queue
+    ring._bind(fe.memory)
+    ring._avail16[1], ring._used16[1] = avail, used
+
+
+def test_a_lost_base_breaks_a_ring_whose_used_idx_is_no_position_either(rng):
+    """Neither the base nor the used idx within the queue size of the avail idx: the ring breaks
+    at its first look, as before, with the driver's fault."""
+    fe, conn = rng
+    fe.start(size=16)
+    fe.get_vring_base(0)
+    _ring_indexes(fe, avail=60, used=20)
+    _restart_at(fe, conn, 0)
+    assert conn.device.queues[0].next_avail == 0
+    notify, fault = conn.process_ring(0)
+    assert fault is not None and "ahead" in fault
+
+
+def test_a_lost_base_is_kept_on_a_device_that_completes_out_of_order(blk):
+    """blk returns chains as the kernel finishes them: its used idx does not say which chains it
+    consumed, so a base it cannot be served from is kept (the ring then breaks as before)."""
+    fe, conn = blk
+    fe.start(size=16)
+    assert not conn.device.completes_in_order
+    fe.get_vring_base(0)
+    _ring_indexes(fe, avail=30, used=20)
+    _restart_at(fe, conn, 0)
+    assert conn.device.queues[0].next_avail == 0
+
+
 def test_ring_setup_checks(rng_any_fd):
     fe, conn = rng_any_fd
     fe.negotiate()

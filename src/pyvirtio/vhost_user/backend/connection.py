@@ -52,6 +52,7 @@ from ...spec.status import DeviceStatus
 from ...spec.vhost_user import BACKEND_REQUEST_PAYLOAD_SIZE
 from ...virtq.layout import avail_ring_size, desc_table_size, is_valid_split_size, used_ring_size
 from ...virtq.packed_device import is_valid_packed_size
+from ...virtq.split_device import SplitDeviceQueue
 from .. import errors as E
 from . import inflight as I
 from ..fdio import close_fds
@@ -355,6 +356,7 @@ class BackendConnection:
         ring.queue.set_base(ring.base)
         ring.queue.sync_used_from_ring(self.memory)
         self._track_inflight(ring)
+        self._resume_lost_base(ring)
         ring.started = True
         ring.fault = None
         if not self.protocol_features_negotiated:
@@ -400,6 +402,33 @@ class BackendConnection:
         queue.resubmit = resubmit
         queue.inflight = tracker
         self.resubmitted += len(resubmit)
+
+    def _resume_lost_base(self, ring: Vring) -> None:
+        """A split ring started at a base it cannot be served from — its avail idx is more than
+        the queue size ahead, which breaks the ring at the first look — while the used idx is a
+        position it can be served from: a front-end that connected again without keeping the
+        base (DPDK 22.11's virtio-user in server mode, when its back-end restarts, sends 0 for a
+        split ring it has been driving all along).  A device that returns every chain in the
+        order it came (``completes_in_order``) has consumed exactly the chains before the used
+        idx, so the avail ring resumes there, as DPDK's vhost library and libvhost-user do for
+        such devices (QEMU sends that idx itself after a back-end crash); a chain the old
+        back-end had taken but not returned is taken again.  A ring with an inflight region was
+        placed by it (:meth:`_track_inflight`); every other case keeps the base it was sent,
+        and a ring that cannot be served from either breaks as before."""
+        queue = ring.queue
+        if not isinstance(queue, SplitDeviceQueue) or queue.inflight is not None \
+                or not self.device.completes_in_order:
+            return
+        base, used = queue.next_avail, queue.next_used
+        try:
+            avail = queue.avail_idx(self.memory)
+        except GuestMemoryError as exc:
+            raise E.BadRingAddress(str(exc)) from None
+        if (avail - base) & 0xFFFF > queue.size and (avail - used) & 0xFFFF <= queue.size:
+            queue.next_avail = used
+            self.log.warning("%s: ring %d: base %d sent with the avail idx at %d; resuming at the "
+                             "used idx %d (the front-end did not keep its position)", self.name,
+                             ring.index, base, avail, used)
 
     def _recover_packed(self, queue, tracker: PackedInflight) -> tuple[list, str]:
         """A packed ring has no used index in memory, and QEMU keeps no position after a crash:
