@@ -220,10 +220,13 @@ def _pop_split(queue: SplitDeviceQueue, mem: GuestMemory, limit: int) -> Readabl
     rmb()  # the avail idx, then the entries and descriptors it made available (2.7.6)
     rings = _rings(queue)
     start = next_avail & (size - 1)
+    # A copy (the driver may write the ring), as numpy's index type: take() converts any other
+    # index array first, at twice the cost of this cast (~0.8 us a batch of 112 here).
     if start + n <= size:
-        heads = rings.avail[2 + start:2 + start + n].copy()  # a copy: the driver may write the ring
+        heads = rings.avail[2 + start:2 + start + n].astype(np.intp)
     else:
-        heads = np.concatenate((rings.avail[2 + start:2 + size], rings.avail[2:2 + start + n - size]))
+        heads = np.concatenate((rings.avail[2 + start:2 + size],
+                                rings.avail[2:2 + start + n - size])).astype(np.intp)
     try:  # a copy of each head's descriptor (the driver may change the table)
         desc = rings.desc.take(heads)
     except IndexError:  # a head >= the queue size: the batch ends before it
