@@ -340,9 +340,9 @@ class GroupWorker:
             try:
                 dead = len(self._dead)
                 if (len(events) == 1 and not woken and not polling and not self._calls
-                        and self._irq is None and not self.faults.irq):
+                        and self._irq is None and not self.faults.irq and self._serve_one is not None):
                     # One fd fired, nothing else to do: if it is a plain kick, the usual turn
-                    # goes the short way.
+                    # goes the host's short way.
                     fd, revents = events[0]
                     entry = watched.get(fd)
                     if entry is not None and entry[1] >= 0 and revents == POLLIN:
@@ -471,27 +471,18 @@ class GroupWorker:
                     self._send(self._turn(again, (), False))
 
     def _serve_kick(self, fd: int, index: int) -> None:
-        """The usual turn, the short way (:meth:`_run` takes it): one kick fd readable and
-        nothing else (no host fd, no wake, no host call, no polling, no notification faults).
-        The same steps as :meth:`_serve` and :meth:`_turn` take for it, written out — or the
-        host's own (``serve_kick``): they are on every request's path at queue depth 1."""
-        host, counters = self.host, self.counters
+        """The usual turn, the short way (:meth:`_run` takes it for a host that has one): one
+        kick fd readable and nothing else (no host fd, no wake, no host call, no polling, no
+        notification faults), served by the host's own ``serve_kick`` in one call — the fd
+        check, the ring, the notification — and counted as :meth:`_serve` counts it."""
+        counters = self.counters
         with self.lock:
-            serve = self._serve_one
-            if serve is not None:  # the host's own short way (QueueHost.serve_kick)
-                sent = serve(index, fd)
-                if sent < 0:
-                    return  # replaced since the poll (the control path wakes us to derive it again)
-                if counters:
-                    counters[index].kicks += 1
-                    counters[index].interrupts += sent
-            else:
-                if host.kick_fd(index) != fd:
-                    return
-                if counters:
-                    counters[index].kicks += 1
-                if host.process(index):
-                    self._send((index,))
+            sent = self._serve_one(index, fd)  # type: ignore[misc]
+            if sent < 0:
+                return  # replaced since the poll (the control path wakes us to derive it again)
+            if counters:
+                counters[index].kicks += 1
+                counters[index].interrupts += sent
             # As _serve: the kick is read after its request was served and notified; more than
             # this one kick counted, and the ring is served again.
             if self._take_kick(fd, POLLIN, index) == MORE_KICKS:
