@@ -19,6 +19,7 @@ import pytest
 
 from pyvirtio.bench.peers import run_virtio_user_txonly
 from pyvirtio.cli import main
+from pyvirtio.control.client import ControlClient, ControlUnavailable
 from pyvirtio.devices.rng import RngDevice
 from pyvirtio.testing.env import require
 from pyvirtio.vhost_user.backend.server import VhostUserServer
@@ -138,6 +139,21 @@ def test_dpdk_virtio_user_server_mode_restarts(tmp_path):
         assert pps and max(pps) > 0, out[-3000:]
 
 
+def _tx_frames_within(control: str, frames: int, seconds: float) -> bool:
+    """Whether the daemon behind ``control`` reports at least ``frames`` transmitted frames
+    within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with ControlClient(control, timeout=5) as client:
+                if client.call("stats")["device"]["tx_packets"] >= frames:
+                    return True
+        except ControlUnavailable:
+            pass  # not listening yet
+        time.sleep(0.2)
+    return False
+
+
 @pytest.mark.parametrize("packed", [0, 1], ids=["split", "packed"])
 def test_dpdk_virtio_user_keeps_running_while_the_daemon_restarts(tmp_path, packed):
     """What virtio-user's server mode is for: the back-end goes away (here: killed) and a new one
@@ -153,17 +169,21 @@ def test_dpdk_virtio_user_keeps_running_while_the_daemon_restarts(tmp_path, pack
         sock, prefix=f"pvrestart-{os.getpid()}", seconds=12.0, vdev_opts=f"server=1,packed_vq={packed}")))
     frontend.start()
     procs = []
+    control = str(tmp_path / "serve0.ctl")
     try:
         for n, log in enumerate(logs):
             with open(log, "ab") as out:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "pyvirtio.cli", "-v", "serve", "net", "--null",
-                     f"--socket-path={sock}", "--connect"],
+                     f"--socket-path={sock}", "--connect"] + ([f"--control={control}"] if n == 0 else []),
                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-            time.sleep(5)
             if n == 0:
+                # the first daemon has carried traffic (the ring's indexes moved) before it dies
+                assert _tx_frames_within(control, 1000, 30), logs[0].read_text()[-3000:]
                 procs[0].kill()  # a crash: no goodbye to the front-end
                 procs[0].wait(10)
+            else:
+                time.sleep(4)
         assert procs[1].poll() is None, logs[1].read_text()[-3000:]
     finally:
         for proc in procs:
