@@ -338,6 +338,14 @@ def _rng_request(fe, n=32):
     return addr
 
 
+def _restart_at(fe, conn, base: int) -> None:
+    """Start ring 0 again from ``base`` (SET_VRING_BASE, then a kick fd)."""
+    fe.request(R.SET_VRING_BASE, VringState(0, base).pack())
+    k = os.eventfd(0)
+    fe.request(R.SET_VRING_KICK, U64(0).pack(), [k])
+    os.close(k)
+
+
 def test_ring_runs_only_when_started_and_enabled(rng):
     fe, conn = rng
     fe.negotiate()
@@ -378,21 +386,9 @@ def test_get_vring_base_stops_the_ring_and_returns_next_avail(rng):
     assert not conn.vrings[0].started and conn.vrings[0].kick_fd == -1
     _rng_request(fe)
     assert conn.process_ring(0) == (False, None)  # stopped: untouched
-    # Restart where the front-end says (SET_VRING_BASE, then KICK).
-    fe.request(R.SET_VRING_BASE, VringState(0, 3).pack())
-    k = os.eventfd(0)
-    fe.request(R.SET_VRING_KICK, U64(0).pack(), [k])
-    os.close(k)
+    _restart_at(fe, conn, 3)  # where the front-end says
     assert conn.vrings[0].started and conn.process_ring(0)[0]
     assert len(fe.rings[0].queue.get_bufs(fe.memory)) == 4
-
-
-def _restart_at(fe, conn, base: int) -> None:
-    """Start ring 0 again from ``base`` (SET_VRING_BASE, then a kick fd)."""
-    fe.request(R.SET_VRING_BASE, VringState(0, base).pack())
-    k = os.eventfd(0)
-    fe.request(R.SET_VRING_KICK, U64(0).pack(), [k])
-    os.close(k)
 
 
 def _served_then_stopped(fe, conn, count: int) -> None:

@@ -109,10 +109,10 @@ def _console_endpoint(text: str) -> HostEndpoint:
 
 
 def build_device(args: argparse.Namespace) -> ConsoleDevice:
+    """Validate the options, open every endpoint, build the device (nothing left open on error)."""
     from ..devices.console import MAX_PORTS_LIMIT, ConsoleDevice, PortSpec
     from ..devices.console_endpoints import open_endpoint
 
-    """Validate the options, open every endpoint, build the device (nothing left open on error)."""
     if not 1 <= args.max_ports <= MAX_PORTS_LIMIT:
         raise UsageError(f"--max-ports={args.max_ports}: must be 1..{MAX_PORTS_LIMIT}")
     size = parse_size(args.size)

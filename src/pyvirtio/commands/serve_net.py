@@ -68,10 +68,10 @@ def build_backend(args: argparse.Namespace) -> NetBackend:
 
 
 def build_device(args: argparse.Namespace) -> NetDevice:
+    """The device the options describe, on its back-end."""
     from ..devices.net import NetDevice
     from ..net.frame import mac_bytes
 
-    """The device the options describe, on its back-end."""
     try:
         mac = mac_bytes(args.mac) if args.mac else None
     except ValueError as exc:
